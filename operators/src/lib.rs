@@ -1,0 +1,58 @@
+//! # laminar-operators
+//!
+//! Streaming operators that run on a shard over Arrow batches. A shard owns
+//! one instance of each operator per stream; nothing here is shared between
+//! threads or locked.
+//!
+//! - [`time`]: event time (BIGINT epoch ms or TIMESTAMP) and tumbling
+//!   window assignment, shared with the SQL `tumble` function so that the
+//!   streaming and batch answers agree by construction.
+//! - [`stage`]: stateless filter/projection stages (DataFusion physical
+//!   expressions: the interpreted path).
+//! - [`window_aggregate`]: keyed tumbling-window aggregation with
+//!   `EMIT ON WINDOW CLOSE`, late-row accounting, DataFusion group
+//!   accumulators for the aggregate functions.
+//! - [`Operator`]: the small trait the shard drives.
+
+pub mod stage;
+pub mod time;
+pub mod window_aggregate;
+
+use arrow::array::RecordBatch;
+use laminar_runtime::Result;
+
+pub use stage::{Stage, Stateless};
+pub use time::{EventTimeUnit, TumbleSpec};
+pub use window_aggregate::{WindowAggregate, WindowAggregateSpec};
+
+/// What a shard knows about time when it hands an operator a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchTime<'a> {
+    /// The shard's watermark for the batch's source, in epoch ms
+    /// (`i64::MIN` before the first one).
+    pub watermark_ms: i64,
+    /// Per-row watermark in force when each row arrived, when the batch was
+    /// out of order enough that it differs between rows (see the router in
+    /// `laminar-db`). `None` means `watermark_ms` holds for every row.
+    pub row_watermarks_ms: Option<&'a [i64]>,
+}
+
+/// A streaming operator on one shard.
+///
+/// Both calls append finished output batches to `out`; an operator never
+/// emits anything on its own.
+pub trait Operator: Send {
+    /// Processes one input batch of the operator's source.
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()>;
+
+    /// The source's watermark advanced to `watermark_ms`.
+    fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()>;
+
+    /// Rows dropped so far because their window had already closed.
+    fn late_rows(&self) -> u64;
+}

@@ -1,0 +1,119 @@
+//! Stateless stages: filters and projections over whole batches.
+//!
+//! These run DataFusion physical expressions, the interpreted path. A
+//! filter keeps rows whose predicate is `true` (NULL drops the row, as in
+//! SQL `WHERE`).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::{BatchTime, Operator};
+
+/// One step of a stateless pipeline.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Keeps the rows where the predicate is true.
+    Filter(Arc<dyn PhysicalExpr>),
+    /// Computes a new batch with `schema` from the expressions.
+    Project {
+        /// One expression per output column.
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        /// The output schema.
+        schema: SchemaRef,
+    },
+}
+
+impl Stage {
+    /// Applies the stage to a batch.
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        match self {
+            Stage::Filter(predicate) => {
+                let mask = predicate
+                    .evaluate(batch)?
+                    .into_array(batch.num_rows())?;
+                let mask = mask.as_boolean_opt().ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::Execution,
+                        format!("filter predicate produced {}, not BOOLEAN", mask.data_type()),
+                    )
+                })?;
+                if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
+                    return Ok(batch.clone());
+                }
+                Ok(filter_record_batch(batch, mask)?)
+            }
+            Stage::Project { exprs, schema } => {
+                let columns = exprs
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+                    .collect::<datafusion::common::Result<Vec<_>>>()?;
+                let options =
+                    arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                Ok(RecordBatch::try_new_with_options(
+                    Arc::clone(schema),
+                    columns,
+                    &options,
+                )?)
+            }
+        }
+    }
+}
+
+/// Runs a chain of stages over a batch.
+pub fn apply_all(stages: &[Stage], batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut current = batch.clone();
+    for stage in stages {
+        if current.num_rows() == 0 {
+            break;
+        }
+        current = stage.apply(&current)?;
+    }
+    Ok(current)
+}
+
+/// A stream that is only filters and projections: every input batch
+/// becomes (at most) one output batch at once. Time does not matter to it.
+#[derive(Debug)]
+pub struct Stateless {
+    stages: Vec<Stage>,
+    output_schema: SchemaRef,
+}
+
+impl Stateless {
+    /// A stateless operator producing `output_schema`.
+    pub fn new(stages: Vec<Stage>, output_schema: SchemaRef) -> Self {
+        Self {
+            stages,
+            output_schema,
+        }
+    }
+}
+
+impl Operator for Stateless {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        _time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let result = apply_all(&self.stages, batch)?;
+        if result.num_rows() > 0 {
+            debug_assert_eq!(result.schema().fields(), self.output_schema.fields());
+            out.push(result.with_schema(Arc::clone(&self.output_schema))?);
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _watermark_ms: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    fn late_rows(&self) -> u64 {
+        0
+    }
+}

@@ -1,0 +1,206 @@
+//! Event time and tumbling windows.
+//!
+//! Event time is carried internally as epoch milliseconds (`i64`). A source
+//! column may be `BIGINT` (already ms) or `TIMESTAMP` of any unit; a
+//! timestamp is floored to whole milliseconds. Window bounds are computed in
+//! ms and converted back to the column's own type for output, so a
+//! `TIMESTAMP` stream gets `TIMESTAMP` window starts.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, PrimitiveArray};
+use arrow::datatypes::{
+    DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+/// How a column stores event time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventTimeUnit {
+    /// `BIGINT` epoch milliseconds.
+    EpochMillis,
+    /// `TIMESTAMP` with this unit and optional time zone.
+    Timestamp(TimeUnit, Option<Arc<str>>),
+}
+
+impl EventTimeUnit {
+    /// The unit for a column type, or an error naming the column.
+    pub fn of(data_type: &DataType, column: &str) -> Result<Self> {
+        match data_type {
+            DataType::Int64 => Ok(EventTimeUnit::EpochMillis),
+            DataType::Timestamp(unit, tz) => Ok(EventTimeUnit::Timestamp(*unit, tz.clone())),
+            other => Err(Error::new(
+                ErrorCode::InvalidEventTime,
+                format!(
+                    "event-time column '{column}' has type {other}; it must be BIGINT \
+                     (epoch milliseconds) or TIMESTAMP"
+                ),
+            )),
+        }
+    }
+
+    /// The Arrow type of this unit.
+    pub fn data_type(&self) -> DataType {
+        match self {
+            EventTimeUnit::EpochMillis => DataType::Int64,
+            EventTimeUnit::Timestamp(unit, tz) => DataType::Timestamp(*unit, tz.clone()),
+        }
+    }
+
+    fn ticks_per_ms(&self) -> (i64, i64) {
+        // (multiply, divide) to go from native ticks to ms.
+        match self {
+            EventTimeUnit::EpochMillis => (1, 1),
+            EventTimeUnit::Timestamp(TimeUnit::Second, _) => (1000, 1),
+            EventTimeUnit::Timestamp(TimeUnit::Millisecond, _) => (1, 1),
+            EventTimeUnit::Timestamp(TimeUnit::Microsecond, _) => (1, 1000),
+            EventTimeUnit::Timestamp(TimeUnit::Nanosecond, _) => (1, 1_000_000),
+        }
+    }
+
+    /// Native ticks to epoch ms, flooring.
+    #[inline]
+    pub fn to_ms(&self, ticks: i64) -> i64 {
+        let (mul, div) = self.ticks_per_ms();
+        ticks.saturating_mul(mul).div_euclid(div)
+    }
+
+    /// Epoch ms to native ticks.
+    #[inline]
+    pub fn from_ms(&self, ms: i64) -> i64 {
+        let (mul, div) = self.ticks_per_ms();
+        ms.div_euclid(mul).saturating_mul(div)
+    }
+
+    /// Converts an event-time array to epoch ms. NULLs are an error: a row
+    /// without an event time cannot be placed in time.
+    pub fn array_to_ms(&self, array: &dyn Array, out: &mut Vec<i64>) -> Result<()> {
+        if array.null_count() > 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidEventTime,
+                "event-time column contains NULL; every row needs an event time",
+            ));
+        }
+        let values: &[i64] = match self {
+            EventTimeUnit::EpochMillis => primitive::<Int64Type>(array)?,
+            EventTimeUnit::Timestamp(TimeUnit::Second, _) => {
+                primitive::<TimestampSecondType>(array)?
+            }
+            EventTimeUnit::Timestamp(TimeUnit::Millisecond, _) => {
+                primitive::<TimestampMillisecondType>(array)?
+            }
+            EventTimeUnit::Timestamp(TimeUnit::Microsecond, _) => {
+                primitive::<TimestampMicrosecondType>(array)?
+            }
+            EventTimeUnit::Timestamp(TimeUnit::Nanosecond, _) => {
+                primitive::<TimestampNanosecondType>(array)?
+            }
+        };
+        out.clear();
+        match self.ticks_per_ms() {
+            (1, 1) => out.extend_from_slice(values),
+            (mul, div) => out.extend(values.iter().map(|&t| t.saturating_mul(mul).div_euclid(div))),
+        }
+        Ok(())
+    }
+
+    /// An array of `len` copies of `ms`, in this unit's type.
+    pub fn constant_array(&self, ms: i64, len: usize) -> ArrayRef {
+        let ticks = self.from_ms(ms);
+        let values = Int64Array::from_value(ticks, len);
+        match self {
+            EventTimeUnit::EpochMillis => Arc::new(values),
+            EventTimeUnit::Timestamp(_, _) => {
+                let data = values
+                    .into_data()
+                    .into_builder()
+                    .data_type(self.data_type())
+                    .build()
+                    .expect("same layout as Int64");
+                arrow::array::make_array(data)
+            }
+        }
+    }
+}
+
+fn primitive<T: arrow::datatypes::ArrowPrimitiveType<Native = i64>>(
+    array: &dyn Array,
+) -> Result<&[i64]> {
+    array
+        .as_any()
+        .downcast_ref::<PrimitiveArray<T>>()
+        .map(|a| a.values().as_ref())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidEventTime,
+                format!("event-time column has type {}", array.data_type()),
+            )
+        })
+}
+
+/// A tumbling window: `[start, start + size)` with
+/// `start = floor((t - offset) / size) * size + offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TumbleSpec {
+    /// Window length in ms (> 0).
+    pub size_ms: i64,
+    /// Shift of window starts from the epoch, in ms.
+    pub offset_ms: i64,
+}
+
+impl TumbleSpec {
+    /// Validates and builds a spec.
+    pub fn new(size_ms: i64, offset_ms: i64) -> Result<Self> {
+        if size_ms <= 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!("window size must be positive, got {size_ms} ms"),
+            ));
+        }
+        Ok(Self { size_ms, offset_ms })
+    }
+
+    /// Start of the window holding `t_ms`.
+    #[inline]
+    pub fn start_of(&self, t_ms: i64) -> i64 {
+        (t_ms - self.offset_ms).div_euclid(self.size_ms) * self.size_ms + self.offset_ms
+    }
+
+    /// End (exclusive) of the window starting at `start_ms`.
+    #[inline]
+    pub fn end_of(&self, start_ms: i64) -> i64 {
+        start_ms.saturating_add(self.size_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tumble_floors_negative_times_and_offsets() {
+        let w = TumbleSpec::new(60_000, 0).unwrap();
+        assert_eq!(w.start_of(59_999), 0);
+        assert_eq!(w.start_of(60_000), 60_000);
+        assert_eq!(w.start_of(-1), -60_000);
+        let w = TumbleSpec::new(3_600_000, 8 * 3_600_000).unwrap();
+        assert_eq!(w.start_of(0), 0);
+        assert_eq!(w.start_of(3_599_999), 0);
+        assert!(TumbleSpec::new(0, 0).is_err());
+    }
+
+    #[test]
+    fn timestamp_units_round_trip_through_ms() {
+        let ns = EventTimeUnit::Timestamp(TimeUnit::Nanosecond, None);
+        assert_eq!(ns.to_ms(1_999_999), 1);
+        assert_eq!(ns.to_ms(-1), -1);
+        assert_eq!(ns.from_ms(2), 2_000_000);
+        let s = EventTimeUnit::Timestamp(TimeUnit::Second, None);
+        assert_eq!(s.to_ms(3), 3000);
+        assert_eq!(s.from_ms(3999), 3);
+        let a = ns.constant_array(5, 2);
+        assert_eq!(a.data_type(), &ns.data_type());
+        assert_eq!(a.len(), 2);
+    }
+}

@@ -1,0 +1,368 @@
+//! Keyed tumbling-window aggregation, emitted when the window closes.
+//!
+//! State per open window: a group table (key row bytes -> dense group id)
+//! and one DataFusion `GroupsAccumulator` per aggregate, so the aggregate
+//! functions behave exactly as DataFusion's batch `GROUP BY` does (types,
+//! NULLs, overflow, float rules): the batch engine is our oracle, and this
+//! makes agreement a matter of feeding it the same rows.
+//!
+//! Per batch: drop late rows, run the pre-aggregate stages, compute each
+//! row's window, encode the keys once (Arrow row format), then for each
+//! distinct window in the batch (usually one) resolve group ids and call
+//! every accumulator once over the whole batch with a row mask. No per-row
+//! allocation except for a key's first appearance in a window.
+//!
+//! A window `[start, end)` closes when the watermark reaches `end`; its
+//! groups are emitted as one batch and its state is freed, so state is
+//! bounded by the number of open windows times keys.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use hashbrown::HashTable;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::stage::{apply_all, Stage};
+use crate::time::{EventTimeUnit, TumbleSpec};
+use crate::{BatchTime, Operator};
+
+/// Everything needed to build a [`WindowAggregate`] on a shard. Cheap to
+/// clone: expressions are shared, state is not.
+#[derive(Debug, Clone)]
+pub struct WindowAggregateSpec {
+    /// Index of the event-time column in the source batch; lateness is
+    /// decided on it before any filter runs.
+    pub source_time_column: usize,
+    /// How the source stores event time.
+    pub source_time_unit: EventTimeUnit,
+    /// Filters/projections from the source batch to the aggregate input.
+    pub pre: Vec<Stage>,
+    /// The window's event-time argument, over the aggregate input.
+    pub event_time: Arc<dyn PhysicalExpr>,
+    /// The window.
+    pub window: TumbleSpec,
+    /// Type of the window column in the output (the event-time type).
+    pub window_unit: EventTimeUnit,
+    /// Position of the window among the GROUP BY expressions.
+    pub window_position: usize,
+    /// The other GROUP BY expressions, over the aggregate input.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Aggregate functions.
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// `FILTER (WHERE ...)` of each aggregate, if any.
+    pub aggregate_filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Schema of the aggregate's output: GROUP BY columns, then aggregates.
+    pub aggregate_schema: SchemaRef,
+    /// Filters/projections after the aggregate (HAVING, SELECT list).
+    pub post: Vec<Stage>,
+}
+
+/// One open window.
+struct WindowState {
+    /// Key row bytes by group id.
+    keys: Vec<Box<[u8]>>,
+    /// Hash of each group's key bytes, so the table can grow without
+    /// rehashing keys.
+    hashes: Vec<u64>,
+    table: HashTable<u32>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// The operator. One instance per stream per shard.
+pub struct WindowAggregate {
+    spec: WindowAggregateSpec,
+    converter: RowConverter,
+    hasher: foldhash_like::State,
+    windows: BTreeMap<i64, WindowState>,
+    late_rows: u64,
+    // Scratch buffers reused across batches.
+    times_ms: Vec<i64>,
+    window_starts: Vec<i64>,
+    group_ids: Vec<usize>,
+}
+
+/// The hash state for group tables (process-local, so any fast hasher).
+mod foldhash_like {
+    pub type State = ahash::RandomState;
+}
+
+impl std::fmt::Debug for WindowAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowAggregate")
+            .field("window", &self.spec.window)
+            .field("open_windows", &self.windows.len())
+            .field("late_rows", &self.late_rows)
+            .finish()
+    }
+}
+
+impl WindowAggregate {
+    /// Builds the operator's empty state.
+    pub fn new(spec: WindowAggregateSpec) -> Result<Self> {
+        let fields = spec.aggregate_schema.fields();
+        let group_count = spec.keys.len() + 1;
+        let sort_fields = (0..group_count)
+            .filter(|&i| i != spec.window_position)
+            .map(|i| SortField::new(fields[i].data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(sort_fields)?;
+        Ok(Self {
+            spec,
+            converter,
+            hasher: ahash::RandomState::new(),
+            windows: BTreeMap::new(),
+            late_rows: 0,
+            times_ms: Vec::new(),
+            window_starts: Vec::new(),
+            group_ids: Vec::new(),
+        })
+    }
+
+    /// Number of windows holding state.
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn new_window(&self) -> Result<WindowState> {
+        let accumulators = self
+            .spec
+            .aggregates
+            .iter()
+            .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
+                if agg.groups_accumulator_supported() {
+                    Ok(agg.create_groups_accumulator()?)
+                } else {
+                    let agg = Arc::clone(agg);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        agg.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WindowState {
+            keys: Vec::new(),
+            hashes: Vec::new(),
+            table: HashTable::new(),
+            accumulators,
+        })
+    }
+
+    /// Removes rows whose window closed already; returns the rest.
+    fn drop_late(&mut self, batch: &RecordBatch, time: BatchTime<'_>) -> Result<RecordBatch> {
+        self.spec.source_time_unit.array_to_ms(
+            batch.column(self.spec.source_time_column).as_ref(),
+            &mut self.times_ms,
+        )?;
+        let window = self.spec.window;
+        let is_late = |i: usize, t: i64| {
+            let end = window.end_of(window.start_of(t));
+            end <= time.watermark_ms
+                || time
+                    .row_watermarks_ms
+                    .is_some_and(|row_watermarks| end <= row_watermarks[i])
+        };
+        let late = self
+            .times_ms
+            .iter()
+            .enumerate()
+            .filter(|&(i, &t)| is_late(i, t))
+            .count();
+        if late == 0 {
+            return Ok(batch.clone());
+        }
+        self.late_rows += late as u64;
+        let keep: BooleanArray = self
+            .times_ms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Some(!is_late(i, t)))
+            .collect();
+        Ok(filter_record_batch(batch, &keep)?)
+    }
+
+    fn emit(&mut self, start_ms: i64, mut state: WindowState) -> Result<RecordBatch> {
+        let groups = state.keys.len();
+        let parser = self.converter.parser();
+        let key_columns = self
+            .converter
+            .convert_rows(state.keys.iter().map(|k| parser.parse(k)))?;
+        let window_column = self.spec.window_unit.constant_array(start_ms, groups);
+        let mut columns: Vec<ArrayRef> =
+            Vec::with_capacity(self.spec.aggregate_schema.fields().len());
+        let mut keys = key_columns.into_iter();
+        for position in 0..=self.spec.keys.len() {
+            if position == self.spec.window_position {
+                columns.push(Arc::clone(&window_column));
+            } else {
+                columns.push(keys.next().expect("one key column per key"));
+            }
+        }
+        for accumulator in &mut state.accumulators {
+            columns.push(accumulator.evaluate(EmitTo::All)?);
+        }
+        let aggregated = RecordBatch::try_new(Arc::clone(&self.spec.aggregate_schema), columns)
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Execution,
+                    format!("window aggregate produced a batch that does not fit its schema: {e}"),
+                )
+            })?;
+        apply_all(&self.spec.post, &aggregated)
+    }
+}
+
+/// Looks up or inserts a key; returns its group id.
+#[inline]
+fn group_id(state: &mut WindowState, hasher: &ahash::RandomState, key: &[u8]) -> usize {
+    let hash = hasher.hash_one(key);
+    let keys = &state.keys;
+    if let Some(&id) = state.table.find(hash, |&id| &*keys[id as usize] == key) {
+        return id as usize;
+    }
+    let id = state.keys.len() as u32;
+    state.keys.push(key.into());
+    state.hashes.push(hash);
+    let hashes = &state.hashes;
+    state
+        .table
+        .insert_unique(hash, id, |&other| hashes[other as usize]);
+    id as usize
+}
+
+impl Operator for WindowAggregate {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let _ = out;
+        let on_time = self.drop_late(batch, time)?;
+        let input = apply_all(&self.spec.pre, &on_time)?;
+        let rows = input.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let times = self.spec.event_time.evaluate(&input)?.into_array(rows)?;
+        self.spec
+            .window_unit
+            .array_to_ms(times.as_ref(), &mut self.times_ms)?;
+        let window = self.spec.window;
+        self.window_starts.clear();
+        self.window_starts
+            .extend(self.times_ms.iter().map(|&t| window.start_of(t)));
+
+        let key_arrays = self
+            .spec
+            .keys
+            .iter()
+            .map(|k| k.evaluate(&input)?.into_array(rows))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let key_rows = self.converter.convert_columns(&key_arrays)?;
+
+        // Arguments (plus ORDER BY columns) of each aggregate, and its
+        // FILTER mask, computed once per batch for all windows.
+        let mut arguments = Vec::with_capacity(self.spec.aggregates.len());
+        for agg in &self.spec.aggregates {
+            let mut exprs = agg.expressions();
+            exprs.extend(agg.order_bys().iter().map(|s| Arc::clone(&s.expr)));
+            arguments.push(
+                exprs
+                    .iter()
+                    .map(|e| e.evaluate(&input)?.into_array(rows))
+                    .collect::<datafusion::common::Result<Vec<_>>>()?,
+            );
+        }
+        let mut filters = Vec::with_capacity(self.spec.aggregates.len());
+        for filter in &self.spec.aggregate_filters {
+            filters.push(match filter {
+                Some(f) => Some(as_mask(f.evaluate(&input)?.into_array(rows)?)?),
+                None => None,
+            });
+        }
+
+        let mut starts: Vec<i64> = Vec::new();
+        for &s in &self.window_starts {
+            if !starts.contains(&s) {
+                starts.push(s);
+            }
+        }
+        for start in starts {
+            if !self.windows.contains_key(&start) {
+                let state = self.new_window()?;
+                self.windows.insert(start, state);
+            }
+            let state = self.windows.get_mut(&start).expect("inserted above");
+            let single_window = self.window_starts.iter().all(|&s| s == start);
+            self.group_ids.clear();
+            for (row, &s) in self.window_starts.iter().enumerate() {
+                self.group_ids.push(if s == start {
+                    group_id(state, &self.hasher, key_rows.row(row).as_ref())
+                } else {
+                    0
+                });
+            }
+            let window_mask: Option<BooleanArray> = (!single_window).then(|| {
+                self.window_starts
+                    .iter()
+                    .map(|&s| Some(s == start))
+                    .collect()
+            });
+            let groups = state.keys.len();
+            for (j, accumulator) in state.accumulators.iter_mut().enumerate() {
+                let mask = combine_masks(window_mask.as_ref(), filters[j].as_ref())?;
+                accumulator.update_batch(&arguments[j], &self.group_ids, mask.as_ref(), groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        while let Some(entry) = self.windows.first_entry() {
+            if self.spec.window.end_of(*entry.key()) > watermark_ms {
+                break;
+            }
+            let (start, state) = entry.remove_entry();
+            let batch = self.emit(start, state)?;
+            if batch.num_rows() > 0 {
+                out.push(batch);
+            }
+        }
+        Ok(())
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+}
+
+fn as_mask(array: ArrayRef) -> Result<BooleanArray> {
+    array
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::Execution,
+                format!("FILTER clause produced {}, not BOOLEAN", array.data_type()),
+            )
+        })
+}
+
+fn combine_masks(
+    a: Option<&BooleanArray>,
+    b: Option<&BooleanArray>,
+) -> Result<Option<BooleanArray>> {
+    Ok(match (a, b) {
+        (None, None) => None,
+        (Some(m), None) | (None, Some(m)) => Some(m.clone()),
+        (Some(a), Some(b)) => Some(arrow::compute::and(a, b)?),
+    })
+}

@@ -1,0 +1,319 @@
+//! Bounded lock-free single-producer/single-consumer ring.
+//!
+//! This is the only channel on the data path: the router hands sub-batches
+//! to a shard through one ring per (ingest lane, shard), and a shard hands
+//! results to a subscriber through one ring per (shard, subscriber). Each end
+//! is owned by exactly one thread, so a slot is written by one thread and
+//! read by one other, and the two indices live on separate cache lines.
+//!
+//! Invariants:
+//! - `0 <= tail - head <= capacity` (indices grow without wrapping; the slot
+//!   is `index & mask`).
+//! - Slots in `[head, tail)` are initialised; all others are not.
+//! - Only the producer stores `tail`; only the consumer stores `head`.
+//!
+//! Waiting is async and wake-based (no spinning, no locks): a consumer that
+//! finds the ring empty parks its waker and re-checks; a producer wakes it
+//! after every push. The same in the other direction for a full ring.
+//! Blocking callers wrap the async calls in `futures::executor::block_on`.
+
+use std::cell::UnsafeCell;
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use crossbeam_utils::CachePadded;
+use futures::task::AtomicWaker;
+
+struct Ring<T> {
+    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    mask: usize,
+    /// Next slot the consumer reads.
+    head: CachePadded<AtomicUsize>,
+    /// Next slot the producer writes.
+    tail: CachePadded<AtomicUsize>,
+    producer_closed: AtomicBool,
+    consumer_closed: AtomicBool,
+    /// The consumer's waker, parked while the ring is empty.
+    data_ready: AtomicWaker,
+    /// The producer's waker, parked while the ring is full.
+    space_ready: AtomicWaker,
+}
+
+// SAFETY: a slot is only touched by the producer before `tail` is published
+// and by the consumer after it observed that `tail`, so `T: Send` suffices.
+unsafe impl<T: Send> Send for Ring<T> {}
+unsafe impl<T: Send> Sync for Ring<T> {}
+
+impl<T> Drop for Ring<T> {
+    fn drop(&mut self) {
+        let head = *self.head.get_mut();
+        let tail = *self.tail.get_mut();
+        for index in head..tail {
+            // SAFETY: slots in [head, tail) are initialised and no end is alive.
+            unsafe { (*self.slots[index & self.mask].get()).assume_init_drop() };
+        }
+    }
+}
+
+/// Why a push did not happen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError<T> {
+    /// The ring is full; the value is handed back.
+    Full(T),
+    /// The consumer is gone; the value is handed back.
+    Closed(T),
+}
+
+/// Creates a ring with room for `capacity` items (rounded up to a power of
+/// two, at least 2).
+pub fn ring<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
+    let capacity = capacity.max(2).next_power_of_two();
+    let slots = (0..capacity)
+        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .collect::<Vec<_>>()
+        .into_boxed_slice();
+    let ring = Arc::new(Ring {
+        slots,
+        mask: capacity - 1,
+        head: CachePadded::new(AtomicUsize::new(0)),
+        tail: CachePadded::new(AtomicUsize::new(0)),
+        producer_closed: AtomicBool::new(false),
+        consumer_closed: AtomicBool::new(false),
+        data_ready: AtomicWaker::new(),
+        space_ready: AtomicWaker::new(),
+    });
+    (
+        Producer {
+            ring: Arc::clone(&ring),
+            tail: 0,
+            cached_head: 0,
+        },
+        Consumer {
+            ring,
+            head: 0,
+            cached_tail: 0,
+        },
+    )
+}
+
+/// The writing end. Not `Clone`: there is one producer.
+pub struct Producer<T> {
+    ring: Arc<Ring<T>>,
+    tail: usize,
+    /// Last `head` seen; refreshed only when the ring looks full, so the
+    /// common push touches no cache line the consumer writes.
+    cached_head: usize,
+}
+
+impl<T> Producer<T> {
+    /// Capacity in items.
+    pub fn capacity(&self) -> usize {
+        self.ring.mask + 1
+    }
+
+    /// Pushes without waiting.
+    pub fn try_push(&mut self, value: T) -> Result<(), PushError<T>> {
+        if self.ring.consumer_closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed(value));
+        }
+        let capacity = self.ring.mask + 1;
+        if self.tail - self.cached_head == capacity {
+            self.cached_head = self.ring.head.load(Ordering::Acquire);
+            if self.tail - self.cached_head == capacity {
+                return Err(PushError::Full(value));
+            }
+        }
+        let slot = &self.ring.slots[self.tail & self.ring.mask];
+        // SAFETY: the slot is outside [head, tail), so the consumer does not
+        // read it, and it holds no initialised value.
+        unsafe { (*slot.get()).write(value) };
+        self.tail += 1;
+        self.ring.tail.store(self.tail, Ordering::Release);
+        self.ring.data_ready.wake();
+        Ok(())
+    }
+
+    /// Pushes, waiting for space while the ring is full.
+    ///
+    /// Returns the value back if the consumer is gone.
+    pub async fn push(&mut self, value: T) -> Result<(), T> {
+        let mut value = Some(value);
+        poll_fn(|cx| {
+            let Some(v) = value.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match self.try_push(v) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(PushError::Closed(v)) => Poll::Ready(Err(v)),
+                Err(PushError::Full(v)) => {
+                    self.ring.space_ready.register(cx.waker());
+                    // Re-check after parking, or a pop between the check and
+                    // the registration would be a lost wake-up.
+                    match self.try_push(v) {
+                        Ok(()) => Poll::Ready(Ok(())),
+                        Err(PushError::Closed(v)) => Poll::Ready(Err(v)),
+                        Err(PushError::Full(v)) => {
+                            value = Some(v);
+                            Poll::Pending
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Items in the ring right now (racy, for metrics).
+    pub fn len(&self) -> usize {
+        self.tail - self.ring.head.load(Ordering::Relaxed)
+    }
+
+    /// Whether the ring is empty right now (racy, for metrics).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        self.ring.producer_closed.store(true, Ordering::Release);
+        self.ring.data_ready.wake();
+    }
+}
+
+/// The reading end.
+pub struct Consumer<T> {
+    ring: Arc<Ring<T>>,
+    head: usize,
+    cached_tail: usize,
+}
+
+impl<T> Consumer<T> {
+    /// Pops without waiting.
+    pub fn try_pop(&mut self) -> Option<T> {
+        if self.head == self.cached_tail {
+            self.cached_tail = self.ring.tail.load(Ordering::Acquire);
+            if self.head == self.cached_tail {
+                return None;
+            }
+        }
+        let slot = &self.ring.slots[self.head & self.ring.mask];
+        // SAFETY: head < tail, so the producer initialised this slot and
+        // published it with the Release store we observed.
+        let value = unsafe { (*slot.get()).assume_init_read() };
+        self.head += 1;
+        self.ring.head.store(self.head, Ordering::Release);
+        self.ring.space_ready.wake();
+        Some(value)
+    }
+
+    /// Whether the producer is gone. Items may still be queued.
+    pub fn is_producer_closed(&self) -> bool {
+        self.ring.producer_closed.load(Ordering::Acquire)
+    }
+
+    /// Pops, or parks `cx`'s waker and returns `Pending` if the ring is
+    /// empty. `Ready(None)` means the producer is gone and the ring drained.
+    pub fn poll_pop(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<T>> {
+        if let Some(v) = self.try_pop() {
+            return Poll::Ready(Some(v));
+        }
+        // Read "closed" before the re-check: a producer that pushes and then
+        // closes is seen as closed only after its last item is visible.
+        let closed = self.is_producer_closed();
+        self.ring.data_ready.register(cx.waker());
+        match self.try_pop() {
+            Some(v) => Poll::Ready(Some(v)),
+            None if closed => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Pops, waiting while the ring is empty. `None` once the producer is
+    /// gone and everything it pushed was read.
+    pub async fn pop(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_pop(cx)).await
+    }
+
+    /// Items in the ring right now (racy, for metrics).
+    pub fn len(&self) -> usize {
+        self.ring.tail.load(Ordering::Relaxed) - self.head
+    }
+
+    /// Whether the ring is empty right now (racy, for metrics).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        self.ring.consumer_closed.store(true, Ordering::Release);
+        self.ring.space_ready.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_and_bounded() {
+        let (mut p, mut c) = ring::<u32>(3);
+        assert_eq!(p.capacity(), 4);
+        for i in 0..4 {
+            p.try_push(i).unwrap();
+        }
+        assert_eq!(p.try_push(9), Err(PushError::Full(9)));
+        assert_eq!(c.try_pop(), Some(0));
+        p.try_push(4).unwrap();
+        let got: Vec<_> = std::iter::from_fn(|| c.try_pop()).collect();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn closed_consumer_hands_value_back() {
+        let (mut p, c) = ring::<String>(2);
+        drop(c);
+        assert_eq!(
+            p.try_push("x".into()),
+            Err(PushError::Closed("x".to_string()))
+        );
+    }
+
+    #[test]
+    fn unread_items_are_dropped_with_the_ring() {
+        let item = Arc::new(());
+        let (mut p, c) = ring::<Arc<()>>(4);
+        p.try_push(Arc::clone(&item)).unwrap();
+        p.try_push(Arc::clone(&item)).unwrap();
+        drop(p);
+        drop(c);
+        assert_eq!(Arc::strong_count(&item), 1);
+    }
+
+    #[test]
+    fn threads_with_backpressure_deliver_everything_in_order() {
+        const N: u64 = 200_000;
+        let (mut p, mut c) = ring::<u64>(8);
+        let producer = std::thread::spawn(move || {
+            futures::executor::block_on(async {
+                for i in 0..N {
+                    p.push(i).await.unwrap();
+                }
+            })
+        });
+        let mut expected = 0;
+        futures::executor::block_on(async {
+            while let Some(v) = c.pop().await {
+                assert_eq!(v, expected);
+                expected += 1;
+            }
+        });
+        producer.join().unwrap();
+        assert_eq!(expected, N);
+    }
+}
