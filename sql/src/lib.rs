@@ -1,1 +1,21 @@
+//! # laminar-sql
+//!
+//! From SQL text to operator graphs.
+//!
+//! - [`dialect`]: splits scripts into statements and parses LaminarDB's
+//!   DDL (`CREATE SOURCE ... WATERMARK FOR`, `CREATE STREAM ... EMIT`) on
+//!   top of sqlparser's tokenizer; the `SELECT` inside a stream is plain
+//!   DataFusion SQL.
+//! - [`functions`]: the `tumble` window function as a DataFusion UDF, so a
+//!   windowed query also runs as an ordinary batch query (the oracle).
+//! - [`planner`]: plans the `SELECT` with DataFusion, applies the streaming
+//!   rewrites, and lowers the logical plan to a [`planner::StreamPlan`]:
+//!   stages, window aggregate, routing key. Anything the streaming path
+//!   cannot run is an `LDB-1004` error, never a silent wrong answer.
 
+pub mod dialect;
+pub mod functions;
+pub mod planner;
+
+pub use dialect::{parse_script, EmitMode, SourceDef, Statement, StreamDef, WatermarkDef};
+pub use planner::{new_session_context, plan_for_batch, plan_stream, Routing, StreamOperator, StreamPlan};

@@ -1,0 +1,500 @@
+//! LaminarDB's SQL dialect on top of sqlparser's tokenizer.
+//!
+//! Statements:
+//!
+//! ```sql
+//! CREATE SOURCE name (
+//!     col TYPE [NOT NULL], ...,
+//!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
+//! );
+//! CREATE STREAM name AS SELECT ... [EMIT ON WINDOW CLOSE | EMIT FINAL];
+//! ```
+//!
+//! Only the DDL shell is parsed here; column definitions go to DataFusion
+//! (as a `CREATE TABLE`) and the stream's query stays DataFusion SQL.
+
+use arrow::datatypes::SchemaRef;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+/// One parsed statement.
+#[derive(Debug, Clone)]
+pub enum Statement {
+    /// `CREATE SOURCE`.
+    CreateSource(SourceDefSyntax),
+    /// `CREATE STREAM ... AS SELECT`.
+    CreateStream(StreamDef),
+}
+
+/// A `CREATE SOURCE` before its column types are resolved.
+#[derive(Debug, Clone)]
+pub struct SourceDefSyntax {
+    /// Source name (lower-cased unless quoted).
+    pub name: String,
+    /// The column list as a `CREATE TABLE` statement DataFusion can plan.
+    pub create_table_sql: String,
+    /// The watermark clause, if any.
+    pub watermark: Option<WatermarkDef>,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// The statement's text.
+    pub sql: String,
+}
+
+/// A source with its resolved schema.
+#[derive(Debug, Clone)]
+pub struct SourceDef {
+    /// Source name.
+    pub name: String,
+    /// Columns.
+    pub schema: SchemaRef,
+    /// The watermark clause, if any.
+    pub watermark: Option<WatermarkDef>,
+    /// The statement's text, for `SHOW CREATE`-style introspection.
+    pub sql: String,
+}
+
+/// `WATERMARK FOR column AS column - bound`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkDef {
+    /// Event-time column.
+    pub column: String,
+    /// Allowed out-of-orderness in ms.
+    pub bound_ms: i64,
+}
+
+/// How a stream emits results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitMode {
+    /// Once per window, when the watermark closes it (also `EMIT FINAL`,
+    /// and the default for windowed aggregates).
+    OnWindowClose,
+    /// A changelog on every update (`EMIT CHANGES`).
+    Changes,
+}
+
+/// `CREATE STREAM name AS query [EMIT ...]`.
+#[derive(Debug, Clone)]
+pub struct StreamDef {
+    /// Stream name.
+    pub name: String,
+    /// The `SELECT` text.
+    pub query: String,
+    /// The EMIT clause, if given.
+    pub emit: Option<EmitMode>,
+    /// The statement's text.
+    pub sql: String,
+}
+
+fn syntax_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::SqlSyntax, message)
+}
+
+fn location(token: &TokenWithSpan) -> String {
+    format!(
+        "line {}, column {}",
+        token.span.start.line, token.span.start.column
+    )
+}
+
+/// Splits a script into statements and parses each.
+pub fn parse_script(sql: &str) -> Result<Vec<Statement>> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| syntax_error(e.to_string()))?;
+    let mut statements = Vec::new();
+    for chunk in tokens.split(|t| t.token == Token::SemiColon) {
+        let significant: Vec<&TokenWithSpan> = chunk
+            .iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+            .collect();
+        if significant.is_empty() {
+            continue;
+        }
+        statements.push(parse_statement(chunk, &significant)?);
+    }
+    Ok(statements)
+}
+
+fn text_of(tokens: &[TokenWithSpan]) -> String {
+    tokens
+        .iter()
+        .filter(|t| t.token != Token::EOF)
+        .map(|t| t.token.to_string())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+fn keyword(token: &TokenWithSpan) -> Option<Keyword> {
+    match &token.token {
+        Token::Word(w) if w.quote_style.is_none() => Some(w.keyword),
+        _ => None,
+    }
+}
+
+fn is_word(token: &TokenWithSpan, word: &str) -> bool {
+    matches!(&token.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+/// An identifier as DataFusion normalises it: unquoted names lower-case.
+fn identifier(token: &TokenWithSpan, what: &str) -> Result<String> {
+    match &token.token {
+        Token::Word(w) if w.quote_style.is_some() => Ok(w.value.clone()),
+        Token::Word(w) => Ok(w.value.to_lowercase()),
+        other => Err(syntax_error(format!(
+            "expected {what}, found '{other}' at {}",
+            location(token)
+        ))),
+    }
+}
+
+fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> Result<Statement> {
+    let text = text_of(chunk);
+    if keyword(significant[0]) != Some(Keyword::CREATE) || significant.len() < 2 {
+        return Err(Error::new(
+            ErrorCode::Unsupported,
+            format!(
+                "statement not supported: '{}'",
+                text.chars().take(60).collect::<String>()
+            ),
+        )
+        .with_hint("LaminarDB accepts CREATE SOURCE and CREATE STREAM ... AS SELECT"));
+    }
+    if is_word(significant[1], "SOURCE") {
+        return parse_create_source(&significant[2..], text).map(Statement::CreateSource);
+    }
+    if is_word(significant[1], "STREAM") {
+        return parse_create_stream(chunk, &significant[2..], text).map(Statement::CreateStream);
+    }
+    let what = significant[1..]
+        .iter()
+        .take(2)
+        .map(|t| t.token.to_string().to_uppercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Err(Error::new(
+        ErrorCode::Unsupported,
+        format!("CREATE {what} is not supported yet"),
+    )
+    .with_hint("use CREATE SOURCE for inputs and CREATE STREAM ... AS SELECT for queries"))
+}
+
+fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDefSyntax> {
+    let mut i = 0;
+    let mut if_not_exists = false;
+    if rest.len() >= 3
+        && keyword(rest[0]) == Some(Keyword::IF)
+        && keyword(rest[1]) == Some(Keyword::NOT)
+        && keyword(rest[2]) == Some(Keyword::EXISTS)
+    {
+        if_not_exists = true;
+        i = 3;
+    }
+    let name_token = rest
+        .get(i)
+        .ok_or_else(|| syntax_error("CREATE SOURCE needs a name"))?;
+    let name = identifier(name_token, "a source name")?;
+    i += 1;
+    match rest.get(i) {
+        Some(t) if t.token == Token::LParen => {}
+        Some(t) => {
+            return Err(syntax_error(format!(
+                "expected '(' and a column list after the source name, found '{}' at {}",
+                t.token,
+                location(t)
+            )))
+        }
+        None => return Err(syntax_error("CREATE SOURCE needs a column list in parentheses")),
+    }
+    // Split the parenthesised list into top-level items.
+    let mut depth = 0usize;
+    let mut items: Vec<Vec<&TokenWithSpan>> = vec![Vec::new()];
+    let mut close = None;
+    for (j, token) in rest.iter().enumerate().skip(i) {
+        match token.token {
+            Token::LParen => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            }
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(j);
+                    break;
+                }
+            }
+            Token::Comma if depth == 1 => {
+                items.push(Vec::new());
+                continue;
+            }
+            _ => {}
+        }
+        items.last_mut().expect("non-empty").push(token);
+    }
+    let close = close.ok_or_else(|| syntax_error("unbalanced parentheses in CREATE SOURCE"))?;
+    if let Some(extra) = rest.get(close + 1) {
+        if keyword(extra) == Some(Keyword::FROM) {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "source connectors (FROM ... at {}) are not supported yet",
+                    location(extra)
+                ),
+            )
+            .with_hint("push Arrow batches with source_untyped(name).push(batch), or use laminardb run --input"));
+        }
+        return Err(syntax_error(format!(
+            "unexpected '{}' after the column list at {}",
+            extra.token,
+            location(extra)
+        )));
+    }
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    for item in items {
+        if item.is_empty() {
+            return Err(syntax_error("empty item in the column list of CREATE SOURCE"));
+        }
+        if is_word(item[0], "WATERMARK") {
+            if watermark.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWatermark,
+                    "a source may declare only one WATERMARK",
+                ));
+            }
+            watermark = Some(parse_watermark(&item)?);
+        } else {
+            columns.push(
+                item.iter()
+                    .map(|t| t.token.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+    }
+    if columns.is_empty() {
+        return Err(syntax_error("CREATE SOURCE needs at least one column"));
+    }
+    let quoted_name = format!("\"{}\"", name.replace('"', "\"\""));
+    Ok(SourceDefSyntax {
+        create_table_sql: format!("CREATE TABLE {quoted_name} ({})", columns.join(", ")),
+        name,
+        watermark,
+        if_not_exists,
+        sql: text,
+    })
+}
+
+/// `WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - INTERVAL 'n UNIT' | - n]`
+fn parse_watermark(item: &[&TokenWithSpan]) -> Result<WatermarkDef> {
+    let invalid = |why: &str| {
+        Error::new(
+            ErrorCode::InvalidWatermark,
+            format!("invalid WATERMARK clause at {}: {why}", location(item[0])),
+        )
+        .with_hint("write WATERMARK FOR ts AS ts - INTERVAL '5' SECOND")
+    };
+    if item.len() < 4 || keyword(item[1]) != Some(Keyword::FOR) || keyword(item[3]) != Some(Keyword::AS) {
+        return Err(invalid("expected WATERMARK FOR <column> AS <column> - <bound>"));
+    }
+    let column = identifier(item[2], "the event-time column").map_err(|_| invalid("expected a column name after FOR"))?;
+    let expr = &item[4..];
+    let Some(first) = expr.first() else {
+        return Err(invalid("missing expression after AS"));
+    };
+    if identifier(first, "column").ok().as_deref() != Some(column.as_str()) {
+        return Err(invalid("the expression after AS must start with the same column as FOR"));
+    }
+    let bound_ms = match &expr[1..] {
+        [] => 0,
+        [minus, rest @ ..] if minus.token == Token::Minus => parse_bound(rest).ok_or_else(|| {
+            invalid("the bound must be INTERVAL 'n' UNIT (MILLISECOND to DAY) or a number of milliseconds")
+        })?,
+        _ => return Err(invalid("expected '<column> - <bound>'")),
+    };
+    if bound_ms < 0 {
+        return Err(invalid("the bound must not be negative"));
+    }
+    Ok(WatermarkDef { column, bound_ms })
+}
+
+fn parse_bound(tokens: &[&TokenWithSpan]) -> Option<i64> {
+    match tokens {
+        [number] => match &number.token {
+            Token::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        [interval, rest @ ..] if keyword(interval) == Some(Keyword::INTERVAL) => {
+            let (amount, unit) = match rest {
+                [value] => {
+                    let Token::SingleQuotedString(s) = &value.token else {
+                        return None;
+                    };
+                    let mut parts = s.split_whitespace();
+                    (parts.next()?.to_string(), parts.next()?.to_string())
+                }
+                [value, unit] => {
+                    let amount = match &value.token {
+                        Token::SingleQuotedString(s) => s.trim().to_string(),
+                        Token::Number(n, _) => n.clone(),
+                        _ => return None,
+                    };
+                    let Token::Word(w) = &unit.token else {
+                        return None;
+                    };
+                    (amount, w.value.clone())
+                }
+                _ => return None,
+            };
+            let amount: f64 = amount.parse().ok()?;
+            let unit_ms = match unit.to_ascii_uppercase().trim_end_matches('S') {
+                "MILLISECOND" => 1.0,
+                "SECOND" => 1_000.0,
+                "MINUTE" => 60_000.0,
+                "HOUR" => 3_600_000.0,
+                "DAY" => 86_400_000.0,
+                _ => return None,
+            };
+            let ms = amount * unit_ms;
+            (ms.fract() == 0.0).then_some(ms as i64)
+        }
+        _ => None,
+    }
+}
+
+fn parse_create_stream(
+    chunk: &[TokenWithSpan],
+    rest: &[&TokenWithSpan],
+    text: String,
+) -> Result<StreamDef> {
+    let name_token = rest
+        .first()
+        .ok_or_else(|| syntax_error("CREATE STREAM needs a name"))?;
+    let name = identifier(name_token, "a stream name")?;
+    let as_token = rest
+        .get(1)
+        .filter(|t| keyword(t) == Some(Keyword::AS))
+        .ok_or_else(|| syntax_error(format!("expected AS after CREATE STREAM {name}")))?;
+    // The query is everything after AS, up to a top-level EMIT.
+    let start = chunk
+        .iter()
+        .position(|t| std::ptr::eq(t, *as_token))
+        .expect("token from this chunk")
+        + 1;
+    let mut depth = 0i32;
+    let mut emit_at = None;
+    for (j, token) in chunk.iter().enumerate().skip(start) {
+        match &token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 && is_word(token, "EMIT") => {
+                emit_at = Some(j);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (query_tokens, emit) = match emit_at {
+        Some(j) => (&chunk[start..j], Some(parse_emit(&chunk[j..])?)),
+        None => (&chunk[start..], None),
+    };
+    let query = text_of(query_tokens);
+    if query.is_empty() {
+        return Err(syntax_error(format!("CREATE STREAM {name} AS needs a SELECT")));
+    }
+    Ok(StreamDef {
+        name,
+        query,
+        emit,
+        sql: text,
+    })
+}
+
+fn parse_emit(tokens: &[TokenWithSpan]) -> Result<EmitMode> {
+    let words: Vec<String> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+        .map(|t| t.token.to_string().to_uppercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["EMIT", "ON", "WINDOW", "CLOSE"] | ["EMIT", "FINAL"] => Ok(EmitMode::OnWindowClose),
+        ["EMIT", "CHANGES"] => Ok(EmitMode::Changes),
+        _ => Err(syntax_error(format!(
+            "unknown EMIT clause '{}' at {}",
+            words.join(" "),
+            location(&tokens[0])
+        ))
+        .with_hint("use EMIT ON WINDOW CLOSE or EMIT FINAL")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_source_with_watermark_and_stream_with_emit() {
+        let statements = parse_script(
+            "CREATE SOURCE Trades (symbol VARCHAR NOT NULL, price DOUBLE, ts BIGINT,
+                WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+             -- a comment
+             CREATE STREAM s AS SELECT symbol, COUNT(*) AS n FROM trades
+                GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE;",
+        )
+        .unwrap();
+        assert_eq!(statements.len(), 2);
+        let Statement::CreateSource(source) = &statements[0] else {
+            panic!("source")
+        };
+        assert_eq!(source.name, "trades");
+        assert_eq!(
+            source.watermark,
+            Some(WatermarkDef {
+                column: "ts".into(),
+                bound_ms: 5000
+            })
+        );
+        assert!(!source.create_table_sql.contains("WATERMARK"));
+        let Statement::CreateStream(stream) = &statements[1] else {
+            panic!("stream")
+        };
+        assert_eq!(stream.emit, Some(EmitMode::OnWindowClose));
+        assert!(stream.query.starts_with("SELECT"));
+        assert!(stream.query.ends_with("MINUTE)"));
+    }
+
+    #[test]
+    fn watermark_bounds() {
+        for (clause, ms) in [
+            ("ts", 0),
+            ("ts - 250", 250),
+            ("ts - INTERVAL '2 minutes'", 120_000),
+            ("ts - INTERVAL '1' HOUR", 3_600_000),
+        ] {
+            let sql = format!("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS {clause})");
+            let Statement::CreateSource(s) = &parse_script(&sql).unwrap()[0] else {
+                panic!()
+            };
+            assert_eq!(s.watermark.as_ref().unwrap().bound_ms, ms, "{clause}");
+        }
+    }
+
+    #[test]
+    fn errors_carry_codes() {
+        let code = |sql: &str| parse_script(sql).unwrap_err().code();
+        assert_eq!(code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR x AS ts - 5)"), ErrorCode::InvalidWatermark);
+        assert_eq!(code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' MONTH)"), ErrorCode::InvalidWatermark);
+        assert_eq!(code("CREATE SOURCE s (ts BIGINT) FROM KAFKA (topic = 'x')"), ErrorCode::Unsupported);
+        assert_eq!(code("CREATE STREAM s AS SELECT 1 EMIT SOMETIMES"), ErrorCode::SqlSyntax);
+        assert_eq!(code("DROP TABLE x"), ErrorCode::Unsupported);
+        assert_eq!(code("CREATE SOURCE s (a VARCHAR 'unterminated)"), ErrorCode::SqlSyntax);
+        assert_eq!(code("CREATE MATERIALIZED VIEW v AS SELECT 1"), ErrorCode::Unsupported);
+    }
+}

@@ -1,0 +1,125 @@
+//! SQL functions LaminarDB adds to DataFusion.
+//!
+//! `tumble(ts, size [, offset])` returns the start of the tumbling window
+//! holding `ts`, in `ts`'s own type (BIGINT epoch ms or TIMESTAMP). In a
+//! stream's `GROUP BY` it defines the window; anywhere else (and in batch
+//! queries) it is this plain scalar function, computed by the same code as
+//! the streaming window assignment.
+
+use arrow::array::{Array, ArrayRef};
+use arrow::datatypes::DataType;
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use laminar_operators::{EventTimeUnit, TumbleSpec};
+
+/// The `tumble` scalar function.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Tumble {
+    signature: Signature,
+}
+
+impl Default for Tumble {
+    fn default() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// The name the window function is registered under.
+pub const TUMBLE: &str = "tumble";
+
+/// `tumble` as a UDF ready to register.
+pub fn tumble_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(Tumble::default())
+}
+
+/// Converts an interval literal (or a BIGINT number of ms) to ms.
+pub fn interval_ms(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            if v.nanoseconds % 1_000_000 != 0 {
+                return None;
+            }
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        ScalarValue::IntervalYearMonth(Some(0)) => Some(0),
+        ScalarValue::Int64(Some(v)) => Some(*v),
+        ScalarValue::Int32(Some(v)) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+fn interval_argument(arg: &ColumnarValue, what: &str) -> Result<i64> {
+    match arg {
+        ColumnarValue::Scalar(value) => match interval_ms(value) {
+            Some(ms) => Ok(ms),
+            None => exec_err!(
+                "tumble(): the {what} must be a fixed INTERVAL (days, hours, minutes, seconds, \
+                 milliseconds) or a number of milliseconds, got {value}"
+            ),
+        },
+        ColumnarValue::Array(_) => exec_err!("tumble(): the {what} must be a constant"),
+    }
+}
+
+impl ScalarUDFImpl for Tumble {
+    fn name(&self) -> &str {
+        TUMBLE
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match &arg_types[0] {
+            DataType::Int64 => Ok(DataType::Int64),
+            DataType::Timestamp(unit, tz) => Ok(DataType::Timestamp(*unit, tz.clone())),
+            other => plan_err!(
+                "tumble(): the event-time argument must be BIGINT (epoch ms) or TIMESTAMP, got {other}"
+            ),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let size = interval_argument(&args.args[1], "window size")?;
+        let offset = match args.args.get(2) {
+            Some(arg) => interval_argument(arg, "window offset")?,
+            None => 0,
+        };
+        let spec = TumbleSpec::new(size, offset)
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        let times: ArrayRef = args.args[0].to_array(args.number_rows)?;
+        let unit = EventTimeUnit::of(times.data_type(), "tumble")
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        // Timestamps cast to Int64 keep their ticks; NULLs stay NULL.
+        let ticks = arrow::compute::cast(&times, &DataType::Int64)?;
+        let ticks = ticks
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let starts: arrow::array::Int64Array =
+            ticks.unary(|t| unit.from_ms(spec.start_of(unit.to_ms(t))));
+        let data = starts
+            .into_data()
+            .into_builder()
+            .data_type(unit.data_type())
+            .build()?;
+        Ok(ColumnarValue::Array(arrow::array::make_array(data)))
+    }
+}
+
+/// Registers LaminarDB's functions in a DataFusion context.
+pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
+    ctx.register_udf(tumble_udf());
+}

@@ -1,0 +1,614 @@
+//! Planning a stream: DataFusion logical plan -> streaming operator spec.
+//!
+//! The `SELECT` is planned and optimised by DataFusion as an ordinary query
+//! over empty tables with the sources' schemas. The optimised plan must have
+//! one of two shapes, read from the top:
+//!
+//! ```text
+//! [Projection | Filter]* -> TableScan(source)                      stateless
+//! [Projection | Filter]* -> Aggregate(keys, tumble(...); aggs)
+//!                        -> [Projection | Filter]* -> TableScan     windowed
+//! ```
+//!
+//! Expressions become DataFusion physical expressions (the interpreted
+//! path); aggregates become DataFusion aggregate expressions whose group
+//! accumulators hold the window state. Every other node is an `LDB-1004`
+//! error naming what is not supported.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, DataFusionError, TableReference};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::expr::{AggregateFunction, Sort};
+use datafusion::logical_expr::{Aggregate, DdlStatement, Expr, LogicalPlan};
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use laminar_operators::{
+    EventTimeUnit, Operator, Stage, Stateless, TumbleSpec, WindowAggregate, WindowAggregateSpec,
+};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::dialect::{EmitMode, SourceDef, SourceDefSyntax, StreamDef};
+use crate::functions::{interval_ms, register_functions, TUMBLE};
+
+/// How the router spreads a source's rows over shards for one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Routing {
+    /// By hash of these source columns: rows with equal keys meet on one
+    /// shard.
+    Keys(Vec<usize>),
+    /// Anywhere: the stream keeps no keyed state.
+    Any,
+    /// Everything on shard 0: keyed state whose key is not a plain source
+    /// column (or no key at all), so no hash of source columns is safe.
+    Single,
+}
+
+/// The operator a stream runs on each shard.
+#[derive(Debug, Clone)]
+pub enum StreamOperator {
+    /// Filters and projections only.
+    Stateless(Vec<Stage>),
+    /// A tumbling-window aggregate.
+    WindowAggregate(WindowAggregateSpec),
+}
+
+impl StreamOperator {
+    /// Builds a fresh operator instance (one per shard).
+    pub fn instantiate(&self, output_schema: &SchemaRef) -> Result<Box<dyn Operator>> {
+        Ok(match self {
+            StreamOperator::Stateless(stages) => {
+                Box::new(Stateless::new(stages.clone(), Arc::clone(output_schema)))
+            }
+            StreamOperator::WindowAggregate(spec) => Box::new(WindowAggregate::new(spec.clone())?),
+        })
+    }
+}
+
+/// A planned stream.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    /// Stream name.
+    pub name: String,
+    /// The source it reads.
+    pub source: String,
+    /// Schema of its output batches.
+    pub output_schema: SchemaRef,
+    /// How its input is spread over shards.
+    pub routing: Routing,
+    /// What runs on each shard.
+    pub operator: StreamOperator,
+    /// Human-readable plan, for logs and `EXPLAIN`.
+    pub explain: String,
+}
+
+/// A DataFusion context set up the way LaminarDB plans: one partition,
+/// `VARCHAR` as `Utf8` (what Arrow producers push), LaminarDB's functions.
+pub fn new_session_context() -> SessionContext {
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    let ctx = SessionContext::new_with_config(config);
+    register_functions(&ctx);
+    ctx
+}
+
+fn planning_error(e: DataFusionError) -> Error {
+    let message = e.strip_backtrace().to_string();
+    let code = match &e {
+        DataFusionError::SQL(..) => ErrorCode::SqlSyntax,
+        _ if message.contains("not found") || message.contains("No field named") => {
+            ErrorCode::UnknownObject
+        }
+        _ => ErrorCode::Planning,
+    };
+    Error::new(code, message)
+}
+
+fn unsupported(what: impl Into<String>, hint: &str) -> Error {
+    Error::new(ErrorCode::Unsupported, what).with_hint(hint)
+}
+
+/// Resolves a `CREATE SOURCE`'s column types through DataFusion and checks
+/// its watermark column.
+pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Result<SourceDef> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(&syntax.create_table_sql)
+        .await
+        .map_err(planning_error)?;
+    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) = plan else {
+        return Err(Error::new(
+            ErrorCode::Planning,
+            "CREATE SOURCE did not describe a table",
+        ));
+    };
+    let schema: SchemaRef = Arc::new(table.input.schema().as_arrow().clone());
+    if let Some(watermark) = &syntax.watermark {
+        let field = schema.field_with_name(&watermark.column).map_err(|_| {
+            Error::new(
+                ErrorCode::InvalidWatermark,
+                format!(
+                    "WATERMARK FOR names column '{}', which source '{}' does not have",
+                    watermark.column, syntax.name
+                ),
+            )
+        })?;
+        EventTimeUnit::of(field.data_type(), field.name())
+            .map_err(|e| Error::new(ErrorCode::InvalidWatermark, e.message().to_string()))?;
+    }
+    Ok(SourceDef {
+        name: syntax.name,
+        schema,
+        watermark: syntax.watermark,
+        sql: syntax.sql,
+    })
+}
+
+/// Registers a source (or a stream's output) as an empty table so queries
+/// over it can be planned.
+pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
+    ctx.register_table(TableReference::bare(name), Arc::new(EmptyTable::new(schema)))
+        .map_err(planning_error)?;
+    Ok(())
+}
+
+/// Plans a query for batch execution with LaminarDB's semantics (the
+/// oracle's plan): the same rewrites as streaming planning.
+pub async fn plan_for_batch(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(planning_error)?;
+    order_first_last_by_event_time(plan)
+}
+
+/// `first_value`/`last_value` without `ORDER BY` in a windowed aggregate
+/// take the row with the smallest/largest event time (the window's time
+/// argument), never "whatever arrived first", so results do not depend on
+/// arrival order across shards. The rewritten aggregate keeps its original
+/// output name so the plan above it is unchanged.
+fn order_first_last_by_event_time(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(aggregate) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let Some((_, tumble_args)) = find_window(&aggregate.group_expr) else {
+            return Ok(Transformed::no(node));
+        };
+        let event_time = tumble_args[0].clone();
+        let mut changed = false;
+        let mut aggr_expr = Vec::with_capacity(aggregate.aggr_expr.len());
+        for expr in &aggregate.aggr_expr {
+            let name = expr.schema_name().to_string();
+            match expr.clone().unalias() {
+                Expr::AggregateFunction(mut f)
+                    if matches!(f.func.name(), "first_value" | "last_value")
+                        && f.params.order_by.is_empty() =>
+                {
+                    f.params.order_by = vec![Sort::new(event_time.clone(), true, false)];
+                    aggr_expr.push(Expr::AggregateFunction(AggregateFunction { ..f }).alias(name));
+                    changed = true;
+                }
+                _ => aggr_expr.push(expr.clone()),
+            }
+        }
+        if !changed {
+            return Ok(Transformed::no(node));
+        }
+        let rewritten = Aggregate::try_new(
+            Arc::clone(&aggregate.input),
+            aggregate.group_expr.clone(),
+            aggr_expr,
+        )?;
+        Ok(Transformed::yes(LogicalPlan::Aggregate(rewritten)))
+    })
+    .map(|t| t.data)
+    .map_err(planning_error)
+}
+
+/// Finds the `tumble(...)` among GROUP BY expressions: (position, args).
+fn find_window(group_expr: &[Expr]) -> Option<(usize, Vec<Expr>)> {
+    group_expr
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match e.clone().unalias() {
+            Expr::ScalarFunction(f) if f.func.name() == TUMBLE => Some((i, f.args)),
+            _ => None,
+        })
+}
+
+struct Lowering<'a> {
+    props: ExecutionProps,
+    sources: &'a HashMap<String, SourceDef>,
+    streams: &'a [String],
+}
+
+/// The nodes between an aggregate (or the top) and the scan.
+struct Chain<'p> {
+    stages: Vec<Stage>,
+    scan_source: String,
+    below: &'p LogicalPlan,
+}
+
+impl Lowering<'_> {
+    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
+            .map_err(planning_error)
+    }
+
+    /// Walks Projection/Filter/SubqueryAlias nodes down to the next
+    /// Aggregate or TableScan. Stages come out in execution order (scan
+    /// first).
+    fn chain<'p>(&self, mut node: &'p LogicalPlan) -> Result<Chain<'p>> {
+        let mut stages = Vec::new();
+        loop {
+            match node {
+                LogicalPlan::Projection(p) => {
+                    let exprs = p
+                        .expr
+                        .iter()
+                        .map(|e| self.physical(e, p.input.schema()))
+                        .collect::<Result<Vec<_>>>()?;
+                    stages.push(Stage::Project {
+                        exprs,
+                        schema: Arc::new(p.schema.as_arrow().clone()),
+                    });
+                    node = &p.input;
+                }
+                LogicalPlan::Filter(f) => {
+                    stages.push(Stage::Filter(self.physical(&f.predicate, f.input.schema())?));
+                    node = &f.input;
+                }
+                LogicalPlan::SubqueryAlias(s) => node = &s.input,
+                LogicalPlan::Aggregate(_) => {
+                    stages.reverse();
+                    return Ok(Chain {
+                        stages,
+                        scan_source: String::new(),
+                        below: node,
+                    });
+                }
+                LogicalPlan::TableScan(scan) => {
+                    let name = scan.table_name.table().to_string();
+                    if !self.sources.contains_key(&name) {
+                        if self.streams.contains(&name) {
+                            return Err(unsupported(
+                                format!("reading from stream '{name}' (a cascading stream) is not supported yet"),
+                                "read from a source",
+                            ));
+                        }
+                        return Err(Error::new(
+                            ErrorCode::UnknownObject,
+                            format!("unknown source '{name}'"),
+                        ));
+                    }
+                    if !scan.filters.is_empty() || scan.fetch.is_some() {
+                        return Err(Error::new(
+                            ErrorCode::Planning,
+                            "internal: the scan of a source carried pushed-down filters or a limit",
+                        ));
+                    }
+                    if let Some(projection) = &scan.projection {
+                        let source_schema = &self.sources[&name].schema;
+                        let exprs = projection
+                            .iter()
+                            .map(|&i| {
+                                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                    source_schema.field(i).name(),
+                                    i,
+                                )) as Arc<dyn PhysicalExpr>
+                            })
+                            .collect();
+                        stages.push(Stage::Project {
+                            exprs,
+                            schema: Arc::new(scan.projected_schema.as_arrow().clone()),
+                        });
+                    }
+                    stages.reverse();
+                    return Ok(Chain {
+                        stages,
+                        scan_source: name,
+                        below: node,
+                    });
+                }
+                other => return Err(unsupported_node(other)),
+            }
+        }
+    }
+
+    /// The source column an expression reads unchanged, if it is one.
+    fn trace_to_source(&self, expr: &Expr, mut node: &LogicalPlan) -> Option<usize> {
+        let mut expr = expr.clone().unalias();
+        loop {
+            let Expr::Column(column) = &expr else {
+                return None;
+            };
+            let index = node.schema().index_of_column(column).ok()?;
+            match node {
+                LogicalPlan::Projection(p) => {
+                    expr = p.expr[index].clone().unalias();
+                    node = &p.input;
+                }
+                LogicalPlan::Filter(f) => node = &f.input,
+                LogicalPlan::SubqueryAlias(s) => {
+                    let (qualifier, field) = s.input.schema().qualified_field(index);
+                    expr = Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        field.name(),
+                    ));
+                    node = &s.input;
+                }
+                LogicalPlan::TableScan(scan) => {
+                    return Some(scan.projection.as_ref().map_or(index, |p| p[index]));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn window_aggregate(
+        &self,
+        def: &StreamDef,
+        aggregate: &Aggregate,
+        post: Vec<Stage>,
+    ) -> Result<(String, Routing, StreamOperator, String)> {
+        let (window_position, args) = find_window(&aggregate.group_expr).ok_or_else(|| {
+            unsupported(
+                "GROUP BY without a window function needs EMIT CHANGES, which is not supported yet",
+                "add tumble(ts, INTERVAL '1' MINUTE) to the GROUP BY",
+            )
+        })?;
+        if find_window(&aggregate.group_expr[window_position + 1..]).is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                "a stream may GROUP BY only one window function",
+            ));
+        }
+        if aggregate
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(unsupported(
+                "GROUPING SETS, CUBE and ROLLUP are not supported in streams",
+                "use one GROUP BY per stream",
+            ));
+        }
+        let literal_ms = |e: &Expr, what: &str| -> Result<i64> {
+            match e.clone().unalias() {
+                Expr::Literal(value, _) => interval_ms(&value),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!("tumble(): the {what} must be a constant INTERVAL of days or less, got {e}"),
+                )
+            })
+        };
+        if args.len() < 2 || args.len() > 3 {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                "tumble() takes (event_time, size [, offset])",
+            ));
+        }
+        let size_ms = literal_ms(&args[1], "window size")?;
+        let offset_ms = args.get(2).map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
+        let window = TumbleSpec::new(size_ms, offset_ms)?;
+
+        let chain = self.chain(&aggregate.input)?;
+        let source_name = chain.scan_source.clone();
+        if source_name.is_empty() {
+            return Err(unsupported(
+                "an aggregate over another aggregate is not supported yet",
+                "use one GROUP BY per stream",
+            ));
+        }
+        let source = &self.sources[&source_name];
+        let input_schema = aggregate.input.schema();
+        let time_column = self
+            .trace_to_source(&args[0], &aggregate.input)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "tumble(): the event-time argument '{}' must be a column of source '{source_name}'",
+                        args[0]
+                    ),
+                )
+            })?;
+        let time_field = source.schema.field(time_column);
+        if let Some(watermark) = &source.watermark {
+            if &watermark.column != time_field.name() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "tumble() uses column '{}' but source '{source_name}' has its WATERMARK on '{}'",
+                        time_field.name(),
+                        watermark.column
+                    ),
+                ));
+            }
+        }
+        let source_time_unit = EventTimeUnit::of(time_field.data_type(), time_field.name())?;
+        let window_type = args[0].get_type(input_schema).map_err(planning_error)?;
+        let window_unit = EventTimeUnit::of(&window_type, &args[0].to_string())?;
+
+        let mut keys = Vec::new();
+        let mut key_columns = Some(Vec::new());
+        for (i, expr) in aggregate.group_expr.iter().enumerate() {
+            if i == window_position {
+                continue;
+            }
+            keys.push(self.physical(expr, input_schema)?);
+            match (self.trace_to_source(expr, &aggregate.input), key_columns.as_mut()) {
+                (Some(column), Some(columns)) => columns.push(column),
+                _ => key_columns = None,
+            }
+        }
+        let routing = match key_columns {
+            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
+            _ => Routing::Single,
+        };
+
+        let physical_input_schema: Schema = input_schema.as_arrow().clone();
+        let mut aggregates = Vec::new();
+        let mut aggregate_filters = Vec::new();
+        for expr in &aggregate.aggr_expr {
+            let planning_ctx = PhysicalPlanningContext::default();
+            let lowered = LoweredAggregateBuilder::new(
+                expr,
+                input_schema,
+                &physical_input_schema,
+                &self.props,
+                &planning_ctx,
+            )
+            .build()
+            .map_err(planning_error)?;
+            aggregates.push(lowered.aggregate);
+            aggregate_filters.push(lowered.filter);
+        }
+        let explain = format!(
+            "WindowAggregate[tumble size={}ms offset={}ms, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- source {}{}",
+            window.size_ms,
+            window.offset_ms,
+            keys.len(),
+            aggregate
+                .aggr_expr
+                .iter()
+                .map(|e| e.schema_name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            routing,
+            chain.stages.len(),
+            source_name,
+            if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
+        );
+        let _ = def;
+        let spec = WindowAggregateSpec {
+            source_time_column: time_column,
+            source_time_unit,
+            pre: chain.stages,
+            event_time: self.physical(&args[0], input_schema)?,
+            window,
+            window_unit,
+            window_position,
+            keys,
+            aggregates,
+            aggregate_filters,
+            aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
+            post,
+        };
+        Ok((source_name, routing, StreamOperator::WindowAggregate(spec), explain))
+    }
+}
+
+fn unsupported_node(node: &LogicalPlan) -> Error {
+    let (what, hint) = match node {
+        LogicalPlan::Join(_) => ("joins are not supported in streams yet", "one source per stream"),
+        LogicalPlan::Sort(_) => ("ORDER BY is not supported in streams", "order results in the subscriber"),
+        LogicalPlan::Limit(_) => ("LIMIT is not supported in streams", "remove the LIMIT"),
+        LogicalPlan::Window(_) => ("OVER (...) window functions are not supported in streams yet", "use GROUP BY tumble(...)"),
+        LogicalPlan::Distinct(_) => ("SELECT DISTINCT is not supported in streams yet", "use GROUP BY with a window"),
+        LogicalPlan::Union(_) => ("UNION is not supported in streams yet", "create one stream per input"),
+        LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
+            ("a stream must read from a source", "add FROM <source>")
+        }
+        _ => ("this query shape is not supported in streams", "see docs/SQL_REFERENCE.md"),
+    };
+    unsupported(format!("{what} (plan node: {})", node.display()), hint)
+}
+
+/// Plans `CREATE STREAM` over the given sources. `streams` are the names of
+/// existing streams (for a clear error when a query reads one).
+pub async fn plan_stream(
+    ctx: &SessionContext,
+    def: &StreamDef,
+    sources: &HashMap<String, SourceDef>,
+    streams: &[String],
+) -> Result<StreamPlan> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(&def.query)
+        .await
+        .map_err(planning_error)?;
+    if !matches!(
+        plan,
+        LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Aggregate(_)
+            | LogicalPlan::TableScan(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Join(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Union(_)
+    ) {
+        return Err(unsupported(
+            format!("CREATE STREAM {} AS needs a SELECT query", def.name),
+            "write CREATE STREAM name AS SELECT ... FROM source",
+        ));
+    }
+    let plan = ctx.state().optimize(&plan).map_err(planning_error)?;
+    let plan = order_first_last_by_event_time(plan)?;
+    let lowering = Lowering {
+        props: ctx.state().execution_props().clone(),
+        sources,
+        streams,
+    };
+    let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let chain = lowering.chain(&plan)?;
+    let (source, routing, operator, explain) = match chain.below {
+        LogicalPlan::Aggregate(aggregate) => {
+            if def.emit == Some(EmitMode::Changes) {
+                return Err(unsupported(
+                    "EMIT CHANGES is not supported yet",
+                    "use EMIT ON WINDOW CLOSE with a window in the GROUP BY",
+                ));
+            }
+            lowering.window_aggregate(def, aggregate, chain.stages)?
+        }
+        _ => {
+            if def.emit.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "stream {} has an EMIT clause but no windowed GROUP BY",
+                        def.name
+                    ),
+                )
+                .with_hint("drop the EMIT clause: a filter/projection stream emits every row as it arrives"));
+            }
+            let explain = format!(
+                "Stateless[{} stage(s)] <- source {}",
+                chain.stages.len(),
+                chain.scan_source
+            );
+            (
+                chain.scan_source,
+                Routing::Any,
+                StreamOperator::Stateless(chain.stages),
+                explain,
+            )
+        }
+    };
+    log::info!("stream {}: {explain}", def.name);
+    Ok(StreamPlan {
+        name: def.name.clone(),
+        source,
+        output_schema,
+        routing,
+        operator,
+        explain,
+    })
+}
