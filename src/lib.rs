@@ -1,1 +1,586 @@
+//! # LaminarDB
+//!
+//! An embedded streaming SQL database: declare sources and continuous
+//! queries in SQL, push Arrow batches, subscribe to results that update as
+//! data arrives. Each shard is a Glommio executor pinned to a core that owns
+//! its slice of all keyed state; rows reach it through lock-free rings.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use laminar_db::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+//! use laminar_db::LaminarDB;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! # rt.block_on(async {
+//! let db = LaminarDB::builder().shards(1).build()?;
+//! db.execute("CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+//!             ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").await?;
+//! db.execute("CREATE STREAM avg_price AS
+//!             SELECT symbol, AVG(price) AS avg_price FROM trades
+//!             GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
+//!             EMIT ON WINDOW CLOSE").await?;
+//! let mut results = db.subscribe("avg_price")?;
+//! let trades = db.source_untyped("trades")?;
+//! db.start().await?;
+//!
+//! let batch = RecordBatch::try_new(trades.schema(), vec![
+//!     Arc::new(StringArray::from(vec!["AAPL", "AAPL"])),
+//!     Arc::new(Float64Array::from(vec![10.0, 20.0])),
+//!     Arc::new(Int64Array::from(vec![1_000, 2_000])),
+//! ])?;
+//! trades.push(batch)?;
+//! trades.watermark(60_000)?; // close the first minute
+//!
+//! let out = results.recv().expect("one window");
+//! assert_eq!(out.num_rows(), 1);
+//! db.shutdown().await?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Modules: [`source`] (pushing rows, the router), [`subscription`]
+//! (reading results), [`metrics`]; the pipeline's shard loop is in
+//! `pipeline.rs`.
 
+mod pipeline;
+
+pub mod metrics;
+pub mod source;
+pub mod subscription;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use crossbeam_utils::CachePadded;
+use datafusion::prelude::SessionContext;
+use laminar_runtime::executor::{ExecutorConfig, ShardMain, ShardThreads};
+use laminar_runtime::placement::{discover_cpus, plan, ShardPlacement};
+use laminar_runtime::spsc::{ring, Consumer, Producer};
+use laminar_sql::planner::{register_table, resolve_source};
+use laminar_sql::{new_session_context, parse_script, plan_stream, SourceDef, Statement, StreamPlan};
+
+pub use arrow;
+pub use laminar_runtime::{Error, ErrorCode, Result};
+pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
+pub use source::SourceHandle;
+pub use subscription::Subscription;
+
+use metrics::ShardCounters;
+use pipeline::{control_channel, Control, Pipeline, ShardProgram, ShardStream, SourceRuntime, SourceTime, StreamRuntime};
+use subscription::Emitted;
+
+/// What `push` does when a shard's ingest ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait until there is room (the pusher slows to the engine's pace).
+    #[default]
+    Block,
+    /// Fail with `LDB-2002`; nothing of the batch is accepted.
+    Error,
+}
+
+/// Builds a [`LaminarDB`].
+#[derive(Debug, Clone)]
+pub struct LaminarDbBuilder {
+    shards: Option<usize>,
+    ring_capacity: usize,
+    backpressure: Backpressure,
+    executor: ExecutorConfig,
+}
+
+impl Default for LaminarDbBuilder {
+    fn default() -> Self {
+        Self {
+            shards: None,
+            ring_capacity: 64,
+            backpressure: Backpressure::Block,
+            executor: ExecutorConfig::default(),
+        }
+    }
+}
+
+impl LaminarDbBuilder {
+    /// Number of shards (default: one per physical core this process may
+    /// use). More shards than CPUs is allowed; shards then share CPUs.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// Capacity, in batches, of each ring between a source handle and a
+    /// shard and between a shard and a subscriber (default 64).
+    pub fn ring_capacity(mut self, batches: usize) -> Self {
+        self.ring_capacity = batches;
+        self
+    }
+
+    /// What `push` does when a ring is full (default: wait).
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = policy;
+        self
+    }
+
+    /// How long an idle shard spins before sleeping (default 50 µs).
+    /// Longer means lower wake-up latency and more idle CPU.
+    pub fn idle_spin(mut self, spin: Duration) -> Self {
+        self.executor.spin_before_park = spin;
+        self
+    }
+
+    /// Builds the database. Shard placement is decided here (and logged);
+    /// shards start with [`LaminarDB::start`].
+    pub fn build(self) -> Result<LaminarDB> {
+        if self.ring_capacity == 0 || self.ring_capacity > 1 << 20 {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                format!("ring capacity must be 1..=1048576 batches, got {}", self.ring_capacity),
+            ));
+        }
+        let placements = plan(self.shards, &discover_cpus()?)?;
+        Ok(LaminarDB {
+            shared: Arc::new(Shared {
+                placements,
+                ring_capacity: self.ring_capacity,
+                backpressure: self.backpressure,
+                executor: self.executor,
+                ctx: new_session_context(),
+                catalog: Mutex::new(Catalog::default()),
+                pipeline: OnceLock::new(),
+            }),
+        })
+    }
+}
+
+/// Sources, streams and subscribers declared before start.
+#[derive(Default)]
+struct Catalog {
+    sources: Vec<SourceDef>,
+    streams: Vec<StreamPlan>,
+    /// Subscriber rings waiting for the pipeline: `[stream] -> [(shard, ring)]`.
+    pending_outputs: HashMap<usize, Vec<(usize, Producer<Emitted>)>>,
+    started: bool,
+}
+
+impl Catalog {
+    fn source_map(&self) -> HashMap<String, SourceDef> {
+        self.sources
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect()
+    }
+
+    fn name_taken(&self, name: &str) -> bool {
+        self.sources.iter().any(|s| s.name == name) || self.streams.iter().any(|s| s.name == name)
+    }
+}
+
+/// State shared by the database, its source handles and its pipeline.
+pub(crate) struct Shared {
+    placements: Vec<ShardPlacement>,
+    ring_capacity: usize,
+    backpressure: Backpressure,
+    executor: ExecutorConfig,
+    ctx: SessionContext,
+    catalog: Mutex<Catalog>,
+    pub(crate) pipeline: OnceLock<Arc<Pipeline>>,
+}
+
+/// An embedded streaming database. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct LaminarDB {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LaminarDB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaminarDB")
+            .field("shards", &self.shared.placements.len())
+            .finish()
+    }
+}
+
+/// What [`LaminarDB::execute`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecuteResult {
+    /// A source was created.
+    SourceCreated(String),
+    /// A source already existed and `IF NOT EXISTS` was given.
+    SourceExists(String),
+    /// A stream was created.
+    StreamCreated(String),
+}
+
+fn poisoned() -> Error {
+    Error::new(ErrorCode::Execution, "internal lock poisoned by an earlier panic")
+}
+
+impl LaminarDB {
+    /// Opens an in-memory database with default settings.
+    pub fn open() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder() -> LaminarDbBuilder {
+        LaminarDbBuilder::default()
+    }
+
+    /// The shard placement: which CPU and NUMA node each shard runs on.
+    pub fn placement(&self) -> &[ShardPlacement] {
+        &self.shared.placements
+    }
+
+    /// Executes one or more `;`-separated statements (`CREATE SOURCE`,
+    /// `CREATE STREAM`). Returns what each did. Streams must be created
+    /// before [`LaminarDB::start`].
+    pub async fn execute(&self, sql: &str) -> Result<Vec<ExecuteResult>> {
+        let mut results = Vec::new();
+        for statement in parse_script(sql)? {
+            results.push(self.execute_one(statement).await?);
+        }
+        Ok(results)
+    }
+
+    async fn execute_one(&self, statement: Statement) -> Result<ExecuteResult> {
+        let (sources, streams) = {
+            let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+            if catalog.started {
+                return Err(Error::new(
+                    ErrorCode::AlreadyStarted,
+                    "sources and streams must be created before db.start()",
+                )
+                .with_hint("adding queries to a running pipeline is not supported yet"));
+            }
+            (
+                catalog.source_map(),
+                catalog.streams.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            )
+        };
+        match statement {
+            Statement::CreateSource(syntax) => {
+                let name = syntax.name.clone();
+                if sources.contains_key(&name) && syntax.if_not_exists {
+                    return Ok(ExecuteResult::SourceExists(name));
+                }
+                let def = resolve_source(&self.shared.ctx, syntax).await?;
+                let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+                if catalog.name_taken(&name) {
+                    return Err(already_exists(&name));
+                }
+                register_table(&self.shared.ctx, &name, Arc::clone(&def.schema))?;
+                catalog.sources.push(def);
+                Ok(ExecuteResult::SourceCreated(name))
+            }
+            Statement::CreateStream(def) => {
+                let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams).await?;
+                let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+                if catalog.name_taken(&def.name) {
+                    return Err(already_exists(&def.name));
+                }
+                register_table(&self.shared.ctx, &def.name, Arc::clone(&plan.output_schema))?;
+                catalog.streams.push(plan);
+                Ok(ExecuteResult::StreamCreated(def.name))
+            }
+        }
+    }
+
+    /// A handle to push rows into a source. Works before and after
+    /// [`LaminarDB::start`]; pushing needs a started pipeline.
+    pub fn source_untyped(&self, name: &str) -> Result<SourceHandle> {
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let source = catalog
+            .sources
+            .iter()
+            .find(|s| s.name == name || s.name == name.to_lowercase())
+            .ok_or_else(|| unknown(name, "source"))?;
+        Ok(SourceHandle::new(
+            Arc::clone(&self.shared),
+            source.name.clone(),
+            Arc::clone(&source.schema),
+        ))
+    }
+
+    /// Subscribes to a stream's output. Subscribe before `start` to see
+    /// every result; a later subscription sees results from then on.
+    pub fn subscribe(&self, name: &str) -> Result<Subscription> {
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let (stream, plan) = catalog
+            .streams
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name || s.name == name.to_lowercase())
+            .ok_or_else(|| unknown(name, "stream"))?;
+        let (schema, stream_name) = (Arc::clone(&plan.output_schema), plan.name.clone());
+        let mut consumers: Vec<Consumer<Emitted>> = Vec::new();
+        let mut producers = Vec::new();
+        for shard in 0..self.shared.placements.len() {
+            let (producer, consumer) = ring(self.shared.ring_capacity);
+            consumers.push(consumer);
+            producers.push((shard, producer));
+        }
+        match self.shared.pipeline.get() {
+            Some(pipeline) => {
+                pipeline.check_running()?;
+                for (shard, ring) in producers {
+                    pipeline.controls[shard].send(Control::AddSubscriber { stream, ring })?;
+                }
+            }
+            None => catalog
+                .pending_outputs
+                .entry(stream)
+                .or_default()
+                .extend(producers),
+        }
+        Ok(Subscription::new(stream_name, schema, consumers))
+    }
+
+    /// Starts the shards. Sources and streams are fixed from here on.
+    pub async fn start(&self) -> Result<()> {
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        if catalog.started {
+            return Err(Error::new(ErrorCode::AlreadyStarted, "the pipeline is already started"));
+        }
+        let shards = self.shared.placements.len();
+        let mut sources: Vec<SourceRuntime> = catalog
+            .sources
+            .iter()
+            .map(|def| {
+                let time = match &def.watermark {
+                    Some(w) => {
+                        let column = def.schema.index_of(&w.column)?;
+                        Some(SourceTime {
+                            column,
+                            unit: laminar_operators::EventTimeUnit::of(
+                                def.schema.field(column).data_type(),
+                                &w.column,
+                            )?,
+                            bound_ms: w.bound_ms,
+                        })
+                    }
+                    None => None,
+                };
+                Ok(SourceRuntime {
+                    name: def.name.clone(),
+                    time,
+                    watermark_ms: CachePadded::new(AtomicI64::new(i64::MIN)),
+                    routes: Vec::new(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        // Which (source, route) each stream reads.
+        let mut stream_routes = Vec::with_capacity(catalog.streams.len());
+        for plan in &catalog.streams {
+            let source = sources
+                .iter()
+                .position(|s| s.name == plan.source)
+                .ok_or_else(|| unknown(&plan.source, "source"))?;
+            let routes = &mut sources[source].routes;
+            let route = match routes.iter().position(|r| *r == plan.routing) {
+                Some(route) => route,
+                None => {
+                    routes.push(plan.routing.clone());
+                    routes.len() - 1
+                }
+            };
+            stream_routes.push((source, route));
+        }
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut controls = Vec::with_capacity(shards);
+        let mut counters = Vec::with_capacity(shards);
+        let mut mains: Vec<ShardMain> = Vec::with_capacity(shards);
+        let mut pending = std::mem::take(&mut catalog.pending_outputs);
+        for shard in 0..shards {
+            let mut streams = Vec::with_capacity(catalog.streams.len());
+            for (id, plan) in catalog.streams.iter().enumerate() {
+                let outputs = pending
+                    .get_mut(&id)
+                    .map(|rings| {
+                        let (mine, rest): (Vec<_>, Vec<_>) =
+                            std::mem::take(rings).into_iter().partition(|(s, _)| *s == shard);
+                        *rings = rest;
+                        mine.into_iter().map(|(_, ring)| ring).collect()
+                    })
+                    .unwrap_or_default();
+                streams.push(ShardStream {
+                    operator: plan.operator.instantiate(&plan.output_schema)?,
+                    outputs,
+                });
+            }
+            let mut routes: Vec<Vec<Vec<usize>>> =
+                sources.iter().map(|s| vec![Vec::new(); s.routes.len()]).collect();
+            let mut source_streams = vec![Vec::new(); sources.len()];
+            for (stream, &(source, route)) in stream_routes.iter().enumerate() {
+                routes[source][route].push(stream);
+                source_streams[source].push(stream);
+            }
+            let (control, receiver, waker, sent) = control_channel();
+            let shard_counters = Arc::new(ShardCounters::new(catalog.streams.len()));
+            let program = ShardProgram {
+                streams,
+                routes,
+                source_streams,
+                watermarks: vec![i64::MIN; sources.len()],
+                lanes: Vec::new(),
+                control: receiver,
+                control_waker: waker,
+                control_sent: sent,
+                control_seen: 0,
+                counters: Arc::clone(&shard_counters),
+                errors: Arc::clone(&errors),
+            };
+            controls.push(control);
+            counters.push(shard_counters);
+            mains.push(Box::new(move || Box::pin(program.run())));
+        }
+        let threads = ShardThreads::spawn(&self.shared.placements, &self.shared.executor, mains)?;
+        let pipeline = Arc::new(Pipeline {
+            shards,
+            ring_capacity: self.shared.ring_capacity,
+            backpressure: self.shared.backpressure,
+            sources,
+            streams: catalog
+                .streams
+                .iter()
+                .map(|p| StreamRuntime {
+                    name: p.name.clone(),
+                })
+                .collect(),
+            controls,
+            counters,
+            stopped: AtomicBool::new(false),
+            threads: Mutex::new(Some(threads)),
+            errors,
+        });
+        catalog.started = true;
+        let _ = self.shared.pipeline.set(pipeline);
+        Ok(())
+    }
+
+    /// Stops the pipeline: pushes from now on fail with `LDB-2003`, shards
+    /// process everything already accepted, emit it, and exit; their
+    /// threads are joined. Open windows are not emitted (advance the
+    /// watermark first to close them). Subscriptions end after their last
+    /// batch. Calling it again is a no-op.
+    pub async fn shutdown(&self) -> Result<()> {
+        let Some(pipeline) = self.shared.pipeline.get() else {
+            return Ok(());
+        };
+        if pipeline.stopped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        for control in &pipeline.controls {
+            // A shard that already exited has nothing left to drain.
+            let _ = control.send(Control::Stop);
+        }
+        let threads = pipeline.threads.lock().map_err(|_| poisoned())?.take();
+        let Some(threads) = threads else {
+            return Ok(());
+        };
+        // Joining blocks, so it happens on its own thread; this task waits
+        // without blocking the caller's executor.
+        let (done, joined) = futures::channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("laminar-shutdown".into())
+            .spawn(move || {
+                let _ = done.send(threads.join());
+            })
+            .map_err(|e| Error::new(ErrorCode::RuntimeStart, format!("cannot spawn a thread: {e}")))?;
+        joined
+            .await
+            .map_err(|_| Error::new(ErrorCode::Execution, "shard join thread vanished"))?
+    }
+
+    /// Counters summed over shards.
+    pub fn metrics(&self) -> Metrics {
+        let Some(pipeline) = self.shared.pipeline.get() else {
+            return Metrics::default();
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut metrics = Metrics {
+            shard_batches: pipeline.counters.iter().map(|c| c.batches.load(Relaxed)).sum(),
+            streams: Vec::new(),
+        };
+        for (i, stream) in pipeline.streams.iter().enumerate() {
+            let mut m = StreamMetrics {
+                name: stream.name.clone(),
+                ..Default::default()
+            };
+            for c in &pipeline.counters {
+                m.rows_in += c.streams[i].rows_in.load(Relaxed);
+                m.rows_out += c.streams[i].rows_out.load(Relaxed);
+                m.late_rows += c.streams[i].late_rows.load(Relaxed);
+            }
+            metrics.streams.push(m);
+        }
+        metrics
+    }
+
+    /// Errors raised while running (e.g. an expression that failed on some
+    /// rows). The batch that failed is skipped for that stream; the first
+    /// few errors are kept here.
+    pub fn errors(&self) -> Vec<Error> {
+        self.shared
+            .pipeline
+            .get()
+            .and_then(|p| p.errors.lock().ok().map(|e| e.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Names of the sources.
+    pub fn sources(&self) -> Vec<String> {
+        self.shared
+            .catalog
+            .lock()
+            .map(|c| c.sources.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Names of the streams, in creation order.
+    pub fn streams(&self) -> Vec<String> {
+        self.shared
+            .catalog
+            .lock()
+            .map(|c| c.streams.iter().map(|s| s.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The output schema of a stream.
+    pub fn stream_schema(&self, name: &str) -> Result<SchemaRef> {
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        catalog
+            .streams
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| Arc::clone(&s.output_schema))
+            .ok_or_else(|| unknown(name, "stream"))
+    }
+
+    /// How a stream runs: operator, window, routing.
+    pub fn explain(&self, name: &str) -> Result<String> {
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        catalog
+            .streams
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.explain.clone())
+            .ok_or_else(|| unknown(name, "stream"))
+    }
+}
+
+fn unknown(name: &str, what: &str) -> Error {
+    Error::new(ErrorCode::UnknownObject, format!("unknown {what} '{name}'"))
+}
+
+fn already_exists(name: &str) -> Error {
+    Error::new(
+        ErrorCode::AlreadyExists,
+        format!("a source or stream named '{name}' already exists"),
+    )
+}

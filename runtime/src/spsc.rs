@@ -171,6 +171,17 @@ impl<T> Producer<T> {
         self.tail - self.ring.head.load(Ordering::Relaxed)
     }
 
+    /// Slots free right now. Only the consumer changes the ring's other end,
+    /// and it only frees slots, so at least this many pushes will succeed.
+    pub fn free_slots(&self) -> usize {
+        self.ring.mask + 1 - (self.tail - self.ring.head.load(Ordering::Acquire))
+    }
+
+    /// Whether the consumer is gone.
+    pub fn is_consumer_closed(&self) -> bool {
+        self.ring.consumer_closed.load(Ordering::Acquire)
+    }
+
     /// Whether the ring is empty right now (racy, for metrics).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -213,6 +224,14 @@ impl<T> Consumer<T> {
     /// Whether the producer is gone. Items may still be queued.
     pub fn is_producer_closed(&self) -> bool {
         self.ring.producer_closed.load(Ordering::Acquire)
+    }
+
+    /// Parks a waker to be woken by the next push or by the producer
+    /// closing, and says whether there is something to do already (an item
+    /// or a closed producer), in which case the caller should not sleep.
+    pub fn register_and_check(&self, waker: &std::task::Waker) -> bool {
+        self.ring.data_ready.register(waker);
+        self.ring.tail.load(Ordering::Acquire) != self.head || self.is_producer_closed()
     }
 
     /// Pops, or parks `cx`'s waker and returns `Pending` if the ring is

@@ -1,0 +1,166 @@
+//! Counters and latency histograms.
+//!
+//! Shard counters are written by exactly one shard (relaxed atomics on the
+//! shard's own cache line) and summed by readers: no lock, no contention.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+/// Per-shard, per-stream counters. Only the owning shard writes them.
+#[derive(Debug, Default)]
+pub(crate) struct StreamCounters {
+    pub rows_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub late_rows: AtomicU64,
+}
+
+/// Counters of one shard.
+#[derive(Debug)]
+pub(crate) struct ShardCounters {
+    pub batches: CachePadded<AtomicU64>,
+    pub streams: Vec<CachePadded<StreamCounters>>,
+}
+
+impl ShardCounters {
+    pub fn new(streams: usize) -> Self {
+        Self {
+            batches: CachePadded::new(AtomicU64::new(0)),
+            streams: (0..streams)
+                .map(|_| CachePadded::new(StreamCounters::default()))
+                .collect(),
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        // Single writer: a load and a store, no read-modify-write needed.
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of a stream's counters, summed over shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMetrics {
+    /// Stream name.
+    pub name: String,
+    /// Source rows handed to the stream's operators.
+    pub rows_in: u64,
+    /// Rows the stream emitted.
+    pub rows_out: u64,
+    /// Rows dropped because their window had already closed.
+    pub late_rows: u64,
+}
+
+/// A snapshot of the database's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Batches processed by shards (after routing, so one push may count
+    /// once per shard it reached).
+    pub shard_batches: u64,
+    /// Per-stream counters.
+    pub streams: Vec<StreamMetrics>,
+}
+
+/// A log-linear latency histogram: 8 sub-buckets per power of two of
+/// nanoseconds, so any reported percentile is within 12.5% of the truth.
+/// Fixed size (no allocation after creation); owned by one thread.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+const SUB_BUCKETS: u32 = 8;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; (64 * SUB_BUCKETS) as usize],
+            total: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(nanos: u64) -> usize {
+        if nanos < u64::from(SUB_BUCKETS) {
+            return nanos as usize;
+        }
+        let power = 63 - nanos.leading_zeros();
+        let sub = (nanos >> (power - 3)) & u64::from(SUB_BUCKETS - 1);
+        (power * SUB_BUCKETS) as usize + sub as usize
+    }
+
+    fn bucket_upper_nanos(bucket: usize) -> u64 {
+        let power = bucket as u32 / SUB_BUCKETS;
+        let sub = bucket as u64 % u64::from(SUB_BUCKETS);
+        if power < 3 {
+            return bucket as u64;
+        }
+        ((u64::from(SUB_BUCKETS) + sub + 1) << (power - 3)) - 1
+    }
+
+    /// Records one sample.
+    pub fn record(&mut self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.counts[Self::bucket(nanos)] += 1;
+        self.total += 1;
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The latency at quantile `q` in `[0, 1]` (upper bound of its bucket),
+    /// or `None` without samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, &count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_nanos(Self::bucket_upper_nanos(bucket)));
+            }
+        }
+        None
+    }
+
+    /// Adds another histogram's samples.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    /// Forgets all samples.
+    pub fn clear(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+        self.total = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let mut h = LatencyHistogram::default();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5).unwrap().as_micros() as f64;
+        let p99 = h.quantile(0.99).unwrap().as_micros() as f64;
+        assert!((500.0..=500.0 * 1.13).contains(&p50), "{p50}");
+        assert!((990.0..=990.0 * 1.13).contains(&p99), "{p99}");
+        assert_eq!(LatencyHistogram::default().quantile(0.5), None);
+        h.record(Duration::from_nanos(3));
+        assert_eq!(h.count(), 1001);
+    }
+}

@@ -1,0 +1,418 @@
+//! Source handles: how rows get in.
+//!
+//! A [`SourceHandle`] owns one ingest lane (an SPSC ring) to every shard, so
+//! handles on different threads never share a ring. It is `Send` but not
+//! `Sync`: give each pushing thread its own handle (`clone()` makes a new
+//! one with its own lanes).
+//!
+//! Per push, on the pushing thread (the router): check the schema, read the
+//! event times, advance the source's watermark, split the batch by each
+//! stream's routing key, and hand the pieces to the shards.
+//!
+//! Watermark semantics (what makes results independent of batch size and
+//! shard count): a source's watermark is the largest event time seen minus
+//! the declared bound, and it is in force from the row after the one that
+//! raised it. Rows in one batch are judged one after another, exactly as if
+//! they had been pushed one at a time. The common case (no row is behind the
+//! watermark in force when it arrives) sends no per-row data; otherwise the
+//! batch carries each row's watermark to the shards.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use laminar_runtime::router::HashPartitioner;
+use laminar_runtime::spsc::{ring, Producer, PushError};
+use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_sql::Routing;
+
+use crate::pipeline::{Control, Ingress, Pipeline};
+use crate::{Backpressure, Shared};
+
+/// A handle to push rows into a source. See the module docs.
+pub struct SourceHandle {
+    shared: Arc<Shared>,
+    name: String,
+    schema: SchemaRef,
+    lanes: RefCell<Option<Lanes>>,
+}
+
+impl std::fmt::Debug for SourceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceHandle")
+            .field("source", &self.name)
+            .finish()
+    }
+}
+
+impl Clone for SourceHandle {
+    /// A new handle on the same source with its own lanes.
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.shared), self.name.clone(), Arc::clone(&self.schema))
+    }
+}
+
+/// This handle's connection to a running pipeline.
+struct Lanes {
+    pipeline: Arc<Pipeline>,
+    source: usize,
+    producers: Vec<Producer<Ingress>>,
+    partitioners: Vec<Option<HashPartitioner>>,
+    next_shard: usize,
+    times_ms: Vec<i64>,
+}
+
+impl SourceHandle {
+    pub(crate) fn new(shared: Arc<Shared>, name: String, schema: SchemaRef) -> Self {
+        Self {
+            shared,
+            name,
+            schema,
+            lanes: RefCell::new(None),
+        }
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema pushed batches must have.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// Pushes a batch. With [`Backpressure::Block`] (the default) this waits
+    /// while a shard's ring is full; with [`Backpressure::Error`] it returns
+    /// `LDB-2002` instead and nothing of the batch is accepted.
+    ///
+    /// Blocks the calling thread: from async code prefer
+    /// [`SourceHandle::push_async`].
+    pub fn push(&self, batch: RecordBatch) -> Result<()> {
+        let mut lanes = self.lanes.try_borrow_mut().map_err(|_| {
+            Error::new(ErrorCode::Execution, "SourceHandle::push re-entered")
+        })?;
+        let lanes = self.connect(&mut lanes)?;
+        let messages = lanes.route(&self.schema, batch)?;
+        lanes.deliver_blocking(messages)
+    }
+
+    /// Pushes a batch, waiting asynchronously while a shard's ring is full.
+    pub async fn push_async(&mut self, batch: RecordBatch) -> Result<()> {
+        let schema = Arc::clone(&self.schema);
+        let mut slot = std::mem::take(self.lanes.get_mut());
+        let lanes = self.connect(&mut slot)?;
+        let messages = lanes.route(&schema, batch);
+        let result = match messages {
+            Ok(messages) => lanes.deliver_async(messages).await,
+            Err(e) => Err(e),
+        };
+        *self.lanes.get_mut() = slot;
+        result
+    }
+
+    /// Advances the source's watermark to `watermark_ms` (epoch ms) if that
+    /// is later than the current one: windows ending at or before it close
+    /// and later rows in them are late. This is how a source without a
+    /// `WATERMARK` clause, or one that went quiet, moves time forward.
+    pub fn watermark(&self, watermark_ms: i64) -> Result<()> {
+        let mut lanes = self.lanes.try_borrow_mut().map_err(|_| {
+            Error::new(ErrorCode::Execution, "SourceHandle::watermark re-entered")
+        })?;
+        let lanes = self.connect(&mut lanes)?;
+        let source = &lanes.pipeline.sources[lanes.source];
+        let before = source.watermark_ms.fetch_max(watermark_ms, Ordering::AcqRel);
+        if watermark_ms <= before {
+            return Ok(());
+        }
+        let messages = lanes.watermark_messages(watermark_ms, Instant::now());
+        lanes.deliver_blocking(messages)
+    }
+
+    /// Connects to the running pipeline on first use.
+    fn connect<'a>(&self, slot: &'a mut Option<Lanes>) -> Result<&'a mut Lanes> {
+        if let Some(lanes) = slot {
+            lanes.pipeline.check_running()?;
+            return Ok(slot.as_mut().expect("checked"));
+        }
+        let pipeline = self.shared.pipeline.get().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotRunning,
+                format!("cannot push to source '{}' before the pipeline starts", self.name),
+            )
+            .with_hint("call db.start().await first")
+        })?;
+        pipeline.check_running()?;
+        let source = pipeline.source_id(&self.name).ok_or_else(|| {
+            Error::new(ErrorCode::UnknownObject, format!("unknown source '{}'", self.name))
+        })?;
+        let mut producers = Vec::with_capacity(pipeline.shards);
+        for control in &pipeline.controls {
+            let (producer, consumer) = ring(pipeline.ring_capacity);
+            control.send(Control::AddLane(consumer))?;
+            producers.push(producer);
+        }
+        let routes = pipeline.sources[source].routes.len();
+        Ok(slot.insert(Lanes {
+            pipeline,
+            source,
+            producers,
+            partitioners: (0..routes).map(|_| None).collect(),
+            next_shard: 0,
+            times_ms: Vec::new(),
+        }))
+    }
+}
+
+fn schema_mismatch(expected: &Schema, got: &Schema, detail: String) -> Error {
+    Error::new(
+        ErrorCode::SchemaMismatch,
+        format!("{detail}; the source expects ({})", describe(expected)),
+    )
+    .with_hint(format!("the pushed batch has ({})", describe(got)))
+}
+
+fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks a pushed batch against the source's schema and re-labels it with
+/// that schema.
+fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    let got = batch.schema();
+    if got.fields().len() != schema.fields().len() {
+        return Err(schema_mismatch(
+            schema,
+            &got,
+            format!("expected {} columns, got {}", schema.fields().len(), got.fields().len()),
+        ));
+    }
+    for (want, have) in schema.fields().iter().zip(got.fields()) {
+        if !want.name().eq_ignore_ascii_case(have.name()) || want.data_type() != have.data_type() {
+            return Err(schema_mismatch(
+                schema,
+                &got,
+                format!(
+                    "column '{}' {} does not match '{}' {}",
+                    have.name(),
+                    have.data_type(),
+                    want.name(),
+                    want.data_type()
+                ),
+            ));
+        }
+    }
+    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec()).map_err(|e| {
+        Error::new(
+            ErrorCode::SchemaMismatch,
+            format!("batch does not fit the source's schema: {e}"),
+        )
+    })
+}
+
+impl Lanes {
+    /// Turns one pushed batch into the messages for the shards.
+    fn route(&mut self, schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<(usize, Ingress)>> {
+        let batch = conform(schema, batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let pushed_at = Instant::now();
+        let source = &self.pipeline.sources[self.source];
+        let mut row_watermarks: Option<ArrayRef> = None;
+        let mut advanced_to = None;
+        if let Some(time) = &source.time {
+            time.unit
+                .array_to_ms(batch.column(time.column).as_ref(), &mut self.times_ms)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorCode::InvalidEventTime,
+                        format!("source '{}': {}", source.name, e.message()),
+                    )
+                })?;
+            let before = source.watermark_ms.load(Ordering::Acquire);
+            let bound = time.bound_ms;
+            let mut max_seen = i64::MIN;
+            let mut behind = false;
+            for &t in &self.times_ms {
+                behind |= t < before.max(max_seen.saturating_sub(bound));
+                max_seen = max_seen.max(t);
+            }
+            if behind {
+                let mut running = i64::MIN;
+                let per_row: Int64Array = self
+                    .times_ms
+                    .iter()
+                    .map(|&t| {
+                        let w = before.max(running.saturating_sub(bound));
+                        running = running.max(t);
+                        w
+                    })
+                    .collect();
+                row_watermarks = Some(Arc::new(per_row));
+            }
+            let candidate = max_seen.saturating_sub(bound);
+            if candidate > before {
+                let previous = source.watermark_ms.fetch_max(candidate, Ordering::AcqRel);
+                if candidate > previous {
+                    advanced_to = Some(candidate);
+                }
+            }
+        }
+
+        let shards = self.pipeline.shards;
+        let mut messages = Vec::new();
+        for (route, routing) in source.routes.iter().enumerate() {
+            let pieces: Vec<(usize, RecordBatch, Option<Int64Array>)> = match routing {
+                Routing::Any => {
+                    let shard = self.next_shard % shards;
+                    self.next_shard = self.next_shard.wrapping_add(1);
+                    vec![(shard, batch.clone(), row_watermarks.as_ref().map(as_int64))]
+                }
+                Routing::Single => {
+                    vec![(0, batch.clone(), row_watermarks.as_ref().map(as_int64))]
+                }
+                Routing::Keys(columns) => {
+                    let partitioner = self.partitioners[route]
+                        .get_or_insert_with(|| HashPartitioner::new(columns.clone(), shards));
+                    match &row_watermarks {
+                        None => partitioner
+                            .partition(&batch)?
+                            .into_iter()
+                            .map(|(shard, piece)| (shard, piece, None))
+                            .collect(),
+                        Some(per_row) => {
+                            // Carry the per-row watermarks through the split
+                            // as an extra column, then take them off again.
+                            let mut fields = batch.schema().fields().to_vec();
+                            fields.push(Arc::new(Field::new("__row_watermark", DataType::Int64, false)));
+                            let mut columns = batch.columns().to_vec();
+                            columns.push(Arc::clone(per_row));
+                            let widened = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                            let last = widened.num_columns() - 1;
+                            let keep: Vec<usize> = (0..last).collect();
+                            partitioner
+                                .partition(&widened)?
+                                .into_iter()
+                                .map(|(shard, piece)| {
+                                    let marks = as_int64(piece.column(last));
+                                    let piece = piece.project(&keep)?.with_schema(Arc::clone(schema))?;
+                                    Ok((shard, piece, Some(marks)))
+                                })
+                                .collect::<Result<Vec<_>>>()?
+                        }
+                    }
+                }
+            };
+            for (shard, piece, marks) in pieces {
+                messages.push((
+                    shard,
+                    Ingress::Batch {
+                        source: self.source,
+                        route,
+                        batch: piece,
+                        row_watermarks: marks,
+                        pushed_at,
+                    },
+                ));
+            }
+        }
+        if let Some(watermark_ms) = advanced_to {
+            messages.extend(self.watermark_messages(watermark_ms, pushed_at));
+        }
+        Ok(messages)
+    }
+
+    fn watermark_messages(&self, watermark_ms: i64, pushed_at: Instant) -> Vec<(usize, Ingress)> {
+        (0..self.pipeline.shards)
+            .map(|shard| {
+                (
+                    shard,
+                    Ingress::Watermark {
+                        source: self.source,
+                        watermark_ms,
+                        pushed_at,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn stopped(&self) -> Error {
+        Error::new(
+            ErrorCode::NotRunning,
+            format!(
+                "source '{}': the pipeline stopped before the batch was accepted",
+                self.pipeline.sources[self.source].name
+            ),
+        )
+    }
+
+    /// With `Backpressure::Error`, checks up front that every message fits,
+    /// so a batch is accepted whole or not at all.
+    fn check_room(&self, messages: &[(usize, Ingress)]) -> Result<()> {
+        if self.pipeline.backpressure != Backpressure::Error {
+            return Ok(());
+        }
+        let mut needed = vec![0usize; self.producers.len()];
+        for (shard, _) in messages {
+            needed[*shard] += 1;
+        }
+        for (shard, &n) in needed.iter().enumerate() {
+            if n > self.producers[shard].free_slots() {
+                return Err(Error::new(
+                    ErrorCode::Backpressure,
+                    format!(
+                        "source '{}': shard {shard}'s ingest ring is full",
+                        self.pipeline.sources[self.source].name
+                    ),
+                )
+                .with_hint("retry later, push larger batches, or use Backpressure::Block"));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver_blocking(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
+        self.check_room(&messages)?;
+        for (shard, message) in messages {
+            let producer = &mut self.producers[shard];
+            match producer.try_push(message) {
+                Ok(()) => {}
+                Err(PushError::Closed(_)) => return Err(self.stopped()),
+                Err(PushError::Full(message)) => {
+                    if futures::executor::block_on(producer.push(message)).is_err() {
+                        return Err(self.stopped());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver_async(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
+        self.check_room(&messages)?;
+        for (shard, message) in messages {
+            if self.producers[shard].push(message).await.is_err() {
+                return Err(self.stopped());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn as_int64(array: &ArrayRef) -> Int64Array {
+    array
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("row watermarks are Int64")
+        .clone()
+}

@@ -1,0 +1,158 @@
+//! Subscriptions: a stream's output as Arrow batches.
+//!
+//! Each shard has its own ring to each subscriber, so shards never contend;
+//! the subscription reads the rings round-robin. A slow subscriber fills its
+//! rings, and the shards then wait for it (backpressure reaches the
+//! pushers): output is never dropped or buffered without bound.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use laminar_runtime::spsc::Consumer;
+
+use crate::metrics::LatencyHistogram;
+
+/// One output batch and the moment the push that produced it was made.
+#[derive(Debug, Clone)]
+pub(crate) struct Emitted {
+    pub batch: RecordBatch,
+    pub origin: Instant,
+}
+
+/// A live subscription to a stream. Implements [`futures::Stream`] and has
+/// blocking [`Subscription::recv`] / [`Subscription::recv_timeout`] and
+/// non-blocking [`Subscription::poll`]. Ends (returns `None`) after the
+/// database shuts down and everything emitted has been read.
+pub struct Subscription {
+    name: String,
+    schema: SchemaRef,
+    rings: Vec<Consumer<Emitted>>,
+    next_ring: usize,
+    latency: LatencyHistogram,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("stream", &self.name)
+            .field("shards", &self.rings.len())
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(name: String, schema: SchemaRef, rings: Vec<Consumer<Emitted>>) -> Self {
+        Self {
+            name,
+            schema,
+            rings,
+            next_ring: 0,
+            latency: LatencyHistogram::default(),
+        }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema of every batch this subscription yields.
+    pub fn schema(&self) -> SchemaRef {
+        std::sync::Arc::clone(&self.schema)
+    }
+
+    /// Push-to-receive latency of the batches received so far: from the
+    /// `push` (or `watermark`) call that produced a batch to the moment this
+    /// subscription handed it out.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Forgets the latency samples so far (e.g. after a warm-up).
+    pub fn reset_latency(&mut self) {
+        self.latency.clear();
+    }
+
+    fn take(&mut self, emitted: Emitted) -> RecordBatch {
+        self.latency.record(emitted.origin.elapsed());
+        emitted.batch
+    }
+
+    /// Returns a batch if one is ready, without waiting.
+    pub fn poll(&mut self) -> Option<RecordBatch> {
+        let n = self.rings.len();
+        for i in 0..n {
+            let ring = (self.next_ring + i) % n;
+            if let Some(emitted) = self.rings[ring].try_pop() {
+                self.next_ring = (ring + 1) % n;
+                return Some(self.take(emitted));
+            }
+        }
+        None
+    }
+
+    /// Whether every shard has finished and everything was read.
+    pub fn is_finished(&self) -> bool {
+        self.rings
+            .iter()
+            .all(|r| r.is_producer_closed() && r.is_empty())
+    }
+
+    /// Waits for the next batch; `None` once the stream has ended.
+    pub fn recv(&mut self) -> Option<RecordBatch> {
+        futures::executor::block_on(futures::StreamExt::next(self))
+    }
+
+    /// Waits up to `timeout` for the next batch. `Ok(None)` means the
+    /// stream ended; `Err(())` means the time ran out.
+    #[allow(clippy::result_unit_err)]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<RecordBatch>, ()> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = crossbeam_utils::Backoff::new();
+        loop {
+            if let Some(batch) = self.poll() {
+                return Ok(Some(batch));
+            }
+            if self.is_finished() {
+                // A last item may have landed between poll and the check.
+                return Ok(self.poll());
+            }
+            if Instant::now() >= deadline {
+                return Err(());
+            }
+            if backoff.is_completed() {
+                std::thread::park_timeout(Duration::from_micros(200));
+                backoff = crossbeam_utils::Backoff::new();
+            } else {
+                backoff.snooze();
+            }
+        }
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = RecordBatch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RecordBatch>> {
+        let this = self.get_mut();
+        if let Some(batch) = this.poll() {
+            return Poll::Ready(Some(batch));
+        }
+        // Park the waker on every ring before the final check, so a push
+        // between the check and the park cannot be missed.
+        for ring in &this.rings {
+            ring.register_and_check(cx.waker());
+        }
+        if let Some(batch) = this.poll() {
+            return Poll::Ready(Some(batch));
+        }
+        if this.is_finished() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
