@@ -52,12 +52,11 @@ pub mod source;
 pub mod subscription;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use crossbeam_utils::CachePadded;
 use datafusion::prelude::SessionContext;
 use laminar_runtime::executor::{ExecutorConfig, ShardMain, ShardThreads};
 use laminar_runtime::placement::{discover_cpus, plan, ShardPlacement};
@@ -299,10 +298,15 @@ impl LaminarDB {
             .iter()
             .find(|s| s.name == name || s.name == name.to_lowercase())
             .ok_or_else(|| unknown(name, "source"))?;
+        let event_time_column = source
+            .watermark
+            .as_ref()
+            .and_then(|w| source.schema.index_of(&w.column).ok());
         Ok(SourceHandle::new(
             Arc::clone(&self.shared),
             source.name.clone(),
             Arc::clone(&source.schema),
+            event_time_column,
         ))
     }
 
@@ -368,7 +372,6 @@ impl LaminarDB {
                 Ok(SourceRuntime {
                     name: def.name.clone(),
                     time,
-                    watermark_ms: CachePadded::new(AtomicI64::new(i64::MIN)),
                     routes: Vec::new(),
                 })
             })

@@ -8,14 +8,13 @@
 //! control plane talks to a shard only through its control channel
 //! (adding lanes and subscribers, stopping), which is off the data path.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
 use arrow::array::{Int64Array, RecordBatch};
-use crossbeam_utils::CachePadded;
 use futures::task::AtomicWaker;
 use laminar_operators::{BatchTime, EventTimeUnit, Operator};
 use laminar_runtime::executor::ShardThreads;
@@ -49,7 +48,10 @@ pub(crate) enum Ingress {
 
 /// A message from the control plane to a shard.
 pub(crate) enum Control {
-    AddLane(Consumer<Ingress>),
+    AddLane {
+        source: usize,
+        ring: Consumer<Ingress>,
+    },
     AddSubscriber {
         stream: usize,
         ring: Producer<Emitted>,
@@ -88,8 +90,6 @@ pub(crate) struct SourceTime {
 pub(crate) struct SourceRuntime {
     pub name: String,
     pub time: Option<SourceTime>,
-    /// The source's watermark (epoch ms), shared by all its handles.
-    pub watermark_ms: CachePadded<AtomicI64>,
     /// Distinct routings of the streams reading this source.
     pub routes: Vec<Routing>,
 }
@@ -137,6 +137,14 @@ pub(crate) struct ShardStream {
     pub outputs: Vec<Producer<Emitted>>,
 }
 
+/// One source handle's ring into this shard. The handle is a partition of
+/// its source: it carries its own watermark.
+pub(crate) struct Lane {
+    ring: Consumer<Ingress>,
+    source: usize,
+    watermark_ms: i64,
+}
+
 /// Everything one shard owns.
 pub(crate) struct ShardProgram {
     pub streams: Vec<ShardStream>,
@@ -144,9 +152,10 @@ pub(crate) struct ShardProgram {
     pub routes: Vec<Vec<Vec<usize>>>,
     /// `[source]` -> streams reading it.
     pub source_streams: Vec<Vec<usize>>,
-    /// This shard's view of each source's watermark.
+    /// This shard's watermark for each source: the minimum over the
+    /// source's open lanes, never moving back.
     pub watermarks: Vec<i64>,
-    pub lanes: Vec<Consumer<Ingress>>,
+    pub lanes: Vec<Lane>,
     pub control: Receiver<Control>,
     pub control_waker: Arc<AtomicWaker>,
     pub control_sent: Arc<AtomicUsize>,
@@ -188,7 +197,11 @@ impl ShardProgram {
             while let Ok(message) = self.control.try_recv() {
                 self.control_seen += 1;
                 match message {
-                    Control::AddLane(lane) => self.lanes.push(lane),
+                    Control::AddLane { source, ring } => self.lanes.push(Lane {
+                        ring,
+                        source,
+                        watermark_ms: i64::MIN,
+                    }),
                     Control::AddSubscriber { stream, ring } => {
                         self.streams[stream].outputs.push(ring)
                     }
@@ -199,14 +212,19 @@ impl ShardProgram {
             let mut lane = 0;
             while lane < self.lanes.len() {
                 for _ in 0..LANE_BUDGET {
-                    let Some(message) = self.lanes[lane].try_pop() else {
+                    let Some(message) = self.lanes[lane].ring.try_pop() else {
                         break;
                     };
-                    self.handle(message, &mut out).await;
+                    self.handle(lane, message, &mut out).await;
                     worked = true;
                 }
-                if self.lanes[lane].is_producer_closed() && self.lanes[lane].is_empty() {
-                    self.lanes.swap_remove(lane);
+                let ring = &self.lanes[lane].ring;
+                if ring.is_producer_closed() && ring.is_empty() {
+                    // A finished partition no longer holds its source's
+                    // watermark back.
+                    let closed = self.lanes.swap_remove(lane);
+                    self.advance_watermark(closed.source, Instant::now(), &mut out)
+                        .await;
                 } else {
                     lane += 1;
                 }
@@ -230,7 +248,7 @@ impl ShardProgram {
             self.control_waker.register(cx.waker());
             let mut ready = self.control_sent.load(Ordering::Acquire) != self.control_seen;
             for lane in &self.lanes {
-                ready |= lane.register_and_check(cx.waker());
+                ready |= lane.ring.register_and_check(cx.waker());
             }
             if ready {
                 Poll::Ready(())
@@ -250,7 +268,34 @@ impl ShardProgram {
         }
     }
 
-    async fn handle(&mut self, message: Ingress, out: &mut Vec<RecordBatch>) {
+    /// Recomputes a source's watermark from its lanes and closes what it
+    /// passed.
+    async fn advance_watermark(&mut self, source: usize, pushed_at: Instant, out: &mut Vec<RecordBatch>) {
+        let Some(watermark_ms) = self
+            .lanes
+            .iter()
+            .filter(|lane| lane.source == source)
+            .map(|lane| lane.watermark_ms)
+            .min()
+        else {
+            return;
+        };
+        if watermark_ms <= self.watermarks[source] {
+            return;
+        }
+        self.watermarks[source] = watermark_ms;
+        for i in 0..self.source_streams[source].len() {
+            let stream = self.source_streams[source][i];
+            if let Err(e) = self.streams[stream].operator.on_watermark(watermark_ms, out) {
+                out.clear();
+                self.record_error(stream, e);
+                continue;
+            }
+            self.emit(stream, out, pushed_at).await;
+        }
+    }
+
+    async fn handle(&mut self, lane: usize, message: Ingress, out: &mut Vec<RecordBatch>) {
         ShardCounters::add(&self.counters.batches, 1);
         match message {
             Ingress::Batch {
@@ -285,19 +330,10 @@ impl ShardProgram {
                 watermark_ms,
                 pushed_at,
             } => {
-                if watermark_ms <= self.watermarks[source] {
-                    return;
-                }
-                self.watermarks[source] = watermark_ms;
-                for i in 0..self.source_streams[source].len() {
-                    let stream = self.source_streams[source][i];
-                    if let Err(e) = self.streams[stream].operator.on_watermark(watermark_ms, out) {
-                        out.clear();
-                        self.record_error(stream, e);
-                        continue;
-                    }
-                    self.emit(stream, out, pushed_at).await;
-                }
+                debug_assert_eq!(self.lanes[lane].source, source);
+                let lane = &mut self.lanes[lane];
+                lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
+                self.advance_watermark(source, pushed_at, out).await;
             }
         }
     }

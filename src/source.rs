@@ -10,15 +10,19 @@
 //! stream's routing key, and hand the pieces to the shards.
 //!
 //! Watermark semantics (what makes results independent of batch size and
-//! shard count): a source's watermark is the largest event time seen minus
-//! the declared bound, and it is in force from the row after the one that
-//! raised it. Rows in one batch are judged one after another, exactly as if
+//! shard count): each handle is a partition of its source with its own
+//! watermark, the largest event time it pushed minus the declared bound (or
+//! a later value set with [`SourceHandle::watermark`]), in force from the
+//! row after the one that raised it. A shard's watermark for the source is
+//! the minimum over the handles that have pushed and are still open (a
+//! dropped handle stops holding time back once its rows are processed),
+//! and it never moves back. With one handle per source, the source's
+//! watermark is simply its largest event time minus the bound. Rows in one batch are judged one after another, exactly as if
 //! they had been pushed one at a time. The common case (no row is behind the
 //! watermark in force when it arrives) sends no per-row data; otherwise the
 //! batch carries each row's watermark to the shards.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +41,7 @@ pub struct SourceHandle {
     shared: Arc<Shared>,
     name: String,
     schema: SchemaRef,
+    event_time_column: Option<usize>,
     lanes: RefCell<Option<Lanes>>,
 }
 
@@ -51,7 +56,12 @@ impl std::fmt::Debug for SourceHandle {
 impl Clone for SourceHandle {
     /// A new handle on the same source with its own lanes.
     fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.shared), self.name.clone(), Arc::clone(&self.schema))
+        Self::new(
+            Arc::clone(&self.shared),
+            self.name.clone(),
+            Arc::clone(&self.schema),
+            self.event_time_column,
+        )
     }
 }
 
@@ -62,17 +72,31 @@ struct Lanes {
     producers: Vec<Producer<Ingress>>,
     partitioners: Vec<Option<HashPartitioner>>,
     next_shard: usize,
+    /// This handle's watermark: the largest event time it pushed minus the
+    /// bound, or what it set explicitly.
+    watermark_ms: i64,
     times_ms: Vec<i64>,
 }
 
 impl SourceHandle {
-    pub(crate) fn new(shared: Arc<Shared>, name: String, schema: SchemaRef) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        name: String,
+        schema: SchemaRef,
+        event_time_column: Option<usize>,
+    ) -> Self {
         Self {
             shared,
             name,
             schema,
+            event_time_column,
             lanes: RefCell::new(None),
         }
+    }
+
+    /// Index of the column named in the source's `WATERMARK FOR` clause.
+    pub fn event_time_column(&self) -> Option<usize> {
+        self.event_time_column
     }
 
     /// The source's name.
@@ -114,20 +138,20 @@ impl SourceHandle {
         result
     }
 
-    /// Advances the source's watermark to `watermark_ms` (epoch ms) if that
-    /// is later than the current one: windows ending at or before it close
-    /// and later rows in them are late. This is how a source without a
-    /// `WATERMARK` clause, or one that went quiet, moves time forward.
+    /// Advances this handle's watermark to `watermark_ms` (epoch ms) if that
+    /// is later than its current one. Once every open handle of the source
+    /// has passed a window's end, the window closes and later rows for it
+    /// are late. This is how a source without a `WATERMARK` clause, or one
+    /// that went quiet, moves time forward; `i64::MAX` closes everything.
     pub fn watermark(&self, watermark_ms: i64) -> Result<()> {
         let mut lanes = self.lanes.try_borrow_mut().map_err(|_| {
             Error::new(ErrorCode::Execution, "SourceHandle::watermark re-entered")
         })?;
         let lanes = self.connect(&mut lanes)?;
-        let source = &lanes.pipeline.sources[lanes.source];
-        let before = source.watermark_ms.fetch_max(watermark_ms, Ordering::AcqRel);
-        if watermark_ms <= before {
+        if watermark_ms <= lanes.watermark_ms {
             return Ok(());
         }
+        lanes.watermark_ms = watermark_ms;
         let messages = lanes.watermark_messages(watermark_ms, Instant::now());
         lanes.deliver_blocking(messages)
     }
@@ -152,7 +176,10 @@ impl SourceHandle {
         let mut producers = Vec::with_capacity(pipeline.shards);
         for control in &pipeline.controls {
             let (producer, consumer) = ring(pipeline.ring_capacity);
-            control.send(Control::AddLane(consumer))?;
+            control.send(Control::AddLane {
+                source,
+                ring: consumer,
+            })?;
             producers.push(producer);
         }
         let routes = pipeline.sources[source].routes.len();
@@ -162,6 +189,7 @@ impl SourceHandle {
             producers,
             partitioners: (0..routes).map(|_| None).collect(),
             next_shard: 0,
+            watermark_ms: i64::MIN,
             times_ms: Vec::new(),
         }))
     }
@@ -184,6 +212,19 @@ fn describe(schema: &Schema) -> String {
         .join(", ")
 }
 
+/// Whether a pushed column of type `have` is converted to the source's
+/// `want` instead of rejected: other timestamp units and other string
+/// encodings, which carry the same values.
+fn converts(have: &DataType, want: &DataType) -> bool {
+    matches!(
+        (have, want),
+        (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) if a == b
+    ) || matches!(
+        (have, want),
+        (DataType::Utf8View | DataType::LargeUtf8, DataType::Utf8)
+    )
+}
+
 /// Checks a pushed batch against the source's schema and re-labels it with
 /// that schema.
 fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
@@ -195,8 +236,17 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
             format!("expected {} columns, got {}", schema.fields().len(), got.fields().len()),
         ));
     }
-    for (want, have) in schema.fields().iter().zip(got.fields()) {
-        if !want.name().eq_ignore_ascii_case(have.name()) || want.data_type() != have.data_type() {
+    let mut columns = batch.columns().to_vec();
+    for (i, (want, have)) in schema.fields().iter().zip(got.fields()).enumerate() {
+        let same_type = want.data_type() == have.data_type();
+        if want.name().eq_ignore_ascii_case(have.name())
+            && !same_type
+            && converts(have.data_type(), want.data_type())
+        {
+            columns[i] = arrow::compute::cast(&columns[i], want.data_type())?;
+            continue;
+        }
+        if !want.name().eq_ignore_ascii_case(have.name()) || !same_type {
             return Err(schema_mismatch(
                 schema,
                 &got,
@@ -210,7 +260,7 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
             ));
         }
     }
-    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec()).map_err(|e| {
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| {
         Error::new(
             ErrorCode::SchemaMismatch,
             format!("batch does not fit the source's schema: {e}"),
@@ -238,7 +288,7 @@ impl Lanes {
                         format!("source '{}': {}", source.name, e.message()),
                     )
                 })?;
-            let before = source.watermark_ms.load(Ordering::Acquire);
+            let before = self.watermark_ms;
             let bound = time.bound_ms;
             let mut max_seen = i64::MIN;
             let mut behind = false;
@@ -261,10 +311,8 @@ impl Lanes {
             }
             let candidate = max_seen.saturating_sub(bound);
             if candidate > before {
-                let previous = source.watermark_ms.fetch_max(candidate, Ordering::AcqRel);
-                if candidate > previous {
-                    advanced_to = Some(candidate);
-                }
+                self.watermark_ms = candidate;
+                advanced_to = Some(candidate);
             }
         }
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what the build needs,
+# then format check, clippy with warnings as errors, and every test
+# (unit, integration, end-to-end CLI, doc tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+pkg-config --exists hwloc 2>/dev/null || need_packages+=(libhwloc-dev libudev-dev pkg-config)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+  echo "== installing ${need_packages[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+# One target directory outside the clone, shared by every build and run,
+# so CI and developers never compile DataFusion twice.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== cargo fmt"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace

@@ -1,0 +1,266 @@
+//! `laminardb demo`: synthetic market data through the VWAP and OHLC
+//! streams, printed live.
+//!
+//! Event time runs 60x faster than the wall clock (one market minute per
+//! second), so one-minute windows close about once a second whatever the
+//! throughput. Rows arrive up to 2 market seconds out of order, inside the
+//! source's watermark bound.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use laminar_db::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use laminar_db::{Error, ErrorCode, LaminarDB, LatencyHistogram, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub const DEMO_SQL: &str = "
+CREATE SOURCE trades (
+    symbol VARCHAR NOT NULL,
+    price  DOUBLE  NOT NULL,
+    volume BIGINT  NOT NULL,
+    ts     BIGINT  NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND
+);
+
+CREATE STREAM vwap AS
+SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+
+CREATE STREAM ohlc_1m AS
+SELECT symbol,
+       CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS window_start,
+       first_value(price) AS open,
+       MAX(price) AS high,
+       MIN(price) AS low,
+       last_value(price) AS close,
+       SUM(volume) AS volume
+FROM trades
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
+EMIT ON WINDOW CLOSE;
+";
+
+/// Market milliseconds per wall-clock millisecond.
+const SPEEDUP: i64 = 60;
+/// Largest lateness of a generated row, in market ms (inside the 2 s bound).
+const DISORDER_MS: i64 = 1_500;
+/// Batches generated up front and recycled with fresh timestamps, so the
+/// generator costs little next to the engine.
+const POOL_BATCHES: usize = 64;
+
+struct Pool {
+    batches: Vec<RecordBatch>,
+    jitter_ms: Vec<Vec<i64>>,
+}
+
+fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
+    let mut rng = StdRng::seed_from_u64(42);
+    let names: Vec<String> = (0..symbols).map(|i| format!("SYM{i:04}")).collect();
+    let mut prices: Vec<f64> = (0..symbols).map(|_| rng.random_range(10.0..500.0)).collect();
+    let mut batches = Vec::with_capacity(POOL_BATCHES);
+    let mut jitter_ms = Vec::with_capacity(POOL_BATCHES);
+    let schema = laminar_db::arrow::datatypes::Schema::new(vec![
+        laminar_db::arrow::datatypes::Field::new("symbol", laminar_db::arrow::datatypes::DataType::Utf8, false),
+        laminar_db::arrow::datatypes::Field::new("price", laminar_db::arrow::datatypes::DataType::Float64, false),
+        laminar_db::arrow::datatypes::Field::new("volume", laminar_db::arrow::datatypes::DataType::Int64, false),
+        laminar_db::arrow::datatypes::Field::new("ts", laminar_db::arrow::datatypes::DataType::Int64, false),
+    ]);
+    let schema = Arc::new(schema);
+    for _ in 0..POOL_BATCHES {
+        let mut symbol = Vec::with_capacity(batch_rows);
+        let mut price = Vec::with_capacity(batch_rows);
+        let mut volume = Vec::with_capacity(batch_rows);
+        let mut jitter = Vec::with_capacity(batch_rows);
+        for _ in 0..batch_rows {
+            // Zipf-ish popularity: low indices trade more.
+            let s = ((rng.random::<f64>().powi(3)) * symbols as f64) as usize % symbols;
+            prices[s] = (prices[s] * (1.0 + rng.random_range(-0.001..0.001))).max(0.01);
+            symbol.push(names[s].as_str());
+            price.push((prices[s] * 100.0).round() / 100.0);
+            volume.push(rng.random_range(1..500i64));
+            jitter.push(rng.random_range(0..DISORDER_MS));
+        }
+        batches.push(
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from(symbol)),
+                    Arc::new(Float64Array::from(price)),
+                    Arc::new(Int64Array::from(volume)),
+                    Arc::new(Int64Array::from(vec![0i64; batch_rows])),
+                ],
+            )
+            .expect("pool batch"),
+        );
+        jitter_ms.push(jitter);
+    }
+    Pool { batches, jitter_ms }
+}
+
+fn print_window(batch: &RecordBatch, total_symbols: usize) {
+    let col = |name: &str| batch.column(batch.schema().index_of(name).expect("ohlc column")).clone();
+    let symbol = col("symbol");
+    let symbol = symbol.as_any().downcast_ref::<StringArray>().expect("utf8");
+    let start = col("window_start");
+    let start = start.as_any().downcast_ref::<Int64Array>().expect("i64");
+    let [open, high, low, close] = ["open", "high", "low", "close"].map(|n| {
+        col(n).as_any().downcast_ref::<Float64Array>().expect("f64").clone()
+    });
+    let volume = col("volume");
+    let volume = volume.as_any().downcast_ref::<Int64Array>().expect("i64");
+    let mut order: Vec<usize> = (0..batch.num_rows()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(volume.value(i)));
+    println!(
+        "window {} ({} of {} symbols traded); top by volume:",
+        start.value(0),
+        batch.num_rows(),
+        total_symbols
+    );
+    for &i in order.iter().take(3) {
+        println!(
+            "  {:8} open {:>9.2} high {:>9.2} low {:>9.2} close {:>9.2} volume {:>10}",
+            symbol.value(i),
+            open.value(i),
+            high.value(i),
+            low.value(i),
+            close.value(i),
+            volume.value(i)
+        );
+    }
+}
+
+pub async fn demo(duration_s: u64, shards: Option<usize>, symbols: usize, batch_rows: usize) -> Result<()> {
+    if symbols == 0 || batch_rows == 0 {
+        return Err(Error::new(ErrorCode::InvalidConfig, "--symbols and --batch-rows must be at least 1"));
+    }
+    let mut builder = LaminarDB::builder();
+    if let Some(n) = shards {
+        builder = builder.shards(n);
+    }
+    let db = builder.build()?;
+    println!("LaminarDB demo: {} shard(s)", db.placement().len());
+    for p in db.placement() {
+        println!("  shard {} on cpu {} (numa node {})", p.shard, p.cpu, p.numa_node);
+    }
+    db.execute(DEMO_SQL).await?;
+    let mut ohlc = db.subscribe("ohlc_1m")?;
+    let mut vwap = db.subscribe("vwap")?;
+    let trades = db.source_untyped("trades")?;
+    db.start().await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pushed = Arc::new(AtomicU64::new(0));
+    let generator = {
+        let stop = Arc::clone(&stop);
+        let pushed = Arc::clone(&pushed);
+        std::thread::Builder::new()
+            .name("demo-generator".into())
+            .spawn(move || -> Result<()> {
+                let pool = make_pool(symbols, batch_rows);
+                let started = Instant::now();
+                let epoch_ms = 1_700_000_000_000i64;
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = i % POOL_BATCHES;
+                    let now_ms = epoch_ms + started.elapsed().as_millis() as i64 * SPEEDUP;
+                    let ts: Int64Array = pool.jitter_ms[k].iter().map(|j| now_ms - j).collect();
+                    let template = &pool.batches[k];
+                    let mut columns = template.columns().to_vec();
+                    columns[3] = Arc::new(ts);
+                    trades.push(RecordBatch::try_new(template.schema(), columns)?)?;
+                    pushed.fetch_add(batch_rows as u64, Ordering::Relaxed);
+                    i += 1;
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::new(ErrorCode::RuntimeStart, format!("cannot spawn the generator: {e}")))?
+    };
+
+    let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut last_pushed = 0u64;
+    let mut windows = 0u64;
+    let mut latency = LatencyHistogram::default();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        // Drain whatever both streams produced.
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        while let Some(batch) = ohlc.poll() {
+            pending.push(batch);
+        }
+        while vwap.poll().is_some() {}
+        // Each shard emits its own keys of a window: merge them by start.
+        let mut by_window: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
+        for batch in pending.into_iter().filter(|b| b.num_rows() > 0) {
+            let start = batch
+                .column(batch.schema().index_of("window_start").expect("ohlc column"))
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("i64")
+                .value(0);
+            by_window.entry(start).or_default().push(batch);
+        }
+        for parts in by_window.into_values() {
+            let merged = laminar_db::arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
+            windows += 1;
+            print_window(&merged, symbols);
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            let now = pushed.load(Ordering::Relaxed);
+            let rate = (now - last_pushed) as f64 / last_report.elapsed().as_secs_f64();
+            latency.merge(ohlc.latency());
+            ohlc.reset_latency();
+            let late: u64 = db.metrics().streams.iter().map(|s| s.late_rows).sum();
+            println!(
+                "[{:>5.1}s] {:>12.0} events/s ({:.0}/s per shard) | windows closed {} | push-to-result p50 {} p99 {} | late rows {}",
+                started.elapsed().as_secs_f64(),
+                rate,
+                rate / db.placement().len() as f64,
+                windows,
+                fmt_latency(latency.quantile(0.5)),
+                fmt_latency(latency.quantile(0.99)),
+                late
+            );
+            last_pushed = now;
+            last_report = Instant::now();
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) || generator.is_finished() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let generated = generator
+        .join()
+        .map_err(|_| Error::new(ErrorCode::Execution, "generator panicked"))?;
+    db.shutdown().await?;
+    generated?;
+    let total = pushed.load(Ordering::Relaxed);
+    println!(
+        "done: {} events in {:.1}s ({:.0} events/s)",
+        total,
+        started.elapsed().as_secs_f64(),
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    if let Some(e) = db.errors().into_iter().next() {
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn fmt_latency(d: Option<Duration>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) if d < Duration::from_millis(1) => format!("{}µs", d.as_micros()),
+        Some(d) => format!("{:.1}ms", d.as_secs_f64() * 1000.0),
+    }
+}

@@ -1,0 +1,106 @@
+//! `laminardb`: run streaming SQL over files, or watch the engine on
+//! synthetic market data.
+
+mod demo;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "laminardb", version, about = "Embedded streaming SQL database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a SQL file's sources and streams over CSV inputs and writes each
+    /// stream's output to DIR/<stream>.csv.
+    Run {
+        /// SQL file with CREATE SOURCE / CREATE STREAM statements.
+        #[arg(long)]
+        sql: PathBuf,
+        /// SOURCE=PATH: a CSV file (with a header row) to feed into a
+        /// source. Repeatable; inputs are merged by event time.
+        #[arg(long = "input", value_name = "SOURCE=PATH")]
+        inputs: Vec<String>,
+        /// Directory for the outputs (created if missing).
+        #[arg(long)]
+        output: PathBuf,
+        /// Rows per pushed batch.
+        #[arg(long, default_value_t = 1024)]
+        batch_rows: usize,
+        /// Number of shards (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Streams synthetic trades through the VWAP and OHLC queries and
+    /// prints results and throughput live.
+    Demo {
+        /// Seconds to run; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Number of shards (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Number of distinct symbols.
+        #[arg(long, default_value_t = 500)]
+        symbols: usize,
+        /// Rows per pushed batch.
+        #[arg(long, default_value_t = 1024)]
+        batch_rows: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: LDB-5001: cannot start the control-plane runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run {
+                sql,
+                inputs,
+                output,
+                batch_rows,
+                shards,
+            } => {
+                run::run(run::RunArgs {
+                    sql,
+                    inputs,
+                    output,
+                    batch_rows,
+                    shards,
+                })
+                .await
+            }
+            Command::Demo {
+                duration,
+                shards,
+                symbols,
+                batch_rows,
+            } => demo::demo(duration, shards, symbols, batch_rows).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `laminardb run`: SQL over CSV files, results to CSV files.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use laminar_db::arrow::array::RecordBatch;
+use laminar_db::arrow::csv::reader::Format;
+use laminar_db::arrow::csv::{Reader, ReaderBuilder, WriterBuilder};
+use laminar_db::{Error, ErrorCode, LaminarDB, Result, SourceHandle};
+use laminar_operators::EventTimeUnit;
+
+pub struct RunArgs {
+    pub sql: PathBuf,
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    pub batch_rows: usize,
+    pub shards: Option<usize>,
+}
+
+fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// One input file being read, with the event times of its current batch.
+struct Input {
+    source: usize,
+    path: PathBuf,
+    reader: Reader<BufReader<File>>,
+    time: Option<(usize, EventTimeUnit)>,
+    batch: Option<RecordBatch>,
+    times_ms: Vec<i64>,
+    position: usize,
+}
+
+impl Input {
+    /// Makes sure a batch with unread rows is loaded; false at end of file.
+    fn fill(&mut self) -> Result<bool> {
+        while self
+            .batch
+            .as_ref()
+            .is_none_or(|b| self.position >= b.num_rows())
+        {
+            match self.reader.next() {
+                None => return Ok(false),
+                Some(Err(e)) => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidInput,
+                        format!("{}: {e}", self.path.display()),
+                    ))
+                }
+                Some(Ok(batch)) => {
+                    self.times_ms.clear();
+                    if let Some((column, unit)) = &self.time {
+                        unit.array_to_ms(batch.column(*column).as_ref(), &mut self.times_ms)
+                            .map_err(|e| {
+                                Error::new(
+                                    ErrorCode::InvalidInput,
+                                    format!("{}: {}", self.path.display(), e.message()),
+                                )
+                            })?;
+                    } else {
+                        self.times_ms.resize(batch.num_rows(), i64::MIN);
+                    }
+                    self.batch = Some(batch);
+                    self.position = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn head_time(&self) -> i64 {
+        self.times_ms[self.position]
+    }
+}
+
+fn open_input(
+    spec: &str,
+    handles: &mut Vec<SourceHandle>,
+    db: &LaminarDB,
+    batch_rows: usize,
+) -> Result<Input> {
+    let (source_name, path) = spec.split_once('=').ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidConfig,
+            format!("--input '{spec}' must look like SOURCE=PATH"),
+        )
+    })?;
+    let handle = db.source_untyped(source_name)?;
+    let schema = handle.schema();
+    let path = PathBuf::from(path);
+    let mut file = File::open(&path).map_err(|e| io_error(&path, "open", e))?;
+    let (header, _) = Format::default()
+        .with_header(true)
+        .infer_schema(&mut file, Some(0))
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidInput,
+                format!("{}: cannot read the header row: {e}", path.display()),
+            )
+        })?;
+    let names: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
+    let expected: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let matches = names.len() == expected.len()
+        && names
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.trim().eq_ignore_ascii_case(b));
+    if !matches {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "{}: the header row is '{}' but source '{}' needs '{}'",
+                path.display(),
+                names.join(","),
+                handle.name(),
+                expected.join(",")
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| io_error(&path, "read", e))?;
+    let reader = ReaderBuilder::new(Arc::clone(&schema))
+        .with_header(true)
+        .with_batch_size(batch_rows)
+        .build(BufReader::new(file))
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("{}: {e}", path.display())))?;
+    let time = match handle.event_time_column() {
+        Some(column) => Some((
+            column,
+            EventTimeUnit::of(schema.field(column).data_type(), schema.field(column).name())?,
+        )),
+        None => None,
+    };
+    let source = match handles.iter().position(|h| h.name() == handle.name()) {
+        Some(i) => i,
+        None => {
+            handles.push(handle);
+            handles.len() - 1
+        }
+    };
+    Ok(Input {
+        source,
+        path,
+        reader,
+        time,
+        batch: None,
+        times_ms: Vec::new(),
+        position: 0,
+    })
+}
+
+/// Feeds all inputs, merged by event time: always the input whose next row
+/// is earliest, in runs of at most `batch_rows` rows.
+async fn feed(inputs: &mut Vec<Input>, handles: &mut [SourceHandle], batch_rows: usize) -> Result<()> {
+    loop {
+        let mut i = 0;
+        while i < inputs.len() {
+            if inputs[i].fill()? {
+                i += 1;
+            } else {
+                inputs.swap_remove(i);
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        // Earliest head; ties go to the input listed first.
+        let (first, _) = inputs
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, input)| (input.head_time(), *i))
+            .expect("non-empty");
+        let others = inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, input)| input.head_time())
+            .min()
+            .unwrap_or(i64::MAX);
+        let input = &mut inputs[first];
+        let batch = input.batch.as_ref().expect("filled");
+        let start = input.position;
+        let mut end = start + 1;
+        while end < batch.num_rows() && end - start < batch_rows && input.times_ms[end] <= others {
+            end += 1;
+        }
+        let piece = batch.slice(start, end - start);
+        input.position = end;
+        handles[input.source].push_async(piece).await?;
+    }
+}
+
+fn write_csv(path: &Path, batches: &[RecordBatch], schema: &laminar_db::arrow::datatypes::SchemaRef) -> Result<()> {
+    let file = File::create(path).map_err(|e| io_error(path, "create", e))?;
+    let mut writer = WriterBuilder::new().with_header(true).build(file);
+    writer
+        .write(&RecordBatch::new_empty(Arc::clone(schema)))
+        .map_err(|e| io_error(path, "write", e))?;
+    for batch in batches {
+        writer.write(batch).map_err(|e| io_error(path, "write", e))?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    if args.batch_rows == 0 {
+        return Err(Error::new(ErrorCode::InvalidConfig, "--batch-rows must be at least 1"));
+    }
+    let sql = std::fs::read_to_string(&args.sql).map_err(|e| io_error(&args.sql, "read", e))?;
+    let mut builder = LaminarDB::builder();
+    if let Some(shards) = args.shards {
+        builder = builder.shards(shards);
+    }
+    let db = builder.build()?;
+    db.execute(&sql).await?;
+    let streams = db.streams();
+    if streams.is_empty() {
+        return Err(Error::new(
+            ErrorCode::InvalidConfig,
+            format!("{} defines no CREATE STREAM: there would be no output", args.sql.display()),
+        ));
+    }
+    std::fs::create_dir_all(&args.output).map_err(|e| io_error(&args.output, "create", e))?;
+
+    let mut handles = Vec::new();
+    let mut inputs = Vec::new();
+    for spec in &args.inputs {
+        inputs.push(open_input(spec, &mut handles, &db, args.batch_rows)?);
+    }
+    for source in db.sources() {
+        if !handles.iter().any(|h| h.name() == source) {
+            handles.push(db.source_untyped(&source)?);
+        }
+    }
+    let mut collectors = Vec::new();
+    for name in &streams {
+        let mut subscription = db.subscribe(name)?;
+        collectors.push((
+            name.clone(),
+            subscription.schema(),
+            std::thread::spawn(move || {
+                let mut batches = Vec::new();
+                while let Some(batch) = subscription.recv() {
+                    batches.push(batch);
+                }
+                batches
+            }),
+        ));
+    }
+    db.start().await?;
+    let fed = feed(&mut inputs, &mut handles, args.batch_rows).await;
+    if fed.is_ok() {
+        // End of input: every window closes.
+        for handle in &handles {
+            handle.watermark(i64::MAX)?;
+        }
+    }
+    db.shutdown().await?;
+    let mut outputs = Vec::new();
+    for (name, schema, collector) in collectors {
+        let batches = collector
+            .join()
+            .map_err(|_| Error::new(ErrorCode::Execution, format!("collector for {name} panicked")))?;
+        outputs.push((name, schema, batches));
+    }
+    fed?;
+    if let Some(error) = db.errors().into_iter().next() {
+        return Err(error);
+    }
+    for (name, schema, batches) in outputs {
+        write_csv(&args.output.join(format!("{name}.csv")), &batches, &schema)?;
+    }
+    let metrics = db.metrics();
+    for stream in &metrics.streams {
+        eprintln!(
+            "{}: {} rows in, {} rows out, {} late rows dropped",
+            stream.name, stream.rows_in, stream.rows_out, stream.late_rows
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The facade API as a user meets it: the quick start, subscriptions,
+//! explicit watermarks, shutdown, backpressure and errors with codes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use laminar_db::{Backpressure, ErrorCode, LaminarDB};
+
+/// The quick-start source and VWAP query, verbatim: no WATERMARK clause, so
+/// time moves only through explicit watermarks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_verbatim_with_explicit_watermark() {
+    let db = LaminarDB::open().unwrap();
+    db.execute(
+        "CREATE SOURCE trades (
+        symbol VARCHAR NOT NULL,
+        price DOUBLE NOT NULL,
+        volume BIGINT NOT NULL,
+        ts BIGINT NOT NULL
+    )",
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "CREATE STREAM vwap AS
+        SELECT symbol,
+               SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+               COUNT(*) AS trades
+        FROM trades
+        GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
+    ",
+    )
+    .await
+    .unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    let mut results = db.subscribe("vwap").unwrap();
+    db.start().await.unwrap();
+    let rows = vec![
+        Trade { symbol: "A".into(), price: 10.0, volume: 1, ts: 1_000 },
+        Trade { symbol: "A".into(), price: 20.0, volume: 3, ts: 2_000 },
+        Trade { symbol: "B".into(), price: 5.0, volume: 2, ts: 59_999 },
+        Trade { symbol: "A".into(), price: 99.0, volume: 1, ts: 60_000 },
+    ];
+    source.push(trades_batch(&rows)).unwrap();
+    // Nothing closes without a watermark.
+    assert!(results.recv_timeout(Duration::from_millis(100)).is_err());
+    source.watermark(60_000).unwrap();
+    let mut got = Vec::new();
+    while row_count(&got) < 2 {
+        got.push(results.next().await.unwrap());
+    }
+    let want = run_batch(
+        "SELECT symbol, SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap, COUNT(*) AS trades FROM trades WHERE ts < 60000 GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)",
+        "trades",
+        vec![trades_batch(&rows)],
+        trades_schema(),
+    )
+    .await;
+    assert_same_rows(&got, &want);
+    // A row for the closed window is late now.
+    source
+        .push(trades_batch(&[Trade { symbol: "A".into(), price: 1.0, volume: 1, ts: 59_000 }]))
+        .unwrap();
+    db.shutdown().await.unwrap();
+    assert_eq!(db.metrics().streams[0].late_rows, 1);
+    // The open window (ts 60000) was not emitted: shutdown does not close it.
+    assert!(results.next().await.is_none());
+    // Pushing after shutdown is an error, not a silent drop.
+    let err = source.push(trades_batch(&rows)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotRunning);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_has_stable_codes() {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    fn code<T>(r: laminar_db::Result<T>) -> ErrorCode {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.code(),
+        }
+    }
+    assert_eq!(code(db.execute("CREATE SOURCE (").await), ErrorCode::SqlSyntax);
+    db.execute(TRADES_DDL).await.unwrap();
+    assert_eq!(code(db.execute(TRADES_DDL).await), ErrorCode::AlreadyExists);
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT * FROM nowhere").await),
+        ErrorCode::UnknownObject
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT nope FROM trades").await),
+        ErrorCode::UnknownObject
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol FROM trades ORDER BY price").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MONTH)").await),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, tumble(volume, INTERVAL '1' SECOND)").await),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol FROM trades EMIT ON WINDOW CLOSE").await),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND) EMIT CHANGES").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("CREATE SOURCE t2 (a BIGINT, WATERMARK FOR b AS b)").await),
+        ErrorCode::InvalidWatermark
+    );
+    assert_eq!(
+        code(db.execute("CREATE SOURCE t3 (a VARCHAR, WATERMARK FOR a AS a)").await),
+        ErrorCode::InvalidWatermark
+    );
+    assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
+    assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
+
+    db.execute("CREATE STREAM ok AS SELECT symbol FROM trades").await.unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    // Before start.
+    assert_eq!(code(source.push(trades_batch(&trades(1, 3, 2, 0)))), ErrorCode::NotRunning);
+    db.start().await.unwrap();
+    assert_eq!(code(db.execute("CREATE STREAM late AS SELECT symbol FROM trades").await), ErrorCode::AlreadyStarted);
+    // Wrong schema.
+    let wrong = datafusion::arrow::array::RecordBatch::try_from_iter(vec![(
+        "symbol",
+        std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])) as _,
+    )])
+    .unwrap();
+    assert_eq!(code(source.push(wrong)), ErrorCode::SchemaMismatch);
+    db.shutdown().await.unwrap();
+}
+
+/// With Backpressure::Error a full ring is an error and nothing of the
+/// batch is taken; with Block the pusher waits for the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_policies() {
+    let db = LaminarDB::builder()
+        .shards(2)
+        .ring_capacity(2)
+        .backpressure(Backpressure::Error)
+        .build()
+        .unwrap();
+    db.execute(&format!("{TRADES_DDL}; CREATE STREAM s AS SELECT symbol, price FROM trades"))
+        .await
+        .unwrap();
+    // A subscriber that never reads: output rings fill, shards stall, then
+    // the ingest rings fill.
+    let mut sub = db.subscribe("s").unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let batch = trades_batch(&trades(3, 10, 4, 0));
+    let mut accepted = 0;
+    let err = loop {
+        match source.push(batch.clone()) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 1_000, "ring never filled");
+    };
+    assert_eq!(err.code(), ErrorCode::Backpressure);
+    // Everything accepted is delivered once the subscriber reads.
+    let reader = std::thread::spawn(move || {
+        let mut rows = 0;
+        while let Some(b) = sub.recv() {
+            rows += b.num_rows();
+        }
+        rows
+    });
+    db.shutdown().await.unwrap();
+    assert_eq!(reader.join().unwrap(), accepted * 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pushers_and_late_subscriber() {
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM c AS SELECT symbol, COUNT(*) AS n FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' HOUR)"
+    ))
+    .await
+    .unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let mut sub = db.subscribe("c").unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let handle = source.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    handle.push(trades_batch(&trades(t * 100 + i, 100, 5, 0))).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    source.watermark(i64::MAX).unwrap();
+    let mut total = 0i64;
+    loop {
+        let b = match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(_) => panic!("timed out at total {total}: {:?} finished={}", db.metrics(), sub.is_finished()),
+        };
+        let n = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        total += n.values().iter().sum::<i64>();
+        if total == 4 * 50 * 100 {
+            break;
+        }
+    }
+    assert_eq!(total, 20_000);
+    db.shutdown().await.unwrap();
+    assert!(sub.next().await.is_none());
+    assert_eq!(db.explain("c").unwrap().contains("Keys([0])"), true);
+}
