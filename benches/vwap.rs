@@ -1,1 +1,237 @@
-fn main(){}
+//! VWAP throughput per shard and single-row push-to-subscriber latency.
+//!
+//! Run: `cargo bench --bench vwap`. Each throughput iteration starts a fresh
+//! database (untimed), then times: push every pre-built batch, advance the
+//! watermark past the end, and wait until the subscriber has every window's
+//! result. The DataFusion baseline runs the same SQL as a one-shot batch
+//! query over the same batches in the same process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use laminar_db::{LaminarDB, LatencyHistogram};
+
+const SYMBOLS: usize = 100;
+
+const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+
+const VWAP: &str = "SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new("volume", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+/// `events` trades, one ms apart, in batches of `batch_rows`.
+fn batches(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
+    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
+    (0..events)
+        .step_by(batch_rows)
+        .map(|start| {
+            let n = batch_rows.min(events - start);
+            let rows = start..start + n;
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        rows.clone().map(|i| 100.0 + (i % 1000) as f64 / 100.0),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.clone().map(|i| 1 + (i % 500) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.map(|i| i as i64))),
+                ],
+            )
+            .expect("bench batch")
+        })
+        .collect()
+}
+
+fn expected_rows(events: usize) -> usize {
+    let windows = events.div_ceil(60_000);
+    windows * SYMBOLS.min(events)
+}
+
+/// One timed run: push everything, close all windows, wait for the results.
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    shards: usize,
+    input: &[RecordBatch],
+    events: usize,
+) -> Duration {
+    rt.block_on(async {
+        let db = LaminarDB::builder().shards(shards).build().expect("db");
+        db.execute(&format!("{DDL}; CREATE STREAM vwap AS {VWAP}"))
+            .await
+            .expect("ddl");
+        let mut sub = db.subscribe("vwap").expect("subscribe");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        let want = expected_rows(events);
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut rows = 0;
+            while rows < want {
+                rows += sub.recv().expect("results").num_rows();
+            }
+        });
+        for batch in input {
+            source.push(batch.clone()).expect("push");
+        }
+        source.watermark(i64::MAX).expect("watermark");
+        reader.join().expect("reader");
+        let elapsed = started.elapsed();
+        db.shutdown().await.expect("shutdown");
+        elapsed
+    })
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let mut group = c.benchmark_group("vwap_throughput");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    for batch_rows in [1usize, 64, 1024, 8192] {
+        let events = match batch_rows {
+            1 => 100_000,
+            64 => 1_000_000,
+            _ => 4_000_000,
+        };
+        let input = batches(events, batch_rows);
+        group.throughput(Throughput::Elements(events as u64));
+        for shards in [1usize, 2] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("laminardb_{shards}_shards"), batch_rows),
+                &input,
+                |b, input| {
+                    b.iter_custom(|iters| {
+                        (0..iters)
+                            .map(|_| run_once(&rt, shards, input, events))
+                            .sum()
+                    })
+                },
+            );
+        }
+        if batch_rows >= 1024 {
+            // The ceiling: DataFusion's batch engine on the same rows, one
+            // partition per core as the streaming side gets.
+            for partitions in [1usize, 2] {
+                let ctx = laminar_sql::new_session_context();
+                let state = ctx.state();
+                let mut config = state.config().clone();
+                config.options_mut().execution.target_partitions = partitions;
+                let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+                laminar_sql::functions::register_functions(&ctx);
+                let per_partition: Vec<Vec<RecordBatch>> = (0..partitions)
+                    .map(|p| input.iter().skip(p).step_by(partitions).cloned().collect())
+                    .collect();
+                let table = MemTable::try_new(schema(), per_partition).expect("memtable");
+                ctx.register_table("trades", Arc::new(table))
+                    .expect("register");
+                group.bench_function(
+                    BenchmarkId::new(
+                        format!("datafusion_batch_{partitions}_partitions"),
+                        batch_rows,
+                    ),
+                    |b| {
+                        b.iter(|| {
+                            rt.block_on(async {
+                                let rows: usize = ctx
+                                    .sql(VWAP)
+                                    .await
+                                    .expect("plan")
+                                    .collect()
+                                    .await
+                                    .expect("run")
+                                    .iter()
+                                    .map(|b| b.num_rows())
+                                    .sum();
+                                assert_eq!(rows, expected_rows(events));
+                            })
+                        })
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
+/// Single-row push to subscriber, through a filter stream: criterion's
+/// mean, plus p50/p99 from our histogram over many samples.
+fn latency(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let (db, source, mut sub) = rt.block_on(async {
+        let db = LaminarDB::builder()
+            .shards(1)
+            .idle_spin(Duration::from_millis(5))
+            .build()
+            .expect("db");
+        db.execute(&format!(
+            "{DDL}; CREATE STREAM big AS SELECT symbol, price FROM trades WHERE volume > 0"
+        ))
+        .await
+        .expect("ddl");
+        let sub = db.subscribe("big").expect("subscribe");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        (db, source, sub)
+    });
+    let rows = batches(1, 1);
+    let one = rows[0].clone();
+    let mut round_trip = |sub: &mut laminar_db::Subscription| {
+        source.push(one.clone()).expect("push");
+        loop {
+            if sub.poll().is_some() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    };
+    for _ in 0..10_000 {
+        round_trip(&mut sub);
+    }
+    let mut histogram = LatencyHistogram::default();
+    for _ in 0..100_000 {
+        let started = Instant::now();
+        round_trip(&mut sub);
+        histogram.record(started.elapsed());
+    }
+    println!(
+        "single-row push-to-subscriber latency: p50 {:?} p99 {:?} p99.9 {:?} ({} samples)",
+        histogram.quantile(0.5).unwrap_or_default(),
+        histogram.quantile(0.99).unwrap_or_default(),
+        histogram.quantile(0.999).unwrap_or_default(),
+        histogram.count()
+    );
+    c.bench_function("single_row_push_to_subscriber", |b| {
+        b.iter(|| round_trip(&mut sub))
+    });
+    rt.block_on(db.shutdown()).expect("shutdown");
+}
+
+criterion_group!(benches, latency, throughput);
+criterion_main!(benches);

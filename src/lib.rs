@@ -62,7 +62,9 @@ use laminar_runtime::executor::{ExecutorConfig, ShardMain, ShardThreads};
 use laminar_runtime::placement::{discover_cpus, plan, ShardPlacement};
 use laminar_runtime::spsc::{ring, Consumer, Producer};
 use laminar_sql::planner::{register_table, resolve_source};
-use laminar_sql::{new_session_context, parse_script, plan_stream, SourceDef, Statement, StreamPlan};
+use laminar_sql::{
+    new_session_context, parse_script, plan_stream, SourceDef, Statement, StreamPlan,
+};
 
 pub use arrow;
 pub use laminar_runtime::{Error, ErrorCode, Result};
@@ -71,7 +73,10 @@ pub use source::SourceHandle;
 pub use subscription::Subscription;
 
 use metrics::ShardCounters;
-use pipeline::{control_channel, Control, Pipeline, ShardProgram, ShardStream, SourceRuntime, SourceTime, StreamRuntime};
+use pipeline::{
+    control_channel, Control, Pipeline, ShardProgram, ShardStream, SourceRuntime, SourceTime,
+    StreamRuntime,
+};
 use subscription::Emitted;
 
 /// What `push` does when a shard's ingest ring is full.
@@ -138,7 +143,10 @@ impl LaminarDbBuilder {
         if self.ring_capacity == 0 || self.ring_capacity > 1 << 20 {
             return Err(Error::new(
                 ErrorCode::InvalidConfig,
-                format!("ring capacity must be 1..=1048576 batches, got {}", self.ring_capacity),
+                format!(
+                    "ring capacity must be 1..=1048576 batches, got {}",
+                    self.ring_capacity
+                ),
             ));
         }
         let placements = plan(self.shards, &discover_cpus()?)?;
@@ -216,7 +224,10 @@ pub enum ExecuteResult {
 }
 
 fn poisoned() -> Error {
-    Error::new(ErrorCode::Execution, "internal lock poisoned by an earlier panic")
+    Error::new(
+        ErrorCode::Execution,
+        "internal lock poisoned by an earlier panic",
+    )
 }
 
 impl LaminarDB {
@@ -258,7 +269,11 @@ impl LaminarDB {
             }
             (
                 catalog.source_map(),
-                catalog.streams.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                catalog
+                    .streams
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>(),
             )
         };
         match statement {
@@ -348,7 +363,10 @@ impl LaminarDB {
     pub async fn start(&self) -> Result<()> {
         let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
         if catalog.started {
-            return Err(Error::new(ErrorCode::AlreadyStarted, "the pipeline is already started"));
+            return Err(Error::new(
+                ErrorCode::AlreadyStarted,
+                "the pipeline is already started",
+            ));
         }
         let shards = self.shared.placements.len();
         let mut sources: Vec<SourceRuntime> = catalog
@@ -405,8 +423,9 @@ impl LaminarDB {
                 let outputs = pending
                     .get_mut(&id)
                     .map(|rings| {
-                        let (mine, rest): (Vec<_>, Vec<_>) =
-                            std::mem::take(rings).into_iter().partition(|(s, _)| *s == shard);
+                        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(rings)
+                            .into_iter()
+                            .partition(|(s, _)| *s == shard);
                         *rings = rest;
                         mine.into_iter().map(|(_, ring)| ring).collect()
                     })
@@ -416,8 +435,10 @@ impl LaminarDB {
                     outputs,
                 });
             }
-            let mut routes: Vec<Vec<Vec<usize>>> =
-                sources.iter().map(|s| vec![Vec::new(); s.routes.len()]).collect();
+            let mut routes: Vec<Vec<Vec<usize>>> = sources
+                .iter()
+                .map(|s| vec![Vec::new(); s.routes.len()])
+                .collect();
             let mut source_streams = vec![Vec::new(); sources.len()];
             for (stream, &(source, route)) in stream_routes.iter().enumerate() {
                 routes[source][route].push(stream);
@@ -475,7 +496,10 @@ impl LaminarDB {
         let Some(pipeline) = self.shared.pipeline.get() else {
             return Ok(());
         };
-        if pipeline.stopped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if pipeline
+            .stopped
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return Ok(());
         }
         for control in &pipeline.controls {
@@ -494,7 +518,12 @@ impl LaminarDB {
             .spawn(move || {
                 let _ = done.send(threads.join());
             })
-            .map_err(|e| Error::new(ErrorCode::RuntimeStart, format!("cannot spawn a thread: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::RuntimeStart,
+                    format!("cannot spawn a thread: {e}"),
+                )
+            })?;
         joined
             .await
             .map_err(|_| Error::new(ErrorCode::Execution, "shard join thread vanished"))?
@@ -507,7 +536,11 @@ impl LaminarDB {
         };
         use std::sync::atomic::Ordering::Relaxed;
         let mut metrics = Metrics {
-            shard_batches: pipeline.counters.iter().map(|c| c.batches.load(Relaxed)).sum(),
+            shard_batches: pipeline
+                .counters
+                .iter()
+                .map(|c| c.batches.load(Relaxed))
+                .sum(),
             streams: Vec::new(),
         };
         for (i, stream) in pipeline.streams.iter().enumerate() {

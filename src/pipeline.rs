@@ -171,7 +171,12 @@ const LANE_BUDGET: usize = 16;
 const MAX_KEPT_ERRORS: usize = 16;
 
 /// Creates a shard's control channel.
-pub(crate) fn control_channel() -> (ShardControl, Receiver<Control>, Arc<AtomicWaker>, Arc<AtomicUsize>) {
+pub(crate) fn control_channel() -> (
+    ShardControl,
+    Receiver<Control>,
+    Arc<AtomicWaker>,
+    Arc<AtomicUsize>,
+) {
     let (sender, receiver) = std::sync::mpsc::channel();
     let waker = Arc::new(AtomicWaker::new());
     let sent = Arc::new(AtomicUsize::new(0));
@@ -270,7 +275,12 @@ impl ShardProgram {
 
     /// Recomputes a source's watermark from its lanes and closes what it
     /// passed.
-    async fn advance_watermark(&mut self, source: usize, pushed_at: Instant, out: &mut Vec<RecordBatch>) {
+    async fn advance_watermark(
+        &mut self,
+        source: usize,
+        pushed_at: Instant,
+        out: &mut Vec<RecordBatch>,
+    ) {
         let Some(watermark_ms) = self
             .lanes
             .iter()
@@ -286,7 +296,10 @@ impl ShardProgram {
         self.watermarks[source] = watermark_ms;
         for i in 0..self.source_streams[source].len() {
             let stream = self.source_streams[source][i];
-            if let Err(e) = self.streams[stream].operator.on_watermark(watermark_ms, out) {
+            if let Err(e) = self.streams[stream]
+                .operator
+                .on_watermark(watermark_ms, out)
+            {
                 out.clear();
                 self.record_error(stream, e);
                 continue;

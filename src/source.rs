@@ -116,9 +116,10 @@ impl SourceHandle {
     /// Blocks the calling thread: from async code prefer
     /// [`SourceHandle::push_async`].
     pub fn push(&self, batch: RecordBatch) -> Result<()> {
-        let mut lanes = self.lanes.try_borrow_mut().map_err(|_| {
-            Error::new(ErrorCode::Execution, "SourceHandle::push re-entered")
-        })?;
+        let mut lanes = self
+            .lanes
+            .try_borrow_mut()
+            .map_err(|_| Error::new(ErrorCode::Execution, "SourceHandle::push re-entered"))?;
         let lanes = self.connect(&mut lanes)?;
         let messages = lanes.route(&self.schema, batch)?;
         lanes.deliver_blocking(messages)
@@ -144,9 +145,10 @@ impl SourceHandle {
     /// are late. This is how a source without a `WATERMARK` clause, or one
     /// that went quiet, moves time forward; `i64::MAX` closes everything.
     pub fn watermark(&self, watermark_ms: i64) -> Result<()> {
-        let mut lanes = self.lanes.try_borrow_mut().map_err(|_| {
-            Error::new(ErrorCode::Execution, "SourceHandle::watermark re-entered")
-        })?;
+        let mut lanes = self
+            .lanes
+            .try_borrow_mut()
+            .map_err(|_| Error::new(ErrorCode::Execution, "SourceHandle::watermark re-entered"))?;
         let lanes = self.connect(&mut lanes)?;
         if watermark_ms <= lanes.watermark_ms {
             return Ok(());
@@ -165,13 +167,19 @@ impl SourceHandle {
         let pipeline = self.shared.pipeline.get().cloned().ok_or_else(|| {
             Error::new(
                 ErrorCode::NotRunning,
-                format!("cannot push to source '{}' before the pipeline starts", self.name),
+                format!(
+                    "cannot push to source '{}' before the pipeline starts",
+                    self.name
+                ),
             )
             .with_hint("call db.start().await first")
         })?;
         pipeline.check_running()?;
         let source = pipeline.source_id(&self.name).ok_or_else(|| {
-            Error::new(ErrorCode::UnknownObject, format!("unknown source '{}'", self.name))
+            Error::new(
+                ErrorCode::UnknownObject,
+                format!("unknown source '{}'", self.name),
+            )
         })?;
         let mut producers = Vec::with_capacity(pipeline.shards);
         for control in &pipeline.controls {
@@ -233,7 +241,11 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
         return Err(schema_mismatch(
             schema,
             &got,
-            format!("expected {} columns, got {}", schema.fields().len(), got.fields().len()),
+            format!(
+                "expected {} columns, got {}",
+                schema.fields().len(),
+                got.fields().len()
+            ),
         ));
     }
     let mut columns = batch.columns().to_vec();
@@ -341,10 +353,15 @@ impl Lanes {
                             // Carry the per-row watermarks through the split
                             // as an extra column, then take them off again.
                             let mut fields = batch.schema().fields().to_vec();
-                            fields.push(Arc::new(Field::new("__row_watermark", DataType::Int64, false)));
+                            fields.push(Arc::new(Field::new(
+                                "__row_watermark",
+                                DataType::Int64,
+                                false,
+                            )));
                             let mut columns = batch.columns().to_vec();
                             columns.push(Arc::clone(per_row));
-                            let widened = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                            let widened =
+                                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
                             let last = widened.num_columns() - 1;
                             let keep: Vec<usize> = (0..last).collect();
                             partitioner
@@ -352,7 +369,8 @@ impl Lanes {
                                 .into_iter()
                                 .map(|(shard, piece)| {
                                     let marks = as_int64(piece.column(last));
-                                    let piece = piece.project(&keep)?.with_schema(Arc::clone(schema))?;
+                                    let piece =
+                                        piece.project(&keep)?.with_schema(Arc::clone(schema))?;
                                     Ok((shard, piece, Some(marks)))
                                 })
                                 .collect::<Result<Vec<_>>>()?

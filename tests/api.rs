@@ -39,10 +39,30 @@ async fn quick_start_verbatim_with_explicit_watermark() {
     let mut results = db.subscribe("vwap").unwrap();
     db.start().await.unwrap();
     let rows = vec![
-        Trade { symbol: "A".into(), price: 10.0, volume: 1, ts: 1_000 },
-        Trade { symbol: "A".into(), price: 20.0, volume: 3, ts: 2_000 },
-        Trade { symbol: "B".into(), price: 5.0, volume: 2, ts: 59_999 },
-        Trade { symbol: "A".into(), price: 99.0, volume: 1, ts: 60_000 },
+        Trade {
+            symbol: "A".into(),
+            price: 10.0,
+            volume: 1,
+            ts: 1_000,
+        },
+        Trade {
+            symbol: "A".into(),
+            price: 20.0,
+            volume: 3,
+            ts: 2_000,
+        },
+        Trade {
+            symbol: "B".into(),
+            price: 5.0,
+            volume: 2,
+            ts: 59_999,
+        },
+        Trade {
+            symbol: "A".into(),
+            price: 99.0,
+            volume: 1,
+            ts: 60_000,
+        },
     ];
     source.push(trades_batch(&rows)).unwrap();
     // Nothing closes without a watermark.
@@ -62,7 +82,12 @@ async fn quick_start_verbatim_with_explicit_watermark() {
     assert_same_rows(&got, &want);
     // A row for the closed window is late now.
     source
-        .push(trades_batch(&[Trade { symbol: "A".into(), price: 1.0, volume: 1, ts: 59_000 }]))
+        .push(trades_batch(&[Trade {
+            symbol: "A".into(),
+            price: 1.0,
+            volume: 1,
+            ts: 59_000,
+        }]))
         .unwrap();
     db.shutdown().await.unwrap();
     assert_eq!(db.metrics().streams[0].late_rows, 1);
@@ -82,7 +107,10 @@ async fn bad_input_has_stable_codes() {
             Err(e) => e.code(),
         }
     }
-    assert_eq!(code(db.execute("CREATE SOURCE (").await), ErrorCode::SqlSyntax);
+    assert_eq!(
+        code(db.execute("CREATE SOURCE (").await),
+        ErrorCode::SqlSyntax
+    );
     db.execute(TRADES_DDL).await.unwrap();
     assert_eq!(code(db.execute(TRADES_DDL).await), ErrorCode::AlreadyExists);
     assert_eq!(
@@ -90,15 +118,24 @@ async fn bad_input_has_stable_codes() {
         ErrorCode::UnknownObject
     );
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT nope FROM trades").await),
+        code(
+            db.execute("CREATE STREAM s AS SELECT nope FROM trades")
+                .await
+        ),
         ErrorCode::UnknownObject
     );
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT symbol FROM trades ORDER BY price").await),
+        code(
+            db.execute("CREATE STREAM s AS SELECT symbol FROM trades ORDER BY price")
+                .await
+        ),
         ErrorCode::Unsupported
     );
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol").await),
+        code(
+            db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol")
+                .await
+        ),
         ErrorCode::Unsupported
     );
     assert_eq!(
@@ -110,7 +147,10 @@ async fn bad_input_has_stable_codes() {
         ErrorCode::InvalidWindow
     );
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT symbol FROM trades EMIT ON WINDOW CLOSE").await),
+        code(
+            db.execute("CREATE STREAM s AS SELECT symbol FROM trades EMIT ON WINDOW CLOSE")
+                .await
+        ),
         ErrorCode::InvalidWindow
     );
     assert_eq!(
@@ -118,22 +158,39 @@ async fn bad_input_has_stable_codes() {
         ErrorCode::Unsupported
     );
     assert_eq!(
-        code(db.execute("CREATE SOURCE t2 (a BIGINT, WATERMARK FOR b AS b)").await),
+        code(
+            db.execute("CREATE SOURCE t2 (a BIGINT, WATERMARK FOR b AS b)")
+                .await
+        ),
         ErrorCode::InvalidWatermark
     );
     assert_eq!(
-        code(db.execute("CREATE SOURCE t3 (a VARCHAR, WATERMARK FOR a AS a)").await),
+        code(
+            db.execute("CREATE SOURCE t3 (a VARCHAR, WATERMARK FOR a AS a)")
+                .await
+        ),
         ErrorCode::InvalidWatermark
     );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 
-    db.execute("CREATE STREAM ok AS SELECT symbol FROM trades").await.unwrap();
+    db.execute("CREATE STREAM ok AS SELECT symbol FROM trades")
+        .await
+        .unwrap();
     let source = db.source_untyped("trades").unwrap();
     // Before start.
-    assert_eq!(code(source.push(trades_batch(&trades(1, 3, 2, 0)))), ErrorCode::NotRunning);
+    assert_eq!(
+        code(source.push(trades_batch(&trades(1, 3, 2, 0)))),
+        ErrorCode::NotRunning
+    );
     db.start().await.unwrap();
-    assert_eq!(code(db.execute("CREATE STREAM late AS SELECT symbol FROM trades").await), ErrorCode::AlreadyStarted);
+    assert_eq!(
+        code(
+            db.execute("CREATE STREAM late AS SELECT symbol FROM trades")
+                .await
+        ),
+        ErrorCode::AlreadyStarted
+    );
     // Wrong schema.
     let wrong = datafusion::arrow::array::RecordBatch::try_from_iter(vec![(
         "symbol",
@@ -154,9 +211,11 @@ async fn backpressure_policies() {
         .backpressure(Backpressure::Error)
         .build()
         .unwrap();
-    db.execute(&format!("{TRADES_DDL}; CREATE STREAM s AS SELECT symbol, price FROM trades"))
-        .await
-        .unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM s AS SELECT symbol, price FROM trades"
+    ))
+    .await
+    .unwrap();
     // A subscriber that never reads: output rings fill, shards stall, then
     // the ingest rings fill.
     let mut sub = db.subscribe("s").unwrap();
@@ -200,7 +259,9 @@ async fn many_pushers_and_late_subscriber() {
             let handle = source.clone();
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    handle.push(trades_batch(&trades(t * 100 + i, 100, 5, 0))).unwrap();
+                    handle
+                        .push(trades_batch(&trades(t * 100 + i, 100, 5, 0)))
+                        .unwrap();
                 }
             })
         })
@@ -214,9 +275,17 @@ async fn many_pushers_and_late_subscriber() {
         let b = match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
             Ok(Some(b)) => b,
             Ok(None) => break,
-            Err(_) => panic!("timed out at total {total}: {:?} finished={}", db.metrics(), sub.is_finished()),
+            Err(_) => panic!(
+                "timed out at total {total}: {:?} finished={}",
+                db.metrics(),
+                sub.is_finished()
+            ),
         };
-        let n = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        let n = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap();
         total += n.values().iter().sum::<i64>();
         if total == 4 * 50 * 100 {
             break;

@@ -40,7 +40,10 @@ async fn differential(query: &str, emit: &str, n: usize, symbols: usize) {
             let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {query} {emit}");
             let batches = random_batches(&rows, seed * 31 + shards as u64, max_batch);
             let (got, metrics) = run_stream(&ddl, "trades", "s", batches, shards).await;
-            assert_eq!(metrics.streams[0].late_rows, 0, "no row is late within the bound");
+            assert_eq!(
+                metrics.streams[0].late_rows, 0,
+                "no row is late within the bound"
+            );
             assert_same_rows(&got, &want);
         }
     }
@@ -124,12 +127,27 @@ async fn late_rows_are_dropped_and_counted() {
         max_seen = max_seen.max(row.ts);
     }
     assert!(late > 100);
-    let want = run_batch(VWAP, "trades", vec![trades_batch(&on_time)], trades_schema()).await;
+    let want = run_batch(
+        VWAP,
+        "trades",
+        vec![trades_batch(&on_time)],
+        trades_schema(),
+    )
+    .await;
     for (shards, max_batch) in [(1, 1000), (2, 7), (2, 3000)] {
         let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {VWAP}");
-        let (got, metrics) =
-            run_stream(&ddl, "trades", "s", random_batches(&rows, 5, max_batch), shards).await;
-        assert_eq!(metrics.streams[0].late_rows, late, "shards={shards} batch<={max_batch}");
+        let (got, metrics) = run_stream(
+            &ddl,
+            "trades",
+            "s",
+            random_batches(&rows, 5, max_batch),
+            shards,
+        )
+        .await;
+        assert_eq!(
+            metrics.streams[0].late_rows, late,
+            "shards={shards} batch<={max_batch}"
+        );
         assert_same_rows(&got, &want);
     }
 }
@@ -139,7 +157,11 @@ async fn late_rows_are_dropped_and_counted() {
 async fn timestamp_event_time() {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]));
     let n = 5_000i64;
     let batch = RecordBatch::try_new(

@@ -33,13 +33,14 @@ impl Stage {
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         match self {
             Stage::Filter(predicate) => {
-                let mask = predicate
-                    .evaluate(batch)?
-                    .into_array(batch.num_rows())?;
+                let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
                 let mask = mask.as_boolean_opt().ok_or_else(|| {
                     Error::new(
                         ErrorCode::Execution,
-                        format!("filter predicate produced {}, not BOOLEAN", mask.data_type()),
+                        format!(
+                            "filter predicate produced {}, not BOOLEAN",
+                            mask.data_type()
+                        ),
                     )
                 })?;
                 if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {

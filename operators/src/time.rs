@@ -100,7 +100,11 @@ impl EventTimeUnit {
         out.clear();
         match self.ticks_per_ms() {
             (1, 1) => out.extend_from_slice(values),
-            (mul, div) => out.extend(values.iter().map(|&t| t.saturating_mul(mul).div_euclid(div))),
+            (mul, div) => out.extend(
+                values
+                    .iter()
+                    .map(|&t| t.saturating_mul(mul).div_euclid(div)),
+            ),
         }
         Ok(())
     }

@@ -79,18 +79,14 @@ struct WindowState {
 pub struct WindowAggregate {
     spec: WindowAggregateSpec,
     converter: RowConverter,
-    hasher: foldhash_like::State,
+    /// Hash state of the group tables (process-local: any fast hasher).
+    hasher: ahash::RandomState,
     windows: BTreeMap<i64, WindowState>,
     late_rows: u64,
     // Scratch buffers reused across batches.
     times_ms: Vec<i64>,
     window_starts: Vec<i64>,
     group_ids: Vec<usize>,
-}
-
-/// The hash state for group tables (process-local, so any fast hasher).
-mod foldhash_like {
-    pub type State = ahash::RandomState;
 }
 
 impl std::fmt::Debug for WindowAggregate {
@@ -241,9 +237,9 @@ impl Operator for WindowAggregate {
         &mut self,
         batch: &RecordBatch,
         time: BatchTime<'_>,
-        out: &mut Vec<RecordBatch>,
+        _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let _ = out;
+        // Output only ever leaves when a window closes (on_watermark).
         let on_time = self.drop_late(batch, time)?;
         let input = apply_all(&self.spec.pre, &on_time)?;
         let rows = input.num_rows();

@@ -266,7 +266,11 @@ mod tests {
             cpu(6, 2, 1),
             cpu(7, 3, 1),
         ];
-        let placed: Vec<usize> = plan(Some(8), &cpus).unwrap().iter().map(|p| p.cpu).collect();
+        let placed: Vec<usize> = plan(Some(8), &cpus)
+            .unwrap()
+            .iter()
+            .map(|p| p.cpu)
+            .collect();
         assert_eq!(placed, vec![0, 2, 1, 3, 4, 6, 5, 7]);
         // Default: one shard per physical core.
         assert_eq!(plan(None, &cpus).unwrap().len(), 4);

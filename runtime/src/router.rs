@@ -137,8 +137,18 @@ mod tests {
         let b = batch(&["a", "b", "c", "d", "e", "f"]);
         let mut p1 = HashPartitioner::new(vec![0], 3);
         let mut p2 = HashPartitioner::new(vec![0], 3);
-        let s1: Vec<_> = p1.partition(&b).unwrap().into_iter().map(|(s, b)| (s, b.num_rows())).collect();
-        let s2: Vec<_> = p2.partition(&b).unwrap().into_iter().map(|(s, b)| (s, b.num_rows())).collect();
+        let s1: Vec<_> = p1
+            .partition(&b)
+            .unwrap()
+            .into_iter()
+            .map(|(s, b)| (s, b.num_rows()))
+            .collect();
+        let s2: Vec<_> = p2
+            .partition(&b)
+            .unwrap()
+            .into_iter()
+            .map(|(s, b)| (s, b.num_rows()))
+            .collect();
         assert_eq!(s1, s2);
     }
 

@@ -208,7 +208,11 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                 location(t)
             )))
         }
-        None => return Err(syntax_error("CREATE SOURCE needs a column list in parentheses")),
+        None => {
+            return Err(syntax_error(
+                "CREATE SOURCE needs a column list in parentheses",
+            ))
+        }
     }
     // Split the parenthesised list into top-level items.
     let mut depth = 0usize;
@@ -259,7 +263,9 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
     let mut watermark = None;
     for item in items {
         if item.is_empty() {
-            return Err(syntax_error("empty item in the column list of CREATE SOURCE"));
+            return Err(syntax_error(
+                "empty item in the column list of CREATE SOURCE",
+            ));
         }
         if is_word(item[0], "WATERMARK") {
             if watermark.is_some() {
@@ -300,16 +306,24 @@ fn parse_watermark(item: &[&TokenWithSpan]) -> Result<WatermarkDef> {
         )
         .with_hint("write WATERMARK FOR ts AS ts - INTERVAL '5' SECOND")
     };
-    if item.len() < 4 || keyword(item[1]) != Some(Keyword::FOR) || keyword(item[3]) != Some(Keyword::AS) {
-        return Err(invalid("expected WATERMARK FOR <column> AS <column> - <bound>"));
+    if item.len() < 4
+        || keyword(item[1]) != Some(Keyword::FOR)
+        || keyword(item[3]) != Some(Keyword::AS)
+    {
+        return Err(invalid(
+            "expected WATERMARK FOR <column> AS <column> - <bound>",
+        ));
     }
-    let column = identifier(item[2], "the event-time column").map_err(|_| invalid("expected a column name after FOR"))?;
+    let column = identifier(item[2], "the event-time column")
+        .map_err(|_| invalid("expected a column name after FOR"))?;
     let expr = &item[4..];
     let Some(first) = expr.first() else {
         return Err(invalid("missing expression after AS"));
     };
     if identifier(first, "column").ok().as_deref() != Some(column.as_str()) {
-        return Err(invalid("the expression after AS must start with the same column as FOR"));
+        return Err(invalid(
+            "the expression after AS must start with the same column as FOR",
+        ));
     }
     let bound_ms = match &expr[1..] {
         [] => 0,
@@ -406,7 +420,9 @@ fn parse_create_stream(
     };
     let query = text_of(query_tokens);
     if query.is_empty() {
-        return Err(syntax_error(format!("CREATE STREAM {name} AS needs a SELECT")));
+        return Err(syntax_error(format!(
+            "CREATE STREAM {name} AS needs a SELECT"
+        )));
     }
     Ok(StreamDef {
         name,
@@ -489,12 +505,30 @@ mod tests {
     #[test]
     fn errors_carry_codes() {
         let code = |sql: &str| parse_script(sql).unwrap_err().code();
-        assert_eq!(code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR x AS ts - 5)"), ErrorCode::InvalidWatermark);
-        assert_eq!(code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' MONTH)"), ErrorCode::InvalidWatermark);
-        assert_eq!(code("CREATE SOURCE s (ts BIGINT) FROM KAFKA (topic = 'x')"), ErrorCode::Unsupported);
-        assert_eq!(code("CREATE STREAM s AS SELECT 1 EMIT SOMETIMES"), ErrorCode::SqlSyntax);
+        assert_eq!(
+            code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR x AS ts - 5)"),
+            ErrorCode::InvalidWatermark
+        );
+        assert_eq!(
+            code("CREATE SOURCE s (ts BIGINT, WATERMARK FOR ts AS ts - INTERVAL '1' MONTH)"),
+            ErrorCode::InvalidWatermark
+        );
+        assert_eq!(
+            code("CREATE SOURCE s (ts BIGINT) FROM KAFKA (topic = 'x')"),
+            ErrorCode::Unsupported
+        );
+        assert_eq!(
+            code("CREATE STREAM s AS SELECT 1 EMIT SOMETIMES"),
+            ErrorCode::SqlSyntax
+        );
         assert_eq!(code("DROP TABLE x"), ErrorCode::Unsupported);
-        assert_eq!(code("CREATE SOURCE s (a VARCHAR 'unterminated)"), ErrorCode::SqlSyntax);
-        assert_eq!(code("CREATE MATERIALIZED VIEW v AS SELECT 1"), ErrorCode::Unsupported);
+        assert_eq!(
+            code("CREATE SOURCE s (a VARCHAR 'unterminated)"),
+            ErrorCode::SqlSyntax
+        );
+        assert_eq!(
+            code("CREATE MATERIALIZED VIEW v AS SELECT 1"),
+            ErrorCode::Unsupported
+        );
     }
 }

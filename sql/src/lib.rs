@@ -18,4 +18,6 @@ pub mod functions;
 pub mod planner;
 
 pub use dialect::{parse_script, EmitMode, SourceDef, Statement, StreamDef, WatermarkDef};
-pub use planner::{new_session_context, plan_for_batch, plan_stream, Routing, StreamOperator, StreamPlan};
+pub use planner::{
+    new_session_context, plan_for_batch, plan_stream, Routing, StreamOperator, StreamPlan,
+};

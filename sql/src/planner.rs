@@ -24,11 +24,11 @@ use datafusion::common::{DFSchema, DataFusionError, TableReference};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, Sort};
-use datafusion::logical_expr::{Aggregate, DdlStatement, Expr, LogicalPlan};
-use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::ExprSchemable;
+use datafusion::logical_expr::{Aggregate, DdlStatement, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     EventTimeUnit, Operator, Stage, Stateless, TumbleSpec, WindowAggregate, WindowAggregateSpec,
@@ -154,8 +154,11 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
 /// Registers a source (or a stream's output) as an empty table so queries
 /// over it can be planned.
 pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
-    ctx.register_table(TableReference::bare(name), Arc::new(EmptyTable::new(schema)))
-        .map_err(planning_error)?;
+    ctx.register_table(
+        TableReference::bare(name),
+        Arc::new(EmptyTable::new(schema)),
+    )
+    .map_err(planning_error)?;
     Ok(())
 }
 
@@ -240,8 +243,13 @@ struct Chain<'p> {
 
 impl Lowering<'_> {
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
-            .map_err(planning_error)
+        create_physical_expr(
+            expr,
+            schema,
+            &self.props,
+            &PhysicalPlanningContext::default(),
+        )
+        .map_err(planning_error)
     }
 
     /// Walks Projection/Filter/SubqueryAlias nodes down to the next
@@ -264,7 +272,9 @@ impl Lowering<'_> {
                     node = &p.input;
                 }
                 LogicalPlan::Filter(f) => {
-                    stages.push(Stage::Filter(self.physical(&f.predicate, f.input.schema())?));
+                    stages.push(Stage::Filter(
+                        self.physical(&f.predicate, f.input.schema())?,
+                    ));
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(s) => node = &s.input,
@@ -356,7 +366,6 @@ impl Lowering<'_> {
 
     fn window_aggregate(
         &self,
-        def: &StreamDef,
         aggregate: &Aggregate,
         post: Vec<Stage>,
     ) -> Result<(String, Routing, StreamOperator, String)> {
@@ -390,7 +399,9 @@ impl Lowering<'_> {
             .ok_or_else(|| {
                 Error::new(
                     ErrorCode::InvalidWindow,
-                    format!("tumble(): the {what} must be a constant INTERVAL of days or less, got {e}"),
+                    format!(
+                        "tumble(): the {what} must be a constant INTERVAL of days or less, got {e}"
+                    ),
                 )
             })
         };
@@ -401,7 +412,9 @@ impl Lowering<'_> {
             ));
         }
         let size_ms = literal_ms(&args[1], "window size")?;
-        let offset_ms = args.get(2).map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
+        let offset_ms = args
+            .get(2)
+            .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
         let window = TumbleSpec::new(size_ms, offset_ms)?;
 
         let chain = self.chain(&aggregate.input)?;
@@ -449,7 +462,10 @@ impl Lowering<'_> {
                 continue;
             }
             keys.push(self.physical(expr, input_schema)?);
-            match (self.trace_to_source(expr, &aggregate.input), key_columns.as_mut()) {
+            match (
+                self.trace_to_source(expr, &aggregate.input),
+                key_columns.as_mut(),
+            ) {
                 (Some(column), Some(columns)) => columns.push(column),
                 _ => key_columns = None,
             }
@@ -492,7 +508,6 @@ impl Lowering<'_> {
             source_name,
             if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
         );
-        let _ = def;
         let spec = WindowAggregateSpec {
             source_time_column: time_column,
             source_time_unit,
@@ -507,22 +522,45 @@ impl Lowering<'_> {
             aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
             post,
         };
-        Ok((source_name, routing, StreamOperator::WindowAggregate(spec), explain))
+        Ok((
+            source_name,
+            routing,
+            StreamOperator::WindowAggregate(spec),
+            explain,
+        ))
     }
 }
 
 fn unsupported_node(node: &LogicalPlan) -> Error {
     let (what, hint) = match node {
-        LogicalPlan::Join(_) => ("joins are not supported in streams yet", "one source per stream"),
-        LogicalPlan::Sort(_) => ("ORDER BY is not supported in streams", "order results in the subscriber"),
+        LogicalPlan::Join(_) => (
+            "joins are not supported in streams yet",
+            "one source per stream",
+        ),
+        LogicalPlan::Sort(_) => (
+            "ORDER BY is not supported in streams",
+            "order results in the subscriber",
+        ),
         LogicalPlan::Limit(_) => ("LIMIT is not supported in streams", "remove the LIMIT"),
-        LogicalPlan::Window(_) => ("OVER (...) window functions are not supported in streams yet", "use GROUP BY tumble(...)"),
-        LogicalPlan::Distinct(_) => ("SELECT DISTINCT is not supported in streams yet", "use GROUP BY with a window"),
-        LogicalPlan::Union(_) => ("UNION is not supported in streams yet", "create one stream per input"),
+        LogicalPlan::Window(_) => (
+            "OVER (...) window functions are not supported in streams yet",
+            "use GROUP BY tumble(...)",
+        ),
+        LogicalPlan::Distinct(_) => (
+            "SELECT DISTINCT is not supported in streams yet",
+            "use GROUP BY with a window",
+        ),
+        LogicalPlan::Union(_) => (
+            "UNION is not supported in streams yet",
+            "create one stream per input",
+        ),
         LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
             ("a stream must read from a source", "add FROM <source>")
         }
-        _ => ("this query shape is not supported in streams", "see docs/SQL_REFERENCE.md"),
+        _ => (
+            "this query shape is not supported in streams",
+            "see docs/SQL_REFERENCE.md",
+        ),
     };
     unsupported(format!("{what} (plan node: {})", node.display()), hint)
 }
@@ -576,7 +614,7 @@ pub async fn plan_stream(
                     "use EMIT ON WINDOW CLOSE with a window in the GROUP BY",
                 ));
             }
-            lowering.window_aggregate(def, aggregate, chain.stages)?
+            lowering.window_aggregate(aggregate, chain.stages)?
         }
         _ => {
             if def.emit.is_some() {

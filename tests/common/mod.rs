@@ -64,7 +64,9 @@ pub fn trades_batch(rows: &[Trade]) -> RecordBatch {
     RecordBatch::try_new(
         trades_schema(),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.symbol.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.symbol.as_str()),
+            )),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.price))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.volume))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts))),
@@ -119,12 +121,22 @@ pub async fn run_stream(
 
 /// Runs `query` as a DataFusion batch query over `rows` registered as
 /// `source`, with LaminarDB's functions and rewrites.
-pub async fn run_batch(query: &str, source: &str, rows: Vec<RecordBatch>, schema: SchemaRef) -> Vec<RecordBatch> {
+pub async fn run_batch(
+    query: &str,
+    source: &str,
+    rows: Vec<RecordBatch>,
+    schema: SchemaRef,
+) -> Vec<RecordBatch> {
     let ctx = laminar_sql::new_session_context();
     let table = MemTable::try_new(schema, vec![rows]).unwrap();
     ctx.register_table(source, Arc::new(table)).unwrap();
     let plan = laminar_sql::plan_for_batch(&ctx, query).await.unwrap();
-    ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()
+    ctx.execute_logical_plan(plan)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
 }
 
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
@@ -138,11 +150,7 @@ fn cells(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
     let mut rows = Vec::new();
     for b in batches {
         for r in 0..b.num_rows() {
-            let row = b
-                .columns()
-                .iter()
-                .map(|c| cell(c, r))
-                .collect::<Vec<_>>();
+            let row = b.columns().iter().map(|c| cell(c, r)).collect::<Vec<_>>();
             rows.push(row);
         }
     }
@@ -154,10 +162,16 @@ fn cell(array: &ArrayRef, row: usize) -> Cell {
         return Cell::Null;
     }
     match array.data_type() {
-        DataType::Float64 => Cell::Float(array.as_any().downcast_ref::<Float64Array>().unwrap().value(row)),
-        _ => Cell::Text(
-            datafusion::arrow::util::display::array_value_to_string(array, row).unwrap(),
+        DataType::Float64 => Cell::Float(
+            array
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(row),
         ),
+        _ => {
+            Cell::Text(datafusion::arrow::util::display::array_value_to_string(array, row).unwrap())
+        }
     }
 }
 
@@ -180,7 +194,13 @@ pub fn assert_same_rows(streaming: &[RecordBatch], batch: &[RecordBatch]) {
     };
     let got = sort(cells(streaming));
     let want = sort(cells(batch));
-    assert_eq!(got.len(), want.len(), "row counts differ: streaming {} vs batch {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "row counts differ: streaming {} vs batch {}",
+        got.len(),
+        want.len()
+    );
     for (g, w) in got.iter().zip(&want) {
         assert!(
             g.len() == w.len() && g.iter().zip(w).all(|(a, b)| close(a, b)),

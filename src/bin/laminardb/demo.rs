@@ -60,14 +60,32 @@ struct Pool {
 fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
     let mut rng = StdRng::seed_from_u64(42);
     let names: Vec<String> = (0..symbols).map(|i| format!("SYM{i:04}")).collect();
-    let mut prices: Vec<f64> = (0..symbols).map(|_| rng.random_range(10.0..500.0)).collect();
+    let mut prices: Vec<f64> = (0..symbols)
+        .map(|_| rng.random_range(10.0..500.0))
+        .collect();
     let mut batches = Vec::with_capacity(POOL_BATCHES);
     let mut jitter_ms = Vec::with_capacity(POOL_BATCHES);
     let schema = laminar_db::arrow::datatypes::Schema::new(vec![
-        laminar_db::arrow::datatypes::Field::new("symbol", laminar_db::arrow::datatypes::DataType::Utf8, false),
-        laminar_db::arrow::datatypes::Field::new("price", laminar_db::arrow::datatypes::DataType::Float64, false),
-        laminar_db::arrow::datatypes::Field::new("volume", laminar_db::arrow::datatypes::DataType::Int64, false),
-        laminar_db::arrow::datatypes::Field::new("ts", laminar_db::arrow::datatypes::DataType::Int64, false),
+        laminar_db::arrow::datatypes::Field::new(
+            "symbol",
+            laminar_db::arrow::datatypes::DataType::Utf8,
+            false,
+        ),
+        laminar_db::arrow::datatypes::Field::new(
+            "price",
+            laminar_db::arrow::datatypes::DataType::Float64,
+            false,
+        ),
+        laminar_db::arrow::datatypes::Field::new(
+            "volume",
+            laminar_db::arrow::datatypes::DataType::Int64,
+            false,
+        ),
+        laminar_db::arrow::datatypes::Field::new(
+            "ts",
+            laminar_db::arrow::datatypes::DataType::Int64,
+            false,
+        ),
     ]);
     let schema = Arc::new(schema);
     for _ in 0..POOL_BATCHES {
@@ -102,13 +120,21 @@ fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
 }
 
 fn print_window(batch: &RecordBatch, total_symbols: usize) {
-    let col = |name: &str| batch.column(batch.schema().index_of(name).expect("ohlc column")).clone();
+    let col = |name: &str| {
+        batch
+            .column(batch.schema().index_of(name).expect("ohlc column"))
+            .clone()
+    };
     let symbol = col("symbol");
     let symbol = symbol.as_any().downcast_ref::<StringArray>().expect("utf8");
     let start = col("window_start");
     let start = start.as_any().downcast_ref::<Int64Array>().expect("i64");
     let [open, high, low, close] = ["open", "high", "low", "close"].map(|n| {
-        col(n).as_any().downcast_ref::<Float64Array>().expect("f64").clone()
+        col(n)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("f64")
+            .clone()
     });
     let volume = col("volume");
     let volume = volume.as_any().downcast_ref::<Int64Array>().expect("i64");
@@ -133,9 +159,17 @@ fn print_window(batch: &RecordBatch, total_symbols: usize) {
     }
 }
 
-pub async fn demo(duration_s: u64, shards: Option<usize>, symbols: usize, batch_rows: usize) -> Result<()> {
+pub async fn demo(
+    duration_s: u64,
+    shards: Option<usize>,
+    symbols: usize,
+    batch_rows: usize,
+) -> Result<()> {
     if symbols == 0 || batch_rows == 0 {
-        return Err(Error::new(ErrorCode::InvalidConfig, "--symbols and --batch-rows must be at least 1"));
+        return Err(Error::new(
+            ErrorCode::InvalidConfig,
+            "--symbols and --batch-rows must be at least 1",
+        ));
     }
     let mut builder = LaminarDB::builder();
     if let Some(n) = shards {
@@ -144,7 +178,10 @@ pub async fn demo(duration_s: u64, shards: Option<usize>, symbols: usize, batch_
     let db = builder.build()?;
     println!("LaminarDB demo: {} shard(s)", db.placement().len());
     for p in db.placement() {
-        println!("  shard {} on cpu {} (numa node {})", p.shard, p.cpu, p.numa_node);
+        println!(
+            "  shard {} on cpu {} (numa node {})",
+            p.shard, p.cpu, p.numa_node
+        );
     }
     db.execute(DEMO_SQL).await?;
     let mut ohlc = db.subscribe("ohlc_1m")?;
@@ -177,7 +214,12 @@ pub async fn demo(duration_s: u64, shards: Option<usize>, symbols: usize, batch_
                 }
                 Ok(())
             })
-            .map_err(|e| Error::new(ErrorCode::RuntimeStart, format!("cannot spawn the generator: {e}")))?
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::RuntimeStart,
+                    format!("cannot spawn the generator: {e}"),
+                )
+            })?
     };
 
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
@@ -203,7 +245,12 @@ pub async fn demo(duration_s: u64, shards: Option<usize>, symbols: usize, batch_
         let mut by_window: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
         for batch in pending.into_iter().filter(|b| b.num_rows() > 0) {
             let start = batch
-                .column(batch.schema().index_of("window_start").expect("ohlc column"))
+                .column(
+                    batch
+                        .schema()
+                        .index_of("window_start")
+                        .expect("ohlc column"),
+                )
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .expect("i64")

@@ -20,7 +20,10 @@ pub struct RunArgs {
 }
 
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorCode::Io, format!("cannot {what} {}: {e}", path.display()))
+    Error::new(
+        ErrorCode::Io,
+        format!("cannot {what} {}: {e}", path.display()),
+    )
 }
 
 /// One input file being read, with the event times of its current batch.
@@ -130,7 +133,10 @@ fn open_input(
     let time = match handle.event_time_column() {
         Some(column) => Some((
             column,
-            EventTimeUnit::of(schema.field(column).data_type(), schema.field(column).name())?,
+            EventTimeUnit::of(
+                schema.field(column).data_type(),
+                schema.field(column).name(),
+            )?,
         )),
         None => None,
     };
@@ -154,7 +160,11 @@ fn open_input(
 
 /// Feeds all inputs, merged by event time: always the input whose next row
 /// is earliest, in runs of at most `batch_rows` rows.
-async fn feed(inputs: &mut Vec<Input>, handles: &mut [SourceHandle], batch_rows: usize) -> Result<()> {
+async fn feed(
+    inputs: &mut Vec<Input>,
+    handles: &mut [SourceHandle],
+    batch_rows: usize,
+) -> Result<()> {
     loop {
         let mut i = 0;
         while i < inputs.len() {
@@ -193,21 +203,30 @@ async fn feed(inputs: &mut Vec<Input>, handles: &mut [SourceHandle], batch_rows:
     }
 }
 
-fn write_csv(path: &Path, batches: &[RecordBatch], schema: &laminar_db::arrow::datatypes::SchemaRef) -> Result<()> {
+fn write_csv(
+    path: &Path,
+    batches: &[RecordBatch],
+    schema: &laminar_db::arrow::datatypes::SchemaRef,
+) -> Result<()> {
     let file = File::create(path).map_err(|e| io_error(path, "create", e))?;
     let mut writer = WriterBuilder::new().with_header(true).build(file);
     writer
         .write(&RecordBatch::new_empty(Arc::clone(schema)))
         .map_err(|e| io_error(path, "write", e))?;
     for batch in batches {
-        writer.write(batch).map_err(|e| io_error(path, "write", e))?;
+        writer
+            .write(batch)
+            .map_err(|e| io_error(path, "write", e))?;
     }
     Ok(())
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
     if args.batch_rows == 0 {
-        return Err(Error::new(ErrorCode::InvalidConfig, "--batch-rows must be at least 1"));
+        return Err(Error::new(
+            ErrorCode::InvalidConfig,
+            "--batch-rows must be at least 1",
+        ));
     }
     let sql = std::fs::read_to_string(&args.sql).map_err(|e| io_error(&args.sql, "read", e))?;
     let mut builder = LaminarDB::builder();
@@ -220,7 +239,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if streams.is_empty() {
         return Err(Error::new(
             ErrorCode::InvalidConfig,
-            format!("{} defines no CREATE STREAM: there would be no output", args.sql.display()),
+            format!(
+                "{} defines no CREATE STREAM: there would be no output",
+                args.sql.display()
+            ),
         ));
     }
     std::fs::create_dir_all(&args.output).map_err(|e| io_error(&args.output, "create", e))?;
@@ -261,9 +283,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     db.shutdown().await?;
     let mut outputs = Vec::new();
     for (name, schema, collector) in collectors {
-        let batches = collector
-            .join()
-            .map_err(|_| Error::new(ErrorCode::Execution, format!("collector for {name} panicked")))?;
+        let batches = collector.join().map_err(|_| {
+            Error::new(
+                ErrorCode::Execution,
+                format!("collector for {name} panicked"),
+            )
+        })?;
         outputs.push((name, schema, batches));
     }
     fed?;

@@ -1,0 +1,157 @@
+//! End-to-end tests of the `laminardb` binary on real files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn laminardb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_laminardb"))
+}
+
+fn write_trades_csv(path: &Path, rows: &[Trade]) {
+    let mut text = String::from("symbol,price,volume,ts\n");
+    for r in rows {
+        text.push_str(&format!("{},{},{},{}\n", r.symbol, r.price, r.volume, r.ts));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+const SQL: &str = "
+CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL, volume BIGINT NOT NULL,
+    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+-- the seed's VWAP and OHLC queries
+CREATE STREAM vwap AS
+SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+CREATE STREAM ohlc_1m AS
+SELECT symbol,
+       CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS window_start,
+       first_value(price) AS open, MAX(price) AS high, MIN(price) AS low,
+       last_value(price) AS close, SUM(volume) AS volume
+FROM trades
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
+EMIT ON WINDOW CLOSE;
+CREATE STREAM big AS SELECT symbol, price, volume FROM trades WHERE volume > 900;
+";
+
+fn read_csv_rows(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let header = lines.remove(0);
+    lines.sort();
+    lines.insert(0, header);
+    lines
+}
+
+/// Results must not depend on batch size or shard count (only row order),
+/// and must equal the batch oracle.
+#[test]
+fn run_is_independent_of_batch_rows_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    std::fs::write(&sql, SQL).unwrap();
+    // Two input files for one source, merged by event time.
+    let rows = trades(11, 12_000, 40, 3_000);
+    let (a, b): (Vec<Trade>, Vec<Trade>) = rows.iter().cloned().partition(|r| r.volume % 2 == 0);
+    write_trades_csv(&dir.path().join("a.csv"), &a);
+    write_trades_csv(&dir.path().join("b.csv"), &b);
+
+    let mut outputs = Vec::new();
+    for (shards, batch_rows) in [(1, 1024), (2, 1), (2, 333), (1, 100_000)] {
+        let out = dir.path().join(format!("out-{shards}-{batch_rows}"));
+        let status = laminardb()
+            .args(["run", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(format!("trades={}", dir.path().join("a.csv").display()))
+            .arg("--input")
+            .arg(format!("trades={}", dir.path().join("b.csv").display()))
+            .arg("--output")
+            .arg(&out)
+            .args([
+                "--batch-rows",
+                &batch_rows.to_string(),
+                "--shards",
+                &shards.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        outputs.push(out);
+    }
+    for stream in ["vwap", "ohlc_1m", "big"] {
+        let first = read_csv_rows(&outputs[0].join(format!("{stream}.csv")));
+        assert!(first.len() > 1, "{stream} is empty");
+        for other in &outputs[1..] {
+            let rows = read_csv_rows(&other.join(format!("{stream}.csv")));
+            if stream == "vwap" {
+                // Float sums in another order may differ in the last digit.
+                assert_eq!(rows.len(), first.len());
+            } else {
+                assert_eq!(rows, first, "{stream} differs for {}", other.display());
+            }
+        }
+    }
+    let header = read_csv_rows(&outputs[0].join("ohlc_1m.csv"))[0].clone();
+    assert_eq!(header, "symbol,window_start,open,high,low,close,volume");
+}
+
+#[test]
+fn errors_exit_non_zero_with_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    let csv = dir.path().join("t.csv");
+    let out = dir.path().join("out");
+    let run = |sql_text: &str, csv_text: &str| {
+        std::fs::write(&sql, sql_text).unwrap();
+        std::fs::write(&csv, csv_text).unwrap();
+        let o = laminardb()
+            .args(["run", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(format!("trades={}", csv.display()))
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let good_csv = "symbol,price,volume,ts\nA,1.0,1,1000\n";
+    assert!(run("CREATE SOURCE trades (", good_csv).contains("LDB-1001"));
+    assert!(run(SQL, "symbol,price,volume\nA,1.0,1\n").contains("LDB-4002"));
+    assert!(run(SQL, "symbol,price,volume,ts\nA,notanumber,1,5\n").contains("LDB-4002"));
+    assert!(run(
+        &SQL.replace("FROM trades WHERE", "FROM nope WHERE"),
+        good_csv
+    )
+    .contains("LDB-1002"));
+    let o = laminardb()
+        .args(["run", "--sql", "/nonexistent.sql", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("LDB-4001"));
+}
+
+#[test]
+fn demo_runs_and_reports_throughput() {
+    let o = laminardb()
+        .args(["demo", "--duration", "2", "--symbols", "50"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("events/s"), "{stdout}");
+    assert!(stdout.contains("window "), "no window closed: {stdout}");
+}
