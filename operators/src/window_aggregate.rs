@@ -157,6 +157,14 @@ impl WindowAggregate {
             &mut self.times_ms,
         )?;
         let window = self.spec.window;
+        if time.row_watermarks_ms.is_none() {
+            // Window ends grow with event time: if the earliest row is on
+            // time, every row is, and no per-row work is needed.
+            let earliest = self.times_ms.iter().copied().min().unwrap_or(i64::MAX);
+            if window.end_of(window.start_of(earliest)) > time.watermark_ms {
+                return Ok(batch.clone());
+            }
+        }
         let is_late = |i: usize, t: i64| {
             let end = window.end_of(window.start_of(t));
             end <= time.watermark_ms
@@ -251,9 +259,15 @@ impl Operator for WindowAggregate {
             .window_unit
             .array_to_ms(times.as_ref(), &mut self.times_ms)?;
         let window = self.spec.window;
+        let earliest = self.times_ms.iter().copied().min().unwrap_or_default();
+        let latest = self.times_ms.iter().copied().max().unwrap_or_default();
+        // Most batches fall in one window: then no per-row window math.
+        let single_window = window.start_of(earliest) == window.start_of(latest);
         self.window_starts.clear();
-        self.window_starts
-            .extend(self.times_ms.iter().map(|&t| window.start_of(t)));
+        if !single_window {
+            self.window_starts
+                .extend(self.times_ms.iter().map(|&t| window.start_of(t)));
+        }
 
         let key_arrays = self
             .spec
@@ -285,9 +299,13 @@ impl Operator for WindowAggregate {
         }
 
         let mut starts: Vec<i64> = Vec::new();
-        for &s in &self.window_starts {
-            if !starts.contains(&s) {
-                starts.push(s);
+        if single_window {
+            starts.push(window.start_of(earliest));
+        } else {
+            for &s in &self.window_starts {
+                if !starts.contains(&s) {
+                    starts.push(s);
+                }
             }
         }
         for start in starts {
@@ -296,14 +314,20 @@ impl Operator for WindowAggregate {
                 self.windows.insert(start, state);
             }
             let state = self.windows.get_mut(&start).expect("inserted above");
-            let single_window = self.window_starts.iter().all(|&s| s == start);
             self.group_ids.clear();
-            for (row, &s) in self.window_starts.iter().enumerate() {
-                self.group_ids.push(if s == start {
-                    group_id(state, &self.hasher, key_rows.row(row).as_ref())
-                } else {
-                    0
-                });
+            if single_window {
+                for row in 0..rows {
+                    self.group_ids
+                        .push(group_id(state, &self.hasher, key_rows.row(row).as_ref()));
+                }
+            } else {
+                for (row, &s) in self.window_starts.iter().enumerate() {
+                    self.group_ids.push(if s == start {
+                        group_id(state, &self.hasher, key_rows.row(row).as_ref())
+                    } else {
+                        0
+                    });
+                }
             }
             let window_mask: Option<BooleanArray> = (!single_window).then(|| {
                 self.window_starts
