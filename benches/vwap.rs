@@ -202,7 +202,7 @@ fn latency(c: &mut Criterion) {
     });
     let rows = batches(1, 1);
     let one = rows[0].clone();
-    let mut round_trip = |sub: &mut laminar_db::Subscription| {
+    let round_trip = |sub: &mut laminar_db::Subscription| {
         source.push(one.clone()).expect("push");
         loop {
             if sub.poll().is_some() {

@@ -93,6 +93,7 @@ pub enum Backpressure {
 #[derive(Debug, Clone)]
 pub struct LaminarDbBuilder {
     shards: Option<usize>,
+    idle_spin: Duration,
     ring_capacity: usize,
     backpressure: Backpressure,
     executor: ExecutorConfig,
@@ -102,6 +103,7 @@ impl Default for LaminarDbBuilder {
     fn default() -> Self {
         Self {
             shards: None,
+            idle_spin: Duration::from_micros(100),
             ring_capacity: 64,
             backpressure: Backpressure::Block,
             executor: ExecutorConfig::default(),
@@ -130,10 +132,11 @@ impl LaminarDbBuilder {
         self
     }
 
-    /// How long an idle shard spins before sleeping (default 50 µs).
-    /// Longer means lower wake-up latency and more idle CPU.
+    /// How long an idle shard keeps polling its rings before it sleeps
+    /// (default 100 µs). Longer means lower wake-up latency after a pause,
+    /// and more idle CPU.
     pub fn idle_spin(mut self, spin: Duration) -> Self {
-        self.executor.spin_before_park = spin;
+        self.idle_spin = spin;
         self
     }
 
@@ -156,6 +159,7 @@ impl LaminarDbBuilder {
                 ring_capacity: self.ring_capacity,
                 backpressure: self.backpressure,
                 executor: self.executor,
+                idle_spin: self.idle_spin,
                 ctx: new_session_context(),
                 catalog: Mutex::new(Catalog::default()),
                 pipeline: OnceLock::new(),
@@ -193,6 +197,7 @@ pub(crate) struct Shared {
     ring_capacity: usize,
     backpressure: Backpressure,
     executor: ExecutorConfig,
+    idle_spin: Duration,
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
     pub(crate) pipeline: OnceLock<Arc<Pipeline>>,
@@ -458,6 +463,7 @@ impl LaminarDB {
                 control_seen: 0,
                 counters: Arc::clone(&shard_counters),
                 errors: Arc::clone(&errors),
+                idle_spin: self.shared.idle_spin,
             };
             controls.push(control);
             counters.push(shard_counters);

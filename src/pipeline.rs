@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Int64Array, RecordBatch};
 use futures::task::AtomicWaker;
@@ -162,6 +162,9 @@ pub(crate) struct ShardProgram {
     pub control_seen: usize,
     pub counters: Arc<ShardCounters>,
     pub errors: Arc<Mutex<Vec<Error>>>,
+    /// How long to keep polling the lanes after the last message before
+    /// sleeping.
+    pub idle_spin: Duration,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -169,6 +172,22 @@ pub(crate) struct ShardProgram {
 const LANE_BUDGET: usize = 16;
 /// Shard errors kept for `LaminarDB::errors`.
 const MAX_KEPT_ERRORS: usize = 16;
+
+/// Gives the executor one turn, then resumes.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
 
 /// Creates a shard's control channel.
 pub(crate) fn control_channel() -> (
@@ -198,6 +217,7 @@ impl ShardProgram {
     pub async fn run(mut self) {
         let mut out = Vec::new();
         let mut stopping = false;
+        let mut last_work = Instant::now();
         loop {
             while let Ok(message) = self.control.try_recv() {
                 self.control_seen += 1;
@@ -235,13 +255,22 @@ impl ShardProgram {
                 }
             }
             if worked {
+                last_work = Instant::now();
                 glommio::yield_if_needed().await;
                 continue;
             }
             if stopping {
                 break;
             }
+            if last_work.elapsed() < self.idle_spin {
+                // Polling our own rings reacts in nanoseconds; a sleeping
+                // executor needs a cross-thread wake (an eventfd write and
+                // a few microseconds). Yield so other tasks still run.
+                YieldNow(false).await;
+                continue;
+            }
             self.wait_for_work().await;
+            last_work = Instant::now();
         }
         // Dropping the output rings ends the subscriptions.
     }

@@ -296,3 +296,40 @@ async fn many_pushers_and_late_subscriber() {
     assert!(sub.next().await.is_none());
     assert_eq!(db.explain("c").unwrap().contains("Keys([0])"), true);
 }
+
+/// An expression that fails on a shard is reported with LDB-3001; the
+/// stream skips that batch and keeps running for later batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_errors_are_reported_not_swallowed() {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM s AS SELECT symbol, 100 / (volume - 7) AS x FROM trades"
+    ))
+    .await
+    .unwrap();
+    let mut sub = db.subscribe("s").unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let row = |volume| Trade {
+        symbol: "A".into(),
+        price: 1.0,
+        volume,
+        ts: 1,
+    };
+    source.push(trades_batch(&[row(7)])).unwrap(); // divides by zero
+    source.push(trades_batch(&[row(8)])).unwrap();
+    db.shutdown().await.unwrap();
+    let mut rows = 0;
+    while let Some(b) = sub.recv() {
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 1);
+    let errors = db.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].code(), ErrorCode::Execution);
+    assert!(
+        errors[0].message().contains("Divide by zero"),
+        "{}",
+        errors[0]
+    );
+}

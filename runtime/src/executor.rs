@@ -35,7 +35,9 @@ pub struct ExecutorConfig {
 impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
-            spin_before_park: Duration::from_micros(50),
+            // Shards poll their own rings while recently busy (see
+            // `LaminarDbBuilder::idle_spin`); the executor itself parks at once.
+            spin_before_park: Duration::ZERO,
             io_memory_bytes: 512 * 1024,
             name_prefix: "laminar-shard".to_string(),
         }
