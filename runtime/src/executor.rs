@@ -69,7 +69,7 @@ impl ShardThreads {
                 .name(&format!("{}-{}", config.name_prefix, placement.shard))
                 .spin_before_park(config.spin_before_park)
                 .io_memory(config.io_memory_bytes)
-                .spawn(move || main())
+                .spawn(main)
                 .map_err(|e| {
                     Error::new(
                         ErrorCode::RuntimeStart,
