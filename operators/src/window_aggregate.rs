@@ -64,10 +64,45 @@ pub struct WindowAggregateSpec {
     pub post: Vec<Stage>,
 }
 
+/// Group keys of one window, by group id. A single non-nullable string or
+/// integer key is stored as itself (hashing and comparing a short string is
+/// far cheaper than encoding it in Arrow's row format); anything else as
+/// row-format bytes.
+enum KeyStore {
+    Utf8(Vec<Box<str>>),
+    Int64(Vec<i64>),
+    Rows(Vec<Box<[u8]>>),
+}
+
+impl KeyStore {
+    fn len(&self) -> usize {
+        match self {
+            KeyStore::Utf8(keys) => keys.len(),
+            KeyStore::Int64(keys) => keys.len(),
+            KeyStore::Rows(keys) => keys.len(),
+        }
+    }
+}
+
+/// How a stream's keys are stored; fixed at planning time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Utf8,
+    Int64,
+    Rows,
+}
+
+/// One batch's keys, ready for lookup.
+enum BatchKeys<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    Int64(&'a [i64]),
+    Rows(arrow::row::Rows),
+}
+
 /// One open window.
 struct WindowState {
-    /// Key row bytes by group id.
-    keys: Vec<Box<[u8]>>,
+    /// Keys by group id.
+    keys: KeyStore,
     /// Hash of each group's key bytes, so the table can grow without
     /// rehashing keys.
     hashes: Vec<u64>,
@@ -79,6 +114,7 @@ struct WindowState {
 pub struct WindowAggregate {
     spec: WindowAggregateSpec,
     converter: RowConverter,
+    key_kind: KeyKind,
     /// Hash state of the group tables (process-local: any fast hasher).
     hasher: ahash::RandomState,
     windows: BTreeMap<i64, WindowState>,
@@ -109,9 +145,23 @@ impl WindowAggregate {
             .map(|i| SortField::new(fields[i].data_type().clone()))
             .collect();
         let converter = RowConverter::new(sort_fields)?;
+        let key_fields: Vec<_> = (0..group_count)
+            .filter(|&i| i != spec.window_position)
+            .map(|i| &fields[i])
+            .collect();
+        let key_kind = match key_fields.as_slice() {
+            [f] if !f.is_nullable() && f.data_type() == &arrow::datatypes::DataType::Utf8 => {
+                KeyKind::Utf8
+            }
+            [f] if !f.is_nullable() && f.data_type() == &arrow::datatypes::DataType::Int64 => {
+                KeyKind::Int64
+            }
+            _ => KeyKind::Rows,
+        };
         Ok(Self {
             spec,
             converter,
+            key_kind,
             hasher: ahash::RandomState::new(),
             windows: BTreeMap::new(),
             late_rows: 0,
@@ -143,7 +193,11 @@ impl WindowAggregate {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(WindowState {
-            keys: Vec::new(),
+            keys: match self.key_kind {
+                KeyKind::Utf8 => KeyStore::Utf8(Vec::new()),
+                KeyKind::Int64 => KeyStore::Int64(Vec::new()),
+                KeyKind::Rows => KeyStore::Rows(Vec::new()),
+            },
             hashes: Vec::new(),
             table: HashTable::new(),
             accumulators,
@@ -193,10 +247,17 @@ impl WindowAggregate {
 
     fn emit(&mut self, start_ms: i64, mut state: WindowState) -> Result<RecordBatch> {
         let groups = state.keys.len();
-        let parser = self.converter.parser();
-        let key_columns = self
-            .converter
-            .convert_rows(state.keys.iter().map(|k| parser.parse(k)))?;
+        let key_columns: Vec<ArrayRef> = match &state.keys {
+            KeyStore::Utf8(keys) => vec![Arc::new(arrow::array::StringArray::from_iter_values(
+                keys.iter(),
+            ))],
+            KeyStore::Int64(keys) => vec![Arc::new(arrow::array::Int64Array::from(keys.clone()))],
+            KeyStore::Rows(keys) => {
+                let parser = self.converter.parser();
+                self.converter
+                    .convert_rows(keys.iter().map(|k| parser.parse(k)))?
+            }
+        };
         let window_column = self.spec.window_unit.constant_array(start_ms, groups);
         let mut columns: Vec<ArrayRef> =
             Vec::with_capacity(self.spec.aggregate_schema.fields().len());
@@ -222,21 +283,73 @@ impl WindowAggregate {
     }
 }
 
-/// Looks up or inserts a key; returns its group id.
+/// Looks up or inserts row `row`'s key; returns its group id.
 #[inline]
-fn group_id(state: &mut WindowState, hasher: &ahash::RandomState, key: &[u8]) -> usize {
-    let hash = hasher.hash_one(key);
-    let keys = &state.keys;
-    if let Some(&id) = state.table.find(hash, |&id| &*keys[id as usize] == key) {
+fn group_id(
+    state: &mut WindowState,
+    hasher: &ahash::RandomState,
+    keys: &BatchKeys<'_>,
+    row: usize,
+) -> usize {
+    match (keys, &mut state.keys) {
+        (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
+            let key = array.value(row);
+            let hash = hasher.hash_one(key);
+            intern(
+                &mut state.table,
+                &mut state.hashes,
+                store,
+                hash,
+                |k| &**k == key,
+                || key.into(),
+            )
+        }
+        (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
+            let key = values[row];
+            let hash = hasher.hash_one(key);
+            intern(
+                &mut state.table,
+                &mut state.hashes,
+                store,
+                hash,
+                |k| *k == key,
+                || key,
+            )
+        }
+        (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
+            let key = rows.row(row);
+            let key = key.as_ref();
+            let hash = hasher.hash_one(key);
+            intern(
+                &mut state.table,
+                &mut state.hashes,
+                store,
+                hash,
+                |k| &**k == key,
+                || key.into(),
+            )
+        }
+        _ => unreachable!("a window's key store matches its stream's key kind"),
+    }
+}
+
+/// Finds the group whose key satisfies `equal`, or appends `make()`.
+#[inline]
+fn intern<K>(
+    table: &mut HashTable<u32>,
+    hashes: &mut Vec<u64>,
+    store: &mut Vec<K>,
+    hash: u64,
+    equal: impl Fn(&K) -> bool,
+    make: impl FnOnce() -> K,
+) -> usize {
+    if let Some(&id) = table.find(hash, |&id| equal(&store[id as usize])) {
         return id as usize;
     }
-    let id = state.keys.len() as u32;
-    state.keys.push(key.into());
-    state.hashes.push(hash);
-    let hashes = &state.hashes;
-    state
-        .table
-        .insert_unique(hash, id, |&other| hashes[other as usize]);
+    let id = store.len() as u32;
+    store.push(make());
+    hashes.push(hash);
+    table.insert_unique(hash, id, |&other| hashes[other as usize]);
     id as usize
 }
 
@@ -275,7 +388,28 @@ impl Operator for WindowAggregate {
             .iter()
             .map(|k| k.evaluate(&input)?.into_array(rows))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
-        let key_rows = self.converter.convert_columns(&key_arrays)?;
+        if self.key_kind != KeyKind::Rows && key_arrays[0].null_count() > 0 {
+            return Err(Error::new(
+                ErrorCode::Execution,
+                "a GROUP BY key planned as NOT NULL produced NULL",
+            ));
+        }
+        let keys = match self.key_kind {
+            KeyKind::Utf8 => BatchKeys::Utf8(
+                key_arrays[0]
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .ok_or_else(|| key_type_error(&key_arrays[0]))?,
+            ),
+            KeyKind::Int64 => BatchKeys::Int64(
+                key_arrays[0]
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .ok_or_else(|| key_type_error(&key_arrays[0]))?
+                    .values(),
+            ),
+            KeyKind::Rows => BatchKeys::Rows(self.converter.convert_columns(&key_arrays)?),
+        };
 
         // Arguments (plus ORDER BY columns) of each aggregate, and its
         // FILTER mask, computed once per batch for all windows.
@@ -318,12 +452,12 @@ impl Operator for WindowAggregate {
             if single_window {
                 for row in 0..rows {
                     self.group_ids
-                        .push(group_id(state, &self.hasher, key_rows.row(row).as_ref()));
+                        .push(group_id(state, &self.hasher, &keys, row));
                 }
             } else {
                 for (row, &s) in self.window_starts.iter().enumerate() {
                     self.group_ids.push(if s == start {
-                        group_id(state, &self.hasher, key_rows.row(row).as_ref())
+                        group_id(state, &self.hasher, &keys, row)
                     } else {
                         0
                     });
@@ -361,6 +495,16 @@ impl Operator for WindowAggregate {
     fn late_rows(&self) -> u64 {
         self.late_rows
     }
+}
+
+fn key_type_error(array: &ArrayRef) -> Error {
+    Error::new(
+        ErrorCode::Execution,
+        format!(
+            "GROUP BY key produced {}, not the planned type",
+            array.data_type()
+        ),
+    )
 }
 
 fn as_mask(array: ArrayRef) -> Result<BooleanArray> {
