@@ -119,7 +119,9 @@ fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
     Pool { batches, jitter_ms }
 }
 
-fn print_window(batch: &RecordBatch, total_symbols: usize) {
+/// Prints one window from the pieces the shards emitted for it.
+fn print_window(parts: &[RecordBatch], total_symbols: usize) -> Result<()> {
+    let batch = &laminar_db::arrow::compute::concat_batches(&parts[0].schema(), parts)?;
     let col = |name: &str| {
         batch
             .column(batch.schema().index_of(name).expect("ohlc column"))
@@ -157,6 +159,7 @@ fn print_window(batch: &RecordBatch, total_symbols: usize) {
             volume.value(i)
         );
     }
+    Ok(())
 }
 
 pub async fn demo(
@@ -228,6 +231,7 @@ pub async fn demo(
     let mut last_pushed = 0u64;
     let mut windows = 0u64;
     let mut latency = LatencyHistogram::default();
+    let mut by_window: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -241,8 +245,9 @@ pub async fn demo(
             pending.push(batch);
         }
         while vwap.poll().is_some() {}
-        // Each shard emits its own keys of a window: merge them by start.
-        let mut by_window: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
+        // Each shard emits its own keys of a window: gather them by start
+        // and print a window once a later one has appeared (every shard
+        // has moved past it by then, give or take a lagging shard).
         for batch in pending.into_iter().filter(|b| b.num_rows() > 0) {
             let start = batch
                 .column(
@@ -257,10 +262,10 @@ pub async fn demo(
                 .value(0);
             by_window.entry(start).or_default().push(batch);
         }
-        for parts in by_window.into_values() {
-            let merged = laminar_db::arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
+        while by_window.len() > 1 {
+            let (_, parts) = by_window.pop_first().expect("non-empty");
+            print_window(&parts, symbols)?;
             windows += 1;
-            print_window(&merged, symbols);
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             let now = pushed.load(Ordering::Relaxed);
@@ -285,6 +290,10 @@ pub async fn demo(
             break;
         }
     }
+    for parts in std::mem::take(&mut by_window).into_values() {
+        print_window(&parts, symbols)?;
+        windows += 1;
+    }
     stop.store(true, Ordering::Relaxed);
     let generated = generator
         .join()
@@ -293,10 +302,11 @@ pub async fn demo(
     generated?;
     let total = pushed.load(Ordering::Relaxed);
     println!(
-        "done: {} events in {:.1}s ({:.0} events/s)",
+        "done: {} events in {:.1}s ({:.0} events/s), {} windows",
         total,
         started.elapsed().as_secs_f64(),
-        total as f64 / started.elapsed().as_secs_f64()
+        total as f64 / started.elapsed().as_secs_f64(),
+        windows
     );
     if let Some(e) = db.errors().into_iter().next() {
         return Err(e);
