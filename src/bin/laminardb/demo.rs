@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use laminar_db::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use laminar_db::{Error, ErrorCode, LaminarDB, LatencyHistogram, Result};
 use rand::rngs::StdRng;
@@ -234,13 +235,18 @@ pub async fn demo(
     let mut by_window: std::collections::BTreeMap<i64, Vec<RecordBatch>> = Default::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Wake for results as they arrive, and at least every 100 ms to report
+    // and to check the deadline.
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
     loop {
+        let mut pending: Vec<RecordBatch> = Vec::new();
         tokio::select! {
             _ = &mut ctrl_c => break,
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            Some(batch) = ohlc.next() => pending.push(batch),
+            Some(_) = vwap.next() => {}
+            _ = ticker.tick() => {}
         }
-        // Drain whatever both streams produced.
-        let mut pending: Vec<RecordBatch> = Vec::new();
+        // Drain whatever else both streams produced meanwhile.
         while let Some(batch) = ohlc.poll() {
             pending.push(batch);
         }
