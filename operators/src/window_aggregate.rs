@@ -449,19 +449,14 @@ impl Operator for WindowAggregate {
             }
             let state = self.windows.get_mut(&start).expect("inserted above");
             self.group_ids.clear();
-            if single_window {
-                for row in 0..rows {
-                    self.group_ids
-                        .push(group_id(state, &self.hasher, &keys, row));
-                }
-            } else {
-                for (row, &s) in self.window_starts.iter().enumerate() {
-                    self.group_ids.push(if s == start {
-                        group_id(state, &self.hasher, &keys, row)
-                    } else {
-                        0
-                    });
-                }
+            for row in 0..rows {
+                let in_window = single_window || self.window_starts[row] == start;
+                self.group_ids.push(if in_window {
+                    group_id(state, &self.hasher, &keys, row)
+                } else {
+                    // Masked out below; any valid id will do.
+                    0
+                });
             }
             let window_mask: Option<BooleanArray> = (!single_window).then(|| {
                 self.window_starts
