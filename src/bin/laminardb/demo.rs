@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use laminar_db::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use laminar_db::arrow::datatypes::SchemaRef;
 use laminar_db::{Error, ErrorCode, LaminarDB, LatencyHistogram, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -58,7 +59,8 @@ struct Pool {
     jitter_ms: Vec<Vec<i64>>,
 }
 
-fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
+/// Builds the recycled batches with the source's own schema.
+fn make_pool(schema: SchemaRef, symbols: usize, batch_rows: usize) -> Pool {
     let mut rng = StdRng::seed_from_u64(42);
     let names: Vec<String> = (0..symbols).map(|i| format!("SYM{i:04}")).collect();
     let mut prices: Vec<f64> = (0..symbols)
@@ -66,29 +68,6 @@ fn make_pool(symbols: usize, batch_rows: usize) -> Pool {
         .collect();
     let mut batches = Vec::with_capacity(POOL_BATCHES);
     let mut jitter_ms = Vec::with_capacity(POOL_BATCHES);
-    let schema = laminar_db::arrow::datatypes::Schema::new(vec![
-        laminar_db::arrow::datatypes::Field::new(
-            "symbol",
-            laminar_db::arrow::datatypes::DataType::Utf8,
-            false,
-        ),
-        laminar_db::arrow::datatypes::Field::new(
-            "price",
-            laminar_db::arrow::datatypes::DataType::Float64,
-            false,
-        ),
-        laminar_db::arrow::datatypes::Field::new(
-            "volume",
-            laminar_db::arrow::datatypes::DataType::Int64,
-            false,
-        ),
-        laminar_db::arrow::datatypes::Field::new(
-            "ts",
-            laminar_db::arrow::datatypes::DataType::Int64,
-            false,
-        ),
-    ]);
-    let schema = Arc::new(schema);
     for _ in 0..POOL_BATCHES {
         let mut symbol = Vec::with_capacity(batch_rows);
         let mut price = Vec::with_capacity(batch_rows);
@@ -201,7 +180,7 @@ pub async fn demo(
         std::thread::Builder::new()
             .name("demo-generator".into())
             .spawn(move || -> Result<()> {
-                let pool = make_pool(symbols, batch_rows);
+                let pool = make_pool(trades.schema(), symbols, batch_rows);
                 let started = Instant::now();
                 let epoch_ms = 1_700_000_000_000i64;
                 let mut i = 0usize;
