@@ -154,8 +154,16 @@ async fn bad_input_has_stable_codes() {
         ErrorCode::InvalidWindow
     );
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND) EMIT CHANGES").await),
-        ErrorCode::Unsupported
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, slide(ts, INTERVAL '1' SECOND, INTERVAL '2' SECOND)").await),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol, hop(ts, INTERVAL '1' SECOND)").await),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) AS _weight FROM trades GROUP BY symbol EMIT CHANGES").await),
+        ErrorCode::Planning
     );
     assert_eq!(
         code(
@@ -332,4 +340,64 @@ async fn shard_errors_are_reported_not_swallowed() {
         "{}",
         errors[0]
     );
+}
+
+/// EMIT CHANGES, hand-computed: a new group emits +1, a changed group
+/// emits -1 of exactly its previous row and +1 of the new one, an
+/// unchanged group emits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_changes_retracts_exactly_what_changed() {
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(
+        "CREATE STREAM hi AS SELECT symbol, MAX(price) AS hi FROM trades
+         GROUP BY symbol EMIT CHANGES",
+    )
+    .await
+    .unwrap();
+    let schema = db.stream_schema("hi").unwrap();
+    assert_eq!(schema.field(2).name(), "_weight");
+    let mut sub = db.subscribe("hi").unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let trade = |symbol: &str, price: f64| Trade {
+        symbol: symbol.into(),
+        price,
+        volume: 1,
+        ts: 0,
+    };
+    let mut next = || {
+        let b = sub
+            .recv_timeout(Duration::from_secs(10))
+            .expect("in time")
+            .expect("a batch");
+        let symbols = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let prices = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        let weights = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+        (0..b.num_rows())
+            .map(|i| {
+                (
+                    symbols.value(i).to_string(),
+                    prices.value(i),
+                    weights.value(i),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    source.push(trades_batch(&[trade("A", 10.0)])).unwrap();
+    assert_eq!(next(), vec![("A".into(), 10.0, 1)]);
+    // MAX stays 10: nothing.
+    source.push(trades_batch(&[trade("A", 5.0)])).unwrap();
+    source
+        .push(trades_batch(&[
+            trade("A", 20.0),
+            trade("B", 1.0),
+            trade("A", 15.0),
+        ]))
+        .unwrap();
+    assert_eq!(next(), vec![("A".into(), 10.0, -1)]);
+    assert_eq!(next(), vec![("A".into(), 20.0, 1), ("B".into(), 1.0, 1)]);
+    db.shutdown().await.unwrap();
+    assert!(sub.recv().is_none());
 }

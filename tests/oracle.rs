@@ -30,11 +30,30 @@ GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
 /// Runs `query` as a stream and as a batch query over the same rows, for
 /// several seeds, batch sizes and 1 and 2 shards.
 async fn differential(query: &str, emit: &str, n: usize, symbols: usize) {
+    differential_against(query, emit, query, n, symbols).await
+}
+
+/// Like [`differential`], with a batch query that states the stream's
+/// meaning in plain SQL (for windows batch SQL has no function for). An
+/// `EMIT CHANGES` stream's changelog is consolidated first.
+async fn differential_against(
+    query: &str,
+    emit: &str,
+    batch_query: &str,
+    n: usize,
+    symbols: usize,
+) {
     for (seed, max_batch) in [(1u64, 1usize), (2, 17), (3, 500), (4, 4096)] {
         // Batch size 1 is slow in debug builds: fewer rows for it.
         let n = if max_batch == 1 { n / 10 } else { n };
         let rows = trades(seed, n, symbols, 4_000);
-        let want = run_batch(query, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+        let want = run_batch(
+            batch_query,
+            "trades",
+            vec![trades_batch(&rows)],
+            trades_schema(),
+        )
+        .await;
         assert!(row_count(&want) > 0);
         for shards in [1, 2] {
             let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {query} {emit}");
@@ -44,9 +63,33 @@ async fn differential(query: &str, emit: &str, n: usize, symbols: usize) {
                 metrics.streams[0].late_rows, 0,
                 "no row is late within the bound"
             );
+            let got = if emit.contains("CHANGES") {
+                consolidate(&got)
+            } else {
+                got
+            };
             assert_same_rows(&got, &want);
         }
     }
+}
+
+/// The batch meaning of `GROUP BY symbol, slide(ts, size, slide, offset)`:
+/// each row copied into every window holding it. Window starts are the
+/// slide-aligned `tumble(ts, slide, offset)` minus whole slides.
+fn sliding_oracle(select: &str, size_ms: i64, slide_ms: i64, offset_ms: i64) -> String {
+    let copies = (size_ms + slide_ms - 1) / slide_ms;
+    let arms: Vec<String> = (0..copies)
+        .map(|i| {
+            format!(
+                "SELECT *, tumble(ts, {slide_ms}, {offset_ms}) - {} AS w FROM trades",
+                i * slide_ms
+            )
+        })
+        .collect();
+    format!(
+        "SELECT {select} FROM ({}) AS copies WHERE w + {size_ms} > ts GROUP BY symbol, w",
+        arms.join(" UNION ALL ")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,4 +238,79 @@ async fn timestamp_event_time() {
         &DataType::Timestamp(TimeUnit::Nanosecond, None)
     );
     assert_same_rows(&got, &want);
+}
+
+const SLIDING_SELECT: &str =
+    "symbol, w, COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_windows() {
+    differential_against(
+        "SELECT symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '5' SECOND) AS w,
+                COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi
+         FROM trades GROUP BY symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '5' SECOND)",
+        "EMIT ON WINDOW CLOSE",
+        &sliding_oracle(SLIDING_SELECT, 10_000, 5_000, 0),
+        10_000,
+        20,
+    )
+    .await;
+}
+
+/// `hop` is `slide`; a size that is not a multiple of the slide, and an
+/// offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_with_uneven_slide_and_offset() {
+    differential_against(
+        "SELECT symbol, hop(ts, INTERVAL '10' SECOND, INTERVAL '3' SECOND, INTERVAL '1' SECOND) AS w,
+                COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi
+         FROM trades
+         GROUP BY symbol, hop(ts, INTERVAL '10' SECOND, INTERVAL '3' SECOND, INTERVAL '1' SECOND)",
+        "",
+        &sliding_oracle(SLIDING_SELECT, 10_000, 3_000, 1_000),
+        10_000,
+        20,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_changes_without_window_consolidates_to_the_batch_answer() {
+    differential_against(
+        "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi, AVG(price) AS mean
+         FROM trades WHERE volume > 100 GROUP BY symbol HAVING COUNT(*) > 3",
+        "EMIT CHANGES",
+        "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi, AVG(price) AS mean
+         FROM trades WHERE volume > 100 GROUP BY symbol HAVING COUNT(*) > 3",
+        10_000,
+        40,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_changes_with_windows_consolidates_to_the_batch_answer() {
+    differential(OHLC, "EMIT CHANGES", 10_000, 30).await;
+    differential_against(
+        "SELECT symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '5' SECOND) AS w,
+                COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi
+         FROM trades GROUP BY symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '5' SECOND)",
+        "EMIT CHANGES",
+        &sliding_oracle(SLIDING_SELECT, 10_000, 5_000, 0),
+        5_000,
+        20,
+    )
+    .await;
+}
+
+/// A global aggregate (no key at all) runs on one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_changes_global_aggregate() {
+    differential(
+        "SELECT COUNT(*) AS n, SUM(volume) AS v, COUNT(DISTINCT symbol) AS symbols FROM trades",
+        "EMIT CHANGES",
+        5_000,
+        30,
+    )
+    .await;
 }

@@ -4,16 +4,24 @@
 //! one instance of each operator per stream; nothing here is shared between
 //! threads or locked.
 //!
-//! - [`time`]: event time (BIGINT epoch ms or TIMESTAMP) and tumbling
-//!   window assignment, shared with the SQL `tumble` function so that the
-//!   streaming and batch answers agree by construction.
+//! - [`time`]: event time (BIGINT epoch ms or TIMESTAMP) and tumbling /
+//!   sliding window assignment, shared with the SQL window functions so
+//!   that the streaming and batch answers agree by construction.
 //! - [`stage`]: stateless filter/projection stages (DataFusion physical
 //!   expressions: the interpreted path).
-//! - [`window_aggregate`]: keyed tumbling-window aggregation with
-//!   `EMIT ON WINDOW CLOSE`, late-row accounting, DataFusion group
-//!   accumulators for the aggregate functions.
+//! - [`groups`]: group tables (key -> dense id) with fast paths for single
+//!   string and integer keys.
+//! - [`aggregate`]: the spec shared by the aggregate operators, lateness,
+//!   window assignment.
+//! - [`window_aggregate`]: keyed window aggregation with
+//!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
+//! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
+//!   not) producing a Z-set changelog with a `_weight` column.
 //! - [`Operator`]: the small trait the shard drives.
 
+pub mod aggregate;
+pub mod changelog_aggregate;
+pub mod groups;
 pub mod stage;
 pub mod time;
 pub mod window_aggregate;
@@ -21,9 +29,11 @@ pub mod window_aggregate;
 use arrow::array::RecordBatch;
 use laminar_runtime::Result;
 
+pub use aggregate::{AggregateSpec, WindowBinding};
+pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use stage::{Stage, Stateless};
-pub use time::{EventTimeUnit, TumbleSpec};
-pub use window_aggregate::{WindowAggregate, WindowAggregateSpec};
+pub use time::{EventTimeUnit, WindowSpec};
+pub use window_aggregate::WindowAggregate;
 
 /// What a shard knows about time when it hands an operator a batch.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
@@ -32,22 +32,10 @@ impl Stage {
     /// Applies the stage to a batch.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         match self {
-            Stage::Filter(predicate) => {
-                let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
-                let mask = mask.as_boolean_opt().ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::Execution,
-                        format!(
-                            "filter predicate produced {}, not BOOLEAN",
-                            mask.data_type()
-                        ),
-                    )
-                })?;
-                if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
-                    return Ok(batch.clone());
-                }
-                Ok(filter_record_batch(batch, mask)?)
-            }
+            Stage::Filter(predicate) => match filter_mask(predicate, batch)? {
+                None => Ok(batch.clone()),
+                Some(mask) => Ok(filter_record_batch(batch, &mask)?),
+            },
             Stage::Project { exprs, schema } => {
                 let columns = exprs
                     .iter()
@@ -63,6 +51,58 @@ impl Stage {
             }
         }
     }
+}
+
+/// The rows a predicate keeps; `None` when it keeps all of them.
+fn filter_mask(
+    predicate: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<Option<BooleanArray>> {
+    let mask = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
+    let mask = mask.as_boolean_opt().ok_or_else(|| {
+        Error::new(
+            ErrorCode::Execution,
+            format!(
+                "filter predicate produced {}, not BOOLEAN",
+                mask.data_type()
+            ),
+        )
+    })?;
+    if mask.null_count() == 0 && mask.true_count() == batch.num_rows() {
+        return Ok(None);
+    }
+    Ok(Some(mask.clone()))
+}
+
+/// Runs a chain of stages over a batch, carrying `carry` (one value per
+/// input row) along: filters drop its values with their rows, projections
+/// leave it alone. Used for per-row facts the stages must not see, such as
+/// the watermark each row arrived under.
+pub fn apply_all_carrying(
+    stages: &[Stage],
+    batch: &RecordBatch,
+    carry: Option<ArrayRef>,
+) -> Result<(RecordBatch, Option<ArrayRef>)> {
+    let Some(mut carry) = carry else {
+        return Ok((apply_all(stages, batch)?, None));
+    };
+    debug_assert_eq!(carry.len(), batch.num_rows());
+    let mut current = batch.clone();
+    for stage in stages {
+        if current.num_rows() == 0 {
+            break;
+        }
+        match stage {
+            Stage::Filter(predicate) => {
+                if let Some(mask) = filter_mask(predicate, &current)? {
+                    current = filter_record_batch(&current, &mask)?;
+                    carry = arrow::compute::filter(&carry, &mask)?;
+                }
+            }
+            Stage::Project { .. } => current = stage.apply(&current)?,
+        }
+    }
+    Ok((current, Some(carry)))
 }
 
 /// Runs a chain of stages over a batch.

@@ -1,4 +1,4 @@
-//! Event time and tumbling windows.
+//! Event time and fixed-length (tumbling and sliding) windows.
 //!
 //! Event time is carried internally as epoch milliseconds (`i64`). A source
 //! column may be `BIGINT` (already ms) or `TIMESTAMP` of any unit; a
@@ -143,32 +143,77 @@ fn primitive<T: arrow::datatypes::ArrowPrimitiveType<Native = i64>>(
         })
 }
 
-/// A tumbling window: `[start, start + size)` with
-/// `start = floor((t - offset) / size) * size + offset`.
+/// A tumbling or sliding (hopping) window of fixed length.
+///
+/// Windows are `[start, start + size)` with starts at every multiple of
+/// `slide` shifted by `offset`: `start = k * slide + offset`. A tumbling
+/// window has `slide == size`, so each instant is in exactly one window; a
+/// sliding window with `slide < size` puts each instant in
+/// `ceil(size / slide)` windows (fewer when `size` is not a multiple).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TumbleSpec {
+pub struct WindowSpec {
     /// Window length in ms (> 0).
     pub size_ms: i64,
+    /// Distance between consecutive window starts in ms (`0 < slide <= size`).
+    pub slide_ms: i64,
     /// Shift of window starts from the epoch, in ms.
     pub offset_ms: i64,
 }
 
-impl TumbleSpec {
-    /// Validates and builds a spec.
-    pub fn new(size_ms: i64, offset_ms: i64) -> Result<Self> {
-        if size_ms <= 0 {
-            return Err(Error::new(
-                ErrorCode::InvalidWindow,
-                format!("window size must be positive, got {size_ms} ms"),
-            ));
-        }
-        Ok(Self { size_ms, offset_ms })
+impl WindowSpec {
+    /// A tumbling window.
+    pub fn tumble(size_ms: i64, offset_ms: i64) -> Result<Self> {
+        Self::slide(size_ms, size_ms, offset_ms)
     }
 
-    /// Start of the window holding `t_ms`.
+    /// A sliding window; `slide` must not exceed `size` (no gaps between
+    /// windows, so every row belongs to at least one).
+    pub fn slide(size_ms: i64, slide_ms: i64, offset_ms: i64) -> Result<Self> {
+        if size_ms <= 0 || slide_ms <= 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "window size and slide must be positive, got size {size_ms} ms, slide {slide_ms} ms"
+                ),
+            ));
+        }
+        if slide_ms > size_ms {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "window slide ({slide_ms} ms) is longer than its size ({size_ms} ms): \
+                     rows between windows would belong to none"
+                ),
+            ));
+        }
+        Ok(Self {
+            size_ms,
+            slide_ms,
+            offset_ms,
+        })
+    }
+
+    /// Whether each instant is in exactly one window.
+    #[inline]
+    pub fn is_tumbling(&self) -> bool {
+        self.slide_ms == self.size_ms
+    }
+
+    /// Start of the latest window holding `t_ms` (the only one when
+    /// tumbling).
     #[inline]
     pub fn start_of(&self, t_ms: i64) -> i64 {
-        (t_ms - self.offset_ms).div_euclid(self.size_ms) * self.size_ms + self.offset_ms
+        (t_ms - self.offset_ms).div_euclid(self.slide_ms) * self.slide_ms + self.offset_ms
+    }
+
+    /// Start of the earliest window holding `t_ms`.
+    #[inline]
+    pub fn first_start_of(&self, t_ms: i64) -> i64 {
+        if self.is_tumbling() {
+            return self.start_of(t_ms);
+        }
+        // The smallest aligned start greater than t - size.
+        self.start_of(t_ms.saturating_sub(self.size_ms)) + self.slide_ms
     }
 
     /// End (exclusive) of the window starting at `start_ms`.
@@ -184,14 +229,29 @@ mod tests {
 
     #[test]
     fn tumble_floors_negative_times_and_offsets() {
-        let w = TumbleSpec::new(60_000, 0).unwrap();
+        let w = WindowSpec::tumble(60_000, 0).unwrap();
         assert_eq!(w.start_of(59_999), 0);
         assert_eq!(w.start_of(60_000), 60_000);
         assert_eq!(w.start_of(-1), -60_000);
-        let w = TumbleSpec::new(3_600_000, 8 * 3_600_000).unwrap();
+        assert_eq!(w.first_start_of(-1), -60_000);
+        let w = WindowSpec::tumble(3_600_000, 8 * 3_600_000).unwrap();
         assert_eq!(w.start_of(0), 0);
         assert_eq!(w.start_of(3_599_999), 0);
-        assert!(TumbleSpec::new(0, 0).is_err());
+        assert!(WindowSpec::tumble(0, 0).is_err());
+    }
+
+    #[test]
+    fn slide_covers_every_window_holding_an_instant() {
+        let w = WindowSpec::slide(10_000, 4_000, 1_000).unwrap();
+        for t in -30_000..30_000i64 {
+            let holding: Vec<i64> = (-20..20)
+                .map(|k| k * 4_000 + 1_000)
+                .filter(|&s| s <= t && t < s + 10_000)
+                .collect();
+            assert_eq!(w.first_start_of(t), holding[0], "t={t}");
+            assert_eq!(w.start_of(t), *holding.last().unwrap(), "t={t}");
+        }
+        assert!(WindowSpec::slide(10, 11, 0).is_err());
     }
 
     #[test]

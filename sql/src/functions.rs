@@ -5,6 +5,11 @@
 //! stream's `GROUP BY` it defines the window; anywhere else (and in batch
 //! queries) it is this plain scalar function, computed by the same code as
 //! the streaming window assignment.
+//!
+//! `slide(ts, size, slide [, offset])` and its alias `hop` define sliding
+//! windows in a stream's `GROUP BY`. A row belongs to several sliding
+//! windows, so they have no meaning as a scalar function: evaluating one
+//! outside a stream's `GROUP BY` is an error that says so.
 
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::DataType;
@@ -13,7 +18,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use laminar_operators::{EventTimeUnit, TumbleSpec};
+use laminar_operators::{EventTimeUnit, WindowSpec};
 
 /// The `tumble` scalar function.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -32,12 +37,70 @@ impl Default for Tumble {
     }
 }
 
-/// The name the window function is registered under.
+/// The name the tumbling window function is registered under.
 pub const TUMBLE: &str = "tumble";
+/// The sliding window function.
+pub const SLIDE: &str = "slide";
+/// Alias of `slide`, same argument order.
+pub const HOP: &str = "hop";
 
 /// `tumble` as a UDF ready to register.
 pub fn tumble_udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(Tumble::default())
+}
+
+/// `slide(ts, size, slide [, offset])` (or `hop`): a window marker for a
+/// stream's GROUP BY, typed like `ts`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Slide {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl Slide {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            // Any arity: the planner checks the arguments and says what
+            // is wrong with them (LDB-1006) better than a signature can.
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Slide {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.first() {
+            Some(first) => event_time_type(self.name, first),
+            None => plan_err!("{}() takes (event_time, size, slide [, offset])", self.name),
+        }
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!(
+            "{}(): a row belongs to several sliding windows, so the function only has a \
+             meaning in a stream's GROUP BY (LDB-1006)",
+            self.name
+        )
+    }
+}
+
+fn event_time_type(function: &str, data_type: &DataType) -> Result<DataType> {
+    match data_type {
+        DataType::Int64 => Ok(DataType::Int64),
+        DataType::Timestamp(unit, tz) => Ok(DataType::Timestamp(*unit, tz.clone())),
+        other => plan_err!(
+            "{function}(): the event-time argument must be BIGINT (epoch ms) or TIMESTAMP, got {other}"
+        ),
+    }
 }
 
 /// Converts an interval literal (or a BIGINT number of ms) to ms.
@@ -82,13 +145,7 @@ impl ScalarUDFImpl for Tumble {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match &arg_types[0] {
-            DataType::Int64 => Ok(DataType::Int64),
-            DataType::Timestamp(unit, tz) => Ok(DataType::Timestamp(*unit, tz.clone())),
-            other => plan_err!(
-                "tumble(): the event-time argument must be BIGINT (epoch ms) or TIMESTAMP, got {other}"
-            ),
-        }
+        event_time_type(TUMBLE, &arg_types[0])
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -97,7 +154,7 @@ impl ScalarUDFImpl for Tumble {
             Some(arg) => interval_argument(arg, "window offset")?,
             None => 0,
         };
-        let spec = TumbleSpec::new(size, offset)
+        let spec = WindowSpec::tumble(size, offset)
             .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
         let times: ArrayRef = args.args[0].to_array(args.number_rows)?;
         let unit = EventTimeUnit::of(times.data_type(), "tumble")
@@ -122,4 +179,6 @@ impl ScalarUDFImpl for Tumble {
 /// Registers LaminarDB's functions in a DataFusion context.
 pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(tumble_udf());
+    ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SLIDE)));
+    ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(HOP)));
 }

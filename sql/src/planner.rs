@@ -31,12 +31,13 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
-    EventTimeUnit, Operator, Stage, Stateless, TumbleSpec, WindowAggregate, WindowAggregateSpec,
+    AggregateSpec, ChangelogAggregate, EventTimeUnit, Operator, Stage, Stateless, WindowAggregate,
+    WindowBinding, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::dialect::{EmitMode, SourceDef, SourceDefSyntax, StreamDef};
-use crate::functions::{interval_ms, register_functions, TUMBLE};
+use crate::functions::{interval_ms, register_functions, HOP, SLIDE, TUMBLE};
 
 /// How the router spreads a source's rows over shards for one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,8 +57,10 @@ pub enum Routing {
 pub enum StreamOperator {
     /// Filters and projections only.
     Stateless(Vec<Stage>),
-    /// A tumbling-window aggregate.
-    WindowAggregate(WindowAggregateSpec),
+    /// A windowed aggregate emitted when each window closes.
+    WindowAggregate(AggregateSpec),
+    /// An aggregate emitting a changelog on every batch (`EMIT CHANGES`).
+    ChangelogAggregate(AggregateSpec),
 }
 
 impl StreamOperator {
@@ -68,6 +71,10 @@ impl StreamOperator {
                 Box::new(Stateless::new(stages.clone(), Arc::clone(output_schema)))
             }
             StreamOperator::WindowAggregate(spec) => Box::new(WindowAggregate::new(spec.clone())?),
+            StreamOperator::ChangelogAggregate(spec) => Box::new(ChangelogAggregate::new(
+                spec.clone(),
+                Arc::clone(output_schema),
+            )?),
         })
     }
 }
@@ -183,10 +190,10 @@ fn order_first_last_by_event_time(plan: LogicalPlan) -> Result<LogicalPlan> {
         let LogicalPlan::Aggregate(aggregate) = &node else {
             return Ok(Transformed::no(node));
         };
-        let Some((_, tumble_args)) = find_window(&aggregate.group_expr) else {
+        let Some(found) = find_window(&aggregate.group_expr) else {
             return Ok(Transformed::no(node));
         };
-        let event_time = tumble_args[0].clone();
+        let event_time = found.args[0].clone();
         let mut changed = false;
         let mut aggr_expr = Vec::with_capacity(aggregate.aggr_expr.len());
         for expr in &aggregate.aggr_expr {
@@ -217,15 +224,74 @@ fn order_first_last_by_event_time(plan: LogicalPlan) -> Result<LogicalPlan> {
     .map_err(planning_error)
 }
 
-/// Finds the `tumble(...)` among GROUP BY expressions: (position, args).
-fn find_window(group_expr: &[Expr]) -> Option<(usize, Vec<Expr>)> {
+/// A window function in a GROUP BY.
+struct FoundWindow {
+    position: usize,
+    name: String,
+    args: Vec<Expr>,
+}
+
+/// Finds the window function (`tumble`, `slide`, `hop`) among GROUP BY
+/// expressions.
+fn find_window(group_expr: &[Expr]) -> Option<FoundWindow> {
     group_expr
         .iter()
         .enumerate()
         .find_map(|(i, e)| match e.clone().unalias() {
-            Expr::ScalarFunction(f) if f.func.name() == TUMBLE => Some((i, f.args)),
+            Expr::ScalarFunction(f) if [TUMBLE, SLIDE, HOP].contains(&f.func.name()) => {
+                Some(FoundWindow {
+                    position: i,
+                    name: f.func.name().to_string(),
+                    args: f.args,
+                })
+            }
             _ => None,
         })
+}
+
+/// The window a GROUP BY window function describes.
+fn window_spec(found: &FoundWindow) -> Result<WindowSpec> {
+    let name = found.name.as_str();
+    let literal_ms = |e: &Expr, what: &str| -> Result<i64> {
+        match e.clone().unalias() {
+            Expr::Literal(value, _) => interval_ms(&value),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "{name}(): the {what} must be a constant INTERVAL of days or less, got {e}"
+                ),
+            )
+        })
+    };
+    let args = &found.args;
+    if name == TUMBLE {
+        if !(2..=3).contains(&args.len()) {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                "tumble() takes (event_time, size [, offset])",
+            ));
+        }
+        let size_ms = literal_ms(&args[1], "window size")?;
+        let offset_ms = args
+            .get(2)
+            .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
+        return WindowSpec::tumble(size_ms, offset_ms);
+    }
+    if !(3..=4).contains(&args.len()) {
+        return Err(Error::new(
+            ErrorCode::InvalidWindow,
+            format!("{name}() takes (event_time, size, slide [, offset])"),
+        ));
+    }
+    let size_ms = literal_ms(&args[1], "window size")?;
+    let slide_ms = literal_ms(&args[2], "window slide")?;
+    let offset_ms = args
+        .get(3)
+        .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
+    WindowSpec::slide(size_ms, slide_ms, offset_ms)
 }
 
 struct Lowering<'a> {
@@ -364,22 +430,27 @@ impl Lowering<'_> {
         }
     }
 
-    fn window_aggregate(
+    /// Lowers an aggregate (with `post` stages above it) to its operator.
+    fn aggregate(
         &self,
         aggregate: &Aggregate,
         post: Vec<Stage>,
+        emit: Option<EmitMode>,
     ) -> Result<(String, Routing, StreamOperator, String)> {
-        let (window_position, args) = find_window(&aggregate.group_expr).ok_or_else(|| {
-            unsupported(
-                "GROUP BY without a window function needs EMIT CHANGES, which is not supported yet",
-                "add tumble(ts, INTERVAL '1' MINUTE) to the GROUP BY",
-            )
-        })?;
-        if find_window(&aggregate.group_expr[window_position + 1..]).is_some() {
-            return Err(Error::new(
-                ErrorCode::InvalidWindow,
-                "a stream may GROUP BY only one window function",
+        let found = find_window(&aggregate.group_expr);
+        if found.is_none() && emit != Some(EmitMode::Changes) {
+            return Err(unsupported(
+                "a GROUP BY without a window never closes, so it can only emit a changelog",
+                "add EMIT CHANGES (rows then carry a _weight of +1/-1), or a window such as tumble(ts, INTERVAL '1' MINUTE) to the GROUP BY",
             ));
+        }
+        if let Some(found) = &found {
+            if find_window(&aggregate.group_expr[found.position + 1..]).is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    "a stream may GROUP BY only one window function",
+                ));
+            }
         }
         if aggregate
             .group_expr
@@ -391,31 +462,6 @@ impl Lowering<'_> {
                 "use one GROUP BY per stream",
             ));
         }
-        let literal_ms = |e: &Expr, what: &str| -> Result<i64> {
-            match e.clone().unalias() {
-                Expr::Literal(value, _) => interval_ms(&value),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::InvalidWindow,
-                    format!(
-                        "tumble(): the {what} must be a constant INTERVAL of days or less, got {e}"
-                    ),
-                )
-            })
-        };
-        if args.len() < 2 || args.len() > 3 {
-            return Err(Error::new(
-                ErrorCode::InvalidWindow,
-                "tumble() takes (event_time, size [, offset])",
-            ));
-        }
-        let size_ms = literal_ms(&args[1], "window size")?;
-        let offset_ms = args
-            .get(2)
-            .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
-        let window = TumbleSpec::new(size_ms, offset_ms)?;
 
         let chain = self.chain(&aggregate.input)?;
         let source_name = chain.scan_source.clone();
@@ -425,40 +471,16 @@ impl Lowering<'_> {
                 "use one GROUP BY per stream",
             ));
         }
-        let source = &self.sources[&source_name];
         let input_schema = aggregate.input.schema();
-        let time_column = self
-            .trace_to_source(&args[0], &aggregate.input)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::InvalidWindow,
-                    format!(
-                        "tumble(): the event-time argument '{}' must be a column of source '{source_name}'",
-                        args[0]
-                    ),
-                )
-            })?;
-        let time_field = source.schema.field(time_column);
-        if let Some(watermark) = &source.watermark {
-            if &watermark.column != time_field.name() {
-                return Err(Error::new(
-                    ErrorCode::InvalidWindow,
-                    format!(
-                        "tumble() uses column '{}' but source '{source_name}' has its WATERMARK on '{}'",
-                        time_field.name(),
-                        watermark.column
-                    ),
-                ));
-            }
-        }
-        let source_time_unit = EventTimeUnit::of(time_field.data_type(), time_field.name())?;
-        let window_type = args[0].get_type(input_schema).map_err(planning_error)?;
-        let window_unit = EventTimeUnit::of(&window_type, &args[0].to_string())?;
+        let window = match &found {
+            Some(found) => Some(self.window_binding(found, aggregate, &source_name)?),
+            None => None,
+        };
 
         let mut keys = Vec::new();
         let mut key_columns = Some(Vec::new());
         for (i, expr) in aggregate.group_expr.iter().enumerate() {
-            if i == window_position {
+            if found.as_ref().is_some_and(|f| f.position == i) {
                 continue;
             }
             keys.push(self.physical(expr, input_schema)?);
@@ -492,10 +514,21 @@ impl Lowering<'_> {
             aggregates.push(lowered.aggregate);
             aggregate_filters.push(lowered.filter);
         }
+        let changes = emit == Some(EmitMode::Changes);
+        let window_text = match &window {
+            Some(w) if w.window.is_tumbling() => format!(
+                "tumble size={}ms offset={}ms",
+                w.window.size_ms, w.window.offset_ms
+            ),
+            Some(w) => format!(
+                "slide size={}ms slide={}ms offset={}ms",
+                w.window.size_ms, w.window.slide_ms, w.window.offset_ms
+            ),
+            None => "no window".to_string(),
+        };
         let explain = format!(
-            "WindowAggregate[tumble size={}ms offset={}ms, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- source {}{}",
-            window.size_ms,
-            window.offset_ms,
+            "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- source {}{}",
+            if changes { "ChangelogAggregate" } else { "WindowAggregate" },
             keys.len(),
             aggregate
                 .aggr_expr
@@ -508,26 +541,68 @@ impl Lowering<'_> {
             source_name,
             if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
         );
-        let spec = WindowAggregateSpec {
-            source_time_column: time_column,
-            source_time_unit,
+        let spec = AggregateSpec {
             pre: chain.stages,
-            event_time: self.physical(&args[0], input_schema)?,
             window,
-            window_unit,
-            window_position,
             keys,
             aggregates,
             aggregate_filters,
             aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
             post,
         };
-        Ok((
-            source_name,
-            routing,
-            StreamOperator::WindowAggregate(spec),
-            explain,
-        ))
+        let operator = if changes {
+            StreamOperator::ChangelogAggregate(spec)
+        } else {
+            StreamOperator::WindowAggregate(spec)
+        };
+        Ok((source_name, routing, operator, explain))
+    }
+
+    /// Checks a GROUP BY window function against its source and binds it.
+    fn window_binding(
+        &self,
+        found: &FoundWindow,
+        aggregate: &Aggregate,
+        source_name: &str,
+    ) -> Result<WindowBinding> {
+        let window = window_spec(found)?;
+        let name = &found.name;
+        let event_time = &found.args[0];
+        let source = &self.sources[source_name];
+        let input_schema = aggregate.input.schema();
+        let time_column = self
+            .trace_to_source(event_time, &aggregate.input)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "{name}(): the event-time argument '{event_time}' must be a column of source '{source_name}'"
+                    ),
+                )
+            })?;
+        let time_field = source.schema.field(time_column);
+        if let Some(watermark) = &source.watermark {
+            if &watermark.column != time_field.name() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "{name}() uses column '{}' but source '{source_name}' has its WATERMARK on '{}'",
+                        time_field.name(),
+                        watermark.column
+                    ),
+                ));
+            }
+        }
+        let source_time_unit = EventTimeUnit::of(time_field.data_type(), time_field.name())?;
+        let window_type = event_time.get_type(input_schema).map_err(planning_error)?;
+        Ok(WindowBinding {
+            source_time_column: time_column,
+            source_time_unit,
+            event_time: self.physical(event_time, input_schema)?,
+            window,
+            unit: EventTimeUnit::of(&window_type, &event_time.to_string())?,
+            position: found.position,
+        })
     }
 }
 
@@ -608,20 +683,14 @@ pub async fn plan_stream(
     let chain = lowering.chain(&plan)?;
     let (source, routing, operator, explain) = match chain.below {
         LogicalPlan::Aggregate(aggregate) => {
-            if def.emit == Some(EmitMode::Changes) {
-                return Err(unsupported(
-                    "EMIT CHANGES is not supported yet",
-                    "use EMIT ON WINDOW CLOSE with a window in the GROUP BY",
-                ));
-            }
-            lowering.window_aggregate(aggregate, chain.stages)?
+            lowering.aggregate(aggregate, chain.stages, def.emit)?
         }
         _ => {
             if def.emit.is_some() {
                 return Err(Error::new(
                     ErrorCode::InvalidWindow,
                     format!(
-                        "stream {} has an EMIT clause but no windowed GROUP BY",
+                        "stream {} has an EMIT clause but no GROUP BY",
                         def.name
                     ),
                 )
@@ -639,6 +708,25 @@ pub async fn plan_stream(
                 explain,
             )
         }
+    };
+    let output_schema = match operator {
+        StreamOperator::ChangelogAggregate(_) => {
+            if output_schema.field_with_name(WEIGHT_COLUMN).is_ok() {
+                return Err(Error::new(
+                    ErrorCode::Planning,
+                    format!("an EMIT CHANGES stream adds a column named {WEIGHT_COLUMN}; the query already has one"),
+                )
+                .with_hint("rename the query's column"));
+            }
+            let mut fields = output_schema.fields().to_vec();
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                WEIGHT_COLUMN,
+                arrow::datatypes::DataType::Int64,
+                false,
+            )));
+            Arc::new(Schema::new(fields))
+        }
+        _ => output_schema,
     };
     log::info!("stream {}: {explain}", def.name);
     Ok(StreamPlan {

@@ -212,3 +212,54 @@ pub fn assert_same_rows(streaming: &[RecordBatch], batch: &[RecordBatch]) {
 pub fn row_count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
 }
+
+/// Sums the `_weight` of identical rows in a changelog (the last column)
+/// and returns the rows whose total is positive, as many times as their
+/// total, without the weight column. Panics on a negative total: a
+/// retraction of a row that was never emitted.
+pub fn consolidate(changelog: &[RecordBatch]) -> Vec<RecordBatch> {
+    use datafusion::arrow::row::{RowConverter, SortField};
+    use std::collections::HashMap;
+    if changelog.is_empty() {
+        return Vec::new();
+    }
+    let schema = changelog[0].schema();
+    let weight_index = schema.fields().len() - 1;
+    assert_eq!(schema.field(weight_index).name(), "_weight");
+    let all = datafusion::arrow::compute::concat_batches(&schema, changelog).unwrap();
+    let data = all.project(&(0..weight_index).collect::<Vec<_>>()).unwrap();
+    let converter = RowConverter::new(
+        data.schema()
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect(),
+    )
+    .unwrap();
+    let rows = converter.convert_columns(data.columns()).unwrap();
+    let weights = all
+        .column(weight_index)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let mut totals: HashMap<Vec<u8>, (i64, usize)> = HashMap::new();
+    for i in 0..all.num_rows() {
+        let entry = totals
+            .entry(rows.row(i).as_ref().to_vec())
+            .or_insert((0, i));
+        entry.0 += weights.value(i);
+    }
+    let mut keep = Vec::new();
+    for (total, first) in totals.values() {
+        assert!(
+            *total >= 0,
+            "row retracted more often than inserted: {:?}",
+            data.slice(*first, 1)
+        );
+        for _ in 0..*total {
+            keep.push(*first as u32);
+        }
+    }
+    let indices = datafusion::arrow::array::UInt32Array::from(keep);
+    vec![datafusion::arrow::compute::take_record_batch(&data, &indices).unwrap()]
+}

@@ -1,0 +1,299 @@
+//! What the aggregate operators share: the planned spec, lateness, and the
+//! per-batch evaluation of keys, arguments and `FILTER` masks.
+//!
+//! Aggregate functions are DataFusion's own `GroupsAccumulator`s, so they
+//! behave exactly as DataFusion's batch `GROUP BY` does (types, NULLs,
+//! overflow, float rules): the batch engine is our oracle, and this makes
+//! agreement a matter of feeding it the same rows.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{FieldRef, SchemaRef};
+use datafusion::logical_expr::GroupsAccumulator;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use hashbrown::HashSet;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::time::{EventTimeUnit, WindowSpec};
+use crate::BatchTime;
+
+/// The window of a windowed aggregate.
+#[derive(Debug, Clone)]
+pub struct WindowBinding {
+    /// Index of the event-time column in the source batch; lateness is
+    /// decided on it before any filter runs.
+    pub source_time_column: usize,
+    /// How the source stores event time.
+    pub source_time_unit: EventTimeUnit,
+    /// The window's event-time argument, over the aggregate input.
+    pub event_time: Arc<dyn PhysicalExpr>,
+    /// The window.
+    pub window: WindowSpec,
+    /// Type of the window column in the output (the event-time type).
+    pub unit: EventTimeUnit,
+    /// Position of the window among the GROUP BY expressions.
+    pub position: usize,
+}
+
+/// Everything needed to build an aggregate operator on a shard. Cheap to
+/// clone: expressions are shared, state is not.
+#[derive(Debug, Clone)]
+pub struct AggregateSpec {
+    /// Filters/projections from the source batch to the aggregate input.
+    pub pre: Vec<Stage>,
+    /// The window, for a windowed aggregate.
+    pub window: Option<WindowBinding>,
+    /// The other GROUP BY expressions, over the aggregate input.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Aggregate functions.
+    pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// `FILTER (WHERE ...)` of each aggregate, if any.
+    pub aggregate_filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Schema of the aggregate's output: GROUP BY columns, then aggregates.
+    pub aggregate_schema: SchemaRef,
+    /// Filters/projections after the aggregate (HAVING, SELECT list).
+    pub post: Vec<Stage>,
+}
+
+use crate::stage::Stage;
+
+/// One batch of aggregate input, evaluated once for every window it
+/// touches.
+pub(crate) struct Inputs {
+    pub key_arrays: Vec<ArrayRef>,
+    /// Arguments (plus ORDER BY columns) of each aggregate.
+    pub arguments: Vec<Vec<ArrayRef>>,
+    /// `FILTER` mask of each aggregate.
+    pub filters: Vec<Option<BooleanArray>>,
+}
+
+impl AggregateSpec {
+    /// The fields of the GROUP BY keys other than the window.
+    pub(crate) fn key_fields(&self) -> Vec<FieldRef> {
+        let fields = self.aggregate_schema.fields();
+        (0..self.keys.len() + usize::from(self.window.is_some()))
+            .filter(|&i| self.window.as_ref().is_none_or(|w| w.position != i))
+            .map(|i| Arc::clone(&fields[i]))
+            .collect()
+    }
+
+    /// Fresh accumulators, one per aggregate.
+    pub(crate) fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|agg| -> Result<Box<dyn GroupsAccumulator>> {
+                if agg.groups_accumulator_supported() {
+                    Ok(agg.create_groups_accumulator()?)
+                } else {
+                    let agg = Arc::clone(agg);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        agg.create_accumulator()
+                    })))
+                }
+            })
+            .collect()
+    }
+
+    /// Evaluates keys, aggregate arguments and FILTER masks over a batch.
+    pub(crate) fn inputs(&self, input: &RecordBatch) -> Result<Inputs> {
+        let rows = input.num_rows();
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|k| k.evaluate(input)?.into_array(rows))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let mut arguments = Vec::with_capacity(self.aggregates.len());
+        for agg in &self.aggregates {
+            let mut exprs = agg.expressions();
+            exprs.extend(agg.order_bys().iter().map(|s| Arc::clone(&s.expr)));
+            arguments.push(
+                exprs
+                    .iter()
+                    .map(|e| e.evaluate(input)?.into_array(rows))
+                    .collect::<datafusion::common::Result<Vec<_>>>()?,
+            );
+        }
+        let mut filters = Vec::with_capacity(self.aggregates.len());
+        for filter in &self.aggregate_filters {
+            filters.push(match filter {
+                Some(f) => Some(as_mask(f.evaluate(input)?.into_array(rows)?)?),
+                None => None,
+            });
+        }
+        Ok(Inputs {
+            key_arrays,
+            arguments,
+            filters,
+        })
+    }
+
+    /// Puts GROUP BY columns (window first placed at its position) and
+    /// aggregate values together in the aggregate's schema.
+    pub(crate) fn assemble(
+        &self,
+        window_column: Option<ArrayRef>,
+        key_columns: Vec<ArrayRef>,
+        aggregate_columns: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.aggregate_schema.fields().len());
+        let mut keys = key_columns.into_iter();
+        let mut window_column = window_column;
+        let group_count = self.keys.len() + usize::from(self.window.is_some());
+        for position in 0..group_count {
+            match &self.window {
+                Some(w) if w.position == position => {
+                    columns.push(window_column.take().expect("a window column"))
+                }
+                _ => columns.push(keys.next().expect("one key column per key")),
+            }
+        }
+        columns.extend(aggregate_columns);
+        RecordBatch::try_new(Arc::clone(&self.aggregate_schema), columns).map_err(|e| {
+            Error::new(
+                ErrorCode::Execution,
+                format!("aggregate produced a batch that does not fit its schema: {e}"),
+            )
+        })
+    }
+}
+
+/// Decides which rows of a source batch are late for a fixed-length
+/// window: a row is late once the first window holding it has closed
+/// (it would be missing from that window's result). Rows whose every
+/// window closed are removed; a row still in some open window stays, and
+/// the per-row watermark comes back with it (as the carry for the
+/// pre-stages) so that it joins only the windows still open.
+///
+/// Returns the rows to aggregate, the per-row watermark when some rows may
+/// not join all their windows, and the number of late rows.
+pub(crate) fn drop_late(
+    binding: &WindowBinding,
+    batch: &RecordBatch,
+    time: BatchTime<'_>,
+    times_ms: &mut Vec<i64>,
+) -> Result<(RecordBatch, Option<ArrayRef>, u64)> {
+    binding
+        .source_time_unit
+        .array_to_ms(batch.column(binding.source_time_column).as_ref(), times_ms)?;
+    let window = binding.window;
+    if time.row_watermarks_ms.is_none() {
+        // Window ends grow with event time: if the earliest row is on
+        // time, every row is, and no per-row work is needed.
+        let earliest = times_ms.iter().copied().min().unwrap_or(i64::MAX);
+        if window.end_of(window.first_start_of(earliest)) > time.watermark_ms {
+            return Ok((batch.clone(), None, 0));
+        }
+    }
+    let row_watermark = |i: usize| {
+        time.row_watermarks_ms
+            .map_or(time.watermark_ms, |w| w[i].max(time.watermark_ms))
+    };
+    let mut late = 0u64;
+    let mut gone = 0usize;
+    let keep: BooleanArray = times_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let watermark = row_watermark(i);
+            late += u64::from(window.end_of(window.first_start_of(t)) <= watermark);
+            let keep = window.end_of(window.start_of(t)) > watermark;
+            gone += usize::from(!keep);
+            Some(keep)
+        })
+        .collect();
+    // Some kept row misses a window only when sliding windows overlap.
+    let partial = late as usize > gone;
+    let carry = partial.then(|| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            (0..times_ms.len()).map(row_watermark),
+        ))
+    });
+    if gone == 0 {
+        return Ok((batch.clone(), carry, late));
+    }
+    let carry = match carry {
+        Some(c) => Some(arrow::compute::filter(&c, &keep)?),
+        None => None,
+    };
+    Ok((filter_record_batch(batch, &keep)?, carry, late))
+}
+
+/// The windows a batch's rows fall in, each with the mask of its rows
+/// (`None`: every row). Windows already closed at `watermark_ms` are left
+/// out, and with per-row watermarks a row joins only the windows still
+/// open when it arrived.
+pub(crate) fn assign_windows(
+    window: &WindowSpec,
+    times_ms: &[i64],
+    row_watermarks: Option<&[i64]>,
+    watermark_ms: i64,
+    starts: &mut HashSet<i64>,
+) -> Vec<(i64, Option<BooleanArray>)> {
+    let earliest = times_ms.iter().copied().min().unwrap_or_default();
+    let latest = times_ms.iter().copied().max().unwrap_or_default();
+    // Most tumbling batches fall in one window: then no per-row window math
+    // and no mask.
+    if window.is_tumbling()
+        && window.start_of(earliest) == window.start_of(latest)
+        && row_watermarks.is_none()
+    {
+        let start = window.start_of(earliest);
+        if window.end_of(start) <= watermark_ms {
+            return Vec::new();
+        }
+        return vec![(start, None)];
+    }
+    starts.clear();
+    for &t in times_ms {
+        let mut start = window.first_start_of(t);
+        while start <= t {
+            starts.insert(start);
+            start += window.slide_ms;
+        }
+    }
+    let mut sorted: Vec<i64> = starts.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted
+        .into_iter()
+        .filter(|&start| window.end_of(start) > watermark_ms)
+        .filter_map(|start| {
+            let end = window.end_of(start);
+            let mask: BooleanArray = times_ms
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    Some(start <= t && t < end && row_watermarks.is_none_or(|w| end > w[i]))
+                })
+                .collect();
+            (mask.true_count() > 0).then_some((start, Some(mask)))
+        })
+        .collect()
+}
+
+fn as_mask(array: ArrayRef) -> Result<BooleanArray> {
+    array
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::Execution,
+                format!("FILTER clause produced {}, not BOOLEAN", array.data_type()),
+            )
+        })
+}
+
+/// `a AND b` for optional masks.
+pub(crate) fn combine_masks(
+    a: Option<&BooleanArray>,
+    b: Option<&BooleanArray>,
+) -> Result<Option<BooleanArray>> {
+    Ok(match (a, b) {
+        (None, None) => None,
+        (Some(m), None) | (None, Some(m)) => Some(m.clone()),
+        (Some(a), Some(b)) => Some(arrow::compute::and(a, b)?),
+    })
+}

@@ -1,0 +1,436 @@
+//! Aggregation with `EMIT CHANGES`: a Z-set changelog updated on every
+//! batch.
+//!
+//! After each input batch, every group whose result changed emits a
+//! retraction of its previous row (`_weight = -1`, exactly the row emitted
+//! before) and its new row (`_weight = +1`); a new group emits only the
+//! `+1`; a group whose result did not change emits nothing. Summing the
+//! weights of all emitted rows gives the current result of the query.
+//!
+//! DataFusion's accumulators can only be read by consuming them, so the
+//! state of each group lives between batches in DataFusion's *partial
+//! state* form (the arrays a partial aggregate hands to a final one). Per
+//! batch, only the touched groups are loaded into fresh accumulators
+//! (`merge_batch` of their states), updated with the batch, saved again
+//! (`state`) and evaluated. States and last results are kept in columnar
+//! chunks, one chunk per batch, with a (chunk, row) location per group;
+//! chunks are compacted into one when most of their rows are stale. Work
+//! per batch is proportional to the groups it touches, not to all groups.
+//!
+//! With a window in the GROUP BY, each window has its own groups; a window
+//! that closes is dropped (its last emitted rows stand as its final
+//! result). Without a window the groups live as long as the stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::EmitTo;
+use hashbrown::HashSet;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
+use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
+use crate::stage::apply_all_carrying;
+use crate::{BatchTime, Operator};
+
+/// Name of the weight column every `EMIT CHANGES` stream ends with.
+pub const WEIGHT_COLUMN: &str = "_weight";
+
+/// Stored states and results of some groups, written by one batch.
+struct Chunk {
+    /// `[aggregate][state field]`.
+    states: Vec<Vec<ArrayRef>>,
+    /// `[aggregate]`: the result last emitted.
+    values: Vec<ArrayRef>,
+    /// Rows of this chunk still referenced by a group.
+    live: usize,
+}
+
+/// The groups of one window (or of the whole stream).
+struct ChangeState {
+    groups: GroupTable,
+    /// Where each group's state is: (chunk, row).
+    located: Vec<(u32, u32)>,
+    chunks: Vec<Chunk>,
+}
+
+/// Chunks kept before compaction is considered.
+const MAX_CHUNKS: usize = 32;
+
+/// The operator. One instance per stream per shard.
+pub struct ChangelogAggregate {
+    spec: Arc<AggregateSpec>,
+    encoder: Arc<KeyEncoder>,
+    /// Window start -> groups; `i64::MIN` holds the groups of an
+    /// unwindowed aggregate.
+    windows: BTreeMap<i64, ChangeState>,
+    /// Output schema: the query's columns then `_weight`.
+    output_schema: SchemaRef,
+    late_rows: u64,
+    times_ms: Vec<i64>,
+    starts: HashSet<i64>,
+    group_ids: Vec<usize>,
+    /// Scratch: group id -> position among the batch's touched groups.
+    compact_of: Vec<u32>,
+}
+
+impl std::fmt::Debug for ChangelogAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangelogAggregate")
+            .field("open_windows", &self.windows.len())
+            .field("late_rows", &self.late_rows)
+            .finish()
+    }
+}
+
+impl ChangelogAggregate {
+    /// Builds the operator's empty state. `output_schema` is the stream's:
+    /// the query's columns followed by [`WEIGHT_COLUMN`].
+    pub fn new(spec: AggregateSpec, output_schema: SchemaRef) -> Result<Self> {
+        let encoder = Arc::new(KeyEncoder::new(&spec.key_fields())?);
+        Ok(Self {
+            spec: Arc::new(spec),
+            encoder,
+            windows: BTreeMap::new(),
+            output_schema,
+            late_rows: 0,
+            times_ms: Vec::new(),
+            starts: HashSet::new(),
+            group_ids: Vec::new(),
+            compact_of: Vec::new(),
+        })
+    }
+
+    /// Applies one window's rows (`mask`) and appends its changes to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn update_window(
+        &mut self,
+        start: i64,
+        mask: Option<&BooleanArray>,
+        rows: usize,
+        keys: &BatchKeys<'_>,
+        inputs: &Inputs,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let state = self.windows.entry(start).or_insert_with(|| ChangeState {
+            groups: self.encoder.table(),
+            located: Vec::new(),
+            chunks: Vec::new(),
+        });
+        // Touched groups, each with its position in this batch's
+        // accumulators.
+        let mut touched: Vec<u32> = Vec::new();
+        self.group_ids.clear();
+        for row in 0..rows {
+            if mask.is_some_and(|m| !m.value(row)) {
+                self.group_ids.push(0);
+                continue;
+            }
+            let id = self.encoder.group_id(&mut state.groups, keys, row);
+            if id >= self.compact_of.len() {
+                self.compact_of.resize(id + 1, u32::MAX);
+            }
+            if self.compact_of[id] == u32::MAX {
+                self.compact_of[id] = touched.len() as u32;
+                touched.push(id as u32);
+            }
+            self.group_ids.push(self.compact_of[id] as usize);
+        }
+        for &id in &touched {
+            self.compact_of[id as usize] = u32::MAX;
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let touched_count = touched.len();
+        // Groups seen in an earlier batch: their positions among the
+        // touched ones, and where their state is.
+        let existing: Vec<(u32, (u32, u32))> = touched
+            .iter()
+            .enumerate()
+            .filter_map(|(position, &id)| {
+                state
+                    .located
+                    .get(id as usize)
+                    .map(|&location| (position as u32, location))
+            })
+            .collect();
+        let positions: Vec<usize> = existing.iter().map(|&(p, _)| p as usize).collect();
+        let locations: Vec<(usize, usize)> = existing
+            .iter()
+            .map(|&(_, (c, r))| (c as usize, r as usize))
+            .collect();
+
+        let mut accumulators = self.spec.accumulators()?;
+        let mut new_states = Vec::with_capacity(accumulators.len());
+        let mut old_values = Vec::with_capacity(accumulators.len());
+        for (j, accumulator) in accumulators.iter_mut().enumerate() {
+            if !existing.is_empty() {
+                let fields = state.chunks[0].states[j].len();
+                let states = (0..fields)
+                    .map(|f| gather(&state.chunks, |c| &c.states[j][f], &locations))
+                    .collect::<Result<Vec<_>>>()?;
+                accumulator.merge_batch(&states, &positions, touched_count)?;
+                old_values.push(gather(&state.chunks, |c| &c.values[j], &locations)?);
+            }
+            let filter = combine_masks(mask, inputs.filters[j].as_ref())?;
+            accumulator.update_batch(
+                &inputs.arguments[j],
+                &self.group_ids,
+                filter.as_ref(),
+                touched_count,
+            )?;
+            new_states.push(accumulator.state(EmitTo::All)?);
+        }
+        // Results come from a second set of accumulators fed the saved
+        // states, since evaluating consumes.
+        let all_positions: Vec<usize> = (0..touched_count).collect();
+        let mut new_values = Vec::with_capacity(accumulators.len());
+        for (j, mut accumulator) in self.spec.accumulators()?.into_iter().enumerate() {
+            accumulator.merge_batch(&new_states[j], &all_positions, touched_count)?;
+            new_values.push(accumulator.evaluate(EmitTo::All)?);
+        }
+
+        // Which existing groups changed.
+        let existing_positions = UInt32Array::from_iter_values(existing.iter().map(|&(p, _)| p));
+        let mut changed = BooleanArray::from(vec![false; existing.len()]);
+        for (old, new) in old_values.iter().zip(&new_values) {
+            let new_at_existing = arrow::compute::take(new, &existing_positions, None)?;
+            let differs = arrow::compute::kernels::cmp::distinct(old, &new_at_existing)?;
+            changed = arrow::compute::or(&changed, &differs)?;
+        }
+        let mut is_new = vec![true; touched_count];
+        for &(p, _) in &existing {
+            is_new[p as usize] = false;
+        }
+        let retract: Vec<u32> = (0..existing.len() as u32)
+            .filter(|&i| changed.value(i as usize))
+            .collect();
+        let mut insert: Vec<u32> = Vec::with_capacity(touched_count);
+        for (i, &(p, _)) in existing.iter().enumerate() {
+            if changed.value(i) {
+                insert.push(p);
+            }
+        }
+        insert.extend((0..touched_count as u32).filter(|&p| is_new[p as usize]));
+        insert.sort_unstable();
+
+        // Save the new states and results.
+        let chunk_index = state.chunks.len() as u32;
+        for &(_, (c, _)) in &existing {
+            state.chunks[c as usize].live -= 1;
+        }
+        for (position, &id) in touched.iter().enumerate() {
+            let location = (chunk_index, position as u32);
+            match state.located.get_mut(id as usize) {
+                Some(slot) => *slot = location,
+                None => {
+                    debug_assert_eq!(state.located.len(), id as usize);
+                    state.located.push(location);
+                }
+            }
+        }
+        state.chunks.push(Chunk {
+            states: new_states,
+            values: new_values.clone(),
+            live: touched_count,
+        });
+        compact(state)?;
+
+        // Emit: retractions of the old rows, then the new rows.
+        let window_start = (start != i64::MIN).then_some(start);
+        let old_ids: Vec<u32> = retract
+            .iter()
+            .map(|&i| touched[existing[i as usize].0 as usize])
+            .collect();
+        let retract_index = UInt32Array::from(retract);
+        let old_rows = old_values
+            .iter()
+            .map(|v| arrow::compute::take(v, &retract_index, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let new_ids: Vec<u32> = insert.iter().map(|&p| touched[p as usize]).collect();
+        let insert_index = UInt32Array::from(insert);
+        let new_rows = new_values
+            .iter()
+            .map(|v| arrow::compute::take(v, &insert_index, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let groups = &self.windows[&start].groups;
+        if !old_ids.is_empty() {
+            self.emit(
+                self.rows(groups, window_start, &old_ids, old_rows)?,
+                -1,
+                out,
+            )?;
+        }
+        if !new_ids.is_empty() {
+            self.emit(self.rows(groups, window_start, &new_ids, new_rows)?, 1, out)?;
+        }
+        Ok(())
+    }
+
+    /// Aggregate rows (GROUP BY columns, then aggregate values) of groups.
+    fn rows(
+        &self,
+        groups: &GroupTable,
+        window_start: Option<i64>,
+        ids: &[u32],
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let key_columns = self.encoder.key_columns(groups, ids)?;
+        let window_column = match (&self.spec.window, window_start) {
+            (Some(binding), Some(start)) => Some(binding.unit.constant_array(start, ids.len())),
+            _ => None,
+        };
+        self.spec.assemble(window_column, key_columns, values)
+    }
+
+    /// Runs the post-aggregate stages over aggregate rows and appends them
+    /// with `weight`.
+    fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let weights: ArrayRef = Arc::new(Int64Array::from_value(weight, rows.num_rows()));
+        let (result, weights) = apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
+        if result.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns = result.columns().to_vec();
+        columns.push(weights.expect("carried"));
+        out.push(
+            RecordBatch::try_new(Arc::clone(&self.output_schema), columns).map_err(|e| {
+                Error::new(
+                    ErrorCode::Execution,
+                    format!("EMIT CHANGES produced a batch that does not fit its schema: {e}"),
+                )
+            })?,
+        );
+        Ok(())
+    }
+}
+
+/// Gathers one array of stored rows at `locations`.
+fn gather(
+    chunks: &[Chunk],
+    column: impl Fn(&Chunk) -> &ArrayRef,
+    locations: &[(usize, usize)],
+) -> Result<ArrayRef> {
+    let arrays: Vec<&dyn Array> = chunks.iter().map(|c| column(c).as_ref()).collect();
+    Ok(arrow::compute::interleave(&arrays, locations)?)
+}
+
+/// Rewrites the live rows of many chunks into one, when most stored rows
+/// are stale or there are many chunks.
+fn compact(state: &mut ChangeState) -> Result<()> {
+    let stored: usize = state
+        .chunks
+        .iter()
+        .map(|c| {
+            c.states
+                .first()
+                .map_or(0, |s| s.first().map_or(0, |a| a.len()))
+        })
+        .sum();
+    let live = state.located.len();
+    if state.chunks.len() <= MAX_CHUNKS && stored <= 2 * live + 1024 {
+        return Ok(());
+    }
+    let locations: Vec<(usize, usize)> = state
+        .located
+        .iter()
+        .map(|&(c, r)| (c as usize, r as usize))
+        .collect();
+    let first = &state.chunks[0];
+    let mut states = Vec::with_capacity(first.states.len());
+    for j in 0..first.states.len() {
+        states.push(
+            (0..first.states[j].len())
+                .map(|f| gather(&state.chunks, |c| &c.states[j][f], &locations))
+                .collect::<Result<Vec<_>>>()?,
+        );
+    }
+    let values = (0..first.values.len())
+        .map(|j| gather(&state.chunks, |c| &c.values[j], &locations))
+        .collect::<Result<Vec<_>>>()?;
+    state.chunks = vec![Chunk {
+        states,
+        values,
+        live,
+    }];
+    for (row, location) in state.located.iter_mut().enumerate() {
+        *location = (0, row as u32);
+    }
+    Ok(())
+}
+
+impl Operator for ChangelogAggregate {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let (on_time, row_watermarks) = match &self.spec.window {
+            Some(binding) => {
+                let (rows, carry, late) = drop_late(binding, batch, time, &mut self.times_ms)?;
+                self.late_rows += late;
+                (rows, carry)
+            }
+            None => (batch.clone(), None),
+        };
+        let (input, row_watermarks) = apply_all_carrying(&self.spec.pre, &on_time, row_watermarks)?;
+        let rows = input.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        // Shared handles, so the batch's keys can borrow them while the
+        // windows are updated.
+        let spec = Arc::clone(&self.spec);
+        let encoder = Arc::clone(&self.encoder);
+        let inputs = spec.inputs(&input)?;
+        let keys = encoder.encode(&inputs.key_arrays)?;
+        let assigned = match &spec.window {
+            Some(binding) => {
+                let times = binding.event_time.evaluate(&input)?.into_array(rows)?;
+                binding
+                    .unit
+                    .array_to_ms(times.as_ref(), &mut self.times_ms)?;
+                let row_watermarks: Option<&[i64]> = row_watermarks
+                    .as_ref()
+                    .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+                    .map(|a| a.values().as_ref());
+                assign_windows(
+                    &binding.window,
+                    &self.times_ms,
+                    row_watermarks,
+                    time.watermark_ms,
+                    &mut self.starts,
+                )
+            }
+            None => vec![(i64::MIN, None)],
+        };
+        for (start, mask) in assigned {
+            self.update_window(start, mask.as_ref(), rows, &keys, &inputs, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        // A closed window's last emitted rows are its final result.
+        if let Some(binding) = &self.spec.window {
+            while let Some(entry) = self.windows.first_entry() {
+                if binding.window.end_of(*entry.key()) > watermark_ms {
+                    break;
+                }
+                entry.remove();
+            }
+        }
+        Ok(())
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+}

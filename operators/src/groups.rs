@@ -1,0 +1,238 @@
+//! Group tables: key values -> dense group ids, for the aggregates.
+//!
+//! A single non-nullable string or integer key is stored as itself
+//! (hashing and comparing a short string is far cheaper than encoding it in
+//! Arrow's row format); anything else as row-format bytes. The kind is
+//! fixed when the operator is built, from the planned key types.
+
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, FieldRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::HashTable;
+use laminar_runtime::{Error, ErrorCode, Result};
+use std::sync::Arc;
+
+/// How a stream's keys are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// No GROUP BY key: one group.
+    Global,
+    Utf8,
+    Int64,
+    Rows,
+}
+
+/// Turns key columns into something a [`GroupTable`] can look up, and
+/// group tables back into key columns. One per operator.
+pub struct KeyEncoder {
+    kind: KeyKind,
+    converter: RowConverter,
+    /// Hash state of the group tables (process-local: any fast hasher).
+    hasher: ahash::RandomState,
+}
+
+impl std::fmt::Debug for KeyEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEncoder")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+/// One batch's keys, ready for lookup.
+pub enum BatchKeys<'a> {
+    /// No key: every row is in group 0.
+    Global,
+    /// A single non-null string key.
+    Utf8(&'a StringArray),
+    /// A single non-null BIGINT key.
+    Int64(&'a [i64]),
+    /// Anything else, in Arrow's row format.
+    Rows(Rows),
+}
+
+impl KeyEncoder {
+    /// An encoder for keys with these fields (possibly none: one global
+    /// group).
+    pub fn new(fields: &[FieldRef]) -> Result<Self> {
+        let kind = match fields {
+            [] => KeyKind::Global,
+            [f] if !f.is_nullable() && f.data_type() == &DataType::Utf8 => KeyKind::Utf8,
+            [f] if !f.is_nullable() && f.data_type() == &DataType::Int64 => KeyKind::Int64,
+            _ => KeyKind::Rows,
+        };
+        // The converter is only used for the row-format kind (it rejects
+        // an empty field list).
+        let converter = RowConverter::new(if fields.is_empty() {
+            vec![SortField::new(DataType::Null)]
+        } else {
+            fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect()
+        })?;
+        Ok(Self {
+            kind,
+            converter,
+            hasher: ahash::RandomState::new(),
+        })
+    }
+
+    /// An empty group table for these keys.
+    pub fn table(&self) -> GroupTable {
+        GroupTable {
+            keys: match self.kind {
+                KeyKind::Global => KeyStore::Global,
+                KeyKind::Utf8 => KeyStore::Utf8(Vec::new()),
+                KeyKind::Int64 => KeyStore::Int64(Vec::new()),
+                KeyKind::Rows => KeyStore::Rows(Vec::new()),
+            },
+            hashes: Vec::new(),
+            table: HashTable::new(),
+        }
+    }
+
+    /// Prepares one batch's key columns for lookup.
+    pub fn encode<'a>(&self, key_arrays: &'a [ArrayRef]) -> Result<BatchKeys<'a>> {
+        if matches!(self.kind, KeyKind::Utf8 | KeyKind::Int64) && key_arrays[0].null_count() > 0 {
+            return Err(Error::new(
+                ErrorCode::Execution,
+                "a GROUP BY key planned as NOT NULL produced NULL",
+            ));
+        }
+        Ok(match self.kind {
+            KeyKind::Utf8 => BatchKeys::Utf8(
+                key_arrays[0]
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| key_type_error(&key_arrays[0]))?,
+            ),
+            KeyKind::Int64 => BatchKeys::Int64(
+                key_arrays[0]
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| key_type_error(&key_arrays[0]))?
+                    .values(),
+            ),
+            KeyKind::Global => BatchKeys::Global,
+            KeyKind::Rows => BatchKeys::Rows(self.converter.convert_columns(key_arrays)?),
+        })
+    }
+
+    /// Looks up or inserts row `row`'s key; returns its group id.
+    #[inline]
+    pub fn group_id(&self, table: &mut GroupTable, keys: &BatchKeys<'_>, row: usize) -> usize {
+        let GroupTable {
+            keys: store,
+            hashes,
+            table,
+        } = table;
+        match (keys, store) {
+            (BatchKeys::Global, KeyStore::Global) => {
+                if hashes.is_empty() {
+                    hashes.push(0);
+                }
+                0
+            }
+            (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
+                let key = array.value(row);
+                let hash = self.hasher.hash_one(key);
+                intern(table, hashes, store, hash, |k| &**k == key, || key.into())
+            }
+            (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
+                let key = values[row];
+                let hash = self.hasher.hash_one(key);
+                intern(table, hashes, store, hash, |k| *k == key, || key)
+            }
+            (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
+                let key = rows.row(row);
+                let key = key.as_ref();
+                let hash = self.hasher.hash_one(key);
+                intern(table, hashes, store, hash, |k| &**k == key, || key.into())
+            }
+            _ => unreachable!("a group table's key store matches its encoder's kind"),
+        }
+    }
+
+    /// The key columns of groups `ids` of `table`, in that order.
+    pub fn key_columns(&self, table: &GroupTable, ids: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(match &table.keys {
+            KeyStore::Global => Vec::new(),
+            KeyStore::Utf8(keys) => vec![Arc::new(StringArray::from_iter_values(
+                ids.iter().map(|&i| &*keys[i as usize]),
+            ))],
+            KeyStore::Int64(keys) => vec![Arc::new(Int64Array::from_iter_values(
+                ids.iter().map(|&i| keys[i as usize]),
+            ))],
+            KeyStore::Rows(keys) => {
+                let parser = self.converter.parser();
+                self.converter
+                    .convert_rows(ids.iter().map(|&i| parser.parse(&keys[i as usize])))?
+            }
+        })
+    }
+}
+
+/// Group keys by group id.
+enum KeyStore {
+    Global,
+    Utf8(Vec<Box<str>>),
+    Int64(Vec<i64>),
+    Rows(Vec<Box<[u8]>>),
+}
+
+/// Distinct keys seen, each with a dense id in order of first appearance.
+pub struct GroupTable {
+    keys: KeyStore,
+    /// Hash of each group's key, so the table can grow without rehashing
+    /// keys.
+    hashes: Vec<u64>,
+    table: HashTable<u32>,
+}
+
+impl GroupTable {
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// All group ids, in order.
+    pub fn all_ids(&self) -> Vec<u32> {
+        (0..self.len() as u32).collect()
+    }
+}
+
+/// Finds the group whose key satisfies `equal`, or appends `make()`.
+#[inline]
+fn intern<K>(
+    table: &mut HashTable<u32>,
+    hashes: &mut Vec<u64>,
+    store: &mut Vec<K>,
+    hash: u64,
+    equal: impl Fn(&K) -> bool,
+    make: impl FnOnce() -> K,
+) -> usize {
+    if let Some(&id) = table.find(hash, |&id| equal(&store[id as usize])) {
+        return id as usize;
+    }
+    let id = store.len() as u32;
+    store.push(make());
+    hashes.push(hash);
+    table.insert_unique(hash, id, |&other| hashes[other as usize]);
+    id as usize
+}
+
+fn key_type_error(array: &ArrayRef) -> Error {
+    Error::new(
+        ErrorCode::Execution,
+        format!(
+            "GROUP BY key produced {}, not the planned type",
+            array.data_type()
+        ),
+    )
+}
