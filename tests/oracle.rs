@@ -314,3 +314,71 @@ async fn emit_changes_global_aggregate() {
     )
     .await;
 }
+
+/// Session windows against sessions numbered in batch SQL: a row more than
+/// the gap after the previous row of its key starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows() {
+    differential_against(
+        "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
+                COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts, first_value(price) AS open
+         FROM trades WHERE volume > 50
+         GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
+        "EMIT ON WINDOW CLOSE",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades WHERE volume > 50),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
+                MAX(ts) AS last_ts, first_value(price ORDER BY ts) AS open
+         FROM numbered GROUP BY symbol, sid",
+        10_000,
+        20,
+    )
+    .await;
+}
+
+/// Hand-computed: a row that lands between two sessions of its key merges
+/// them; a row whose own session would already have closed is late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_merge_and_late_rows() {
+    let trade = |symbol: &str, ts: i64, volume: i64| Trade {
+        symbol: symbol.into(),
+        price: 1.0,
+        volume,
+        ts,
+    };
+    let ddl = format!(
+        "{TRADES_DDL}; CREATE STREAM s AS
+         SELECT symbol, session(ts, INTERVAL '600' MILLISECOND) AS start,
+                COUNT(*) AS n, SUM(volume) AS v
+         FROM trades GROUP BY symbol, session(ts, INTERVAL '600' MILLISECOND)"
+    );
+    let batches = vec![
+        // A: two sessions [0, 600) and [1000, 1600); B: one.
+        trades_batch(&[trade("A", 0, 1), trade("A", 1000, 2), trade("B", 50, 4)]),
+        // 500 is within 600 of both A sessions: they merge.
+        trades_batch(&[trade("A", 500, 8)]),
+        // Pushes the watermark to 20000 - 5000: A and B close.
+        trades_batch(&[trade("C", 20_000, 16)]),
+        // Its session [100, 700) closed long ago: late.
+        trades_batch(&[trade("A", 100, 32)]),
+    ];
+    for shards in [1, 2] {
+        let (got, metrics) = run_stream(&ddl, "trades", "s", batches.clone(), shards).await;
+        assert_eq!(metrics.streams[0].late_rows, 1);
+        let want = run_batch(
+            "SELECT * FROM (VALUES ('A', 0, 3, 11), ('B', 50, 1, 4), ('C', 20000, 1, 16))
+               AS t(symbol, start, n, v)",
+            "unused",
+            vec![trades_batch(&[])],
+            trades_schema(),
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+}

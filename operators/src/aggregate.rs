@@ -31,11 +31,56 @@ pub struct WindowBinding {
     /// The window's event-time argument, over the aggregate input.
     pub event_time: Arc<dyn PhysicalExpr>,
     /// The window.
-    pub window: WindowSpec,
+    pub kind: WindowKind,
     /// Type of the window column in the output (the event-time type).
     pub unit: EventTimeUnit,
     /// Position of the window among the GROUP BY expressions.
     pub position: usize,
+}
+
+/// The windows of a windowed aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Tumbling or sliding windows of fixed length.
+    Fixed(WindowSpec),
+    /// Session windows per key: rows less than `gap_ms` apart (in event
+    /// time) share a session, which ends `gap_ms` after its last row.
+    Session {
+        /// Inactivity that ends a session, in ms (> 0).
+        gap_ms: i64,
+    },
+}
+
+impl WindowKind {
+    /// End of the earliest window a row at `t_ms` belongs to (for a
+    /// session: the session the row would open on its own).
+    #[inline]
+    pub fn first_end(&self, t_ms: i64) -> i64 {
+        match self {
+            WindowKind::Fixed(w) => w.end_of(w.first_start_of(t_ms)),
+            WindowKind::Session { gap_ms } => t_ms.saturating_add(*gap_ms),
+        }
+    }
+
+    /// End of the latest window a row at `t_ms` belongs to.
+    #[inline]
+    pub fn last_end(&self, t_ms: i64) -> i64 {
+        match self {
+            WindowKind::Fixed(w) => w.end_of(w.start_of(t_ms)),
+            WindowKind::Session { gap_ms } => t_ms.saturating_add(*gap_ms),
+        }
+    }
+
+    /// The fixed window, or an error for operators that take only those.
+    pub fn fixed(&self, what: &str) -> Result<WindowSpec> {
+        match self {
+            WindowKind::Fixed(w) => Ok(*w),
+            WindowKind::Session { .. } => Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("{what} is not supported with session windows yet"),
+            )),
+        }
+    }
 }
 
 /// Everything needed to build an aggregate operator on a shard. Cheap to
@@ -178,12 +223,12 @@ pub(crate) fn drop_late(
     binding
         .source_time_unit
         .array_to_ms(batch.column(binding.source_time_column).as_ref(), times_ms)?;
-    let window = binding.window;
+    let kind = binding.kind;
     if time.row_watermarks_ms.is_none() {
         // Window ends grow with event time: if the earliest row is on
         // time, every row is, and no per-row work is needed.
         let earliest = times_ms.iter().copied().min().unwrap_or(i64::MAX);
-        if window.end_of(window.first_start_of(earliest)) > time.watermark_ms {
+        if kind.first_end(earliest) > time.watermark_ms {
             return Ok((batch.clone(), None, 0));
         }
     }
@@ -198,8 +243,8 @@ pub(crate) fn drop_late(
         .enumerate()
         .map(|(i, &t)| {
             let watermark = row_watermark(i);
-            late += u64::from(window.end_of(window.first_start_of(t)) <= watermark);
-            let keep = window.end_of(window.start_of(t)) > watermark;
+            late += u64::from(kind.first_end(t) <= watermark);
+            let keep = kind.last_end(t) > watermark;
             gone += usize::from(!keep);
             Some(keep)
         })

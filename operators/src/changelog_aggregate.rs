@@ -33,6 +33,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::stage::apply_all_carrying;
+use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
 
 /// Name of the weight column every `EMIT CHANGES` stream ends with.
@@ -62,6 +63,8 @@ const MAX_CHUNKS: usize = 32;
 /// The operator. One instance per stream per shard.
 pub struct ChangelogAggregate {
     spec: Arc<AggregateSpec>,
+    /// The fixed window, when windowed.
+    window: Option<WindowSpec>,
     encoder: Arc<KeyEncoder>,
     /// Window start -> groups; `i64::MIN` holds the groups of an
     /// unwindowed aggregate.
@@ -90,7 +93,12 @@ impl ChangelogAggregate {
     /// the query's columns followed by [`WEIGHT_COLUMN`].
     pub fn new(spec: AggregateSpec, output_schema: SchemaRef) -> Result<Self> {
         let encoder = Arc::new(KeyEncoder::new(&spec.key_fields())?);
+        let window = match &spec.window {
+            Some(binding) => Some(binding.kind.fixed("EMIT CHANGES")?),
+            None => None,
+        };
         Ok(Self {
+            window,
             spec: Arc::new(spec),
             encoder,
             windows: BTreeMap::new(),
@@ -402,7 +410,7 @@ impl Operator for ChangelogAggregate {
                     .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
                     .map(|a| a.values().as_ref());
                 assign_windows(
-                    &binding.window,
+                    &self.window.expect("a fixed window with the binding"),
                     &self.times_ms,
                     row_watermarks,
                     time.watermark_ms,
@@ -419,9 +427,9 @@ impl Operator for ChangelogAggregate {
 
     fn on_watermark(&mut self, watermark_ms: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
         // A closed window's last emitted rows are its final result.
-        if let Some(binding) = &self.spec.window {
+        if let Some(window) = &self.window {
             while let Some(entry) = self.windows.first_entry() {
-                if binding.window.end_of(*entry.key()) > watermark_ms {
+                if window.end_of(*entry.key()) > watermark_ms {
                     break;
                 }
                 entry.remove();

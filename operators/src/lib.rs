@@ -15,6 +15,8 @@
 //!   window assignment.
 //! - [`window_aggregate`]: keyed window aggregation with
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
+//! - [`session_aggregate`]: keyed session windows (gap-based, merging),
+//!   emitted when each session closes.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
 //!   not) producing a Z-set changelog with a `_weight` column.
 //! - [`Operator`]: the small trait the shard drives.
@@ -22,6 +24,7 @@
 pub mod aggregate;
 pub mod changelog_aggregate;
 pub mod groups;
+pub mod session_aggregate;
 pub mod stage;
 pub mod time;
 pub mod window_aggregate;
@@ -29,8 +32,9 @@ pub mod window_aggregate;
 use arrow::array::RecordBatch;
 use laminar_runtime::Result;
 
-pub use aggregate::{AggregateSpec, WindowBinding};
+pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
+pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};
 pub use window_aggregate::WindowAggregate;

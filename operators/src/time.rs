@@ -109,10 +109,13 @@ impl EventTimeUnit {
         Ok(())
     }
 
-    /// An array of `len` copies of `ms`, in this unit's type.
-    pub fn constant_array(&self, ms: i64, len: usize) -> ArrayRef {
-        let ticks = self.from_ms(ms);
-        let values = Int64Array::from_value(ticks, len);
+    /// An array of epoch-ms values, in this unit's type.
+    pub fn array_from_ms(&self, ms: impl IntoIterator<Item = i64>) -> ArrayRef {
+        let values = Int64Array::from_iter_values(ms.into_iter().map(|m| self.from_ms(m)));
+        self.retype(values)
+    }
+
+    fn retype(&self, values: Int64Array) -> ArrayRef {
         match self {
             EventTimeUnit::EpochMillis => Arc::new(values),
             EventTimeUnit::Timestamp(_, _) => {
@@ -125,6 +128,11 @@ impl EventTimeUnit {
                 arrow::array::make_array(data)
             }
         }
+    }
+
+    /// An array of `len` copies of `ms`, in this unit's type.
+    pub fn constant_array(&self, ms: i64, len: usize) -> ArrayRef {
+        self.retype(Int64Array::from_value(self.from_ms(ms), len))
     }
 }
 

@@ -25,6 +25,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, WindowBinding};
 use crate::groups::{GroupTable, KeyEncoder};
 use crate::stage::{apply_all, apply_all_carrying};
+use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
 
 /// One open window.
@@ -37,6 +38,7 @@ struct WindowState {
 pub struct WindowAggregate {
     spec: AggregateSpec,
     binding: WindowBinding,
+    window: WindowSpec,
     encoder: KeyEncoder,
     windows: BTreeMap<i64, WindowState>,
     late_rows: u64,
@@ -49,7 +51,7 @@ pub struct WindowAggregate {
 impl std::fmt::Debug for WindowAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WindowAggregate")
-            .field("window", &self.binding.window)
+            .field("window", &self.window)
             .field("open_windows", &self.windows.len())
             .field("late_rows", &self.late_rows)
             .finish()
@@ -65,10 +67,12 @@ impl WindowAggregate {
                 "internal: EMIT ON WINDOW CLOSE needs a window",
             )
         })?;
+        let window = binding.kind.fixed("this window aggregate")?;
         let encoder = KeyEncoder::new(&spec.key_fields())?;
         Ok(Self {
             spec,
             binding,
+            window,
             encoder,
             windows: BTreeMap::new(),
             late_rows: 0,
@@ -130,7 +134,7 @@ impl Operator for WindowAggregate {
         let inputs = self.spec.inputs(&input)?;
         let keys = self.encoder.encode(&inputs.key_arrays)?;
         let assigned = assign_windows(
-            &self.binding.window,
+            &self.window,
             &self.times_ms,
             row_watermarks,
             time.watermark_ms,
@@ -171,7 +175,7 @@ impl Operator for WindowAggregate {
 
     fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         while let Some(entry) = self.windows.first_entry() {
-            if self.binding.window.end_of(*entry.key()) > watermark_ms {
+            if self.window.end_of(*entry.key()) > watermark_ms {
                 break;
             }
             let (start, state) = entry.remove_entry();

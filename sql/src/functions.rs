@@ -7,8 +7,9 @@
 //! the streaming window assignment.
 //!
 //! `slide(ts, size, slide [, offset])` and its alias `hop` define sliding
-//! windows in a stream's `GROUP BY`. A row belongs to several sliding
-//! windows, so they have no meaning as a scalar function: evaluating one
+//! windows in a stream's `GROUP BY`, `session(ts, gap)` session windows. A
+//! row belongs to several sliding windows, and its session depends on
+//! other rows, so they have no meaning as scalar functions: evaluating one
 //! outside a stream's `GROUP BY` is an error that says so.
 
 use arrow::array::{Array, ArrayRef};
@@ -43,14 +44,16 @@ pub const TUMBLE: &str = "tumble";
 pub const SLIDE: &str = "slide";
 /// Alias of `slide`, same argument order.
 pub const HOP: &str = "hop";
+/// The session window function.
+pub const SESSION: &str = "session";
 
 /// `tumble` as a UDF ready to register.
 pub fn tumble_udf() -> ScalarUDF {
     ScalarUDF::new_from_impl(Tumble::default())
 }
 
-/// `slide(ts, size, slide [, offset])` (or `hop`): a window marker for a
-/// stream's GROUP BY, typed like `ts`.
+/// `slide(ts, size, slide [, offset])` (or `hop`), and `session(ts, gap)`:
+/// window markers for a stream's GROUP BY, typed like `ts`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Slide {
     name: &'static str,
@@ -86,8 +89,8 @@ impl ScalarUDFImpl for Slide {
 
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         exec_err!(
-            "{}(): a row belongs to several sliding windows, so the function only has a \
-             meaning in a stream's GROUP BY (LDB-1006)",
+            "{}(): the window of a row depends on other rows (or it has several), so the \
+             function only has a meaning in a stream's GROUP BY (LDB-1006)",
             self.name
         )
     }
@@ -181,4 +184,5 @@ pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(tumble_udf());
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SLIDE)));
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(HOP)));
+    ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SESSION)));
 }

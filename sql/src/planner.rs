@@ -31,13 +31,13 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
-    AggregateSpec, ChangelogAggregate, EventTimeUnit, Operator, Stage, Stateless, WindowAggregate,
-    WindowBinding, WindowSpec, WEIGHT_COLUMN,
+    AggregateSpec, ChangelogAggregate, EventTimeUnit, Operator, SessionAggregate, Stage, Stateless,
+    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::dialect::{EmitMode, SourceDef, SourceDefSyntax, StreamDef};
-use crate::functions::{interval_ms, register_functions, HOP, SLIDE, TUMBLE};
+use crate::functions::{interval_ms, register_functions, HOP, SESSION, SLIDE, TUMBLE};
 
 /// How the router spreads a source's rows over shards for one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,6 +61,8 @@ pub enum StreamOperator {
     WindowAggregate(AggregateSpec),
     /// An aggregate emitting a changelog on every batch (`EMIT CHANGES`).
     ChangelogAggregate(AggregateSpec),
+    /// A session-window aggregate emitted when each session closes.
+    SessionAggregate(AggregateSpec),
 }
 
 impl StreamOperator {
@@ -71,6 +73,9 @@ impl StreamOperator {
                 Box::new(Stateless::new(stages.clone(), Arc::clone(output_schema)))
             }
             StreamOperator::WindowAggregate(spec) => Box::new(WindowAggregate::new(spec.clone())?),
+            StreamOperator::SessionAggregate(spec) => {
+                Box::new(SessionAggregate::new(spec.clone())?)
+            }
             StreamOperator::ChangelogAggregate(spec) => Box::new(ChangelogAggregate::new(
                 spec.clone(),
                 Arc::clone(output_schema),
@@ -231,14 +236,14 @@ struct FoundWindow {
     args: Vec<Expr>,
 }
 
-/// Finds the window function (`tumble`, `slide`, `hop`) among GROUP BY
+/// Finds the window function (`tumble`, `slide`, `hop`, `session`) among GROUP BY
 /// expressions.
 fn find_window(group_expr: &[Expr]) -> Option<FoundWindow> {
     group_expr
         .iter()
         .enumerate()
         .find_map(|(i, e)| match e.clone().unalias() {
-            Expr::ScalarFunction(f) if [TUMBLE, SLIDE, HOP].contains(&f.func.name()) => {
+            Expr::ScalarFunction(f) if [TUMBLE, SLIDE, HOP, SESSION].contains(&f.func.name()) => {
                 Some(FoundWindow {
                     position: i,
                     name: f.func.name().to_string(),
@@ -250,7 +255,7 @@ fn find_window(group_expr: &[Expr]) -> Option<FoundWindow> {
 }
 
 /// The window a GROUP BY window function describes.
-fn window_spec(found: &FoundWindow) -> Result<WindowSpec> {
+fn window_kind(found: &FoundWindow) -> Result<WindowKind> {
     let name = found.name.as_str();
     let literal_ms = |e: &Expr, what: &str| -> Result<i64> {
         match e.clone().unalias() {
@@ -278,7 +283,23 @@ fn window_spec(found: &FoundWindow) -> Result<WindowSpec> {
         let offset_ms = args
             .get(2)
             .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
-        return WindowSpec::tumble(size_ms, offset_ms);
+        return Ok(WindowKind::Fixed(WindowSpec::tumble(size_ms, offset_ms)?));
+    }
+    if name == SESSION {
+        if args.len() != 2 {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                "session() takes (event_time, gap)",
+            ));
+        }
+        let gap_ms = literal_ms(&args[1], "session gap")?;
+        if gap_ms <= 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!("session(): the gap must be positive, got {gap_ms} ms"),
+            ));
+        }
+        return Ok(WindowKind::Session { gap_ms });
     }
     if !(3..=4).contains(&args.len()) {
         return Err(Error::new(
@@ -291,7 +312,9 @@ fn window_spec(found: &FoundWindow) -> Result<WindowSpec> {
     let offset_ms = args
         .get(3)
         .map_or(Ok(0), |a| literal_ms(a, "window offset"))?;
-    WindowSpec::slide(size_ms, slide_ms, offset_ms)
+    Ok(WindowKind::Fixed(WindowSpec::slide(
+        size_ms, slide_ms, offset_ms,
+    )?))
 }
 
 struct Lowering<'a> {
@@ -515,20 +538,28 @@ impl Lowering<'_> {
             aggregate_filters.push(lowered.filter);
         }
         let changes = emit == Some(EmitMode::Changes);
-        let window_text = match &window {
-            Some(w) if w.window.is_tumbling() => format!(
-                "tumble size={}ms offset={}ms",
-                w.window.size_ms, w.window.offset_ms
-            ),
-            Some(w) => format!(
+        let window_text = match window.as_ref().map(|w| w.kind) {
+            Some(WindowKind::Fixed(w)) if w.is_tumbling() => {
+                format!("tumble size={}ms offset={}ms", w.size_ms, w.offset_ms)
+            }
+            Some(WindowKind::Fixed(w)) => format!(
                 "slide size={}ms slide={}ms offset={}ms",
-                w.window.size_ms, w.window.slide_ms, w.window.offset_ms
+                w.size_ms, w.slide_ms, w.offset_ms
             ),
+            Some(WindowKind::Session { gap_ms }) => format!("session gap={gap_ms}ms"),
             None => "no window".to_string(),
         };
+        let session = matches!(
+            window.as_ref().map(|w| w.kind),
+            Some(WindowKind::Session { .. })
+        );
         let explain = format!(
             "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- source {}{}",
-            if changes { "ChangelogAggregate" } else { "WindowAggregate" },
+            match (changes, session) {
+                (true, _) => "ChangelogAggregate",
+                (false, true) => "SessionAggregate",
+                (false, false) => "WindowAggregate",
+            },
             keys.len(),
             aggregate
                 .aggr_expr
@@ -550,10 +581,16 @@ impl Lowering<'_> {
             aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
             post,
         };
-        let operator = if changes {
-            StreamOperator::ChangelogAggregate(spec)
-        } else {
-            StreamOperator::WindowAggregate(spec)
+        let operator = match (changes, session) {
+            (true, true) => {
+                return Err(unsupported(
+                    "EMIT CHANGES with session windows is not supported yet",
+                    "use EMIT ON WINDOW CLOSE: each session is emitted once, when it closes",
+                ))
+            }
+            (true, false) => StreamOperator::ChangelogAggregate(spec),
+            (false, true) => StreamOperator::SessionAggregate(spec),
+            (false, false) => StreamOperator::WindowAggregate(spec),
         };
         Ok((source_name, routing, operator, explain))
     }
@@ -565,7 +602,7 @@ impl Lowering<'_> {
         aggregate: &Aggregate,
         source_name: &str,
     ) -> Result<WindowBinding> {
-        let window = window_spec(found)?;
+        let window = window_kind(found)?;
         let name = &found.name;
         let event_time = &found.args[0];
         let source = &self.sources[source_name];
@@ -599,7 +636,7 @@ impl Lowering<'_> {
             source_time_column: time_column,
             source_time_unit,
             event_time: self.physical(event_time, input_schema)?,
-            window,
+            kind: window,
             unit: EventTimeUnit::of(&window_type, &event_time.to_string())?,
             position: found.position,
         })

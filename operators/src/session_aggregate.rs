@@ -1,0 +1,271 @@
+//! Keyed session windows, emitted when each session closes.
+//!
+//! A session holds the rows of one key that are less than `gap` apart in
+//! event time; it starts at its first row and ends `gap` after its last.
+//! A row within `gap` of two sessions of its key bridges them: they merge.
+//! A session closes when the watermark reaches its end.
+//!
+//! Rows are not folded into accumulators as they arrive, because a merge
+//! would need to combine two groups' states, which DataFusion's
+//! accumulators cannot do for a single group. Instead the aggregate input
+//! batches are kept (columnar, as they came), each open session lists its
+//! rows as (batch, row) references, and a closing session's rows are
+//! gathered once and aggregated in one pass. State is therefore the rows of
+//! open sessions; a buffered batch is freed when no open session refers to
+//! it. Every aggregate DataFusion has works, in the same order-insensitive
+//! way as in a batch query.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use arrow::array::RecordBatch;
+use datafusion::logical_expr::EmitTo;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::aggregate::{drop_late, AggregateSpec, WindowBinding, WindowKind};
+use crate::groups::{GroupTable, KeyEncoder};
+use crate::stage::apply_all;
+use crate::{BatchTime, Operator};
+
+/// One open session of one key.
+struct Session {
+    start_ms: i64,
+    last_ms: i64,
+    /// (buffered batch sequence number, row).
+    rows: Vec<(u64, u32)>,
+}
+
+/// A kept aggregate-input batch and how many open-session rows use it.
+struct Buffered {
+    batch: RecordBatch,
+    live: usize,
+}
+
+/// The operator. One instance per stream per shard.
+pub struct SessionAggregate {
+    spec: AggregateSpec,
+    binding: WindowBinding,
+    gap_ms: i64,
+    encoder: KeyEncoder,
+    keys: GroupTable,
+    /// Open sessions per key id, sorted by start; consecutive sessions are
+    /// at least `gap` apart.
+    sessions: Vec<Vec<Session>>,
+    /// (end, key, start) of sessions, earliest end first. An entry whose
+    /// session has since grown is pushed again with its new end when it
+    /// comes up; one whose session merged away is skipped.
+    ends: BinaryHeap<Reverse<(i64, u32, i64)>>,
+    buffers: VecDeque<Buffered>,
+    /// Sequence number of `buffers[0]`.
+    buffers_base: u64,
+    late_rows: u64,
+    times_ms: Vec<i64>,
+}
+
+impl std::fmt::Debug for SessionAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAggregate")
+            .field("gap_ms", &self.gap_ms)
+            .field("buffered_batches", &self.buffers.len())
+            .field("late_rows", &self.late_rows)
+            .finish()
+    }
+}
+
+impl SessionAggregate {
+    /// Builds the operator's empty state.
+    pub fn new(spec: AggregateSpec) -> Result<Self> {
+        let binding = spec.window.clone().ok_or_else(|| {
+            Error::new(
+                ErrorCode::Planning,
+                "internal: a session aggregate needs a window",
+            )
+        })?;
+        let WindowKind::Session { gap_ms } = binding.kind else {
+            return Err(Error::new(
+                ErrorCode::Planning,
+                "internal: a session aggregate needs a session window",
+            ));
+        };
+        let encoder = KeyEncoder::new(&spec.key_fields())?;
+        let keys = encoder.table();
+        Ok(Self {
+            spec,
+            binding,
+            gap_ms,
+            encoder,
+            keys,
+            sessions: Vec::new(),
+            ends: BinaryHeap::new(),
+            buffers: VecDeque::new(),
+            buffers_base: 0,
+            late_rows: 0,
+            times_ms: Vec::new(),
+        })
+    }
+
+    /// Adds row `row` of buffered batch `sequence` at `t_ms` to key `key`.
+    fn add_row(&mut self, key: usize, t_ms: i64, sequence: u64, row: u32) {
+        let gap = self.gap_ms;
+        let sessions = &mut self.sessions[key];
+        // Sessions the row is within `gap` of: at most two neighbours.
+        let first = sessions.partition_point(|s| s.last_ms.saturating_add(gap) <= t_ms);
+        let touches = |s: &Session| t_ms > s.start_ms.saturating_sub(gap);
+        let reach = sessions[first..].iter().take_while(|s| touches(s)).count();
+        match reach {
+            0 => {
+                sessions.insert(
+                    first,
+                    Session {
+                        start_ms: t_ms,
+                        last_ms: t_ms,
+                        rows: vec![(sequence, row)],
+                    },
+                );
+                self.ends
+                    .push(Reverse((t_ms.saturating_add(gap), key as u32, t_ms)));
+            }
+            1 => {
+                let session = &mut sessions[first];
+                session.rows.push((sequence, row));
+                session.last_ms = session.last_ms.max(t_ms);
+                if t_ms < session.start_ms {
+                    // Its identity (key, start) changed: queue it anew.
+                    session.start_ms = t_ms;
+                    self.ends.push(Reverse((
+                        session.last_ms.saturating_add(gap),
+                        key as u32,
+                        t_ms,
+                    )));
+                }
+            }
+            _ => {
+                // The row bridges two sessions: the later one folds into
+                // the earlier, whose queue entry stays valid.
+                debug_assert_eq!(reach, 2);
+                let later = sessions.remove(first + 1);
+                let session = &mut sessions[first];
+                session.rows.extend(later.rows);
+                session.rows.push((sequence, row));
+                session.last_ms = session.last_ms.max(later.last_ms).max(t_ms);
+            }
+        }
+    }
+
+    /// Emits the given closed sessions as one batch.
+    fn emit(&mut self, closed: Vec<(u32, Session)>, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let mut references = Vec::new();
+        let mut group_ids = Vec::new();
+        for (group, (_, session)) in closed.iter().enumerate() {
+            for &(sequence, row) in &session.rows {
+                let index = (sequence - self.buffers_base) as usize;
+                references.push((index, row as usize));
+                group_ids.push(group);
+                self.buffers[index].live -= 1;
+            }
+        }
+        let batches: Vec<&RecordBatch> = self.buffers.iter().map(|b| &b.batch).collect();
+        let rows = arrow::compute::interleave_record_batch(&batches, &references)?;
+        let inputs = self.spec.inputs(&rows)?;
+        let mut values = Vec::with_capacity(self.spec.aggregates.len());
+        for (j, mut accumulator) in self.spec.accumulators()?.into_iter().enumerate() {
+            accumulator.update_batch(
+                &inputs.arguments[j],
+                &group_ids,
+                inputs.filters[j].as_ref(),
+                closed.len(),
+            )?;
+            values.push(accumulator.evaluate(EmitTo::All)?);
+        }
+        let key_ids: Vec<u32> = closed.iter().map(|(key, _)| *key).collect();
+        let key_columns = self.encoder.key_columns(&self.keys, &key_ids)?;
+        let starts = self
+            .binding
+            .unit
+            .array_from_ms(closed.iter().map(|(_, s)| s.start_ms));
+        let aggregated = self.spec.assemble(Some(starts), key_columns, values)?;
+        let result = apply_all(&self.spec.post, &aggregated)?;
+        if result.num_rows() > 0 {
+            out.push(result);
+        }
+        while self.buffers.front().is_some_and(|b| b.live == 0) {
+            self.buffers.pop_front();
+            self.buffers_base += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Operator for SessionAggregate {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let (on_time, _, late) = drop_late(&self.binding, batch, time, &mut self.times_ms)?;
+        self.late_rows += late;
+        let input = apply_all(&self.spec.pre, &on_time)?;
+        let rows = input.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let times = self.binding.event_time.evaluate(&input)?.into_array(rows)?;
+        self.binding
+            .unit
+            .array_to_ms(times.as_ref(), &mut self.times_ms)?;
+        let key_arrays = self
+            .spec
+            .keys
+            .iter()
+            .map(|k| k.evaluate(&input)?.into_array(rows))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let keys = self.encoder.encode(&key_arrays)?;
+        let sequence = self.buffers_base + self.buffers.len() as u64;
+        let mut key_ids = Vec::with_capacity(rows);
+        for row in 0..rows {
+            key_ids.push(self.encoder.group_id(&mut self.keys, &keys, row));
+        }
+        drop(keys);
+        if self.sessions.len() < self.keys.len() {
+            self.sessions.resize_with(self.keys.len(), Vec::new);
+        }
+        for (row, &key) in key_ids.iter().enumerate() {
+            let t_ms = self.times_ms[row];
+            self.add_row(key, t_ms, sequence, row as u32);
+        }
+        self.buffers.push_back(Buffered {
+            batch: input,
+            live: rows,
+        });
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let mut closed = Vec::new();
+        while let Some(&Reverse((end, key, start))) = self.ends.peek() {
+            if end > watermark_ms {
+                break;
+            }
+            self.ends.pop();
+            let sessions = &mut self.sessions[key as usize];
+            let Some(i) = sessions.iter().position(|s| s.start_ms == start) else {
+                continue; // merged into an earlier session, or restarted
+            };
+            let current_end = sessions[i].last_ms.saturating_add(self.gap_ms);
+            if current_end > watermark_ms {
+                self.ends.push(Reverse((current_end, key, start)));
+                continue;
+            }
+            closed.push((key, sessions.remove(i)));
+        }
+        if closed.is_empty() {
+            return Ok(());
+        }
+        self.emit(closed, out)
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+}
