@@ -45,6 +45,7 @@
 //! (reading results), [`metrics`]; the pipeline's shard loop is in
 //! `pipeline.rs`.
 
+mod graph;
 mod pipeline;
 
 pub mod metrics;
@@ -72,10 +73,13 @@ pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
 pub use source::SourceHandle;
 pub use subscription::Subscription;
 
+use graph::Graph;
+use laminar_runtime::router::HashPartitioner;
+use laminar_sql::Routing;
 use metrics::ShardCounters;
 use pipeline::{
-    control_channel, Control, Pipeline, ShardProgram, ShardStream, SourceRuntime, SourceTime,
-    StreamRuntime,
+    control_channel, Control, ExchangeOut, Ingress, Lane, Pipeline, ShardProgram, ShardStream,
+    SourceRuntime, SourceTime, StreamRuntime,
 };
 use subscription::Emitted;
 
@@ -277,8 +281,8 @@ impl LaminarDB {
                 catalog
                     .streams
                     .iter()
-                    .map(|s| s.name.clone())
-                    .collect::<Vec<_>>(),
+                    .map(|s| (s.name.clone(), Arc::clone(&s.output_schema)))
+                    .collect::<HashMap<_, _>>(),
             )
         };
         match statement {
@@ -399,30 +403,32 @@ impl LaminarDB {
                 })
             })
             .collect::<Result<_>>()?;
-        // Which (source, route) each stream reads.
-        let mut stream_routes = Vec::with_capacity(catalog.streams.len());
-        for plan in &catalog.streams {
-            let source = sources
-                .iter()
-                .position(|s| s.name == plan.source)
-                .ok_or_else(|| unknown(&plan.source, "source"))?;
-            let routes = &mut sources[source].routes;
-            let route = match routes.iter().position(|r| *r == plan.routing) {
-                Some(route) => route,
-                None => {
-                    routes.push(plan.routing.clone());
-                    routes.len() - 1
-                }
-            };
-            stream_routes.push((source, route));
-        }
+        let graph = Graph::build(&catalog.streams, &mut sources)?;
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let mut controls = Vec::with_capacity(shards);
         let mut counters = Vec::with_capacity(shards);
         let mut mains: Vec<ShardMain> = Vec::with_capacity(shards);
         let mut pending = std::mem::take(&mut catalog.pending_outputs);
-        for shard in 0..shards {
+        // Exchange rings: [exchange][sender][receiver].
+        let mut exchange_producers: Vec<Vec<Vec<Producer<Ingress>>>> = Vec::new();
+        let mut exchange_consumers: Vec<Vec<Vec<Consumer<Ingress>>>> = Vec::new();
+        for _ in &graph.exchanges {
+            let mut producers: Vec<Vec<Producer<Ingress>>> =
+                (0..shards).map(|_| Vec::new()).collect();
+            let mut consumers: Vec<Vec<Consumer<Ingress>>> =
+                (0..shards).map(|_| Vec::new()).collect();
+            for sender in producers.iter_mut() {
+                for receiver in consumers.iter_mut() {
+                    let (producer, consumer) = ring(self.shared.ring_capacity);
+                    sender.push(producer);
+                    receiver.push(consumer);
+                }
+            }
+            exchange_producers.push(producers);
+            exchange_consumers.push(consumers);
+        }
+        for shard in (0..shards).rev() {
             let mut streams = Vec::with_capacity(catalog.streams.len());
             for (id, plan) in catalog.streams.iter().enumerate() {
                 let outputs = pending
@@ -438,25 +444,37 @@ impl LaminarDB {
                 streams.push(ShardStream {
                     operator: plan.operator.instantiate(&plan.output_schema)?,
                     outputs,
+                    local: graph.local[id].clone(),
+                    exchanges: graph.exchanges_of[id].clone(),
                 });
             }
-            let mut routes: Vec<Vec<Vec<usize>>> = sources
-                .iter()
-                .map(|s| vec![Vec::new(); s.routes.len()])
-                .collect();
-            let mut source_streams = vec![Vec::new(); sources.len()];
-            for (stream, &(source, route)) in stream_routes.iter().enumerate() {
-                routes[source][route].push(stream);
-                source_streams[source].push(stream);
+            let mut lanes = Vec::new();
+            let mut exchanges = Vec::with_capacity(graph.exchanges.len());
+            for (e, exchange) in graph.exchanges.iter().enumerate() {
+                let input = sources.len() + e;
+                for consumer in exchange_consumers[e][shard].drain(..) {
+                    lanes.push(Lane::new(consumer, input));
+                }
+                exchanges.push(ExchangeOut {
+                    input,
+                    partitioner: match &exchange.routing {
+                        Routing::Keys(columns) => {
+                            Some(HashPartitioner::new(columns.clone(), shards))
+                        }
+                        _ => None,
+                    },
+                    rings: Some(std::mem::take(&mut exchange_producers[e][shard])),
+                    outbox: (0..shards).map(|_| Default::default()).collect(),
+                    feeding_input: graph.root_input[exchange.upstream],
+                });
             }
             let (control, receiver, waker, sent) = control_channel();
             let shard_counters = Arc::new(ShardCounters::new(catalog.streams.len()));
             let program = ShardProgram {
                 streams,
-                routes,
-                source_streams,
-                watermarks: vec![i64::MIN; sources.len()],
-                lanes: Vec::new(),
+                inputs: graph.inputs(),
+                exchanges,
+                lanes,
                 control: receiver,
                 control_waker: waker,
                 control_sent: sent,
@@ -469,6 +487,9 @@ impl LaminarDB {
             counters.push(shard_counters);
             mains.push(Box::new(move || Box::pin(program.run())));
         }
+        controls.reverse();
+        counters.reverse();
+        mains.reverse();
         let threads = ShardThreads::spawn(&self.shared.placements, &self.shared.executor, mains)?;
         let pipeline = Arc::new(Pipeline {
             shards,

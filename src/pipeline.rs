@@ -1,13 +1,30 @@
 //! The running pipeline: shard programs and the control plane's handle on
 //! them.
 //!
-//! Each shard runs one [`ShardProgram`]: a loop that drains its ingest
-//! lanes (one SPSC ring per source handle), drives the operators of every
-//! stream, and pushes results into its subscriber rings. All of a shard's
-//! state lives in its program and is touched only by its thread. The
-//! control plane talks to a shard only through its control channel
-//! (adding lanes and subscribers, stopping), which is off the data path.
+//! Each shard runs one [`ShardProgram`]: a loop that drains its lanes,
+//! drives the operators of every stream, and pushes results into its
+//! subscriber rings. All of a shard's state lives in its program and is
+//! touched only by its thread. The control plane talks to a shard only
+//! through its control channel (adding lanes and subscribers, stopping),
+//! which is off the data path.
+//!
+//! A shard's *inputs* are the sources (one lane per source handle) and the
+//! exchanges (one lane from every shard). A stream reads one input, or the
+//! output of another stream (a cascading stream). A downstream stream that
+//! needs its rows keyed differently than they are runs behind an exchange:
+//! each shard re-partitions the upstream's output by the downstream's key
+//! into shard-to-shard SPSC rings, followed by the upstream's watermark,
+//! and the receiving shard's watermark for the exchange is the minimum over
+//! the senders, as for source handles. A downstream that keeps no keyed
+//! state runs on the same shard as its upstream, fed directly.
+//!
+//! An exchange ring that is full does not block its sender: the message
+//! waits in the sender's outbox while the sender stops taking new source
+//! rows and keeps draining its own exchange lanes. Two shards pushing to
+//! each other through full rings therefore cannot deadlock, and the
+//! outboxes stay bounded by what was already in flight.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,7 +35,8 @@ use arrow::array::{Int64Array, RecordBatch};
 use futures::task::AtomicWaker;
 use laminar_operators::{BatchTime, EventTimeUnit, Operator};
 use laminar_runtime::executor::ShardThreads;
-use laminar_runtime::spsc::{Consumer, Producer};
+use laminar_runtime::router::HashPartitioner;
+use laminar_runtime::spsc::{Consumer, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::Routing;
 
@@ -26,11 +44,12 @@ use crate::metrics::ShardCounters;
 use crate::subscription::Emitted;
 use crate::Backpressure;
 
-/// A message on an ingest lane, from a source handle to a shard.
+/// A message on a lane: from a source handle, or from a shard through an
+/// exchange.
 pub(crate) enum Ingress {
-    /// Rows of `source` for the streams of route `route`.
+    /// Rows of input `input` for the streams of route `route`.
     Batch {
-        source: usize,
+        input: usize,
         route: usize,
         batch: RecordBatch,
         /// Per-row watermark, when the batch was out of order enough for
@@ -38,9 +57,9 @@ pub(crate) enum Ingress {
         row_watermarks: Option<Int64Array>,
         pushed_at: Instant,
     },
-    /// `source`'s watermark reached `watermark_ms`.
+    /// The sender's watermark for `input` reached `watermark_ms`.
     Watermark {
-        source: usize,
+        input: usize,
         watermark_ms: i64,
         pushed_at: Instant,
     },
@@ -49,7 +68,7 @@ pub(crate) enum Ingress {
 /// A message from the control plane to a shard.
 pub(crate) enum Control {
     AddLane {
-        source: usize,
+        input: usize,
         ring: Consumer<Ingress>,
     },
     AddSubscriber {
@@ -134,27 +153,125 @@ impl Pipeline {
 /// One stream's operator on one shard, and where its output goes.
 pub(crate) struct ShardStream {
     pub operator: Box<dyn Operator>,
+    /// Subscribers.
     pub outputs: Vec<Producer<Emitted>>,
+    /// Streams on this shard fed directly by this one's output.
+    pub local: Vec<usize>,
+    /// Exchanges fed by this one's output.
+    pub exchanges: Vec<usize>,
 }
 
-/// One source handle's ring into this shard. The handle is a partition of
-/// its source: it carries its own watermark.
+/// One input of a shard: a source or an exchange.
+pub(crate) struct Input {
+    /// This shard's watermark for the input: the minimum over its open
+    /// lanes, never moving back.
+    pub watermark_ms: i64,
+    /// `[route]` -> streams fed by that route (an exchange has one route).
+    pub routes: Vec<Vec<usize>>,
+    /// Every stream reading the input directly, in creation order.
+    pub streams: Vec<usize>,
+    /// Sources finish when the pipeline stops and their lanes are drained;
+    /// exchanges when every sender has closed its ring.
+    pub is_source: bool,
+}
+
+/// The sending side of one exchange on one shard.
+pub(crate) struct ExchangeOut {
+    /// The exchange's input id on the receiving shards.
+    pub input: usize,
+    /// `None`: everything goes to shard 0.
+    pub partitioner: Option<HashPartitioner>,
+    /// One ring per receiving shard; dropped (closing the lanes) when the
+    /// input feeding this exchange is finished.
+    pub rings: Option<Vec<Producer<Ingress>>>,
+    /// Messages waiting for room, per receiving shard, in order.
+    pub outbox: Vec<VecDeque<Ingress>>,
+    /// The input (on this shard) whose rows reach this exchange.
+    pub feeding_input: usize,
+}
+
+impl ExchangeOut {
+    fn send(&mut self, shard: usize, message: Ingress) {
+        let Some(rings) = self.rings.as_mut() else {
+            return;
+        };
+        if self.outbox[shard].is_empty() {
+            match rings[shard].try_push(message) {
+                Ok(()) => {}
+                Err(PushError::Full(message)) => self.outbox[shard].push_back(message),
+                // The receiving shard is gone (stopping); nothing reads it.
+                Err(PushError::Closed(_)) => {}
+            }
+        } else {
+            self.outbox[shard].push_back(message);
+        }
+    }
+
+    /// Moves waiting messages into rings with room; true if any moved.
+    fn flush(&mut self) -> bool {
+        let Some(rings) = self.rings.as_mut() else {
+            return false;
+        };
+        let mut moved = false;
+        for (shard, outbox) in self.outbox.iter_mut().enumerate() {
+            while let Some(message) = outbox.pop_front() {
+                match rings[shard].try_push(message) {
+                    Ok(()) => moved = true,
+                    Err(PushError::Full(message)) => {
+                        outbox.push_front(message);
+                        break;
+                    }
+                    Err(PushError::Closed(_)) => outbox.clear(),
+                }
+            }
+        }
+        moved
+    }
+
+    fn is_backed_up(&self) -> bool {
+        self.outbox.iter().any(|o| !o.is_empty())
+    }
+}
+
+/// One ring into this shard: a source handle (a partition of its source,
+/// with its own watermark) or one sender of an exchange.
 pub(crate) struct Lane {
     ring: Consumer<Ingress>,
-    source: usize,
+    input: usize,
     watermark_ms: i64,
+}
+
+impl Lane {
+    pub fn new(ring: Consumer<Ingress>, input: usize) -> Self {
+        Self {
+            ring,
+            input,
+            watermark_ms: i64::MIN,
+        }
+    }
+}
+
+/// Work for one stream, queued so that a stream's output reaches its local
+/// downstreams before their watermark does.
+enum Work {
+    Batch {
+        stream: usize,
+        batch: RecordBatch,
+        watermark_ms: i64,
+        row_watermarks: Option<Int64Array>,
+    },
+    Watermark {
+        stream: usize,
+        watermark_ms: i64,
+    },
 }
 
 /// Everything one shard owns.
 pub(crate) struct ShardProgram {
     pub streams: Vec<ShardStream>,
-    /// `[source][route]` -> streams fed by that route.
-    pub routes: Vec<Vec<Vec<usize>>>,
-    /// `[source]` -> streams reading it.
-    pub source_streams: Vec<Vec<usize>>,
-    /// This shard's watermark for each source: the minimum over the
-    /// source's open lanes, never moving back.
-    pub watermarks: Vec<i64>,
+    /// Sources first (input id = source id), then exchanges.
+    pub inputs: Vec<Input>,
+    pub exchanges: Vec<ExchangeOut>,
     pub lanes: Vec<Lane>,
     pub control: Receiver<Control>,
     pub control_waker: Arc<AtomicWaker>,
@@ -212,21 +329,16 @@ pub(crate) fn control_channel() -> (
 }
 
 impl ShardProgram {
-    /// The shard's main loop. Returns when told to stop and every lane is
-    /// drained.
+    /// The shard's main loop. Returns when told to stop and everything
+    /// that reached it has been processed and passed on.
     pub async fn run(mut self) {
-        let mut out = Vec::new();
         let mut stopping = false;
         let mut last_work = Instant::now();
         loop {
             while let Ok(message) = self.control.try_recv() {
                 self.control_seen += 1;
                 match message {
-                    Control::AddLane { source, ring } => self.lanes.push(Lane {
-                        ring,
-                        source,
-                        watermark_ms: i64::MIN,
-                    }),
+                    Control::AddLane { input, ring } => self.lanes.push(Lane::new(ring, input)),
                     Control::AddSubscriber { stream, ring } => {
                         self.streams[stream].outputs.push(ring)
                     }
@@ -234,32 +346,43 @@ impl ShardProgram {
                 }
             }
             let mut worked = false;
+            for exchange in &mut self.exchanges {
+                worked |= exchange.flush();
+            }
+            // While an exchange is backed up, take no new source rows, but
+            // keep draining exchanges: that is what frees the rings.
+            let backed_up = self.exchanges.iter().any(ExchangeOut::is_backed_up);
             let mut lane = 0;
             while lane < self.lanes.len() {
-                for _ in 0..LANE_BUDGET {
-                    let Some(message) = self.lanes[lane].ring.try_pop() else {
-                        break;
-                    };
-                    self.handle(lane, message, &mut out).await;
-                    worked = true;
+                let input = self.lanes[lane].input;
+                if !(backed_up && self.inputs[input].is_source) {
+                    for _ in 0..LANE_BUDGET {
+                        let Some(message) = self.lanes[lane].ring.try_pop() else {
+                            break;
+                        };
+                        self.handle(lane, message).await;
+                        worked = true;
+                    }
                 }
                 let ring = &self.lanes[lane].ring;
                 if ring.is_producer_closed() && ring.is_empty() {
-                    // A finished partition no longer holds its source's
+                    // A finished partition no longer holds its input's
                     // watermark back.
                     let closed = self.lanes.swap_remove(lane);
-                    self.advance_watermark(closed.source, Instant::now(), &mut out)
-                        .await;
+                    self.advance_watermark(closed.input, Instant::now()).await;
                 } else {
                     lane += 1;
                 }
+            }
+            if stopping {
+                worked |= self.close_finished_exchanges();
             }
             if worked {
                 last_work = Instant::now();
                 glommio::yield_if_needed().await;
                 continue;
             }
-            if stopping {
+            if stopping && self.is_drained() {
                 break;
             }
             if last_work.elapsed() < self.idle_spin {
@@ -275,14 +398,55 @@ impl ShardProgram {
         // Dropping the output rings ends the subscriptions.
     }
 
-    /// Sleeps until a lane has data, a lane closes or a control message
-    /// arrives.
+    /// Whether an input can send nothing more: a source once the pipeline
+    /// stops and its lanes are empty, an exchange once all its senders
+    /// closed.
+    fn input_finished(&self, input: usize) -> bool {
+        self.lanes
+            .iter()
+            .filter(|lane| lane.input == input)
+            .all(|lane| self.inputs[input].is_source && lane.ring.is_empty())
+    }
+
+    /// Closes, after a stop, the exchanges whose feeding input is finished.
+    fn close_finished_exchanges(&mut self) -> bool {
+        let mut closed = false;
+        for e in 0..self.exchanges.len() {
+            let exchange = &self.exchanges[e];
+            if exchange.rings.is_some()
+                && !exchange.is_backed_up()
+                && self.input_finished(exchange.feeding_input)
+            {
+                self.exchanges[e].rings = None;
+                closed = true;
+            }
+        }
+        closed
+    }
+
+    /// After a stop: nothing left to read or to send.
+    fn is_drained(&self) -> bool {
+        self.exchanges.iter().all(|e| e.rings.is_none())
+            && (0..self.inputs.len()).all(|input| self.input_finished(input))
+    }
+
+    /// Sleeps until a lane has data, a lane closes, a backed-up exchange
+    /// ring has room, or a control message arrives.
     async fn wait_for_work(&mut self) {
         std::future::poll_fn(|cx| {
             self.control_waker.register(cx.waker());
             let mut ready = self.control_sent.load(Ordering::Acquire) != self.control_seen;
             for lane in &self.lanes {
                 ready |= lane.ring.register_and_check(cx.waker());
+            }
+            for exchange in &self.exchanges {
+                if let Some(rings) = &exchange.rings {
+                    for (shard, outbox) in exchange.outbox.iter().enumerate() {
+                        if !outbox.is_empty() {
+                            ready |= rings[shard].register_space_and_check(cx.waker());
+                        }
+                    }
+                }
             }
             if ready {
                 Poll::Ready(())
@@ -302,82 +466,191 @@ impl ShardProgram {
         }
     }
 
-    /// Recomputes a source's watermark from its lanes and closes what it
+    /// Recomputes an input's watermark from its lanes and closes what it
     /// passed.
-    async fn advance_watermark(
-        &mut self,
-        source: usize,
-        pushed_at: Instant,
-        out: &mut Vec<RecordBatch>,
-    ) {
+    async fn advance_watermark(&mut self, input: usize, pushed_at: Instant) {
         let Some(watermark_ms) = self
             .lanes
             .iter()
-            .filter(|lane| lane.source == source)
+            .filter(|lane| lane.input == input)
             .map(|lane| lane.watermark_ms)
             .min()
         else {
             return;
         };
-        if watermark_ms <= self.watermarks[source] {
+        if watermark_ms <= self.inputs[input].watermark_ms {
             return;
         }
-        self.watermarks[source] = watermark_ms;
-        for i in 0..self.source_streams[source].len() {
-            let stream = self.source_streams[source][i];
-            if let Err(e) = self.streams[stream]
-                .operator
-                .on_watermark(watermark_ms, out)
-            {
-                out.clear();
-                self.record_error(stream, e);
-                continue;
-            }
-            self.emit(stream, out, pushed_at).await;
+        self.inputs[input].watermark_ms = watermark_ms;
+        for i in 0..self.inputs[input].streams.len() {
+            let stream = self.inputs[input].streams[i];
+            self.run_work(
+                Work::Watermark {
+                    stream,
+                    watermark_ms,
+                },
+                pushed_at,
+            )
+            .await;
         }
     }
 
-    async fn handle(&mut self, lane: usize, message: Ingress, out: &mut Vec<RecordBatch>) {
+    async fn handle(&mut self, lane: usize, message: Ingress) {
         ShardCounters::add(&self.counters.batches, 1);
         match message {
             Ingress::Batch {
-                source,
+                input,
                 route,
                 batch,
                 row_watermarks,
                 pushed_at,
             } => {
-                let time = BatchTime {
-                    watermark_ms: self.watermarks[source],
-                    row_watermarks_ms: row_watermarks.as_ref().map(|a| a.values().as_ref()),
-                };
-                for i in 0..self.routes[source][route].len() {
-                    let stream = self.routes[source][route][i];
+                let watermark_ms = self.inputs[input].watermark_ms;
+                for i in 0..self.inputs[input].routes[route].len() {
+                    let stream = self.inputs[input].routes[route][i];
+                    self.run_work(
+                        Work::Batch {
+                            stream,
+                            batch: batch.clone(),
+                            watermark_ms,
+                            row_watermarks: row_watermarks.clone(),
+                        },
+                        pushed_at,
+                    )
+                    .await;
+                }
+            }
+            Ingress::Watermark {
+                input,
+                watermark_ms,
+                pushed_at,
+            } => {
+                debug_assert_eq!(self.lanes[lane].input, input);
+                let lane = &mut self.lanes[lane];
+                lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
+                self.advance_watermark(input, pushed_at).await;
+            }
+        }
+    }
+
+    /// Runs one stream's work and everything it causes downstream on this
+    /// shard, depth first: a stream's output batches reach its local
+    /// downstreams (and exchanges) before the watermark that produced them
+    /// does.
+    async fn run_work(&mut self, work: Work, origin: Instant) {
+        let mut queue = vec![work];
+        let mut out = Vec::new();
+        while let Some(work) = queue.pop() {
+            let (stream, watermark_ms, advanced) = match work {
+                Work::Batch {
+                    stream,
+                    batch,
+                    watermark_ms,
+                    row_watermarks,
+                } => {
                     let counters = &self.counters.streams[stream];
                     ShardCounters::add(&counters.rows_in, batch.num_rows() as u64);
                     let operator = &mut self.streams[stream].operator;
                     let late_before = operator.late_rows();
-                    let result = operator.on_batch(&batch, time, out);
+                    let time = BatchTime {
+                        watermark_ms,
+                        row_watermarks_ms: row_watermarks.as_ref().map(|a| a.values().as_ref()),
+                    };
+                    let result = operator.on_batch(&batch, time, &mut out);
                     ShardCounters::add(&counters.late_rows, operator.late_rows() - late_before);
                     if let Err(e) = result {
                         out.clear();
                         self.record_error(stream, e);
                         continue;
                     }
-                    self.emit(stream, out, pushed_at).await;
+                    (stream, watermark_ms, false)
+                }
+                Work::Watermark {
+                    stream,
+                    watermark_ms,
+                } => {
+                    if let Err(e) = self.streams[stream]
+                        .operator
+                        .on_watermark(watermark_ms, &mut out)
+                    {
+                        out.clear();
+                        self.record_error(stream, e);
+                    }
+                    (stream, watermark_ms, true)
+                }
+            };
+            // Local downstreams see the watermark after the batches it
+            // produced: queue it first (the queue is a stack).
+            if advanced {
+                for &next in self.streams[stream].local.iter().rev() {
+                    queue.push(Work::Watermark {
+                        stream: next,
+                        watermark_ms,
+                    });
                 }
             }
-            Ingress::Watermark {
-                source,
-                watermark_ms,
-                pushed_at,
-            } => {
-                debug_assert_eq!(self.lanes[lane].source, source);
-                let lane = &mut self.lanes[lane];
-                lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
-                self.advance_watermark(source, pushed_at, out).await;
+            for batch in out.iter().rev() {
+                for &next in self.streams[stream].local.iter().rev() {
+                    queue.push(Work::Batch {
+                        stream: next,
+                        batch: batch.clone(),
+                        watermark_ms,
+                        row_watermarks: None,
+                    });
+                }
             }
+            for batch in &out {
+                for e in 0..self.streams[stream].exchanges.len() {
+                    let exchange = self.streams[stream].exchanges[e];
+                    if let Err(error) = self.exchange_batch(exchange, batch, origin) {
+                        self.record_error(stream, error);
+                    }
+                }
+            }
+            if advanced {
+                for &exchange in &self.streams[stream].exchanges {
+                    let exchange = &mut self.exchanges[exchange];
+                    for shard in 0..exchange.outbox.len() {
+                        exchange.send(
+                            shard,
+                            Ingress::Watermark {
+                                input: exchange.input,
+                                watermark_ms,
+                                pushed_at: origin,
+                            },
+                        );
+                    }
+                }
+            }
+            self.emit(stream, &mut out, origin).await;
         }
+    }
+
+    /// Re-partitions one output batch into an exchange.
+    fn exchange_batch(
+        &mut self,
+        exchange: usize,
+        batch: &RecordBatch,
+        origin: Instant,
+    ) -> Result<()> {
+        let exchange = &mut self.exchanges[exchange];
+        let pieces = match exchange.partitioner.as_mut() {
+            Some(partitioner) => partitioner.partition(batch)?,
+            None => vec![(0, batch.clone())],
+        };
+        for (shard, piece) in pieces {
+            exchange.send(
+                shard,
+                Ingress::Batch {
+                    input: exchange.input,
+                    route: 0,
+                    batch: piece,
+                    row_watermarks: None,
+                    pushed_at: origin,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Hands a stream's finished batches to its subscribers, waiting on

@@ -185,7 +185,7 @@ impl SourceHandle {
         for control in &pipeline.controls {
             let (producer, consumer) = ring(pipeline.ring_capacity);
             control.send(Control::AddLane {
-                source,
+                input: source,
                 ring: consumer,
             })?;
             producers.push(producer);
@@ -382,7 +382,7 @@ impl Lanes {
                 messages.push((
                     shard,
                     Ingress::Batch {
-                        source: self.source,
+                        input: self.source,
                         route,
                         batch: piece,
                         row_watermarks: marks,
@@ -403,7 +403,7 @@ impl Lanes {
                 (
                     shard,
                     Ingress::Watermark {
-                        source: self.source,
+                        input: self.source,
                         watermark_ms,
                         pushed_at,
                     },

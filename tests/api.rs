@@ -179,6 +179,38 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::InvalidWatermark
     );
+    db.execute(
+        "CREATE STREAM changes AS SELECT symbol, MAX(price) AS hi FROM trades
+         GROUP BY symbol EMIT CHANGES",
+    )
+    .await
+    .unwrap();
+    // MIN cannot take retractions; a changelog must keep its weights.
+    assert_eq!(
+        code(
+            db.execute("CREATE STREAM s AS SELECT MIN(hi) FROM changes EMIT CHANGES")
+                .await
+        ),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(
+            db.execute("CREATE STREAM s AS SELECT symbol, hi FROM changes")
+                .await
+        ),
+        ErrorCode::Unsupported
+    );
+    db.execute("CREATE STREAM kept AS SELECT symbol, hi * 2 AS twice, _weight FROM changes")
+        .await
+        .unwrap();
+    db.execute(
+        "CREATE STREAM by_symbol AS SELECT symbol, COUNT(*) AS n FROM changes
+         GROUP BY symbol EMIT CHANGES",
+    )
+    .await
+    .unwrap();
+    let plan = db.explain("by_symbol").unwrap();
+    assert!(plan.contains("<- stream changes"), "{plan}");
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 
@@ -400,4 +432,52 @@ async fn emit_changes_retracts_exactly_what_changed() {
     assert_eq!(next(), vec![("A".into(), 20.0, 1), ("B".into(), 1.0, 1)]);
     db.shutdown().await.unwrap();
     assert!(sub.recv().is_none());
+}
+
+/// Exchanges with one-slot rings on two shards, two exchange levels deep:
+/// shards pushing to each other through full rings must neither deadlock
+/// nor lose rows, and shutdown must drain every level in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_with_tiny_rings_drain_in_order() {
+    let db = LaminarDB::builder()
+        .shards(2)
+        .ring_capacity(1)
+        .build()
+        .unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL};
+         CREATE STREAM kept AS SELECT * FROM trades WHERE volume > 10;
+         CREATE STREAM per_symbol AS
+            SELECT symbol, tumble(ts, INTERVAL '1' SECOND) AS w, COUNT(*) AS n
+            FROM kept GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND);
+         CREATE STREAM totals AS
+            SELECT tumble(w, INTERVAL '1' SECOND) AS w, SUM(n) AS n
+            FROM per_symbol GROUP BY tumble(w, INTERVAL '1' SECOND)"
+    ))
+    .await
+    .unwrap();
+    let mut totals = db.subscribe("totals").unwrap();
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let rows = trades(3, 20_000, 50, 0);
+    let expected = rows.iter().filter(|r| r.volume > 10).count() as i64;
+    let reader = std::thread::spawn(move || {
+        let mut sum = 0i64;
+        while let Some(batch) = totals.recv() {
+            let n = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .unwrap();
+            sum += n.values().iter().sum::<i64>();
+        }
+        sum
+    });
+    for batch in random_batches(&rows, 3, 64) {
+        source.push(batch).unwrap();
+    }
+    source.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    assert_eq!(reader.join().unwrap(), expected);
+    assert!(db.errors().is_empty(), "{:?}", db.errors());
 }

@@ -43,6 +43,19 @@ async fn differential_against(
     n: usize,
     symbols: usize,
 ) {
+    cascading_differential("", query, emit, batch_query, n, symbols).await
+}
+
+/// Like [`differential_against`], with `upstream` streams created between
+/// the source and the stream under test.
+async fn cascading_differential(
+    upstream: &str,
+    query: &str,
+    emit: &str,
+    batch_query: &str,
+    n: usize,
+    symbols: usize,
+) {
     for (seed, max_batch) in [(1u64, 1usize), (2, 17), (3, 500), (4, 4096)] {
         // Batch size 1 is slow in debug builds: fewer rows for it.
         let n = if max_batch == 1 { n / 10 } else { n };
@@ -56,7 +69,7 @@ async fn differential_against(
         .await;
         assert!(row_count(&want) > 0);
         for shards in [1, 2] {
-            let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {query} {emit}");
+            let ddl = format!("{TRADES_DDL}; {upstream}; CREATE STREAM s AS {query} {emit}");
             let batches = random_batches(&rows, seed * 31 + shards as u64, max_batch);
             let (got, metrics) = run_stream(&ddl, "trades", "s", batches, shards).await;
             assert_eq!(
@@ -381,4 +394,75 @@ async fn session_merge_and_late_rows() {
         .await;
         assert_same_rows(&got, &want);
     }
+}
+
+/// The seed's cascading bars: 1-minute OHLC computed from 10-second OHLC
+/// equals 1-minute OHLC computed from the trades. The downstream groups by
+/// a column of the upstream's output, so it runs behind an exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascading_ohlc_from_finer_bars() {
+    cascading_differential(
+        "CREATE STREAM ohlc_10s AS
+         SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS w,
+                first_value(price) AS open, MAX(price) AS high, MIN(price) AS low,
+                last_value(price) AS close, SUM(volume) AS volume
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)",
+        "SELECT symbol, CAST(tumble(w, INTERVAL '1' MINUTE) AS BIGINT) AS window_start,
+                first_value(open) AS open, MAX(high) AS high, MIN(low) AS low,
+                last_value(close) AS close, SUM(volume) AS volume
+         FROM ohlc_10s GROUP BY symbol, tumble(w, INTERVAL '1' MINUTE)",
+        "EMIT ON WINDOW CLOSE",
+        OHLC,
+        20_000,
+        30,
+    )
+    .await;
+}
+
+/// A filter stream feeding a windowed aggregate keyed by a column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascading_aggregate_over_a_filter_stream() {
+    cascading_differential(
+        "CREATE STREAM big AS SELECT symbol, price, volume, ts FROM trades WHERE volume > 300",
+        "SELECT symbol, COUNT(*) AS n, SUM(price) AS total FROM big
+         GROUP BY symbol, tumble(ts, INTERVAL '30' SECOND)",
+        "",
+        "SELECT symbol, COUNT(*) AS n, SUM(price) AS total FROM trades WHERE volume > 300
+         GROUP BY symbol, tumble(ts, INTERVAL '30' SECOND)",
+        10_000,
+        30,
+    )
+    .await;
+}
+
+/// Aggregates over an EMIT CHANGES stream take its retractions: the
+/// consolidated totals equal the batch aggregate of the aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascading_sum_over_a_changelog() {
+    let upstream = "CREATE STREAM per_symbol AS
+         SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades
+         GROUP BY symbol EMIT CHANGES";
+    cascading_differential(
+        upstream,
+        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v FROM per_symbol",
+        "EMIT CHANGES",
+        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v FROM
+           (SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades GROUP BY symbol)",
+        5_000,
+        30,
+    )
+    .await;
+    // Re-keyed by a computed column of the changelog, with HAVING.
+    cascading_differential(
+        upstream,
+        "SELECT n % 4 AS bucket, COUNT(*) AS symbols, SUM(v) AS v FROM per_symbol
+         GROUP BY n % 4 HAVING COUNT(*) > 1",
+        "EMIT CHANGES",
+        "SELECT n % 4 AS bucket, COUNT(*) AS symbols, SUM(v) AS v FROM
+           (SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades GROUP BY symbol)
+         GROUP BY n % 4 HAVING COUNT(*) > 1",
+        5_000,
+        30,
+    )
+    .await;
 }

@@ -166,6 +166,14 @@ impl<T> Producer<T> {
         .await
     }
 
+    /// Registers `waker` to be woken when the consumer frees a slot, and
+    /// returns whether a push would succeed (or fail for good) right now,
+    /// checked after registering so that no wake-up is lost.
+    pub fn register_space_and_check(&self, waker: &std::task::Waker) -> bool {
+        self.ring.space_ready.register(waker);
+        self.is_consumer_closed() || self.free_slots() > 0
+    }
+
     /// Items in the ring right now (racy, for metrics).
     pub fn len(&self) -> usize {
         self.tail - self.ring.head.load(Ordering::Relaxed)

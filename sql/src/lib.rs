@@ -19,5 +19,6 @@ pub mod planner;
 
 pub use dialect::{parse_script, EmitMode, SourceDef, Statement, StreamDef, WatermarkDef};
 pub use planner::{
-    new_session_context, plan_for_batch, plan_stream, Routing, StreamOperator, StreamPlan,
+    new_session_context, plan_for_batch, plan_stream, Routing, StreamInput, StreamOperator,
+    StreamPlan,
 };

@@ -52,6 +52,33 @@ pub enum Routing {
     Single,
 }
 
+/// What a stream reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamInput {
+    /// A source's pushed rows.
+    Source(String),
+    /// Another stream's output (a cascading stream).
+    Stream(String),
+}
+
+impl StreamInput {
+    /// The source's or stream's name.
+    pub fn name(&self) -> &str {
+        match self {
+            StreamInput::Source(name) | StreamInput::Stream(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for StreamInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamInput::Source(name) => write!(f, "source {name}"),
+            StreamInput::Stream(name) => write!(f, "stream {name}"),
+        }
+    }
+}
+
 /// The operator a stream runs on each shard.
 #[derive(Debug, Clone)]
 pub enum StreamOperator {
@@ -89,8 +116,8 @@ impl StreamOperator {
 pub struct StreamPlan {
     /// Stream name.
     pub name: String,
-    /// The source it reads.
-    pub source: String,
+    /// What it reads.
+    pub input: StreamInput,
     /// Schema of its output batches.
     pub output_schema: SchemaRef,
     /// How its input is spread over shards.
@@ -236,6 +263,104 @@ struct FoundWindow {
     args: Vec<Expr>,
 }
 
+/// Rewrites aggregates over a changelog (an input with a `_weight`
+/// column, from an `EMIT CHANGES` stream) so that each row counts with its
+/// weight: `COUNT(*)` becomes `SUM(_weight)`, `COUNT(x)` sums the weights
+/// of non-NULL `x`, `SUM(x)` becomes `SUM(x * _weight)`. A hidden
+/// `SUM(_weight)` per group drops groups whose rows were all retracted.
+/// Aggregates that cannot be retracted this way are `LDB-1004`.
+fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::functions_aggregate::expr_fn::sum;
+    use datafusion::logical_expr::{col, lit, when, LogicalPlanBuilder};
+    const ROWS: &str = "__laminar_rows";
+    plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(aggregate) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let input_schema = aggregate.input.schema();
+        let Some((qualifier, _)) = input_schema
+            .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
+            .first()
+            .copied()
+        else {
+            return Ok(Transformed::no(node));
+        };
+        let weight = Expr::Column(datafusion::common::Column::new(
+            qualifier.cloned(),
+            WEIGHT_COLUMN,
+        ));
+        let mut aggr_expr = Vec::with_capacity(aggregate.aggr_expr.len() + 1);
+        for expr in &aggregate.aggr_expr {
+            let name = expr.schema_name().to_string();
+            let Expr::AggregateFunction(f) = expr.clone().unalias() else {
+                return Err(DataFusionError::Plan(format!("LDB-1004: unexpected aggregate {expr}")));
+            };
+            let function = f.func.name().to_lowercase();
+            if f.params.distinct {
+                return Err(DataFusionError::Plan(format!(
+                    "LDB-1004: {function}(DISTINCT ...) over a changelog (EMIT CHANGES) stream is not supported"
+                )));
+            }
+            let weighted = match (function.as_str(), f.params.args.as_slice()) {
+                ("count", []) => sum(weight.clone()),
+                ("count", [Expr::Literal(value, _)]) if !value.is_null() => sum(weight.clone()),
+                ("count", [arg]) => sum(
+                    when(arg.clone().is_null(), lit(0i64))
+                        .otherwise(weight.clone())?,
+                ),
+                ("sum", [arg]) => {
+                    let data_type = arg.get_type(input_schema)?;
+                    sum(arg.clone() * datafusion::logical_expr::cast(weight.clone(), data_type))
+                }
+                _ => {
+                    return Err(DataFusionError::Plan(format!(
+                        "LDB-1004: {function}() over a changelog (EMIT CHANGES) stream is not supported: \
+                         only COUNT and SUM can take retractions"
+                    )))
+                }
+            };
+            let weighted = match f.params.filter {
+                Some(filter) => match weighted {
+                    Expr::AggregateFunction(mut w) => {
+                        w.params.filter = Some(filter);
+                        Expr::AggregateFunction(w)
+                    }
+                    other => other,
+                },
+                None => weighted,
+            };
+            aggr_expr.push(weighted.alias(name));
+        }
+        aggr_expr.push(sum(weight).alias(ROWS));
+        let rewritten = Aggregate::try_new(
+            Arc::clone(&aggregate.input),
+            aggregate.group_expr.clone(),
+            aggr_expr,
+        )?;
+        let visible: Vec<Expr> = aggregate
+            .schema
+            .iter()
+            .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+            .collect();
+        let plan = LogicalPlanBuilder::from(LogicalPlan::Aggregate(rewritten))
+            .filter(col(ROWS).not_eq(lit(0i64)))?
+            .project(visible)?
+            .build()?;
+        Ok(Transformed::yes(plan))
+    })
+    .map(|t| t.data)
+    .map_err(|e| {
+        let message = e.strip_backtrace().to_string();
+        match message.find("LDB-1004: ") {
+            Some(i) => unsupported(
+                message[i + "LDB-1004: ".len()..].to_string(),
+                "aggregate the source instead, or use an EMIT ON WINDOW CLOSE upstream (append-only)",
+            ),
+            None => planning_error(e),
+        }
+    })
+}
+
 /// Finds the window function (`tumble`, `slide`, `hop`, `session`) among GROUP BY
 /// expressions.
 fn find_window(group_expr: &[Expr]) -> Option<FoundWindow> {
@@ -320,7 +445,8 @@ fn window_kind(found: &FoundWindow) -> Result<WindowKind> {
 struct Lowering<'a> {
     props: ExecutionProps,
     sources: &'a HashMap<String, SourceDef>,
-    streams: &'a [String],
+    /// Existing streams' output schemas, by name.
+    streams: &'a HashMap<String, SchemaRef>,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
@@ -331,6 +457,23 @@ struct Chain<'p> {
 }
 
 impl Lowering<'_> {
+    /// The schema of a source or stream the query reads.
+    fn input_schema(&self, name: &str) -> &SchemaRef {
+        match self.sources.get(name) {
+            Some(source) => &source.schema,
+            None => &self.streams[name],
+        }
+    }
+
+    /// The input named in a scan.
+    fn input(&self, name: &str) -> StreamInput {
+        if self.sources.contains_key(name) {
+            StreamInput::Source(name.to_string())
+        } else {
+            StreamInput::Stream(name.to_string())
+        }
+    }
+
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         create_physical_expr(
             expr,
@@ -377,16 +520,10 @@ impl Lowering<'_> {
                 }
                 LogicalPlan::TableScan(scan) => {
                     let name = scan.table_name.table().to_string();
-                    if !self.sources.contains_key(&name) {
-                        if self.streams.contains(&name) {
-                            return Err(unsupported(
-                                format!("reading from stream '{name}' (a cascading stream) is not supported yet"),
-                                "read from a source",
-                            ));
-                        }
+                    if !self.sources.contains_key(&name) && !self.streams.contains_key(&name) {
                         return Err(Error::new(
                             ErrorCode::UnknownObject,
-                            format!("unknown source '{name}'"),
+                            format!("unknown source or stream '{name}'"),
                         ));
                     }
                     if !scan.filters.is_empty() || scan.fetch.is_some() {
@@ -396,7 +533,7 @@ impl Lowering<'_> {
                         ));
                     }
                     if let Some(projection) = &scan.projection {
-                        let source_schema = &self.sources[&name].schema;
+                        let source_schema = self.input_schema(&name);
                         let exprs = projection
                             .iter()
                             .map(|&i| {
@@ -459,7 +596,7 @@ impl Lowering<'_> {
         aggregate: &Aggregate,
         post: Vec<Stage>,
         emit: Option<EmitMode>,
-    ) -> Result<(String, Routing, StreamOperator, String)> {
+    ) -> Result<(StreamInput, Routing, StreamOperator, String)> {
         let found = find_window(&aggregate.group_expr);
         if found.is_none() && emit != Some(EmitMode::Changes) {
             return Err(unsupported(
@@ -554,7 +691,7 @@ impl Lowering<'_> {
             Some(WindowKind::Session { .. })
         );
         let explain = format!(
-            "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- source {}{}",
+            "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- {}{}",
             match (changes, session) {
                 (true, _) => "ChangelogAggregate",
                 (false, true) => "SessionAggregate",
@@ -569,8 +706,12 @@ impl Lowering<'_> {
                 .join(", "),
             routing,
             chain.stages.len(),
-            source_name,
-            if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
+            self.input(&source_name),
+            if post.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {} stage(s)", post.len())
+            }
         );
         let spec = AggregateSpec {
             pre: chain.stages,
@@ -592,7 +733,7 @@ impl Lowering<'_> {
             (false, true) => StreamOperator::SessionAggregate(spec),
             (false, false) => StreamOperator::WindowAggregate(spec),
         };
-        Ok((source_name, routing, operator, explain))
+        Ok((self.input(&source_name), routing, operator, explain))
     }
 
     /// Checks a GROUP BY window function against its source and binds it.
@@ -605,7 +746,11 @@ impl Lowering<'_> {
         let window = window_kind(found)?;
         let name = &found.name;
         let event_time = &found.args[0];
-        let source = &self.sources[source_name];
+        let source_schema = self.input_schema(source_name);
+        let watermark = self
+            .sources
+            .get(source_name)
+            .and_then(|s| s.watermark.as_ref());
         let input_schema = aggregate.input.schema();
         let time_column = self
             .trace_to_source(event_time, &aggregate.input)
@@ -613,12 +758,12 @@ impl Lowering<'_> {
                 Error::new(
                     ErrorCode::InvalidWindow,
                     format!(
-                        "{name}(): the event-time argument '{event_time}' must be a column of source '{source_name}'"
+                        "{name}(): the event-time argument '{event_time}' must be a column of '{source_name}'"
                     ),
                 )
             })?;
-        let time_field = source.schema.field(time_column);
-        if let Some(watermark) = &source.watermark {
+        let time_field = source_schema.field(time_column);
+        if let Some(watermark) = watermark {
             if &watermark.column != time_field.name() {
                 return Err(Error::new(
                     ErrorCode::InvalidWindow,
@@ -677,13 +822,13 @@ fn unsupported_node(node: &LogicalPlan) -> Error {
     unsupported(format!("{what} (plan node: {})", node.display()), hint)
 }
 
-/// Plans `CREATE STREAM` over the given sources. `streams` are the names of
-/// existing streams (for a clear error when a query reads one).
+/// Plans `CREATE STREAM` over the given sources and existing streams
+/// (name -> output schema).
 pub async fn plan_stream(
     ctx: &SessionContext,
     def: &StreamDef,
     sources: &HashMap<String, SourceDef>,
-    streams: &[String],
+    streams: &HashMap<String, SchemaRef>,
 ) -> Result<StreamPlan> {
     let plan = ctx
         .state()
@@ -709,6 +854,7 @@ pub async fn plan_stream(
             "write CREATE STREAM name AS SELECT ... FROM source",
         ));
     }
+    let plan = weigh_changelog_aggregates(plan)?;
     let plan = ctx.state().optimize(&plan).map_err(planning_error)?;
     let plan = order_first_last_by_event_time(plan)?;
     let lowering = Lowering {
@@ -718,7 +864,7 @@ pub async fn plan_stream(
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(&plan)?;
-    let (source, routing, operator, explain) = match chain.below {
+    let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit)?
         }
@@ -733,13 +879,25 @@ pub async fn plan_stream(
                 )
                 .with_hint("drop the EMIT clause: a filter/projection stream emits every row as it arrives"));
             }
-            let explain = format!(
-                "Stateless[{} stage(s)] <- source {}",
-                chain.stages.len(),
-                chain.scan_source
-            );
+            let input = lowering.input(&chain.scan_source);
+            if matches!(input, StreamInput::Stream(_))
+                && lowering.streams[input.name()]
+                    .field_with_name(WEIGHT_COLUMN)
+                    .is_ok()
+                && output_schema.field_with_name(WEIGHT_COLUMN).is_err()
+            {
+                return Err(unsupported(
+                    format!(
+                        "stream {} reads the changelog of {} but drops its {WEIGHT_COLUMN} column",
+                        def.name,
+                        input.name()
+                    ),
+                    "select _weight too, so that retractions stay retractions",
+                ));
+            }
+            let explain = format!("Stateless[{} stage(s)] <- {input}", chain.stages.len());
             (
-                chain.scan_source,
+                input,
                 Routing::Any,
                 StreamOperator::Stateless(chain.stages),
                 explain,
@@ -768,7 +926,7 @@ pub async fn plan_stream(
     log::info!("stream {}: {explain}", def.name);
     Ok(StreamPlan {
         name: def.name.clone(),
-        source,
+        input,
         output_schema,
         routing,
         operator,
