@@ -47,6 +47,7 @@
 
 mod graph;
 mod pipeline;
+mod views;
 
 pub mod metrics;
 pub mod source;
@@ -57,6 +58,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use laminar_runtime::executor::{ExecutorConfig, ShardMain, ShardThreads};
@@ -64,11 +66,12 @@ use laminar_runtime::placement::{discover_cpus, plan, ShardPlacement};
 use laminar_runtime::spsc::{ring, Consumer, Producer};
 use laminar_sql::planner::{register_table, resolve_source};
 use laminar_sql::{
-    new_session_context, parse_script, plan_stream, SourceDef, Statement, StreamPlan,
+    new_session_context, parse_script, plan_stream, ShowWhat, SourceDef, StreamPlan,
 };
 
 pub use arrow;
 pub use laminar_runtime::{Error, ErrorCode, Result};
+pub use laminar_sql::Statement;
 pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
 pub use source::SourceHandle;
 pub use subscription::Subscription;
@@ -82,6 +85,7 @@ use pipeline::{
     SourceRuntime, SourceTime, StreamRuntime,
 };
 use subscription::Emitted;
+use views::View;
 
 /// What `push` does when a shard's ingest ring is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -167,6 +171,7 @@ impl LaminarDbBuilder {
                 ctx: new_session_context(),
                 catalog: Mutex::new(Catalog::default()),
                 pipeline: OnceLock::new(),
+                views: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -177,6 +182,8 @@ impl LaminarDbBuilder {
 struct Catalog {
     sources: Vec<SourceDef>,
     streams: Vec<StreamPlan>,
+    /// `[stream]` -> created as a MATERIALIZED VIEW.
+    materialized: Vec<bool>,
     /// Subscriber rings waiting for the pipeline: `[stream] -> [(shard, ring)]`.
     pending_outputs: HashMap<usize, Vec<(usize, Producer<Emitted>)>>,
     started: bool,
@@ -205,6 +212,7 @@ pub(crate) struct Shared {
     ctx: SessionContext,
     catalog: Mutex<Catalog>,
     pub(crate) pipeline: OnceLock<Arc<Pipeline>>,
+    views: Mutex<Vec<View>>,
 }
 
 /// An embedded streaming database. Cheap to clone (a handle).
@@ -222,7 +230,7 @@ impl std::fmt::Debug for LaminarDB {
 }
 
 /// What [`LaminarDB::execute`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ExecuteResult {
     /// A source was created.
     SourceCreated(String),
@@ -230,6 +238,10 @@ pub enum ExecuteResult {
     SourceExists(String),
     /// A stream was created.
     StreamCreated(String),
+    /// A materialized view was created.
+    ViewCreated(String),
+    /// Rows of a `SELECT`, `SHOW` or `EXPLAIN`.
+    Rows(Vec<RecordBatch>),
 }
 
 fn poisoned() -> Error {
@@ -266,7 +278,32 @@ impl LaminarDB {
         Ok(results)
     }
 
+    /// Parses a script into statements without running them (for callers
+    /// that run some statements later, like the CLI's end-of-input
+    /// queries).
+    pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+        parse_script(sql)
+    }
+
+    /// Executes one parsed statement.
+    pub async fn execute_statement(&self, statement: Statement) -> Result<ExecuteResult> {
+        self.execute_one(statement).await
+    }
+
     async fn execute_one(&self, statement: Statement) -> Result<ExecuteResult> {
+        match statement {
+            Statement::Query(sql) => return self.query(&sql).await.map(ExecuteResult::Rows),
+            Statement::Show(what) => return self.show(what).map(ExecuteResult::Rows),
+            Statement::Explain(name) => {
+                let plan = self.explain(&name)?;
+                let batch = RecordBatch::try_from_iter(vec![(
+                    "plan",
+                    Arc::new(arrow::array::StringArray::from(vec![plan])) as _,
+                )])?;
+                return Ok(ExecuteResult::Rows(vec![batch]));
+            }
+            _ => {}
+        }
         let (sources, streams) = {
             let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
             if catalog.started {
@@ -300,6 +337,9 @@ impl LaminarDB {
                 catalog.sources.push(def);
                 Ok(ExecuteResult::SourceCreated(name))
             }
+            Statement::Query(_) | Statement::Show(_) | Statement::Explain(_) => {
+                unreachable!("handled above")
+            }
             Statement::CreateStream(def) => {
                 let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams).await?;
                 let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
@@ -308,7 +348,12 @@ impl LaminarDB {
                 }
                 register_table(&self.shared.ctx, &def.name, Arc::clone(&plan.output_schema))?;
                 catalog.streams.push(plan);
-                Ok(ExecuteResult::StreamCreated(def.name))
+                catalog.materialized.push(def.materialized);
+                if def.materialized {
+                    Ok(ExecuteResult::ViewCreated(def.name))
+                } else {
+                    Ok(ExecuteResult::StreamCreated(def.name))
+                }
             }
         }
     }
@@ -345,6 +390,18 @@ impl LaminarDB {
             .find(|(_, s)| s.name == name || s.name == name.to_lowercase())
             .ok_or_else(|| unknown(name, "stream"))?;
         let (schema, stream_name) = (Arc::clone(&plan.output_schema), plan.name.clone());
+        self.subscribe_to(&mut catalog, stream, stream_name, schema)
+    }
+
+    /// Creates a subscription's rings and hands the producing ends to the
+    /// shards (or keeps them for start).
+    fn subscribe_to(
+        &self,
+        catalog: &mut Catalog,
+        stream: usize,
+        stream_name: String,
+        schema: SchemaRef,
+    ) -> Result<Subscription> {
         let mut consumers: Vec<Consumer<Emitted>> = Vec::new();
         let mut producers = Vec::new();
         for shard in 0..self.shared.placements.len() {
@@ -404,6 +461,15 @@ impl LaminarDB {
             })
             .collect::<Result<_>>()?;
         let graph = Graph::build(&catalog.streams, &mut sources)?;
+        let mut views = Vec::new();
+        for stream in 0..catalog.streams.len() {
+            if catalog.materialized[stream] {
+                let plan = &catalog.streams[stream];
+                let (name, schema) = (plan.name.clone(), Arc::clone(&plan.output_schema));
+                let subscription = self.subscribe_to(&mut catalog, stream, name.clone(), schema)?;
+                views.push((name, subscription));
+            }
+        }
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let mut controls = Vec::with_capacity(shards);
@@ -511,6 +577,10 @@ impl LaminarDB {
         });
         catalog.started = true;
         let _ = self.shared.pipeline.set(pipeline);
+        let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
+        for (name, subscription) in views {
+            kept.push(View::start(name, subscription)?);
+        }
         Ok(())
     }
 
@@ -553,7 +623,185 @@ impl LaminarDB {
             })?;
         joined
             .await
-            .map_err(|_| Error::new(ErrorCode::Execution, "shard join thread vanished"))?
+            .map_err(|_| Error::new(ErrorCode::Execution, "shard join thread vanished"))??;
+        // The shards are gone, so every view's stream has ended: wait for
+        // the views to take in their last batches.
+        let mut views = std::mem::take(&mut *self.shared.views.lock().map_err(|_| poisoned())?);
+        let (done, joined) = futures::channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("laminar-shutdown".into())
+            .spawn(move || {
+                for view in &mut views {
+                    view.join();
+                }
+                let _ = done.send(views);
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::RuntimeStart,
+                    format!("cannot spawn a thread: {e}"),
+                )
+            })?;
+        let views = joined
+            .await
+            .map_err(|_| Error::new(ErrorCode::Execution, "view join thread vanished"))?;
+        *self.shared.views.lock().map_err(|_| poisoned())? = views;
+        Ok(())
+    }
+
+    /// Runs an ad-hoc query over the materialized views' current contents
+    /// (DataFusion, on the caller's task). Sources and plain streams keep
+    /// no rows to query.
+    async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let ctx = laminar_sql::new_session_context();
+        let views: Vec<(String, SchemaRef, Vec<RecordBatch>)> = {
+            let views = self.shared.views.lock().map_err(|_| poisoned())?;
+            let mut snapshots = Vec::with_capacity(views.len());
+            for view in views.iter() {
+                let state = view.state.lock().map_err(|_| poisoned())?;
+                snapshots.push((view.name.clone(), state.schema(), state.snapshot()?));
+            }
+            snapshots
+        };
+        let catalog_views: Vec<(String, SchemaRef)> = {
+            let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+            catalog
+                .streams
+                .iter()
+                .zip(&catalog.materialized)
+                .filter(|(_, &m)| m)
+                .map(|(p, _)| (p.name.clone(), visible_schema(&p.output_schema)))
+                .collect()
+        };
+        // Views of a pipeline not started yet are empty.
+        for (name, schema) in catalog_views {
+            let (schema, batches) = match views.iter().find(|(n, _, _)| *n == name) {
+                Some((_, schema, batches)) => (Arc::clone(schema), batches.clone()),
+                None => (schema, Vec::new()),
+            };
+            let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+            ctx.register_table(name.as_str(), Arc::new(table))?;
+        }
+        let frame = ctx.sql(sql).await.map_err(|e| self.query_error(e))?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let mut batches = frame.collect().await?;
+        if batches.is_empty() {
+            // Keep the columns of an empty result.
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        Ok(batches)
+    }
+
+    /// Explains a failed ad-hoc query, naming sources and streams that
+    /// cannot be queried.
+    fn query_error(&self, e: datafusion::error::DataFusionError) -> Error {
+        let message = e.strip_backtrace().to_string();
+        if let Ok(catalog) = self.shared.catalog.lock() {
+            let names = catalog
+                .sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain(catalog.streams.iter().map(|s| s.name.as_str()));
+            for name in names {
+                if message.contains(&format!("table '{name}' not found"))
+                    || message.contains(&format!(".{name}' not found"))
+                {
+                    return Error::new(
+                        ErrorCode::Unsupported,
+                        format!("'{name}' keeps no rows to query ad hoc: {message}"),
+                    )
+                    .with_hint(format!(
+                        "create a materialized view over it: CREATE MATERIALIZED VIEW v AS SELECT ... FROM {name}"
+                    ));
+                }
+            }
+        }
+        let code = if matches!(e, datafusion::error::DataFusionError::SQL(..)) {
+            ErrorCode::SqlSyntax
+        } else if message.contains("not found") || message.contains("No field named") {
+            ErrorCode::UnknownObject
+        } else {
+            ErrorCode::Planning
+        };
+        Error::new(code, message)
+    }
+
+    /// `SHOW ...` as rows.
+    fn show(&self, what: ShowWhat) -> Result<Vec<RecordBatch>> {
+        use arrow::array::StringArray;
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let batch = match what {
+            ShowWhat::Sources => {
+                let columns = catalog.sources.iter().map(|s| {
+                    s.schema
+                        .fields()
+                        .iter()
+                        .map(|f| format!("{} {}", f.name(), f.data_type()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                let watermarks = catalog.sources.iter().map(|s| {
+                    s.watermark
+                        .as_ref()
+                        .map(|w| format!("{} - {} ms", w.column, w.bound_ms))
+                });
+                RecordBatch::try_from_iter(vec![
+                    (
+                        "name",
+                        Arc::new(StringArray::from_iter_values(
+                            catalog.sources.iter().map(|s| s.name.as_str()),
+                        )) as _,
+                    ),
+                    (
+                        "columns",
+                        Arc::new(StringArray::from_iter_values(columns)) as _,
+                    ),
+                    (
+                        "watermark",
+                        Arc::new(watermarks.collect::<StringArray>()) as _,
+                    ),
+                ])?
+            }
+            ShowWhat::Streams | ShowWhat::MaterializedViews => {
+                let rows: Vec<(&StreamPlan, bool)> = catalog
+                    .streams
+                    .iter()
+                    .zip(catalog.materialized.iter().copied())
+                    .filter(|(_, m)| *m || what == ShowWhat::Streams)
+                    .collect();
+                RecordBatch::try_from_iter(vec![
+                    (
+                        "name",
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|(p, _)| p.name.as_str()),
+                        )) as _,
+                    ),
+                    (
+                        "kind",
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, m)| {
+                            if *m {
+                                "materialized view"
+                            } else {
+                                "stream"
+                            }
+                        }))) as _,
+                    ),
+                    (
+                        "input",
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|(p, _)| p.input.to_string()),
+                        )) as _,
+                    ),
+                    (
+                        "plan",
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|(p, _)| p.explain.as_str()),
+                        )) as _,
+                    ),
+                ])?
+            }
+        };
+        Ok(vec![batch])
     }
 
     /// Counters summed over shards.
@@ -634,6 +882,16 @@ impl LaminarDB {
             .find(|s| s.name == name)
             .map(|s| s.explain.clone())
             .ok_or_else(|| unknown(name, "stream"))
+    }
+}
+
+/// A stream's schema as an ad-hoc query sees its view: without `_weight`.
+fn visible_schema(schema: &SchemaRef) -> SchemaRef {
+    match schema.fields().last() {
+        Some(f) if f.name() == laminar_operators::WEIGHT_COLUMN => Arc::new(
+            arrow::datatypes::Schema::new(schema.fields()[..schema.fields().len() - 1].to_vec()),
+        ),
+        _ => Arc::clone(schema),
     }
 }
 

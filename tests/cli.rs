@@ -38,6 +38,14 @@ FROM trades
 GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
 EMIT ON WINDOW CLOSE;
 CREATE STREAM big AS SELECT symbol, price, volume FROM trades WHERE volume > 900;
+-- a cascading stream and a materialized view with an end-of-input query
+CREATE STREAM ohlc_5m AS
+SELECT symbol, tumble(window_start, INTERVAL '5' MINUTE) AS w5, MAX(high) AS high
+FROM ohlc_1m GROUP BY symbol, tumble(window_start, INTERVAL '5' MINUTE);
+CREATE MATERIALIZED VIEW per_symbol AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES;
+SELECT SUM(trades) AS trades, COUNT(*) AS symbols FROM per_symbol;
 ";
 
 fn read_csv_rows(path: &Path) -> Vec<String> {
@@ -89,7 +97,7 @@ fn run_is_independent_of_batch_rows_and_shards() {
         );
         outputs.push(out);
     }
-    for stream in ["vwap", "ohlc_1m", "big"] {
+    for stream in ["vwap", "ohlc_1m", "big", "ohlc_5m", "query_1"] {
         let first = read_csv_rows(&outputs[0].join(format!("{stream}.csv")));
         assert!(first.len() > 1, "{stream} is empty");
         for other in &outputs[1..] {
@@ -102,6 +110,10 @@ fn run_is_independent_of_batch_rows_and_shards() {
             }
         }
     }
+    assert_eq!(
+        read_csv_rows(&outputs[0].join("query_1.csv")),
+        ["trades,symbols", "12000,40"]
+    );
     let header = read_csv_rows(&outputs[0].join("ohlc_1m.csv"))[0].clone();
     assert_eq!(header, "symbol,window_start,open,high,low,close,volume");
 }

@@ -7,7 +7,11 @@
 //!     col TYPE [NOT NULL], ...,
 //!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
 //! );
-//! CREATE STREAM name AS SELECT ... [EMIT ON WINDOW CLOSE | EMIT FINAL];
+//! CREATE STREAM name AS SELECT ... [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
+//! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
+//! SHOW SOURCES | SHOW STREAMS | SHOW MATERIALIZED VIEWS;
+//! EXPLAIN name;
+//! SELECT ...;   -- ad hoc, over materialized views
 //! ```
 //!
 //! Only the DDL shell is parsed here; column definitions go to DataFusion
@@ -24,8 +28,26 @@ use laminar_runtime::{Error, ErrorCode, Result};
 pub enum Statement {
     /// `CREATE SOURCE`.
     CreateSource(SourceDefSyntax),
-    /// `CREATE STREAM ... AS SELECT`.
+    /// `CREATE STREAM ... AS SELECT` or `CREATE MATERIALIZED VIEW ... AS
+    /// SELECT`.
     CreateStream(StreamDef),
+    /// `SHOW SOURCES | STREAMS | MATERIALIZED VIEWS`.
+    Show(ShowWhat),
+    /// `EXPLAIN name`: the operator plan of a stream or view.
+    Explain(String),
+    /// An ad-hoc query (`SELECT ...`, `WITH ...`) over materialized views.
+    Query(String),
+}
+
+/// What `SHOW` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowWhat {
+    /// Sources and their columns.
+    Sources,
+    /// Streams and materialized views.
+    Streams,
+    /// Materialized views only.
+    MaterializedViews,
 }
 
 /// A `CREATE SOURCE` before its column types are resolved.
@@ -84,6 +106,9 @@ pub struct StreamDef {
     pub query: String,
     /// The EMIT clause, if given.
     pub emit: Option<EmitMode>,
+    /// `CREATE MATERIALIZED VIEW`: the result is also kept for ad-hoc
+    /// queries.
+    pub materialized: bool,
     /// The statement's text.
     pub sql: String,
 }
@@ -154,6 +179,39 @@ fn identifier(token: &TokenWithSpan, what: &str) -> Result<String> {
 
 fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> Result<Statement> {
     let text = text_of(chunk);
+    match keyword(significant[0]) {
+        Some(Keyword::SELECT | Keyword::WITH) => return Ok(Statement::Query(text)),
+        Some(Keyword::SHOW) => {
+            let words: Vec<String> = significant[1..]
+                .iter()
+                .map(|t| t.token.to_string().to_uppercase())
+                .collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            return match words.as_slice() {
+                ["SOURCES"] => Ok(Statement::Show(ShowWhat::Sources)),
+                ["STREAMS"] => Ok(Statement::Show(ShowWhat::Streams)),
+                ["MATERIALIZED", "VIEWS"] | ["VIEWS"] => {
+                    Ok(Statement::Show(ShowWhat::MaterializedViews))
+                }
+                _ => Err(Error::new(
+                    ErrorCode::Unsupported,
+                    format!("SHOW {} is not supported", words.join(" ")),
+                )
+                .with_hint("SHOW SOURCES, SHOW STREAMS or SHOW MATERIALIZED VIEWS")),
+            };
+        }
+        Some(Keyword::EXPLAIN) => {
+            return match &significant[1..] {
+                [name] => Ok(Statement::Explain(identifier(name, "a stream name")?)),
+                _ => Err(Error::new(
+                    ErrorCode::Unsupported,
+                    "EXPLAIN takes the name of a stream or materialized view",
+                )
+                .with_hint("EXPLAIN my_stream")),
+            };
+        }
+        _ => {}
+    }
     if keyword(significant[0]) != Some(Keyword::CREATE) || significant.len() < 2 {
         return Err(Error::new(
             ErrorCode::Unsupported,
@@ -162,13 +220,21 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
                 text.chars().take(60).collect::<String>()
             ),
         )
-        .with_hint("LaminarDB accepts CREATE SOURCE and CREATE STREAM ... AS SELECT"));
+        .with_hint("LaminarDB accepts CREATE SOURCE, CREATE STREAM / MATERIALIZED VIEW ... AS SELECT, SHOW, EXPLAIN and SELECT"));
     }
     if is_word(significant[1], "SOURCE") {
         return parse_create_source(&significant[2..], text).map(Statement::CreateSource);
     }
     if is_word(significant[1], "STREAM") {
-        return parse_create_stream(chunk, &significant[2..], text).map(Statement::CreateStream);
+        return parse_create_stream(chunk, &significant[2..], text, false)
+            .map(Statement::CreateStream);
+    }
+    if significant.len() > 2
+        && is_word(significant[1], "MATERIALIZED")
+        && is_word(significant[2], "VIEW")
+    {
+        return parse_create_stream(chunk, &significant[3..], text, true)
+            .map(Statement::CreateStream);
     }
     let what = significant[1..]
         .iter()
@@ -386,6 +452,7 @@ fn parse_create_stream(
     chunk: &[TokenWithSpan],
     rest: &[&TokenWithSpan],
     text: String,
+    materialized: bool,
 ) -> Result<StreamDef> {
     let name_token = rest
         .first()
@@ -428,6 +495,7 @@ fn parse_create_stream(
         name,
         query,
         emit,
+        materialized,
         sql: text,
     })
 }

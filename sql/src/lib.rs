@@ -17,7 +17,9 @@ pub mod dialect;
 pub mod functions;
 pub mod planner;
 
-pub use dialect::{parse_script, EmitMode, SourceDef, Statement, StreamDef, WatermarkDef};
+pub use dialect::{
+    parse_script, EmitMode, ShowWhat, SourceDef, Statement, StreamDef, WatermarkDef,
+};
 pub use planner::{
     new_session_context, plan_for_batch, plan_stream, Routing, StreamInput, StreamOperator,
     StreamPlan,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use laminar_db::arrow::array::RecordBatch;
 use laminar_db::arrow::csv::reader::Format;
 use laminar_db::arrow::csv::{Reader, ReaderBuilder, WriterBuilder};
-use laminar_db::{Error, ErrorCode, LaminarDB, Result, SourceHandle};
+use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle, Statement};
 use laminar_operators::EventTimeUnit;
 
 pub struct RunArgs {
@@ -234,7 +234,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         builder = builder.shards(shards);
     }
     let db = builder.build()?;
-    db.execute(&sql).await?;
+    // Ad-hoc queries read materialized views, which are complete only once
+    // the input has been consumed: they run at the end.
+    let mut queries = Vec::new();
+    for statement in LaminarDB::parse(&sql)? {
+        match statement {
+            Statement::Query(_) => queries.push(statement),
+            other => {
+                db.execute_statement(other).await?;
+            }
+        }
+    }
     let streams = db.streams();
     if streams.is_empty() {
         return Err(Error::new(
@@ -297,6 +307,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     for (name, schema, batches) in outputs {
         write_csv(&args.output.join(format!("{name}.csv")), &batches, &schema)?;
+    }
+    for (i, query) in queries.into_iter().enumerate() {
+        if let ExecuteResult::Rows(batches) = db.execute_statement(query).await? {
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| Arc::new(laminar_db::arrow::datatypes::Schema::empty()));
+            write_csv(
+                &args.output.join(format!("query_{}.csv", i + 1)),
+                &batches,
+                &schema,
+            )?;
+        }
     }
     let metrics = db.metrics();
     for stream in &metrics.streams {

@@ -1,0 +1,166 @@
+//! Materialized views: a stream's results kept on the control plane so
+//! that ad-hoc `SELECT`s can read them.
+//!
+//! Each view has a thread that reads the stream like any subscriber and
+//! folds every batch into the view's contents: an append-only stream's
+//! batches are kept as they come; a changelog (`EMIT CHANGES`, with a
+//! `_weight` column) is consolidated, summing the weights of identical
+//! rows, so the view holds the stream's current result. An ad-hoc query
+//! takes a snapshot of each view under its lock and runs DataFusion over
+//! the snapshots. None of this touches the shards.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use laminar_operators::WEIGHT_COLUMN;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::subscription::Subscription;
+
+enum Contents {
+    /// Every batch of an append-only stream.
+    Append(Vec<RecordBatch>),
+    /// A changelog's rows (row format) with their summed weights.
+    Changelog {
+        converter: RowConverter,
+        weights: HashMap<Box<[u8]>, i64>,
+    },
+}
+
+/// What a view holds right now.
+pub(crate) struct ViewState {
+    /// Visible schema: the stream's, without `_weight`.
+    schema: SchemaRef,
+    contents: Contents,
+}
+
+impl ViewState {
+    fn new(stream_schema: &SchemaRef) -> Result<Self> {
+        let changelog = stream_schema
+            .fields()
+            .last()
+            .is_some_and(|f| f.name() == WEIGHT_COLUMN);
+        if !changelog {
+            return Ok(Self {
+                schema: Arc::clone(stream_schema),
+                contents: Contents::Append(Vec::new()),
+            });
+        }
+        let fields = &stream_schema.fields()[..stream_schema.fields().len() - 1];
+        let converter = RowConverter::new(
+            fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            schema: Arc::new(Schema::new(fields.to_vec())),
+            contents: Contents::Changelog {
+                converter,
+                weights: HashMap::new(),
+            },
+        })
+    }
+
+    fn apply(&mut self, batch: &RecordBatch) -> Result<()> {
+        match &mut self.contents {
+            Contents::Append(batches) => batches.push(batch.clone()),
+            Contents::Changelog { converter, weights } => {
+                let last = batch.num_columns() - 1;
+                let rows = converter.convert_columns(&batch.columns()[..last])?;
+                let batch_weights = batch
+                    .column(last)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| {
+                        Error::new(ErrorCode::Execution, "changelog weights are not BIGINT")
+                    })?;
+                for (i, row) in rows.iter().enumerate() {
+                    let weight = batch_weights.value(i);
+                    let entry = weights.entry(row.as_ref().into()).or_insert(0);
+                    *entry += weight;
+                    if *entry == 0 {
+                        weights.remove(row.as_ref());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The view's rows right now.
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        match &self.contents {
+            Contents::Append(batches) => Ok(batches.clone()),
+            Contents::Changelog { converter, weights } => {
+                let parser = converter.parser();
+                let rows = weights
+                    .iter()
+                    .filter(|(_, &w)| w > 0)
+                    .flat_map(|(row, &w)| std::iter::repeat_n(row, w as usize))
+                    .map(|row| parser.parse(row));
+                let columns = converter.convert_rows(rows)?;
+                if columns.first().is_some_and(|c| c.is_empty()) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![RecordBatch::try_new(
+                    Arc::clone(&self.schema),
+                    columns,
+                )?])
+            }
+        }
+    }
+
+    /// The schema ad-hoc queries see.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+/// A materialized view and the thread that keeps it.
+pub(crate) struct View {
+    pub name: String,
+    pub state: Arc<Mutex<ViewState>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl View {
+    /// Starts keeping `subscription`'s stream as a view.
+    pub fn start(name: String, mut subscription: Subscription) -> Result<Self> {
+        let state = Arc::new(Mutex::new(ViewState::new(&subscription.schema())?));
+        let kept = Arc::clone(&state);
+        let view_name = name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("laminar-view-{name}"))
+            .spawn(move || {
+                while let Some(batch) = subscription.recv() {
+                    let applied = kept.lock().map(|mut view| view.apply(&batch));
+                    if let Ok(Err(e)) = applied {
+                        log::error!("materialized view {view_name}: {e}");
+                    }
+                }
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::RuntimeStart,
+                    format!("cannot spawn a view thread: {e}"),
+                )
+            })?;
+        Ok(Self {
+            name,
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until the view has read its stream to the end.
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

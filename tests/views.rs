@@ -1,0 +1,166 @@
+//! Materialized views, ad-hoc queries over them, SHOW and EXPLAIN.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use laminar_db::{ErrorCode, ExecuteResult, LaminarDB};
+
+async fn rows(db: &LaminarDB, sql: &str) -> Vec<RecordBatch> {
+    match db.execute(sql).await.unwrap().pop() {
+        Some(ExecuteResult::Rows(batches)) => batches,
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+const PER_SYMBOL: &str = "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi
+                          FROM trades GROUP BY symbol";
+
+/// A view over an EMIT CHANGES stream holds the current result: queried
+/// while rows flow it catches up, and after the input ends it equals the
+/// batch answer. A view over an EMIT ON WINDOW CLOSE stream holds every
+/// closed window; a view can read another view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_hold_current_results_and_answer_ad_hoc_queries() {
+    let data = trades(21, 8_000, 25, 3_000);
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    let created = db
+        .execute(&format!(
+            "{TRADES_DDL};
+             CREATE MATERIALIZED VIEW per_symbol AS {PER_SYMBOL} EMIT CHANGES;
+             CREATE MATERIALIZED VIEW bars AS
+                SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS w,
+                       first_value(price) AS open, last_value(price) AS close, SUM(volume) AS v
+                FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND);
+             CREATE MATERIALIZED VIEW bars_1m AS
+                SELECT symbol, tumble(w, INTERVAL '1' MINUTE) AS w, SUM(v) AS v
+                FROM bars GROUP BY symbol, tumble(w, INTERVAL '1' MINUTE)"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created[1], ExecuteResult::ViewCreated("per_symbol".into()));
+    // Before start, views are empty but queryable.
+    assert_eq!(row_count(&rows(&db, "SELECT * FROM per_symbol").await), 0);
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    for batch in random_batches(&data, 4, 300) {
+        source.push(batch).unwrap();
+    }
+    // While running: the view converges on the full count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let total = rows(
+            &db,
+            "SELECT CAST(SUM(n) AS BIGINT) AS total FROM per_symbol",
+        )
+        .await;
+        let seen = total
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .filter(|a| !a.is_null(0))
+                    .map(|a| a.value(0))
+            })
+            .unwrap_or(0);
+        if seen == data.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "view stuck at {seen} rows");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    source.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+
+    let all = vec![trades_batch(&data)];
+    let want = run_batch(PER_SYMBOL, "trades", all.clone(), trades_schema()).await;
+    assert_same_rows(&rows(&db, "SELECT * FROM per_symbol").await, &want);
+    let want = run_batch(
+        "SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS w, first_value(price) AS open,
+                last_value(price) AS close, SUM(volume) AS v
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)",
+        "trades",
+        all.clone(),
+        trades_schema(),
+    )
+    .await;
+    assert_same_rows(&rows(&db, "SELECT * FROM bars").await, &want);
+    let want = run_batch(
+        "SELECT symbol, tumble(ts, INTERVAL '1' MINUTE) AS w, SUM(volume) AS v
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)",
+        "trades",
+        all,
+        trades_schema(),
+    )
+    .await;
+    assert_same_rows(&rows(&db, "SELECT * FROM bars_1m").await, &want);
+    // Joins and aggregates across views are plain DataFusion.
+    let joined = rows(
+        &db,
+        "SELECT p.symbol, p.v, SUM(b.v) AS v2 FROM per_symbol p JOIN bars_1m b
+         ON p.symbol = b.symbol GROUP BY p.symbol, p.v HAVING p.v <> SUM(b.v)",
+    )
+    .await;
+    assert_eq!(
+        row_count(&joined),
+        0,
+        "both views count every trade's volume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_explain_and_query_errors() {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL};
+         CREATE STREAM s AS SELECT symbol FROM trades WHERE price > 1;
+         CREATE MATERIALIZED VIEW v AS {PER_SYMBOL} EMIT CHANGES"
+    ))
+    .await
+    .unwrap();
+    let names = |batches: &[RecordBatch]| -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                (0..a.len())
+                    .map(|i| a.value(i).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(names(&rows(&db, "SHOW SOURCES").await), ["trades"]);
+    assert_eq!(names(&rows(&db, "SHOW STREAMS").await), ["s", "v"]);
+    assert_eq!(names(&rows(&db, "SHOW MATERIALIZED VIEWS").await), ["v"]);
+    let plan = names(&rows(&db, "EXPLAIN v").await);
+    assert!(plan[0].starts_with("ChangelogAggregate"), "{plan:?}");
+
+    let code = |r: laminar_db::Result<Vec<ExecuteResult>>| r.unwrap_err().code();
+    assert_eq!(
+        code(db.execute("SELECT * FROM trades").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("SELECT * FROM s").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("SELECT * FROM nowhere").await),
+        ErrorCode::UnknownObject
+    );
+    assert_eq!(
+        code(db.execute("SELECT * FROM v WHERE").await),
+        ErrorCode::SqlSyntax
+    );
+    assert_eq!(
+        code(db.execute("SHOW TABLES").await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(db.execute("EXPLAIN nowhere").await),
+        ErrorCode::UnknownObject
+    );
+}
