@@ -29,6 +29,8 @@ pub(crate) struct Graph {
     pub exchanges: Vec<Exchange>,
     /// `[stream]` -> streams fed directly by its output on the same shard.
     pub local: Vec<Vec<usize>>,
+    /// `[stream]` -> streams fed by its late rows (its late side output).
+    pub late: Vec<Vec<usize>>,
     /// `[stream]` -> exchanges fed by its output.
     pub exchanges_of: Vec<Vec<usize>>,
     /// `[stream]` -> the input whose rows and watermarks drive it.
@@ -45,6 +47,7 @@ impl Graph {
             source_routes: Vec::new(),
             exchanges: Vec::new(),
             local: vec![Vec::new(); streams.len()],
+            late: vec![Vec::new(); streams.len()],
             exchanges_of: vec![Vec::new(); streams.len()],
             root_input: Vec::with_capacity(streams.len()),
         };
@@ -65,6 +68,15 @@ impl Graph {
                     };
                     graph.feeds.push(Feed::Source { source, route });
                     graph.root_input.push(source);
+                }
+                StreamInput::LateOf(name) => {
+                    let upstream = streams[..id]
+                        .iter()
+                        .position(|s| &s.name == name)
+                        .ok_or_else(|| unknown(name))?;
+                    graph.late[upstream].push(id);
+                    graph.feeds.push(Feed::Local);
+                    graph.root_input.push(graph.root_input[upstream]);
                 }
                 StreamInput::Stream(name) => {
                     // Streams can only read streams created before them, so

@@ -78,7 +78,7 @@ pub use subscription::Subscription;
 
 use graph::Graph;
 use laminar_runtime::router::HashPartitioner;
-use laminar_sql::Routing;
+use laminar_sql::{Routing, StreamInput, StreamOperator};
 use metrics::ShardCounters;
 use pipeline::{
     control_channel, Control, ExchangeOut, Ingress, Lane, Pipeline, ShardProgram, ShardStream,
@@ -346,9 +346,32 @@ impl LaminarDB {
                 if catalog.name_taken(&def.name) {
                     return Err(already_exists(&def.name));
                 }
+                let late = plan.late_side_output.as_ref().map(|schema| StreamPlan {
+                    name: format!("{}_late", def.name),
+                    input: StreamInput::LateOf(def.name.clone()),
+                    output_schema: Arc::clone(schema),
+                    routing: Routing::Any,
+                    operator: StreamOperator::Stateless(Vec::new()),
+                    explain: format!("LateRows <- stream {}", def.name),
+                    late_side_output: None,
+                });
+                if let Some(late) = &late {
+                    if catalog.name_taken(&late.name) {
+                        return Err(already_exists(&late.name));
+                    }
+                }
                 register_table(&self.shared.ctx, &def.name, Arc::clone(&plan.output_schema))?;
                 catalog.streams.push(plan);
                 catalog.materialized.push(def.materialized);
+                if let Some(late) = late {
+                    register_table(
+                        &self.shared.ctx,
+                        &late.name,
+                        Arc::clone(&late.output_schema),
+                    )?;
+                    catalog.streams.push(late);
+                    catalog.materialized.push(false);
+                }
                 if def.materialized {
                     Ok(ExecuteResult::ViewCreated(def.name))
                 } else {
@@ -511,6 +534,7 @@ impl LaminarDB {
                     operator: plan.operator.instantiate(&plan.output_schema)?,
                     outputs,
                     local: graph.local[id].clone(),
+                    late: graph.late[id].clone(),
                     exchanges: graph.exchanges_of[id].clone(),
                 });
             }

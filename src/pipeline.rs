@@ -157,6 +157,8 @@ pub(crate) struct ShardStream {
     pub outputs: Vec<Producer<Emitted>>,
     /// Streams on this shard fed directly by this one's output.
     pub local: Vec<usize>,
+    /// Streams fed by this one's late rows.
+    pub late: Vec<usize>,
     /// Exchanges fed by this one's output.
     pub exchanges: Vec<usize>,
 }
@@ -562,6 +564,20 @@ impl ShardProgram {
                         out.clear();
                         self.record_error(stream, e);
                         continue;
+                    }
+                    if !self.streams[stream].late.is_empty() {
+                        let mut late = Vec::new();
+                        self.streams[stream].operator.drain_late(&mut late);
+                        for batch in late {
+                            for &next in &self.streams[stream].late {
+                                queue.push(Work::Batch {
+                                    stream: next,
+                                    batch: batch.clone(),
+                                    watermark_ms,
+                                    row_watermarks: None,
+                                });
+                            }
+                        }
                     }
                     (stream, watermark_ms, false)
                 }

@@ -211,6 +211,29 @@ async fn bad_input_has_stable_codes() {
     .unwrap();
     let plan = db.explain("by_symbol").unwrap();
     assert!(plan.contains("<- stream changes"), "{plan}");
+    assert_eq!(
+        code(
+            db.execute(
+                "CREATE STREAM s WITH (late_data = 'side_output') AS SELECT symbol FROM trades"
+            )
+            .await
+        ),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(
+            db.execute("CREATE STREAM s WITH (late_data = 'keep') AS SELECT symbol FROM trades")
+                .await
+        ),
+        ErrorCode::SqlSyntax
+    );
+    assert_eq!(
+        code(
+            db.execute("CREATE STREAM s WITH (parallelism = '4') AS SELECT symbol FROM trades")
+                .await
+        ),
+        ErrorCode::Unsupported
+    );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 

@@ -466,3 +466,66 @@ async fn cascading_sum_over_a_changelog() {
     )
     .await;
 }
+
+/// With `late_data = 'side_output'` the late rows come out, as pushed, on
+/// the stream `<name>_late`; the stream itself is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_go_to_the_side_output() {
+    let mut rows = trades(19, 10_000, 10, 1_000);
+    for (i, row) in rows.iter_mut().enumerate() {
+        if i % 40 == 39 {
+            row.ts -= 70_000;
+        }
+    }
+    let (mut max_seen, mut on_time, mut late) = (i64::MIN, Vec::new(), Vec::new());
+    for row in &rows {
+        let end = row.ts.div_euclid(60_000) * 60_000 + 60_000;
+        if end <= max_seen.saturating_sub(5_000) {
+            late.push(row.clone());
+        } else {
+            on_time.push(row.clone());
+        }
+        max_seen = max_seen.max(row.ts);
+    }
+    assert!(late.len() > 50);
+    for shards in [1, 2] {
+        let db = laminar_db::LaminarDB::builder()
+            .shards(shards)
+            .build()
+            .unwrap();
+        db.execute(&format!(
+            "{TRADES_DDL}; CREATE STREAM s WITH (late_data = 'side_output') AS {VWAP}"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(db.streams(), ["s", "s_late"]);
+        let collect = |mut sub: laminar_db::Subscription| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(b) = sub.recv() {
+                    got.push(b);
+                }
+                got
+            })
+        };
+        let results = collect(db.subscribe("s").unwrap());
+        let side = collect(db.subscribe("s_late").unwrap());
+        let source = db.source_untyped("trades").unwrap();
+        db.start().await.unwrap();
+        for batch in random_batches(&rows, 7, 300) {
+            source.push(batch).unwrap();
+        }
+        source.watermark(i64::MAX).unwrap();
+        db.shutdown().await.unwrap();
+        let want = run_batch(
+            VWAP,
+            "trades",
+            vec![trades_batch(&on_time)],
+            trades_schema(),
+        )
+        .await;
+        assert_same_rows(&results.join().unwrap(), &want);
+        assert_same_rows(&side.join().unwrap(), &[trades_batch(&late)]);
+        assert_eq!(db.metrics().streams[0].late_rows, late.len() as u64);
+    }
+}

@@ -101,6 +101,9 @@ pub struct AggregateSpec {
     pub aggregate_schema: SchemaRef,
     /// Filters/projections after the aggregate (HAVING, SELECT list).
     pub post: Vec<Stage>,
+    /// Keep late rows for the stream's late side output instead of only
+    /// counting them.
+    pub late_side_output: bool,
 }
 
 use crate::stage::Stage;
@@ -213,12 +216,15 @@ impl AggregateSpec {
 /// pre-stages) so that it joins only the windows still open.
 ///
 /// Returns the rows to aggregate, the per-row watermark when some rows may
-/// not join all their windows, and the number of late rows.
+/// not join all their windows, and the number of late rows; the late rows
+/// themselves are appended to `late_out` when given (the late side
+/// output).
 pub(crate) fn drop_late(
     binding: &WindowBinding,
     batch: &RecordBatch,
     time: BatchTime<'_>,
     times_ms: &mut Vec<i64>,
+    late_out: Option<&mut Vec<RecordBatch>>,
 ) -> Result<(RecordBatch, Option<ArrayRef>, u64)> {
     binding
         .source_time_unit
@@ -249,6 +255,14 @@ pub(crate) fn drop_late(
             Some(keep)
         })
         .collect();
+    if let Some(late_out) = late_out.filter(|_| late > 0) {
+        let is_late: BooleanArray = times_ms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Some(kind.first_end(t) <= row_watermark(i)))
+            .collect();
+        late_out.push(filter_record_batch(batch, &is_late)?);
+    }
     // Some kept row misses a window only when sliding windows overlap.
     let partial = late as usize > gone;
     let carry = partial.then(|| -> ArrayRef {

@@ -72,6 +72,8 @@ pub struct ChangelogAggregate {
     /// Output schema: the query's columns then `_weight`.
     output_schema: SchemaRef,
     late_rows: u64,
+    /// Late rows waiting for the late side output.
+    late_batches: Vec<RecordBatch>,
     times_ms: Vec<i64>,
     starts: HashSet<i64>,
     group_ids: Vec<usize>,
@@ -104,6 +106,7 @@ impl ChangelogAggregate {
             windows: BTreeMap::new(),
             output_schema,
             late_rows: 0,
+            late_batches: Vec::new(),
             times_ms: Vec::new(),
             starts: HashSet::new(),
             group_ids: Vec::new(),
@@ -382,7 +385,13 @@ impl Operator for ChangelogAggregate {
     ) -> Result<()> {
         let (on_time, row_watermarks) = match &self.spec.window {
             Some(binding) => {
-                let (rows, carry, late) = drop_late(binding, batch, time, &mut self.times_ms)?;
+                let (rows, carry, late) = drop_late(
+                    binding,
+                    batch,
+                    time,
+                    &mut self.times_ms,
+                    self.spec.late_side_output.then_some(&mut self.late_batches),
+                )?;
                 self.late_rows += late;
                 (rows, carry)
             }
@@ -440,5 +449,9 @@ impl Operator for ChangelogAggregate {
 
     fn late_rows(&self) -> u64 {
         self.late_rows
+    }
+
+    fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
+        out.append(&mut self.late_batches);
     }
 }

@@ -69,4 +69,9 @@ pub trait Operator: Send {
 
     /// Rows dropped so far because their window had already closed.
     fn late_rows(&self) -> u64;
+
+    /// Moves the late rows kept since the last call (for a late side
+    /// output) into `out`, as they were pushed. Operators that keep none
+    /// leave `out` alone.
+    fn drain_late(&mut self, _out: &mut Vec<RecordBatch>) {}
 }

@@ -59,6 +59,8 @@ pub struct SessionAggregate {
     /// Sequence number of `buffers[0]`.
     buffers_base: u64,
     late_rows: u64,
+    /// Late rows waiting for the late side output.
+    late_batches: Vec<RecordBatch>,
     times_ms: Vec<i64>,
 }
 
@@ -100,6 +102,7 @@ impl SessionAggregate {
             buffers: VecDeque::new(),
             buffers_base: 0,
             late_rows: 0,
+            late_batches: Vec::new(),
             times_ms: Vec::new(),
         })
     }
@@ -203,7 +206,13 @@ impl Operator for SessionAggregate {
         time: BatchTime<'_>,
         _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let (on_time, _, late) = drop_late(&self.binding, batch, time, &mut self.times_ms)?;
+        let (on_time, _, late) = drop_late(
+            &self.binding,
+            batch,
+            time,
+            &mut self.times_ms,
+            self.spec.late_side_output.then_some(&mut self.late_batches),
+        )?;
         self.late_rows += late;
         let input = apply_all(&self.spec.pre, &on_time)?;
         let rows = input.num_rows();
@@ -267,5 +276,9 @@ impl Operator for SessionAggregate {
 
     fn late_rows(&self) -> u64 {
         self.late_rows
+    }
+
+    fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
+        out.append(&mut self.late_batches);
     }
 }

@@ -42,6 +42,8 @@ pub struct WindowAggregate {
     encoder: KeyEncoder,
     windows: BTreeMap<i64, WindowState>,
     late_rows: u64,
+    /// Late rows waiting for the late side output.
+    late_batches: Vec<RecordBatch>,
     // Scratch buffers reused across batches.
     times_ms: Vec<i64>,
     starts: HashSet<i64>,
@@ -76,6 +78,7 @@ impl WindowAggregate {
             encoder,
             windows: BTreeMap::new(),
             late_rows: 0,
+            late_batches: Vec::new(),
             times_ms: Vec::new(),
             starts: HashSet::new(),
             group_ids: Vec::new(),
@@ -111,8 +114,13 @@ impl Operator for WindowAggregate {
         _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         // Output only ever leaves when a window closes (on_watermark).
-        let (on_time, row_watermarks, late) =
-            drop_late(&self.binding, batch, time, &mut self.times_ms)?;
+        let (on_time, row_watermarks, late) = drop_late(
+            &self.binding,
+            batch,
+            time,
+            &mut self.times_ms,
+            self.spec.late_side_output.then_some(&mut self.late_batches),
+        )?;
         self.late_rows += late;
         let (input, row_watermarks) = apply_all_carrying(&self.spec.pre, &on_time, row_watermarks)?;
         let rows = input.num_rows();
@@ -189,5 +197,9 @@ impl Operator for WindowAggregate {
 
     fn late_rows(&self) -> u64 {
         self.late_rows
+    }
+
+    fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
+        out.append(&mut self.late_batches);
     }
 }

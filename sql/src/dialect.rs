@@ -7,7 +7,8 @@
 //!     col TYPE [NOT NULL], ...,
 //!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
 //! );
-//! CREATE STREAM name AS SELECT ... [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
+//! CREATE STREAM name [WITH (late_data = 'side_output')] AS SELECT ...
+//!     [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
 //! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
 //! SHOW SOURCES | SHOW STREAMS | SHOW MATERIALIZED VIEWS;
 //! EXPLAIN name;
@@ -109,6 +110,9 @@ pub struct StreamDef {
     /// `CREATE MATERIALIZED VIEW`: the result is also kept for ad-hoc
     /// queries.
     pub materialized: bool,
+    /// `WITH (late_data = 'side_output')`: late rows go to the stream
+    /// `<name>_late` instead of only being counted.
+    pub late_side_output: bool,
     /// The statement's text.
     pub sql: String,
 }
@@ -458,8 +462,36 @@ fn parse_create_stream(
         .first()
         .ok_or_else(|| syntax_error("CREATE STREAM needs a name"))?;
     let name = identifier(name_token, "a stream name")?;
+    let mut next = 1;
+    let mut late_side_output = false;
+    if rest
+        .get(next)
+        .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
+    {
+        let (options, used) = parse_options(&rest[next + 1..])?;
+        next += 1 + used;
+        for (key, value) in options {
+            match (key.as_str(), value.as_str()) {
+                ("late_data", "drop") => late_side_output = false,
+                ("late_data", "side_output") => late_side_output = true,
+                ("late_data", other) => {
+                    return Err(
+                        syntax_error(format!("late_data = '{other}' is not an option"))
+                            .with_hint("late_data = 'drop' (the default) or 'side_output'"),
+                    )
+                }
+                (other, _) => {
+                    return Err(Error::new(
+                        ErrorCode::Unsupported,
+                        format!("stream option '{other}' is not supported"),
+                    )
+                    .with_hint("stream options: late_data"))
+                }
+            }
+        }
+    }
     let as_token = rest
-        .get(1)
+        .get(next)
         .filter(|t| keyword(t) == Some(Keyword::AS))
         .ok_or_else(|| syntax_error(format!("expected AS after CREATE STREAM {name}")))?;
     // The query is everything after AS, up to a top-level EMIT.
@@ -496,8 +528,40 @@ fn parse_create_stream(
         query,
         emit,
         materialized,
+        late_side_output,
         sql: text,
     })
+}
+
+/// Parses `(key = 'value', ...)`; returns the pairs (keys lower-cased) and
+/// the number of tokens used.
+fn parse_options(tokens: &[&TokenWithSpan]) -> Result<(Vec<(String, String)>, usize)> {
+    if tokens.first().map(|t| &t.token) != Some(&Token::LParen) {
+        return Err(syntax_error("expected '(' after WITH"));
+    }
+    let mut options = Vec::new();
+    let mut i = 1;
+    loop {
+        let key = tokens
+            .get(i)
+            .ok_or_else(|| syntax_error("unterminated WITH (...)"))?;
+        let key = identifier(key, "an option name")?;
+        if tokens.get(i + 1).map(|t| &t.token) != Some(&Token::Eq) {
+            return Err(syntax_error(format!("expected '=' after option {key}")));
+        }
+        let value = match tokens.get(i + 2).map(|t| &t.token) {
+            Some(Token::SingleQuotedString(v)) => v.clone(),
+            Some(Token::Word(w)) => w.value.clone(),
+            Some(Token::Number(n, _)) => n.clone(),
+            _ => return Err(syntax_error(format!("expected a value for option {key}"))),
+        };
+        options.push((key, value));
+        match tokens.get(i + 3).map(|t| &t.token) {
+            Some(Token::Comma) => i += 4,
+            Some(Token::RParen) => return Ok((options, i + 4)),
+            _ => return Err(syntax_error("expected ',' or ')' in WITH (...)")),
+        }
+    }
 }
 
 fn parse_emit(tokens: &[TokenWithSpan]) -> Result<EmitMode> {

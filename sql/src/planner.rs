@@ -59,13 +59,17 @@ pub enum StreamInput {
     Source(String),
     /// Another stream's output (a cascading stream).
     Stream(String),
+    /// The rows another stream found late (its late side output).
+    LateOf(String),
 }
 
 impl StreamInput {
     /// The source's or stream's name.
     pub fn name(&self) -> &str {
         match self {
-            StreamInput::Source(name) | StreamInput::Stream(name) => name,
+            StreamInput::Source(name) | StreamInput::Stream(name) | StreamInput::LateOf(name) => {
+                name
+            }
         }
     }
 }
@@ -75,6 +79,7 @@ impl std::fmt::Display for StreamInput {
         match self {
             StreamInput::Source(name) => write!(f, "source {name}"),
             StreamInput::Stream(name) => write!(f, "stream {name}"),
+            StreamInput::LateOf(name) => write!(f, "late rows of {name}"),
         }
     }
 }
@@ -126,6 +131,9 @@ pub struct StreamPlan {
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
     pub explain: String,
+    /// With `late_data = 'side_output'`: the schema of the late rows (the
+    /// stream's input, as it arrives).
+    pub late_side_output: Option<SchemaRef>,
 }
 
 /// A DataFusion context set up the way LaminarDB plans: one partition,
@@ -596,6 +604,7 @@ impl Lowering<'_> {
         aggregate: &Aggregate,
         post: Vec<Stage>,
         emit: Option<EmitMode>,
+        late_side_output: bool,
     ) -> Result<(StreamInput, Routing, StreamOperator, String)> {
         let found = find_window(&aggregate.group_expr);
         if found.is_none() && emit != Some(EmitMode::Changes) {
@@ -721,6 +730,7 @@ impl Lowering<'_> {
             aggregate_filters,
             aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
             post,
+            late_side_output,
         };
         let operator = match (changes, session) {
             (true, true) => {
@@ -866,7 +876,7 @@ pub async fn plan_stream(
     let chain = lowering.chain(&plan)?;
     let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Aggregate(aggregate) => {
-            lowering.aggregate(aggregate, chain.stages, def.emit)?
+            lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
         }
         _ => {
             if def.emit.is_some() {
@@ -923,10 +933,35 @@ pub async fn plan_stream(
         }
         _ => output_schema,
     };
+    let late_side_output = match (&operator, def.late_side_output) {
+        (_, false) => None,
+        (StreamOperator::Stateless(_), true) => {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "stream {} asks for a late side output but has no window: no row is ever late",
+                    def.name
+                ),
+            )
+            .with_hint("late_data = 'side_output' needs a windowed GROUP BY"))
+        }
+        (StreamOperator::ChangelogAggregate(spec), true) if spec.window.is_none() => {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "stream {} asks for a late side output but has no window: no row is ever late",
+                    def.name
+                ),
+            )
+            .with_hint("late_data = 'side_output' needs a windowed GROUP BY"))
+        }
+        (_, true) => Some(Arc::clone(lowering.input_schema(input.name()))),
+    };
     log::info!("stream {}: {explain}", def.name);
     Ok(StreamPlan {
         name: def.name.clone(),
         input,
+        late_side_output,
         output_schema,
         routing,
         operator,
