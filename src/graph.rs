@@ -26,6 +26,7 @@ pub(crate) struct Graph {
     feeds: Vec<Feed>,
     sources: usize,
     source_routes: Vec<usize>,
+    source_idle_timeouts: Vec<Option<std::time::Duration>>,
     pub exchanges: Vec<Exchange>,
     /// `[stream]` -> streams fed directly by its output on the same shard.
     pub local: Vec<Vec<usize>>,
@@ -45,6 +46,7 @@ impl Graph {
             feeds: Vec::with_capacity(streams.len()),
             sources: sources.len(),
             source_routes: Vec::new(),
+            source_idle_timeouts: Vec::new(),
             exchanges: Vec::new(),
             local: vec![Vec::new(); streams.len()],
             late: vec![Vec::new(); streams.len()],
@@ -104,6 +106,7 @@ impl Graph {
             }
         }
         graph.source_routes = sources.iter().map(|s| s.routes.len()).collect();
+        graph.source_idle_timeouts = sources.iter().map(|s| s.idle_timeout).collect();
         Ok(graph)
     }
 
@@ -112,11 +115,13 @@ impl Graph {
         let mut inputs: Vec<Input> = self
             .source_routes
             .iter()
-            .map(|&routes| Input {
+            .zip(&self.source_idle_timeouts)
+            .map(|(&routes, &idle_timeout)| Input {
                 watermark_ms: i64::MIN,
                 routes: vec![Vec::new(); routes],
                 streams: Vec::new(),
                 is_source: true,
+                idle_timeout,
             })
             .collect();
         for exchange in &self.exchanges {
@@ -125,6 +130,7 @@ impl Graph {
                 routes: vec![vec![exchange.target]],
                 streams: vec![exchange.target],
                 is_source: false,
+                idle_timeout: None,
             });
         }
         for (stream, feed) in self.feeds.iter().enumerate() {

@@ -478,6 +478,9 @@ impl LaminarDB {
                 };
                 Ok(SourceRuntime {
                     name: def.name.clone(),
+                    idle_timeout: def
+                        .idle_timeout_ms
+                        .map(|ms| Duration::from_millis(ms.unsigned_abs())),
                     time,
                     routes: Vec::new(),
                 })

@@ -25,6 +25,7 @@
 //! outboxes stay bounded by what was already in flight.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -108,6 +109,8 @@ pub(crate) struct SourceTime {
 /// A source while the pipeline runs.
 pub(crate) struct SourceRuntime {
     pub name: String,
+    /// Idle timeout of the source's partitions.
+    pub idle_timeout: Option<Duration>,
     pub time: Option<SourceTime>,
     /// Distinct routings of the streams reading this source.
     pub routes: Vec<Routing>,
@@ -175,6 +178,8 @@ pub(crate) struct Input {
     /// Sources finish when the pipeline stops and their lanes are drained;
     /// exchanges when every sender has closed its ring.
     pub is_source: bool,
+    /// A lane silent for this long stops holding the watermark back.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// The sending side of one exchange on one shard.
@@ -241,6 +246,11 @@ pub(crate) struct Lane {
     ring: Consumer<Ingress>,
     input: usize,
     watermark_ms: i64,
+    /// When the lane last delivered a message.
+    last_active: Instant,
+    /// Silent past its input's idle timeout: left out of the watermark
+    /// until it delivers again.
+    idle: bool,
 }
 
 impl Lane {
@@ -249,6 +259,8 @@ impl Lane {
             ring,
             input,
             watermark_ms: i64::MIN,
+            last_active: Instant::now(),
+            idle: false,
         }
     }
 }
@@ -362,6 +374,11 @@ impl ShardProgram {
                         let Some(message) = self.lanes[lane].ring.try_pop() else {
                             break;
                         };
+                        if self.inputs[input].idle_timeout.is_some() {
+                            let lane = &mut self.lanes[lane];
+                            lane.last_active = Instant::now();
+                            lane.idle = false;
+                        }
                         self.handle(lane, message).await;
                         worked = true;
                     }
@@ -376,6 +393,7 @@ impl ShardProgram {
                     lane += 1;
                 }
             }
+            self.mark_idle_lanes().await;
             if stopping {
                 worked |= self.close_finished_exchanges();
             }
@@ -398,6 +416,37 @@ impl ShardProgram {
             last_work = Instant::now();
         }
         // Dropping the output rings ends the subscriptions.
+    }
+
+    /// Marks lanes silent past their input's idle timeout and lets the
+    /// watermark move on without them.
+    async fn mark_idle_lanes(&mut self) {
+        let now = Instant::now();
+        for lane in 0..self.lanes.len() {
+            let input = self.lanes[lane].input;
+            let Some(timeout) = self.inputs[input].idle_timeout else {
+                continue;
+            };
+            let lane_state = &mut self.lanes[lane];
+            if !lane_state.idle && now.duration_since(lane_state.last_active) >= timeout {
+                lane_state.idle = true;
+                log::debug!("input {input}: a lane is idle, the watermark moves on without it");
+                self.advance_watermark(input, now).await;
+            }
+        }
+    }
+
+    /// When the next active lane with an idle timeout would become idle.
+    fn next_idle_deadline(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter(|lane| !lane.idle)
+            .filter_map(|lane| {
+                self.inputs[lane.input]
+                    .idle_timeout
+                    .map(|timeout| lane.last_active + timeout)
+            })
+            .min()
     }
 
     /// Whether an input can send nothing more: a source once the pipeline
@@ -435,7 +484,17 @@ impl ShardProgram {
     /// Sleeps until a lane has data, a lane closes, a backed-up exchange
     /// ring has room, or a control message arrives.
     async fn wait_for_work(&mut self) {
+        let mut idle_timer = self.next_idle_deadline().map(|deadline| {
+            Box::pin(glommio::timer::sleep(
+                deadline.saturating_duration_since(Instant::now()),
+            ))
+        });
         std::future::poll_fn(|cx| {
+            if let Some(timer) = idle_timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
             self.control_waker.register(cx.waker());
             let mut ready = self.control_sent.load(Ordering::Acquire) != self.control_seen;
             for lane in &self.lanes {
@@ -474,7 +533,7 @@ impl ShardProgram {
         let Some(watermark_ms) = self
             .lanes
             .iter()
-            .filter(|lane| lane.input == input)
+            .filter(|lane| lane.input == input && !lane.idle)
             .map(|lane| lane.watermark_ms)
             .min()
         else {

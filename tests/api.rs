@@ -234,6 +234,20 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::Unsupported
     );
+    assert_eq!(
+        code(
+            db.execute("CREATE SOURCE t4 (a BIGINT) WITH (idle_timeout = 'soon')")
+                .await
+        ),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code(
+            db.execute("CREATE SOURCE t4 (a BIGINT) WITH (topic = 'x')")
+                .await
+        ),
+        ErrorCode::Unsupported
+    );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 
@@ -503,4 +517,50 @@ async fn exchanges_with_tiny_rings_drain_in_order() {
     db.shutdown().await.unwrap();
     assert_eq!(reader.join().unwrap(), expected);
     assert!(db.errors().is_empty(), "{:?}", db.errors());
+}
+
+/// A source partition that goes silent holds the watermark back (windows
+/// stay open) unless the source has an idle timeout; then it stops
+/// counting until it pushes again, and what it pushes behind the
+/// watermark is late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_partitions_stop_holding_the_watermark_back() {
+    for idle_timeout in [None, Some("200 ms")] {
+        let db = LaminarDB::builder().shards(2).build().unwrap();
+        let with = idle_timeout.map_or(String::new(), |t| format!(" WITH (idle_timeout = '{t}')"));
+        db.execute(&format!(
+            "{TRADES_DDL}{with};
+             CREATE STREAM counts AS SELECT symbol, COUNT(*) AS n FROM trades
+             GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)"
+        ))
+        .await
+        .unwrap();
+        let mut counts = db.subscribe("counts").unwrap();
+        let busy = db.source_untyped("trades").unwrap();
+        let silent = db.source_untyped("trades").unwrap();
+        db.start().await.unwrap();
+        let trade = |ts: i64| Trade {
+            symbol: "A".into(),
+            price: 1.0,
+            volume: 1,
+            ts,
+        };
+        silent.push(trades_batch(&[trade(1_000)])).unwrap();
+        busy.push(trades_batch(&[trade(2_000), trade(100_000)]))
+            .unwrap();
+        let first = counts.recv_timeout(Duration::from_secs(1));
+        match idle_timeout {
+            None => assert!(first.is_err(), "the silent partition holds minute 0 open"),
+            Some(_) => {
+                let batch = first.expect("closed once idle").expect("a batch");
+                assert_eq!(batch.num_rows(), 1);
+                // Back from silence, behind the watermark: late.
+                silent.push(trades_batch(&[trade(3_000)])).unwrap();
+            }
+        }
+        drop((busy, silent));
+        db.shutdown().await.unwrap();
+        let late = db.metrics().streams[0].late_rows;
+        assert_eq!(late, u64::from(idle_timeout.is_some()));
+    }
 }

@@ -6,7 +6,7 @@
 //! CREATE SOURCE name (
 //!     col TYPE [NOT NULL], ...,
 //!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
-//! );
+//! ) [WITH (idle_timeout = '5 seconds')];
 //! CREATE STREAM name [WITH (late_data = 'side_output')] AS SELECT ...
 //!     [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
 //! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
@@ -60,6 +60,8 @@ pub struct SourceDefSyntax {
     pub create_table_sql: String,
     /// The watermark clause, if any.
     pub watermark: Option<WatermarkDef>,
+    /// `WITH (idle_timeout = ...)`, in ms.
+    pub idle_timeout_ms: Option<i64>,
     /// `IF NOT EXISTS` was given.
     pub if_not_exists: bool,
     /// The statement's text.
@@ -75,6 +77,9 @@ pub struct SourceDef {
     pub schema: SchemaRef,
     /// The watermark clause, if any.
     pub watermark: Option<WatermarkDef>,
+    /// A source partition (handle) silent for this long stops holding the
+    /// source's watermark back until it pushes again.
+    pub idle_timeout_ms: Option<i64>,
     /// The statement's text, for `SHOW CREATE`-style introspection.
     pub sql: String,
 }
@@ -312,7 +317,37 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         items.last_mut().expect("non-empty").push(token);
     }
     let close = close.ok_or_else(|| syntax_error("unbalanced parentheses in CREATE SOURCE"))?;
-    if let Some(extra) = rest.get(close + 1) {
+    let mut after = close + 1;
+    let mut idle_timeout_ms = None;
+    if rest
+        .get(after)
+        .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
+    {
+        let (options, used) = parse_options(&rest[after + 1..])?;
+        after += 1 + used;
+        for (key, value) in options {
+            match key.as_str() {
+                "idle_timeout" => {
+                    idle_timeout_ms =
+                        Some(duration_ms(&value).filter(|&ms| ms > 0).ok_or_else(|| {
+                            Error::new(
+                                ErrorCode::InvalidConfig,
+                                format!("idle_timeout = '{value}' is not a positive duration"),
+                            )
+                            .with_hint("e.g. idle_timeout = '5 seconds' or '500 ms'")
+                        })?)
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorCode::Unsupported,
+                        format!("source option '{other}' is not supported"),
+                    )
+                    .with_hint("source options: idle_timeout"))
+                }
+            }
+        }
+    }
+    if let Some(extra) = rest.get(after) {
         if keyword(extra) == Some(Keyword::FROM) {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -362,6 +397,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         create_table_sql: format!("CREATE TABLE {quoted_name} ({})", columns.join(", ")),
         name,
         watermark,
+        idle_timeout_ms,
         if_not_exists,
         sql: text,
     })
@@ -406,6 +442,27 @@ fn parse_watermark(item: &[&TokenWithSpan]) -> Result<WatermarkDef> {
         return Err(invalid("the bound must not be negative"));
     }
     Ok(WatermarkDef { column, bound_ms })
+}
+
+/// A duration written as `'<n> <unit>'` (or `'<n><unit>'`, or plain
+/// milliseconds): units ms, s, m, h, d and their long forms.
+fn duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (amount, unit) = text.split_at(split);
+    let amount: f64 = amount.parse().ok()?;
+    let unit_ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "second" | "seconds" => 1_000.0,
+        "m" | "min" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = amount * unit_ms;
+    (ms.fract() == 0.0 && ms <= i64::MAX as f64).then_some(ms as i64)
 }
 
 fn parse_bound(tokens: &[&TokenWithSpan]) -> Option<i64> {

@@ -194,6 +194,7 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
         name: syntax.name,
         schema,
         watermark: syntax.watermark,
+        idle_timeout_ms: syntax.idle_timeout_ms,
         sql: syntax.sql,
     })
 }
