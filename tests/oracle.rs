@@ -230,7 +230,8 @@ async fn timestamp_event_time() {
         ],
     )
     .unwrap();
-    let query = "SELECT k, tumble(ts, INTERVAL '2' SECOND) AS w, COUNT(*) AS n, MAX(ts) AS last
+    let query = "SELECT k, tumble(ts, INTERVAL '2' SECOND) AS w,
+                        tumble_end(ts, INTERVAL '2' SECOND) AS e, COUNT(*) AS n, MAX(ts) AS last
                  FROM events GROUP BY k, tumble(ts, INTERVAL '2' SECOND)";
     let want = run_batch(query, "events", vec![batch.clone()], Arc::clone(&schema)).await;
     let ddl = format!(
@@ -249,6 +250,10 @@ async fn timestamp_event_time() {
     assert_eq!(
         got[0].schema().field(1).data_type(),
         &DataType::Timestamp(TimeUnit::Nanosecond, None)
+    );
+    assert_eq!(
+        got[0].schema().field(2).data_type(),
+        got[0].schema().field(1).data_type()
     );
     assert_same_rows(&got, &want);
 }
@@ -528,4 +533,81 @@ async fn late_rows_go_to_the_side_output() {
         assert_same_rows(&side.join().unwrap(), &[trades_batch(&late)]);
         assert_eq!(db.metrics().streams[0].late_rows, late.len() as u64);
     }
+}
+
+/// Flink's and RisingWave's window table functions, with `window_start`
+/// and `window_end` columns, against the plain-SQL meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_table_functions() {
+    let tumbling_batch = "SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS window_start,
+                tumble(ts, INTERVAL '10' SECOND) + 10000 AS window_end,
+                COUNT(*) AS n, SUM(volume) AS v
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)";
+    differential_against(
+        "SELECT symbol, window_start, window_end, COUNT(*) AS n, SUM(volume) AS v
+         FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+         GROUP BY symbol, window_start, window_end",
+        "",
+        tumbling_batch,
+        5_000,
+        20,
+    )
+    .await;
+    differential_against(
+        "SELECT t.symbol, t.window_start, t.window_end, COUNT(*) AS n, SUM(t.volume) AS v
+         FROM TUMBLE(trades, ts, INTERVAL '10' SECOND) AS t
+         GROUP BY t.symbol, t.window_start, t.window_end",
+        "",
+        tumbling_batch,
+        5_000,
+        20,
+    )
+    .await;
+    // Flink's HOP takes the slide before the size.
+    differential_against(
+        "SELECT symbol, window_start AS w, window_end AS e, COUNT(*) AS n, SUM(volume) AS v,
+                MIN(price) AS lo, MAX(price) AS hi
+         FROM TABLE(HOP(TABLE trades, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND))
+         GROUP BY symbol, window_start, window_end",
+        "",
+        &sliding_oracle(
+            "symbol, w, w + 10000 AS e, COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi",
+            10_000,
+            5_000,
+            0,
+        ),
+        5_000,
+        20,
+    )
+    .await;
+    differential_against(
+        "SELECT symbol, window_start, window_end, COUNT(*) AS n
+         FROM TABLE(SESSION(TABLE trades PARTITION BY symbol, DESCRIPTOR(ts), INTERVAL '300' MILLISECOND))
+         GROUP BY symbol, window_start, window_end",
+        "",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, MIN(ts) AS window_start, MAX(ts) + 300 AS window_end, COUNT(*) AS n
+         FROM numbered GROUP BY symbol, sid",
+        5_000,
+        20,
+    )
+    .await;
+    // Window bounds next to the GROUP BY form.
+    differential_against(
+        "SELECT symbol, tumble_start(ts, INTERVAL '10' SECOND) AS window_start,
+                tumble_end(ts, INTERVAL '10' SECOND) AS window_end, COUNT(*) AS n, SUM(volume) AS v
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)",
+        "",
+        tumbling_batch,
+        5_000,
+        20,
+    )
+    .await;
 }

@@ -179,10 +179,61 @@ impl ScalarUDFImpl for Tumble {
     }
 }
 
+/// `__window_end(start, size)`: a window's end from its start (or a
+/// session's last event time) and its size (or gap), in the start's type.
+/// Written by the window table function rewrite, not by users.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct WindowEnd {
+    signature: Signature,
+}
+
+impl Default for WindowEnd {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for WindowEnd {
+    fn name(&self) -> &str {
+        crate::window_tvf::WINDOW_END
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        event_time_type("window_end", &arg_types[0])
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let size = interval_argument(&args.args[1], "window size")?;
+        let starts: ArrayRef = args.args[0].to_array(args.number_rows)?;
+        let unit = EventTimeUnit::of(starts.data_type(), "window_end")
+            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+        let ticks = arrow::compute::cast(&starts, &DataType::Int64)?;
+        let ticks = ticks
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        let ends: arrow::array::Int64Array =
+            ticks.unary(|t| unit.from_ms(unit.to_ms(t).saturating_add(size)));
+        let data = ends
+            .into_data()
+            .into_builder()
+            .data_type(unit.data_type())
+            .build()?;
+        Ok(ColumnarValue::Array(arrow::array::make_array(data)))
+    }
+}
+
 /// Registers LaminarDB's functions in a DataFusion context.
 pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(tumble_udf());
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SLIDE)));
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(HOP)));
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SESSION)));
+    ctx.register_udf(ScalarUDF::new_from_impl(WindowEnd::default()));
 }

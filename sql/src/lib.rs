@@ -16,6 +16,7 @@
 pub mod dialect;
 pub mod functions;
 pub mod planner;
+pub mod window_tvf;
 
 pub use dialect::{
     parse_script, EmitMode, ShowWhat, SourceDef, Statement, StreamDef, WatermarkDef,

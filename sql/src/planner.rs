@@ -213,9 +213,10 @@ pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Re
 /// Plans a query for batch execution with LaminarDB's semantics (the
 /// oracle's plan): the same rewrites as streaming planning.
 pub async fn plan_for_batch(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+    let sql = crate::window_tvf::rewrite(sql)?;
     let plan = ctx
         .state()
-        .create_logical_plan(sql)
+        .create_logical_plan(&sql)
         .await
         .map_err(planning_error)?;
     order_first_last_by_event_time(plan)
@@ -841,9 +842,10 @@ pub async fn plan_stream(
     sources: &HashMap<String, SourceDef>,
     streams: &HashMap<String, SchemaRef>,
 ) -> Result<StreamPlan> {
+    let query = crate::window_tvf::rewrite(&def.query)?;
     let plan = ctx
         .state()
-        .create_logical_plan(&def.query)
+        .create_logical_plan(&query)
         .await
         .map_err(planning_error)?;
     if !matches!(
