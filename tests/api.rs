@@ -248,6 +248,24 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::Unsupported
     );
+    let ranked = "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY price) AS rn FROM trades)";
+    assert_eq!(
+        code(db.execute(&format!("CREATE STREAM s AS {ranked}")).await),
+        ErrorCode::Unsupported
+    );
+    assert_eq!(
+        code(
+            db.execute(&format!(
+                "CREATE STREAM s AS {ranked} WHERE rn <= 3 EMIT ON WINDOW CLOSE"
+            ))
+            .await
+        ),
+        ErrorCode::InvalidWindow
+    );
+    assert_eq!(
+        code(db.execute("CREATE STREAM s AS SELECT LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades").await),
+        ErrorCode::Unsupported
+    );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 

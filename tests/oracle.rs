@@ -611,3 +611,32 @@ async fn window_table_functions() {
     )
     .await;
 }
+
+/// Streaming Top-N and deduplication: the consolidated changelog equals
+/// the batch query's current top N per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_n_and_deduplication() {
+    for query in [
+        // Top 3 prices per symbol (ts breaks ties, so the batch answer is unique).
+        "SELECT symbol, price, volume, ts, rn FROM (
+             SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY price DESC, ts) AS rn
+             FROM trades WHERE volume > 10)
+         WHERE rn <= 3",
+        // Latest trade per symbol (Nexmark q18's shape).
+        "SELECT symbol, price, ts FROM (
+             SELECT symbol, price, ts,
+                    ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn
+             FROM trades)
+         WHERE rn = 1",
+        // First trade per symbol.
+        "SELECT * FROM (
+             SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts) AS rn FROM trades)
+         WHERE rn < 2",
+        // Global top 5 by volume (one partition, on one shard).
+        "SELECT symbol, volume, ts, rn FROM (
+             SELECT *, ROW_NUMBER() OVER (ORDER BY volume DESC, ts DESC) AS rn FROM trades)
+         WHERE rn <= 5",
+    ] {
+        differential(query, "EMIT CHANGES", 4_000, 20).await;
+    }
+}

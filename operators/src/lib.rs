@@ -17,6 +17,8 @@
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
 //!   emitted when each session closes.
+//! - [`top_n`]: streaming Top-N and deduplication
+//!   (`ROW_NUMBER() OVER (...) <= N`) as a changelog.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
 //!   not) producing a Z-set changelog with a `_weight` column.
 //! - [`Operator`]: the small trait the shard drives.
@@ -27,6 +29,7 @@ pub mod groups;
 pub mod session_aggregate;
 pub mod stage;
 pub mod time;
+pub mod top_n;
 pub mod window_aggregate;
 
 use arrow::array::RecordBatch;
@@ -37,6 +40,7 @@ pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};
+pub use top_n::{TopN, TopNSpec};
 pub use window_aggregate::WindowAggregate;
 
 /// What a shard knows about time when it hands an operator a batch.

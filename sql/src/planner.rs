@@ -28,11 +28,11 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::{Aggregate, DdlStatement, Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
-use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, ChangelogAggregate, EventTimeUnit, Operator, SessionAggregate, Stage, Stateless,
-    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
+    TopN, TopNSpec, WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -95,6 +95,8 @@ pub enum StreamOperator {
     ChangelogAggregate(AggregateSpec),
     /// A session-window aggregate emitted when each session closes.
     SessionAggregate(AggregateSpec),
+    /// Top-N per partition (`ROW_NUMBER() ... <= N`), as a changelog.
+    TopN(TopNSpec),
 }
 
 impl StreamOperator {
@@ -112,6 +114,9 @@ impl StreamOperator {
                 spec.clone(),
                 Arc::clone(output_schema),
             )?),
+            StreamOperator::TopN(spec) => {
+                Box::new(TopN::new(spec.clone(), Arc::clone(output_schema))?)
+            }
         })
     }
 }
@@ -520,7 +525,7 @@ impl Lowering<'_> {
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(s) => node = &s.input,
-                LogicalPlan::Aggregate(_) => {
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => {
                     stages.reverse();
                     return Ok(Chain {
                         stages,
@@ -748,6 +753,97 @@ impl Lowering<'_> {
         Ok((self.input(&source_name), routing, operator, explain))
     }
 
+    /// Lowers `ROW_NUMBER() OVER (...)` kept to `limit` rows per partition.
+    fn top_n(
+        &self,
+        window: &datafusion::logical_expr::Window,
+        post: Vec<Stage>,
+        limit: usize,
+    ) -> Result<(StreamInput, Routing, StreamOperator, String)> {
+        let [expr] = window.window_expr.as_slice() else {
+            return Err(unsupported(
+                "one OVER (...) function per stream is supported",
+                "split the query into cascading streams",
+            ));
+        };
+        let Expr::WindowFunction(function) = expr.clone().unalias() else {
+            return Err(unsupported(
+                format!("unexpected window expression {expr}"),
+                "",
+            ));
+        };
+        let name = function.fun.name().to_lowercase();
+        if name != "row_number" {
+            return Err(unsupported(
+                format!("{name}() OVER (...) is not supported in streams yet"),
+                "ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) filtered by rn <= N works",
+            ));
+        }
+        let params = &function.params;
+        if params.order_by.is_empty() {
+            return Err(unsupported(
+                "ROW_NUMBER() OVER (...) needs an ORDER BY in a stream",
+                "order by the column that ranks rows, e.g. ORDER BY price DESC",
+            ));
+        }
+        let chain = self.chain(&window.input)?;
+        if chain.scan_source.is_empty() {
+            return Err(unsupported(
+                "ROW_NUMBER() over an aggregate in the same stream is not supported",
+                "aggregate in one stream and rank in a stream reading it",
+            ));
+        }
+        let input_schema = window.input.schema();
+        let mut partition_by = Vec::new();
+        let mut key_columns = Some(Vec::new());
+        for e in &params.partition_by {
+            partition_by.push(self.physical(e, input_schema)?);
+            match (self.trace_to_source(e, &window.input), key_columns.as_mut()) {
+                (Some(column), Some(columns)) => columns.push(column),
+                _ => key_columns = None,
+            }
+        }
+        let routing = match key_columns {
+            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
+            _ => Routing::Single,
+        };
+        let order_by = params
+            .order_by
+            .iter()
+            .map(|sort| -> Result<PhysicalSortExpr> {
+                Ok(PhysicalSortExpr {
+                    expr: self.physical(&sort.expr, input_schema)?,
+                    options: arrow::compute::SortOptions {
+                        descending: !sort.asc,
+                        nulls_first: sort.nulls_first,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let input = self.input(&chain.scan_source);
+        let explain = format!(
+            "TopN[limit={limit}, partition_by={}, order_by={}, routing={routing:?}] <- {} stage(s) <- {input}{}",
+            params.partition_by.len(),
+            params
+                .order_by
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            chain.stages.len(),
+            if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
+        );
+        let spec = TopNSpec {
+            pre: chain.stages,
+            partition_by,
+            order_by,
+            limit,
+            ranked_schema: Arc::new(window.schema.as_arrow().clone()),
+            post,
+        };
+        Ok((input, routing, StreamOperator::TopN(spec), explain))
+    }
+
     /// Checks a GROUP BY window function against its source and binds it.
     fn window_binding(
         &self,
@@ -800,6 +896,84 @@ impl Lowering<'_> {
     }
 }
 
+/// The N of a Top-N: a filter between the top of `plan` and the window
+/// node `window` that keeps ranks `<= N`, `< N + 1` or `= 1`.
+fn rank_limit(plan: &LogicalPlan, window: &LogicalPlan) -> Option<usize> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let rank_index = window.schema().fields().len() - 1;
+    let mut node = plan;
+    while !std::ptr::eq(node, window) {
+        if let LogicalPlan::Filter(filter) = node {
+            for conjunct in datafusion::logical_expr::utils::split_conjunction(&filter.predicate) {
+                let Expr::BinaryExpr(BinaryExpr { left, op, right }) = conjunct else {
+                    continue;
+                };
+                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
+                    (c @ Expr::Column(_), Expr::Literal(v, _)) => (c, *op, v),
+                    (Expr::Literal(v, _), c @ Expr::Column(_)) => (c, op.swap()?, v),
+                    _ => continue,
+                };
+                if trace_to(column, &filter.input, window) != Some(rank_index) {
+                    continue;
+                }
+                let n = match value {
+                    datafusion::common::ScalarValue::UInt64(Some(n)) => *n as i64,
+                    datafusion::common::ScalarValue::Int64(Some(n)) => *n,
+                    datafusion::common::ScalarValue::Int32(Some(n)) => i64::from(*n),
+                    _ => continue,
+                };
+                let limit = match op {
+                    Operator::LtEq => n,
+                    Operator::Lt => n - 1,
+                    Operator::Eq if n == 1 => 1,
+                    _ => continue,
+                };
+                if limit >= 1 {
+                    return usize::try_from(limit).ok();
+                }
+            }
+        }
+        node = match node {
+            LogicalPlan::Projection(p) => &p.input,
+            LogicalPlan::Filter(f) => &f.input,
+            LogicalPlan::SubqueryAlias(s) => &s.input,
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// The index in `target`'s schema of the column `expr` reads unchanged,
+/// following projections and aliases from `node` down to `target`.
+fn trace_to(expr: &Expr, mut node: &LogicalPlan, target: &LogicalPlan) -> Option<usize> {
+    let mut expr = expr.clone().unalias();
+    loop {
+        let Expr::Column(column) = &expr else {
+            return None;
+        };
+        let index = node.schema().index_of_column(column).ok()?;
+        if std::ptr::eq(node, target) {
+            return Some(index);
+        }
+        match node {
+            LogicalPlan::Projection(p) => {
+                expr = p.expr[index].clone().unalias();
+                node = &p.input;
+            }
+            LogicalPlan::Filter(f) => node = &f.input,
+            LogicalPlan::SubqueryAlias(s) => {
+                let (qualifier, field) = s.input.schema().qualified_field(index);
+                expr = Expr::Column(datafusion::common::Column::new(
+                    qualifier.cloned(),
+                    field.name(),
+                ));
+                node = &s.input;
+            }
+            _ => return None,
+        }
+    }
+}
+
 fn unsupported_node(node: &LogicalPlan) -> Error {
     let (what, hint) = match node {
         LogicalPlan::Join(_) => (
@@ -812,8 +986,8 @@ fn unsupported_node(node: &LogicalPlan) -> Error {
         ),
         LogicalPlan::Limit(_) => ("LIMIT is not supported in streams", "remove the LIMIT"),
         LogicalPlan::Window(_) => (
-            "OVER (...) window functions are not supported in streams yet",
-            "use GROUP BY tumble(...)",
+            "OVER (...) here is not supported in streams yet",
+            "ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) filtered by rn <= N (Top-N) works",
         ),
         LogicalPlan::Distinct(_) => (
             "SELECT DISTINCT is not supported in streams yet",
@@ -881,6 +1055,25 @@ pub async fn plan_stream(
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
         }
+        LogicalPlan::Window(window) => {
+            if def.emit == Some(EmitMode::OnWindowClose) {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "stream {}: a Top-N never closes; it emits a changelog",
+                        def.name
+                    ),
+                )
+                .with_hint("drop the EMIT clause or write EMIT CHANGES"));
+            }
+            let limit = rank_limit(&plan, chain.below).ok_or_else(|| {
+                unsupported(
+                    "ROW_NUMBER() OVER (...) in a stream needs a filter on it (WHERE rn <= N, rn < N or rn = 1)",
+                    "wrap it: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 10",
+                )
+            })?;
+            lowering.top_n(window, chain.stages, limit)?
+        }
         _ => {
             if def.emit.is_some() {
                 return Err(Error::new(
@@ -918,7 +1111,7 @@ pub async fn plan_stream(
         }
     };
     let output_schema = match operator {
-        StreamOperator::ChangelogAggregate(_) => {
+        StreamOperator::ChangelogAggregate(_) | StreamOperator::TopN(_) => {
             if output_schema.field_with_name(WEIGHT_COLUMN).is_ok() {
                 return Err(Error::new(
                     ErrorCode::Planning,

@@ -1,0 +1,258 @@
+//! Streaming Top-N and deduplication: `ROW_NUMBER() OVER (PARTITION BY k
+//! ORDER BY x) <= N`, emitted as a changelog.
+//!
+//! Each partition keeps its current best N rows, ordered by the `ORDER BY`
+//! key (Arrow's row format, which compares as bytes and honours ASC/DESC
+//! and NULLS FIRST/LAST), then by arrival. A batch may push rows into a
+//! partition's top N and others out, and shift the rank of those below a
+//! newcomer: for every partition the batch touched, the rows whose
+//! (row, rank) pair changed are retracted (`_weight = -1`) and the new ones
+//! inserted (`+1`). Consolidating the changelog gives the current top N of
+//! every partition. Deduplication is the case N = 1 (keep the first row
+//! per key with `ORDER BY ts`, the latest with `ORDER BY ts DESC`).
+//!
+//! State is N rows per partition (row-format bytes), whatever the input's
+//! size; a row that does not make its partition's top N costs one
+//! comparison with the partition's worst row.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::groups::{GroupTable, KeyEncoder};
+use crate::stage::{apply_all, apply_all_carrying, Stage};
+use crate::{BatchTime, Operator};
+
+/// Everything needed to build a [`TopN`] on a shard.
+#[derive(Debug, Clone)]
+pub struct TopNSpec {
+    /// Filters/projections from the source batch to the window input.
+    pub pre: Vec<Stage>,
+    /// `PARTITION BY` expressions over the window input.
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// `ORDER BY` of the window function.
+    pub order_by: Vec<PhysicalSortExpr>,
+    /// N: rows kept per partition.
+    pub limit: usize,
+    /// The window input's schema plus the rank column.
+    pub ranked_schema: SchemaRef,
+    /// Stages above the window function (the rank filter, SELECT list).
+    pub post: Vec<Stage>,
+}
+
+/// A partition's top rows: (order key, arrival) -> row.
+type Ranked = BTreeMap<(Box<[u8]>, u64), Box<[u8]>>;
+
+/// The operator. One instance per stream per shard.
+pub struct TopN {
+    spec: TopNSpec,
+    encoder: KeyEncoder,
+    partitions: GroupTable,
+    tops: Vec<Ranked>,
+    order: RowConverter,
+    rows: RowConverter,
+    output_schema: SchemaRef,
+    arrivals: u64,
+}
+
+impl std::fmt::Debug for TopN {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopN")
+            .field("limit", &self.spec.limit)
+            .field("partitions", &self.tops.len())
+            .finish()
+    }
+}
+
+impl TopN {
+    /// Builds the operator. `output_schema` is the stream's: the query's
+    /// columns followed by `_weight`.
+    pub fn new(spec: TopNSpec, output_schema: SchemaRef) -> Result<Self> {
+        let fields = spec.ranked_schema.fields();
+        let input_fields = &fields[..fields.len() - 1];
+        let partition_fields = spec
+            .partition_by
+            .iter()
+            .map(|e| -> Result<_> {
+                Ok(Arc::new(arrow::datatypes::Field::new(
+                    "k",
+                    e.data_type(&spec.ranked_schema)?,
+                    e.nullable(&spec.ranked_schema)?,
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let order = RowConverter::new(
+            spec.order_by
+                .iter()
+                .map(|s| -> Result<SortField> {
+                    Ok(SortField::new_with_options(
+                        s.expr.data_type(&spec.ranked_schema)?,
+                        s.options,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        )?;
+        let rows = RowConverter::new(
+            input_fields
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        let encoder = KeyEncoder::new(&partition_fields)?;
+        Ok(Self {
+            partitions: encoder.table(),
+            encoder,
+            tops: Vec::new(),
+            order,
+            rows,
+            output_schema,
+            arrivals: 0,
+            spec,
+        })
+    }
+
+    /// Rows of the ranked schema from stored rows and their ranks.
+    fn ranked_rows(&self, entries: &[(&[u8], u64)]) -> Result<RecordBatch> {
+        let parser = self.rows.parser();
+        let mut columns: Vec<ArrayRef> = self
+            .rows
+            .convert_rows(entries.iter().map(|(row, _)| parser.parse(row)))?;
+        let ranks = entries.iter().map(|&(_, rank)| rank);
+        let rank_type = self
+            .spec
+            .ranked_schema
+            .fields()
+            .last()
+            .map(|f| f.data_type().clone());
+        columns.push(match rank_type {
+            Some(DataType::UInt64) => Arc::new(UInt64Array::from_iter_values(ranks)),
+            _ => Arc::new(Int64Array::from_iter_values(ranks.map(|r| r as i64))),
+        });
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.spec.ranked_schema),
+            columns,
+        )?)
+    }
+
+    fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let weights: ArrayRef = Arc::new(Int64Array::from_value(weight, rows.num_rows()));
+        let (result, weights) = apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
+        if result.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns = result.columns().to_vec();
+        columns.push(weights.expect("carried"));
+        out.push(
+            RecordBatch::try_new(Arc::clone(&self.output_schema), columns).map_err(|e| {
+                Error::new(
+                    ErrorCode::Execution,
+                    format!("Top-N produced a batch that does not fit its schema: {e}"),
+                )
+            })?,
+        );
+        Ok(())
+    }
+}
+
+impl Operator for TopN {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        _time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let input = apply_all(&self.spec.pre, batch)?;
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let partition_arrays = self
+            .spec
+            .partition_by
+            .iter()
+            .map(|e| e.evaluate(&input)?.into_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let order_arrays = self
+            .spec
+            .order_by
+            .iter()
+            .map(|s| s.expr.evaluate(&input)?.into_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let order_keys = self.order.convert_columns(&order_arrays)?;
+        let row_bytes = self.rows.convert_columns(input.columns())?;
+        let keys = self.encoder.encode(&partition_arrays)?;
+        // Each touched partition's list before the batch.
+        let mut before: BTreeMap<usize, Vec<(Box<[u8]>, u64)>> = BTreeMap::new();
+        let limit = self.spec.limit;
+        for row in 0..n {
+            let partition = self.encoder.group_id(&mut self.partitions, &keys, row);
+            if partition >= self.tops.len() {
+                self.tops.resize_with(partition + 1, BTreeMap::new);
+            }
+            let top = &mut self.tops[partition];
+            let key = order_keys.row(row);
+            let arrival = self.arrivals;
+            self.arrivals += 1;
+            let enters = top.len() < limit
+                || top
+                    .last_key_value()
+                    .is_some_and(|((worst, _), _)| key.as_ref() < &worst[..]);
+            if !enters {
+                continue;
+            }
+            before.entry(partition).or_insert_with(|| {
+                top.values()
+                    .enumerate()
+                    .map(|(i, r)| (r.clone(), i as u64 + 1))
+                    .collect()
+            });
+            top.insert(
+                (key.as_ref().into(), arrival),
+                row_bytes.row(row).as_ref().into(),
+            );
+            if top.len() > limit {
+                top.pop_last();
+            }
+        }
+        let mut retract: Vec<(&[u8], u64)> = Vec::new();
+        let mut insert: Vec<(&[u8], u64)> = Vec::new();
+        for (partition, old) in &before {
+            let new: Vec<(&[u8], u64)> = self.tops[*partition]
+                .values()
+                .enumerate()
+                .map(|(i, r)| (&r[..], i as u64 + 1))
+                .collect();
+            for (row, rank) in old {
+                if !new.iter().any(|(r, k)| *r == &row[..] && k == rank) {
+                    retract.push((&row[..], *rank));
+                }
+            }
+            for &(row, rank) in &new {
+                if !old.iter().any(|(r, k)| &r[..] == row && *k == rank) {
+                    insert.push((row, rank));
+                }
+            }
+        }
+        let retracted = self.ranked_rows(&retract)?;
+        let inserted = self.ranked_rows(&insert)?;
+        self.emit(retracted, -1, out)?;
+        self.emit(inserted, 1, out)?;
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, _watermark_ms: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+
+    fn late_rows(&self) -> u64 {
+        0
+    }
+}
