@@ -48,6 +48,9 @@ pub struct TopNSpec {
 /// A partition's top rows: (order key, arrival) -> row.
 type Ranked = BTreeMap<(Box<[u8]>, u64), Box<[u8]>>;
 
+/// A partition's rows with their ranks, as they were before a batch.
+type RankedList = Vec<(Box<[u8]>, u64)>;
+
 /// The operator. One instance per stream per shard.
 pub struct TopN {
     spec: TopNSpec,
@@ -190,7 +193,7 @@ impl Operator for TopN {
         let row_bytes = self.rows.convert_columns(input.columns())?;
         let keys = self.encoder.encode(&partition_arrays)?;
         // Each touched partition's list before the batch.
-        let mut before: BTreeMap<usize, Vec<(Box<[u8]>, u64)>> = BTreeMap::new();
+        let mut before: BTreeMap<usize, RankedList> = BTreeMap::new();
         let limit = self.spec.limit;
         for row in 0..n {
             let partition = self.encoder.group_id(&mut self.partitions, &keys, row);
