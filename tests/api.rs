@@ -262,9 +262,24 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::InvalidWindow
     );
+    for unsupported in [
+        "SELECT LEAD(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+        "SELECT ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) FROM trades",
+        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+        "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+    ] {
+        assert_eq!(
+            code(
+                db.execute(&format!("CREATE STREAM s AS {unsupported}"))
+                    .await
+            ),
+            ErrorCode::Unsupported,
+            "{unsupported}"
+        );
+    }
     assert_eq!(
-        code(db.execute("CREATE STREAM s AS SELECT LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades").await),
-        ErrorCode::Unsupported
+        code(db.execute("CREATE STREAM s AS SELECT LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades EMIT CHANGES").await),
+        ErrorCode::InvalidWindow
     );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);

@@ -640,3 +640,59 @@ async fn top_n_and_deduplication() {
         differential(query, "EMIT CHANGES", 4_000, 20).await;
     }
 }
+
+/// ROW_NUMBER, RANK, DENSE_RANK and LAG over event time, emitted as rows
+/// become final, against DataFusion's batch window functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_functions_over_event_time() {
+    differential(
+        "SELECT symbol, ts, price,
+                ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts) AS rn,
+                RANK() OVER (PARTITION BY symbol ORDER BY ts) AS rk,
+                DENSE_RANK() OVER (PARTITION BY symbol ORDER BY ts) AS drk,
+                LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS prev,
+                price - LAG(price, 2, 0.0) OVER (PARTITION BY symbol ORDER BY ts) AS delta2
+         FROM trades WHERE volume > 100",
+        "",
+        6_000,
+        20,
+    )
+    .await;
+    // One partition (on one shard), and a filter on the result.
+    differential(
+        "SELECT * FROM (
+             SELECT symbol, ts, ROW_NUMBER() OVER (ORDER BY ts) AS n,
+                    LAG(symbol, 3) OVER (ORDER BY ts) AS three_back
+             FROM trades)
+         WHERE n % 10 = 0",
+        "",
+        3_000,
+        20,
+    )
+    .await;
+}
+
+/// Equal event times share a RANK / DENSE_RANK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_with_ties() {
+    let schema = trades_schema();
+    let mut rows = trades(5, 3_000, 5, 2_000);
+    for row in &mut rows {
+        row.ts -= row.ts % 100;
+    }
+    let query = "SELECT symbol, ts, RANK() OVER (PARTITION BY symbol ORDER BY ts) AS rk,
+                        DENSE_RANK() OVER (PARTITION BY symbol ORDER BY ts) AS drk
+                 FROM trades";
+    let want = run_batch(query, "trades", vec![trades_batch(&rows)], schema).await;
+    for shards in [1, 2] {
+        let (got, _) = run_stream(
+            &format!("{TRADES_DDL}; CREATE STREAM s AS {query}"),
+            "trades",
+            "s",
+            random_batches(&rows, 3, 200),
+            shards,
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+}

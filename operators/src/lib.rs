@@ -17,6 +17,8 @@
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
 //!   emitted when each session closes.
+//! - [`analytic`]: `ROW_NUMBER`/`RANK`/`DENSE_RANK`/`LAG` over event
+//!   time, emitted when the watermark makes each row final.
 //! - [`top_n`]: streaming Top-N and deduplication
 //!   (`ROW_NUMBER() OVER (...) <= N`) as a changelog.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
@@ -24,6 +26,7 @@
 //! - [`Operator`]: the small trait the shard drives.
 
 pub mod aggregate;
+pub mod analytic;
 pub mod changelog_aggregate;
 pub mod groups;
 pub mod session_aggregate;
@@ -36,6 +39,7 @@ use arrow::array::RecordBatch;
 use laminar_runtime::Result;
 
 pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
+pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};

@@ -31,8 +31,9 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
-    AggregateSpec, ChangelogAggregate, EventTimeUnit, Operator, SessionAggregate, Stage, Stateless,
-    TopN, TopNSpec, WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
+    AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, ChangelogAggregate, EventTimeUnit,
+    Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding,
+    WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -97,6 +98,8 @@ pub enum StreamOperator {
     SessionAggregate(AggregateSpec),
     /// Top-N per partition (`ROW_NUMBER() ... <= N`), as a changelog.
     TopN(TopNSpec),
+    /// Window functions over event time, emitted as rows become final.
+    Analytic(AnalyticSpec),
 }
 
 impl StreamOperator {
@@ -117,6 +120,7 @@ impl StreamOperator {
             StreamOperator::TopN(spec) => {
                 Box::new(TopN::new(spec.clone(), Arc::clone(output_schema))?)
             }
+            StreamOperator::Analytic(spec) => Box::new(Analytic::new(spec.clone())?),
         })
     }
 }
@@ -753,6 +757,175 @@ impl Lowering<'_> {
         Ok((self.input(&source_name), routing, operator, explain))
     }
 
+    /// Lowers window functions ordered by event time.
+    fn analytic(
+        &self,
+        window: &datafusion::logical_expr::Window,
+        post: Vec<Stage>,
+    ) -> Result<(StreamInput, Routing, StreamOperator, String)> {
+        let chain = self.chain(&window.input)?;
+        if chain.scan_source.is_empty() {
+            return Err(unsupported(
+                "window functions over an aggregate in the same stream are not supported",
+                "aggregate in one stream and use window functions in a stream reading it",
+            ));
+        }
+        let input_schema = window.input.schema();
+        let mut partition_by: Option<Vec<Expr>> = None;
+        let mut event_time: Option<Expr> = None;
+        let mut functions = Vec::new();
+        let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
+        for expr in &window.window_expr {
+            let Expr::WindowFunction(function) = expr.clone().unalias() else {
+                return Err(unsupported(
+                    format!("unexpected window expression {expr}"),
+                    hint,
+                ));
+            };
+            let name = function.fun.name().to_lowercase();
+            let params = &function.params;
+            // Every function must share one window: same partitions, ordered
+            // by the event-time column, ascending.
+            match &partition_by {
+                None => partition_by = Some(params.partition_by.clone()),
+                Some(p) if *p == params.partition_by => {}
+                Some(_) => {
+                    return Err(unsupported(
+                        "window functions with different PARTITION BY in one stream",
+                        "use one PARTITION BY per stream",
+                    ))
+                }
+            }
+            let [sort] = params.order_by.as_slice() else {
+                return Err(unsupported(
+                    format!("{name}() OVER (...) must be ordered by the event-time column alone"),
+                    hint,
+                ));
+            };
+            if !sort.asc {
+                return Err(unsupported(
+                    format!("{name}() OVER (... ORDER BY {} DESC) cannot be streamed: it would wait for the end of time", sort.expr),
+                    "order by event time ascending, or use ROW_NUMBER filtered by rn <= N for a Top-N",
+                ));
+            }
+            match &event_time {
+                None => event_time = Some(sort.expr.clone()),
+                Some(e) if *e == sort.expr => {}
+                Some(_) => {
+                    return Err(unsupported(
+                        "window functions ordered by different columns in one stream",
+                        "order every function by the event-time column",
+                    ))
+                }
+            }
+            let literal = |e: &Expr| match e.clone().unalias() {
+                Expr::Literal(v, _) => Some(v),
+                _ => None,
+            };
+            functions.push(match (name.as_str(), params.args.as_slice()) {
+                ("row_number", []) => AnalyticFunction::RowNumber,
+                ("rank", []) => AnalyticFunction::Rank,
+                ("dense_rank", []) => AnalyticFunction::DenseRank,
+                ("lag", [argument, rest @ ..]) if rest.len() <= 2 => {
+                    let offset = match rest.first().map(literal) {
+                        None => 1,
+                        Some(Some(v)) => v
+                            .cast_to(&arrow::datatypes::DataType::Int64)
+                            .ok()
+                            .and_then(|v| match v {
+                                datafusion::common::ScalarValue::Int64(Some(n)) if n >= 1 => {
+                                    usize::try_from(n).ok()
+                                }
+                                _ => None,
+                            })
+                            .ok_or_else(|| {
+                                unsupported("LAG's offset must be a positive constant", hint)
+                            })?,
+                        Some(None) => {
+                            return Err(unsupported(
+                                "LAG's offset must be a positive constant",
+                                hint,
+                            ))
+                        }
+                    };
+                    let default = match rest.get(1) {
+                        None => None,
+                        Some(e) => Some(literal(e).ok_or_else(|| {
+                            unsupported("LAG's default must be a constant", hint)
+                        })?),
+                    };
+                    AnalyticFunction::Lag {
+                        argument: self.physical(argument, input_schema)?,
+                        offset,
+                        default,
+                    }
+                }
+                _ => {
+                    return Err(unsupported(
+                        format!("{name}() OVER (...) is not supported in streams yet"),
+                        hint,
+                    ))
+                }
+            });
+        }
+        let event_time = event_time.expect("at least one window function");
+        let time_column = self.trace_to_source(&event_time, &window.input);
+        let watermark_column = self
+            .sources
+            .get(&chain.scan_source)
+            .and_then(|s| s.watermark.as_ref())
+            .map(|w| w.column.clone());
+        let source_schema = self.input_schema(&chain.scan_source);
+        let is_event_time = match (time_column, &watermark_column) {
+            (Some(column), Some(watermark)) => source_schema.field(column).name() == watermark,
+            // A stream's columns carry its input's watermark.
+            (Some(_), None) => self.streams.contains_key(&chain.scan_source),
+            _ => false,
+        };
+        if !is_event_time {
+            return Err(unsupported(
+                format!(
+                    "window functions must be ordered by the event-time column, not {event_time}"
+                ),
+                "declare WATERMARK FOR <column> on the source and ORDER BY that column",
+            ));
+        }
+        let time_type = event_time.get_type(input_schema).map_err(planning_error)?;
+        let unit = EventTimeUnit::of(&time_type, &event_time.to_string())?;
+        let partition_exprs = partition_by.unwrap_or_default();
+        let mut key_columns = Some(Vec::new());
+        let mut partition_physical = Vec::new();
+        for e in &partition_exprs {
+            partition_physical.push(self.physical(e, input_schema)?);
+            match (self.trace_to_source(e, &window.input), key_columns.as_mut()) {
+                (Some(column), Some(columns)) => columns.push(column),
+                _ => key_columns = None,
+            }
+        }
+        let routing = match key_columns {
+            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
+            _ => Routing::Single,
+        };
+        let input = self.input(&chain.scan_source);
+        let explain = format!(
+            "WindowFunctions[{} function(s), partition_by={}, order_by={event_time}, routing={routing:?}] <- {} stage(s) <- {input}{}",
+            functions.len(),
+            partition_exprs.len(),
+            chain.stages.len(),
+            if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
+        );
+        let spec = AnalyticSpec {
+            pre: chain.stages,
+            event_time: self.physical(&event_time, input_schema)?,
+            unit,
+            partition_by: partition_physical,
+            functions,
+            window_schema: Arc::new(window.schema.as_arrow().clone()),
+            post,
+        };
+        Ok((input, routing, StreamOperator::Analytic(spec), explain))
+    }
+
     /// Lowers `ROW_NUMBER() OVER (...)` kept to `limit` rows per partition.
     fn top_n(
         &self,
@@ -894,6 +1067,23 @@ impl Lowering<'_> {
             position: found.position,
         })
     }
+}
+
+/// Whether a window node is a Top-N: one `ROW_NUMBER()` with a filter on
+/// its rank above it.
+fn is_top_n(
+    window: &datafusion::logical_expr::Window,
+    plan: &LogicalPlan,
+    node: &LogicalPlan,
+) -> bool {
+    let single_row_number = match window.window_expr.as_slice() {
+        [expr] => matches!(
+            expr.clone().unalias(),
+            Expr::WindowFunction(f) if f.fun.name().eq_ignore_ascii_case("row_number")
+        ),
+        _ => false,
+    };
+    single_row_number && rank_limit(plan, node).is_some()
 }
 
 /// The N of a Top-N: a filter between the top of `plan` and the window
@@ -1054,6 +1244,19 @@ pub async fn plan_stream(
     let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
+        }
+        LogicalPlan::Window(window) if !is_top_n(window, &plan, chain.below) => {
+            if def.emit.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "stream {}: window functions over event time emit each row once, when it is final",
+                        def.name
+                    ),
+                )
+                .with_hint("drop the EMIT clause"));
+            }
+            lowering.analytic(window, chain.stages)?
         }
         LogicalPlan::Window(window) => {
             if def.emit == Some(EmitMode::OnWindowClose) {

@@ -1,0 +1,388 @@
+//! Window functions over event time: `ROW_NUMBER`, `RANK`, `DENSE_RANK`
+//! and `LAG` `OVER (PARTITION BY k ORDER BY ts)`, where `ts` is the
+//! event-time column.
+//!
+//! A row's result depends on every row of its partition before it in
+//! event time, so a row is emitted once the watermark makes it *final*:
+//! when the watermark passes its event time, no row that is not late can
+//! still come before it. Until then rows wait in the order they arrived
+//! (each batch sorted by event time once, so a watermark takes a prefix of
+//! each). At a watermark the final rows are gathered, ordered by
+//! (partition, event time, arrival), numbered and emitted once: the output
+//! is append-only. A row arriving behind the watermark is late: dropped
+//! and counted.
+//!
+//! State per partition: the row count, the last event time and rank, and
+//! for `LAG(x, k)` the last `k` values of `x`, kept as (chunk, row)
+//! references into columnar chunks (one per watermark step, compacted when
+//! mostly stale). Rows wait only as long as the watermark bound.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::{interleave, interleave_record_batch, take_record_batch};
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::groups::{GroupTable, KeyEncoder};
+use crate::stage::{apply_all, Stage};
+use crate::time::EventTimeUnit;
+use crate::{BatchTime, Operator};
+
+/// One function in the `SELECT` list.
+#[derive(Debug, Clone)]
+pub enum AnalyticFunction {
+    /// `ROW_NUMBER()`: 1, 2, 3, ... per partition.
+    RowNumber,
+    /// `RANK()`: rows with equal event time share a rank; gaps follow.
+    Rank,
+    /// `DENSE_RANK()`: like `RANK` without gaps.
+    DenseRank,
+    /// `LAG(argument, offset, default)`.
+    Lag {
+        /// The value to look back at.
+        argument: Arc<dyn PhysicalExpr>,
+        /// How many rows back (>= 1).
+        offset: usize,
+        /// Value when there is no such row (NULL if `None`).
+        default: Option<ScalarValue>,
+    },
+}
+
+/// Everything needed to build an [`Analytic`] operator on a shard.
+#[derive(Debug, Clone)]
+pub struct AnalyticSpec {
+    /// Filters/projections from the source batch to the window input.
+    pub pre: Vec<Stage>,
+    /// The event-time column of the window input.
+    pub event_time: Arc<dyn PhysicalExpr>,
+    /// Its unit.
+    pub unit: EventTimeUnit,
+    /// `PARTITION BY` expressions over the window input.
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// The functions, in the window node's output order.
+    pub functions: Vec<AnalyticFunction>,
+    /// The window input's columns followed by one column per function.
+    pub window_schema: arrow::datatypes::SchemaRef,
+    /// Stages above the window functions (WHERE on their results, SELECT).
+    pub post: Vec<Stage>,
+}
+
+/// Rows waiting for the watermark: one batch, sorted by event time once.
+struct Waiting {
+    batch: RecordBatch,
+    /// Row indices in event-time order (stable: arrival breaks ties).
+    order: Vec<u32>,
+    /// Event times in `order`.
+    times_ms: Vec<i64>,
+    /// Rows of `order` already emitted (a prefix).
+    emitted: usize,
+}
+
+#[derive(Default)]
+struct PartitionState {
+    rows: u64,
+    last_time_ms: Option<i64>,
+    rank: u64,
+    dense_rank: u64,
+    /// Per LAG function: references to its last `offset` values, oldest
+    /// first.
+    history: Vec<VecDeque<(u32, u32)>>,
+}
+
+/// Chunks of `LAG` argument values, one chunk per watermark step.
+struct History {
+    chunks: Vec<ArrayRef>,
+}
+
+/// The operator. One instance per stream per shard.
+pub struct Analytic {
+    spec: AnalyticSpec,
+    encoder: KeyEncoder,
+    partitions: GroupTable,
+    states: Vec<PartitionState>,
+    waiting: VecDeque<Waiting>,
+    /// Per LAG function.
+    histories: Vec<History>,
+    watermark_ms: i64,
+    late_rows: u64,
+    times_ms: Vec<i64>,
+}
+
+impl std::fmt::Debug for Analytic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analytic")
+            .field("partitions", &self.states.len())
+            .field("waiting_batches", &self.waiting.len())
+            .finish()
+    }
+}
+
+/// Chunks kept per LAG function before compaction is considered.
+const MAX_CHUNKS: usize = 32;
+
+impl Analytic {
+    /// Builds the operator's empty state.
+    pub fn new(spec: AnalyticSpec) -> Result<Self> {
+        let fields = spec
+            .partition_by
+            .iter()
+            .map(|e| -> Result<_> {
+                Ok(Arc::new(arrow::datatypes::Field::new(
+                    "k",
+                    e.data_type(&spec.window_schema)?,
+                    e.nullable(&spec.window_schema)?,
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let encoder = KeyEncoder::new(&fields)?;
+        let lags = spec
+            .functions
+            .iter()
+            .filter(|f| matches!(f, AnalyticFunction::Lag { .. }))
+            .count();
+        Ok(Self {
+            partitions: encoder.table(),
+            encoder,
+            states: Vec::new(),
+            waiting: VecDeque::new(),
+            histories: (0..lags).map(|_| History { chunks: Vec::new() }).collect(),
+            watermark_ms: i64::MIN,
+            late_rows: 0,
+            times_ms: Vec::new(),
+            spec,
+        })
+    }
+
+    /// Emits every waiting row with event time before `watermark_ms`.
+    fn release(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        // The final rows: a prefix of each waiting batch.
+        let mut references = Vec::new();
+        let mut times = Vec::new();
+        for (i, waiting) in self.waiting.iter_mut().enumerate() {
+            let cut = waiting.emitted
+                + waiting.times_ms[waiting.emitted..].partition_point(|&t| t < watermark_ms);
+            for position in waiting.emitted..cut {
+                references.push((i, waiting.order[position] as usize));
+                times.push(waiting.times_ms[position]);
+            }
+            waiting.emitted = cut;
+        }
+        if references.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<&RecordBatch> = self.waiting.iter().map(|w| &w.batch).collect();
+        let rows = interleave_record_batch(&batches, &references)?;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|w| w.emitted == w.order.len())
+        {
+            self.waiting.pop_front();
+        }
+        let n = rows.num_rows();
+        let partition_arrays = self
+            .spec
+            .partition_by
+            .iter()
+            .map(|e| e.evaluate(&rows)?.into_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let keys = self.encoder.encode(&partition_arrays)?;
+        let partitions: Vec<usize> = (0..n)
+            .map(|row| self.encoder.group_id(&mut self.partitions, &keys, row))
+            .collect();
+        drop(keys);
+        if self.states.len() < self.partitions.len() {
+            let lags = self.histories.len();
+            self.states
+                .resize_with(self.partitions.len(), || PartitionState {
+                    history: vec![VecDeque::new(); lags],
+                    ..Default::default()
+                });
+        }
+        // (partition, time, arrival) order; `references` is in arrival
+        // order within each batch and batches are in arrival order.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&i| (partitions[i as usize], times[i as usize], i));
+        let sorted = take_record_batch(&rows, &UInt32Array::from(order.clone()))?;
+
+        let mut numbers = Vec::with_capacity(n);
+        let mut ranks = Vec::with_capacity(n);
+        let mut dense_ranks = Vec::with_capacity(n);
+        for &i in &order {
+            let (partition, time) = (partitions[i as usize], times[i as usize]);
+            let state = &mut self.states[partition];
+            state.rows += 1;
+            if state.last_time_ms != Some(time) {
+                state.rank = state.rows;
+                state.dense_rank += 1;
+                state.last_time_ms = Some(time);
+            }
+            numbers.push(state.rows);
+            ranks.push(state.rank);
+            dense_ranks.push(state.dense_rank);
+        }
+        let mut columns = sorted.columns().to_vec();
+        let mut lag_index = 0;
+        let functions = self.spec.functions.clone();
+        for function in &functions {
+            let column: ArrayRef = match function {
+                AnalyticFunction::RowNumber => Arc::new(UInt64Array::from(numbers.clone())),
+                AnalyticFunction::Rank => Arc::new(UInt64Array::from(ranks.clone())),
+                AnalyticFunction::DenseRank => Arc::new(UInt64Array::from(dense_ranks.clone())),
+                AnalyticFunction::Lag {
+                    argument,
+                    offset,
+                    default,
+                } => {
+                    let values = argument.evaluate(&sorted)?.into_array(n)?;
+                    let column = self.lag(
+                        lag_index,
+                        &values,
+                        *offset,
+                        default.as_ref(),
+                        &order,
+                        &partitions,
+                    )?;
+                    lag_index += 1;
+                    column
+                }
+            };
+            columns.push(column);
+        }
+        let windowed = RecordBatch::try_new(Arc::clone(&self.spec.window_schema), columns)
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Execution,
+                    format!("window functions produced a batch that does not fit: {e}"),
+                )
+            })?;
+        let result = apply_all(&self.spec.post, &windowed)?;
+        if result.num_rows() > 0 {
+            out.push(result);
+        }
+        Ok(())
+    }
+
+    /// `LAG` of the rows `order` (already sorted), continuing each
+    /// partition's history; updates the history.
+    fn lag(
+        &mut self,
+        lag_index: usize,
+        values: &ArrayRef,
+        offset: usize,
+        default: Option<&ScalarValue>,
+        order: &[u32],
+        partitions: &[usize],
+    ) -> Result<ArrayRef> {
+        let history = &mut self.histories[lag_index];
+        let chunk = history.chunks.len() as u32;
+        let missing = match default {
+            Some(value) => value.cast_to(values.data_type())?.to_array_of_size(1)?,
+            None => new_null_array(values.data_type(), 1),
+        };
+        // Sources for interleave: the history chunks, this step's values,
+        // then the one-row "no such row" value.
+        let mut sources: Vec<&dyn Array> = history.chunks.iter().map(|c| c.as_ref()).collect();
+        sources.push(values.as_ref());
+        sources.push(missing.as_ref());
+        let missing_source = sources.len() - 1;
+        let mut picks = Vec::with_capacity(order.len());
+        for (position, &i) in order.iter().enumerate() {
+            let state = &mut self.states[partitions[i as usize]];
+            let recent = &mut state.history[lag_index];
+            // `recent` holds the partition's last `offset` values before
+            // this row, oldest first.
+            picks.push(if recent.len() == offset {
+                let (c, r) = recent[0];
+                (c as usize, r as usize)
+            } else {
+                (missing_source, 0)
+            });
+            recent.push_back((chunk, position as u32));
+            if recent.len() > offset {
+                recent.pop_front();
+            }
+        }
+        let column = interleave(&sources, &picks)?;
+        history.chunks.push(Arc::clone(values));
+        self.compact(lag_index)?;
+        Ok(column)
+    }
+
+    /// Rewrites one LAG function's live history into a single chunk when
+    /// most stored values are stale.
+    fn compact(&mut self, lag_index: usize) -> Result<()> {
+        let history = &mut self.histories[lag_index];
+        let stored: usize = history.chunks.iter().map(|c| c.len()).sum();
+        let live: usize = self.states.iter().map(|s| s.history[lag_index].len()).sum();
+        if history.chunks.len() <= MAX_CHUNKS && stored <= 2 * live + 1024 {
+            return Ok(());
+        }
+        let mut picks = Vec::with_capacity(live);
+        for state in &mut self.states {
+            for reference in state.history[lag_index].iter_mut() {
+                picks.push((reference.0 as usize, reference.1 as usize));
+                *reference = (0, picks.len() as u32 - 1);
+            }
+        }
+        let sources: Vec<&dyn Array> = history.chunks.iter().map(|c| c.as_ref()).collect();
+        let compacted = interleave(&sources, &picks)?;
+        history.chunks = vec![compacted];
+        Ok(())
+    }
+}
+
+impl Operator for Analytic {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        _out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let input = apply_all(&self.spec.pre, batch)?;
+        let n = input.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let times = self.spec.event_time.evaluate(&input)?.into_array(n)?;
+        self.spec
+            .unit
+            .array_to_ms(times.as_ref(), &mut self.times_ms)?;
+        // Rows before the watermark come after rows already emitted.
+        let watermark = time.watermark_ms.max(self.watermark_ms);
+        let on_time: Vec<u32> = (0..n as u32)
+            .filter(|&i| {
+                let row_watermark = time
+                    .row_watermarks_ms
+                    .map_or(watermark, |w| w[i as usize].max(watermark));
+                self.times_ms[i as usize] >= row_watermark
+            })
+            .collect();
+        self.late_rows += (n - on_time.len()) as u64;
+        let mut order = on_time;
+        order.sort_by_key(|&i| self.times_ms[i as usize]);
+        let times_ms = order.iter().map(|&i| self.times_ms[i as usize]).collect();
+        if order.is_empty() {
+            return Ok(());
+        }
+        self.waiting.push_back(Waiting {
+            batch: input,
+            order,
+            times_ms,
+            emitted: 0,
+        });
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark_ms = self.watermark_ms.max(watermark_ms);
+        self.release(watermark_ms, out)
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+}
