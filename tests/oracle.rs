@@ -449,10 +449,13 @@ async fn cascading_sum_over_a_changelog() {
          GROUP BY symbol EMIT CHANGES";
     cascading_differential(
         upstream,
-        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v FROM per_symbol",
+        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v, AVG(v) AS mean,
+                AVG(n) FILTER (WHERE n > 100) AS busy_mean
+         FROM per_symbol",
         "EMIT CHANGES",
-        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v FROM
-           (SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades GROUP BY symbol)",
+        "SELECT COUNT(*) AS symbols, SUM(n) AS n, SUM(v) AS v, AVG(v) AS mean,
+                AVG(n) FILTER (WHERE n > 100) AS busy_mean
+         FROM (SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades GROUP BY symbol)",
         5_000,
         30,
     )

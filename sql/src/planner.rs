@@ -308,8 +308,27 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
             qualifier.cloned(),
             WEIGHT_COLUMN,
         ));
+        if aggregate
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(DataFusionError::Plan(
+                "LDB-1004: GROUPING SETS over a changelog stream are not supported".into(),
+            ));
+        }
         let mut aggr_expr = Vec::with_capacity(aggregate.aggr_expr.len() + 1);
-        for expr in &aggregate.aggr_expr {
+        // What each original output column becomes above the rewritten
+        // aggregate (AVG is a quotient of two hidden sums).
+        let mut replacement: Vec<Option<Expr>> = Vec::new();
+        let with_filter = |e: Expr, filter: &Option<Box<Expr>>| match (e, filter) {
+            (Expr::AggregateFunction(mut w), Some(filter)) => {
+                w.params.filter = Some(filter.clone());
+                Expr::AggregateFunction(w)
+            }
+            (e, _) => e,
+        };
+        for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
             let name = expr.schema_name().to_string();
             let Expr::AggregateFunction(f) = expr.clone().unalias() else {
                 return Err(DataFusionError::Plan(format!("LDB-1004: unexpected aggregate {expr}")));
@@ -320,35 +339,51 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
                     "LDB-1004: {function}(DISTINCT ...) over a changelog (EMIT CHANGES) stream is not supported"
                 )));
             }
+            let weighted_count = |arg: &Expr| -> datafusion::common::Result<Expr> {
+                Ok(sum(when(arg.clone().is_null(), lit(0i64)).otherwise(weight.clone())?))
+            };
             let weighted = match (function.as_str(), f.params.args.as_slice()) {
                 ("count", []) => sum(weight.clone()),
                 ("count", [Expr::Literal(value, _)]) if !value.is_null() => sum(weight.clone()),
-                ("count", [arg]) => sum(
-                    when(arg.clone().is_null(), lit(0i64))
-                        .otherwise(weight.clone())?,
-                ),
+                ("count", [arg]) => weighted_count(arg)?,
                 ("sum", [arg]) => {
                     let data_type = arg.get_type(input_schema)?;
                     sum(arg.clone() * datafusion::logical_expr::cast(weight.clone(), data_type))
                 }
+                ("avg", [arg]) if arg.get_type(input_schema)?.is_numeric()
+                    && !matches!(
+                        arg.get_type(input_schema)?,
+                        arrow::datatypes::DataType::Decimal128(..)
+                            | arrow::datatypes::DataType::Decimal256(..)
+                    ) =>
+                {
+                    use arrow::datatypes::DataType::Float64;
+                    let total = format!("__laminar_avg_sum_{i}");
+                    let count = format!("__laminar_avg_count_{i}");
+                    let value = datafusion::logical_expr::cast(arg.clone(), Float64);
+                    aggr_expr.push(
+                        with_filter(
+                            sum(value * datafusion::logical_expr::cast(weight.clone(), Float64)),
+                            &f.params.filter,
+                        )
+                        .alias(&total),
+                    );
+                    aggr_expr.push(with_filter(weighted_count(arg)?, &f.params.filter).alias(&count));
+                    // NULL when no non-NULL value is left, like AVG.
+                    let quotient = when(col(&count).eq(lit(0i64)), lit(datafusion::common::ScalarValue::Float64(None)))
+                        .otherwise(col(&total) / datafusion::logical_expr::cast(col(&count), Float64))?;
+                    replacement.push(Some(quotient.alias(name)));
+                    continue;
+                }
                 _ => {
                     return Err(DataFusionError::Plan(format!(
                         "LDB-1004: {function}() over a changelog (EMIT CHANGES) stream is not supported: \
-                         only COUNT and SUM can take retractions"
+                         only COUNT, SUM and AVG can take retractions"
                     )))
                 }
             };
-            let weighted = match f.params.filter {
-                Some(filter) => match weighted {
-                    Expr::AggregateFunction(mut w) => {
-                        w.params.filter = Some(filter);
-                        Expr::AggregateFunction(w)
-                    }
-                    other => other,
-                },
-                None => weighted,
-            };
-            aggr_expr.push(weighted.alias(name));
+            aggr_expr.push(with_filter(weighted, &f.params.filter).alias(name));
+            replacement.push(None);
         }
         aggr_expr.push(sum(weight).alias(ROWS));
         let rewritten = Aggregate::try_new(
@@ -356,10 +391,18 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
             aggregate.group_expr.clone(),
             aggr_expr,
         )?;
+        let group_count = aggregate.group_expr.len();
         let visible: Vec<Expr> = aggregate
             .schema
             .iter()
-            .map(|(q, f)| Expr::Column(datafusion::common::Column::new(q.cloned(), f.name())))
+            .enumerate()
+            .map(|(i, (q, f))| {
+                let column = Expr::Column(datafusion::common::Column::new(q.cloned(), f.name()));
+                match i.checked_sub(group_count).and_then(|a| replacement[a].clone()) {
+                    Some(expr) => expr,
+                    None => column,
+                }
+            })
             .collect();
         let plan = LogicalPlanBuilder::from(LogicalPlan::Aggregate(rewritten))
             .filter(col(ROWS).not_eq(lit(0i64)))?
