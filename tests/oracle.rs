@@ -699,3 +699,119 @@ async fn ranks_with_ties() {
         assert_same_rows(&got, &want);
     }
 }
+
+/// DataFusion's scalar functions work in streams as in batch queries:
+/// date/time, strings, regular expressions, arrays, structs, maths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datafusion_scalar_functions() {
+    differential(
+        "SELECT symbol,
+                date_trunc('minute', to_timestamp_millis(ts)) AS minute,
+                date_bin(INTERVAL '15 seconds', to_timestamp_millis(ts)) AS bin,
+                concat_ws('-', symbol, CAST(volume AS VARCHAR)) AS label,
+                regexp_replace(symbol, '[0-9]+', '#') AS masked,
+                make_array(price, price * 2) AS pair,
+                array_length(make_array(volume, volume, volume)) AS three,
+                named_struct('p', price, 'v', volume)['v'] AS v_from_struct,
+                round(ln(price), 3) AS log_price,
+                CASE WHEN volume > 500 THEN 'big' ELSE 'small' END AS size,
+                md5(symbol) AS digest
+         FROM trades WHERE starts_with(symbol, 'S0')",
+        "",
+        4_000,
+        20,
+    )
+    .await;
+}
+
+/// Statistical aggregates in windows; approximate percentiles agree with
+/// the exact median within their error (t-digest's result depends on how
+/// rows were batched, so it is not compared exactly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approximate_and_statistical_aggregates() {
+    differential(
+        "SELECT symbol, tumble(ts, INTERVAL '20' SECOND) AS w,
+                approx_distinct(volume) AS distinct_volumes,
+                stddev(price) AS sd, var_pop(price) AS var,
+                bool_and(volume > 0) AS all_positive,
+                array_agg(volume ORDER BY ts) AS volumes
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '20' SECOND)",
+        "",
+        6_000,
+        10,
+    )
+    .await;
+
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use std::collections::HashMap;
+    let rows = trades(8, 20_000, 5, 2_000);
+    let by_key = |batches: &[RecordBatch]| -> HashMap<(String, i64), f64> {
+        let mut map = HashMap::new();
+        for b in batches {
+            let s = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let w = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            let m = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                map.insert((s.value(i).to_string(), w.value(i)), m.value(i));
+            }
+        }
+        map
+    };
+    let exact = by_key(
+        &run_batch(
+            "SELECT symbol, tumble(ts, INTERVAL '30' SECOND) AS w, median(price) AS m
+             FROM trades GROUP BY symbol, tumble(ts, INTERVAL '30' SECOND)",
+            "trades",
+            vec![trades_batch(&rows)],
+            trades_schema(),
+        )
+        .await,
+    );
+    let (got, _) = run_stream(
+        &format!(
+            "{TRADES_DDL}; CREATE STREAM s AS
+             SELECT symbol, tumble(ts, INTERVAL '30' SECOND) AS w,
+                    approx_percentile_cont(price, 0.5) AS m
+             FROM trades GROUP BY symbol, tumble(ts, INTERVAL '30' SECOND)"
+        ),
+        "trades",
+        "s",
+        random_batches(&rows, 8, 500),
+        2,
+    )
+    .await;
+    let approximate = by_key(&got);
+    assert_eq!(approximate.len(), exact.len());
+    for (key, m) in &exact {
+        let a = approximate[key];
+        assert!(
+            (a - m).abs() <= 0.05 * m,
+            "{key:?}: approx {a} vs median {m}"
+        );
+    }
+}
+
+/// UNNEST of a list column in a stream, alone and under a window
+/// aggregate; a NULL list keeps one NULL row, as in DataFusion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnest_in_streams() {
+    differential(
+        "SELECT symbol, ts,
+                unnest(CASE WHEN volume > 900 THEN NULL
+                            ELSE make_array(price, price * 2, CAST(volume AS DOUBLE)) END) AS x
+         FROM trades WHERE volume > 500",
+        "",
+        3_000,
+        20,
+    )
+    .await;
+    differential(
+        "SELECT symbol, COUNT(*) AS n, SUM(x) AS total FROM (
+             SELECT symbol, ts, unnest(make_array(volume, volume * 2)) AS x FROM trades)
+         GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)",
+        "",
+        5_000,
+        20,
+    )
+    .await;
+}

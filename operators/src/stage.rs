@@ -2,7 +2,8 @@
 //!
 //! These run DataFusion physical expressions, the interpreted path. A
 //! filter keeps rows whose predicate is `true` (NULL drops the row, as in
-//! SQL `WHERE`).
+//! SQL `WHERE`). `UNNEST` of a list column repeats each row per element,
+//! with DataFusion's NULL and empty-list rules.
 
 use std::sync::Arc;
 
@@ -26,6 +27,89 @@ pub enum Stage {
         /// The output schema.
         schema: SchemaRef,
     },
+    /// `UNNEST` of one list column: each row becomes one row per element,
+    /// the other columns repeated.
+    Unnest {
+        /// The list column, in the input.
+        column: usize,
+        /// Keep a NULL list as one row with a NULL element.
+        keep_null: bool,
+        /// Also turn an empty list into one NULL row.
+        keep_empty: bool,
+        /// For each output column, the input column it comes from.
+        sources: Vec<usize>,
+        /// The output schema.
+        schema: SchemaRef,
+    },
+}
+
+/// Unnests one list column: the output rows and, for each, the input row
+/// it came from.
+fn unnest(
+    batch: &RecordBatch,
+    column: usize,
+    keep_null: bool,
+    keep_empty: bool,
+    sources: &[usize],
+    schema: &SchemaRef,
+) -> Result<(RecordBatch, arrow::array::UInt32Array)> {
+    use arrow::array::{UInt32Builder, UInt64Builder};
+    let list = batch.column(column);
+    let (values, offsets): (ArrayRef, Vec<i64>) = match list.data_type() {
+        arrow::datatypes::DataType::List(_) => {
+            let l = list.as_list::<i32>();
+            (
+                Arc::clone(l.values()),
+                l.offsets().iter().map(|&o| i64::from(o)).collect(),
+            )
+        }
+        arrow::datatypes::DataType::LargeList(_) => {
+            let l = list.as_list::<i64>();
+            (Arc::clone(l.values()), l.offsets().to_vec())
+        }
+        other => {
+            return Err(Error::new(
+                ErrorCode::Execution,
+                format!("UNNEST of {other} is not supported in streams"),
+            ))
+        }
+    };
+    let mut rows = UInt32Builder::new();
+    let mut elements = UInt64Builder::new();
+    for row in 0..batch.num_rows() {
+        let (start, end) = (offsets[row], offsets[row + 1]);
+        let null = list.is_null(row);
+        if (null && keep_null) || (!null && start == end && keep_empty) {
+            rows.append_value(row as u32);
+            elements.append_null();
+            continue;
+        }
+        if null {
+            continue;
+        }
+        for element in start..end {
+            rows.append_value(row as u32);
+            elements.append_value(element as u64);
+        }
+    }
+    let rows = rows.finish();
+    let elements = elements.finish();
+    let flattened = arrow::compute::take(&values, &elements, None)?;
+    let columns = sources
+        .iter()
+        .map(|&source| {
+            if source == column {
+                Ok(Arc::clone(&flattened))
+            } else {
+                Ok(arrow::compute::take(batch.column(source), &rows, None)?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok((
+        RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?,
+        rows,
+    ))
 }
 
 impl Stage {
@@ -49,6 +133,13 @@ impl Stage {
                     &options,
                 )?)
             }
+            Stage::Unnest {
+                column,
+                keep_null,
+                keep_empty,
+                sources,
+                schema,
+            } => Ok(unnest(batch, *column, *keep_null, *keep_empty, sources, schema)?.0),
         }
     }
 }
@@ -100,6 +191,18 @@ pub fn apply_all_carrying(
                 }
             }
             Stage::Project { .. } => current = stage.apply(&current)?,
+            Stage::Unnest {
+                column,
+                keep_null,
+                keep_empty,
+                sources,
+                schema,
+            } => {
+                let (rows, from) =
+                    unnest(&current, *column, *keep_null, *keep_empty, sources, schema)?;
+                current = rows;
+                carry = arrow::compute::take(&carry, &from, None)?;
+            }
         }
     }
     Ok((current, Some(carry)))

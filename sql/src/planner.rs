@@ -572,6 +572,10 @@ impl Lowering<'_> {
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(s) => node = &s.input,
+                LogicalPlan::Unnest(u) => {
+                    stages.push(unnest_stage(u)?);
+                    node = &u.input;
+                }
                 LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => {
                     stages.reverse();
                     return Ok(Chain {
@@ -646,6 +650,22 @@ impl Lowering<'_> {
                 }
                 LogicalPlan::TableScan(scan) => {
                     return Some(scan.projection.as_ref().map_or(index, |p| p[index]));
+                }
+                LogicalPlan::Unnest(u) => {
+                    // Repeated columns keep their values; the unnested one
+                    // does not come from a source column.
+                    let source = u.dependency_indices[index];
+                    if u.list_type_columns.iter().any(|(c, _)| *c == source)
+                        || u.struct_type_columns.contains(&source)
+                    {
+                        return None;
+                    }
+                    let (qualifier, field) = u.input.schema().qualified_field(source);
+                    expr = Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        field.name(),
+                    ));
+                    node = &u.input;
                 }
                 _ => return None,
             }
@@ -1127,6 +1147,35 @@ fn is_top_n(
         _ => false,
     };
     single_row_number && rank_limit(plan, node).is_some()
+}
+
+/// `UNNEST` of one list column, one level deep.
+fn unnest_stage(u: &datafusion::logical_expr::Unnest) -> Result<Stage> {
+    use datafusion::common::NullHandling;
+    let [(column, list)] = u.list_type_columns.as_slice() else {
+        return Err(unsupported(
+            "UNNEST of several columns at once is not supported in streams",
+            "unnest one list column per stream",
+        ));
+    };
+    if list.depth != 1 || !u.struct_type_columns.is_empty() {
+        return Err(unsupported(
+            "UNNEST of structs or nested lists is not supported in streams",
+            "unnest one level of a list column",
+        ));
+    }
+    let (keep_null, keep_empty) = match u.options.null_handling {
+        NullHandling::Drop => (false, false),
+        NullHandling::Preserve => (true, false),
+        NullHandling::PreserveAndExpandEmpty => (true, true),
+    };
+    Ok(Stage::Unnest {
+        column: *column,
+        keep_null,
+        keep_empty,
+        sources: u.dependency_indices.clone(),
+        schema: Arc::new(u.schema.as_arrow().clone()),
+    })
 }
 
 /// The N of a Top-N: a filter between the top of `plan` and the window
