@@ -263,7 +263,7 @@ async fn bad_input_has_stable_codes() {
         ErrorCode::InvalidWindow
     );
     for unsupported in [
-        "SELECT LEAD(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+        "SELECT NTILE(4) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         "SELECT ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) FROM trades",
         "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",

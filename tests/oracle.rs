@@ -654,7 +654,9 @@ async fn window_functions_over_event_time() {
                 RANK() OVER (PARTITION BY symbol ORDER BY ts) AS rk,
                 DENSE_RANK() OVER (PARTITION BY symbol ORDER BY ts) AS drk,
                 LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS prev,
-                price - LAG(price, 2, 0.0) OVER (PARTITION BY symbol ORDER BY ts) AS delta2
+                price - LAG(price, 2, 0.0) OVER (PARTITION BY symbol ORDER BY ts) AS delta2,
+                LEAD(volume) OVER (PARTITION BY symbol ORDER BY ts) AS next_volume,
+                LEAD(ts, 3, -1) OVER (PARTITION BY symbol ORDER BY ts) AS third_next_ts
          FROM trades WHERE volume > 100",
         "",
         6_000,
@@ -665,7 +667,8 @@ async fn window_functions_over_event_time() {
     differential(
         "SELECT * FROM (
              SELECT symbol, ts, ROW_NUMBER() OVER (ORDER BY ts) AS n,
-                    LAG(symbol, 3) OVER (ORDER BY ts) AS three_back
+                    LAG(symbol, 3) OVER (ORDER BY ts) AS three_back,
+                    LEAD(symbol, 2) OVER (ORDER BY ts) AS two_ahead
              FROM trades)
          WHERE n % 10 = 0",
         "",

@@ -1,5 +1,5 @@
-//! Window functions over event time: `ROW_NUMBER`, `RANK`, `DENSE_RANK`
-//! and `LAG` `OVER (PARTITION BY k ORDER BY ts)`, where `ts` is the
+//! Window functions over event time: `ROW_NUMBER`, `RANK`, `DENSE_RANK`,
+//! `LAG` and `LEAD` `OVER (PARTITION BY k ORDER BY ts)`, where `ts` is the
 //! event-time column.
 //!
 //! A row's result depends on every row of its partition before it in
@@ -10,7 +10,9 @@
 //! each). At a watermark the final rows are gathered, ordered by
 //! (partition, event time, arrival), numbered and emitted once: the output
 //! is append-only. A row arriving behind the watermark is late: dropped
-//! and counted.
+//! and counted. With `LEAD(x, k)` the last `k` final rows of a partition
+//! are held back until `k` more rows of the partition are final (or the
+//! input ends), since their `LEAD` is not known before.
 //!
 //! State per partition: the row count, the last event time and rank, and
 //! for `LAG(x, k)` the last `k` values of `x`, kept as (chunk, row)
@@ -40,6 +42,16 @@ pub enum AnalyticFunction {
     Rank,
     /// `DENSE_RANK()`: like `RANK` without gaps.
     DenseRank,
+    /// `LEAD(argument, offset, default)`: the row is emitted once the
+    /// `offset` rows after it are final too (or the input ended).
+    Lead {
+        /// The value to look ahead at.
+        argument: Arc<dyn PhysicalExpr>,
+        /// How many rows ahead (>= 1).
+        offset: usize,
+        /// Value when there is no such row (NULL if `None`).
+        default: Option<ScalarValue>,
+    },
     /// `LAG(argument, offset, default)`.
     Lag {
         /// The value to look back at.
@@ -90,6 +102,9 @@ struct PartitionState {
     /// Per LAG function: references to its last `offset` values, oldest
     /// first.
     history: Vec<VecDeque<(u32, u32)>>,
+    /// Final rows not emitted yet because a `LEAD` needs rows after them:
+    /// (held chunk, row, event time).
+    held: VecDeque<(u32, u32, i64)>,
 }
 
 /// Chunks of `LAG` argument values, one chunk per watermark step.
@@ -106,6 +121,12 @@ pub struct Analytic {
     waiting: VecDeque<Waiting>,
     /// Per LAG function.
     histories: Vec<History>,
+    /// Chunks the held rows live in.
+    held_chunks: Vec<RecordBatch>,
+    /// The window input's schema.
+    input_schema: arrow::datatypes::SchemaRef,
+    /// Rows held back per partition: the largest `LEAD` offset.
+    max_lead: usize,
     watermark_ms: i64,
     late_rows: u64,
     times_ms: Vec<i64>,
@@ -149,6 +170,21 @@ impl Analytic {
             states: Vec::new(),
             waiting: VecDeque::new(),
             histories: (0..lags).map(|_| History { chunks: Vec::new() }).collect(),
+            held_chunks: Vec::new(),
+            input_schema: Arc::new(arrow::datatypes::Schema::new(
+                spec.window_schema.fields()
+                    [..spec.window_schema.fields().len() - spec.functions.len()]
+                    .to_vec(),
+            )),
+            max_lead: spec
+                .functions
+                .iter()
+                .map(|f| match f {
+                    AnalyticFunction::Lead { offset, .. } => *offset,
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0),
             watermark_ms: i64::MIN,
             late_rows: 0,
             times_ms: Vec::new(),
@@ -156,25 +192,32 @@ impl Analytic {
         })
     }
 
-    /// Emits every waiting row with event time before `watermark_ms`.
+    /// Emits every waiting row with event time before `watermark_ms`
+    /// (keeping back, per partition, the last rows whose `LEAD` is not
+    /// final yet).
     fn release(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        // The final rows: a prefix of each waiting batch.
+        let at_end = watermark_ms == i64::MAX;
+        // The newly final rows: a prefix of each waiting batch.
         let mut references = Vec::new();
-        let mut times = Vec::new();
+        let mut final_times = Vec::new();
         for (i, waiting) in self.waiting.iter_mut().enumerate() {
             let cut = waiting.emitted
                 + waiting.times_ms[waiting.emitted..].partition_point(|&t| t < watermark_ms);
             for position in waiting.emitted..cut {
                 references.push((i, waiting.order[position] as usize));
-                times.push(waiting.times_ms[position]);
+                final_times.push(waiting.times_ms[position]);
             }
             waiting.emitted = cut;
         }
-        if references.is_empty() {
+        if references.is_empty() && !(at_end && self.held_rows() > 0) {
             return Ok(());
         }
-        let batches: Vec<&RecordBatch> = self.waiting.iter().map(|w| &w.batch).collect();
-        let rows = interleave_record_batch(&batches, &references)?;
+        let fresh = if references.is_empty() {
+            RecordBatch::new_empty(Arc::clone(&self.input_schema))
+        } else {
+            let batches: Vec<&RecordBatch> = self.waiting.iter().map(|w| &w.batch).collect();
+            interleave_record_batch(&batches, &references)?
+        };
         while self
             .waiting
             .front()
@@ -182,37 +225,96 @@ impl Analytic {
         {
             self.waiting.pop_front();
         }
-        let n = rows.num_rows();
-        let partition_arrays = self
-            .spec
-            .partition_by
-            .iter()
-            .map(|e| e.evaluate(&rows)?.into_array(n))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
-        let keys = self.encoder.encode(&partition_arrays)?;
-        let partitions: Vec<usize> = (0..n)
-            .map(|row| self.encoder.group_id(&mut self.partitions, &keys, row))
-            .collect();
-        drop(keys);
-        if self.states.len() < self.partitions.len() {
-            let lags = self.histories.len();
-            self.states
-                .resize_with(self.partitions.len(), || PartitionState {
-                    history: vec![VecDeque::new(); lags],
-                    ..Default::default()
-                });
+        let fresh_partitions = self.partition_ids(&fresh)?;
+
+        // Rows held back earlier for the partitions this step touches (all
+        // of them at the end) come first: they are older.
+        let mut touched: Vec<usize> = if at_end {
+            (0..self.states.len()).collect()
+        } else {
+            fresh_partitions.clone()
+        };
+        touched.sort_unstable();
+        touched.dedup();
+        let mut held_refs = Vec::new();
+        let mut times = Vec::new();
+        let mut partitions = Vec::new();
+        for &partition in &touched {
+            for (chunk, row, time) in self.states[partition].held.drain(..) {
+                held_refs.push((chunk as usize, row as usize));
+                times.push(time);
+                partitions.push(partition);
+            }
         }
-        // (partition, time, arrival) order; `references` is in arrival
-        // order within each batch and batches are in arrival order.
+        let rows = if held_refs.is_empty() {
+            fresh
+        } else {
+            let chunks: Vec<&RecordBatch> = self.held_chunks.iter().collect();
+            let held = interleave_record_batch(&chunks, &held_refs)?;
+            arrow::compute::concat_batches(&fresh.schema(), [&held, &fresh])?
+        };
+        times.extend(final_times);
+        partitions.extend(fresh_partitions);
+
+        // (partition, time, arrival) order: held rows, then fresh rows in
+        // arrival order within each waiting batch, batches in arrival order.
+        let n = rows.num_rows();
         let mut order: Vec<u32> = (0..n as u32).collect();
         order.sort_by_key(|&i| (partitions[i as usize], times[i as usize], i));
         let sorted = take_record_batch(&rows, &UInt32Array::from(order.clone()))?;
+        let sorted_partitions: Vec<usize> = order.iter().map(|&i| partitions[i as usize]).collect();
+        let sorted_times: Vec<i64> = order.iter().map(|&i| times[i as usize]).collect();
 
-        let mut numbers = Vec::with_capacity(n);
-        let mut ranks = Vec::with_capacity(n);
-        let mut dense_ranks = Vec::with_capacity(n);
-        for &i in &order {
-            let (partition, time) = (partitions[i as usize], times[i as usize]);
+        // Per partition run, emit all but the last `hold` rows.
+        let hold = if at_end { 0 } else { self.max_lead };
+        let chunk = self.held_chunks.len() as u32;
+        let mut emitted: Vec<u32> = Vec::with_capacity(n);
+        let mut run_ends: Vec<usize> = Vec::with_capacity(n);
+        let mut any_held = false;
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && sorted_partitions[end] == sorted_partitions[start] {
+                end += 1;
+            }
+            let emit_to = end - hold.min(end - start);
+            for position in start..emit_to {
+                emitted.push(position as u32);
+                run_ends.push(end);
+            }
+            for position in emit_to..end {
+                self.states[sorted_partitions[position]].held.push_back((
+                    chunk,
+                    position as u32,
+                    sorted_times[position],
+                ));
+                any_held = true;
+            }
+            start = end;
+        }
+        if any_held {
+            self.held_chunks.push(sorted.clone());
+        }
+        self.compact_held()?;
+        if emitted.is_empty() {
+            return Ok(());
+        }
+        let emitted_index = UInt32Array::from(emitted.clone());
+        let emitted_rows = take_record_batch(&sorted, &emitted_index)?;
+        let emitted_partitions: Vec<usize> = emitted
+            .iter()
+            .map(|&p| sorted_partitions[p as usize])
+            .collect();
+        let m = emitted_rows.num_rows();
+
+        let mut numbers = Vec::with_capacity(m);
+        let mut ranks = Vec::with_capacity(m);
+        let mut dense_ranks = Vec::with_capacity(m);
+        for &position in &emitted {
+            let (partition, time) = (
+                sorted_partitions[position as usize],
+                sorted_times[position as usize],
+            );
             let state = &mut self.states[partition];
             state.rows += 1;
             if state.last_time_ms != Some(time) {
@@ -224,7 +326,7 @@ impl Analytic {
             ranks.push(state.rank);
             dense_ranks.push(state.dense_rank);
         }
-        let mut columns = sorted.columns().to_vec();
+        let mut columns = emitted_rows.columns().to_vec();
         let mut lag_index = 0;
         let functions = self.spec.functions.clone();
         for function in &functions {
@@ -237,17 +339,39 @@ impl Analytic {
                     offset,
                     default,
                 } => {
-                    let values = argument.evaluate(&sorted)?.into_array(n)?;
+                    let values = argument.evaluate(&emitted_rows)?.into_array(m)?;
                     let column = self.lag(
                         lag_index,
                         &values,
                         *offset,
                         default.as_ref(),
-                        &order,
-                        &partitions,
+                        &emitted_partitions,
                     )?;
                     lag_index += 1;
                     column
+                }
+                AnalyticFunction::Lead {
+                    argument,
+                    offset,
+                    default,
+                } => {
+                    // The row `offset` later in the same partition run, if
+                    // the run has it (it does, except at the end).
+                    let values = argument.evaluate(&sorted)?.into_array(n)?;
+                    let missing = missing_value(values.data_type(), default.as_ref())?;
+                    let picks: Vec<(usize, usize)> = emitted
+                        .iter()
+                        .zip(&run_ends)
+                        .map(|(&position, &end)| {
+                            let target = position as usize + offset;
+                            if target < end {
+                                (0, target)
+                            } else {
+                                (1, 0)
+                            }
+                        })
+                        .collect();
+                    interleave(&[values.as_ref(), missing.as_ref()], &picks)?
                 }
             };
             columns.push(column);
@@ -266,32 +390,83 @@ impl Analytic {
         Ok(())
     }
 
-    /// `LAG` of the rows `order` (already sorted), continuing each
-    /// partition's history; updates the history.
+    /// Partition ids of a batch of window-input rows.
+    fn partition_ids(&mut self, rows: &RecordBatch) -> Result<Vec<usize>> {
+        let n = rows.num_rows();
+        let partition_arrays = self
+            .spec
+            .partition_by
+            .iter()
+            .map(|e| e.evaluate(rows)?.into_array(n))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let keys = self.encoder.encode(&partition_arrays)?;
+        let partitions: Vec<usize> = (0..n)
+            .map(|row| self.encoder.group_id(&mut self.partitions, &keys, row))
+            .collect();
+        drop(keys);
+        if self.states.len() < self.partitions.len() {
+            let lags = self.histories.len();
+            self.states
+                .resize_with(self.partitions.len(), || PartitionState {
+                    history: vec![VecDeque::new(); lags],
+                    ..Default::default()
+                });
+        }
+        Ok(partitions)
+    }
+
+    fn held_rows(&self) -> usize {
+        self.states.iter().map(|s| s.held.len()).sum()
+    }
+
+    /// Rewrites the held rows into one chunk when most stored rows are
+    /// stale.
+    fn compact_held(&mut self) -> Result<()> {
+        let stored: usize = self.held_chunks.iter().map(|c| c.num_rows()).sum();
+        let live = self.held_rows();
+        if live == 0 {
+            self.held_chunks.clear();
+            return Ok(());
+        }
+        if self.held_chunks.len() <= MAX_CHUNKS && stored <= 2 * live + 1024 {
+            return Ok(());
+        }
+        let mut picks = Vec::with_capacity(live);
+        for state in &mut self.states {
+            for held in state.held.iter_mut() {
+                picks.push((held.0 as usize, held.1 as usize));
+                *held = (0, picks.len() as u32 - 1, held.2);
+            }
+        }
+        let chunks: Vec<&RecordBatch> = self.held_chunks.iter().collect();
+        let compacted = interleave_record_batch(&chunks, &picks)?;
+        self.held_chunks = vec![compacted];
+        Ok(())
+    }
+
+    /// `LAG` of emitted rows (in emission order, `partitions[i]` being row
+    /// `i`'s partition), continuing each partition's history; updates the
+    /// history.
     fn lag(
         &mut self,
         lag_index: usize,
         values: &ArrayRef,
         offset: usize,
         default: Option<&ScalarValue>,
-        order: &[u32],
         partitions: &[usize],
     ) -> Result<ArrayRef> {
         let history = &mut self.histories[lag_index];
         let chunk = history.chunks.len() as u32;
-        let missing = match default {
-            Some(value) => value.cast_to(values.data_type())?.to_array_of_size(1)?,
-            None => new_null_array(values.data_type(), 1),
-        };
+        let missing = missing_value(values.data_type(), default)?;
         // Sources for interleave: the history chunks, this step's values,
         // then the one-row "no such row" value.
         let mut sources: Vec<&dyn Array> = history.chunks.iter().map(|c| c.as_ref()).collect();
         sources.push(values.as_ref());
         sources.push(missing.as_ref());
         let missing_source = sources.len() - 1;
-        let mut picks = Vec::with_capacity(order.len());
-        for (position, &i) in order.iter().enumerate() {
-            let state = &mut self.states[partitions[i as usize]];
+        let mut picks = Vec::with_capacity(partitions.len());
+        for (position, &partition) in partitions.iter().enumerate() {
+            let state = &mut self.states[partition];
             let recent = &mut state.history[lag_index];
             // `recent` holds the partition's last `offset` values before
             // this row, oldest first.
@@ -333,6 +508,17 @@ impl Analytic {
         history.chunks = vec![compacted];
         Ok(())
     }
+}
+
+/// The one-row value standing for "no such row": the default, or NULL.
+fn missing_value(
+    data_type: &arrow::datatypes::DataType,
+    default: Option<&ScalarValue>,
+) -> Result<ArrayRef> {
+    Ok(match default {
+        Some(value) => value.cast_to(data_type)?.to_array_of_size(1)?,
+        None => new_null_array(data_type, 1),
+    })
 }
 
 impl Operator for Analytic {

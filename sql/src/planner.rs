@@ -837,7 +837,7 @@ impl Lowering<'_> {
         let mut partition_by: Option<Vec<Expr>> = None;
         let mut event_time: Option<Expr> = None;
         let mut functions = Vec::new();
-        let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
+        let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG, LEAD OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
         for expr in &window.window_expr {
             let Expr::WindowFunction(function) = expr.clone().unalias() else {
                 return Err(unsupported(
@@ -889,7 +889,7 @@ impl Lowering<'_> {
                 ("row_number", []) => AnalyticFunction::RowNumber,
                 ("rank", []) => AnalyticFunction::Rank,
                 ("dense_rank", []) => AnalyticFunction::DenseRank,
-                ("lag", [argument, rest @ ..]) if rest.len() <= 2 => {
+                (kind @ ("lag" | "lead"), [argument, rest @ ..]) if rest.len() <= 2 => {
                     let offset = match rest.first().map(literal) {
                         None => 1,
                         Some(Some(v)) => v
@@ -914,13 +914,25 @@ impl Lowering<'_> {
                     let default = match rest.get(1) {
                         None => None,
                         Some(e) => Some(literal(e).ok_or_else(|| {
-                            unsupported("LAG's default must be a constant", hint)
+                            unsupported(
+                                format!("{}'s default must be a constant", kind.to_uppercase()),
+                                hint,
+                            )
                         })?),
                     };
-                    AnalyticFunction::Lag {
-                        argument: self.physical(argument, input_schema)?,
-                        offset,
-                        default,
+                    let argument = self.physical(argument, input_schema)?;
+                    if kind == "lag" {
+                        AnalyticFunction::Lag {
+                            argument,
+                            offset,
+                            default,
+                        }
+                    } else {
+                        AnalyticFunction::Lead {
+                            argument,
+                            offset,
+                            default,
+                        }
                     }
                 }
                 _ => {
