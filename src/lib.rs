@@ -45,6 +45,7 @@
 //! (reading results), [`metrics`]; the pipeline's shard loop is in
 //! `pipeline.rs`.
 
+mod alignment;
 mod graph;
 mod pipeline;
 mod views;
@@ -76,6 +77,7 @@ pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
 pub use source::SourceHandle;
 pub use subscription::Subscription;
 
+use alignment::AlignmentGroup;
 use graph::Graph;
 use laminar_runtime::router::HashPartitioner;
 use laminar_sql::{Routing, StreamInput, StreamOperator};
@@ -333,6 +335,26 @@ impl LaminarDB {
                 if catalog.name_taken(&name) {
                     return Err(already_exists(&name));
                 }
+                if let Some(alignment) = &def.alignment {
+                    let other = catalog.sources.iter().find_map(|s| {
+                        s.alignment
+                            .as_ref()
+                            .filter(|a| {
+                                a.group == alignment.group
+                                    && a.max_drift_ms != alignment.max_drift_ms
+                            })
+                            .map(|a| (s.name.clone(), a.max_drift_ms))
+                    });
+                    if let Some((other, drift)) = other {
+                        return Err(Error::new(
+                            ErrorCode::InvalidConfig,
+                            format!(
+                                "alignment group '{}' has max drift {drift} ms (source '{other}'), not {} ms",
+                                alignment.group, alignment.max_drift_ms
+                            ),
+                        ));
+                    }
+                }
                 register_table(&self.shared.ctx, &name, Arc::clone(&def.schema))?;
                 catalog.sources.push(def);
                 Ok(ExecuteResult::SourceCreated(name))
@@ -477,6 +499,7 @@ impl LaminarDB {
                     None => None,
                 };
                 Ok(SourceRuntime {
+                    alignment: None,
                     name: def.name.clone(),
                     idle_timeout: def
                         .idle_timeout_ms
@@ -486,6 +509,25 @@ impl LaminarDB {
                 })
             })
             .collect::<Result<_>>()?;
+        let mut groups: HashMap<String, AlignmentGroup> = HashMap::new();
+        for (id, def) in catalog.sources.iter().enumerate() {
+            if let Some(alignment) = &def.alignment {
+                groups
+                    .entry(alignment.group.clone())
+                    .or_insert_with(|| {
+                        AlignmentGroup::new(alignment.group.clone(), alignment.max_drift_ms)
+                    })
+                    .add_source(id, def.name.clone(), sources[id].idle_timeout);
+            }
+        }
+        let groups: HashMap<String, Arc<AlignmentGroup>> =
+            groups.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        for (id, def) in catalog.sources.iter().enumerate() {
+            sources[id].alignment = def
+                .alignment
+                .as_ref()
+                .map(|a| Arc::clone(&groups[&a.group]));
+        }
         let graph = Graph::build(&catalog.streams, &mut sources)?;
         let mut views = Vec::new();
         for stream in 0..catalog.streams.len() {

@@ -109,6 +109,8 @@ pub(crate) struct SourceTime {
 /// A source while the pipeline runs.
 pub(crate) struct SourceRuntime {
     pub name: String,
+    /// The source's watermark alignment group.
+    pub alignment: Option<Arc<crate::alignment::AlignmentGroup>>,
     /// Idle timeout of the source's partitions.
     pub idle_timeout: Option<Duration>,
     pub time: Option<SourceTime>,

@@ -33,6 +33,7 @@ use laminar_runtime::spsc::{ring, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::Routing;
 
+use crate::alignment::{AlignmentGroup, Member};
 use crate::pipeline::{Control, Ingress, Pipeline};
 use crate::{Backpressure, Shared};
 
@@ -75,6 +76,8 @@ struct Lanes {
     /// This handle's watermark: the largest event time it pushed minus the
     /// bound, or what it set explicitly.
     watermark_ms: i64,
+    /// This handle in its source's alignment group.
+    member: Option<Arc<Member>>,
     times_ms: Vec<i64>,
 }
 
@@ -121,8 +124,22 @@ impl SourceHandle {
             .try_borrow_mut()
             .map_err(|_| Error::new(ErrorCode::Execution, "SourceHandle::push re-entered"))?;
         let lanes = self.connect(&mut lanes)?;
+        let batch = conform(&self.schema, batch)?;
+        if let Some(candidate) = lanes.needs_alignment(&batch)? {
+            let (group, member) = lanes.alignment().expect("checked");
+            let pipeline = Arc::clone(&lanes.pipeline);
+            group.wait_until_aligned(
+                &member,
+                &self.name,
+                candidate,
+                pipeline.backpressure,
+                || pipeline.check_running(),
+            )?;
+        }
         let messages = lanes.route(&self.schema, batch)?;
-        lanes.deliver_blocking(messages)
+        lanes.deliver_blocking(messages)?;
+        lanes.publish();
+        Ok(())
     }
 
     /// Pushes a batch, waiting asynchronously while a shard's ring is full.
@@ -130,11 +147,42 @@ impl SourceHandle {
         let schema = Arc::clone(&self.schema);
         let mut slot = std::mem::take(self.lanes.get_mut());
         let lanes = self.connect(&mut slot)?;
-        let messages = lanes.route(&schema, batch);
-        let result = match messages {
-            Ok(messages) => lanes.deliver_async(messages).await,
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let batch = conform(&schema, batch)?;
+            if let Some(candidate) = lanes.needs_alignment(&batch)? {
+                // Waiting for the rest of the group blocks: do it on a
+                // helper thread, not on the caller's executor.
+                let (group, member) = lanes.alignment().expect("checked");
+                let pipeline = Arc::clone(&lanes.pipeline);
+                let name = self.name.clone();
+                let (done, waited) = futures::channel::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("laminar-align".into())
+                    .spawn(move || {
+                        let _ = done.send(group.wait_until_aligned(
+                            &member,
+                            &name,
+                            candidate,
+                            pipeline.backpressure,
+                            || pipeline.check_running(),
+                        ));
+                    })
+                    .map_err(|e| {
+                        Error::new(
+                            ErrorCode::RuntimeStart,
+                            format!("cannot spawn a thread: {e}"),
+                        )
+                    })?;
+                waited.await.map_err(|_| {
+                    Error::new(ErrorCode::Execution, "alignment wait thread vanished")
+                })??;
+            }
+            let messages = lanes.route(&schema, batch)?;
+            lanes.deliver_async(messages).await?;
+            lanes.publish();
+            Ok(())
+        }
+        .await;
         *self.lanes.get_mut() = slot;
         result
     }
@@ -155,7 +203,9 @@ impl SourceHandle {
         }
         lanes.watermark_ms = watermark_ms;
         let messages = lanes.watermark_messages(watermark_ms, Instant::now());
-        lanes.deliver_blocking(messages)
+        lanes.deliver_blocking(messages)?;
+        lanes.publish();
+        Ok(())
     }
 
     /// Connects to the running pipeline on first use.
@@ -191,6 +241,10 @@ impl SourceHandle {
             producers.push(producer);
         }
         let routes = pipeline.sources[source].routes.len();
+        let member = pipeline.sources[source]
+            .alignment
+            .as_ref()
+            .map(|group| group.join(source));
         Ok(slot.insert(Lanes {
             pipeline,
             source,
@@ -198,6 +252,7 @@ impl SourceHandle {
             partitioners: (0..routes).map(|_| None).collect(),
             next_shard: 0,
             watermark_ms: i64::MIN,
+            member,
             times_ms: Vec::new(),
         }))
     }
@@ -281,6 +336,48 @@ fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
 }
 
 impl Lanes {
+    /// The handle's alignment group and membership, if its source has one.
+    fn alignment(&self) -> Option<(Arc<AlignmentGroup>, Arc<Member>)> {
+        let group = self.pipeline.sources[self.source].alignment.as_ref()?;
+        Some((Arc::clone(group), Arc::clone(self.member.as_ref()?)))
+    }
+
+    /// The watermark a batch would move this handle to, when the source is
+    /// in an alignment group and the batch moves it at all.
+    fn needs_alignment(&mut self, batch: &RecordBatch) -> Result<Option<i64>> {
+        let source = &self.pipeline.sources[self.source];
+        let (Some(_), Some(time)) = (&source.alignment, &source.time) else {
+            return Ok(None);
+        };
+        // A handle's first batch establishes where it is; holding it back
+        // would leave two sources that start together waiting on each
+        // other.
+        if batch.num_rows() == 0 || self.watermark_ms == i64::MIN {
+            return Ok(None);
+        }
+        time.unit
+            .array_to_ms(batch.column(time.column).as_ref(), &mut self.times_ms)
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::InvalidEventTime,
+                    format!("source '{}': {}", source.name, e.message()),
+                )
+            })?;
+        let latest = self.times_ms.iter().copied().max().unwrap_or(i64::MIN);
+        let candidate = latest.saturating_sub(time.bound_ms);
+        Ok((candidate > self.watermark_ms).then_some(candidate))
+    }
+
+    /// Tells the alignment group where this handle is now.
+    fn publish(&self) {
+        if let (Some(group), Some(member)) = (
+            self.pipeline.sources[self.source].alignment.as_ref(),
+            self.member.as_ref(),
+        ) {
+            group.publish(member, self.watermark_ms);
+        }
+    }
+
     /// Turns one pushed batch into the messages for the shards.
     fn route(&mut self, schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<(usize, Ingress)>> {
         let batch = conform(schema, batch)?;

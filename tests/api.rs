@@ -281,6 +281,24 @@ async fn bad_input_has_stable_codes() {
         code(db.execute("CREATE STREAM s AS SELECT LAG(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades EMIT CHANGES").await),
         ErrorCode::InvalidWindow
     );
+    assert_eq!(
+        code(db.execute("CREATE SOURCE t5 (a BIGINT) WITH (alignment_group = 'g', alignment_max_drift = '1 s')").await),
+        ErrorCode::InvalidWatermark
+    );
+    assert_eq!(
+        code(
+            db.execute(
+                "CREATE SOURCE t5 (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment_group = 'g')"
+            )
+            .await
+        ),
+        ErrorCode::InvalidConfig
+    );
+    db.execute("CREATE SOURCE t5 (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment_group = 'g', alignment_max_drift = '1 s')").await.unwrap();
+    assert_eq!(
+        code(db.execute("CREATE SOURCE t6 (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment_group = 'g', alignment_max_drift = '2 s')").await),
+        ErrorCode::InvalidConfig
+    );
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 
@@ -596,4 +614,89 @@ async fn idle_partitions_stop_holding_the_watermark_back() {
         let late = db.metrics().streams[0].late_rows;
         assert_eq!(late, u64::from(idle_timeout.is_some()));
     }
+}
+
+/// Sources in one alignment group: the one running ahead by more than the
+/// drift waits (Block) or is refused (Error) until the other catches up; a
+/// silent source stops holding the group back after its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alignment_groups_hold_back_the_source_that_runs_ahead() {
+    let ddl = |idle: &str| {
+        format!(
+            "CREATE SOURCE fast (k BIGINT NOT NULL, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts) WITH (alignment_group = 'g', alignment_max_drift = '10 s'{idle});
+             CREATE SOURCE slow (k BIGINT NOT NULL, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts) WITH (alignment_group = 'g', alignment_max_drift = '10 s'{idle});
+             CREATE STREAM counts AS SELECT k, COUNT(*) AS n FROM fast GROUP BY k, tumble(ts, INTERVAL '1' SECOND)"
+        )
+    };
+    let rows = |ts: i64| {
+        datafusion::arrow::array::RecordBatch::try_from_iter(vec![
+            (
+                "k",
+                std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![1])) as _,
+            ),
+            (
+                "ts",
+                std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![ts])) as _,
+            ),
+        ])
+        .unwrap()
+    };
+    // Error policy: refused while too far ahead, accepted once within the drift.
+    let db = LaminarDB::builder()
+        .shards(1)
+        .backpressure(Backpressure::Error)
+        .build()
+        .unwrap();
+    db.execute(&ddl("")).await.unwrap();
+    let (fast, slow) = (
+        db.source_untyped("fast").unwrap(),
+        db.source_untyped("slow").unwrap(),
+    );
+    db.start().await.unwrap();
+    fast.push(rows(0)).unwrap(); // first batch: establishes the position
+    slow.push(rows(0)).unwrap();
+    fast.push(rows(9_000)).unwrap();
+    let err = fast.push(rows(30_000)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backpressure, "{err}");
+    slow.push(rows(19_000)).unwrap();
+    fast.push(rows(29_000)).unwrap();
+    db.shutdown().await.unwrap();
+
+    // Block policy: the pusher waits until the slow source moves.
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&ddl("")).await.unwrap();
+    let (fast, slow) = (
+        db.source_untyped("fast").unwrap(),
+        db.source_untyped("slow").unwrap(),
+    );
+    db.start().await.unwrap();
+    fast.push(rows(0)).unwrap();
+    slow.push(rows(0)).unwrap();
+    let (pushed, done) = std::sync::mpsc::channel();
+    let pusher = std::thread::spawn(move || {
+        fast.push(rows(60_000)).unwrap();
+        pushed.send(()).unwrap();
+    });
+    assert!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "60 s ahead of the slow source: the push waits"
+    );
+    // Also far ahead of where the fast source is, but not of where it is
+    // going: no deadlock.
+    slow.push(rows(55_000)).unwrap();
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("released once the slow source caught up");
+    pusher.join().unwrap();
+    db.shutdown().await.unwrap();
+
+    // A silent source stops holding the group back after its idle timeout.
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&ddl(", idle_timeout = '100 ms'")).await.unwrap();
+    let fast = db.source_untyped("fast").unwrap();
+    db.start().await.unwrap();
+    fast.push(rows(0)).unwrap();
+    fast.push(rows(60_000)).unwrap();
+    db.shutdown().await.unwrap();
 }

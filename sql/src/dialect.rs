@@ -6,7 +6,8 @@
 //! CREATE SOURCE name (
 //!     col TYPE [NOT NULL], ...,
 //!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
-//! ) [WITH (idle_timeout = '5 seconds')];
+//! ) [WITH (idle_timeout = '5 seconds',
+//!        alignment_group = 'g', alignment_max_drift = '10 seconds')];
 //! CREATE STREAM name [WITH (late_data = 'side_output')] AS SELECT ...
 //!     [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
 //! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
@@ -62,6 +63,8 @@ pub struct SourceDefSyntax {
     pub watermark: Option<WatermarkDef>,
     /// `WITH (idle_timeout = ...)`, in ms.
     pub idle_timeout_ms: Option<i64>,
+    /// `WITH (alignment_group = ..., alignment_max_drift = ...)`.
+    pub alignment: Option<AlignmentDef>,
     /// `IF NOT EXISTS` was given.
     pub if_not_exists: bool,
     /// The statement's text.
@@ -80,8 +83,19 @@ pub struct SourceDef {
     /// A source partition (handle) silent for this long stops holding the
     /// source's watermark back until it pushes again.
     pub idle_timeout_ms: Option<i64>,
+    /// The source's watermark alignment group, if any.
+    pub alignment: Option<AlignmentDef>,
     /// The statement's text, for `SHOW CREATE`-style introspection.
     pub sql: String,
+}
+
+/// A watermark alignment group membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlignmentDef {
+    /// Group name.
+    pub group: String,
+    /// How far ahead of the group's slowest source a source may run, ms.
+    pub max_drift_ms: i64,
 }
 
 /// `WATERMARK FOR column AS column - bound`.
@@ -319,6 +333,8 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
     let close = close.ok_or_else(|| syntax_error("unbalanced parentheses in CREATE SOURCE"))?;
     let mut after = close + 1;
     let mut idle_timeout_ms = None;
+    let mut alignment_group = None;
+    let mut alignment_max_drift_ms = None;
     if rest
         .get(after)
         .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
@@ -337,16 +353,43 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                             .with_hint("e.g. idle_timeout = '5 seconds' or '500 ms'")
                         })?)
                 }
+                "alignment_group" => alignment_group = Some(value),
+                "alignment_max_drift" => {
+                    alignment_max_drift_ms =
+                        Some(duration_ms(&value).filter(|&ms| ms >= 0).ok_or_else(|| {
+                            Error::new(
+                                ErrorCode::InvalidConfig,
+                                format!("alignment_max_drift = '{value}' is not a duration"),
+                            )
+                            .with_hint("e.g. alignment_max_drift = '10 seconds'")
+                        })?)
+                }
                 other => {
                     return Err(Error::new(
                         ErrorCode::Unsupported,
                         format!("source option '{other}' is not supported"),
                     )
-                    .with_hint("source options: idle_timeout"))
+                    .with_hint(
+                        "source options: idle_timeout, alignment_group, alignment_max_drift",
+                    ))
                 }
             }
         }
     }
+    let alignment = match (alignment_group, alignment_max_drift_ms) {
+        (None, None) => None,
+        (Some(group), Some(drift)) => Some(AlignmentDef {
+            group,
+            max_drift_ms: drift,
+        }),
+        _ => {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "alignment_group and alignment_max_drift go together",
+            )
+            .with_hint("WITH (alignment_group = 'g', alignment_max_drift = '10 seconds')"))
+        }
+    };
     if let Some(extra) = rest.get(after) {
         if keyword(extra) == Some(Keyword::FROM) {
             return Err(Error::new(
@@ -398,6 +441,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         name,
         watermark,
         idle_timeout_ms,
+        alignment,
         if_not_exists,
         sql: text,
     })

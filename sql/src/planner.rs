@@ -186,6 +186,16 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
         ));
     };
     let schema: SchemaRef = Arc::new(table.input.schema().as_arrow().clone());
+    if syntax.alignment.is_some() && syntax.watermark.is_none() {
+        return Err(Error::new(
+            ErrorCode::InvalidWatermark,
+            format!(
+                "source '{}' joins an alignment group but has no WATERMARK: alignment is in event time",
+                syntax.name
+            ),
+        )
+        .with_hint("add WATERMARK FOR <column> AS <column> - INTERVAL '...'"));
+    }
     if let Some(watermark) = &syntax.watermark {
         let field = schema.field_with_name(&watermark.column).map_err(|_| {
             Error::new(
@@ -204,6 +214,7 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
         schema,
         watermark: syntax.watermark,
         idle_timeout_ms: syntax.idle_timeout_ms,
+        alignment: syntax.alignment,
         sql: syntax.sql,
     })
 }
