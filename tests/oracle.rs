@@ -360,6 +360,32 @@ async fn session_windows() {
     .await;
 }
 
+/// Session windows with EMIT CHANGES: every batch re-emits the sessions it
+/// changed (and retracts sessions merged away); consolidated, the
+/// changelog equals the sessions of the batch query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_emit_changes() {
+    differential_against(
+        "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
+                COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts
+         FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
+        "EMIT CHANGES",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts
+         FROM numbered GROUP BY symbol, sid",
+        4_000,
+        20,
+    )
+    .await;
+}
+
 /// Hand-computed: a row that lands between two sessions of its key merges
 /// them; a row whose own session would already have closed is late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,15 @@
 //! open sessions; a buffered batch is freed when no open session refers to
 //! it. Every aggregate DataFusion has works, in the same order-insensitive
 //! way as in a batch query.
+//!
+//! With `EMIT CHANGES`, after every batch each session that changed is
+//! re-aggregated from its rows: its previous row is retracted and the new
+//! one emitted; a session merged into another has its row retracted. A
+//! closing session then emits nothing more.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use datafusion::logical_expr::EmitTo;
@@ -33,6 +39,22 @@ struct Session {
     last_ms: i64,
     /// (buffered batch sequence number, row).
     rows: Vec<(u64, u32)>,
+    /// Changed since its row was last emitted (`EMIT CHANGES`).
+    dirty: bool,
+    /// Its last emitted aggregate row, in row format (`EMIT CHANGES`).
+    emitted: Option<Box<[u8]>>,
+}
+
+/// What `EMIT CHANGES` needs on top of the window-close mode.
+struct Changes {
+    /// The stream's schema: the query's columns then `_weight`.
+    output_schema: arrow::datatypes::SchemaRef,
+    /// Aggregate rows <-> bytes, to compare and retract them.
+    rows: arrow::row::RowConverter,
+    /// Rows of sessions merged away since the last batch, to retract.
+    retract: Vec<Box<[u8]>>,
+    /// Keys whose sessions changed in this batch.
+    touched: Vec<u32>,
 }
 
 /// A kept aggregate-input batch and how many open-session rows use it.
@@ -59,6 +81,8 @@ pub struct SessionAggregate {
     /// Sequence number of `buffers[0]`.
     buffers_base: u64,
     late_rows: u64,
+    /// `EMIT CHANGES` mode.
+    changes: Option<Changes>,
     /// Late rows waiting for the late side output.
     late_batches: Vec<RecordBatch>,
     times_ms: Vec<i64>,
@@ -75,8 +99,13 @@ impl std::fmt::Debug for SessionAggregate {
 }
 
 impl SessionAggregate {
-    /// Builds the operator's empty state.
-    pub fn new(spec: AggregateSpec) -> Result<Self> {
+    /// Builds the operator's empty state. With `changes_schema` (the
+    /// stream's schema, ending with `_weight`) it emits a changelog after
+    /// every batch instead of each session once when it closes.
+    pub fn new(
+        spec: AggregateSpec,
+        changes_schema: Option<arrow::datatypes::SchemaRef>,
+    ) -> Result<Self> {
         let binding = spec.window.clone().ok_or_else(|| {
             Error::new(
                 ErrorCode::Planning,
@@ -91,7 +120,23 @@ impl SessionAggregate {
         };
         let encoder = KeyEncoder::new(&spec.key_fields())?;
         let keys = encoder.table();
+        let changes = match changes_schema {
+            Some(output_schema) => Some(Changes {
+                output_schema,
+                rows: arrow::row::RowConverter::new(
+                    spec.aggregate_schema
+                        .fields()
+                        .iter()
+                        .map(|f| arrow::row::SortField::new(f.data_type().clone()))
+                        .collect(),
+                )?,
+                retract: Vec::new(),
+                touched: Vec::new(),
+            }),
+            None => None,
+        };
         Ok(Self {
+            changes,
             spec,
             binding,
             gap_ms,
@@ -110,6 +155,9 @@ impl SessionAggregate {
     /// Adds row `row` of buffered batch `sequence` at `t_ms` to key `key`.
     fn add_row(&mut self, key: usize, t_ms: i64, sequence: u64, row: u32) {
         let gap = self.gap_ms;
+        if let Some(changes) = self.changes.as_mut() {
+            changes.touched.push(key as u32);
+        }
         let sessions = &mut self.sessions[key];
         // Sessions the row is within `gap` of: at most two neighbours.
         let first = sessions.partition_point(|s| s.last_ms.saturating_add(gap) <= t_ms);
@@ -123,6 +171,8 @@ impl SessionAggregate {
                         start_ms: t_ms,
                         last_ms: t_ms,
                         rows: vec![(sequence, row)],
+                        dirty: true,
+                        emitted: None,
                     },
                 );
                 self.ends
@@ -130,6 +180,7 @@ impl SessionAggregate {
             }
             1 => {
                 let session = &mut sessions[first];
+                session.dirty = true;
                 session.rows.push((sequence, row));
                 session.last_ms = session.last_ms.max(t_ms);
                 if t_ms < session.start_ms {
@@ -147,7 +198,11 @@ impl SessionAggregate {
                 // the earlier, whose queue entry stays valid.
                 debug_assert_eq!(reach, 2);
                 let later = sessions.remove(first + 1);
+                if let (Some(changes), Some(row)) = (self.changes.as_mut(), later.emitted) {
+                    changes.retract.push(row);
+                }
                 let session = &mut sessions[first];
+                session.dirty = true;
                 session.rows.extend(later.rows);
                 session.rows.push((sequence, row));
                 session.last_ms = session.last_ms.max(later.last_ms).max(t_ms);
@@ -155,16 +210,14 @@ impl SessionAggregate {
         }
     }
 
-    /// Emits the given closed sessions as one batch.
-    fn emit(&mut self, closed: Vec<(u32, Session)>, out: &mut Vec<RecordBatch>) -> Result<()> {
+    /// The aggregate rows (GROUP BY columns, then aggregates) of sessions.
+    fn aggregate_rows(&self, sessions: &[(u32, &Session)]) -> Result<RecordBatch> {
         let mut references = Vec::new();
         let mut group_ids = Vec::new();
-        for (group, (_, session)) in closed.iter().enumerate() {
+        for (group, (_, session)) in sessions.iter().enumerate() {
             for &(sequence, row) in &session.rows {
-                let index = (sequence - self.buffers_base) as usize;
-                references.push((index, row as usize));
+                references.push(((sequence - self.buffers_base) as usize, row as usize));
                 group_ids.push(group);
-                self.buffers[index].live -= 1;
             }
         }
         let batches: Vec<&RecordBatch> = self.buffers.iter().map(|b| &b.batch).collect();
@@ -176,25 +229,143 @@ impl SessionAggregate {
                 &inputs.arguments[j],
                 &group_ids,
                 inputs.filters[j].as_ref(),
-                closed.len(),
+                sessions.len(),
             )?;
             values.push(accumulator.evaluate(EmitTo::All)?);
         }
-        let key_ids: Vec<u32> = closed.iter().map(|(key, _)| *key).collect();
+        let key_ids: Vec<u32> = sessions.iter().map(|(key, _)| *key).collect();
         let key_columns = self.encoder.key_columns(&self.keys, &key_ids)?;
         let starts = self
             .binding
             .unit
-            .array_from_ms(closed.iter().map(|(_, s)| s.start_ms));
-        let aggregated = self.spec.assemble(Some(starts), key_columns, values)?;
-        let result = apply_all(&self.spec.post, &aggregated)?;
-        if result.num_rows() > 0 {
-            out.push(result);
+            .array_from_ms(sessions.iter().map(|(_, s)| s.start_ms));
+        self.spec.assemble(Some(starts), key_columns, values)
+    }
+
+    /// Frees the buffered rows of sessions that are gone.
+    fn release(&mut self, sessions: &[(u32, Session)]) {
+        for (_, session) in sessions {
+            for &(sequence, _) in &session.rows {
+                self.buffers[(sequence - self.buffers_base) as usize].live -= 1;
+            }
         }
         while self.buffers.front().is_some_and(|b| b.live == 0) {
             self.buffers.pop_front();
             self.buffers_base += 1;
         }
+    }
+
+    /// Emits the given closed sessions as one batch.
+    fn emit(&mut self, closed: Vec<(u32, Session)>, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.changes.is_none() {
+            let refs: Vec<(u32, &Session)> = closed.iter().map(|(k, s)| (*k, s)).collect();
+            let aggregated = self.aggregate_rows(&refs)?;
+            let result = apply_all(&self.spec.post, &aggregated)?;
+            if result.num_rows() > 0 {
+                out.push(result);
+            }
+        }
+        // With EMIT CHANGES a closed session's last row stands.
+        self.release(&closed);
+        Ok(())
+    }
+
+    /// After a batch (`EMIT CHANGES`): retracts merged-away sessions, and
+    /// for each changed session retracts its previous row and emits the new
+    /// one.
+    fn emit_changes(&mut self, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let Some(changes) = self.changes.as_mut() else {
+            return Ok(());
+        };
+        let mut touched = std::mem::take(&mut changes.touched);
+        let mut retract = std::mem::take(&mut changes.retract);
+        touched.sort_unstable();
+        touched.dedup();
+        let mut dirty: Vec<(u32, usize)> = Vec::new();
+        for &key in &touched {
+            for (i, session) in self.sessions[key as usize].iter().enumerate() {
+                if session.dirty {
+                    dirty.push((key, i));
+                }
+            }
+        }
+        let mut inserted: Vec<u32> = Vec::new();
+        if !dirty.is_empty() {
+            let sessions: Vec<(u32, &Session)> = dirty
+                .iter()
+                .map(|&(key, i)| (key, &self.sessions[key as usize][i]))
+                .collect();
+            let aggregated = self.aggregate_rows(&sessions)?;
+            let changes = self.changes.as_ref().expect("checked");
+            let rows = changes.rows.convert_columns(aggregated.columns())?;
+            let mut updates = Vec::with_capacity(dirty.len());
+            for (position, &(key, i)) in dirty.iter().enumerate() {
+                let new_row: Box<[u8]> = rows.row(position).as_ref().into();
+                let session = &self.sessions[key as usize][i];
+                if session.emitted.as_deref() == Some(&new_row[..]) {
+                    updates.push((key, i, None));
+                    continue;
+                }
+                if let Some(old) = &session.emitted {
+                    retract.push(old.clone());
+                }
+                inserted.push(position as u32);
+                updates.push((key, i, Some(new_row)));
+            }
+            for (key, i, new_row) in updates {
+                let session = &mut self.sessions[key as usize][i];
+                session.dirty = false;
+                if new_row.is_some() {
+                    session.emitted = new_row;
+                }
+            }
+            let inserted = arrow::compute::take_record_batch(
+                &aggregated,
+                &arrow::array::UInt32Array::from(inserted),
+            )?;
+            if !retract.is_empty() {
+                let changes = self.changes.as_ref().expect("checked");
+                let parser = changes.rows.parser();
+                let columns = changes
+                    .rows
+                    .convert_rows(retract.iter().map(|r| parser.parse(r)))?;
+                let old = RecordBatch::try_new(Arc::clone(&self.spec.aggregate_schema), columns)?;
+                self.weighted(old, -1, out)?;
+            }
+            self.weighted(inserted, 1, out)?;
+        } else if !retract.is_empty() {
+            let changes = self.changes.as_ref().expect("checked");
+            let parser = changes.rows.parser();
+            let columns = changes
+                .rows
+                .convert_rows(retract.iter().map(|r| parser.parse(r)))?;
+            let old = RecordBatch::try_new(Arc::clone(&self.spec.aggregate_schema), columns)?;
+            self.weighted(old, -1, out)?;
+        }
+        Ok(())
+    }
+
+    /// Post-aggregate stages over aggregate rows, with a weight column.
+    fn weighted(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let changes = self.changes.as_ref().expect("changes mode");
+        let weights: arrow::array::ArrayRef = Arc::new(arrow::array::Int64Array::from_value(
+            weight,
+            rows.num_rows(),
+        ));
+        let (result, weights) =
+            crate::stage::apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
+        if result.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns = result.columns().to_vec();
+        columns.push(weights.expect("carried"));
+        out.push(RecordBatch::try_new(
+            Arc::clone(&changes.output_schema),
+            columns,
+        )?);
         Ok(())
     }
 }
@@ -204,7 +375,7 @@ impl Operator for SessionAggregate {
         &mut self,
         batch: &RecordBatch,
         time: BatchTime<'_>,
-        _out: &mut Vec<RecordBatch>,
+        out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let (on_time, _, late) = drop_late(
             &self.binding,
@@ -247,7 +418,7 @@ impl Operator for SessionAggregate {
             batch: input,
             live: rows,
         });
-        Ok(())
+        self.emit_changes(out)
     }
 
     fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {

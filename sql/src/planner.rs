@@ -94,8 +94,14 @@ pub enum StreamOperator {
     WindowAggregate(AggregateSpec),
     /// An aggregate emitting a changelog on every batch (`EMIT CHANGES`).
     ChangelogAggregate(AggregateSpec),
-    /// A session-window aggregate emitted when each session closes.
-    SessionAggregate(AggregateSpec),
+    /// A session-window aggregate emitted when each session closes, or as
+    /// a changelog (`changes`).
+    SessionAggregate {
+        /// The aggregate.
+        spec: AggregateSpec,
+        /// `EMIT CHANGES`.
+        changes: bool,
+    },
     /// Top-N per partition (`ROW_NUMBER() ... <= N`), as a changelog.
     TopN(TopNSpec),
     /// Window functions over event time, emitted as rows become final.
@@ -110,9 +116,10 @@ impl StreamOperator {
                 Box::new(Stateless::new(stages.clone(), Arc::clone(output_schema)))
             }
             StreamOperator::WindowAggregate(spec) => Box::new(WindowAggregate::new(spec.clone())?),
-            StreamOperator::SessionAggregate(spec) => {
-                Box::new(SessionAggregate::new(spec.clone())?)
-            }
+            StreamOperator::SessionAggregate { spec, changes } => Box::new(SessionAggregate::new(
+                spec.clone(),
+                changes.then(|| Arc::clone(output_schema)),
+            )?),
             StreamOperator::ChangelogAggregate(spec) => Box::new(ChangelogAggregate::new(
                 spec.clone(),
                 Arc::clone(output_schema),
@@ -787,7 +794,8 @@ impl Lowering<'_> {
         let explain = format!(
             "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- {}{}",
             match (changes, session) {
-                (true, _) => "ChangelogAggregate",
+                (true, true) => "SessionAggregate(changes)",
+                (true, false) => "ChangelogAggregate",
                 (false, true) => "SessionAggregate",
                 (false, false) => "WindowAggregate",
             },
@@ -818,14 +826,8 @@ impl Lowering<'_> {
             late_side_output,
         };
         let operator = match (changes, session) {
-            (true, true) => {
-                return Err(unsupported(
-                    "EMIT CHANGES with session windows is not supported yet",
-                    "use EMIT ON WINDOW CLOSE: each session is emitted once, when it closes",
-                ))
-            }
+            (changes, true) => StreamOperator::SessionAggregate { spec, changes },
             (true, false) => StreamOperator::ChangelogAggregate(spec),
-            (false, true) => StreamOperator::SessionAggregate(spec),
             (false, false) => StreamOperator::WindowAggregate(spec),
         };
         Ok((self.input(&source_name), routing, operator, explain))
@@ -1429,7 +1431,9 @@ pub async fn plan_stream(
         }
     };
     let output_schema = match operator {
-        StreamOperator::ChangelogAggregate(_) | StreamOperator::TopN(_) => {
+        StreamOperator::ChangelogAggregate(_)
+        | StreamOperator::TopN(_)
+        | StreamOperator::SessionAggregate { changes: true, .. } => {
             if output_schema.field_with_name(WEIGHT_COLUMN).is_ok() {
                 return Err(Error::new(
                     ErrorCode::Planning,
