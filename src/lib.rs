@@ -48,6 +48,7 @@
 mod alignment;
 mod graph;
 mod pipeline;
+mod sql_context;
 mod views;
 
 pub mod metrics;
@@ -67,7 +68,7 @@ use laminar_runtime::placement::{discover_cpus, plan, ShardPlacement};
 use laminar_runtime::spsc::{ring, Consumer, Producer};
 use laminar_sql::planner::{register_table, resolve_source};
 use laminar_sql::{
-    new_session_context, parse_script, plan_stream, ShowWhat, SourceDef, StreamPlan,
+    new_session_context, parse_script, plan_stream, DropKind, ShowWhat, SourceDef, StreamPlan,
 };
 
 pub use arrow;
@@ -242,6 +243,10 @@ pub enum ExecuteResult {
     StreamCreated(String),
     /// A materialized view was created.
     ViewCreated(String),
+    /// A source, stream or view was dropped.
+    Dropped(String),
+    /// `DROP ... IF EXISTS` named nothing.
+    NothingToDrop(String),
     /// Rows of a `SELECT`, `SHOW` or `EXPLAIN`.
     Rows(Vec<RecordBatch>),
 }
@@ -273,11 +278,52 @@ impl LaminarDB {
     /// `CREATE STREAM`). Returns what each did. Streams must be created
     /// before [`LaminarDB::start`].
     pub async fn execute(&self, sql: &str) -> Result<Vec<ExecuteResult>> {
+        let statements = parse_script(sql).map_err(|e| sql_context::locate(e, sql, 0, sql))?;
         let mut results = Vec::new();
-        for statement in parse_script(sql)? {
-            results.push(self.execute_one(statement).await?);
+        let mut searched = 0;
+        for statement in statements {
+            // Where the statement is in the script, to point errors at it.
+            let (offset, text) = match statement_text(&statement) {
+                Some(text) => match sql[searched..].find(text) {
+                    Some(i) => {
+                        searched += i;
+                        (searched, &sql[searched..searched + text.len()])
+                    }
+                    None => (0, sql),
+                },
+                None => (0, sql),
+            };
+            let result = self
+                .execute_one(statement)
+                .await
+                .map_err(|e| sql_context::locate(e, sql, offset, text))?;
+            results.push(result);
         }
         Ok(results)
+    }
+
+    /// Runs one or more statements and returns the rows of the last one
+    /// (empty for DDL): the shape of an interactive `sql()` call. Print them
+    /// with [`pretty`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # rt.block_on(async {
+    /// let db = laminar_db::LaminarDB::builder().shards(1).build()?;
+    /// db.sql("CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT NOT NULL)").await?;
+    /// let rows = db.sql("SHOW SOURCES").await?;
+    /// println!("{}", laminar_db::pretty(&rows)?);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(match self.execute(sql).await?.pop() {
+            Some(ExecuteResult::Rows(rows)) => rows,
+            _ => Vec::new(),
+        })
     }
 
     /// Parses a script into statements without running them (for callers
@@ -296,7 +342,10 @@ impl LaminarDB {
         match statement {
             Statement::Query(sql) => return self.query(&sql).await.map(ExecuteResult::Rows),
             Statement::Show(what) => return self.show(what).map(ExecuteResult::Rows),
-            Statement::Explain(name) => {
+            Statement::Explain {
+                name,
+                analyze: false,
+            } => {
                 let plan = self.explain(&name)?;
                 let batch = RecordBatch::try_from_iter(vec![(
                     "plan",
@@ -304,6 +353,12 @@ impl LaminarDB {
                 )])?;
                 return Ok(ExecuteResult::Rows(vec![batch]));
             }
+            Statement::Explain {
+                name,
+                analyze: true,
+            } => return self.explain_analyze(&name).map(ExecuteResult::Rows),
+            Statement::Describe(name) => return self.describe(&name).map(ExecuteResult::Rows),
+            Statement::ShowCreate(name) => return self.show_create(&name).map(ExecuteResult::Rows),
             _ => {}
         }
         let (sources, streams) = {
@@ -359,9 +414,16 @@ impl LaminarDB {
                 catalog.sources.push(def);
                 Ok(ExecuteResult::SourceCreated(name))
             }
-            Statement::Query(_) | Statement::Show(_) | Statement::Explain(_) => {
-                unreachable!("handled above")
-            }
+            Statement::Query(_)
+            | Statement::Show(_)
+            | Statement::Explain { .. }
+            | Statement::Describe(_)
+            | Statement::ShowCreate(_) => unreachable!("handled above"),
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => self.drop_object(kind, &name, if_exists),
             Statement::CreateStream(def) => {
                 let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams).await?;
                 let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
@@ -376,6 +438,7 @@ impl LaminarDB {
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
                     late_side_output: None,
+                    sql: format!("-- the late rows of {}", def.name),
                 });
                 if let Some(late) = &late {
                     if catalog.name_taken(&late.name) {
@@ -795,6 +858,222 @@ impl LaminarDB {
         Error::new(code, message)
     }
 
+    /// `DESCRIBE name`: one row per column.
+    fn describe(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        use arrow::array::{BooleanArray, StringArray};
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let schema = catalog
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| Arc::clone(&s.schema))
+            .or_else(|| {
+                catalog
+                    .streams
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| Arc::clone(&s.output_schema))
+            })
+            .ok_or_else(|| unknown(name, "source or stream"))?;
+        let fields = schema.fields();
+        Ok(vec![RecordBatch::try_from_iter(vec![
+            (
+                "column",
+                Arc::new(StringArray::from_iter_values(
+                    fields.iter().map(|f| f.name().as_str()),
+                )) as _,
+            ),
+            (
+                "type",
+                Arc::new(StringArray::from_iter_values(
+                    fields.iter().map(|f| f.data_type().to_string()),
+                )) as _,
+            ),
+            (
+                "nullable",
+                Arc::new(BooleanArray::from_iter(
+                    fields.iter().map(|f| Some(f.is_nullable())),
+                )) as _,
+            ),
+        ])?])
+    }
+
+    /// `SHOW CREATE ... name`: the statement that made it.
+    fn show_create(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        use arrow::array::StringArray;
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let sql = catalog
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.sql.clone())
+            .or_else(|| {
+                catalog
+                    .streams
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.sql.clone())
+            })
+            .ok_or_else(|| unknown(name, "source or stream"))?;
+        Ok(vec![RecordBatch::try_from_iter(vec![
+            ("name", Arc::new(StringArray::from(vec![name])) as _),
+            ("sql", Arc::new(StringArray::from(vec![sql])) as _),
+        ])?])
+    }
+
+    /// `EXPLAIN ANALYZE name`: the plan's counters, one row per shard.
+    fn explain_analyze(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        use arrow::array::{StringArray, UInt64Array};
+        use std::sync::atomic::Ordering::Relaxed;
+        let plan = self.explain(name)?;
+        let pipeline = self.shared.pipeline.get().ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotRunning,
+                "EXPLAIN ANALYZE needs a started pipeline",
+            )
+            .with_hint("use EXPLAIN before db.start()")
+        })?;
+        let stream = pipeline
+            .streams
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| unknown(name, "stream"))?;
+        let counters: Vec<_> = pipeline
+            .counters
+            .iter()
+            .map(|c| &c.streams[stream])
+            .collect();
+        let column = |f: &dyn Fn(&metrics::StreamCounters) -> u64| -> arrow::array::ArrayRef {
+            Arc::new(UInt64Array::from_iter_values(counters.iter().map(|c| f(c))))
+        };
+        let placements = &self.shared.placements;
+        Ok(vec![RecordBatch::try_from_iter(vec![
+            (
+                "shard",
+                Arc::new(UInt64Array::from_iter_values(0..placements.len() as u64)) as _,
+            ),
+            (
+                "cpu",
+                Arc::new(UInt64Array::from_iter_values(
+                    placements.iter().map(|p| p.cpu as u64),
+                )) as _,
+            ),
+            (
+                "numa_node",
+                Arc::new(UInt64Array::from_iter_values(
+                    placements.iter().map(|p| p.numa_node as u64),
+                )) as _,
+            ),
+            ("rows_in", column(&|c| c.rows_in.load(Relaxed))),
+            ("rows_out", column(&|c| c.rows_out.load(Relaxed))),
+            ("late_rows", column(&|c| c.late_rows.load(Relaxed))),
+            ("operator_calls", column(&|c| c.calls.load(Relaxed))),
+            ("busy_us", column(&|c| c.busy_ns.load(Relaxed) / 1_000)),
+            ("state_bytes", column(&|c| c.state_bytes.load(Relaxed))),
+            (
+                "plan",
+                Arc::new(StringArray::from_iter_values(
+                    placements.iter().map(|_| plan.as_str()),
+                )) as _,
+            ),
+        ])?])
+    }
+
+    /// `DROP ...`: before start only, and only when nothing reads it.
+    fn drop_object(&self, kind: DropKind, name: &str, if_exists: bool) -> Result<ExecuteResult> {
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        if catalog.started {
+            return Err(Error::new(
+                ErrorCode::AlreadyStarted,
+                format!("cannot drop '{name}' from a running pipeline"),
+            )
+            .with_hint(
+                "changing a running pipeline is not supported yet: drop before db.start()",
+            ));
+        }
+        let source = catalog.sources.iter().position(|s| s.name == name);
+        let stream = catalog.streams.iter().position(|s| s.name == name);
+        let found = match (kind, source, stream) {
+            (DropKind::Source, Some(i), _) => Some((true, i)),
+            (DropKind::Stream, _, Some(i)) if !catalog.materialized[i] => Some((false, i)),
+            (DropKind::MaterializedView, _, Some(i)) if catalog.materialized[i] => Some((false, i)),
+            (_, None, None) => None,
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::UnknownObject,
+                    format!(
+                        "'{name}' is not a {}",
+                        match kind {
+                            DropKind::Source => "source",
+                            DropKind::Stream => "stream",
+                            DropKind::MaterializedView => "materialized view",
+                        }
+                    ),
+                )
+                .with_hint("use DROP SOURCE, DROP STREAM or DROP MATERIALIZED VIEW as fits"))
+            }
+        };
+        let Some((is_source, index)) = found else {
+            if if_exists {
+                return Ok(ExecuteResult::NothingToDrop(name.to_string()));
+            }
+            return Err(unknown(name, "source or stream"));
+        };
+        // Its own late side output goes with it.
+        let late = format!("{name}_late");
+        let dependents: Vec<String> = catalog
+            .streams
+            .iter()
+            .filter(|s| match &s.input {
+                StreamInput::Source(input) => is_source && input == name,
+                StreamInput::Stream(input) => !is_source && input == name,
+                StreamInput::LateOf(input) => input == name && s.name != late,
+            })
+            .map(|s| s.name.clone())
+            .chain(
+                catalog
+                    .streams
+                    .iter()
+                    .filter(|s| s.input == StreamInput::Stream(late.clone()))
+                    .map(|s| s.name.clone()),
+            )
+            .collect();
+        if !dependents.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InUse,
+                format!("'{name}' is read by {}", dependents.join(", ")),
+            )
+            .with_hint("drop those first"));
+        }
+        if is_source {
+            catalog.sources.remove(index);
+        } else {
+            let mut doomed = vec![index];
+            if let Some(i) = catalog
+                .streams
+                .iter()
+                .position(|s| s.input == StreamInput::LateOf(name.to_string()))
+            {
+                doomed.push(i);
+            }
+            doomed.sort_unstable();
+            for &i in doomed.iter().rev() {
+                let removed = catalog.streams.remove(i);
+                catalog.materialized.remove(i);
+                let _ = self.shared.ctx.deregister_table(removed.name.as_str());
+                // Subscriptions taken before start follow their stream.
+                let pending = std::mem::take(&mut catalog.pending_outputs);
+                catalog.pending_outputs = pending
+                    .into_iter()
+                    .filter(|(stream, _)| *stream != i)
+                    .map(|(stream, rings)| (if stream > i { stream - 1 } else { stream }, rings))
+                    .collect();
+            }
+        }
+        let _ = self.shared.ctx.deregister_table(name);
+        Ok(ExecuteResult::Dropped(name.to_string()))
+    }
+
     /// `SHOW ...` as rows.
     fn show(&self, what: ShowWhat) -> Result<Vec<RecordBatch>> {
         use arrow::array::StringArray;
@@ -831,6 +1110,13 @@ impl LaminarDB {
                     ),
                 ])?
             }
+            ShowWhat::Sinks => RecordBatch::try_from_iter(vec![
+                ("name", Arc::new(StringArray::from(Vec::<&str>::new())) as _),
+                (
+                    "connector",
+                    Arc::new(StringArray::from(Vec::<&str>::new())) as _,
+                ),
+            ])?,
             ShowWhat::Streams | ShowWhat::MaterializedViews => {
                 let rows: Vec<(&StreamPlan, bool)> = catalog
                     .streams
@@ -896,6 +1182,7 @@ impl LaminarDB {
                 m.rows_in += c.streams[i].rows_in.load(Relaxed);
                 m.rows_out += c.streams[i].rows_out.load(Relaxed);
                 m.late_rows += c.streams[i].late_rows.load(Relaxed);
+                m.state_bytes += c.streams[i].state_bytes.load(Relaxed);
             }
             metrics.streams.push(m);
         }
@@ -942,15 +1229,46 @@ impl LaminarDB {
             .ok_or_else(|| unknown(name, "stream"))
     }
 
-    /// How a stream runs: operator, window, routing.
+    /// How a stream runs: operator, window, key routing, and the shards
+    /// (CPU and NUMA node) it runs on.
     pub fn explain(&self, name: &str) -> Result<String> {
         let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
-        catalog
+        let plan = catalog
             .streams
             .iter()
             .find(|s| s.name == name)
             .map(|s| s.explain.clone())
-            .ok_or_else(|| unknown(name, "stream"))
+            .ok_or_else(|| unknown(name, "stream"))?;
+        let shards: Vec<String> = self
+            .shared
+            .placements
+            .iter()
+            .map(|p| format!("shard {} on cpu {} (node {})", p.shard, p.cpu, p.numa_node))
+            .collect();
+        Ok(format!(
+            "{plan}\non {} shard(s): {}",
+            shards.len(),
+            shards.join(", ")
+        ))
+    }
+}
+
+/// Formats batches as a text table (for printing query results).
+pub fn pretty(batches: &[RecordBatch]) -> Result<String> {
+    Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string())
+}
+
+/// The text of a parsed statement, when it keeps it.
+fn statement_text(statement: &Statement) -> Option<&str> {
+    match statement {
+        Statement::CreateSource(syntax) => Some(&syntax.sql),
+        Statement::CreateStream(def) => Some(&def.sql),
+        Statement::Query(text) => Some(text),
+        Statement::Drop { .. }
+        | Statement::Show(_)
+        | Statement::Explain { .. }
+        | Statement::Describe(_)
+        | Statement::ShowCreate(_) => None,
     }
 }
 

@@ -14,6 +14,12 @@ pub(crate) struct StreamCounters {
     pub rows_in: AtomicU64,
     pub rows_out: AtomicU64,
     pub late_rows: AtomicU64,
+    /// Operator calls (batches and watermarks).
+    pub calls: AtomicU64,
+    /// Time spent in the operator, ns.
+    pub busy_ns: AtomicU64,
+    /// The operator's state size after its last call (a gauge).
+    pub state_bytes: AtomicU64,
 }
 
 /// Counters of one shard.
@@ -50,6 +56,8 @@ pub struct StreamMetrics {
     pub rows_out: u64,
     /// Rows dropped because their window had already closed.
     pub late_rows: u64,
+    /// Approximate bytes of operator state, summed over shards.
+    pub state_bytes: u64,
 }
 
 /// A snapshot of the database's counters.

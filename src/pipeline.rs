@@ -619,7 +619,13 @@ impl ShardProgram {
                         watermark_ms,
                         row_watermarks_ms: row_watermarks.as_ref().map(|a| a.values().as_ref()),
                     };
+                    let started = Instant::now();
                     let result = operator.on_batch(&batch, time, &mut out);
+                    ShardCounters::add(&counters.busy_ns, started.elapsed().as_nanos() as u64);
+                    ShardCounters::add(&counters.calls, 1);
+                    counters
+                        .state_bytes
+                        .store(operator.state_bytes() as u64, Ordering::Relaxed);
                     ShardCounters::add(&counters.late_rows, operator.late_rows() - late_before);
                     if let Err(e) = result {
                         out.clear();
@@ -646,10 +652,16 @@ impl ShardProgram {
                     stream,
                     watermark_ms,
                 } => {
-                    if let Err(e) = self.streams[stream]
-                        .operator
-                        .on_watermark(watermark_ms, &mut out)
-                    {
+                    let started = Instant::now();
+                    let operator = &mut self.streams[stream].operator;
+                    let result = operator.on_watermark(watermark_ms, &mut out);
+                    let counters = &self.counters.streams[stream];
+                    ShardCounters::add(&counters.busy_ns, started.elapsed().as_nanos() as u64);
+                    ShardCounters::add(&counters.calls, 1);
+                    counters
+                        .state_bytes
+                        .store(operator.state_bytes() as u64, Ordering::Relaxed);
+                    if let Err(e) = result {
                         out.clear();
                         self.record_error(stream, e);
                     }

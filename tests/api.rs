@@ -299,6 +299,22 @@ async fn bad_input_has_stable_codes() {
         code(db.execute("CREATE SOURCE t6 (ts BIGINT, WATERMARK FOR ts AS ts) WITH (alignment_group = 'g', alignment_max_drift = '2 s')").await),
         ErrorCode::InvalidConfig
     );
+    // Errors point into the SQL text.
+    let err = db
+        .execute("CREATE STREAM s AS\n  SELECT symbol, nope FROM trades")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnknownObject);
+    assert_eq!(
+        err.context(),
+        Some("2 |   SELECT symbol, nope FROM trades\n                     ^"),
+        "{err}"
+    );
+    let err = db
+        .execute("CREATE SOURCE q (a BIGINT) garbage")
+        .await
+        .unwrap_err();
+    assert!(err.context().is_some_and(|c| c.contains('^')), "{err}");
     assert_eq!(code(db.source_untyped("nope")), ErrorCode::UnknownObject);
     assert_eq!(code(db.subscribe("nope")), ErrorCode::UnknownObject);
 

@@ -138,14 +138,88 @@ async fn show_explain_and_query_errors() {
     let plan = names(&rows(&db, "EXPLAIN v").await);
     assert!(plan[0].starts_with("ChangelogAggregate"), "{plan:?}");
 
+    assert!(
+        plan[0].contains("on 1 shard(s): shard 0 on cpu"),
+        "{plan:?}"
+    );
+    assert_eq!(
+        names(&rows(&db, "DESCRIBE v").await),
+        ["symbol", "n", "v", "hi", "_weight"]
+    );
+    let create = rows(&db, "SHOW CREATE STREAM s").await;
+    let sql = create[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert!(
+        sql.value(0).starts_with("CREATE STREAM s AS SELECT symbol"),
+        "{}",
+        sql.value(0)
+    );
+    assert_eq!(row_count(&rows(&db, "SHOW SINKS").await), 0);
+
     let code = |r: laminar_db::Result<Vec<ExecuteResult>>| r.unwrap_err().code();
+    assert_eq!(
+        code(db.execute("SELECT * FROM s").await),
+        ErrorCode::Unsupported
+    );
+    // DROP checks dependencies and names.
+    assert_eq!(
+        code(db.execute("DROP SOURCE trades").await),
+        ErrorCode::InUse
+    );
+    assert_eq!(
+        code(db.execute("DROP STREAM v").await),
+        ErrorCode::UnknownObject
+    );
+    assert_eq!(
+        db.execute("DROP STREAM IF EXISTS nope").await.unwrap(),
+        [ExecuteResult::NothingToDrop("nope".into())]
+    );
+    db.execute("CREATE STREAM extra AS SELECT symbol FROM trades")
+        .await
+        .unwrap();
+    let mut sub = db.subscribe("v").unwrap();
+    assert_eq!(
+        db.execute("DROP STREAM extra; DROP STREAM s")
+            .await
+            .unwrap(),
+        [
+            ExecuteResult::Dropped("extra".into()),
+            ExecuteResult::Dropped("s".into())
+        ]
+    );
+    assert_eq!(names(&rows(&db, "SHOW STREAMS").await), ["v"]);
+    // EXPLAIN ANALYZE: per-shard counters once running; the subscription
+    // taken before the drops still reads v.
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    source.push(trades_batch(&trades(1, 500, 5, 0))).unwrap();
+    assert!(sub.recv_timeout(Duration::from_secs(10)).unwrap().is_some());
+    let analyzed = rows(&db, "EXPLAIN ANALYZE v").await;
+    let rows_in = analyzed[0]
+        .column_by_name("rows_in")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+        .unwrap()
+        .value(0);
+    assert!(rows_in > 0);
+    assert_eq!(
+        code(db.execute("DROP MATERIALIZED VIEW v").await),
+        ErrorCode::AlreadyStarted
+    );
+    db.shutdown().await.unwrap();
+    assert!(db.metrics().streams[0].state_bytes > 0);
     assert_eq!(
         code(db.execute("SELECT * FROM trades").await),
         ErrorCode::Unsupported
     );
+    // s was dropped above; `extra2` is a plain stream.
     assert_eq!(
-        code(db.execute("SELECT * FROM s").await),
-        ErrorCode::Unsupported
+        code(db.execute("SELECT * FROM extra2").await),
+        ErrorCode::UnknownObject
     );
     assert_eq!(
         code(db.execute("SELECT * FROM nowhere").await),

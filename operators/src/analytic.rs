@@ -571,4 +571,28 @@ impl Operator for Analytic {
     fn late_rows(&self) -> u64 {
         self.late_rows
     }
+
+    fn state_bytes(&self) -> usize {
+        let waiting: usize = self
+            .waiting
+            .iter()
+            .map(|w| w.batch.get_array_memory_size() + w.order.capacity() * 12)
+            .sum();
+        let history: usize = self
+            .histories
+            .iter()
+            .flat_map(|h| &h.chunks)
+            .map(|c| c.get_array_memory_size())
+            .sum();
+        let held: usize = self
+            .held_chunks
+            .iter()
+            .map(|c| c.get_array_memory_size())
+            .sum();
+        waiting
+            + history
+            + held
+            + self.states.len() * std::mem::size_of::<PartitionState>()
+            + self.partitions.bytes()
+    }
 }

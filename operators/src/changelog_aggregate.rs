@@ -451,6 +451,30 @@ impl Operator for ChangelogAggregate {
         self.late_rows
     }
 
+    fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| {
+                w.groups.bytes()
+                    + w.located.capacity() * 8
+                    + w.chunks
+                        .iter()
+                        .map(|c| {
+                            c.values
+                                .iter()
+                                .map(|a| a.get_array_memory_size())
+                                .sum::<usize>()
+                                + c.states
+                                    .iter()
+                                    .flatten()
+                                    .map(|a| a.get_array_memory_size())
+                                    .sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
     }

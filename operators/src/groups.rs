@@ -89,6 +89,7 @@ impl KeyEncoder {
             },
             hashes: Vec::new(),
             table: HashTable::new(),
+            key_bytes: 0,
         }
     }
 
@@ -126,6 +127,7 @@ impl KeyEncoder {
             keys: store,
             hashes,
             table,
+            key_bytes,
         } = table;
         match (keys, store) {
             (BatchKeys::Global, KeyStore::Global) => {
@@ -137,7 +139,17 @@ impl KeyEncoder {
             (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
                 let key = array.value(row);
                 let hash = self.hasher.hash_one(key);
-                intern(table, hashes, store, hash, |k| &**k == key, || key.into())
+                intern(
+                    table,
+                    hashes,
+                    store,
+                    hash,
+                    |k| &**k == key,
+                    || {
+                        *key_bytes += key.len();
+                        key.into()
+                    },
+                )
             }
             (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
                 let key = values[row];
@@ -148,7 +160,17 @@ impl KeyEncoder {
                 let key = rows.row(row);
                 let key = key.as_ref();
                 let hash = self.hasher.hash_one(key);
-                intern(table, hashes, store, hash, |k| &**k == key, || key.into())
+                intern(
+                    table,
+                    hashes,
+                    store,
+                    hash,
+                    |k| &**k == key,
+                    || {
+                        *key_bytes += key.len();
+                        key.into()
+                    },
+                )
             }
             _ => unreachable!("a group table's key store matches its encoder's kind"),
         }
@@ -184,6 +206,8 @@ enum KeyStore {
 /// Distinct keys seen, each with a dense id in order of first appearance.
 pub struct GroupTable {
     keys: KeyStore,
+    /// Bytes of variable-length keys, kept as groups are added.
+    key_bytes: usize,
     /// Hash of each group's key, so the table can grow without rehashing
     /// keys.
     hashes: Vec<u64>,
@@ -199,6 +223,17 @@ impl GroupTable {
     /// Whether there are no groups.
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    /// Approximate bytes held (keys, hashes, table).
+    pub fn bytes(&self) -> usize {
+        let keys = match &self.keys {
+            KeyStore::Global => 0,
+            KeyStore::Utf8(keys) => keys.capacity() * 16 + self.key_bytes,
+            KeyStore::Int64(keys) => keys.capacity() * 8,
+            KeyStore::Rows(keys) => keys.capacity() * 16 + self.key_bytes,
+        };
+        keys + self.hashes.capacity() * 8 + self.table.capacity() * 4
     }
 
     /// All group ids, in order.

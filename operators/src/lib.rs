@@ -78,6 +78,12 @@ pub trait Operator: Send {
     /// Rows dropped so far because their window had already closed.
     fn late_rows(&self) -> u64;
 
+    /// Approximate bytes of state the operator holds (for `EXPLAIN
+    /// ANALYZE` and metrics). Cheap: called after every batch.
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// Moves the late rows kept since the last call (for a late side
     /// output) into `out`, as they were pushed. Operators that keep none
     /// leave `out` alone.

@@ -449,6 +449,17 @@ impl Operator for SessionAggregate {
         self.late_rows
     }
 
+    fn state_bytes(&self) -> usize {
+        // Buffered rows dominate; session row lists are 12 bytes a row.
+        let buffered: usize = self
+            .buffers
+            .iter()
+            .map(|b| b.batch.get_array_memory_size())
+            .sum();
+        let live: usize = self.buffers.iter().map(|b| b.live).sum();
+        buffered + live * 12 + self.keys.bytes()
+    }
+
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
     }

@@ -61,6 +61,8 @@ pub struct TopN {
     rows: RowConverter,
     output_schema: SchemaRef,
     arrivals: u64,
+    /// Bytes of kept rows and keys.
+    bytes: usize,
 }
 
 impl std::fmt::Debug for TopN {
@@ -115,6 +117,7 @@ impl TopN {
             rows,
             output_schema,
             arrivals: 0,
+            bytes: 0,
             spec,
         })
     }
@@ -257,5 +260,9 @@ impl Operator for TopN {
 
     fn late_rows(&self) -> u64 {
         0
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes + self.partitions.bytes()
     }
 }

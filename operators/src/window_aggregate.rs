@@ -199,6 +199,13 @@ impl Operator for WindowAggregate {
         self.late_rows
     }
 
+    fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| w.groups.bytes() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
+            .sum()
+    }
+
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
     }

@@ -25,6 +25,9 @@ pub enum ErrorCode {
     InvalidWindow,
     /// DataFusion rejected the query while planning (types, functions).
     Planning,
+    /// The object is used by others (e.g. a stream reads the source to
+    /// drop).
+    InUse,
     /// A pushed batch whose schema does not match the source.
     SchemaMismatch,
     /// A bounded ring was full and the backpressure policy is `Error`.
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::InvalidWatermark => 1005,
             ErrorCode::InvalidWindow => 1006,
             ErrorCode::Planning => 1007,
+            ErrorCode::InUse => 1008,
             ErrorCode::SchemaMismatch => 2001,
             ErrorCode::Backpressure => 2002,
             ErrorCode::NotRunning => 2003,
@@ -84,6 +88,8 @@ pub struct Error {
     code: ErrorCode,
     message: String,
     hint: Option<String>,
+    /// The offending SQL line with a caret under the position, when known.
+    context: Option<String>,
 }
 
 /// `Result` with [`Error`].
@@ -96,7 +102,19 @@ impl Error {
             code,
             message: message.into(),
             hint: None,
+            context: None,
         }
+    }
+
+    /// Adds where in the SQL text the error is: the line and a caret.
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// The SQL line with a caret, if known.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
     }
 
     /// Adds a hint: what the user could do instead.
@@ -126,6 +144,9 @@ impl fmt::Display for Error {
         write!(f, "{}: {}", self.code, self.message)?;
         if let Some(hint) = &self.hint {
             write!(f, " (hint: {hint})")?;
+        }
+        if let Some(context) = &self.context {
+            write!(f, "\n{context}")?;
         }
         Ok(())
     }

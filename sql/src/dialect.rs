@@ -11,8 +11,11 @@
 //! CREATE STREAM name [WITH (late_data = 'side_output')] AS SELECT ...
 //!     [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
 //! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
-//! SHOW SOURCES | SHOW STREAMS | SHOW MATERIALIZED VIEWS;
-//! EXPLAIN name;
+//! SHOW SOURCES | SHOW STREAMS | SHOW MATERIALIZED VIEWS | SHOW SINKS;
+//! SHOW CREATE SOURCE | STREAM | MATERIALIZED VIEW name;
+//! DESCRIBE name;
+//! DROP SOURCE | STREAM | MATERIALIZED VIEW [IF EXISTS] name;
+//! EXPLAIN [ANALYZE] name;
 //! SELECT ...;   -- ad hoc, over materialized views
 //! ```
 //!
@@ -35,10 +38,40 @@ pub enum Statement {
     CreateStream(StreamDef),
     /// `SHOW SOURCES | STREAMS | MATERIALIZED VIEWS`.
     Show(ShowWhat),
-    /// `EXPLAIN name`: the operator plan of a stream or view.
-    Explain(String),
+    /// `EXPLAIN [ANALYZE] name`: the operator plan of a stream or view
+    /// (with per-shard counters for `ANALYZE`).
+    Explain {
+        /// The stream or view.
+        name: String,
+        /// `EXPLAIN ANALYZE`.
+        analyze: bool,
+    },
+    /// `DESCRIBE name`: columns of a source, stream or view.
+    Describe(String),
+    /// `SHOW CREATE SOURCE | STREAM | MATERIALIZED VIEW name`.
+    ShowCreate(String),
+    /// `DROP SOURCE | STREAM | MATERIALIZED VIEW [IF EXISTS] name`.
+    Drop {
+        /// What kind of object the statement names.
+        kind: DropKind,
+        /// Its name.
+        name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// An ad-hoc query (`SELECT ...`, `WITH ...`) over materialized views.
     Query(String),
+}
+
+/// The kind of object a `DROP` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropKind {
+    /// `DROP SOURCE`.
+    Source,
+    /// `DROP STREAM`.
+    Stream,
+    /// `DROP MATERIALIZED VIEW`.
+    MaterializedView,
 }
 
 /// What `SHOW` lists.
@@ -50,6 +83,8 @@ pub enum ShowWhat {
     Streams,
     /// Materialized views only.
     MaterializedViews,
+    /// Sinks (none can be declared yet: always empty).
+    Sinks,
 }
 
 /// A `CREATE SOURCE` before its column types are resolved.
@@ -216,22 +251,82 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
                 ["MATERIALIZED", "VIEWS"] | ["VIEWS"] => {
                     Ok(Statement::Show(ShowWhat::MaterializedViews))
                 }
+                ["SINKS"] => Ok(Statement::Show(ShowWhat::Sinks)),
+                ["CREATE", "SOURCE" | "STREAM", _] | ["CREATE", "MATERIALIZED", "VIEW", _] => {
+                    let name = significant.last().expect("matched");
+                    Ok(Statement::ShowCreate(identifier(name, "a name")?))
+                }
                 _ => Err(Error::new(
                     ErrorCode::Unsupported,
                     format!("SHOW {} is not supported", words.join(" ")),
                 )
-                .with_hint("SHOW SOURCES, SHOW STREAMS or SHOW MATERIALIZED VIEWS")),
+                .with_hint(
+                    "SHOW SOURCES | STREAMS | MATERIALIZED VIEWS | SINKS, SHOW CREATE SOURCE | STREAM | MATERIALIZED VIEW name",
+                )),
+            };
+        }
+        Some(Keyword::DESCRIBE | Keyword::DESC) => {
+            return match &significant[1..] {
+                [name] => Ok(Statement::Describe(identifier(name, "a name")?)),
+                _ => Err(syntax_error(
+                    "DESCRIBE takes the name of a source, stream or view",
+                )),
             };
         }
         Some(Keyword::EXPLAIN) => {
             return match &significant[1..] {
-                [name] => Ok(Statement::Explain(identifier(name, "a stream name")?)),
+                [name] if keyword(name) != Some(Keyword::ANALYZE) => Ok(Statement::Explain {
+                    name: identifier(name, "a stream name")?,
+                    analyze: false,
+                }),
+                [analyze, name] if keyword(analyze) == Some(Keyword::ANALYZE) => {
+                    Ok(Statement::Explain {
+                        name: identifier(name, "a stream name")?,
+                        analyze: true,
+                    })
+                }
                 _ => Err(Error::new(
                     ErrorCode::Unsupported,
                     "EXPLAIN takes the name of a stream or materialized view",
                 )
-                .with_hint("EXPLAIN my_stream")),
+                .with_hint("EXPLAIN my_stream, or EXPLAIN ANALYZE my_stream")),
             };
+        }
+        Some(Keyword::DROP) => {
+            let words: Vec<String> = significant[1..]
+                .iter()
+                .map(|t| t.token.to_string().to_uppercase())
+                .collect();
+            let (kind_words, rest) = match words.first().map(String::as_str) {
+                Some("SOURCE") => (1, DropKind::Source),
+                Some("STREAM") => (1, DropKind::Stream),
+                Some("MATERIALIZED") if words.get(1).map(String::as_str) == Some("VIEW") => {
+                    (2, DropKind::MaterializedView)
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorCode::Unsupported,
+                        format!("DROP {} is not supported", words.join(" ")),
+                    )
+                    .with_hint("DROP SOURCE | STREAM | MATERIALIZED VIEW [IF EXISTS] name"))
+                }
+            };
+            let tail = &significant[1 + kind_words..];
+            let (if_exists, name) = match tail {
+                [name] => (false, name),
+                [if_, exists, name]
+                    if keyword(if_) == Some(Keyword::IF)
+                        && keyword(exists) == Some(Keyword::EXISTS) =>
+                {
+                    (true, name)
+                }
+                _ => return Err(syntax_error("expected DROP <kind> [IF EXISTS] <name>")),
+            };
+            return Ok(Statement::Drop {
+                kind: rest,
+                name: identifier(name, "a name")?,
+                if_exists,
+            });
         }
         _ => {}
     }
@@ -759,9 +854,40 @@ mod tests {
             code("CREATE SOURCE s (a VARCHAR 'unterminated)"),
             ErrorCode::SqlSyntax
         );
-        assert_eq!(
-            code("CREATE MATERIALIZED VIEW v AS SELECT 1"),
-            ErrorCode::Unsupported
+        assert_eq!(code("CREATE TABLE t (a BIGINT)"), ErrorCode::Unsupported);
+        assert_eq!(code("DROP SOURCE"), ErrorCode::SqlSyntax);
+        assert_eq!(code("EXPLAIN ANALYZE"), ErrorCode::Unsupported);
+    }
+
+    #[test]
+    fn introspection_statements() {
+        let one = |sql: &str| parse_script(sql).unwrap().remove(0);
+        assert!(matches!(
+            one("CREATE MATERIALIZED VIEW v AS SELECT 1"),
+            Statement::CreateStream(StreamDef {
+                materialized: true,
+                ..
+            })
+        ));
+        assert!(matches!(one("DESCRIBE trades"), Statement::Describe(n) if n == "trades"));
+        assert!(
+            matches!(one("SHOW CREATE MATERIALIZED VIEW v"), Statement::ShowCreate(n) if n == "v")
         );
+        assert!(matches!(
+            one("EXPLAIN ANALYZE v"),
+            Statement::Explain { analyze: true, .. }
+        ));
+        assert!(matches!(
+            one("DROP MATERIALIZED VIEW IF EXISTS v"),
+            Statement::Drop {
+                kind: DropKind::MaterializedView,
+                if_exists: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            one("SHOW SINKS"),
+            Statement::Show(ShowWhat::Sinks)
+        ));
     }
 }

@@ -19,7 +19,8 @@ pub mod planner;
 pub mod window_tvf;
 
 pub use dialect::{
-    parse_script, AlignmentDef, EmitMode, ShowWhat, SourceDef, Statement, StreamDef, WatermarkDef,
+    parse_script, AlignmentDef, DropKind, EmitMode, ShowWhat, SourceDef, Statement, StreamDef,
+    WatermarkDef,
 };
 pub use planner::{
     new_session_context, plan_for_batch, plan_stream, Routing, StreamInput, StreamOperator,

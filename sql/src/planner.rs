@@ -150,6 +150,8 @@ pub struct StreamPlan {
     /// With `late_data = 'side_output'`: the schema of the late rows (the
     /// stream's input, as it arrives).
     pub late_side_output: Option<SchemaRef>,
+    /// The statement that created it.
+    pub sql: String,
 }
 
 /// A DataFusion context set up the way LaminarDB plans: one partition,
@@ -1480,6 +1482,7 @@ pub async fn plan_stream(
         name: def.name.clone(),
         input,
         late_side_output,
+        sql: def.sql.clone(),
         output_schema,
         routing,
         operator,

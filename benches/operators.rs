@@ -1,0 +1,224 @@
+//! Throughput of the streaming operators beyond tumbling windows, each
+//! beside DataFusion running the same query (or its plain-SQL meaning) as a
+//! batch over the same rows, in the same process.
+//!
+//! Run: `cargo bench --bench operators`. One shard, batches of 1,024 rows,
+//! 1 M events over 100 keys, in bursts of 1,000 ms separated by 1 s of
+//! silence (so session windows have sessions). A LaminarDB iteration
+//! starts a fresh database (untimed), then times: push every batch, advance
+//! the watermark to the end, and shut down (which drains every result to
+//! the subscriber). The DataFusion iteration times `collect()`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use laminar_db::LaminarDB;
+
+const SYMBOLS: usize = 100;
+const EVENTS: usize = 1_000_000;
+const BATCH_ROWS: usize = 1024;
+
+const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+
+/// (name, upstream streams, the stream, its batch meaning)
+const WORKLOADS: &[(&str, &str, &str, &str)] = &[
+    (
+        "sliding_10s_by_2s",
+        "",
+        "SELECT symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '2' SECOND) AS w,
+                COUNT(*) AS n, SUM(volume) AS v
+         FROM trades GROUP BY symbol, slide(ts, INTERVAL '10' SECOND, INTERVAL '2' SECOND)",
+        "SELECT symbol, w, COUNT(*) AS n, SUM(volume) AS v FROM (
+             SELECT *, tumble(ts, 2000) AS w FROM trades UNION ALL
+             SELECT *, tumble(ts, 2000) - 2000 AS w FROM trades UNION ALL
+             SELECT *, tumble(ts, 2000) - 4000 AS w FROM trades UNION ALL
+             SELECT *, tumble(ts, 2000) - 6000 AS w FROM trades UNION ALL
+             SELECT *, tumble(ts, 2000) - 8000 AS w FROM trades)
+         GROUP BY symbol, w",
+    ),
+    (
+        "session_500ms",
+        "",
+        "SELECT symbol, session(ts, INTERVAL '500' MILLISECOND) AS s, COUNT(*) AS n,
+                SUM(volume) AS v
+         FROM trades GROUP BY symbol, session(ts, INTERVAL '500' MILLISECOND)",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 500
+                            THEN 0 ELSE 1 END AS new_session FROM trades),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM marked)
+         SELECT symbol, MIN(ts) AS s, COUNT(*) AS n, SUM(volume) AS v
+         FROM numbered GROUP BY symbol, sid",
+    ),
+    (
+        "emit_changes_group_by",
+        "",
+        "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi
+         FROM trades GROUP BY symbol EMIT CHANGES",
+        "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi
+         FROM trades GROUP BY symbol",
+    ),
+    (
+        "top_3_per_key",
+        "",
+        "SELECT symbol, price, ts, rn FROM (
+             SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY price DESC, ts) AS rn
+             FROM trades) WHERE rn <= 3 EMIT CHANGES",
+        "SELECT symbol, price, ts, rn FROM (
+             SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY price DESC, ts) AS rn
+             FROM trades) WHERE rn <= 3",
+    ),
+    (
+        "lag_over_event_time",
+        "",
+        "SELECT symbol, ts, price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS delta
+         FROM trades",
+        "SELECT symbol, ts, price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS delta
+         FROM trades",
+    ),
+    (
+        "cascading_10s_to_1m_bars",
+        "CREATE STREAM bars AS
+         SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS w, MAX(price) AS high,
+                SUM(volume) AS volume
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND);",
+        "SELECT symbol, tumble(w, INTERVAL '1' MINUTE) AS m, MAX(high) AS high,
+                SUM(volume) AS volume
+         FROM bars GROUP BY symbol, tumble(w, INTERVAL '1' MINUTE)",
+        "SELECT symbol, tumble(ts, INTERVAL '1' MINUTE) AS m, MAX(price) AS high,
+                SUM(volume) AS volume
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)",
+    ),
+];
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new("volume", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+/// Trades one ms apart in bursts of 1,000, each followed by 1 s of silence.
+fn batches() -> Vec<RecordBatch> {
+    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
+    (0..EVENTS)
+        .step_by(BATCH_ROWS)
+        .map(|start| {
+            let rows = start..start + BATCH_ROWS.min(EVENTS - start);
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        rows.clone()
+                            .map(|i| 100.0 + ((i * 31) % 1000) as f64 / 100.0),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.clone().map(|i| 1 + (i % 500) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.map(|i| (i + (i / 1000) * 1000) as i64),
+                    )),
+                ],
+            )
+            .expect("bench batch")
+        })
+        .collect()
+}
+
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    upstream: &str,
+    query: &str,
+    input: &[RecordBatch],
+) -> (Duration, usize) {
+    rt.block_on(async {
+        let db = LaminarDB::builder().shards(1).build().expect("db");
+        db.execute(&format!("{DDL}; {upstream} CREATE STREAM s AS {query}"))
+            .await
+            .expect("ddl");
+        let mut sub = db.subscribe("s").expect("subscribe");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut rows = 0;
+            while let Some(batch) = sub.recv() {
+                rows += batch.num_rows();
+            }
+            rows
+        });
+        for batch in input {
+            source.push(batch.clone()).expect("push");
+        }
+        source.watermark(i64::MAX).expect("watermark");
+        db.shutdown().await.expect("shutdown");
+        let rows = reader.join().expect("reader");
+        (started.elapsed(), rows)
+    })
+}
+
+fn operators(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let input = batches();
+    let ctx = laminar_sql::new_session_context();
+    let table = MemTable::try_new(schema(), vec![input.clone()]).expect("memtable");
+    ctx.register_table("trades", Arc::new(table))
+        .expect("register");
+    let mut group = c.benchmark_group("operators");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    for &(name, upstream, query, batch_query) in WORKLOADS {
+        let (_, rows) = run_once(&rt, upstream, query, &input);
+        println!("{name}: {rows} output rows per run");
+        group.bench_with_input(
+            BenchmarkId::new("laminardb_1_shard", name),
+            &input,
+            |b, input| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| run_once(&rt, upstream, query, input).0)
+                        .sum()
+                })
+            },
+        );
+        group.bench_function(
+            BenchmarkId::new("datafusion_batch_1_partition", name),
+            |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let plan = laminar_sql::plan_for_batch(&ctx, batch_query)
+                            .await
+                            .expect("plan");
+                        ctx.execute_logical_plan(plan)
+                            .await
+                            .expect("frame")
+                            .collect()
+                            .await
+                            .expect("run")
+                            .len()
+                    })
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, operators);
+criterion_main!(benches);
