@@ -49,6 +49,7 @@ mod alignment;
 mod graph;
 mod pipeline;
 mod sql_context;
+mod tables;
 mod views;
 
 pub mod metrics;
@@ -88,6 +89,7 @@ use pipeline::{
     SourceRuntime, SourceTime, StreamRuntime,
 };
 use subscription::Emitted;
+use tables::Table;
 use views::View;
 
 /// What `push` does when a shard's ingest ring is full.
@@ -175,6 +177,7 @@ impl LaminarDbBuilder {
                 catalog: Mutex::new(Catalog::default()),
                 pipeline: OnceLock::new(),
                 views: Mutex::new(Vec::new()),
+                tables: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -187,6 +190,8 @@ struct Catalog {
     streams: Vec<StreamPlan>,
     /// `[stream]` -> created as a MATERIALIZED VIEW.
     materialized: Vec<bool>,
+    /// Names of the tables (their rows live in `Shared::tables`).
+    tables: Vec<String>,
     /// Subscriber rings waiting for the pipeline: `[stream] -> [(shard, ring)]`.
     pending_outputs: HashMap<usize, Vec<(usize, Producer<Emitted>)>>,
     started: bool,
@@ -201,7 +206,9 @@ impl Catalog {
     }
 
     fn name_taken(&self, name: &str) -> bool {
-        self.sources.iter().any(|s| s.name == name) || self.streams.iter().any(|s| s.name == name)
+        self.sources.iter().any(|s| s.name == name)
+            || self.streams.iter().any(|s| s.name == name)
+            || self.tables.iter().any(|t| t == name)
     }
 }
 
@@ -216,6 +223,7 @@ pub(crate) struct Shared {
     catalog: Mutex<Catalog>,
     pub(crate) pipeline: OnceLock<Arc<Pipeline>>,
     views: Mutex<Vec<View>>,
+    tables: Mutex<Vec<Arc<Table>>>,
 }
 
 /// An embedded streaming database. Cheap to clone (a handle).
@@ -243,6 +251,15 @@ pub enum ExecuteResult {
     StreamCreated(String),
     /// A materialized view was created.
     ViewCreated(String),
+    /// A table was created.
+    TableCreated(String),
+    /// Rows were inserted into a source or table.
+    Inserted {
+        /// The source or table.
+        target: String,
+        /// How many rows.
+        rows: usize,
+    },
     /// A source, stream or view was dropped.
     Dropped(String),
     /// `DROP ... IF EXISTS` named nothing.
@@ -358,6 +375,22 @@ impl LaminarDB {
                 analyze: true,
             } => return self.explain_analyze(&name).map(ExecuteResult::Rows),
             Statement::Describe(name) => return self.describe(&name).map(ExecuteResult::Rows),
+            Statement::CreateTable {
+                name,
+                if_not_exists,
+                sql,
+            } => return self.create_table(&name, if_not_exists, &sql).await,
+            Statement::Insert {
+                target,
+                columns,
+                query,
+                ..
+            } => return self.insert(&target, columns.as_deref(), &query).await,
+            Statement::Drop {
+                kind: DropKind::Table,
+                name,
+                if_exists,
+            } => return self.drop_table(&name, if_exists),
             Statement::ShowCreate(name) => return self.show_create(&name).map(ExecuteResult::Rows),
             _ => {}
         }
@@ -418,7 +451,9 @@ impl LaminarDB {
             | Statement::Show(_)
             | Statement::Explain { .. }
             | Statement::Describe(_)
-            | Statement::ShowCreate(_) => unreachable!("handled above"),
+            | Statement::ShowCreate(_)
+            | Statement::CreateTable { .. }
+            | Statement::Insert { .. } => unreachable!("handled above"),
             Statement::Drop {
                 kind,
                 name,
@@ -814,6 +849,14 @@ impl LaminarDB {
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
             ctx.register_table(name.as_str(), Arc::new(table))?;
         }
+        let tables: Vec<Arc<Table>> = self.shared.tables.lock().map_err(|_| poisoned())?.clone();
+        for table in tables {
+            let memory = datafusion::datasource::MemTable::try_new(
+                Arc::clone(&table.def.schema),
+                vec![table.snapshot()?],
+            )?;
+            ctx.register_table(table.def.name.as_str(), Arc::new(memory))?;
+        }
         let frame = ctx.sql(sql).await.map_err(|e| self.query_error(e))?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let mut batches = frame.collect().await?;
@@ -858,6 +901,96 @@ impl LaminarDB {
         Error::new(code, message)
     }
 
+    /// `CREATE TABLE`: a control-plane table (any time, also while
+    /// running).
+    async fn create_table(
+        &self,
+        name: &str,
+        if_not_exists: bool,
+        sql: &str,
+    ) -> Result<ExecuteResult> {
+        let def = laminar_sql::resolve_table(&self.shared.ctx, name, sql).await?;
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        if catalog.name_taken(name) {
+            if if_not_exists && catalog.tables.iter().any(|t| t == name) {
+                return Ok(ExecuteResult::TableCreated(name.to_string()));
+            }
+            return Err(already_exists(name));
+        }
+        let table = Arc::new(Table::new(def)?);
+        self.shared
+            .tables
+            .lock()
+            .map_err(|_| poisoned())?
+            .push(table);
+        catalog.tables.push(name.to_string());
+        Ok(ExecuteResult::TableCreated(name.to_string()))
+    }
+
+    /// `INSERT INTO`: the rows of a `VALUES` list or query, into a table
+    /// (upserted by primary key) or a source (pushed like any batch, through
+    /// a source handle used for this statement only, so it does not hold
+    /// the source's watermark back afterwards).
+    async fn insert(
+        &self,
+        target: &str,
+        columns: Option<&[String]>,
+        query: &str,
+    ) -> Result<ExecuteResult> {
+        let rows = self.query(query).await?;
+        if let Some(table) = self.table(target) {
+            let batch = tables::align(&rows, &table.def.schema, columns, target)?;
+            let written = table.upsert(&batch)?;
+            return Ok(ExecuteResult::Inserted {
+                target: target.to_string(),
+                rows: written,
+            });
+        }
+        let mut handle = self.source_untyped(target).map_err(|_| {
+            Error::new(
+                ErrorCode::UnknownObject,
+                format!("INSERT INTO names '{target}', which is neither a source nor a table"),
+            )
+        })?;
+        let batch = tables::align(&rows, &handle.schema(), columns, target)?;
+        let written = batch.num_rows();
+        if written > 0 {
+            handle.push_async(batch).await?;
+        }
+        Ok(ExecuteResult::Inserted {
+            target: target.to_string(),
+            rows: written,
+        })
+    }
+
+    /// `DROP TABLE`.
+    fn drop_table(&self, name: &str, if_exists: bool) -> Result<ExecuteResult> {
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let Some(index) = catalog.tables.iter().position(|t| t == name) else {
+            if if_exists {
+                return Ok(ExecuteResult::NothingToDrop(name.to_string()));
+            }
+            return Err(unknown(name, "table"));
+        };
+        catalog.tables.remove(index);
+        self.shared
+            .tables
+            .lock()
+            .map_err(|_| poisoned())?
+            .retain(|t| t.def.name != name);
+        Ok(ExecuteResult::Dropped(name.to_string()))
+    }
+
+    fn table(&self, name: &str) -> Option<Arc<Table>> {
+        self.shared
+            .tables
+            .lock()
+            .ok()?
+            .iter()
+            .find(|t| t.def.name == name)
+            .cloned()
+    }
+
     /// `DESCRIBE name`: one row per column.
     fn describe(&self, name: &str) -> Result<Vec<RecordBatch>> {
         use arrow::array::{BooleanArray, StringArray};
@@ -874,7 +1007,8 @@ impl LaminarDB {
                     .find(|s| s.name == name)
                     .map(|s| Arc::clone(&s.output_schema))
             })
-            .ok_or_else(|| unknown(name, "source or stream"))?;
+            .or_else(|| self.table(name).map(|t| Arc::clone(&t.def.schema)))
+            .ok_or_else(|| unknown(name, "source, stream or table"))?;
         let fields = schema.fields();
         Ok(vec![RecordBatch::try_from_iter(vec![
             (
@@ -914,7 +1048,8 @@ impl LaminarDB {
                     .find(|s| s.name == name)
                     .map(|s| s.sql.clone())
             })
-            .ok_or_else(|| unknown(name, "source or stream"))?;
+            .or_else(|| self.table(name).map(|t| t.def.sql.clone()))
+            .ok_or_else(|| unknown(name, "source, stream or table"))?;
         Ok(vec![RecordBatch::try_from_iter(vec![
             ("name", Arc::new(StringArray::from(vec![name])) as _),
             ("sql", Arc::new(StringArray::from(vec![sql])) as _),
@@ -997,6 +1132,7 @@ impl LaminarDB {
             (DropKind::Source, Some(i), _) => Some((true, i)),
             (DropKind::Stream, _, Some(i)) if !catalog.materialized[i] => Some((false, i)),
             (DropKind::MaterializedView, _, Some(i)) if catalog.materialized[i] => Some((false, i)),
+            (DropKind::Table, _, _) => unreachable!("DROP TABLE is handled by drop_table"),
             (_, None, None) => None,
             _ => {
                 return Err(Error::new(
@@ -1007,6 +1143,7 @@ impl LaminarDB {
                             DropKind::Source => "source",
                             DropKind::Stream => "stream",
                             DropKind::MaterializedView => "materialized view",
+                            DropKind::Table => "table",
                         }
                     ),
                 )
@@ -1107,6 +1244,30 @@ impl LaminarDB {
                     (
                         "watermark",
                         Arc::new(watermarks.collect::<StringArray>()) as _,
+                    ),
+                ])?
+            }
+            ShowWhat::Tables => {
+                let tables: Vec<Arc<Table>> =
+                    self.shared.tables.lock().map_err(|_| poisoned())?.clone();
+                let keys = tables.iter().map(|t| {
+                    t.def
+                        .primary_key
+                        .iter()
+                        .map(|&i| t.def.schema.field(i).name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                RecordBatch::try_from_iter(vec![
+                    (
+                        "name",
+                        Arc::new(StringArray::from_iter_values(
+                            tables.iter().map(|t| t.def.name.as_str()),
+                        )) as _,
+                    ),
+                    (
+                        "primary_key",
+                        Arc::new(StringArray::from_iter_values(keys)) as _,
                     ),
                 ])?
             }
@@ -1264,6 +1425,7 @@ fn statement_text(statement: &Statement) -> Option<&str> {
         Statement::CreateSource(syntax) => Some(&syntax.sql),
         Statement::CreateStream(def) => Some(&def.sql),
         Statement::Query(text) => Some(text),
+        Statement::CreateTable { sql, .. } | Statement::Insert { sql, .. } => Some(sql),
         Statement::Drop { .. }
         | Statement::Show(_)
         | Statement::Explain { .. }

@@ -230,11 +230,129 @@ async fn show_explain_and_query_errors() {
         ErrorCode::SqlSyntax
     );
     assert_eq!(
-        code(db.execute("SHOW TABLES").await),
+        code(db.execute("SHOW FUNCTIONS").await),
         ErrorCode::Unsupported
     );
     assert_eq!(
         code(db.execute("EXPLAIN nowhere").await),
+        ErrorCode::UnknownObject
+    );
+}
+
+/// Tables (upserted by primary key), INSERT into tables and sources, and
+/// ad-hoc queries joining tables with views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_and_inserts() {
+    use datafusion::arrow::array::Int64Array;
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL};
+         CREATE MATERIALIZED VIEW per_symbol AS
+            SELECT symbol, COUNT(*) AS n, SUM(volume) AS v FROM trades GROUP BY symbol EMIT CHANGES;
+         CREATE TABLE symbols (symbol VARCHAR, name VARCHAR, lot BIGINT, PRIMARY KEY (symbol))"
+    ))
+    .await
+    .unwrap();
+    let code = |r: laminar_db::Result<Vec<ExecuteResult>>| r.unwrap_err().code();
+    // A source takes rows only once running.
+    assert_eq!(
+        code(
+            db.execute("INSERT INTO trades VALUES ('A', 1.0, 1, 0)")
+                .await
+        ),
+        ErrorCode::NotRunning
+    );
+    assert_eq!(
+        db.execute("INSERT INTO symbols VALUES ('A', 'Alpha', 100), ('B', 'Beta', 10)")
+            .await
+            .unwrap(),
+        [ExecuteResult::Inserted {
+            target: "symbols".into(),
+            rows: 2
+        }]
+    );
+    // Same key: replaced; a missing nullable column is NULL.
+    db.execute("INSERT INTO symbols (symbol, name) VALUES ('A', 'Alpha 2')")
+        .await
+        .unwrap();
+    let table = db
+        .sql("SELECT symbol, name, lot FROM symbols ORDER BY symbol")
+        .await
+        .unwrap();
+    let printed = laminar_db::pretty(&table).unwrap();
+    assert!(printed.contains("| A      | Alpha 2 |     |"), "{printed}");
+    assert!(printed.contains("| B      | Beta    | 10  |"), "{printed}");
+
+    for (bad, expected) in [
+        ("INSERT INTO nowhere VALUES (1)", ErrorCode::UnknownObject),
+        (
+            "INSERT INTO symbols VALUES ('C')",
+            ErrorCode::SchemaMismatch,
+        ),
+        (
+            "INSERT INTO symbols (name) VALUES ('no key')",
+            ErrorCode::SchemaMismatch,
+        ),
+        (
+            "INSERT INTO symbols VALUES ('C', 'x', 'not a number')",
+            ErrorCode::SchemaMismatch,
+        ),
+        (
+            "INSERT INTO symbols (symbol, colour) VALUES ('C', 'red')",
+            ErrorCode::UnknownObject,
+        ),
+    ] {
+        assert_eq!(code(db.execute(bad).await), expected, "{bad}");
+    }
+
+    let mut changes = db.subscribe("per_symbol").unwrap();
+    db.start().await.unwrap();
+    db.execute(
+        "INSERT INTO trades VALUES ('A', 10.0, 5, 1000), ('A', 11.0, 7, 1001), ('B', 3.0, 1, 1002)",
+    )
+    .await
+    .unwrap();
+    // The view takes the rows in (its changelog reaches subscribers too).
+    let mut seen = 0;
+    while seen < 2 {
+        let batch = changes
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        seen += batch.num_rows();
+    }
+    db.execute(
+        "INSERT INTO trades SELECT symbol, 1.0, lot, 2000 FROM symbols WHERE lot IS NOT NULL",
+    )
+    .await
+    .unwrap();
+    db.execute("INSERT INTO trades VALUES ('A', 1.0, 1, 1000000)")
+        .await
+        .unwrap();
+    db.shutdown().await.unwrap();
+    let joined = db
+        .sql(
+            "SELECT p.symbol, s.name, p.n, p.v FROM per_symbol p JOIN symbols s ON p.symbol = s.symbol
+             ORDER BY p.symbol",
+        )
+        .await
+        .unwrap();
+    let n = joined[0]
+        .column(2)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(
+        (n.value(0), n.value(1)),
+        (3, 2),
+        "{}",
+        laminar_db::pretty(&joined).unwrap()
+    );
+    assert_eq!(rows(&db, "SHOW TABLES").await[0].num_rows(), 1);
+    assert_eq!(row_count(&rows(&db, "DESCRIBE symbols").await), 3);
+    db.execute("DROP TABLE symbols").await.unwrap();
+    assert_eq!(
+        code(db.execute("SELECT * FROM symbols").await),
         ErrorCode::UnknownObject
     );
 }

@@ -16,7 +16,9 @@
 //! DESCRIBE name;
 //! DROP SOURCE | STREAM | MATERIALIZED VIEW [IF EXISTS] name;
 //! EXPLAIN [ANALYZE] name;
-//! SELECT ...;   -- ad hoc, over materialized views
+//! CREATE TABLE name (col TYPE, ..., PRIMARY KEY (col, ...));
+//! INSERT INTO source_or_table [(col, ...)] VALUES (...), ... | SELECT ...;
+//! SELECT ...;   -- ad hoc, over materialized views and tables
 //! ```
 //!
 //! Only the DDL shell is parsed here; column definitions go to DataFusion
@@ -59,8 +61,29 @@ pub enum Statement {
         /// `IF EXISTS`.
         if_exists: bool,
     },
-    /// An ad-hoc query (`SELECT ...`, `WITH ...`) over materialized views.
+    /// An ad-hoc query (`SELECT ...`, `WITH ...`) over materialized views
+    /// and tables.
     Query(String),
+    /// `CREATE TABLE name (...) [PRIMARY KEY]`: the text, for DataFusion.
+    CreateTable {
+        /// Table name.
+        name: String,
+        /// `IF NOT EXISTS` was given.
+        if_not_exists: bool,
+        /// The statement's text.
+        sql: String,
+    },
+    /// `INSERT INTO name [(columns)] VALUES ... | SELECT ...`.
+    Insert {
+        /// The source or table written to.
+        target: String,
+        /// The column list, if given.
+        columns: Option<Vec<String>>,
+        /// The rows: a `VALUES` list or a query.
+        query: String,
+        /// The statement's text.
+        sql: String,
+    },
 }
 
 /// The kind of object a `DROP` names.
@@ -72,6 +95,8 @@ pub enum DropKind {
     Stream,
     /// `DROP MATERIALIZED VIEW`.
     MaterializedView,
+    /// `DROP TABLE`.
+    Table,
 }
 
 /// What `SHOW` lists.
@@ -85,6 +110,8 @@ pub enum ShowWhat {
     MaterializedViews,
     /// Sinks (none can be declared yet: always empty).
     Sinks,
+    /// Tables.
+    Tables,
 }
 
 /// A `CREATE SOURCE` before its column types are resolved.
@@ -252,7 +279,9 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
                     Ok(Statement::Show(ShowWhat::MaterializedViews))
                 }
                 ["SINKS"] => Ok(Statement::Show(ShowWhat::Sinks)),
-                ["CREATE", "SOURCE" | "STREAM", _] | ["CREATE", "MATERIALIZED", "VIEW", _] => {
+                ["TABLES"] => Ok(Statement::Show(ShowWhat::Tables)),
+                ["CREATE", "SOURCE" | "STREAM" | "TABLE", _]
+                | ["CREATE", "MATERIALIZED", "VIEW", _] => {
                     let name = significant.last().expect("matched");
                     Ok(Statement::ShowCreate(identifier(name, "a name")?))
                 }
@@ -265,6 +294,7 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
                 )),
             };
         }
+        Some(Keyword::INSERT) => return parse_insert(chunk, significant, text),
         Some(Keyword::DESCRIBE | Keyword::DESC) => {
             return match &significant[1..] {
                 [name] => Ok(Statement::Describe(identifier(name, "a name")?)),
@@ -299,6 +329,7 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
                 .collect();
             let (kind_words, rest) = match words.first().map(String::as_str) {
                 Some("SOURCE") => (1, DropKind::Source),
+                Some("TABLE") => (1, DropKind::Table),
                 Some("STREAM") => (1, DropKind::Stream),
                 Some("MATERIALIZED") if words.get(1).map(String::as_str) == Some("VIEW") => {
                     (2, DropKind::MaterializedView)
@@ -346,6 +377,24 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
     if is_word(significant[1], "STREAM") {
         return parse_create_stream(chunk, &significant[2..], text, false)
             .map(Statement::CreateStream);
+    }
+    if keyword(significant[1]) == Some(Keyword::TABLE) {
+        let mut i = 2;
+        let if_not_exists = significant.len() > 5
+            && keyword(significant[2]) == Some(Keyword::IF)
+            && keyword(significant[3]) == Some(Keyword::NOT)
+            && keyword(significant[4]) == Some(Keyword::EXISTS);
+        if if_not_exists {
+            i = 5;
+        }
+        let name = significant
+            .get(i)
+            .ok_or_else(|| syntax_error("CREATE TABLE needs a name"))?;
+        return Ok(Statement::CreateTable {
+            name: identifier(name, "a table name")?,
+            if_not_exists,
+            sql: text,
+        });
     }
     if significant.len() > 2
         && is_word(significant[1], "MATERIALIZED")
@@ -729,6 +778,68 @@ fn parse_create_stream(
     })
 }
 
+/// `INSERT INTO name [(c1, c2, ...)] VALUES (...), ... | SELECT ...`.
+fn parse_insert(
+    chunk: &[TokenWithSpan],
+    significant: &[&TokenWithSpan],
+    text: String,
+) -> Result<Statement> {
+    if significant.len() < 4 || keyword(significant[1]) != Some(Keyword::INTO) {
+        return Err(syntax_error(
+            "expected INSERT INTO <name> VALUES (...) or SELECT ...",
+        ));
+    }
+    let target = identifier(significant[2], "a source or table name")?;
+    let mut next = 3;
+    let mut columns = None;
+    if significant[next].token == Token::LParen {
+        let mut names = Vec::new();
+        next += 1;
+        loop {
+            let token = significant
+                .get(next)
+                .ok_or_else(|| syntax_error("unterminated column list in INSERT"))?;
+            names.push(identifier(token, "a column name")?);
+            match significant.get(next + 1).map(|t| &t.token) {
+                Some(Token::Comma) => next += 2,
+                Some(Token::RParen) => {
+                    next += 2;
+                    break;
+                }
+                _ => {
+                    return Err(syntax_error(
+                        "expected ',' or ')' in the INSERT column list",
+                    ))
+                }
+            }
+        }
+        columns = Some(names);
+    }
+    let start = significant
+        .get(next)
+        .ok_or_else(|| syntax_error("INSERT needs VALUES (...) or a SELECT"))?;
+    if !matches!(
+        keyword(start),
+        Some(Keyword::VALUES | Keyword::SELECT | Keyword::WITH)
+    ) {
+        return Err(syntax_error(format!(
+            "expected VALUES or SELECT after INSERT INTO {target}, found '{}' at {}",
+            start.token,
+            location(start)
+        )));
+    }
+    let at = chunk
+        .iter()
+        .position(|t| std::ptr::eq(t, *start))
+        .expect("token from this chunk");
+    Ok(Statement::Insert {
+        target,
+        columns,
+        query: text_of(&chunk[at..]),
+        sql: text,
+    })
+}
+
 /// Parses `(key = 'value', ...)`; returns the pairs (keys lower-cased) and
 /// the number of tokens used.
 fn parse_options(tokens: &[&TokenWithSpan]) -> Result<(Vec<(String, String)>, usize)> {
@@ -849,12 +960,13 @@ mod tests {
             code("CREATE STREAM s AS SELECT 1 EMIT SOMETIMES"),
             ErrorCode::SqlSyntax
         );
-        assert_eq!(code("DROP TABLE x"), ErrorCode::Unsupported);
+        assert_eq!(code("DROP INDEX x"), ErrorCode::Unsupported);
         assert_eq!(
             code("CREATE SOURCE s (a VARCHAR 'unterminated)"),
             ErrorCode::SqlSyntax
         );
-        assert_eq!(code("CREATE TABLE t (a BIGINT)"), ErrorCode::Unsupported);
+        assert_eq!(code("CREATE INDEX i ON t (a)"), ErrorCode::Unsupported);
+        assert_eq!(code("INSERT INTO t DEFAULT VALUES"), ErrorCode::SqlSyntax);
         assert_eq!(code("DROP SOURCE"), ErrorCode::SqlSyntax);
         assert_eq!(code("EXPLAIN ANALYZE"), ErrorCode::Unsupported);
     }

@@ -23,6 +23,6 @@ pub use dialect::{
     WatermarkDef,
 };
 pub use planner::{
-    new_session_context, plan_for_batch, plan_stream, Routing, StreamInput, StreamOperator,
-    StreamPlan,
+    new_session_context, plan_for_batch, plan_stream, resolve_table, Routing, StreamInput,
+    StreamOperator, StreamPlan, TableDef,
 };

@@ -228,6 +228,69 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
     })
 }
 
+/// A `CREATE TABLE`: columns and primary key.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    /// Table name.
+    pub name: String,
+    /// Columns (primary-key columns are NOT NULL).
+    pub schema: SchemaRef,
+    /// Indices of the primary-key columns; empty for an append-only table.
+    pub primary_key: Vec<usize>,
+    /// The statement's text.
+    pub sql: String,
+}
+
+/// Resolves a `CREATE TABLE` through DataFusion: column types and the
+/// primary key.
+pub async fn resolve_table(ctx: &SessionContext, name: &str, sql: &str) -> Result<TableDef> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(planning_error)?;
+    let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) = plan else {
+        return Err(unsupported(
+            "CREATE TABLE ... AS SELECT is not supported",
+            "declare the columns: CREATE TABLE t (id BIGINT, ..., PRIMARY KEY (id))",
+        ));
+    };
+    let mut primary_key = Vec::new();
+    for constraint in table.constraints.iter() {
+        match constraint {
+            datafusion::common::Constraint::PrimaryKey(columns) => {
+                primary_key = columns.clone();
+            }
+            datafusion::common::Constraint::Unique(_) => {
+                return Err(unsupported(
+                    "UNIQUE constraints are not supported",
+                    "declare a PRIMARY KEY",
+                ))
+            }
+        }
+    }
+    let arrow_schema = table.input.schema().as_arrow().clone();
+    // Primary-key columns cannot be NULL.
+    let fields: Vec<_> = arrow_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if primary_key.contains(&i) {
+                Arc::new(f.as_ref().clone().with_nullable(false))
+            } else {
+                Arc::clone(f)
+            }
+        })
+        .collect();
+    Ok(TableDef {
+        name: name.to_string(),
+        schema: Arc::new(Schema::new(fields)),
+        primary_key,
+        sql: sql.to_string(),
+    })
+}
+
 /// Registers a source (or a stream's output) as an empty table so queries
 /// over it can be planned.
 pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {

@@ -1,0 +1,181 @@
+//! Tables: rows kept on the control plane, written with `INSERT` and read
+//! by ad-hoc queries. A table with a primary key keeps one row per key
+//! (an `INSERT` of an existing key replaces the row: upsert); without one,
+//! rows append.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_sql::TableDef;
+
+enum Rows {
+    Keyed {
+        key: RowConverter,
+        row: RowConverter,
+        by_key: HashMap<Box<[u8]>, Box<[u8]>>,
+    },
+    Append(Vec<RecordBatch>),
+}
+
+/// A table and its rows.
+pub(crate) struct Table {
+    pub def: TableDef,
+    rows: Mutex<Rows>,
+}
+
+fn converter(schema: &SchemaRef, columns: &[usize]) -> Result<RowConverter> {
+    Ok(RowConverter::new(
+        columns
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect(),
+    )?)
+}
+
+impl Table {
+    pub fn new(def: TableDef) -> Result<Self> {
+        let rows = if def.primary_key.is_empty() {
+            Rows::Append(Vec::new())
+        } else {
+            let all: Vec<usize> = (0..def.schema.fields().len()).collect();
+            Rows::Keyed {
+                key: converter(&def.schema, &def.primary_key)?,
+                row: converter(&def.schema, &all)?,
+                by_key: HashMap::new(),
+            }
+        };
+        Ok(Self {
+            def,
+            rows: Mutex::new(rows),
+        })
+    }
+
+    /// Inserts (or, by primary key, replaces) rows already in the table's
+    /// schema. Returns the number of rows written.
+    pub fn upsert(&self, batch: &RecordBatch) -> Result<usize> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        match &mut *rows {
+            Rows::Append(batches) => batches.push(batch.clone()),
+            Rows::Keyed { key, row, by_key } => {
+                let key_columns: Vec<ArrayRef> = self
+                    .def
+                    .primary_key
+                    .iter()
+                    .map(|&i| Arc::clone(batch.column(i)))
+                    .collect();
+                let keys = key.convert_columns(&key_columns)?;
+                let values = row.convert_columns(batch.columns())?;
+                for i in 0..batch.num_rows() {
+                    by_key.insert(keys.row(i).as_ref().into(), values.row(i).as_ref().into());
+                }
+            }
+        }
+        Ok(batch.num_rows())
+    }
+
+    /// The table's rows now.
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        let rows = self.rows.lock().map_err(|_| poisoned())?;
+        match &*rows {
+            Rows::Append(batches) => Ok(batches.clone()),
+            Rows::Keyed { row, by_key, .. } => {
+                if by_key.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let parser = row.parser();
+                let columns = row.convert_rows(by_key.values().map(|r| parser.parse(r)))?;
+                Ok(vec![RecordBatch::try_new(
+                    Arc::clone(&self.def.schema),
+                    columns,
+                )?])
+            }
+        }
+    }
+}
+
+fn poisoned() -> Error {
+    Error::new(
+        ErrorCode::Execution,
+        "table lock poisoned by an earlier panic",
+    )
+}
+
+/// Fits the rows of an `INSERT` to the target's columns: by the statement's
+/// column list (missing nullable columns become NULL) or by position,
+/// casting each value to the column's type.
+pub(crate) fn align(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    columns: Option<&[String]>,
+    target: &str,
+) -> Result<RecordBatch> {
+    let mismatch = |message: String| Error::new(ErrorCode::SchemaMismatch, message);
+    let Some(first) = batches.first() else {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    };
+    let input = arrow::compute::concat_batches(&first.schema(), batches)?;
+    let width = columns.map_or(schema.fields().len(), <[String]>::len);
+    if input.num_columns() != width {
+        return Err(mismatch(format!(
+            "INSERT INTO {target} gives {} values per row for {width} columns",
+            input.num_columns()
+        )));
+    }
+    let mut out = Vec::with_capacity(schema.fields().len());
+    for (i, field) in schema.fields().iter().enumerate() {
+        let position = match columns {
+            None => Some(i),
+            Some(names) => names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(field.name())),
+        };
+        let column = match position {
+            Some(p) => arrow::compute::cast_with_options(
+                input.column(p),
+                field.data_type(),
+                // A value that does not convert is an error, not a NULL.
+                &arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| {
+                mismatch(format!(
+                    "INSERT INTO {target}: column '{}' takes {}: {e}",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?,
+            None if field.is_nullable() => new_null_array(field.data_type(), input.num_rows()),
+            None => {
+                return Err(mismatch(format!(
+                    "INSERT INTO {target}: column '{}' is NOT NULL and has no value",
+                    field.name()
+                )))
+            }
+        };
+        out.push(column);
+    }
+    if let Some(names) = columns {
+        if let Some(unknown) = names.iter().find(|n| {
+            !schema
+                .fields()
+                .iter()
+                .any(|f| f.name().eq_ignore_ascii_case(n))
+        }) {
+            return Err(Error::new(
+                ErrorCode::UnknownObject,
+                format!("'{target}' has no column '{unknown}'"),
+            ));
+        }
+    }
+    RecordBatch::try_new(Arc::clone(schema), out).map_err(|e| {
+        mismatch(format!(
+            "INSERT INTO {target}: the rows do not fit its columns: {e}"
+        ))
+    })
+}
