@@ -1,4 +1,6 @@
-//! `laminardb run`: SQL over CSV files, results to CSV files.
+//! `laminardb run`: SQL over CSV or JSON-lines files (by extension:
+//! `.jsonl`/`.ndjson`/`.json` are JSON lines, anything else CSV with a
+//! header row), results to CSV files.
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
@@ -26,11 +28,16 @@ fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
     )
 }
 
+/// Batches read from an input file.
+type Batches = Box<
+    dyn Iterator<Item = std::result::Result<RecordBatch, laminar_db::arrow::error::ArrowError>>,
+>;
+
 /// One input file being read, with the event times of its current batch.
 struct Input {
     source: usize,
     path: PathBuf,
-    reader: Reader<BufReader<File>>,
+    reader: Batches,
     time: Option<(usize, EventTimeUnit)>,
     batch: Option<RecordBatch>,
     times_ms: Vec<i64>,
@@ -94,42 +101,15 @@ fn open_input(
     let handle = db.source_untyped(source_name)?;
     let schema = handle.schema();
     let path = PathBuf::from(path);
-    let mut file = File::open(&path).map_err(|e| io_error(&path, "open", e))?;
-    let (header, _) = Format::default()
-        .with_header(true)
-        .infer_schema(&mut file, Some(0))
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::InvalidInput,
-                format!("{}: cannot read the header row: {e}", path.display()),
-            )
-        })?;
-    let names: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
-    let expected: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let matches = names.len() == expected.len()
-        && names
-            .iter()
-            .zip(&expected)
-            .all(|(a, b)| a.trim().eq_ignore_ascii_case(b));
-    if !matches {
-        return Err(Error::new(
-            ErrorCode::InvalidInput,
-            format!(
-                "{}: the header row is '{}' but source '{}' needs '{}'",
-                path.display(),
-                names.join(","),
-                handle.name(),
-                expected.join(",")
-            ),
-        ));
-    }
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| io_error(&path, "read", e))?;
-    let reader = ReaderBuilder::new(Arc::clone(&schema))
-        .with_header(true)
-        .with_batch_size(batch_rows)
-        .build(BufReader::new(file))
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("{}: {e}", path.display())))?;
+    let json = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jsonl" | "ndjson" | "json"));
+    let reader = if json {
+        open_json(&path, &schema, batch_rows)?
+    } else {
+        open_csv(&path, &schema, handle.name(), batch_rows)?
+    };
     let time = match handle.event_time_column() {
         Some(column) => Some((
             column,
@@ -156,6 +136,69 @@ fn open_input(
         times_ms: Vec::new(),
         position: 0,
     })
+}
+
+/// A CSV file with a header row matching the source's columns.
+fn open_csv(
+    path: &Path,
+    schema: &laminar_db::arrow::datatypes::SchemaRef,
+    source: &str,
+    batch_rows: usize,
+) -> Result<Batches> {
+    let path = path.to_path_buf();
+    let mut file = File::open(&path).map_err(|e| io_error(&path, "open", e))?;
+    let (header, _) = Format::default()
+        .with_header(true)
+        .infer_schema(&mut file, Some(0))
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidInput,
+                format!("{}: cannot read the header row: {e}", path.display()),
+            )
+        })?;
+    let names: Vec<&str> = header.fields().iter().map(|f| f.name().as_str()).collect();
+    let expected: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let matches = names.len() == expected.len()
+        && names
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| a.trim().eq_ignore_ascii_case(b));
+    if !matches {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "{}: the header row is '{}' but source '{}' needs '{}'",
+                path.display(),
+                names.join(","),
+                source,
+                expected.join(",")
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| io_error(&path, "read", e))?;
+    let reader: Reader<BufReader<File>> = ReaderBuilder::new(Arc::clone(schema))
+        .with_header(true)
+        .with_batch_size(batch_rows)
+        .build(BufReader::new(file))
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("{}: {e}", path.display())))?;
+    Ok(Box::new(reader))
+}
+
+/// A JSON-lines file: one object per line, fields by column name (missing
+/// nullable fields are NULL; extra fields are an error).
+fn open_json(
+    path: &Path,
+    schema: &laminar_db::arrow::datatypes::SchemaRef,
+    batch_rows: usize,
+) -> Result<Batches> {
+    let file = File::open(path).map_err(|e| io_error(path, "open", e))?;
+    let reader = laminar_db::arrow::json::ReaderBuilder::new(Arc::clone(schema))
+        .with_batch_size(batch_rows)
+        .with_strict_mode(true)
+        .build(BufReader::new(file))
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("{}: {e}", path.display())))?;
+    Ok(Box::new(reader))
 }
 
 /// Feeds all inputs, merged by event time: always the input whose next row
