@@ -48,6 +48,7 @@
 mod alignment;
 mod graph;
 mod pipeline;
+mod retention;
 mod sql_context;
 mod tables;
 mod views;
@@ -597,6 +598,10 @@ impl LaminarDB {
                     None => None,
                 };
                 Ok(SourceRuntime {
+                    retention: Arc::new(retention::Retention::new(
+                        def.retention_rows
+                            .unwrap_or(retention::DEFAULT_RETENTION_ROWS),
+                    )),
                     alignment: None,
                     name: def.name.clone(),
                     idle_timeout: def
@@ -848,6 +853,27 @@ impl LaminarDB {
             };
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
             ctx.register_table(name.as_str(), Arc::new(table))?;
+        }
+        // Sources: their retained rows (none before start).
+        let sources: Vec<(String, SchemaRef, usize)> = {
+            let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+            catalog
+                .sources
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.retention_rows != Some(0))
+                .map(|(i, s)| (s.name.clone(), Arc::clone(&s.schema), i))
+                .collect()
+        };
+        for (name, schema, index) in sources {
+            let rows = self
+                .shared
+                .pipeline
+                .get()
+                .map(|p| p.sources[index].retention.snapshot())
+                .unwrap_or_default();
+            let memory = datafusion::datasource::MemTable::try_new(schema, vec![rows])?;
+            ctx.register_table(name.as_str(), Arc::new(memory))?;
         }
         let tables: Vec<Arc<Table>> = self.shared.tables.lock().map_err(|_| poisoned())?.clone();
         for table in tables {

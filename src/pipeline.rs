@@ -109,6 +109,8 @@ pub(crate) struct SourceTime {
 /// A source while the pipeline runs.
 pub(crate) struct SourceRuntime {
     pub name: String,
+    /// The source's last rows, for ad-hoc queries.
+    pub retention: Arc<crate::retention::Retention>,
     /// The source's watermark alignment group.
     pub alignment: Option<Arc<crate::alignment::AlignmentGroup>>,
     /// Idle timeout of the source's partitions.

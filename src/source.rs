@@ -136,9 +136,10 @@ impl SourceHandle {
                 || pipeline.check_running(),
             )?;
         }
-        let messages = lanes.route(&self.schema, batch)?;
+        let messages = lanes.route(&self.schema, batch.clone())?;
         lanes.deliver_blocking(messages)?;
         lanes.publish();
+        lanes.pipeline.sources[lanes.source].retention.keep(&batch);
         Ok(())
     }
 
@@ -177,9 +178,10 @@ impl SourceHandle {
                     Error::new(ErrorCode::Execution, "alignment wait thread vanished")
                 })??;
             }
-            let messages = lanes.route(&schema, batch)?;
+            let messages = lanes.route(&schema, batch.clone())?;
             lanes.deliver_async(messages).await?;
             lanes.publish();
+            lanes.pipeline.sources[lanes.source].retention.keep(&batch);
             Ok(())
         }
         .await;

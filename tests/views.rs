@@ -116,6 +116,7 @@ async fn show_explain_and_query_errors() {
     let db = LaminarDB::builder().shards(1).build().unwrap();
     db.execute(&format!(
         "{TRADES_DDL};
+         CREATE SOURCE quiet (a BIGINT) WITH (retention_rows = 0);
          CREATE STREAM s AS SELECT symbol FROM trades WHERE price > 1;
          CREATE MATERIALIZED VIEW v AS {PER_SYMBOL} EMIT CHANGES"
     ))
@@ -132,7 +133,7 @@ async fn show_explain_and_query_errors() {
             })
             .collect()
     };
-    assert_eq!(names(&rows(&db, "SHOW SOURCES").await), ["trades"]);
+    assert_eq!(names(&rows(&db, "SHOW SOURCES").await), ["trades", "quiet"]);
     assert_eq!(names(&rows(&db, "SHOW STREAMS").await), ["s", "v"]);
     assert_eq!(names(&rows(&db, "SHOW MATERIALIZED VIEWS").await), ["v"]);
     let plan = names(&rows(&db, "EXPLAIN v").await);
@@ -212,8 +213,11 @@ async fn show_explain_and_query_errors() {
     );
     db.shutdown().await.unwrap();
     assert!(db.metrics().streams[0].state_bytes > 0);
+    // Sources keep their last rows (the 500 pushed above); with
+    // retention_rows = 0 they keep none and cannot be queried.
+    assert_eq!(row_count(&rows(&db, "SELECT * FROM trades").await), 500);
     assert_eq!(
-        code(db.execute("SELECT * FROM trades").await),
+        code(db.execute("SELECT * FROM quiet").await),
         ErrorCode::Unsupported
     );
     // s was dropped above; `extra2` is a plain stream.
@@ -330,6 +334,17 @@ async fn tables_and_inserts() {
         .await
         .unwrap();
     db.shutdown().await.unwrap();
+    // The source kept what was pushed to it: 3 + 1 + 1 rows.
+    let kept = db.sql("SELECT COUNT(*) AS n FROM trades").await.unwrap();
+    assert_eq!(
+        kept[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        5
+    );
     let joined = db
         .sql(
             "SELECT p.symbol, s.name, p.n, p.v FROM per_symbol p JOIN symbols s ON p.symbol = s.symbol

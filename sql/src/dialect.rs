@@ -125,6 +125,8 @@ pub struct SourceDefSyntax {
     pub watermark: Option<WatermarkDef>,
     /// `WITH (idle_timeout = ...)`, in ms.
     pub idle_timeout_ms: Option<i64>,
+    /// `WITH (retention_rows = n)`.
+    pub retention_rows: Option<usize>,
     /// `WITH (alignment_group = ..., alignment_max_drift = ...)`.
     pub alignment: Option<AlignmentDef>,
     /// `IF NOT EXISTS` was given.
@@ -147,6 +149,8 @@ pub struct SourceDef {
     pub idle_timeout_ms: Option<i64>,
     /// The source's watermark alignment group, if any.
     pub alignment: Option<AlignmentDef>,
+    /// Rows kept for ad-hoc queries (`None`: the default).
+    pub retention_rows: Option<usize>,
     /// The statement's text, for `SHOW CREATE`-style introspection.
     pub sql: String,
 }
@@ -479,6 +483,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
     let mut idle_timeout_ms = None;
     let mut alignment_group = None;
     let mut alignment_max_drift_ms = None;
+    let mut retention_rows = None;
     if rest
         .get(after)
         .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
@@ -496,6 +501,15 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                             )
                             .with_hint("e.g. idle_timeout = '5 seconds' or '500 ms'")
                         })?)
+                }
+                "retention_rows" => {
+                    retention_rows = Some(value.trim().parse::<usize>().map_err(|_| {
+                        Error::new(
+                            ErrorCode::InvalidConfig,
+                            format!("retention_rows = '{value}' is not a row count"),
+                        )
+                        .with_hint("e.g. retention_rows = 100000, or 0 to keep none")
+                    })?)
                 }
                 "alignment_group" => alignment_group = Some(value),
                 "alignment_max_drift" => {
@@ -585,6 +599,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         name,
         watermark,
         idle_timeout_ms,
+        retention_rows,
         alignment,
         if_not_exists,
         sql: text,

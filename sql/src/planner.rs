@@ -224,6 +224,7 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
         watermark: syntax.watermark,
         idle_timeout_ms: syntax.idle_timeout_ms,
         alignment: syntax.alignment,
+        retention_rows: syntax.retention_rows,
         sql: syntax.sql,
     })
 }
