@@ -720,6 +720,9 @@ impl LaminarDB {
                 counters: Arc::clone(&shard_counters),
                 errors: Arc::clone(&errors),
                 idle_spin: self.shared.idle_spin,
+                idle_timeouts: sources.iter().any(|s| s.idle_timeout.is_some()),
+                work_queue: Vec::new(),
+                out: Vec::new(),
             };
             controls.push(control);
             counters.push(shard_counters);

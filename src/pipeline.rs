@@ -271,7 +271,7 @@ impl Lane {
 
 /// Work for one stream, queued so that a stream's output reaches its local
 /// downstreams before their watermark does.
-enum Work {
+pub(crate) enum Work {
     Batch {
         stream: usize,
         batch: RecordBatch,
@@ -300,6 +300,11 @@ pub(crate) struct ShardProgram {
     /// How long to keep polling the lanes after the last message before
     /// sleeping.
     pub idle_spin: Duration,
+    /// Whether any input has an idle timeout (else idle checks are skipped).
+    pub idle_timeouts: bool,
+    /// Reused buffers of `run_work`.
+    pub work_queue: Vec<Work>,
+    pub out: Vec<RecordBatch>,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -307,6 +312,8 @@ pub(crate) struct ShardProgram {
 const LANE_BUDGET: usize = 16;
 /// Shard errors kept for `LaminarDB::errors`.
 const MAX_KEPT_ERRORS: usize = 16;
+/// One operator call in this many is timed and has its state measured.
+const SAMPLE: u64 = 16;
 
 /// Gives the executor one turn, then resumes.
 struct YieldNow(bool);
@@ -425,6 +432,9 @@ impl ShardProgram {
     /// Marks lanes silent past their input's idle timeout and lets the
     /// watermark move on without them.
     async fn mark_idle_lanes(&mut self) {
+        if !self.idle_timeouts {
+            return;
+        }
         let now = Instant::now();
         for lane in 0..self.lanes.len() {
             let input = self.lanes[lane].input;
@@ -571,14 +581,29 @@ impl ShardProgram {
                 pushed_at,
             } => {
                 let watermark_ms = self.inputs[input].watermark_ms;
-                for i in 0..self.inputs[input].routes[route].len() {
+                let streams = self.inputs[input].routes[route].len();
+                let mut batch = Some(batch);
+                let mut row_watermarks = Some(row_watermarks);
+                for i in 0..streams {
                     let stream = self.inputs[input].routes[route][i];
+                    // The last stream takes the batch itself.
+                    let (batch, row_watermarks) = if i + 1 == streams {
+                        (
+                            batch.take().expect("once"),
+                            row_watermarks.take().expect("once"),
+                        )
+                    } else {
+                        (
+                            batch.clone().expect("not taken yet"),
+                            row_watermarks.clone().expect("not taken yet"),
+                        )
+                    };
                     self.run_work(
                         Work::Batch {
                             stream,
-                            batch: batch.clone(),
+                            batch,
                             watermark_ms,
-                            row_watermarks: row_watermarks.clone(),
+                            row_watermarks,
                         },
                         pushed_at,
                     )
@@ -603,8 +628,10 @@ impl ShardProgram {
     /// downstreams (and exchanges) before the watermark that produced them
     /// does.
     async fn run_work(&mut self, work: Work, origin: Instant) {
-        let mut queue = vec![work];
-        let mut out = Vec::new();
+        // Buffers kept across calls: no allocation per message.
+        let mut queue = std::mem::take(&mut self.work_queue);
+        let mut out = std::mem::take(&mut self.out);
+        queue.push(work);
         while let Some(work) = queue.pop() {
             let (stream, watermark_ms, advanced) = match work {
                 Work::Batch {
@@ -621,13 +648,23 @@ impl ShardProgram {
                         watermark_ms,
                         row_watermarks_ms: row_watermarks.as_ref().map(|a| a.values().as_ref()),
                     };
-                    let started = Instant::now();
+                    let calls = counters.calls.load(Ordering::Relaxed);
+                    // Busy time and state size are sampled (1 call in
+                    // SAMPLE): two clock reads and a state walk per batch
+                    // would cost more than a one-row batch's processing.
+                    let sampled = calls.is_multiple_of(SAMPLE);
+                    let started = sampled.then(Instant::now);
                     let result = operator.on_batch(&batch, time, &mut out);
-                    ShardCounters::add(&counters.busy_ns, started.elapsed().as_nanos() as u64);
+                    if let Some(started) = started {
+                        ShardCounters::add(
+                            &counters.busy_ns,
+                            started.elapsed().as_nanos() as u64 * SAMPLE,
+                        );
+                        counters
+                            .state_bytes
+                            .store(operator.state_bytes() as u64, Ordering::Relaxed);
+                    }
                     ShardCounters::add(&counters.calls, 1);
-                    counters
-                        .state_bytes
-                        .store(operator.state_bytes() as u64, Ordering::Relaxed);
                     ShardCounters::add(&counters.late_rows, operator.late_rows() - late_before);
                     if let Err(e) = result {
                         out.clear();
@@ -715,6 +752,8 @@ impl ShardProgram {
             }
             self.emit(stream, &mut out, origin).await;
         }
+        self.work_queue = queue;
+        self.out = out;
     }
 
     /// Re-partitions one output batch into an exchange.

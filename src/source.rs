@@ -381,8 +381,8 @@ impl Lanes {
     }
 
     /// Turns one pushed batch into the messages for the shards.
+    /// `batch` is already conformed to the source's schema.
     fn route(&mut self, schema: &SchemaRef, batch: RecordBatch) -> Result<Vec<(usize, Ingress)>> {
-        let batch = conform(schema, batch)?;
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
