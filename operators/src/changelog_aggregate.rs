@@ -28,11 +28,11 @@ use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt3
 use arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::EmitTo;
 use hashbrown::HashSet;
-use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_runtime::Result;
 
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
-use crate::stage::apply_all_carrying;
+use crate::stage::{apply_all_carrying, emit_weighted};
 use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
 
@@ -300,25 +300,7 @@ impl ChangelogAggregate {
     /// Runs the post-aggregate stages over aggregate rows and appends them
     /// with `weight`.
     fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
-        }
-        let weights: ArrayRef = Arc::new(Int64Array::from_value(weight, rows.num_rows()));
-        let (result, weights) = apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
-        if result.num_rows() == 0 {
-            return Ok(());
-        }
-        let mut columns = result.columns().to_vec();
-        columns.push(weights.expect("carried"));
-        out.push(
-            RecordBatch::try_new(Arc::clone(&self.output_schema), columns).map_err(|e| {
-                Error::new(
-                    ErrorCode::Execution,
-                    format!("EMIT CHANGES produced a batch that does not fit its schema: {e}"),
-                )
-            })?,
-        );
-        Ok(())
+        emit_weighted(&self.spec.post, rows, weight, &self.output_schema, out)
     }
 }
 

@@ -30,7 +30,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{drop_late, AggregateSpec, WindowBinding, WindowKind};
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::apply_all;
+use crate::stage::{apply_all, emit_weighted};
 use crate::{BatchTime, Operator};
 
 /// One open session of one key.
@@ -347,26 +347,8 @@ impl SessionAggregate {
 
     /// Post-aggregate stages over aggregate rows, with a weight column.
     fn weighted(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
-        }
         let changes = self.changes.as_ref().expect("changes mode");
-        let weights: arrow::array::ArrayRef = Arc::new(arrow::array::Int64Array::from_value(
-            weight,
-            rows.num_rows(),
-        ));
-        let (result, weights) =
-            crate::stage::apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
-        if result.num_rows() == 0 {
-            return Ok(());
-        }
-        let mut columns = result.columns().to_vec();
-        columns.push(weights.expect("carried"));
-        out.push(RecordBatch::try_new(
-            Arc::clone(&changes.output_schema),
-            columns,
-        )?);
-        Ok(())
+        emit_weighted(&self.spec.post, rows, weight, &changes.output_schema, out)
     }
 }
 

@@ -208,6 +208,40 @@ pub fn apply_all_carrying(
     Ok((current, Some(carry)))
 }
 
+/// Runs the stages after an operator over rows that all carry `weight`
+/// (+1 insert, -1 retract) and appends the result, with its `_weight`
+/// column last, in `output_schema`: how every changelog operator emits.
+pub fn emit_weighted(
+    post: &[Stage],
+    rows: RecordBatch,
+    weight: i64,
+    output_schema: &SchemaRef,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
+    if rows.num_rows() == 0 {
+        return Ok(());
+    }
+    let weights: ArrayRef = Arc::new(arrow::array::Int64Array::from_value(
+        weight,
+        rows.num_rows(),
+    ));
+    let (result, weights) = apply_all_carrying(post, &rows, Some(weights))?;
+    if result.num_rows() == 0 {
+        return Ok(());
+    }
+    let mut columns = result.columns().to_vec();
+    columns.push(weights.expect("carried"));
+    out.push(
+        RecordBatch::try_new(Arc::clone(output_schema), columns).map_err(|e| {
+            Error::new(
+                ErrorCode::Execution,
+                format!("a changelog batch does not fit the stream's schema: {e}"),
+            )
+        })?,
+    );
+    Ok(())
+}
+
 /// Runs a chain of stages over a batch.
 pub fn apply_all(stages: &[Stage], batch: &RecordBatch) -> Result<RecordBatch> {
     let mut current = batch.clone();

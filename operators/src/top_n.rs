@@ -22,10 +22,10 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
-use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_runtime::Result;
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::{apply_all, apply_all_carrying, Stage};
+use crate::stage::{apply_all, emit_weighted, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build a [`TopN`] on a shard.
@@ -146,25 +146,7 @@ impl TopN {
     }
 
     fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
-        }
-        let weights: ArrayRef = Arc::new(Int64Array::from_value(weight, rows.num_rows()));
-        let (result, weights) = apply_all_carrying(&self.spec.post, &rows, Some(weights))?;
-        if result.num_rows() == 0 {
-            return Ok(());
-        }
-        let mut columns = result.columns().to_vec();
-        columns.push(weights.expect("carried"));
-        out.push(
-            RecordBatch::try_new(Arc::clone(&self.output_schema), columns).map_err(|e| {
-                Error::new(
-                    ErrorCode::Execution,
-                    format!("Top-N produced a batch that does not fit its schema: {e}"),
-                )
-            })?,
-        );
-        Ok(())
+        emit_weighted(&self.spec.post, rows, weight, &self.output_schema, out)
     }
 }
 

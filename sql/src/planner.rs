@@ -718,41 +718,10 @@ impl Lowering<'_> {
                 return None;
             };
             let index = node.schema().index_of_column(column).ok()?;
-            match node {
-                LogicalPlan::Projection(p) => {
-                    expr = p.expr[index].clone().unalias();
-                    node = &p.input;
-                }
-                LogicalPlan::Filter(f) => node = &f.input,
-                LogicalPlan::SubqueryAlias(s) => {
-                    let (qualifier, field) = s.input.schema().qualified_field(index);
-                    expr = Expr::Column(datafusion::common::Column::new(
-                        qualifier.cloned(),
-                        field.name(),
-                    ));
-                    node = &s.input;
-                }
-                LogicalPlan::TableScan(scan) => {
-                    return Some(scan.projection.as_ref().map_or(index, |p| p[index]));
-                }
-                LogicalPlan::Unnest(u) => {
-                    // Repeated columns keep their values; the unnested one
-                    // does not come from a source column.
-                    let source = u.dependency_indices[index];
-                    if u.list_type_columns.iter().any(|(c, _)| *c == source)
-                        || u.struct_type_columns.contains(&source)
-                    {
-                        return None;
-                    }
-                    let (qualifier, field) = u.input.schema().qualified_field(source);
-                    expr = Expr::Column(datafusion::common::Column::new(
-                        qualifier.cloned(),
-                        field.name(),
-                    ));
-                    node = &u.input;
-                }
-                _ => return None,
+            if let LogicalPlan::TableScan(scan) = node {
+                return Some(scan.projection.as_ref().map_or(index, |p| p[index]));
             }
+            (expr, node) = step_down(index, node)?;
         }
     }
 
@@ -1328,22 +1297,35 @@ fn trace_to(expr: &Expr, mut node: &LogicalPlan, target: &LogicalPlan) -> Option
         if std::ptr::eq(node, target) {
             return Some(index);
         }
-        match node {
-            LogicalPlan::Projection(p) => {
-                expr = p.expr[index].clone().unalias();
-                node = &p.input;
-            }
-            LogicalPlan::Filter(f) => node = &f.input,
-            LogicalPlan::SubqueryAlias(s) => {
-                let (qualifier, field) = s.input.schema().qualified_field(index);
-                expr = Expr::Column(datafusion::common::Column::new(
-                    qualifier.cloned(),
-                    field.name(),
-                ));
-                node = &s.input;
-            }
-            _ => return None,
+        (expr, node) = step_down(index, node)?;
+    }
+}
+
+/// What column `index` of `node`'s output is in terms of its input: the
+/// expression (a column when passed through unchanged) and the input. Only
+/// through nodes that keep rows as they are (projections, filters,
+/// aliases, the repeated columns of an `UNNEST`).
+fn step_down(index: usize, node: &LogicalPlan) -> Option<(Expr, &LogicalPlan)> {
+    let column_of = |input: &LogicalPlan, i: usize| {
+        let (qualifier, field) = input.schema().qualified_field(i);
+        Expr::Column(datafusion::common::Column::new(
+            qualifier.cloned(),
+            field.name(),
+        ))
+    };
+    match node {
+        LogicalPlan::Projection(p) => Some((p.expr[index].clone().unalias(), &p.input)),
+        LogicalPlan::Filter(f) => Some((column_of(&f.input, index), &f.input)),
+        LogicalPlan::SubqueryAlias(s) => Some((column_of(&s.input, index), &s.input)),
+        LogicalPlan::Unnest(u) => {
+            // Repeated columns keep their values; the unnested one does not
+            // come from an input column.
+            let source = u.dependency_indices[index];
+            let unnested = u.list_type_columns.iter().any(|(c, _)| *c == source)
+                || u.struct_type_columns.contains(&source);
+            (!unnested).then(|| (column_of(&u.input, source), u.input.as_ref()))
         }
+        _ => None,
     }
 }
 
