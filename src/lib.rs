@@ -751,10 +751,11 @@ impl LaminarDB {
             errors,
         });
         catalog.started = true;
+        let view_errors = Arc::clone(&pipeline.errors);
         let _ = self.shared.pipeline.set(pipeline);
         let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
         for (name, subscription) in views {
-            kept.push(View::start(name, subscription)?);
+            kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
         }
         Ok(())
     }

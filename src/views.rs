@@ -129,8 +129,14 @@ pub(crate) struct View {
 }
 
 impl View {
-    /// Starts keeping `subscription`'s stream as a view.
-    pub fn start(name: String, mut subscription: Subscription) -> Result<Self> {
+    /// Starts keeping `subscription`'s stream as a view; a batch the view
+    /// cannot take is reported in `errors` (what `LaminarDB::errors`
+    /// returns) as well as logged.
+    pub fn start(
+        name: String,
+        mut subscription: Subscription,
+        errors: Arc<Mutex<Vec<Error>>>,
+    ) -> Result<Self> {
         let state = Arc::new(Mutex::new(ViewState::new(&subscription.schema())?));
         let kept = Arc::clone(&state);
         let view_name = name.clone();
@@ -141,6 +147,14 @@ impl View {
                     let applied = kept.lock().map(|mut view| view.apply(&batch));
                     if let Ok(Err(e)) = applied {
                         log::error!("materialized view {view_name}: {e}");
+                        if let Ok(mut errors) = errors.lock() {
+                            if errors.len() < 16 {
+                                errors.push(Error::new(
+                                    e.code(),
+                                    format!("materialized view {view_name}: {}", e.message()),
+                                ));
+                            }
+                        }
                     }
                 }
             })
