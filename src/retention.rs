@@ -27,6 +27,11 @@ impl Retention {
         }
     }
 
+    /// Whether the source keeps any rows.
+    pub fn is_on(&self) -> bool {
+        self.limit > 0
+    }
+
     /// Keeps a pushed batch, dropping the oldest batches no longer needed.
     pub fn keep(&self, batch: &RecordBatch) {
         if self.limit == 0 || batch.num_rows() == 0 {

@@ -136,10 +136,14 @@ impl SourceHandle {
                 || pipeline.check_running(),
             )?;
         }
-        let messages = lanes.route(&self.schema, batch.clone())?;
+        let retention = Arc::clone(&lanes.pipeline.sources[lanes.source].retention);
+        let kept = retention.is_on().then(|| batch.clone());
+        let messages = lanes.route(&self.schema, batch)?;
         lanes.deliver_blocking(messages)?;
         lanes.publish();
-        lanes.pipeline.sources[lanes.source].retention.keep(&batch);
+        if let Some(batch) = kept {
+            retention.keep(&batch);
+        }
         Ok(())
     }
 
@@ -178,10 +182,14 @@ impl SourceHandle {
                     Error::new(ErrorCode::Execution, "alignment wait thread vanished")
                 })??;
             }
-            let messages = lanes.route(&schema, batch.clone())?;
+            let retention = Arc::clone(&lanes.pipeline.sources[lanes.source].retention);
+            let kept = retention.is_on().then(|| batch.clone());
+            let messages = lanes.route(&schema, batch)?;
             lanes.deliver_async(messages).await?;
             lanes.publish();
-            lanes.pipeline.sources[lanes.source].retention.keep(&batch);
+            if let Some(batch) = kept {
+                retention.keep(&batch);
+            }
             Ok(())
         }
         .await;

@@ -710,6 +710,31 @@ impl Lowering<'_> {
         }
     }
 
+    /// Key expressions over `input` as physical expressions, and how rows
+    /// must be routed so that equal keys meet on one shard: by the source
+    /// columns the keys are, or all to one shard when a key is computed
+    /// (or there is none).
+    fn keyed(
+        &self,
+        exprs: &[Expr],
+        input: &LogicalPlan,
+    ) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Routing)> {
+        let mut physical = Vec::with_capacity(exprs.len());
+        let mut columns = Some(Vec::with_capacity(exprs.len()));
+        for expr in exprs {
+            physical.push(self.physical(expr, input.schema())?);
+            match (self.trace_to_source(expr, input), columns.as_mut()) {
+                (Some(column), Some(columns)) => columns.push(column),
+                _ => columns = None,
+            }
+        }
+        let routing = match columns {
+            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
+            _ => Routing::Single,
+        };
+        Ok((physical, routing))
+    }
+
     /// The source column an expression reads unchanged, if it is one.
     fn trace_to_source(&self, expr: &Expr, mut node: &LogicalPlan) -> Option<usize> {
         let mut expr = expr.clone().unalias();
@@ -773,25 +798,14 @@ impl Lowering<'_> {
             None => None,
         };
 
-        let mut keys = Vec::new();
-        let mut key_columns = Some(Vec::new());
-        for (i, expr) in aggregate.group_expr.iter().enumerate() {
-            if found.as_ref().is_some_and(|f| f.position == i) {
-                continue;
-            }
-            keys.push(self.physical(expr, input_schema)?);
-            match (
-                self.trace_to_source(expr, &aggregate.input),
-                key_columns.as_mut(),
-            ) {
-                (Some(column), Some(columns)) => columns.push(column),
-                _ => key_columns = None,
-            }
-        }
-        let routing = match key_columns {
-            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
-            _ => Routing::Single,
-        };
+        let key_exprs: Vec<Expr> = aggregate
+            .group_expr
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| found.as_ref().is_none_or(|f| f.position != *i))
+            .map(|(_, e)| e.clone())
+            .collect();
+        let (keys, routing) = self.keyed(&key_exprs, &aggregate.input)?;
 
         let physical_input_schema: Schema = input_schema.as_arrow().clone();
         let mut aggregates = Vec::new();
@@ -1016,19 +1030,7 @@ impl Lowering<'_> {
         let time_type = event_time.get_type(input_schema).map_err(planning_error)?;
         let unit = EventTimeUnit::of(&time_type, &event_time.to_string())?;
         let partition_exprs = partition_by.unwrap_or_default();
-        let mut key_columns = Some(Vec::new());
-        let mut partition_physical = Vec::new();
-        for e in &partition_exprs {
-            partition_physical.push(self.physical(e, input_schema)?);
-            match (self.trace_to_source(e, &window.input), key_columns.as_mut()) {
-                (Some(column), Some(columns)) => columns.push(column),
-                _ => key_columns = None,
-            }
-        }
-        let routing = match key_columns {
-            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
-            _ => Routing::Single,
-        };
+        let (partition_physical, routing) = self.keyed(&partition_exprs, &window.input)?;
         let input = self.input(&chain.scan_source);
         let explain = format!(
             "WindowFunctions[{} function(s), partition_by={}, order_by={event_time}, routing={routing:?}] <- {} stage(s) <- {input}{}",
@@ -1090,19 +1092,7 @@ impl Lowering<'_> {
             ));
         }
         let input_schema = window.input.schema();
-        let mut partition_by = Vec::new();
-        let mut key_columns = Some(Vec::new());
-        for e in &params.partition_by {
-            partition_by.push(self.physical(e, input_schema)?);
-            match (self.trace_to_source(e, &window.input), key_columns.as_mut()) {
-                (Some(column), Some(columns)) => columns.push(column),
-                _ => key_columns = None,
-            }
-        }
-        let routing = match key_columns {
-            Some(columns) if !columns.is_empty() => Routing::Keys(columns),
-            _ => Routing::Single,
-        };
+        let (partition_by, routing) = self.keyed(&params.partition_by, &window.input)?;
         let order_by = params
             .order_by
             .iter()
