@@ -4,7 +4,7 @@
 //! `LDB-NNNN`. Codes are never reused or renumbered: scripts grep for them.
 //! The thousands digit names the layer: 1 = SQL and planning, 2 = ingest and
 //! the pipeline's lifecycle, 3 = execution on a shard, 4 = files and formats,
-//! 5 = runtime and configuration.
+//! 5 = runtime and configuration, 6 = storage (WAL, recovery).
 
 use std::fmt;
 
@@ -48,6 +48,21 @@ pub enum ErrorCode {
     InvalidConfig,
     /// A source received an event-time value it cannot use (NULL).
     InvalidEventTime,
+    /// A write or sync of the write-ahead log failed (disk full, I/O
+    /// error). The database stops accepting input; what was acknowledged
+    /// before is on disk and comes back on reopen.
+    WalWrite,
+    /// The storage directory was written by a different pipeline (other
+    /// SQL) or a different shard count.
+    StorageMismatch,
+    /// One pushed batch is larger than a WAL segment can hold.
+    RecordTooLarge,
+    /// A storage file is unreadable beyond what recovery repairs (a torn
+    /// WAL tail is cut silently; a bad marker file or an unknown format
+    /// version is not).
+    StorageCorrupt,
+    /// Another process has the storage directory open.
+    StorageLocked,
 }
 
 impl ErrorCode {
@@ -72,6 +87,11 @@ impl ErrorCode {
             ErrorCode::InvalidInput => 4002,
             ErrorCode::RuntimeStart => 5001,
             ErrorCode::InvalidConfig => 5002,
+            ErrorCode::WalWrite => 6001,
+            ErrorCode::StorageMismatch => 6002,
+            ErrorCode::RecordTooLarge => 6003,
+            ErrorCode::StorageCorrupt => 6004,
+            ErrorCode::StorageLocked => 6005,
         }
     }
 }

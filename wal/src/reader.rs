@@ -1,0 +1,190 @@
+//! Reading a shard's log back at recovery, on the control plane (plain
+//! `std::fs`; no shard runs yet).
+//!
+//! The log is valid up to the first record that is not the next one: a
+//! bad magic, a checksum that does not match, an LSN that is not the
+//! previous plus one, a generation older than one already seen, or a
+//! length running past the segment. At that point the reader tries the
+//! next segment file, which continues the log only if its header is valid
+//! and its first LSN is exactly the one expected; otherwise the log ends
+//! there. Whatever follows the end (a torn tail, stale records of an
+//! earlier generation, later segments) is not part of the log: [`cut`]
+//! removes the later segment files so the writer can continue at the end.
+
+use std::path::{Path, PathBuf};
+
+use laminar_runtime::{Error, ErrorCode, Result};
+use zerocopy::FromBytes;
+
+use crate::format::{
+    checksum, record_span, RecordHeader, SegmentHeader, FORMAT_VERSION, RECORD_HEADER_BYTES,
+    RECORD_MAGIC, SEGMENT_HEADER_BYTES,
+};
+
+/// One record, as read back.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub lsn: u64,
+    pub generation: u32,
+    pub kind: u16,
+    pub payload: &'a [u8],
+}
+
+/// Where the valid log ends: the writer continues here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// Index of the segment holding the end of the log.
+    pub segment_index: u64,
+    /// Byte offset in that segment just past the last valid record.
+    pub offset: u64,
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
+    /// The newest generation seen in the log.
+    pub generation: u32,
+    /// Segment files after the end of the log (removed by [`cut`]).
+    pub beyond: Vec<PathBuf>,
+    /// Bytes in the last segment after the end that were not zero (a torn
+    /// or corrupt tail; reported, then overwritten).
+    pub discarded_bytes: u64,
+}
+
+/// The file name of segment `index`.
+pub fn segment_name(index: u64) -> String {
+    format!("{index:020}.wal")
+}
+
+/// The segment files in `dir`, by index.
+pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error("list", dir, &e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list", dir, &e))?;
+        let name = entry.file_name();
+        let Some(index) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((index, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads shard `shard`'s log in `dir`, calling `visit` for each valid
+/// record in LSN order. Returns where the log ends, or `None` for an empty
+/// directory.
+pub fn scan(
+    dir: &Path,
+    shard: u32,
+    mut visit: impl FnMut(Record<'_>) -> Result<()>,
+) -> Result<Option<Tail>> {
+    let files = segments(dir)?;
+    let mut tail: Option<Tail> = None;
+    for (position, (index, path)) in files.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| io_error("read", path, &e))?;
+        let Some(header) = SegmentHeader::parse(&bytes) else {
+            break;
+        };
+        if header.version.get() != FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorCode::StorageCorrupt,
+                format!(
+                    "WAL segment {} has format version {}, this build reads version {FORMAT_VERSION}",
+                    path.display(),
+                    header.version.get()
+                ),
+            )
+            .with_hint("open the storage directory with the LaminarDB version that wrote it"));
+        }
+        let continues = match &tail {
+            None => position == 0,
+            Some(t) => {
+                header.first_lsn.get() == t.next_lsn && header.generation.get() >= t.generation
+            }
+        };
+        if !continues || header.shard.get() != shard || header.index.get() != *index {
+            break;
+        }
+        let generation = tail
+            .as_ref()
+            .map_or(0, |t| t.generation)
+            .max(header.generation.get());
+        let mut t = Tail {
+            segment_index: *index,
+            offset: SEGMENT_HEADER_BYTES as u64,
+            next_lsn: header.first_lsn.get(),
+            generation,
+            beyond: Vec::new(),
+            discarded_bytes: 0,
+        };
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while let Some((record, span)) = next_record(&bytes, offset, &t) {
+            visit(record)?;
+            t.next_lsn += 1;
+            t.generation = record.generation;
+            offset += span;
+            t.offset = offset as u64;
+        }
+        t.discarded_bytes = bytes[offset.min(bytes.len())..]
+            .iter()
+            .filter(|&&b| b != 0)
+            .count() as u64;
+        tail = Some(t);
+    }
+    if let Some(t) = tail.as_mut() {
+        t.beyond = files
+            .iter()
+            .filter(|(index, _)| *index > t.segment_index)
+            .map(|(_, path)| path.clone())
+            .collect();
+    }
+    Ok(tail)
+}
+
+/// The record at `offset` if it is the next one of the log.
+fn next_record<'a>(bytes: &'a [u8], offset: usize, tail: &Tail) -> Option<(Record<'a>, usize)> {
+    let (header, _) = RecordHeader::read_from_prefix(bytes.get(offset..)?).ok()?;
+    if header.magic.get() != RECORD_MAGIC
+        || u32::from(header.version.get()) != FORMAT_VERSION
+        || header.lsn.get() != tail.next_lsn
+        || header.generation.get() < tail.generation
+    {
+        return None;
+    }
+    let payload_bytes = header.payload_bytes.get() as usize;
+    let start = offset + RECORD_HEADER_BYTES;
+    let payload = bytes.get(start..start.checked_add(payload_bytes)?)?;
+    if checksum(&header, payload) != header.crc.get() {
+        return None;
+    }
+    let record = Record {
+        lsn: header.lsn.get(),
+        generation: header.generation.get(),
+        kind: header.kind.get(),
+        payload,
+    };
+    Some((record, record_span(payload_bytes)))
+}
+
+/// Removes the segment files after the end of the log, so that the writer,
+/// continuing at the end, is never followed by stale segments.
+pub fn cut(tail: &Tail) -> Result<()> {
+    for path in &tail.beyond {
+        std::fs::remove_file(path).map_err(|e| io_error("remove", path, &e))?;
+    }
+    Ok(())
+}
+
+fn io_error(op: &str, path: &Path, e: &std::io::Error) -> Error {
+    Error::new(
+        ErrorCode::Io,
+        format!("cannot {op} {}: {e}", path.display()),
+    )
+}

@@ -1,0 +1,372 @@
+//! Appending to a shard's log, on the shard's own thread: Glommio DMA files
+//! (O_DIRECT through io_uring), so a write or a sync never blocks the
+//! shard's thread, only the task that awaits it.
+//!
+//! Group commit: [`WalWriter::append`] only copies a record into memory;
+//! [`WalWriter::commit`] writes everything appended since the last commit
+//! in one write (whole 4 KiB blocks, starting at the block that holds the
+//! end of the previous commit) and, when asked, one `fdatasync`. A shard
+//! appends every message it drained in one turn of its loop and commits
+//! once, so many pushes share one write and one sync.
+//!
+//! Rewriting the last, partly filled block is safe: the bytes of records
+//! already committed in it are the same in the old and the new version of
+//! the block, so however a torn write mixes the two sectors by sector,
+//! committed records survive.
+
+use std::path::{Path, PathBuf};
+
+use glommio::io::{DmaFile, OpenOptions};
+use laminar_runtime::{Error, ErrorCode, Result};
+use zerocopy::IntoBytes;
+
+use crate::format::{record_span, RecordHeader, SegmentHeader, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use crate::reader::{segment_name, Tail};
+
+/// Size of one zero-filling write when a segment is created.
+const ZERO_FILL_BYTES: usize = 256 * 1024;
+
+/// Settings of a shard's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Size of each segment file, preallocated and zero-filled when it is
+    /// created (default 16 MiB). A record must fit in one segment.
+    pub segment_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 16 << 20,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Smallest allowed segment.
+    pub const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes < Self::MIN_SEGMENT_BYTES
+            || self.segment_bytes > u32::MAX as u64
+            || !self.segment_bytes.is_multiple_of(BLOCK_BYTES as u64)
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "WAL segment size must be a multiple of 4096 between {} and {} bytes, got {}",
+                    Self::MIN_SEGMENT_BYTES,
+                    u32::MAX as u64 / BLOCK_BYTES as u64 * BLOCK_BYTES as u64,
+                    self.segment_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest payload one record can carry.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.segment_bytes as usize - SEGMENT_HEADER_BYTES - record_span(0)
+    }
+}
+
+/// The writing end of one shard's log.
+pub struct WalWriter {
+    dir: PathBuf,
+    shard: u32,
+    generation: u32,
+    config: WalConfig,
+    file: DmaFile,
+    segment_index: u64,
+    /// File offset of `pending[0]`; a multiple of the block size.
+    block_start: u64,
+    /// The bytes from `block_start` to the end of the appended records.
+    pending: Vec<u8>,
+    /// How much of `pending` has been written.
+    written: usize,
+    /// Whether written bytes await an `fdatasync`.
+    unsynced: bool,
+    next_lsn: u64,
+    /// Set by the first failed write: the log's state on disk is unknown
+    /// from there on, so nothing more is appended.
+    failed: Option<Error>,
+}
+
+impl WalWriter {
+    /// Opens shard `shard`'s log in `dir` for appending, continuing at
+    /// `tail` (from [`crate::scan`], after [`crate::cut`]) or starting a
+    /// new log. Records are stamped with `generation`, which must be newer
+    /// than any in the log.
+    pub async fn open(
+        dir: &Path,
+        shard: u32,
+        generation: u32,
+        tail: Option<&Tail>,
+        config: WalConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        if let Some(tail) = tail {
+            assert!(
+                generation > tail.generation,
+                "a writer's generation must be newer than the log's"
+            );
+        }
+        let (segment_index, next_lsn) = tail.map_or((0, 1), |t| (t.segment_index, t.next_lsn));
+        let path = dir.join(segment_name(segment_index));
+        let mut writer = match tail {
+            Some(tail) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .dma_open(&path)
+                    .await
+                    .map_err(|e| io_error("open", &path, e.into()))?;
+                let block_start = tail.offset / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+                let keep = (tail.offset - block_start) as usize;
+                let mut pending = Vec::with_capacity(BLOCK_BYTES);
+                if keep > 0 {
+                    let block = file
+                        .read_at_aligned(block_start, BLOCK_BYTES)
+                        .await
+                        .map_err(|e| io_error("read", &path, e.into()))?;
+                    pending.extend_from_slice(&block[..keep]);
+                }
+                Self {
+                    dir: dir.to_path_buf(),
+                    shard,
+                    generation,
+                    config,
+                    file,
+                    segment_index,
+                    block_start,
+                    written: pending.len(),
+                    pending,
+                    unsynced: false,
+                    next_lsn,
+                    failed: None,
+                }
+            }
+            None => {
+                let file = create_segment(dir, segment_index, config).await?;
+                let mut writer = Self {
+                    dir: dir.to_path_buf(),
+                    shard,
+                    generation,
+                    config,
+                    file,
+                    segment_index,
+                    block_start: 0,
+                    pending: Vec::with_capacity(BLOCK_BYTES),
+                    written: 0,
+                    unsynced: true,
+                    next_lsn,
+                    failed: None,
+                };
+                writer.start_segment();
+                writer
+            }
+        };
+        // The segment's bytes past the end may hold a torn or stale tail:
+        // the next commit rewrites the block that holds the end, and the
+        // generation in every new record tells it apart from what follows.
+        writer.commit(true).await?;
+        Ok(writer)
+    }
+
+    /// The LSN the next appended record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The largest payload one record can carry.
+    pub fn max_payload_bytes(&self) -> usize {
+        self.config.max_payload_bytes()
+    }
+
+    /// Appends a record to the in-memory group (moving to a new segment
+    /// first when it does not fit the current one). Durable only after
+    /// the next [`WalWriter::commit`] with `sync`.
+    pub async fn append(&mut self, kind: u16, payload: &[u8]) -> Result<u64> {
+        self.check_failed()?;
+        if payload.len() > self.max_payload_bytes() {
+            return Err(Error::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "a WAL record of {} bytes does not fit a {}-byte segment",
+                    payload.len(),
+                    self.config.segment_bytes
+                ),
+            )
+            .with_hint("push smaller batches, or raise the WAL segment size"));
+        }
+        let span = record_span(payload.len());
+        let end = self.block_start + self.pending.len() as u64;
+        if end + span as u64 > self.config.segment_bytes {
+            self.roll().await?;
+        }
+        let lsn = self.next_lsn;
+        let header = RecordHeader::new(kind, self.generation, lsn, payload);
+        let start = self.pending.len();
+        self.pending.extend_from_slice(header.as_bytes());
+        self.pending.extend_from_slice(payload);
+        self.pending.resize(start + span, 0);
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Writes what was appended since the last commit, in one write, and
+    /// with `sync` makes it durable with one `fdatasync`. Returns the last
+    /// LSN written.
+    pub async fn commit(&mut self, sync: bool) -> Result<u64> {
+        self.check_failed()?;
+        let result = self.write_pending(sync).await;
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result.map(|()| self.next_lsn - 1)
+    }
+
+    async fn write_pending(&mut self, sync: bool) -> Result<()> {
+        if self.written < self.pending.len() {
+            let length = self.pending.len().next_multiple_of(BLOCK_BYTES);
+            let mut buffer = self.file.alloc_dma_buffer(length);
+            let bytes = buffer.as_bytes_mut();
+            bytes[..self.pending.len()].copy_from_slice(&self.pending);
+            bytes[self.pending.len()..].fill(0);
+            let done = self
+                .file
+                .write_at(buffer, self.block_start)
+                .await
+                .map_err(|e| self.error("write", e.into()))?;
+            if done != length {
+                return Err(self.error(
+                    "write",
+                    std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short write: {done} of {length} bytes"),
+                    ),
+                ));
+            }
+            self.written = self.pending.len();
+            self.unsynced = true;
+            // Keep only the last, partly filled block in memory.
+            let full = self.pending.len() / BLOCK_BYTES * BLOCK_BYTES;
+            if full > 0 {
+                self.pending.drain(..full);
+                self.block_start += full as u64;
+                self.written -= full;
+            }
+        }
+        if sync && self.unsynced {
+            self.file
+                .fdatasync()
+                .await
+                .map_err(|e| self.error("sync", e.into()))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Closes the current segment (written and synced) and starts the next.
+    async fn roll(&mut self) -> Result<()> {
+        self.commit(true).await?;
+        let index = self.segment_index + 1;
+        let file = match create_segment(&self.dir, index, self.config).await {
+            Ok(file) => file,
+            Err(e) => {
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
+        };
+        let old = std::mem::replace(&mut self.file, file);
+        let _ = old.close().await;
+        self.segment_index = index;
+        self.block_start = 0;
+        self.pending.clear();
+        self.written = 0;
+        self.start_segment();
+        Ok(())
+    }
+
+    /// Puts the segment header at the start of a fresh segment.
+    fn start_segment(&mut self) {
+        let header = SegmentHeader::new(
+            self.shard,
+            self.segment_index,
+            self.next_lsn,
+            self.config.segment_bytes,
+            self.generation,
+        );
+        debug_assert!(self.pending.is_empty() && self.block_start == 0);
+        self.pending.extend_from_slice(header.as_bytes());
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn error(&self, op: &str, e: std::io::Error) -> Error {
+        let path = self.dir.join(segment_name(self.segment_index));
+        io_error(op, &path, e)
+    }
+}
+
+/// Creates segment `index`: preallocated and zero-filled (overwriting
+/// written blocks is cheaper than growing a file), synced, and its
+/// directory entry synced.
+async fn create_segment(dir: &Path, index: u64, config: WalConfig) -> Result<DmaFile> {
+    let path = dir.join(segment_name(index));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| io_error("create", &path, e.into()))?;
+    file.pre_allocate(config.segment_bytes, false)
+        .await
+        .map_err(|e| io_error("preallocate", &path, e.into()))?;
+    let mut position = 0;
+    while position < config.segment_bytes {
+        let length = ZERO_FILL_BYTES.min((config.segment_bytes - position) as usize);
+        let mut zeros = file.alloc_dma_buffer(length);
+        zeros.as_bytes_mut().fill(0);
+        file.write_at(zeros, position)
+            .await
+            .map_err(|e| io_error("zero-fill", &path, e.into()))?;
+        position += length as u64;
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error("sync", &path, e.into()))?;
+    let directory = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| io_error("open", dir, e.into()))?;
+    directory
+        .sync()
+        .await
+        .map_err(|e| io_error("sync", dir, e.into()))?;
+    let _ = directory.close().await;
+    Ok(file)
+}
+
+fn io_error(op: &str, path: &Path, e: std::io::Error) -> Error {
+    let full = e.raw_os_error() == Some(28);
+    let error = Error::new(
+        ErrorCode::WalWrite,
+        format!("cannot {op} WAL file {}: {e}", path.display()),
+    );
+    if full {
+        error.with_hint(
+            "the disk holding the storage directory is full: free space, then reopen the \
+             database (everything acknowledged is kept)",
+        )
+    } else {
+        error.with_hint("reopen the database once the storage is healthy; acknowledged input is kept")
+    }
+}
