@@ -50,6 +50,7 @@ mod graph;
 mod pipeline;
 mod retention;
 mod sql_context;
+mod storage;
 mod tables;
 mod views;
 
@@ -78,6 +79,7 @@ pub use laminar_runtime::{Error, ErrorCode, Result};
 pub use laminar_sql::Statement;
 pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
 pub use source::SourceHandle;
+pub use storage::{Durability, ASYNC_SYNC_INTERVAL};
 pub use subscription::Subscription;
 
 use alignment::AlignmentGroup;
@@ -111,6 +113,9 @@ pub struct LaminarDbBuilder {
     ring_capacity: usize,
     backpressure: Backpressure,
     executor: ExecutorConfig,
+    storage_dir: Option<std::path::PathBuf>,
+    durability: Option<Durability>,
+    wal: laminar_wal::WalConfig,
 }
 
 impl Default for LaminarDbBuilder {
@@ -121,6 +126,9 @@ impl Default for LaminarDbBuilder {
             ring_capacity: 64,
             backpressure: Backpressure::Block,
             executor: ExecutorConfig::default(),
+            storage_dir: None,
+            durability: None,
+            wal: laminar_wal::WalConfig::default(),
         }
     }
 }
@@ -154,6 +162,31 @@ impl LaminarDbBuilder {
         self
     }
 
+    /// Keeps the database in `dir`: each shard writes what it is given to
+    /// its write-ahead log there before processing it, and
+    /// [`LaminarDB::start`] replays what an earlier run left (same SQL and
+    /// shard count required). The directory is created if missing and
+    /// locked while the database lives. Durability defaults to
+    /// [`Durability::Sync`] with a storage directory.
+    pub fn storage_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.storage_dir = Some(dir.into());
+        self
+    }
+
+    /// How much is kept on disk and when `push` returns (see
+    /// [`Durability`]). `Async` and `Sync` need a storage directory.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Size of each WAL segment file (default 16 MiB; a multiple of 4096,
+    /// at least 64 KiB). One pushed batch must fit in a segment.
+    pub fn wal_segment_bytes(mut self, bytes: u64) -> Self {
+        self.wal.segment_bytes = bytes;
+        self
+    }
+
     /// Builds the database. Shard placement is decided here (and logged);
     /// shards start with [`LaminarDB::start`].
     pub fn build(self) -> Result<LaminarDB> {
@@ -166,6 +199,31 @@ impl LaminarDbBuilder {
                 ),
             ));
         }
+        let storage = match (self.storage_dir, self.durability) {
+            (None, None | Some(Durability::Memory)) => None,
+            (None, Some(durability)) => {
+                return Err(Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!("durability {durability:?} needs a storage directory"),
+                )
+                .with_hint("add .storage_dir(path) to the builder"))
+            }
+            (Some(dir), Some(Durability::Memory)) => {
+                return Err(Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "durability Memory keeps nothing on disk, but a storage directory ({}) was given",
+                        dir.display()
+                    ),
+                )
+                .with_hint("drop .storage_dir(..), or choose Durability::Sync or Async"))
+            }
+            (Some(dir), durability) => Some(storage::Storage::open(storage::StorageConfig {
+                dir,
+                durability: durability.unwrap_or(Durability::Sync),
+                wal: self.wal,
+            })?),
+        };
         let placements = plan(self.shards, &discover_cpus()?)?;
         Ok(LaminarDB {
             shared: Arc::new(Shared {
@@ -179,6 +237,7 @@ impl LaminarDbBuilder {
                 pipeline: OnceLock::new(),
                 views: Mutex::new(Vec::new()),
                 tables: Mutex::new(Vec::new()),
+                storage,
             }),
         })
     }
@@ -225,6 +284,8 @@ pub(crate) struct Shared {
     pub(crate) pipeline: OnceLock<Arc<Pipeline>>,
     views: Mutex<Vec<View>>,
     tables: Mutex<Vec<Arc<Table>>>,
+    /// The storage directory of a durable database.
+    storage: Option<storage::Storage>,
 }
 
 /// An embedded streaming database. Cheap to clone (a handle).
@@ -632,6 +693,33 @@ impl LaminarDB {
                 .map(|a| Arc::clone(&groups[&a.group]));
         }
         let graph = Graph::build(&catalog.streams, &mut sources)?;
+        let recovery = match &self.shared.storage {
+            Some(storage) => {
+                let statements: Vec<&str> = catalog
+                    .sources
+                    .iter()
+                    .map(|s| s.sql.as_str())
+                    .chain(catalog.streams.iter().map(|s| s.sql.as_str()))
+                    .collect();
+                storage.check_pipeline(shards, &statements)?;
+                for shard in 0..shards {
+                    let dir = storage.shard_dir(shard);
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        Error::new(
+                            ErrorCode::Io,
+                            format!("cannot create {}: {e}", dir.display()),
+                        )
+                    })?;
+                }
+                Some(Arc::new(storage::Recovery::analyze(
+                    storage,
+                    shards,
+                    sources.len(),
+                )?))
+            }
+            None => None,
+        };
+        let failure = Arc::new(OnceLock::new());
         let mut views = Vec::new();
         for stream in 0..catalog.streams.len() {
             if catalog.materialized[stream] {
@@ -723,6 +811,23 @@ impl LaminarDB {
                 idle_timeouts: sources.iter().any(|s| s.idle_timeout.is_some()),
                 work_queue: Vec::new(),
                 out: Vec::new(),
+                wal: self
+                    .shared
+                    .storage
+                    .as_ref()
+                    .map(|storage| pipeline::ShardWal {
+                        dir: storage.shard_dir(shard),
+                        shard: shard as u32,
+                        generation: storage.generation,
+                        tail: recovery.as_ref().and_then(|r| r.tails[shard].clone()),
+                        config: storage.config.wal,
+                        sync: storage.config.durability == Durability::Sync,
+                        unsynced: false,
+                        last_sync: std::time::Instant::now(),
+                        record: Vec::new(),
+                    }),
+                group: Vec::new(),
+                failure: Arc::clone(&failure),
             };
             controls.push(control);
             counters.push(shard_counters);
@@ -749,15 +854,63 @@ impl LaminarDB {
             stopped: AtomicBool::new(false),
             threads: Mutex::new(Some(threads)),
             errors,
+            durability: self
+                .shared
+                .storage
+                .as_ref()
+                .map_or(Durability::Memory, |s| s.config.durability),
+            generation: self.shared.storage.as_ref().map_or(0, |s| s.generation),
+            next_handle: std::sync::atomic::AtomicU32::new(0),
+            failure,
+            replayed: pipeline::Latch::default(),
+            recovered_rows: recovery
+                .as_ref()
+                .map_or_else(|| vec![0; catalog.sources.len()], |r| r.rows.clone()),
         });
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);
-        let _ = self.shared.pipeline.set(pipeline);
+        let _ = self.shared.pipeline.set(Arc::clone(&pipeline));
         let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
         for (name, subscription) in views {
             kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
         }
+        drop(kept);
+        match (recovery, &self.shared.storage) {
+            (Some(recovery), Some(storage)) if recovery.records > 0 => {
+                let schemas: Vec<SchemaRef> = catalog
+                    .sources
+                    .iter()
+                    .map(|s| Arc::clone(&s.schema))
+                    .collect();
+                let dirs: Vec<std::path::PathBuf> =
+                    (0..shards).map(|shard| storage.shard_dir(shard)).collect();
+                log::info!(
+                    "recovery: replaying {} WAL records into {shards} shard(s)",
+                    recovery.records
+                );
+                spawn_replay(pipeline, recovery, dirs, schemas)?;
+            }
+            _ => pipeline.replayed.open(Ok(())),
+        }
         Ok(())
+    }
+
+    /// How many rows of `source` were recovered from the storage directory
+    /// when the pipeline started (0 without one): the rows of every push
+    /// that was whole in the WAL. A program feeding the source from a
+    /// replayable input (a file, a queue offset) resumes after them.
+    pub fn recovered_rows(&self, source: &str) -> Result<u64> {
+        let pipeline = self.shared.pipeline.get().ok_or_else(|| {
+            Error::new(ErrorCode::NotRunning, "the pipeline has not started")
+                .with_hint("call db.start().await first")
+        })?;
+        let id = pipeline.source_id(source).ok_or_else(|| {
+            Error::new(
+                ErrorCode::UnknownObject,
+                format!("unknown source '{source}'"),
+            )
+        })?;
+        Ok(pipeline.recovered_rows[id])
     }
 
     /// Stops the pipeline: pushes from now on fail with `LDB-2003`, shards
@@ -775,20 +928,25 @@ impl LaminarDB {
         {
             return Ok(());
         }
-        for control in &pipeline.controls {
-            // A shard that already exited has nothing left to drain.
-            let _ = control.send(Control::Stop);
-        }
         let threads = pipeline.threads.lock().map_err(|_| poisoned())?.take();
         let Some(threads) = threads else {
             return Ok(());
         };
-        // Joining blocks, so it happens on its own thread; this task waits
-        // without blocking the caller's executor.
+        // Waiting for recovery and joining block, so they happen on their
+        // own thread; this task waits without blocking the caller's
+        // executor.
         let (done, joined) = futures::channel::oneshot::channel();
+        let stopping = Arc::clone(pipeline);
         std::thread::Builder::new()
             .name("laminar-shutdown".into())
             .spawn(move || {
+                // A replay still running must finish first: its lanes
+                // would otherwise look drained and be cut short.
+                let _ = stopping.replayed.wait();
+                for control in &stopping.controls {
+                    // A shard that already exited has nothing left to drain.
+                    let _ = control.send(Control::Stop);
+                }
                 let _ = done.send(threads.join());
             })
             .map_err(|e| {
@@ -1483,4 +1641,57 @@ fn already_exists(name: &str) -> Error {
         ErrorCode::AlreadyExists,
         format!("a source or stream named '{name}' already exists"),
     )
+}
+
+/// Replays each shard's WAL on a thread of its own, then opens the
+/// pipeline's `replayed` latch (with the first error, if any).
+fn spawn_replay(
+    pipeline: Arc<Pipeline>,
+    recovery: Arc<storage::Recovery>,
+    dirs: Vec<std::path::PathBuf>,
+    schemas: Vec<SchemaRef>,
+) -> Result<()> {
+    let spawn_error = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::RuntimeStart,
+            format!("cannot spawn a thread: {e}"),
+        )
+    };
+    let schemas = Arc::new(schemas);
+    let mut workers = Vec::with_capacity(dirs.len());
+    for (shard, dir) in dirs.into_iter().enumerate() {
+        let (pipeline, recovery, schemas) = (
+            Arc::clone(&pipeline),
+            Arc::clone(&recovery),
+            Arc::clone(&schemas),
+        );
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("laminar-replay-{shard}"))
+                .spawn(move || storage::replay_shard(&pipeline, &recovery, &dir, shard, &schemas))
+                .map_err(spawn_error)?,
+        );
+    }
+    std::thread::Builder::new()
+        .name("laminar-replay".into())
+        .spawn(move || {
+            let mut result = Ok(());
+            for worker in workers {
+                let outcome = worker.join().unwrap_or_else(|_| {
+                    Err(Error::new(ErrorCode::Execution, "a replay thread panicked"))
+                });
+                if result.is_ok() {
+                    result = outcome;
+                }
+            }
+            if let Err(e) = &result {
+                log::error!("recovery failed: {e}");
+                if let Ok(mut errors) = pipeline.errors.lock() {
+                    errors.push(e.clone());
+                }
+            }
+            pipeline.replayed.open(result);
+        })
+        .map_err(spawn_error)?;
+    Ok(())
 }

@@ -26,9 +26,9 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -40,8 +40,10 @@ use laminar_runtime::router::HashPartitioner;
 use laminar_runtime::spsc::{Consumer, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::Routing;
+use laminar_wal::WalWriter;
 
 use crate::metrics::ShardCounters;
+use crate::storage::{Durability, LaneAck, PushTag, ASYNC_SYNC_INTERVAL};
 use crate::subscription::Emitted;
 use crate::Backpressure;
 
@@ -57,13 +59,19 @@ pub(crate) enum Ingress {
         /// it to differ between rows (see `source.rs`).
         row_watermarks: Option<Int64Array>,
         pushed_at: Instant,
+        /// Which push of which handle this is part of (logged sources).
+        tag: PushTag,
     },
     /// The sender's watermark for `input` reached `watermark_ms`.
     Watermark {
         input: usize,
         watermark_ms: i64,
         pushed_at: Instant,
+        tag: PushTag,
     },
+    /// The last message of a recovery replay lane: the lane is finished,
+    /// and the sender is told once it no longer holds the watermark back.
+    Fence(Sender<()>),
 }
 
 /// A message from the control plane to a shard.
@@ -71,6 +79,11 @@ pub(crate) enum Control {
     AddLane {
         input: usize,
         ring: Consumer<Ingress>,
+        /// Where the shard reports the lane's durable progress (durable
+        /// databases).
+        ack: Option<Arc<LaneAck>>,
+        /// A recovery replay lane: its messages are in the WAL already.
+        replay: bool,
     },
     AddSubscriber {
         stream: usize,
@@ -139,6 +152,45 @@ pub(crate) struct Pipeline {
     pub threads: Mutex<Option<ShardThreads>>,
     /// Errors raised on shards (first few), reported by `LaminarDB::errors`.
     pub errors: Arc<Mutex<Vec<Error>>>,
+    pub durability: Durability,
+    /// Generation of this database open (stamps pushes in the WAL).
+    pub generation: u32,
+    /// Numbers the source handles of this generation.
+    pub next_handle: AtomicU32,
+    /// The first WAL failure: from then on nothing is accepted.
+    pub failure: Arc<OnceLock<Error>>,
+    /// Set once recovery has replayed the WAL (at once without one).
+    pub replayed: Latch,
+    /// `[source]` -> rows recovered from the WAL at start.
+    pub recovered_rows: Vec<u64>,
+}
+
+/// A one-shot gate: threads wait until it opens, with a result.
+#[derive(Default)]
+pub(crate) struct Latch {
+    state: Mutex<Option<Result<()>>>,
+    opened: Condvar,
+}
+
+impl Latch {
+    pub fn open(&self, result: Result<()>) {
+        if let Ok(mut state) = self.state.lock() {
+            state.get_or_insert(result);
+            self.opened.notify_all();
+        }
+    }
+
+    /// Waits until open; returns its result.
+    pub fn wait(&self) -> Result<()> {
+        let poisoned = || Error::new(ErrorCode::Execution, "recovery latch poisoned");
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        loop {
+            if let Some(result) = state.as_ref() {
+                return result.clone();
+            }
+            state = self.opened.wait(state).map_err(|_| poisoned())?;
+        }
+    }
 }
 
 impl Pipeline {
@@ -147,6 +199,9 @@ impl Pipeline {
     }
 
     pub fn check_running(&self) -> Result<()> {
+        if let Some(failure) = self.failure.get() {
+            return Err(failure.clone());
+        }
         if self.stopped.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorCode::NotRunning,
@@ -255,6 +310,14 @@ pub(crate) struct Lane {
     /// Silent past its input's idle timeout: left out of the watermark
     /// until it delivers again.
     idle: bool,
+    /// Where durable progress is reported to the pushing handle.
+    ack: Option<Arc<LaneAck>>,
+    /// Messages of this lane written to the WAL.
+    logged: u64,
+    /// A recovery replay lane (not logged again).
+    replay: bool,
+    /// Set when the lane's `Fence` arrived: it is removed, then told.
+    fence: Option<Sender<()>>,
 }
 
 impl Lane {
@@ -265,8 +328,30 @@ impl Lane {
             watermark_ms: i64::MIN,
             last_active: Instant::now(),
             idle: false,
+            ack: None,
+            logged: 0,
+            replay: false,
+            fence: None,
         }
     }
+}
+
+/// A shard's WAL settings; the shard opens the writer when it starts (a
+/// DMA file belongs to the thread that opened it, so the writer lives in
+/// [`ShardProgram::run`], not here).
+pub(crate) struct ShardWal {
+    pub dir: std::path::PathBuf,
+    pub shard: u32,
+    pub generation: u32,
+    pub tail: Option<laminar_wal::Tail>,
+    pub config: laminar_wal::WalConfig,
+    /// `Durability::Sync`: every group is synced before it is processed.
+    pub sync: bool,
+    /// Written but not yet synced (`Durability::Async`).
+    pub unsynced: bool,
+    pub last_sync: Instant,
+    /// Reused record buffer.
+    pub record: Vec<u8>,
 }
 
 /// Work for one stream, queued so that a stream's output reaches its local
@@ -305,6 +390,12 @@ pub(crate) struct ShardProgram {
     /// Reused buffers of `run_work`.
     pub work_queue: Vec<Work>,
     pub out: Vec<RecordBatch>,
+    /// The shard's WAL, in durable databases.
+    pub wal: Option<ShardWal>,
+    /// Source messages of one turn, logged as one group before they run.
+    pub group: Vec<(usize, Ingress)>,
+    /// The pipeline's first WAL failure.
+    pub failure: Arc<OnceLock<Error>>,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -359,11 +450,23 @@ impl ShardProgram {
     pub async fn run(mut self) {
         let mut stopping = false;
         let mut last_work = Instant::now();
+        let mut writer = self.open_wal().await;
+        let writer = &mut writer;
         loop {
             while let Ok(message) = self.control.try_recv() {
                 self.control_seen += 1;
                 match message {
-                    Control::AddLane { input, ring } => self.lanes.push(Lane::new(ring, input)),
+                    Control::AddLane {
+                        input,
+                        ring,
+                        ack,
+                        replay,
+                    } => {
+                        let mut lane = Lane::new(ring, input);
+                        lane.ack = ack;
+                        lane.replay = replay;
+                        self.lanes.push(lane);
+                    }
                     Control::AddSubscriber { stream, ring } => {
                         self.streams[stream].outputs.push(ring)
                     }
@@ -390,20 +493,45 @@ impl ShardProgram {
                             lane.last_active = Instant::now();
                             lane.idle = false;
                         }
-                        self.handle(lane, message).await;
                         worked = true;
+                        if let Ingress::Fence(done) = message {
+                            self.lanes[lane].fence = Some(done);
+                            break;
+                        }
+                        if self.wal.is_some()
+                            && self.inputs[input].is_source
+                            && !self.lanes[lane].replay
+                        {
+                            // Write-ahead: runs after the group is logged.
+                            self.group.push((lane, message));
+                        } else {
+                            self.handle(lane, message).await;
+                        }
                     }
                 }
+                lane += 1;
+            }
+            if !self.group.is_empty() {
+                self.log_group(writer).await;
+            }
+            let mut lane = 0;
+            while lane < self.lanes.len() {
                 let ring = &self.lanes[lane].ring;
-                if ring.is_producer_closed() && ring.is_empty() {
+                if self.lanes[lane].fence.is_some()
+                    || (ring.is_producer_closed() && ring.is_empty())
+                {
                     // A finished partition no longer holds its input's
                     // watermark back.
                     let closed = self.lanes.swap_remove(lane);
                     self.advance_watermark(closed.input, Instant::now()).await;
+                    if let Some(done) = closed.fence {
+                        let _ = done.send(());
+                    }
                 } else {
                     lane += 1;
                 }
             }
+            self.sync_wal(writer, false).await;
             self.mark_idle_lanes().await;
             if stopping {
                 worked |= self.close_finished_exchanges();
@@ -414,6 +542,7 @@ impl ShardProgram {
                 continue;
             }
             if stopping && self.is_drained() {
+                self.sync_wal(writer, true).await;
                 break;
             }
             if last_work.elapsed() < self.idle_spin {
@@ -423,10 +552,122 @@ impl ShardProgram {
                 YieldNow(false).await;
                 continue;
             }
+            self.sync_wal(writer, true).await;
             self.wait_for_work().await;
             last_work = Instant::now();
         }
         // Dropping the output rings ends the subscriptions.
+    }
+
+    /// Opens the shard's WAL writer, continuing where recovery found the
+    /// log's end.
+    async fn open_wal(&mut self) -> Option<WalWriter> {
+        let wal = self.wal.as_mut()?;
+        let opened = laminar_wal::WalWriter::open(
+            &wal.dir,
+            wal.shard,
+            wal.generation,
+            wal.tail.as_ref(),
+            wal.config,
+        )
+        .await;
+        match opened {
+            Ok(writer) => Some(writer),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    /// Logs the turn's source messages as one group (one write, and in
+    /// `Durability::Sync` one sync), acknowledges them to their handles,
+    /// then runs them. If the WAL fails, none of them runs.
+    async fn log_group(&mut self, writer: &mut Option<WalWriter>) {
+        let mut group = std::mem::take(&mut self.group);
+        match self.append_group(writer, &group).await {
+            Ok(()) => {
+                for (lane, _) in &group {
+                    self.lanes[*lane].logged += 1;
+                }
+                for lane in &self.lanes {
+                    if let Some(ack) = &lane.ack {
+                        ack.advance(lane.logged);
+                    }
+                }
+                for (lane, message) in group.drain(..) {
+                    self.handle(lane, message).await;
+                }
+            }
+            Err(e) => {
+                group.clear();
+                self.fail(e);
+            }
+        }
+        self.group = group;
+    }
+
+    async fn append_group(
+        &mut self,
+        writer: &mut Option<WalWriter>,
+        group: &[(usize, Ingress)],
+    ) -> Result<()> {
+        if let Some(failure) = self.failure.get() {
+            return Err(failure.clone());
+        }
+        let wal = self.wal.as_mut().expect("logging needs a WAL");
+        let Some(writer) = writer.as_mut() else {
+            return Err(Error::new(ErrorCode::WalWrite, "the WAL is not open"));
+        };
+        for (_, message) in group {
+            if let Some(kind) = crate::storage::encode(message, &mut wal.record)? {
+                writer.append(kind, &wal.record).await?;
+            }
+        }
+        writer.commit(wal.sync).await?;
+        if wal.sync {
+            wal.last_sync = Instant::now();
+        } else {
+            wal.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// In `Durability::Async`, syncs what was written when the interval
+    /// has passed (or always, with `now`: before sleeping or exiting).
+    async fn sync_wal(&mut self, writer: &mut Option<WalWriter>, now: bool) {
+        let Some(wal) = self.wal.as_mut() else {
+            return;
+        };
+        if !wal.unsynced || !(now || wal.last_sync.elapsed() >= ASYNC_SYNC_INTERVAL) {
+            return;
+        }
+        let Some(writer) = writer.as_mut() else {
+            return;
+        };
+        wal.unsynced = false;
+        wal.last_sync = Instant::now();
+        if let Err(e) = writer.commit(true).await {
+            self.fail(e);
+        }
+    }
+
+    /// The WAL failed: stop accepting input, everywhere. What was
+    /// acknowledged is on disk; what was not is not processed either.
+    fn fail(&mut self, error: Error) {
+        log::error!("{error}");
+        if self.failure.set(error.clone()).is_ok() {
+            if let Ok(mut errors) = self.errors.lock() {
+                if errors.len() < MAX_KEPT_ERRORS {
+                    errors.push(error);
+                }
+            }
+        }
+        for lane in &self.lanes {
+            if let Some(ack) = &lane.ack {
+                ack.waker.wake();
+            }
+        }
     }
 
     /// Marks lanes silent past their input's idle timeout and lets the
@@ -579,6 +820,7 @@ impl ShardProgram {
                 batch,
                 row_watermarks,
                 pushed_at,
+                ..
             } => {
                 let watermark_ms = self.inputs[input].watermark_ms;
                 let streams = self.inputs[input].routes[route].len();
@@ -614,12 +856,14 @@ impl ShardProgram {
                 input,
                 watermark_ms,
                 pushed_at,
+                ..
             } => {
                 debug_assert_eq!(self.lanes[lane].input, input);
                 let lane = &mut self.lanes[lane];
                 lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
                 self.advance_watermark(input, pushed_at).await;
             }
+            Ingress::Fence(_) => unreachable!("fences are taken off in the drain loop"),
         }
     }
 
@@ -745,6 +989,7 @@ impl ShardProgram {
                                 input: exchange.input,
                                 watermark_ms,
                                 pushed_at: origin,
+                                tag: PushTag::default(),
                             },
                         );
                     }
@@ -777,6 +1022,7 @@ impl ShardProgram {
                     batch: piece,
                     row_watermarks: None,
                     pushed_at: origin,
+                    tag: PushTag::default(),
                 },
             );
         }

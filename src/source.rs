@@ -35,6 +35,7 @@ use laminar_sql::Routing;
 
 use crate::alignment::{AlignmentGroup, Member};
 use crate::pipeline::{Control, Ingress, Pipeline};
+use crate::storage::{Durability, LaneAck, PushTag};
 use crate::{Backpressure, Shared};
 
 /// A handle to push rows into a source. See the module docs.
@@ -79,6 +80,14 @@ struct Lanes {
     /// This handle in its source's alignment group.
     member: Option<Arc<Member>>,
     times_ms: Vec<i64>,
+    /// This handle's number in its generation (durable databases).
+    handle: u32,
+    /// Pushes so far that produced messages (durable databases).
+    pushes: u64,
+    /// `[shard]` -> messages sent on this handle's lane.
+    sent: Vec<u64>,
+    /// `[shard]` -> how many of them the shard has made durable.
+    acks: Vec<Arc<LaneAck>>,
 }
 
 impl SourceHandle {
@@ -138,8 +147,11 @@ impl SourceHandle {
         }
         let retention = Arc::clone(&lanes.pipeline.sources[lanes.source].retention);
         let kept = retention.is_on().then(|| batch.clone());
-        let messages = lanes.route(&self.schema, batch)?;
+        let rows = batch.num_rows() as u64;
+        let mut messages = lanes.route(&self.schema, batch)?;
+        lanes.tag(&mut messages, rows);
         lanes.deliver_blocking(messages)?;
+        futures::executor::block_on(lanes.durable())?;
         lanes.publish();
         if let Some(batch) = kept {
             retention.keep(&batch);
@@ -184,8 +196,11 @@ impl SourceHandle {
             }
             let retention = Arc::clone(&lanes.pipeline.sources[lanes.source].retention);
             let kept = retention.is_on().then(|| batch.clone());
-            let messages = lanes.route(&schema, batch)?;
+            let rows = batch.num_rows() as u64;
+            let mut messages = lanes.route(&schema, batch)?;
+            lanes.tag(&mut messages, rows);
             lanes.deliver_async(messages).await?;
+            lanes.durable().await?;
             lanes.publish();
             if let Some(batch) = kept {
                 retention.keep(&batch);
@@ -212,8 +227,10 @@ impl SourceHandle {
             return Ok(());
         }
         lanes.watermark_ms = watermark_ms;
-        let messages = lanes.watermark_messages(watermark_ms, Instant::now());
+        let mut messages = lanes.watermark_messages(watermark_ms, Instant::now());
+        lanes.tag(&mut messages, 0);
         lanes.deliver_blocking(messages)?;
+        futures::executor::block_on(lanes.durable())?;
         lanes.publish();
         Ok(())
     }
@@ -235,6 +252,9 @@ impl SourceHandle {
             .with_hint("call db.start().await first")
         })?;
         pipeline.check_running()?;
+        // Recovery replays the WAL before new input may interleave with it.
+        pipeline.replayed.wait()?;
+        pipeline.check_running()?;
         let source = pipeline.source_id(&self.name).ok_or_else(|| {
             Error::new(
                 ErrorCode::UnknownObject,
@@ -242,14 +262,23 @@ impl SourceHandle {
             )
         })?;
         let mut producers = Vec::with_capacity(pipeline.shards);
+        let mut acks = Vec::with_capacity(pipeline.shards);
+        let durable = pipeline.durability != Durability::Memory;
         for control in &pipeline.controls {
             let (producer, consumer) = ring(pipeline.ring_capacity);
+            let ack = Arc::new(LaneAck::default());
             control.send(Control::AddLane {
                 input: source,
                 ring: consumer,
+                ack: durable.then(|| Arc::clone(&ack)),
+                replay: false,
             })?;
             producers.push(producer);
+            acks.push(ack);
         }
+        let handle = pipeline
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let routes = pipeline.sources[source].routes.len();
         let member = pipeline.sources[source]
             .alignment
@@ -264,6 +293,10 @@ impl SourceHandle {
             watermark_ms: i64::MIN,
             member,
             times_ms: Vec::new(),
+            handle,
+            pushes: 0,
+            sent: vec![0; acks.len()],
+            acks,
         }))
     }
 }
@@ -494,6 +527,7 @@ impl Lanes {
                         batch: piece,
                         row_watermarks: marks,
                         pushed_at,
+                        tag: PushTag::default(),
                     },
                 ));
             }
@@ -513,10 +547,69 @@ impl Lanes {
                         input: self.source,
                         watermark_ms,
                         pushed_at,
+                        tag: PushTag::default(),
                     },
                 )
             })
             .collect()
+    }
+
+    /// Numbers a push's messages (durable databases): recovery replays a
+    /// push only if all of them reached the WALs.
+    fn tag(&mut self, messages: &mut [(usize, Ingress)], rows: u64) {
+        if self.pipeline.durability == Durability::Memory || messages.is_empty() {
+            return;
+        }
+        self.pushes += 1;
+        let tag = PushTag {
+            generation: self.pipeline.generation,
+            handle: self.handle,
+            seq: self.pushes,
+            parts: messages.len() as u32,
+            rows,
+        };
+        for (_, message) in messages.iter_mut() {
+            match message {
+                Ingress::Batch { tag: t, .. } | Ingress::Watermark { tag: t, .. } => *t = tag,
+                Ingress::Fence(_) => {}
+            }
+        }
+    }
+
+    /// In `Durability::Sync`, waits until every shard has made all of this
+    /// handle's messages durable.
+    async fn durable(&self) -> Result<()> {
+        if self.pipeline.durability != Durability::Sync {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| {
+            if let Some(failure) = self.pipeline.failure.get() {
+                return std::task::Poll::Ready(Err(failure.clone()));
+            }
+            let mut done = true;
+            for (ack, &sent) in self.acks.iter().zip(&self.sent) {
+                if ack.durable.load(std::sync::atomic::Ordering::Acquire) < sent {
+                    ack.waker.register(cx.waker());
+                    // Checked again after registering: a wake in between
+                    // would be lost otherwise.
+                    done &= ack.durable.load(std::sync::atomic::Ordering::Acquire) >= sent;
+                }
+            }
+            if self.pipeline.failure.get().is_some() {
+                return std::task::Poll::Ready(Err(self
+                    .pipeline
+                    .failure
+                    .get()
+                    .cloned()
+                    .expect("set")));
+            }
+            if done {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     fn stopped(&self) -> Error {
@@ -557,6 +650,7 @@ impl Lanes {
     fn deliver_blocking(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
         self.check_room(&messages)?;
         for (shard, message) in messages {
+            self.sent[shard] += 1;
             let producer = &mut self.producers[shard];
             match producer.try_push(message) {
                 Ok(()) => {}
@@ -574,6 +668,7 @@ impl Lanes {
     async fn deliver_async(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
         self.check_room(&messages)?;
         for (shard, message) in messages {
+            self.sent[shard] += 1;
             if self.producers[shard].push(message).await.is_err() {
                 return Err(self.stopped());
             }

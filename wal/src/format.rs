@@ -57,7 +57,13 @@ const _: () = assert!(std::mem::size_of::<SegmentHeader>() == SEGMENT_HEADER_BYT
 const _: () = assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER_BYTES);
 
 impl SegmentHeader {
-    pub fn new(shard: u32, index: u64, first_lsn: u64, segment_bytes: u64, generation: u32) -> Self {
+    pub fn new(
+        shard: u32,
+        index: u64,
+        first_lsn: u64,
+        segment_bytes: u64,
+        generation: u32,
+    ) -> Self {
         let mut header = Self {
             magic: SEGMENT_MAGIC,
             version: FORMAT_VERSION.into(),

@@ -356,7 +356,7 @@ async fn create_segment(dir: &Path, index: u64, config: WalConfig) -> Result<Dma
 }
 
 fn io_error(op: &str, path: &Path, e: std::io::Error) -> Error {
-    let full = e.raw_os_error() == Some(28);
+    let full = e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28);
     let error = Error::new(
         ErrorCode::WalWrite,
         format!("cannot {op} WAL file {}: {e}", path.display()),
@@ -367,6 +367,8 @@ fn io_error(op: &str, path: &Path, e: std::io::Error) -> Error {
              database (everything acknowledged is kept)",
         )
     } else {
-        error.with_hint("reopen the database once the storage is healthy; acknowledged input is kept")
+        error.with_hint(
+            "reopen the database once the storage is healthy; acknowledged input is kept",
+        )
     }
 }

@@ -155,7 +155,11 @@ fn torn_and_corrupt_tails_are_cut_at_every_offset() {
         );
 
         std::fs::write(&last, &original[..offset]).unwrap();
-        assert_eq!(read(dir.path()), expected(survivors), "truncated at {offset}");
+        assert_eq!(
+            read(dir.path()),
+            expected(survivors),
+            "truncated at {offset}"
+        );
     }
     // Writing on after a cut: the new records follow the survivors, and the
     // stale bytes after them are never read back.
@@ -174,7 +178,11 @@ fn torn_and_corrupt_tails_are_cut_at_every_offset() {
                 .position(|(s, e)| (*s..*e).contains(&offset))
                 .map_or(in_last, |damaged| damaged as u64);
         write(dir.path(), 2 + i as u32, survivors, survivors + 2);
-        assert_eq!(read(dir.path()), expected(survivors + 2), "rewritten at {offset}");
+        assert_eq!(
+            read(dir.path()),
+            expected(survivors + 2),
+            "rewritten at {offset}"
+        );
     }
 }
 

@@ -37,6 +37,15 @@ enum Command {
         /// Number of shards (default: one per core).
         #[arg(long)]
         shards: Option<usize>,
+        /// Keep the run in this directory (write-ahead log): a run that is
+        /// killed resumes where it stopped when started again with the same
+        /// arguments.
+        #[arg(long, value_name = "DIR")]
+        storage_dir: Option<PathBuf>,
+        /// With --storage-dir: `sync` (each batch durable before the next
+        /// is read) or `async` (synced every 10 ms).
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
+        durability: DurabilityArg,
     },
     /// Streams synthetic trades through the VWAP and OHLC queries and
     /// prints results and throughput live.
@@ -54,6 +63,12 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         batch_rows: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    Async,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +93,8 @@ fn main() -> ExitCode {
                 output,
                 batch_rows,
                 shards,
+                storage_dir,
+                durability,
             } => {
                 run::run(run::RunArgs {
                     sql,
@@ -85,6 +102,13 @@ fn main() -> ExitCode {
                     output,
                     batch_rows,
                     shards,
+                    storage: storage_dir.map(|dir| {
+                        let durability = match durability {
+                            DurabilityArg::Sync => laminar_db::Durability::Sync,
+                            DurabilityArg::Async => laminar_db::Durability::Async,
+                        };
+                        (dir, durability)
+                    }),
                 })
                 .await
             }

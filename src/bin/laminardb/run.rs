@@ -19,6 +19,8 @@ pub struct RunArgs {
     pub output: PathBuf,
     pub batch_rows: usize,
     pub shards: Option<usize>,
+    /// Storage directory and durability: resume after a crash.
+    pub storage: Option<(PathBuf, laminar_db::Durability)>,
 }
 
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -203,10 +205,15 @@ fn open_json(
 
 /// Feeds all inputs, merged by event time: always the input whose next row
 /// is earliest, in runs of at most `batch_rows` rows.
+///
+/// `skip[source]` rows of each source are not pushed again: a durable run
+/// recovered them (the merge order is the same on every run, so they are
+/// exactly the first rows of that source).
 async fn feed(
     inputs: &mut Vec<Input>,
     handles: &mut [SourceHandle],
     batch_rows: usize,
+    skip: &mut [u64],
 ) -> Result<()> {
     loop {
         let mut i = 0;
@@ -240,8 +247,16 @@ async fn feed(
         while end < batch.num_rows() && end - start < batch_rows && input.times_ms[end] <= others {
             end += 1;
         }
-        let piece = batch.slice(start, end - start);
+        let mut piece = batch.slice(start, end - start);
         input.position = end;
+        let skipped = skip[input.source].min(piece.num_rows() as u64);
+        if skipped > 0 {
+            skip[input.source] -= skipped;
+            piece = piece.slice(skipped as usize, piece.num_rows() - skipped as usize);
+            if piece.num_rows() == 0 {
+                continue;
+            }
+        }
         handles[input.source].push_async(piece).await?;
     }
 }
@@ -275,6 +290,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut builder = LaminarDB::builder();
     if let Some(shards) = args.shards {
         builder = builder.shards(shards);
+    }
+    if let Some((dir, durability)) = &args.storage {
+        builder = builder.storage_dir(dir).durability(*durability);
     }
     let db = builder.build()?;
     // Ad-hoc queries read materialized views, which are complete only once
@@ -326,7 +344,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ));
     }
     db.start().await?;
-    let fed = feed(&mut inputs, &mut handles, args.batch_rows).await;
+    let mut skip = handles
+        .iter()
+        .map(|h| db.recovered_rows(h.name()))
+        .collect::<Result<Vec<u64>>>()?;
+    let recovered: u64 = skip.iter().sum();
+    if recovered > 0 {
+        eprintln!("recovered {recovered} rows from the storage directory; resuming after them");
+    }
+    let fed = feed(&mut inputs, &mut handles, args.batch_rows, &mut skip).await;
     if fed.is_ok() {
         // End of input: every window closes.
         for handle in &handles {

@@ -1,0 +1,564 @@
+//! Durability: the storage directory, what goes into each shard's WAL, and
+//! recovery on start.
+//!
+//! Layout of a storage directory:
+//!
+//! ```text
+//! LOCK                held (flock) while a database has the directory open
+//! GENERATION          a counter bumped at every open; stamps WAL records
+//! PIPELINE            shard count and the sources' and streams' SQL
+//! wal/shard-NNN/      each shard's log (see wal/FORMAT.md)
+//! ```
+//!
+//! What is logged: every message a source handle sends a shard (a batch
+//! piece or a watermark), by the shard, before it processes it. Each
+//! message carries a push tag (handle, sequence number, how many messages
+//! the push produced across all shards), so recovery can tell whole pushes
+//! from pushes cut short by a crash and replays, per handle, the longest
+//! run of whole pushes: a push is applied entirely or not at all. Exchange
+//! traffic is not logged; replaying the sources recomputes it.
+//!
+//! Recovery replays each shard's log into that shard through replay
+//! lanes, one per handle of an earlier generation, generation by
+//! generation: a generation's lanes finish (and stop holding the watermark
+//! back, as a dropped handle does) before the next generation's begin,
+//! exactly as it happened the first time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use futures::task::AtomicWaker;
+use laminar_runtime::spsc::ring;
+use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_wal::{Record, Tail, WalConfig};
+
+use crate::pipeline::{Control, Ingress, Pipeline};
+
+/// How much a database keeps on disk, and when `push` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Nothing on disk (the default without a storage directory). A crash
+    /// loses everything.
+    #[default]
+    Memory,
+    /// `push` returns once the batch is queued; shards write it to their
+    /// WAL before processing it and sync at least every
+    /// [`ASYNC_SYNC_INTERVAL`] and whenever they go idle. A crash may lose
+    /// the pushes of that last interval (whole pushes, never part of one).
+    Async,
+    /// `push` returns only once every shard that got part of the batch has
+    /// it in its WAL and synced (`fdatasync`). A crash loses nothing that
+    /// was acknowledged.
+    Sync,
+}
+
+/// In [`Durability::Async`], the longest a written WAL group waits for its
+/// sync.
+pub const ASYNC_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// WAL record kinds written by the database (wal/FORMAT.md).
+const KIND_BATCH: u16 = 1;
+const KIND_WATERMARK: u16 = 2;
+const TAG_BYTES: usize = 48;
+const ROW_WATERMARK: &str = "__row_watermark";
+
+/// Where a message sits among the pushes of its source handle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PushTag {
+    /// Generation of the handle's database open.
+    pub generation: u32,
+    /// The handle, numbered per generation.
+    pub handle: u32,
+    /// The push, numbered per handle from 1 (0: not a logged message).
+    pub seq: u64,
+    /// Messages the push produced across all shards.
+    pub parts: u32,
+    /// Rows of the pushed batch.
+    pub rows: u64,
+}
+
+impl PushTag {
+    fn encode(&self, source: usize, route: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(source as u32).to_le_bytes());
+        out.extend_from_slice(&(route as u32).to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.handle.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.parts.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.rows.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+    }
+
+    /// (source, route, tag) from a record's payload.
+    fn decode(payload: &[u8]) -> Option<(usize, usize, PushTag)> {
+        let bytes = payload.get(..TAG_BYTES)?;
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        Some((
+            u32_at(0) as usize,
+            u32_at(4) as usize,
+            PushTag {
+                generation: u32_at(8),
+                handle: u32_at(12),
+                seq: u64_at(16),
+                parts: u32_at(24),
+                rows: u64_at(32),
+            },
+        ))
+    }
+}
+
+/// A lane's progress through its shard's WAL, which the pushing handle
+/// waits on in [`Durability::Sync`].
+#[derive(Default)]
+pub(crate) struct LaneAck {
+    /// Messages of the lane that are durable.
+    pub durable: AtomicU64,
+    pub waker: AtomicWaker,
+}
+
+impl LaneAck {
+    pub fn advance(&self, durable: u64) {
+        self.durable.store(durable, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// Encodes a source message as a WAL record; `None` for other messages.
+pub(crate) fn encode(message: &Ingress, out: &mut Vec<u8>) -> Result<Option<u16>> {
+    out.clear();
+    match message {
+        Ingress::Batch {
+            input,
+            route,
+            batch,
+            row_watermarks,
+            tag,
+            ..
+        } => {
+            tag.encode(*input, *route, out);
+            let batch = match row_watermarks {
+                None => batch.clone(),
+                Some(marks) => {
+                    let mut fields = batch.schema().fields().to_vec();
+                    fields.push(Arc::new(Field::new(ROW_WATERMARK, DataType::Int64, false)));
+                    let mut columns = batch.columns().to_vec();
+                    columns.push(Arc::new(marks.clone()) as ArrayRef);
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
+                }
+            };
+            let mut writer = StreamWriter::try_new(&mut *out, &batch.schema())?;
+            writer.write(&batch)?;
+            writer.finish()?;
+            Ok(Some(KIND_BATCH))
+        }
+        Ingress::Watermark {
+            input,
+            watermark_ms,
+            tag,
+            ..
+        } => {
+            tag.encode(*input, 0, out);
+            out.extend_from_slice(&watermark_ms.to_le_bytes());
+            Ok(Some(KIND_WATERMARK))
+        }
+        Ingress::Fence(_) => Ok(None),
+    }
+}
+
+fn corrupt(shard: usize, record: &Record<'_>, detail: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::StorageCorrupt,
+        format!(
+            "shard {shard} WAL record {} cannot be replayed: {detail}",
+            record.lsn
+        ),
+    )
+}
+
+/// Decodes a record back into the message it was, with its tag.
+fn decode(shard: usize, record: &Record<'_>, schemas: &[SchemaRef]) -> Result<Ingress> {
+    let (source, route, tag) =
+        PushTag::decode(record.payload).ok_or_else(|| corrupt(shard, record, "short payload"))?;
+    let schema = schemas
+        .get(source)
+        .ok_or_else(|| corrupt(shard, record, format!("unknown source #{source}")))?;
+    let body = &record.payload[TAG_BYTES..];
+    match record.kind {
+        KIND_BATCH => {
+            let mut reader = StreamReader::try_new(std::io::Cursor::new(body), None)
+                .map_err(|e| corrupt(shard, record, e))?;
+            let batch = reader
+                .next()
+                .ok_or_else(|| corrupt(shard, record, "no batch"))?
+                .map_err(|e| corrupt(shard, record, e))?;
+            let (batch, row_watermarks) = match batch.schema().index_of(ROW_WATERMARK) {
+                Ok(last) => {
+                    let marks = batch
+                        .column(last)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .ok_or_else(|| corrupt(shard, record, "bad row watermarks"))?
+                        .clone();
+                    let keep: Vec<usize> = (0..last).collect();
+                    (batch.project(&keep)?, Some(marks))
+                }
+                Err(_) => (batch, None),
+            };
+            let batch = batch
+                .with_schema(Arc::clone(schema))
+                .map_err(|e| corrupt(shard, record, e))?;
+            Ok(Ingress::Batch {
+                input: source,
+                route,
+                batch,
+                row_watermarks,
+                pushed_at: Instant::now(),
+                tag,
+            })
+        }
+        KIND_WATERMARK => {
+            let bytes: [u8; 8] = body
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupt(shard, record, "short watermark"))?;
+            Ok(Ingress::Watermark {
+                input: source,
+                watermark_ms: i64::from_le_bytes(bytes),
+                pushed_at: Instant::now(),
+                tag,
+            })
+        }
+        kind => Err(corrupt(shard, record, format!("unknown kind {kind}"))),
+    }
+}
+
+/// How durability was asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct StorageConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub wal: WalConfig,
+}
+
+/// An open storage directory.
+pub(crate) struct Storage {
+    pub config: StorageConfig,
+    /// This open's generation.
+    pub generation: u32,
+    /// Held for as long as the database lives.
+    _lock: File,
+}
+
+fn io_error(op: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::Io,
+        format!("cannot {op} {}: {e}", path.display()),
+    )
+}
+
+/// Writes a small file atomically: temporary file, sync, rename, sync the
+/// directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_error("rename", &tmp, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync", dir, e))
+}
+
+impl Storage {
+    /// Opens (creating if needed) and locks a storage directory, and takes
+    /// the next generation.
+    pub fn open(mut config: StorageConfig) -> Result<Self> {
+        config.wal.validate()?;
+        std::fs::create_dir_all(config.dir.join("wal"))
+            .map_err(|e| io_error("create", &config.dir, e))?;
+        // Absolute, so that shards (and Glommio, which opens directories
+        // relative to nothing) never depend on the working directory.
+        config.dir =
+            std::fs::canonicalize(&config.dir).map_err(|e| io_error("resolve", &config.dir, e))?;
+        let dir = &config.dir;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|e| io_error("create", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorCode::StorageLocked,
+                    format!(
+                        "storage directory {} is in use by another database",
+                        dir.display()
+                    ),
+                )
+                .with_hint("close the other database or process first, or use another directory"))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path, e)),
+        }
+        let path = dir.join("GENERATION");
+        let previous = match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<u32>().map_err(|_| {
+                Error::new(
+                    ErrorCode::StorageCorrupt,
+                    format!("{} does not hold a generation number", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_error("read", &path, e)),
+        };
+        let generation = previous.checked_add(1).ok_or_else(|| {
+            Error::new(
+                ErrorCode::StorageCorrupt,
+                "the generation counter is exhausted",
+            )
+        })?;
+        write_atomically(&path, format!("{generation}\n").as_bytes())?;
+        Ok(Self {
+            config,
+            generation,
+            _lock: lock,
+        })
+    }
+
+    pub fn shard_dir(&self, shard: usize) -> PathBuf {
+        self.config
+            .dir
+            .join("wal")
+            .join(format!("shard-{shard:03}"))
+    }
+
+    /// Records the pipeline this directory belongs to, or checks that it is
+    /// the same one as before: replaying a log into other SQL, or into
+    /// another shard count, would compute something else.
+    pub fn check_pipeline(&self, shards: usize, statements: &[&str]) -> Result<()> {
+        let mut text = format!("LaminarDB pipeline v1\nshards {shards}\n");
+        for sql in statements {
+            text.push_str(sql.trim());
+            text.push_str("\n;\n");
+        }
+        let path = self.config.dir.join("PIPELINE");
+        match std::fs::read_to_string(&path) {
+            Ok(existing) if existing == text => Ok(()),
+            Ok(existing) => {
+                let was_shards = existing.lines().nth(1).unwrap_or_default();
+                let detail = if was_shards != format!("shards {shards}") {
+                    format!("it was written with {was_shards}, this database has {shards}")
+                } else {
+                    "its sources and streams were created with different SQL".to_string()
+                };
+                Err(Error::new(
+                    ErrorCode::StorageMismatch,
+                    format!(
+                        "storage directory {} belongs to another pipeline: {detail}",
+                        self.config.dir.display()
+                    ),
+                )
+                .with_hint(format!(
+                    "open it with the same shard count and SQL as before (see {}), or use a new directory",
+                    path.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomically(&path, text.as_bytes())
+            }
+            Err(e) => Err(io_error("read", &path, e)),
+        }
+    }
+}
+
+/// One push, as far as the logs hold it.
+struct PushSeen {
+    records: u32,
+    parts: u32,
+    rows: u64,
+}
+
+/// What recovery found, before replaying it.
+pub(crate) struct Recovery {
+    /// Where each shard's log ends (`None`: empty).
+    pub tails: Vec<Option<Tail>>,
+    /// `(generation, handle)` -> the last push replayed (all before it are
+    /// whole).
+    committed: HashMap<(u32, u32), u64>,
+    /// `[source]` -> rows of the pushes replayed.
+    pub rows: Vec<u64>,
+    /// Records that will be replayed.
+    pub records: u64,
+}
+
+impl Recovery {
+    /// Reads every shard's log, finds where each ends and which pushes are
+    /// whole, and cuts the logs there.
+    pub fn analyze(storage: &Storage, shards: usize, sources: usize) -> Result<Self> {
+        let mut pushes: HashMap<(u32, u32), BTreeMap<u64, PushSeen>> = HashMap::new();
+        let mut push_source: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut tails = Vec::with_capacity(shards);
+        for shard in 0..shards {
+            let dir = storage.shard_dir(shard);
+            let tail = laminar_wal::scan(&dir, shard as u32, |record| {
+                let (source, _, tag) = PushTag::decode(record.payload)
+                    .ok_or_else(|| corrupt(shard, &record, "short payload"))?;
+                let seen = pushes
+                    .entry((tag.generation, tag.handle))
+                    .or_default()
+                    .entry(tag.seq)
+                    .or_insert(PushSeen {
+                        records: 0,
+                        parts: tag.parts,
+                        rows: tag.rows,
+                    });
+                seen.records += 1;
+                push_source.insert((tag.generation, tag.handle), source);
+                Ok(())
+            })?;
+            if let Some(tail) = &tail {
+                if tail.discarded_bytes > 0 || !tail.beyond.is_empty() {
+                    log::warn!(
+                        "shard {shard}: WAL ends at LSN {}; {} bytes and {} segment(s) after it were cut",
+                        tail.next_lsn - 1,
+                        tail.discarded_bytes,
+                        tail.beyond.len()
+                    );
+                }
+                laminar_wal::cut(tail)?;
+                if tail.generation >= storage.generation {
+                    return Err(Error::new(
+                        ErrorCode::StorageCorrupt,
+                        format!(
+                            "shard {shard} WAL has generation {}, newer than the directory's GENERATION",
+                            tail.generation
+                        ),
+                    ));
+                }
+            }
+            tails.push(tail);
+        }
+        let mut committed = HashMap::new();
+        let mut rows = vec![0u64; sources];
+        let mut records = 0u64;
+        for (key, seqs) in &pushes {
+            let mut last = 0;
+            for (&seq, seen) in seqs {
+                if seq != last + 1 || seen.records != seen.parts {
+                    break;
+                }
+                last = seq;
+                records += u64::from(seen.records);
+                if let Some(r) = push_source.get(key).and_then(|&s| rows.get_mut(s)) {
+                    *r += seen.rows;
+                }
+            }
+            committed.insert(*key, last);
+        }
+        Ok(Self {
+            tails,
+            committed,
+            rows,
+            records,
+        })
+    }
+
+    fn is_committed(&self, tag: &PushTag) -> bool {
+        self.committed
+            .get(&(tag.generation, tag.handle))
+            .is_some_and(|&last| tag.seq <= last)
+    }
+}
+
+/// Replays one shard's log into it (on a thread of its own: pushes block).
+pub(crate) fn replay_shard(
+    pipeline: &Pipeline,
+    recovery: &Recovery,
+    storage_dir: &Path,
+    shard: usize,
+    schemas: &[SchemaRef],
+) -> Result<()> {
+    let mut lanes: HashMap<u32, laminar_runtime::spsc::Producer<Ingress>> = HashMap::new();
+    let mut generation = 0u32;
+    let finish =
+        |lanes: &mut HashMap<u32, laminar_runtime::spsc::Producer<Ingress>>| -> Result<()> {
+            let mut waits = Vec::new();
+            for (_, mut lane) in lanes.drain() {
+                let (done, waited) = std::sync::mpsc::channel();
+                push_blocking(&mut lane, Ingress::Fence(done))?;
+                waits.push(waited);
+            }
+            for waited in waits {
+                waited.recv().map_err(|_| stopped())?;
+            }
+            Ok(())
+        };
+    laminar_wal::scan(storage_dir, shard as u32, |record| {
+        let message = decode(shard, &record, schemas)?;
+        let tag = match &message {
+            Ingress::Batch { tag, .. } | Ingress::Watermark { tag, .. } => *tag,
+            Ingress::Fence(_) => unreachable!("never logged"),
+        };
+        if !recovery.is_committed(&tag) {
+            return Ok(());
+        }
+        if tag.generation != generation {
+            // The previous generation's handles are gone: their lanes
+            // close before this generation's first message, as they did.
+            finish(&mut lanes)?;
+            generation = tag.generation;
+        }
+        let input = match &message {
+            Ingress::Batch { input, .. } | Ingress::Watermark { input, .. } => *input,
+            Ingress::Fence(_) => unreachable!(),
+        };
+        if let Ingress::Batch {
+            input,
+            route: 0,
+            batch,
+            ..
+        } = &message
+        {
+            pipeline.sources[*input].retention.keep(batch);
+        }
+        let lane = match lanes.entry(tag.handle) {
+            std::collections::hash_map::Entry::Occupied(lane) => lane.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let (producer, consumer) = ring(pipeline.ring_capacity);
+                pipeline.controls[shard].send(Control::AddLane {
+                    input,
+                    ring: consumer,
+                    ack: None,
+                    replay: true,
+                })?;
+                slot.insert(producer)
+            }
+        };
+        push_blocking(lane, message)
+    })?;
+    finish(&mut lanes)
+}
+
+fn push_blocking(
+    lane: &mut laminar_runtime::spsc::Producer<Ingress>,
+    message: Ingress,
+) -> Result<()> {
+    futures::executor::block_on(lane.push(message)).map_err(|_| stopped())
+}
+
+fn stopped() -> Error {
+    Error::new(
+        ErrorCode::NotRunning,
+        "the pipeline stopped while recovery was replaying the WAL",
+    )
+}

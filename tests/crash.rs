@@ -1,0 +1,188 @@
+//! Crash test: `laminardb run` with a storage directory, killed with
+//! SIGKILL at random moments and started again on the same directory until
+//! it completes, must write exactly what an uninterrupted run writes: no
+//! row lost, none duplicated.
+//!
+//! `LAMINARDB_CRASH_ITERATIONS` sets how many kills per durability mode
+//! (default 6; docs/OPERATIONS.md shows a longer run).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const SQL: &str = "
+CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL, volume BIGINT NOT NULL,
+    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+CREATE STREAM vwap AS
+SELECT symbol, SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+CREATE STREAM ohlc_1m AS
+SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS window_start,
+       first_value(price) AS open, MAX(price) AS high, MIN(price) AS low,
+       last_value(price) AS close, SUM(volume) AS volume
+FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)
+EMIT ON WINDOW CLOSE;
+CREATE STREAM big AS SELECT symbol, price, volume, ts FROM trades WHERE volume > 900;
+CREATE STREAM ohlc_5m AS
+SELECT symbol, tumble(window_start, INTERVAL '5' MINUTE) AS w5, MAX(high) AS high
+FROM ohlc_1m GROUP BY symbol, tumble(window_start, INTERVAL '5' MINUTE);
+CREATE MATERIALIZED VIEW per_symbol AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES;
+SELECT symbol, volume, trades FROM per_symbol;
+";
+
+/// Outputs compared row by row (sorted); `vwap` by row count only, since
+/// float sums in another order may differ in the last digit.
+const OUTPUTS: [&str; 5] = ["vwap", "ohlc_1m", "big", "ohlc_5m", "query_1"];
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    sql: PathBuf,
+    inputs: Vec<String>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    std::fs::write(&sql, SQL).unwrap();
+    let rows = trades(21, 12_000, 40, 3_000);
+    let (a, b): (Vec<Trade>, Vec<Trade>) = rows.iter().cloned().partition(|r| r.volume % 3 == 0);
+    let mut inputs = Vec::new();
+    for (name, rows) in [("a.csv", a), ("b.csv", b)] {
+        let mut text = String::from("symbol,price,volume,ts\n");
+        for r in rows {
+            text.push_str(&format!("{},{},{},{}\n", r.symbol, r.price, r.volume, r.ts));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        inputs.push(format!("trades={}", path.display()));
+    }
+    Fixture { dir, sql, inputs }
+}
+
+fn command(f: &Fixture, out: &Path, storage: Option<(&Path, &str)>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_laminardb"));
+    c.args(["run", "--sql"]).arg(&f.sql);
+    for input in &f.inputs {
+        c.arg("--input").arg(input);
+    }
+    c.arg("--output")
+        .arg(out)
+        .args(["--batch-rows", "64", "--shards", "2"]);
+    if let Some((dir, durability)) = storage {
+        c.arg("--storage-dir")
+            .arg(dir)
+            .args(["--durability", durability]);
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+fn run_to_end(mut c: Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sorted_rows(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn assert_same_outputs(reference: &Path, got: &Path, what: &str) {
+    for stream in OUTPUTS {
+        let want = sorted_rows(&reference.join(format!("{stream}.csv")));
+        let have = sorted_rows(&got.join(format!("{stream}.csv")));
+        assert!(want.len() > 1, "{stream} is empty");
+        if stream == "vwap" {
+            assert_eq!(have.len(), want.len(), "{stream} rows, {what}");
+        } else {
+            assert_eq!(have, want, "{stream}, {what}");
+        }
+    }
+}
+
+fn iterations() -> usize {
+    std::env::var("LAMINARDB_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+}
+
+/// Kills runs at random moments until one completes, then compares.
+fn crash_until_done(f: &Fixture, reference: &Path, durability: &str, kills: usize, seed: u64) {
+    let storage = f.dir.path().join(format!("storage-{durability}"));
+    let out = f.dir.path().join(format!("out-{durability}"));
+    // How long a whole durable run takes here, to spread the kills over.
+    let probe = f.dir.path().join(format!("probe-{durability}"));
+    let started = Instant::now();
+    run_to_end(command(f, &out, Some((&probe, durability))));
+    let full = started.elapsed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut killed = 0;
+    let mut attempts = 0;
+    while killed < kills {
+        attempts += 1;
+        assert!(attempts < kills * 4, "runs keep finishing before the kill");
+        let delay = full.mul_f64(rng.random_range(0.05..1.1));
+        let mut child = command(f, &out, Some((&storage, durability)))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                assert!(status.success(), "run failed: {stderr}");
+                // It finished: start over on a fresh directory so every
+                // iteration exercises recovery.
+                std::fs::remove_dir_all(&storage).unwrap();
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+    }
+    run_to_end(command(f, &out, Some((&storage, durability))));
+    assert_same_outputs(
+        reference,
+        &out,
+        &format!("{durability} after {killed} kills (seed {seed})"),
+    );
+}
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    let f = fixture();
+    let reference = f.dir.path().join("reference");
+    run_to_end(command(&f, &reference, None));
+    let kills = iterations();
+    let seed = std::env::var("LAMINARDB_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(42);
+    crash_until_done(&f, &reference, "sync", kills, seed);
+    crash_until_done(&f, &reference, "async", kills.div_ceil(2), seed + 1);
+}
