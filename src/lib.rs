@@ -51,6 +51,7 @@ mod pipeline;
 mod retention;
 mod sql_context;
 mod storage;
+mod table_log;
 mod tables;
 mod views;
 
@@ -168,6 +169,47 @@ impl LaminarDbBuilder {
     /// shard count required). The directory is created if missing and
     /// locked while the database lives. Durability defaults to
     /// [`Durability::Sync`] with a storage directory.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use laminar_db::arrow::array::{Int64Array, RecordBatch};
+    /// use laminar_db::LaminarDB;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # rt.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let sql = "CREATE SOURCE clicks (user_id BIGINT NOT NULL, ts BIGINT NOT NULL,
+    ///                WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+    ///            CREATE STREAM per_user AS SELECT user_id, COUNT(*) AS clicks FROM clicks
+    ///                GROUP BY user_id, tumble(ts, INTERVAL '1' MINUTE)";
+    /// {
+    ///     let db = LaminarDB::builder().shards(1).storage_dir(dir.path()).build()?;
+    ///     db.execute(sql).await?;
+    ///     let clicks = db.source_untyped("clicks")?;
+    ///     db.start().await?;
+    ///     clicks.push(RecordBatch::try_new(clicks.schema(), vec![
+    ///         Arc::new(Int64Array::from(vec![7, 7])),
+    ///         Arc::new(Int64Array::from(vec![1_000, 2_000])),
+    ///     ])?)?; // returns once both rows are on disk
+    ///     db.shutdown().await?; // the window is still open
+    /// }
+    /// // Later (or after a crash): same directory, same SQL.
+    /// let db = LaminarDB::builder().shards(1).storage_dir(dir.path()).build()?;
+    /// db.execute(sql).await?;
+    /// let mut results = db.subscribe("per_user")?;
+    /// let clicks = db.source_untyped("clicks")?;
+    /// db.start().await?;
+    /// assert_eq!(db.recovered_rows("clicks")?, 2);
+    /// clicks.watermark(i64::MAX)?; // close the window
+    /// let counted = results.recv().expect("the window");
+    /// assert_eq!(counted.num_rows(), 1); // user 7: 2 clicks, from before the restart
+    /// db.shutdown().await?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn storage_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.storage_dir = Some(dir.into());
         self
@@ -824,7 +866,6 @@ impl LaminarDB {
                         sync: storage.config.durability == Durability::Sync,
                         unsynced: false,
                         last_sync: std::time::Instant::now(),
-                        record: Vec::new(),
                     }),
                 group: Vec::new(),
                 failure: Arc::clone(&failure),
@@ -860,6 +901,11 @@ impl LaminarDB {
                 .as_ref()
                 .map_or(Durability::Memory, |s| s.config.durability),
             generation: self.shared.storage.as_ref().map_or(0, |s| s.generation),
+            wal_max_payload_bytes: self
+                .shared
+                .storage
+                .as_ref()
+                .map_or(usize::MAX, |s| s.config.wal.max_payload_bytes()),
             next_handle: std::sync::atomic::AtomicU32::new(0),
             failure,
             replayed: pipeline::Latch::default(),
@@ -870,29 +916,42 @@ impl LaminarDB {
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);
         let _ = self.shared.pipeline.set(Arc::clone(&pipeline));
-        let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
-        for (name, subscription) in views {
-            kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
-        }
-        drop(kept);
-        match (recovery, &self.shared.storage) {
-            (Some(recovery), Some(storage)) if recovery.records > 0 => {
-                let schemas: Vec<SchemaRef> = catalog
-                    .sources
-                    .iter()
-                    .map(|s| Arc::clone(&s.schema))
-                    .collect();
-                let dirs: Vec<std::path::PathBuf> =
-                    (0..shards).map(|shard| storage.shard_dir(shard)).collect();
-                log::info!(
-                    "recovery: replaying {} WAL records into {shards} shard(s)",
-                    recovery.records
-                );
-                spawn_replay(pipeline, recovery, dirs, schemas)?;
+        // From here on the pipeline is visible: whatever fails must still
+        // open the recovery latch, or pushes and shutdown would wait on it.
+        let started = (|| {
+            let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
+            for (name, subscription) in views {
+                kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
             }
-            _ => pipeline.replayed.open(Ok(())),
+            drop(kept);
+            match (recovery, &self.shared.storage) {
+                (Some(recovery), Some(storage)) if recovery.records > 0 => {
+                    let shapes = storage::SourceShapes {
+                        schemas: catalog
+                            .sources
+                            .iter()
+                            .map(|s| Arc::clone(&s.schema))
+                            .collect(),
+                        routes: pipeline.sources.iter().map(|s| s.routes.len()).collect(),
+                    };
+                    let dirs: Vec<std::path::PathBuf> =
+                        (0..shards).map(|shard| storage.shard_dir(shard)).collect();
+                    log::info!(
+                        "recovery: replaying {} WAL records into {shards} shard(s)",
+                        recovery.records
+                    );
+                    spawn_replay(Arc::clone(&pipeline), recovery, dirs, shapes)
+                }
+                _ => {
+                    pipeline.replayed.open(Ok(()));
+                    Ok(())
+                }
+            }
+        })();
+        if let Err(e) = &started {
+            pipeline.replayed.open(Err(e.clone()));
         }
-        Ok(())
+        started
     }
 
     /// How many rows of `source` were recovered from the storage directory
@@ -942,7 +1001,7 @@ impl LaminarDB {
             .spawn(move || {
                 // A replay still running must finish first: its lanes
                 // would otherwise look drained and be cut short.
-                let _ = stopping.replayed.wait();
+                let _ = stopping.replayed.wait_blocking();
                 for control in &stopping.controls {
                     // A shard that already exited has nothing left to drain.
                     let _ = control.send(Control::Stop);
@@ -987,6 +1046,10 @@ impl LaminarDB {
     /// (DataFusion, on the caller's task). Sources and plain streams keep
     /// no rows to query.
     async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        if let Some(pipeline) = self.shared.pipeline.get() {
+            // After a restart, answers include the recovered input.
+            pipeline.replayed.wait().await?;
+        }
         let ctx = laminar_sql::new_session_context();
         let views: Vec<(String, SchemaRef, Vec<RecordBatch>)> = {
             let views = self.shared.views.lock().map_err(|_| poisoned())?;
@@ -1105,12 +1168,25 @@ impl LaminarDB {
             }
             return Err(already_exists(name));
         }
-        let table = Arc::new(Table::new(def)?);
+        let mut table = Table::new(def)?;
+        if let Some(storage) = &self.shared.storage {
+            let (log, logged) = table_log::TableLog::open(
+                &storage.tables_dir(),
+                name,
+                sql,
+                storage.config.durability == Durability::Sync,
+            )?;
+            for batch in &logged {
+                let batch = batch.clone().with_schema(Arc::clone(&table.def.schema))?;
+                table.upsert(&batch)?;
+            }
+            table.log = Some(log);
+        }
         self.shared
             .tables
             .lock()
             .map_err(|_| poisoned())?
-            .push(table);
+            .push(Arc::new(table));
         catalog.tables.push(name.to_string());
         Ok(ExecuteResult::TableCreated(name.to_string()))
     }
@@ -1128,7 +1204,7 @@ impl LaminarDB {
         let rows = self.query(query).await?;
         if let Some(table) = self.table(target) {
             let batch = tables::align(&rows, &table.def.schema, columns, target)?;
-            let written = table.upsert(&batch)?;
+            let written = table.insert(&batch)?;
             return Ok(ExecuteResult::Inserted {
                 target: target.to_string(),
                 rows: written,
@@ -1160,6 +1236,9 @@ impl LaminarDB {
             }
             return Err(unknown(name, "table"));
         };
+        if let Some(storage) = &self.shared.storage {
+            table_log::TableLog::remove(&storage.tables_dir(), name)?;
+        }
         catalog.tables.remove(index);
         self.shared
             .tables
@@ -1649,7 +1728,7 @@ fn spawn_replay(
     pipeline: Arc<Pipeline>,
     recovery: Arc<storage::Recovery>,
     dirs: Vec<std::path::PathBuf>,
-    schemas: Vec<SchemaRef>,
+    shapes: storage::SourceShapes,
 ) -> Result<()> {
     let spawn_error = |e: std::io::Error| {
         Error::new(
@@ -1657,18 +1736,18 @@ fn spawn_replay(
             format!("cannot spawn a thread: {e}"),
         )
     };
-    let schemas = Arc::new(schemas);
+    let shapes = Arc::new(shapes);
     let mut workers = Vec::with_capacity(dirs.len());
     for (shard, dir) in dirs.into_iter().enumerate() {
-        let (pipeline, recovery, schemas) = (
+        let (pipeline, recovery, shapes) = (
             Arc::clone(&pipeline),
             Arc::clone(&recovery),
-            Arc::clone(&schemas),
+            Arc::clone(&shapes),
         );
         workers.push(
             std::thread::Builder::new()
                 .name(format!("laminar-replay-{shard}"))
-                .spawn(move || storage::replay_shard(&pipeline, &recovery, &dir, shard, &schemas))
+                .spawn(move || storage::replay_shard(&pipeline, &recovery, &dir, shard, &shapes))
                 .map_err(spawn_error)?,
         );
     }

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use laminar_sql::Routing;
 use laminar_wal::WalWriter;
 
 use crate::metrics::ShardCounters;
-use crate::storage::{Durability, LaneAck, PushTag, ASYNC_SYNC_INTERVAL};
+use crate::storage::{Durability, LaneAck, WalRecord, ASYNC_SYNC_INTERVAL, LOG_ONLY_ROUTE};
 use crate::subscription::Emitted;
 use crate::Backpressure;
 
@@ -59,18 +59,26 @@ pub(crate) enum Ingress {
         /// it to differ between rows (see `source.rs`).
         row_watermarks: Option<Int64Array>,
         pushed_at: Instant,
-        /// Which push of which handle this is part of (logged sources).
-        tag: PushTag,
+        /// The message's WAL record, encoded by the pushing handle (durable
+        /// databases); the shard writes it before running the message.
+        record: Option<WalRecord>,
     },
     /// The sender's watermark for `input` reached `watermark_ms`.
     Watermark {
         input: usize,
         watermark_ms: i64,
         pushed_at: Instant,
-        tag: PushTag,
+        record: Option<WalRecord>,
     },
-    /// The last message of a recovery replay lane: the lane is finished,
-    /// and the sender is told once it no longer holds the watermark back.
+    /// Recovery: a handle of an earlier run connects (a virtual lane of
+    /// `input`, holding its watermark back like the handle did).
+    ReplayOpen { key: u64, input: usize },
+    /// Recovery: that handle went away.
+    ReplayClose { key: u64 },
+    /// Recovery: a logged message of that handle.
+    Replayed { key: u64, message: Box<Ingress> },
+    /// The last message of the replay lane: the sender is told once the
+    /// shard has run everything before it.
     Fence(Sender<()>),
 }
 
@@ -82,8 +90,11 @@ pub(crate) enum Control {
         /// Where the shard reports the lane's durable progress (durable
         /// databases).
         ack: Option<Arc<LaneAck>>,
-        /// A recovery replay lane: its messages are in the WAL already.
+        /// The recovery replay lane: its messages are in the WAL already.
         replay: bool,
+        /// `(generation, handle)` of a live handle's lane in a durable
+        /// database: its opening and closing are logged.
+        log_key: Option<(u32, u32)>,
     },
     AddSubscriber {
         stream: usize,
@@ -155,6 +166,8 @@ pub(crate) struct Pipeline {
     pub durability: Durability,
     /// Generation of this database open (stamps pushes in the WAL).
     pub generation: u32,
+    /// The largest WAL record a push may produce.
+    pub wal_max_payload_bytes: usize,
     /// Numbers the source handles of this generation.
     pub next_handle: AtomicU32,
     /// The first WAL failure: from then on nothing is accepted.
@@ -165,31 +178,47 @@ pub(crate) struct Pipeline {
     pub recovered_rows: Vec<u64>,
 }
 
-/// A one-shot gate: threads wait until it opens, with a result.
-#[derive(Default)]
+/// A one-shot gate, awaited or waited on until it opens, with a result.
 pub(crate) struct Latch {
-    state: Mutex<Option<Result<()>>>,
-    opened: Condvar,
+    sender: Mutex<Option<futures::channel::oneshot::Sender<Result<()>>>>,
+    opened: futures::future::Shared<futures::channel::oneshot::Receiver<Result<()>>>,
+}
+
+impl Default for Latch {
+    fn default() -> Self {
+        let (sender, receiver) = futures::channel::oneshot::channel();
+        Self {
+            sender: Mutex::new(Some(sender)),
+            opened: futures::FutureExt::shared(receiver),
+        }
+    }
 }
 
 impl Latch {
     pub fn open(&self, result: Result<()>) {
-        if let Ok(mut state) = self.state.lock() {
-            state.get_or_insert(result);
-            self.opened.notify_all();
+        if let Some(sender) = self.sender.lock().ok().and_then(|mut s| s.take()) {
+            let _ = sender.send(result);
         }
     }
 
+    pub fn is_open(&self) -> bool {
+        self.opened.peek().is_some()
+    }
+
     /// Waits until open; returns its result.
-    pub fn wait(&self) -> Result<()> {
-        let poisoned = || Error::new(ErrorCode::Execution, "recovery latch poisoned");
-        let mut state = self.state.lock().map_err(|_| poisoned())?;
-        loop {
-            if let Some(result) = state.as_ref() {
-                return result.clone();
-            }
-            state = self.opened.wait(state).map_err(|_| poisoned())?;
+    pub async fn wait(&self) -> Result<()> {
+        match self.opened.clone().await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorCode::Execution,
+                "recovery ended without a result",
+            )),
         }
+    }
+
+    /// Waits on this thread (never on a shard).
+    pub fn wait_blocking(&self) -> Result<()> {
+        futures::executor::block_on(self.wait())
     }
 }
 
@@ -314,10 +343,18 @@ pub(crate) struct Lane {
     ack: Option<Arc<LaneAck>>,
     /// Messages of this lane written to the WAL.
     logged: u64,
-    /// A recovery replay lane (not logged again).
+    /// The recovery replay lane (not logged again, holds no watermark).
     replay: bool,
     /// Set when the lane's `Fence` arrived: it is removed, then told.
     fence: Option<Sender<()>>,
+    /// A live handle's `(generation, handle)` (durable databases).
+    log_key: Option<(u32, u32)>,
+    /// A handle of an earlier run, replayed: fed by the replay lane, and
+    /// its own ring stays empty (`hold` keeps it open).
+    virtual_key: Option<u64>,
+    hold: Option<Producer<Ingress>>,
+    /// A virtual lane whose handle went away: removed after this turn.
+    closing: bool,
 }
 
 impl Lane {
@@ -332,7 +369,20 @@ impl Lane {
             logged: 0,
             replay: false,
             fence: None,
+            log_key: None,
+            virtual_key: None,
+            hold: None,
+            closing: false,
         }
+    }
+
+    /// A replayed handle of an earlier run.
+    fn virtual_lane(key: u64, input: usize) -> Self {
+        let (hold, ring) = laminar_runtime::spsc::ring(1);
+        let mut lane = Self::new(ring, input);
+        lane.virtual_key = Some(key);
+        lane.hold = Some(hold);
+        lane
     }
 }
 
@@ -350,8 +400,6 @@ pub(crate) struct ShardWal {
     /// Written but not yet synced (`Durability::Async`).
     pub unsynced: bool,
     pub last_sync: Instant,
-    /// Reused record buffer.
-    pub record: Vec<u8>,
 }
 
 /// Work for one stream, queued so that a stream's output reaches its local
@@ -461,10 +509,17 @@ impl ShardProgram {
                         ring,
                         ack,
                         replay,
+                        log_key,
                     } => {
                         let mut lane = Lane::new(ring, input);
                         lane.ack = ack;
                         lane.replay = replay;
+                        if let Some((generation, handle)) = log_key.filter(|_| self.wal.is_some()) {
+                            lane.log_key = Some((generation, handle));
+                            let record = crate::storage::lane_record(input, generation, handle);
+                            self.log_now(writer, crate::storage::LANE_OPEN, &record)
+                                .await;
+                        }
                         self.lanes.push(lane);
                     }
                     Control::AddSubscriber { stream, ring } => {
@@ -494,18 +549,46 @@ impl ShardProgram {
                             lane.idle = false;
                         }
                         worked = true;
-                        if let Ingress::Fence(done) = message {
-                            self.lanes[lane].fence = Some(done);
-                            break;
-                        }
-                        if self.wal.is_some()
-                            && self.inputs[input].is_source
-                            && !self.lanes[lane].replay
-                        {
-                            // Write-ahead: runs after the group is logged.
-                            self.group.push((lane, message));
-                        } else {
-                            self.handle(lane, message).await;
+                        match message {
+                            Ingress::Fence(done) => {
+                                self.lanes[lane].fence = Some(done);
+                                break;
+                            }
+                            Ingress::ReplayOpen { key, input } => {
+                                self.lanes.push(Lane::virtual_lane(key, input));
+                            }
+                            Ingress::ReplayClose { key } => {
+                                // Removed before the replay lane goes on,
+                                // as the handle was before what followed.
+                                if let Some(v) = self.virtual_lane(key) {
+                                    self.lanes[v].closing = true;
+                                }
+                                break;
+                            }
+                            Ingress::Replayed { key, message } => {
+                                let v = match self.virtual_lane(key) {
+                                    Some(v) => v,
+                                    None => {
+                                        let input = match &*message {
+                                            Ingress::Batch { input, .. }
+                                            | Ingress::Watermark { input, .. } => *input,
+                                            _ => 0,
+                                        };
+                                        self.lanes.push(Lane::virtual_lane(key, input));
+                                        self.lanes.len() - 1
+                                    }
+                                };
+                                self.handle(v, *message).await;
+                            }
+                            message => {
+                                if self.lanes[lane].log_key.is_some() {
+                                    // Write-ahead: runs after the group
+                                    // is logged.
+                                    self.group.push((lane, message));
+                                } else {
+                                    self.handle(lane, message).await;
+                                }
+                            }
                         }
                     }
                 }
@@ -516,14 +599,22 @@ impl ShardProgram {
             }
             let mut lane = 0;
             while lane < self.lanes.len() {
-                let ring = &self.lanes[lane].ring;
-                if self.lanes[lane].fence.is_some()
-                    || (ring.is_producer_closed() && ring.is_empty())
+                let l = &self.lanes[lane];
+                if l.fence.is_some()
+                    || l.closing
+                    || (l.ring.is_producer_closed() && l.ring.is_empty())
                 {
                     // A finished partition no longer holds its input's
                     // watermark back.
                     let closed = self.lanes.swap_remove(lane);
-                    self.advance_watermark(closed.input, Instant::now()).await;
+                    if let Some((generation, handle)) = closed.log_key {
+                        let record = crate::storage::lane_record(closed.input, generation, handle);
+                        self.log_now(writer, crate::storage::LANE_CLOSE, &record)
+                            .await;
+                    }
+                    if !closed.replay {
+                        self.advance_watermark(closed.input, Instant::now()).await;
+                    }
                     if let Some(done) = closed.fence {
                         let _ = done.send(());
                     }
@@ -556,7 +647,47 @@ impl ShardProgram {
             self.wait_for_work().await;
             last_work = Instant::now();
         }
+        if let Some(w) = writer.take() {
+            if let Err(e) = w.close().await {
+                log::warn!("{e}");
+            }
+        }
+        // A handle still waiting for durability learns that its shard is
+        // gone (its lane's consumer is dropped with the program).
+        for lane in &self.lanes {
+            if let Some(ack) = &lane.ack {
+                ack.waker.wake();
+            }
+        }
         // Dropping the output rings ends the subscriptions.
+    }
+
+    /// The virtual lane of a replayed handle.
+    fn virtual_lane(&self, key: u64) -> Option<usize> {
+        self.lanes.iter().position(|l| l.virtual_key == Some(key))
+    }
+
+    /// Writes one record outside a group (a lane opening or closing): in
+    /// order with the groups around it, synced with the next one.
+    async fn log_now(&mut self, writer: &mut Option<WalWriter>, kind: u16, payload: &[u8]) {
+        if self.failure.get().is_some() {
+            return;
+        }
+        let Some(w) = writer.as_mut() else {
+            return;
+        };
+        let written = match w.append(kind, payload).await {
+            Ok(_) => w.commit(false).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                if let Some(wal) = self.wal.as_mut() {
+                    wal.unsynced |= !wal.sync;
+                }
+            }
+            Err(e) => self.fail(e),
+        }
     }
 
     /// Opens the shard's WAL writer, continuing where recovery found the
@@ -620,8 +751,23 @@ impl ShardProgram {
             return Err(Error::new(ErrorCode::WalWrite, "the WAL is not open"));
         };
         for (_, message) in group {
-            if let Some(kind) = crate::storage::encode(message, &mut wal.record)? {
-                writer.append(kind, &wal.record).await?;
+            match message {
+                Ingress::Batch {
+                    record: Some((kind, payload)),
+                    ..
+                }
+                | Ingress::Watermark {
+                    record: Some((kind, payload)),
+                    ..
+                } => {
+                    writer.append(*kind, payload).await?;
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorCode::Execution,
+                        "a message of a logged lane came without its WAL record",
+                    ))
+                }
             }
         }
         writer.commit(wal.sync).await?;
@@ -788,7 +934,7 @@ impl ShardProgram {
         let Some(watermark_ms) = self
             .lanes
             .iter()
-            .filter(|lane| lane.input == input && !lane.idle)
+            .filter(|lane| lane.input == input && !lane.idle && !lane.replay)
             .map(|lane| lane.watermark_ms)
             .min()
         else {
@@ -814,6 +960,7 @@ impl ShardProgram {
     async fn handle(&mut self, lane: usize, message: Ingress) {
         ShardCounters::add(&self.counters.batches, 1);
         match message {
+            Ingress::Batch { route, .. } if route == LOG_ONLY_ROUTE => {}
             Ingress::Batch {
                 input,
                 route,
@@ -863,7 +1010,12 @@ impl ShardProgram {
                 lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
                 self.advance_watermark(input, pushed_at).await;
             }
-            Ingress::Fence(_) => unreachable!("fences are taken off in the drain loop"),
+            Ingress::Fence(_)
+            | Ingress::ReplayOpen { .. }
+            | Ingress::ReplayClose { .. }
+            | Ingress::Replayed { .. } => {
+                unreachable!("replay control messages are taken off in the drain loop")
+            }
         }
     }
 
@@ -989,7 +1141,7 @@ impl ShardProgram {
                                 input: exchange.input,
                                 watermark_ms,
                                 pushed_at: origin,
-                                tag: PushTag::default(),
+                                record: None,
                             },
                         );
                     }
@@ -1022,7 +1174,7 @@ impl ShardProgram {
                     batch: piece,
                     row_watermarks: None,
                     pushed_at: origin,
-                    tag: PushTag::default(),
+                    record: None,
                 },
             );
         }

@@ -35,7 +35,7 @@ use laminar_sql::Routing;
 
 use crate::alignment::{AlignmentGroup, Member};
 use crate::pipeline::{Control, Ingress, Pipeline};
-use crate::storage::{Durability, LaneAck, PushTag};
+use crate::storage::{Durability, LaneAck, PushTag, LOG_ONLY_ROUTE};
 use crate::{Backpressure, Shared};
 
 /// A handle to push rows into a source. See the module docs.
@@ -128,6 +128,9 @@ impl SourceHandle {
     /// Blocks the calling thread: from async code prefer
     /// [`SourceHandle::push_async`].
     pub fn push(&self, batch: RecordBatch) -> Result<()> {
+        if let Some(pipeline) = self.replaying() {
+            pipeline.replayed.wait_blocking()?;
+        }
         let mut lanes = self
             .lanes
             .try_borrow_mut()
@@ -149,7 +152,8 @@ impl SourceHandle {
         let kept = retention.is_on().then(|| batch.clone());
         let rows = batch.num_rows() as u64;
         let mut messages = lanes.route(&self.schema, batch)?;
-        lanes.tag(&mut messages, rows);
+        lanes.check_room(&messages)?;
+        lanes.seal(&mut messages, rows)?;
         lanes.deliver_blocking(messages)?;
         futures::executor::block_on(lanes.durable())?;
         lanes.publish();
@@ -161,6 +165,9 @@ impl SourceHandle {
 
     /// Pushes a batch, waiting asynchronously while a shard's ring is full.
     pub async fn push_async(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Some(pipeline) = self.replaying() {
+            pipeline.replayed.wait().await?;
+        }
         let schema = Arc::clone(&self.schema);
         let mut slot = std::mem::take(self.lanes.get_mut());
         let lanes = self.connect(&mut slot)?;
@@ -198,7 +205,8 @@ impl SourceHandle {
             let kept = retention.is_on().then(|| batch.clone());
             let rows = batch.num_rows() as u64;
             let mut messages = lanes.route(&schema, batch)?;
-            lanes.tag(&mut messages, rows);
+            lanes.check_room(&messages)?;
+            lanes.seal(&mut messages, rows)?;
             lanes.deliver_async(messages).await?;
             lanes.durable().await?;
             lanes.publish();
@@ -218,6 +226,9 @@ impl SourceHandle {
     /// are late. This is how a source without a `WATERMARK` clause, or one
     /// that went quiet, moves time forward; `i64::MAX` closes everything.
     pub fn watermark(&self, watermark_ms: i64) -> Result<()> {
+        if let Some(pipeline) = self.replaying() {
+            pipeline.replayed.wait_blocking()?;
+        }
         let mut lanes = self
             .lanes
             .try_borrow_mut()
@@ -228,11 +239,22 @@ impl SourceHandle {
         }
         lanes.watermark_ms = watermark_ms;
         let mut messages = lanes.watermark_messages(watermark_ms, Instant::now());
-        lanes.tag(&mut messages, 0);
+        lanes.check_room(&messages)?;
+        lanes.seal(&mut messages, 0)?;
         lanes.deliver_blocking(messages)?;
         futures::executor::block_on(lanes.durable())?;
         lanes.publish();
         Ok(())
+    }
+
+    /// The pipeline, while recovery is still replaying its WAL: new input
+    /// waits for it, so it never interleaves with the replayed input.
+    fn replaying(&self) -> Option<Arc<Pipeline>> {
+        self.shared
+            .pipeline
+            .get()
+            .filter(|p| !p.replayed.is_open())
+            .cloned()
     }
 
     /// Connects to the running pipeline on first use.
@@ -252,15 +274,15 @@ impl SourceHandle {
             .with_hint("call db.start().await first")
         })?;
         pipeline.check_running()?;
-        // Recovery replays the WAL before new input may interleave with it.
-        pipeline.replayed.wait()?;
-        pipeline.check_running()?;
         let source = pipeline.source_id(&self.name).ok_or_else(|| {
             Error::new(
                 ErrorCode::UnknownObject,
                 format!("unknown source '{}'", self.name),
             )
         })?;
+        let handle = pipeline
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut producers = Vec::with_capacity(pipeline.shards);
         let mut acks = Vec::with_capacity(pipeline.shards);
         let durable = pipeline.durability != Durability::Memory;
@@ -272,13 +294,11 @@ impl SourceHandle {
                 ring: consumer,
                 ack: durable.then(|| Arc::clone(&ack)),
                 replay: false,
+                log_key: durable.then_some((pipeline.generation, handle)),
             })?;
             producers.push(producer);
             acks.push(ack);
         }
-        let handle = pipeline
-            .next_handle
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let routes = pipeline.sources[source].routes.len();
         let member = pipeline.sources[source]
             .alignment
@@ -527,10 +547,26 @@ impl Lanes {
                         batch: piece,
                         row_watermarks: marks,
                         pushed_at,
-                        tag: PushTag::default(),
+                        record: None,
                     },
                 ));
             }
+        }
+        if source.routes.is_empty() && self.pipeline.durability != Durability::Memory {
+            // No stream reads the source, but its retained rows are part
+            // of what was accepted: log them (on shard 0, which only
+            // writes them down).
+            messages.push((
+                0,
+                Ingress::Batch {
+                    input: self.source,
+                    route: LOG_ONLY_ROUTE,
+                    batch,
+                    row_watermarks: None,
+                    pushed_at,
+                    record: None,
+                },
+            ));
         }
         if let Some(watermark_ms) = advanced_to {
             messages.extend(self.watermark_messages(watermark_ms, pushed_at));
@@ -547,33 +583,55 @@ impl Lanes {
                         input: self.source,
                         watermark_ms,
                         pushed_at,
-                        tag: PushTag::default(),
+                        record: None,
                     },
                 )
             })
             .collect()
     }
 
-    /// Numbers a push's messages (durable databases): recovery replays a
-    /// push only if all of them reached the WALs.
-    fn tag(&mut self, messages: &mut [(usize, Ingress)], rows: u64) {
+    /// Durable databases: numbers a push's messages and encodes each one's
+    /// WAL record, here on the pushing thread. Recovery replays a push only
+    /// if all of its records reached the WALs. A record too large for a
+    /// WAL segment fails the push before anything is sent.
+    fn seal(&mut self, messages: &mut [(usize, Ingress)], rows: u64) -> Result<()> {
         if self.pipeline.durability == Durability::Memory || messages.is_empty() {
-            return;
+            return Ok(());
         }
-        self.pushes += 1;
         let tag = PushTag {
             generation: self.pipeline.generation,
             handle: self.handle,
-            seq: self.pushes,
+            seq: self.pushes + 1,
             parts: messages.len() as u32,
             rows,
         };
-        for (_, message) in messages.iter_mut() {
-            match message {
-                Ingress::Batch { tag: t, .. } | Ingress::Watermark { tag: t, .. } => *t = tag,
-                Ingress::Fence(_) => {}
+        let mut records = Vec::with_capacity(messages.len());
+        for (_, message) in messages.iter() {
+            let record = crate::storage::encode(message, &tag)?;
+            if let Some((_, payload)) = &record {
+                if payload.len() > self.pipeline.wal_max_payload_bytes {
+                    return Err(Error::new(
+                        ErrorCode::RecordTooLarge,
+                        format!(
+                            "source '{}': a piece of this batch takes {} bytes in the WAL, more than a segment holds ({})",
+                            self.pipeline.sources[self.source].name,
+                            payload.len(),
+                            self.pipeline.wal_max_payload_bytes
+                        ),
+                    )
+                    .with_hint("push smaller batches, or raise wal_segment_bytes"));
+                }
+            }
+            records.push(record);
+        }
+        for ((_, message), record) in messages.iter_mut().zip(records) {
+            if let Ingress::Batch { record: r, .. } | Ingress::Watermark { record: r, .. } = message
+            {
+                *r = record;
             }
         }
+        self.pushes += 1;
+        Ok(())
     }
 
     /// In `Durability::Sync`, waits until every shard has made all of this
@@ -587,12 +645,19 @@ impl Lanes {
                 return std::task::Poll::Ready(Err(failure.clone()));
             }
             let mut done = true;
-            for (ack, &sent) in self.acks.iter().zip(&self.sent) {
+            for ((ack, &sent), producer) in self.acks.iter().zip(&self.sent).zip(&self.producers) {
                 if ack.durable.load(std::sync::atomic::Ordering::Acquire) < sent {
                     ack.waker.register(cx.waker());
                     // Checked again after registering: a wake in between
                     // would be lost otherwise.
-                    done &= ack.durable.load(std::sync::atomic::Ordering::Acquire) >= sent;
+                    if ack.durable.load(std::sync::atomic::Ordering::Acquire) >= sent {
+                        continue;
+                    }
+                    if producer.is_consumer_closed() {
+                        // The shard is gone and never logged the rest.
+                        return std::task::Poll::Ready(Err(self.stopped()));
+                    }
+                    done = false;
                 }
             }
             if self.pipeline.failure.get().is_some() {
@@ -648,7 +713,6 @@ impl Lanes {
     }
 
     fn deliver_blocking(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
-        self.check_room(&messages)?;
         for (shard, message) in messages {
             self.sent[shard] += 1;
             let producer = &mut self.producers[shard];
@@ -666,7 +730,6 @@ impl Lanes {
     }
 
     async fn deliver_async(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
-        self.check_room(&messages)?;
         for (shard, message) in messages {
             self.sent[shard] += 1;
             if self.producers[shard].push(message).await.is_err() {

@@ -8,21 +8,25 @@
 //! GENERATION          a counter bumped at every open; stamps WAL records
 //! PIPELINE            shard count and the sources' and streams' SQL
 //! wal/shard-NNN/      each shard's log (see wal/FORMAT.md)
+//! tables/             each table's statement and insert log (table_log.rs)
 //! ```
 //!
 //! What is logged: every message a source handle sends a shard (a batch
-//! piece or a watermark), by the shard, before it processes it. Each
-//! message carries a push tag (handle, sequence number, how many messages
-//! the push produced across all shards), so recovery can tell whole pushes
-//! from pushes cut short by a crash and replays, per handle, the longest
-//! run of whole pushes: a push is applied entirely or not at all. Exchange
-//! traffic is not logged; replaying the sources recomputes it.
+//! piece or a watermark), encoded by the handle on the pushing thread and
+//! written by the shard before it runs the message, plus the opening and
+//! closing of each handle's lane on that shard. Each message carries a
+//! push tag (handle, sequence number, how many messages the push produced
+//! across all shards), so recovery can tell whole pushes from pushes cut
+//! short by a crash and replays, per handle, the longest run of whole
+//! pushes: a push is applied entirely or not at all. Exchange traffic is
+//! not logged; replaying the sources recomputes it.
 //!
-//! Recovery replays each shard's log into that shard through replay
-//! lanes, one per handle of an earlier generation, generation by
-//! generation: a generation's lanes finish (and stop holding the watermark
-//! back, as a dropped handle does) before the next generation's begin,
-//! exactly as it happened the first time.
+//! Recovery replays each shard's log into that shard in log order, which
+//! is the order the shard ran the messages in, through one replay lane.
+//! Each handle of an earlier run becomes a virtual lane on the shard,
+//! opened and closed where the log says, so watermarks (the minimum over
+//! a source's lanes) move exactly as they did; handles still open when
+//! their process ended close before the next generation's first record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -68,8 +72,16 @@ pub const ASYNC_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_m
 /// WAL record kinds written by the database (wal/FORMAT.md).
 const KIND_BATCH: u16 = 1;
 const KIND_WATERMARK: u16 = 2;
+const KIND_LANE_OPEN: u16 = 3;
+const KIND_LANE_CLOSE: u16 = 4;
 const TAG_BYTES: usize = 48;
-const ROW_WATERMARK: &str = "__row_watermark";
+const LANE_BYTES: usize = 16;
+/// Push tag flag: the IPC stream's last column holds row watermarks.
+const FLAG_ROW_WATERMARKS: u32 = 1;
+/// The route of a batch logged only to keep it (a source no stream reads):
+/// shards do nothing with it, recovery gives it back to the source's
+/// retained rows.
+pub(crate) const LOG_ONLY_ROUTE: usize = u32::MAX as usize;
 
 /// Where a message sits among the pushes of its source handle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,7 +90,7 @@ pub(crate) struct PushTag {
     pub generation: u32,
     /// The handle, numbered per generation.
     pub handle: u32,
-    /// The push, numbered per handle from 1 (0: not a logged message).
+    /// The push, numbered per handle from 1.
     pub seq: u64,
     /// Messages the push produced across all shards.
     pub parts: u32,
@@ -87,26 +99,27 @@ pub(crate) struct PushTag {
 }
 
 impl PushTag {
-    fn encode(&self, source: usize, route: usize, out: &mut Vec<u8>) {
+    fn encode(&self, source: usize, route: usize, flags: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&(source as u32).to_le_bytes());
         out.extend_from_slice(&(route as u32).to_le_bytes());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.handle.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.parts.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&self.rows.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
     }
 
-    /// (source, route, tag) from a record's payload.
-    fn decode(payload: &[u8]) -> Option<(usize, usize, PushTag)> {
+    /// (source, route, flags, tag) from a record's payload.
+    fn decode(payload: &[u8]) -> Option<(usize, usize, u32, PushTag)> {
         let bytes = payload.get(..TAG_BYTES)?;
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
         Some((
             u32_at(0) as usize,
             u32_at(4) as usize,
+            u32_at(28),
             PushTag {
                 generation: u32_at(8),
                 handle: u32_at(12),
@@ -117,6 +130,25 @@ impl PushTag {
         ))
     }
 }
+
+/// A replay lane's key: the handle it stands for.
+fn lane_key(generation: u32, handle: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(handle)
+}
+
+/// The payload of a lane open or close record.
+pub(crate) fn lane_record(source: usize, generation: u32, handle: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LANE_BYTES);
+    out.extend_from_slice(&(source as u32).to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&handle.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out
+}
+
+/// The record kinds of lane open and close.
+pub(crate) const LANE_OPEN: u16 = KIND_LANE_OPEN;
+pub(crate) const LANE_CLOSE: u16 = KIND_LANE_CLOSE;
 
 /// A lane's progress through its shard's WAL, which the pushing handle
 /// waits on in [`Durability::Sync`].
@@ -134,45 +166,56 @@ impl LaneAck {
     }
 }
 
-/// Encodes a source message as a WAL record; `None` for other messages.
-pub(crate) fn encode(message: &Ingress, out: &mut Vec<u8>) -> Result<Option<u16>> {
-    out.clear();
+/// A message's WAL record, made on the pushing thread: its kind and
+/// payload.
+pub(crate) type WalRecord = (u16, Box<[u8]>);
+
+/// Encodes a source message of push `tag` as its WAL record.
+pub(crate) fn encode(message: &Ingress, tag: &PushTag) -> Result<Option<WalRecord>> {
+    let mut out = Vec::new();
     match message {
         Ingress::Batch {
             input,
             route,
             batch,
             row_watermarks,
-            tag,
             ..
         } => {
-            tag.encode(*input, *route, out);
+            let flags = if row_watermarks.is_some() {
+                FLAG_ROW_WATERMARKS
+            } else {
+                0
+            };
+            tag.encode(*input, *route, flags, &mut out);
             let batch = match row_watermarks {
                 None => batch.clone(),
                 Some(marks) => {
                     let mut fields = batch.schema().fields().to_vec();
-                    fields.push(Arc::new(Field::new(ROW_WATERMARK, DataType::Int64, false)));
+                    fields.push(Arc::new(Field::new(
+                        "__row_watermark",
+                        DataType::Int64,
+                        false,
+                    )));
                     let mut columns = batch.columns().to_vec();
                     columns.push(Arc::new(marks.clone()) as ArrayRef);
                     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
                 }
             };
-            let mut writer = StreamWriter::try_new(&mut *out, &batch.schema())?;
+            let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
             writer.write(&batch)?;
             writer.finish()?;
-            Ok(Some(KIND_BATCH))
+            Ok(Some((KIND_BATCH, out.into_boxed_slice())))
         }
         Ingress::Watermark {
             input,
             watermark_ms,
-            tag,
             ..
         } => {
-            tag.encode(*input, 0, out);
+            tag.encode(*input, 0, 0, &mut out);
             out.extend_from_slice(&watermark_ms.to_le_bytes());
-            Ok(Some(KIND_WATERMARK))
+            Ok(Some((KIND_WATERMARK, out.into_boxed_slice())))
         }
-        Ingress::Fence(_) => Ok(None),
+        _ => Ok(None),
     }
 }
 
@@ -186,58 +229,115 @@ fn corrupt(shard: usize, record: &Record<'_>, detail: impl std::fmt::Display) ->
     )
 }
 
-/// Decodes a record back into the message it was, with its tag.
-fn decode(shard: usize, record: &Record<'_>, schemas: &[SchemaRef]) -> Result<Ingress> {
-    let (source, route, tag) =
+/// What one record of a shard's log says.
+enum Logged {
+    Message(PushTag, Box<Ingress>),
+    LaneOpen { source: usize, key: u64 },
+    LaneClose { key: u64 },
+}
+
+/// The sources' schemas and route counts, to check records against.
+pub(crate) struct SourceShapes {
+    pub schemas: Vec<SchemaRef>,
+    pub routes: Vec<usize>,
+}
+
+impl SourceShapes {
+    fn check(
+        &self,
+        shard: usize,
+        record: &Record<'_>,
+        source: usize,
+        route: Option<usize>,
+    ) -> Result<()> {
+        let routes = self
+            .routes
+            .get(source)
+            .ok_or_else(|| corrupt(shard, record, format!("unknown source #{source}")))?;
+        match route {
+            Some(route) if route != LOG_ONLY_ROUTE && route >= *routes => {
+                Err(corrupt(shard, record, format!("unknown route #{route}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Decodes a record back into what it was.
+fn decode(shard: usize, record: &Record<'_>, shapes: &SourceShapes) -> Result<Logged> {
+    if matches!(record.kind, KIND_LANE_OPEN | KIND_LANE_CLOSE) {
+        let bytes = record
+            .payload
+            .get(..LANE_BYTES)
+            .ok_or_else(|| corrupt(shard, record, "short lane record"))?;
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        let source = u32_at(0) as usize;
+        shapes.check(shard, record, source, None)?;
+        let key = lane_key(u32_at(4), u32_at(8));
+        return Ok(if record.kind == KIND_LANE_OPEN {
+            Logged::LaneOpen { source, key }
+        } else {
+            Logged::LaneClose { key }
+        });
+    }
+    let (source, route, flags, tag) =
         PushTag::decode(record.payload).ok_or_else(|| corrupt(shard, record, "short payload"))?;
-    let schema = schemas
-        .get(source)
-        .ok_or_else(|| corrupt(shard, record, format!("unknown source #{source}")))?;
     let body = &record.payload[TAG_BYTES..];
     match record.kind {
         KIND_BATCH => {
+            shapes.check(shard, record, source, Some(route))?;
             let mut reader = StreamReader::try_new(std::io::Cursor::new(body), None)
                 .map_err(|e| corrupt(shard, record, e))?;
             let batch = reader
                 .next()
                 .ok_or_else(|| corrupt(shard, record, "no batch"))?
                 .map_err(|e| corrupt(shard, record, e))?;
-            let (batch, row_watermarks) = match batch.schema().index_of(ROW_WATERMARK) {
-                Ok(last) => {
-                    let marks = batch
-                        .column(last)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .ok_or_else(|| corrupt(shard, record, "bad row watermarks"))?
-                        .clone();
-                    let keep: Vec<usize> = (0..last).collect();
-                    (batch.project(&keep)?, Some(marks))
-                }
-                Err(_) => (batch, None),
+            let (batch, row_watermarks) = if flags & FLAG_ROW_WATERMARKS != 0 {
+                let last = batch
+                    .num_columns()
+                    .checked_sub(1)
+                    .ok_or_else(|| corrupt(shard, record, "no columns"))?;
+                let marks = batch
+                    .column(last)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| corrupt(shard, record, "bad row watermarks"))?
+                    .clone();
+                let keep: Vec<usize> = (0..last).collect();
+                (batch.project(&keep)?, Some(marks))
+            } else {
+                (batch, None)
             };
             let batch = batch
-                .with_schema(Arc::clone(schema))
+                .with_schema(Arc::clone(&shapes.schemas[source]))
                 .map_err(|e| corrupt(shard, record, e))?;
-            Ok(Ingress::Batch {
-                input: source,
-                route,
-                batch,
-                row_watermarks,
-                pushed_at: Instant::now(),
+            Ok(Logged::Message(
                 tag,
-            })
+                Box::new(Ingress::Batch {
+                    input: source,
+                    route,
+                    batch,
+                    row_watermarks,
+                    pushed_at: Instant::now(),
+                    record: None,
+                }),
+            ))
         }
         KIND_WATERMARK => {
+            shapes.check(shard, record, source, None)?;
             let bytes: [u8; 8] = body
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .ok_or_else(|| corrupt(shard, record, "short watermark"))?;
-            Ok(Ingress::Watermark {
-                input: source,
-                watermark_ms: i64::from_le_bytes(bytes),
-                pushed_at: Instant::now(),
+            Ok(Logged::Message(
                 tag,
-            })
+                Box::new(Ingress::Watermark {
+                    input: source,
+                    watermark_ms: i64::from_le_bytes(bytes),
+                    pushed_at: Instant::now(),
+                    record: None,
+                }),
+            ))
         }
         kind => Err(corrupt(shard, record, format!("unknown kind {kind}"))),
     }
@@ -335,6 +435,11 @@ impl Storage {
         })
     }
 
+    /// Where tables keep their logs.
+    pub fn tables_dir(&self) -> PathBuf {
+        self.config.dir.join("tables")
+    }
+
     pub fn shard_dir(&self, shard: usize) -> PathBuf {
         self.config
             .dir
@@ -411,7 +516,10 @@ impl Recovery {
         for shard in 0..shards {
             let dir = storage.shard_dir(shard);
             let tail = laminar_wal::scan(&dir, shard as u32, |record| {
-                let (source, _, tag) = PushTag::decode(record.payload)
+                if matches!(record.kind, KIND_LANE_OPEN | KIND_LANE_CLOSE) {
+                    return Ok(());
+                }
+                let (source, _, _, tag) = PushTag::decode(record.payload)
                     .ok_or_else(|| corrupt(shard, &record, "short payload"))?;
                 let seen = pushes
                     .entry((tag.generation, tag.handle))
@@ -480,73 +588,98 @@ impl Recovery {
     }
 }
 
-/// Replays one shard's log into it (on a thread of its own: pushes block).
+/// Replays one shard's log into it, in log order, through one replay lane
+/// (on a thread of its own: pushes block). Each old handle becomes a
+/// virtual lane on the shard, opened and closed where the log says it
+/// was; handles still open when a generation ended close before the next
+/// generation's first record, as they did when that process went away.
 pub(crate) fn replay_shard(
     pipeline: &Pipeline,
     recovery: &Recovery,
     storage_dir: &Path,
     shard: usize,
-    schemas: &[SchemaRef],
+    shapes: &SourceShapes,
 ) -> Result<()> {
-    let mut lanes: HashMap<u32, laminar_runtime::spsc::Producer<Ingress>> = HashMap::new();
-    let mut generation = 0u32;
-    let finish =
-        |lanes: &mut HashMap<u32, laminar_runtime::spsc::Producer<Ingress>>| -> Result<()> {
-            let mut waits = Vec::new();
-            for (_, mut lane) in lanes.drain() {
-                let (done, waited) = std::sync::mpsc::channel();
-                push_blocking(&mut lane, Ingress::Fence(done))?;
-                waits.push(waited);
-            }
-            for waited in waits {
-                waited.recv().map_err(|_| stopped())?;
-            }
-            Ok(())
-        };
-    laminar_wal::scan(storage_dir, shard as u32, |record| {
-        let message = decode(shard, &record, schemas)?;
-        let tag = match &message {
-            Ingress::Batch { tag, .. } | Ingress::Watermark { tag, .. } => *tag,
-            Ingress::Fence(_) => unreachable!("never logged"),
-        };
-        if !recovery.is_committed(&tag) {
-            return Ok(());
-        }
-        if tag.generation != generation {
-            // The previous generation's handles are gone: their lanes
-            // close before this generation's first message, as they did.
-            finish(&mut lanes)?;
-            generation = tag.generation;
-        }
-        let input = match &message {
-            Ingress::Batch { input, .. } | Ingress::Watermark { input, .. } => *input,
-            Ingress::Fence(_) => unreachable!(),
-        };
-        if let Ingress::Batch {
-            input,
-            route: 0,
-            batch,
-            ..
-        } = &message
-        {
-            pipeline.sources[*input].retention.keep(batch);
-        }
-        let lane = match lanes.entry(tag.handle) {
-            std::collections::hash_map::Entry::Occupied(lane) => lane.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                let (producer, consumer) = ring(pipeline.ring_capacity);
-                pipeline.controls[shard].send(Control::AddLane {
-                    input,
-                    ring: consumer,
-                    ack: None,
-                    replay: true,
-                })?;
-                slot.insert(producer)
-            }
-        };
-        push_blocking(lane, message)
+    let (mut carrier, consumer) = ring(pipeline.ring_capacity);
+    pipeline.controls[shard].send(Control::AddLane {
+        input: 0,
+        ring: consumer,
+        ack: None,
+        replay: true,
+        log_key: None,
     })?;
-    finish(&mut lanes)
+    let mut open: HashMap<u64, ()> = HashMap::new();
+    let mut generation = 0u32;
+    let close_older = |open: &mut HashMap<u64, ()>,
+                       carrier: &mut laminar_runtime::spsc::Producer<Ingress>,
+                       generation: u32|
+     -> Result<()> {
+        let older: Vec<u64> = open
+            .keys()
+            .copied()
+            .filter(|key| (key >> 32) < u64::from(generation))
+            .collect();
+        for key in older {
+            open.remove(&key);
+            push_blocking(carrier, Ingress::ReplayClose { key })?;
+        }
+        Ok(())
+    };
+    laminar_wal::scan(storage_dir, shard as u32, |record| {
+        let (key, entry) = match decode(shard, &record, shapes)? {
+            Logged::LaneOpen { source, key } => {
+                (key, Some(Ingress::ReplayOpen { key, input: source }))
+            }
+            Logged::LaneClose { key } => {
+                let entry = open.remove(&key).map(|()| Ingress::ReplayClose { key });
+                (key, entry)
+            }
+            Logged::Message(tag, message) => {
+                if !recovery.is_committed(&tag) {
+                    return Ok(());
+                }
+                if let Ingress::Batch {
+                    input,
+                    route,
+                    batch,
+                    ..
+                } = &*message
+                {
+                    if *route == 0 || *route == LOG_ONLY_ROUTE {
+                        pipeline.sources[*input].retention.keep(batch);
+                    }
+                }
+                let key = lane_key(tag.generation, tag.handle);
+                let entry = (*route_of(&message) != LOG_ONLY_ROUTE)
+                    .then(|| Ingress::Replayed { key, message });
+                (key, entry)
+            }
+        };
+        let record_generation = (key >> 32) as u32;
+        if record_generation > generation {
+            generation = record_generation;
+            close_older(&mut open, &mut carrier, generation)?;
+        }
+        if let Some(entry) = entry {
+            if let Ingress::ReplayOpen { key, .. } = &entry {
+                open.insert(*key, ());
+            }
+            push_blocking(&mut carrier, entry)?;
+        }
+        Ok(())
+    })?;
+    close_older(&mut open, &mut carrier, u32::MAX)?;
+    let (done, waited) = std::sync::mpsc::channel();
+    push_blocking(&mut carrier, Ingress::Fence(done))?;
+    waited.recv().map_err(|_| stopped())
+}
+
+/// The route of a logged message (watermarks have none: 0).
+fn route_of(message: &Ingress) -> &usize {
+    match message {
+        Ingress::Batch { route, .. } => route,
+        _ => &0,
+    }
 }
 
 fn push_blocking(

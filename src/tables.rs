@@ -25,6 +25,9 @@ enum Rows {
 pub(crate) struct Table {
     pub def: TableDef,
     rows: Mutex<Rows>,
+    /// Its log, in a durable database: inserts are logged before they
+    /// apply.
+    pub log: Option<crate::table_log::TableLog>,
 }
 
 fn converter(schema: &SchemaRef, columns: &[usize]) -> Result<RowConverter> {
@@ -51,7 +54,18 @@ impl Table {
         Ok(Self {
             def,
             rows: Mutex::new(rows),
+            log: None,
         })
+    }
+
+    /// `INSERT`: logs the rows (durable databases), then upserts them.
+    pub fn insert(&self, batch: &RecordBatch) -> Result<usize> {
+        if let Some(log) = &self.log {
+            if batch.num_rows() > 0 {
+                log.append(batch)?;
+            }
+        }
+        self.upsert(batch)
     }
 
     /// Inserts (or, by primary key, replaces) rows already in the table's

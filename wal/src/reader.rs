@@ -125,7 +125,7 @@ pub fn scan(
             discarded_bytes: 0,
         };
         let mut offset = SEGMENT_HEADER_BYTES;
-        while let Some((record, span)) = next_record(&bytes, offset, &t) {
+        while let Some((record, span)) = next_record(&bytes, offset, &t, path)? {
             visit(record)?;
             t.next_lsn += 1;
             t.generation = record.generation;
@@ -148,21 +148,49 @@ pub fn scan(
     Ok(tail)
 }
 
-/// The record at `offset` if it is the next one of the log.
-fn next_record<'a>(bytes: &'a [u8], offset: usize, tail: &Tail) -> Option<(Record<'a>, usize)> {
-    let (header, _) = RecordHeader::read_from_prefix(bytes.get(offset..)?).ok()?;
-    if header.magic.get() != RECORD_MAGIC
-        || u32::from(header.version.get()) != FORMAT_VERSION
-        || header.lsn.get() != tail.next_lsn
-        || header.generation.get() < tail.generation
-    {
-        return None;
+/// The record at `offset` if it is the next one of the log. A whole,
+/// checksummed record of another format version is an error, not an end:
+/// a newer build wrote it.
+fn next_record<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    tail: &Tail,
+    path: &Path,
+) -> Result<Option<(Record<'a>, usize)>> {
+    let Some((header, _)) = bytes
+        .get(offset..)
+        .and_then(|b| RecordHeader::read_from_prefix(b).ok())
+    else {
+        return Ok(None);
+    };
+    if header.magic.get() != RECORD_MAGIC {
+        return Ok(None);
     }
     let payload_bytes = header.payload_bytes.get() as usize;
     let start = offset + RECORD_HEADER_BYTES;
-    let payload = bytes.get(start..start.checked_add(payload_bytes)?)?;
+    let Some(payload) = start
+        .checked_add(payload_bytes)
+        .and_then(|end| bytes.get(start..end))
+    else {
+        return Ok(None);
+    };
     if checksum(&header, payload) != header.crc.get() {
-        return None;
+        return Ok(None);
+    }
+    if u32::from(header.version.get()) != FORMAT_VERSION {
+        return Err(Error::new(
+            ErrorCode::StorageCorrupt,
+            format!(
+                "WAL record {} in {} has format version {}, this build reads version {FORMAT_VERSION}",
+                header.lsn.get(),
+                path.display(),
+                header.version.get()
+            ),
+        )
+        .with_hint("open the storage directory with the LaminarDB version that wrote it"));
+    }
+    if header.lsn.get() != tail.next_lsn || header.generation.get() < tail.generation {
+        return Ok(None);
     }
     let record = Record {
         lsn: header.lsn.get(),
@@ -170,14 +198,47 @@ fn next_record<'a>(bytes: &'a [u8], offset: usize, tail: &Tail) -> Option<(Recor
         kind: header.kind.get(),
         payload,
     };
-    Some((record, record_span(payload_bytes)))
+    Ok(Some((record, record_span(payload_bytes))))
 }
 
 /// Removes the segment files after the end of the log, so that the writer,
 /// continuing at the end, is never followed by stale segments.
+///
+/// Only a segment whose header never made it to disk can follow the end of
+/// the log: a segment is synced whole before the next one is started, so
+/// a torn tail is always in the last segment. A later segment with a valid
+/// header therefore means that synced data was damaged, and it may hold
+/// acknowledged records: it is not removed, and recovery stops with
+/// `LDB-6004`.
 pub fn cut(tail: &Tail) -> Result<()> {
     for path in &tail.beyond {
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let readable = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .is_ok();
+        if readable && SegmentHeader::parse(&header).is_some() {
+            return Err(Error::new(
+                ErrorCode::StorageCorrupt,
+                format!(
+                    "the WAL ends at LSN {} in segment {}, but {} follows it: a record before it is damaged",
+                    tail.next_lsn.saturating_sub(1),
+                    tail.segment_index,
+                    path.display()
+                ),
+            )
+            .with_hint(
+                "the disk damaged synced data; to open the database with what precedes the \
+                 damage, move that segment and the ones after it out of the directory",
+            ));
+        }
+    }
+    for path in &tail.beyond {
         std::fs::remove_file(path).map_err(|e| io_error("remove", path, &e))?;
+    }
+    if let Some(dir) = tail.beyond.first().and_then(|p| p.parent()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("sync", dir, &e))?;
     }
     Ok(())
 }

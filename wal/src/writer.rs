@@ -174,6 +174,16 @@ impl WalWriter {
         Ok(writer)
     }
 
+    /// Closes the segment file (an unclosed DMA file would wait for its
+    /// executor to close it).
+    pub async fn close(self) -> Result<()> {
+        let path = self.dir.join(segment_name(self.segment_index));
+        self.file
+            .close()
+            .await
+            .map_err(|e| io_error("close", &path, e.into()))
+    }
+
     /// The LSN the next appended record gets.
     pub fn next_lsn(&self) -> u64 {
         self.next_lsn

@@ -187,13 +187,13 @@ fn torn_and_corrupt_tails_are_cut_at_every_offset() {
 }
 
 #[test]
-fn segments_after_a_broken_one_are_cut() {
+fn damage_before_later_segments_stops_recovery_instead_of_dropping_them() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), 1, 0, 500);
     let files = segments(dir.path()).unwrap();
     assert!(files.len() >= 3);
-    // Break the middle of the first segment: the log ends there, and the
-    // later segments no longer continue it.
+    // Damage the middle of the first (synced) segment: the later segments
+    // hold records that were acknowledged, so nothing is silently cut.
     let (_, first) = &files[0];
     let mut bytes = std::fs::read(first).unwrap();
     bytes[64 + 40] ^= 1;
@@ -202,7 +202,45 @@ fn segments_after_a_broken_one_are_cut() {
     assert_eq!(tail.next_lsn, 2);
     assert_eq!(tail.beyond.len(), files.len() - 1);
     assert!(tail.discarded_bytes > 0);
+    let err = cut(&tail).unwrap_err();
+    assert_eq!(err.code().to_string(), "LDB-6004", "{err}");
+    assert_eq!(segments(dir.path()).unwrap().len(), files.len());
+    // The operator moves them aside, as the hint says; the log then goes
+    // on after the damage.
+    let aside = tempfile::tempdir().unwrap();
+    for (_, path) in &files[1..] {
+        std::fs::rename(path, aside.path().join(path.file_name().unwrap())).unwrap();
+    }
     write(dir.path(), 2, 1, 10);
     assert_eq!(read(dir.path()), expected(10));
-    assert_eq!(segments(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_segment_started_but_never_written_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1, 0, 50);
+    // A crash right after the next segment was created: zeros, no header.
+    let next = dir.path().join(laminar_wal::segment_name(1));
+    std::fs::write(&next, vec![0u8; SEGMENT_BYTES as usize]).unwrap();
+    write(dir.path(), 2, 50, 60);
+    assert_eq!(read(dir.path()), expected(60));
+}
+
+#[test]
+fn an_unknown_record_version_is_an_error_not_an_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1, 0, 3);
+    let (_, path) = segments(dir.path()).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Record 2's header: version 2, checksum recomputed as a newer build
+    // would write it.
+    let second = 64 + (32 + payload(0).len()).next_multiple_of(8);
+    bytes[second + 4] = 2;
+    let length = u32::from_le_bytes(bytes[second + 8..second + 12].try_into().unwrap()) as usize;
+    let mut crc = crc32c::crc32c(&bytes[second..second + 28]);
+    crc = crc32c::crc32c_append(crc, &bytes[second + 32..second + 32 + length]);
+    bytes[second + 28..second + 32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let err = scan(dir.path(), 0, |_| Ok(())).unwrap_err();
+    assert_eq!(err.code().to_string(), "LDB-6004", "{err}");
 }

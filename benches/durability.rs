@@ -1,0 +1,185 @@
+//! What durability costs on the hot path: the same VWAP run (1 shard) with
+//! `Memory`, `Async` and `Sync` durability side by side, at batch 1024 and
+//! 64, and the latency of one durable single-row push.
+//!
+//! Run: `cargo bench --bench durability`. Storage directories go under the
+//! target directory (a real disk, not a tmpfs). Each iteration starts a
+//! fresh database (untimed), then times: push every batch (in `Sync`, each
+//! push returns once it is durable), close the windows, and wait for every
+//! result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use laminar_db::{Durability, LaminarDB, LatencyHistogram};
+
+const SYMBOLS: usize = 100;
+
+const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+CREATE STREAM vwap AS SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new("volume", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+fn batches(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
+    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
+    (0..events)
+        .step_by(batch_rows)
+        .map(|start| {
+            let rows = start..start + batch_rows.min(events - start);
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        rows.clone().map(|i| 100.0 + (i % 1000) as f64 / 100.0),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.clone().map(|i| 1 + (i % 500) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.map(|i| i as i64))),
+                ],
+            )
+            .expect("bench batch")
+        })
+        .collect()
+}
+
+fn storage_root() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+        .join("durability-bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
+
+fn open(durability: Durability) -> (LaminarDB, Option<tempfile::TempDir>) {
+    let builder = LaminarDB::builder().shards(1);
+    match durability {
+        Durability::Memory => (builder.build().expect("db"), None),
+        _ => {
+            let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+            let db = builder
+                .storage_dir(dir.path())
+                .durability(durability)
+                .build()
+                .expect("db");
+            (db, Some(dir))
+        }
+    }
+}
+
+fn run_once(
+    rt: &tokio::runtime::Runtime,
+    durability: Durability,
+    input: &[RecordBatch],
+) -> Duration {
+    rt.block_on(async {
+        let (db, _dir) = open(durability);
+        db.execute(DDL).await.expect("ddl");
+        let mut sub = db.subscribe("vwap").expect("subscribe");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        let events: usize = input.iter().map(|b| b.num_rows()).sum();
+        let want = events.div_ceil(60_000) * SYMBOLS;
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut rows = 0;
+            while rows < want {
+                rows += sub.recv().expect("results").num_rows();
+            }
+        });
+        for batch in input {
+            source.push(batch.clone()).expect("push");
+        }
+        source.watermark(i64::MAX).expect("watermark");
+        reader.join().expect("reader");
+        let elapsed = started.elapsed();
+        db.shutdown().await.expect("shutdown");
+        elapsed
+    })
+}
+
+const MODES: [(&str, Durability); 3] = [
+    ("memory", Durability::Memory),
+    ("async", Durability::Async),
+    ("sync", Durability::Sync),
+];
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let mut group = c.benchmark_group("durability_vwap");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    for (batch_rows, events) in [(1024usize, 1_000_000usize), (64, 200_000)] {
+        let input = batches(events, batch_rows);
+        group.throughput(Throughput::Elements(events as u64));
+        for (name, durability) in MODES {
+            group.bench_with_input(BenchmarkId::new(name, batch_rows), &input, |b, input| {
+                b.iter_custom(|iters| (0..iters).map(|_| run_once(&rt, durability, input)).sum())
+            });
+        }
+    }
+    group.finish();
+}
+
+/// One single-row push, returned: in `Sync` that is one WAL write and one
+/// `fdatasync`; p50/p99 per mode, alternating modes so they share the
+/// disk's weather.
+fn push_latency(_: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let one = batches(1, 1).remove(0);
+    let mut histograms: Vec<LatencyHistogram> = MODES.iter().map(|_| Default::default()).collect();
+    for _round in 0..4 {
+        for (m, (_, durability)) in MODES.iter().enumerate() {
+            rt.block_on(async {
+                let (db, _dir) = open(*durability);
+                db.execute(DDL).await.expect("ddl");
+                let source = db.source_untyped("trades").expect("source");
+                db.start().await.expect("start");
+                for i in 0..500 {
+                    let started = Instant::now();
+                    source.push(one.clone()).expect("push");
+                    if i >= 50 {
+                        histograms[m].record(started.elapsed());
+                    }
+                }
+                db.shutdown().await.expect("shutdown");
+            });
+        }
+    }
+    for ((name, _), h) in MODES.iter().zip(&histograms) {
+        println!(
+            "single-row push returned ({name}): p50 {:?} p99 {:?} ({} samples)",
+            h.quantile(0.5).unwrap_or_default(),
+            h.quantile(0.99).unwrap_or_default(),
+            h.count()
+        );
+    }
+}
+
+criterion_group!(benches, push_latency, throughput);
+criterion_main!(benches);
