@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use laminar_db::LaminarDB;
 
-const SYMBOLS: usize = 100;
+mod common;
+
+use common::schema;
 const EVENTS: usize = 1_000_000;
 const BATCH_ROWS: usize = 1024;
 
@@ -97,43 +98,14 @@ const WORKLOADS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("volume", DataType::Int64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]))
-}
-
 /// Trades one ms apart in bursts of 1,000, each followed by 1 s of silence.
 fn batches() -> Vec<RecordBatch> {
-    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
-    (0..EVENTS)
-        .step_by(BATCH_ROWS)
-        .map(|start| {
-            let rows = start..start + BATCH_ROWS.min(EVENTS - start);
-            RecordBatch::try_new(
-                schema(),
-                vec![
-                    Arc::new(StringArray::from_iter_values(
-                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
-                    )),
-                    Arc::new(Float64Array::from_iter_values(
-                        rows.clone()
-                            .map(|i| 100.0 + ((i * 31) % 1000) as f64 / 100.0),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(
-                        rows.clone().map(|i| 1 + (i % 500) as i64),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(
-                        rows.map(|i| (i + (i / 1000) * 1000) as i64),
-                    )),
-                ],
-            )
-            .expect("bench batch")
-        })
-        .collect()
+    common::trades(
+        EVENTS,
+        BATCH_ROWS,
+        |i| 100.0 + ((i * 31) % 1000) as f64 / 100.0,
+        |i| (i + (i / 1000) * 1000) as i64,
+    )
 }
 
 fn run_once(

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use laminar_db::{LaminarDB, LatencyHistogram};
 
-const SYMBOLS: usize = 100;
+mod common;
+
+use common::{batches, schema, SYMBOLS};
 
 const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
     volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
@@ -25,43 +26,6 @@ const VWAP: &str = "SELECT symbol,
        COUNT(*) AS trades
 FROM trades
 GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("volume", DataType::Int64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]))
-}
-
-/// `events` trades, one ms apart, in batches of `batch_rows`.
-fn batches(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
-    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
-    (0..events)
-        .step_by(batch_rows)
-        .map(|start| {
-            let n = batch_rows.min(events - start);
-            let rows = start..start + n;
-            RecordBatch::try_new(
-                schema(),
-                vec![
-                    Arc::new(StringArray::from_iter_values(
-                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
-                    )),
-                    Arc::new(Float64Array::from_iter_values(
-                        rows.clone().map(|i| 100.0 + (i % 1000) as f64 / 100.0),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(
-                        rows.clone().map(|i| 1 + (i % 500) as i64),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(rows.map(|i| i as i64))),
-                ],
-            )
-            .expect("bench batch")
-        })
-        .collect()
-}
 
 fn expected_rows(events: usize) -> usize {
     let windows = events.div_ceil(60_000);

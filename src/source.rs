@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use laminar_runtime::router::HashPartitioner;
 use laminar_runtime::spsc::{ring, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
@@ -512,16 +512,8 @@ impl Lanes {
                         Some(per_row) => {
                             // Carry the per-row watermarks through the split
                             // as an extra column, then take them off again.
-                            let mut fields = batch.schema().fields().to_vec();
-                            fields.push(Arc::new(Field::new(
-                                "__row_watermark",
-                                DataType::Int64,
-                                false,
-                            )));
-                            let mut columns = batch.columns().to_vec();
-                            columns.push(Arc::clone(per_row));
                             let widened =
-                                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                                crate::storage::with_row_watermarks(&batch, Arc::clone(per_row))?;
                             let last = widened.num_columns() - 1;
                             let keep: Vec<usize> = (0..last).collect();
                             partitioner

@@ -166,6 +166,23 @@ impl LaneAck {
     }
 }
 
+/// `batch` with the rows' own watermarks as an extra last column (how
+/// they travel through a hash split and into the WAL).
+pub(crate) fn with_row_watermarks(batch: &RecordBatch, marks: ArrayRef) -> Result<RecordBatch> {
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new(
+        "__row_watermark",
+        DataType::Int64,
+        false,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(marks);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// A message's WAL record, made on the pushing thread: its kind and
 /// payload.
 pub(crate) type WalRecord = (u16, Box<[u8]>);
@@ -189,17 +206,7 @@ pub(crate) fn encode(message: &Ingress, tag: &PushTag) -> Result<Option<WalRecor
             tag.encode(*input, *route, flags, &mut out);
             let batch = match row_watermarks {
                 None => batch.clone(),
-                Some(marks) => {
-                    let mut fields = batch.schema().fields().to_vec();
-                    fields.push(Arc::new(Field::new(
-                        "__row_watermark",
-                        DataType::Int64,
-                        false,
-                    )));
-                    let mut columns = batch.columns().to_vec();
-                    columns.push(Arc::new(marks.clone()) as ArrayRef);
-                    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
-                }
+                Some(marks) => with_row_watermarks(batch, Arc::new(marks.clone()))?,
             };
             let mut writer = StreamWriter::try_new(&mut out, &batch.schema())?;
             writer.write(&batch)?;

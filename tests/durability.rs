@@ -41,15 +41,6 @@ async fn session(
     let db = open(dir, shards, durability);
     db.execute(TRADES_DDL).await.unwrap();
     db.execute(DDL).await.unwrap();
-    let collect = |mut sub: laminar_db::Subscription| {
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            while let Some(b) = sub.recv() {
-                got.push(b);
-            }
-            got
-        })
-    };
     let windows = collect(db.subscribe("per_minute").unwrap());
     let changes = collect(db.subscribe("per_symbol").unwrap());
     let handle = db.source_untyped("trades").unwrap();
@@ -83,36 +74,26 @@ async fn reopening_replays_the_wal_and_matches_the_oracle() {
         (2, Durability::Async),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (first, rest) = rows.split_at(2_000);
-        let (second, third) = rest.split_at(2_000);
-        // Three runs on one directory, each stopped with windows open.
-        let (_, _, recovered) = session(
-            dir.path(),
-            shards,
-            durability,
-            random_batches(first, 1, 300),
-            false,
-        )
-        .await;
-        assert_eq!(recovered, 0);
-        let (_, _, recovered) = session(
-            dir.path(),
-            shards,
-            durability,
-            random_batches(second, 2, 300),
-            false,
-        )
-        .await;
-        assert_eq!(recovered, 2_000);
-        let (windows, changes, recovered) = session(
-            dir.path(),
-            shards,
-            durability,
-            random_batches(third, 3, 300),
-            true,
-        )
-        .await;
-        assert_eq!(recovered, 4_000, "{shards} shards, {durability:?}");
+        // Three runs on one directory; the first two stop with windows
+        // open, the last one ends the input.
+        let mut last = None;
+        for (run, part) in rows.chunks(2_000).enumerate() {
+            let (windows, changes, recovered) = session(
+                dir.path(),
+                shards,
+                durability,
+                random_batches(part, run as u64 + 1, 300),
+                run == 2,
+            )
+            .await;
+            assert_eq!(
+                recovered,
+                run as u64 * 2_000,
+                "{shards} shards, {durability:?}"
+            );
+            last = Some((windows, changes));
+        }
+        let (windows, changes) = last.unwrap();
         // The last run's subscribers saw everything: the replayed input's
         // results and the new input's.
         assert_same_rows(&windows, &want);
@@ -234,15 +215,6 @@ CREATE STREAM counts AS
 SELECT symbol, COUNT(*) AS trades, SUM(volume) AS volume FROM trades
 GROUP BY symbol, tumble(ts, INTERVAL '2' SECOND)";
     let dir = tempfile::tempdir().unwrap();
-    let collect = |mut sub: laminar_db::Subscription| {
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            while let Some(b) = sub.recv() {
-                got.push(b);
-            }
-            got
-        })
-    };
     let rows = trades(12, 6_000, 8, 20_000);
     let first_run = {
         let db = open(dir.path(), 2, Durability::Sync);
@@ -403,24 +375,10 @@ GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)";
         let db = open(dir.path(), 2, Durability::Sync);
         db.execute(TRADES_DDL).await.unwrap();
         db.execute(LATE_DDL).await.unwrap();
-        let mut sub = db.subscribe("counts").unwrap();
-        let mut late = db.subscribe("counts_late").unwrap();
+        let collector = collect(db.subscribe("counts").unwrap());
+        let late_collector = collect(db.subscribe("counts_late").unwrap());
         let handle = db.source_untyped("trades").unwrap();
         db.start().await.unwrap();
-        let collector = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            while let Some(b) = sub.recv() {
-                got.push(b);
-            }
-            got
-        });
-        let late_collector = std::thread::spawn(move || {
-            let mut n = 0;
-            while let Some(b) = late.recv() {
-                n += b.num_rows();
-            }
-            n
-        });
         for b in part {
             handle.push(b).unwrap();
         }
@@ -429,7 +387,7 @@ GROUP BY symbol, tumble(ts, INTERVAL '10' SECOND)";
         }
         db.shutdown().await.unwrap();
         let got = collector.join().unwrap();
-        late_total = late_collector.join().unwrap();
+        late_total = row_count(&late_collector.join().unwrap());
         if close {
             assert_same_rows(&got, &want);
         }

@@ -88,6 +88,17 @@ pub fn random_batches(rows: &[Trade], seed: u64, max_batch: usize) -> Vec<Record
     out
 }
 
+/// Receives a subscription's batches on a thread of its own until it ends.
+pub fn collect(mut sub: laminar_db::Subscription) -> std::thread::JoinHandle<Vec<RecordBatch>> {
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Some(b) = sub.recv() {
+            got.push(b);
+        }
+        got
+    })
+}
+
 /// Runs `ddl` (sources and streams), pushes `batches` into `source`, then
 /// closes every window and returns what `stream` emitted.
 pub async fn run_stream(
@@ -99,16 +110,10 @@ pub async fn run_stream(
 ) -> (Vec<RecordBatch>, laminar_db::Metrics) {
     let db = LaminarDB::builder().shards(shards).build().unwrap();
     db.execute(ddl).await.unwrap();
-    let mut sub = db.subscribe(stream).unwrap();
+    let sub = db.subscribe(stream).unwrap();
     let handle = db.source_untyped(source).unwrap();
     db.start().await.unwrap();
-    let collector = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        while let Some(b) = sub.recv() {
-            got.push(b);
-        }
-        got
-    });
+    let collector = collect(sub);
     for b in batches {
         handle.push(b).unwrap();
     }

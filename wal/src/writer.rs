@@ -114,7 +114,7 @@ impl WalWriter {
         }
         let (segment_index, next_lsn) = tail.map_or((0, 1), |t| (t.segment_index, t.next_lsn));
         let path = dir.join(segment_name(segment_index));
-        let mut writer = match tail {
+        let (file, block_start, pending) = match tail {
             Some(tail) => {
                 let file = OpenOptions::new()
                     .read(true)
@@ -132,41 +132,31 @@ impl WalWriter {
                         .map_err(|e| io_error("read", &path, e.into()))?;
                     pending.extend_from_slice(&block[..keep]);
                 }
-                Self {
-                    dir: dir.to_path_buf(),
-                    shard,
-                    generation,
-                    config,
-                    file,
-                    segment_index,
-                    block_start,
-                    written: pending.len(),
-                    pending,
-                    unsynced: false,
-                    next_lsn,
-                    failed: None,
-                }
+                (file, block_start, pending)
             }
-            None => {
-                let file = create_segment(dir, segment_index, config).await?;
-                let mut writer = Self {
-                    dir: dir.to_path_buf(),
-                    shard,
-                    generation,
-                    config,
-                    file,
-                    segment_index,
-                    block_start: 0,
-                    pending: Vec::with_capacity(BLOCK_BYTES),
-                    written: 0,
-                    unsynced: true,
-                    next_lsn,
-                    failed: None,
-                };
-                writer.start_segment();
-                writer
-            }
+            None => (
+                create_segment(dir, segment_index, config).await?,
+                0,
+                Vec::with_capacity(BLOCK_BYTES),
+            ),
         };
+        let mut writer = Self {
+            dir: dir.to_path_buf(),
+            shard,
+            generation,
+            config,
+            file,
+            segment_index,
+            block_start,
+            written: pending.len(),
+            pending,
+            unsynced: false,
+            next_lsn,
+            failed: None,
+        };
+        if tail.is_none() {
+            writer.start_segment();
+        }
         // The segment's bytes past the end may hold a torn or stale tail:
         // the next commit rewrites the block that holds the end, and the
         // generation in every new record tells it apart from what follows.

@@ -1,0 +1,60 @@
+//! The trades every benchmark feeds: one schema, one generator.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Distinct symbols (group keys).
+pub const SYMBOLS: usize = 100;
+
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new("volume", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+/// `events` trades in batches of `batch_rows`; row `i` has price
+/// `price(i)` and event time `ts(i)`.
+pub fn trades(
+    events: usize,
+    batch_rows: usize,
+    price: impl Fn(usize) -> f64,
+    ts: impl Fn(usize) -> i64,
+) -> Vec<RecordBatch> {
+    let names: Vec<String> = (0..SYMBOLS).map(|i| format!("SYM{i:04}")).collect();
+    (0..events)
+        .step_by(batch_rows)
+        .map(|start| {
+            let rows = start..start + batch_rows.min(events - start);
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.clone().map(|i| names[(i * 7919) % SYMBOLS].as_str()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(rows.clone().map(&price))),
+                    Arc::new(Int64Array::from_iter_values(
+                        rows.clone().map(|i| 1 + (i % 500) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.map(&ts))),
+                ],
+            )
+            .expect("bench batch")
+        })
+        .collect()
+}
+
+/// `events` trades one ms apart, in batches of `batch_rows`.
+#[allow(dead_code)] // not every benchmark uses it
+pub fn batches(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
+    trades(
+        events,
+        batch_rows,
+        |i| 100.0 + (i % 1000) as f64 / 100.0,
+        |i| i as i64,
+    )
+}
