@@ -49,6 +49,7 @@ mod alignment;
 mod graph;
 mod pipeline;
 mod retention;
+mod shard_wal;
 mod sql_context;
 mod storage;
 mod table_log;
@@ -857,7 +858,7 @@ impl LaminarDB {
                     .shared
                     .storage
                     .as_ref()
-                    .map(|storage| pipeline::ShardWal {
+                    .map(|storage| shard_wal::ShardWal {
                         dir: storage.shard_dir(shard),
                         shard: shard as u32,
                         generation: storage.generation,

@@ -40,10 +40,11 @@ use laminar_runtime::router::HashPartitioner;
 use laminar_runtime::spsc::{Consumer, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::Routing;
-use laminar_wal::WalWriter;
+
+use crate::shard_wal::ShardWal;
 
 use crate::metrics::ShardCounters;
-use crate::storage::{Durability, LaneAck, WalRecord, ASYNC_SYNC_INTERVAL, LOG_ONLY_ROUTE};
+use crate::storage::{Durability, LaneAck, WalRecord, LOG_ONLY_ROUTE};
 use crate::subscription::Emitted;
 use crate::Backpressure;
 
@@ -340,9 +341,9 @@ pub(crate) struct Lane {
     /// until it delivers again.
     idle: bool,
     /// Where durable progress is reported to the pushing handle.
-    ack: Option<Arc<LaneAck>>,
+    pub(crate) ack: Option<Arc<LaneAck>>,
     /// Messages of this lane written to the WAL.
-    logged: u64,
+    pub(crate) logged: u64,
     /// The recovery replay lane (not logged again, holds no watermark).
     replay: bool,
     /// Set when the lane's `Fence` arrived: it is removed, then told.
@@ -384,22 +385,6 @@ impl Lane {
         lane.hold = Some(hold);
         lane
     }
-}
-
-/// A shard's WAL settings; the shard opens the writer when it starts (a
-/// DMA file belongs to the thread that opened it, so the writer lives in
-/// [`ShardProgram::run`], not here).
-pub(crate) struct ShardWal {
-    pub dir: std::path::PathBuf,
-    pub shard: u32,
-    pub generation: u32,
-    pub tail: Option<laminar_wal::Tail>,
-    pub config: laminar_wal::WalConfig,
-    /// `Durability::Sync`: every group is synced before it is processed.
-    pub sync: bool,
-    /// Written but not yet synced (`Durability::Async`).
-    pub unsynced: bool,
-    pub last_sync: Instant,
 }
 
 /// Work for one stream, queued so that a stream's output reaches its local
@@ -450,7 +435,7 @@ pub(crate) struct ShardProgram {
 /// handle cannot starve the others.
 const LANE_BUDGET: usize = 16;
 /// Shard errors kept for `LaminarDB::errors`.
-const MAX_KEPT_ERRORS: usize = 16;
+pub(crate) const MAX_KEPT_ERRORS: usize = 16;
 /// One operator call in this many is timed and has its state measured.
 const SAMPLE: u64 = 16;
 
@@ -667,155 +652,6 @@ impl ShardProgram {
         self.lanes.iter().position(|l| l.virtual_key == Some(key))
     }
 
-    /// Writes one record outside a group (a lane opening or closing): in
-    /// order with the groups around it, synced with the next one.
-    async fn log_now(&mut self, writer: &mut Option<WalWriter>, kind: u16, payload: &[u8]) {
-        if self.failure.get().is_some() {
-            return;
-        }
-        let Some(w) = writer.as_mut() else {
-            return;
-        };
-        let written = match w.append(kind, payload).await {
-            Ok(_) => w.commit(false).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(()) => {
-                if let Some(wal) = self.wal.as_mut() {
-                    wal.unsynced |= !wal.sync;
-                }
-            }
-            Err(e) => self.fail(e),
-        }
-    }
-
-    /// Opens the shard's WAL writer, continuing where recovery found the
-    /// log's end.
-    async fn open_wal(&mut self) -> Option<WalWriter> {
-        let wal = self.wal.as_mut()?;
-        let opened = laminar_wal::WalWriter::open(
-            &wal.dir,
-            wal.shard,
-            wal.generation,
-            wal.tail.as_ref(),
-            wal.config,
-        )
-        .await;
-        match opened {
-            Ok(writer) => Some(writer),
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
-    }
-
-    /// Logs the turn's source messages as one group (one write, and in
-    /// `Durability::Sync` one sync), acknowledges them to their handles,
-    /// then runs them. If the WAL fails, none of them runs.
-    async fn log_group(&mut self, writer: &mut Option<WalWriter>) {
-        let mut group = std::mem::take(&mut self.group);
-        match self.append_group(writer, &group).await {
-            Ok(()) => {
-                for (lane, _) in &group {
-                    self.lanes[*lane].logged += 1;
-                }
-                for lane in &self.lanes {
-                    if let Some(ack) = &lane.ack {
-                        ack.advance(lane.logged);
-                    }
-                }
-                for (lane, message) in group.drain(..) {
-                    self.handle(lane, message).await;
-                }
-            }
-            Err(e) => {
-                group.clear();
-                self.fail(e);
-            }
-        }
-        self.group = group;
-    }
-
-    async fn append_group(
-        &mut self,
-        writer: &mut Option<WalWriter>,
-        group: &[(usize, Ingress)],
-    ) -> Result<()> {
-        if let Some(failure) = self.failure.get() {
-            return Err(failure.clone());
-        }
-        let wal = self.wal.as_mut().expect("logging needs a WAL");
-        let Some(writer) = writer.as_mut() else {
-            return Err(Error::new(ErrorCode::WalWrite, "the WAL is not open"));
-        };
-        for (_, message) in group {
-            match message {
-                Ingress::Batch {
-                    record: Some((kind, payload)),
-                    ..
-                }
-                | Ingress::Watermark {
-                    record: Some((kind, payload)),
-                    ..
-                } => {
-                    writer.append(*kind, payload).await?;
-                }
-                _ => {
-                    return Err(Error::new(
-                        ErrorCode::Execution,
-                        "a message of a logged lane came without its WAL record",
-                    ))
-                }
-            }
-        }
-        writer.commit(wal.sync).await?;
-        if wal.sync {
-            wal.last_sync = Instant::now();
-        } else {
-            wal.unsynced = true;
-        }
-        Ok(())
-    }
-
-    /// In `Durability::Async`, syncs what was written when the interval
-    /// has passed (or always, with `now`: before sleeping or exiting).
-    async fn sync_wal(&mut self, writer: &mut Option<WalWriter>, now: bool) {
-        let Some(wal) = self.wal.as_mut() else {
-            return;
-        };
-        if !wal.unsynced || !(now || wal.last_sync.elapsed() >= ASYNC_SYNC_INTERVAL) {
-            return;
-        }
-        let Some(writer) = writer.as_mut() else {
-            return;
-        };
-        wal.unsynced = false;
-        wal.last_sync = Instant::now();
-        if let Err(e) = writer.commit(true).await {
-            self.fail(e);
-        }
-    }
-
-    /// The WAL failed: stop accepting input, everywhere. What was
-    /// acknowledged is on disk; what was not is not processed either.
-    fn fail(&mut self, error: Error) {
-        log::error!("{error}");
-        if self.failure.set(error.clone()).is_ok() {
-            if let Ok(mut errors) = self.errors.lock() {
-                if errors.len() < MAX_KEPT_ERRORS {
-                    errors.push(error);
-                }
-            }
-        }
-        for lane in &self.lanes {
-            if let Some(ack) = &lane.ack {
-                ack.waker.wake();
-            }
-        }
-    }
-
     /// Marks lanes silent past their input's idle timeout and lets the
     /// watermark move on without them.
     async fn mark_idle_lanes(&mut self) {
@@ -957,7 +793,7 @@ impl ShardProgram {
         }
     }
 
-    async fn handle(&mut self, lane: usize, message: Ingress) {
+    pub(crate) async fn handle(&mut self, lane: usize, message: Ingress) {
         ShardCounters::add(&self.counters.batches, 1);
         match message {
             Ingress::Batch { route, .. } if route == LOG_ONLY_ROUTE => {}
