@@ -42,7 +42,7 @@ impl ShardProgram {
             return;
         };
         let written = match w.append(kind, payload).await {
-            Ok(_) => w.commit(false).await.map(|_| ()),
+            Ok(_) => w.submit(false).await,
             Err(e) => Err(e),
         };
         match written {
@@ -76,9 +76,13 @@ impl ShardProgram {
         }
     }
 
-    /// Logs the turn's source messages as one group (one write, and in
-    /// `Durability::Sync` one sync), acknowledges them to their handles,
-    /// then runs them. If the WAL fails, none of them runs.
+    /// Logs the turn's source messages as one group: appends their records
+    /// and submits one write (and in `Durability::Sync` one sync), runs the
+    /// messages while the disk works, then, in `Sync`, waits for the disk
+    /// and acknowledges them to their handles. Nothing is acknowledged
+    /// before it is durable; results may leave before their input is (after
+    /// a crash that input is not recovered, and in `Sync` its push never
+    /// returned). If the WAL refuses the group, none of it runs.
     pub(crate) async fn log_group(&mut self, writer: &mut Option<WalWriter>) {
         let mut group = std::mem::take(&mut self.group);
         match self.append_group(writer, &group).await {
@@ -86,13 +90,21 @@ impl ShardProgram {
                 for (lane, _) in &group {
                     self.lanes[*lane].logged += 1;
                 }
-                for lane in &self.lanes {
-                    if let Some(ack) = &lane.ack {
-                        ack.advance(lane.logged);
-                    }
-                }
                 for (lane, message) in group.drain(..) {
                     self.handle(lane, message).await;
+                }
+                let sync = self.wal.as_ref().is_some_and(|wal| wal.sync);
+                if let (true, Some(w)) = (sync, writer.as_mut()) {
+                    if let Err(e) = w.wait().await {
+                        self.fail(e);
+                    }
+                }
+                if self.failure.get().is_none() {
+                    for lane in &self.lanes {
+                        if let Some(ack) = &lane.ack {
+                            ack.advance(lane.logged);
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -135,7 +147,7 @@ impl ShardProgram {
                 }
             }
         }
-        writer.commit(wal.sync).await?;
+        writer.submit(wal.sync).await?;
         if wal.sync {
             wal.last_sync = Instant::now();
         } else {

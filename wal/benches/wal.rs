@@ -192,6 +192,23 @@ fn sync_latencies(n: usize) -> (Vec<Duration>, Vec<Duration>) {
     (wal, raw_times)
 }
 
+/// Like the raw side of [`sync_latencies`], but rewriting the block that
+/// holds the end of a log of 232-byte records, as the WAL does.
+fn raw_rewrite_latencies(n: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir_in(bench_dir()).unwrap();
+    let mut raw = Raw::create(&dir.path().join("raw"), 64 << 20);
+    let block = Aligned::new(4096, 3);
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        raw.write(&block, (i as u64 * 232) / 4096 * 4096);
+        raw.sync();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times
+}
+
 fn on_executor_async<T, F>(f: impl FnOnce() -> F + Send + 'static) -> T
 where
     T: Send + 'static,
@@ -211,6 +228,7 @@ fn write_log(bytes: usize) -> tempfile::TempDir {
     on_executor_async(move || async move {
         let config = WalConfig {
             segment_bytes: SEGMENT_BYTES,
+            ..Default::default()
         };
         let mut writer = WalWriter::open(&path, 0, 1, None, config).await.unwrap();
         let payload = vec![5u8; RECORD_BYTES - 32];
@@ -245,15 +263,21 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Alternating rounds, so both see the same disk weather.
-    let (mut wal, mut raw) = (Vec::new(), Vec::new());
+    let (mut wal, mut raw, mut rewrite) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..4 {
         let (w, r) = sync_latencies(250);
         wal.extend(w);
         raw.extend(r);
+        rewrite.extend(raw_rewrite_latencies(250));
     }
     wal.sort();
     raw.sort();
-    for (name, times) in [("wal", &wal), ("raw_io_uring", &raw)] {
+    rewrite.sort();
+    for (name, times) in [
+        ("wal", &wal),
+        ("raw_io_uring", &raw),
+        ("raw_io_uring_rewriting_the_tail_block", &rewrite),
+    ] {
         println!(
             "sync/{name}: one record made durable: p50 {:?} p99 {:?} ({} samples)",
             percentile(times, 0.5),

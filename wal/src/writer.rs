@@ -3,11 +3,15 @@
 //! shard's thread, only the task that awaits it.
 //!
 //! Group commit: [`WalWriter::append`] only copies a record into memory;
-//! [`WalWriter::commit`] writes everything appended since the last commit
-//! in one write (whole 4 KiB blocks, starting at the block that holds the
-//! end of the previous commit) and, when asked, one `fdatasync`. A shard
-//! appends every message it drained in one turn of its loop and commits
-//! once, so many pushes share one write and one sync.
+//! [`WalWriter::submit`] starts writing everything appended since the last
+//! submit in one write (whole 4 KiB blocks, starting at the block that
+//! holds the end of the previous one) and, when asked, one `fdatasync`,
+//! and returns without waiting for them; [`WalWriter::wait`] waits.
+//! [`WalWriter::commit`] is both. A shard appends every message it drained
+//! in one turn of its loop, submits once, runs the messages while the disk
+//! works, then waits: the I/O overlaps the processing, and many pushes
+//! share one write and one sync. One write is in flight at a time, since
+//! consecutive writes may rewrite the same block and must land in order.
 //!
 //! Rewriting the last, partly filled block is safe: the bytes of records
 //! already committed in it are the same in the old and the new version of
@@ -15,6 +19,7 @@
 //! committed records survive.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
 use laminar_runtime::{Error, ErrorCode, Result};
@@ -77,7 +82,7 @@ pub struct WalWriter {
     shard: u32,
     generation: u32,
     config: WalConfig,
-    file: DmaFile,
+    file: Rc<DmaFile>,
     segment_index: u64,
     /// File offset of `pending[0]`; a multiple of the block size.
     block_start: u64,
@@ -87,6 +92,8 @@ pub struct WalWriter {
     written: usize,
     /// Whether written bytes await an `fdatasync`.
     unsynced: bool,
+    /// The write (and sync) submitted last, until it is waited for.
+    in_flight: Option<glommio::Task<Result<()>>>,
     next_lsn: u64,
     /// Set by the first failed write: the log's state on disk is unknown
     /// from there on, so nothing more is appended.
@@ -114,7 +121,7 @@ impl WalWriter {
         }
         let (segment_index, next_lsn) = tail.map_or((0, 1), |t| (t.segment_index, t.next_lsn));
         let path = dir.join(segment_name(segment_index));
-        let (file, block_start, pending) = match tail {
+        let (file, block_start, pending): (DmaFile, u64, Vec<u8>) = match tail {
             Some(tail) => {
                 let file = OpenOptions::new()
                     .read(true)
@@ -145,12 +152,13 @@ impl WalWriter {
             shard,
             generation,
             config,
-            file,
+            file: Rc::new(file),
             segment_index,
             block_start,
             written: pending.len(),
             pending,
             unsynced: false,
+            in_flight: None,
             next_lsn,
             failed: None,
         };
@@ -166,12 +174,15 @@ impl WalWriter {
 
     /// Closes the segment file (an unclosed DMA file would wait for its
     /// executor to close it).
-    pub async fn close(self) -> Result<()> {
+    pub async fn close(mut self) -> Result<()> {
+        let waited = self.wait().await;
         let path = self.dir.join(segment_name(self.segment_index));
-        self.file
-            .close()
-            .await
-            .map_err(|e| io_error("close", &path, e.into()))
+        if let Ok(file) = Rc::try_unwrap(self.file) {
+            file.close()
+                .await
+                .map_err(|e| io_error("close", &path, e.into()))?;
+        }
+        waited
     }
 
     /// The LSN the next appended record gets.
@@ -216,38 +227,27 @@ impl WalWriter {
     }
 
     /// Writes what was appended since the last commit, in one write, and
-    /// with `sync` makes it durable with one `fdatasync`. Returns the last
-    /// LSN written.
+    /// with `sync` makes it durable with one `fdatasync`; returns once done,
+    /// with the last LSN written.
     pub async fn commit(&mut self, sync: bool) -> Result<u64> {
-        self.check_failed()?;
-        let result = self.write_pending(sync).await;
-        if let Err(e) = &result {
-            self.failed = Some(e.clone());
-        }
-        result.map(|()| self.next_lsn - 1)
+        self.submit(sync).await?;
+        self.wait().await?;
+        Ok(self.next_lsn - 1)
     }
 
-    async fn write_pending(&mut self, sync: bool) -> Result<()> {
+    /// Starts writing what was appended since the last submit (and with
+    /// `sync`, an `fdatasync` after it), without waiting for the disk. It
+    /// waits only for the previous submit's write, which must land first.
+    pub async fn submit(&mut self, sync: bool) -> Result<()> {
+        self.wait().await?;
+        let mut buffer = None;
         if self.written < self.pending.len() {
             let length = self.pending.len().next_multiple_of(BLOCK_BYTES);
-            let mut buffer = self.file.alloc_dma_buffer(length);
-            let bytes = buffer.as_bytes_mut();
+            let mut dma = self.file.alloc_dma_buffer(length);
+            let bytes = dma.as_bytes_mut();
             bytes[..self.pending.len()].copy_from_slice(&self.pending);
             bytes[self.pending.len()..].fill(0);
-            let done = self
-                .file
-                .write_at(buffer, self.block_start)
-                .await
-                .map_err(|e| self.error("write", e.into()))?;
-            if done != length {
-                return Err(self.error(
-                    "write",
-                    std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {done} of {length} bytes"),
-                    ),
-                ));
-            }
+            buffer = Some((dma, self.block_start, length));
             self.written = self.pending.len();
             self.unsynced = true;
             // Keep only the last, partly filled block in memory.
@@ -258,12 +258,50 @@ impl WalWriter {
                 self.written -= full;
             }
         }
-        if sync && self.unsynced {
-            self.file
-                .fdatasync()
-                .await
-                .map_err(|e| self.error("sync", e.into()))?;
+        let sync = sync && self.unsynced;
+        if buffer.is_none() && !sync {
+            return Ok(());
+        }
+        if sync {
             self.unsynced = false;
+        }
+        let file = Rc::clone(&self.file);
+        let path = self.dir.join(segment_name(self.segment_index));
+        self.in_flight = Some(glommio::spawn_local(async move {
+            if let Some((dma, position, length)) = buffer {
+                let done = file
+                    .write_at(dma, position)
+                    .await
+                    .map_err(|e| io_error("write", &path, e.into()))?;
+                if done != length {
+                    return Err(io_error(
+                        "write",
+                        &path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            format!("short write: {done} of {length} bytes"),
+                        ),
+                    ));
+                }
+            }
+            if sync {
+                file.fdatasync()
+                    .await
+                    .map_err(|e| io_error("sync", &path, e.into()))?;
+            }
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last submitted write (and sync) to finish.
+    pub async fn wait(&mut self) -> Result<()> {
+        self.check_failed()?;
+        if let Some(task) = self.in_flight.take() {
+            if let Err(e) = task.await {
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -279,8 +317,10 @@ impl WalWriter {
                 return Err(e);
             }
         };
-        let old = std::mem::replace(&mut self.file, file);
-        let _ = old.close().await;
+        let old = std::mem::replace(&mut self.file, Rc::new(file));
+        if let Ok(old) = Rc::try_unwrap(old) {
+            let _ = old.close().await;
+        }
         self.segment_index = index;
         self.block_start = 0;
         self.pending.clear();
@@ -307,11 +347,6 @@ impl WalWriter {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
-    }
-
-    fn error(&self, op: &str, e: std::io::Error) -> Error {
-        let path = self.dir.join(segment_name(self.segment_index));
-        io_error(op, &path, e)
     }
 }
 
