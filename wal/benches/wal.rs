@@ -228,7 +228,6 @@ fn write_log(bytes: usize) -> tempfile::TempDir {
     on_executor_async(move || async move {
         let config = WalConfig {
             segment_bytes: SEGMENT_BYTES,
-            ..Default::default()
         };
         let mut writer = WalWriter::open(&path, 0, 1, None, config).await.unwrap();
         let payload = vec![5u8; RECORD_BYTES - 32];
