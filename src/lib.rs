@@ -955,6 +955,17 @@ impl LaminarDB {
         started
     }
 
+    /// Waits until the pipeline has started and recovery has replayed the
+    /// storage directory's WAL (at once without one). Returns recovery's
+    /// error if it failed.
+    pub async fn wait_recovered(&self) -> Result<()> {
+        let pipeline = self.shared.pipeline.get().ok_or_else(|| {
+            Error::new(ErrorCode::NotRunning, "the pipeline has not started")
+                .with_hint("call db.start().await first")
+        })?;
+        pipeline.replayed.wait().await
+    }
+
     /// How many rows of `source` were recovered from the storage directory
     /// when the pipeline started (0 without one): the rows of every push
     /// that was whole in the WAL. A program feeding the source from a

@@ -1,8 +1,10 @@
 //! `laminardb`: run streaming SQL over files, or watch the engine on
 //! synthetic market data.
 
+mod config;
 mod demo;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,20 @@ enum Command {
         /// is read) or `async` (synced every 10 ms).
         #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
         durability: DurabilityArg,
+    },
+    /// Runs the pipelines of a config file as a daemon with an HTTP API
+    /// (ingest, queries, health, metrics) until SIGTERM or SIGINT.
+    Serve {
+        /// The config file (TOML; see docs/OPERATIONS.md).
+        #[arg(long, default_value = "laminardb.toml")]
+        config: PathBuf,
+    },
+    /// Checks a config file and its pipelines' SQL without starting
+    /// anything.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, default_value = "laminardb.toml")]
+        config: PathBuf,
     },
     /// Streams synthetic trades through the VWAP and OHLC queries and
     /// prints results and throughput live.
@@ -112,6 +128,8 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::Serve { config } => serve::serve(&config).await,
+            Command::CheckConfig { config } => serve::check(&config).await,
             Command::Demo {
                 duration,
                 shards,

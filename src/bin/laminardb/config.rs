@@ -1,0 +1,196 @@
+//! `laminardb.toml`: what `laminardb serve` runs, checked before anything
+//! starts (`laminardb check-config`).
+//!
+//! ```toml
+//! [engine]
+//! shards = 2                      # default: one per core
+//!
+//! [storage]                       # optional: without it, nothing is kept
+//! dir = "/var/lib/laminardb"
+//! durability = "sync"             # or "async"
+//!
+//! [http]
+//! listen = "127.0.0.1:8080"
+//! token = "a long random string"  # optional: Bearer token for all but /health
+//!
+//! [[pipeline]]
+//! name = "market"
+//! sql = "CREATE SOURCE ...; CREATE STREAM ...;"   # or file = "market.sql"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use laminar_db::{Durability, Error, ErrorCode, LaminarDB, Result, Statement};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    engine: EngineSection,
+    storage: Option<StorageSection>,
+    http: HttpSection,
+    #[serde(default, rename = "pipeline")]
+    pipelines: Vec<PipelineSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    shards: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    dir: PathBuf,
+    #[serde(default)]
+    durability: DurabilityName,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DurabilityName {
+    #[default]
+    Sync,
+    Async,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    listen: String,
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineSection {
+    name: String,
+    sql: Option<String>,
+    file: Option<PathBuf>,
+}
+
+/// A checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub shards: Option<usize>,
+    pub storage: Option<(PathBuf, Durability)>,
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+    /// `(pipeline name, its statements)`, in file order.
+    pub pipelines: Vec<(String, Vec<Statement>)>,
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::InvalidConfig,
+        format!("{}: {message}", path.display()),
+    )
+}
+
+impl Config {
+    /// Reads and checks `path`: TOML shape, addresses, and every
+    /// pipeline's SQL (parsed, and only `CREATE` statements).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorCode::Io,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| invalid(path, e.to_string().trim()))?;
+        let listen: SocketAddr = file.http.listen.parse().map_err(|_| {
+            invalid(
+                path,
+                format!(
+                    "[http] listen = '{}' is not an address like 127.0.0.1:8080",
+                    file.http.listen
+                ),
+            )
+        })?;
+        if file.http.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(path, "[http] token must be at least 16 characters"));
+        }
+        if file.engine.shards == Some(0) {
+            return Err(invalid(path, "[engine] shards must be at least 1"));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut pipelines = Vec::new();
+        for pipeline in file.pipelines {
+            if pipelines.iter().any(|(name, _)| name == &pipeline.name) {
+                return Err(invalid(
+                    path,
+                    format!("two pipelines are named '{}'", pipeline.name),
+                ));
+            }
+            let sql = match (pipeline.sql, pipeline.file) {
+                (Some(sql), None) => sql,
+                (None, Some(file)) => {
+                    let file = base.join(file);
+                    std::fs::read_to_string(&file).map_err(|e| {
+                        invalid(
+                            path,
+                            format!(
+                                "pipeline '{}': cannot read {}: {e}",
+                                pipeline.name,
+                                file.display()
+                            ),
+                        )
+                    })?
+                }
+                _ => {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "pipeline '{}' needs exactly one of sql or file",
+                            pipeline.name
+                        ),
+                    ))
+                }
+            };
+            let statements = LaminarDB::parse(&sql)
+                .map_err(|e| invalid(path, format!("pipeline '{}': {e}", pipeline.name)))?;
+            for statement in &statements {
+                let creates = matches!(
+                    statement,
+                    Statement::CreateSource(_)
+                        | Statement::CreateStream(_)
+                        | Statement::CreateTable { .. }
+                );
+                if !creates {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "pipeline '{}' may only create sources, streams, views and tables; \
+                             send other statements to POST /query",
+                            pipeline.name
+                        ),
+                    ));
+                }
+            }
+            pipelines.push((pipeline.name, statements));
+        }
+        if pipelines.is_empty() {
+            return Err(invalid(
+                path,
+                "no [[pipeline]]: the server would have nothing to run",
+            ));
+        }
+        let storage = file.storage.map(|s| {
+            let durability = match s.durability {
+                DurabilityName::Sync => Durability::Sync,
+                DurabilityName::Async => Durability::Async,
+            };
+            (base.join(s.dir), durability)
+        });
+        Ok(Self {
+            shards: file.engine.shards,
+            storage,
+            listen,
+            token: file.http.token,
+            pipelines,
+        })
+    }
+}

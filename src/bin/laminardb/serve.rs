@@ -1,0 +1,436 @@
+//! `laminardb serve`: the engine as a daemon, with an HTTP API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | 200 while the process runs (no token needed) |
+//! | `GET /ready` | 200 once pipelines run and recovery replayed the WAL, else 503 |
+//! | `GET /metrics` | Prometheus text: per-stream rows in/out, late rows, state bytes |
+//! | `POST /sources/{name}` | body: JSON lines, one row each; pushed as one batch per 8,192 rows |
+//! | `POST /query` | body: SQL; rows as a JSON array, or what the statement did |
+//!
+//! With a token in the config, every route but `/health` needs
+//! `Authorization: Bearer <token>`. SIGTERM or SIGINT stops taking
+//! requests, drains the shards (everything accepted is processed) and
+//! exits 0.
+//!
+//! Under systemd (`Type=notify`), the server sends `READY=1` once it is
+//! ready, `STOPPING=1` when it starts to stop, and `WATCHDOG=1` at half the
+//! unit's `WatchdogSec` while it runs (`deploy/systemd/`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle};
+
+use crate::config::Config;
+
+/// Rows per pushed batch when a request body is large.
+const BATCH_ROWS: usize = 8192;
+/// The largest request body taken (64 MiB).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+struct App {
+    db: LaminarDB,
+    token: Option<String>,
+    started: Instant,
+    ready: AtomicBool,
+    /// One handle per source, shared by the requests that push to it.
+    handles: HashMap<String, Mutex<SourceHandle>>,
+}
+
+/// Checks the config and the pipelines' SQL without starting anything or
+/// touching the storage directory.
+pub async fn check(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let db = LaminarDB::builder().shards(1).build()?;
+    for (name, statements) in &config.pipelines {
+        for statement in statements {
+            db.execute_statement(statement.clone())
+                .await
+                .map_err(|e| prefixed(name, e))?;
+        }
+    }
+    println!(
+        "{}: ok ({} pipelines; sources: {}; streams: {})",
+        path.display(),
+        config.pipelines.len(),
+        db.sources().join(", "),
+        db.streams().join(", ")
+    );
+    Ok(())
+}
+
+fn prefixed(pipeline: &str, e: Error) -> Error {
+    let mut error = Error::new(e.code(), format!("pipeline '{pipeline}': {}", e.message()));
+    if let Some(hint) = e.hint() {
+        error = error.with_hint(hint);
+    }
+    if let Some(context) = e.context() {
+        error = error.with_context(context);
+    }
+    error
+}
+
+pub async fn serve(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let mut builder = LaminarDB::builder();
+    if let Some(shards) = config.shards {
+        builder = builder.shards(shards);
+    }
+    if let Some((dir, durability)) = &config.storage {
+        builder = builder.storage_dir(dir).durability(*durability);
+    }
+    let db = builder.build()?;
+    for (name, statements) in &config.pipelines {
+        for statement in statements {
+            db.execute_statement(statement.clone())
+                .await
+                .map_err(|e| prefixed(name, e))?;
+        }
+    }
+    let handles = db
+        .sources()
+        .into_iter()
+        .map(|name| Ok((name.clone(), Mutex::new(db.source_untyped(&name)?))))
+        .collect::<Result<HashMap<_, _>>>()?;
+    db.start().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidConfig,
+                format!("cannot listen on {}: {e}", config.listen),
+            )
+        })?;
+    let app = Arc::new(App {
+        db: db.clone(),
+        token: config.token,
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+        handles,
+    });
+    {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            match app.db.wait_recovered().await {
+                Ok(()) => {
+                    app.ready.store(true, Ordering::Release);
+                    notify(sd_notify::NotifyState::Ready);
+                }
+                Err(e) => log::error!("recovery failed: {e}"),
+            }
+        });
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Pinged from the control plane's runtime: a stalled runtime stops
+        // the pings, and systemd restarts the unit.
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval / 2);
+            loop {
+                ticks.tick().await;
+                notify(sd_notify::NotifyState::Watchdog);
+            }
+        });
+    }
+    let router = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/sources/{name}", post(push))
+        .route("/query", post(query))
+        .with_state(Arc::clone(&app));
+    eprintln!(
+        "laminardb: serving {} pipeline(s) on http://{}",
+        config.pipelines.len(),
+        config.listen
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop_signal())
+        .await
+        .map_err(|e| Error::new(ErrorCode::Io, format!("HTTP server failed: {e}")))?;
+    notify(sd_notify::NotifyState::Stopping);
+    eprintln!("laminardb: stopping: draining the shards");
+    // Requests are done; handles drop with the app.
+    drop(app);
+    db.shutdown().await?;
+    eprintln!("laminardb: stopped");
+    Ok(())
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set; a no-op otherwise).
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        log::warn!("sd_notify failed: {e}");
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// An error as an HTTP response: `{"error": "LDB-NNNN: ..."}`.
+fn failure(status: StatusCode, error: &Error) -> Response {
+    let body = format!("{{\"error\":{}}}\n", json_string(&error.to_string()));
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn status_of(error: &Error) -> StatusCode {
+    match error.code() {
+        ErrorCode::UnknownObject => StatusCode::NOT_FOUND,
+        ErrorCode::Backpressure => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NotRunning | ErrorCode::WalWrite => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Execution | ErrorCode::Io | ErrorCode::RuntimeStart => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The refusal, if the request may not go on.
+fn refuse(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let token = app.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return None;
+    }
+    let error = Error::new(ErrorCode::InvalidConfig, "missing or wrong bearer token")
+        .with_hint("send Authorization: Bearer <token from the config>");
+    let mut response = failure(StatusCode::UNAUTHORIZED, &error);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+    Some(response)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn ready(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse(&app, &headers) {
+        return refused;
+    }
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering\n").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse(&app, &headers) {
+        return refused;
+    }
+    let metrics = app.db.metrics();
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (stream, value) in rows {
+            out.push_str(&format!(
+                "{name}{{stream={}}} {value}\n",
+                json_string(&stream)
+            ));
+        }
+    };
+    let per_stream = |f: fn(&laminar_db::StreamMetrics) -> u64| {
+        metrics
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "laminardb_stream_rows_in_total",
+        "Rows a stream took in.",
+        "counter",
+        per_stream(|s| s.rows_in),
+    );
+    family(
+        "laminardb_stream_rows_out_total",
+        "Rows a stream emitted.",
+        "counter",
+        per_stream(|s| s.rows_out),
+    );
+    family(
+        "laminardb_stream_late_rows_total",
+        "Rows dropped because their window had closed.",
+        "counter",
+        per_stream(|s| s.late_rows),
+    );
+    family(
+        "laminardb_stream_state_bytes",
+        "Approximate bytes of operator state.",
+        "gauge",
+        per_stream(|s| s.state_bytes),
+    );
+    out.push_str(&format!(
+        "# HELP laminardb_shard_batches_total Batches processed by shards.\n\
+         # TYPE laminardb_shard_batches_total counter\n\
+         laminardb_shard_batches_total {}\n\
+         # HELP laminardb_ready Whether recovery is done and pipelines run.\n\
+         # TYPE laminardb_ready gauge\n\
+         laminardb_ready {}\n\
+         # HELP laminardb_uptime_seconds Seconds since the server started.\n\
+         # TYPE laminardb_uptime_seconds gauge\n\
+         laminardb_uptime_seconds {:.3}\n",
+        metrics.shard_batches,
+        u8::from(app.ready.load(Ordering::Acquire)),
+        app.started.elapsed().as_secs_f64()
+    ));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}
+
+async fn push(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = refuse(&app, &headers) {
+        return refused;
+    }
+    if body.len() > MAX_BODY_BYTES {
+        let error = Error::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "request body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+                body.len()
+            ),
+        )
+        .with_hint("send the rows in several requests");
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, &error);
+    }
+    if !app.handles.contains_key(&name) {
+        let error = Error::new(ErrorCode::UnknownObject, format!("unknown source '{name}'"));
+        return failure(StatusCode::NOT_FOUND, &error);
+    }
+    // Decoding and pushing block (a Sync push waits for the disk): off the
+    // async workers.
+    let worker = Arc::clone(&app);
+    let pushed = tokio::task::spawn_blocking(move || push_rows(&worker, &name, &body)).await;
+    match pushed {
+        Ok(Ok((source, rows))) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"source\":{},\"rows\":{rows}}}\n", json_string(&source)),
+        )
+            .into_response(),
+        Ok(Err(e)) => failure(status_of(&e), &e),
+        Err(e) => failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &Error::new(ErrorCode::Execution, format!("push task failed: {e}")),
+        ),
+    }
+}
+
+/// Decodes JSON lines with the source's schema and pushes them. All rows
+/// are decoded before the first push, so a bad line rejects the request
+/// whole.
+fn push_rows(app: &App, name: &str, body: &[u8]) -> Result<(String, usize)> {
+    let handle = app.handles[name]
+        .lock()
+        .map_err(|_| Error::new(ErrorCode::Execution, "source handle lock poisoned"))?;
+    let reader = laminar_db::arrow::json::ReaderBuilder::new(handle.schema())
+        .with_batch_size(BATCH_ROWS)
+        .with_strict_mode(true)
+        .build(body)
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}")))?;
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}")))?;
+    let mut rows = 0;
+    for batch in batches {
+        rows += batch.num_rows();
+        handle.push(batch)?;
+    }
+    Ok((name.to_string(), rows))
+}
+
+async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = refuse(&app, &headers) {
+        return refused;
+    }
+    let Ok(sql) = std::str::from_utf8(&body) else {
+        let error = Error::new(ErrorCode::SqlSyntax, "the query is not UTF-8 text");
+        return failure(StatusCode::BAD_REQUEST, &error);
+    };
+    let results = match app.db.execute(sql).await {
+        Ok(results) => results,
+        Err(e) => return failure(status_of(&e), &e),
+    };
+    let body = match results.into_iter().last() {
+        Some(ExecuteResult::Rows(batches)) => {
+            let mut writer = laminar_db::arrow::json::ArrayWriter::new(Vec::new());
+            let written = batches
+                .iter()
+                .try_for_each(|b| writer.write(b))
+                .and_then(|()| writer.finish());
+            if let Err(e) = written {
+                let error = Error::new(ErrorCode::Execution, format!("cannot encode rows: {e}"));
+                return failure(StatusCode::INTERNAL_SERVER_ERROR, &error);
+            }
+            let mut json = writer.into_inner();
+            if json.is_empty() {
+                json.extend_from_slice(b"[]");
+            }
+            json.push(b'\n');
+            json
+        }
+        Some(other) => {
+            format!("{{\"result\":{}}}\n", json_string(&format!("{other:?}"))).into_bytes()
+        }
+        None => b"{\"result\":\"nothing to do\"}\n".to_vec(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}

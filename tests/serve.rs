@@ -1,0 +1,305 @@
+//! `laminardb serve` driven as a user would: the real binary on a loopback
+//! port, `curl` for every request, SIGKILL and a restart with durability
+//! on, SIGTERM to stop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-0123456789";
+
+const PIPELINE: &str = "
+CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL, volume BIGINT NOT NULL,
+    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+CREATE MATERIALIZED VIEW per_symbol AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES;
+CREATE STREAM per_minute AS
+SELECT symbol, COUNT(*) AS trades FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    std::fs::write(dir.join("market.sql"), PIPELINE).unwrap();
+    let config = dir.join("laminardb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nshards = 2\n\n[storage]\ndir = \"state\"\ndurability = \"sync\"\n\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
+             [[pipeline]]\nname = \"market\"\nfile = \"market.sql\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start(config: &Path, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_laminardb"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// `curl` a URL; returns (status, body).
+fn curl(port: u16, method: &str, path: &str, token: bool, body: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "-S",
+        "--max-time",
+        "20",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if token {
+        c.arg("-H").arg(format!("Authorization: Bearer {TOKEN}"));
+    }
+    if let Some(body) = body {
+        c.arg("--data-binary").arg(body);
+    }
+    c.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = c.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Polls until `check` passes or 30 s go by.
+fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_ready(port: u16) {
+    eventually("ready", || {
+        (curl(port, "GET", "/ready", true, None).0 == 200).then(String::new)
+    });
+}
+
+const ROWS: &str = r#"{"symbol":"AAPL","price":189.5,"volume":100,"ts":1700000000000}
+{"symbol":"MSFT","price":411.2,"volume":50,"ts":1700000000500}
+{"symbol":"AAPL","price":190.0,"volume":25,"ts":1700000001000}
+"#;
+
+#[test]
+fn serve_ingests_answers_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let log = dir.path().join("serve.log");
+    let mut server = start(&config, &log);
+
+    eventually("health", || {
+        let (status, body) = curl(port, "GET", "/health", false, None);
+        (status == 200).then_some(body)
+    });
+    assert_eq!(curl(port, "GET", "/ready", false, None).0, 401);
+    wait_ready(port);
+
+    let (status, body) = curl(port, "POST", "/sources/trades", true, Some(ROWS));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), r#"{"source":"trades","rows":3}"#);
+
+    let (status, body) = curl(port, "POST", "/sources/nope", true, Some(ROWS));
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("LDB-1002"), "{body}");
+    let (status, body) = curl(
+        port,
+        "POST",
+        "/sources/trades",
+        true,
+        Some(r#"{"symbol":"X","price":"cheap","volume":1,"ts":1}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("LDB-4002"), "{body}");
+    let (status, body) = curl(
+        port,
+        "POST",
+        "/query",
+        true,
+        Some("SELECT * FROM per_symbol WHERE"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("LDB-1001"), "{body}");
+
+    let want =
+        r#"[{"symbol":"AAPL","volume":125,"trades":2},{"symbol":"MSFT","volume":50,"trades":1}]"#;
+    let view = "SELECT symbol, volume, trades FROM per_symbol ORDER BY symbol";
+    eventually("the view", || {
+        let (status, body) = curl(port, "POST", "/query", true, Some(view));
+        (status == 200 && body.trim() == want).then_some(body)
+    });
+    let (_, metrics) = curl(port, "GET", "/metrics", true, None);
+    assert!(
+        metrics.contains("laminardb_stream_rows_in_total{stream=\"per_symbol\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
+
+    // A crash: everything acknowledged comes back.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut server = start(&config, &log);
+    wait_ready(port);
+    eventually("the recovered view", || {
+        let (status, body) = curl(port, "POST", "/query", true, Some(view));
+        (status == 200 && body.trim() == want).then_some(body)
+    });
+
+    // SIGTERM: drain and exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = server.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn check_config_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let config = dir.path().join("laminardb.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_laminardb"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let http = "[http]\nlisten = \"127.0.0.1:9\"\n";
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE SOURCE s (a BIGINT)\"\n"
+    ));
+    assert!(ok, "{text}");
+    assert!(text.contains("ok (1 pipelines; sources: s"), "{text}");
+    let (ok, text) = check("[http]\nlisten = 8080\n");
+    assert!(!ok && text.contains("LDB-5002"), "{text}");
+    let (ok, text) = check(&format!("{http}[engine]\nshard = 2\n"));
+    assert!(
+        !ok && text.contains("LDB-5002") && text.contains("shard"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE SORCE s (a BIGINT)\"\n"
+    ));
+    assert!(!ok && text.contains("pipeline 'p'"), "{text}");
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE SOURCE s (a BIGINT); INSERT INTO s VALUES (1)\"\n"
+    ));
+    assert!(!ok && text.contains("may only create"), "{text}");
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE STREAM t AS SELECT * FROM missing\"\n"
+    ));
+    assert!(!ok && text.contains("missing"), "{text}");
+    let (ok, text) = check(&format!("{http}[http2]\n"));
+    assert!(!ok && text.contains("LDB-5002"), "{text}");
+}
+
+/// The systemd notify protocol against a real datagram socket set as
+/// `NOTIFY_SOCKET`, with a watchdog interval.
+#[test]
+fn serve_speaks_the_systemd_notify_protocol() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_laminardb"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 256];
+    let mut wait_for = |want: &str, seen: &mut Vec<String>| {
+        while !seen.iter().any(|m| m == want) {
+            let n = socket.recv(&mut buffer).expect("a notification");
+            seen.push(String::from_utf8_lossy(&buffer[..n]).trim().to_string());
+        }
+    };
+    wait_for("READY=1", &mut seen);
+    assert_eq!(curl(port, "GET", "/ready", true, None).0, 200);
+    wait_for("WATCHDOG=1", &mut seen);
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("STOPPING=1", &mut seen);
+    assert!(server.wait().unwrap().success());
+}
+
+/// The shipped unit passes `systemd-analyze verify` (pointed at the built
+/// binary and an existing user, which verify checks).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/laminardb.service"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit
+        .replace("/usr/local/bin/laminardb", env!("CARGO_BIN_EXE_laminardb"))
+        .replace("User=laminardb", "User=root")
+        .replace("Group=laminardb", "Group=root");
+    let path = dir.path().join("laminardb.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (the test script installs systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("laminardb.service:"), "{text}");
+}
