@@ -26,7 +26,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(dir: &Path, port: u16) -> PathBuf {
+const PG_PASSWORD: &str = "pg-secret-42";
+
+fn write_config(dir: &Path, port: u16, pg_port: u16) -> PathBuf {
     std::fs::write(dir.join("market.sql"), PIPELINE).unwrap();
     let config = dir.join("laminardb.toml");
     std::fs::write(
@@ -34,6 +36,8 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
         format!(
             "[engine]\nshards = 2\n\n[storage]\ndir = \"state\"\ndurability = \"sync\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
+             [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\nuser = \"laminar\"\n\
+             password = \"{PG_PASSWORD}\"\n\n\
              [[pipeline]]\nname = \"market\"\nfile = \"market.sql\"\n"
         ),
     )
@@ -41,14 +45,44 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     config
 }
 
-fn start(config: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_laminardb"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+/// The server process, killed if a test fails before it stops it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &Path, log: &Path) -> Server {
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_laminardb"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `psql` with the config's login; returns (success, stdout + stderr).
+fn psql(pg_port: u16, password: &str, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])
+        .args(["-U", "laminar", "-d", "laminar", "-X", "-A", "-t"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (the test script installs postgresql-client)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// `curl` a URL; returns (status, body).
@@ -103,16 +137,27 @@ const ROWS: &str = r#"{"symbol":"AAPL","price":189.5,"volume":100,"ts":170000000
 #[test]
 fn serve_ingests_answers_and_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), port);
+    let (port, pg_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, pg_port);
     let log = dir.path().join("serve.log");
-    let mut server = start(&config, &log);
+    let server = start(&config, &log);
 
     eventually("health", || {
         let (status, body) = curl(port, "GET", "/health", false, None);
         (status == 200).then_some(body)
     });
-    assert_eq!(curl(port, "GET", "/ready", false, None).0, 401);
+    // Paths in the config are relative to the config file.
+    assert!(dir.path().join("state/wal").is_dir());
+    for (method, path) in [
+        ("GET", "/ready"),
+        ("GET", "/metrics"),
+        ("POST", "/query"),
+        ("POST", "/sources/trades"),
+    ] {
+        let (status, body) = curl(port, method, path, false, Some("x"));
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(body.contains("LDB-5003"), "{body}");
+    }
     wait_ready(port);
 
     let (status, body) = curl(port, "POST", "/sources/trades", true, Some(ROWS));
@@ -143,7 +188,8 @@ fn serve_ingests_answers_and_survives_a_kill() {
 
     let want =
         r#"[{"symbol":"AAPL","volume":125,"trades":2},{"symbol":"MSFT","volume":50,"trades":1}]"#;
-    let view = "SELECT symbol, volume, trades FROM per_symbol ORDER BY symbol";
+    let view = "SELECT symbol, volume, trades FROM per_symbol \
+                WHERE symbol NOT LIKE 'BIG%' ORDER BY symbol";
     eventually("the view", || {
         let (status, body) = curl(port, "POST", "/query", true, Some(view));
         (status == 200 && body.trim() == want).then_some(body)
@@ -155,25 +201,67 @@ fn serve_ingests_answers_and_survives_a_kill() {
     );
     assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
 
+    // psql: queries, INSERT INTO a source, errors with their codes, and
+    // the password.
+    let insert = "INSERT INTO trades VALUES ('IBM', 150.5, 7, 1700000002000)";
+    let (ok, text) = psql(pg_port, PG_PASSWORD, insert);
+    assert!(ok, "{text}");
+    assert!(text.contains("INSERT 0 1"), "{text}");
+    eventually("psql sees the view", || {
+        let (ok, text) = psql(pg_port, PG_PASSWORD, view);
+        (ok && text.contains("AAPL|125|2") && text.contains("IBM|7|1")).then_some(text)
+    });
+    let (ok, text) = psql(pg_port, PG_PASSWORD, "SHOW STREAMS");
+    assert!(ok && text.contains("per_minute"), "{text}");
+    let (ok, text) = psql(pg_port, PG_PASSWORD, "SELECT * FROM nowhere");
+    assert!(!ok && text.contains("LDB-"), "{text}");
+    let (ok, text) = psql(pg_port, "wrong-password", "SELECT 1");
+    assert!(
+        !ok && text
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{text}"
+    );
+
+    // A body over axum's default 2 MiB limit is taken, and whole.
+    let mut big = String::new();
+    for i in 0..40_000i64 {
+        big.push_str(&format!(
+            "{{\"symbol\":\"BIG{:02}\",\"price\":1.5,\"volume\":1,\"ts\":{}}}\n",
+            i % 50,
+            1_700_000_003_000i64 + i
+        ));
+    }
+    assert!(big.len() > 2 << 20);
+    let big_file = dir.path().join("big.jsonl");
+    std::fs::write(&big_file, &big).unwrap();
+    let upload = format!("@{}", big_file.display());
+    let (status, body) = curl(port, "POST", "/sources/trades", true, Some(&upload));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"rows\":40000"), "{body}");
+
     // A crash: everything acknowledged comes back.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
     let mut server = start(&config, &log);
     wait_ready(port);
+    let want_after = r#"[{"symbol":"AAPL","volume":125,"trades":2},{"symbol":"IBM","volume":7,"trades":1},{"symbol":"MSFT","volume":50,"trades":1}]"#;
     eventually("the recovered view", || {
         let (status, body) = curl(port, "POST", "/query", true, Some(view));
-        (status == 200 && body.trim() == want).then_some(body)
+        (status == 200 && body.trim() == want_after).then_some(body)
     });
+    let big_trades = "SELECT SUM(trades) AS n FROM per_symbol WHERE symbol LIKE 'BIG%'";
+    let (_, body) = curl(port, "POST", "/query", true, Some(big_trades));
+    assert!(body.contains("40000"), "{body}");
 
     // SIGTERM: drain and exit 0.
     let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
+        if let Some(exit) = server.0.try_wait().unwrap() {
             break exit;
         }
         assert!(
@@ -240,8 +328,8 @@ fn check_config_names_what_is_wrong() {
 fn serve_speaks_the_systemd_notify_protocol() {
     use std::os::unix::net::UnixDatagram;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = write_config(dir.path(), port);
+    let (port, pg_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, pg_port);
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket

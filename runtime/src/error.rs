@@ -46,6 +46,8 @@ pub enum ErrorCode {
     RuntimeStart,
     /// A configuration value is out of range.
     InvalidConfig,
+    /// A server request without valid credentials.
+    Unauthorized,
     /// A source received an event-time value it cannot use (NULL).
     InvalidEventTime,
     /// A write or sync of the write-ahead log failed (disk full, I/O
@@ -87,6 +89,7 @@ impl ErrorCode {
             ErrorCode::InvalidInput => 4002,
             ErrorCode::RuntimeStart => 5001,
             ErrorCode::InvalidConfig => 5002,
+            ErrorCode::Unauthorized => 5003,
             ErrorCode::WalWrite => 6001,
             ErrorCode::StorageMismatch => 6002,
             ErrorCode::RecordTooLarge => 6003,

@@ -13,6 +13,11 @@
 //! listen = "127.0.0.1:8080"
 //! token = "a long random string"  # optional: Bearer token for all but /health
 //!
+//! [pgwire]                        # optional: psql and PostgreSQL clients
+//! listen = "127.0.0.1:5433"
+//! user = "laminar"
+//! password = "a password"         # MD5 password authentication, required
+//!
 //! [[pipeline]]
 //! name = "market"
 //! sql = "CREATE SOURCE ...; CREATE STREAM ...;"   # or file = "market.sql"
@@ -31,6 +36,7 @@ struct File {
     engine: EngineSection,
     storage: Option<StorageSection>,
     http: HttpSection,
+    pgwire: Option<PgwireSection>,
     #[serde(default, rename = "pipeline")]
     pipelines: Vec<PipelineSection>,
 }
@@ -66,6 +72,14 @@ struct HttpSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PgwireSection {
+    listen: String,
+    user: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PipelineSection {
     name: String,
     sql: Option<String>,
@@ -79,6 +93,8 @@ pub struct Config {
     pub storage: Option<(PathBuf, Durability)>,
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// The PostgreSQL listener: address, user, password.
+    pub pgwire: Option<(SocketAddr, String, String)>,
     /// `(pipeline name, its statements)`, in file order.
     pub pipelines: Vec<(String, Vec<Statement>)>,
 }
@@ -110,6 +126,27 @@ impl Config {
                 ),
             )
         })?;
+        let pgwire = match file.pgwire {
+            None => None,
+            Some(pg) => {
+                let listen: SocketAddr = pg.listen.parse().map_err(|_| {
+                    invalid(
+                        path,
+                        format!(
+                            "[pgwire] listen = '{}' is not an address like 127.0.0.1:5433",
+                            pg.listen
+                        ),
+                    )
+                })?;
+                if pg.user.is_empty() || pg.password.len() < 8 {
+                    return Err(invalid(
+                        path,
+                        "[pgwire] needs a user and a password of at least 8 characters",
+                    ));
+                }
+                Some((listen, pg.user, pg.password))
+            }
+        };
         if file.http.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(invalid(path, "[http] token must be at least 16 characters"));
         }
@@ -152,6 +189,12 @@ impl Config {
             };
             let statements = LaminarDB::parse(&sql)
                 .map_err(|e| invalid(path, format!("pipeline '{}': {e}", pipeline.name)))?;
+            if statements.is_empty() {
+                return Err(invalid(
+                    path,
+                    format!("pipeline '{}' has no statements", pipeline.name),
+                ));
+            }
             for statement in &statements {
                 let creates = matches!(
                     statement,
@@ -190,6 +233,7 @@ impl Config {
             storage,
             listen,
             token: file.http.token,
+            pgwire,
             pipelines,
         })
     }

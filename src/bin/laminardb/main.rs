@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod pg;
 mod run;
 mod serve;
 

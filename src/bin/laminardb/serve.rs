@@ -5,7 +5,7 @@
 //! | `GET /health` | 200 while the process runs (no token needed) |
 //! | `GET /ready` | 200 once pipelines run and recovery replayed the WAL, else 503 |
 //! | `GET /metrics` | Prometheus text: per-stream rows in/out, late rows, state bytes |
-//! | `POST /sources/{name}` | body: JSON lines, one row each; pushed as one batch per 8,192 rows |
+//! | `POST /sources/{name}` | body: JSON lines, one row each; accepted whole (one push) or not at all |
 //! | `POST /query` | body: SQL; rows as a JSON array, or what the statement did |
 //!
 //! With a token in the config, every route but `/health` needs
@@ -24,16 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle};
+use laminar_db::{Backpressure, Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle};
 
 use crate::config::Config;
 
-/// Rows per pushed batch when a request body is large.
+/// Rows per decoded chunk (a request is pushed as one batch).
 const BATCH_ROWS: usize = 8192;
 /// The largest request body taken (64 MiB).
 const MAX_BODY_BYTES: usize = 64 << 20;
@@ -45,6 +45,7 @@ struct App {
     ready: AtomicBool,
     /// One handle per source, shared by the requests that push to it.
     handles: HashMap<String, Mutex<SourceHandle>>,
+    schemas: HashMap<String, laminar_db::arrow::datatypes::SchemaRef>,
 }
 
 /// Checks the config and the pipelines' SQL without starting anything or
@@ -82,7 +83,9 @@ fn prefixed(pipeline: &str, e: Error) -> Error {
 
 pub async fn serve(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    let mut builder = LaminarDB::builder();
+    // A full ring answers 429 instead of holding a request (and its
+    // source's handle) until the shards catch up.
+    let mut builder = LaminarDB::builder().backpressure(Backpressure::Error);
     if let Some(shards) = config.shards {
         builder = builder.shards(shards);
     }
@@ -97,6 +100,11 @@ pub async fn serve(path: &Path) -> Result<()> {
                 .map_err(|e| prefixed(name, e))?;
         }
     }
+    let schemas = db
+        .sources()
+        .into_iter()
+        .map(|name| Ok((name.clone(), db.source_untyped(&name)?.schema())))
+        .collect::<Result<HashMap<_, _>>>()?;
     let handles = db
         .sources()
         .into_iter()
@@ -117,7 +125,11 @@ pub async fn serve(path: &Path) -> Result<()> {
         started: Instant::now(),
         ready: AtomicBool::new(false),
         handles,
+        schemas,
     });
+    // A failed recovery stops the server with its error: serving a
+    // database that lost its state would be worse than not serving.
+    let (recovery_failed, failed) = tokio::sync::oneshot::channel::<Error>();
     {
         let app = Arc::clone(&app);
         tokio::spawn(async move {
@@ -126,7 +138,9 @@ pub async fn serve(path: &Path) -> Result<()> {
                     app.ready.store(true, Ordering::Release);
                     notify(sd_notify::NotifyState::Ready);
                 }
-                Err(e) => log::error!("recovery failed: {e}"),
+                Err(e) => {
+                    let _ = recovery_failed.send(e);
+                }
             }
         });
     }
@@ -142,22 +156,86 @@ pub async fn serve(path: &Path) -> Result<()> {
         });
     }
     let router = Router::new()
-        .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/sources/{name}", post(push))
         .route("/query", post(query))
+        // The token is checked before a body is read.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            authorize,
+        ))
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::clone(&app));
+    let pg_listener = match &config.pgwire {
+        Some((address, user, password)) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                Error::new(
+                    ErrorCode::InvalidConfig,
+                    format!("cannot listen on {address}: {e}"),
+                )
+            })?;
+            let handlers = Arc::new(crate::pg::Handlers::new(
+                db.clone(),
+                user.clone(),
+                password.clone(),
+            ));
+            eprintln!("laminardb: PostgreSQL protocol on {address}");
+            Some(tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((socket, _)) => {
+                            let handlers = Arc::clone(&handlers);
+                            tokio::spawn(async move {
+                                if let Err(e) =
+                                    pgwire::tokio::process_socket(socket, None, handlers).await
+                                {
+                                    log::debug!("pgwire connection ended: {e}");
+                                }
+                            });
+                        }
+                        Err(e) => log::warn!("pgwire accept failed: {e}"),
+                    }
+                }
+            }))
+        }
+        None => None,
+    };
     eprintln!(
         "laminardb: serving {} pipeline(s) on http://{}",
         config.pipelines.len(),
         config.listen
     );
+    let recovery_error = Arc::new(Mutex::new(None));
+    let stop = {
+        let recovery_error = Arc::clone(&recovery_error);
+        async move {
+            tokio::select! {
+                () = stop_signal() => {}
+                Ok(e) = failed => {
+                    log::error!("recovery failed: {e}");
+                    if let Ok(mut slot) = recovery_error.lock() {
+                        *slot = Some(e);
+                    }
+                }
+            }
+        }
+    };
     axum::serve(listener, router)
-        .with_graceful_shutdown(stop_signal())
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|e| Error::new(ErrorCode::Io, format!("HTTP server failed: {e}")))?;
+    if let Some(e) = recovery_error.lock().ok().and_then(|mut slot| slot.take()) {
+        if let Some(pg) = pg_listener {
+            pg.abort();
+        }
+        return Err(e);
+    }
     notify(sd_notify::NotifyState::Stopping);
+    if let Some(pg) = pg_listener {
+        pg.abort();
+    }
     eprintln!("laminardb: stopping: draining the shards");
     // Requests are done; handles drop with the app.
     drop(app);
@@ -198,7 +276,12 @@ fn status_of(error: &Error) -> StatusCode {
     match error.code() {
         ErrorCode::UnknownObject => StatusCode::NOT_FOUND,
         ErrorCode::Backpressure => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::NotRunning | ErrorCode::WalWrite => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::NotRunning
+        | ErrorCode::WalWrite
+        | ErrorCode::StorageCorrupt
+        | ErrorCode::StorageLocked
+        | ErrorCode::StorageMismatch => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Execution | ErrorCode::Io | ErrorCode::RuntimeStart => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -224,6 +307,18 @@ fn json_string(text: &str) -> String {
     out
 }
 
+/// Every route but `/health` passes here first.
+async fn authorize(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refuse(&app, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 /// The refusal, if the request may not go on.
 fn refuse(app: &App, headers: &HeaderMap) -> Option<Response> {
     let token = app.token.as_ref()?;
@@ -234,7 +329,7 @@ fn refuse(app: &App, headers: &HeaderMap) -> Option<Response> {
     if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
         return None;
     }
-    let error = Error::new(ErrorCode::InvalidConfig, "missing or wrong bearer token")
+    let error = Error::new(ErrorCode::Unauthorized, "missing or wrong bearer token")
         .with_hint("send Authorization: Bearer <token from the config>");
     let mut response = failure(StatusCode::UNAUTHORIZED, &error);
     response
@@ -247,10 +342,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn ready(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refuse(&app, &headers) {
-        return refused;
-    }
+async fn ready(State(app): State<Arc<App>>) -> Response {
     if app.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -258,10 +350,7 @@ async fn ready(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refuse(&app, &headers) {
-        return refused;
-    }
+async fn metrics(State(app): State<Arc<App>>) -> Response {
     let metrics = app.db.metrics();
     let mut out = String::new();
     let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
@@ -329,12 +418,8 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 async fn push(
     State(app): State<Arc<App>>,
     UrlPath(name): UrlPath<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = refuse(&app, &headers) {
-        return refused;
-    }
     if body.len() > MAX_BODY_BYTES {
         let error = Error::new(
             ErrorCode::InvalidInput,
@@ -373,29 +458,30 @@ async fn push(
 /// are decoded before the first push, so a bad line rejects the request
 /// whole.
 fn push_rows(app: &App, name: &str, body: &[u8]) -> Result<(String, usize)> {
-    let handle = app.handles[name]
-        .lock()
-        .map_err(|_| Error::new(ErrorCode::Execution, "source handle lock poisoned"))?;
-    let reader = laminar_db::arrow::json::ReaderBuilder::new(handle.schema())
+    let bad = |e: laminar_db::arrow::error::ArrowError| {
+        Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}"))
+    };
+    let schema = app.schemas[name].clone();
+    let batches = laminar_db::arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(BATCH_ROWS)
         .with_strict_mode(true)
         .build(body)
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}")))?;
-    let batches = reader
+        .map_err(bad)?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}")))?;
-    let mut rows = 0;
-    for batch in batches {
-        rows += batch.num_rows();
+        .map_err(bad)?;
+    // One push: a request is accepted whole or not at all.
+    let batch = laminar_db::arrow::compute::concat_batches(&schema, &batches).map_err(bad)?;
+    let rows = batch.num_rows();
+    if rows > 0 {
+        let handle = app.handles[name]
+            .lock()
+            .map_err(|_| Error::new(ErrorCode::Execution, "source handle lock poisoned"))?;
         handle.push(batch)?;
     }
     Ok((name.to_string(), rows))
 }
 
-async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = refuse(&app, &headers) {
-        return refused;
-    }
+async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let Ok(sql) = std::str::from_utf8(&body) else {
         let error = Error::new(ErrorCode::SqlSyntax, "the query is not UTF-8 text");
         return failure(StatusCode::BAD_REQUEST, &error);

@@ -1,0 +1,252 @@
+//! The PostgreSQL wire protocol for `laminardb serve` (`[pgwire]` in the
+//! config): `psql` and other clients using the simple query protocol run
+//! any statement `POST /query` runs, and `INSERT INTO source VALUES ...`.
+//!
+//! Authentication is always on: MD5 password (the `pgwire` crate's), one
+//! user and password from the config, a fresh salt per connection. Result
+//! columns map integers to `int8`, floats to `float8`, booleans to `bool`,
+//! and everything else to its text form as `varchar`.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use laminar_db::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch,
+};
+use laminar_db::arrow::datatypes::DataType;
+use laminar_db::arrow::util::display::{ArrayFormatter, FormatOptions};
+use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB};
+use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::query::SimpleQueryHandler;
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use rand::Rng;
+
+/// The one login the server accepts.
+#[derive(Debug)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+#[async_trait]
+impl AuthSource for Login {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        if user != self.user {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28P01".into(),
+                format!("password authentication failed for user \"{user}\""),
+            ))));
+        }
+        let salt: [u8; 4] = rand::rng().random();
+        Ok(Password::new(
+            Some(salt.to_vec()),
+            hash_md5_password(&self.user, &self.password, &salt).into_bytes(),
+        ))
+    }
+}
+
+struct Queries {
+    db: LaminarDB,
+}
+
+pub struct Handlers {
+    queries: Arc<Queries>,
+    startup: Arc<Md5PasswordAuthStartupHandler<Login, DefaultServerParameterProvider>>,
+}
+
+impl Handlers {
+    pub fn new(db: LaminarDB, user: String, password: String) -> Self {
+        Self {
+            queries: Arc::new(Queries { db }),
+            startup: Arc::new(Md5PasswordAuthStartupHandler::new(
+                Arc::new(Login { user, password }),
+                Arc::new(DefaultServerParameterProvider::default()),
+            )),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.queries)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.startup)
+    }
+}
+
+/// A LaminarDB error as a PostgreSQL one: the `LDB-NNNN` code leads the
+/// message; the SQLSTATE is the closest class.
+fn pg_error(e: &Error) -> PgWireError {
+    let sqlstate = match e.code() {
+        ErrorCode::SqlSyntax => "42601",
+        ErrorCode::UnknownObject => "42P01",
+        ErrorCode::AlreadyExists => "42P07",
+        ErrorCode::Unsupported => "0A000",
+        ErrorCode::SchemaMismatch | ErrorCode::InvalidInput => "22000",
+        ErrorCode::Backpressure | ErrorCode::NotRunning => "57P03",
+        ErrorCode::WalWrite | ErrorCode::Io => "58030",
+        _ => "XX000",
+    };
+    let mut info = ErrorInfo::new(
+        "ERROR".into(),
+        sqlstate.into(),
+        format!("{}: {}", e.code(), e.message()),
+    );
+    info.hint = e.hint().map(str::to_string);
+    PgWireError::UserError(Box::new(info))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if query.trim().trim_matches(';').trim().is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let results = self.db.execute(query).await.map_err(|e| pg_error(&e))?;
+        results.into_iter().map(response).collect()
+    }
+}
+
+fn response(result: ExecuteResult) -> PgWireResult<Response> {
+    let tag = |t: &str| Ok(Response::Execution(Tag::new(t)));
+    match result {
+        ExecuteResult::Rows(batches) => rows(&batches),
+        ExecuteResult::SourceCreated(_) | ExecuteResult::SourceExists(_) => tag("CREATE SOURCE"),
+        ExecuteResult::StreamCreated(_) => tag("CREATE STREAM"),
+        ExecuteResult::ViewCreated(_) => tag("CREATE MATERIALIZED VIEW"),
+        ExecuteResult::TableCreated(_) => tag("CREATE TABLE"),
+        ExecuteResult::Inserted { rows, .. } => Ok(Response::Execution(
+            Tag::new("INSERT").with_oid(0).with_rows(rows),
+        )),
+        ExecuteResult::Dropped(_) | ExecuteResult::NothingToDrop(_) => tag("DROP"),
+    }
+}
+
+/// A column as it goes out.
+enum Column {
+    Int(Int64Array),
+    Float(Float64Array),
+    Bool(BooleanArray),
+    Text(ArrayRef),
+}
+
+fn column(array: &ArrayRef) -> PgWireResult<(Type, Column)> {
+    let cast = |to: &DataType| {
+        laminar_db::arrow::compute::cast(array, to).map_err(|e| PgWireError::ApiError(Box::new(e)))
+    };
+    Ok(match array.data_type() {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32 => {
+            let a = cast(&DataType::Int64)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to Int64")
+                .clone();
+            (Type::INT8, Column::Int(a))
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+            let a = cast(&DataType::Float64)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .clone();
+            (Type::FLOAT8, Column::Float(a))
+        }
+        DataType::Boolean => {
+            let a = array
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("boolean")
+                .clone();
+            (Type::BOOL, Column::Bool(a))
+        }
+        _ => (Type::VARCHAR, Column::Text(Arc::clone(array))),
+    })
+}
+
+fn rows(batches: &[RecordBatch]) -> PgWireResult<Response> {
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return Ok(Response::Query(QueryResponse::new(
+            Arc::new(Vec::new()),
+            futures::stream::iter(Vec::<PgWireResult<_>>::new()),
+        )));
+    };
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut out = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let columns = batch
+            .columns()
+            .iter()
+            .map(column)
+            .collect::<PgWireResult<Vec<_>>>()?;
+        if b == 0 {
+            for (field, (pg_type, _)) in schema.fields().iter().zip(&columns) {
+                fields.push(FieldInfo::new(
+                    field.name().clone(),
+                    None,
+                    None,
+                    pg_type.clone(),
+                    FieldFormat::Text,
+                ));
+            }
+        }
+        let fields = Arc::new(fields.clone());
+        let options = FormatOptions::default();
+        let formatters = columns
+            .iter()
+            .map(|(_, c)| match c {
+                Column::Text(a) => ArrayFormatter::try_new(a.as_ref(), &options)
+                    .map(Some)
+                    .map_err(|e| PgWireError::ApiError(Box::new(e))),
+                _ => Ok(None),
+            })
+            .collect::<PgWireResult<Vec<_>>>()?;
+        let mut encoder = DataRowEncoder::new(fields);
+        for row in 0..batch.num_rows() {
+            for ((_, c), formatter) in columns.iter().zip(&formatters) {
+                match c {
+                    Column::Int(a) => {
+                        encoder.encode_field(&(!a.is_null(row)).then(|| a.value(row)))?
+                    }
+                    Column::Float(a) => {
+                        encoder.encode_field(&(!a.is_null(row)).then(|| a.value(row)))?
+                    }
+                    Column::Bool(a) => {
+                        encoder.encode_field(&(!a.is_null(row)).then(|| a.value(row)))?
+                    }
+                    Column::Text(a) => {
+                        let text = (!a.is_null(row))
+                            .then(|| formatter.as_ref().map(|f| f.value(row).to_string()))
+                            .flatten();
+                        encoder.encode_field(&text)?
+                    }
+                }
+            }
+            out.push(Ok(encoder.take_row()));
+        }
+    }
+    Ok(Response::Query(QueryResponse::new(
+        Arc::new(fields),
+        futures::stream::iter(out),
+    )))
+}
