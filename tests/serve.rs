@@ -189,7 +189,7 @@ fn serve_ingests_answers_and_survives_a_kill() {
     let want =
         r#"[{"symbol":"AAPL","volume":125,"trades":2},{"symbol":"MSFT","volume":50,"trades":1}]"#;
     let view = "SELECT symbol, volume, trades FROM per_symbol \
-                WHERE symbol NOT LIKE 'BIG%' ORDER BY symbol";
+                WHERE symbol NOT LIKE 'BIG%' AND symbol <> 'TAIL' ORDER BY symbol";
     eventually("the view", || {
         let (status, body) = curl(port, "POST", "/query", true, Some(view));
         (status == 200 && body.trim() == want).then_some(body)
@@ -200,6 +200,41 @@ fn serve_ingests_answers_and_survives_a_kill() {
         "{metrics}"
     );
     assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
+
+    // Tailing a stream: results as JSON lines while rows arrive.
+    let mut tail = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "20", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .arg(format!("http://127.0.0.1:{port}/streams/per_symbol"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(tail.stdout.take().unwrap()));
+    // The subscription starts when the request arrives, which the test
+    // cannot see: keep pushing until a row shows up.
+    let pushing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let pusher = {
+        let pushing = std::sync::Arc::clone(&pushing);
+        std::thread::spawn(move || {
+            let row = r#"{"symbol":"TAIL","price":1.0,"volume":9,"ts":1700000001500}"#;
+            for _ in 0..100 {
+                if !pushing.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let (status, body) = curl(port, "POST", "/sources/trades", true, Some(row));
+                assert_eq!(status, 200, "{body}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let line = lines.next().expect("a result line").unwrap();
+    assert!(line.contains("\"symbol\":\"TAIL\""), "{line}");
+    pushing.store(false, std::sync::atomic::Ordering::Relaxed);
+    pusher.join().unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let (status, body) = curl(port, "GET", "/streams/nope", true, None);
+    assert_eq!(status, 404, "{body}");
 
     // psql: queries, INSERT INTO a source, errors with their codes, and
     // the password.

@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text: per-stream rows in/out, late rows, state bytes |
 //! | `POST /sources/{name}` | body: JSON lines, one row each; accepted whole (one push) or not at all |
 //! | `POST /query` | body: SQL; rows as a JSON array, or what the statement did |
+//! | `GET /streams/{name}` | the stream's results from now on, as JSON lines, until the client leaves |
 //!
 //! With a token in the config, every route but `/health` needs
 //! `Authorization: Bearer <token>`. SIGTERM or SIGINT stops taking
@@ -32,6 +33,10 @@ use axum::Router;
 use laminar_db::{Backpressure, Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle};
 
 use crate::config::Config;
+
+/// Result batches a tailing client may fall behind by before it is cut
+/// off (so a slow client never holds the shards back).
+const TAIL_BATCHES: usize = 1024;
 
 /// Rows per decoded chunk (a request is pushed as one batch).
 const BATCH_ROWS: usize = 8192;
@@ -160,6 +165,7 @@ pub async fn serve(path: &Path) -> Result<()> {
         .route("/metrics", get(metrics))
         .route("/sources/{name}", post(push))
         .route("/query", post(query))
+        .route("/streams/{name}", get(tail))
         // The token is checked before a body is read.
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -517,6 +523,48 @@ async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         body,
+    )
+        .into_response()
+}
+
+/// `GET /streams/{name}`: the stream's results from the moment of the
+/// request, as JSON lines (one row each), for as long as the client reads.
+/// A task drains the subscription into a bounded queue; a client that
+/// falls more than [`TAIL_BATCHES`] batches behind is disconnected, since
+/// a subscription that is not drained makes the shards wait.
+async fn tail(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
+    use futures::StreamExt;
+    let mut subscription = match app.db.subscribe(&name) {
+        Ok(subscription) => subscription,
+        Err(e) => return failure(status_of(&e), &e),
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(TAIL_BATCHES);
+    tokio::spawn(async move {
+        while let Some(batch) = subscription.next().await {
+            let mut writer = laminar_db::arrow::json::LineDelimitedWriter::new(Vec::new());
+            if writer.write(&batch).and_then(|()| writer.finish()).is_err() {
+                break;
+            }
+            match sender.try_send(Bytes::from(writer.into_inner())) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    log::warn!("stream '{name}': a tailing client fell behind; disconnecting it");
+                    break;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+    });
+    let body = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), receiver))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
     )
         .into_response()
 }
