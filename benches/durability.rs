@@ -58,26 +58,8 @@ fn run_once(
     rt.block_on(async {
         let (db, _dir) = open(durability);
         db.execute(DDL).await.expect("ddl");
-        let mut sub = db.subscribe("vwap").expect("subscribe");
-        let source = db.source_untyped("trades").expect("source");
-        db.start().await.expect("start");
         let events: usize = input.iter().map(|b| b.num_rows()).sum();
-        let want = events.div_ceil(60_000) * SYMBOLS;
-        let started = Instant::now();
-        let reader = std::thread::spawn(move || {
-            let mut rows = 0;
-            while rows < want {
-                rows += sub.recv().expect("results").num_rows();
-            }
-        });
-        for batch in input {
-            source.push(batch.clone()).expect("push");
-        }
-        source.watermark(i64::MAX).expect("watermark");
-        reader.join().expect("reader");
-        let elapsed = started.elapsed();
-        db.shutdown().await.expect("shutdown");
-        elapsed
+        common::time_run(db, "vwap", input, events.div_ceil(60_000) * SYMBOLS).await
     })
 }
 

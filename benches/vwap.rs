@@ -44,25 +44,7 @@ fn run_once(
         db.execute(&format!("{DDL}; CREATE STREAM vwap AS {VWAP}"))
             .await
             .expect("ddl");
-        let mut sub = db.subscribe("vwap").expect("subscribe");
-        let source = db.source_untyped("trades").expect("source");
-        db.start().await.expect("start");
-        let want = expected_rows(events);
-        let started = Instant::now();
-        let reader = std::thread::spawn(move || {
-            let mut rows = 0;
-            while rows < want {
-                rows += sub.recv().expect("results").num_rows();
-            }
-        });
-        for batch in input {
-            source.push(batch.clone()).expect("push");
-        }
-        source.watermark(i64::MAX).expect("watermark");
-        reader.join().expect("reader");
-        let elapsed = started.elapsed();
-        db.shutdown().await.expect("shutdown");
-        elapsed
+        common::time_run(db, "vwap", input, expected_rows(events)).await
     })
 }
 

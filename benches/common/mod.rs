@@ -1,6 +1,7 @@
 //! The trades every benchmark feeds: one schema, one generator.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -57,4 +58,34 @@ pub fn batches(events: usize, batch_rows: usize) -> Vec<RecordBatch> {
         |i| 100.0 + (i % 1000) as f64 / 100.0,
         |i| i as i64,
     )
+}
+
+#[allow(dead_code)] // not every benchmark uses it
+/// One timed run on a database whose DDL already defines source `trades`
+/// and stream `stream`: start it, push every batch, close all windows, and
+/// wait until the subscriber has `want` rows. Starting is not timed.
+pub async fn time_run(
+    db: laminar_db::LaminarDB,
+    stream: &str,
+    input: &[RecordBatch],
+    want: usize,
+) -> Duration {
+    let mut sub = db.subscribe(stream).expect("subscribe");
+    let source = db.source_untyped("trades").expect("source");
+    db.start().await.expect("start");
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut rows = 0;
+        while rows < want {
+            rows += sub.recv().expect("results").num_rows();
+        }
+    });
+    for batch in input {
+        source.push(batch.clone()).expect("push");
+    }
+    source.watermark(i64::MAX).expect("watermark");
+    reader.join().expect("reader");
+    let elapsed = started.elapsed();
+    db.shutdown().await.expect("shutdown");
+    elapsed
 }
