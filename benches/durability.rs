@@ -1,6 +1,8 @@
 //! What durability costs on the hot path: the same VWAP run (1 shard) with
 //! `Memory`, `Async` and `Sync` durability side by side, at batch 1024 and
-//! 64, and the latency of one durable single-row push.
+//! 64, and the latency of one durable single-row push. And what recovery
+//! costs: reopening a storage directory holding 1 M logged events and
+//! replaying them, beside running the same events with no log at all.
 //!
 //! Run: `cargo bench --bench durability`. Storage directories go under the
 //! target directory (a real disk, not a tmpfs). Each iteration starts a
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use datafusion::arrow::array::RecordBatch;
+use futures::StreamExt;
 use laminar_db::{Durability, LaminarDB, LatencyHistogram};
 
 mod common;
@@ -128,5 +131,76 @@ fn push_latency(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, push_latency, throughput);
+/// Reopen + replay of a log of 1 M events (batch 1024, ~40 MB of WAL),
+/// until the subscriber has every result, against pushing the same events
+/// into a `Memory` database: replay is the engine's own work plus reading
+/// and decoding the log.
+fn recovery(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let events = 1_000_000;
+    let input = batches(events, 1024);
+    let want = events.div_ceil(60_000) * SYMBOLS;
+    let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+    rt.block_on(async {
+        let db = LaminarDB::builder()
+            .shards(1)
+            .storage_dir(dir.path())
+            .durability(Durability::Async)
+            .build()
+            .expect("db");
+        db.execute(DDL).await.expect("ddl");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        for batch in &input {
+            source.push(batch.clone()).expect("push");
+        }
+        source.watermark(i64::MAX).expect("watermark");
+        db.shutdown().await.expect("shutdown");
+    });
+    let mut group = c.benchmark_group("recovery");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(events as u64));
+    group.bench_function("replay_1M_events", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    rt.block_on(async {
+                        let started = Instant::now();
+                        let db = LaminarDB::builder()
+                            .shards(1)
+                            .storage_dir(dir.path())
+                            .durability(Durability::Async)
+                            .build()
+                            .expect("db");
+                        db.execute(DDL).await.expect("ddl");
+                        let mut sub = db.subscribe("vwap").expect("subscribe");
+                        db.start().await.expect("start");
+                        let mut rows = 0;
+                        while rows < want {
+                            rows += sub.next().await.expect("results").num_rows();
+                        }
+                        let elapsed = started.elapsed();
+                        db.shutdown().await.expect("shutdown");
+                        elapsed
+                    })
+                })
+                .sum()
+        })
+    });
+    group.bench_function("memory_push_1M_events", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_once(&rt, Durability::Memory, &input))
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, push_latency, throughput, recovery);
 criterion_main!(benches);

@@ -79,7 +79,7 @@ use laminar_sql::{
 pub use arrow;
 pub use laminar_runtime::{Error, ErrorCode, Result};
 pub use laminar_sql::Statement;
-pub use metrics::{LatencyHistogram, Metrics, StreamMetrics};
+pub use metrics::{LatencyHistogram, Metrics, SourceMetrics, StreamMetrics, WalMetrics};
 pub use source::SourceHandle;
 pub use storage::{Durability, ASYNC_SYNC_INTERVAL};
 pub use subscription::Subscription;
@@ -838,7 +838,10 @@ impl LaminarDB {
                 });
             }
             let (control, receiver, waker, sent) = control_channel();
-            let shard_counters = Arc::new(ShardCounters::new(catalog.streams.len()));
+            let shard_counters = Arc::new(ShardCounters::new(
+                catalog.streams.len(),
+                catalog.sources.len(),
+            ));
             let program = ShardProgram {
                 streams,
                 inputs: graph.inputs(),
@@ -1612,7 +1615,35 @@ impl LaminarDB {
                 .map(|c| c.batches.load(Relaxed))
                 .sum(),
             streams: Vec::new(),
+            sources: pipeline
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, source)| metrics::SourceMetrics {
+                    name: source.name.clone(),
+                    watermark_ms: pipeline
+                        .counters
+                        .iter()
+                        .map(|c| c.watermarks[i].load(Relaxed))
+                        .min()
+                        .filter(|&w| w != i64::MIN),
+                })
+                .collect(),
+            wal: metrics::WalMetrics::default(),
         };
+        let mut cumulative = 0;
+        for (b, &bound) in metrics::WAL_SYNC_BUCKETS_US.iter().enumerate() {
+            cumulative += pipeline
+                .counters
+                .iter()
+                .map(|c| c.wal.buckets[b].load(Relaxed))
+                .sum::<u64>();
+            metrics.wal.sync_buckets.push((bound, cumulative));
+        }
+        for c in &pipeline.counters {
+            metrics.wal.syncs += c.wal.syncs.load(Relaxed);
+            metrics.wal.sync_ns += c.wal.sync_ns.load(Relaxed);
+        }
         for (i, stream) in pipeline.streams.iter().enumerate() {
             let mut m = StreamMetrics {
                 name: stream.name.clone(),

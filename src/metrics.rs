@@ -3,7 +3,7 @@
 //! Shard counters are written by exactly one shard (relaxed atomics on the
 //! shard's own cache line) and summed by readers: no lock, no contention.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -22,20 +22,53 @@ pub(crate) struct StreamCounters {
     pub state_bytes: AtomicU64,
 }
 
+/// Upper bounds (µs) of the WAL sync latency buckets; one more counts the
+/// rest.
+pub const WAL_SYNC_BUCKETS_US: [u64; 11] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+/// A shard's durable commits: how many, their total time, and a
+/// histogram.
+#[derive(Debug, Default)]
+pub(crate) struct WalCounters {
+    pub syncs: AtomicU64,
+    pub sync_ns: AtomicU64,
+    pub buckets: [AtomicU64; WAL_SYNC_BUCKETS_US.len() + 1],
+}
+
+impl WalCounters {
+    pub fn record(&self, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
+        let bucket = WAL_SYNC_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(WAL_SYNC_BUCKETS_US.len());
+        ShardCounters::add(&self.syncs, 1);
+        ShardCounters::add(&self.sync_ns, elapsed.as_nanos() as u64);
+        ShardCounters::add(&self.buckets[bucket], 1);
+    }
+}
+
 /// Counters of one shard.
 #[derive(Debug)]
 pub(crate) struct ShardCounters {
     pub batches: CachePadded<AtomicU64>,
     pub streams: Vec<CachePadded<StreamCounters>>,
+    pub wal: CachePadded<WalCounters>,
+    /// `[source]` -> this shard's watermark for it (`i64::MIN`: none yet).
+    pub watermarks: Vec<AtomicI64>,
 }
 
 impl ShardCounters {
-    pub fn new(streams: usize) -> Self {
+    pub fn new(streams: usize, sources: usize) -> Self {
         Self {
             batches: CachePadded::new(AtomicU64::new(0)),
             streams: (0..streams)
                 .map(|_| CachePadded::new(StreamCounters::default()))
                 .collect(),
+            wal: CachePadded::new(WalCounters::default()),
+            watermarks: (0..sources).map(|_| AtomicI64::new(i64::MIN)).collect(),
         }
     }
 
@@ -68,6 +101,34 @@ pub struct Metrics {
     pub shard_batches: u64,
     /// Per-stream counters.
     pub streams: Vec<StreamMetrics>,
+    /// Per-source watermarks.
+    pub sources: Vec<SourceMetrics>,
+    /// Durable WAL commits, summed over shards (zero without storage).
+    pub wal: WalMetrics,
+}
+
+/// A source's event-time progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceMetrics {
+    /// Source name.
+    pub name: String,
+    /// The lowest of the shards' watermarks for the source (epoch ms), once
+    /// every shard has one.
+    pub watermark_ms: Option<i64>,
+}
+
+/// Durable WAL commits (`fdatasync`s): in `Sync` durability one per group
+/// of pushes, timed from the write's submission; in `Async` the periodic
+/// syncs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalMetrics {
+    /// Commits made durable.
+    pub syncs: u64,
+    /// Their total time, ns.
+    pub sync_ns: u64,
+    /// `(upper bound in µs, commits at most that long)`, cumulative, as in
+    /// [`WAL_SYNC_BUCKETS_US`]; the total is `syncs`.
+    pub sync_buckets: Vec<(u64, u64)>,
 }
 
 /// A log-linear latency histogram: 8 sub-buckets per power of two of

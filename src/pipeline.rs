@@ -780,6 +780,9 @@ impl ShardProgram {
             return;
         }
         self.inputs[input].watermark_ms = watermark_ms;
+        if let Some(published) = self.counters.watermarks.get(input) {
+            published.store(watermark_ms, Ordering::Relaxed);
+        }
         for i in 0..self.inputs[input].streams.len() {
             let stream = self.inputs[input].streams[i];
             self.run_work(

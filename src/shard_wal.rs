@@ -85,6 +85,7 @@ impl ShardProgram {
     /// returned). If the WAL refuses the group, none of it runs.
     pub(crate) async fn log_group(&mut self, writer: &mut Option<WalWriter>) {
         let mut group = std::mem::take(&mut self.group);
+        let submitted = Instant::now();
         match self.append_group(writer, &group).await {
             Ok(()) => {
                 for (lane, _) in &group {
@@ -95,8 +96,9 @@ impl ShardProgram {
                 }
                 let sync = self.wal.as_ref().is_some_and(|wal| wal.sync);
                 if let (true, Some(w)) = (sync, writer.as_mut()) {
-                    if let Err(e) = w.wait().await {
-                        self.fail(e);
+                    match w.wait().await {
+                        Ok(()) => self.counters.wal.record(submitted.elapsed()),
+                        Err(e) => self.fail(e),
                     }
                 }
                 if self.failure.get().is_none() {
@@ -170,8 +172,10 @@ impl ShardProgram {
         };
         wal.unsynced = false;
         wal.last_sync = Instant::now();
-        if let Err(e) = writer.commit(true).await {
-            self.fail(e);
+        let started = Instant::now();
+        match writer.commit(true).await {
+            Ok(_) => self.counters.wal.record(started.elapsed()),
+            Err(e) => self.fail(e),
         }
     }
 

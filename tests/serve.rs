@@ -200,6 +200,22 @@ fn serve_ingests_answers_and_survives_a_kill() {
         "{metrics}"
     );
     assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
+    assert!(
+        metrics.contains("laminardb_source_watermark_ms{source=\"trades\"} 1700000000000"),
+        "{metrics}"
+    );
+    let syncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("laminardb_wal_sync_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("a WAL sync count");
+    assert!(syncs > 0, "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "laminardb_wal_sync_seconds_bucket{{le=\"+Inf\"}} {syncs}"
+        )),
+        "{metrics}"
+    );
 
     // Tailing a stream: results as JSON lines while rows arrive.
     let mut tail = Command::new("curl")

@@ -399,6 +399,43 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "gauge",
         per_stream(|s| s.state_bytes),
     );
+    out.push_str(
+        "# HELP laminardb_source_watermark_ms A source's watermark (lowest over shards), epoch ms.\n\
+         # TYPE laminardb_source_watermark_ms gauge\n\
+         # HELP laminardb_source_watermark_lag_seconds Wall-clock time minus the source's watermark.\n\
+         # TYPE laminardb_source_watermark_lag_seconds gauge\n",
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    for source in &metrics.sources {
+        if let Some(watermark_ms) = source.watermark_ms {
+            let name = json_string(&source.name);
+            out.push_str(&format!(
+                "laminardb_source_watermark_ms{{source={name}}} {watermark_ms}\n\
+                 laminardb_source_watermark_lag_seconds{{source={name}}} {:.3}\n",
+                now_ms.saturating_sub(watermark_ms) as f64 / 1000.0
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP laminardb_wal_sync_seconds Time to make a WAL group durable.\n\
+         # TYPE laminardb_wal_sync_seconds histogram\n",
+    );
+    for (bound_us, count) in &metrics.wal.sync_buckets {
+        out.push_str(&format!(
+            "laminardb_wal_sync_seconds_bucket{{le=\"{}\"}} {count}\n",
+            *bound_us as f64 / 1e6
+        ));
+    }
+    out.push_str(&format!(
+        "laminardb_wal_sync_seconds_bucket{{le=\"+Inf\"}} {}\n\
+         laminardb_wal_sync_seconds_sum {:.6}\n\
+         laminardb_wal_sync_seconds_count {}\n",
+        metrics.wal.syncs,
+        metrics.wal.sync_ns as f64 / 1e9,
+        metrics.wal.syncs
+    ));
     out.push_str(&format!(
         "# HELP laminardb_shard_batches_total Batches processed by shards.\n\
          # TYPE laminardb_shard_batches_total counter\n\
