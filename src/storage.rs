@@ -403,7 +403,20 @@ impl Storage {
         let dir = &config.dir;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(|e| io_error("create", &lock_path, e))?;
-        match lock.try_lock() {
+        // A lock can be held for a moment by a process this one forks
+        // (between fork and exec, before close-on-exec): retry briefly
+        // before calling the directory taken.
+        let mut attempt = 0;
+        let locked = loop {
+            match lock.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if attempt < 50 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::new(
