@@ -165,7 +165,7 @@ impl LaminarDbBuilder {
     }
 
     /// Keeps the database in `dir`: each shard writes what it is given to
-    /// its write-ahead log there before processing it, and
+    /// its write-ahead log there (a push is acknowledged once durable), and
     /// [`LaminarDB::start`] replays what an earlier run left (same SQL and
     /// shard count required). The directory is created if missing and
     /// locked while the database lives. Durability defaults to
