@@ -131,6 +131,18 @@ fn push_latency(_: &mut Criterion) {
     }
 }
 
+/// The VWAP pipeline on an `Async` storage directory.
+async fn open_at(dir: &std::path::Path) -> LaminarDB {
+    let db = LaminarDB::builder()
+        .shards(1)
+        .storage_dir(dir)
+        .durability(Durability::Async)
+        .build()
+        .expect("db");
+    db.execute(DDL).await.expect("ddl");
+    db
+}
+
 /// Reopen + replay of a log of 1 M events (batch 1024, ~40 MB of WAL),
 /// until the subscriber has every result, against pushing the same events
 /// into a `Memory` database: replay is the engine's own work plus reading
@@ -145,13 +157,7 @@ fn recovery(c: &mut Criterion) {
     let want = events.div_ceil(60_000) * SYMBOLS;
     let dir = tempfile::tempdir_in(storage_root()).expect("dir");
     rt.block_on(async {
-        let db = LaminarDB::builder()
-            .shards(1)
-            .storage_dir(dir.path())
-            .durability(Durability::Async)
-            .build()
-            .expect("db");
-        db.execute(DDL).await.expect("ddl");
+        let db = open_at(dir.path()).await;
         let source = db.source_untyped("trades").expect("source");
         db.start().await.expect("start");
         for batch in &input {
@@ -171,13 +177,7 @@ fn recovery(c: &mut Criterion) {
                 .map(|_| {
                     rt.block_on(async {
                         let started = Instant::now();
-                        let db = LaminarDB::builder()
-                            .shards(1)
-                            .storage_dir(dir.path())
-                            .durability(Durability::Async)
-                            .build()
-                            .expect("db");
-                        db.execute(DDL).await.expect("ddl");
+                        let db = open_at(dir.path()).await;
                         let mut sub = db.subscribe("vwap").expect("subscribe");
                         db.start().await.expect("start");
                         let mut rows = 0;
