@@ -25,7 +25,10 @@ use glommio::io::{DmaFile, OpenOptions};
 use laminar_runtime::{Error, ErrorCode, Result};
 use zerocopy::IntoBytes;
 
-use crate::format::{record_span, RecordHeader, SegmentHeader, BLOCK_BYTES, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    record_span, RecordHeader, SegmentHeader, BLOCK_BYTES, RECORD_ALIGN, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
 use crate::reader::{segment_name, Tail};
 
 /// Size of one zero-filling write when a segment is created.
@@ -86,8 +89,10 @@ pub struct WalWriter {
     segment_index: u64,
     /// File offset of `pending[0]`; a multiple of the block size.
     block_start: u64,
-    /// The bytes from `block_start` to the end of the appended records.
-    pending: Vec<u8>,
+    /// The bytes from `block_start` to the end of the appended records,
+    /// in a DMA buffer that is handed to the write as it is (one copy per
+    /// record, at append).
+    pending: Staging,
     /// How much of `pending` has been written.
     written: usize,
     /// Whether written bytes await an `fdatasync`.
@@ -147,6 +152,8 @@ impl WalWriter {
                 Vec::with_capacity(BLOCK_BYTES),
             ),
         };
+        let mut staging = Staging::new(&file, STAGING_BYTES);
+        staging.extend(&file, &pending);
         let mut writer = Self {
             dir: dir.to_path_buf(),
             shard,
@@ -156,7 +163,7 @@ impl WalWriter {
             segment_index,
             block_start,
             written: pending.len(),
-            pending,
+            pending: staging,
             unsynced: false,
             in_flight: None,
             next_lsn,
@@ -218,10 +225,11 @@ impl WalWriter {
         }
         let lsn = self.next_lsn;
         let header = RecordHeader::new(kind, self.generation, lsn, payload);
-        let start = self.pending.len();
-        self.pending.extend_from_slice(header.as_bytes());
-        self.pending.extend_from_slice(payload);
-        self.pending.resize(start + span, 0);
+        let padding = span - RECORD_HEADER_BYTES - payload.len();
+        self.pending.extend(&self.file, header.as_bytes());
+        self.pending.extend(&self.file, payload);
+        self.pending
+            .extend(&self.file, &[0u8; RECORD_ALIGN][..padding]);
         self.next_lsn += 1;
         Ok(lsn)
     }
@@ -242,21 +250,19 @@ impl WalWriter {
         self.wait().await?;
         let mut buffer = None;
         if self.written < self.pending.len() {
-            let length = self.pending.len().next_multiple_of(BLOCK_BYTES);
-            let mut dma = self.file.alloc_dma_buffer(length);
-            let bytes = dma.as_bytes_mut();
-            bytes[..self.pending.len()].copy_from_slice(&self.pending);
-            bytes[self.pending.len()..].fill(0);
+            let len = self.pending.len();
+            let length = len.next_multiple_of(BLOCK_BYTES);
+            // The last, partly filled block stays in memory for the next
+            // write, which rewrites it with more records.
+            let full = len / BLOCK_BYTES * BLOCK_BYTES;
+            let next = self.pending.split_off_tail(&self.file, full);
+            let mut dma = std::mem::replace(&mut self.pending, next).into_buffer();
+            dma.as_bytes_mut()[len..length].fill(0);
+            dma.trim_to_size(length);
             buffer = Some((dma, self.block_start, length));
-            self.written = self.pending.len();
+            self.block_start += full as u64;
+            self.written = len - full;
             self.unsynced = true;
-            // Keep only the last, partly filled block in memory.
-            let full = self.pending.len() / BLOCK_BYTES * BLOCK_BYTES;
-            if full > 0 {
-                self.pending.drain(..full);
-                self.block_start += full as u64;
-                self.written -= full;
-            }
         }
         let sync = sync && self.unsynced;
         if buffer.is_none() && !sync {
@@ -338,8 +344,8 @@ impl WalWriter {
             self.config.segment_bytes,
             self.generation,
         );
-        debug_assert!(self.pending.is_empty() && self.block_start == 0);
-        self.pending.extend_from_slice(header.as_bytes());
+        debug_assert!(self.pending.len() == 0 && self.block_start == 0);
+        self.pending.extend(&self.file, header.as_bytes());
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -347,6 +353,58 @@ impl WalWriter {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+}
+
+/// First size of a group's staging buffer; it doubles as groups need.
+const STAGING_BYTES: usize = 256 * 1024;
+
+/// Appended bytes waiting for their write, in a DMA buffer.
+struct Staging {
+    buffer: glommio::io::DmaBuffer,
+    len: usize,
+}
+
+impl Staging {
+    fn new(file: &DmaFile, capacity: usize) -> Self {
+        Self {
+            buffer: file.alloc_dma_buffer(capacity.next_multiple_of(BLOCK_BYTES)),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `bytes`, moving to a buffer twice as large when full (one
+    /// more block than needed, so the write's padding always fits).
+    fn extend(&mut self, file: &DmaFile, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if end + BLOCK_BYTES > self.buffer.len() {
+            let capacity = (end + BLOCK_BYTES).max(self.buffer.len() * 2);
+            let mut bigger = file.alloc_dma_buffer(capacity.next_multiple_of(BLOCK_BYTES));
+            bigger.as_bytes_mut()[..self.len].copy_from_slice(&self.buffer.as_bytes()[..self.len]);
+            self.buffer = bigger;
+        }
+        self.buffer.as_bytes_mut()[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// A new staging buffer holding the bytes from `from` on (less than a
+    /// block), sized like this one.
+    fn split_off_tail(&self, file: &DmaFile, from: usize) -> Self {
+        let mut next = Self::new(file, self.buffer.len());
+        next.extend(file, &self.buffer.as_bytes()[from..self.len]);
+        next
+    }
+
+    fn into_buffer(self) -> glommio::io::DmaBuffer {
+        self.buffer
     }
 }
 
