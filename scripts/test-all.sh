@@ -26,6 +26,15 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Test and bench executables of earlier dependency sets are never reused
+# and take ~1 GB each: drop those untouched for a day so the shared target
+# directory does not fill the disk.
+for deps in "$CARGO_TARGET_DIR"/debug/deps "$CARGO_TARGET_DIR"/release/deps; do
+  if [ -d "$deps" ]; then
+    find "$deps" -maxdepth 1 -type f ! -name '*.*' -mtime +1 -delete
+  fi
+done
+
 echo "== cargo fmt"
 cargo fmt --all --check
 echo "== cargo clippy"
