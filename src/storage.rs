@@ -28,7 +28,7 @@
 //! a source's lanes) move exactly as they did; handles still open when
 //! their process ended close before the next generation's first record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -628,14 +628,14 @@ pub(crate) fn replay_shard(
         replay: true,
         log_key: None,
     })?;
-    let mut open: HashMap<u64, ()> = HashMap::new();
+    let mut open: HashSet<u64> = HashSet::new();
     let mut generation = 0u32;
-    let close_older = |open: &mut HashMap<u64, ()>,
+    let close_older = |open: &mut HashSet<u64>,
                        carrier: &mut laminar_runtime::spsc::Producer<Ingress>,
                        generation: u32|
      -> Result<()> {
         let older: Vec<u64> = open
-            .keys()
+            .iter()
             .copied()
             .filter(|key| (key >> 32) < u64::from(generation))
             .collect();
@@ -651,7 +651,7 @@ pub(crate) fn replay_shard(
                 (key, Some(Ingress::ReplayOpen { key, input: source }))
             }
             Logged::LaneClose { key } => {
-                let entry = open.remove(&key).map(|()| Ingress::ReplayClose { key });
+                let entry = open.remove(&key).then_some(Ingress::ReplayClose { key });
                 (key, entry)
             }
             Logged::Message(tag, message) => {
@@ -682,7 +682,7 @@ pub(crate) fn replay_shard(
         }
         if let Some(entry) = entry {
             if let Ingress::ReplayOpen { key, .. } = &entry {
-                open.insert(*key, ());
+                open.insert(*key);
             }
             push_blocking(&mut carrier, entry)?;
         }

@@ -169,17 +169,23 @@ fn durability_settings_are_checked() {
     assert!(err.to_string().contains("multiple of 4096"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_batch_is_refused_with_its_code() {
-    let dir = tempfile::tempdir().unwrap();
+/// A database on `dir` with the smallest WAL segments and the test DDL.
+async fn small_segments(dir: &Path) -> LaminarDB {
     let db = LaminarDB::builder()
         .shards(1)
-        .storage_dir(dir.path())
+        .storage_dir(dir)
         .wal_segment_bytes(64 * 1024)
         .build()
         .unwrap();
     db.execute(TRADES_DDL).await.unwrap();
     db.execute(DDL).await.unwrap();
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_is_refused_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = small_segments(dir.path()).await;
     let handle = db.source_untyped("trades").unwrap();
     db.start().await.unwrap();
     let big = trades_batch(&trades(7, 20_000, 5, 0));
@@ -191,14 +197,7 @@ async fn an_oversized_batch_is_refused_with_its_code() {
     db.shutdown().await.unwrap();
     drop(handle);
     drop(db);
-    let db = LaminarDB::builder()
-        .shards(1)
-        .storage_dir(dir.path())
-        .wal_segment_bytes(64 * 1024)
-        .build()
-        .unwrap();
-    db.execute(TRADES_DDL).await.unwrap();
-    db.execute(DDL).await.unwrap();
+    let db = small_segments(dir.path()).await;
     db.start().await.unwrap();
     assert_eq!(db.recovered_rows("trades").unwrap(), 10);
     db.shutdown().await.unwrap();

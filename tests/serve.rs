@@ -461,27 +461,32 @@ fn a_kill_during_ingest_loses_no_acknowledged_request() {
     let file = dir.path().join("rows.jsonl");
     std::fs::write(&file, body).unwrap();
     let upload = format!("@{}", file.display());
+    // Kill once a few requests went through, while the client goes on.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let killer = {
         let pid = server.0.id();
+        let acknowledged = std::sync::Arc::clone(&acknowledged);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            eventually("a few acknowledged requests", || {
+                (acknowledged.load(std::sync::atomic::Ordering::Acquire) >= 5).then(String::new)
+            });
             Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .status()
                 .unwrap();
         })
     };
-    let mut acknowledged = 0u64;
     loop {
         let (status, _) = curl(port, "POST", "/sources/trades", true, Some(&upload));
         if status != 200 {
             break;
         }
-        acknowledged += 1;
+        acknowledged.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     killer.join().unwrap();
     drop(server);
-    assert!(acknowledged > 0, "no request went through before the kill");
+    let acknowledged = acknowledged.load(std::sync::atomic::Ordering::Acquire);
+    assert!(acknowledged >= 5, "the kill came before the requests");
 
     let _server = start(&config, &log);
     wait_ready(port);
