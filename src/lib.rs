@@ -575,6 +575,7 @@ impl LaminarDB {
                     input: StreamInput::LateOf(def.name.clone()),
                     output_schema: Arc::clone(schema),
                     routing: Routing::Any,
+                    right_input: None,
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
                     late_side_output: None,
@@ -815,6 +816,7 @@ impl LaminarDB {
                     local: graph.local[id].clone(),
                     late: graph.late[id].clone(),
                     exchanges: graph.exchanges_of[id].clone(),
+                    watermark_ms: i64::MIN,
                 });
             }
             let mut lanes = Vec::new();
@@ -834,7 +836,7 @@ impl LaminarDB {
                     },
                     rings: Some(std::mem::take(&mut exchange_producers[e][shard])),
                     outbox: (0..shards).map(|_| Default::default()).collect(),
-                    feeding_input: graph.root_input[exchange.upstream],
+                    feeding_inputs: graph.roots[exchange.upstream].clone(),
                 });
             }
             let (control, receiver, waker, sent) = control_channel();
@@ -1443,10 +1445,14 @@ impl LaminarDB {
         let dependents: Vec<String> = catalog
             .streams
             .iter()
-            .filter(|s| match &s.input {
-                StreamInput::Source(input) => is_source && input == name,
-                StreamInput::Stream(input) => !is_source && input == name,
-                StreamInput::LateOf(input) => input == name && s.name != late,
+            .filter(|s| {
+                std::iter::once(&s.input)
+                    .chain(s.right_input.as_ref().map(|(input, _)| input))
+                    .any(|input| match input {
+                        StreamInput::Source(input) => is_source && input == name,
+                        StreamInput::Stream(input) => !is_source && input == name,
+                        StreamInput::LateOf(input) => input == name && s.name != late,
+                    })
             })
             .map(|s| s.name.clone())
             .chain(

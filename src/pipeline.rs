@@ -41,6 +41,7 @@ use laminar_runtime::spsc::{Consumer, Producer, PushError};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::Routing;
 
+use crate::graph::Target;
 use crate::shard_wal::ShardWal;
 
 use crate::metrics::ShardCounters;
@@ -247,12 +248,15 @@ pub(crate) struct ShardStream {
     pub operator: Box<dyn Operator>,
     /// Subscribers.
     pub outputs: Vec<Producer<Emitted>>,
-    /// Streams on this shard fed directly by this one's output.
-    pub local: Vec<usize>,
+    /// Ports on this shard fed directly by this one's output.
+    pub local: Vec<Target>,
     /// Streams fed by this one's late rows.
     pub late: Vec<usize>,
     /// Exchanges fed by this one's output.
     pub exchanges: Vec<usize>,
+    /// The watermark of this stream's output on this shard, as passed on
+    /// to its downstreams (see `Operator::output_watermark`).
+    pub watermark_ms: i64,
 }
 
 /// One input of a shard: a source or an exchange.
@@ -260,10 +264,10 @@ pub(crate) struct Input {
     /// This shard's watermark for the input: the minimum over its open
     /// lanes, never moving back.
     pub watermark_ms: i64,
-    /// `[route]` -> streams fed by that route (an exchange has one route).
-    pub routes: Vec<Vec<usize>>,
-    /// Every stream reading the input directly, in creation order.
-    pub streams: Vec<usize>,
+    /// `[route]` -> ports fed by that route (an exchange has one route).
+    pub routes: Vec<Vec<Target>>,
+    /// Every port reading the input directly, in creation order.
+    pub targets: Vec<Target>,
     /// Sources finish when the pipeline stops and their lanes are drained;
     /// exchanges when every sender has closed its ring.
     pub is_source: bool,
@@ -282,8 +286,8 @@ pub(crate) struct ExchangeOut {
     pub rings: Option<Vec<Producer<Ingress>>>,
     /// Messages waiting for room, per receiving shard, in order.
     pub outbox: Vec<VecDeque<Ingress>>,
-    /// The input (on this shard) whose rows reach this exchange.
-    pub feeding_input: usize,
+    /// The inputs (on this shard) whose rows reach this exchange.
+    pub feeding_inputs: Vec<usize>,
 }
 
 impl ExchangeOut {
@@ -391,13 +395,13 @@ impl Lane {
 /// downstreams before their watermark does.
 pub(crate) enum Work {
     Batch {
-        stream: usize,
+        target: Target,
         batch: RecordBatch,
         watermark_ms: i64,
         row_watermarks: Option<Int64Array>,
     },
     Watermark {
-        stream: usize,
+        target: Target,
         watermark_ms: i64,
     },
 }
@@ -703,7 +707,10 @@ impl ShardProgram {
             let exchange = &self.exchanges[e];
             if exchange.rings.is_some()
                 && !exchange.is_backed_up()
-                && self.input_finished(exchange.feeding_input)
+                && exchange
+                    .feeding_inputs
+                    .iter()
+                    .all(|&input| self.input_finished(input))
             {
                 self.exchanges[e].rings = None;
                 closed = true;
@@ -783,11 +790,11 @@ impl ShardProgram {
         if let Some(published) = self.counters.watermarks.get(input) {
             published.store(watermark_ms, Ordering::Relaxed);
         }
-        for i in 0..self.inputs[input].streams.len() {
-            let stream = self.inputs[input].streams[i];
+        for i in 0..self.inputs[input].targets.len() {
+            let target = self.inputs[input].targets[i];
             self.run_work(
                 Work::Watermark {
-                    stream,
+                    target,
                     watermark_ms,
                 },
                 pushed_at,
@@ -809,13 +816,13 @@ impl ShardProgram {
                 ..
             } => {
                 let watermark_ms = self.inputs[input].watermark_ms;
-                let streams = self.inputs[input].routes[route].len();
+                let targets = self.inputs[input].routes[route].len();
                 let mut batch = Some(batch);
                 let mut row_watermarks = Some(row_watermarks);
-                for i in 0..streams {
-                    let stream = self.inputs[input].routes[route][i];
-                    // The last stream takes the batch itself.
-                    let (batch, row_watermarks) = if i + 1 == streams {
+                for i in 0..targets {
+                    let target = self.inputs[input].routes[route][i];
+                    // The last port takes the batch itself.
+                    let (batch, row_watermarks) = if i + 1 == targets {
                         (
                             batch.take().expect("once"),
                             row_watermarks.take().expect("once"),
@@ -828,7 +835,7 @@ impl ShardProgram {
                     };
                     self.run_work(
                         Work::Batch {
-                            stream,
+                            target,
                             batch,
                             watermark_ms,
                             row_watermarks,
@@ -868,9 +875,9 @@ impl ShardProgram {
         let mut out = std::mem::take(&mut self.out);
         queue.push(work);
         while let Some(work) = queue.pop() {
-            let (stream, watermark_ms, advanced) = match work {
+            let (stream, advanced_to) = match work {
                 Work::Batch {
-                    stream,
+                    target: Target { stream, port },
                     batch,
                     watermark_ms,
                     row_watermarks,
@@ -889,7 +896,7 @@ impl ShardProgram {
                     // would cost more than a one-row batch's processing.
                     let sampled = calls.is_multiple_of(SAMPLE);
                     let started = sampled.then(Instant::now);
-                    let result = operator.on_batch(&batch, time, &mut out);
+                    let result = operator.on_input_batch(port, &batch, time, &mut out);
                     if let Some(started) = started {
                         ShardCounters::add(
                             &counters.busy_ns,
@@ -912,7 +919,10 @@ impl ShardProgram {
                         for batch in late {
                             for &next in &self.streams[stream].late {
                                 queue.push(Work::Batch {
-                                    stream: next,
+                                    target: Target {
+                                        stream: next,
+                                        port: 0,
+                                    },
                                     batch: batch.clone(),
                                     watermark_ms,
                                     row_watermarks: None,
@@ -920,42 +930,50 @@ impl ShardProgram {
                             }
                         }
                     }
-                    (stream, watermark_ms, false)
+                    (stream, None)
                 }
                 Work::Watermark {
-                    stream,
+                    target: Target { stream, port },
                     watermark_ms,
                 } => {
                     let started = Instant::now();
                     let operator = &mut self.streams[stream].operator;
-                    let result = operator.on_watermark(watermark_ms, &mut out);
+                    let result = operator.on_input_watermark(port, watermark_ms, &mut out);
                     let counters = &self.counters.streams[stream];
                     ShardCounters::add(&counters.busy_ns, started.elapsed().as_nanos() as u64);
                     ShardCounters::add(&counters.calls, 1);
                     counters
                         .state_bytes
                         .store(operator.state_bytes() as u64, Ordering::Relaxed);
+                    let output_ms = operator.output_watermark(watermark_ms);
                     if let Err(e) = result {
                         out.clear();
                         self.record_error(stream, e);
                     }
-                    (stream, watermark_ms, true)
+                    (
+                        stream,
+                        (output_ms > self.streams[stream].watermark_ms).then_some(output_ms),
+                    )
                 }
             };
+            // Output rows are judged by downstreams against the watermark
+            // in force before the one that produced them.
+            let watermark_ms = self.streams[stream].watermark_ms;
             // Local downstreams see the watermark after the batches it
             // produced: queue it first (the queue is a stack).
-            if advanced {
+            if let Some(advanced_to) = advanced_to {
+                self.streams[stream].watermark_ms = advanced_to;
                 for &next in self.streams[stream].local.iter().rev() {
                     queue.push(Work::Watermark {
-                        stream: next,
-                        watermark_ms,
+                        target: next,
+                        watermark_ms: advanced_to,
                     });
                 }
             }
             for batch in out.iter().rev() {
                 for &next in self.streams[stream].local.iter().rev() {
                     queue.push(Work::Batch {
-                        stream: next,
+                        target: next,
                         batch: batch.clone(),
                         watermark_ms,
                         row_watermarks: None,
@@ -970,7 +988,7 @@ impl ShardProgram {
                     }
                 }
             }
-            if advanced {
+            if let Some(advanced_to) = advanced_to {
                 for &exchange in &self.streams[stream].exchanges {
                     let exchange = &mut self.exchanges[exchange];
                     for shard in 0..exchange.outbox.len() {
@@ -978,7 +996,7 @@ impl ShardProgram {
                             shard,
                             Ingress::Watermark {
                                 input: exchange.input,
-                                watermark_ms,
+                                watermark_ms: advanced_to,
                                 pushed_at: origin,
                                 record: None,
                             },

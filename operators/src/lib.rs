@@ -88,4 +88,37 @@ pub trait Operator: Send {
     /// output) into `out`, as they were pushed. Operators that keep none
     /// leave `out` alone.
     fn drain_late(&mut self, _out: &mut Vec<RecordBatch>) {}
+
+    /// Processes one batch of input `port`. Operators with one input have
+    /// only port 0; a join's left side is port 0 and its right side 1.
+    fn on_input_batch(
+        &mut self,
+        port: usize,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        debug_assert_eq!(port, 0, "a single-input operator has only port 0");
+        self.on_batch(batch, time, out)
+    }
+
+    /// The watermark of input `port` advanced to `watermark_ms`.
+    fn on_input_watermark(
+        &mut self,
+        port: usize,
+        watermark_ms: i64,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        debug_assert_eq!(port, 0, "a single-input operator has only port 0");
+        self.on_watermark(watermark_ms, out)
+    }
+
+    /// The watermark of the operator's output after its input's advanced
+    /// to `input_watermark_ms`: no row it emits later has an event time
+    /// below it, so downstream operators may close windows up to it. Most
+    /// operators pass their input's on; `i64::MAX` (end of input) always
+    /// passes through.
+    fn output_watermark(&self, input_watermark_ms: i64) -> i64 {
+        input_watermark_ms
+    }
 }

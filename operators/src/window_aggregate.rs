@@ -195,6 +195,16 @@ impl Operator for WindowAggregate {
         Ok(())
     }
 
+    /// Windows still to close end after the watermark, so they start
+    /// after it minus the window size: held back by that much, a window's
+    /// start (or end) column is a valid event time downstream.
+    fn output_watermark(&self, input_watermark_ms: i64) -> i64 {
+        if input_watermark_ms == i64::MAX {
+            return i64::MAX;
+        }
+        input_watermark_ms.saturating_sub(self.window.size_ms)
+    }
+
     fn late_rows(&self) -> u64 {
         self.late_rows
     }

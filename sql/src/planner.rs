@@ -143,6 +143,9 @@ pub struct StreamPlan {
     pub output_schema: SchemaRef,
     /// How its input is spread over shards.
     pub routing: Routing,
+    /// A join's right side (port 1) and how it is spread; `input` and
+    /// `routing` are then its left side.
+    pub right_input: Option<(StreamInput, Routing)>,
     /// What runs on each shard.
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
@@ -1489,6 +1492,7 @@ pub async fn plan_stream(
         }
         _ => output_schema,
     };
+    let right_input: Option<(StreamInput, Routing)> = None;
     let late_side_output = match (&operator, def.late_side_output) {
         (_, false) => None,
         (StreamOperator::Stateless(_), true) => {
@@ -1521,6 +1525,7 @@ pub async fn plan_stream(
         sql: def.sql.clone(),
         output_schema,
         routing,
+        right_input,
         operator,
         explain,
     })
