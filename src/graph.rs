@@ -67,8 +67,11 @@ impl Graph {
         };
         for (id, plan) in streams.iter().enumerate() {
             let mut roots = Vec::new();
-            let ports = std::iter::once((&plan.input, &plan.routing))
-                .chain(plan.right_input.as_ref().map(|(input, routing)| (input, routing)));
+            let ports = std::iter::once((&plan.input, &plan.routing)).chain(
+                plan.right_input
+                    .as_ref()
+                    .map(|(input, routing)| (input, routing)),
+            );
             for (port, (input, routing)) in ports.enumerate() {
                 let target = Target { stream: id, port };
                 // Streams can only read streams created before them, so

@@ -176,6 +176,39 @@ impl KeyEncoder {
         }
     }
 
+    /// Looks up row `row`'s key without inserting it (joins probe the
+    /// other side's table).
+    #[inline]
+    pub fn find(&self, table: &GroupTable, keys: &BatchKeys<'_>, row: usize) -> Option<usize> {
+        let found = match (keys, &table.keys) {
+            (BatchKeys::Global, KeyStore::Global) => (!table.hashes.is_empty()).then_some(0),
+            (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
+                let key = array.value(row);
+                table
+                    .table
+                    .find(self.hasher.hash_one(key), |&id| &*store[id as usize] == key)
+                    .copied()
+            }
+            (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
+                let key = values[row];
+                table
+                    .table
+                    .find(self.hasher.hash_one(key), |&id| store[id as usize] == key)
+                    .copied()
+            }
+            (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
+                let key = rows.row(row);
+                let key = key.as_ref();
+                table
+                    .table
+                    .find(self.hasher.hash_one(key), |&id| &*store[id as usize] == key)
+                    .copied()
+            }
+            _ => unreachable!("a group table's key store matches its encoder's kind"),
+        };
+        found.map(|id| id as usize)
+    }
+
     /// The key columns of groups `ids` of `table`, in that order.
     pub fn key_columns(&self, table: &GroupTable, ids: &[u32]) -> Result<Vec<ArrayRef>> {
         Ok(match &table.keys {

@@ -23,12 +23,16 @@
 //!   (`ROW_NUMBER() OVER (...) <= N`) as a changelog.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
 //!   not) producing a Z-set changelog with a `_weight` column.
+//! - [`join`] and [`interval_join`]: stream-stream interval joins (inner
+//!   and outer) over event-time buckets, state bounded by the watermarks.
 //! - [`Operator`]: the small trait the shard drives.
 
 pub mod aggregate;
 pub mod analytic;
 pub mod changelog_aggregate;
 pub mod groups;
+pub mod interval_join;
+pub mod join;
 pub mod session_aggregate;
 pub mod stage;
 pub mod time;
@@ -41,6 +45,8 @@ use laminar_runtime::Result;
 pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
 pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
+pub use interval_join::{IntervalJoin, IntervalJoinSpec};
+pub use join::JoinSide;
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};

@@ -145,7 +145,7 @@ impl Stage {
 }
 
 /// The rows a predicate keeps; `None` when it keeps all of them.
-fn filter_mask(
+pub(crate) fn filter_mask(
     predicate: &Arc<dyn PhysicalExpr>,
     batch: &RecordBatch,
 ) -> Result<Option<BooleanArray>> {

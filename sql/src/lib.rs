@@ -15,6 +15,7 @@
 
 pub mod dialect;
 pub mod functions;
+mod join;
 pub mod planner;
 pub mod window_tvf;
 

@@ -32,8 +32,8 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSort
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, ChangelogAggregate, EventTimeUnit,
-    Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding,
-    WindowKind, WindowSpec, WEIGHT_COLUMN,
+    IntervalJoin, IntervalJoinSpec, Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec,
+    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -106,6 +106,8 @@ pub enum StreamOperator {
     TopN(TopNSpec),
     /// Window functions over event time, emitted as rows become final.
     Analytic(AnalyticSpec),
+    /// A stream-stream join with time bounds (two inputs).
+    IntervalJoin(IntervalJoinSpec),
 }
 
 impl StreamOperator {
@@ -128,6 +130,7 @@ impl StreamOperator {
                 Box::new(TopN::new(spec.clone(), Arc::clone(output_schema))?)
             }
             StreamOperator::Analytic(spec) => Box::new(Analytic::new(spec.clone())?),
+            StreamOperator::IntervalJoin(spec) => Box::new(IntervalJoin::new(spec.clone())?),
         })
     }
 }
@@ -167,7 +170,7 @@ pub fn new_session_context() -> SessionContext {
     ctx
 }
 
-fn planning_error(e: DataFusionError) -> Error {
+pub(crate) fn planning_error(e: DataFusionError) -> Error {
     let message = e.strip_backtrace().to_string();
     let code = match &e {
         DataFusionError::SQL(..) => ErrorCode::SqlSyntax,
@@ -179,7 +182,7 @@ fn planning_error(e: DataFusionError) -> Error {
     Error::new(code, message)
 }
 
-fn unsupported(what: impl Into<String>, hint: &str) -> Error {
+pub(crate) fn unsupported(what: impl Into<String>, hint: &str) -> Error {
     Error::new(ErrorCode::Unsupported, what).with_hint(hint)
 }
 
@@ -591,23 +594,23 @@ fn window_kind(found: &FoundWindow) -> Result<WindowKind> {
     )?))
 }
 
-struct Lowering<'a> {
+pub(crate) struct Lowering<'a> {
     props: ExecutionProps,
-    sources: &'a HashMap<String, SourceDef>,
+    pub(crate) sources: &'a HashMap<String, SourceDef>,
     /// Existing streams' output schemas, by name.
     streams: &'a HashMap<String, SchemaRef>,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
-struct Chain<'p> {
-    stages: Vec<Stage>,
-    scan_source: String,
-    below: &'p LogicalPlan,
+pub(crate) struct Chain<'p> {
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) scan_source: String,
+    pub(crate) below: &'p LogicalPlan,
 }
 
 impl Lowering<'_> {
     /// The schema of a source or stream the query reads.
-    fn input_schema(&self, name: &str) -> &SchemaRef {
+    pub(crate) fn input_schema(&self, name: &str) -> &SchemaRef {
         match self.sources.get(name) {
             Some(source) => &source.schema,
             None => &self.streams[name],
@@ -615,7 +618,7 @@ impl Lowering<'_> {
     }
 
     /// The input named in a scan.
-    fn input(&self, name: &str) -> StreamInput {
+    pub(crate) fn input(&self, name: &str) -> StreamInput {
         if self.sources.contains_key(name) {
             StreamInput::Source(name.to_string())
         } else {
@@ -623,7 +626,7 @@ impl Lowering<'_> {
         }
     }
 
-    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    pub(crate) fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         create_physical_expr(
             expr,
             schema,
@@ -636,7 +639,7 @@ impl Lowering<'_> {
     /// Walks Projection/Filter/SubqueryAlias nodes down to the next
     /// Aggregate or TableScan. Stages come out in execution order (scan
     /// first).
-    fn chain<'p>(&self, mut node: &'p LogicalPlan) -> Result<Chain<'p>> {
+    pub(crate) fn chain<'p>(&self, mut node: &'p LogicalPlan) -> Result<Chain<'p>> {
         let mut stages = Vec::new();
         loop {
             match node {
@@ -663,7 +666,7 @@ impl Lowering<'_> {
                     stages.push(unnest_stage(u)?);
                     node = &u.input;
                 }
-                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => {
+                LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Join(_) => {
                     stages.reverse();
                     return Ok(Chain {
                         stages,
@@ -739,7 +742,7 @@ impl Lowering<'_> {
     }
 
     /// The source column an expression reads unchanged, if it is one.
-    fn trace_to_source(&self, expr: &Expr, mut node: &LogicalPlan) -> Option<usize> {
+    pub(crate) fn trace_to_source(&self, expr: &Expr, mut node: &LogicalPlan) -> Option<usize> {
         let mut expr = expr.clone().unalias();
         loop {
             let Expr::Column(column) = &expr else {
@@ -1399,7 +1402,24 @@ pub async fn plan_stream(
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(&plan)?;
+    let mut right_input: Option<(StreamInput, Routing)> = None;
     let (input, routing, operator, explain) = match chain.below {
+        LogicalPlan::Join(join) => {
+            if def.emit.is_some() {
+                return Err(Error::new(
+                    ErrorCode::InvalidWindow,
+                    format!(
+                        "stream {}: a join emits each joined row once, as soon as it is known",
+                        def.name
+                    ),
+                )
+                .with_hint("drop the EMIT clause"));
+            }
+            let (input, routing, right, operator, explain) =
+                lowering.interval_join(join, chain.stages)?;
+            right_input = Some(right);
+            (input, routing, operator, explain)
+        }
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
         }
@@ -1492,9 +1512,17 @@ pub async fn plan_stream(
         }
         _ => output_schema,
     };
-    let right_input: Option<(StreamInput, Routing)> = None;
     let late_side_output = match (&operator, def.late_side_output) {
         (_, false) => None,
+        (StreamOperator::IntervalJoin(_), true) => {
+            return Err(unsupported(
+                format!(
+                    "stream {}: late_data = 'side_output' is not supported for joins yet",
+                    def.name
+                ),
+                "drop the option; late join rows are counted in late_rows",
+            ))
+        }
         (StreamOperator::Stateless(_), true) => {
             return Err(Error::new(
                 ErrorCode::InvalidWindow,

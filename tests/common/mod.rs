@@ -268,3 +268,15 @@ pub fn consolidate(changelog: &[RecordBatch]) -> Vec<RecordBatch> {
     let indices = datafusion::arrow::array::UInt32Array::from(keep);
     vec![datafusion::arrow::compute::take_record_batch(&data, &indices).unwrap()]
 }
+
+/// Waits up to 10 s for `condition`, polling; panics if it never holds.
+pub fn eventually(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

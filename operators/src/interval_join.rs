@@ -1,0 +1,560 @@
+//! Stream-stream interval joins: `a JOIN b ON a.k = b.k AND b.ts BETWEEN
+//! a.ts - X AND a.ts + Y`, inner, left, right and full outer.
+//!
+//! A symmetric hash join over event-time buckets. Each side keeps its
+//! on-time rows in buckets of `width` ms of event time; a bucket holds a
+//! group table (key -> dense id) and, per key, a chain of its rows (newest
+//! first). A batch from one side probes the other side's buckets that
+//! overlap each row's time range, then its rows are stored on their own
+//! side. So every pair is found exactly once, when its later row arrives.
+//!
+//! The right side's time minus the left side's lies in `[lower, upper]`.
+//! When the left watermark passes `w`, no on-time left row is older than
+//! `w`, so right rows older than `w + lower` can no longer match and their
+//! buckets are dropped; likewise left rows older than the right watermark
+//! minus `upper`. State is therefore bounded by the rows of `upper - lower`
+//! (plus one bucket and the watermark delay) of event time. An outer side's
+//! rows that never matched are emitted, padded with NULLs, when their
+//! bucket is dropped: the output is append-only and, once all watermarks
+//! have passed, exactly the batch join of the on-time rows.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_runtime::Result;
+use std::sync::Arc;
+
+use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
+use crate::join::{gather, joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch};
+use crate::stage::{apply_all, filter_mask, Stage};
+use crate::{BatchTime, Operator};
+
+/// Everything needed to build an interval join on a shard.
+#[derive(Debug, Clone)]
+pub struct IntervalJoinSpec {
+    /// Port 0.
+    pub left: JoinSide,
+    /// Port 1.
+    pub right: JoinSide,
+    /// Right time minus left time is at least this (ms; conservative: the
+    /// exact condition is `filter`).
+    pub lower_ms: i64,
+    /// ... and at most this.
+    pub upper_ms: i64,
+    /// The join condition besides the equal keys, over the joined rows
+    /// (left columns, then right columns).
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// Left rows without a match are emitted (LEFT and FULL joins).
+    pub left_outer: bool,
+    /// Right rows without a match are emitted (RIGHT and FULL joins).
+    pub right_outer: bool,
+    /// Schema of the joined rows.
+    pub joined_schema: SchemaRef,
+    /// Filters/projections after the join (WHERE, SELECT list).
+    pub post: Vec<Stage>,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One stored row.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The stored batch it is in (a sequence number).
+    batch: u64,
+    row: u32,
+    /// The next older entry of the same key in the bucket, or `NONE`.
+    next: u32,
+    time_ms: i64,
+}
+
+/// A side's rows with event time in `[start, start + width)`.
+struct Bucket {
+    table: GroupTable,
+    /// Per group: its newest entry.
+    heads: Vec<u32>,
+    entries: Vec<Entry>,
+}
+
+/// A batch of stored rows, freed when its last row's bucket is dropped.
+struct Stored {
+    rows: RecordBatch,
+    /// Rows still in some bucket.
+    live: usize,
+    /// Per row: matched at least once (outer sides only).
+    matched: Vec<bool>,
+}
+
+/// One side's state.
+struct Side {
+    buckets: BTreeMap<i64, Bucket>,
+    /// Stored batches by sequence number, from `first_batch` on; `None`
+    /// once freed.
+    batches: VecDeque<Option<Stored>>,
+    first_batch: u64,
+    rows: usize,
+    bytes: usize,
+    watermark_ms: i64,
+    outer: bool,
+}
+
+impl Side {
+    fn new(outer: bool) -> Self {
+        Self {
+            buckets: BTreeMap::new(),
+            batches: VecDeque::new(),
+            first_batch: 0,
+            rows: 0,
+            bytes: 0,
+            watermark_ms: i64::MIN,
+            outer,
+        }
+    }
+
+    fn stored(&self, batch: u64) -> &Stored {
+        self.batches[(batch - self.first_batch) as usize]
+            .as_ref()
+            .expect("a live entry's batch is kept")
+    }
+
+    fn stored_mut(&mut self, batch: u64) -> &mut Stored {
+        self.batches[(batch - self.first_batch) as usize]
+            .as_mut()
+            .expect("a live entry's batch is kept")
+    }
+
+    fn release(&mut self, batch: u64) {
+        let slot = &mut self.batches[(batch - self.first_batch) as usize];
+        let stored = slot.as_mut().expect("a live entry's batch is kept");
+        stored.live -= 1;
+        if stored.live == 0 {
+            self.bytes -= stored.rows.get_array_memory_size();
+            *slot = None;
+            while matches!(self.batches.front(), Some(None)) {
+                self.batches.pop_front();
+                self.first_batch += 1;
+            }
+        }
+    }
+}
+
+/// An interval join on one shard.
+pub struct IntervalJoin {
+    spec: IntervalJoinSpec,
+    encoder: KeyEncoder,
+    width_ms: i64,
+    sides: [Side; 2],
+    late: u64,
+    scratch_ms: Vec<i64>,
+    /// Reused per probe: (probe row, stored batch, stored row).
+    pairs: Vec<(u32, u64, u32)>,
+}
+
+impl std::fmt::Debug for IntervalJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntervalJoin")
+            .field("lower_ms", &self.spec.lower_ms)
+            .field("upper_ms", &self.spec.upper_ms)
+            .field("left_rows", &self.sides[0].rows)
+            .field("right_rows", &self.sides[1].rows)
+            .finish()
+    }
+}
+
+impl IntervalJoin {
+    /// A join with empty state.
+    pub fn new(spec: IntervalJoinSpec) -> Result<Self> {
+        let encoder = shared_encoder(&spec.left, &spec.right)?;
+        // A probe looks at about three buckets; rows outlive their last
+        // possible match by at most one bucket.
+        let width_ms = spec.upper_ms.saturating_sub(spec.lower_ms).max(1);
+        let sides = [Side::new(spec.left_outer), Side::new(spec.right_outer)];
+        Ok(Self {
+            spec,
+            encoder,
+            width_ms,
+            sides,
+            late: 0,
+            scratch_ms: Vec::new(),
+            pairs: Vec::new(),
+        })
+    }
+
+    fn bucket_of(&self, t_ms: i64) -> i64 {
+        t_ms.div_euclid(self.width_ms) * self.width_ms
+    }
+
+    /// Rows stored on each side (for tests and metrics).
+    pub fn stored_rows(&self) -> (usize, usize) {
+        (self.sides[0].rows, self.sides[1].rows)
+    }
+
+    /// The other side's time range a row at `t_ms` on `port` matches.
+    fn range(&self, port: usize, t_ms: i64) -> (i64, i64) {
+        let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
+        if port == 0 {
+            (t_ms.saturating_add(lower), t_ms.saturating_add(upper))
+        } else {
+            (t_ms.saturating_sub(upper), t_ms.saturating_sub(lower))
+        }
+    }
+
+    fn side_schema(&self, port: usize) -> &SchemaRef {
+        if port == 0 {
+            &self.spec.left.schema
+        } else {
+            &self.spec.right.schema
+        }
+    }
+
+    /// Probes the other side with `input`'s rows; appends the joined rows
+    /// that pass the filter and returns which probe rows matched.
+    fn probe(
+        &mut self,
+        port: usize,
+        input: &SideBatch,
+        keys: &BatchKeys<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<Vec<bool>> {
+        let n = input.rows.num_rows();
+        let mut matched = vec![false; n];
+        let mut pairs = std::mem::take(&mut self.pairs);
+        pairs.clear();
+        let other = &self.sides[1 - port];
+        if !other.buckets.is_empty() {
+            for (row, &t) in input.times_ms.iter().enumerate() {
+                let (low, high) = self.range(port, t);
+                for (_, bucket) in other
+                    .buckets
+                    .range(self.bucket_of(low)..=self.bucket_of(high))
+                {
+                    let Some(group) = self.encoder.find(&bucket.table, keys, row) else {
+                        continue;
+                    };
+                    let mut e = bucket.heads[group];
+                    while e != NONE {
+                        let entry = &bucket.entries[e as usize];
+                        if (low..=high).contains(&entry.time_ms) {
+                            pairs.push((row as u32, entry.batch, entry.row));
+                        }
+                        e = entry.next;
+                    }
+                }
+            }
+        }
+        if !pairs.is_empty() {
+            self.emit_pairs(port, input, &pairs, &mut matched, out)?;
+        }
+        self.pairs = pairs;
+        Ok(matched)
+    }
+
+    fn emit_pairs(
+        &mut self,
+        port: usize,
+        input: &SideBatch,
+        pairs: &[(u32, u64, u32)],
+        matched: &mut [bool],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        // Dense positions of the stored batches the pairs touch.
+        let mut positions: HashMap<u64, usize> = HashMap::new();
+        let mut touched: Vec<u64> = Vec::new();
+        let mut stored_indices = Vec::with_capacity(pairs.len());
+        let mut probe_indices = Vec::with_capacity(pairs.len());
+        for &(row, batch, stored_row) in pairs {
+            let position = *positions.entry(batch).or_insert_with(|| {
+                touched.push(batch);
+                touched.len() - 1
+            });
+            stored_indices.push((position, stored_row as usize));
+            probe_indices.push(row);
+        }
+        let other = &self.sides[1 - port];
+        let batches: Vec<&RecordBatch> = touched.iter().map(|&b| &other.stored(b).rows).collect();
+        let stored_columns = gather(&batches, &stored_indices, self.side_schema(1 - port))?;
+        let probe_columns = take_rows(&input.rows, &probe_indices)?;
+        let rows = if port == 0 {
+            joined(&self.spec.joined_schema, probe_columns, stored_columns)?
+        } else {
+            joined(&self.spec.joined_schema, stored_columns, probe_columns)?
+        };
+        let (rows, passed) = match &self.spec.filter {
+            Some(filter) => match filter_mask(filter, &rows)? {
+                Some(mask) => (
+                    arrow::compute::filter_record_batch(&rows, &mask)?,
+                    Some(mask),
+                ),
+                None => (rows, None),
+            },
+            None => (rows, None),
+        };
+        let passed_at = |i: usize| passed.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i));
+        let track_probe = self.sides[port].outer;
+        let track_stored = self.sides[1 - port].outer;
+        if track_probe || track_stored {
+            for (i, &(row, batch, stored_row)) in pairs.iter().enumerate() {
+                if passed_at(i) {
+                    matched[row as usize] = true;
+                    if track_stored {
+                        self.sides[1 - port].stored_mut(batch).matched[stored_row as usize] = true;
+                    }
+                }
+            }
+        }
+        if rows.num_rows() > 0 {
+            let result = apply_all(&self.spec.post, &rows)?;
+            if result.num_rows() > 0 {
+                out.push(result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a probed batch's rows on their own side.
+    fn store(
+        &mut self,
+        port: usize,
+        input: SideBatch,
+        keys: &BatchKeys<'_>,
+        matched: Vec<bool>,
+    ) -> Result<()> {
+        let width = self.width_ms;
+        let side = &mut self.sides[port];
+        let seq = side.first_batch + side.batches.len() as u64;
+        let mut live = 0;
+        for (row, &t) in input.times_ms.iter().enumerate() {
+            let start = t.div_euclid(width) * width;
+            let bucket = side.buckets.entry(start).or_insert_with(|| Bucket {
+                table: self.encoder.table(),
+                heads: Vec::new(),
+                entries: Vec::new(),
+            });
+            let index = bucket.entries.len() as u32;
+            let group = self.encoder.group_id(&mut bucket.table, keys, row);
+            if group == bucket.heads.len() {
+                bucket.heads.push(NONE);
+            }
+            bucket.entries.push(Entry {
+                batch: seq,
+                row: row as u32,
+                next: bucket.heads[group],
+                time_ms: t,
+            });
+            bucket.heads[group] = index;
+            live += 1;
+        }
+        side.rows += live;
+        let matched = if side.outer { matched } else { Vec::new() };
+        if live > 0 {
+            side.bytes += input.rows.get_array_memory_size();
+            side.batches.push_back(Some(Stored {
+                rows: input.rows,
+                live,
+                matched,
+            }));
+        } else {
+            side.batches.push_back(None);
+            while matches!(side.batches.front(), Some(None)) {
+                side.batches.pop_front();
+                side.first_batch += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the buckets of `port` that the other side's watermark has
+    /// passed, emitting their unmatched rows on an outer side.
+    fn evict(&mut self, port: usize, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let other_watermark = self.sides[1 - port].watermark_ms;
+        if other_watermark == i64::MIN {
+            return Ok(());
+        }
+        // Rows on `port` older than this match no on-time row of the other
+        // side any more.
+        let dead_before = if port == 0 {
+            other_watermark.saturating_sub(self.spec.upper_ms)
+        } else {
+            other_watermark.saturating_add(self.spec.lower_ms)
+        };
+        let width = self.width_ms;
+        let mut unmatched: Vec<(u64, u32)> = Vec::new();
+        while let Some((&start, _)) = self.sides[port].buckets.first_key_value() {
+            if other_watermark != i64::MAX && start.saturating_add(width) > dead_before {
+                break;
+            }
+            let (_, bucket) = self.sides[port].buckets.pop_first().expect("not empty");
+            let side = &mut self.sides[port];
+            side.rows -= bucket.entries.len();
+            for entry in &bucket.entries {
+                if side.outer && !side.stored(entry.batch).matched[entry.row as usize] {
+                    unmatched.push((entry.batch, entry.row));
+                }
+            }
+            if !unmatched.is_empty() {
+                self.emit_unmatched(port, &unmatched, out)?;
+                unmatched.clear();
+            }
+            let side = &mut self.sides[port];
+            for entry in &bucket.entries {
+                side.release(entry.batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits stored rows of an outer side with NULLs for the other side.
+    fn emit_unmatched(
+        &self,
+        port: usize,
+        rows: &[(u64, u32)],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let side = &self.sides[port];
+        let mut positions: HashMap<u64, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let indices: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|&(batch, row)| {
+                let position = *positions.entry(batch).or_insert_with(|| {
+                    batches.push(&side.stored(batch).rows);
+                    batches.len() - 1
+                });
+                (position, row as usize)
+            })
+            .collect();
+        let own = gather(&batches, &indices, self.side_schema(port))?;
+        let padding = nulls(self.side_schema(1 - port), rows.len());
+        self.emit_padded(port, own, padding, out)
+    }
+
+    fn emit_padded(
+        &self,
+        port: usize,
+        own: Vec<arrow::array::ArrayRef>,
+        padding: Vec<arrow::array::ArrayRef>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let rows = if port == 0 {
+            joined(&self.spec.joined_schema, own, padding)?
+        } else {
+            joined(&self.spec.joined_schema, padding, own)?
+        };
+        let result = apply_all(&self.spec.post, &rows)?;
+        if result.num_rows() > 0 {
+            out.push(result);
+        }
+        Ok(())
+    }
+}
+
+impl Operator for IntervalJoin {
+    fn on_batch(
+        &mut self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.on_input_batch(0, batch, time, out)
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.on_input_watermark(0, watermark_ms, out)
+    }
+
+    fn on_input_batch(
+        &mut self,
+        port: usize,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let side = if port == 0 {
+            &self.spec.left
+        } else {
+            &self.spec.right
+        };
+        let Some(input) = side.prepare(batch, time, &mut self.scratch_ms, &mut self.late)? else {
+            return Ok(());
+        };
+        // A NULL key matches nothing: such rows are final at once.
+        let input = match input.split_null_keys()? {
+            (input, Some(null_rows)) => {
+                if self.sides[port].outer {
+                    let padding = nulls(self.side_schema(1 - port), null_rows.num_rows());
+                    self.emit_padded(port, null_rows.columns().to_vec(), padding, out)?;
+                }
+                match input {
+                    Some(input) => input,
+                    None => return Ok(()),
+                }
+            }
+            (Some(input), None) => input,
+            (None, None) => return Ok(()),
+        };
+        let key_arrays = input.key_arrays.clone();
+        let keys = self.encoder.encode(&key_arrays)?;
+        let matched = self.probe(port, &input, &keys, out)?;
+        self.store(port, input, &keys, matched)?;
+        // Rows of this batch may already be past every possible match.
+        self.evict(port, out)
+    }
+
+    fn on_input_watermark(
+        &mut self,
+        port: usize,
+        watermark_ms: i64,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let side = &mut self.sides[port];
+        side.watermark_ms = side.watermark_ms.max(watermark_ms);
+        // This side's watermark decides what the other side keeps.
+        self.evict(1 - port, out)
+    }
+
+    fn output_watermark(&self, _input_watermark_ms: i64) -> i64 {
+        let (left, right) = (self.sides[0].watermark_ms, self.sides[1].watermark_ms);
+        if left == i64::MAX && right == i64::MAX {
+            return i64::MAX;
+        }
+        // Future output: a new left row (time >= left watermark) with a
+        // stored right row (>= its time + lower), a new right row with a
+        // stored left row (>= its time - upper), or an outer side's stored
+        // row emitted padded.
+        let mut watermark = left
+            .min(right)
+            .min(left.saturating_add(self.spec.lower_ms))
+            .min(right.saturating_sub(self.spec.upper_ms));
+        for side in &self.sides {
+            if side.outer {
+                if let Some((&start, _)) = side.buckets.first_key_value() {
+                    watermark = watermark.min(start);
+                }
+            }
+        }
+        watermark
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.sides
+            .iter()
+            .map(|side| {
+                side.bytes
+                    + side
+                        .buckets
+                        .values()
+                        .map(|b| {
+                            b.table.bytes()
+                                + b.heads.capacity() * 4
+                                + b.entries.capacity() * std::mem::size_of::<Entry>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}

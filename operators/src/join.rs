@@ -1,0 +1,246 @@
+//! What the join operators share: each side's planned input (stages,
+//! event time, keys), lateness per side, and building joined rows.
+//!
+//! A join has two inputs, port 0 (left) and port 1 (right), each with its
+//! own watermark. A row is late when its event time is behind its own
+//! side's watermark when it arrives; late rows are dropped and counted.
+//! That is what lets a join forget the other side's rows: once the left
+//! watermark passes a point, no on-time left row can reach back before it.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::{filter_record_batch, interleave, take};
+use arrow::datatypes::{Field, FieldRef, SchemaRef};
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::groups::KeyEncoder;
+use crate::stage::{apply_all_carrying, Stage};
+use crate::time::EventTimeUnit;
+use crate::BatchTime;
+
+/// One side of a join, as planned.
+#[derive(Debug, Clone)]
+pub struct JoinSide {
+    /// Filters/projections from the side's input batch to the join input.
+    pub pre: Vec<Stage>,
+    /// The event-time column in the side's input batch: lateness is
+    /// decided on it before any filter runs, and its values (in ms) are
+    /// carried through `pre` as the rows' times.
+    pub time_column: usize,
+    /// How that column stores time.
+    pub time_unit: EventTimeUnit,
+    /// Equi-join keys over the join input (the same types on both sides).
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Schema of the join input (after `pre`).
+    pub schema: SchemaRef,
+}
+
+/// One side's batch, ready to probe and store: on-time rows only.
+pub(crate) struct SideBatch {
+    pub rows: RecordBatch,
+    /// Event time of each row, in ms.
+    pub times_ms: Vec<i64>,
+    pub key_arrays: Vec<ArrayRef>,
+    /// Rows whose key has a NULL (they match nothing); `None`: none.
+    pub null_keys: Option<BooleanArray>,
+}
+
+impl SideBatch {
+    /// Splits off the rows whose key has a NULL: `(the others, those)`,
+    /// either `None` when empty.
+    pub(crate) fn split_null_keys(self) -> Result<(Option<SideBatch>, Option<RecordBatch>)> {
+        let Some(null_keys) = &self.null_keys else {
+            return Ok((Some(self), None));
+        };
+        let null_rows = filter_record_batch(&self.rows, null_keys)?;
+        let keep = arrow::compute::not(null_keys)?;
+        if keep.true_count() == 0 {
+            return Ok((None, Some(null_rows)));
+        }
+        let times_ms = self
+            .times_ms
+            .iter()
+            .zip(keep.values().iter())
+            .filter_map(|(&t, k)| k.then_some(t))
+            .collect();
+        let key_arrays = self
+            .key_arrays
+            .iter()
+            .map(|a| Ok(arrow::compute::filter(a, &keep)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((
+            Some(SideBatch {
+                rows: filter_record_batch(&self.rows, &keep)?,
+                times_ms,
+                key_arrays,
+                null_keys: None,
+            }),
+            Some(null_rows),
+        ))
+    }
+}
+
+impl JoinSide {
+    /// Drops late rows (counted in `late`), runs the stages and evaluates
+    /// keys. `None` when no row is left.
+    pub(crate) fn prepare(
+        &self,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        scratch_ms: &mut Vec<i64>,
+        late: &mut u64,
+    ) -> Result<Option<SideBatch>> {
+        self.time_unit
+            .array_to_ms(batch.column(self.time_column).as_ref(), scratch_ms)?;
+        let row_watermark = |i: usize| {
+            time.row_watermarks_ms
+                .map_or(time.watermark_ms, |w| w[i].max(time.watermark_ms))
+        };
+        let on_time: Option<BooleanArray> = match time.row_watermarks_ms {
+            None if scratch_ms.iter().all(|&t| t >= time.watermark_ms) => None,
+            _ => Some(
+                scratch_ms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| Some(t >= row_watermark(i)))
+                    .collect(),
+            ),
+        };
+        let times: ArrayRef = Arc::new(Int64Array::from(std::mem::take(scratch_ms)));
+        let (batch, times) = match &on_time {
+            Some(mask) => {
+                let kept = mask.true_count();
+                *late += (mask.len() - kept) as u64;
+                if kept == 0 {
+                    return Ok(None);
+                }
+                (
+                    filter_record_batch(batch, mask)?,
+                    arrow::compute::filter(&times, mask)?,
+                )
+            }
+            None => (batch.clone(), times),
+        };
+        let (rows, times) = apply_all_carrying(&self.pre, &batch, Some(times))?;
+        if rows.num_rows() == 0 {
+            return Ok(None);
+        }
+        let times_ms = times
+            .expect("carried")
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("an Int64 carry")
+            .values()
+            .to_vec();
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|k| k.evaluate(&rows)?.into_array(rows.num_rows()))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let null_keys = if key_arrays.iter().any(|a| a.null_count() > 0) {
+            let mut mask = vec![false; rows.num_rows()];
+            for array in &key_arrays {
+                if let Some(nulls) = array.nulls() {
+                    for (i, valid) in nulls.iter().enumerate() {
+                        mask[i] |= !valid;
+                    }
+                }
+            }
+            Some(BooleanArray::from(mask))
+        } else {
+            None
+        };
+        Ok(Some(SideBatch {
+            rows,
+            times_ms,
+            key_arrays,
+            null_keys,
+        }))
+    }
+
+    /// The key fields, as the key encoder stores them (rows with a NULL
+    /// key never reach it).
+    pub(crate) fn key_fields(&self) -> Result<Vec<FieldRef>> {
+        self.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                Ok(Arc::new(Field::new(
+                    format!("k{i}"),
+                    k.data_type(&self.schema)?,
+                    false,
+                )))
+            })
+            .collect()
+    }
+}
+
+/// The key encoder both sides share, after checking that their key types
+/// agree.
+pub(crate) fn shared_encoder(left: &JoinSide, right: &JoinSide) -> Result<KeyEncoder> {
+    let fields = left.key_fields()?;
+    let right_fields = right.key_fields()?;
+    if fields.len() != right_fields.len()
+        || fields
+            .iter()
+            .zip(&right_fields)
+            .any(|(l, r)| l.data_type() != r.data_type())
+    {
+        return Err(Error::new(
+            ErrorCode::Planning,
+            "internal: the join's key types differ between its sides",
+        ));
+    }
+    KeyEncoder::new(&fields)
+}
+
+/// Gathers rows from several stored batches: `(batch, row)` pairs index
+/// into `batches`.
+pub(crate) fn gather(
+    batches: &[&RecordBatch],
+    indices: &[(usize, usize)],
+    schema: &SchemaRef,
+) -> Result<Vec<ArrayRef>> {
+    (0..schema.fields().len())
+        .map(|c| {
+            let columns: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            Ok(interleave(&columns, indices)?)
+        })
+        .collect()
+}
+
+/// Rows `indices` of one batch.
+pub(crate) fn take_rows(batch: &RecordBatch, indices: &[u32]) -> Result<Vec<ArrayRef>> {
+    let indices = arrow::array::UInt32Array::from(indices.to_vec());
+    batch
+        .columns()
+        .iter()
+        .map(|c| Ok(take(c.as_ref(), &indices, None)?))
+        .collect()
+}
+
+/// `n` NULLs for each field of one side (the padding of an outer join).
+pub(crate) fn nulls(schema: &SchemaRef, n: usize) -> Vec<ArrayRef> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| arrow::array::new_null_array(f.data_type(), n))
+        .collect()
+}
+
+/// Left columns then right columns, as a batch of the joined schema.
+pub(crate) fn joined(
+    schema: &SchemaRef,
+    mut left: Vec<ArrayRef>,
+    right: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    left.extend(right);
+    RecordBatch::try_new(Arc::clone(schema), left).map_err(|e| {
+        Error::new(
+            ErrorCode::Execution,
+            format!("joined rows do not fit the join's schema: {e}"),
+        )
+    })
+}

@@ -1,0 +1,460 @@
+//! Lowering joins: the two sides' chains, keys and routing, and the time
+//! bounds of the join condition.
+//!
+//! ```text
+//! [Projection | Filter]* -> Join(keys, filter) -> side chain -> TableScan   (x2)
+//! ```
+//!
+//! A stream-stream join needs both sides' event times related by bounds
+//! (`b.ts BETWEEN a.ts - X AND a.ts + Y`, or `>=`/`<=` forms) so that the
+//! watermarks can retire state; ASOF joins (see [`crate::asof`]) relate
+//! them by the match condition instead.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{Column, DFSchema, ExprSchema, ScalarValue};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Join, JoinType, Operator};
+use laminar_operators::{EventTimeUnit, JoinSide};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::functions::interval_ms;
+use crate::planner::{planning_error, unsupported, Lowering, Routing, StreamInput};
+
+/// One planned side, before the operator is chosen.
+pub(crate) struct PlannedSide {
+    pub input: StreamInput,
+    pub side: JoinSide,
+    /// The source (or stream) columns the keys are, when they all are.
+    pub key_columns: Option<Vec<usize>>,
+    pub key_types: Vec<arrow::datatypes::DataType>,
+}
+
+/// Both sides of a join, with their routings decided together.
+pub(crate) struct PlannedJoin {
+    pub left: PlannedSide,
+    pub right: PlannedSide,
+    pub left_routing: Routing,
+    pub right_routing: Routing,
+    pub joined_schema: SchemaRef,
+}
+
+/// Which side of the joined schema a column is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SideOf {
+    Left,
+    Right,
+}
+
+/// `column + offset_ms`, one side's event time shifted by a constant.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shifted {
+    pub column: Column,
+    pub side: SideOf,
+    pub offset_ms: i64,
+}
+
+/// A comparison of the two sides' times: `right - left  op  c`.
+#[derive(Debug, Clone)]
+pub(crate) struct TimeBound {
+    pub left: Column,
+    pub right: Column,
+    pub op: Operator,
+    pub c_ms: i64,
+}
+
+impl Lowering<'_> {
+    /// Lowers both sides of `join`; `time` names each side's event-time
+    /// column (in the join's input schemas).
+    pub(crate) fn join_sides(&self, join: &Join, time: (&Column, &Column)) -> Result<PlannedJoin> {
+        if join.null_equality != datafusion::common::NullEquality::NullEqualsNothing {
+            return Err(unsupported(
+                "joins where NULL keys match each other are not supported in streams",
+                "join on non-NULL keys (IS NOT DISTINCT FROM is not supported)",
+            ));
+        }
+        let left = self.side(&join.left, join.on.iter().map(|(l, _)| l), time.0)?;
+        let right = self.side(&join.right, join.on.iter().map(|(_, r)| r), time.1)?;
+        if left.key_types != right.key_types {
+            return Err(Error::new(
+                ErrorCode::Planning,
+                format!(
+                    "the join keys have different types on each side ({:?} vs {:?})",
+                    left.key_types, right.key_types
+                ),
+            )
+            .with_hint("CAST one side's key to the other's type"));
+        }
+        // Equal keys meet on one shard only if both sides hash the same
+        // values: the same key columns, of the same types, on both.
+        let (left_routing, right_routing) = match (&left.key_columns, &right.key_columns) {
+            (Some(l), Some(r))
+                if !l.is_empty()
+                    && l.iter().zip(r).all(|(&lc, &rc)| {
+                        self.input_schema(left.input.name()).field(lc).data_type()
+                            == self.input_schema(right.input.name()).field(rc).data_type()
+                    }) =>
+            {
+                (Routing::Keys(l.clone()), Routing::Keys(r.clone()))
+            }
+            _ => (Routing::Single, Routing::Single),
+        };
+        Ok(PlannedJoin {
+            left,
+            right,
+            left_routing,
+            right_routing,
+            joined_schema: Arc::new(join.schema.as_arrow().clone()),
+        })
+    }
+
+    fn side<'e>(
+        &self,
+        node: &datafusion::logical_expr::LogicalPlan,
+        keys: impl Iterator<Item = &'e Expr>,
+        time: &Column,
+    ) -> Result<PlannedSide> {
+        let chain = self.chain(node)?;
+        if chain.scan_source.is_empty() {
+            return Err(unsupported(
+                "a join's inputs must be sources or streams, not aggregates or window functions",
+                "compute the aggregate in a stream of its own and join that stream",
+            ));
+        }
+        let input = self.input(&chain.scan_source);
+        let schema = node.schema();
+        let mut physical = Vec::new();
+        let mut key_columns = Some(Vec::new());
+        let mut key_types = Vec::new();
+        for key in keys {
+            physical.push(self.physical(key, schema)?);
+            key_types.push(key.get_type(schema).map_err(planning_error)?);
+            match (self.trace_to_source(key, node), key_columns.as_mut()) {
+                (Some(column), Some(columns)) => columns.push(column),
+                _ => key_columns = None,
+            }
+        }
+        let time_expr = Expr::Column(time.clone());
+        let time_column = self.trace_to_source(&time_expr, node).ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "the join's time column '{time}' must be a column of '{}' as it is",
+                    input.name()
+                ),
+            )
+        })?;
+        let input_schema = self.input_schema(input.name());
+        let time_field = input_schema.field(time_column);
+        match self.sources.get(input.name()) {
+            Some(source) => match &source.watermark {
+                Some(w) if &w.column == time_field.name() => {}
+                Some(w) => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidWindow,
+                        format!(
+                            "the join compares '{}' of source '{}', but its WATERMARK is on '{}'",
+                            time_field.name(),
+                            input.name(),
+                            w.column
+                        ),
+                    )
+                    .with_hint("relate the sources' event-time columns in the join condition"))
+                }
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidWindow,
+                        format!(
+                            "source '{}' has no WATERMARK, so a join over it could never forget a row",
+                            input.name()
+                        ),
+                    )
+                    .with_hint(
+                        "declare one: CREATE SOURCE ... (..., WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)",
+                    ))
+                }
+            },
+            None => {}
+        }
+        Ok(PlannedSide {
+            side: JoinSide {
+                pre: chain.stages,
+                time_column,
+                time_unit: EventTimeUnit::of(time_field.data_type(), time_field.name())?,
+                keys: physical,
+                schema: Arc::new(schema.as_arrow().clone()),
+            },
+            input,
+            key_columns,
+            key_types,
+        })
+    }
+}
+
+/// Which side a column of the joined schema belongs to.
+pub(crate) fn side_of(join: &Join, column: &Column) -> Option<SideOf> {
+    if join.left.schema().has_column(column) {
+        Some(SideOf::Left)
+    } else if join.right.schema().has_column(column) {
+        Some(SideOf::Right)
+    } else {
+        None
+    }
+}
+
+/// Reads `column`, `column + c`, `column - c` or `c + column`, where `c`
+/// is a constant number of ms or a fixed INTERVAL.
+pub(crate) fn shifted(join: &Join, expr: &Expr) -> Option<Shifted> {
+    match expr {
+        Expr::Column(column) => Some(Shifted {
+            column: column.clone(),
+            side: side_of(join, column)?,
+            offset_ms: 0,
+        }),
+        Expr::Cast(cast) => shifted(join, &cast.expr),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let constant = |e: &Expr| match e {
+                Expr::Literal(value, _) => interval_ms(value).or(match value {
+                    ScalarValue::DurationMillisecond(Some(v)) => Some(*v),
+                    ScalarValue::DurationSecond(Some(v)) => v.checked_mul(1000),
+                    _ => None,
+                }),
+                _ => None,
+            };
+            match op {
+                Operator::Plus => {
+                    if let Some(c) = constant(right) {
+                        let mut s = shifted(join, left)?;
+                        s.offset_ms = s.offset_ms.checked_add(c)?;
+                        Some(s)
+                    } else {
+                        let c = constant(left)?;
+                        let mut s = shifted(join, right)?;
+                        s.offset_ms = s.offset_ms.checked_add(c)?;
+                        Some(s)
+                    }
+                }
+                Operator::Minus => {
+                    let c = constant(right)?;
+                    let mut s = shifted(join, left)?;
+                    s.offset_ms = s.offset_ms.checked_sub(c)?;
+                    Some(s)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Reads a conjunct comparing the two sides' shifted columns as a bound
+/// on `right - left`.
+pub(crate) fn time_bound(join: &Join, expr: &Expr) -> Option<TimeBound> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return None;
+    };
+    if !matches!(
+        op,
+        Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) {
+        return None;
+    }
+    let (a, b) = (shifted(join, left)?, shifted(join, right)?);
+    // a.col + a.off  op  b.col + b.off
+    match (a.side, b.side) {
+        // r + a  op  l + b   =>   r - l  op  b - a
+        (SideOf::Right, SideOf::Left) => Some(TimeBound {
+            left: b.column,
+            right: a.column,
+            op: *op,
+            c_ms: b.offset_ms.checked_sub(a.offset_ms)?,
+        }),
+        // l + a  op  r + b   =>   r - l  swap(op)  a - b
+        (SideOf::Left, SideOf::Right) => Some(TimeBound {
+            left: a.column,
+            right: b.column,
+            op: op.swap()?,
+            c_ms: a.offset_ms.checked_sub(b.offset_ms)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The join condition's conjuncts (the filter besides the equal keys),
+/// with BETWEEN split into its two comparisons.
+pub(crate) fn conjuncts(filter: Option<&Expr>) -> Vec<Expr> {
+    let mut out = Vec::new();
+    if let Some(filter) = filter {
+        for c in split_conjunction(filter) {
+            match c {
+                Expr::Between(between) if !between.negated => {
+                    out.push(Expr::BinaryExpr(BinaryExpr::new(
+                        between.expr.clone(),
+                        Operator::GtEq,
+                        between.low.clone(),
+                    )));
+                    out.push(Expr::BinaryExpr(BinaryExpr::new(
+                        between.expr.clone(),
+                        Operator::LtEq,
+                        between.high.clone(),
+                    )));
+                }
+                other => out.push(other.clone()),
+            }
+        }
+    }
+    out
+}
+
+/// The time columns the bounds relate and `[lower, upper]` on `right -
+/// left` in ms, widened by 1 ms for sub-millisecond time units (event
+/// times are compared in whole ms; the exact condition runs on the rows).
+pub(crate) fn interval_bounds(
+    join: &Join,
+    conjuncts: &[Expr],
+) -> Result<(Column, Column, i64, i64)> {
+    let bounds: Vec<TimeBound> = conjuncts
+        .iter()
+        .filter_map(|c| time_bound(join, c))
+        .collect();
+    let Some(first) = bounds.first() else {
+        return Err(no_bounds());
+    };
+    let (left, right) = (first.left.clone(), first.right.clone());
+    let mut lower = i64::MIN;
+    let mut upper = i64::MAX;
+    for bound in bounds.iter().filter(|b| b.left == left && b.right == right) {
+        match bound.op {
+            Operator::Gt | Operator::GtEq => lower = lower.max(bound.c_ms),
+            _ => upper = upper.min(bound.c_ms),
+        }
+    }
+    if lower == i64::MIN || upper == i64::MAX {
+        return Err(no_bounds());
+    }
+    if lower > upper {
+        return Err(Error::new(
+            ErrorCode::InvalidWindow,
+            format!("the join's time bounds leave no room: right - left must be in [{lower}, {upper}] ms"),
+        ));
+    }
+    let sub_ms = |c: &Column, schema: &DFSchema| {
+        schema
+            .field_from_column(c)
+            .map(|f| {
+                matches!(
+                    f.data_type(),
+                    arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Microsecond
+                            | arrow::datatypes::TimeUnit::Nanosecond,
+                        _
+                    )
+                )
+            })
+            .unwrap_or(false)
+    };
+    if sub_ms(&left, join.left.schema()) || sub_ms(&right, join.right.schema()) {
+        lower = lower.saturating_sub(1);
+        upper = upper.saturating_add(1);
+    }
+    Ok((left, right, lower, upper))
+}
+
+fn no_bounds() -> Error {
+    unsupported(
+        "a join of two streams needs their event times bounded on both sides, or its state would grow forever",
+        "add a time bound: ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '10' SECOND AND a.ts + INTERVAL '10' SECOND",
+    )
+}
+
+/// Whether DataFusion's join type is one the interval join runs, and its
+/// outer sides.
+pub(crate) fn outer_sides(join_type: JoinType) -> Result<(bool, bool)> {
+    match join_type {
+        JoinType::Inner => Ok((false, false)),
+        JoinType::Left => Ok((true, false)),
+        JoinType::Right => Ok((false, true)),
+        JoinType::Full => Ok((true, true)),
+        other => Err(unsupported(
+            format!("{other} joins are not supported in streams yet"),
+            "use INNER, LEFT, RIGHT or FULL OUTER JOIN",
+        )),
+    }
+}
+
+impl Lowering<'_> {
+    /// Lowers a stream-stream interval join with `post` stages above it.
+    pub(crate) fn interval_join(
+        &self,
+        join: &Join,
+        post: Vec<laminar_operators::Stage>,
+    ) -> Result<(
+        StreamInput,
+        Routing,
+        (StreamInput, Routing),
+        crate::planner::StreamOperator,
+        String,
+    )> {
+        let (left_outer, right_outer) = outer_sides(join.join_type)?;
+        let conjuncts = conjuncts(join.filter.as_ref());
+        let (left_time, right_time, lower_ms, upper_ms) = interval_bounds(join, &conjuncts)?;
+        let planned = self.join_sides(join, (&left_time, &right_time))?;
+        for side in [&planned.left, &planned.right] {
+            self.refuse_changelog(&side.input)?;
+        }
+        let filter = join
+            .filter
+            .as_ref()
+            .map(|f| self.physical(f, &join.schema))
+            .transpose()?;
+        let explain = format!(
+            "IntervalJoin[{} {}, right - left in [{lower_ms}, {upper_ms}] ms, {} post stage(s)] <- {} ({:?}), {} ({:?})",
+            join.join_type,
+            if join.on.is_empty() {
+                "no keys".to_string()
+            } else {
+                format!("{} key(s)", join.on.len())
+            },
+            post.len(),
+            planned.left.input,
+            planned.left_routing,
+            planned.right.input,
+            planned.right_routing,
+        );
+        let spec = laminar_operators::IntervalJoinSpec {
+            left: planned.left.side,
+            right: planned.right.side,
+            lower_ms,
+            upper_ms,
+            filter,
+            left_outer,
+            right_outer,
+            joined_schema: planned.joined_schema,
+            post,
+        };
+        Ok((
+            planned.left.input,
+            planned.left_routing,
+            (planned.right.input, planned.right_routing),
+            crate::planner::StreamOperator::IntervalJoin(spec),
+            explain,
+        ))
+    }
+
+    /// Joins read append-only inputs: a changelog's retractions would be
+    /// joined as if they were rows.
+    pub(crate) fn refuse_changelog(&self, input: &StreamInput) -> Result<()> {
+        if self
+            .input_schema(input.name())
+            .field_with_name(laminar_operators::WEIGHT_COLUMN)
+            .is_ok()
+        {
+            return Err(unsupported(
+                format!("{input} is a changelog (EMIT CHANGES); joining it is not supported yet"),
+                "join the append-only stream it is computed from, or emit it ON WINDOW CLOSE",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! Joins: once every watermark has passed, a streaming join emits exactly
+//! what the same SQL returns as a DataFusion batch join over the same rows,
+//! whatever the batch sizes, the interleaving of the two inputs, the
+//! disorder (within the bound) and the shard count.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use laminar_db::LaminarDB;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const ORDERS_DDL: &str = "CREATE SOURCE orders (
+    order_id BIGINT NOT NULL, symbol VARCHAR, qty BIGINT NOT NULL, ts BIGINT NOT NULL,
+    WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+
+fn orders_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Int64, false),
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("qty", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+/// Orders over the same symbols and time span as `trades(seed, ..)`, at
+/// other instants, a few with a NULL symbol.
+fn orders(seed: u64, n: usize, symbols: usize) -> RecordBatch {
+    let rows = trades(seed + 1000, n, symbols, 4_000);
+    let mut rng = StdRng::seed_from_u64(seed);
+    RecordBatch::try_new(
+        orders_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| {
+                (rng.random_range(0..50) != 0).then(|| r.symbol.clone())
+            }))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.volume))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts + 3))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Splits a batch into random sizes in `1..=max_batch`.
+fn split(batch: &RecordBatch, rng: &mut StdRng, max_batch: usize) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < batch.num_rows() {
+        let n = rng.random_range(1..=max_batch).min(batch.num_rows() - i);
+        out.push(batch.slice(i, n));
+        i += n;
+    }
+    out
+}
+
+/// Runs `ddl`, pushes orders and trades in random batches, interleaved at
+/// random, closes all time and returns what `stream` emitted.
+async fn run_join(
+    ddl: &str,
+    stream: &str,
+    orders: &RecordBatch,
+    trades: &RecordBatch,
+    seed: u64,
+    max_batch: usize,
+    shards: usize,
+) -> (Vec<RecordBatch>, laminar_db::Metrics) {
+    let db = LaminarDB::builder().shards(shards).build().unwrap();
+    db.execute(ddl).await.unwrap();
+    let sub = db.subscribe(stream).unwrap();
+    let order_handle = db.source_untyped("orders").unwrap();
+    let trade_handle = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let collector = collect(sub);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut left = split(orders, &mut rng, max_batch).into_iter().peekable();
+    let mut right = split(trades, &mut rng, max_batch).into_iter().peekable();
+    while left.peek().is_some() || right.peek().is_some() {
+        if right.peek().is_none() || (left.peek().is_some() && rng.random_bool(0.5)) {
+            order_handle.push(left.next().unwrap()).unwrap();
+        } else {
+            trade_handle.push(right.next().unwrap()).unwrap();
+        }
+    }
+    order_handle.watermark(i64::MAX).unwrap();
+    trade_handle.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    assert!(db.errors().is_empty(), "shard errors: {:?}", db.errors());
+    (got, db.metrics())
+}
+
+async fn run_batch_join(
+    query: &str,
+    orders: &RecordBatch,
+    trades: &RecordBatch,
+) -> Vec<RecordBatch> {
+    let ctx = laminar_sql::new_session_context();
+    for (name, batch) in [("orders", orders), ("trades", trades)] {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
+        ctx.register_table(name, Arc::new(table)).unwrap();
+    }
+    let plan = laminar_sql::plan_for_batch(&ctx, query).await.unwrap();
+    ctx.execute_logical_plan(plan)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+}
+
+/// The join as a stream (after `upstream` streams, reading `stream`) and
+/// as a batch query, across seeds, batch sizes and 1 and 2 shards.
+async fn join_differential(upstream: &str, query: &str, batch_query: &str, stream: &str) {
+    for (seed, max_batch) in [(1u64, 1usize), (2, 13), (3, 300), (4, 4096)] {
+        let n = if max_batch == 1 { 300 } else { 2_000 };
+        let orders = orders(seed, n, 20);
+        let trades = trades_batch(&trades(seed, n, 20, 4_000));
+        let want = run_batch_join(batch_query, &orders, &trades).await;
+        assert!(row_count(&want) > 0, "the oracle returned nothing");
+        for shards in [1, 2] {
+            let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; {upstream}; CREATE STREAM j AS {query}");
+            let (got, metrics) =
+                run_join(&ddl, stream, &orders, &trades, seed, max_batch, shards).await;
+            let late: u64 = metrics.streams.iter().map(|s| s.late_rows).sum();
+            assert_eq!(late, 0, "no row is late within the bound");
+            assert_same_rows(&got, &want);
+        }
+    }
+}
+
+const INNER: &str = "SELECT o.order_id, o.symbol, o.qty, t.price, t.ts AS trade_ts
+FROM orders o JOIN trades t
+  ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 1000 AND o.ts + 500";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_inner_join() {
+    join_differential("", INNER, INNER, "j").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_outer_joins() {
+    for kind in ["LEFT", "RIGHT", "FULL OUTER"] {
+        let query = format!(
+            "SELECT o.order_id, o.symbol AS order_symbol, t.symbol, t.price, t.ts
+             FROM orders o {kind} JOIN trades t
+               ON o.symbol = t.symbol AND t.ts >= o.ts - 300 AND t.ts <= o.ts + 200 AND t.price > 300"
+        );
+        join_differential("", &query, &query, "j").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_over_a_stream_feeding_an_aggregate() {
+    // A filter stream on one side, and a windowed count over the join's
+    // output downstream (the join's output watermark closes its windows).
+    let upstream = "CREATE STREAM big AS SELECT symbol, price, ts FROM trades WHERE volume > 200";
+    let join = "SELECT o.symbol, o.ts, t.price FROM orders o JOIN big t
+                ON o.symbol = t.symbol AND o.ts BETWEEN t.ts - 800 AND t.ts + 800;
+                CREATE STREAM counts AS SELECT symbol, COUNT(*) AS n, MAX(price) AS top
+                FROM j GROUP BY symbol, tumble(ts, INTERVAL '2' SECOND)";
+    let batch = "SELECT o.symbol, COUNT(*) AS n, MAX(t.price) AS top
+                 FROM orders o JOIN (SELECT symbol, price, ts FROM trades WHERE volume > 200) t
+                 ON o.symbol = t.symbol AND o.ts BETWEEN t.ts - 800 AND t.ts + 800
+                 GROUP BY o.symbol, tumble(o.ts, INTERVAL '2' SECOND)";
+    join_differential(upstream, join, batch, "counts").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_without_keys_runs_on_one_shard() {
+    let query = "SELECT o.order_id, t.symbol, t.ts FROM orders o JOIN trades t
+                 ON t.ts BETWEEN o.ts - 20 AND o.ts + 20";
+    join_differential("", query, query, "j").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_state_stays_bounded_and_late_rows_are_dropped() {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {INNER}"
+    ))
+    .await
+    .unwrap();
+    let explain = db.explain("j").unwrap();
+    assert!(explain.contains("IntervalJoin"), "{explain}");
+    assert!(explain.contains("Keys"), "routed by the key: {explain}");
+    let sub = db.subscribe("j").unwrap();
+    let order_handle = db.source_untyped("orders").unwrap();
+    let trade_handle = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let collector = collect(sub);
+    // 200 s of event time in 1 s steps on both sides; the bound keeps
+    // about 6.5 s of rows (1.5 s of join range, 5 s of watermark delay).
+    let mut peak = 0u64;
+    for step in 0..200i64 {
+        let orders = orders(step as u64, 140, 20);
+        let trades = trades_batch(&trades(step as u64, 140, 20, 0));
+        let shift = |b: &RecordBatch| {
+            let ts = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+            let shifted = Int64Array::from_iter_values(ts.values().iter().map(|t| t + step * 1000));
+            let mut columns = b.columns().to_vec();
+            columns[3] = Arc::new(shifted);
+            RecordBatch::try_new(b.schema(), columns).unwrap()
+        };
+        order_handle.push(shift(&orders)).unwrap();
+        trade_handle.push(shift(&trades)).unwrap();
+        if step % 20 == 19 {
+            // State is sampled: give the shard a moment to publish it.
+            eventually(|| db.metrics().streams[0].state_bytes > 0);
+            peak = peak.max(db.metrics().streams[0].state_bytes);
+        }
+    }
+    // One order far behind the watermark: late, dropped and counted.
+    let late = orders(999, 1, 20);
+    order_handle.push(late).unwrap();
+    order_handle.watermark(i64::MAX).unwrap();
+    trade_handle.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    assert!(row_count(&got) > 10_000);
+    let metrics = db.metrics();
+    assert_eq!(metrics.streams[0].late_rows, 1);
+    // 200 s of input is ~28,000 rows per side; what is kept is a few
+    // seconds' worth (~1,000 rows a side, well under 1 MB).
+    assert!(peak < 2_000_000, "join state grew to {peak} bytes");
+}
+
+#[tokio::test]
+async fn join_errors_name_what_is_missing() {
+    let db = LaminarDB::open().unwrap();
+    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}"))
+        .await
+        .unwrap();
+    db.execute("CREATE SOURCE plain (symbol VARCHAR, ts BIGINT)")
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "CREATE STREAM a AS SELECT * FROM orders o JOIN trades t ON o.symbol = t.symbol",
+            "LDB-1004",
+            "time bound",
+        ),
+        (
+            "CREATE STREAM b AS SELECT * FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts >= o.ts",
+            "LDB-1004",
+            "both sides",
+        ),
+        (
+            "CREATE STREAM c AS SELECT * FROM orders o JOIN plain p ON o.symbol = p.symbol AND p.ts BETWEEN o.ts - 1 AND o.ts + 1",
+            "LDB-",
+            "no WATERMARK",
+        ),
+        (
+            "CREATE STREAM d AS SELECT * FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 1 AND o.ts + 1 EMIT CHANGES",
+            "LDB-",
+            "EMIT",
+        ),
+        (
+            "CREATE STREAM e AS SELECT * FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts + 5 AND o.ts - 5",
+            "LDB-",
+            "no room",
+        ),
+    ];
+    for (sql, code, words) in cases {
+        let error = db.execute(sql).await.unwrap_err().to_string();
+        assert!(error.contains(code), "{sql}: {error}");
+        assert!(error.contains(words), "{sql}: {error}");
+    }
+}
