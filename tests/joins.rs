@@ -272,3 +272,205 @@ async fn join_errors_name_what_is_missing() {
         assert!(error.contains(words), "{sql}: {error}");
     }
 }
+
+/// The batch meaning of an ASOF join: the join on keys and the time
+/// condition, then per order the first trade by `order_by`.
+fn asof_oracle(kind: &str, condition: &str, order_by: &str) -> String {
+    format!(
+        "SELECT order_id, symbol, qty, price, trade_ts FROM (
+           SELECT o.order_id, o.symbol, o.qty, t.price, t.ts AS trade_ts,
+                  ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY {order_by}) AS rn
+           FROM orders o {kind} JOIN trades t ON o.symbol = t.symbol AND {condition}) AS ranked
+         WHERE rn = 1"
+    )
+}
+
+const ASOF_SELECT: &str = "SELECT o.order_id, o.symbol, o.qty, t.price, t.ts AS trade_ts";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_join_backward_forward_nearest() {
+    let cases = [
+        (
+            "ASOF JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts",
+            asof_oracle("", "o.ts >= t.ts", "t.ts DESC"),
+        ),
+        (
+            "ASOF LEFT JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts AND t.ts >= o.ts - 150",
+            asof_oracle("LEFT", "o.ts >= t.ts AND t.ts >= o.ts - 150", "t.ts DESC NULLS LAST"),
+        ),
+        (
+            "ASOF LEFT JOIN trades t MATCH_CONDITION(o.ts <= t.ts) ON o.symbol = t.symbol",
+            asof_oracle("LEFT", "o.ts <= t.ts", "t.ts ASC NULLS LAST"),
+        ),
+        (
+            "ASOF JOIN trades t MATCH_CONDITION(NEAREST(o.ts, t.ts)) ON o.symbol = t.symbol",
+            asof_oracle("", "TRUE", "abs(o.ts - t.ts), t.ts"),
+        ),
+        (
+            "ASOF LEFT JOIN trades t MATCH_CONDITION(NEAREST(t.ts, o.ts)) ON o.symbol = t.symbol
+               AND t.ts BETWEEN o.ts - 100 AND o.ts + 60",
+            asof_oracle(
+                "LEFT",
+                "t.ts BETWEEN o.ts - 100 AND o.ts + 60",
+                "abs(o.ts - t.ts) NULLS LAST, t.ts",
+            ),
+        ),
+    ];
+    for (join, oracle) in cases {
+        let query = format!("{ASOF_SELECT} FROM orders o {join}");
+        join_differential("", &query, &oracle, "j").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_join_picks_the_version_valid_at_the_probe_time() {
+    let query = format!(
+        "{ASOF_SELECT} FROM orders o JOIN trades FOR SYSTEM_TIME AS OF o.ts AS t ON o.symbol = t.symbol"
+    );
+    join_differential(
+        "",
+        &query,
+        &asof_oracle("", "o.ts >= t.ts", "t.ts DESC"),
+        "j",
+    )
+    .await;
+}
+
+/// Hand-computed ASOF cases: ties between versions (the later arrival
+/// wins), equal timestamps, strictness, keys that never match, a nearest
+/// tie (the earlier wins), probes that arrive before their versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_join_edge_cases() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    let quotes = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("sym", DataType::Utf8, false),
+            Field::new("px", DataType::Float64, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["A", "A", "A", "B"])),
+            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+            Arc::new(Int64Array::from(vec![1000, 2000, 2000, 1500])),
+        ],
+    )
+    .unwrap();
+    let probes = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("sym", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6, 7, 8])),
+            Arc::new(StringArray::from(vec![
+                "A", "A", "A", "C", "B", "B", "A", "A",
+            ])),
+            Arc::new(Int64Array::from(vec![
+                2000, 1999, 500, 3000, 1400, 1500, 1500, 1001,
+            ])),
+        ],
+    )
+    .unwrap();
+    let ddl = "CREATE SOURCE quotes (sym VARCHAR NOT NULL, px DOUBLE NOT NULL, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+               CREATE SOURCE probes (id BIGINT NOT NULL, sym VARCHAR NOT NULL, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+    let cases: [(&str, [Option<f64>; 8]); 4] = [
+        (
+            "ASOF LEFT JOIN quotes q ON p.sym = q.sym AND p.ts >= q.ts",
+            [
+                Some(3.0),
+                Some(1.0),
+                None,
+                None,
+                None,
+                Some(4.0),
+                Some(1.0),
+                Some(1.0),
+            ],
+        ),
+        (
+            "ASOF LEFT JOIN quotes q ON p.sym = q.sym AND p.ts > q.ts",
+            [
+                Some(1.0),
+                Some(1.0),
+                None,
+                None,
+                None,
+                None,
+                Some(1.0),
+                Some(1.0),
+            ],
+        ),
+        (
+            "ASOF LEFT JOIN quotes q ON p.sym = q.sym AND p.ts <= q.ts",
+            [
+                Some(3.0),
+                Some(3.0),
+                Some(1.0),
+                None,
+                Some(4.0),
+                Some(4.0),
+                Some(3.0),
+                Some(3.0),
+            ],
+        ),
+        (
+            "ASOF LEFT JOIN quotes q MATCH_CONDITION(NEAREST(p.ts, q.ts)) ON p.sym = q.sym",
+            [
+                Some(3.0),
+                Some(3.0),
+                Some(1.0),
+                None,
+                Some(4.0),
+                Some(4.0),
+                Some(1.0),
+                Some(1.0),
+            ],
+        ),
+    ];
+    for (join, want) in cases {
+        for probes_first in [true, false] {
+            let db = LaminarDB::builder().shards(2).build().unwrap();
+            db.execute(ddl).await.unwrap();
+            db.execute(&format!(
+                "CREATE STREAM j AS SELECT p.id, q.px FROM probes p {join}"
+            ))
+            .await
+            .unwrap();
+            let sub = db.subscribe("j").unwrap();
+            let (p, q) = (
+                db.source_untyped("probes").unwrap(),
+                db.source_untyped("quotes").unwrap(),
+            );
+            db.start().await.unwrap();
+            let collector = collect(sub);
+            if probes_first {
+                p.push(probes.clone()).unwrap();
+                q.push(quotes.clone()).unwrap();
+            } else {
+                q.push(quotes.clone()).unwrap();
+                p.push(probes.clone()).unwrap();
+            }
+            q.watermark(i64::MAX).unwrap();
+            p.watermark(i64::MAX).unwrap();
+            db.shutdown().await.unwrap();
+            let mut got: Vec<(i64, Option<f64>)> = Vec::new();
+            for b in collector.join().unwrap() {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let px = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    got.push((ids.value(i), px.is_valid(i).then(|| px.value(i))));
+                }
+            }
+            got.sort_by_key(|(id, _)| *id);
+            let want: Vec<(i64, Option<f64>)> = want
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (i as i64 + 1, *w))
+                .collect();
+            assert_eq!(got, want, "{join} (probes first: {probes_first})");
+        }
+    }
+}

@@ -18,7 +18,7 @@
 //! bucket is dropped: the output is append-only and, once all watermarks
 //! have passed, exactly the batch join of the on-time rows.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
@@ -27,7 +27,7 @@ use laminar_runtime::Result;
 use std::sync::Arc;
 
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
-use crate::join::{gather, joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch};
+use crate::join::{joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch, StoredBatches};
 use crate::stage::{apply_all, filter_mask, Stage};
 use crate::{BatchTime, Operator};
 
@@ -77,24 +77,12 @@ struct Bucket {
     entries: Vec<Entry>,
 }
 
-/// A batch of stored rows, freed when its last row's bucket is dropped.
-struct Stored {
-    rows: RecordBatch,
-    /// Rows still in some bucket.
-    live: usize,
-    /// Per row: matched at least once (outer sides only).
-    matched: Vec<bool>,
-}
-
 /// One side's state.
 struct Side {
     buckets: BTreeMap<i64, Bucket>,
-    /// Stored batches by sequence number, from `first_batch` on; `None`
-    /// once freed.
-    batches: VecDeque<Option<Stored>>,
-    first_batch: u64,
+    /// Stored batches, with each row's matched flag (outer sides only).
+    batches: StoredBatches<Vec<bool>>,
     rows: usize,
-    bytes: usize,
     watermark_ms: i64,
     outer: bool,
 }
@@ -103,38 +91,10 @@ impl Side {
     fn new(outer: bool) -> Self {
         Self {
             buckets: BTreeMap::new(),
-            batches: VecDeque::new(),
-            first_batch: 0,
+            batches: StoredBatches::default(),
             rows: 0,
-            bytes: 0,
             watermark_ms: i64::MIN,
             outer,
-        }
-    }
-
-    fn stored(&self, batch: u64) -> &Stored {
-        self.batches[(batch - self.first_batch) as usize]
-            .as_ref()
-            .expect("a live entry's batch is kept")
-    }
-
-    fn stored_mut(&mut self, batch: u64) -> &mut Stored {
-        self.batches[(batch - self.first_batch) as usize]
-            .as_mut()
-            .expect("a live entry's batch is kept")
-    }
-
-    fn release(&mut self, batch: u64) {
-        let slot = &mut self.batches[(batch - self.first_batch) as usize];
-        let stored = slot.as_mut().expect("a live entry's batch is kept");
-        stored.live -= 1;
-        if stored.live == 0 {
-            self.bytes -= stored.rows.get_array_memory_size();
-            *slot = None;
-            while matches!(self.batches.front(), Some(None)) {
-                self.batches.pop_front();
-                self.first_batch += 1;
-            }
         }
     }
 }
@@ -258,22 +218,11 @@ impl IntervalJoin {
         matched: &mut [bool],
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        // Dense positions of the stored batches the pairs touch.
-        let mut positions: HashMap<u64, usize> = HashMap::new();
-        let mut touched: Vec<u64> = Vec::new();
-        let mut stored_indices = Vec::with_capacity(pairs.len());
-        let mut probe_indices = Vec::with_capacity(pairs.len());
-        for &(row, batch, stored_row) in pairs {
-            let position = *positions.entry(batch).or_insert_with(|| {
-                touched.push(batch);
-                touched.len() - 1
-            });
-            stored_indices.push((position, stored_row as usize));
-            probe_indices.push(row);
-        }
-        let other = &self.sides[1 - port];
-        let batches: Vec<&RecordBatch> = touched.iter().map(|&b| &other.stored(b).rows).collect();
-        let stored_columns = gather(&batches, &stored_indices, self.side_schema(1 - port))?;
+        let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
+        let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
+        let stored_columns = self.sides[1 - port]
+            .batches
+            .gather(&stored, self.side_schema(1 - port))?;
         let probe_columns = take_rows(&input.rows, &probe_indices)?;
         let rows = if port == 0 {
             joined(&self.spec.joined_schema, probe_columns, stored_columns)?
@@ -298,7 +247,8 @@ impl IntervalJoin {
                 if passed_at(i) {
                     matched[row as usize] = true;
                     if track_stored {
-                        self.sides[1 - port].stored_mut(batch).matched[stored_row as usize] = true;
+                        self.sides[1 - port].batches.get_mut(batch).extra[stored_row as usize] =
+                            true;
                     }
                 }
             }
@@ -322,7 +272,7 @@ impl IntervalJoin {
     ) -> Result<()> {
         let width = self.width_ms;
         let side = &mut self.sides[port];
-        let seq = side.first_batch + side.batches.len() as u64;
+        let seq = side.batches.next_seq();
         let mut live = 0;
         for (row, &t) in input.times_ms.iter().enumerate() {
             let start = t.div_euclid(width) * width;
@@ -347,20 +297,7 @@ impl IntervalJoin {
         }
         side.rows += live;
         let matched = if side.outer { matched } else { Vec::new() };
-        if live > 0 {
-            side.bytes += input.rows.get_array_memory_size();
-            side.batches.push_back(Some(Stored {
-                rows: input.rows,
-                live,
-                matched,
-            }));
-        } else {
-            side.batches.push_back(None);
-            while matches!(side.batches.front(), Some(None)) {
-                side.batches.pop_front();
-                side.first_batch += 1;
-            }
-        }
+        side.batches.push(input.rows, live, matched);
         Ok(())
     }
 
@@ -388,7 +325,7 @@ impl IntervalJoin {
             let side = &mut self.sides[port];
             side.rows -= bucket.entries.len();
             for entry in &bucket.entries {
-                if side.outer && !side.stored(entry.batch).matched[entry.row as usize] {
+                if side.outer && !side.batches.get(entry.batch).extra[entry.row as usize] {
                     unmatched.push((entry.batch, entry.row));
                 }
             }
@@ -398,7 +335,7 @@ impl IntervalJoin {
             }
             let side = &mut self.sides[port];
             for entry in &bucket.entries {
-                side.release(entry.batch);
+                side.batches.release(entry.batch);
             }
         }
         Ok(())
@@ -411,20 +348,9 @@ impl IntervalJoin {
         rows: &[(u64, u32)],
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let side = &self.sides[port];
-        let mut positions: HashMap<u64, usize> = HashMap::new();
-        let mut batches: Vec<&RecordBatch> = Vec::new();
-        let indices: Vec<(usize, usize)> = rows
-            .iter()
-            .map(|&(batch, row)| {
-                let position = *positions.entry(batch).or_insert_with(|| {
-                    batches.push(&side.stored(batch).rows);
-                    batches.len() - 1
-                });
-                (position, row as usize)
-            })
-            .collect();
-        let own = gather(&batches, &indices, self.side_schema(port))?;
+        let own = self.sides[port]
+            .batches
+            .gather(rows, self.side_schema(port))?;
         let padding = nulls(self.side_schema(1 - port), rows.len());
         self.emit_padded(port, own, padding, out)
     }
@@ -544,7 +470,7 @@ impl Operator for IntervalJoin {
         self.sides
             .iter()
             .map(|side| {
-                side.bytes
+                side.batches.bytes
                     + side
                         .buckets
                         .values()

@@ -244,3 +244,99 @@ pub(crate) fn joined(
         )
     })
 }
+
+/// Batches of stored rows, by sequence number, each freed when its last
+/// live row is released (rows are referenced as `(sequence, row)`).
+pub(crate) struct StoredBatches<T> {
+    slots: std::collections::VecDeque<Option<Slot<T>>>,
+    first: u64,
+    /// Arrow memory of the batches held.
+    pub bytes: usize,
+}
+
+/// One stored batch.
+pub(crate) struct Slot<T> {
+    pub rows: RecordBatch,
+    live: usize,
+    /// Per-batch data of the operator (an outer join's matched flags).
+    pub extra: T,
+}
+
+impl<T> Default for StoredBatches<T> {
+    fn default() -> Self {
+        Self {
+            slots: std::collections::VecDeque::new(),
+            first: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> StoredBatches<T> {
+    /// The sequence number the next pushed batch gets.
+    pub fn next_seq(&self) -> u64 {
+        self.first + self.slots.len() as u64
+    }
+
+    /// Keeps `rows` until `live` rows have been released.
+    pub fn push(&mut self, rows: RecordBatch, live: usize, extra: T) -> u64 {
+        let seq = self.next_seq();
+        if live == 0 {
+            self.slots.push_back(None);
+            self.compact();
+        } else {
+            self.bytes += rows.get_array_memory_size();
+            self.slots.push_back(Some(Slot { rows, live, extra }));
+        }
+        seq
+    }
+
+    pub fn get(&self, seq: u64) -> &Slot<T> {
+        self.slots[(seq - self.first) as usize]
+            .as_ref()
+            .expect("a live row's batch is kept")
+    }
+
+    pub fn get_mut(&mut self, seq: u64) -> &mut Slot<T> {
+        self.slots[(seq - self.first) as usize]
+            .as_mut()
+            .expect("a live row's batch is kept")
+    }
+
+    /// One row of batch `seq` is no longer referenced.
+    pub fn release(&mut self, seq: u64) {
+        let slot = &mut self.slots[(seq - self.first) as usize];
+        let stored = slot.as_mut().expect("a live row's batch is kept");
+        stored.live -= 1;
+        if stored.live == 0 {
+            self.bytes -= stored.rows.get_array_memory_size();
+            *slot = None;
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// Gathers rows `(seq, row)` of the stored batches as columns of
+    /// `schema`.
+    pub fn gather(&self, rows: &[(u64, u32)], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
+        let mut positions: std::collections::HashMap<u64, usize> = Default::default();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let indices: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|&(seq, row)| {
+                let position = *positions.entry(seq).or_insert_with(|| {
+                    batches.push(&self.get(seq).rows);
+                    batches.len() - 1
+                });
+                (position, row as usize)
+            })
+            .collect();
+        gather(&batches, &indices, schema)
+    }
+}

@@ -25,10 +25,13 @@
 //!   not) producing a Z-set changelog with a `_weight` column.
 //! - [`join`] and [`interval_join`]: stream-stream interval joins (inner
 //!   and outer) over event-time buckets, state bounded by the watermarks.
+//! - [`asof_join`]: ASOF and temporal joins (backward, forward, nearest),
+//!   answered once the right watermark makes each answer final.
 //! - [`Operator`]: the small trait the shard drives.
 
 pub mod aggregate;
 pub mod analytic;
+pub mod asof_join;
 pub mod changelog_aggregate;
 pub mod groups;
 pub mod interval_join;
@@ -44,6 +47,7 @@ use laminar_runtime::Result;
 
 pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
 pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
+pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use interval_join::{IntervalJoin, IntervalJoinSpec};
 pub use join::JoinSide;

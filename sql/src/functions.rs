@@ -236,4 +236,44 @@ pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(HOP)));
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SESSION)));
     ctx.register_udf(ScalarUDF::new_from_impl(WindowEnd::default()));
+    ctx.register_udf(ScalarUDF::new_from_impl(AsofNearest::default()));
+}
+
+/// Name of the internal function standing for `NEAREST(a.ts, b.ts)` in an
+/// ASOF join's match condition.
+pub const ASOF_NEAREST: &str = "__asof_nearest";
+
+/// `NEAREST(a.ts, b.ts)` inside `MATCH_CONDITION(...)`: a marker the ASOF
+/// join reads from the plan; it has no meaning as a value.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AsofNearest {
+    signature: Signature,
+}
+
+impl Default for AsofNearest {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for AsofNearest {
+    fn name(&self) -> &str {
+        ASOF_NEAREST
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!(
+            "NEAREST(a, b) means something only as an ASOF JOIN's MATCH_CONDITION in a stream"
+        )
+    }
 }

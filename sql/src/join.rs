@@ -458,3 +458,147 @@ impl Lowering<'_> {
         Ok(())
     }
 }
+
+impl Lowering<'_> {
+    /// Lowers an ASOF or temporal join (`syntax` from [`crate::asof`]).
+    pub(crate) fn asof_join(
+        &self,
+        join: &Join,
+        post: Vec<laminar_operators::Stage>,
+    ) -> Result<(
+        StreamInput,
+        Routing,
+        (StreamInput, Routing),
+        crate::planner::StreamOperator,
+        String,
+    )> {
+        let left_outer = match join.join_type {
+            JoinType::Inner => false,
+            JoinType::Left => true,
+            other => {
+                return Err(unsupported(
+                    format!("ASOF and temporal joins are INNER or LEFT, not {other}"),
+                    "write ASOF JOIN or ASOF LEFT JOIN",
+                ))
+            }
+        };
+        let mut bounds = Vec::new();
+        let mut nearest: Option<(Column, Column)> = None;
+        for conjunct in conjuncts(join.filter.as_ref()) {
+            if let Some(bound) = time_bound(join, &conjunct) {
+                bounds.push(bound);
+            } else if let Some(pair) = nearest_call(join, &conjunct) {
+                nearest = Some(pair);
+            } else {
+                return Err(unsupported(
+                    format!("an ASOF join's condition holds key equalities, one time comparison and a tolerance; '{conjunct}' is none of those"),
+                    "filter the inputs in a stream of their own, or the output with WHERE",
+                ));
+            }
+        }
+        let (left_time, right_time) = if let Some(pair) = &nearest {
+            pair.clone()
+        } else if let Some(first) = bounds.first() {
+            (first.left.clone(), first.right.clone())
+        } else {
+            return Err(unsupported(
+                "an ASOF join needs a time comparison",
+                "ASOF JOIN b ON a.k = b.k AND a.ts >= b.ts (latest before), a.ts <= b.ts (earliest after), or MATCH_CONDITION(NEAREST(a.ts, b.ts))",
+            ));
+        };
+        let mut lower = i64::MIN;
+        let mut upper = i64::MAX;
+        for bound in &bounds {
+            if bound.left != left_time || bound.right != right_time {
+                return Err(unsupported(
+                    "an ASOF join compares one pair of time columns",
+                    "compare the same left and right time columns in every condition",
+                ));
+            }
+            match bound.op {
+                Operator::Gt => lower = lower.max(bound.c_ms.saturating_add(1)),
+                Operator::GtEq => lower = lower.max(bound.c_ms),
+                Operator::Lt => upper = upper.min(bound.c_ms.saturating_sub(1)),
+                _ => upper = upper.min(bound.c_ms),
+            }
+        }
+        let direction = if nearest.is_some() {
+            laminar_operators::AsofDirection::Nearest
+        } else if upper <= 0 {
+            laminar_operators::AsofDirection::Backward
+        } else if lower >= 0 {
+            laminar_operators::AsofDirection::Forward
+        } else {
+            return Err(unsupported(
+                "the ASOF join's condition does not say which way to look",
+                "a.ts >= b.ts picks the latest before, a.ts <= b.ts the earliest after, MATCH_CONDITION(NEAREST(a.ts, b.ts)) the nearest",
+            ));
+        };
+        if lower > upper {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!("the ASOF join's time bounds leave no room: right - left must be in [{lower}, {upper}] ms"),
+            ));
+        }
+        let planned = self.join_sides(join, (&left_time, &right_time))?;
+        for side in [&planned.left, &planned.right] {
+            self.refuse_changelog(&side.input)?;
+        }
+        let show = |v: i64| match v {
+            i64::MIN => "-inf".to_string(),
+            i64::MAX => "+inf".to_string(),
+            v => v.to_string(),
+        };
+        let explain = format!(
+            "AsofJoin[{}{direction:?}, right - left in [{}, {}] ms, {} key(s), {} post stage(s)] <- {} ({:?}), {} ({:?})",
+            if left_outer { "LEFT " } else { "" },
+            show(lower),
+            show(upper),
+            join.on.len(),
+            post.len(),
+            planned.left.input,
+            planned.left_routing,
+            planned.right.input,
+            planned.right_routing,
+        );
+        let spec = laminar_operators::AsofJoinSpec {
+            left: planned.left.side,
+            right: planned.right.side,
+            direction,
+            lower_ms: lower,
+            upper_ms: upper,
+            left_outer,
+            joined_schema: planned.joined_schema,
+            post,
+        };
+        Ok((
+            planned.left.input,
+            planned.left_routing,
+            (planned.right.input, planned.right_routing),
+            crate::planner::StreamOperator::AsofJoin(spec),
+            explain,
+        ))
+    }
+}
+
+/// `NEAREST(left.ts, right.ts)` (in either order): the two time columns.
+fn nearest_call(join: &Join, expr: &Expr) -> Option<(Column, Column)> {
+    let Expr::ScalarFunction(call) = expr else {
+        return None;
+    };
+    if call.name() != crate::functions::ASOF_NEAREST {
+        return None;
+    }
+    let [a, b] = call.args.as_slice() else {
+        return None;
+    };
+    let (a, b) = (shifted(join, a)?, shifted(join, b)?);
+    if a.offset_ms != 0 || b.offset_ms != 0 {
+        return None;
+    }
+    match (a.side, b.side) {
+        (SideOf::Left, SideOf::Right) => Some((a.column, b.column)),
+        (SideOf::Right, SideOf::Left) => Some((b.column, a.column)),
+        _ => None,
+    }
+}

@@ -13,6 +13,7 @@
 //!   stages, window aggregate, routing key. Anything the streaming path
 //!   cannot run is an `LDB-1004` error, never a silent wrong answer.
 
+mod asof;
 pub mod dialect;
 pub mod functions;
 mod join;

@@ -31,9 +31,10 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
-    AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, ChangelogAggregate, EventTimeUnit,
-    IntervalJoin, IntervalJoinSpec, Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec,
-    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
+    AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, AsofJoin, AsofJoinSpec,
+    ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, Operator, SessionAggregate,
+    Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding, WindowKind, WindowSpec,
+    WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -108,6 +109,8 @@ pub enum StreamOperator {
     Analytic(AnalyticSpec),
     /// A stream-stream join with time bounds (two inputs).
     IntervalJoin(IntervalJoinSpec),
+    /// An ASOF or temporal join (two inputs).
+    AsofJoin(AsofJoinSpec),
 }
 
 impl StreamOperator {
@@ -131,6 +134,7 @@ impl StreamOperator {
             }
             StreamOperator::Analytic(spec) => Box::new(Analytic::new(spec.clone())?),
             StreamOperator::IntervalJoin(spec) => Box::new(IntervalJoin::new(spec.clone())?),
+            StreamOperator::AsofJoin(spec) => Box::new(AsofJoin::new(spec.clone())?),
         })
     }
 }
@@ -313,6 +317,15 @@ pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Re
 /// oracle's plan): the same rewrites as streaming planning.
 pub async fn plan_for_batch(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
     let sql = crate::window_tvf::rewrite(sql)?;
+    if crate::asof::rewrite(&sql, |_| Some(String::new()))?
+        .1
+        .is_some()
+    {
+        return Err(unsupported(
+            "ASOF and temporal joins run in streams; ad-hoc queries do not support them yet",
+            "CREATE STREAM name AS SELECT ... ASOF JOIN ..., then subscribe to it",
+        ));
+    }
     let plan = ctx
         .state()
         .create_logical_plan(&sql)
@@ -1368,6 +1381,12 @@ pub async fn plan_stream(
     streams: &HashMap<String, SchemaRef>,
 ) -> Result<StreamPlan> {
     let query = crate::window_tvf::rewrite(&def.query)?;
+    let (query, asof) = crate::asof::rewrite(&query, |table| {
+        sources
+            .get(table)
+            .and_then(|s| s.watermark.as_ref())
+            .map(|w| w.column.clone())
+    })?;
     let plan = ctx
         .state()
         .create_logical_plan(&query)
@@ -1415,8 +1434,10 @@ pub async fn plan_stream(
                 )
                 .with_hint("drop the EMIT clause"));
             }
-            let (input, routing, right, operator, explain) =
-                lowering.interval_join(join, chain.stages)?;
+            let (input, routing, right, operator, explain) = match &asof {
+                Some(_) => lowering.asof_join(join, chain.stages)?,
+                None => lowering.interval_join(join, chain.stages)?,
+            };
             right_input = Some(right);
             (input, routing, operator, explain)
         }
@@ -1514,7 +1535,7 @@ pub async fn plan_stream(
     };
     let late_side_output = match (&operator, def.late_side_output) {
         (_, false) => None,
-        (StreamOperator::IntervalJoin(_), true) => {
+        (StreamOperator::IntervalJoin(_) | StreamOperator::AsofJoin(_), true) => {
             return Err(unsupported(
                 format!(
                     "stream {}: late_data = 'side_output' is not supported for joins yet",

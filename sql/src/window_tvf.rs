@@ -67,7 +67,7 @@ fn arguments(tokens: &[Token]) -> Vec<String> {
 }
 
 /// Index of the parenthesis closing the one at `open`.
-fn closing(tokens: &[Token], open: usize) -> Option<usize> {
+pub(crate) fn closing(tokens: &[Token], open: usize) -> Option<usize> {
     let mut depth = 0i32;
     for (i, token) in tokens.iter().enumerate().skip(open) {
         match token {
@@ -84,19 +84,19 @@ fn closing(tokens: &[Token], open: usize) -> Option<usize> {
     None
 }
 
-fn word(token: &Token) -> Option<String> {
+pub(crate) fn word(token: &Token) -> Option<String> {
     match token {
         Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
         _ => None,
     }
 }
 
-fn is_keyword(token: &Token, keyword: Keyword) -> bool {
+pub(crate) fn is_keyword(token: &Token, keyword: Keyword) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.keyword == keyword)
 }
 
 /// Next non-whitespace token index from `i`.
-fn next_significant(tokens: &[Token], mut i: usize) -> Option<usize> {
+pub(crate) fn next_significant(tokens: &[Token], mut i: usize) -> Option<usize> {
     while i < tokens.len() {
         if !matches!(tokens[i], Token::Whitespace(_)) {
             return Some(i);

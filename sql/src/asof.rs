@@ -1,0 +1,241 @@
+//! ASOF and temporal join syntax, rewritten into a plain join before
+//! DataFusion plans the query; the stream's lowering then reads the join
+//! condition as an ASOF match (see `join.rs`).
+//!
+//! ```sql
+//! FROM a ASOF [LEFT] JOIN b ON a.k = b.k AND a.ts >= b.ts [AND b.ts >= a.ts - tolerance]
+//! FROM a ASOF [LEFT] JOIN b MATCH_CONDITION(a.ts <= b.ts) ON a.k = b.k
+//! FROM a ASOF [LEFT] JOIN b MATCH_CONDITION(NEAREST(a.ts, b.ts)) ON a.k = b.k
+//! FROM a [LEFT] JOIN b FOR SYSTEM_TIME AS OF a.ts [AS r] ON a.k = b.k
+//! ```
+//!
+//! `ASOF` is dropped (the join stays INNER or LEFT), a `MATCH_CONDITION`
+//! moves to the front of the `ON` clause, `NEAREST` becomes the marker
+//! function [`crate::functions::ASOF_NEAREST`], and `FOR SYSTEM_TIME AS OF
+//! a.ts` becomes the backward condition `a.ts >= b.<event time>` (a
+//! version is valid from its source's event time on).
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::functions::ASOF_NEAREST;
+use crate::window_tvf::{closing, is_keyword, next_significant, word};
+
+/// The query had an ASOF or temporal join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AsofSyntax;
+
+fn syntax(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::SqlSyntax, message).with_hint("see 'ASOF joins' in docs/SQL_REFERENCE.md")
+}
+
+/// Rewrites a query's ASOF or temporal join; `None` when it has neither
+/// (the text then comes back unchanged). `version_time` names a source's
+/// event-time column (a temporal join's version time).
+pub(crate) fn rewrite(
+    query: &str,
+    version_time: impl Fn(&str) -> Option<String>,
+) -> Result<(String, Option<AsofSyntax>)> {
+    let dialect = GenericDialect {};
+    let tokens: Vec<Token> = Tokenizer::new(&dialect, query)
+        .tokenize()
+        .map_err(|e| Error::new(ErrorCode::SqlSyntax, e.to_string()))?;
+    let mut text: Vec<String> = tokens.iter().map(ToString::to_string).collect();
+    let mut found: Option<AsofSyntax> = None;
+    let claim = |found: &mut Option<AsofSyntax>, syntax_found: AsofSyntax| {
+        if found.is_some() {
+            return Err(syntax("a stream may have one ASOF or temporal join"));
+        }
+        *found = Some(syntax_found);
+        Ok(())
+    };
+    let mut i = 0;
+    while i < tokens.len() {
+        match word(&tokens[i]).as_deref() {
+            Some("asof") => {
+                let next = next_significant(&tokens, i + 1)
+                    .filter(|&j| {
+                        is_keyword(&tokens[j], Keyword::JOIN)
+                            || is_keyword(&tokens[j], Keyword::LEFT)
+                            || is_keyword(&tokens[j], Keyword::INNER)
+                    })
+                    .ok_or_else(|| syntax("ASOF must be followed by JOIN or LEFT JOIN"))?;
+                claim(&mut found, AsofSyntax)?;
+                for t in &mut text[i..next] {
+                    t.clear();
+                }
+                i = next;
+            }
+            Some("match_condition") => {
+                let open = next_significant(&tokens, i + 1)
+                    .filter(|&j| tokens[j] == Token::LParen)
+                    .ok_or_else(|| syntax("MATCH_CONDITION takes a condition in parentheses"))?;
+                let close = closing(&tokens, open)
+                    .ok_or_else(|| syntax("MATCH_CONDITION( is not closed"))?;
+                let condition = condition_text(&tokens[open + 1..close]);
+                let on = next_significant(&tokens, close + 1)
+                    .filter(|&j| is_keyword(&tokens[j], Keyword::ON))
+                    .ok_or_else(|| {
+                        syntax("MATCH_CONDITION(...) must be followed by ON and the join keys")
+                    })?;
+                for t in &mut text[i..=close] {
+                    t.clear();
+                }
+                text[on] = format!("ON ({condition}) AND");
+                i = on + 1;
+            }
+            _ if is_keyword(&tokens[i], Keyword::FOR) => {
+                let Some(j) = next_significant(&tokens, i + 1)
+                    .filter(|&j| word(&tokens[j]).as_deref() == Some("system_time"))
+                else {
+                    i += 1;
+                    continue;
+                };
+                let as_ = next_significant(&tokens, j + 1)
+                    .filter(|&k| is_keyword(&tokens[k], Keyword::AS));
+                let of = as_
+                    .and_then(|k| next_significant(&tokens, k + 1))
+                    .filter(|&k| is_keyword(&tokens[k], Keyword::OF))
+                    .ok_or_else(|| syntax("write FOR SYSTEM_TIME AS OF left.ts"))?;
+                let (column, end) = qualified_name(&tokens, of + 1)
+                    .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF needs a column"))?;
+                // The versioned table is the name before FOR; its alias, if
+                // any, follows the column.
+                let table = previous_word(&tokens, i)
+                    .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF must follow the joined table"))?;
+                let mut next = next_significant(&tokens, end + 1);
+                if next.is_some_and(|k| is_keyword(&tokens[k], Keyword::AS)) {
+                    next = next.and_then(|k| next_significant(&tokens, k + 1));
+                }
+                let alias = next
+                    .filter(|&k| !is_keyword(&tokens[k], Keyword::ON))
+                    .and_then(|k| word(&tokens[k]).map(|_| tokens[k].to_string()));
+                let on = next_significant(&tokens, next.map_or(end + 1, |k| k + usize::from(alias.is_some())))
+                    .filter(|&k| is_keyword(&tokens[k], Keyword::ON))
+                    .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF t [AS alias] must be followed by ON and the join keys"))?;
+                let version_time = version_time(&table).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::InvalidWindow,
+                        format!("FOR SYSTEM_TIME AS OF: '{table}' must be a source with a WATERMARK (its event time is each version's time)"),
+                    )
+                    .with_hint("or write it as ASOF JOIN ... ON a.k = b.k AND a.ts >= b.ts")
+                })?;
+                claim(&mut found, AsofSyntax)?;
+                for t in &mut text[i..=end] {
+                    t.clear();
+                }
+                let versions = alias.unwrap_or(table);
+                text[on] = format!("ON ({column} >= {versions}.{version_time}) AND");
+                i = on + 1;
+            }
+            _ => i += 1,
+        }
+    }
+    if found.is_none() {
+        return Ok((query.to_string(), None));
+    }
+    Ok((text.concat(), found))
+}
+
+/// A possibly qualified name starting at or after `from`: its text and
+/// the index of its last token.
+fn qualified_name(tokens: &[Token], from: usize) -> Option<(String, usize)> {
+    let mut end = next_significant(tokens, from)?;
+    let mut name = String::new();
+    loop {
+        if !matches!(tokens[end], Token::Word(_)) {
+            return None;
+        }
+        name.push_str(&tokens[end].to_string());
+        if tokens.get(end + 1) == Some(&Token::Period) {
+            name.push('.');
+            end += 2;
+        } else {
+            return Some((name, end));
+        }
+    }
+}
+
+/// The word just before `i`, skipping whitespace.
+fn previous_word(tokens: &[Token], i: usize) -> Option<String> {
+    (0..i)
+        .rev()
+        .find(|&j| !matches!(tokens[j], Token::Whitespace(_)))
+        .and_then(|j| word(&tokens[j]))
+}
+
+/// A match condition's text, with `NEAREST(` renamed to the marker.
+fn condition_text(tokens: &[Token]) -> String {
+    let mut out = String::new();
+    for (i, token) in tokens.iter().enumerate() {
+        if word(token).as_deref() == Some("nearest")
+            && next_significant(tokens, i + 1).is_some_and(|j| tokens[j] == Token::LParen)
+        {
+            out.push_str(ASOF_NEAREST);
+        } else {
+            out.push_str(&token.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn squash(s: &str) -> String {
+        s.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn asof_forms() {
+        let time = |table: &str| (table == "rates").then(|| "valid_from".to_string());
+        let (q, s) = rewrite(
+            "SELECT * FROM a ASOF JOIN b ON a.k = b.k AND a.ts >= b.ts",
+            time,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM a JOIN b ON a.k = b.k AND a.ts >= b.ts"
+        );
+        assert_eq!(s, Some(AsofSyntax));
+        let (q, _) = rewrite(
+            "SELECT * FROM a ASOF LEFT JOIN b MATCH_CONDITION(NEAREST(a.ts, b.ts)) ON a.k = b.k",
+            time,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM a LEFT JOIN b ON (__asof_nearest(a.ts, b.ts)) AND a.k = b.k"
+        );
+        let (q, _) = rewrite(
+            "SELECT * FROM o JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.c = r.c",
+            time,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM o JOIN rates AS r ON (o.ts >= r.valid_from) AND o.c = r.c"
+        );
+        let (q, _) = rewrite(
+            "SELECT * FROM o LEFT JOIN rates FOR SYSTEM_TIME AS OF o.ts ON o.c = rates.c",
+            time,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM o LEFT JOIN rates ON (o.ts >= rates.valid_from) AND o.c = rates.c"
+        );
+        assert!(rewrite(
+            "SELECT * FROM o JOIN other FOR SYSTEM_TIME AS OF o.ts ON o.c = other.c",
+            time
+        )
+        .is_err());
+        let plain = "SELECT asof_col FROM t FOR";
+        assert_eq!(rewrite(plain, time).unwrap(), (plain.to_string(), None));
+        assert!(rewrite("SELECT * FROM a ASOF b", time).is_err());
+    }
+}
