@@ -565,7 +565,15 @@ impl LaminarDB {
                 if_exists,
             } => self.drop_object(kind, &name, if_exists),
             Statement::CreateStream(def) => {
-                let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams).await?;
+                let tables: HashMap<String, laminar_sql::TableDef> = self
+                    .shared
+                    .tables
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .iter()
+                    .map(|t| (t.def.name.clone(), t.def.clone()))
+                    .collect();
+                let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams, &tables).await?;
                 let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
                 if catalog.name_taken(&def.name) {
                     return Err(already_exists(&def.name));
@@ -576,6 +584,7 @@ impl LaminarDB {
                     output_schema: Arc::clone(schema),
                     routing: Routing::Any,
                     right_input: None,
+                    lookup_table: None,
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
                     late_side_output: None,
@@ -925,6 +934,14 @@ impl LaminarDB {
         // From here on the pipeline is visible: whatever fails must still
         // open the recovery latch, or pushes and shutdown would wait on it.
         let started = (|| {
+            // Lookup joins start from their table's rows, before any input
+            // (the replay included) reaches the shards.
+            for (stream, plan) in catalog.streams.iter().enumerate() {
+                if let Some(name) = &plan.lookup_table {
+                    let table = self.table(name).ok_or_else(|| unknown(name, "table"))?;
+                    table.attach(&pipeline, stream)?;
+                }
+            }
             let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
             for (name, subscription) in views {
                 kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
@@ -1199,6 +1216,8 @@ impl LaminarDB {
             }
             table.log = Some(log);
         }
+        // Streams plan lookup joins against the table's columns.
+        register_table(&self.shared.ctx, name, Arc::clone(&table.def.schema))?;
         self.shared
             .tables
             .lock()
@@ -1253,10 +1272,24 @@ impl LaminarDB {
             }
             return Err(unknown(name, "table"));
         };
+        let readers: Vec<&str> = catalog
+            .streams
+            .iter()
+            .filter(|s| s.lookup_table.as_deref() == Some(name))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !readers.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InUse,
+                format!("'{name}' is read by {}", readers.join(", ")),
+            )
+            .with_hint("drop those first"));
+        }
         if let Some(storage) = &self.shared.storage {
             table_log::TableLog::remove(&storage.tables_dir(), name)?;
         }
         catalog.tables.remove(index);
+        let _ = self.shared.ctx.deregister_table(name);
         self.shared
             .tables
             .lock()

@@ -102,6 +102,11 @@ pub(crate) enum Control {
         stream: usize,
         ring: Producer<Emitted>,
     },
+    /// Rows written to the table that `stream` (a lookup join) reads.
+    TableRows {
+        stream: usize,
+        rows: RecordBatch,
+    },
     Stop,
 }
 
@@ -225,6 +230,17 @@ impl Latch {
 }
 
 impl Pipeline {
+    /// Sends table rows to every shard's instance of lookup join `stream`.
+    pub fn send_table_rows(&self, stream: usize, rows: &RecordBatch) -> Result<()> {
+        for control in &self.controls {
+            control.send(Control::TableRows {
+                stream,
+                rows: rows.clone(),
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn source_id(&self, name: &str) -> Option<usize> {
         self.sources.iter().position(|s| s.name == name)
     }
@@ -513,6 +529,11 @@ impl ShardProgram {
                     }
                     Control::AddSubscriber { stream, ring } => {
                         self.streams[stream].outputs.push(ring)
+                    }
+                    Control::TableRows { stream, rows } => {
+                        if let Err(e) = self.streams[stream].operator.on_table_rows(&rows) {
+                            self.record_error(stream, e);
+                        }
                     }
                     Control::Stop => stopping = true,
                 }

@@ -4,13 +4,15 @@
 //! rows append.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use laminar_runtime::{Error, ErrorCode, Result};
 use laminar_sql::TableDef;
+
+use crate::pipeline::Pipeline;
 
 enum Rows {
     Keyed {
@@ -21,10 +23,20 @@ enum Rows {
     Append(Vec<RecordBatch>),
 }
 
+/// A running lookup join that reads a table: it gets every upsert.
+struct Feed {
+    pipeline: Weak<Pipeline>,
+    stream: usize,
+}
+
 /// A table and its rows.
 pub(crate) struct Table {
     pub def: TableDef,
     rows: Mutex<Rows>,
+    /// Lookup joins reading the table; written under the `rows` lock, so
+    /// each sees the snapshot it started from and every later upsert,
+    /// in order.
+    feeds: Mutex<Vec<Feed>>,
     /// Its log, in a durable database: inserts are logged before they
     /// apply.
     pub log: Option<crate::table_log::TableLog>,
@@ -54,6 +66,7 @@ impl Table {
         Ok(Self {
             def,
             rows: Mutex::new(rows),
+            feeds: Mutex::new(Vec::new()),
             log: None,
         })
     }
@@ -72,6 +85,13 @@ impl Table {
     /// schema. Returns the number of rows written.
     pub fn upsert(&self, batch: &RecordBatch) -> Result<usize> {
         let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        // Lookup joins see the rows in the order they are written.
+        let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
+        feeds.retain(|feed| match feed.pipeline.upgrade() {
+            Some(pipeline) => pipeline.send_table_rows(feed.stream, batch).is_ok(),
+            None => false,
+        });
+        drop(feeds);
         match &mut *rows {
             Rows::Append(batches) => batches.push(batch.clone()),
             Rows::Keyed { key, row, by_key } => {
@@ -94,7 +114,25 @@ impl Table {
     /// The table's rows now.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         let rows = self.rows.lock().map_err(|_| poisoned())?;
-        match &*rows {
+        self.snapshot_of(&rows)
+    }
+
+    /// Feeds a running lookup join (`stream`) the table's rows now, and
+    /// every upsert from now on.
+    pub fn attach(&self, pipeline: &Arc<Pipeline>, stream: usize) -> Result<()> {
+        let rows = self.rows.lock().map_err(|_| poisoned())?;
+        for batch in self.snapshot_of(&rows)? {
+            pipeline.send_table_rows(stream, &batch)?;
+        }
+        self.feeds.lock().map_err(|_| poisoned())?.push(Feed {
+            pipeline: Arc::downgrade(pipeline),
+            stream,
+        });
+        Ok(())
+    }
+
+    fn snapshot_of(&self, rows: &Rows) -> Result<Vec<RecordBatch>> {
+        match rows {
             Rows::Append(batches) => Ok(batches.clone()),
             Rows::Keyed { row, by_key, .. } => {
                 if by_key.is_empty() {

@@ -474,3 +474,201 @@ async fn asof_join_edge_cases() {
         }
     }
 }
+
+const INSTRUMENTS: &str = "CREATE TABLE instruments (
+    symbol VARCHAR NOT NULL, sector VARCHAR, lot BIGINT, PRIMARY KEY (symbol))";
+
+/// Sectors and lots for S000..S014 (S015..S019 are missing); S003 twice,
+/// the second row replacing the first.
+const INSTRUMENT_ROWS: &str = "INSERT INTO instruments VALUES
+    ('S000', 'tech', 10), ('S001', 'energy', 20), ('S002', 'tech', 30), ('S003', 'old', 1),
+    ('S004', 'health', 50), ('S005', NULL, 60), ('S006', 'tech', 70), ('S007', 'energy', 80),
+    ('S008', 'tech', 90), ('S009', 'retail', 100), ('S010', 'tech', 110), ('S011', 'energy', 120),
+    ('S012', 'tech', 130), ('S013', 'retail', 140), ('S014', 'tech', 150);
+    INSERT INTO instruments VALUES ('S003', 'health', 40)";
+
+/// The table's final rows, for the batch oracle.
+fn instrument_rows() -> RecordBatch {
+    let sectors = [
+        Some("tech"),
+        Some("energy"),
+        Some("tech"),
+        Some("health"),
+        Some("health"),
+        None,
+        Some("tech"),
+        Some("energy"),
+        Some("tech"),
+        Some("retail"),
+        Some("tech"),
+        Some("energy"),
+        Some("tech"),
+        Some("retail"),
+        Some("tech"),
+    ];
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("sector", DataType::Utf8, true),
+            Field::new("lot", DataType::Int64, true),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..15).map(|i| format!("S{i:03}")),
+            )),
+            Arc::new(StringArray::from(sectors.to_vec())),
+            Arc::new(Int64Array::from_iter_values((1..=15).map(|i| i * 10))),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_join_against_a_table() {
+    let queries = [
+        "SELECT t.symbol, t.price, i.sector, i.lot * t.volume AS lots
+         FROM trades t JOIN instruments i ON t.symbol = i.symbol",
+        "SELECT t.symbol, t.price, i.sector FROM trades t
+         LEFT JOIN instruments i ON t.symbol = i.symbol AND i.lot > 50
+         WHERE t.volume > 100",
+        "SELECT t.symbol, i.lot FROM trades t
+         JOIN (SELECT * FROM instruments WHERE sector = 'tech') i ON i.symbol = t.symbol",
+    ];
+    for query in queries {
+        for (seed, max_batch, shards) in [(1u64, 1usize, 1usize), (2, 50, 2), (3, 4096, 2)] {
+            let n = if max_batch == 1 { 200 } else { 3_000 };
+            let rows = trades(seed, n, 20, 4_000);
+            let db = LaminarDB::builder().shards(shards).build().unwrap();
+            db.execute(&format!("{TRADES_DDL}; {INSTRUMENTS}; {INSTRUMENT_ROWS}"))
+                .await
+                .unwrap();
+            db.execute(&format!("CREATE STREAM j AS {query}"))
+                .await
+                .unwrap();
+            assert!(db.explain("j").unwrap().contains("LookupJoin"));
+            let sub = db.subscribe("j").unwrap();
+            let handle = db.source_untyped("trades").unwrap();
+            db.start().await.unwrap();
+            let collector = collect(sub);
+            for b in random_batches(&rows, seed, max_batch) {
+                handle.push(b).unwrap();
+            }
+            db.shutdown().await.unwrap();
+            let got = collector.join().unwrap();
+            assert!(db.errors().is_empty(), "{:?}", db.errors());
+            let ctx = laminar_sql::new_session_context();
+            let trades_table =
+                MemTable::try_new(trades_schema(), vec![vec![trades_batch(&rows)]]).unwrap();
+            ctx.register_table("trades", Arc::new(trades_table))
+                .unwrap();
+            let instruments = instrument_rows();
+            let table = MemTable::try_new(instruments.schema(), vec![vec![instruments]]).unwrap();
+            ctx.register_table("instruments", Arc::new(table)).unwrap();
+            let want = ctx.sql(query).await.unwrap().collect().await.unwrap();
+            assert!(row_count(&want) > 0);
+            assert_same_rows(&got, &want);
+        }
+    }
+}
+
+/// Rows pushed after an INSERT into the table see the new row; rows
+/// before it saw the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_join_sees_upserts_while_running() {
+    use datafusion::arrow::array::Array;
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!("{TRADES_DDL}; {INSTRUMENTS}; {INSTRUMENT_ROWS}"))
+        .await
+        .unwrap();
+    db.execute(
+        "CREATE STREAM j AS SELECT t.symbol, t.volume, i.sector FROM trades t
+         LEFT JOIN instruments i ON t.symbol = i.symbol",
+    )
+    .await
+    .unwrap();
+    let mut sub = db.subscribe("j").unwrap();
+    let handle = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    let trade = |symbol: &str, volume: i64| Trade {
+        symbol: symbol.to_string(),
+        price: 1.0,
+        volume,
+        ts: 1_700_000_000_000 + volume,
+    };
+    let sector_of = |sub: &mut laminar_db::Subscription| {
+        let b = sub.recv().unwrap();
+        let sectors = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        sectors.is_valid(0).then(|| sectors.value(0).to_string())
+    };
+    handle.push(trades_batch(&[trade("S001", 1)])).unwrap();
+    assert_eq!(sector_of(&mut sub).as_deref(), Some("energy"));
+    handle.push(trades_batch(&[trade("S099", 2)])).unwrap();
+    assert_eq!(sector_of(&mut sub), None, "no such instrument yet");
+    db.execute("INSERT INTO instruments VALUES ('S001', 'utilities', 1), ('S099', 'new', 2)")
+        .await
+        .unwrap();
+    handle.push(trades_batch(&[trade("S001", 3)])).unwrap();
+    assert_eq!(sector_of(&mut sub).as_deref(), Some("utilities"));
+    handle.push(trades_batch(&[trade("S099", 4)])).unwrap();
+    assert_eq!(sector_of(&mut sub).as_deref(), Some("new"));
+    let error = db
+        .execute("DROP TABLE instruments")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("LDB-") && error.contains("read by j"),
+        "{error}"
+    );
+    db.shutdown().await.unwrap();
+    assert!(db.errors().is_empty(), "{:?}", db.errors());
+}
+
+#[tokio::test]
+async fn lookup_join_errors() {
+    let db = LaminarDB::open().unwrap();
+    db.execute(&format!("{TRADES_DDL}; {INSTRUMENTS}"))
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE notes (symbol VARCHAR, note VARCHAR)")
+        .await
+        .unwrap();
+    db.execute(
+        "CREATE TABLE pairs (a VARCHAR NOT NULL, b VARCHAR NOT NULL, w DOUBLE, PRIMARY KEY (a, b))",
+    )
+    .await
+    .unwrap();
+    let cases = [
+        (
+            "SELECT * FROM trades t JOIN notes n ON t.symbol = n.symbol",
+            "no PRIMARY KEY",
+        ),
+        (
+            "SELECT * FROM trades t JOIN pairs p ON t.symbol = p.a",
+            "whole primary key",
+        ),
+        (
+            "SELECT * FROM instruments i JOIN trades t ON t.symbol = i.symbol",
+            "table on the left",
+        ),
+        (
+            "SELECT * FROM trades t FULL JOIN instruments i ON t.symbol = i.symbol",
+            "INNER or LEFT",
+        ),
+        (
+            "SELECT * FROM trades t JOIN instruments i ON t.volume = i.lot",
+            "primary key",
+        ),
+    ];
+    for (query, words) in cases {
+        let error = db
+            .execute(&format!("CREATE STREAM s AS {query}"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("LDB-") && error.contains(words),
+            "{query}: {error}"
+        );
+    }
+}

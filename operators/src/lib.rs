@@ -27,6 +27,8 @@
 //!   and outer) over event-time buckets, state bounded by the watermarks.
 //! - [`asof_join`]: ASOF and temporal joins (backward, forward, nearest),
 //!   answered once the right watermark makes each answer final.
+//! - [`lookup_join`]: stream rows enriched from a per-shard replica of a
+//!   primary-keyed table, kept current by the table's upserts.
 //! - [`Operator`]: the small trait the shard drives.
 
 pub mod aggregate;
@@ -36,6 +38,7 @@ pub mod changelog_aggregate;
 pub mod groups;
 pub mod interval_join;
 pub mod join;
+pub mod lookup_join;
 pub mod session_aggregate;
 pub mod stage;
 pub mod time;
@@ -51,6 +54,7 @@ pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use interval_join::{IntervalJoin, IntervalJoinSpec};
 pub use join::JoinSide;
+pub use lookup_join::{LookupJoin, LookupJoinSpec};
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};
@@ -121,6 +125,15 @@ pub trait Operator: Send {
     ) -> Result<()> {
         debug_assert_eq!(port, 0, "a single-input operator has only port 0");
         self.on_watermark(watermark_ms, out)
+    }
+
+    /// Rows written to the table a lookup join reads (in the table's
+    /// schema; upserts by primary key).
+    fn on_table_rows(&mut self, _rows: &RecordBatch) -> Result<()> {
+        Err(laminar_runtime::Error::new(
+            laminar_runtime::ErrorCode::Execution,
+            "internal: table rows sent to an operator that reads no table",
+        ))
     }
 
     /// The watermark of the operator's output after its input's advanced

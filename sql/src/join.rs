@@ -602,3 +602,126 @@ fn nearest_call(join: &Join, expr: &Expr) -> Option<(Column, Column)> {
         _ => None,
     }
 }
+
+impl Lowering<'_> {
+    /// The table a join reads, when one side is a table.
+    pub(crate) fn table_side(&self, join: &Join) -> Result<Option<String>> {
+        let left = self.chain(&join.left)?.scan_source;
+        let right = self.chain(&join.right)?.scan_source;
+        if self.tables.contains_key(&left) {
+            return Err(unsupported(
+                format!("'{left}' is a table on the left of the join"),
+                "put the stream first: FROM stream s JOIN table t ON ...",
+            ));
+        }
+        Ok(self.tables.contains_key(&right).then_some(right))
+    }
+
+    /// Lowers a lookup join of a stream (left) against `table` (right).
+    pub(crate) fn lookup_join(
+        &self,
+        join: &Join,
+        post: Vec<laminar_operators::Stage>,
+        table: &str,
+    ) -> Result<(StreamInput, crate::planner::StreamOperator, String)> {
+        let left_outer = match join.join_type {
+            JoinType::Inner => false,
+            JoinType::Left => true,
+            other => {
+                return Err(unsupported(
+                    format!("a lookup join of a stream and a table is INNER or LEFT, not {other}"),
+                    "write JOIN or LEFT JOIN with the table on the right",
+                ))
+            }
+        };
+        let def = &self.tables[table];
+        if def.primary_key.is_empty() {
+            return Err(unsupported(
+                format!("table '{table}' has no PRIMARY KEY to look rows up by"),
+                "declare one: CREATE TABLE t (id BIGINT, ..., PRIMARY KEY (id))",
+            ));
+        }
+        let left_chain = self.chain(&join.left)?;
+        if left_chain.scan_source.is_empty() {
+            return Err(unsupported(
+                "a join's inputs must be sources or streams, not aggregates or window functions",
+                "compute the aggregate in a stream of its own and join that stream",
+            ));
+        }
+        let input = self.input(&left_chain.scan_source);
+        self.refuse_changelog(&input)?;
+        let right_chain = self.chain(&join.right)?;
+        let mut keys = Vec::new();
+        let mut table_key = Vec::new();
+        for (l, r) in &join.on {
+            let column = self.trace_to_source(r, &join.right).ok_or_else(|| {
+                unsupported(
+                    format!("the lookup key '{r}' must be a column of table '{table}'"),
+                    "join on the table's primary-key columns as they are",
+                )
+            })?;
+            let left_type = l.get_type(join.left.schema()).map_err(planning_error)?;
+            let key_type = def.schema.field(column).data_type();
+            if &left_type != key_type {
+                return Err(Error::new(
+                    ErrorCode::Planning,
+                    format!(
+                        "the lookup key '{l}' is {left_type}, but '{table}'.{} is {key_type}",
+                        def.schema.field(column).name()
+                    ),
+                )
+                .with_hint("CAST the stream's side to the table's type"));
+            }
+            keys.push(self.physical(l, join.left.schema())?);
+            table_key.push(column);
+        }
+        let mut sorted = table_key.clone();
+        sorted.sort_unstable();
+        let mut primary = def.primary_key.clone();
+        primary.sort_unstable();
+        if sorted != primary {
+            let names = |columns: &[usize]| {
+                columns
+                    .iter()
+                    .map(|&c| def.schema.field(c).name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(unsupported(
+                format!(
+                    "a lookup join matches the whole primary key of '{table}' ({}); this one joins on ({})",
+                    names(&def.primary_key),
+                    names(&table_key)
+                ),
+                "join with equalities on exactly the primary-key columns",
+            ));
+        }
+        let filter = join
+            .filter
+            .as_ref()
+            .map(|f| self.physical(f, &join.schema))
+            .transpose()?;
+        let explain = format!(
+            "LookupJoin[{}table {table} by primary key, {} post stage(s)] <- {input}",
+            if left_outer { "LEFT, " } else { "" },
+            post.len()
+        );
+        let spec = laminar_operators::LookupJoinSpec {
+            pre: left_chain.stages,
+            keys,
+            left_schema: Arc::new(join.left.schema().as_arrow().clone()),
+            table_key,
+            table_stages: right_chain.stages,
+            right_schema: Arc::new(join.right.schema().as_arrow().clone()),
+            filter,
+            left_outer,
+            joined_schema: Arc::new(join.schema.as_arrow().clone()),
+            post,
+        };
+        Ok((
+            input,
+            crate::planner::StreamOperator::LookupJoin(spec),
+            explain,
+        ))
+    }
+}

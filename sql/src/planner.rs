@@ -32,9 +32,9 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSort
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, AsofJoin, AsofJoinSpec,
-    ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, Operator, SessionAggregate,
-    Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding, WindowKind, WindowSpec,
-    WEIGHT_COLUMN,
+    ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, LookupJoin, LookupJoinSpec,
+    Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding,
+    WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -111,6 +111,8 @@ pub enum StreamOperator {
     IntervalJoin(IntervalJoinSpec),
     /// An ASOF or temporal join (two inputs).
     AsofJoin(AsofJoinSpec),
+    /// A join against a table's replica on each shard (one input).
+    LookupJoin(LookupJoinSpec),
 }
 
 impl StreamOperator {
@@ -135,6 +137,7 @@ impl StreamOperator {
             StreamOperator::Analytic(spec) => Box::new(Analytic::new(spec.clone())?),
             StreamOperator::IntervalJoin(spec) => Box::new(IntervalJoin::new(spec.clone())?),
             StreamOperator::AsofJoin(spec) => Box::new(AsofJoin::new(spec.clone())?),
+            StreamOperator::LookupJoin(spec) => Box::new(LookupJoin::new(spec.clone())?),
         })
     }
 }
@@ -153,6 +156,8 @@ pub struct StreamPlan {
     /// A join's right side (port 1) and how it is spread; `input` and
     /// `routing` are then its left side.
     pub right_input: Option<(StreamInput, Routing)>,
+    /// The table a lookup join reads.
+    pub lookup_table: Option<String>,
     /// What runs on each shard.
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
@@ -612,6 +617,8 @@ pub(crate) struct Lowering<'a> {
     pub(crate) sources: &'a HashMap<String, SourceDef>,
     /// Existing streams' output schemas, by name.
     streams: &'a HashMap<String, SchemaRef>,
+    /// Tables (lookup joins read them).
+    pub(crate) tables: &'a HashMap<String, TableDef>,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
@@ -624,9 +631,10 @@ pub(crate) struct Chain<'p> {
 impl Lowering<'_> {
     /// The schema of a source or stream the query reads.
     pub(crate) fn input_schema(&self, name: &str) -> &SchemaRef {
-        match self.sources.get(name) {
-            Some(source) => &source.schema,
-            None => &self.streams[name],
+        match (self.sources.get(name), self.tables.get(name)) {
+            (Some(source), _) => &source.schema,
+            (None, Some(table)) => &table.schema,
+            _ => &self.streams[name],
         }
     }
 
@@ -689,7 +697,10 @@ impl Lowering<'_> {
                 }
                 LogicalPlan::TableScan(scan) => {
                     let name = scan.table_name.table().to_string();
-                    if !self.sources.contains_key(&name) && !self.streams.contains_key(&name) {
+                    if !self.sources.contains_key(&name)
+                        && !self.streams.contains_key(&name)
+                        && !self.tables.contains_key(&name)
+                    {
                         return Err(Error::new(
                             ErrorCode::UnknownObject,
                             format!("unknown source or stream '{name}'"),
@@ -1379,6 +1390,7 @@ pub async fn plan_stream(
     def: &StreamDef,
     sources: &HashMap<String, SourceDef>,
     streams: &HashMap<String, SchemaRef>,
+    tables: &HashMap<String, TableDef>,
 ) -> Result<StreamPlan> {
     let query = crate::window_tvf::rewrite(&def.query)?;
     let (query, asof) = crate::asof::rewrite(&query, |table| {
@@ -1418,10 +1430,12 @@ pub async fn plan_stream(
         props: ctx.state().execution_props().clone(),
         sources,
         streams,
+        tables,
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(&plan)?;
     let mut right_input: Option<(StreamInput, Routing)> = None;
+    let mut lookup_table: Option<String> = None;
     let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Join(join) => {
             if def.emit.is_some() {
@@ -1434,12 +1448,27 @@ pub async fn plan_stream(
                 )
                 .with_hint("drop the EMIT clause"));
             }
-            let (input, routing, right, operator, explain) = match &asof {
-                Some(_) => lowering.asof_join(join, chain.stages)?,
-                None => lowering.interval_join(join, chain.stages)?,
-            };
-            right_input = Some(right);
-            (input, routing, operator, explain)
+            if let Some(table) = lowering.table_side(join)? {
+                if asof.is_some() {
+                    return Err(unsupported(
+                        format!(
+                            "'{table}' is a table: ASOF and temporal joins read sources or streams"
+                        ),
+                        "join the table with a plain JOIN (it is looked up as it is now)",
+                    ));
+                }
+                let (input, operator, explain) =
+                    lowering.lookup_join(join, chain.stages, &table)?;
+                lookup_table = Some(table);
+                (input, Routing::Any, operator, explain)
+            } else {
+                let (input, routing, right, operator, explain) = match &asof {
+                    Some(_) => lowering.asof_join(join, chain.stages)?,
+                    None => lowering.interval_join(join, chain.stages)?,
+                };
+                right_input = Some(right);
+                (input, routing, operator, explain)
+            }
         }
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
@@ -1535,7 +1564,12 @@ pub async fn plan_stream(
     };
     let late_side_output = match (&operator, def.late_side_output) {
         (_, false) => None,
-        (StreamOperator::IntervalJoin(_) | StreamOperator::AsofJoin(_), true) => {
+        (
+            StreamOperator::IntervalJoin(_)
+            | StreamOperator::AsofJoin(_)
+            | StreamOperator::LookupJoin(_),
+            true,
+        ) => {
             return Err(unsupported(
                 format!(
                     "stream {}: late_data = 'side_output' is not supported for joins yet",
@@ -1575,6 +1609,7 @@ pub async fn plan_stream(
         output_schema,
         routing,
         right_input,
+        lookup_table,
         operator,
         explain,
     })
