@@ -216,3 +216,85 @@ fn json_lines_input_matches_csv() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("LDB-4002"));
 }
+
+/// Joins over two input files (and a table filled by the script): the
+/// same rows whatever the batch size and shard count.
+#[test]
+fn run_joins_over_several_input_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("joins.sql");
+    std::fs::write(
+        &sql,
+        "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL, volume BIGINT NOT NULL,
+             ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE SOURCE orders (order_id BIGINT NOT NULL, symbol VARCHAR NOT NULL, qty BIGINT NOT NULL,
+             ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE TABLE desks (symbol VARCHAR NOT NULL, desk VARCHAR, PRIMARY KEY (symbol));
+         INSERT INTO desks VALUES ('S000', 'north'), ('S001', 'south'), ('S002', 'east');
+         CREATE STREAM matched AS
+         SELECT o.order_id, t.price, t.ts FROM orders o JOIN trades t
+           ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 500 AND o.ts + 500;
+         CREATE STREAM last_price AS
+         SELECT o.order_id, t.price FROM orders o ASOF LEFT JOIN trades t
+           ON o.symbol = t.symbol AND o.ts >= t.ts;
+         CREATE STREAM desked AS
+         SELECT o.order_id, d.desk FROM orders o JOIN desks d ON o.symbol = d.symbol;",
+    )
+    .unwrap();
+    write_trades_csv(&dir.path().join("trades.csv"), &trades(5, 4_000, 10, 3_000));
+    let mut orders = String::from("order_id,symbol,qty,ts\n");
+    for (i, r) in trades(6, 1_000, 10, 3_000).iter().enumerate() {
+        orders.push_str(&format!("{i},{},{},{}\n", r.symbol, r.volume, r.ts + 1));
+    }
+    std::fs::write(dir.path().join("orders.csv"), orders).unwrap();
+    let mut outputs = Vec::new();
+    for (shards, batch_rows) in [(1, 100_000), (2, 1), (2, 77)] {
+        let out = dir.path().join(format!("out-{shards}-{batch_rows}"));
+        let status = laminardb()
+            .args(["run", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(format!(
+                "trades={}",
+                dir.path().join("trades.csv").display()
+            ))
+            .arg("--input")
+            .arg(format!(
+                "orders={}",
+                dir.path().join("orders.csv").display()
+            ))
+            .arg("--output")
+            .arg(&out)
+            .args([
+                "--batch-rows",
+                &batch_rows.to_string(),
+                "--shards",
+                &shards.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        outputs.push(out);
+    }
+    for stream in ["matched", "last_price", "desked"] {
+        let first = read_csv_rows(&outputs[0].join(format!("{stream}.csv")));
+        assert!(first.len() > 100, "{stream} has {} rows", first.len());
+        for other in &outputs[1..] {
+            assert_eq!(
+                read_csv_rows(&other.join(format!("{stream}.csv"))),
+                first,
+                "{stream} differs for {}",
+                other.display()
+            );
+        }
+    }
+    // Every order gets exactly one ASOF row (LEFT), whatever it matched.
+    assert_eq!(
+        read_csv_rows(&outputs[0].join("last_price.csv")).len(),
+        1_001
+    );
+}
