@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the build and the
-# tests need (hwloc; curl, psql and systemd for the daemon's tests), then format
+# tests need (hwloc; curl, psql and systemd for the daemon's tests; a
+# PostgreSQL server for lookup tables), then format
 # check, clippy with warnings as errors, and every test (unit, integration,
 # end-to-end CLI and daemon, crash and full-disk tests, doc tests). Runs as
 # root: the full-disk test mounts a small tmpfs.
@@ -13,6 +14,8 @@ pkg-config --exists hwloc 2>/dev/null || need_packages+=(libhwloc-dev libudev-de
 command -v curl >/dev/null || need_packages+=(curl)
 command -v systemd-analyze >/dev/null || need_packages+=(systemd)
 command -v psql >/dev/null || need_packages+=(postgresql-client)
+# Lookup tables load from a real PostgreSQL server the tests start.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   echo "== installing ${need_packages[*]}"
   SUDO=""

@@ -47,6 +47,7 @@
 
 mod alignment;
 mod graph;
+mod lookup;
 mod pipeline;
 mod retention;
 mod shard_wal;
@@ -485,6 +486,24 @@ impl LaminarDB {
                 if_not_exists,
                 sql,
             } => return self.create_table(&name, if_not_exists, &sql).await,
+            Statement::CreateLookupTable {
+                name,
+                if_not_exists,
+                columns_sql,
+                connector,
+                options,
+                ..
+            } => {
+                return self
+                    .create_lookup_table(
+                        &name,
+                        if_not_exists,
+                        columns_sql.as_deref(),
+                        &connector,
+                        &options,
+                    )
+                    .await
+            }
             Statement::Insert {
                 target,
                 columns,
@@ -558,6 +577,7 @@ impl LaminarDB {
             | Statement::Describe(_)
             | Statement::ShowCreate(_)
             | Statement::CreateTable { .. }
+            | Statement::CreateLookupTable { .. }
             | Statement::Insert { .. } => unreachable!("handled above"),
             Statement::Drop {
                 kind,
@@ -1227,6 +1247,95 @@ impl LaminarDB {
         Ok(ExecuteResult::TableCreated(name.to_string()))
     }
 
+    /// `CREATE LOOKUP TABLE ... FROM POSTGRES (...)`: a primary-keyed table
+    /// loaded now from the database, and refreshed in the background.
+    async fn create_lookup_table(
+        &self,
+        name: &str,
+        if_not_exists: bool,
+        columns_sql: Option<&str>,
+        connector: &str,
+        options: &[(String, String)],
+    ) -> Result<ExecuteResult> {
+        if connector != "postgres" && connector != "postgresql" {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("lookup tables load from POSTGRES; '{connector}' is not supported yet"),
+            ));
+        }
+        {
+            let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+            if catalog.name_taken(name) {
+                if if_not_exists && catalog.tables.iter().any(|t| t == name) {
+                    return Ok(ExecuteResult::TableCreated(name.to_string()));
+                }
+                return Err(already_exists(name));
+            }
+        }
+        let lookup = lookup::PostgresLookup::from_options(options)?;
+        let declared = match columns_sql {
+            Some(sql) => Some(laminar_sql::resolve_table(&self.shared.ctx, name, sql).await?),
+            None => None,
+        };
+        if declared.is_some() && !lookup.primary_key.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "give the primary key either in the column list or as primary_key = '...', not both",
+            ));
+        }
+        let (rows, loader) = lookup
+            .start(declared.as_ref().map(|d| Arc::clone(&d.schema)))
+            .await?;
+        let def = match declared {
+            Some(def) => def,
+            None => lookup_table_def(name, &rows.schema(), &lookup.primary_key)?,
+        };
+        if def.primary_key.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                format!("lookup table '{name}' needs a primary key to be looked up by"),
+            )
+            .with_hint(
+                "add primary_key = 'column' to the options, or PRIMARY KEY (...) to a column list",
+            ));
+        }
+        let rows = RecordBatch::try_new(Arc::clone(&def.schema), rows.columns().to_vec()).map_err(
+            |e| {
+                Error::new(
+                    ErrorCode::SchemaMismatch,
+                    format!("lookup table '{name}': {e} (a primary-key column has NULLs?)"),
+                )
+            },
+        )?;
+        let mut table = Table::new(def)?;
+        table.upsert(&rows)?;
+        table.loader = Some(loader);
+        let table = Arc::new(table);
+        if let Some(loader) = &table.loader {
+            loader.attach(&table);
+        }
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        if catalog.name_taken(name) {
+            return Err(already_exists(name));
+        }
+        register_table(&self.shared.ctx, name, Arc::clone(&table.def.schema))?;
+        self.shared
+            .tables
+            .lock()
+            .map_err(|_| poisoned())?
+            .push(table);
+        catalog.tables.push(name.to_string());
+        log::info!(
+            "lookup table {name}: {} rows from {}, refreshed every {}",
+            rows.num_rows(),
+            lookup.target,
+            lookup
+                .refresh
+                .map_or("never".to_string(), |d| format!("{d:?}"))
+        );
+        Ok(ExecuteResult::TableCreated(name.to_string()))
+    }
+
     /// `INSERT INTO`: the rows of a `VALUES` list or query, into a table
     /// (upserted by primary key) or a source (pushed like any batch, through
     /// a source handle used for this statement only, so it does not hold
@@ -1768,13 +1877,52 @@ pub fn pretty(batches: &[RecordBatch]) -> Result<String> {
     Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string())
 }
 
+/// A lookup table's definition from its query's columns and the
+/// `primary_key` option (those columns NOT NULL).
+fn lookup_table_def(
+    name: &str,
+    schema: &arrow::datatypes::SchemaRef,
+    primary_key: &[String],
+) -> Result<laminar_sql::TableDef> {
+    let mut key = Vec::with_capacity(primary_key.len());
+    for column in primary_key {
+        let index = schema
+            .fields()
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(column))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::UnknownObject,
+                    format!(
+                        "primary_key column '{column}' is not among the lookup query's columns"
+                    ),
+                )
+            })?;
+        key.push(index);
+    }
+    let fields: Vec<arrow::datatypes::FieldRef> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Arc::new(f.as_ref().clone().with_nullable(!key.contains(&i))))
+        .collect();
+    Ok(laminar_sql::TableDef {
+        name: name.to_string(),
+        schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+        primary_key: key,
+        sql: String::new(),
+    })
+}
+
 /// The text of a parsed statement, when it keeps it.
 fn statement_text(statement: &Statement) -> Option<&str> {
     match statement {
         Statement::CreateSource(syntax) => Some(&syntax.sql),
         Statement::CreateStream(def) => Some(&def.sql),
         Statement::Query(text) => Some(text),
-        Statement::CreateTable { sql, .. } | Statement::Insert { sql, .. } => Some(sql),
+        Statement::CreateTable { sql, .. }
+        | Statement::CreateLookupTable { sql, .. }
+        | Statement::Insert { sql, .. } => Some(sql),
         Statement::Drop { .. }
         | Statement::Show(_)
         | Statement::Explain { .. }

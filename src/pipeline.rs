@@ -106,6 +106,9 @@ pub(crate) enum Control {
     TableRows {
         stream: usize,
         rows: RecordBatch,
+        /// The rows are the table's whole content (a lookup table's
+        /// refresh).
+        replace: bool,
     },
     Stop,
 }
@@ -231,11 +234,12 @@ impl Latch {
 
 impl Pipeline {
     /// Sends table rows to every shard's instance of lookup join `stream`.
-    pub fn send_table_rows(&self, stream: usize, rows: &RecordBatch) -> Result<()> {
+    pub fn send_table_rows(&self, stream: usize, rows: &RecordBatch, replace: bool) -> Result<()> {
         for control in &self.controls {
             control.send(Control::TableRows {
                 stream,
                 rows: rows.clone(),
+                replace,
             })?;
         }
         Ok(())
@@ -530,8 +534,13 @@ impl ShardProgram {
                     Control::AddSubscriber { stream, ring } => {
                         self.streams[stream].outputs.push(ring)
                     }
-                    Control::TableRows { stream, rows } => {
-                        if let Err(e) = self.streams[stream].operator.on_table_rows(&rows) {
+                    Control::TableRows {
+                        stream,
+                        rows,
+                        replace,
+                    } => {
+                        let operator = &mut self.streams[stream].operator;
+                        if let Err(e) = operator.on_table_rows(&rows, replace) {
                             self.record_error(stream, e);
                         }
                     }

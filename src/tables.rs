@@ -40,6 +40,9 @@ pub(crate) struct Table {
     /// Its log, in a durable database: inserts are logged before they
     /// apply.
     pub log: Option<crate::table_log::TableLog>,
+    /// A lookup table's loader (its rows come from an external database,
+    /// not from INSERT); dropping it stops the loader.
+    pub loader: Option<crate::lookup::Loader>,
 }
 
 fn converter(schema: &SchemaRef, columns: &[usize]) -> Result<RowConverter> {
@@ -68,11 +71,22 @@ impl Table {
             rows: Mutex::new(rows),
             feeds: Mutex::new(Vec::new()),
             log: None,
+            loader: None,
         })
     }
 
     /// `INSERT`: logs the rows (durable databases), then upserts them.
     pub fn insert(&self, batch: &RecordBatch) -> Result<usize> {
+        if self.loader.is_some() {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "'{}' is a lookup table: its rows come from its database and are replaced at each refresh",
+                    self.def.name
+                ),
+            )
+            .with_hint("write the rows to the database the table loads from"));
+        }
         if let Some(log) = &self.log {
             if batch.num_rows() > 0 {
                 log.append(batch)?;
@@ -85,14 +99,38 @@ impl Table {
     /// schema. Returns the number of rows written.
     pub fn upsert(&self, batch: &RecordBatch) -> Result<usize> {
         let mut rows = self.rows.lock().map_err(|_| poisoned())?;
-        // Lookup joins see the rows in the order they are written.
+        self.feed(batch, false)?;
+        self.apply(&mut rows, batch)
+    }
+
+    /// Replaces every row (a lookup table's refresh), for lookup joins
+    /// too.
+    pub fn replace_all(&self, batch: &RecordBatch) -> Result<()> {
+        let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        self.feed(batch, true)?;
+        match &mut *rows {
+            Rows::Append(batches) => batches.clear(),
+            Rows::Keyed { by_key, .. } => by_key.clear(),
+        }
+        self.apply(&mut rows, batch)?;
+        Ok(())
+    }
+
+    /// Sends written rows to the lookup joins reading the table; called
+    /// under the rows lock, so they see the writes in order.
+    fn feed(&self, batch: &RecordBatch, replace: bool) -> Result<()> {
         let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
         feeds.retain(|feed| match feed.pipeline.upgrade() {
-            Some(pipeline) => pipeline.send_table_rows(feed.stream, batch).is_ok(),
+            Some(pipeline) => pipeline
+                .send_table_rows(feed.stream, batch, replace)
+                .is_ok(),
             None => false,
         });
-        drop(feeds);
-        match &mut *rows {
+        Ok(())
+    }
+
+    fn apply(&self, rows: &mut Rows, batch: &RecordBatch) -> Result<usize> {
+        match rows {
             Rows::Append(batches) => batches.push(batch.clone()),
             Rows::Keyed { key, row, by_key } => {
                 let key_columns: Vec<ArrayRef> = self
@@ -122,7 +160,7 @@ impl Table {
     pub fn attach(&self, pipeline: &Arc<Pipeline>, stream: usize) -> Result<()> {
         let rows = self.rows.lock().map_err(|_| poisoned())?;
         for batch in self.snapshot_of(&rows)? {
-            pipeline.send_table_rows(stream, &batch)?;
+            pipeline.send_table_rows(stream, &batch, false)?;
         }
         self.feeds.lock().map_err(|_| poisoned())?.push(Feed {
             pipeline: Arc::downgrade(pipeline),

@@ -128,8 +128,9 @@ pub trait Operator: Send {
     }
 
     /// Rows written to the table a lookup join reads (in the table's
-    /// schema; upserts by primary key).
-    fn on_table_rows(&mut self, _rows: &RecordBatch) -> Result<()> {
+    /// schema; upserts by primary key, or, with `replace`, the table's
+    /// whole new content).
+    fn on_table_rows(&mut self, _rows: &RecordBatch, _replace: bool) -> Result<()> {
         Err(laminar_runtime::Error::new(
             laminar_runtime::ErrorCode::Execution,
             "internal: table rows sent to an operator that reads no table",

@@ -207,8 +207,15 @@ impl Operator for LookupJoin {
         0
     }
 
-    /// Upserts table rows (in the table's schema) into the replica.
-    fn on_table_rows(&mut self, rows: &RecordBatch) -> Result<()> {
+    /// Upserts table rows (in the table's schema) into the replica, or
+    /// replaces the replica with them.
+    fn on_table_rows(&mut self, rows: &RecordBatch, replace: bool) -> Result<()> {
+        if replace {
+            self.keys = self.encoder.table();
+            self.current.clear();
+            self.rows = StoredBatches::default();
+            self.live_rows = 0;
+        }
         let n = rows.num_rows();
         if n == 0 {
             return Ok(());

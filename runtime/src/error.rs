@@ -4,7 +4,8 @@
 //! `LDB-NNNN`. Codes are never reused or renumbered: scripts grep for them.
 //! The thousands digit names the layer: 1 = SQL and planning, 2 = ingest and
 //! the pipeline's lifecycle, 3 = execution on a shard, 4 = files and formats,
-//! 5 = runtime and configuration, 6 = storage (WAL, recovery).
+//! 5 = runtime and configuration, 6 = storage (WAL, recovery), 7 =
+//! external systems (databases a lookup table loads from).
 
 use std::fmt;
 
@@ -65,6 +66,9 @@ pub enum ErrorCode {
     StorageCorrupt,
     /// Another process has the storage directory open.
     StorageLocked,
+    /// An external system (a database a lookup table loads from) cannot be
+    /// reached or refused the connection.
+    ExternalUnavailable,
 }
 
 impl ErrorCode {
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::RecordTooLarge => 6003,
             ErrorCode::StorageCorrupt => 6004,
             ErrorCode::StorageLocked => 6005,
+            ErrorCode::ExternalUnavailable => 7001,
         }
     }
 }

@@ -73,6 +73,23 @@ pub enum Statement {
         /// The statement's text.
         sql: String,
     },
+    /// `CREATE LOOKUP TABLE name [(columns)] FROM POSTGRES (options)`: a
+    /// table whose rows are loaded, and refreshed, from an external
+    /// database.
+    CreateLookupTable {
+        /// Table name.
+        name: String,
+        /// `IF NOT EXISTS` was given.
+        if_not_exists: bool,
+        /// The column list as a `CREATE TABLE` statement, when given.
+        columns_sql: Option<String>,
+        /// The connector (`postgres`), lower-cased.
+        connector: String,
+        /// Its options, keys lower-cased.
+        options: Vec<(String, String)>,
+        /// The statement's text.
+        sql: String,
+    },
     /// `INSERT INTO name [(columns)] VALUES ... | SELECT ...`.
     Insert {
         /// The source or table written to.
@@ -382,6 +399,9 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
         return parse_create_stream(chunk, &significant[2..], text, false)
             .map(Statement::CreateStream);
     }
+    if is_word(significant[1], "LOOKUP") {
+        return parse_create_lookup_table(&significant[2..], text);
+    }
     if keyword(significant[1]) == Some(Keyword::TABLE) {
         let mut i = 2;
         let if_not_exists = significant.len() > 5
@@ -418,6 +438,73 @@ fn parse_statement(chunk: &[TokenWithSpan], significant: &[&TokenWithSpan]) -> R
         format!("CREATE {what} is not supported yet"),
     )
     .with_hint("use CREATE SOURCE for inputs and CREATE STREAM ... AS SELECT for queries"))
+}
+
+/// `TABLE [IF NOT EXISTS] name [(columns)] FROM connector (options)`, after
+/// `CREATE LOOKUP`.
+fn parse_create_lookup_table(rest: &[&TokenWithSpan], text: String) -> Result<Statement> {
+    let usage = "CREATE LOOKUP TABLE name [(column TYPE, ..., PRIMARY KEY (column))] FROM POSTGRES (hostname = '...', database = '...', query = '...', ...)";
+    if rest.first().and_then(|t| keyword(t)) != Some(Keyword::TABLE) {
+        return Err(syntax_error("expected TABLE after CREATE LOOKUP").with_hint(usage));
+    }
+    let mut i = 1;
+    let if_not_exists = rest.len() > 4
+        && keyword(rest[1]) == Some(Keyword::IF)
+        && keyword(rest[2]) == Some(Keyword::NOT)
+        && keyword(rest[3]) == Some(Keyword::EXISTS);
+    if if_not_exists {
+        i = 4;
+    }
+    let name = identifier(
+        rest.get(i)
+            .ok_or_else(|| syntax_error("CREATE LOOKUP TABLE needs a name").with_hint(usage))?,
+        "a table name",
+    )?;
+    i += 1;
+    let mut columns_sql = None;
+    if rest.get(i).map(|t| &t.token) == Some(&Token::LParen) {
+        let mut depth = 0;
+        let start = i;
+        loop {
+            match rest.get(i).map(|t| &t.token) {
+                Some(Token::LParen) => depth += 1,
+                Some(Token::RParen) => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(_) => {}
+                None => return Err(syntax_error("unclosed column list").with_hint(usage)),
+            }
+            i += 1;
+        }
+        let columns: Vec<String> = rest[start..=i]
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect();
+        columns_sql = Some(format!("CREATE TABLE {name} {}", columns.join(" ")));
+        i += 1;
+    }
+    if rest.get(i).and_then(|t| keyword(t)) != Some(Keyword::FROM) {
+        return Err(syntax_error("expected FROM <connector> (...)").with_hint(usage));
+    }
+    let connector = rest
+        .get(i + 1)
+        .map(|t| t.token.to_string().to_lowercase())
+        .ok_or_else(|| syntax_error("expected a connector after FROM").with_hint(usage))?;
+    let (options, used) = parse_options(&rest[i + 2..]).map_err(|e| e.with_hint(usage))?;
+    if i + 2 + used != rest.len() {
+        return Err(syntax_error("unexpected text after the options").with_hint(usage));
+    }
+    Ok(Statement::CreateLookupTable {
+        name,
+        if_not_exists,
+        columns_sql,
+        connector,
+        options,
+        sql: text,
+    })
 }
 
 fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDefSyntax> {
@@ -649,7 +736,7 @@ fn parse_watermark(item: &[&TokenWithSpan]) -> Result<WatermarkDef> {
 
 /// A duration written as `'<n> <unit>'` (or `'<n><unit>'`, or plain
 /// milliseconds): units ms, s, m, h, d and their long forms.
-fn duration_ms(text: &str) -> Option<i64> {
+pub fn duration_ms(text: &str) -> Option<i64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

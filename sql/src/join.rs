@@ -40,6 +40,16 @@ pub(crate) struct PlannedJoin {
     pub joined_schema: SchemaRef,
 }
 
+/// A lowered two-input join: left input and routing, right input and
+/// routing, the operator, and its `EXPLAIN` line.
+pub(crate) type LoweredJoin = (
+    StreamInput,
+    Routing,
+    (StreamInput, Routing),
+    crate::planner::StreamOperator,
+    String,
+);
+
 /// Which side of the joined schema a column is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SideOf {
@@ -147,8 +157,8 @@ impl Lowering<'_> {
         })?;
         let input_schema = self.input_schema(input.name());
         let time_field = input_schema.field(time_column);
-        match self.sources.get(input.name()) {
-            Some(source) => match &source.watermark {
+        if let Some(source) = self.sources.get(input.name()) {
+            match &source.watermark {
                 Some(w) if &w.column == time_field.name() => {}
                 Some(w) => {
                     return Err(Error::new(
@@ -174,8 +184,7 @@ impl Lowering<'_> {
                         "declare one: CREATE SOURCE ... (..., WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)",
                     ))
                 }
-            },
-            None => {}
+            }
         }
         Ok(PlannedSide {
             side: JoinSide {
@@ -389,13 +398,7 @@ impl Lowering<'_> {
         &self,
         join: &Join,
         post: Vec<laminar_operators::Stage>,
-    ) -> Result<(
-        StreamInput,
-        Routing,
-        (StreamInput, Routing),
-        crate::planner::StreamOperator,
-        String,
-    )> {
+    ) -> Result<LoweredJoin> {
         let (left_outer, right_outer) = outer_sides(join.join_type)?;
         let conjuncts = conjuncts(join.filter.as_ref());
         let (left_time, right_time, lower_ms, upper_ms) = interval_bounds(join, &conjuncts)?;
@@ -465,13 +468,7 @@ impl Lowering<'_> {
         &self,
         join: &Join,
         post: Vec<laminar_operators::Stage>,
-    ) -> Result<(
-        StreamInput,
-        Routing,
-        (StreamInput, Routing),
-        crate::planner::StreamOperator,
-        String,
-    )> {
+    ) -> Result<LoweredJoin> {
         let left_outer = match join.join_type {
             JoinType::Inner => false,
             JoinType::Left => true,
