@@ -492,15 +492,15 @@ impl LaminarDB {
                 columns_sql,
                 connector,
                 options,
-                ..
+                sql,
             } => {
                 return self
                     .create_lookup_table(
                         &name,
                         if_not_exists,
                         columns_sql.as_deref(),
-                        &connector,
-                        &options,
+                        (&connector, &options),
+                        &sql,
                     )
                     .await
             }
@@ -593,7 +593,24 @@ impl LaminarDB {
                     .iter()
                     .map(|t| (t.def.name.clone(), t.def.clone()))
                     .collect();
-                let plan = plan_stream(&self.shared.ctx, &def, &sources, &streams, &tables).await?;
+                let stream_time_columns: HashMap<String, Vec<usize>> = self
+                    .shared
+                    .catalog
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .streams
+                    .iter()
+                    .map(|s| (s.name.clone(), s.time_columns.clone()))
+                    .collect();
+                let plan = plan_stream(
+                    &self.shared.ctx,
+                    &def,
+                    &sources,
+                    &streams,
+                    &stream_time_columns,
+                    &tables,
+                )
+                .await?;
                 let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
                 if catalog.name_taken(&def.name) {
                     return Err(already_exists(&def.name));
@@ -605,6 +622,7 @@ impl LaminarDB {
                     routing: Routing::Any,
                     right_input: None,
                     lookup_table: None,
+                    time_columns: Vec::new(),
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
                     late_side_output: None,
@@ -1254,8 +1272,8 @@ impl LaminarDB {
         name: &str,
         if_not_exists: bool,
         columns_sql: Option<&str>,
-        connector: &str,
-        options: &[(String, String)],
+        (connector, options): (&str, &[(String, String)]),
+        sql: &str,
     ) -> Result<ExecuteResult> {
         if connector != "postgres" && connector != "postgresql" {
             return Err(Error::new(
@@ -1286,10 +1304,17 @@ impl LaminarDB {
         let (rows, loader) = lookup
             .start(declared.as_ref().map(|d| Arc::clone(&d.schema)))
             .await?;
-        let def = match declared {
+        let mut def = match declared {
             Some(def) => def,
             None => lookup_table_def(name, &rows.schema(), &lookup.primary_key)?,
         };
+        // SHOW CREATE shows the statement, never the password.
+        def.sql = options
+            .iter()
+            .filter(|(key, value)| key == "password" && !value.is_empty())
+            .fold(sql.to_string(), |text, (_, value)| {
+                text.replace(&format!("'{value}'"), "'********'")
+            });
         if def.primary_key.is_empty() {
             return Err(Error::new(
                 ErrorCode::InvalidConfig,

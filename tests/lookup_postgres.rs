@@ -222,6 +222,12 @@ async fn lookup_table_loads_and_refreshes_from_postgres() {
     ))
     .await
     .unwrap();
+    let shown = db.execute("SHOW CREATE TABLE instruments").await.unwrap();
+    let shown = format!("{shown:?}");
+    assert!(
+        shown.contains("FROM POSTGRES") && !shown.contains(PASSWORD),
+        "{shown}"
+    );
     // The rows are there for ad-hoc queries at once.
     let rows = db
         .sql("SELECT COUNT(*) AS n FROM instruments")

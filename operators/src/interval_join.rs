@@ -17,6 +17,10 @@
 //! rows that never matched are emitted, padded with NULLs, when their
 //! bucket is dropped: the output is append-only and, once all watermarks
 //! have passed, exactly the batch join of the on-time rows.
+//!
+//! With `EMIT CHANGES` the output is a changelog instead: an outer row
+//! without a match is emitted padded at once (`+1`), and retracted (`-1`)
+//! when its first match arrives; consolidated, it is the same answer.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +32,7 @@ use std::sync::Arc;
 
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::join::{joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch, StoredBatches};
-use crate::stage::{apply_all, filter_mask, Stage};
+use crate::stage::{apply_all, emit_weighted, filter_mask, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build an interval join on a shard.
@@ -54,9 +58,17 @@ pub struct IntervalJoinSpec {
     pub joined_schema: SchemaRef,
     /// Filters/projections after the join (WHERE, SELECT list).
     pub post: Vec<Stage>,
+    /// `EMIT CHANGES`: the output schema, with its `_weight` column last.
+    pub changes: Option<SchemaRef>,
 }
 
 const NONE: u32 = u32::MAX;
+
+/// A stored outer row's state (the per-row byte of an outer side).
+const UNMATCHED: u8 = 0;
+const MATCHED: u8 = 1;
+/// Unmatched and already emitted padded (`EMIT CHANGES`).
+const PADDED: u8 = 2;
 
 /// One stored row.
 #[derive(Debug, Clone, Copy)]
@@ -80,8 +92,8 @@ struct Bucket {
 /// One side's state.
 struct Side {
     buckets: BTreeMap<i64, Bucket>,
-    /// Stored batches, with each row's matched flag (outer sides only).
-    batches: StoredBatches<Vec<bool>>,
+    /// Stored batches, with each row's state (outer sides only).
+    batches: StoredBatches<Vec<u8>>,
     rows: usize,
     watermark_ms: i64,
     outer: bool,
@@ -176,9 +188,9 @@ impl IntervalJoin {
         input: &SideBatch,
         keys: &BatchKeys<'_>,
         out: &mut Vec<RecordBatch>,
-    ) -> Result<Vec<bool>> {
+    ) -> Result<Vec<u8>> {
         let n = input.rows.num_rows();
-        let mut matched = vec![false; n];
+        let mut matched = vec![UNMATCHED; n];
         let mut pairs = std::mem::take(&mut self.pairs);
         pairs.clear();
         let other = &self.sides[1 - port];
@@ -215,7 +227,7 @@ impl IntervalJoin {
         port: usize,
         input: &SideBatch,
         pairs: &[(u32, u64, u32)],
-        matched: &mut [bool],
+        matched: &mut [u8],
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
@@ -242,24 +254,45 @@ impl IntervalJoin {
         let passed_at = |i: usize| passed.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i));
         let track_probe = self.sides[port].outer;
         let track_stored = self.sides[1 - port].outer;
+        // Stored rows emitted padded earlier, matched now: retracted.
+        let mut retract: Vec<(u64, u32)> = Vec::new();
         if track_probe || track_stored {
             for (i, &(row, batch, stored_row)) in pairs.iter().enumerate() {
                 if passed_at(i) {
-                    matched[row as usize] = true;
+                    matched[row as usize] = MATCHED;
                     if track_stored {
-                        self.sides[1 - port].batches.get_mut(batch).extra[stored_row as usize] =
-                            true;
+                        let state = &mut self.sides[1 - port].batches.get_mut(batch).extra
+                            [stored_row as usize];
+                        if *state == PADDED {
+                            retract.push((batch, stored_row));
+                        }
+                        *state = MATCHED;
                     }
                 }
             }
         }
-        if rows.num_rows() > 0 {
-            let result = apply_all(&self.spec.post, &rows)?;
-            if result.num_rows() > 0 {
-                out.push(result);
+        if !retract.is_empty() {
+            self.emit_stored_padded(1 - port, &retract, -1, out)?;
+        }
+        self.push_out(rows, 1, out)
+    }
+
+    /// Runs the post stages over joined rows and appends them (with their
+    /// weight, for a changelog).
+    fn push_out(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        match &self.spec.changes {
+            Some(schema) => emit_weighted(&self.spec.post, rows, weight, schema, out),
+            None => {
+                let result = apply_all(&self.spec.post, &rows)?;
+                if result.num_rows() > 0 {
+                    out.push(result);
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Stores a probed batch's rows on their own side.
@@ -268,7 +301,7 @@ impl IntervalJoin {
         port: usize,
         input: SideBatch,
         keys: &BatchKeys<'_>,
-        matched: Vec<bool>,
+        matched: Vec<u8>,
     ) -> Result<()> {
         let width = self.width_ms;
         let side = &mut self.sides[port];
@@ -325,12 +358,14 @@ impl IntervalJoin {
             let side = &mut self.sides[port];
             side.rows -= bucket.entries.len();
             for entry in &bucket.entries {
-                if side.outer && !side.batches.get(entry.batch).extra[entry.row as usize] {
+                if side.outer
+                    && side.batches.get(entry.batch).extra[entry.row as usize] == UNMATCHED
+                {
                     unmatched.push((entry.batch, entry.row));
                 }
             }
             if !unmatched.is_empty() {
-                self.emit_unmatched(port, &unmatched, out)?;
+                self.emit_stored_padded(port, &unmatched, 1, out)?;
                 unmatched.clear();
             }
             let side = &mut self.sides[port];
@@ -342,36 +377,36 @@ impl IntervalJoin {
     }
 
     /// Emits stored rows of an outer side with NULLs for the other side.
-    fn emit_unmatched(
+    fn emit_stored_padded(
         &self,
         port: usize,
         rows: &[(u64, u32)],
+        weight: i64,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let own = self.sides[port]
             .batches
             .gather(rows, self.side_schema(port))?;
-        let padding = nulls(self.side_schema(1 - port), rows.len());
-        self.emit_padded(port, own, padding, out)
+        self.emit_padded(port, own, weight, out)
     }
 
+    /// Emits rows of side `port` (its columns `own`) with NULLs for the
+    /// other side.
     fn emit_padded(
         &self,
         port: usize,
         own: Vec<arrow::array::ArrayRef>,
-        padding: Vec<arrow::array::ArrayRef>,
+        weight: i64,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
+        let n = own.first().map_or(0, |c| c.len());
+        let padding = nulls(self.side_schema(1 - port), n);
         let rows = if port == 0 {
             joined(&self.spec.joined_schema, own, padding)?
         } else {
             joined(&self.spec.joined_schema, padding, own)?
         };
-        let result = apply_all(&self.spec.post, &rows)?;
-        if result.num_rows() > 0 {
-            out.push(result);
-        }
-        Ok(())
+        self.push_out(rows, weight, out)
     }
 }
 
@@ -408,8 +443,7 @@ impl Operator for IntervalJoin {
         let input = match input.split_null_keys()? {
             (input, Some(null_rows)) => {
                 if self.sides[port].outer {
-                    let padding = nulls(self.side_schema(1 - port), null_rows.num_rows());
-                    self.emit_padded(port, null_rows.columns().to_vec(), padding, out)?;
+                    self.emit_padded(port, null_rows.columns().to_vec(), 1, out)?;
                 }
                 match input {
                     Some(input) => input,
@@ -421,7 +455,20 @@ impl Operator for IntervalJoin {
         };
         let key_arrays = input.key_arrays.clone();
         let keys = self.encoder.encode(&key_arrays)?;
-        let matched = self.probe(port, &input, &keys, out)?;
+        let mut matched = self.probe(port, &input, &keys, out)?;
+        if self.spec.changes.is_some() && self.sides[port].outer {
+            // A changelog shows an outer row at once, padded; a match
+            // retracts it.
+            let unmatched: Vec<u32> = (0..matched.len() as u32)
+                .filter(|&i| matched[i as usize] == UNMATCHED)
+                .collect();
+            if !unmatched.is_empty() {
+                self.emit_padded(port, take_rows(&input.rows, &unmatched)?, 1, out)?;
+                for i in unmatched {
+                    matched[i as usize] = PADDED;
+                }
+            }
+        }
         self.store(port, input, &keys, matched)?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)

@@ -157,6 +157,17 @@ impl Lowering<'_> {
         })?;
         let input_schema = self.input_schema(input.name());
         let time_field = input_schema.field(time_column);
+        if !self.sources.contains_key(input.name()) && !self.is_time(&time_expr, node) {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "column '{}' of stream '{}' does not carry event time, so the stream's watermark says nothing about it",
+                    time_field.name(),
+                    input.name()
+                ),
+            )
+            .with_hint("relate a window's start (window_start, tumble(...)) or a column that is its source's event time"));
+        }
         if let Some(source) = self.sources.get(input.name()) {
             match &source.watermark {
                 Some(w) if &w.column == time_field.name() => {}
@@ -398,10 +409,16 @@ impl Lowering<'_> {
         &self,
         join: &Join,
         post: Vec<laminar_operators::Stage>,
+        changes: Option<SchemaRef>,
     ) -> Result<LoweredJoin> {
         let (left_outer, right_outer) = outer_sides(join.join_type)?;
         let conjuncts = conjuncts(join.filter.as_ref());
-        let (left_time, right_time, lower_ms, upper_ms) = interval_bounds(join, &conjuncts)?;
+        let has_bounds = conjuncts.iter().any(|c| time_bound(join, c).is_some());
+        let (left_time, right_time, lower_ms, upper_ms) = match self.equal_times(join) {
+            // `a.w = b.w` on both sides' event times: the bound [0, 0].
+            Some((left, right)) if !has_bounds => (left, right, 0, 0),
+            _ => interval_bounds(join, &conjuncts)?,
+        };
         let planned = self.join_sides(join, (&left_time, &right_time))?;
         for side in [&planned.left, &planned.right] {
             self.refuse_changelog(&side.input)?;
@@ -435,6 +452,7 @@ impl Lowering<'_> {
             right_outer,
             joined_schema: planned.joined_schema,
             post,
+            changes,
         };
         Ok((
             planned.left.input,
@@ -443,6 +461,20 @@ impl Lowering<'_> {
             crate::planner::StreamOperator::IntervalJoin(spec),
             explain,
         ))
+    }
+
+    /// An equality of the join that relates the two sides' event-time
+    /// columns (`a.window_start = b.window_start`).
+    fn equal_times(&self, join: &Join) -> Option<(Column, Column)> {
+        join.on.iter().find_map(|(l, r)| match (l, r) {
+            (Expr::Column(l), Expr::Column(r))
+                if self.is_time(&Expr::Column(l.clone()), &join.left)
+                    && self.is_time(&Expr::Column(r.clone()), &join.right) =>
+            {
+                Some((l.clone(), r.clone()))
+            }
+            _ => None,
+        })
     }
 
     /// Joins read append-only inputs: a changelog's retractions would be

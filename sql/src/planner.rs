@@ -158,6 +158,10 @@ pub struct StreamPlan {
     pub right_input: Option<(StreamInput, Routing)>,
     /// The table a lookup join reads.
     pub lookup_table: Option<String>,
+    /// Output columns that carry event time under the stream's output
+    /// watermark (a window's start, a source's event time passed through,
+    /// a joined side's time): what a downstream join may bound by.
+    pub time_columns: Vec<usize>,
     /// What runs on each shard.
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
@@ -617,6 +621,8 @@ pub(crate) struct Lowering<'a> {
     pub(crate) sources: &'a HashMap<String, SourceDef>,
     /// Existing streams' output schemas, by name.
     streams: &'a HashMap<String, SchemaRef>,
+    /// Existing streams' event-time columns, by name.
+    stream_time_columns: &'a HashMap<String, Vec<usize>>,
     /// Tables (lookup joins read them).
     pub(crate) tables: &'a HashMap<String, TableDef>,
 }
@@ -763,6 +769,80 @@ impl Lowering<'_> {
             _ => Routing::Single,
         };
         Ok((physical, routing))
+    }
+
+    /// Whether `expr` over `node`'s output is an event-time column: a
+    /// source's `WATERMARK` column, an upstream stream's time column, a
+    /// window function in a `GROUP BY`, or one of those through
+    /// projections, filters, joins and casts that keep milliseconds.
+    pub(crate) fn is_time(&self, expr: &Expr, mut node: &LogicalPlan) -> bool {
+        let mut expr = expr.clone().unalias();
+        loop {
+            if let Expr::Cast(cast) = &expr {
+                let keeps_ms = matches!(
+                    cast.expr.get_type(node.schema()),
+                    Ok(arrow::datatypes::DataType::Int64)
+                        | Ok(arrow::datatypes::DataType::Timestamp(
+                            arrow::datatypes::TimeUnit::Millisecond,
+                            _
+                        ))
+                );
+                if !keeps_ms {
+                    return false;
+                }
+                expr = cast.expr.as_ref().clone().unalias();
+                continue;
+            }
+            let Expr::Column(column) = &expr else {
+                return false;
+            };
+            let Ok(index) = node.schema().index_of_column(column) else {
+                return false;
+            };
+            match node {
+                LogicalPlan::TableScan(scan) => {
+                    let name = scan.table_name.table();
+                    let column = scan.projection.as_ref().map_or(index, |p| p[index]);
+                    return match self.sources.get(name) {
+                        Some(source) => source
+                            .watermark
+                            .as_ref()
+                            .is_some_and(|w| source.schema.field(column).name() == &w.column),
+                        None => self
+                            .stream_time_columns
+                            .get(name)
+                            .is_some_and(|columns| columns.contains(&column)),
+                    };
+                }
+                LogicalPlan::Aggregate(aggregate) => {
+                    return aggregate
+                        .group_expr
+                        .get(index)
+                        .is_some_and(|e| find_window(std::slice::from_ref(e)).is_some());
+                }
+                LogicalPlan::Join(join) => {
+                    let left = join.left.schema().fields().len();
+                    let (side, i) = if index < left {
+                        (join.left.as_ref(), index)
+                    } else {
+                        (join.right.as_ref(), index - left)
+                    };
+                    let (qualifier, field) = side.schema().qualified_field(i);
+                    expr = Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        field.name(),
+                    ));
+                    node = side;
+                }
+                _ => match step_down(index, node) {
+                    Some((e, n)) => {
+                        expr = e.unalias();
+                        node = n;
+                    }
+                    None => return false,
+                },
+            }
+        }
     }
 
     /// The source column an expression reads unchanged, if it is one.
@@ -1383,6 +1463,24 @@ fn unsupported_node(node: &LogicalPlan) -> Error {
     unsupported(format!("{what} (plan node: {})", node.display()), hint)
 }
 
+/// The schema with the changelog's `_weight` column added last.
+fn with_weight_column(schema: &SchemaRef) -> Result<SchemaRef> {
+    if schema.field_with_name(WEIGHT_COLUMN).is_ok() {
+        return Err(Error::new(
+            ErrorCode::Planning,
+            format!("an EMIT CHANGES stream adds a column named {WEIGHT_COLUMN}; the query already has one"),
+        )
+        .with_hint("rename the query's column"));
+    }
+    let mut fields = schema.fields().to_vec();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        WEIGHT_COLUMN,
+        arrow::datatypes::DataType::Int64,
+        false,
+    )));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
 /// Plans `CREATE STREAM` over the given sources and existing streams
 /// (name -> output schema).
 pub async fn plan_stream(
@@ -1390,6 +1488,7 @@ pub async fn plan_stream(
     def: &StreamDef,
     sources: &HashMap<String, SourceDef>,
     streams: &HashMap<String, SchemaRef>,
+    stream_time_columns: &HashMap<String, Vec<usize>>,
     tables: &HashMap<String, TableDef>,
 ) -> Result<StreamPlan> {
     let query = crate::window_tvf::rewrite(&def.query)?;
@@ -1430,6 +1529,7 @@ pub async fn plan_stream(
         props: ctx.state().execution_props().clone(),
         sources,
         streams,
+        stream_time_columns,
         tables,
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
@@ -1438,16 +1538,22 @@ pub async fn plan_stream(
     let mut lookup_table: Option<String> = None;
     let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Join(join) => {
-            if def.emit.is_some() {
-                return Err(Error::new(
-                    ErrorCode::InvalidWindow,
-                    format!(
-                        "stream {}: a join emits each joined row once, as soon as it is known",
-                        def.name
-                    ),
-                )
-                .with_hint("drop the EMIT clause"));
-            }
+            let changes = match def.emit {
+                None => None,
+                Some(EmitMode::Changes) if asof.is_none() => {
+                    Some(with_weight_column(&output_schema)?)
+                }
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidWindow,
+                        format!(
+                            "stream {}: a join emits each joined row once, as soon as it is known",
+                            def.name
+                        ),
+                    )
+                    .with_hint("drop the EMIT clause (interval joins also take EMIT CHANGES)"))
+                }
+            };
             if let Some(table) = lowering.table_side(join)? {
                 if asof.is_some() {
                     return Err(unsupported(
@@ -1457,6 +1563,13 @@ pub async fn plan_stream(
                         "join the table with a plain JOIN (it is looked up as it is now)",
                     ));
                 }
+                if changes.is_some() {
+                    return Err(Error::new(
+                        ErrorCode::InvalidWindow,
+                        format!("stream {}: a lookup join emits each row once", def.name),
+                    )
+                    .with_hint("drop the EMIT clause"));
+                }
                 let (input, operator, explain) =
                     lowering.lookup_join(join, chain.stages, &table)?;
                 lookup_table = Some(table);
@@ -1464,7 +1577,7 @@ pub async fn plan_stream(
             } else {
                 let (input, routing, right, operator, explain) = match &asof {
                     Some(_) => lowering.asof_join(join, chain.stages)?,
-                    None => lowering.interval_join(join, chain.stages)?,
+                    None => lowering.interval_join(join, chain.stages, changes)?,
                 };
                 right_input = Some(right);
                 (input, routing, operator, explain)
@@ -1541,24 +1654,14 @@ pub async fn plan_stream(
             )
         }
     };
-    let output_schema = match operator {
+    let output_schema = match &operator {
         StreamOperator::ChangelogAggregate(_)
         | StreamOperator::TopN(_)
         | StreamOperator::SessionAggregate { changes: true, .. } => {
-            if output_schema.field_with_name(WEIGHT_COLUMN).is_ok() {
-                return Err(Error::new(
-                    ErrorCode::Planning,
-                    format!("an EMIT CHANGES stream adds a column named {WEIGHT_COLUMN}; the query already has one"),
-                )
-                .with_hint("rename the query's column"));
-            }
-            let mut fields = output_schema.fields().to_vec();
-            fields.push(Arc::new(arrow::datatypes::Field::new(
-                WEIGHT_COLUMN,
-                arrow::datatypes::DataType::Int64,
-                false,
-            )));
-            Arc::new(Schema::new(fields))
+            with_weight_column(&output_schema)?
+        }
+        StreamOperator::IntervalJoin(spec) if spec.changes.is_some() => {
+            with_weight_column(&output_schema)?
         }
         _ => output_schema,
     };
@@ -1600,6 +1703,16 @@ pub async fn plan_stream(
         }
         (_, true) => Some(Arc::clone(lowering.input_schema(input.name()))),
     };
+    let time_columns = (0..plan.schema().fields().len())
+        .filter(|&i| {
+            let (qualifier, field) = plan.schema().qualified_field(i);
+            let column = Expr::Column(datafusion::common::Column::new(
+                qualifier.cloned(),
+                field.name(),
+            ));
+            lowering.is_time(&column, &plan)
+        })
+        .collect();
     log::info!("stream {}: {explain}", def.name);
     Ok(StreamPlan {
         name: def.name.clone(),
@@ -1610,6 +1723,7 @@ pub async fn plan_stream(
         routing,
         right_input,
         lookup_table,
+        time_columns,
         operator,
         explain,
     })

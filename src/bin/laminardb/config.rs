@@ -201,12 +201,13 @@ impl Config {
                     Statement::CreateSource(_)
                         | Statement::CreateStream(_)
                         | Statement::CreateTable { .. }
+                        | Statement::CreateLookupTable { .. }
                 );
                 if !creates {
                     return Err(invalid(
                         path,
                         format!(
-                            "pipeline '{}' may only create sources, streams, views and tables; \
+                            "pipeline '{}' may only create sources, streams, views, tables and lookup tables; \
                              send other statements to POST /query",
                             pipeline.name
                         ),
