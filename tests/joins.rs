@@ -272,12 +272,26 @@ async fn join_errors_name_what_is_missing() {
     )
     .await
     .unwrap();
-    let cases = cases.into_iter().chain([(
-        "CREATE STREAM f AS SELECT * FROM orders o JOIN counts c ON o.symbol = c.symbol
+    db.execute(
+        "CREATE STREAM latest AS SELECT symbol, price, ts FROM (SELECT *, ROW_NUMBER() OVER
+           (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM trades) WHERE rn = 1 EMIT CHANGES",
+    )
+    .await
+    .unwrap();
+    let cases = cases.into_iter().chain([
+        (
+            "CREATE STREAM g AS SELECT * FROM orders o JOIN latest FOR SYSTEM_TIME AS OF o.ts AS l
+         ON o.symbol = l.symbol",
+            "LDB-1004",
+            "changelog",
+        ),
+        (
+            "CREATE STREAM f AS SELECT * FROM orders o JOIN counts c ON o.symbol = c.symbol
          AND c.n BETWEEN o.ts - 1 AND o.ts + 1",
-        "LDB-1006",
-        "does not carry event time",
-    )]);
+            "LDB-1006",
+            "does not carry event time",
+        ),
+    ]);
     for (sql, code, words) in cases {
         let error = db.execute(sql).await.unwrap_err().to_string();
         assert!(error.contains(code), "{sql}: {error}");
@@ -757,4 +771,108 @@ async fn outer_interval_join_as_a_changelog() {
     }
     // Orders pushed before their trades were shown padded, then retracted.
     assert!(retractions > 0);
+}
+
+/// A temporal join against a stream (its one event-time column times the
+/// versions): each payment is converted at the rate valid at its time, as
+/// the batch ASOF answer over the same rates says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_join_against_a_stream() {
+    use datafusion::arrow::array::Float64Array;
+    let currencies = ["EUR", "GBP", "JPY"];
+    let rates = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("currency", DataType::Utf8, false),
+            Field::new("rate", DataType::Float64, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..300).map(|i| currencies[i % 3]),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                (0..300).map(|i| 1.0 + i as f64 / 1000.0),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (0..300).map(|i| 1_000 + i as i64 * 33),
+            )),
+        ],
+    )
+    .unwrap();
+    let payments = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("currency", DataType::Utf8, false),
+            Field::new("amount", DataType::Float64, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..400)),
+            Arc::new(StringArray::from_iter_values(
+                (0..400).map(|i| currencies[(i * 7) % 3]),
+            )),
+            Arc::new(Float64Array::from_iter_values((0..400).map(|i| i as f64))),
+            Arc::new(Int64Array::from_iter_values(
+                (0..400).map(|i| 900 + i as i64 * 25),
+            )),
+        ],
+    )
+    .unwrap();
+    let ddl = "CREATE SOURCE rates (currency VARCHAR NOT NULL, rate DOUBLE NOT NULL, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+               CREATE SOURCE payments (id BIGINT NOT NULL, currency VARCHAR NOT NULL,
+                 amount DOUBLE NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+               CREATE STREAM quoted AS SELECT currency, rate * 1.01 AS rate, ts FROM rates
+                 WHERE currency <> 'JPY';
+               CREATE STREAM converted AS SELECT p.id, p.amount * r.rate AS usd
+               FROM payments p LEFT JOIN quoted FOR SYSTEM_TIME AS OF p.ts AS r
+               ON p.currency = r.currency";
+    let ctx = laminar_sql::new_session_context();
+    for (name, batch) in [("rates", &rates), ("payments", &payments)] {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
+        ctx.register_table(name, Arc::new(table)).unwrap();
+    }
+    let want = ctx
+        .sql(
+            "SELECT id, usd FROM (SELECT p.id, p.amount * r.rate AS usd,
+               ROW_NUMBER() OVER (PARTITION BY p.id ORDER BY r.ts DESC NULLS LAST) AS rn
+             FROM payments p LEFT JOIN (SELECT currency, rate * 1.01 AS rate, ts FROM rates
+               WHERE currency <> 'JPY') r ON p.currency = r.currency AND p.ts >= r.ts) AS x
+             WHERE rn = 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    for (seed, max_batch, shards) in [(1u64, 5usize, 1usize), (2, 64, 2), (3, 400, 2)] {
+        let db = LaminarDB::builder().shards(shards).build().unwrap();
+        db.execute(ddl).await.unwrap();
+        let sub = db.subscribe("converted").unwrap();
+        let (r, p) = (
+            db.source_untyped("rates").unwrap(),
+            db.source_untyped("payments").unwrap(),
+        );
+        db.start().await.unwrap();
+        let collector = collect(sub);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rate_batches = split(&rates, &mut rng, max_batch).into_iter().peekable();
+        let mut payment_batches = split(&payments, &mut rng, max_batch).into_iter().peekable();
+        while rate_batches.peek().is_some() || payment_batches.peek().is_some() {
+            if payment_batches.peek().is_none()
+                || (rate_batches.peek().is_some() && rng.random_bool(0.5))
+            {
+                r.push(rate_batches.next().unwrap()).unwrap();
+            } else {
+                p.push(payment_batches.next().unwrap()).unwrap();
+            }
+        }
+        r.watermark(i64::MAX).unwrap();
+        p.watermark(i64::MAX).unwrap();
+        db.shutdown().await.unwrap();
+        let got = collector.join().unwrap();
+        assert!(db.errors().is_empty(), "{:?}", db.errors());
+        assert_eq!(row_count(&got), 400);
+        assert_same_rows(&got, &want);
+    }
 }

@@ -118,7 +118,7 @@ pub(crate) fn rewrite(
                 let version_time = version_time(&table).ok_or_else(|| {
                     Error::new(
                         ErrorCode::InvalidWindow,
-                        format!("FOR SYSTEM_TIME AS OF: '{table}' must be a source with a WATERMARK (its event time is each version's time)"),
+                        format!("FOR SYSTEM_TIME AS OF: '{table}' must be a source with a WATERMARK, or a stream with one event-time column (each version's time)"),
                     )
                     .with_hint("or write it as ASOF JOIN ... ON a.k = b.k AND a.ts >= b.ts")
                 })?;

@@ -570,6 +570,8 @@ impl Lowering<'_> {
             ));
         }
         let planned = self.join_sides(join, (&left_time, &right_time))?;
+        // A changelog shows the net change of each batch, not every
+        // version: joining it as versions would depend on batch sizes.
         for side in [&planned.left, &planned.right] {
             self.refuse_changelog(&side.input)?;
         }

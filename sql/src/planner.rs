@@ -820,6 +820,15 @@ impl Lowering<'_> {
                         .get(index)
                         .is_some_and(|e| find_window(std::slice::from_ref(e)).is_some());
                 }
+                // Window functions pass their input's columns on.
+                LogicalPlan::Window(window) if index < window.input.schema().fields().len() => {
+                    let (qualifier, field) = window.input.schema().qualified_field(index);
+                    expr = Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        field.name(),
+                    ));
+                    node = &window.input;
+                }
                 LogicalPlan::Join(join) => {
                     let left = join.left.schema().fields().len();
                     let (side, i) = if index < left {
@@ -1492,11 +1501,14 @@ pub async fn plan_stream(
     tables: &HashMap<String, TableDef>,
 ) -> Result<StreamPlan> {
     let query = crate::window_tvf::rewrite(&def.query)?;
-    let (query, asof) = crate::asof::rewrite(&query, |table| {
-        sources
-            .get(table)
-            .and_then(|s| s.watermark.as_ref())
-            .map(|w| w.column.clone())
+    // A temporal join's versions are timed by a source's event time, or a
+    // stream's (when it has exactly one event-time column).
+    let (query, asof) = crate::asof::rewrite(&query, |table| match sources.get(table) {
+        Some(source) => source.watermark.as_ref().map(|w| w.column.clone()),
+        None => match stream_time_columns.get(table).map(Vec::as_slice) {
+            Some(&[column]) => Some(streams[table].field(column).name().clone()),
+            _ => None,
+        },
     })?;
     let plan = ctx
         .state()
