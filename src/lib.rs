@@ -1787,6 +1787,11 @@ impl LaminarDB {
                 .iter()
                 .map(|c| c.batches.load(Relaxed))
                 .sum(),
+            shard_queue_depth: pipeline
+                .counters
+                .iter()
+                .map(|c| c.queue_depth.load(Relaxed))
+                .collect(),
             streams: Vec::new(),
             sources: pipeline
                 .sources

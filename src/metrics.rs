@@ -58,6 +58,9 @@ pub(crate) struct ShardCounters {
     pub wal: CachePadded<WalCounters>,
     /// `[source]` -> this shard's watermark for it (`i64::MIN`: none yet).
     pub watermarks: Vec<AtomicI64>,
+    /// Messages waiting in the shard's input rings after its last turn (a
+    /// gauge).
+    pub queue_depth: CachePadded<AtomicU64>,
 }
 
 impl ShardCounters {
@@ -69,6 +72,7 @@ impl ShardCounters {
                 .collect(),
             wal: CachePadded::new(WalCounters::default()),
             watermarks: (0..sources).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            queue_depth: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -105,6 +109,9 @@ pub struct Metrics {
     pub sources: Vec<SourceMetrics>,
     /// Durable WAL commits, summed over shards (zero without storage).
     pub wal: WalMetrics,
+    /// `[shard]` -> messages (batches, watermarks) waiting in its input
+    /// rings after its last turn: how far behind its input the shard is.
+    pub shard_queue_depth: Vec<u64>,
 }
 
 /// A source's event-time progress.

@@ -616,6 +616,12 @@ impl ShardProgram {
             if !self.group.is_empty() {
                 self.log_group(writer).await;
             }
+            if worked {
+                let depth: usize = self.lanes.iter().map(|lane| lane.ring.len()).sum();
+                self.counters
+                    .queue_depth
+                    .store(depth as u64, Ordering::Relaxed);
+            }
             let mut lane = 0;
             while lane < self.lanes.len() {
                 let l = &self.lanes[lane];

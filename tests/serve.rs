@@ -513,3 +513,66 @@ fn a_kill_during_ingest_loses_no_acknowledged_request() {
         "{acknowledged} requests acknowledged, {recovered} rows recovered"
     );
 }
+
+/// `GET /ws/streams/{name}` with a real WebSocket client: one JSON array per
+/// result batch, the bearer token required, and the shard queue depth in
+/// the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tails_a_stream() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (port, pg_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, pg_port);
+    let _server = start(&config, &dir.path().join("serve.log"));
+    tokio::task::spawn_blocking(move || wait_ready(port))
+        .await
+        .unwrap();
+
+    let url = format!("ws://127.0.0.1:{port}/ws/streams/per_symbol");
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("401")),
+        "{refused:?}"
+    );
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // The subscription starts with the upgrade, which the test cannot see:
+    // push until a batch comes.
+    let row = r#"{"symbol":"WS","price":1.0,"volume":7,"ts":1700000000000}"#;
+    let text = loop {
+        let pushed = tokio::task::spawn_blocking(move || {
+            curl(port, "POST", "/sources/trades", true, Some(row))
+        })
+        .await
+        .unwrap();
+        assert_eq!(pushed.0, 200, "{}", pushed.1);
+        match tokio::time::timeout(Duration::from_millis(500), socket.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => break text.to_string(),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => continue,
+        }
+    };
+    assert!(
+        text.starts_with('[') && text.contains(r#""symbol":"WS""#),
+        "{text}"
+    );
+    assert!(text.contains(r#""_weight":1"#), "{text}");
+
+    let (_, metrics) =
+        tokio::task::spawn_blocking(move || curl(port, "GET", "/metrics", true, None))
+            .await
+            .unwrap();
+    assert!(
+        metrics.contains("laminardb_shard_queue_depth{shard=\"1\"}"),
+        "{metrics}"
+    );
+    socket.close(None).await.unwrap();
+}

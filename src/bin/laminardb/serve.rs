@@ -8,6 +8,7 @@
 //! | `POST /sources/{name}` | body: JSON lines, one row each; accepted whole (one push) or not at all |
 //! | `POST /query` | body: SQL; rows as a JSON array, or what the statement did |
 //! | `GET /streams/{name}` | the stream's results from now on, as JSON lines, until the client leaves |
+//! | `GET /ws/streams/{name}` | the same over a WebSocket: one text message (a JSON array of rows) per result batch |
 //!
 //! With a token in the config, every route but `/health` needs
 //! `Authorization: Bearer <token>`. SIGTERM or SIGINT stops taking
@@ -166,6 +167,7 @@ pub async fn serve(path: &Path) -> Result<()> {
         .route("/sources/{name}", post(push))
         .route("/query", post(query))
         .route("/streams/{name}", get(tail))
+        .route("/ws/streams/{name}", get(tail_websocket))
         // The token is checked before a body is read.
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -436,6 +438,15 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         metrics.wal.sync_ns as f64 / 1e9,
         metrics.wal.syncs
     ));
+    out.push_str(
+        "# HELP laminardb_shard_queue_depth Messages waiting in a shard's input rings.\n\
+         # TYPE laminardb_shard_queue_depth gauge\n",
+    );
+    for (shard, depth) in metrics.shard_queue_depth.iter().enumerate() {
+        out.push_str(&format!(
+            "laminardb_shard_queue_depth{{shard=\"{shard}\"}} {depth}\n"
+        ));
+    }
     out.push_str(&format!(
         "# HELP laminardb_shard_batches_total Batches processed by shards.\n\
          # TYPE laminardb_shard_batches_total counter\n\
@@ -562,6 +573,75 @@ async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `GET /ws/streams/{name}`: the stream's results from the moment of the
+/// request, over a WebSocket: one text message per result batch, a JSON
+/// array of row objects. Like [`tail`], a client more than
+/// [`TAIL_BATCHES`] batches behind is disconnected (close code 1008, "fell
+/// behind"); when the stream ends (shutdown) the server closes with 1001.
+async fn tail_websocket(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::StreamExt;
+    let mut subscription = match app.db.subscribe(&name) {
+        Ok(subscription) => subscription,
+        Err(e) => return failure(status_of(&e), &e),
+    };
+    upgrade.on_upgrade(move |mut socket| async move {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<String>(TAIL_BATCHES);
+        let fell_behind = Arc::new(AtomicBool::new(false));
+        let behind = Arc::clone(&fell_behind);
+        let drain = tokio::spawn(async move {
+            while let Some(batch) = subscription.next().await {
+                let mut writer = laminar_db::arrow::json::ArrayWriter::new(Vec::new());
+                if writer.write(&batch).and_then(|()| writer.finish()).is_err() {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&writer.into_inner()).into_owned();
+                match sender.try_send(text) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        log::warn!(
+                            "stream '{name}': a WebSocket client fell behind; disconnecting it"
+                        );
+                        behind.store(true, Ordering::Release);
+                        break;
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        });
+        loop {
+            tokio::select! {
+                message = receiver.recv() => match message {
+                    Some(text) => {
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        let (code, reason) = if fell_behind.load(Ordering::Acquire) {
+                            (1008, "fell behind")
+                        } else {
+                            (1001, "the stream ended")
+                        };
+                        let frame = CloseFrame { code, reason: reason.into() };
+                        let _ = socket.send(Message::Close(Some(frame))).await;
+                        break;
+                    }
+                },
+                incoming = socket.recv() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        drain.abort();
+    })
 }
 
 /// `GET /streams/{name}`: the stream's results from the moment of the
