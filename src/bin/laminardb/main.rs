@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod pg;
+mod pg_cursor;
 mod run;
 mod serve;
 

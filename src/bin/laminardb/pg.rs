@@ -2,6 +2,10 @@
 //! config): `psql` and other clients using the simple query protocol run
 //! any statement `POST /query` runs, and `INSERT INTO source VALUES ...`.
 //!
+//! Streams are tailed with cursors (`DECLARE c CURSOR FOR SUBSCRIBE TO
+//! stream; FETCH 100 c`, see `pg_cursor.rs`); each connection has its own
+//! handlers, so its cursors end with it.
+//!
 //! Authentication is always on: MD5 password (the `pgwire` crate's), one
 //! user and password from the config, a fresh salt per connection. Result
 //! columns map integers to `int8`, floats to `float8`, booleans to `bool`,
@@ -55,6 +59,7 @@ impl AuthSource for Login {
 
 struct Queries {
     db: LaminarDB,
+    cursors: tokio::sync::Mutex<crate::pg_cursor::Cursors>,
 }
 
 pub struct Handlers {
@@ -65,7 +70,10 @@ pub struct Handlers {
 impl Handlers {
     pub fn new(db: LaminarDB, user: String, password: String) -> Self {
         Self {
-            queries: Arc::new(Queries { db }),
+            queries: Arc::new(Queries {
+                db,
+                cursors: Default::default(),
+            }),
             startup: Arc::new(Md5PasswordAuthStartupHandler::new(
                 Arc::new(Login { user, password }),
                 Arc::new(DefaultServerParameterProvider::default()),
@@ -112,11 +120,63 @@ impl SimpleQueryHandler for Queries {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        if query.trim().trim_matches(';').trim().is_empty() {
+        use crate::pg_cursor::{parse, split_statements, CursorStatement};
+        let statements = split_statements(query);
+        if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        let results = self.db.execute(query).await.map_err(|e| pg_error(&e))?;
-        results.into_iter().map(response).collect()
+        let mut out = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let cursor_statement = parse(&statement).map_err(|e| pg_error(&e))?;
+            match cursor_statement {
+                None => {
+                    let results = self
+                        .db
+                        .execute(&statement)
+                        .await
+                        .map_err(|e| pg_error(&e))?;
+                    for result in results {
+                        out.push(response(result)?);
+                    }
+                }
+                Some(CursorStatement::Transaction(tag)) => {
+                    out.push(Response::Execution(Tag::new(tag)))
+                }
+                Some(CursorStatement::Declare { cursor, stream }) => {
+                    self.cursors
+                        .lock()
+                        .await
+                        .declare(&self.db, cursor, &stream)
+                        .map_err(|e| pg_error(&e))?;
+                    out.push(Response::Execution(Tag::new("DECLARE CURSOR")));
+                }
+                Some(CursorStatement::Fetch {
+                    cursor,
+                    count,
+                    timeout,
+                }) => {
+                    let mut cursors = self.cursors.lock().await;
+                    let cursor = cursors.get(&cursor).map_err(|e| pg_error(&e))?;
+                    let mut batches = cursor
+                        .fetch(count, timeout)
+                        .await
+                        .map_err(|e| pg_error(&e))?;
+                    if batches.is_empty() {
+                        batches.push(RecordBatch::new_empty(Arc::clone(&cursor.schema)));
+                    }
+                    out.push(rows(&batches)?);
+                }
+                Some(CursorStatement::Close { cursor }) => {
+                    self.cursors
+                        .lock()
+                        .await
+                        .close(&cursor)
+                        .map_err(|e| pg_error(&e))?;
+                    out.push(Response::Execution(Tag::new("CLOSE CURSOR")));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -184,17 +184,19 @@ pub async fn serve(path: &Path) -> Result<()> {
                     format!("cannot listen on {address}: {e}"),
                 )
             })?;
-            let handlers = Arc::new(crate::pg::Handlers::new(
-                db.clone(),
-                user.clone(),
-                password.clone(),
-            ));
             eprintln!("laminardb: PostgreSQL protocol on {address}");
+            let (db, user, password) = (db.clone(), user.clone(), password.clone());
             Some(tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
                         Ok((socket, _)) => {
-                            let handlers = Arc::clone(&handlers);
+                            // Handlers per connection: its cursors end
+                            // with it.
+                            let handlers = Arc::new(crate::pg::Handlers::new(
+                                db.clone(),
+                                user.clone(),
+                                password.clone(),
+                            ));
                             tokio::spawn(async move {
                                 if let Err(e) =
                                     pgwire::tokio::process_socket(socket, None, handlers).await
