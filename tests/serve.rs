@@ -643,3 +643,79 @@ fn psql_tails_a_stream_with_a_cursor() {
     );
     assert!(!ok && text.contains("LDB-1002"), "{text}");
 }
+
+/// `[pgwire]` with a certificate: `psql` connects over TLS
+/// (`sslmode=require`); MD5 login when configured; a missing key file is
+/// refused by `check-config`.
+#[test]
+fn psql_over_tls_with_md5() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(dir.path().join("server.key"))
+        .arg("-out")
+        .arg(dir.path().join("server.crt"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let (port, pg_port) = (free_port(), free_port());
+    std::fs::write(dir.path().join("market.sql"), PIPELINE).unwrap();
+    let config = dir.path().join("laminardb.toml");
+    let write = |key: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
+                 [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\nuser = \"laminar\"\n\
+                 password = \"{PG_PASSWORD}\"\nauth = \"md5\"\n\
+                 tls_cert = \"server.crt\"\ntls_key = \"{key}\"\n\n\
+                 [[pipeline]]\nname = \"market\"\nfile = \"market.sql\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("missing.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_laminardb"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && text.contains("tls_key"), "{text}");
+
+    write("server.key");
+    let _server = start(&config, &dir.path().join("serve.log"));
+    wait_ready(port);
+    for mode in ["require", "disable"] {
+        let out = Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={pg_port} user=laminar dbname=laminar sslmode={mode}"
+            ))
+            .args(["-X", "-A", "-t", "-c", "SHOW STREAMS"])
+            .env("PGPASSWORD", PG_PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("per_minute"),
+            "{mode}: {text}"
+        );
+    }
+    let (ok, text) = psql(pg_port, "wrong-password", "SELECT 1");
+    assert!(
+        !ok && text
+            .to_lowercase()
+            .contains("password authentication failed"),
+        "{text}"
+    );
+}

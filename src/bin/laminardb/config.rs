@@ -16,7 +16,10 @@
 //! [pgwire]                        # optional: psql and PostgreSQL clients
 //! listen = "127.0.0.1:5433"
 //! user = "laminar"
-//! password = "a password"         # MD5 password authentication, required
+//! password = "a password"         # required, at least 8 characters
+//! auth = "scram-sha-256"          # default; or "md5"
+//! tls_cert = "/etc/laminardb/server.crt"   # optional, with tls_key: PEM files;
+//! tls_key = "/etc/laminardb/server.key"    # clients may then use sslmode=require
 //!
 //! [[pipeline]]
 //! name = "market"
@@ -76,6 +79,27 @@ struct PgwireSection {
     listen: String,
     user: String,
     password: String,
+    auth: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// How `psql` and other clients log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgAuth {
+    ScramSha256,
+    Md5,
+}
+
+/// The PostgreSQL listener's settings.
+#[derive(Debug, Clone)]
+pub struct Pgwire {
+    pub listen: SocketAddr,
+    pub user: String,
+    pub password: String,
+    pub auth: PgAuth,
+    /// PEM certificate chain and private key, read at start.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +117,8 @@ pub struct Config {
     pub storage: Option<(PathBuf, Durability)>,
     pub listen: SocketAddr,
     pub token: Option<String>,
-    /// The PostgreSQL listener: address, user, password.
-    pub pgwire: Option<(SocketAddr, String, String)>,
+    /// The PostgreSQL listener.
+    pub pgwire: Option<Pgwire>,
     /// `(pipeline name, its statements)`, in file order.
     pub pipelines: Vec<(String, Vec<Statement>)>,
 }
@@ -144,7 +168,45 @@ impl Config {
                         "[pgwire] needs a user and a password of at least 8 characters",
                     ));
                 }
-                Some((listen, pg.user, pg.password))
+                let auth = match pg.auth.as_deref() {
+                    None | Some("scram-sha-256") => PgAuth::ScramSha256,
+                    Some("md5") => PgAuth::Md5,
+                    Some(other) => {
+                        return Err(invalid(
+                            path,
+                            format!("[pgwire] auth = '{other}': use \"scram-sha-256\" or \"md5\""),
+                        ))
+                    }
+                };
+                let base = path.parent().unwrap_or(Path::new("."));
+                let read = |file: &Path, what: &str| {
+                    let file = base.join(file);
+                    std::fs::read(&file).map_err(|e| {
+                        invalid(path, format!("[pgwire] {what} {}: {e}", file.display()))
+                    })
+                };
+                let tls = match (&pg.tls_cert, &pg.tls_key) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => {
+                        Some((read(cert, "tls_cert")?, read(key, "tls_key")?))
+                    }
+                    _ => return Err(invalid(path, "[pgwire] tls_cert and tls_key go together")),
+                };
+                let tls = match tls {
+                    Some((cert, key)) => {
+                        crate::pg::tls_acceptor(&cert, &key)
+                            .map_err(|e| invalid(path, format!("[pgwire] {}", e.message())))?;
+                        Some((cert, key))
+                    }
+                    None => None,
+                };
+                Some(Pgwire {
+                    listen,
+                    user: pg.user,
+                    password: pg.password,
+                    auth,
+                    tls,
+                })
             }
         };
         if file.http.token.as_deref().is_some_and(|t| t.len() < 16) {

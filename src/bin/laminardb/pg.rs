@@ -6,8 +6,10 @@
 //! stream; FETCH 100 c`, see `pg_cursor.rs`); each connection has its own
 //! handlers, so its cursors end with it.
 //!
-//! Authentication is always on: MD5 password (the `pgwire` crate's), one
-//! user and password from the config, a fresh salt per connection. Result
+//! Authentication is always on: SCRAM-SHA-256 (default) or MD5 (the
+//! `pgwire` crate's), one user and password from the config, a fresh salt
+//! per connection; TLS (rustls) when the config names a certificate and
+//! key. Result
 //! columns map integers to `int8`, floats to `float8`, booleans to `bool`,
 //! and everything else to its text form as `varchar`.
 
@@ -22,6 +24,8 @@ use laminar_db::arrow::datatypes::DataType;
 use laminar_db::arrow::util::display::{ArrayFormatter, FormatOptions};
 use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB};
 use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
@@ -38,9 +42,8 @@ struct Login {
     password: String,
 }
 
-#[async_trait]
-impl AuthSource for Login {
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+impl Login {
+    fn check_user(&self, login: &LoginInfo) -> PgWireResult<()> {
         let user = login.user().unwrap_or_default();
         if user != self.user {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -49,6 +52,14 @@ impl AuthSource for Login {
                 format!("password authentication failed for user \"{user}\""),
             ))));
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl AuthSource for Login {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        self.check_user(login)?;
         let salt: [u8; 4] = rand::rng().random();
         Ok(Password::new(
             Some(salt.to_vec()),
@@ -62,24 +73,107 @@ struct Queries {
     cursors: tokio::sync::Mutex<crate::pg_cursor::Cursors>,
 }
 
+/// PBKDF2 rounds of the SCRAM exchange (PostgreSQL's default).
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// The same login checked with SCRAM-SHA-256: the server derives the
+/// salted password with a fresh salt per connection.
+#[derive(Debug)]
+struct ScramLogin(Login);
+
+#[async_trait]
+impl AuthSource for ScramLogin {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        self.0.check_user(login)?;
+        let salt: [u8; 16] = rand::rng().random();
+        Ok(Password::new(
+            Some(salt.to_vec()),
+            gen_salted_password(&self.0.password, &salt, SCRAM_ITERATIONS),
+        ))
+    }
+}
+
+/// The startup handler of the configured authentication.
+enum Startup {
+    Md5(Md5PasswordAuthStartupHandler<Login, DefaultServerParameterProvider>),
+    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + futures::Sink<pgwire::messages::PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Md5(handler) => handler.on_startup(client, message).await,
+            Startup::Scram(handler) => handler.on_startup(client, message).await,
+        }
+    }
+}
+
 pub struct Handlers {
     queries: Arc<Queries>,
-    startup: Arc<Md5PasswordAuthStartupHandler<Login, DefaultServerParameterProvider>>,
+    startup: Arc<Startup>,
 }
 
 impl Handlers {
-    pub fn new(db: LaminarDB, user: String, password: String) -> Self {
+    pub fn new(db: LaminarDB, config: &crate::config::Pgwire) -> Self {
+        let login = Login {
+            user: config.user.clone(),
+            password: config.password.clone(),
+        };
+        let parameters = Arc::new(DefaultServerParameterProvider::default());
+        let startup = match config.auth {
+            crate::config::PgAuth::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+                Arc::new(login),
+                parameters,
+            )),
+            crate::config::PgAuth::ScramSha256 => {
+                let mut scram = ScramAuth::new(Arc::new(ScramLogin(login)));
+                scram.set_iterations(SCRAM_ITERATIONS);
+                Startup::Scram(SASLAuthStartupHandler::new(parameters).with_scram(scram))
+            }
+        };
         Self {
             queries: Arc::new(Queries {
                 db,
                 cursors: Default::default(),
             }),
-            startup: Arc::new(Md5PasswordAuthStartupHandler::new(
-                Arc::new(Login { user, password }),
-                Arc::new(DefaultServerParameterProvider::default()),
-            )),
+            startup: Arc::new(startup),
         }
     }
+}
+
+/// A TLS acceptor from PEM files (certificate chain, private key).
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<pgwire::tokio::TlsAcceptor, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::new(ErrorCode::InvalidConfig, format!("TLS {what}: {e}"))
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("certificate", &e))?;
+    if certs.is_empty() {
+        return Err(bad("certificate", &"no certificate in the PEM file"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("key", &e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad("setup", &e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad("certificate and key", &e))?;
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl PgWireServerHandlers for Handlers {

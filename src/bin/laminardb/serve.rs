@@ -177,29 +177,35 @@ pub async fn serve(path: &Path) -> Result<()> {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::clone(&app));
     let pg_listener = match &config.pgwire {
-        Some((address, user, password)) => {
+        Some(pg) => {
+            let address = pg.listen;
             let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
                 Error::new(
                     ErrorCode::InvalidConfig,
                     format!("cannot listen on {address}: {e}"),
                 )
             })?;
-            eprintln!("laminardb: PostgreSQL protocol on {address}");
-            let (db, user, password) = (db.clone(), user.clone(), password.clone());
+            let tls = match &pg.tls {
+                Some((cert, key)) => Some(crate::pg::tls_acceptor(cert, key)?),
+                None => None,
+            };
+            eprintln!(
+                "laminardb: PostgreSQL protocol on {address} ({:?}{})",
+                pg.auth,
+                if tls.is_some() { ", TLS" } else { "" }
+            );
+            let (db, pg) = (db.clone(), pg.clone());
             Some(tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
                         Ok((socket, _)) => {
                             // Handlers per connection: its cursors end
                             // with it.
-                            let handlers = Arc::new(crate::pg::Handlers::new(
-                                db.clone(),
-                                user.clone(),
-                                password.clone(),
-                            ));
+                            let handlers = Arc::new(crate::pg::Handlers::new(db.clone(), &pg));
+                            let tls = tls.clone();
                             tokio::spawn(async move {
                                 if let Err(e) =
-                                    pgwire::tokio::process_socket(socket, None, handlers).await
+                                    pgwire::tokio::process_socket(socket, tls, handlers).await
                                 {
                                     log::debug!("pgwire connection ended: {e}");
                                 }
