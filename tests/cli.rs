@@ -298,3 +298,58 @@ fn run_joins_over_several_input_files() {
         1_001
     );
 }
+
+/// Parquet inputs (by extension): the same results as the same rows in
+/// CSV; a file without a source column is refused with its name.
+#[test]
+fn run_reads_parquet_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    std::fs::write(&sql, SQL).unwrap();
+    let rows = trades(12, 5_000, 20, 3_000);
+    write_trades_csv(&dir.path().join("t.csv"), &rows);
+    let file = std::fs::File::create(dir.path().join("t.parquet")).unwrap();
+    let batch = trades_batch(&rows);
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let run = |input: &str, out: &Path| {
+        laminardb()
+            .args(["run", "--sql"])
+            .arg(&sql)
+            .arg("--input")
+            .arg(format!("trades={}", dir.path().join(input).display()))
+            .arg("--output")
+            .arg(out)
+            .args(["--batch-rows", "333"])
+            .output()
+            .unwrap()
+    };
+    let (from_csv, from_parquet) = (dir.path().join("csv"), dir.path().join("parquet"));
+    for (input, out) in [("t.csv", &from_csv), ("t.parquet", &from_parquet)] {
+        let o = run(input, out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for stream in ["ohlc_1m", "big", "ohlc_5m", "query_1"] {
+        let csv = read_csv_rows(&from_csv.join(format!("{stream}.csv")));
+        assert!(csv.len() > 1, "{stream} is empty");
+        assert_eq!(
+            read_csv_rows(&from_parquet.join(format!("{stream}.csv"))),
+            csv,
+            "{stream}"
+        );
+    }
+    // A Parquet file without the `volume` column.
+    let narrow = batch.project(&[0, 1, 3]).unwrap();
+    let file = std::fs::File::create(dir.path().join("narrow.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, narrow.schema(), None).unwrap();
+    writer.write(&narrow).unwrap();
+    writer.close().unwrap();
+    let o = run("narrow.parquet", &dir.path().join("narrow"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("LDB-4002") && stderr.contains("volume"),
+        "{stderr}"
+    );
+}

@@ -22,14 +22,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a SQL file's sources and streams over CSV inputs and writes each
-    /// stream's output to DIR/<stream>.csv.
+    /// Runs a SQL file's sources and streams over CSV, JSON-lines or
+    /// Parquet inputs and writes each stream's output to DIR/<stream>.csv.
     Run {
         /// SQL file with CREATE SOURCE / CREATE STREAM statements.
         #[arg(long)]
         sql: PathBuf,
-        /// SOURCE=PATH: a CSV file (with a header row) to feed into a
-        /// source. Repeatable; inputs are merged by event time.
+        /// SOURCE=PATH: a file to feed into a source, by extension
+        /// `.jsonl`/`.ndjson`/`.json` (JSON lines), `.parquet`/`.pq`, or CSV
+        /// (with a header row). Repeatable; inputs are merged by event time.
         #[arg(long = "input", value_name = "SOURCE=PATH")]
         inputs: Vec<String>,
         /// Directory for the outputs (created if missing).

@@ -1,6 +1,6 @@
-//! `laminardb run`: SQL over CSV or JSON-lines files (by extension:
-//! `.jsonl`/`.ndjson`/`.json` are JSON lines, anything else CSV with a
-//! header row), results to CSV files.
+//! `laminardb run`: SQL over CSV, JSON-lines or Parquet files (by
+//! extension: `.jsonl`/`.ndjson`/`.json` are JSON lines, `.parquet`/`.pq`
+//! Parquet, anything else CSV with a header row), results to CSV files.
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
@@ -103,14 +103,15 @@ fn open_input(
     let handle = db.source_untyped(source_name)?;
     let schema = handle.schema();
     let path = PathBuf::from(path);
-    let json = path
+    let extension = path
         .extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jsonl" | "ndjson" | "json"));
-    let reader = if json {
-        open_json(&path, &schema, batch_rows)?
-    } else {
-        open_csv(&path, &schema, handle.name(), batch_rows)?
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let reader = match extension.as_str() {
+        "jsonl" | "ndjson" | "json" => open_json(&path, &schema, batch_rows)?,
+        "parquet" | "pq" => open_parquet(&path, &schema, handle.name(), batch_rows)?,
+        _ => open_csv(&path, &schema, handle.name(), batch_rows)?,
     };
     let time = match handle.event_time_column() {
         Some(column) => Some((
@@ -138,6 +139,73 @@ fn open_input(
         times_ms: Vec::new(),
         position: 0,
     })
+}
+
+/// A Parquet file with (at least) the source's columns, found by name
+/// (case-insensitively) and cast strictly to the source's types.
+fn open_parquet(
+    path: &Path,
+    schema: &laminar_db::arrow::datatypes::SchemaRef,
+    source: &str,
+    batch_rows: usize,
+) -> Result<Batches> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = File::open(path).map_err(|e| io_error(path, "open", e))?;
+    let invalid = |message: String| {
+        Error::new(
+            ErrorCode::InvalidInput,
+            format!("{}: {message}", path.display()),
+        )
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| invalid(format!("not a readable Parquet file: {e}")))?;
+    let file_schema = Arc::clone(builder.schema());
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            file_schema
+                .fields()
+                .iter()
+                .position(|f| f.name().eq_ignore_ascii_case(field.name()))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "no column '{}' for source '{source}' (the file has: {})",
+                        field.name(),
+                        file_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let reader = builder
+        .with_batch_size(batch_rows.max(1))
+        .build()
+        .map_err(|e| invalid(format!("cannot read: {e}")))?;
+    let schema = Arc::clone(schema);
+    let strict = laminar_db::arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Ok(Box::new(reader.map(move |batch| {
+        let batch = batch?;
+        let arrays = columns
+            .iter()
+            .zip(schema.fields())
+            .map(|(&c, field)| {
+                laminar_db::arrow::compute::cast_with_options(
+                    batch.column(c),
+                    field.data_type(),
+                    &strict,
+                )
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(Arc::clone(&schema), arrays)
+    })))
 }
 
 /// A CSV file with a header row matching the source's columns.
