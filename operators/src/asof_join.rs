@@ -17,7 +17,7 @@
 //! answer for every later left row), so state is one version per key plus
 //! the versions of the last watermark delay.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -70,9 +70,12 @@ struct Version {
 /// A left row waiting for the right watermark.
 #[derive(Debug, Clone, Copy)]
 struct Waiting {
+    time_ms: i64,
     batch: u64,
     row: u32,
     group: u32,
+    /// Answered; removed after the pass that answered it.
+    done: bool,
 }
 
 /// An ASOF join on one shard.
@@ -86,9 +89,9 @@ pub struct AsofJoin {
     /// Versions counted at the last full sweep.
     swept_at: usize,
     right_batches: StoredBatches<()>,
-    /// Left rows waiting, by (time, arrival).
-    waiting: BTreeMap<(i64, u64), Waiting>,
-    arrivals: u64,
+    /// Left rows waiting, ordered by (time, arrival): mostly appended (in
+    /// order) and released from the front, in memory kept between batches.
+    waiting: VecDeque<Waiting>,
     left_batches: StoredBatches<()>,
     watermarks_ms: [i64; 2],
     late: u64,
@@ -128,8 +131,7 @@ impl AsofJoin {
             version_count: 0,
             swept_at: 0,
             right_batches: StoredBatches::default(),
-            waiting: BTreeMap::new(),
-            arrivals: 0,
+            waiting: VecDeque::new(),
             left_batches: StoredBatches::default(),
             watermarks_ms: [i64::MIN; 2],
             late: 0,
@@ -301,15 +303,21 @@ impl AsofJoin {
         if !waiting.is_empty() {
             let seq = self.left_batches.push(input.rows, waiting.len(), ());
             for (t, row, group) in waiting {
-                self.waiting.insert(
-                    (t, self.arrivals),
-                    Waiting {
-                        batch: seq,
-                        row,
-                        group,
-                    },
-                );
-                self.arrivals += 1;
+                let entry = Waiting {
+                    time_ms: t,
+                    batch: seq,
+                    row,
+                    group,
+                    done: false,
+                };
+                // After every row with the same or an earlier time: arrival
+                // order among equal times.
+                let at = if self.waiting.back().is_none_or(|w| w.time_ms <= t) {
+                    self.waiting.len()
+                } else {
+                    self.waiting.partition_point(|w| w.time_ms <= t)
+                };
+                self.waiting.insert(at, entry);
             }
         }
         Ok(())
@@ -355,10 +363,7 @@ impl AsofJoin {
     /// The oldest left time still to be answered: waiting rows, and on-time
     /// rows to come.
     fn left_cutoff(&self) -> i64 {
-        let waiting = self
-            .waiting
-            .first_key_value()
-            .map_or(i64::MAX, |((t, _), _)| *t);
+        let waiting = self.waiting.front().map_or(i64::MAX, |w| w.time_ms);
         waiting.min(self.watermarks_ms[0])
     }
 
@@ -404,22 +409,30 @@ impl AsofJoin {
             AsofDirection::Forward => right_watermark.saturating_sub(self.spec.lower_ms.max(0)),
             AsofDirection::Nearest => right_watermark,
         };
+        let candidates = self.waiting.partition_point(|w| w.time_ms < horizon);
         let mut answered = Vec::new();
-        let mut done = Vec::new();
-        for (&(t, arrival), w) in self.waiting.range(..(horizon, 0)) {
-            let (version, final_from) = self.pick(&self.versions[w.group as usize], t);
+        for i in 0..candidates {
+            let w = self.waiting[i];
+            let (version, final_from) = self.pick(&self.versions[w.group as usize], w.time_ms);
             if right_watermark >= final_from || right_watermark == i64::MAX {
                 answered.push((LeftRow::Stored(w.batch, w.row), version));
-                done.push((t, arrival));
+                self.waiting[i].done = true;
             }
         }
-        if done.is_empty() {
+        if answered.is_empty() {
             return Ok(());
         }
         self.emit(None, &answered, out)?;
-        for key in done {
-            let w = self.waiting.remove(&key).expect("listed above");
-            self.left_batches.release(w.batch);
+        for w in self.waiting.range(..candidates) {
+            if w.done {
+                self.left_batches.release(w.batch);
+            }
+        }
+        if answered.len() == candidates {
+            // The usual case (every backward answer): a prefix.
+            self.waiting.drain(..candidates);
+        } else {
+            self.waiting.retain(|w| !w.done);
         }
         Ok(())
     }
@@ -507,6 +520,6 @@ impl Operator for AsofJoin {
             + self.table.bytes()
             + self.version_count * std::mem::size_of::<Version>()
             + self.versions.capacity() * std::mem::size_of::<Vec<Version>>()
-            + self.waiting.len() * (16 + std::mem::size_of::<Waiting>())
+            + self.waiting.capacity() * std::mem::size_of::<Waiting>()
     }
 }

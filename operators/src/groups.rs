@@ -176,6 +176,34 @@ impl KeyEncoder {
         }
     }
 
+    /// Prepares one batch's key columns to be kept with the batch (join
+    /// state compares keys against stored rows instead of copying them).
+    pub fn encode_owned(&self, key_arrays: &[ArrayRef]) -> Result<OwnedKeys> {
+        Ok(match self.encode(key_arrays)? {
+            BatchKeys::Global => OwnedKeys::Global,
+            BatchKeys::Utf8(array) => OwnedKeys::Utf8(array.clone()),
+            BatchKeys::Int64(_) => OwnedKeys::Int64(
+                key_arrays[0]
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| key_type_error(&key_arrays[0]))?
+                    .clone(),
+            ),
+            BatchKeys::Rows(rows) => OwnedKeys::Rows(rows),
+        })
+    }
+
+    /// The hash of row `row`'s key (the group tables' hash).
+    #[inline]
+    pub fn hash_of(&self, keys: &OwnedKeys, row: usize) -> u64 {
+        match keys {
+            OwnedKeys::Global => 0,
+            OwnedKeys::Utf8(array) => self.hasher.hash_one(array.value(row)),
+            OwnedKeys::Int64(array) => self.hasher.hash_one(array.value(row)),
+            OwnedKeys::Rows(rows) => self.hasher.hash_one(rows.row(row).as_ref()),
+        }
+    }
+
     /// Looks up row `row`'s key without inserting it (joins probe the
     /// other side's table).
     #[inline]
@@ -225,6 +253,41 @@ impl KeyEncoder {
                     .convert_rows(ids.iter().map(|&i| parser.parse(&keys[i as usize])))?
             }
         })
+    }
+}
+
+/// One batch's keys, owned (kept with a stored batch).
+pub enum OwnedKeys {
+    /// No key.
+    Global,
+    /// A single non-null string key.
+    Utf8(StringArray),
+    /// A single non-null BIGINT key.
+    Int64(Int64Array),
+    /// Anything else, in Arrow's row format.
+    Rows(Rows),
+}
+
+impl OwnedKeys {
+    /// Whether row `row`'s key equals row `other_row` of `other` (keys of
+    /// the same encoder).
+    #[inline]
+    pub fn key_eq(&self, row: usize, other: &OwnedKeys, other_row: usize) -> bool {
+        match (self, other) {
+            (OwnedKeys::Global, OwnedKeys::Global) => true,
+            (OwnedKeys::Utf8(a), OwnedKeys::Utf8(b)) => a.value(row) == b.value(other_row),
+            (OwnedKeys::Int64(a), OwnedKeys::Int64(b)) => a.value(row) == b.value(other_row),
+            (OwnedKeys::Rows(a), OwnedKeys::Rows(b)) => a.row(row) == b.row(other_row),
+            _ => false,
+        }
+    }
+
+    /// Approximate bytes held beyond the batch's own columns.
+    pub fn bytes(&self) -> usize {
+        match self {
+            OwnedKeys::Rows(rows) => rows.size(),
+            _ => 0,
+        }
     }
 }
 

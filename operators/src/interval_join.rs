@@ -3,8 +3,10 @@
 //!
 //! A symmetric hash join over event-time buckets. Each side keeps its
 //! on-time rows in buckets of `width` ms of event time; a bucket holds a
-//! group table (key -> dense id) and, per key, a chain of its rows (newest
-//! first). A batch from one side probes the other side's buckets that
+//! hash table from each key to its newest row and, per key, a chain of its
+//! rows (newest first). Keys are not copied: the table compares against the
+//! key columns kept with each stored batch, and emptied buckets are reused,
+//! so storing a row allocates nothing. A batch from one side probes the other side's buckets that
 //! overlap each row's time range, then its rows are stored on their own
 //! side. So every pair is found exactly once, when its later row arrives.
 //!
@@ -30,10 +32,11 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
 use std::sync::Arc;
 
-use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
+use crate::groups::{KeyEncoder, OwnedKeys};
 use crate::join::{joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch, StoredBatches};
 use crate::stage::{apply_all, emit_weighted, filter_mask, Stage};
 use crate::{BatchTime, Operator};
+use hashbrown::HashTable;
 
 /// Everything needed to build an interval join on a shard.
 #[derive(Debug, Clone)]
@@ -79,21 +82,35 @@ struct Entry {
     /// The next older entry of the same key in the bucket, or `NONE`.
     next: u32,
     time_ms: i64,
+    key_hash: u64,
 }
 
 /// A side's rows with event time in `[start, start + width)`.
+#[derive(Default)]
 struct Bucket {
-    table: GroupTable,
-    /// Per group: its newest entry.
-    heads: Vec<u32>,
+    /// Key -> its newest entry (hashed by `Entry::key_hash`).
+    heads: HashTable<u32>,
     entries: Vec<Entry>,
 }
+
+/// What is kept with each stored batch.
+struct BatchExtra {
+    /// Each row's state (outer sides only).
+    states: Vec<u8>,
+    keys: OwnedKeys,
+}
+
+/// Emptied buckets kept for reuse, per side, at least (up to the most
+/// ever in use at once).
+const SPARE_BUCKETS: usize = 64;
 
 /// One side's state.
 struct Side {
     buckets: BTreeMap<i64, Bucket>,
-    /// Stored batches, with each row's state (outer sides only).
-    batches: StoredBatches<Vec<u8>>,
+    batches: StoredBatches<BatchExtra>,
+    spare: Vec<Bucket>,
+    /// The most buckets in use at once.
+    peak_buckets: usize,
     rows: usize,
     watermark_ms: i64,
     outer: bool,
@@ -104,11 +121,36 @@ impl Side {
         Self {
             buckets: BTreeMap::new(),
             batches: StoredBatches::default(),
+            spare: Vec::new(),
+            peak_buckets: 0,
             rows: 0,
             watermark_ms: i64::MIN,
             outer,
         }
     }
+}
+
+/// The newest entry of `bucket` whose key equals row `row` of `keys`.
+#[inline]
+fn head_of(
+    bucket: &Bucket,
+    batches: &StoredBatches<BatchExtra>,
+    key_hash: u64,
+    keys: &OwnedKeys,
+    row: usize,
+) -> Option<u32> {
+    bucket
+        .heads
+        .find(key_hash, |&e| {
+            let entry = &bucket.entries[e as usize];
+            entry.key_hash == key_hash
+                && batches
+                    .get(entry.batch)
+                    .extra
+                    .keys
+                    .key_eq(entry.row as usize, keys, row)
+        })
+        .copied()
 }
 
 /// An interval join on one shard.
@@ -186,7 +228,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: &SideBatch,
-        keys: &BatchKeys<'_>,
+        keys: &OwnedKeys,
         out: &mut Vec<RecordBatch>,
     ) -> Result<Vec<u8>> {
         let n = input.rows.num_rows();
@@ -197,14 +239,14 @@ impl IntervalJoin {
         if !other.buckets.is_empty() {
             for (row, &t) in input.times_ms.iter().enumerate() {
                 let (low, high) = self.range(port, t);
+                let key_hash = self.encoder.hash_of(keys, row);
                 for (_, bucket) in other
                     .buckets
                     .range(self.bucket_of(low)..=self.bucket_of(high))
                 {
-                    let Some(group) = self.encoder.find(&bucket.table, keys, row) else {
+                    let Some(mut e) = head_of(bucket, &other.batches, key_hash, keys, row) else {
                         continue;
                     };
-                    let mut e = bucket.heads[group];
                     while e != NONE {
                         let entry = &bucket.entries[e as usize];
                         if (low..=high).contains(&entry.time_ms) {
@@ -261,7 +303,7 @@ impl IntervalJoin {
                 if passed_at(i) {
                     matched[row as usize] = MATCHED;
                     if track_stored {
-                        let state = &mut self.sides[1 - port].batches.get_mut(batch).extra
+                        let state = &mut self.sides[1 - port].batches.get_mut(batch).extra.states
                             [stored_row as usize];
                         if *state == PADDED {
                             retract.push((batch, stored_row));
@@ -300,37 +342,65 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        keys: &BatchKeys<'_>,
+        keys: OwnedKeys,
         matched: Vec<u8>,
     ) -> Result<()> {
         let width = self.width_ms;
         let side = &mut self.sides[port];
-        let seq = side.batches.next_seq();
-        let mut live = 0;
+        let live = input.times_ms.len();
+        let states = if side.outer { matched } else { Vec::new() };
+        // The batch goes first: its rows' keys are compared from there.
+        let seq = side
+            .batches
+            .push(input.rows, live, BatchExtra { states, keys });
+        if live == 0 {
+            return Ok(());
+        }
+        let Side {
+            buckets,
+            batches,
+            spare,
+            ..
+        } = side;
+        let keys = &batches.get(seq).extra.keys;
         for (row, &t) in input.times_ms.iter().enumerate() {
             let start = t.div_euclid(width) * width;
-            let bucket = side.buckets.entry(start).or_insert_with(|| Bucket {
-                table: self.encoder.table(),
-                heads: Vec::new(),
-                entries: Vec::new(),
-            });
+            let bucket = buckets
+                .entry(start)
+                .or_insert_with(|| spare.pop().unwrap_or_default());
+            let key_hash = self.encoder.hash_of(keys, row);
             let index = bucket.entries.len() as u32;
-            let group = self.encoder.group_id(&mut bucket.table, keys, row);
-            if group == bucket.heads.len() {
-                bucket.heads.push(NONE);
-            }
+            let next = match head_of(bucket, batches, key_hash, keys, row) {
+                Some(head) => {
+                    let slot = bucket
+                        .heads
+                        .find_mut(key_hash, |&e| e == head)
+                        .expect("found above");
+                    *slot = index;
+                    head
+                }
+                None => {
+                    let entries = &bucket.entries;
+                    bucket.heads.insert_unique(key_hash, index, |&e| {
+                        if e == index {
+                            key_hash
+                        } else {
+                            entries[e as usize].key_hash
+                        }
+                    });
+                    NONE
+                }
+            };
             bucket.entries.push(Entry {
                 batch: seq,
                 row: row as u32,
-                next: bucket.heads[group],
+                next,
                 time_ms: t,
+                key_hash,
             });
-            bucket.heads[group] = index;
-            live += 1;
         }
         side.rows += live;
-        let matched = if side.outer { matched } else { Vec::new() };
-        side.batches.push(input.rows, live, matched);
+        side.peak_buckets = side.peak_buckets.max(side.buckets.len());
         Ok(())
     }
 
@@ -359,7 +429,7 @@ impl IntervalJoin {
             side.rows -= bucket.entries.len();
             for entry in &bucket.entries {
                 if side.outer
-                    && side.batches.get(entry.batch).extra[entry.row as usize] == UNMATCHED
+                    && side.batches.get(entry.batch).extra.states[entry.row as usize] == UNMATCHED
                 {
                     unmatched.push((entry.batch, entry.row));
                 }
@@ -371,6 +441,14 @@ impl IntervalJoin {
             let side = &mut self.sides[port];
             for entry in &bucket.entries {
                 side.batches.release(entry.batch);
+            }
+            // Keep as many as were ever in use at once (at least a few):
+            // the next buckets reuse their memory.
+            if side.spare.len() < SPARE_BUCKETS.max(side.peak_buckets) {
+                let mut bucket = bucket;
+                bucket.heads.clear();
+                bucket.entries.clear();
+                side.spare.push(bucket);
             }
         }
         Ok(())
@@ -453,8 +531,7 @@ impl Operator for IntervalJoin {
             (Some(input), None) => input,
             (None, None) => return Ok(()),
         };
-        let key_arrays = input.key_arrays.clone();
-        let keys = self.encoder.encode(&key_arrays)?;
+        let keys = self.encoder.encode_owned(&input.key_arrays)?;
         let mut matched = self.probe(port, &input, &keys, out)?;
         if self.spec.changes.is_some() && self.sides[port].outer {
             // A changelog shows an outer row at once, padded; a match
@@ -469,7 +546,7 @@ impl Operator for IntervalJoin {
                 }
             }
         }
-        self.store(port, input, &keys, matched)?;
+        self.store(port, input, keys, matched)?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)
     }
@@ -522,8 +599,7 @@ impl Operator for IntervalJoin {
                         .buckets
                         .values()
                         .map(|b| {
-                            b.table.bytes()
-                                + b.heads.capacity() * 4
+                            b.heads.capacity() * 5
                                 + b.entries.capacity() * std::mem::size_of::<Entry>()
                         })
                         .sum::<usize>()
