@@ -77,22 +77,39 @@ async fn run_join(
     let trade_handle = db.source_untyped("trades").unwrap();
     db.start().await.unwrap();
     let collector = collect(sub);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut left = split(orders, &mut rng, max_batch).into_iter().peekable();
-    let mut right = split(trades, &mut rng, max_batch).into_iter().peekable();
-    while left.peek().is_some() || right.peek().is_some() {
-        if right.peek().is_none() || (left.peek().is_some() && rng.random_bool(0.5)) {
-            order_handle.push(left.next().unwrap()).unwrap();
-        } else {
-            trade_handle.push(right.next().unwrap()).unwrap();
-        }
-    }
-    order_handle.watermark(i64::MAX).unwrap();
-    trade_handle.watermark(i64::MAX).unwrap();
+    push_interleaved(
+        (&order_handle, orders),
+        (&trade_handle, trades),
+        seed,
+        max_batch,
+    );
     db.shutdown().await.unwrap();
     let got = collector.join().unwrap();
     assert!(db.errors().is_empty(), "shard errors: {:?}", db.errors());
     (got, db.metrics())
+}
+
+/// Pushes two inputs in random batches, interleaved at random, then
+/// closes all time on both.
+fn push_interleaved(
+    left: (&laminar_db::SourceHandle, &RecordBatch),
+    right: (&laminar_db::SourceHandle, &RecordBatch),
+    seed: u64,
+    max_batch: usize,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut left_batches = split(left.1, &mut rng, max_batch).into_iter().peekable();
+    let mut right_batches = split(right.1, &mut rng, max_batch).into_iter().peekable();
+    while left_batches.peek().is_some() || right_batches.peek().is_some() {
+        if right_batches.peek().is_none() || (left_batches.peek().is_some() && rng.random_bool(0.5))
+        {
+            left.0.push(left_batches.next().unwrap()).unwrap();
+        } else {
+            right.0.push(right_batches.next().unwrap()).unwrap();
+        }
+    }
+    left.0.watermark(i64::MAX).unwrap();
+    right.0.watermark(i64::MAX).unwrap();
 }
 
 async fn run_batch_join(
@@ -855,20 +872,7 @@ async fn temporal_join_against_a_stream() {
         );
         db.start().await.unwrap();
         let collector = collect(sub);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut rate_batches = split(&rates, &mut rng, max_batch).into_iter().peekable();
-        let mut payment_batches = split(&payments, &mut rng, max_batch).into_iter().peekable();
-        while rate_batches.peek().is_some() || payment_batches.peek().is_some() {
-            if payment_batches.peek().is_none()
-                || (rate_batches.peek().is_some() && rng.random_bool(0.5))
-            {
-                r.push(rate_batches.next().unwrap()).unwrap();
-            } else {
-                p.push(payment_batches.next().unwrap()).unwrap();
-            }
-        }
-        r.watermark(i64::MAX).unwrap();
-        p.watermark(i64::MAX).unwrap();
+        push_interleaved((&r, &rates), (&p, &payments), seed, max_batch);
         db.shutdown().await.unwrap();
         let got = collector.join().unwrap();
         assert!(db.errors().is_empty(), "{:?}", db.errors());

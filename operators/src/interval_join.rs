@@ -33,8 +33,11 @@ use laminar_runtime::Result;
 use std::sync::Arc;
 
 use crate::groups::{KeyEncoder, OwnedKeys};
-use crate::join::{joined, nulls, shared_encoder, take_rows, JoinSide, SideBatch, StoredBatches};
-use crate::stage::{apply_all, emit_weighted, filter_mask, Stage};
+use crate::join::{
+    filter_pairs, joined, nulls, passed, shared_encoder, take_rows, JoinSide, SideBatch,
+    StoredBatches,
+};
+use crate::stage::{apply_all, emit_weighted, Stage};
 use crate::{BatchTime, Operator};
 use hashbrown::HashTable;
 
@@ -283,17 +286,8 @@ impl IntervalJoin {
         } else {
             joined(&self.spec.joined_schema, stored_columns, probe_columns)?
         };
-        let (rows, passed) = match &self.spec.filter {
-            Some(filter) => match filter_mask(filter, &rows)? {
-                Some(mask) => (
-                    arrow::compute::filter_record_batch(&rows, &mask)?,
-                    Some(mask),
-                ),
-                None => (rows, None),
-            },
-            None => (rows, None),
-        };
-        let passed_at = |i: usize| passed.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i));
+        let (rows, mask) = filter_pairs(self.spec.filter.as_ref(), rows)?;
+        let passed_at = |i: usize| passed(mask.as_ref(), i);
         let track_probe = self.sides[port].outer;
         let track_stored = self.sides[1 - port].outer;
         // Stored rows emitted padded earlier, matched now: retracted.

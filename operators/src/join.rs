@@ -230,6 +230,27 @@ pub(crate) fn nulls(schema: &SchemaRef, n: usize) -> Vec<ArrayRef> {
         .collect()
 }
 
+/// Joined rows that pass the join's own condition (besides the keys), and
+/// the mask saying which candidate pairs did (`None`: all of them).
+pub(crate) fn filter_pairs(
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    rows: RecordBatch,
+) -> Result<(RecordBatch, Option<BooleanArray>)> {
+    let Some(filter) = filter else {
+        return Ok((rows, None));
+    };
+    match crate::stage::filter_mask(filter, &rows)? {
+        Some(mask) => Ok((filter_record_batch(&rows, &mask)?, Some(mask))),
+        None => Ok((rows, None)),
+    }
+}
+
+/// Whether candidate pair `i` passed (see [`filter_pairs`]).
+#[inline]
+pub(crate) fn passed(mask: Option<&BooleanArray>, i: usize) -> bool {
+    mask.is_none_or(|m| m.is_valid(i) && m.value(i))
+}
+
 /// Left columns then right columns, as a batch of the joined schema.
 pub(crate) fn joined(
     schema: &SchemaRef,

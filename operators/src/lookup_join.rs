@@ -15,8 +15,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::join::{joined, nulls, take_rows, StoredBatches};
-use crate::stage::{apply_all, apply_all_carrying, filter_mask, Stage};
+use crate::join::{filter_pairs, joined, nulls, passed, take_rows, StoredBatches};
+use crate::stage::{apply_all, apply_all_carrying, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build a lookup join on a shard.
@@ -160,18 +160,9 @@ impl Operator for LookupJoin {
             let left = take_rows(&input, &probe)?;
             let right = self.rows.gather(&found, &self.spec.right_schema)?;
             let rows = joined(&self.spec.joined_schema, left, right)?;
-            let (rows, passed) = match &self.spec.filter {
-                Some(filter) => match filter_mask(filter, &rows)? {
-                    Some(mask) => (
-                        arrow::compute::filter_record_batch(&rows, &mask)?,
-                        Some(mask),
-                    ),
-                    None => (rows, None),
-                },
-                None => (rows, None),
-            };
+            let (rows, mask) = filter_pairs(self.spec.filter.as_ref(), rows)?;
             for (i, &row) in probe.iter().enumerate() {
-                if passed.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i)) {
+                if passed(mask.as_ref(), i) {
                     matched[row as usize] = true;
                 }
             }

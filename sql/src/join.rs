@@ -127,10 +127,7 @@ impl Lowering<'_> {
     ) -> Result<PlannedSide> {
         let chain = self.chain(node)?;
         if chain.scan_source.is_empty() {
-            return Err(unsupported(
-                "a join's inputs must be sources or streams, not aggregates or window functions",
-                "compute the aggregate in a stream of its own and join that stream",
-            ));
+            return Err(not_an_input());
         }
         let input = self.input(&chain.scan_source);
         let schema = node.schema();
@@ -210,6 +207,14 @@ impl Lowering<'_> {
             key_types,
         })
     }
+}
+
+/// A join side that is not a plain source or stream.
+fn not_an_input() -> Error {
+    unsupported(
+        "a join's inputs must be sources or streams, not aggregates or window functions",
+        "compute the aggregate in a stream of its own and join that stream",
+    )
 }
 
 /// Which side a column of the joined schema belongs to.
@@ -674,10 +679,7 @@ impl Lowering<'_> {
         }
         let left_chain = self.chain(&join.left)?;
         if left_chain.scan_source.is_empty() {
-            return Err(unsupported(
-                "a join's inputs must be sources or streams, not aggregates or window functions",
-                "compute the aggregate in a stream of its own and join that stream",
-            ));
+            return Err(not_an_input());
         }
         let input = self.input(&left_chain.scan_source);
         self.refuse_changelog(&input)?;
