@@ -575,6 +575,32 @@ async fn websocket_tails_a_stream() {
         "{metrics}"
     );
     socket.close(None).await.unwrap();
+
+    // POST /query answers an Arrow IPC stream when asked for one.
+    let ipc = dir.path().join("answer.arrows");
+    let status = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "20", "-o"])
+        .arg(&ipc)
+        .args(["-w", "%{http_code} %{content_type}", "-H"])
+        .arg(format!("Authorization: Bearer {TOKEN}"))
+        .args(["-H", "Accept: application/vnd.apache.arrow.stream"])
+        .args([
+            "--data-binary",
+            "SELECT symbol, volume FROM per_symbol WHERE symbol = 'WS'",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/query"))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert_eq!(status, "200 application/vnd.apache.arrow.stream");
+    let reader = laminar_db::arrow::ipc::reader::StreamReader::try_new(
+        std::fs::File::open(&ipc).unwrap(),
+        None,
+    )
+    .unwrap();
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().unwrap();
+    let text = laminar_db::pretty(&batches).unwrap();
+    assert!(text.contains("WS"), "{text}");
 }
 
 /// Tailing a stream from `psql` with a cursor: `DECLARE ... CURSOR FOR

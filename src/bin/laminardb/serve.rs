@@ -6,7 +6,7 @@
 //! | `GET /ready` | 200 once pipelines run and recovery replayed the WAL, else 503 |
 //! | `GET /metrics` | Prometheus text: per-stream rows in/out, late rows, state bytes |
 //! | `POST /sources/{name}` | body: JSON lines, one row each; accepted whole (one push) or not at all |
-//! | `POST /query` | body: SQL; rows as a JSON array, or what the statement did |
+//! | `POST /query` | body: SQL; rows as a JSON array (an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream`), or what the statement did |
 //! | `GET /streams/{name}` | the stream's results from now on, as JSON lines, until the client leaves |
 //! | `GET /ws/streams/{name}` | the same over a WebSocket: one text message (a JSON array of rows) per result batch |
 //!
@@ -543,7 +543,10 @@ fn push_rows(app: &App, name: &str, body: &[u8]) -> Result<(String, usize)> {
     Ok((name.to_string(), rows))
 }
 
-async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
+/// The media type of an Arrow IPC stream.
+const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(sql) = std::str::from_utf8(&body) else {
         let error = Error::new(ErrorCode::SqlSyntax, "the query is not UTF-8 text");
         return failure(StatusCode::BAD_REQUEST, &error);
@@ -552,7 +555,36 @@ async fn query(State(app): State<Arc<App>>, body: Bytes) -> Response {
         Ok(results) => results,
         Err(e) => return failure(status_of(&e), &e),
     };
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains(ARROW_STREAM));
     let body = match results.into_iter().last() {
+        Some(ExecuteResult::Rows(batches)) if wants_arrow => {
+            let Some(schema) = batches.first().map(|b| b.schema()) else {
+                let error = Error::new(ErrorCode::Execution, "the query returned no schema");
+                return failure(StatusCode::INTERNAL_SERVER_ERROR, &error);
+            };
+            let written = (|| {
+                let mut writer =
+                    laminar_db::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)?;
+                for batch in &batches {
+                    writer.write(batch)?;
+                }
+                writer.finish()?;
+                writer.into_inner()
+            })();
+            return match written {
+                Ok(ipc) => {
+                    (StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], ipc).into_response()
+                }
+                Err(e) => {
+                    let error =
+                        Error::new(ErrorCode::Execution, format!("cannot encode rows: {e}"));
+                    failure(StatusCode::INTERNAL_SERVER_ERROR, &error)
+                }
+            };
+        }
         Some(ExecuteResult::Rows(batches)) => {
             let mut writer = laminar_db::arrow::json::ArrayWriter::new(Vec::new());
             let written = batches
