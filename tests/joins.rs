@@ -880,3 +880,89 @@ async fn temporal_join_against_a_stream() {
         assert_same_rows(&got, &want);
     }
 }
+
+/// Review cases: a WHERE on an ASOF join filters what was picked (it does
+/// not move below the pick); a condition on the pairs next to the time
+/// bounds; a window over an ASOF join's right time is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_where_filters_after_the_pick_and_pair_conditions() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(
+        "CREATE SOURCE quotes (sym VARCHAR NOT NULL, px DOUBLE NOT NULL, ts BIGINT NOT NULL,
+           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+         CREATE SOURCE probes (id BIGINT NOT NULL, sym VARCHAR NOT NULL, ts BIGINT NOT NULL,
+           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+         CREATE STREAM cheap AS SELECT p.id, q.px, q.ts AS quote_ts FROM probes p
+           ASOF JOIN quotes q ON p.sym = q.sym AND p.ts >= q.ts WHERE q.px < 10",
+    )
+    .await
+    .unwrap();
+    let error = db
+        .execute(
+            "CREATE STREAM per_quote_second AS SELECT COUNT(*) AS n FROM cheap
+             GROUP BY tumble(quote_ts, INTERVAL '1' SECOND)",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("LDB-1006") && error.contains("event time"),
+        "{error}"
+    );
+    let sub = db.subscribe("cheap").unwrap();
+    let (q, p) = (
+        db.source_untyped("quotes").unwrap(),
+        db.source_untyped("probes").unwrap(),
+    );
+    db.start().await.unwrap();
+    let collector = collect(sub);
+    let quotes = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("sym", DataType::Utf8, false),
+            Field::new("px", DataType::Float64, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["A", "A"])),
+            Arc::new(Float64Array::from(vec![5.0, 50.0])),
+            Arc::new(Int64Array::from(vec![10, 20])),
+        ],
+    )
+    .unwrap();
+    let probes = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("sym", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["A", "A"])),
+            Arc::new(Int64Array::from(vec![15, 30])),
+        ],
+    )
+    .unwrap();
+    q.push(quotes).unwrap();
+    p.push(probes).unwrap();
+    q.watermark(i64::MAX).unwrap();
+    p.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    // Probe 1 picks the quote at 10 (5.0, kept); probe 2 picks the quote
+    // at 20 (50.0), which the WHERE removes: no fallback to the one at 10.
+    let ids: Vec<i64> = got
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            (0..ids.len()).map(|i| ids.value(i)).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ids, vec![1]);
+
+    // A condition on the pairs written before the time bounds.
+    let query = "SELECT o.order_id, t.price FROM orders o JOIN trades t
+                 ON o.symbol = t.symbol AND t.price > CAST(o.qty AS DOUBLE)
+                 AND t.ts BETWEEN o.ts - 300 AND o.ts + 300";
+    join_differential("", query, query, "j").await;
+}

@@ -180,7 +180,7 @@ impl AsofJoin {
                     // A future version at the same distance ahead loses
                     // the tie; one closer ahead would win.
                     (Some(b), _) if back_wins(&b) => {
-                        let distance = t_ms - b.time_ms;
+                        let distance = t_ms.saturating_sub(b.time_ms);
                         (Some(b), after(t_ms).max(t_ms.saturating_add(distance)))
                     }
                     (_, Some(f)) => (Some(f), after(f.time_ms)),

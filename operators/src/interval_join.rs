@@ -199,7 +199,7 @@ impl IntervalJoin {
     }
 
     fn bucket_of(&self, t_ms: i64) -> i64 {
-        t_ms.div_euclid(self.width_ms) * self.width_ms
+        t_ms.div_euclid(self.width_ms).saturating_mul(self.width_ms)
     }
 
     /// Rows stored on each side (for tests and metrics).
@@ -358,7 +358,7 @@ impl IntervalJoin {
         } = side;
         let keys = &batches.get(seq).extra.keys;
         for (row, &t) in input.times_ms.iter().enumerate() {
-            let start = t.div_euclid(width) * width;
+            let start = t.div_euclid(width).saturating_mul(width);
             let bucket = buckets
                 .entry(start)
                 .or_insert_with(|| spare.pop().unwrap_or_default());

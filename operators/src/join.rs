@@ -267,10 +267,12 @@ pub(crate) fn joined(
 }
 
 /// Batches of stored rows, by sequence number, each freed when its last
-/// live row is released (rows are referenced as `(sequence, row)`).
+/// live row is released (rows are referenced as `(sequence, row)`). A map,
+/// not a queue: one long-lived row (an ASOF key's last version) must not
+/// keep a slot for every batch after it.
 pub(crate) struct StoredBatches<T> {
-    slots: std::collections::VecDeque<Option<Slot<T>>>,
-    first: u64,
+    slots: hashbrown::HashMap<u64, Slot<T>>,
+    next: u64,
     /// Arrow memory of the batches held.
     pub bytes: usize,
 }
@@ -286,8 +288,8 @@ pub(crate) struct Slot<T> {
 impl<T> Default for StoredBatches<T> {
     fn default() -> Self {
         Self {
-            slots: std::collections::VecDeque::new(),
-            first: 0,
+            slots: hashbrown::HashMap::new(),
+            next: 0,
             bytes: 0,
         }
     }
@@ -296,50 +298,40 @@ impl<T> Default for StoredBatches<T> {
 impl<T> StoredBatches<T> {
     /// The sequence number the next pushed batch gets.
     pub fn next_seq(&self) -> u64 {
-        self.first + self.slots.len() as u64
+        self.next
     }
 
     /// Keeps `rows` until `live` rows have been released.
     pub fn push(&mut self, rows: RecordBatch, live: usize, extra: T) -> u64 {
-        let seq = self.next_seq();
-        if live == 0 {
-            self.slots.push_back(None);
-            self.compact();
-        } else {
+        let seq = self.next;
+        self.next += 1;
+        if live > 0 {
             self.bytes += rows.get_array_memory_size();
-            self.slots.push_back(Some(Slot { rows, live, extra }));
+            self.slots.insert(seq, Slot { rows, live, extra });
         }
         seq
     }
 
     pub fn get(&self, seq: u64) -> &Slot<T> {
-        self.slots[(seq - self.first) as usize]
-            .as_ref()
-            .expect("a live row's batch is kept")
+        self.slots.get(&seq).expect("a live row's batch is kept")
     }
 
     pub fn get_mut(&mut self, seq: u64) -> &mut Slot<T> {
-        self.slots[(seq - self.first) as usize]
-            .as_mut()
+        self.slots
+            .get_mut(&seq)
             .expect("a live row's batch is kept")
     }
 
     /// One row of batch `seq` is no longer referenced.
     pub fn release(&mut self, seq: u64) {
-        let slot = &mut self.slots[(seq - self.first) as usize];
-        let stored = slot.as_mut().expect("a live row's batch is kept");
+        let stored = self
+            .slots
+            .get_mut(&seq)
+            .expect("a live row's batch is kept");
         stored.live -= 1;
         if stored.live == 0 {
             self.bytes -= stored.rows.get_array_memory_size();
-            *slot = None;
-            self.compact();
-        }
-    }
-
-    fn compact(&mut self) {
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.first += 1;
+            self.slots.remove(&seq);
         }
     }
 

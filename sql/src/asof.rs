@@ -54,21 +54,24 @@ pub(crate) fn rewrite(
     let mut i = 0;
     while i < tokens.len() {
         match word(&tokens[i]).as_deref() {
-            Some("asof") => {
-                let next = next_significant(&tokens, i + 1)
-                    .filter(|&j| {
-                        is_keyword(&tokens[j], Keyword::JOIN)
-                            || is_keyword(&tokens[j], Keyword::LEFT)
-                            || is_keyword(&tokens[j], Keyword::INNER)
-                    })
-                    .ok_or_else(|| syntax("ASOF must be followed by JOIN or LEFT JOIN"))?;
+            // ASOF before a join; elsewhere it is an ordinary name.
+            Some("asof")
+                if next_significant(&tokens, i + 1).is_some_and(|j| {
+                    is_keyword(&tokens[j], Keyword::JOIN)
+                        || is_keyword(&tokens[j], Keyword::LEFT)
+                        || is_keyword(&tokens[j], Keyword::INNER)
+                }) =>
+            {
+                let next = next_significant(&tokens, i + 1).expect("checked");
                 claim(&mut found, AsofSyntax)?;
                 for t in &mut text[i..next] {
                     t.clear();
                 }
                 i = next;
             }
-            Some("match_condition") => {
+            Some("match_condition")
+                if next_significant(&tokens, i + 1).is_some_and(|j| tokens[j] == Token::LParen) =>
+            {
                 let open = next_significant(&tokens, i + 1)
                     .filter(|&j| tokens[j] == Token::LParen)
                     .ok_or_else(|| syntax("MATCH_CONDITION takes a condition in parentheses"))?;
@@ -127,7 +130,7 @@ pub(crate) fn rewrite(
                     t.clear();
                 }
                 let versions = alias.unwrap_or(table);
-                text[on] = format!("ON ({column} >= {versions}.{version_time}) AND");
+                text[on] = format!("ON ({column} >= {versions}.\"{version_time}\") AND");
                 i = on + 1;
             }
             _ => i += 1,
@@ -218,7 +221,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o JOIN rates AS r ON (o.ts >= r.valid_from) AND o.c = r.c"
+            "SELECT * FROM o JOIN rates AS r ON (o.ts >= r.\"valid_from\") AND o.c = r.c"
         );
         let (q, _) = rewrite(
             "SELECT * FROM o LEFT JOIN rates FOR SYSTEM_TIME AS OF o.ts ON o.c = rates.c",
@@ -227,15 +230,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o LEFT JOIN rates ON (o.ts >= rates.valid_from) AND o.c = rates.c"
+            "SELECT * FROM o LEFT JOIN rates ON (o.ts >= rates.\"valid_from\") AND o.c = rates.c"
         );
         assert!(rewrite(
             "SELECT * FROM o JOIN other FOR SYSTEM_TIME AS OF o.ts ON o.c = other.c",
             time
         )
         .is_err());
-        let plain = "SELECT asof_col FROM t FOR";
+        let plain = "SELECT asof, match_condition FROM t FOR";
         assert_eq!(rewrite(plain, time).unwrap(), (plain.to_string(), None));
-        assert!(rewrite("SELECT * FROM a ASOF b", time).is_err());
     }
 }

@@ -237,7 +237,26 @@ pub(crate) fn shifted(join: &Join, expr: &Expr) -> Option<Shifted> {
             side: side_of(join, column)?,
             offset_ms: 0,
         }),
-        Expr::Cast(cast) => shifted(join, &cast.expr),
+        // A cast that keeps milliseconds (BIGINT ms <-> TIMESTAMP(ms)).
+        Expr::Cast(cast)
+            if matches!(
+                cast.expr.get_type(&join.schema),
+                Ok(arrow::datatypes::DataType::Int64)
+                    | Ok(arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Millisecond,
+                        _
+                    ))
+            ) && matches!(
+                cast.field.data_type(),
+                arrow::datatypes::DataType::Int64
+                    | arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Millisecond,
+                        _
+                    )
+            ) =>
+        {
+            shifted(join, &cast.expr)
+        }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let constant = |e: &Expr| match e {
                 Expr::Literal(value, _) => interval_ms(value).or(match value {
@@ -417,12 +436,29 @@ impl Lowering<'_> {
         changes: Option<SchemaRef>,
     ) -> Result<LoweredJoin> {
         let (left_outer, right_outer) = outer_sides(join.join_type)?;
-        let conjuncts = conjuncts(join.filter.as_ref());
-        let has_bounds = conjuncts.iter().any(|c| time_bound(join, c).is_some());
+        // Only comparisons of the two sides' event-time columns bound the
+        // state; others (t.price > o.limit) are conditions on the pairs.
+        let all = conjuncts(join.filter.as_ref());
+        let conjuncts: Vec<Expr> = all
+            .iter()
+            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
+            .cloned()
+            .collect();
+        let has_bounds = !conjuncts.is_empty();
         let (left_time, right_time, lower_ms, upper_ms) = match self.equal_times(join) {
             // `a.w = b.w` on both sides' event times: the bound [0, 0].
             Some((left, right)) if !has_bounds => (left, right, 0, 0),
-            _ => interval_bounds(join, &conjuncts)?,
+            _ => match interval_bounds(join, &conjuncts) {
+                Ok(bounds) => bounds,
+                Err(e) => {
+                    // Compared columns that are not event times: say why
+                    // (a source without a WATERMARK, a plain stream column).
+                    if let Some(b) = all.iter().find_map(|c| time_bound(join, c)) {
+                        self.join_sides(join, (&b.left, &b.right))?;
+                    }
+                    return Err(e);
+                }
+            },
         };
         let planned = self.join_sides(join, (&left_time, &right_time))?;
         for side in [&planned.left, &planned.right] {
@@ -466,6 +502,12 @@ impl Lowering<'_> {
             crate::planner::StreamOperator::IntervalJoin(spec),
             explain,
         ))
+    }
+
+    /// Whether a bound relates the two sides' event-time columns.
+    fn bounds_times(&self, join: &Join, bound: &TimeBound) -> bool {
+        self.is_time(&Expr::Column(bound.left.clone()), &join.left)
+            && self.is_time(&Expr::Column(bound.right.clone()), &join.right)
     }
 
     /// An equality of the join that relates the two sides' event-time
@@ -519,7 +561,8 @@ impl Lowering<'_> {
         let mut bounds = Vec::new();
         let mut nearest: Option<(Column, Column)> = None;
         for conjunct in conjuncts(join.filter.as_ref()) {
-            if let Some(bound) = time_bound(join, &conjunct) {
+            if let Some(bound) = time_bound(join, &conjunct).filter(|b| self.bounds_times(join, b))
+            {
                 bounds.push(bound);
             } else if let Some(pair) = nearest_call(join, &conjunct) {
                 nearest = Some(pair);

@@ -625,6 +625,8 @@ pub(crate) struct Lowering<'a> {
     stream_time_columns: &'a HashMap<String, Vec<usize>>,
     /// Tables (lookup joins read them).
     pub(crate) tables: &'a HashMap<String, TableDef>,
+    /// The query has an ASOF or temporal join.
+    asof: bool,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
@@ -831,7 +833,20 @@ impl Lowering<'_> {
                 }
                 LogicalPlan::Join(join) => {
                     let left = join.left.schema().fields().len();
-                    let (side, i) = if index < left {
+                    let from_left = index < left;
+                    // The output watermark covers only rows that carry
+                    // the time: not an outer join's padded side (NULLs),
+                    // nor an ASOF join's versions (older than the probe).
+                    let covered = match join.join_type {
+                        datafusion::logical_expr::JoinType::Inner => from_left || !self.asof,
+                        datafusion::logical_expr::JoinType::Left => from_left,
+                        datafusion::logical_expr::JoinType::Right => !from_left,
+                        _ => false,
+                    };
+                    if !covered {
+                        return false;
+                    }
+                    let (side, i) = if from_left {
                         (join.left.as_ref(), index)
                     } else {
                         (join.right.as_ref(), index - left)
@@ -1276,6 +1291,16 @@ impl Lowering<'_> {
                 )
             })?;
         let time_field = source_schema.field(time_column);
+        if !self.sources.contains_key(source_name) && !self.is_time(event_time, &aggregate.input) {
+            return Err(Error::new(
+                ErrorCode::InvalidWindow,
+                format!(
+                    "{name}(): column '{}' of stream '{source_name}' does not carry event time, so the stream's watermark says nothing about it",
+                    time_field.name()
+                ),
+            )
+            .with_hint("window by a window's start or a column that is its source's event time"));
+        }
         if let Some(watermark) = watermark {
             if &watermark.column != time_field.name() {
                 return Err(Error::new(
@@ -1535,7 +1560,25 @@ pub async fn plan_stream(
         ));
     }
     let plan = weigh_changelog_aggregates(plan)?;
-    let plan = ctx.state().optimize(&plan).map_err(planning_error)?;
+    let plan = if asof.is_some() {
+        // An ASOF join picks among the right rows first, then the WHERE
+        // clause filters what it picked: no predicate may move below it,
+        // and the join's own condition must stay on the join.
+        let state = ctx.state();
+        let rules = state
+            .optimizers()
+            .iter()
+            .filter(|rule| !["push_down_filter", "eliminate_cross_join"].contains(&rule.name()))
+            .cloned()
+            .collect();
+        datafusion::execution::SessionStateBuilder::new_from_existing(state)
+            .with_optimizer_rules(rules)
+            .build()
+            .optimize(&plan)
+            .map_err(planning_error)?
+    } else {
+        ctx.state().optimize(&plan).map_err(planning_error)?
+    };
     let plan = order_first_last_by_event_time(plan)?;
     let lowering = Lowering {
         props: ctx.state().execution_props().clone(),
@@ -1543,6 +1586,7 @@ pub async fn plan_stream(
         streams,
         stream_time_columns,
         tables,
+        asof: asof.is_some(),
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(&plan)?;
