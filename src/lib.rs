@@ -1122,6 +1122,9 @@ impl LaminarDB {
             // After a restart, answers include the recovered input.
             pipeline.replayed.wait().await?;
         }
+        if laminar_sql::has_asof(sql)? {
+            return self.adhoc_asof(sql).await;
+        }
         let ctx = laminar_sql::new_session_context();
         let views: Vec<(String, SchemaRef, Vec<RecordBatch>)> = {
             let views = self.shared.views.lock().map_err(|_| poisoned())?;
@@ -1188,6 +1191,118 @@ impl LaminarDB {
             batches.push(RecordBatch::new_empty(schema));
         }
         Ok(batches)
+    }
+
+    /// An ad-hoc query with an ASOF or temporal join: planned like a
+    /// stream, run by the same operator over the inputs' kept rows
+    /// (sources' retained rows, materialized views), with all time closed.
+    async fn adhoc_asof(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let (sources, streams, stream_time_columns, views) = {
+            let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+            (
+                catalog.source_map(),
+                catalog
+                    .streams
+                    .iter()
+                    .map(|s| (s.name.clone(), Arc::clone(&s.output_schema)))
+                    .collect::<HashMap<_, _>>(),
+                catalog
+                    .streams
+                    .iter()
+                    .map(|s| (s.name.clone(), s.time_columns.clone()))
+                    .collect::<HashMap<_, _>>(),
+                catalog
+                    .streams
+                    .iter()
+                    .zip(&catalog.materialized)
+                    .filter(|(_, &m)| m)
+                    .map(|(s, _)| s.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let tables: HashMap<String, laminar_sql::TableDef> = self
+            .shared
+            .tables
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|t| (t.def.name.clone(), t.def.clone()))
+            .collect();
+        let def = laminar_sql::dialect::StreamDef {
+            name: "query".into(),
+            query: sql.to_string(),
+            emit: None,
+            materialized: false,
+            late_side_output: false,
+            sql: sql.to_string(),
+        };
+        let plan = plan_stream(
+            &self.shared.ctx,
+            &def,
+            &sources,
+            &streams,
+            &stream_time_columns,
+            &tables,
+        )
+        .await?;
+        let Some((right, _)) = plan.right_input.clone() else {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                "an ad-hoc ASOF query must be one ASOF join of two sources or views",
+            ));
+        };
+        let rows_of = |input: &StreamInput| -> Result<Vec<RecordBatch>> {
+            match input {
+                StreamInput::Source(name) => {
+                    let index = self
+                        .shared
+                        .catalog
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .sources
+                        .iter()
+                        .position(|s| &s.name == name)
+                        .ok_or_else(|| unknown(name, "source"))?;
+                    Ok(self
+                        .shared
+                        .pipeline
+                        .get()
+                        .map(|p| p.sources[index].retention.snapshot())
+                        .unwrap_or_default())
+                }
+                StreamInput::Stream(name) if views.contains(name) => {
+                    let views = self.shared.views.lock().map_err(|_| poisoned())?;
+                    match views.iter().find(|v| &v.name == name) {
+                        Some(view) => view.state.lock().map_err(|_| poisoned())?.snapshot(),
+                        None => Ok(Vec::new()),
+                    }
+                }
+                other => Err(Error::new(
+                    ErrorCode::Unsupported,
+                    format!("{other} keeps no rows to query ad hoc"),
+                )
+                .with_hint("create a materialized view over it")),
+            }
+        };
+        let (left_rows, right_rows) = (rows_of(&plan.input)?, rows_of(&right)?);
+        let mut operator = plan.operator.instantiate(&plan.output_schema)?;
+        let mut out = Vec::new();
+        let time = laminar_operators::BatchTime {
+            watermark_ms: i64::MIN,
+            row_watermarks_ms: None,
+        };
+        for batch in &right_rows {
+            operator.on_input_batch(1, batch, time, &mut out)?;
+        }
+        for batch in &left_rows {
+            operator.on_input_batch(0, batch, time, &mut out)?;
+        }
+        operator.on_input_watermark(1, i64::MAX, &mut out)?;
+        operator.on_input_watermark(0, i64::MAX, &mut out)?;
+        if out.is_empty() {
+            out.push(RecordBatch::new_empty(Arc::clone(&plan.output_schema)));
+        }
+        Ok(out)
     }
 
     /// Explains a failed ad-hoc query, naming sources and streams that

@@ -966,3 +966,46 @@ async fn asof_where_filters_after_the_pick_and_pair_conditions() {
                  AND t.ts BETWEEN o.ts - 300 AND o.ts + 300";
     join_differential("", query, query, "j").await;
 }
+
+/// ASOF in an ad-hoc query (the seed's example shape): the streaming
+/// operator over the sources' retained rows, all time closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_asof_over_retained_rows() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}"))
+        .await
+        .unwrap();
+    let (o, t) = (
+        db.source_untyped("orders").unwrap(),
+        db.source_untyped("trades").unwrap(),
+    );
+    db.start().await.unwrap();
+    let orders = orders(21, 300, 5);
+    let trades_rows = trades_batch(&trades(21, 300, 5, 0));
+    t.push(trades_rows.clone()).unwrap();
+    o.push(orders.clone()).unwrap();
+    // The retained rows are there once the pushes returned.
+    let query = "SELECT o.order_id, t.price AS last_trade_price FROM orders o
+                 ASOF JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts";
+    let got = db.sql(query).await.unwrap();
+    let want = run_batch_join(
+        "SELECT order_id, last_trade_price FROM (
+           SELECT o.order_id, t.price AS last_trade_price,
+             ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY t.ts DESC) AS rn
+           FROM orders o JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts) AS x
+         WHERE rn = 1",
+        &orders,
+        &trades_rows,
+    )
+    .await;
+    assert!(row_count(&want) > 100);
+    assert_same_rows(&got, &want);
+    let prices = got[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert!(prices.null_count() == 0);
+    db.shutdown().await.unwrap();
+}

@@ -24,6 +24,12 @@ pub use dialect::{
     parse_script, AlignmentDef, DropKind, EmitMode, ShowWhat, SourceDef, Statement, StreamDef,
     WatermarkDef,
 };
+/// Whether a query has an ASOF or temporal join (which DataFusion cannot
+/// run: ad-hoc queries run them on the streaming operator).
+pub fn has_asof(query: &str) -> laminar_runtime::Result<bool> {
+    Ok(asof::rewrite(query, |_| Some(String::new()))?.1.is_some())
+}
+
 pub use planner::{
     new_session_context, plan_for_batch, plan_stream, resolve_table, Routing, StreamInput,
     StreamOperator, StreamPlan, TableDef,

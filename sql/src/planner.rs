@@ -331,8 +331,8 @@ pub async fn plan_for_batch(ctx: &SessionContext, sql: &str) -> Result<LogicalPl
         .is_some()
     {
         return Err(unsupported(
-            "ASOF and temporal joins run in streams; ad-hoc queries do not support them yet",
-            "CREATE STREAM name AS SELECT ... ASOF JOIN ..., then subscribe to it",
+            "DataFusion has no ASOF join: the batch oracle cannot run one",
+            "compare ASOF results with a ROW_NUMBER() formulation",
         ));
     }
     let plan = ctx
