@@ -585,23 +585,7 @@ impl LaminarDB {
                 if_exists,
             } => self.drop_object(kind, &name, if_exists),
             Statement::CreateStream(def) => {
-                let tables: HashMap<String, laminar_sql::TableDef> = self
-                    .shared
-                    .tables
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .iter()
-                    .map(|t| (t.def.name.clone(), t.def.clone()))
-                    .collect();
-                let stream_time_columns: HashMap<String, Vec<usize>> = self
-                    .shared
-                    .catalog
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .streams
-                    .iter()
-                    .map(|s| (s.name.clone(), s.time_columns.clone()))
-                    .collect();
+                let (stream_time_columns, tables) = self.planning_context()?;
                 let plan = plan_stream(
                     &self.shared.ctx,
                     &def,
@@ -1193,11 +1177,40 @@ impl LaminarDB {
         Ok(batches)
     }
 
+    /// What stream planning needs besides sources and stream schemas:
+    /// streams' event-time columns and the tables.
+    #[allow(clippy::type_complexity)]
+    fn planning_context(
+        &self,
+    ) -> Result<(
+        HashMap<String, Vec<usize>>,
+        HashMap<String, laminar_sql::TableDef>,
+    )> {
+        let time_columns = self
+            .shared
+            .catalog
+            .lock()
+            .map_err(|_| poisoned())?
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), s.time_columns.clone()))
+            .collect();
+        let tables = self
+            .shared
+            .tables
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|t| (t.def.name.clone(), t.def.clone()))
+            .collect();
+        Ok((time_columns, tables))
+    }
+
     /// An ad-hoc query with an ASOF or temporal join: planned like a
     /// stream, run by the same operator over the inputs' kept rows
     /// (sources' retained rows, materialized views), with all time closed.
     async fn adhoc_asof(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let (sources, streams, stream_time_columns, views) = {
+        let (sources, streams, views) = {
             let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
             (
                 catalog.source_map(),
@@ -1209,25 +1222,13 @@ impl LaminarDB {
                 catalog
                     .streams
                     .iter()
-                    .map(|s| (s.name.clone(), s.time_columns.clone()))
-                    .collect::<HashMap<_, _>>(),
-                catalog
-                    .streams
-                    .iter()
                     .zip(&catalog.materialized)
                     .filter(|(_, &m)| m)
                     .map(|(s, _)| s.name.clone())
                     .collect::<Vec<_>>(),
             )
         };
-        let tables: HashMap<String, laminar_sql::TableDef> = self
-            .shared
-            .tables
-            .lock()
-            .map_err(|_| poisoned())?
-            .iter()
-            .map(|t| (t.def.name.clone(), t.def.clone()))
-            .collect();
+        let (stream_time_columns, tables) = self.planning_context()?;
         let def = laminar_sql::dialect::StreamDef {
             name: "query".into(),
             query: sql.to_string(),
