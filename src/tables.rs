@@ -23,6 +23,12 @@ enum Rows {
     Append(Vec<RecordBatch>),
 }
 
+/// A table's rows before a replacement, restored if it fails.
+enum Previous {
+    Append(Vec<RecordBatch>),
+    Keyed(HashMap<Box<[u8]>, Box<[u8]>>),
+}
+
 /// A running lookup join that reads a table: it gets every upsert.
 struct Feed {
     pipeline: Weak<Pipeline>,
@@ -99,21 +105,29 @@ impl Table {
     /// schema. Returns the number of rows written.
     pub fn upsert(&self, batch: &RecordBatch) -> Result<usize> {
         let mut rows = self.rows.lock().map_err(|_| poisoned())?;
+        // Applied first: lookup joins only ever see rows the table took.
+        let written = self.apply(&mut rows, batch)?;
         self.feed(batch, false)?;
-        self.apply(&mut rows, batch)
+        Ok(written)
     }
 
     /// Replaces every row (a lookup table's refresh), for lookup joins
-    /// too.
+    /// too. Rows that do not convert leave the table as it was.
     pub fn replace_all(&self, batch: &RecordBatch) -> Result<()> {
         let mut rows = self.rows.lock().map_err(|_| poisoned())?;
-        self.feed(batch, true)?;
-        match &mut *rows {
-            Rows::Append(batches) => batches.clear(),
-            Rows::Keyed { by_key, .. } => by_key.clear(),
+        let previous = match &mut *rows {
+            Rows::Append(batches) => Previous::Append(std::mem::take(batches)),
+            Rows::Keyed { by_key, .. } => Previous::Keyed(std::mem::take(by_key)),
+        };
+        if let Err(e) = self.apply(&mut rows, batch) {
+            match (&mut *rows, previous) {
+                (Rows::Append(batches), Previous::Append(old)) => *batches = old,
+                (Rows::Keyed { by_key, .. }, Previous::Keyed(old)) => *by_key = old,
+                _ => unreachable!("a table keeps its kind"),
+            }
+            return Err(e);
         }
-        self.apply(&mut rows, batch)?;
-        Ok(())
+        self.feed(batch, true)
     }
 
     /// Sends written rows to the lookup joins reading the table; called

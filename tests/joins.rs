@@ -379,46 +379,65 @@ async fn temporal_join_picks_the_version_valid_at_the_probe_time() {
     .await;
 }
 
-/// Hand-computed ASOF cases: ties between versions (the later arrival
-/// wins), equal timestamps, strictness, keys that never match, a nearest
-/// tie (the earlier wins), probes that arrive before their versions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn asof_join_edge_cases() {
-    use datafusion::arrow::array::{Array, Float64Array};
-    let quotes = RecordBatch::try_new(
+/// Versions (quotes) and the rows that look them up (probes), for the
+/// hand-computed ASOF cases.
+const QUOTES_AND_PROBES: &str = "
+    CREATE SOURCE quotes (sym VARCHAR NOT NULL, px DOUBLE NOT NULL, ts BIGINT NOT NULL,
+      WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+    CREATE SOURCE probes (id BIGINT NOT NULL, sym VARCHAR NOT NULL, ts BIGINT NOT NULL,
+      WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+
+fn quotes_batch(syms: &[&str], prices: &[f64], times: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("sym", DataType::Utf8, false),
             Field::new("px", DataType::Float64, false),
             Field::new("ts", DataType::Int64, false),
         ])),
         vec![
-            Arc::new(StringArray::from(vec!["A", "A", "A", "B"])),
-            Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])),
-            Arc::new(Int64Array::from(vec![1000, 2000, 2000, 1500])),
+            Arc::new(StringArray::from(syms.to_vec())),
+            Arc::new(datafusion::arrow::array::Float64Array::from(
+                prices.to_vec(),
+            )),
+            Arc::new(Int64Array::from(times.to_vec())),
         ],
     )
-    .unwrap();
-    let probes = RecordBatch::try_new(
+    .unwrap()
+}
+
+fn probes_batch(ids: &[i64], syms: &[&str], times: &[i64]) -> RecordBatch {
+    RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("sym", DataType::Utf8, false),
             Field::new("ts", DataType::Int64, false),
         ])),
         vec![
-            Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6, 7, 8])),
-            Arc::new(StringArray::from(vec![
-                "A", "A", "A", "C", "B", "B", "A", "A",
-            ])),
-            Arc::new(Int64Array::from(vec![
-                2000, 1999, 500, 3000, 1400, 1500, 1500, 1001,
-            ])),
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(syms.to_vec())),
+            Arc::new(Int64Array::from(times.to_vec())),
         ],
     )
-    .unwrap();
-    let ddl = "CREATE SOURCE quotes (sym VARCHAR NOT NULL, px DOUBLE NOT NULL, ts BIGINT NOT NULL,
-                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
-               CREATE SOURCE probes (id BIGINT NOT NULL, sym VARCHAR NOT NULL, ts BIGINT NOT NULL,
-                 WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+    .unwrap()
+}
+
+/// Hand-computed ASOF cases: ties between versions (the later arrival
+/// wins), equal timestamps, strictness, keys that never match, a nearest
+/// tie (the earlier wins), probes that arrive before their versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_join_edge_cases() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    let quotes = quotes_batch(
+        &["A", "A", "A", "B"],
+        &[1.0, 2.0, 3.0, 4.0],
+        &[1000, 2000, 2000, 1500],
+    );
+    let probes = probes_batch(
+        &[1, 2, 3, 4, 5, 6, 7, 8],
+        &["A", "A", "A", "C", "B", "B", "A", "A"],
+        &[2000, 1999, 500, 3000, 1400, 1500, 1500, 1001],
+    );
+    let ddl = QUOTES_AND_PROBES;
     let cases: [(&str, [Option<f64>; 8]); 4] = [
         (
             "ASOF LEFT JOIN quotes q ON p.sym = q.sym AND p.ts >= q.ts",
@@ -886,14 +905,11 @@ async fn temporal_join_against_a_stream() {
 /// bounds; a window over an ASOF join's right time is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asof_where_filters_after_the_pick_and_pair_conditions() {
-    use datafusion::arrow::array::{Array, Float64Array};
+    use datafusion::arrow::array::Array;
     let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(QUOTES_AND_PROBES).await.unwrap();
     db.execute(
-        "CREATE SOURCE quotes (sym VARCHAR NOT NULL, px DOUBLE NOT NULL, ts BIGINT NOT NULL,
-           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
-         CREATE SOURCE probes (id BIGINT NOT NULL, sym VARCHAR NOT NULL, ts BIGINT NOT NULL,
-           WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
-         CREATE STREAM cheap AS SELECT p.id, q.px, q.ts AS quote_ts FROM probes p
+        "CREATE STREAM cheap AS SELECT p.id, q.px, q.ts AS quote_ts FROM probes p
            ASOF JOIN quotes q ON p.sym = q.sym AND p.ts >= q.ts WHERE q.px < 10",
     )
     .await
@@ -917,34 +933,10 @@ async fn asof_where_filters_after_the_pick_and_pair_conditions() {
     );
     db.start().await.unwrap();
     let collector = collect(sub);
-    let quotes = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("sym", DataType::Utf8, false),
-            Field::new("px", DataType::Float64, false),
-            Field::new("ts", DataType::Int64, false),
-        ])),
-        vec![
-            Arc::new(StringArray::from(vec!["A", "A"])),
-            Arc::new(Float64Array::from(vec![5.0, 50.0])),
-            Arc::new(Int64Array::from(vec![10, 20])),
-        ],
-    )
-    .unwrap();
-    let probes = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("sym", DataType::Utf8, false),
-            Field::new("ts", DataType::Int64, false),
-        ])),
-        vec![
-            Arc::new(Int64Array::from(vec![1, 2])),
-            Arc::new(StringArray::from(vec!["A", "A"])),
-            Arc::new(Int64Array::from(vec![15, 30])),
-        ],
-    )
-    .unwrap();
-    q.push(quotes).unwrap();
-    p.push(probes).unwrap();
+    q.push(quotes_batch(&["A", "A"], &[5.0, 50.0], &[10, 20]))
+        .unwrap();
+    p.push(probes_batch(&[1, 2], &["A", "A"], &[15, 30]))
+        .unwrap();
     q.watermark(i64::MAX).unwrap();
     p.watermark(i64::MAX).unwrap();
     db.shutdown().await.unwrap();
