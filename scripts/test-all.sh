@@ -46,6 +46,13 @@ echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+# The differential suites again, with every expression interpreted and
+# with every kernel compiled before the first batch (the run above is
+# adaptive: kernels arrive while streams run).
+for mode in off eager; do
+  echo "== differential suites with LAMINARDB_JIT=$mode"
+  LAMINARDB_JIT=$mode cargo test --test oracle --test joins 2>&1 | tee -a "$log"
+done
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "suite: %d passed, %d failed\n", p, f }' "$log"

@@ -79,6 +79,10 @@ use laminar_sql::{
 
 pub use arrow;
 pub use laminar_runtime::{Error, ErrorCode, Result};
+/// Whether expressions run as Cranelift kernels: process-wide, read when
+/// a stream is created (also set by the `LAMINARDB_JIT` environment
+/// variable: `off`, `adaptive`, the default, or `eager`).
+pub use laminar_sql::jit::{set_mode as set_jit_mode, JitMode};
 pub use laminar_sql::Statement;
 pub use metrics::{LatencyHistogram, Metrics, SourceMetrics, StreamMetrics, WalMetrics};
 pub use source::SourceHandle;
@@ -609,6 +613,7 @@ impl LaminarDB {
                     time_columns: Vec::new(),
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
+                    compiled: Vec::new(),
                     late_side_output: None,
                     sql: format!("-- the late rows of {}", def.name),
                 });
@@ -2002,7 +2007,7 @@ impl LaminarDB {
             .streams
             .iter()
             .find(|s| s.name == name)
-            .map(|s| s.explain.clone())
+            .map(|s| format!("{}\n{}", s.explain, laminar_sql::jit::explain(&s.compiled)))
             .ok_or_else(|| unknown(name, "stream"))?;
         let shards: Vec<String> = self
             .shared

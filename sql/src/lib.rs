@@ -12,10 +12,13 @@
 //!   rewrites, and lowers the logical plan to a [`planner::StreamPlan`]:
 //!   stages, window aggregate, routing key. Anything the streaming path
 //!   cannot run is an `LDB-1004` error, never a silent wrong answer.
+//! - [`jit`]: the Cranelift compiler that turns the plan's expressions
+//!   into native kernels (interpreted until they are ready).
 
 mod asof;
 pub mod dialect;
 pub mod functions;
+pub mod jit;
 mod join;
 pub mod planner;
 pub mod window_tvf;

@@ -27,7 +27,7 @@ use datafusion::logical_expr::expr::{AggregateFunction, Sort};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::logical_expr::{Aggregate, DdlStatement, Expr, LogicalPlan};
-use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSortExpr};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
@@ -166,6 +166,9 @@ pub struct StreamPlan {
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
     pub explain: String,
+    /// The plan's expressions that run compiled (or will, once their
+    /// kernels are ready), for `EXPLAIN`.
+    pub compiled: Vec<Arc<crate::jit::CompiledExpr>>,
     /// With `late_data = 'side_output'`: the schema of the late rows (the
     /// stream's input, as it arrives).
     pub late_side_output: Option<SchemaRef>,
@@ -627,6 +630,8 @@ pub(crate) struct Lowering<'a> {
     pub(crate) tables: &'a HashMap<String, TableDef>,
     /// The query has an ASOF or temporal join.
     asof: bool,
+    /// Expressions handed to the JIT, for `EXPLAIN`.
+    compiled: std::cell::RefCell<Vec<Arc<crate::jit::CompiledExpr>>>,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
@@ -655,14 +660,44 @@ impl Lowering<'_> {
         }
     }
 
+    /// `expr` as the physical expression operators run: compiled where
+    /// the JIT supports it (see [`crate::jit`]).
     pub(crate) fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(
+        let physical = create_physical_expr(
             expr,
             schema,
             &self.props,
             &PhysicalPlanningContext::default(),
         )
-        .map_err(planning_error)
+        .map_err(planning_error)?;
+        Ok(self.compile(physical, schema.as_arrow()))
+    }
+
+    fn compile(&self, expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Arc<dyn PhysicalExpr> {
+        crate::jit::compile_tree(expr, schema, &mut self.compiled.borrow_mut())
+    }
+
+    /// An aggregate whose arguments (and ORDER BY and FILTER expressions)
+    /// run compiled where the JIT supports them.
+    fn compile_aggregate(
+        &self,
+        aggregate: Arc<AggregateFunctionExpr>,
+        schema: &Schema,
+    ) -> Arc<AggregateFunctionExpr> {
+        let args = aggregate
+            .expressions()
+            .into_iter()
+            .map(|e| self.compile(e, schema))
+            .collect();
+        let order_bys = aggregate
+            .order_bys()
+            .iter()
+            .map(|s| self.compile(Arc::clone(&s.expr), schema))
+            .collect();
+        match aggregate.with_new_expressions(args, order_bys) {
+            Some(compiled) => Arc::new(compiled),
+            None => aggregate,
+        }
     }
 
     /// Walks Projection/Filter/SubqueryAlias nodes down to the next
@@ -955,8 +990,12 @@ impl Lowering<'_> {
             )
             .build()
             .map_err(planning_error)?;
-            aggregates.push(lowered.aggregate);
-            aggregate_filters.push(lowered.filter);
+            aggregates.push(self.compile_aggregate(lowered.aggregate, &physical_input_schema));
+            aggregate_filters.push(
+                lowered
+                    .filter
+                    .map(|f| self.compile(f, &physical_input_schema)),
+            );
         }
         let changes = emit == Some(EmitMode::Changes);
         let window_text = match window.as_ref().map(|w| w.kind) {
@@ -1587,6 +1626,7 @@ pub async fn plan_stream(
         stream_time_columns,
         tables,
         asof: asof.is_some(),
+        compiled: Default::default(),
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(&plan)?;
@@ -1782,5 +1822,6 @@ pub async fn plan_stream(
         time_columns,
         operator,
         explain,
+        compiled: lowering.compiled.take(),
     })
 }

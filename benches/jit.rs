@@ -1,0 +1,178 @@
+//! Compiled (Cranelift) against interpreted (DataFusion) expressions.
+//!
+//! Run: `cargo bench --bench jit`. Three groups, each measuring both paths
+//! in the same run:
+//! - `jit_kernels`: one expression over 65,536 rows cut into batches of
+//!   1, 64, 1,024 and 8,192 rows (a filter, the VWAP argument, Nexmark
+//!   q1's currency conversion and q2's modulo filter);
+//! - `jit_compile`: the time to compile each kernel;
+//! - `jit_pipeline`: a filtered VWAP through the whole engine (1 shard)
+//!   with the JIT off and with every kernel ready from the first batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use laminar_db::{JitMode, LaminarDB};
+
+mod common;
+
+use common::{batches, schema};
+
+const ROWS: usize = 65_536;
+
+const EXPRESSIONS: [(&str, &str); 5] = [
+    ("filter", "price > 105.0 AND volume < 250"),
+    ("vwap_argument", "price * CAST(volume AS DOUBLE)"),
+    ("q1_currency", "0.908 * CAST(volume AS DOUBLE)"),
+    ("q2_modulo", "volume % 123 = 0"),
+    (
+        "long_filter",
+        "(price * CAST(volume AS DOUBLE) - 100.0) * 0.5 > 2000.0 AND volume + 3 < 400",
+    ),
+];
+
+fn physical(sql: &str) -> Arc<dyn PhysicalExpr> {
+    let df_schema = DFSchema::try_from(schema().as_ref().clone()).expect("schema");
+    let ctx = SessionContext::new();
+    let expr = ctx.parse_sql_expr(sql, &df_schema).expect("parse");
+    ctx.create_physical_expr(expr, &df_schema).expect("plan")
+}
+
+/// `expr` compiled now (the benchmark measures a ready kernel).
+fn compiled(expr: &Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr> {
+    laminar_db::set_jit_mode(JitMode::Eager);
+    let mut kernels = Vec::new();
+    let wrapped = laminar_sql::jit::compile_tree(Arc::clone(expr), &schema(), &mut kernels);
+    assert!(
+        kernels.iter().all(|k| k.is_compiled()) && !kernels.is_empty(),
+        "not compiled: {expr}"
+    );
+    wrapped
+}
+
+/// Evaluates `expr` over every batch (and filters by it when boolean), as
+/// a stateless stage does.
+fn run(expr: &Arc<dyn PhysicalExpr>, input: &[RecordBatch], filter: bool) -> usize {
+    let mut rows = 0;
+    for batch in input {
+        let array = expr
+            .evaluate(batch)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .expect("evaluate");
+        rows += if filter {
+            let mask = array
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .expect("boolean");
+            filter_record_batch(batch, mask).expect("filter").num_rows()
+        } else {
+            array.len()
+        };
+    }
+    rows
+}
+
+fn kernels(c: &mut Criterion) {
+    let mut group = c.benchmark_group("jit_kernels");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(ROWS as u64));
+    for batch_rows in [1usize, 64, 1024, 8192] {
+        let input = batches(ROWS, batch_rows);
+        for (name, sql) in EXPRESSIONS {
+            let interpreted = physical(sql);
+            let jitted = compiled(&interpreted);
+            let filter = name.contains("filter") || name.contains("modulo");
+            assert_eq!(
+                run(&interpreted, &input, filter),
+                run(&jitted, &input, filter),
+                "{name}: same rows both ways"
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/interpreted"), batch_rows),
+                &input,
+                |b, input| b.iter(|| run(&interpreted, input, filter)),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/compiled"), batch_rows),
+                &input,
+                |b, input| b.iter(|| run(&jitted, input, filter)),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn compile_time(c: &mut Criterion) {
+    let mut group = c.benchmark_group("jit_compile");
+    group.sample_size(20);
+    for (name, sql) in EXPRESSIONS {
+        let interpreted = physical(sql);
+        group.bench_function(name, |b| b.iter(|| compiled(&interpreted)));
+    }
+    group.finish();
+}
+
+const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+
+const FILTERED_VWAP: &str = "SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades
+WHERE price > 101.0 AND volume < 450
+GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
+
+fn pipeline(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let events = 1_000_000;
+    let mut group = c.benchmark_group("jit_pipeline");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(events as u64));
+    for batch_rows in [64usize, 1024, 8192] {
+        let input = batches(events, batch_rows);
+        // Every window of every symbol has rows passing the filter.
+        let want = events.div_ceil(60_000) * common::SYMBOLS;
+        for (label, mode) in [("interpreted", JitMode::Off), ("compiled", JitMode::Eager)] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("filtered_vwap/{label}"), batch_rows),
+                &input,
+                |b, input| {
+                    b.iter_custom(|iterations| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iterations {
+                            total += rt.block_on(async {
+                                laminar_db::set_jit_mode(mode);
+                                let db = LaminarDB::builder().shards(1).build().expect("db");
+                                db.execute(&format!(
+                                    "{DDL}; CREATE STREAM vwap AS {FILTERED_VWAP}"
+                                ))
+                                .await
+                                .expect("ddl");
+                                common::time_run(db, "vwap", input, want).await
+                            });
+                        }
+                        total
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, compile_time, pipeline);
+criterion_main!(benches);

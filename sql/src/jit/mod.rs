@@ -1,0 +1,238 @@
+//! The Cranelift JIT: hot expressions compiled into native kernels.
+//!
+//! - [`ir`]: lowers a DataFusion `PhysicalExpr` into a typed tree, or
+//!   refuses a node the compiler does not support (that part then stays
+//!   interpreted; never an error).
+//! - [`codegen`]: emits one native loop per expression over Arrow buffers
+//!   (values and validity bitmaps), with SQL's three-valued logic.
+//! - [`expr`]: [`CompiledExpr`], the `PhysicalExpr` operators run: the
+//!   interpreted expression until the kernel is ready, the kernel after.
+//!
+//! The planner calls [`compile_tree`] on every expression it hands to an
+//! operator (filters, projections, aggregate arguments, join and window
+//! inputs): each largest supported subtree that computes something is
+//! replaced by a `CompiledExpr`. In [`JitMode::Adaptive`] (the default)
+//! a background thread compiles while the query already runs
+//! interpreted; each shard switches to the kernel at its next batch.
+
+#[cfg(feature = "jit")]
+mod codegen;
+#[cfg(not(feature = "jit"))]
+#[allow(dead_code)]
+mod codegen {
+    //! Built without the `jit` feature: nothing compiles.
+    use super::ir::Program;
+
+    #[repr(C)]
+    pub(crate) struct InputDesc {
+        pub values: *const u8,
+        pub valid: *const u8,
+        pub values_bit_offset: u64,
+        pub valid_bit_offset: u64,
+        pub valid_mask: u64,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Kernel {
+        pub function: unsafe extern "C" fn(*const InputDesc, u64, *mut u8, *mut u8) -> u8,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Kernels {
+        pub general: Kernel,
+        pub dense: Kernel,
+        pub dense_writes_validity: bool,
+    }
+
+    pub(crate) fn compile(_program: &Program) -> Result<Kernels, String> {
+        Err("built without the `jit` feature".to_string())
+    }
+}
+// Without the `jit` feature the compiler's input is built but never read.
+#[cfg_attr(not(feature = "jit"), allow(dead_code))]
+mod expr;
+#[cfg_attr(not(feature = "jit"), allow(dead_code))]
+mod ir;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arrow::datatypes::Schema;
+use datafusion::physical_expr::PhysicalExpr;
+
+use expr::Outcome;
+pub use expr::{CompiledExpr, CompiledSlot};
+
+/// When expressions are compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JitMode {
+    /// Everything runs interpreted.
+    Off,
+    /// Queries start interpreted; kernels compile on a background thread
+    /// and each shard switches to them at a batch boundary.
+    Adaptive,
+    /// Kernels compile while the query is planned (`CREATE STREAM` waits
+    /// for them): the first batch already runs compiled. For tests and
+    /// benchmarks.
+    Eager,
+}
+
+const UNSET: u8 = u8::MAX;
+static MODE: AtomicU8 = AtomicU8::new(UNSET);
+
+fn encode(mode: JitMode) -> u8 {
+    mode as u8
+}
+
+/// The mode queries are planned with: set by [`set_mode`], else the
+/// `LAMINARDB_JIT` environment variable (`off`, `adaptive`, `eager`),
+/// else `Adaptive` (`Off` when built without the `jit` feature).
+pub fn mode() -> JitMode {
+    if !cfg!(feature = "jit") {
+        return JitMode::Off;
+    }
+    let mut raw = MODE.load(Ordering::Relaxed);
+    if raw == UNSET {
+        let from_env = match std::env::var("LAMINARDB_JIT").as_deref().map(str::trim) {
+            Ok("off") | Ok("0") | Ok("false") => JitMode::Off,
+            Ok("eager") => JitMode::Eager,
+            Ok("adaptive") | Ok("") | Err(_) => JitMode::Adaptive,
+            Ok(other) => {
+                log::warn!("LAMINARDB_JIT={other} is not off, adaptive or eager; using adaptive");
+                JitMode::Adaptive
+            }
+        };
+        raw = encode(from_env);
+        let _ = MODE.compare_exchange(UNSET, raw, Ordering::Relaxed, Ordering::Relaxed);
+        raw = MODE.load(Ordering::Relaxed);
+    }
+    match raw {
+        0 => JitMode::Off,
+        2 => JitMode::Eager,
+        _ => JitMode::Adaptive,
+    }
+}
+
+/// Sets the mode for queries planned from now on (process-wide).
+pub fn set_mode(mode: JitMode) {
+    MODE.store(encode(mode), Ordering::Relaxed);
+}
+
+/// The background compiler: one thread, started on first use.
+fn compiler() -> &'static Mutex<Sender<Arc<CompiledSlot>>> {
+    static COMPILER: OnceLock<Mutex<Sender<Arc<CompiledSlot>>>> = OnceLock::new();
+    COMPILER.get_or_init(|| {
+        let (sender, receiver) = channel::<Arc<CompiledSlot>>();
+        let spawned = std::thread::Builder::new()
+            .name("laminar-jit".to_string())
+            .spawn(move || {
+                while let Ok(slot) = receiver.recv() {
+                    compile_slot(&slot);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the JIT compiler thread ({e}); expressions stay interpreted");
+        }
+        Mutex::new(sender)
+    })
+}
+
+fn compile_slot(slot: &CompiledSlot) {
+    let started = std::time::Instant::now();
+    let outcome = match codegen::compile(&slot.program) {
+        Ok(kernel) => Outcome::Ready(Box::new(kernel)),
+        Err(e) => {
+            log::warn!(
+                "JIT: cannot compile {:?}: {e}; it stays interpreted",
+                slot.program.root
+            );
+            Outcome::Failed(e)
+        }
+    };
+    log::debug!("JIT: compiled a kernel in {:?}", started.elapsed());
+    let _ = slot.outcome.set(outcome);
+}
+
+/// Replaces each largest compilable subtree of `expr` (over `schema`) that
+/// computes something by a [`CompiledExpr`], which `compiled` also
+/// collects (for `EXPLAIN`). Returns `expr` itself in [`JitMode::Off`].
+pub fn compile_tree(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+    compiled: &mut Vec<Arc<CompiledExpr>>,
+) -> Arc<dyn PhysicalExpr> {
+    let mode = mode();
+    if mode == JitMode::Off {
+        return expr;
+    }
+    wrap(expr, schema, mode, compiled)
+}
+
+fn wrap(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+    mode: JitMode,
+    compiled: &mut Vec<Arc<CompiledExpr>>,
+) -> Arc<dyn PhysicalExpr> {
+    if expr.children().is_empty() || expr.is::<CompiledExpr>() {
+        // A column or literal: nothing to compute.
+        return expr;
+    }
+    if let Some(program) = ir::lower(&expr, schema) {
+        let slot = Arc::new(CompiledSlot {
+            large_batches: program.wins_on_large_batches(),
+            program,
+            outcome: OnceLock::new(),
+        });
+        match mode {
+            JitMode::Eager => compile_slot(&slot),
+            _ => {
+                let sent = compiler()
+                    .lock()
+                    .ok()
+                    .and_then(|sender| sender.send(Arc::clone(&slot)).ok());
+                if sent.is_none() {
+                    let _ = slot
+                        .outcome
+                        .set(Outcome::Failed("the compiler thread is gone".to_string()));
+                }
+            }
+        }
+        let wrapped = Arc::new(CompiledExpr::new(expr, slot));
+        compiled.push(Arc::clone(&wrapped));
+        return wrapped;
+    }
+    let children: Vec<Arc<dyn PhysicalExpr>> = expr
+        .children()
+        .into_iter()
+        .map(|child| wrap(Arc::clone(child), schema, mode, compiled))
+        .collect();
+    let changed = children
+        .iter()
+        .zip(expr.children())
+        .any(|(new, old)| !Arc::ptr_eq(new, old));
+    if !changed {
+        return expr;
+    }
+    match Arc::clone(&expr).with_new_children(children) {
+        Ok(rebuilt) => rebuilt,
+        Err(_) => expr,
+    }
+}
+
+/// Lines for `EXPLAIN`: each compiled expression and its state.
+pub fn explain(compiled: &[Arc<CompiledExpr>]) -> String {
+    if compiled.is_empty() {
+        return "JIT: nothing compiled (no compilable expression, or LAMINARDB_JIT=off)"
+            .to_string();
+    }
+    let mut text = String::from("JIT:");
+    for expr in compiled {
+        text.push_str(&format!("\n  {}: {}", expr.state(), expr.inner()));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! Streams whose expressions run as Cranelift kernels give the batch
+//! answer (NULLs, zeros, signed zeros), `EXPLAIN` says what runs
+//! compiled, and in adaptive mode a running stream switches to its
+//! kernels without a pause.
+
+mod common;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use common::*;
+use datafusion::arrow::array::{BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use laminar_db::{JitMode, LaminarDB};
+use rand::{Rng, SeedableRng};
+
+/// The JIT mode is process-wide: tests here take turns.
+static MODE: Mutex<()> = Mutex::const_new(());
+
+const DDL: &str = "CREATE SOURCE events (a BIGINT, b DOUBLE, c INT, flag BOOLEAN,
+    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+
+const PROJECT: &str = "SELECT a * 3 + CAST(c AS BIGINT) AS x, b * 2.0 - 1.0 AS y,
+    a IS NULL AS missing, (b > 0.5 OR flag) AND NOT (c = 3) AS keep
+FROM events WHERE a % 5 <> 1 OR b IS NULL";
+
+const AGGREGATE: &str =
+    "SELECT c, SUM(a * 2) AS doubled, COUNT(b) FILTER (WHERE b > 0.0) AS positive,
+    MAX(CAST(c AS DOUBLE) * b) AS top
+FROM events WHERE flag IS NOT NULL
+GROUP BY c, tumble(ts, INTERVAL '10' SECOND)";
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, true),
+        Field::new("b", DataType::Float64, true),
+        Field::new("c", DataType::Int32, true),
+        Field::new("flag", DataType::Boolean, true),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
+/// Rows with NULLs in every nullable column, zeros and -0.0, in batches
+/// of random sizes.
+fn events(seed: u64, n: usize) -> (Vec<RecordBatch>, RecordBatch) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut a = Vec::with_capacity(n);
+    let mut b = Vec::with_capacity(n);
+    let mut c = Vec::with_capacity(n);
+    let mut flag = Vec::with_capacity(n);
+    for _ in 0..n {
+        a.push((!rng.random_ratio(1, 8)).then(|| rng.random_range(-1_000i64..1_000)));
+        b.push(match rng.random_range(0..10) {
+            0 => None,
+            1 => Some(-0.0),
+            2 => Some(0.0),
+            _ => Some(rng.random_range(-2.0..2.0)),
+        });
+        c.push((!rng.random_ratio(1, 8)).then(|| rng.random_range(0i32..6)));
+        flag.push((!rng.random_ratio(1, 5)).then(|| rng.random_bool(0.5)));
+    }
+    let ts: Vec<i64> = (0..n as i64).map(|i| i * 7).collect();
+    let all = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(a)),
+            Arc::new(Float64Array::from(b)),
+            Arc::new(Int32Array::from(c)),
+            Arc::new(BooleanArray::from(flag)),
+            Arc::new(Int64Array::from(ts)),
+        ],
+    )
+    .unwrap();
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < n {
+        let len = rng.random_range(1..=300).min(n - at);
+        batches.push(all.slice(at, len));
+        at += len;
+    }
+    (batches, all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_streams_give_the_batch_answer() {
+    let _turn = MODE.lock().await;
+    laminar_db::set_jit_mode(JitMode::Eager);
+    for (seed, query) in [(1, PROJECT), (2, AGGREGATE)] {
+        let (batches, all) = events(seed, 5_000);
+        let want = run_batch(query, "events", vec![all], schema()).await;
+        for shards in [1, 2] {
+            let ddl = format!("{DDL}; CREATE STREAM s AS {query}");
+            let (got, _) = run_stream(&ddl, "events", "s", batches.clone(), shards).await;
+            assert_same_rows(&got, &want);
+        }
+    }
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+}
+
+fn explain(db: &LaminarDB) -> String {
+    db.explain("s").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_what_runs_compiled() {
+    let _turn = MODE.lock().await;
+    laminar_db::set_jit_mode(JitMode::Eager);
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!("{DDL}; CREATE STREAM s AS {PROJECT}"))
+        .await
+        .unwrap();
+    let plan = explain(&db);
+    assert!(plan.contains("JIT:"), "{plan}");
+    assert!(
+        plan.contains("compiled: a@0 * 3 + CAST(c@2 AS Int64)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("compiling"), "{plan}");
+
+    laminar_db::set_jit_mode(JitMode::Off);
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!("{DDL}; CREATE STREAM s AS {PROJECT}"))
+        .await
+        .unwrap();
+    assert!(
+        explain(&db).contains("JIT: nothing compiled"),
+        "{}",
+        explain(&db)
+    );
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_streams_switch_to_kernels_while_running() {
+    let _turn = MODE.lock().await;
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+    let (batches, all) = events(3, 4_000);
+    let want = run_batch(PROJECT, "events", vec![all], schema()).await;
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!("{DDL}; CREATE STREAM s AS {PROJECT}"))
+        .await
+        .unwrap();
+    let sub = db.subscribe("s").unwrap();
+    let source = db.source_untyped("events").unwrap();
+    db.start().await.unwrap();
+    let collector = collect(sub);
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    for batch in first {
+        source.push(batch.clone()).unwrap();
+    }
+    // The background compiler finishes while rows keep flowing.
+    eventually(|| {
+        let plan = explain(&db);
+        plan.contains("compiled:") && !plan.contains("compiling")
+    });
+    for batch in rest {
+        source.push(batch.clone()).unwrap();
+    }
+    source.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    assert!(db.errors().is_empty(), "{:?}", db.errors());
+    assert_same_rows(&got, &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_division_by_zero_fails_the_batch_as_when_interpreted() {
+    let _turn = MODE.lock().await;
+    let mut messages = Vec::new();
+    for mode in [JitMode::Off, JitMode::Eager] {
+        laminar_db::set_jit_mode(mode);
+        let db = LaminarDB::builder().shards(1).build().unwrap();
+        db.execute(&format!(
+            "{DDL}; CREATE STREAM s AS SELECT a / CAST(c AS BIGINT) AS q FROM events"
+        ))
+        .await
+        .unwrap();
+        let sub = db.subscribe("s").unwrap();
+        let source = db.source_untyped("events").unwrap();
+        db.start().await.unwrap();
+        let collector = collect(sub);
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(6), Some(1), None])),
+                Arc::new(Float64Array::from(vec![None, None, None])),
+                // A NULL divisor is no error; a 0 is.
+                Arc::new(Int32Array::from(vec![Some(3), Some(0), None])),
+                Arc::new(BooleanArray::from(vec![None, None, None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        source.push(batch.slice(0, 1)).unwrap();
+        source.push(batch.slice(2, 1)).unwrap();
+        source.push(batch.clone()).unwrap();
+        source.watermark(i64::MAX).unwrap();
+        db.shutdown().await.unwrap();
+        let got = collector.join().unwrap();
+        assert_eq!(row_count(&got), 2, "the two batches without a zero divisor");
+        let errors = db.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        messages.push(errors[0].to_string());
+    }
+    assert_eq!(messages[0], messages[1]);
+    assert!(messages[0].contains("Divide by zero"), "{}", messages[0]);
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+}
