@@ -84,7 +84,9 @@ pub use laminar_runtime::{Error, ErrorCode, Result};
 /// variable: `off`, `adaptive`, the default, or `eager`).
 pub use laminar_sql::jit::{set_mode as set_jit_mode, JitMode};
 pub use laminar_sql::Statement;
-pub use metrics::{LatencyHistogram, Metrics, SourceMetrics, StreamMetrics, WalMetrics};
+pub use metrics::{
+    LatencyHistogram, LookupTableMetrics, Metrics, SourceMetrics, StreamMetrics, WalMetrics,
+};
 pub use source::SourceHandle;
 pub use storage::{Durability, ASYNC_SYNC_INTERVAL};
 pub use subscription::Subscription;
@@ -1898,11 +1900,33 @@ impl LaminarDB {
 
     /// Counters summed over shards.
     pub fn metrics(&self) -> Metrics {
-        let Some(pipeline) = self.shared.pipeline.get() else {
-            return Metrics::default();
-        };
         use std::sync::atomic::Ordering::Relaxed;
+        let lookup_tables = self
+            .shared
+            .tables
+            .lock()
+            .map(|tables| {
+                tables
+                    .iter()
+                    .filter_map(|table| {
+                        let counters = &table.loader.as_ref()?.counters;
+                        Some(metrics::LookupTableMetrics {
+                            name: table.def.name.clone(),
+                            refreshes: counters.refreshes.load(Relaxed),
+                            refresh_failures: counters.failures.load(Relaxed),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(pipeline) = self.shared.pipeline.get() else {
+            return Metrics {
+                lookup_tables,
+                ..Metrics::default()
+            };
+        };
         let mut metrics = Metrics {
+            lookup_tables,
             shard_batches: pipeline
                 .counters
                 .iter()

@@ -13,6 +13,7 @@
 //! Values travel as text (the simple query protocol) and are cast to the
 //! column types strictly: a value that does not convert fails the load.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -223,6 +224,8 @@ impl PostgresLookup {
         let (first_tx, first_rx) = futures::channel::oneshot::channel();
         let (attach_tx, attach_rx) = std::sync::mpsc::channel::<Weak<Table>>();
         let lookup = self.clone();
+        let counters = Arc::new(RefreshCounters::default());
+        let loader_counters = Arc::clone(&counters);
         std::thread::Builder::new()
             .name("laminar-lookup".into())
             .spawn(move || {
@@ -243,7 +246,7 @@ impl PostgresLookup {
                 let ok = first.is_ok();
                 let _ = first_tx.send(first);
                 if ok {
-                    lookup.refresh_loop(&runtime, attach_rx);
+                    lookup.refresh_loop(&runtime, attach_rx, &loader_counters);
                 }
             })
             .map_err(|e| {
@@ -255,10 +258,21 @@ impl PostgresLookup {
         let first = first_rx
             .await
             .map_err(|_| Error::new(ErrorCode::Execution, "the lookup loader stopped"))??;
-        Ok((first, Loader { attach: attach_tx }))
+        Ok((
+            first,
+            Loader {
+                attach: attach_tx,
+                counters,
+            },
+        ))
     }
 
-    fn refresh_loop(&self, runtime: &tokio::runtime::Runtime, attach: Receiver<Weak<Table>>) {
+    fn refresh_loop(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        attach: Receiver<Weak<Table>>,
+        counters: &RefreshCounters,
+    ) {
         // The table, once created; the loader ends when it is dropped (its
         // end of the channel goes with it).
         let Ok(table) = attach.recv() else {
@@ -277,25 +291,38 @@ impl PostgresLookup {
                 return;
             };
             // The table's own schema: its key columns are NOT NULL.
-            match runtime.block_on(self.load(Some(&table.def.schema))) {
-                Ok(rows) => {
-                    if let Err(e) = table.replace_all(&rows) {
-                        log::warn!("lookup table {}: refresh not applied: {e}", table.def.name);
-                    }
+            let refreshed = runtime
+                .block_on(self.load(Some(&table.def.schema)))
+                .and_then(|rows| table.replace_all(&rows));
+            match refreshed {
+                Ok(()) => counters.refreshes.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    log::warn!(
+                        "lookup table {}: refresh failed, keeping the previous rows: {e}",
+                        table.def.name
+                    );
+                    counters.failures.fetch_add(1, Ordering::Relaxed)
                 }
-                Err(e) => log::warn!(
-                    "lookup table {}: refresh failed, keeping the previous rows: {e}",
-                    table.def.name
-                ),
-            }
+            };
         }
     }
+}
+
+/// Refreshes of a lookup table since it was created.
+#[derive(Debug, Default)]
+pub(crate) struct RefreshCounters {
+    /// Refreshes that replaced the table's rows.
+    pub refreshes: AtomicU64,
+    /// Refreshes that failed (database unreachable, a query or type
+    /// error): the table kept its previous rows.
+    pub failures: AtomicU64,
 }
 
 /// The control plane's end of a loader thread: hand it the table; drop
 /// it (with the table) to stop the thread.
 pub(crate) struct Loader {
     attach: Sender<Weak<Table>>,
+    pub counters: Arc<RefreshCounters>,
 }
 
 impl Loader {

@@ -112,6 +112,19 @@ pub struct Metrics {
     /// `[shard]` -> messages (batches, watermarks) waiting in its input
     /// rings after its last turn: how far behind its input the shard is.
     pub shard_queue_depth: Vec<u64>,
+    /// Lookup tables loaded from an external database.
+    pub lookup_tables: Vec<LookupTableMetrics>,
+}
+
+/// A lookup table's refreshes from its database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookupTableMetrics {
+    /// Table name.
+    pub name: String,
+    /// Refreshes that replaced the table's rows.
+    pub refreshes: u64,
+    /// Refreshes that failed; the table kept its previous rows.
+    pub refresh_failures: u64,
 }
 
 /// A source's event-time progress.

@@ -287,8 +287,12 @@ async fn lookup_table_loads_and_refreshes_from_postgres() {
     );
 
     // A dead database: refreshes fail, the last rows stay.
+    let lookup = &db.metrics().lookup_tables[0];
+    assert_eq!(lookup.name, "instruments");
+    assert!(lookup.refreshes >= 1, "{lookup:?}");
+    let failed_before = lookup.refresh_failures;
     pg.stop();
-    std::thread::sleep(Duration::from_millis(600));
+    eventually(|| db.metrics().lookup_tables[0].refresh_failures >= failed_before + 2);
     assert_eq!(
         enrich(&handle, &mut sub, "AAPL", 102),
         (Some("tech".into()), Some(200))

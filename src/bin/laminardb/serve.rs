@@ -455,6 +455,19 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             "laminardb_shard_queue_depth{{shard=\"{shard}\"}} {depth}\n"
         ));
     }
+    out.push_str(
+        "# HELP laminardb_lookup_refreshes_total Lookup table refreshes that replaced its rows.\n\
+         # TYPE laminardb_lookup_refreshes_total counter\n\
+         # HELP laminardb_lookup_refresh_failures_total Lookup table refreshes that failed (rows kept).\n\
+         # TYPE laminardb_lookup_refresh_failures_total counter\n",
+    );
+    for table in &metrics.lookup_tables {
+        out.push_str(&format!(
+            "laminardb_lookup_refreshes_total{{table=\"{0}\"}} {1}\n\
+             laminardb_lookup_refresh_failures_total{{table=\"{0}\"}} {2}\n",
+            table.name, table.refreshes, table.refresh_failures
+        ));
+    }
     out.push_str(&format!(
         "# HELP laminardb_shard_batches_total Batches processed by shards.\n\
          # TYPE laminardb_shard_batches_total counter\n\
