@@ -106,7 +106,7 @@ pub struct AggregateSpec {
     pub late_side_output: bool,
 }
 
-use crate::stage::Stage;
+use crate::stage::{evaluate_all, Stage};
 
 /// One batch of aggregate input, evaluated once for every window it
 /// touches.
@@ -148,21 +148,12 @@ impl AggregateSpec {
     /// Evaluates keys, aggregate arguments and FILTER masks over a batch.
     pub(crate) fn inputs(&self, input: &RecordBatch) -> Result<Inputs> {
         let rows = input.num_rows();
-        let key_arrays = self
-            .keys
-            .iter()
-            .map(|k| k.evaluate(input)?.into_array(rows))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let key_arrays = evaluate_all(&self.keys, input)?;
         let mut arguments = Vec::with_capacity(self.aggregates.len());
         for agg in &self.aggregates {
             let mut exprs = agg.expressions();
             exprs.extend(agg.order_bys().iter().map(|s| Arc::clone(&s.expr)));
-            arguments.push(
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(input)?.into_array(rows))
-                    .collect::<datafusion::common::Result<Vec<_>>>()?,
-            );
+            arguments.push(evaluate_all(&exprs, input)?);
         }
         let mut filters = Vec::with_capacity(self.aggregates.len());
         for filter in &self.aggregate_filters {

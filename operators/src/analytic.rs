@@ -29,7 +29,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::{apply_all, Stage};
+use crate::stage::{apply_all, evaluate_all, Stage};
 use crate::time::EventTimeUnit;
 use crate::{BatchTime, Operator};
 
@@ -393,12 +393,7 @@ impl Analytic {
     /// Partition ids of a batch of window-input rows.
     fn partition_ids(&mut self, rows: &RecordBatch) -> Result<Vec<usize>> {
         let n = rows.num_rows();
-        let partition_arrays = self
-            .spec
-            .partition_by
-            .iter()
-            .map(|e| e.evaluate(rows)?.into_array(n))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let partition_arrays = evaluate_all(&self.spec.partition_by, rows)?;
         let keys = self.encoder.encode(&partition_arrays)?;
         let partitions: Vec<usize> = (0..n)
             .map(|row| self.encoder.group_id(&mut self.partitions, &keys, row))

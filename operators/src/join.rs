@@ -16,7 +16,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::KeyEncoder;
-use crate::stage::{apply_all_carrying, Stage};
+use crate::stage::{apply_all_carrying, evaluate_all, Stage};
 use crate::time::EventTimeUnit;
 use crate::BatchTime;
 
@@ -134,11 +134,7 @@ impl JoinSide {
             .expect("an Int64 carry")
             .values()
             .to_vec();
-        let key_arrays = self
-            .keys
-            .iter()
-            .map(|k| k.evaluate(&rows)?.into_array(rows.num_rows()))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let key_arrays = evaluate_all(&self.keys, &rows)?;
         let null_keys = if key_arrays.iter().any(|a| a.null_count() > 0) {
             let mut mask = vec![false; rows.num_rows()];
             for array in &key_arrays {

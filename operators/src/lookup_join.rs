@@ -16,7 +16,7 @@ use laminar_runtime::Result;
 
 use crate::groups::{GroupTable, KeyEncoder};
 use crate::join::{filter_pairs, joined, nulls, passed, take_rows, StoredBatches};
-use crate::stage::{apply_all, apply_all_carrying, Stage};
+use crate::stage::{apply_all, apply_all_carrying, evaluate_all, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build a lookup join on a shard.
@@ -111,12 +111,7 @@ impl Operator for LookupJoin {
         if n == 0 {
             return Ok(());
         }
-        let key_arrays = self
-            .spec
-            .keys
-            .iter()
-            .map(|k| k.evaluate(&input)?.into_array(n))
-            .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
+        let key_arrays = evaluate_all(&self.spec.keys, &input)?;
         // Rows with a NULL key match nothing; the others are looked up.
         let mut valid = vec![true; n];
         for array in &key_arrays {

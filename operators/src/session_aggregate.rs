@@ -30,7 +30,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{drop_late, AggregateSpec, WindowBinding, WindowKind};
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::{apply_all, emit_weighted};
+use crate::stage::{apply_all, emit_weighted, evaluate_all};
 use crate::{BatchTime, Operator};
 
 /// One open session of one key.
@@ -376,12 +376,7 @@ impl Operator for SessionAggregate {
         self.binding
             .unit
             .array_to_ms(times.as_ref(), &mut self.times_ms)?;
-        let key_arrays = self
-            .spec
-            .keys
-            .iter()
-            .map(|k| k.evaluate(&input)?.into_array(rows))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let key_arrays = evaluate_all(&self.spec.keys, &input)?;
         let keys = self.encoder.encode(&key_arrays)?;
         let sequence = self.buffers_base + self.buffers.len() as u64;
         let mut key_ids = Vec::with_capacity(rows);

@@ -121,10 +121,7 @@ impl Stage {
                 Some(mask) => Ok(filter_record_batch(batch, &mask)?),
             },
             Stage::Project { exprs, schema } => {
-                let columns = exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
-                    .collect::<datafusion::common::Result<Vec<_>>>()?;
+                let columns = evaluate_all(exprs, batch)?;
                 let options =
                     arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
                 Ok(RecordBatch::try_new_with_options(
@@ -142,6 +139,14 @@ impl Stage {
             } => Ok(unnest(batch, *column, *keep_null, *keep_empty, sources, schema)?.0),
         }
     }
+}
+
+/// Evaluates each expression over `batch` into an array of its rows.
+pub fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    Ok(exprs
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect::<datafusion::common::Result<Vec<_>>>()?)
 }
 
 /// The rows a predicate keeps; `None` when it keeps all of them.

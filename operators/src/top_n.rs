@@ -25,7 +25,7 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use laminar_runtime::Result;
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::{apply_all, emit_weighted, Stage};
+use crate::stage::{apply_all, emit_weighted, evaluate_all, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build a [`TopN`] on a shard.
@@ -162,12 +162,7 @@ impl Operator for TopN {
         if n == 0 {
             return Ok(());
         }
-        let partition_arrays = self
-            .spec
-            .partition_by
-            .iter()
-            .map(|e| e.evaluate(&input)?.into_array(n))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let partition_arrays = evaluate_all(&self.spec.partition_by, &input)?;
         let order_arrays = self
             .spec
             .order_by
