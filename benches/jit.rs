@@ -121,8 +121,7 @@ fn compile_time(c: &mut Criterion) {
     group.finish();
 }
 
-const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
-    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+use common::TRADES_DDL as DDL;
 
 const FILTERED_VWAP: &str = "SELECT symbol,
        SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,

@@ -23,8 +23,7 @@ use common::schema;
 const EVENTS: usize = 1_000_000;
 const BATCH_ROWS: usize = 1024;
 
-const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
-    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+use common::TRADES_DDL as DDL;
 
 /// (name, upstream streams, the stream, its batch meaning)
 const WORKLOADS: &[(&str, &str, &str, &str)] = &[

@@ -9,6 +9,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 /// Distinct symbols (group keys).
 pub const SYMBOLS: usize = 100;
 
+/// The `trades` source of [`schema`], with a one-second watermark bound.
+#[allow(dead_code)] // not every benchmark uses it
+pub const TRADES_DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
+    volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("symbol", DataType::Utf8, false),

@@ -141,7 +141,10 @@ fn compiler() -> &'static Mutex<Sender<Arc<CompiledSlot>>> {
 fn compile_slot(slot: &CompiledSlot) {
     let started = std::time::Instant::now();
     let outcome = match codegen::compile(&slot.program) {
-        Ok(kernel) => Outcome::Ready(Box::new(kernel)),
+        Ok(kernel) => {
+            log::debug!("JIT: compiled a kernel in {:?}", started.elapsed());
+            Outcome::Ready(Box::new(kernel))
+        }
         Err(e) => {
             log::warn!(
                 "JIT: cannot compile {:?}: {e}; it stays interpreted",
@@ -150,7 +153,6 @@ fn compile_slot(slot: &CompiledSlot) {
             Outcome::Failed(e)
         }
     };
-    log::debug!("JIT: compiled a kernel in {:?}", started.elapsed());
     let _ = slot.outcome.set(outcome);
 }
 
