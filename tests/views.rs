@@ -286,6 +286,19 @@ async fn tables_and_inserts() {
     let printed = laminar_db::pretty(&table).unwrap();
     assert!(printed.contains("| A      | Alpha 2 |     |"), "{printed}");
     assert!(printed.contains("| B      | Beta    | 10  |"), "{printed}");
+    // Quotes doubled inside literals stay part of the value.
+    db.execute("INSERT INTO symbols VALUES ('O''Neil', 'it''s', NULL)")
+        .await
+        .unwrap();
+    let quoted = db
+        .sql("SELECT name FROM symbols WHERE symbol = 'O''Neil'")
+        .await
+        .unwrap();
+    assert!(
+        laminar_db::pretty(&quoted).unwrap().contains("| it's |"),
+        "{}",
+        laminar_db::pretty(&quoted).unwrap()
+    );
 
     for (bad, expected) in [
         ("INSERT INTO nowhere VALUES (1)", ErrorCode::UnknownObject),

@@ -178,7 +178,7 @@ fn condition_text(tokens: &[Token]) -> String {
         {
             out.push_str(ASOF_NEAREST);
         } else {
-            out.push_str(&token.to_string());
+            out.push_str(&crate::dialect::render(token));
         }
     }
     out

@@ -250,11 +250,24 @@ pub fn parse_script(sql: &str) -> Result<Vec<Statement>> {
     Ok(statements)
 }
 
+/// A token as SQL text. sqlparser prints quoted strings and identifiers
+/// without doubling the quotes inside them (`'O''Brien'` would come back
+/// as `'O'Brien'`); this puts them back.
+pub fn render(token: &Token) -> String {
+    match token {
+        Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
+        Token::Word(w) if w.quote_style == Some('"') => {
+            format!("\"{}\"", w.value.replace('"', "\"\""))
+        }
+        other => other.to_string(),
+    }
+}
+
 fn text_of(tokens: &[TokenWithSpan]) -> String {
     tokens
         .iter()
         .filter(|t| t.token != Token::EOF)
-        .map(|t| t.token.to_string())
+        .map(|t| render(&t.token))
         .collect::<String>()
         .trim()
         .to_string()
@@ -479,10 +492,7 @@ fn parse_create_lookup_table(rest: &[&TokenWithSpan], text: String) -> Result<St
             }
             i += 1;
         }
-        let columns: Vec<String> = rest[start..=i]
-            .iter()
-            .map(|t| t.token.to_string())
-            .collect();
+        let columns: Vec<String> = rest[start..=i].iter().map(|t| render(&t.token)).collect();
         columns_sql = Some(format!("CREATE TABLE {name} {}", columns.join(" ")));
         i += 1;
     }
@@ -671,7 +681,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         } else {
             columns.push(
                 item.iter()
-                    .map(|t| t.token.to_string())
+                    .map(|t| render(&t.token))
                     .collect::<Vec<_>>()
                     .join(" "),
             );

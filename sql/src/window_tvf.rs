@@ -61,7 +61,7 @@ fn arguments(tokens: &[Token]) -> Vec<String> {
         }
         out.last_mut()
             .expect("non-empty")
-            .push_str(&token.to_string());
+            .push_str(&crate::dialect::render(token));
     }
     out.into_iter().map(|a| a.trim().to_string()).collect()
 }
