@@ -46,6 +46,7 @@
 //! `pipeline.rs`.
 
 mod alignment;
+mod describe;
 mod graph;
 mod lookup;
 mod pipeline;
@@ -78,6 +79,8 @@ use laminar_sql::{
 };
 
 pub use arrow;
+pub use datafusion::common::ScalarValue;
+pub use describe::Description;
 pub use laminar_runtime::{Error, ErrorCode, Result};
 /// Whether expressions run as Cranelift kernels: process-wide, read when
 /// a stream is created (also set by the `LAMINARDB_JIT` environment
@@ -1116,6 +1119,20 @@ impl LaminarDB {
         if laminar_sql::has_asof(sql)? {
             return self.adhoc_asof(sql).await;
         }
+        let ctx = self.query_context()?;
+        let frame = ctx.sql(sql).await.map_err(|e| self.query_error(e))?;
+        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let mut batches = frame.collect().await?;
+        if batches.is_empty() {
+            // Keep the columns of an empty result.
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        Ok(batches)
+    }
+
+    /// A DataFusion context holding what ad-hoc queries read, as of now:
+    /// the views' contents, the sources' retained rows and the tables.
+    fn query_context(&self) -> Result<datafusion::prelude::SessionContext> {
         let ctx = laminar_sql::new_session_context();
         let views: Vec<(String, SchemaRef, Vec<RecordBatch>)> = {
             let views = self.shared.views.lock().map_err(|_| poisoned())?;
@@ -1174,14 +1191,7 @@ impl LaminarDB {
             )?;
             ctx.register_table(table.def.name.as_str(), Arc::new(memory))?;
         }
-        let frame = ctx.sql(sql).await.map_err(|e| self.query_error(e))?;
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let mut batches = frame.collect().await?;
-        if batches.is_empty() {
-            // Keep the columns of an empty result.
-            batches.push(RecordBatch::new_empty(schema));
-        }
-        Ok(batches)
+        Ok(ctx)
     }
 
     /// What stream planning needs besides sources and stream schemas:

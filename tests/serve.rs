@@ -745,3 +745,97 @@ fn psql_over_tls_with_md5() {
         "{text}"
     );
 }
+
+/// A driver on the extended query protocol (tokio-postgres): prepared
+/// statements with parameters typed from the query or the `INSERT`
+/// target, binary results, a statement reused with other values, quotes
+/// in values kept as data, `SHOW`, and errors by code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_runs_prepared_statements() {
+    use tokio_postgres::types::Type;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, pg_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, pg_port);
+    let _server = start(&config, &dir.path().join("serve.log"));
+    tokio::task::spawn_blocking(move || wait_ready(port))
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={pg_port} user=laminar password={PG_PASSWORD} dbname=laminar"
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+
+    let insert = client
+        .prepare("INSERT INTO trades VALUES ($1, $2, $3, $4)")
+        .await
+        .unwrap();
+    assert_eq!(
+        insert.params(),
+        [Type::VARCHAR, Type::FLOAT8, Type::INT8, Type::INT8]
+    );
+    for (i, symbol) in ["AAPL", "O'Brien", "AAPL"].into_iter().enumerate() {
+        let i = i as i64;
+        let inserted = client
+            .execute(
+                &insert,
+                &[
+                    &symbol,
+                    &(10.0 + i as f64),
+                    &(100 * (i + 1)),
+                    &(1_700_000_000_000 + i),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(inserted, 1);
+    }
+
+    let rows = client
+        .query(
+            "SELECT symbol, price, volume FROM trades WHERE volume >= $1 ORDER BY volume",
+            &[&200i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, String>(0), "O'Brien");
+    assert_eq!(rows[0].get::<_, f64>(1), 11.0);
+    assert_eq!(rows[1].get::<_, i64>("volume"), 300);
+
+    let by_symbol = client
+        .prepare("SELECT COUNT(*) AS n FROM trades WHERE symbol = $1")
+        .await
+        .unwrap();
+    for (symbol, want) in [("AAPL", 2i64), ("O'Brien", 1), ("x' OR '1'='1", 0)] {
+        let row = client.query_one(&by_symbol, &[&symbol]).await.unwrap();
+        assert_eq!(row.get::<_, i64>("n"), want, "{symbol}");
+    }
+
+    let streams = client.query("SHOW STREAMS", &[]).await.unwrap();
+    assert!(
+        streams
+            .iter()
+            .any(|row| row.get::<_, String>(0) == "per_minute"),
+        "{streams:?}"
+    );
+
+    let error = client
+        .query("SELECT nope FROM trades", &[])
+        .await
+        .unwrap_err();
+    let message = error.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains("LDB-")),
+        "{error:?}"
+    );
+    let error = client
+        .execute(&insert, &[&"X", &1.0f64, &1i64])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("parameters"), "{error}");
+}

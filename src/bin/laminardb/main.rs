@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod pg;
 mod pg_cursor;
+mod pg_extended;
 mod run;
 mod serve;
 

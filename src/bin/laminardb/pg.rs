@@ -1,6 +1,8 @@
 //! The PostgreSQL wire protocol for `laminardb serve` (`[pgwire]` in the
-//! config): `psql` and other clients using the simple query protocol run
-//! any statement `POST /query` runs, and `INSERT INTO source VALUES ...`.
+//! config): `psql` and other clients run any statement `POST /query`
+//! runs, and `INSERT INTO source VALUES ...`, with the simple query
+//! protocol or the extended one (prepared statements with `$n`
+//! parameters, as drivers use; see `pg_extended.rs`).
 //!
 //! Streams are tailed with cursors (`DECLARE c CURSOR FOR SUBSCRIBE TO
 //! stream; FETCH 100 c`, see `pg_cursor.rs`); each connection has its own
@@ -17,11 +19,13 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::Sink;
 use laminar_db::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
 };
-use laminar_db::arrow::datatypes::DataType;
+use laminar_db::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use laminar_db::arrow::util::display::{ArrayFormatter, FormatOptions};
+use laminar_db::ScalarValue;
 use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB};
 use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
@@ -29,11 +33,16 @@ use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use pgwire::api::query::SimpleQueryHandler;
-use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{DataRowEncoder, QueryResponse, Response, Tag};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
 use rand::Rng;
+
+use crate::pg_extended::{Parser, Prepared};
 
 /// The one login the server accepts.
 #[derive(Debug)]
@@ -70,7 +79,8 @@ impl AuthSource for Login {
 
 struct Queries {
     db: LaminarDB,
-    cursors: tokio::sync::Mutex<crate::pg_cursor::Cursors>,
+    cursors: Arc<tokio::sync::Mutex<crate::pg_cursor::Cursors>>,
+    parser: Arc<Parser>,
 }
 
 /// PBKDF2 rounds of the SCRAM exchange (PostgreSQL's default).
@@ -141,10 +151,15 @@ impl Handlers {
                 Startup::Scram(SASLAuthStartupHandler::new(parameters).with_scram(scram))
             }
         };
+        let cursors: Arc<tokio::sync::Mutex<crate::pg_cursor::Cursors>> = Default::default();
         Self {
             queries: Arc::new(Queries {
+                parser: Arc::new(Parser {
+                    db: db.clone(),
+                    cursors: Arc::clone(&cursors),
+                }),
                 db,
-                cursors: Default::default(),
+                cursors,
             }),
             startup: Arc::new(startup),
         }
@@ -181,6 +196,10 @@ impl PgWireServerHandlers for Handlers {
         Arc::clone(&self.queries)
     }
 
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.queries)
+    }
+
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::clone(&self.startup)
     }
@@ -188,7 +207,7 @@ impl PgWireServerHandlers for Handlers {
 
 /// A LaminarDB error as a PostgreSQL one: the `LDB-NNNN` code leads the
 /// message; the SQLSTATE is the closest class.
-fn pg_error(e: &Error) -> PgWireError {
+pub(crate) fn pg_error(e: &Error) -> PgWireError {
     let sqlstate = match e.code() {
         ErrorCode::SqlSyntax => "42601",
         ErrorCode::UnknownObject => "42P01",
@@ -214,70 +233,110 @@ impl SimpleQueryHandler for Queries {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        use crate::pg_cursor::{parse, split_statements, CursorStatement};
-        let statements = split_statements(query);
+        let statements = crate::pg_cursor::split_statements(query);
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
         let mut out = Vec::with_capacity(statements.len());
         for statement in statements {
-            let cursor_statement = parse(&statement).map_err(|e| pg_error(&e))?;
-            match cursor_statement {
-                None => {
-                    let results = self
-                        .db
-                        .execute(&statement)
-                        .await
-                        .map_err(|e| pg_error(&e))?;
-                    for result in results {
-                        out.push(response(result)?);
-                    }
+            out.extend(self.run(&statement, &[], &Format::UnifiedText).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let values = crate::pg_extended::parameters(portal).map_err(|e| pg_error(&e))?;
+        let sql = &portal.statement.statement.sql;
+        let mut responses = self.run(sql, &values, &portal.result_column_format).await?;
+        Ok(responses.pop().unwrap_or(Response::EmptyQuery))
+    }
+}
+
+impl Queries {
+    /// Runs one statement (a cursor statement here, anything else on the
+    /// database) with `$n` bound to `parameters`; rows go out in `format`.
+    async fn run(
+        &self,
+        statement: &str,
+        parameters: &[ScalarValue],
+        format: &Format,
+    ) -> PgWireResult<Vec<Response>> {
+        use crate::pg_cursor::{parse, CursorStatement};
+        let mut out = Vec::new();
+        match parse(statement).map_err(|e| pg_error(&e))? {
+            None => {
+                let results = self
+                    .db
+                    .execute_with_parameters(statement, parameters)
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                for result in results {
+                    out.push(response(result, format)?);
                 }
-                Some(CursorStatement::Transaction(tag)) => {
-                    out.push(Response::Execution(Tag::new(tag)))
+            }
+            Some(CursorStatement::Transaction(tag)) => out.push(Response::Execution(Tag::new(tag))),
+            Some(CursorStatement::Declare { cursor, stream }) => {
+                self.cursors
+                    .lock()
+                    .await
+                    .declare(&self.db, cursor, &stream)
+                    .map_err(|e| pg_error(&e))?;
+                out.push(Response::Execution(Tag::new("DECLARE CURSOR")));
+            }
+            Some(CursorStatement::Fetch {
+                cursor,
+                count,
+                timeout,
+            }) => {
+                let mut cursors = self.cursors.lock().await;
+                let cursor = cursors.get(&cursor).map_err(|e| pg_error(&e))?;
+                let mut batches = cursor
+                    .fetch(count, timeout)
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                if batches.is_empty() {
+                    batches.push(RecordBatch::new_empty(Arc::clone(&cursor.schema)));
                 }
-                Some(CursorStatement::Declare { cursor, stream }) => {
-                    self.cursors
-                        .lock()
-                        .await
-                        .declare(&self.db, cursor, &stream)
-                        .map_err(|e| pg_error(&e))?;
-                    out.push(Response::Execution(Tag::new("DECLARE CURSOR")));
-                }
-                Some(CursorStatement::Fetch {
-                    cursor,
-                    count,
-                    timeout,
-                }) => {
-                    let mut cursors = self.cursors.lock().await;
-                    let cursor = cursors.get(&cursor).map_err(|e| pg_error(&e))?;
-                    let mut batches = cursor
-                        .fetch(count, timeout)
-                        .await
-                        .map_err(|e| pg_error(&e))?;
-                    if batches.is_empty() {
-                        batches.push(RecordBatch::new_empty(Arc::clone(&cursor.schema)));
-                    }
-                    out.push(rows(&batches)?);
-                }
-                Some(CursorStatement::Close { cursor }) => {
-                    self.cursors
-                        .lock()
-                        .await
-                        .close(&cursor)
-                        .map_err(|e| pg_error(&e))?;
-                    out.push(Response::Execution(Tag::new("CLOSE CURSOR")));
-                }
+                out.push(rows(&batches, format)?);
+            }
+            Some(CursorStatement::Close { cursor }) => {
+                self.cursors
+                    .lock()
+                    .await
+                    .close(&cursor)
+                    .map_err(|e| pg_error(&e))?;
+                out.push(Response::Execution(Tag::new("CLOSE CURSOR")));
             }
         }
         Ok(out)
     }
 }
 
-fn response(result: ExecuteResult) -> PgWireResult<Response> {
+fn response(result: ExecuteResult, format: &Format) -> PgWireResult<Response> {
     let tag = |t: &str| Ok(Response::Execution(Tag::new(t)));
     match result {
-        ExecuteResult::Rows(batches) => rows(&batches),
+        ExecuteResult::Rows(batches) => rows(&batches, format),
         ExecuteResult::SourceCreated(_) | ExecuteResult::SourceExists(_) => tag("CREATE SOURCE"),
         ExecuteResult::StreamCreated(_) => tag("CREATE STREAM"),
         ExecuteResult::ViewCreated(_) => tag("CREATE MATERIALIZED VIEW"),
@@ -297,87 +356,68 @@ enum Column {
     Text(ArrayRef),
 }
 
-fn column(array: &ArrayRef) -> PgWireResult<(Type, Column)> {
-    let cast = |to: &DataType| {
-        laminar_db::arrow::compute::cast(array, to).map_err(|e| PgWireError::ApiError(Box::new(e)))
-    };
-    Ok(match array.data_type() {
+/// The PostgreSQL type a result column of `data_type` goes out as.
+pub(crate) fn result_type(data_type: &DataType) -> Type {
+    match data_type {
         DataType::Int8
         | DataType::Int16
         | DataType::Int32
         | DataType::Int64
         | DataType::UInt8
         | DataType::UInt16
-        | DataType::UInt32 => {
-            let a = cast(&DataType::Int64)?;
-            let a = a
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("cast to Int64")
-                .clone();
-            (Type::INT8, Column::Int(a))
-        }
-        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
-            let a = cast(&DataType::Float64)?;
-            let a = a
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .expect("cast to Float64")
-                .clone();
-            (Type::FLOAT8, Column::Float(a))
-        }
-        DataType::Boolean => {
-            let a = array
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .expect("boolean")
-                .clone();
-            (Type::BOOL, Column::Bool(a))
-        }
-        _ => (Type::VARCHAR, Column::Text(Arc::clone(array))),
+        | DataType::UInt32 => Type::INT8,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => Type::FLOAT8,
+        DataType::Boolean => Type::BOOL,
+        _ => Type::VARCHAR,
+    }
+}
+
+fn column(array: &ArrayRef) -> PgWireResult<Column> {
+    let cast = |to: &DataType| {
+        laminar_db::arrow::compute::cast(array, to).map_err(|e| PgWireError::ApiError(Box::new(e)))
+    };
+    let pg_type = result_type(array.data_type());
+    Ok(if pg_type == Type::INT8 {
+        let a = cast(&DataType::Int64)?;
+        Column::Int(a.as_primitive::<Int64Type>().clone())
+    } else if pg_type == Type::FLOAT8 {
+        let a = cast(&DataType::Float64)?;
+        Column::Float(a.as_primitive::<Float64Type>().clone())
+    } else if pg_type == Type::BOOL {
+        Column::Bool(array.as_boolean().clone())
+    } else {
+        Column::Text(Arc::clone(array))
     })
 }
 
-fn rows(batches: &[RecordBatch]) -> PgWireResult<Response> {
+fn rows(batches: &[RecordBatch], format: &Format) -> PgWireResult<Response> {
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return Ok(Response::Query(QueryResponse::new(
             Arc::new(Vec::new()),
             futures::stream::iter(Vec::<PgWireResult<_>>::new()),
         )));
     };
-    let mut fields = Vec::with_capacity(schema.fields().len());
+    let fields = Arc::new(crate::pg_extended::fields(&schema, format));
     let mut out = Vec::new();
-    for (b, batch) in batches.iter().enumerate() {
+    for batch in batches {
         let columns = batch
             .columns()
             .iter()
             .map(column)
             .collect::<PgWireResult<Vec<_>>>()?;
-        if b == 0 {
-            for (field, (pg_type, _)) in schema.fields().iter().zip(&columns) {
-                fields.push(FieldInfo::new(
-                    field.name().clone(),
-                    None,
-                    None,
-                    pg_type.clone(),
-                    FieldFormat::Text,
-                ));
-            }
-        }
-        let fields = Arc::new(fields.clone());
         let options = FormatOptions::default();
         let formatters = columns
             .iter()
-            .map(|(_, c)| match c {
+            .map(|c| match c {
                 Column::Text(a) => ArrayFormatter::try_new(a.as_ref(), &options)
                     .map(Some)
                     .map_err(|e| PgWireError::ApiError(Box::new(e))),
                 _ => Ok(None),
             })
             .collect::<PgWireResult<Vec<_>>>()?;
-        let mut encoder = DataRowEncoder::new(fields);
+        let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
         for row in 0..batch.num_rows() {
-            for ((_, c), formatter) in columns.iter().zip(&formatters) {
+            for (c, formatter) in columns.iter().zip(&formatters) {
                 match c {
                     Column::Int(a) => {
                         encoder.encode_field(&(!a.is_null(row)).then(|| a.value(row)))?
@@ -400,7 +440,7 @@ fn rows(batches: &[RecordBatch]) -> PgWireResult<Response> {
         }
     }
     Ok(Response::Query(QueryResponse::new(
-        Arc::new(fields),
+        fields,
         futures::stream::iter(out),
     )))
 }
