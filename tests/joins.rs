@@ -172,6 +172,40 @@ async fn interval_outer_joins() {
     }
 }
 
+/// `EXISTS` / `IN` (semi) and `NOT EXISTS` (anti) over a time-bounded
+/// subquery: each order once, when its first trade arrives, or once no
+/// trade can come any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semi_and_anti_interval_joins() {
+    for negation in ["", "NOT "] {
+        let query = format!(
+            "SELECT o.order_id, o.symbol, o.qty FROM orders o
+             WHERE {negation}EXISTS (
+               SELECT 1 FROM trades t
+               WHERE t.symbol = o.symbol AND t.ts BETWEEN o.ts - 300 AND o.ts + 200
+                 AND t.price > 300)"
+        );
+        join_differential("", &query, &query, "j").await;
+        let db = LaminarDB::builder().shards(1).build().unwrap();
+        db.execute(&format!(
+            "{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {query}"
+        ))
+        .await
+        .unwrap();
+        let kind = if negation.is_empty() {
+            "LeftSemi"
+        } else {
+            "LeftAnti"
+        };
+        let plan = db.explain("j").unwrap();
+        assert!(plan.starts_with(&format!("IntervalJoin[{kind}")), "{plan}");
+    }
+    let in_query = "SELECT o.order_id, o.qty FROM orders o
+        WHERE o.symbol IN (SELECT t.symbol FROM trades t
+                           WHERE t.ts BETWEEN o.ts - 100 AND o.ts + 100)";
+    join_differential("", in_query, in_query, "j").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_join_over_a_stream_feeding_an_aggregate() {
     // A filter stream on one side, and a windowed count over the join's
@@ -281,6 +315,23 @@ async fn join_errors_name_what_is_missing() {
             "CREATE STREAM e AS SELECT * FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts + 5 AND o.ts - 5",
             "LDB-",
             "no room",
+        ),
+        (
+            "CREATE STREAM h AS SELECT * FROM orders o WHERE EXISTS (SELECT 1 FROM trades t WHERE t.symbol = o.symbol)",
+            "LDB-1004",
+            "time bound",
+        ),
+        (
+            "CREATE STREAM i AS SELECT * FROM orders o WHERE NOT EXISTS (SELECT 1 FROM trades t
+               WHERE t.symbol = o.symbol AND t.ts BETWEEN o.ts - 1 AND o.ts + 1) EMIT CHANGES",
+            "LDB-1004",
+            "semi or anti",
+        ),
+        (
+            "CREATE STREAM k AS SELECT * FROM orders o WHERE o.symbol NOT IN (SELECT t.symbol FROM trades t
+               WHERE t.ts BETWEEN o.ts - 1 AND o.ts + 1)",
+            "LDB-1004",
+            "NOT IN",
         ),
     ];
     db.execute(

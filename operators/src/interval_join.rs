@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use crate::groups::{KeyEncoder, OwnedKeys};
 use crate::join::{
-    filter_pairs, joined, nulls, passed, shared_encoder, take_rows, JoinSide, SideBatch,
+    filter_pairs, joined, nulls, passed, shared_encoder, take_rows, JoinMode, JoinSide, SideBatch,
     StoredBatches,
 };
 use crate::stage::{apply_all, emit_weighted, Stage};
@@ -66,6 +66,10 @@ pub struct IntervalJoinSpec {
     pub post: Vec<Stage>,
     /// `EMIT CHANGES`: the output schema, with its `_weight` column last.
     pub changes: Option<SchemaRef>,
+    /// Pairs, or left rows only (semi and anti joins: the output is the
+    /// left side's columns; `joined_schema` is still both sides', which
+    /// the filter reads).
+    pub mode: JoinMode,
 }
 
 const NONE: u32 = u32::MAX;
@@ -186,7 +190,10 @@ impl IntervalJoin {
         // A probe looks at about three buckets; rows outlive their last
         // possible match by at most one bucket.
         let width_ms = spec.upper_ms.saturating_sub(spec.lower_ms).max(1);
-        let sides = [Side::new(spec.left_outer), Side::new(spec.right_outer)];
+        // Semi and anti joins track which left rows matched, as an outer
+        // side does.
+        let left_tracked = spec.left_outer || spec.mode != JoinMode::Pairs;
+        let sides = [Side::new(left_tracked), Side::new(spec.right_outer)];
         Ok(Self {
             spec,
             encoder,
@@ -287,6 +294,9 @@ impl IntervalJoin {
             joined(&self.spec.joined_schema, stored_columns, probe_columns)?
         };
         let (rows, mask) = filter_pairs(self.spec.filter.as_ref(), rows)?;
+        if self.spec.mode != JoinMode::Pairs {
+            return self.settle_left_rows(port, input, pairs, mask.as_ref(), matched, out);
+        }
         let passed_at = |i: usize| passed(mask.as_ref(), i);
         let track_probe = self.sides[port].outer;
         let track_stored = self.sides[1 - port].outer;
@@ -311,6 +321,68 @@ impl IntervalJoin {
             self.emit_stored_padded(1 - port, &retract, -1, out)?;
         }
         self.push_out(rows, 1, out)
+    }
+
+    /// Semi and anti joins: marks the left rows of the passing pairs
+    /// matched; a semi join emits each left row on its first match.
+    fn settle_left_rows(
+        &mut self,
+        port: usize,
+        input: &SideBatch,
+        pairs: &[(u32, u64, u32)],
+        mask: Option<&arrow::array::BooleanArray>,
+        matched: &mut [u8],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let semi = self.spec.mode == JoinMode::LeftSemi;
+        let columns = if port == 0 {
+            let mut first: Vec<u32> = Vec::new();
+            for (i, &(row, _, _)) in pairs.iter().enumerate() {
+                if passed(mask, i) && matched[row as usize] == UNMATCHED {
+                    matched[row as usize] = MATCHED;
+                    first.push(row);
+                }
+            }
+            if !semi || first.is_empty() {
+                return Ok(());
+            }
+            take_rows(&input.rows, &first)?
+        } else {
+            let mut first: Vec<(u64, u32)> = Vec::new();
+            let left = &mut self.sides[0].batches;
+            for (i, &(_, batch, row)) in pairs.iter().enumerate() {
+                let state = &mut left.get_mut(batch).extra.states[row as usize];
+                if passed(mask, i) && *state == UNMATCHED {
+                    *state = MATCHED;
+                    first.push((batch, row));
+                }
+            }
+            if !semi || first.is_empty() {
+                return Ok(());
+            }
+            self.sides[0].batches.gather(&first, self.side_schema(0))?
+        };
+        self.push_left_rows(columns, out)
+    }
+
+    /// Left rows as the output of a semi or anti join.
+    fn push_left_rows(
+        &self,
+        columns: Vec<arrow::array::ArrayRef>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let rows = RecordBatch::try_new(Arc::clone(self.side_schema(0)), columns)?;
+        self.push_out(rows, 1, out)
+    }
+
+    /// Whether rows of `port` that never matched are emitted: an outer
+    /// side's (padded), an anti join's left rows (as they are).
+    fn emits_unmatched(&self, port: usize) -> bool {
+        match self.spec.mode {
+            JoinMode::Pairs => self.sides[port].outer,
+            JoinMode::LeftAnti => port == 0,
+            JoinMode::LeftSemi => false,
+        }
     }
 
     /// Runs the post stages over joined rows and appends them (with their
@@ -421,11 +493,12 @@ impl IntervalJoin {
             let (_, bucket) = self.sides[port].buckets.pop_first().expect("not empty");
             let side = &mut self.sides[port];
             side.rows -= bucket.entries.len();
-            for entry in &bucket.entries {
-                if side.outer
-                    && side.batches.get(entry.batch).extra.states[entry.row as usize] == UNMATCHED
-                {
-                    unmatched.push((entry.batch, entry.row));
+            if self.emits_unmatched(port) {
+                let side = &self.sides[port];
+                for entry in &bucket.entries {
+                    if side.batches.get(entry.batch).extra.states[entry.row as usize] == UNMATCHED {
+                        unmatched.push((entry.batch, entry.row));
+                    }
                 }
             }
             if !unmatched.is_empty() {
@@ -471,6 +544,9 @@ impl IntervalJoin {
         weight: i64,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
+        if self.spec.mode == JoinMode::LeftAnti {
+            return self.push_left_rows(own, out);
+        }
         let n = own.first().map_or(0, |c| c.len());
         let padding = nulls(self.side_schema(1 - port), n);
         let rows = if port == 0 {
@@ -514,7 +590,7 @@ impl Operator for IntervalJoin {
         // A NULL key matches nothing: such rows are final at once.
         let input = match input.split_null_keys()? {
             (input, Some(null_rows)) => {
-                if self.sides[port].outer {
+                if self.emits_unmatched(port) {
                     self.emit_padded(port, null_rows.columns().to_vec(), 1, out)?;
                 }
                 match input {

@@ -207,6 +207,19 @@ pub(crate) fn gather(
         .collect()
 }
 
+/// What a join emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JoinMode {
+    /// Joined pairs (and padded rows of outer sides).
+    #[default]
+    Pairs,
+    /// Each left row once, when its first match arrives (`EXISTS`, `IN`).
+    LeftSemi,
+    /// Each left row that never matched, once no match can come any more
+    /// (`NOT EXISTS`, `NOT IN`).
+    LeftAnti,
+}
+
 /// Rows `indices` of one batch.
 pub(crate) fn take_rows(batch: &RecordBatch, indices: &[u32]) -> Result<Vec<ArrayRef>> {
     let indices = arrow::array::UInt32Array::from(indices.to_vec());

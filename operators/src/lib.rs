@@ -53,7 +53,7 @@ pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use interval_join::{IntervalJoin, IntervalJoinSpec};
-pub use join::JoinSide;
+pub use join::{JoinMode, JoinSide};
 pub use lookup_join::{LookupJoin, LookupJoinSpec};
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};

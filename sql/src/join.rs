@@ -16,7 +16,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, DFSchema, ExprSchema, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Join, JoinType, Operator};
-use laminar_operators::{EventTimeUnit, JoinSide};
+use laminar_operators::{EventTimeUnit, JoinMode, JoinSide};
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::functions::interval_ms;
@@ -412,17 +412,19 @@ fn no_bounds() -> Error {
     )
 }
 
-/// Whether DataFusion's join type is one the interval join runs, and its
-/// outer sides.
-pub(crate) fn outer_sides(join_type: JoinType) -> Result<(bool, bool)> {
+/// Whether DataFusion's join type is one the interval join runs: its
+/// outer sides and what it emits.
+pub(crate) fn join_shape(join_type: JoinType) -> Result<(bool, bool, JoinMode)> {
     match join_type {
-        JoinType::Inner => Ok((false, false)),
-        JoinType::Left => Ok((true, false)),
-        JoinType::Right => Ok((false, true)),
-        JoinType::Full => Ok((true, true)),
+        JoinType::Inner => Ok((false, false, JoinMode::Pairs)),
+        JoinType::Left => Ok((true, false, JoinMode::Pairs)),
+        JoinType::Right => Ok((false, true, JoinMode::Pairs)),
+        JoinType::Full => Ok((true, true, JoinMode::Pairs)),
+        JoinType::LeftSemi => Ok((false, false, JoinMode::LeftSemi)),
+        JoinType::LeftAnti => Ok((false, false, JoinMode::LeftAnti)),
         other => Err(unsupported(
             format!("{other} joins are not supported in streams yet"),
-            "use INNER, LEFT, RIGHT or FULL OUTER JOIN",
+            "use INNER, LEFT, RIGHT or FULL OUTER JOIN, or EXISTS / NOT EXISTS with the outer stream first",
         )),
     }
 }
@@ -435,7 +437,21 @@ impl Lowering<'_> {
         post: Vec<laminar_operators::Stage>,
         changes: Option<SchemaRef>,
     ) -> Result<LoweredJoin> {
-        let (left_outer, right_outer) = outer_sides(join.join_type)?;
+        let (left_outer, right_outer, mode) = join_shape(join.join_type)?;
+        if join.null_aware {
+            // NOT IN: one NULL among the subquery's values empties the
+            // answer, which a streaming join cannot know in time.
+            return Err(unsupported(
+                "NOT IN over a stream is not supported (a NULL arriving later would change every answer)",
+                "use NOT EXISTS (SELECT 1 FROM ... WHERE ... = ...), which has no such rule",
+            ));
+        }
+        if mode != JoinMode::Pairs && changes.is_some() {
+            return Err(unsupported(
+                "EMIT CHANGES on a semi or anti join (EXISTS, IN, NOT EXISTS) is not supported yet",
+                "drop EMIT CHANGES: the join emits each row once, when it is final",
+            ));
+        }
         // Only comparisons of the two sides' event-time columns bound the
         // state; others (t.price > o.limit) are conditions on the pairs.
         let all = conjuncts(join.filter.as_ref());
@@ -464,10 +480,22 @@ impl Lowering<'_> {
         for side in [&planned.left, &planned.right] {
             self.refuse_changelog(&side.input)?;
         }
+        // The filter reads both sides; a semi or anti join's own schema
+        // has the left side's columns only.
+        let pairs_schema = if mode == JoinMode::Pairs {
+            Arc::clone(&join.schema)
+        } else {
+            Arc::new(
+                join.left
+                    .schema()
+                    .join(join.right.schema())
+                    .map_err(planning_error)?,
+            )
+        };
         let filter = join
             .filter
             .as_ref()
-            .map(|f| self.physical(f, &join.schema))
+            .map(|f| self.physical(f, &pairs_schema))
             .transpose()?;
         let explain = format!(
             "IntervalJoin[{} {}, right - left in [{lower_ms}, {upper_ms}] ms, {} post stage(s)] <- {} ({:?}), {} ({:?})",
@@ -491,9 +519,10 @@ impl Lowering<'_> {
             filter,
             left_outer,
             right_outer,
-            joined_schema: planned.joined_schema,
+            joined_schema: Arc::new(pairs_schema.as_arrow().clone()),
             post,
             changes,
+            mode,
         };
         Ok((
             planned.left.input,

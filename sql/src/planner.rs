@@ -876,6 +876,10 @@ impl Lowering<'_> {
                         datafusion::logical_expr::JoinType::Inner => from_left || !self.asof,
                         datafusion::logical_expr::JoinType::Left => from_left,
                         datafusion::logical_expr::JoinType::Right => !from_left,
+                        // Left rows, emitted on a match (semi) or once no
+                        // match can come (anti), as an outer side's are.
+                        datafusion::logical_expr::JoinType::LeftSemi
+                        | datafusion::logical_expr::JoinType::LeftAnti => from_left,
                         _ => false,
                     };
                     if !covered {
