@@ -844,3 +844,83 @@ async fn unnest_in_streams() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_aggregates_over_event_time() {
+    // The default frame (RANGE UNBOUNDED PRECEDING to CURRENT ROW):
+    // rows of equal event time share the value.
+    let query = "SELECT symbol, ts, price,
+            SUM(volume) OVER (PARTITION BY symbol ORDER BY ts) AS volume_so_far,
+            COUNT(*) OVER (PARTITION BY symbol ORDER BY ts) AS trades_so_far,
+            MIN(price) OVER (PARTITION BY symbol ORDER BY ts) AS low,
+            MAX(price) OVER (PARTITION BY symbol ORDER BY ts) AS high,
+            AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean,
+            price - AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS above_mean
+         FROM trades WHERE volume > 100";
+    differential(query, "", 6_000, 20).await;
+
+    // Many ties: peers share one value.
+    let schema = trades_schema();
+    let mut rows = trades(6, 3_000, 5, 2_000);
+    for row in &mut rows {
+        row.ts -= row.ts % 100;
+    }
+    let ties = "SELECT symbol, ts, SUM(volume) OVER (PARTITION BY symbol ORDER BY ts) AS v,
+                       COUNT(volume) OVER (PARTITION BY symbol ORDER BY ts) AS n
+                FROM trades";
+    let want = run_batch(
+        ties,
+        "trades",
+        vec![trades_batch(&rows)],
+        Arc::clone(&schema),
+    )
+    .await;
+    for shards in [1, 2] {
+        let (got, _) = run_stream(
+            &format!("{TRADES_DDL}; CREATE STREAM s AS {ties}"),
+            "trades",
+            "s",
+            random_batches(&rows, 4, 200),
+            shards,
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+
+    // ROWS frames: each row its own value (distinct event times here, so
+    // the answer does not depend on how ties are ordered).
+    let mut rows = trades(7, 2_000, 5, 0);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.ts = 1_000 + i as i64 * 3;
+    }
+    let framed = "SELECT symbol, ts,
+            SUM(price) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS notional,
+            MAX(volume) OVER (PARTITION BY symbol ORDER BY ts
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS biggest
+         FROM trades";
+    let want = run_batch(framed, "trades", vec![trades_batch(&rows)], schema).await;
+    for shards in [1, 2] {
+        let (got, _) = run_stream(
+            &format!("{TRADES_DDL}; CREATE STREAM s AS {framed}"),
+            "trades",
+            "s",
+            random_batches(&rows, 5, 300),
+            shards,
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+
+    // Frames that would need rows after the current one cannot stream.
+    let db = laminar_db::LaminarDB::open().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    let error = db
+        .execute(
+            "CREATE STREAM s AS SELECT SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 FOLLOWING) AS v FROM trades",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), laminar_db::ErrorCode::Unsupported, "{error}");
+}

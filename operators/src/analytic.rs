@@ -1,6 +1,7 @@
 //! Window functions over event time: `ROW_NUMBER`, `RANK`, `DENSE_RANK`,
-//! `LAG` and `LEAD` `OVER (PARTITION BY k ORDER BY ts)`, where `ts` is the
-//! event-time column.
+//! `LAG`, `LEAD` and running aggregates (`SUM`, `COUNT`, `MIN`, `MAX`,
+//! `AVG`, see [`crate::running`]) `OVER (PARTITION BY k ORDER BY ts)`,
+//! where `ts` is the event-time column.
 //!
 //! A row's result depends on every row of its partition before it in
 //! event time, so a row is emitted once the watermark makes it *final*:
@@ -29,6 +30,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::{GroupTable, KeyEncoder};
+use crate::running::{running, RunningKind, RunningState};
 use crate::stage::{apply_all, evaluate_all, Stage};
 use crate::time::EventTimeUnit;
 use crate::{BatchTime, Operator};
@@ -60,6 +62,17 @@ pub enum AnalyticFunction {
         offset: usize,
         /// Value when there is no such row (NULL if `None`).
         default: Option<ScalarValue>,
+    },
+    /// A running `SUM`/`COUNT`/`MIN`/`MAX`/`AVG` from the partition's
+    /// first row to the current one (see [`crate::running`]).
+    Running {
+        /// Which aggregate.
+        kind: RunningKind,
+        /// Its argument, computed as `BIGINT` or `DOUBLE`
+        /// ([`crate::running::argument_type`]).
+        argument: Arc<dyn PhysicalExpr>,
+        /// `RANGE`/`GROUPS` frame: rows of equal event time share a value.
+        peers: bool,
     },
 }
 
@@ -127,6 +140,8 @@ pub struct Analytic {
     input_schema: arrow::datatypes::SchemaRef,
     /// Rows held back per partition: the largest `LEAD` offset.
     max_lead: usize,
+    /// Per running aggregate, per partition.
+    running: Vec<Vec<RunningState>>,
     watermark_ms: i64,
     late_rows: u64,
     times_ms: Vec<i64>,
@@ -164,6 +179,11 @@ impl Analytic {
             .iter()
             .filter(|f| matches!(f, AnalyticFunction::Lag { .. }))
             .count();
+        let running = spec
+            .functions
+            .iter()
+            .filter(|f| matches!(f, AnalyticFunction::Running { .. }))
+            .count();
         Ok(Self {
             partitions: encoder.table(),
             encoder,
@@ -185,6 +205,7 @@ impl Analytic {
                 })
                 .max()
                 .unwrap_or(0),
+            running: vec![Vec::new(); running],
             watermark_ms: i64::MIN,
             late_rows: 0,
             times_ms: Vec::new(),
@@ -328,6 +349,8 @@ impl Analytic {
         }
         let mut columns = emitted_rows.columns().to_vec();
         let mut lag_index = 0;
+        let mut running_index = 0;
+        let emitted_times: Vec<i64> = emitted.iter().map(|&p| sorted_times[p as usize]).collect();
         let functions = self.spec.functions.clone();
         for function in &functions {
             let column: ArrayRef = match function {
@@ -373,6 +396,23 @@ impl Analytic {
                         .collect();
                     interleave(&[values.as_ref(), missing.as_ref()], &picks)?
                 }
+                AnalyticFunction::Running {
+                    kind,
+                    argument,
+                    peers,
+                } => {
+                    let values = argument.evaluate(&emitted_rows)?.into_array(m)?;
+                    let states = &mut self.running[running_index];
+                    running_index += 1;
+                    running(
+                        *kind,
+                        *peers,
+                        &values,
+                        &emitted_partitions,
+                        &emitted_times,
+                        states,
+                    )?
+                }
             };
             columns.push(column);
         }
@@ -399,6 +439,9 @@ impl Analytic {
             .map(|row| self.encoder.group_id(&mut self.partitions, &keys, row))
             .collect();
         drop(keys);
+        for states in &mut self.running {
+            states.resize_with(self.partitions.len(), RunningState::default);
+        }
         if self.states.len() < self.partitions.len() {
             let lags = self.histories.len();
             self.states

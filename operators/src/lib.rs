@@ -17,8 +17,9 @@
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
 //!   emitted when each session closes.
-//! - [`analytic`]: `ROW_NUMBER`/`RANK`/`DENSE_RANK`/`LAG` over event
-//!   time, emitted when the watermark makes each row final.
+//! - [`analytic`]: `ROW_NUMBER`/`RANK`/`DENSE_RANK`/`LAG`/`LEAD` over
+//!   event time, emitted when the watermark makes each row final, and
+//!   [`running`] aggregates (`SUM(x) OVER (...)`) computed there.
 //! - [`top_n`]: streaming Top-N and deduplication
 //!   (`ROW_NUMBER() OVER (...) <= N`) as a changelog.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
@@ -39,6 +40,7 @@ pub mod groups;
 pub mod interval_join;
 pub mod join;
 pub mod lookup_join;
+pub mod running;
 pub mod session_aggregate;
 pub mod stage;
 pub mod time;
@@ -55,6 +57,7 @@ pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use interval_join::{IntervalJoin, IntervalJoinSpec};
 pub use join::{JoinMode, JoinSide};
 pub use lookup_join::{LookupJoin, LookupJoinSpec};
+pub use running::RunningKind;
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};

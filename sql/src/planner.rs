@@ -33,8 +33,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, AsofJoin, AsofJoinSpec,
     ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, LookupJoin, LookupJoinSpec,
-    Operator, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding,
-    WindowKind, WindowSpec, WEIGHT_COLUMN,
+    Operator, RunningKind, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate,
+    WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -1076,8 +1076,9 @@ impl Lowering<'_> {
         let mut partition_by: Option<Vec<Expr>> = None;
         let mut event_time: Option<Expr> = None;
         let mut functions = Vec::new();
-        let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG, LEAD OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
-        for expr in &window.window_expr {
+        let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG, LEAD, running SUM/COUNT/MIN/MAX/AVG OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
+        let input_columns = input_schema.fields().len();
+        for (position, expr) in window.window_expr.iter().enumerate() {
             let Expr::WindowFunction(function) = expr.clone().unalias() else {
                 return Err(unsupported(
                     format!("unexpected window expression {expr}"),
@@ -1174,6 +1175,45 @@ impl Lowering<'_> {
                         }
                     }
                 }
+                (kind @ ("sum" | "count" | "min" | "max" | "avg"), [argument]) => {
+                    use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
+                    let frame = &params.window_frame;
+                    if !frame.start_bound.is_unbounded()
+                        || frame.end_bound != WindowFrameBound::CurrentRow
+                    {
+                        return Err(unsupported(
+                            format!("{name}() OVER (... {frame}) cannot be streamed yet"),
+                            "running aggregates in streams cover UNBOUNDED PRECEDING to CURRENT ROW (the default frame)",
+                        ));
+                    }
+                    if params.distinct || params.filter.is_some() {
+                        return Err(unsupported(
+                            format!("{name}(DISTINCT ...) or FILTER in a running aggregate is not supported in streams yet"),
+                            hint,
+                        ));
+                    }
+                    let kind = match kind {
+                        "sum" => RunningKind::Sum,
+                        "count" => RunningKind::Count,
+                        "min" => RunningKind::Min,
+                        "max" => RunningKind::Max,
+                        _ => RunningKind::Avg,
+                    };
+                    let output = window
+                        .schema
+                        .field(input_columns + position)
+                        .data_type();
+                    let argument_type = laminar_operators::running::argument_type(kind, output)?;
+                    let argument = Expr::Cast(datafusion::logical_expr::Cast::new(
+                        Box::new(argument.clone()),
+                        argument_type,
+                    ));
+                    AnalyticFunction::Running {
+                        kind,
+                        argument: self.physical(&argument, input_schema)?,
+                        peers: frame.units != WindowFrameUnits::Rows,
+                    }
+                }
                 _ => {
                     return Err(unsupported(
                         format!("{name}() OVER (...) is not supported in streams yet"),
@@ -1181,6 +1221,15 @@ impl Lowering<'_> {
                     ))
                 }
             });
+        }
+        let has = |f: fn(&AnalyticFunction) -> bool| functions.iter().any(f);
+        if has(|f| matches!(f, AnalyticFunction::Running { .. }))
+            && has(|f| matches!(f, AnalyticFunction::Lead { .. }))
+        {
+            return Err(unsupported(
+                "running aggregates and LEAD in one stream are not supported yet",
+                "compute them in two streams reading the same input",
+            ));
         }
         let event_time = event_time.expect("at least one window function");
         let time_column = self.trace_to_source(&event_time, &window.input);
