@@ -185,10 +185,10 @@ async fn bad_input_has_stable_codes() {
     )
     .await
     .unwrap();
-    // MIN cannot take retractions; a changelog must keep its weights.
+    // first_value cannot take retractions; a changelog must keep its weights.
     assert_eq!(
         code(
-            db.execute("CREATE STREAM s AS SELECT MIN(hi) FROM changes EMIT CHANGES")
+            db.execute("CREATE STREAM s AS SELECT first_value(hi) FROM changes EMIT CHANGES")
                 .await
         ),
         ErrorCode::Unsupported
@@ -265,7 +265,7 @@ async fn bad_input_has_stable_codes() {
     for unsupported in [
         "SELECT NTILE(4) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         "SELECT ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) FROM trades",
-        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM trades",
         "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
     ] {
         assert_eq!(

@@ -21,6 +21,7 @@ pub mod functions;
 pub mod jit;
 mod join;
 pub mod planner;
+mod retractable;
 pub mod window_tvf;
 
 pub use dialect::{

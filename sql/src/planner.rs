@@ -465,6 +465,12 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
                     let data_type = arg.get_type(input_schema)?;
                     sum(arg.clone() * datafusion::logical_expr::cast(weight.clone(), data_type))
                 }
+                (extreme @ ("min" | "max"), [arg]) => {
+                    let udaf = datafusion::logical_expr::AggregateUDF::new_from_impl(
+                        crate::retractable::RetractableExtreme::new(extreme == "max"),
+                    );
+                    udaf.call(vec![arg.clone(), weight.clone()])
+                }
                 ("avg", [arg]) if arg.get_type(input_schema)?.is_numeric()
                     && !matches!(
                         arg.get_type(input_schema)?,
@@ -493,7 +499,7 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
                 _ => {
                     return Err(DataFusionError::Plan(format!(
                         "LDB-1004: {function}() over a changelog (EMIT CHANGES) stream is not supported: \
-                         only COUNT, SUM and AVG can take retractions"
+                         only COUNT, SUM, AVG, MIN and MAX can take retractions"
                     )))
                 }
             };
