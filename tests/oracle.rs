@@ -964,3 +964,68 @@ async fn min_and_max_over_a_changelog() {
     )
     .await;
 }
+
+/// JSON in a VARCHAR column: `json_get_*`, `json_contains`, `->>`, in
+/// filters, projections and group keys, against the batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_functions_in_streams() {
+    use datafusion::arrow::array::StringArray;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("payload", DataType::Utf8, true),
+        Field::new("ts", DataType::Int64, false),
+    ]));
+    let n = 2_000i64;
+    let payloads: Vec<Option<String>> = (0..n)
+        .map(|i| match i % 7 {
+            0 => None,
+            1 => Some("not json".to_string()),
+            2 => Some(format!(r#"{{"side":"sell","qty":{i}}}"#)),
+            _ => Some(format!(
+                r#"{{"side":"buy","qty":{},"px":{}.5,"tags":["a","b"],"desk":{{"name":"d{}"}}}}"#,
+                i % 50,
+                i % 13,
+                i % 3
+            )),
+        })
+        .collect();
+    let rows = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..n)),
+            Arc::new(StringArray::from(payloads)),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i * 10))),
+        ],
+    )
+    .unwrap();
+    let ddl = "CREATE SOURCE events (id BIGINT NOT NULL, payload VARCHAR, ts BIGINT NOT NULL,
+                 WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+    for query in [
+        "SELECT id, json_get_str(payload, 'side') AS side, json_get_int(payload, 'qty') AS qty,
+                json_get_float(payload, 'px') AS px, payload->>'side' AS side_text,
+                json_get_str(payload, 'desk', 'name') AS desk, json_length(payload, 'tags') AS tags
+         FROM events WHERE json_contains(payload, 'qty')",
+        "SELECT json_get_str(payload, 'side') AS side, COUNT(*) AS n,
+                SUM(json_get_int(payload, 'qty')) AS qty
+         FROM events WHERE payload IS NOT NULL
+         GROUP BY json_get_str(payload, 'side'), tumble(ts, INTERVAL '5' SECOND)",
+    ] {
+        let want = run_batch(query, "events", vec![rows.clone()], Arc::clone(&schema)).await;
+        assert!(row_count(&want) > 0);
+        for shards in [1, 2] {
+            let batches = (0..n as usize)
+                .step_by(97)
+                .map(|at| rows.slice(at, 97.min(n as usize - at)))
+                .collect();
+            let (got, _) = run_stream(
+                &format!("{ddl}; CREATE STREAM s AS {query}"),
+                "events",
+                "s",
+                batches,
+                shards,
+            )
+            .await;
+            assert_same_rows(&got, &want);
+        }
+    }
+}

@@ -177,12 +177,16 @@ pub struct StreamPlan {
 }
 
 /// A DataFusion context set up the way LaminarDB plans: one partition,
-/// `VARCHAR` as `Utf8` (what Arrow producers push), LaminarDB's functions.
+/// `VARCHAR` as `Utf8` (what Arrow producers push), LaminarDB's functions
+/// and the JSON functions (`json_get_str`, `->`, ...).
 pub fn new_session_context() -> SessionContext {
     let mut config = SessionConfig::new().with_target_partitions(1);
     config.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    let ctx = SessionContext::new_with_config(config);
+    let mut ctx = SessionContext::new_with_config(config);
     register_functions(&ctx);
+    if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
+        log::warn!("JSON functions are unavailable: {e}");
+    }
     ctx
 }
 
