@@ -373,6 +373,10 @@ fn check_config_names_what_is_wrong() {
     assert!(!ok && text.contains("missing"), "{text}");
     let (ok, text) = check(&format!("{http}[http2]\n"));
     assert!(!ok && text.contains("LDB-5002"), "{text}");
+    let (ok, text) = check(&format!(
+        "{http}[pgwire]\nlisten = \"127.0.0.1:9\"\nuser = \"u\"\npassword = \"long-enough-1\"\ntls_required = true\n"
+    ));
+    assert!(!ok && text.contains("tls_required"), "{text}");
 }
 
 /// The systemd notify protocol against a real datagram socket set as
@@ -692,32 +696,38 @@ fn psql_over_tls_with_md5() {
     let (port, pg_port) = (free_port(), free_port());
     std::fs::write(dir.path().join("market.sql"), PIPELINE).unwrap();
     let config = dir.path().join("laminardb.toml");
-    let write = |key: &str| {
+    let write = |port: u16, pg_port: u16, key: &str, extra: &str| {
         std::fs::write(
             &config,
             format!(
                 "[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
                  [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\nuser = \"laminar\"\n\
                  password = \"{PG_PASSWORD}\"\nauth = \"md5\"\n\
-                 tls_cert = \"server.crt\"\ntls_key = \"{key}\"\n\n\
+                 tls_cert = \"server.crt\"\ntls_key = \"{key}\"\n{extra}\n\
                  [[pipeline]]\nname = \"market\"\nfile = \"market.sql\"\n"
             ),
         )
         .unwrap();
     };
-    write("missing.key");
-    let out = Command::new(env!("CARGO_BIN_EXE_laminardb"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success() && text.contains("tls_key"), "{text}");
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_laminardb"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    write(port, pg_port, "missing.key", "");
+    let (ok, text) = check();
+    assert!(!ok && text.contains("tls_key"), "{text}");
 
-    write("server.key");
+    write(port, pg_port, "server.key", "");
     let _server = start(&config, &dir.path().join("serve.log"));
     wait_ready(port);
-    for mode in ["require", "disable"] {
+    let psql_with = |pg_port: u16, mode: &str| {
         let out = Command::new("psql")
             .arg(format!(
                 "host=127.0.0.1 port={pg_port} user=laminar dbname=laminar sslmode={mode}"
@@ -732,16 +742,32 @@ fn psql_over_tls_with_md5() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            out.status.success() && text.contains("per_minute"),
-            "{mode}: {text}"
-        );
+        (out.status.success() && text.contains("per_minute"), text)
+    };
+    for mode in ["require", "disable"] {
+        let (ok, text) = psql_with(pg_port, mode);
+        assert!(ok, "{mode}: {text}");
     }
     let (ok, text) = psql(pg_port, "wrong-password", "SELECT 1");
     assert!(
         !ok && text
             .to_lowercase()
             .contains("password authentication failed"),
+        "{text}"
+    );
+
+    drop(_server);
+
+    // tls_required: plain connections are refused before any password.
+    let (port, pg_port) = (free_port(), free_port());
+    write(port, pg_port, "server.key", "tls_required = true\n");
+    let _server = start(&config, &dir.path().join("serve-tls.log"));
+    wait_ready(port);
+    let (ok, text) = psql_with(pg_port, "require");
+    assert!(ok, "{text}");
+    let (ok, text) = psql_with(pg_port, "disable");
+    assert!(
+        !ok && text.contains("LDB-5003") && text.contains("TLS"),
         "{text}"
     );
 }

@@ -20,6 +20,7 @@
 //! auth = "scram-sha-256"          # default; or "md5"
 //! tls_cert = "/etc/laminardb/server.crt"   # optional, with tls_key: PEM files;
 //! tls_key = "/etc/laminardb/server.key"    # clients may then use sslmode=require
+//! tls_required = true                       # optional: refuse connections without TLS
 //!
 //! [[pipeline]]
 //! name = "market"
@@ -82,6 +83,7 @@ struct PgwireSection {
     auth: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_required: Option<bool>,
 }
 
 /// How `psql` and other clients log in.
@@ -100,6 +102,8 @@ pub struct Pgwire {
     pub auth: PgAuth,
     /// PEM certificate chain and private key, read at start.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Refuse connections that do not use TLS.
+    pub tls_required: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,12 +204,20 @@ impl Config {
                     }
                     None => None,
                 };
+                let tls_required = pg.tls_required.unwrap_or(false);
+                if tls_required && tls.is_none() {
+                    return Err(invalid(
+                        path,
+                        "[pgwire] tls_required = true needs tls_cert and tls_key",
+                    ));
+                }
                 Some(Pgwire {
                     listen,
                     user: pg.user,
                     password: pg.password,
                     auth,
                     tls,
+                    tls_required,
                 })
             }
         };

@@ -104,9 +104,15 @@ impl AuthSource for ScramLogin {
 }
 
 /// The startup handler of the configured authentication.
-enum Startup {
+enum Auth {
     Md5(Md5PasswordAuthStartupHandler<Login, DefaultServerParameterProvider>),
     Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+}
+
+struct Startup {
+    auth: Auth,
+    /// Refuse connections without TLS (before any password is asked).
+    tls_required: bool,
 }
 
 #[async_trait]
@@ -121,9 +127,23 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Md5(handler) => handler.on_startup(client, message).await,
-            Startup::Scram(handler) => handler.on_startup(client, message).await,
+        if self.tls_required && !client.is_secure() {
+            let error = Error::new(
+                ErrorCode::Unauthorized,
+                "this server accepts TLS connections only",
+            )
+            .with_hint("connect with sslmode=require (or verify-full)");
+            let mut info = ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                format!("{}: {}", error.code(), error.message()),
+            );
+            info.hint = error.hint().map(str::to_string);
+            return Err(PgWireError::UserError(Box::new(info)));
+        }
+        match &self.auth {
+            Auth::Md5(handler) => handler.on_startup(client, message).await,
+            Auth::Scram(handler) => handler.on_startup(client, message).await,
         }
     }
 }
@@ -140,16 +160,20 @@ impl Handlers {
             password: config.password.clone(),
         };
         let parameters = Arc::new(DefaultServerParameterProvider::default());
-        let startup = match config.auth {
-            crate::config::PgAuth::Md5 => Startup::Md5(Md5PasswordAuthStartupHandler::new(
+        let auth = match config.auth {
+            crate::config::PgAuth::Md5 => Auth::Md5(Md5PasswordAuthStartupHandler::new(
                 Arc::new(login),
                 parameters,
             )),
             crate::config::PgAuth::ScramSha256 => {
                 let mut scram = ScramAuth::new(Arc::new(ScramLogin(login)));
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Startup::Scram(SASLAuthStartupHandler::new(parameters).with_scram(scram))
+                Auth::Scram(SASLAuthStartupHandler::new(parameters).with_scram(scram))
             }
+        };
+        let startup = Startup {
+            auth,
+            tls_required: config.tls_required,
         };
         let cursors: Arc<tokio::sync::Mutex<crate::pg_cursor::Cursors>> = Default::default();
         Self {
