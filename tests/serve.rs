@@ -123,6 +123,19 @@ fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
     }
 }
 
+/// A server with the test pipeline on fresh ports, ready (for async
+/// tests): its directory, process and HTTP and PostgreSQL ports.
+async fn start_ready() -> (tempfile::TempDir, Server, u16, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, pg_port) = (free_port(), free_port());
+    let config = write_config(dir.path(), port, pg_port);
+    let server = start(&config, &dir.path().join("serve.log"));
+    tokio::task::spawn_blocking(move || wait_ready(port))
+        .await
+        .unwrap();
+    (dir, server, port, pg_port)
+}
+
 fn wait_ready(port: u16) {
     eventually("ready", || {
         (curl(port, "GET", "/ready", true, None).0 == 200).then(String::new)
@@ -527,13 +540,7 @@ async fn websocket_tails_a_stream() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
 
-    let dir = tempfile::tempdir().unwrap();
-    let (port, pg_port) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, pg_port);
-    let _server = start(&config, &dir.path().join("serve.log"));
-    tokio::task::spawn_blocking(move || wait_ready(port))
-        .await
-        .unwrap();
+    let (dir, _server, port, _) = start_ready().await;
 
     let url = format!("ws://127.0.0.1:{port}/ws/streams/per_symbol");
     let refused = tokio_tungstenite::connect_async(url.as_str()).await;
@@ -779,13 +786,7 @@ fn psql_over_tls_with_md5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_runs_prepared_statements() {
     use tokio_postgres::types::Type;
-    let dir = tempfile::tempdir().unwrap();
-    let (port, pg_port) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, pg_port);
-    let _server = start(&config, &dir.path().join("serve.log"));
-    tokio::task::spawn_blocking(move || wait_ready(port))
-        .await
-        .unwrap();
+    let (_dir, _server, _, pg_port) = start_ready().await;
     let (client, connection) = tokio_postgres::connect(
         &format!(
             "host=127.0.0.1 port={pg_port} user=laminar password={PG_PASSWORD} dbname=laminar"
