@@ -510,43 +510,7 @@ impl ShardProgram {
         let mut writer = self.open_wal().await;
         let writer = &mut writer;
         loop {
-            while let Ok(message) = self.control.try_recv() {
-                self.control_seen += 1;
-                match message {
-                    Control::AddLane {
-                        input,
-                        ring,
-                        ack,
-                        replay,
-                        log_key,
-                    } => {
-                        let mut lane = Lane::new(ring, input);
-                        lane.ack = ack;
-                        lane.replay = replay;
-                        if let Some((generation, handle)) = log_key.filter(|_| self.wal.is_some()) {
-                            lane.log_key = Some((generation, handle));
-                            let record = crate::storage::lane_record(input, generation, handle);
-                            self.log_now(writer, crate::storage::LANE_OPEN, &record)
-                                .await;
-                        }
-                        self.lanes.push(lane);
-                    }
-                    Control::AddSubscriber { stream, ring } => {
-                        self.streams[stream].outputs.push(ring)
-                    }
-                    Control::TableRows {
-                        stream,
-                        rows,
-                        replace,
-                    } => {
-                        let operator = &mut self.streams[stream].operator;
-                        if let Err(e) = operator.on_table_rows(&rows, replace) {
-                            self.record_error(stream, e);
-                        }
-                    }
-                    Control::Stop => stopping = true,
-                }
-            }
+            self.take_controls(writer, &mut stopping).await;
             let mut worked = false;
             for exchange in &mut self.exchanges {
                 worked |= exchange.flush();
@@ -562,6 +526,17 @@ impl ShardProgram {
                         let Some(message) = self.lanes[lane].ring.try_pop() else {
                             break;
                         };
+                        // A control message sent before this one was
+                        // pushed (an upsert into a table a join reads)
+                        // applies first: read-your-writes across the two
+                        // channels.
+                        if self.control_sent.load(Ordering::Acquire) > self.control_seen {
+                            // Messages taken before it run before it.
+                            if !self.group.is_empty() {
+                                self.log_group(writer).await;
+                            }
+                            self.take_controls(writer, &mut stopping).await;
+                        }
                         if self.inputs[input].idle_timeout.is_some() {
                             let lane = &mut self.lanes[lane];
                             lane.last_active = Instant::now();
@@ -685,6 +660,50 @@ impl ShardProgram {
             }
         }
         // Dropping the output rings ends the subscriptions.
+    }
+
+    /// Runs the control messages sent so far (lanes, subscribers, table
+    /// rows, stop).
+    async fn take_controls(
+        &mut self,
+        writer: &mut Option<laminar_wal::WalWriter>,
+        stopping: &mut bool,
+    ) {
+        while let Ok(message) = self.control.try_recv() {
+            self.control_seen += 1;
+            match message {
+                Control::AddLane {
+                    input,
+                    ring,
+                    ack,
+                    replay,
+                    log_key,
+                } => {
+                    let mut lane = Lane::new(ring, input);
+                    lane.ack = ack;
+                    lane.replay = replay;
+                    if let Some((generation, handle)) = log_key.filter(|_| self.wal.is_some()) {
+                        lane.log_key = Some((generation, handle));
+                        let record = crate::storage::lane_record(input, generation, handle);
+                        self.log_now(writer, crate::storage::LANE_OPEN, &record)
+                            .await;
+                    }
+                    self.lanes.push(lane);
+                }
+                Control::AddSubscriber { stream, ring } => self.streams[stream].outputs.push(ring),
+                Control::TableRows {
+                    stream,
+                    rows,
+                    replace,
+                } => {
+                    let operator = &mut self.streams[stream].operator;
+                    if let Err(e) = operator.on_table_rows(&rows, replace) {
+                        self.record_error(stream, e);
+                    }
+                }
+                Control::Stop => *stopping = true,
+            }
+        }
     }
 
     /// The virtual lane of a replayed handle.

@@ -724,6 +724,18 @@ async fn lookup_join_sees_upserts_while_running() {
     assert_eq!(sector_of(&mut sub).as_deref(), Some("utilities"));
     handle.push(trades_batch(&[trade("S099", 4)])).unwrap();
     assert_eq!(sector_of(&mut sub).as_deref(), Some("new"));
+    // Read-your-writes, again and again: a row pushed after an upsert
+    // returned always sees it (the shard runs table rows sent before a
+    // pushed batch first, though they travel on another channel).
+    for k in 0..200 {
+        db.execute(&format!(
+            "INSERT INTO instruments VALUES ('S099', 'v{k}', 2)"
+        ))
+        .await
+        .unwrap();
+        handle.push(trades_batch(&[trade("S099", 5 + k)])).unwrap();
+        assert_eq!(sector_of(&mut sub), Some(format!("v{k}")), "upsert {k}");
+    }
     let error = db
         .execute("DROP TABLE instruments")
         .await
