@@ -415,7 +415,7 @@ impl Gen<'_, '_> {
             Node::Neg { ty, arg } => {
                 let (v, valid) = self.node(arg);
                 let value = if ty.is_float() {
-                    self.b.ins().fneg(v)
+                    self.float_neg(*ty, v)
                 } else {
                     self.b.ins().ineg(v)
                 };
@@ -442,6 +442,21 @@ impl Gen<'_, '_> {
                 (value, valid)
             }
         }
+    }
+
+    /// `-v` for a float, as a flip of the sign bit. Not `fneg`: Cranelift
+    /// rewrites `fneg(a) * fneg(b)` to `a * b`, which gives a NaN the other
+    /// sign than DataFusion's `-a * -b`, and NaN signs order differently
+    /// in comparisons.
+    fn float_neg(&mut self, ty: Ty, v: Value) -> Value {
+        let (int, sign) = if ty == Ty::F32 {
+            (types::I32, i64::from(i32::MIN))
+        } else {
+            (types::I64, i64::MIN)
+        };
+        let bits = self.b.ins().bitcast(int, MemFlagsData::new(), v);
+        let flipped = self.b.ins().bxor_imm_s(bits, sign);
+        self.b.ins().bitcast(clif(ty), MemFlagsData::new(), flipped)
     }
 
     /// Makes the row hand the batch back when `row_bail` is 1.
