@@ -46,11 +46,13 @@
 //! `pipeline.rs`.
 
 mod alignment;
+mod checkpoint;
 mod describe;
 mod graph;
 mod lookup;
 mod pipeline;
 mod retention;
+mod shard_checkpoint;
 mod shard_wal;
 mod sql_context;
 mod storage;
@@ -79,6 +81,7 @@ use laminar_sql::{
 };
 
 pub use arrow;
+pub use checkpoint::CheckpointInfo;
 pub use datafusion::common::ScalarValue;
 pub use describe::Description;
 pub use laminar_runtime::{Error, ErrorCode, Result};
@@ -88,7 +91,8 @@ pub use laminar_runtime::{Error, ErrorCode, Result};
 pub use laminar_sql::jit::{set_mode as set_jit_mode, JitMode};
 pub use laminar_sql::Statement;
 pub use metrics::{
-    LatencyHistogram, LookupTableMetrics, Metrics, SourceMetrics, StreamMetrics, WalMetrics,
+    CheckpointMetrics, LatencyHistogram, LookupTableMetrics, Metrics, SourceMetrics, StreamMetrics,
+    WalMetrics,
 };
 pub use source::SourceHandle;
 pub use storage::{Durability, ASYNC_SYNC_INTERVAL};
@@ -128,6 +132,7 @@ pub struct LaminarDbBuilder {
     storage_dir: Option<std::path::PathBuf>,
     durability: Option<Durability>,
     wal: laminar_wal::WalConfig,
+    checkpoint_interval: Option<Duration>,
 }
 
 impl Default for LaminarDbBuilder {
@@ -141,6 +146,7 @@ impl Default for LaminarDbBuilder {
             storage_dir: None,
             durability: None,
             wal: laminar_wal::WalConfig::default(),
+            checkpoint_interval: None,
         }
     }
 }
@@ -242,7 +248,30 @@ impl LaminarDbBuilder {
 
     /// Builds the database. Shard placement is decided here (and logged);
     /// shards start with [`LaminarDB::start`].
+    /// Takes a checkpoint every `interval` while the pipeline runs (see
+    /// [`LaminarDB::checkpoint`]), so the WAL stays short and a restart
+    /// replays only what came after the last one. Needs a storage
+    /// directory; starting fails with `LDB-1004` if a stream's operator
+    /// cannot be checkpointed yet.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = Some(interval);
+        self
+    }
+
     pub fn build(self) -> Result<LaminarDB> {
+        if self.checkpoint_interval.is_some() && self.storage_dir.is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "checkpoints need a storage directory",
+            )
+            .with_hint("add .storage_dir(path) to the builder"));
+        }
+        if self.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "the checkpoint interval must be longer than zero",
+            ));
+        }
         if self.ring_capacity == 0 || self.ring_capacity > 1 << 20 {
             return Err(Error::new(
                 ErrorCode::InvalidConfig,
@@ -291,6 +320,7 @@ impl LaminarDbBuilder {
                 views: Mutex::new(Vec::new()),
                 tables: Mutex::new(Vec::new()),
                 storage,
+                checkpoint_interval: self.checkpoint_interval,
             }),
         })
     }
@@ -303,6 +333,8 @@ struct Catalog {
     streams: Vec<StreamPlan>,
     /// `[stream]` -> created as a MATERIALIZED VIEW.
     materialized: Vec<bool>,
+    /// Streams whose output is retained (`LaminarDB::retain_output`).
+    retained_outputs: Vec<String>,
     /// Names of the tables (their rows live in `Shared::tables`).
     tables: Vec<String>,
     /// Subscriber rings waiting for the pipeline: `[stream] -> [(shard, ring)]`.
@@ -339,6 +371,7 @@ pub(crate) struct Shared {
     tables: Mutex<Vec<Arc<Table>>>,
     /// The storage directory of a durable database.
     storage: Option<storage::Storage>,
+    checkpoint_interval: Option<Duration>,
 }
 
 /// An embedded streaming database. Cheap to clone (a handle).
@@ -778,6 +811,7 @@ impl LaminarDB {
                 .map(|a| Arc::clone(&groups[&a.group]));
         }
         let graph = Graph::build(&catalog.streams, &mut sources)?;
+        let mut restored: Option<checkpoint::Restored> = None;
         let recovery = match &self.shared.storage {
             Some(storage) => {
                 let statements: Vec<&str> = catalog
@@ -796,14 +830,46 @@ impl LaminarDB {
                         )
                     })?;
                 }
+                restored = checkpoint::load(
+                    &storage.config.dir,
+                    shards,
+                    catalog.materialized.iter().filter(|&&m| m).count()
+                        + catalog.retained_outputs.len(),
+                    sources.len(),
+                )?;
                 Some(Arc::new(storage::Recovery::analyze(
                     storage,
                     shards,
                     sources.len(),
+                    restored.as_ref(),
                 )?))
             }
             None => None,
         };
+        let next_epoch = checkpoint::next_epoch(restored.as_ref().map(|r| &r.manifest));
+        let mut restored_shards: Vec<Option<checkpoint::ShardSnapshot>> = match &mut restored {
+            Some(r) => std::mem::take(&mut r.shards)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..shards).map(|_| None).collect(),
+        };
+        let mut restored_views: Vec<Option<Vec<RecordBatch>>> = match &mut restored {
+            Some(r) => std::mem::take(&mut r.views).into_iter().map(Some).collect(),
+            None => Vec::new(),
+        };
+        if let Some(r) = &restored {
+            for (source, batches) in r.retained.iter().enumerate() {
+                for batch in batches {
+                    sources[source].retention.keep(batch);
+                }
+            }
+            log::info!(
+                "recovery: loaded checkpoint {} ({} shard(s))",
+                r.manifest.epoch,
+                shards
+            );
+        }
         let failure = Arc::new(OnceLock::new());
         let mut views = Vec::new();
         for stream in 0..catalog.streams.len() {
@@ -811,8 +877,18 @@ impl LaminarDB {
                 let plan = &catalog.streams[stream];
                 let (name, schema) = (plan.name.clone(), Arc::clone(&plan.output_schema));
                 let subscription = self.subscribe_to(&mut catalog, stream, name.clone(), schema)?;
-                views.push((name, subscription));
+                views.push((name, subscription, false));
             }
+        }
+        for name in catalog.retained_outputs.clone() {
+            let stream = catalog
+                .streams
+                .iter()
+                .position(|s| s.name == name)
+                .ok_or_else(|| unknown(&name, "stream"))?;
+            let schema = Arc::clone(&catalog.streams[stream].output_schema);
+            let subscription = self.subscribe_to(&mut catalog, stream, name.clone(), schema)?;
+            views.push((name, subscription, true));
         }
 
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -838,6 +914,7 @@ impl LaminarDB {
             exchange_producers.push(producers);
             exchange_consumers.push(consumers);
         }
+        let mut not_checkpointable = Vec::new();
         for shard in (0..shards).rev() {
             let mut streams = Vec::with_capacity(catalog.streams.len());
             for (id, plan) in catalog.streams.iter().enumerate() {
@@ -851,8 +928,12 @@ impl LaminarDB {
                         mine.into_iter().map(|(_, ring)| ring).collect()
                     })
                     .unwrap_or_default();
+                let operator = plan.operator.instantiate(&plan.output_schema)?;
+                if shard == 0 && !operator.checkpoints() {
+                    not_checkpointable.push(plan.name.clone());
+                }
                 streams.push(ShardStream {
-                    operator: plan.operator.instantiate(&plan.output_schema)?,
+                    operator,
                     outputs,
                     local: graph.local[id].clone(),
                     late: graph.late[id].clone(),
@@ -864,8 +945,10 @@ impl LaminarDB {
             let mut exchanges = Vec::with_capacity(graph.exchanges.len());
             for (e, exchange) in graph.exchanges.iter().enumerate() {
                 let input = sources.len() + e;
-                for consumer in exchange_consumers[e][shard].drain(..) {
-                    lanes.push(Lane::new(consumer, input));
+                for (sender, consumer) in exchange_consumers[e][shard].drain(..).enumerate() {
+                    let mut lane = Lane::new(consumer, input);
+                    lane.exchange_sender = Some(sender);
+                    lanes.push(lane);
                 }
                 exchanges.push(ExchangeOut {
                     input,
@@ -916,6 +999,10 @@ impl LaminarDB {
                     }),
                 group: Vec::new(),
                 failure: Arc::clone(&failure),
+                shard,
+                checkpoint: None,
+                restore: restored_shards[shard].take(),
+                last_epoch: 0,
             };
             controls.push(control);
             counters.push(shard_counters);
@@ -924,6 +1011,9 @@ impl LaminarDB {
         controls.reverse();
         counters.reverse();
         mains.reverse();
+        if self.shared.checkpoint_interval.is_some() && !not_checkpointable.is_empty() {
+            return Err(checkpoint::not_supported(&not_checkpointable));
+        }
         let threads = ShardThreads::spawn(&self.shared.placements, &self.shared.executor, mains)?;
         let pipeline = Arc::new(Pipeline {
             shards,
@@ -959,6 +1049,12 @@ impl LaminarDB {
             recovered_rows: recovery
                 .as_ref()
                 .map_or_else(|| vec![0; catalog.sources.len()], |r| r.rows.clone()),
+            handle_cuts: Mutex::new(Vec::new()),
+            next_epoch: Mutex::new(next_epoch),
+            requested_epoch: std::sync::atomic::AtomicU64::new(next_epoch - 1),
+            views: views.len(),
+            not_checkpointable,
+            checkpoint_counters: Default::default(),
         });
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);
@@ -975,12 +1071,20 @@ impl LaminarDB {
                 }
             }
             let mut kept = self.shared.views.lock().map_err(|_| poisoned())?;
-            for (name, subscription) in views {
-                kept.push(View::start(name, subscription, Arc::clone(&view_errors))?);
+            for (index, (name, subscription, output)) in views.into_iter().enumerate() {
+                let contents = restored_views.get_mut(index).and_then(Option::take);
+                kept.push(View::start(
+                    name,
+                    subscription,
+                    Arc::clone(&view_errors),
+                    index,
+                    contents,
+                    output,
+                )?);
             }
             drop(kept);
             match (recovery, &self.shared.storage) {
-                (Some(recovery), Some(storage)) if recovery.records > 0 => {
+                (Some(recovery), Some(storage)) if recovery.needs_replay() => {
                     let shapes = storage::SourceShapes {
                         schemas: catalog
                             .sources
@@ -1006,7 +1110,11 @@ impl LaminarDB {
         if let Err(e) = &started {
             pipeline.replayed.open(Err(e.clone()));
         }
-        started
+        started?;
+        if let (Some(interval), Ok(dir)) = (self.shared.checkpoint_interval, self.storage_dir()) {
+            spawn_checkpoints(Arc::clone(&pipeline), dir, interval)?;
+        }
+        Ok(())
     }
 
     /// Waits until the pipeline has started and recovery has replayed the
@@ -1036,6 +1144,144 @@ impl LaminarDB {
             )
         })?;
         Ok(pipeline.recovered_rows[id])
+    }
+
+    /// Takes a checkpoint now: a consistent copy of every shard's state,
+    /// the materialized views and the sources' retained rows, written to
+    /// the storage directory, after which the WAL it covers is deleted
+    /// and a restart replays only what came later. Input keeps flowing
+    /// while the shards align (each source lane waits at the cut only
+    /// until its shard has copied its state). One checkpoint runs at a
+    /// time; a second call waits for the first.
+    ///
+    /// Fails with `LDB-1004` for a pipeline with a stream whose operator
+    /// cannot be checkpointed yet, `LDB-5002` without a storage directory,
+    /// and `LDB-6006` if the pipeline stops meanwhile or a file cannot be
+    /// written (the previous checkpoint and the WAL still hold
+    /// everything).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use laminar_db::arrow::array::{Int64Array, RecordBatch};
+    /// use laminar_db::LaminarDB;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # rt.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let sql = "CREATE SOURCE clicks (user_id BIGINT NOT NULL, ts BIGINT NOT NULL,
+    ///                WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+    ///            CREATE STREAM per_user AS SELECT user_id, COUNT(*) AS clicks FROM clicks
+    ///                GROUP BY user_id, tumble(ts, INTERVAL '1' MINUTE)";
+    /// {
+    ///     let db = LaminarDB::builder().shards(1).storage_dir(dir.path()).build()?;
+    ///     db.execute(sql).await?;
+    ///     let clicks = db.source_untyped("clicks")?;
+    ///     db.start().await?;
+    ///     clicks.push(RecordBatch::try_new(clicks.schema(), vec![
+    ///         Arc::new(Int64Array::from(vec![7, 7])),
+    ///         Arc::new(Int64Array::from(vec![1_000, 2_000])),
+    ///     ])?)?;
+    ///     let checkpoint = db.checkpoint().await?; // the open window is in it
+    ///     assert_eq!(checkpoint.epoch, 1);
+    ///     db.shutdown().await?;
+    /// }
+    /// let db = LaminarDB::builder().shards(1).storage_dir(dir.path()).build()?;
+    /// db.execute(sql).await?;
+    /// let mut results = db.subscribe("per_user")?;
+    /// let clicks = db.source_untyped("clicks")?;
+    /// db.start().await?; // loads the checkpoint; nothing to replay
+    /// assert_eq!(db.recovered_rows("clicks")?, 2);
+    /// clicks.watermark(i64::MAX)?;
+    /// let counted = results.recv().expect("the window");
+    /// assert_eq!(counted.num_rows(), 1);
+    /// db.shutdown().await?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn checkpoint(&self) -> Result<CheckpointInfo> {
+        let pipeline = self.shared.pipeline.get().cloned().ok_or_else(|| {
+            Error::new(ErrorCode::NotRunning, "the pipeline has not started")
+                .with_hint("call db.start().await first")
+        })?;
+        let dir = self.storage_dir()?;
+        let (done, taken) = futures::channel::oneshot::channel();
+        std::thread::Builder::new()
+            .name("laminar-checkpoint".into())
+            .spawn(move || {
+                let _ = done.send(checkpoint::take(&pipeline, &dir));
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::RuntimeStart,
+                    format!("cannot spawn a thread: {e}"),
+                )
+            })?;
+        taken
+            .await
+            .map_err(|_| Error::new(ErrorCode::Checkpoint, "the checkpoint thread vanished"))?
+    }
+
+    fn storage_dir(&self) -> Result<std::path::PathBuf> {
+        self.shared
+            .storage
+            .as_ref()
+            .map(|s| s.config.dir.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidConfig,
+                    "checkpoints need a storage directory",
+                )
+                .with_hint("build the database with .storage_dir(path)")
+            })
+    }
+
+    /// Keeps every batch `stream` emits, as emitted (with the `_weight`
+    /// column of an `EMIT CHANGES` stream), for
+    /// [`LaminarDB::retained_output`]: an exactly-once sink inside the
+    /// database. With a storage directory the kept batches come back after
+    /// a restart: checkpoints save them, and the replay after the last
+    /// checkpoint emits the rest again, so each output row is held once.
+    /// Call before [`LaminarDB::start`].
+    pub fn retain_output(&self, stream: &str) -> Result<()> {
+        let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        if catalog.started {
+            return Err(Error::new(
+                ErrorCode::AlreadyStarted,
+                "outputs are retained from the start: call retain_output before start",
+            ));
+        }
+        let name = catalog
+            .streams
+            .iter()
+            .find(|s| s.name == stream || s.name == stream.to_lowercase())
+            .map(|s| s.name.clone())
+            .ok_or_else(|| unknown(stream, "stream"))?;
+        if !catalog.retained_outputs.contains(&name) {
+            catalog.retained_outputs.push(name);
+        }
+        Ok(())
+    }
+
+    /// The batches kept so far for a stream named in
+    /// [`LaminarDB::retain_output`] (all of them once the database has
+    /// shut down).
+    pub fn retained_output(&self, stream: &str) -> Result<Vec<RecordBatch>> {
+        let views = self.shared.views.lock().map_err(|_| poisoned())?;
+        let view = views
+            .iter()
+            .find(|v| v.output && (v.name == stream || v.name == stream.to_lowercase()))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::UnknownObject,
+                    format!("the output of '{stream}' is not retained"),
+                )
+                .with_hint("call db.retain_output(stream) before start")
+            })?;
+        let state = view.state.lock().map_err(|_| poisoned())?;
+        state.snapshot()
     }
 
     /// Stops the pipeline: pushes from now on fail with `LDB-2003`, shards
@@ -1137,7 +1383,7 @@ impl LaminarDB {
         let views: Vec<(String, SchemaRef, Vec<RecordBatch>)> = {
             let views = self.shared.views.lock().map_err(|_| poisoned())?;
             let mut snapshots = Vec::with_capacity(views.len());
-            for view in views.iter() {
+            for view in views.iter().filter(|v| !v.output) {
                 let state = view.state.lock().map_err(|_| poisoned())?;
                 snapshots.push((view.name.clone(), state.schema(), state.snapshot()?));
             }
@@ -1290,7 +1536,7 @@ impl LaminarDB {
                 }
                 StreamInput::Stream(name) if views.contains(name) => {
                     let views = self.shared.views.lock().map_err(|_| poisoned())?;
-                    match views.iter().find(|v| &v.name == name) {
+                    match views.iter().find(|v| &v.name == name && !v.output) {
                         Some(view) => view.state.lock().map_err(|_| poisoned())?.snapshot(),
                         None => Ok(Vec::new()),
                     }
@@ -1785,6 +2031,7 @@ impl LaminarDB {
             for &i in doomed.iter().rev() {
                 let removed = catalog.streams.remove(i);
                 catalog.materialized.remove(i);
+                catalog.retained_outputs.retain(|n| *n != removed.name);
                 let _ = self.shared.ctx.deregister_table(removed.name.as_str());
                 // Subscriptions taken before start follow their stream.
                 let pending = std::mem::take(&mut catalog.pending_outputs);
@@ -1963,6 +2210,16 @@ impl LaminarDB {
                 })
                 .collect(),
             wal: metrics::WalMetrics::default(),
+            checkpoints: {
+                let c = &pipeline.checkpoint_counters;
+                metrics::CheckpointMetrics {
+                    completed: c.completed.load(Relaxed),
+                    failed: c.failed.load(Relaxed),
+                    last_epoch: c.last_epoch.load(Relaxed),
+                    last_duration_us: c.last_duration_us.load(Relaxed),
+                    last_bytes: c.last_bytes.load(Relaxed),
+                }
+            },
         };
         let mut cumulative = 0;
         for (b, &bound) in metrics::WAL_SYNC_BUCKETS_US.iter().enumerate() {
@@ -2135,6 +2392,41 @@ fn already_exists(name: &str) -> Error {
         ErrorCode::AlreadyExists,
         format!("a source or stream named '{name}' already exists"),
     )
+}
+
+/// Takes a checkpoint every `interval` until the pipeline stops.
+fn spawn_checkpoints(
+    pipeline: Arc<Pipeline>,
+    dir: std::path::PathBuf,
+    interval: Duration,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("laminar-checkpoints".into())
+        .spawn(move || {
+            let stopped = || pipeline.stopped.load(std::sync::atomic::Ordering::Acquire);
+            let mut next = std::time::Instant::now() + interval;
+            while !stopped() {
+                // Short naps, so a stopped pipeline lets the thread go.
+                let now = std::time::Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+                if let Err(e) = checkpoint::take(&pipeline, &dir) {
+                    if !stopped() {
+                        log::warn!("periodic checkpoint failed: {e}");
+                    }
+                }
+                next = std::time::Instant::now() + interval;
+            }
+        })
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::RuntimeStart,
+                format!("cannot spawn a thread: {e}"),
+            )
+        })?;
+    Ok(())
 }
 
 /// Replays each shard's WAL on a thread of its own, then opens the

@@ -114,6 +114,23 @@ pub struct Metrics {
     pub shard_queue_depth: Vec<u64>,
     /// Lookup tables loaded from an external database.
     pub lookup_tables: Vec<LookupTableMetrics>,
+    /// Checkpoints taken by this run.
+    pub checkpoints: CheckpointMetrics,
+}
+
+/// Checkpoints since the database started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointMetrics {
+    /// Checkpoints completed (manifest durable).
+    pub completed: u64,
+    /// Checkpoints that failed (the previous one still stands).
+    pub failed: u64,
+    /// The last completed checkpoint's epoch (0: none yet).
+    pub last_epoch: u64,
+    /// How long it took, from the request to the durable manifest.
+    pub last_duration_us: u64,
+    /// Bytes of state it wrote.
+    pub last_bytes: u64,
 }
 
 /// A lookup table's refreshes from its database.

@@ -82,6 +82,9 @@ pub(crate) enum Ingress {
     /// The last message of the replay lane: the sender is told once the
     /// shard has run everything before it.
     Fence(Sender<()>),
+    /// Checkpoint `epoch`'s marker on an exchange lane: what the sender
+    /// produced before its cut came before it (see `checkpoint.rs`).
+    Barrier { epoch: u64 },
 }
 
 /// A message from the control plane to a shard.
@@ -110,6 +113,8 @@ pub(crate) enum Control {
         /// refresh).
         replace: bool,
     },
+    /// Take a checkpoint (see `checkpoint.rs`).
+    Checkpoint(Arc<crate::checkpoint::Barrier>),
     Stop,
 }
 
@@ -186,6 +191,18 @@ pub(crate) struct Pipeline {
     pub replayed: Latch,
     /// `[source]` -> rows recovered from the WAL at start.
     pub recovered_rows: Vec<u64>,
+    /// Every source handle of this run, for checkpoints' cuts.
+    pub handle_cuts: Mutex<Vec<Arc<crate::checkpoint::HandleCut>>>,
+    /// The next checkpoint's epoch; held while a checkpoint runs, so
+    /// there is one at a time.
+    pub next_epoch: Mutex<u64>,
+    /// The epoch pushes are stamped with (see `checkpoint::HandleCut`).
+    pub requested_epoch: std::sync::atomic::AtomicU64,
+    /// Materialized views (each reports its contents to checkpoints).
+    pub views: usize,
+    /// Streams whose operators cannot be checkpointed yet.
+    pub not_checkpointable: Vec<String>,
+    pub checkpoint_counters: crate::checkpoint::CheckpointCounters,
 }
 
 /// A one-shot gate, awaited or waited on until it opens, with a result.
@@ -311,7 +328,7 @@ pub(crate) struct ExchangeOut {
 }
 
 impl ExchangeOut {
-    fn send(&mut self, shard: usize, message: Ingress) {
+    pub(crate) fn send(&mut self, shard: usize, message: Ingress) {
         let Some(rings) = self.rings.as_mut() else {
             return;
         };
@@ -357,8 +374,8 @@ impl ExchangeOut {
 /// with its own watermark) or one sender of an exchange.
 pub(crate) struct Lane {
     ring: Consumer<Ingress>,
-    input: usize,
-    watermark_ms: i64,
+    pub(crate) input: usize,
+    pub(crate) watermark_ms: i64,
     /// When the lane last delivered a message.
     last_active: Instant,
     /// Silent past its input's idle timeout: left out of the watermark
@@ -373,13 +390,23 @@ pub(crate) struct Lane {
     /// Set when the lane's `Fence` arrived: it is removed, then told.
     fence: Option<Sender<()>>,
     /// A live handle's `(generation, handle)` (durable databases).
-    log_key: Option<(u32, u32)>,
+    pub(crate) log_key: Option<(u32, u32)>,
     /// A handle of an earlier run, replayed: fed by the replay lane, and
     /// its own ring stays empty (`hold` keeps it open).
     virtual_key: Option<u64>,
     hold: Option<Producer<Ingress>>,
     /// A virtual lane whose handle went away: removed after this turn.
     closing: bool,
+    /// Messages taken from the ring.
+    popped: u64,
+    /// While a checkpoint aligns: how many messages of this source lane
+    /// come before the cut.
+    pub(crate) cut: Option<u64>,
+    /// An exchange lane that delivered its checkpoint marker: read no
+    /// further until the shard has taken its checkpoint.
+    pub(crate) at_barrier: bool,
+    /// For an exchange lane, the sending shard.
+    pub(crate) exchange_sender: Option<usize>,
 }
 
 impl Lane {
@@ -398,11 +425,46 @@ impl Lane {
             virtual_key: None,
             hold: None,
             closing: false,
+            popped: 0,
+            cut: None,
+            at_barrier: false,
+            exchange_sender: None,
         }
     }
 
+    /// The next message; rows and watermarks are counted against a
+    /// checkpoint's cut.
+    fn take(&mut self) -> Option<Ingress> {
+        let message = self.ring.try_pop()?;
+        if !matches!(message, Ingress::Barrier { .. }) {
+            self.popped += 1;
+            debug_assert!(
+                self.cut.is_none_or(|cut| self.popped <= cut),
+                "a lane ran past its checkpoint cut"
+            );
+        }
+        Some(message)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Whether the shard may take the lane's next message: not while a
+    /// checkpoint holds it at its cut.
+    pub(crate) fn may_take(&self) -> bool {
+        !self.at_barrier && self.cut.is_none_or(|cut| self.popped < cut)
+    }
+
+    /// Whether the lane is at a pending checkpoint's cut: at its marker,
+    /// or (a source handle that sent none) past what it had delivered.
+    pub(crate) fn at_cut(&self) -> bool {
+        self.at_barrier
+            || (self.exchange_sender.is_none() && self.cut.is_none_or(|cut| self.popped >= cut))
+    }
+
     /// A replayed handle of an earlier run.
-    fn virtual_lane(key: u64, input: usize) -> Self {
+    pub(crate) fn virtual_lane(key: u64, input: usize) -> Self {
         let (hold, ring) = laminar_runtime::spsc::ring(1);
         let mut lane = Self::new(ring, input);
         lane.virtual_key = Some(key);
@@ -453,6 +515,14 @@ pub(crate) struct ShardProgram {
     pub group: Vec<(usize, Ingress)>,
     /// The pipeline's first WAL failure.
     pub failure: Arc<OnceLock<Error>>,
+    pub shard: usize,
+    /// A checkpoint this shard is aligning for, and which exchanges have
+    /// had its marker.
+    pub checkpoint: Option<(Arc<crate::checkpoint::Barrier>, Vec<bool>)>,
+    /// A checkpoint's state to load before anything runs (recovery).
+    pub restore: Option<crate::checkpoint::ShardSnapshot>,
+    /// The last checkpoint this shard took or gave up.
+    pub last_epoch: u64,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -509,6 +579,13 @@ impl ShardProgram {
         let mut last_work = Instant::now();
         let mut writer = self.open_wal().await;
         let writer = &mut writer;
+        if let Some(snapshot) = self.restore.take() {
+            if let Err(e) = self.load_snapshot(snapshot) {
+                // Running on from empty state would compute something
+                // else: stop taking input, like a WAL failure.
+                self.fail(e);
+            }
+        }
         loop {
             self.take_controls(writer, &mut stopping).await;
             let mut worked = false;
@@ -523,7 +600,10 @@ impl ShardProgram {
                 let input = self.lanes[lane].input;
                 if !(backed_up && self.inputs[input].is_source) {
                     for _ in 0..LANE_BUDGET {
-                        let Some(message) = self.lanes[lane].ring.try_pop() else {
+                        if !self.lanes[lane].may_take() {
+                            break;
+                        }
+                        let Some(message) = self.lanes[lane].take() else {
                             break;
                         };
                         // A control message sent before this one was
@@ -546,6 +626,27 @@ impl ShardProgram {
                         match message {
                             Ingress::Fence(done) => {
                                 self.lanes[lane].fence = Some(done);
+                                break;
+                            }
+                            Ingress::Barrier { epoch } => {
+                                // A handle's marker for a checkpoint this
+                                // shard already took (it stopped reading
+                                // at the handle's count) or gave up, or
+                                // any marker once stopping (no checkpoint
+                                // will come): nothing to do.
+                                if epoch <= self.last_epoch || stopping {
+                                    continue;
+                                }
+                                debug_assert!(self
+                                    .checkpoint
+                                    .as_ref()
+                                    .is_none_or(|(barrier, _)| barrier.epoch == epoch));
+                                // Messages taken before it run before the
+                                // checkpoint.
+                                if !self.group.is_empty() {
+                                    self.log_group(writer).await;
+                                }
+                                self.lanes[lane].at_barrier = true;
                                 break;
                             }
                             Ingress::ReplayOpen { key, input } => {
@@ -591,6 +692,9 @@ impl ShardProgram {
             if !self.group.is_empty() {
                 self.log_group(writer).await;
             }
+            if self.checkpoint.is_some() {
+                worked |= self.advance_checkpoint(writer).await;
+            }
             if worked {
                 let depth: usize = self.lanes.iter().map(|lane| lane.ring.len()).sum();
                 self.counters
@@ -600,10 +704,7 @@ impl ShardProgram {
             let mut lane = 0;
             while lane < self.lanes.len() {
                 let l = &self.lanes[lane];
-                if l.fence.is_some()
-                    || l.closing
-                    || (l.ring.is_producer_closed() && l.ring.is_empty())
-                {
+                if l.fence.is_some() || l.closing || (l.ring.is_producer_closed() && l.is_empty()) {
                     // A finished partition no longer holds its input's
                     // watermark back.
                     let closed = self.lanes.swap_remove(lane);
@@ -647,6 +748,7 @@ impl ShardProgram {
             self.wait_for_work().await;
             last_work = Instant::now();
         }
+        self.abandon_checkpoint("the shard stopped");
         if let Some(w) = writer.take() {
             if let Err(e) = w.close().await {
                 log::warn!("{e}");
@@ -684,6 +786,10 @@ impl ShardProgram {
                     lane.replay = replay;
                     if let Some((generation, handle)) = log_key.filter(|_| self.wal.is_some()) {
                         lane.log_key = Some((generation, handle));
+                        if let Some((barrier, _)) = &self.checkpoint {
+                            let key = crate::storage::lane_key(generation, handle);
+                            lane.cut = Some(barrier.limit(key, self.shard));
+                        }
                         let record = crate::storage::lane_record(input, generation, handle);
                         self.log_now(writer, crate::storage::LANE_OPEN, &record)
                             .await;
@@ -701,7 +807,35 @@ impl ShardProgram {
                         self.record_error(stream, e);
                     }
                 }
-                Control::Stop => *stopping = true,
+                Control::Checkpoint(barrier) => {
+                    if self.checkpoint.is_some() || *stopping {
+                        // Given up here: lanes holding at its markers
+                        // move on, and later markers of it are ignored.
+                        self.last_epoch = self.last_epoch.max(barrier.epoch);
+                        for lane in &mut self.lanes {
+                            lane.at_barrier = false;
+                        }
+                        barrier.report_shard(
+                            self.shard,
+                            Err(Error::new(
+                                ErrorCode::Checkpoint,
+                                "a checkpoint reached a shard that is stopping or busy with another",
+                            )),
+                        );
+                        continue;
+                    }
+                    for lane in &mut self.lanes {
+                        if let Some((generation, handle)) = lane.log_key {
+                            let key = crate::storage::lane_key(generation, handle);
+                            lane.cut = Some(barrier.limit(key, self.shard));
+                        }
+                    }
+                    self.checkpoint = Some((barrier, vec![false; self.exchanges.len()]));
+                }
+                Control::Stop => {
+                    *stopping = true;
+                    self.abandon_checkpoint("the pipeline is stopping");
+                }
             }
         }
     }
@@ -752,7 +886,7 @@ impl ShardProgram {
         self.lanes
             .iter()
             .filter(|lane| lane.input == input)
-            .all(|lane| self.inputs[input].is_source && lane.ring.is_empty())
+            .all(|lane| self.inputs[input].is_source && lane.is_empty())
     }
 
     /// Closes, after a stop, the exchanges whose feeding input is finished.
@@ -914,8 +1048,9 @@ impl ShardProgram {
             Ingress::Fence(_)
             | Ingress::ReplayOpen { .. }
             | Ingress::ReplayClose { .. }
-            | Ingress::Replayed { .. } => {
-                unreachable!("replay control messages are taken off in the drain loop")
+            | Ingress::Replayed { .. }
+            | Ingress::Barrier { .. } => {
+                unreachable!("replay and checkpoint markers are taken off in the drain loop")
             }
         }
     }
@@ -1108,6 +1243,7 @@ impl ShardProgram {
                 let emitted = Emitted {
                     batch: batch.clone(),
                     origin,
+                    barrier: None,
                 };
                 if outputs[i].push(emitted).await.is_err() {
                     outputs.swap_remove(i);

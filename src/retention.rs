@@ -13,10 +13,15 @@ use arrow::array::RecordBatch;
 /// Rows kept per source when `CREATE SOURCE` does not say.
 pub const DEFAULT_RETENTION_ROWS: usize = 10_000;
 
+/// A kept batch and the push that brought it, as (lane key, push number).
+type Kept = (RecordBatch, Option<(u64, u64)>);
+
 /// A source's retained rows.
 pub(crate) struct Retention {
     limit: usize,
-    batches: Mutex<(VecDeque<RecordBatch>, usize)>,
+    /// Batches with the (lane key, push number) of the push that brought
+    /// them (`None`: recovered), and the rows they hold.
+    batches: Mutex<(VecDeque<Kept>, usize)>,
 }
 
 impl Retention {
@@ -34,6 +39,12 @@ impl Retention {
 
     /// Keeps a pushed batch, dropping the oldest batches no longer needed.
     pub fn keep(&self, batch: &RecordBatch) {
+        self.keep_tagged(batch, None);
+    }
+
+    /// Keeps a batch pushed as push `tag.1` of the handle with lane key
+    /// `tag.0`, so that a checkpoint can tell which pushes it covers.
+    pub fn keep_tagged(&self, batch: &RecordBatch, tag: Option<(u64, u64)>) {
         if self.limit == 0 || batch.num_rows() == 0 {
             return;
         }
@@ -41,13 +52,13 @@ impl Retention {
             return;
         };
         let (batches, rows) = &mut *guard;
-        batches.push_back(batch.clone());
+        batches.push_back((batch.clone(), tag));
         *rows += batch.num_rows();
         while batches
             .front()
-            .is_some_and(|front| *rows - front.num_rows() >= self.limit)
+            .is_some_and(|(front, _)| *rows - front.num_rows() >= self.limit)
         {
-            *rows -= batches.pop_front().map_or(0, |b| b.num_rows());
+            *rows -= batches.pop_front().map_or(0, |(b, _)| b.num_rows());
         }
     }
 
@@ -56,11 +67,37 @@ impl Retention {
         let Ok(guard) = self.batches.lock() else {
             return Vec::new();
         };
-        let (batches, rows) = &*guard;
-        let mut out: Vec<RecordBatch> = batches.iter().cloned().collect();
-        if let Some(first) = out.first_mut() {
-            let extra = rows.saturating_sub(self.limit);
-            *first = first.slice(extra, first.num_rows() - extra);
+        let (batches, _) = &*guard;
+        self.last_rows(batches.iter().map(|(b, _)| b.clone()).collect())
+    }
+
+    /// The kept rows a checkpoint covers: those recovered, and those of
+    /// pushes up to each handle's number in `pushes` (by lane key).
+    pub fn snapshot_at(&self, pushes: &std::collections::HashMap<u64, u64>) -> Vec<RecordBatch> {
+        let Ok(guard) = self.batches.lock() else {
+            return Vec::new();
+        };
+        let covered = guard
+            .0
+            .iter()
+            .filter(|(_, tag)| {
+                tag.is_none_or(|(key, seq)| pushes.get(&key).is_some_and(|&p| seq <= p))
+            })
+            .map(|(b, _)| b.clone())
+            .collect();
+        self.last_rows(covered)
+    }
+
+    fn last_rows(&self, mut out: Vec<RecordBatch>) -> Vec<RecordBatch> {
+        let rows: usize = out.iter().map(RecordBatch::num_rows).sum();
+        let mut extra = rows.saturating_sub(self.limit);
+        while extra > 0 && !out.is_empty() {
+            if out[0].num_rows() <= extra {
+                extra -= out.remove(0).num_rows();
+            } else {
+                out[0] = out[0].slice(extra, out[0].num_rows() - extra);
+                extra = 0;
+            }
         }
         out
     }
@@ -97,5 +134,32 @@ mod tests {
             .collect();
         assert_eq!(kept, [4, 5, 6, 7, 8]);
         assert!(Retention::new(0).snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_pushes_before_its_cut() {
+        let retention = Retention::new(100);
+        let batch = |v: i64| {
+            RecordBatch::try_from_iter(vec![("a", Arc::new(Int64Array::from(vec![v])) as _)])
+                .unwrap()
+        };
+        retention.keep(&batch(0)); // recovered
+        retention.keep_tagged(&batch(1), Some((7, 1)));
+        retention.keep_tagged(&batch(2), Some((8, 1)));
+        retention.keep_tagged(&batch(3), Some((7, 2)));
+        let cut: std::collections::HashMap<u64, u64> = [(7, 1)].into_iter().collect();
+        let kept: Vec<i64> = retention
+            .snapshot_at(&cut)
+            .iter()
+            .map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(0)
+            })
+            .collect();
+        // Handle 8 is unknown to the cut: all its pushes are after it.
+        assert_eq!(kept, vec![0, 1]);
     }
 }

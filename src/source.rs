@@ -88,6 +88,22 @@ struct Lanes {
     sent: Vec<u64>,
     /// `[shard]` -> how many of them the shard has made durable.
     acks: Vec<Arc<LaneAck>>,
+    /// Rows of this handle's pushes so far (durable databases).
+    rows_pushed: u64,
+    /// Where this handle publishes what it delivered, for checkpoints
+    /// (durable databases).
+    cut: Option<Arc<crate::checkpoint::HandleCut>>,
+    /// The checkpoint epoch of this handle's last marker.
+    epoch: u64,
+}
+
+/// A push under way, for checkpoints; ends when dropped.
+struct Pushing(Arc<crate::checkpoint::HandleCut>);
+
+impl Drop for Pushing {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 impl SourceHandle {
@@ -152,14 +168,16 @@ impl SourceHandle {
         let kept = retention.is_on().then(|| batch.clone());
         let rows = batch.num_rows() as u64;
         let mut messages = lanes.route(&self.schema, batch)?;
+        let _pushing = lanes.begin_push_blocking(!messages.is_empty())?;
         lanes.check_room(&messages)?;
         lanes.seal(&mut messages, rows)?;
         lanes.deliver_blocking(messages)?;
         futures::executor::block_on(lanes.durable())?;
         lanes.publish();
         if let Some(batch) = kept {
-            retention.keep(&batch);
+            retention.keep_tagged(&batch, lanes.tag());
         }
+        lanes.publish_cut();
         Ok(())
     }
 
@@ -205,14 +223,16 @@ impl SourceHandle {
             let kept = retention.is_on().then(|| batch.clone());
             let rows = batch.num_rows() as u64;
             let mut messages = lanes.route(&schema, batch)?;
+            let _pushing = lanes.begin_push_async(!messages.is_empty()).await?;
             lanes.check_room(&messages)?;
             lanes.seal(&mut messages, rows)?;
             lanes.deliver_async(messages).await?;
             lanes.durable().await?;
             lanes.publish();
             if let Some(batch) = kept {
-                retention.keep(&batch);
+                retention.keep_tagged(&batch, lanes.tag());
             }
+            lanes.publish_cut();
             Ok(())
         }
         .await;
@@ -239,11 +259,13 @@ impl SourceHandle {
         }
         lanes.watermark_ms = watermark_ms;
         let mut messages = lanes.watermark_messages(watermark_ms, Instant::now());
+        let _pushing = lanes.begin_push_blocking(true)?;
         lanes.check_room(&messages)?;
         lanes.seal(&mut messages, 0)?;
         lanes.deliver_blocking(messages)?;
         futures::executor::block_on(lanes.durable())?;
         lanes.publish();
+        lanes.publish_cut();
         Ok(())
     }
 
@@ -304,6 +326,26 @@ impl SourceHandle {
             .alignment
             .as_ref()
             .map(|group| group.join(source));
+        let mut epoch = 0;
+        let cut = durable.then(|| {
+            let cut = Arc::new(crate::checkpoint::HandleCut::new(
+                crate::storage::lane_key(pipeline.generation, handle),
+                source,
+                pipeline.shards,
+                0,
+            ));
+            if let Ok(mut cuts) = pipeline.handle_cuts.lock() {
+                cuts.push(Arc::clone(&cut));
+            }
+            // Read after registering: a checkpoint that did not find this
+            // handle was requested before, so the handle starts past its
+            // cut, with nothing before it.
+            epoch = pipeline
+                .requested_epoch
+                .load(std::sync::atomic::Ordering::SeqCst);
+            cut.enter(epoch, 0, 0, &vec![0; pipeline.shards]);
+            cut
+        });
         Ok(slot.insert(Lanes {
             pipeline,
             source,
@@ -317,6 +359,9 @@ impl SourceHandle {
             pushes: 0,
             sent: vec![0; acks.len()],
             acks,
+            rows_pushed: 0,
+            cut,
+            epoch,
         }))
     }
 }
@@ -616,6 +661,7 @@ impl Lanes {
             }
             records.push(record);
         }
+        self.rows_pushed += rows;
         for ((_, message), record) in messages.iter_mut().zip(records) {
             if let Ingress::Batch { record: r, .. } | Ingress::Watermark { record: r, .. } = message
             {
@@ -624,6 +670,67 @@ impl Lanes {
         }
         self.pushes += 1;
         Ok(())
+    }
+
+    /// Starts a push that sends messages (`sends`): stamps it with the
+    /// requested checkpoint epoch and, the first time that epoch is seen,
+    /// puts its marker on every lane ahead of the push (waiting for room).
+    fn begin_push_blocking(&mut self, sends: bool) -> Result<Option<Pushing>> {
+        let Some((pushing, epoch)) = self.stamp(sends) else {
+            return Ok(None);
+        };
+        if epoch > self.epoch {
+            for producer in &mut self.producers {
+                let marker = Ingress::Barrier { epoch };
+                if futures::executor::block_on(producer.push(marker)).is_err() {
+                    return Err(self.stopped());
+                }
+            }
+            self.entered(epoch);
+        }
+        Ok(Some(pushing))
+    }
+
+    async fn begin_push_async(&mut self, sends: bool) -> Result<Option<Pushing>> {
+        let Some((pushing, epoch)) = self.stamp(sends) else {
+            return Ok(None);
+        };
+        if epoch > self.epoch {
+            for producer in &mut self.producers {
+                if producer.push(Ingress::Barrier { epoch }).await.is_err() {
+                    return Err(self.stopped());
+                }
+            }
+            self.entered(epoch);
+        }
+        Ok(Some(pushing))
+    }
+
+    fn stamp(&self, sends: bool) -> Option<(Pushing, u64)> {
+        let cut = self.cut.as_ref().filter(|_| sends)?;
+        let epoch = cut.begin(&self.pipeline.requested_epoch);
+        Some((Pushing(Arc::clone(cut)), epoch))
+    }
+
+    fn entered(&mut self, epoch: u64) {
+        if let Some(cut) = &self.cut {
+            cut.enter(epoch, self.pushes, self.rows_pushed, &self.sent);
+        }
+        self.epoch = epoch;
+    }
+
+    /// The (lane key, push number) of the push just made (durable
+    /// databases).
+    fn tag(&self) -> Option<(u64, u64)> {
+        self.cut.as_ref().map(|cut| (cut.key, self.pushes))
+    }
+
+    /// Publishes, for checkpoints, what this handle has delivered after a
+    /// whole push.
+    fn publish_cut(&self) {
+        if let Some(cut) = &self.cut {
+            cut.publish(self.pushes, self.rows_pushed, &self.sent);
+        }
     }
 
     /// In `Durability::Sync`, waits until every shard has made all of this

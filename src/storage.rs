@@ -132,7 +132,7 @@ impl PushTag {
 }
 
 /// A replay lane's key: the handle it stands for.
-fn lane_key(generation: u32, handle: u32) -> u64 {
+pub(crate) fn lane_key(generation: u32, handle: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(handle)
 }
 
@@ -524,19 +524,33 @@ pub(crate) struct Recovery {
     pub rows: Vec<u64>,
     /// Records that will be replayed.
     pub records: u64,
+    /// `[shard]` -> the last LSN the loaded checkpoint covers (0: none).
+    covered: Vec<u64>,
+    /// `[shard]` -> lane keys of handles the checkpoint restored as
+    /// virtual lanes (the replay closes them).
+    restored_lanes: Vec<Vec<u64>>,
 }
 
 impl Recovery {
     /// Reads every shard's log, finds where each ends and which pushes are
     /// whole, and cuts the logs there.
-    pub fn analyze(storage: &Storage, shards: usize, sources: usize) -> Result<Self> {
+    pub fn analyze(
+        storage: &Storage,
+        shards: usize,
+        sources: usize,
+        checkpoint: Option<&crate::checkpoint::Restored>,
+    ) -> Result<Self> {
+        let covered: Vec<u64> =
+            checkpoint.map_or_else(|| vec![0; shards], |c| c.manifest.covered_lsn.clone());
         let mut pushes: HashMap<(u32, u32), BTreeMap<u64, PushSeen>> = HashMap::new();
         let mut push_source: HashMap<(u32, u32), usize> = HashMap::new();
         let mut tails = Vec::with_capacity(shards);
-        for shard in 0..shards {
+        for (shard, &covered_lsn) in covered.iter().enumerate() {
             let dir = storage.shard_dir(shard);
             let tail = laminar_wal::scan(&dir, shard as u32, |record| {
-                if matches!(record.kind, KIND_LANE_OPEN | KIND_LANE_CLOSE) {
+                if matches!(record.kind, KIND_LANE_OPEN | KIND_LANE_CLOSE)
+                    || record.lsn <= covered_lsn
+                {
                     return Ok(());
                 }
                 let (source, _, _, tag) = PushTag::decode(record.payload)
@@ -564,6 +578,17 @@ impl Recovery {
                     );
                 }
                 laminar_wal::cut(tail)?;
+                if tail.next_lsn <= covered_lsn {
+                    return Err(Error::new(
+                        ErrorCode::StorageCorrupt,
+                        format!(
+                            "shard {shard}: the WAL ends at LSN {}, before the LSN {} its checkpoint covers",
+                            tail.next_lsn - 1,
+                            covered_lsn
+                        ),
+                    )
+                    .with_hint("records that were synced before the checkpoint are missing"));
+                }
                 if tail.generation >= storage.generation {
                     return Err(Error::new(
                         ErrorCode::StorageCorrupt,
@@ -574,13 +599,25 @@ impl Recovery {
                     ));
                 }
             }
+            if tail.is_none() && covered_lsn > 0 {
+                return Err(Error::new(
+                    ErrorCode::StorageCorrupt,
+                    format!("shard {shard}: the WAL is missing, but a checkpoint refers to it"),
+                ));
+            }
             tails.push(tail);
         }
         let mut committed = HashMap::new();
-        let mut rows = vec![0u64; sources];
+        let mut rows = checkpoint.map_or_else(|| vec![0u64; sources], |c| c.manifest.rows.clone());
         let mut records = 0u64;
+        let before_cut: HashMap<u64, u64> = checkpoint
+            .map(|c| c.manifest.handles.iter().copied().collect())
+            .unwrap_or_default();
         for (key, seqs) in &pushes {
-            let mut last = 0;
+            let mut last = before_cut
+                .get(&lane_key(key.0, key.1))
+                .copied()
+                .unwrap_or(0);
             for (&seq, seen) in seqs {
                 if seq != last + 1 || seen.records != seen.parts {
                     break;
@@ -593,12 +630,28 @@ impl Recovery {
             }
             committed.insert(*key, last);
         }
+        let restored_lanes = match checkpoint {
+            Some(c) => c
+                .shards
+                .iter()
+                .map(|s| s.source_lanes.iter().map(|&(_, key, _)| key).collect())
+                .collect(),
+            None => vec![Vec::new(); shards],
+        };
         Ok(Self {
             tails,
             committed,
             rows,
             records,
+            covered,
+            restored_lanes,
         })
+    }
+
+    /// Whether the replay has anything to do: records to replay, or
+    /// handles a checkpoint restored that it must close.
+    pub fn needs_replay(&self) -> bool {
+        self.records > 0 || self.restored_lanes.iter().any(|l| !l.is_empty())
     }
 
     fn is_committed(&self, tag: &PushTag) -> bool {
@@ -628,7 +681,8 @@ pub(crate) fn replay_shard(
         replay: true,
         log_key: None,
     })?;
-    let mut open: HashSet<u64> = HashSet::new();
+    let mut open: HashSet<u64> = recovery.restored_lanes[shard].iter().copied().collect();
+    let covered = recovery.covered[shard];
     let mut generation = 0u32;
     let close_older = |open: &mut HashSet<u64>,
                        carrier: &mut laminar_runtime::spsc::Producer<Ingress>,
@@ -646,6 +700,10 @@ pub(crate) fn replay_shard(
         Ok(())
     };
     laminar_wal::scan(storage_dir, shard as u32, |record| {
+        if record.lsn <= covered {
+            // The checkpoint holds its effect.
+            return Ok(());
+        }
         let (key, entry) = match decode(shard, &record, shapes)? {
             Logged::LaneOpen { source, key } => {
                 (key, Some(Ingress::ReplayOpen { key, input: source }))

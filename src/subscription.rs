@@ -20,6 +20,9 @@ use crate::metrics::LatencyHistogram;
 pub(crate) struct Emitted {
     pub batch: RecordBatch,
     pub origin: Instant,
+    /// A checkpoint's marker (no rows): everything the shard emitted
+    /// before the checkpoint's cut came before it.
+    pub barrier: Option<std::sync::Arc<crate::checkpoint::Barrier>>,
 }
 
 /// A live subscription to a stream. Implements [`futures::Stream`] and has
@@ -32,6 +35,14 @@ pub struct Subscription {
     rings: Vec<Consumer<Emitted>>,
     next_ring: usize,
     latency: LatencyHistogram,
+    /// `recv_marked`: the rings that delivered a checkpoint's marker.
+    held: Vec<Option<std::sync::Arc<crate::checkpoint::Barrier>>>,
+}
+
+/// What [`Subscription::recv_marked`] yields.
+pub(crate) enum Marked {
+    Batch(RecordBatch),
+    Checkpoint(std::sync::Arc<crate::checkpoint::Barrier>),
 }
 
 impl std::fmt::Debug for Subscription {
@@ -51,6 +62,7 @@ impl Subscription {
             rings,
             next_ring: 0,
             latency: LatencyHistogram::default(),
+            held: Vec::new(),
         }
     }
 
@@ -86,9 +98,66 @@ impl Subscription {
         let n = self.rings.len();
         for i in 0..n {
             let ring = (self.next_ring + i) % n;
-            if let Some(emitted) = self.rings[ring].try_pop() {
+            while let Some(emitted) = self.rings[ring].try_pop() {
+                if emitted.barrier.is_some() {
+                    // Checkpoint markers matter to views only.
+                    continue;
+                }
                 self.next_ring = (ring + 1) % n;
                 return Some(self.take(emitted));
+            }
+        }
+        None
+    }
+
+    /// For a reader whose contents are part of checkpoints (a
+    /// materialized view): the next batch, or a checkpoint once every
+    /// shard's marker has arrived. A ring that delivered its marker is
+    /// not read again until the others have, so the batches before a
+    /// checkpoint are exactly those the shards emitted before its cut.
+    /// `None` once the stream has ended.
+    pub(crate) fn recv_marked(&mut self) -> Option<Marked> {
+        futures::executor::block_on(std::future::poll_fn(|cx| {
+            if let Some(item) = self.poll_marked() {
+                return Poll::Ready(Some(item));
+            }
+            for ring in &self.rings {
+                ring.register_and_check(cx.waker());
+            }
+            if let Some(item) = self.poll_marked() {
+                return Poll::Ready(Some(item));
+            }
+            if self.is_finished() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        }))
+    }
+
+    fn poll_marked(&mut self) -> Option<Marked> {
+        let n = self.rings.len();
+        if self.held.len() != n {
+            self.held = vec![None; n];
+        }
+        for i in 0..n {
+            let ring = (self.next_ring + i) % n;
+            if self.held[ring].is_some() {
+                continue;
+            }
+            if let Some(emitted) = self.rings[ring].try_pop() {
+                self.next_ring = (ring + 1) % n;
+                match emitted.barrier {
+                    Some(barrier) => {
+                        self.held[ring] = Some(barrier);
+                        if self.held.iter().all(Option::is_some) {
+                            let barrier = self.held[0].take().expect("all held");
+                            self.held.iter_mut().for_each(|h| *h = None);
+                            return Some(Marked::Checkpoint(barrier));
+                        }
+                    }
+                    None => return Some(Marked::Batch(self.take(emitted))),
+                }
             }
         }
         None

@@ -19,7 +19,7 @@ use arrow::row::{RowConverter, SortField};
 use laminar_operators::WEIGHT_COLUMN;
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::subscription::Subscription;
+use crate::subscription::{Marked, Subscription};
 
 enum Contents {
     /// Every batch of an append-only stream.
@@ -92,6 +92,28 @@ impl ViewState {
         Ok(())
     }
 
+    /// Loads rows a checkpoint kept (what [`ViewState::snapshot`] gave).
+    fn load(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        match &mut self.contents {
+            Contents::Append(kept) => kept.extend(batches),
+            Contents::Changelog { .. } => {
+                for batch in batches {
+                    let mut columns = batch.columns().to_vec();
+                    columns.push(Arc::new(Int64Array::from_value(1, batch.num_rows())));
+                    let mut fields = batch.schema().fields().to_vec();
+                    fields.push(Arc::new(arrow::datatypes::Field::new(
+                        WEIGHT_COLUMN,
+                        arrow::datatypes::DataType::Int64,
+                        false,
+                    )));
+                    let weighted = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                    self.apply(&weighted)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The view's rows right now.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match &self.contents {
@@ -125,6 +147,9 @@ impl ViewState {
 pub(crate) struct View {
     pub name: String,
     pub state: Arc<Mutex<ViewState>>,
+    /// A stream's retained output (`LaminarDB::retain_output`): every
+    /// batch as emitted, not a queryable view.
+    pub output: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -132,18 +157,47 @@ impl View {
     /// Starts keeping `subscription`'s stream as a view; a batch the view
     /// cannot take is reported in `errors` (what `LaminarDB::errors`
     /// returns) as well as logged.
+    /// `index` is the view's number in checkpoints; `restored` what the
+    /// last checkpoint kept of it.
     pub fn start(
         name: String,
         mut subscription: Subscription,
         errors: Arc<Mutex<Vec<Error>>>,
+        index: usize,
+        restored: Option<Vec<RecordBatch>>,
+        output: bool,
     ) -> Result<Self> {
-        let state = Arc::new(Mutex::new(ViewState::new(&subscription.schema())?));
+        let mut initial = if output {
+            ViewState {
+                schema: subscription.schema(),
+                contents: Contents::Append(Vec::new()),
+            }
+        } else {
+            ViewState::new(&subscription.schema())?
+        };
+        if let Some(batches) = restored {
+            initial.load(batches)?;
+        }
+        let state = Arc::new(Mutex::new(initial));
         let kept = Arc::clone(&state);
         let view_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("laminar-view-{name}"))
             .spawn(move || {
-                while let Some(batch) = subscription.recv() {
+                while let Some(item) = subscription.recv_marked() {
+                    let batch = match item {
+                        Marked::Batch(batch) => batch,
+                        Marked::Checkpoint(barrier) => {
+                            let contents = kept
+                                .lock()
+                                .map_err(|_| {
+                                    Error::new(ErrorCode::Checkpoint, "view state poisoned")
+                                })
+                                .and_then(|view| view.snapshot());
+                            barrier.report_view(index, contents);
+                            continue;
+                        }
+                    };
                     let applied = kept.lock().map(|mut view| view.apply(&batch));
                     if let Ok(Err(e)) = applied {
                         log::error!("materialized view {view_name}: {e}");
@@ -167,6 +221,7 @@ impl View {
         Ok(Self {
             name,
             state,
+            output,
             thread: Some(thread),
         })
     }

@@ -68,7 +68,24 @@ fn fixture() -> Fixture {
     Fixture { dir, sql, inputs }
 }
 
-fn command(f: &Fixture, out: &Path, storage: Option<(&Path, &str)>) -> Command {
+/// A durable run's set-up: durability and, optionally, a checkpoint
+/// interval in ms.
+#[derive(Clone, Copy)]
+struct Mode {
+    durability: &'static str,
+    checkpoint_ms: Option<u64>,
+}
+
+impl Mode {
+    fn name(&self) -> String {
+        match self.checkpoint_ms {
+            Some(ms) => format!("{}-checkpoint-{ms}ms", self.durability),
+            None => self.durability.to_string(),
+        }
+    }
+}
+
+fn command(f: &Fixture, out: &Path, storage: Option<(&Path, Mode)>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_laminardb"));
     c.args(["run", "--sql"]).arg(&f.sql);
     for input in &f.inputs {
@@ -77,10 +94,13 @@ fn command(f: &Fixture, out: &Path, storage: Option<(&Path, &str)>) -> Command {
     c.arg("--output")
         .arg(out)
         .args(["--batch-rows", "64", "--shards", "2"]);
-    if let Some((dir, durability)) = storage {
+    if let Some((dir, mode)) = storage {
         c.arg("--storage-dir")
             .arg(dir)
-            .args(["--durability", durability]);
+            .args(["--durability", mode.durability]);
+        if let Some(ms) = mode.checkpoint_ms {
+            c.arg("--checkpoint-interval-ms").arg(ms.to_string());
+        }
     }
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -124,13 +144,14 @@ fn iterations() -> usize {
 }
 
 /// Kills runs at random moments until one completes, then compares.
-fn crash_until_done(f: &Fixture, reference: &Path, durability: &str, kills: usize, seed: u64) {
-    let storage = f.dir.path().join(format!("storage-{durability}"));
-    let out = f.dir.path().join(format!("out-{durability}"));
+fn crash_until_done(f: &Fixture, reference: &Path, mode: Mode, kills: usize, seed: u64) {
+    let name = mode.name();
+    let storage = f.dir.path().join(format!("storage-{name}"));
+    let out = f.dir.path().join(format!("out-{name}"));
     // How long a whole durable run takes here, to spread the kills over.
-    let probe = f.dir.path().join(format!("probe-{durability}"));
+    let probe = f.dir.path().join(format!("probe-{name}"));
     let started = Instant::now();
-    run_to_end(command(f, &out, Some((&probe, durability))));
+    run_to_end(command(f, &out, Some((&probe, mode))));
     let full = started.elapsed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut killed = 0;
@@ -139,9 +160,7 @@ fn crash_until_done(f: &Fixture, reference: &Path, durability: &str, kills: usiz
         attempts += 1;
         assert!(attempts < kills * 4, "runs keep finishing before the kill");
         let delay = full.mul_f64(rng.random_range(0.05..1.1));
-        let mut child = command(f, &out, Some((&storage, durability)))
-            .spawn()
-            .unwrap();
+        let mut child = command(f, &out, Some((&storage, mode))).spawn().unwrap();
         let deadline = Instant::now() + delay;
         while Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
@@ -165,12 +184,18 @@ fn crash_until_done(f: &Fixture, reference: &Path, durability: &str, kills: usiz
             }
         }
     }
-    run_to_end(command(f, &out, Some((&storage, durability))));
+    run_to_end(command(f, &out, Some((&storage, mode))));
     assert_same_outputs(
         reference,
         &out,
-        &format!("{durability} after {killed} kills (seed {seed})"),
+        &format!("{name} after {killed} kills (seed {seed})"),
     );
+    if mode.checkpoint_ms.is_some() {
+        assert!(
+            storage.join("checkpoints").join("MANIFEST").exists(),
+            "{name}: no checkpoint was taken"
+        );
+    }
 }
 
 #[test]
@@ -183,6 +208,79 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(42);
-    crash_until_done(&f, &reference, "sync", kills, seed);
-    crash_until_done(&f, &reference, "async", kills.div_ceil(2), seed + 1);
+    let sync = Mode {
+        durability: "sync",
+        checkpoint_ms: None,
+    };
+    let asynchronous = Mode {
+        durability: "async",
+        checkpoint_ms: None,
+    };
+    crash_until_done(&f, &reference, sync, kills, seed);
+    crash_until_done(&f, &reference, asynchronous, kills.div_ceil(2), seed + 1);
+}
+
+/// The same with frequent checkpoints: kills land before, during and after
+/// them (a checkpoint takes about as long as its interval here), and each
+/// restart loads the last complete one and replays the WAL after it.
+#[test]
+fn killed_runs_with_checkpoints_resume_to_the_uninterrupted_result() {
+    let f = fixture();
+    let reference = f.dir.path().join("reference");
+    run_to_end(command(&f, &reference, None));
+    let kills = iterations();
+    let seed = std::env::var("LAMINARDB_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(42);
+    for (i, durability) in ["sync", "async"].into_iter().enumerate() {
+        let mode = Mode {
+            durability,
+            checkpoint_ms: Some(10),
+        };
+        crash_until_done(&f, &reference, mode, kills, seed + 10 + i as u64);
+    }
+}
+
+/// A run that dies at each step of writing a checkpoint (after its state
+/// files, after its manifest's temporary file, after the manifest but
+/// before the old checkpoint and WAL are deleted) resumes to the
+/// uninterrupted result.
+#[test]
+fn a_crash_inside_a_checkpoint_loses_and_repeats_nothing() {
+    let f = fixture();
+    let reference = f.dir.path().join("reference");
+    run_to_end(command(&f, &reference, None));
+    let mode = Mode {
+        durability: "sync",
+        checkpoint_ms: Some(5),
+    };
+    for point in [
+        "checkpoint-before-manifest",
+        "checkpoint-manifest-written",
+        "checkpoint-before-cleanup",
+    ] {
+        let storage = f.dir.path().join(format!("storage-{point}"));
+        let out = f.dir.path().join(format!("out-{point}"));
+        // The first run dies at its first checkpoint; the second at its
+        // first too, with the first run's state to recover; the third
+        // finishes.
+        for _ in 0..2 {
+            let died = command(&f, &out, Some((&storage, mode)))
+                .env("LAMINARDB_FAILPOINT", point)
+                .output()
+                .unwrap();
+            assert!(
+                !died.status.success(),
+                "{point}: the run did not stop there"
+            );
+            assert!(
+                String::from_utf8_lossy(&died.stderr).contains(point),
+                "{point}: {}",
+                String::from_utf8_lossy(&died.stderr)
+            );
+        }
+        run_to_end(command(&f, &out, Some((&storage, mode))));
+        assert_same_outputs(&reference, &out, point);
+    }
 }

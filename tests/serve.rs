@@ -34,7 +34,8 @@ fn write_config(dir: &Path, port: u16, pg_port: u16) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[engine]\nshards = 2\n\n[storage]\ndir = \"state\"\ndurability = \"sync\"\n\n\
+            "[engine]\nshards = 2\n\n[storage]\ndir = \"state\"\ndurability = \"sync\"\n\
+             checkpoint_interval_ms = 100\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n\
              [pgwire]\nlisten = \"127.0.0.1:{pg_port}\"\nuser = \"laminar\"\n\
              password = \"{PG_PASSWORD}\"\n\n\
@@ -318,6 +319,15 @@ fn serve_ingests_answers_and_survives_a_kill() {
         let (status, body) = curl(port, "POST", "/query", true, Some(big_trades));
         (status == 200 && body.contains("40000")).then_some(body)
     });
+    eventually("a checkpoint", || {
+        let (_, metrics) = curl(port, "GET", "/metrics", true, None);
+        let taken = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("laminardb_checkpoints_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        (taken > 0 && metrics.contains("laminardb_checkpoint_duration_seconds")).then_some(metrics)
+    });
 
     // SIGTERM: drain and exit 0.
     let status = Command::new("kill")
@@ -336,9 +346,19 @@ fn serve_ingests_answers_and_survives_a_kill() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(exit.success(), "{log}");
-    assert!(log.contains("stopped"), "{log}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.success(), "{text}");
+    assert!(text.contains("stopped"), "{text}");
+    assert!(text.contains("final checkpoint"), "{text}");
+
+    // Started again from the final checkpoint: the same answers.
+    let server = start(&config, &log);
+    wait_ready(port);
+    eventually("the view from the final checkpoint", || {
+        let (status, body) = curl(port, "POST", "/query", true, Some(view));
+        (status == 200 && body.trim() == want_after).then_some(body)
+    });
+    drop(server);
 }
 
 #[test]

@@ -32,6 +32,7 @@ use laminar_runtime::Result;
 
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
+use crate::snapshot;
 use crate::stage::{apply_all_carrying, emit_weighted};
 use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
@@ -459,5 +460,83 @@ impl Operator for ChangelogAggregate {
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.windows.len());
+        for (&start, state) in &self.windows {
+            if state.located.is_empty() {
+                continue;
+            }
+            let ids = state.groups.all_ids();
+            let locations: Vec<(usize, usize)> = state
+                .located
+                .iter()
+                .map(|&(c, r)| (c as usize, r as usize))
+                .collect();
+            let mut names = vec!["window_start".to_string()];
+            let mut columns: Vec<ArrayRef> =
+                vec![Arc::new(Int64Array::from_value(start, ids.len()))];
+            for (i, key) in self
+                .encoder
+                .key_columns(&state.groups, &ids)?
+                .into_iter()
+                .enumerate()
+            {
+                names.push(format!("key_{i}"));
+                columns.push(key);
+            }
+            let first = &state.chunks[0];
+            for j in 0..first.states.len() {
+                for f in 0..first.states[j].len() {
+                    names.push(format!("state_{j}_{f}"));
+                    columns.push(gather(&state.chunks, |c| &c.states[j][f], &locations)?);
+                }
+            }
+            for j in 0..first.values.len() {
+                names.push(format!("value_{j}"));
+                columns.push(gather(&state.chunks, |c| &c.values[j], &locations)?);
+            }
+            batches.push(crate::snapshot_batch(names, columns)?);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        self.windows.clear();
+        let aggregates = self.spec.accumulators()?.len();
+        for batch in state {
+            let start = snapshot::window_start(batch)?;
+            let groups = snapshot::restore_groups(&self.encoder, batch)?;
+            let states = (0..aggregates)
+                .map(|j| snapshot::columns_with_prefix(batch, &format!("state_{j}_")))
+                .collect::<Vec<_>>();
+            let values = (0..aggregates)
+                .map(|j| {
+                    batch
+                        .column_by_name(&format!("value_{j}"))
+                        .cloned()
+                        .ok_or_else(|| snapshot::corrupt("missing an emitted value"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rows = batch.num_rows();
+            self.windows.insert(
+                start,
+                ChangeState {
+                    groups,
+                    located: (0..rows as u32).map(|r| (0, r)).collect(),
+                    chunks: vec![Chunk {
+                        states,
+                        values,
+                        live: rows,
+                    }],
+                },
+            );
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,7 @@ pub mod join;
 pub mod lookup_join;
 pub mod running;
 pub mod session_aggregate;
+mod snapshot;
 pub mod stage;
 pub mod time;
 pub mod top_n;
@@ -140,6 +141,25 @@ pub trait Operator: Send {
         ))
     }
 
+    /// Whether [`Operator::snapshot`] and [`Operator::restore`] work for
+    /// this operator (checkpoints refuse pipelines with one that does not).
+    fn checkpoints(&self) -> bool {
+        false
+    }
+
+    /// The operator's state for a checkpoint, as Arrow batches laid out as
+    /// the operator defines (only [`Operator::restore`] of the same
+    /// operator reads them). The operator carries on as before afterwards.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(not_checkpointable())
+    }
+
+    /// Replaces the state of a newly built operator with what
+    /// [`Operator::snapshot`] returned.
+    fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
+        Err(not_checkpointable())
+    }
+
     /// The watermark of the operator's output after its input's advanced
     /// to `input_watermark_ms`: no row it emits later has an event time
     /// below it, so downstream operators may close windows up to it. Most
@@ -148,4 +168,30 @@ pub trait Operator: Send {
     fn output_watermark(&self, input_watermark_ms: i64) -> i64 {
         input_watermark_ms
     }
+}
+
+fn not_checkpointable() -> laminar_runtime::Error {
+    laminar_runtime::Error::new(
+        laminar_runtime::ErrorCode::Unsupported,
+        "this operator's state cannot be checkpointed yet",
+    )
+}
+
+/// A schema for snapshot columns: `names` and the arrays' own types, all
+/// nullable (state arrays may hold NULLs whatever the output says).
+pub(crate) fn snapshot_batch(
+    names: impl IntoIterator<Item = String>,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<RecordBatch> {
+    let fields: Vec<arrow::datatypes::Field> = names
+        .into_iter()
+        .zip(&columns)
+        .map(|(name, c)| arrow::datatypes::Field::new(name, c.data_type().clone(), true))
+        .collect();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(None),
+    )?)
 }

@@ -195,6 +195,21 @@ impl Operator for LookupJoin {
 
     /// Upserts table rows (in the table's schema) into the replica, or
     /// replaces the replica with them.
+    /// The replica is not part of a checkpoint: the table keeps its own
+    /// log, and a restarted pipeline loads the table's rows into every
+    /// lookup join before any input, as at a first start.
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
+        Ok(())
+    }
+
     fn on_table_rows(&mut self, rows: &RecordBatch, replace: bool) -> Result<()> {
         if replace {
             self.keys = self.encoder.table();

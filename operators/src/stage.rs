@@ -299,4 +299,16 @@ impl Operator for Stateless {
     fn late_rows(&self) -> u64 {
         0
     }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
+        Ok(())
+    }
 }

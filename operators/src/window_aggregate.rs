@@ -24,6 +24,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, WindowBinding};
 use crate::groups::{GroupTable, KeyEncoder};
+use crate::snapshot;
 use crate::stage::{apply_all, apply_all_carrying};
 use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
@@ -218,5 +219,55 @@ impl Operator for WindowAggregate {
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.windows.len());
+        let starts: Vec<i64> = self.windows.keys().copied().collect();
+        for start in starts {
+            let state = self.windows.get_mut(&start).expect("listed above");
+            if state.groups.is_empty() {
+                continue;
+            }
+            let batch = snapshot::groups_batch(
+                &self.encoder,
+                start,
+                &state.groups,
+                &mut state.accumulators,
+            )?;
+            // Taking the state emptied the accumulators: load it back.
+            let restored = self.restore_window(&batch)?;
+            self.windows.insert(start, restored);
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        self.windows.clear();
+        for batch in state {
+            let start = snapshot::window_start(batch)?;
+            let window = self.restore_window(batch)?;
+            self.windows.insert(start, window);
+        }
+        Ok(())
+    }
+}
+
+impl WindowAggregate {
+    fn restore_window(&self, batch: &RecordBatch) -> Result<WindowState> {
+        let groups = snapshot::restore_groups(&self.encoder, batch)?;
+        let mut accumulators = self.spec.accumulators()?;
+        for (j, accumulator) in accumulators.iter_mut().enumerate() {
+            snapshot::merge_states(accumulator.as_mut(), batch, j)?;
+        }
+        Ok(WindowState {
+            groups,
+            accumulators,
+        })
     }
 }

@@ -69,6 +69,10 @@ pub enum ErrorCode {
     /// An external system (a database a lookup table loads from) cannot be
     /// reached or refused the connection.
     ExternalUnavailable,
+    /// A checkpoint could not be taken or finished (a shard stopped, a
+    /// checkpoint file could not be written, one was already running).
+    /// The previous checkpoint and the WAL still hold everything.
+    Checkpoint,
 }
 
 impl ErrorCode {
@@ -99,6 +103,7 @@ impl ErrorCode {
             ErrorCode::RecordTooLarge => 6003,
             ErrorCode::StorageCorrupt => 6004,
             ErrorCode::StorageLocked => 6005,
+            ErrorCode::Checkpoint => 6006,
             ErrorCode::ExternalUnavailable => 7001,
         }
     }

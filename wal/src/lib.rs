@@ -21,5 +21,5 @@ pub mod format;
 pub mod reader;
 pub mod writer;
 
-pub use reader::{cut, scan, segment_name, segments, Record, Tail};
+pub use reader::{cut, release, scan, segment_name, segments, Record, Tail};
 pub use writer::{WalConfig, WalWriter};

@@ -249,3 +249,36 @@ fn io_error(op: &str, path: &Path, e: &std::io::Error) -> Error {
         format!("cannot {op} {}: {e}", path.display()),
     )
 }
+
+/// Deletes the oldest segment files while every record in them has an LSN
+/// up to `lsn` (a checkpoint covers them): a segment goes when the one
+/// after it starts at or before `lsn + 1`. The log stays contiguous (only
+/// a prefix of the files goes) and the newest segment always stays, so
+/// the writer's position and the LSNs after `lsn` are kept. Returns how
+/// many files were deleted.
+pub fn release(dir: &Path, lsn: u64) -> Result<usize> {
+    let files = segments(dir)?;
+    let mut released = 0;
+    for pair in files.windows(2) {
+        let (_, path) = &pair[0];
+        let (_, next) = &pair[1];
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        let readable = std::fs::File::open(next)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .is_ok();
+        let Some(next_header) = readable.then(|| SegmentHeader::parse(&header)).flatten() else {
+            break;
+        };
+        if next_header.first_lsn.get() > lsn.saturating_add(1) {
+            break;
+        }
+        std::fs::remove_file(path).map_err(|e| io_error("remove", path, &e))?;
+        released += 1;
+    }
+    if released > 0 {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("sync", dir, &e))?;
+    }
+    Ok(released)
+}

@@ -8,6 +8,7 @@
 //! [storage]                       # optional: without it, nothing is kept
 //! dir = "/var/lib/laminardb"
 //! durability = "sync"             # or "async"
+//! checkpoint_interval_ms = 60000  # optional: checkpoints (and a last one at SIGTERM)
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -57,6 +58,7 @@ struct StorageSection {
     dir: PathBuf,
     #[serde(default)]
     durability: DurabilityName,
+    checkpoint_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +121,8 @@ struct PipelineSection {
 pub struct Config {
     pub shards: Option<usize>,
     pub storage: Option<(PathBuf, Durability)>,
+    /// With storage: how often to take a checkpoint.
+    pub checkpoint_interval: Option<std::time::Duration>,
     pub listen: SocketAddr,
     pub token: Option<String>,
     /// The PostgreSQL listener.
@@ -296,6 +300,16 @@ impl Config {
                 "no [[pipeline]]: the server would have nothing to run",
             ));
         }
+        let checkpoint_interval = match file.storage.as_ref().and_then(|s| s.checkpoint_interval_ms)
+        {
+            Some(0) => {
+                return Err(invalid(
+                    path,
+                    "[storage] checkpoint_interval_ms must be at least 1",
+                ))
+            }
+            other => other.map(std::time::Duration::from_millis),
+        };
         let storage = file.storage.map(|s| {
             let durability = match s.durability {
                 DurabilityName::Sync => Durability::Sync,
@@ -306,6 +320,7 @@ impl Config {
         Ok(Self {
             shards: file.engine.shards,
             storage,
+            checkpoint_interval,
             listen,
             token: file.http.token,
             pgwire,

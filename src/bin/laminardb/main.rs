@@ -52,6 +52,11 @@ enum Command {
         /// is read) or `async` (synced every 10 ms).
         #[arg(long, value_enum, default_value_t = DurabilityArg::Sync)]
         durability: DurabilityArg,
+        /// With --storage-dir: take a checkpoint every this many
+        /// milliseconds, so a restart replays only the WAL after the last
+        /// one (default: no checkpoints; a restart replays everything).
+        #[arg(long, value_name = "MS")]
+        checkpoint_interval_ms: Option<u64>,
     },
     /// Runs the pipelines of a config file as a daemon with an HTTP API
     /// (ingest, queries, health, metrics) until SIGTERM or SIGINT.
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
                 shards,
                 storage_dir,
                 durability,
+                checkpoint_interval_ms,
             } => {
                 run::run(run::RunArgs {
                     sql,
@@ -129,6 +135,8 @@ fn main() -> ExitCode {
                         };
                         (dir, durability)
                     }),
+                    checkpoint_interval: checkpoint_interval_ms
+                        .map(std::time::Duration::from_millis),
                 })
                 .await
             }

@@ -21,6 +21,8 @@ pub struct RunArgs {
     pub shards: Option<usize>,
     /// Storage directory and durability: resume after a crash.
     pub storage: Option<(PathBuf, laminar_db::Durability)>,
+    /// With a storage directory: take a checkpoint this often.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -362,6 +364,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some((dir, durability)) = &args.storage {
         builder = builder.storage_dir(dir).durability(*durability);
     }
+    if let Some(interval) = args.checkpoint_interval {
+        if args.storage.is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "--checkpoint-interval-ms needs --storage-dir",
+            ));
+        }
+        builder = builder.checkpoint_interval(interval);
+    }
     let db = builder.build()?;
     // Ad-hoc queries read materialized views, which are complete only once
     // the input has been consumed: they run at the end.
@@ -396,20 +407,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             handles.push(db.source_untyped(&source)?);
         }
     }
-    let mut collectors = Vec::new();
+    // Outputs are kept inside the database: after a crash, the last
+    // checkpoint brings back what was emitted before it and the replay of
+    // the WAL after it emits the rest, each row once.
     for name in &streams {
-        let mut subscription = db.subscribe(name)?;
-        collectors.push((
-            name.clone(),
-            subscription.schema(),
-            std::thread::spawn(move || {
-                let mut batches = Vec::new();
-                while let Some(batch) = subscription.recv() {
-                    batches.push(batch);
-                }
-                batches
-            }),
-        ));
+        db.retain_output(name)?;
     }
     db.start().await?;
     let mut skip = handles
@@ -429,14 +431,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     db.shutdown().await?;
     let mut outputs = Vec::new();
-    for (name, schema, collector) in collectors {
-        let batches = collector.join().map_err(|_| {
-            Error::new(
-                ErrorCode::Execution,
-                format!("collector for {name} panicked"),
-            )
-        })?;
-        outputs.push((name, schema, batches));
+    for name in &streams {
+        outputs.push((
+            name.clone(),
+            db.stream_schema(name)?,
+            db.retained_output(name)?,
+        ));
     }
     fed?;
     if let Some(error) = db.errors().into_iter().next() {

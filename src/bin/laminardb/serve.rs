@@ -98,6 +98,9 @@ pub async fn serve(path: &Path) -> Result<()> {
     if let Some((dir, durability)) = &config.storage {
         builder = builder.storage_dir(dir).durability(*durability);
     }
+    if let Some(interval) = config.checkpoint_interval {
+        builder = builder.checkpoint_interval(interval);
+    }
     let db = builder.build()?;
     for (name, statements) in &config.pipelines {
         for statement in statements {
@@ -255,6 +258,13 @@ pub async fn serve(path: &Path) -> Result<()> {
     eprintln!("laminardb: stopping: draining the shards");
     // Requests are done; handles drop with the app.
     drop(app);
+    if config.checkpoint_interval.is_some() {
+        // A last checkpoint, so the next start replays (almost) nothing.
+        match db.checkpoint().await {
+            Ok(info) => eprintln!("laminardb: final checkpoint {}", info.epoch),
+            Err(e) => eprintln!("laminardb: final checkpoint failed: {e}"),
+        }
+    }
     db.shutdown().await?;
     eprintln!("laminardb: stopped");
     Ok(())
@@ -445,6 +455,29 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         metrics.wal.syncs,
         metrics.wal.sync_ns as f64 / 1e9,
         metrics.wal.syncs
+    ));
+    let checkpoints = &metrics.checkpoints;
+    out.push_str(&format!(
+        "# HELP laminardb_checkpoints_total Checkpoints completed since start.\n\
+         # TYPE laminardb_checkpoints_total counter\n\
+         laminardb_checkpoints_total {}\n\
+         # HELP laminardb_checkpoint_failures_total Checkpoints that failed (the previous one stands).\n\
+         # TYPE laminardb_checkpoint_failures_total counter\n\
+         laminardb_checkpoint_failures_total {}\n\
+         # HELP laminardb_checkpoint_epoch The last completed checkpoint's epoch.\n\
+         # TYPE laminardb_checkpoint_epoch gauge\n\
+         laminardb_checkpoint_epoch {}\n\
+         # HELP laminardb_checkpoint_duration_seconds How long the last checkpoint took.\n\
+         # TYPE laminardb_checkpoint_duration_seconds gauge\n\
+         laminardb_checkpoint_duration_seconds {:.6}\n\
+         # HELP laminardb_checkpoint_bytes State bytes the last checkpoint wrote.\n\
+         # TYPE laminardb_checkpoint_bytes gauge\n\
+         laminardb_checkpoint_bytes {}\n",
+        checkpoints.completed,
+        checkpoints.failed,
+        checkpoints.last_epoch,
+        checkpoints.last_duration_us as f64 / 1e6,
+        checkpoints.last_bytes
     ));
     out.push_str(
         "# HELP laminardb_shard_queue_depth Messages waiting in a shard's input rings.\n\

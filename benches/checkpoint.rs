@@ -1,0 +1,150 @@
+//! What checkpoints cost and what they buy, as functions of state size: a
+//! keyed `EMIT CHANGES` aggregate holding K groups (K = 10 k, 100 k, 1 M;
+//! one shard), then
+//!
+//! - `take/K`: one `db.checkpoint()` of that state (copy on the shard,
+//!   Arrow IPC encode, write and fsync of the files and the manifest);
+//! - `recover_checkpoint/K`: reopen, load the checkpoint, nothing to
+//!   replay, until recovery is done;
+//! - `recover_replay/K`: the baseline in the same run, reopening the same
+//!   state with no checkpoint, so the K logged rows are replayed.
+//!
+//! Run: `cargo bench --bench checkpoint`. Storage directories go under the
+//! target directory (a real disk).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use laminar_db::{Durability, LaminarDB};
+
+const DDL: &str = "CREATE SOURCE events (key BIGINT NOT NULL, amount BIGINT NOT NULL,
+    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
+CREATE STREAM per_key AS SELECT key, SUM(amount) AS total, COUNT(*) AS n
+FROM events GROUP BY key EMIT CHANGES";
+
+fn storage_root() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+        .join("checkpoint-bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}
+
+/// K rows, one per key, in batches of 8192.
+fn input(keys: usize) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new("amount", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]));
+    (0..keys)
+        .step_by(8192)
+        .map(|start| {
+            let end = (start + 8192).min(keys) as i64;
+            let start = start as i64;
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(start..end)),
+                    Arc::new(Int64Array::from_iter_values((start..end).map(|k| k % 97))),
+                    Arc::new(Int64Array::from_iter_values(start..end)),
+                ],
+            )
+            .expect("batch")
+        })
+        .collect()
+}
+
+async fn open(dir: &std::path::Path) -> LaminarDB {
+    let db = LaminarDB::builder()
+        .shards(1)
+        .storage_dir(dir)
+        .durability(Durability::Async)
+        .build()
+        .expect("db");
+    db.execute(DDL).await.expect("ddl");
+    db
+}
+
+/// A storage directory holding `keys` groups, with or without a
+/// checkpoint of them.
+fn prepare(rt: &tokio::runtime::Runtime, keys: usize, checkpoint: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+    rt.block_on(async {
+        let db = open(dir.path()).await;
+        let source = db.source_untyped("events").expect("source");
+        db.start().await.expect("start");
+        for batch in input(keys) {
+            source.push(batch).expect("push");
+        }
+        if checkpoint {
+            db.checkpoint().await.expect("checkpoint");
+        }
+        db.shutdown().await.expect("shutdown");
+    });
+    dir
+}
+
+fn reopen(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Duration {
+    rt.block_on(async {
+        let started = Instant::now();
+        let db = open(dir).await;
+        db.start().await.expect("start");
+        db.wait_recovered().await.expect("recovered");
+        let elapsed = started.elapsed();
+        db.shutdown().await.expect("shutdown");
+        elapsed
+    })
+}
+
+fn checkpoints(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let mut group = c.benchmark_group("checkpoint");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for keys in [10_000usize, 100_000, 1_000_000] {
+        group.throughput(Throughput::Elements(keys as u64));
+        // A running database holding the state; each iteration takes one
+        // more checkpoint of it.
+        let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+        let (db, bytes) = rt.block_on(async {
+            let db = open(dir.path()).await;
+            let source = db.source_untyped("events").expect("source");
+            db.start().await.expect("start");
+            for batch in input(keys) {
+                source.push(batch).expect("push");
+            }
+            let info = db.checkpoint().await.expect("checkpoint");
+            (db, info.bytes)
+        });
+        println!("checkpoint of {keys} keys: {bytes} bytes");
+        group.bench_function(BenchmarkId::new("take", keys), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| rt.block_on(db.checkpoint()).expect("checkpoint").duration)
+                    .sum()
+            })
+        });
+        rt.block_on(db.shutdown()).expect("shutdown");
+        let with = prepare(&rt, keys, true);
+        let without = prepare(&rt, keys, false);
+        group.bench_function(BenchmarkId::new("recover_checkpoint", keys), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| reopen(&rt, with.path())).sum())
+        });
+        group.bench_function(BenchmarkId::new("recover_replay", keys), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| reopen(&rt, without.path())).sum())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, checkpoints);
+criterion_main!(benches);

@@ -1,0 +1,494 @@
+//! Checkpoints through the API, against real files: a database that took
+//! checkpoints and was reopened on its storage directory ends exactly
+//! where an uninterrupted run ends (stream outputs, a materialized view,
+//! a source's retained rows), the WAL a checkpoint covers is deleted, and
+//! what cannot be checkpointed fails with its code.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use laminar_db::arrow::array::{Int64Array, RecordBatch};
+use laminar_db::{Durability, ErrorCode, ExecuteResult, LaminarDB};
+
+/// A window aggregate with ordered state (first/last value), a cascade
+/// through an exchange (the per-minute totals are global, so every shard
+/// sends to one), a filter, and an `EMIT CHANGES` view.
+const DDL: &str = "
+CREATE STREAM ohlc AS
+SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS minute,
+       first_value(price ORDER BY ts) AS open, MAX(price) AS high, MIN(price) AS low,
+       last_value(price ORDER BY ts) AS close, SUM(volume) AS volume, COUNT(*) AS trades
+FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+CREATE STREAM minute_totals AS
+SELECT tumble(minute, INTERVAL '1' MINUTE) AS w, SUM(trades) AS trades, SUM(volume) AS volume
+FROM ohlc GROUP BY tumble(minute, INTERVAL '1' MINUTE);
+CREATE STREAM big AS SELECT symbol, price, volume, ts FROM trades WHERE volume > 900;
+CREATE MATERIALIZED VIEW per_symbol AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES";
+
+const STREAMS: [&str; 3] = ["ohlc", "minute_totals", "big"];
+
+fn open(dir: &Path, shards: usize, durability: Durability) -> LaminarDB {
+    LaminarDB::builder()
+        .shards(shards)
+        .storage_dir(dir)
+        .durability(durability)
+        .wal_segment_bytes(64 * 1024)
+        .build()
+        .unwrap()
+}
+
+/// A subscription read on its own thread into a shared list.
+struct Collector {
+    batches: Arc<Mutex<Vec<RecordBatch>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    fn start(mut sub: laminar_db::Subscription) -> Self {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&batches);
+        let thread = std::thread::spawn(move || {
+            while let Some(b) = sub.recv() {
+                kept.lock().unwrap().push(b);
+            }
+        });
+        Self { batches, thread }
+    }
+
+    fn rows(&self) -> u64 {
+        row_count(&self.batches.lock().unwrap()) as u64
+    }
+
+    /// Waits until `rows` rows arrived and returns them.
+    fn wait_for(&self, rows: u64) -> Vec<RecordBatch> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.rows() < rows {
+            assert!(Instant::now() < deadline, "outputs did not arrive");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let got = self.batches.lock().unwrap().clone();
+        assert_eq!(row_count(&got) as u64, rows);
+        got
+    }
+
+    fn finish(self) -> Vec<RecordBatch> {
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.batches).unwrap().into_inner().unwrap()
+    }
+}
+
+struct Run {
+    db: LaminarDB,
+    collectors: Vec<Collector>,
+    handle: laminar_db::SourceHandle,
+}
+
+async fn start(dir: &Path, shards: usize, durability: Durability) -> Run {
+    let db = open(dir, shards, durability);
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(DDL).await.unwrap();
+    let collectors = STREAMS
+        .iter()
+        .map(|s| Collector::start(db.subscribe(s).unwrap()))
+        .collect();
+    let handle = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    Run {
+        db,
+        collectors,
+        handle,
+    }
+}
+
+impl Run {
+    fn push(&self, rows: &[Trade], seed: u64) {
+        for batch in random_batches(rows, seed, 250) {
+            self.handle.push(batch).unwrap();
+        }
+    }
+
+    /// Takes a checkpoint with no push in flight, and returns each
+    /// stream's outputs up to it: everything emitted before the cut, which
+    /// a restart does not emit again.
+    async fn checkpoint(&self) -> (laminar_db::CheckpointInfo, Vec<Vec<RecordBatch>>) {
+        let info = self.db.checkpoint().await.unwrap();
+        let metrics = self.db.metrics();
+        let outputs = STREAMS
+            .iter()
+            .zip(&self.collectors)
+            .map(|(name, collector)| {
+                let emitted = metrics
+                    .streams
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .unwrap()
+                    .rows_out;
+                collector.wait_for(emitted)
+            })
+            .collect();
+        (info, outputs)
+    }
+
+    /// Shuts down (views then hold everything their streams emitted).
+    async fn stop(self) -> (LaminarDB, Vec<Vec<RecordBatch>>) {
+        self.db.shutdown().await.unwrap();
+        assert!(self.db.errors().is_empty(), "{:?}", self.db.errors());
+        let outputs = self.collectors.into_iter().map(Collector::finish).collect();
+        (self.db, outputs)
+    }
+}
+
+async fn query(db: &LaminarDB, sql: &str) -> Vec<RecordBatch> {
+    match db.execute(sql).await.unwrap().pop() {
+        Some(ExecuteResult::Rows(batches)) => batches,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn wal_segments(dir: &Path, shards: usize) -> usize {
+    (0..shards)
+        .map(|s| {
+            std::fs::read_dir(dir.join("wal").join(format!("shard-{s:03}")))
+                .unwrap()
+                .count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_from_checkpoints_end_like_the_uninterrupted_run() {
+    let rows = trades(11, 6_000, 20, 3_000);
+    // The uninterrupted run.
+    let dir = tempfile::tempdir().unwrap();
+    let whole = start(dir.path(), 2, Durability::Sync).await;
+    whole.push(&rows, 99);
+    whole.handle.watermark(i64::MAX).unwrap();
+    let (db, want) = whole.stop().await;
+    let view_want = query(&db, "SELECT symbol, volume, trades FROM per_symbol").await;
+    assert!(row_count(&want[0]) > 0 && row_count(&want[1]) > 0 && row_count(&want[2]) > 0);
+
+    for (shards, durability) in [
+        (1, Durability::Sync),
+        (2, Durability::Sync),
+        (2, Durability::Async),
+    ] {
+        let case = format!("{shards} shard(s), {durability:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<&[Trade]> = rows.chunks(1_200).collect();
+        let mut kept: Vec<Vec<RecordBatch>> = vec![Vec::new(); STREAMS.len()];
+
+        // Run 1: a checkpoint, then more input it does not cover.
+        let run = start(dir.path(), shards, durability).await;
+        run.push(parts[0], 1);
+        let (first, before) = run.checkpoint().await;
+        assert_eq!(first.epoch, 1, "{case}");
+        kept.iter_mut().zip(before).for_each(|(k, b)| k.extend(b));
+        run.push(parts[1], 2);
+        let _ = run.stop().await;
+        let after_first = wal_segments(dir.path(), shards);
+
+        // Run 2: the checkpoint is loaded and the rest of the WAL replayed;
+        // a second checkpoint releases the WAL before it.
+        let run = start(dir.path(), shards, durability).await;
+        assert_eq!(run.db.recovered_rows("trades").unwrap(), 2_400, "{case}");
+        run.push(parts[2], 3);
+        let (second, before) = run.checkpoint().await;
+        assert_eq!(second.epoch, 2, "{case}");
+        assert!(second.bytes > 0, "{case}");
+        kept.iter_mut().zip(before).for_each(|(k, b)| k.extend(b));
+        run.push(parts[3], 4);
+        let _ = run.stop().await;
+        assert!(
+            second.wal_segments_released > 0,
+            "{case}: {after_first} segments after run 1, none released"
+        );
+
+        // Run 3: the input ends; its outputs complete what the checkpoints
+        // kept.
+        let run = start(dir.path(), shards, durability).await;
+        assert_eq!(run.db.recovered_rows("trades").unwrap(), 4_800, "{case}");
+        run.push(parts[4], 5);
+        run.handle.watermark(i64::MAX).unwrap();
+        let (db, last) = run.stop().await;
+        let view = query(&db, "SELECT symbol, volume, trades FROM per_symbol").await;
+        let retained = query(&db, "SELECT COUNT(*) AS n FROM trades").await;
+        for (s, name) in STREAMS.iter().enumerate() {
+            let mut got = kept[s].clone();
+            got.extend(last[s].iter().cloned());
+            eprintln!("{case}: {name}");
+            assert_same_rows(&got, &want[s]);
+        }
+        assert_same_rows(&view, &view_want);
+        let n = retained[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(n, 6_000, "{case}: the source's retained rows");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoints_run_while_input_flows() {
+    let rows = trades(12, 8_000, 20, 3_000);
+    let want = run_batch(
+        "SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol",
+        "trades",
+        vec![trades_batch(&rows)],
+        trades_schema(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    for (run, part) in rows.chunks(4_000).enumerate() {
+        let db = LaminarDB::builder()
+            .shards(2)
+            .storage_dir(dir.path())
+            .wal_segment_bytes(64 * 1024)
+            .checkpoint_interval(Duration::from_millis(5))
+            .build()
+            .unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        db.execute(DDL).await.unwrap();
+        let handle = db.source_untyped("trades").unwrap();
+        db.start().await.unwrap();
+        for batch in random_batches(part, run as u64, 40) {
+            handle.push(batch).unwrap();
+        }
+        // Let at least one checkpoint land after the last push.
+        let taken = db.metrics().checkpoints.completed;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.metrics().checkpoints.completed < taken + 2 {
+            assert!(Instant::now() < deadline, "no periodic checkpoint");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let metrics = db.metrics().checkpoints;
+        assert_eq!(metrics.failed, 0);
+        assert!(metrics.last_epoch > 0);
+        db.shutdown().await.unwrap();
+        assert!(db.errors().is_empty(), "{:?}", db.errors());
+        if run == 1 {
+            let view = query(&db, "SELECT symbol, volume, trades FROM per_symbol").await;
+            assert_same_rows(&view, &want);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_checkpointed_fails_with_its_code() {
+    // No storage directory.
+    let error = LaminarDB::builder()
+        .checkpoint_interval(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidConfig);
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.start().await.unwrap();
+    assert_eq!(
+        db.checkpoint().await.unwrap_err().code(),
+        ErrorCode::InvalidConfig
+    );
+    db.shutdown().await.unwrap();
+
+    // A join's state cannot be saved yet: refused, and the database keeps
+    // working on its WAL alone.
+    let join = "CREATE STREAM pairs AS SELECT a.symbol, a.price, b.price AS other
+        FROM trades a JOIN trades b ON a.symbol = b.symbol
+        AND b.ts BETWEEN a.ts - 1000 AND a.ts";
+    let dir = tempfile::tempdir().unwrap();
+    let db = LaminarDB::builder()
+        .shards(1)
+        .storage_dir(dir.path())
+        .checkpoint_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(join).await.unwrap();
+    let error = db.start().await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unsupported, "{error}");
+    assert!(error.to_string().contains("pairs"), "{error}");
+    drop(db);
+    let db = open(dir.path(), 1, Durability::Sync);
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(join).await.unwrap();
+    db.start().await.unwrap();
+    let error = db.checkpoint().await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unsupported, "{error}");
+    db.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = start(dir.path(), 2, Durability::Sync).await;
+    run.push(&trades(3, 500, 5, 1_000), 1);
+    let (info, _) = run.checkpoint().await;
+    let _ = run.stop().await;
+    let file = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{:020}", info.epoch))
+        .join("shard-001.ckpt");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let db = open(dir.path(), 2, Durability::Sync);
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(DDL).await.unwrap();
+    let error = db.start().await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::StorageCorrupt, "{error}");
+    assert!(error.to_string().contains("shard-001.ckpt"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handles_checkpointed_while_pushing_lose_and_repeat_nothing() {
+    // Three pushing threads, each with its own handle (its own lane on
+    // every shard), checkpoints every few milliseconds, two restarts
+    // midway. Materialized views hold every result exactly once: what
+    // the checkpoint kept, plus what the replay after it re-emitted.
+    let views = "
+CREATE MATERIALIZED VIEW minutes AS
+SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS minute,
+       SUM(volume) AS volume, COUNT(*) AS trades, MAX(price) AS high
+FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+CREATE MATERIALIZED VIEW totals AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES";
+    let threads = 3;
+    let all = trades(21, 9_000, 12, 2_000);
+    // Thread t gets every row of its symbols, in order.
+    let per_thread: Vec<Vec<Trade>> = (0..threads)
+        .map(|t| {
+            all.iter()
+                .filter(|r| r.symbol[1..].parse::<usize>().unwrap() % threads == t)
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let want_minutes = run_batch(
+        "SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS minute,
+                SUM(volume) AS volume, COUNT(*) AS trades, MAX(price) AS high
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)",
+        "trades",
+        vec![trades_batch(&all)],
+        trades_schema(),
+    )
+    .await;
+    let want_totals = run_batch(
+        "SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol",
+        "trades",
+        vec![trades_batch(&all)],
+        trades_schema(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = 3;
+    for run in 0..runs {
+        let db = LaminarDB::builder()
+            .shards(2)
+            .storage_dir(dir.path())
+            .wal_segment_bytes(64 * 1024)
+            .checkpoint_interval(Duration::from_millis(3))
+            .build()
+            .unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        db.execute(views).await.unwrap();
+        db.start().await.unwrap();
+        let mut pushers = Vec::new();
+        for (t, rows) in per_thread.iter().enumerate() {
+            let handle = db.source_untyped("trades").unwrap();
+            let part = rows.len() / runs;
+            let end = if run + 1 == runs {
+                rows.len()
+            } else {
+                (run + 1) * part
+            };
+            let rows = rows[run * part..end].to_vec();
+            pushers.push(std::thread::spawn(move || {
+                for batch in random_batches(&rows, (run * 10 + t) as u64, 60) {
+                    handle.push(batch).unwrap();
+                }
+                if run + 1 == runs {
+                    handle.watermark(i64::MAX).unwrap();
+                }
+            }));
+        }
+        for p in pushers {
+            p.join().unwrap();
+        }
+        let checkpoints = db.metrics().checkpoints;
+        db.shutdown().await.unwrap();
+        assert!(db.errors().is_empty(), "{:?}", db.errors());
+        assert_eq!(checkpoints.failed, 0, "run {run}");
+        assert!(
+            checkpoints.completed > 0,
+            "run {run}: no checkpoint while pushing"
+        );
+        if run + 1 == runs {
+            let minutes = query(&db, "SELECT * FROM minutes").await;
+            let totals = query(&db, "SELECT * FROM totals").await;
+            assert_same_rows(&minutes, &want_minutes);
+            assert_same_rows(&totals, &want_totals);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_never_waits_on_a_checkpoint_it_interrupts() {
+    // A checkpoint every millisecond and pushes from two handles right up
+    // to shutdown: whichever moment the stop lands in (a handle's marker
+    // already on its lanes, a barrier not yet sent, shards aligning),
+    // shutdown finishes and nothing acknowledged is lost.
+    let rows = trades(31, 2_000, 8, 1_000);
+    for round in 0..30u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = LaminarDB::builder()
+            .shards(2)
+            .storage_dir(dir.path())
+            .durability(if round % 2 == 0 {
+                Durability::Sync
+            } else {
+                Durability::Async
+            })
+            .checkpoint_interval(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        db.execute(DDL).await.unwrap();
+        db.start().await.unwrap();
+        let pushers: Vec<_> = rows
+            .chunks(1_000)
+            .enumerate()
+            .map(|(i, part)| {
+                let handle = db.source_untyped("trades").unwrap();
+                let batches = random_batches(part, round * 2 + i as u64, 20);
+                std::thread::spawn(move || {
+                    let mut pushed = 0;
+                    for batch in batches {
+                        if handle.push(batch).is_err() {
+                            break;
+                        }
+                        pushed += 1;
+                    }
+                    pushed
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(round % 4 * 3)).await;
+        tokio::time::timeout(Duration::from_secs(30), db.shutdown())
+            .await
+            .expect("shutdown hung behind a checkpoint")
+            .unwrap();
+        for p in pushers {
+            p.join().unwrap();
+        }
+    }
+}
