@@ -1,13 +1,13 @@
 //! What checkpoints cost and what they buy, as functions of state size: a
 //! keyed `EMIT CHANGES` aggregate holding K groups (K = 10 k, 100 k, 1 M;
-//! one shard), then
+//! one shard), fed 10 events per key (so the WAL holds 10 K events), then
 //!
 //! - `take/K`: one `db.checkpoint()` of that state (copy on the shard,
 //!   Arrow IPC encode, write and fsync of the files and the manifest);
 //! - `recover_checkpoint/K`: reopen, load the checkpoint, nothing to
 //!   replay, until recovery is done;
 //! - `recover_replay/K`: the baseline in the same run, reopening the same
-//!   state with no checkpoint, so the K logged rows are replayed.
+//!   state with no checkpoint, so the 10 K logged events are replayed.
 //!
 //! Run: `cargo bench --bench checkpoint`. Storage directories go under the
 //! target directory (a real disk).
@@ -20,10 +20,10 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use laminar_db::{Durability, LaminarDB};
 
-const DDL: &str = "CREATE SOURCE events (key BIGINT NOT NULL, amount BIGINT NOT NULL,
+const DDL: &str = "CREATE SOURCE events (account BIGINT NOT NULL, amount BIGINT NOT NULL,
     ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
-CREATE STREAM per_key AS SELECT key, SUM(amount) AS total, COUNT(*) AS n
-FROM events GROUP BY key EMIT CHANGES";
+CREATE STREAM per_account AS SELECT account, SUM(amount) AS total, COUNT(*) AS n
+FROM events GROUP BY account EMIT CHANGES";
 
 fn storage_root() -> std::path::PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -34,23 +34,28 @@ fn storage_root() -> std::path::PathBuf {
     dir
 }
 
-/// K rows, one per key, in batches of 8192.
+/// Events an account gets.
+const UPDATES: usize = 10;
+
+/// `UPDATES` events per key, keys round robin, in batches of 8192.
 fn input(keys: usize) -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
-        Field::new("key", DataType::Int64, false),
+        Field::new("account", DataType::Int64, false),
         Field::new("amount", DataType::Int64, false),
         Field::new("ts", DataType::Int64, false),
     ]));
-    (0..keys)
+    let events = keys * UPDATES;
+    let keys = keys as i64;
+    (0..events)
         .step_by(8192)
         .map(|start| {
-            let end = (start + 8192).min(keys) as i64;
+            let end = (start + 8192).min(events) as i64;
             let start = start as i64;
             RecordBatch::try_new(
                 Arc::clone(&schema),
                 vec![
-                    Arc::new(Int64Array::from_iter_values(start..end)),
-                    Arc::new(Int64Array::from_iter_values((start..end).map(|k| k % 97))),
+                    Arc::new(Int64Array::from_iter_values((start..end).map(|i| i % keys))),
+                    Arc::new(Int64Array::from_iter_values((start..end).map(|i| i % 97))),
                     Arc::new(Int64Array::from_iter_values(start..end)),
                 ],
             )

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use laminar_runtime::Result;
 
@@ -450,7 +450,138 @@ impl AsofJoin {
     }
 }
 
+impl AsofJoin {
+    /// Keys of stored rows of `side` (restoring a snapshot).
+    fn group_ids(&mut self, side: usize, rows: &RecordBatch) -> Result<Vec<usize>> {
+        let exprs = if side == 0 {
+            &self.spec.left.keys
+        } else {
+            &self.spec.right.keys
+        };
+        let key_arrays = crate::stage::evaluate_all(exprs, rows)?;
+        let keys = self.encoder.encode(&key_arrays)?;
+        let mut groups = Vec::with_capacity(rows.num_rows());
+        for row in 0..rows.num_rows() {
+            let group = self.encoder.group_id(&mut self.table, &keys, row);
+            if group == self.versions.len() {
+                self.versions.push(Vec::new());
+            }
+            groups.push(group);
+        }
+        Ok(groups)
+    }
+
+    /// A snapshot batch of stored rows: the side's columns, `time_ms`,
+    /// `side`.
+    fn rows_batch(
+        &self,
+        side: usize,
+        rows: &[(u64, u32)],
+        times: impl Iterator<Item = i64>,
+    ) -> Result<RecordBatch> {
+        let (batches, schema) = if side == 0 {
+            (&self.left_batches, &self.spec.left.schema)
+        } else {
+            (&self.right_batches, &self.spec.right.schema)
+        };
+        let mut columns = batches.gather(rows, schema)?;
+        let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+        columns.push(std::sync::Arc::new(Int64Array::from_iter_values(times)));
+        columns.push(std::sync::Arc::new(Int64Array::from_value(
+            side as i64,
+            rows.len(),
+        )));
+        names.extend(["time_ms".into(), "side".into()]);
+        crate::snapshot_batch(names, columns)
+    }
+}
+
 impl Operator for AsofJoin {
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// The watermarks, then the right side's versions (key by key, in
+    /// order) and the waiting left rows (in order).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let meta = crate::snapshot_batch(
+            ["left_watermark".into(), "right_watermark".into()],
+            vec![
+                std::sync::Arc::new(Int64Array::from(vec![self.watermarks_ms[0]])),
+                std::sync::Arc::new(Int64Array::from(vec![self.watermarks_ms[1]])),
+            ],
+        )?;
+        let mut batches = vec![meta];
+        let versions: Vec<&Version> = self.versions.iter().flatten().collect();
+        if !versions.is_empty() {
+            let rows: Vec<(u64, u32)> = versions.iter().map(|v| (v.batch, v.row)).collect();
+            batches.push(self.rows_batch(1, &rows, versions.iter().map(|v| v.time_ms))?);
+        }
+        if !self.waiting.is_empty() {
+            let rows: Vec<(u64, u32)> = self.waiting.iter().map(|w| (w.batch, w.row)).collect();
+            batches.push(self.rows_batch(0, &rows, self.waiting.iter().map(|w| w.time_ms))?);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let Some((meta, parts)) = state.split_first() else {
+            return Ok(());
+        };
+        let int64 = |batch: &RecordBatch, name: &str| -> Result<Int64Array> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt(name))
+        };
+        self.watermarks_ms = [
+            int64(meta, "left_watermark")?.value(0),
+            int64(meta, "right_watermark")?.value(0),
+        ];
+        for part in parts {
+            let side = int64(part, "side")?.value(0) as usize;
+            let schema = if side == 0 {
+                std::sync::Arc::clone(&self.spec.left.schema)
+            } else {
+                std::sync::Arc::clone(&self.spec.right.schema)
+            };
+            let n = schema.fields().len();
+            if side > 1 || part.num_columns() != n + 2 {
+                return Err(crate::snapshot::corrupt("ASOF join rows"));
+            }
+            let rows = RecordBatch::try_new(schema, part.columns()[..n].to_vec())?;
+            let times = int64(part, "time_ms")?;
+            let groups = self.group_ids(side, &rows)?;
+            let count = rows.num_rows();
+            if side == 1 {
+                let seq = self.right_batches.push(rows, count, ());
+                for (row, (&group, &t)) in groups.iter().zip(times.values()).enumerate() {
+                    // In order already: appending keeps it.
+                    self.versions[group].push(Version {
+                        time_ms: t,
+                        batch: seq,
+                        row: row as u32,
+                    });
+                }
+                self.version_count += count;
+            } else {
+                let seq = self.left_batches.push(rows, count, ());
+                for (row, (&group, &t)) in groups.iter().zip(times.values()).enumerate() {
+                    self.waiting.push_back(Waiting {
+                        time_ms: t,
+                        batch: seq,
+                        row: row as u32,
+                        group: group as u32,
+                        done: false,
+                    });
+                }
+            }
+        }
+        self.swept_at = self.version_count;
+        Ok(())
+    }
+
     fn on_batch(
         &mut self,
         batch: &RecordBatch,

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, Int64Array, RecordBatch, UInt8Array};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
@@ -658,6 +658,96 @@ impl Operator for IntervalJoin {
 
     fn late_rows(&self) -> u64 {
         self.late
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// A first batch with both sides' watermarks, then per side one batch
+    /// of its stored rows (the side's columns, then `time_ms`, `state`,
+    /// `port`), bucket by bucket in insertion order, so that restoring
+    /// them rebuilds the same buckets and key chains.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let watermarks: Vec<arrow::array::ArrayRef> = self
+            .sides
+            .iter()
+            .map(|s| Arc::new(Int64Array::from(vec![s.watermark_ms])) as _)
+            .collect();
+        let mut batches = vec![crate::snapshot_batch(
+            ["left_watermark".to_string(), "right_watermark".to_string()],
+            watermarks,
+        )?];
+        for port in 0..2 {
+            let side = &self.sides[port];
+            let entries: Vec<&Entry> = side.buckets.values().flat_map(|b| &b.entries).collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let rows: Vec<(u64, u32)> = entries.iter().map(|e| (e.batch, e.row)).collect();
+            let mut columns = side.batches.gather(&rows, self.side_schema(port))?;
+            let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                entries.iter().map(|e| e.time_ms),
+            )));
+            columns.push(Arc::new(UInt8Array::from_iter_values(entries.iter().map(
+                |e| {
+                    let states = &side.batches.get(e.batch).extra.states;
+                    states.get(e.row as usize).copied().unwrap_or(UNMATCHED)
+                },
+            ))));
+            columns.push(Arc::new(Int64Array::from_value(port as i64, entries.len())));
+            names.extend(["time_ms".into(), "state".into(), "port".into()]);
+            batches.push(crate::snapshot_batch(names, columns)?);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let Some((meta, sides)) = state.split_first() else {
+            return Ok(());
+        };
+        let int64 = |batch: &RecordBatch, name: &str| -> Result<Int64Array> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt(name))
+        };
+        self.sides[0].watermark_ms = int64(meta, "left_watermark")?.value(0);
+        self.sides[1].watermark_ms = int64(meta, "right_watermark")?.value(0);
+        for batch in sides {
+            let port = int64(batch, "port")?.value(0) as usize;
+            let schema = Arc::clone(self.side_schema(port.min(1)));
+            let n = schema.fields().len();
+            if port > 1 || batch.num_columns() != n + 3 {
+                return Err(crate::snapshot::corrupt("join rows"));
+            }
+            let rows = RecordBatch::try_new(schema, batch.columns()[..n].to_vec())?;
+            let times_ms = int64(batch, "time_ms")?.values().to_vec();
+            let states = batch
+                .column(n + 1)
+                .as_any()
+                .downcast_ref::<UInt8Array>()
+                .ok_or_else(|| crate::snapshot::corrupt("join row states"))?
+                .values()
+                .to_vec();
+            let side = if port == 0 {
+                &self.spec.left
+            } else {
+                &self.spec.right
+            };
+            let key_arrays = crate::stage::evaluate_all(&side.keys, &rows)?;
+            let keys = self.encoder.encode_owned(&key_arrays)?;
+            let input = SideBatch {
+                rows,
+                times_ms,
+                key_arrays,
+                null_keys: None,
+            };
+            self.store(port, input, keys, states)?;
+        }
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

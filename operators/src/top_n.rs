@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt64Array};
+use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
@@ -241,5 +241,106 @@ impl Operator for TopN {
 
     fn state_bytes(&self) -> usize {
         self.bytes + self.partitions.bytes()
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// One batch: each kept row's partition key (`key_<i>`), its order key
+    /// and row in Arrow's row format (`order`, `row`), its arrival number,
+    /// and the operator's arrival counter (`arrivals`).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut ids = Vec::new();
+        let mut orders = Vec::new();
+        let mut arrivals = Vec::new();
+        let mut rows = Vec::new();
+        for (partition, top) in self.tops.iter().enumerate() {
+            for ((order, arrival), row) in top {
+                ids.push(partition as u32);
+                orders.push(&order[..]);
+                arrivals.push(*arrival);
+                rows.push(&row[..]);
+            }
+        }
+        let mut names = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, key) in self
+            .encoder
+            .key_columns(&self.partitions, &ids)?
+            .into_iter()
+            .enumerate()
+        {
+            names.push(format!("key_{i}"));
+            columns.push(key);
+        }
+        names.extend([
+            "order".into(),
+            "arrival".into(),
+            "row".into(),
+            "arrivals".into(),
+        ]);
+        columns.push(Arc::new(BinaryArray::from_iter_values(orders)));
+        columns.push(Arc::new(UInt64Array::from(arrivals)));
+        columns.push(Arc::new(BinaryArray::from_iter_values(rows)));
+        columns.push(Arc::new(UInt64Array::from_value(self.arrivals, ids.len())));
+        if ids.is_empty() {
+            // Keep the counter even without rows.
+            return Ok(vec![crate::snapshot_batch(
+                ["arrivals".to_string()],
+                vec![Arc::new(UInt64Array::from(vec![self.arrivals]))],
+            )?]);
+        }
+        Ok(vec![crate::snapshot_batch(names, columns)?])
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let Some(batch) = state.first() else {
+            return Ok(());
+        };
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt(name))
+        };
+        let as_u64 = |array: ArrayRef| -> Result<UInt64Array> {
+            array
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt("a UInt64 column"))
+        };
+        let as_binary = |array: ArrayRef| -> Result<BinaryArray> {
+            array
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt("a binary column"))
+        };
+        let counter = as_u64(column("arrivals")?)?;
+        if batch.num_rows() == 1 && batch.num_columns() == 1 {
+            self.arrivals = counter.value(0);
+            return Ok(());
+        }
+        if let Some(&arrivals) = counter.values().first() {
+            self.arrivals = arrivals;
+        }
+        let keys = crate::snapshot::columns_with_prefix(batch, "key_");
+        let encoded = self.encoder.encode(&keys)?;
+        let orders = as_binary(column("order")?)?;
+        let arrivals = as_u64(column("arrival")?)?;
+        let rows = as_binary(column("row")?)?;
+        for i in 0..batch.num_rows() {
+            let partition = self.encoder.group_id(&mut self.partitions, &encoded, i);
+            if partition >= self.tops.len() {
+                self.tops.resize_with(partition + 1, BTreeMap::new);
+            }
+            self.tops[partition].insert(
+                (orders.value(i).into(), arrivals.value(i)),
+                rows.value(i).into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -147,11 +147,12 @@ pub async fn demo(
     shards: Option<usize>,
     symbols: usize,
     batch_rows: usize,
+    producers: usize,
 ) -> Result<()> {
-    if symbols == 0 || batch_rows == 0 {
+    if symbols == 0 || batch_rows == 0 || producers == 0 {
         return Err(Error::new(
             ErrorCode::InvalidConfig,
-            "--symbols and --batch-rows must be at least 1",
+            "--symbols, --batch-rows and --producers must be at least 1",
         ));
     }
     let mut builder = LaminarDB::builder();
@@ -169,16 +170,21 @@ pub async fn demo(
     db.execute(DEMO_SQL).await?;
     let mut ohlc = db.subscribe("ohlc_1m")?;
     let mut vwap = db.subscribe("vwap")?;
-    let trades = db.source_untyped("trades")?;
+    let handles = (0..producers)
+        .map(|_| db.source_untyped("trades"))
+        .collect::<Result<Vec<_>>>()?;
     db.start().await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let pushed = Arc::new(AtomicU64::new(0));
-    let generator = {
+    // Each producer thread pushes through its own handle (its own rings to
+    // every shard), as an application with several ingest threads would.
+    let mut generators = Vec::with_capacity(producers);
+    for (p, trades) in handles.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
         let pushed = Arc::clone(&pushed);
-        std::thread::Builder::new()
-            .name("demo-generator".into())
+        let generator = std::thread::Builder::new()
+            .name(format!("demo-producer-{p}"))
             .spawn(move || -> Result<()> {
                 let pool = make_pool(trades.schema(), symbols, batch_rows);
                 let started = Instant::now();
@@ -202,8 +208,9 @@ pub async fn demo(
                     ErrorCode::RuntimeStart,
                     format!("cannot spawn the generator: {e}"),
                 )
-            })?
-    };
+            })?;
+        generators.push(generator);
+    }
 
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
     let started = Instant::now();
@@ -271,7 +278,9 @@ pub async fn demo(
             last_pushed = now;
             last_report = Instant::now();
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) || generator.is_finished() {
+        if deadline.is_some_and(|d| Instant::now() >= d)
+            || generators.iter().any(|g| g.is_finished())
+        {
             break;
         }
     }
@@ -280,9 +289,13 @@ pub async fn demo(
         windows += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let generated = generator
-        .join()
-        .map_err(|_| Error::new(ErrorCode::Execution, "generator panicked"))?;
+    let generated = generators
+        .into_iter()
+        .map(|g| {
+            g.join()
+                .map_err(|_| Error::new(ErrorCode::Execution, "generator panicked"))?
+        })
+        .collect::<Result<Vec<()>>>();
     db.shutdown().await?;
     generated?;
     let total = pushed.load(Ordering::Relaxed);

@@ -87,6 +87,9 @@ enum Command {
         /// Rows per pushed batch.
         #[arg(long, default_value_t = 1024)]
         batch_rows: usize,
+        /// Threads pushing trades, each through its own source handle.
+        #[arg(long, default_value_t = 1)]
+        producers: usize,
     },
 }
 
@@ -147,7 +150,8 @@ fn main() -> ExitCode {
                 shards,
                 symbols,
                 batch_rows,
-            } => demo::demo(duration, shards, symbols, batch_rows).await,
+                producers,
+            } => demo::demo(duration, shards, symbols, batch_rows, producers).await,
         }
     });
     match result {
