@@ -24,7 +24,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{
+    Array, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::logical_expr::EmitTo;
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -439,5 +442,140 @@ impl Operator for SessionAggregate {
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
         out.append(&mut self.late_batches);
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// Two batches when sessions are open: the open sessions (`key_<i>`,
+    /// `start_ms`, `last_ms`, `emitted` row, `dirty`, `rows`), key by key
+    /// in order, then their rows session by session (the aggregate input's
+    /// own columns and schema, plus `__session`).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut key_ids = Vec::new();
+        let mut starts = Vec::new();
+        let mut lasts = Vec::new();
+        let mut emitted: Vec<Option<&[u8]>> = Vec::new();
+        let mut dirty = Vec::new();
+        let mut counts = Vec::new();
+        let mut references = Vec::new();
+        let mut session_of = Vec::new();
+        for (key, sessions) in self.sessions.iter().enumerate() {
+            for session in sessions {
+                let number = key_ids.len() as u32;
+                key_ids.push(key as u32);
+                starts.push(session.start_ms);
+                lasts.push(session.last_ms);
+                emitted.push(session.emitted.as_deref());
+                dirty.push(session.dirty);
+                counts.push(session.rows.len() as u64);
+                for &(sequence, row) in &session.rows {
+                    references.push(((sequence - self.buffers_base) as usize, row as usize));
+                    session_of.push(number);
+                }
+            }
+        }
+        if key_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut names = Vec::new();
+        let mut columns: Vec<arrow::array::ArrayRef> = Vec::new();
+        for (i, key) in self
+            .encoder
+            .key_columns(&self.keys, &key_ids)?
+            .into_iter()
+            .enumerate()
+        {
+            names.push(format!("key_{i}"));
+            columns.push(key);
+        }
+        names.extend(
+            ["start_ms", "last_ms", "emitted", "dirty", "rows"]
+                .iter()
+                .map(|n| n.to_string()),
+        );
+        columns.push(Arc::new(Int64Array::from(starts)));
+        columns.push(Arc::new(Int64Array::from(lasts)));
+        columns.push(Arc::new(BinaryArray::from(emitted)));
+        columns.push(Arc::new(BooleanArray::from(dirty)));
+        columns.push(Arc::new(UInt64Array::from(counts)));
+        let sessions = crate::snapshot_batch(names, columns)?;
+        let batches: Vec<&RecordBatch> = self.buffers.iter().map(|b| &b.batch).collect();
+        let rows = arrow::compute::interleave_record_batch(&batches, &references)?;
+        let mut fields = rows.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new("__session", DataType::UInt32, false)));
+        let mut row_columns = rows.columns().to_vec();
+        row_columns.push(Arc::new(UInt32Array::from(session_of)));
+        let rows = RecordBatch::try_new(Arc::new(Schema::new(fields)), row_columns)?;
+        Ok(vec![sessions, rows])
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        let [sessions, rows] = state else {
+            return if state.is_empty() {
+                Ok(())
+            } else {
+                Err(crate::snapshot::corrupt("session state"))
+            };
+        };
+        let column = |batch: &RecordBatch, name: &str| {
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt(name))
+        };
+        fn typed<T: Clone + 'static>(array: arrow::array::ArrayRef) -> Result<T> {
+            array
+                .as_any()
+                .downcast_ref::<T>()
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt("a session column's type"))
+        }
+        let starts: Int64Array = typed(column(sessions, "start_ms")?)?;
+        let lasts: Int64Array = typed(column(sessions, "last_ms")?)?;
+        let emitted: BinaryArray = typed(column(sessions, "emitted")?)?;
+        let dirty: BooleanArray = typed(column(sessions, "dirty")?)?;
+        let counts: UInt64Array = typed(column(sessions, "rows")?)?;
+        // The rows, under the aggregate input's own schema (new batches
+        // are gathered together with them).
+        let n = rows.num_columns() - 1;
+        let schema = Arc::new(Schema::new(rows.schema().fields()[..n].to_vec()));
+        let input = RecordBatch::try_new(schema, rows.columns()[..n].to_vec())?;
+        let sequence = self.buffers_base + self.buffers.len() as u64;
+        let keys = crate::snapshot::columns_with_prefix(sessions, "key_");
+        let encoded = self.encoder.encode(&keys)?;
+        let mut next_row = 0u32;
+        for i in 0..sessions.num_rows() {
+            let key = self.encoder.group_id(&mut self.keys, &encoded, i);
+            if self.sessions.len() < self.keys.len() {
+                self.sessions.resize_with(self.keys.len(), Vec::new);
+            }
+            let count = counts.value(i) as u32;
+            let session = Session {
+                start_ms: starts.value(i),
+                last_ms: lasts.value(i),
+                rows: (next_row..next_row + count)
+                    .map(|r| (sequence, r))
+                    .collect(),
+                dirty: dirty.value(i),
+                emitted: emitted.is_valid(i).then(|| emitted.value(i).into()),
+            };
+            next_row += count;
+            self.ends.push(Reverse((
+                session.last_ms.saturating_add(self.gap_ms),
+                key as u32,
+                session.start_ms,
+            )));
+            self.sessions[key].push(session);
+        }
+        if next_row as usize != input.num_rows() {
+            return Err(crate::snapshot::corrupt("session rows"));
+        }
+        self.buffers.push_back(Buffered {
+            live: input.num_rows(),
+            batch: input,
+        });
+        Ok(())
     }
 }
