@@ -23,7 +23,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{
+    new_null_array, Array, ArrayRef, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+};
 use arrow::compute::{interleave, interleave_record_batch, take_record_batch};
 use datafusion::common::ScalarValue;
 use datafusion::physical_expr::PhysicalExpr;
@@ -548,6 +550,289 @@ impl Analytic {
     }
 }
 
+fn int64s(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .cloned()
+        .ok_or_else(|| crate::snapshot::corrupt(name))
+}
+
+fn uint32s(batch: &RecordBatch, name: &str) -> Result<UInt32Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+        .cloned()
+        .ok_or_else(|| crate::snapshot::corrupt(name))
+}
+
+fn uint64s(batch: &RecordBatch, name: &str) -> Result<UInt64Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .cloned()
+        .ok_or_else(|| crate::snapshot::corrupt(name))
+}
+
+fn float64s(batch: &RecordBatch, name: &str) -> Result<arrow::array::Float64Array> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>())
+        .cloned()
+        .ok_or_else(|| crate::snapshot::corrupt(name))
+}
+
+/// Checkpoint state of [`Analytic`] (see its `snapshot`).
+impl Analytic {
+    fn state_mut(&mut self, partition: u32) -> Result<&mut PartitionState> {
+        self.states
+            .get_mut(partition as usize)
+            .ok_or_else(|| crate::snapshot::corrupt("a partition id"))
+    }
+
+    fn partitions_batch(&self) -> Result<RecordBatch> {
+        let ids: Vec<u32> = (0..self.states.len() as u32).collect();
+        let mut names = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, key) in self
+            .encoder
+            .key_columns(&self.partitions, &ids)?
+            .into_iter()
+            .enumerate()
+        {
+            names.push(format!("key_{i}"));
+            columns.push(key);
+        }
+        let states = &self.states;
+        names.extend(["rows", "last_time_ms", "rank", "dense_rank"].map(String::from));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            states.iter().map(|s| s.rows),
+        )));
+        columns.push(Arc::new(Int64Array::from_iter(
+            states.iter().map(|s| s.last_time_ms),
+        )));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            states.iter().map(|s| s.rank),
+        )));
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            states.iter().map(|s| s.dense_rank),
+        )));
+        for (r, running) in self.running.iter().enumerate() {
+            let parts: Vec<_> = (0..states.len())
+                .map(|p| running.get(p).map(RunningState::parts).unwrap_or_default())
+                .collect();
+            names.extend(
+                ["count", "sum_int", "sum_float", "best_int", "best_float"]
+                    .map(|n| format!("running_{r}_{n}")),
+            );
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                parts.iter().map(|p| p.0),
+            )));
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                parts.iter().map(|p| p.1),
+            )));
+            columns.push(Arc::new(arrow::array::Float64Array::from_iter_values(
+                parts.iter().map(|p| p.2),
+            )));
+            columns.push(Arc::new(Int64Array::from_iter(parts.iter().map(|p| p.3))));
+            columns.push(Arc::new(arrow::array::Float64Array::from_iter(
+                parts.iter().map(|p| p.4),
+            )));
+        }
+        crate::snapshot_batch(names, columns)
+    }
+
+    fn restore_partitions(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys = crate::snapshot::columns_with_prefix(batch, "key_");
+        let encoded = self.encoder.encode(&keys)?;
+        let n = batch.num_rows();
+        for row in 0..n {
+            if self.encoder.group_id(&mut self.partitions, &encoded, row) != row {
+                return Err(crate::snapshot::corrupt("duplicate partitions"));
+            }
+        }
+        drop(encoded);
+        let (rows, last, rank, dense) = (
+            uint64s(batch, "rows")?,
+            int64s(batch, "last_time_ms")?,
+            uint64s(batch, "rank")?,
+            uint64s(batch, "dense_rank")?,
+        );
+        let lags = self.histories.len();
+        self.states = (0..n)
+            .map(|p| PartitionState {
+                rows: rows.value(p),
+                last_time_ms: last.is_valid(p).then(|| last.value(p)),
+                rank: rank.value(p),
+                dense_rank: dense.value(p),
+                history: vec![VecDeque::new(); lags],
+                held: VecDeque::new(),
+            })
+            .collect();
+        for r in 0..self.running.len() {
+            let name = |n: &str| format!("running_{r}_{n}");
+            let count = int64s(batch, &name("count"))?;
+            let sum_int = int64s(batch, &name("sum_int"))?;
+            let sum_float = float64s(batch, &name("sum_float"))?;
+            let best_int = int64s(batch, &name("best_int"))?;
+            let best_float = float64s(batch, &name("best_float"))?;
+            self.running[r] = (0..n)
+                .map(|p| {
+                    RunningState::from_parts((
+                        count.value(p),
+                        sum_int.value(p),
+                        sum_float.value(p),
+                        best_int.is_valid(p).then(|| best_int.value(p)),
+                        best_float.is_valid(p).then(|| best_float.value(p)),
+                    ))
+                })
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Window-input rows as a snapshot batch with extra columns.
+    fn rows_with(&self, rows: RecordBatch, extra: Vec<(&str, ArrayRef)>) -> Result<RecordBatch> {
+        let mut names: Vec<String> = (0..rows.num_columns()).map(|i| format!("c{i}")).collect();
+        let mut columns = rows.columns().to_vec();
+        for (name, column) in extra {
+            names.push(name.to_string());
+            columns.push(column);
+        }
+        crate::snapshot_batch(names, columns)
+    }
+
+    /// The first columns of a snapshot batch, as window-input rows.
+    fn input_rows(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = self.input_schema.fields().len();
+        if batch.num_columns() < n {
+            return Err(crate::snapshot::corrupt("window input rows"));
+        }
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.input_schema),
+            batch.columns()[..n].to_vec(),
+        )?)
+    }
+
+    fn waiting_batch(&self) -> Result<RecordBatch> {
+        let mut references = Vec::new();
+        let mut times = Vec::new();
+        let mut waits = Vec::new();
+        for (i, waiting) in self.waiting.iter().enumerate() {
+            for position in waiting.emitted..waiting.order.len() {
+                references.push((i, waiting.order[position] as usize));
+                times.push(waiting.times_ms[position]);
+                waits.push(i as u32);
+            }
+        }
+        let rows = if references.is_empty() {
+            RecordBatch::new_empty(Arc::clone(&self.input_schema))
+        } else {
+            let batches: Vec<&RecordBatch> = self.waiting.iter().map(|w| &w.batch).collect();
+            interleave_record_batch(&batches, &references)?
+        };
+        self.rows_with(
+            rows,
+            vec![
+                ("__time_ms", Arc::new(Int64Array::from(times))),
+                ("__wait", Arc::new(UInt32Array::from(waits))),
+            ],
+        )
+    }
+
+    fn restore_waiting(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = self.input_rows(batch)?;
+        let times = int64s(batch, "__time_ms")?;
+        let waits = uint32s(batch, "__wait")?;
+        let mut start = 0;
+        while start < rows.num_rows() {
+            let mut end = start + 1;
+            while end < rows.num_rows() && waits.value(end) == waits.value(start) {
+                end += 1;
+            }
+            // Each waiting batch's rows were saved in event-time order.
+            self.waiting.push_back(Waiting {
+                batch: rows.slice(start, end - start),
+                order: (0..(end - start) as u32).collect(),
+                times_ms: times.values()[start..end].to_vec(),
+                emitted: 0,
+            });
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn held_batch(&self) -> Result<RecordBatch> {
+        let mut references = Vec::new();
+        let mut partitions = Vec::new();
+        let mut times = Vec::new();
+        for (partition, state) in self.states.iter().enumerate() {
+            for &(chunk, row, time) in &state.held {
+                references.push((chunk as usize, row as usize));
+                partitions.push(partition as u32);
+                times.push(time);
+            }
+        }
+        let rows = if references.is_empty() {
+            RecordBatch::new_empty(Arc::clone(&self.input_schema))
+        } else {
+            let chunks: Vec<&RecordBatch> = self.held_chunks.iter().collect();
+            interleave_record_batch(&chunks, &references)?
+        };
+        self.rows_with(
+            rows,
+            vec![
+                ("__partition", Arc::new(UInt32Array::from(partitions))),
+                ("__time_ms", Arc::new(Int64Array::from(times))),
+            ],
+        )
+    }
+
+    fn restore_held(&mut self, batch: &RecordBatch) -> Result<()> {
+        let rows = self.input_rows(batch)?;
+        let partitions = uint32s(batch, "__partition")?;
+        let times = int64s(batch, "__time_ms")?;
+        for i in 0..rows.num_rows() {
+            let time = times.value(i);
+            self.state_mut(partitions.value(i))?
+                .held
+                .push_back((0, i as u32, time));
+        }
+        self.held_chunks = if rows.num_rows() > 0 {
+            vec![rows]
+        } else {
+            Vec::new()
+        };
+        Ok(())
+    }
+
+    fn history_batch(&self, lag: usize) -> Result<RecordBatch> {
+        let mut picks = Vec::new();
+        let mut partitions = Vec::new();
+        for (partition, state) in self.states.iter().enumerate() {
+            for &(chunk, row) in &state.history[lag] {
+                picks.push((chunk as usize, row as usize));
+                partitions.push(partition as u32);
+            }
+        }
+        let chunks = &self.histories[lag].chunks;
+        let values = if picks.is_empty() {
+            let data_type = chunks
+                .first()
+                .map(|c| c.data_type().clone())
+                .unwrap_or(arrow::datatypes::DataType::Null);
+            arrow::array::new_empty_array(&data_type)
+        } else {
+            let sources: Vec<&dyn Array> = chunks.iter().map(|c| c.as_ref()).collect();
+            interleave(&sources, &picks)?
+        };
+        crate::snapshot_batch(
+            ["partition".to_string(), "value".to_string()],
+            vec![Arc::new(UInt32Array::from(partitions)), values],
+        )
+    }
+}
+
 /// The one-row value standing for "no such row": the default, or NULL.
 fn missing_value(
     data_type: &arrow::datatypes::DataType,
@@ -608,6 +893,65 @@ impl Operator for Analytic {
 
     fn late_rows(&self) -> u64 {
         self.late_rows
+    }
+
+    fn checkpoints(&self) -> bool {
+        true
+    }
+
+    /// Batches, by position: the watermark; the partitions (key, row
+    /// count, last time, ranks, running aggregates' state); the rows still
+    /// waiting (window input columns, `__time_ms`, `__wait`: which waiting
+    /// batch); the rows held for `LEAD` (`__partition`, `__time_ms`); then
+    /// per `LAG` function its history (`partition`, `value`), each
+    /// partition's oldest first. Partitions are restored in id order, so
+    /// the ids stored in the other batches stay valid.
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut batches = vec![crate::snapshot_batch(
+            ["watermark_ms".to_string()],
+            vec![Arc::new(Int64Array::from(vec![self.watermark_ms]))],
+        )?];
+        batches.push(self.partitions_batch()?);
+        batches.push(self.waiting_batch()?);
+        batches.push(self.held_batch()?);
+        for lag in 0..self.histories.len() {
+            batches.push(self.history_batch(lag)?);
+        }
+        Ok(batches)
+    }
+
+    fn restore(&mut self, state: &[RecordBatch]) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        let lags = self.histories.len();
+        let [meta, partitions, waiting, held, histories @ ..] = state else {
+            return Err(crate::snapshot::corrupt("window function state"));
+        };
+        if histories.len() != lags {
+            return Err(crate::snapshot::corrupt("LAG histories"));
+        }
+        self.watermark_ms = int64s(meta, "watermark_ms")?.value(0);
+        self.restore_partitions(partitions)?;
+        self.restore_waiting(waiting)?;
+        self.restore_held(held)?;
+        for (lag, batch) in histories.iter().enumerate() {
+            let ids = uint32s(batch, "partition")?;
+            let values = batch
+                .column_by_name("value")
+                .cloned()
+                .ok_or_else(|| crate::snapshot::corrupt("LAG values"))?;
+            for (i, &partition) in ids.values().iter().enumerate() {
+                self.state_mut(partition)?.history[lag].push_back((0, i as u32));
+            }
+            // An empty history has no type of its own to keep.
+            self.histories[lag].chunks = if values.is_empty() {
+                Vec::new()
+            } else {
+                vec![values]
+            };
+        }
+        Ok(())
     }
 
     fn state_bytes(&self) -> usize {

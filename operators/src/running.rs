@@ -47,6 +47,31 @@ pub(crate) struct RunningState {
     best_float: Option<f64>,
 }
 
+impl RunningState {
+    /// The state as (count, integer sum, float sum, integer best, float
+    /// best), for checkpoints.
+    pub(crate) fn parts(&self) -> (i64, i64, f64, Option<i64>, Option<f64>) {
+        (
+            self.count,
+            self.sum_int,
+            self.sum_float,
+            self.best_int,
+            self.best_float,
+        )
+    }
+
+    pub(crate) fn from_parts(parts: (i64, i64, f64, Option<i64>, Option<f64>)) -> Self {
+        let (count, sum_int, sum_float, best_int, best_float) = parts;
+        Self {
+            count,
+            sum_int,
+            sum_float,
+            best_int,
+            best_float,
+        }
+    }
+}
+
 /// The type the argument is computed in: `BIGINT` when the result is
 /// (integer `SUM`, `MIN`, `MAX`), `DOUBLE` otherwise.
 pub fn argument_type(kind: RunningKind, output: &DataType) -> Result<DataType> {

@@ -344,7 +344,7 @@ pub(crate) fn not_supported(streams: &[String]) -> Error {
     Error::new(
         ErrorCode::Unsupported,
         format!(
-            "checkpoints are not supported yet for stream(s) {}: window functions over event time (LAG, LEAD, ROW_NUMBER/RANK numbering, running aggregates) cannot save their state yet",
+            "checkpoints are not supported yet for stream(s) {}: their operators cannot save their state",
             streams.join(", ")
         ),
     )
