@@ -136,6 +136,14 @@ fn assert_same_outputs(reference: &Path, got: &Path, what: &str) {
     }
 }
 
+/// `LAMINARDB_CRASH_SEED`, for the kill times (default 42).
+fn seed() -> u64 {
+    std::env::var("LAMINARDB_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(42)
+}
+
 fn iterations() -> usize {
     std::env::var("LAMINARDB_CRASH_ITERATIONS")
         .ok()
@@ -204,10 +212,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     let reference = f.dir.path().join("reference");
     run_to_end(command(&f, &reference, None));
     let kills = iterations();
-    let seed = std::env::var("LAMINARDB_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(42);
+    let seed = seed();
     let sync = Mode {
         durability: "sync",
         checkpoint_ms: None,
@@ -229,10 +234,7 @@ fn killed_runs_with_checkpoints_resume_to_the_uninterrupted_result() {
     let reference = f.dir.path().join("reference");
     run_to_end(command(&f, &reference, None));
     let kills = iterations();
-    let seed = std::env::var("LAMINARDB_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(42);
+    let seed = seed();
     for (i, durability) in ["sync", "async"].into_iter().enumerate() {
         let mode = Mode {
             durability,

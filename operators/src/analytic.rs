@@ -551,35 +551,19 @@ impl Analytic {
 }
 
 fn int64s(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .cloned()
-        .ok_or_else(|| crate::snapshot::corrupt(name))
+    crate::snapshot::column(batch, name)
 }
 
 fn uint32s(batch: &RecordBatch, name: &str) -> Result<UInt32Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
-        .cloned()
-        .ok_or_else(|| crate::snapshot::corrupt(name))
+    crate::snapshot::column(batch, name)
 }
 
 fn uint64s(batch: &RecordBatch, name: &str) -> Result<UInt64Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-        .cloned()
-        .ok_or_else(|| crate::snapshot::corrupt(name))
+    crate::snapshot::column(batch, name)
 }
 
 fn float64s(batch: &RecordBatch, name: &str) -> Result<arrow::array::Float64Array> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Float64Array>())
-        .cloned()
-        .ok_or_else(|| crate::snapshot::corrupt(name))
+    crate::snapshot::column(batch, name)
 }
 
 /// Checkpoint state of [`Analytic`] (see its `snapshot`).
@@ -594,15 +578,13 @@ impl Analytic {
         let ids: Vec<u32> = (0..self.states.len() as u32).collect();
         let mut names = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, key) in self
-            .encoder
-            .key_columns(&self.partitions, &ids)?
-            .into_iter()
-            .enumerate()
-        {
-            names.push(format!("key_{i}"));
-            columns.push(key);
-        }
+        crate::snapshot::push_keys(
+            &self.encoder,
+            &self.partitions,
+            &ids,
+            &mut names,
+            &mut columns,
+        )?;
         let states = &self.states;
         names.extend(["rows", "last_time_ms", "rank", "dense_rank"].map(String::from));
         columns.push(Arc::new(UInt64Array::from_iter_values(

@@ -481,15 +481,7 @@ impl Operator for ChangelogAggregate {
             let mut names = vec!["window_start".to_string()];
             let mut columns: Vec<ArrayRef> =
                 vec![Arc::new(Int64Array::from_value(start, ids.len()))];
-            for (i, key) in self
-                .encoder
-                .key_columns(&state.groups, &ids)?
-                .into_iter()
-                .enumerate()
-            {
-                names.push(format!("key_{i}"));
-                columns.push(key);
-            }
+            snapshot::push_keys(&self.encoder, &state.groups, &ids, &mut names, &mut columns)?;
             let first = &state.chunks[0];
             for j in 0..first.states.len() {
                 for f in 0..first.states[j].len() {

@@ -707,13 +707,7 @@ impl Operator for IntervalJoin {
         let Some((meta, sides)) = state.split_first() else {
             return Ok(());
         };
-        let int64 = |batch: &RecordBatch, name: &str| -> Result<Int64Array> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt(name))
-        };
+        let int64 = crate::snapshot::column::<Int64Array>;
         self.sides[0].watermark_ms = int64(meta, "left_watermark")?.value(0);
         self.sides[1].watermark_ms = int64(meta, "right_watermark")?.value(0);
         for batch in sides {

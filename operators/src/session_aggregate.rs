@@ -481,15 +481,13 @@ impl Operator for SessionAggregate {
         }
         let mut names = Vec::new();
         let mut columns: Vec<arrow::array::ArrayRef> = Vec::new();
-        for (i, key) in self
-            .encoder
-            .key_columns(&self.keys, &key_ids)?
-            .into_iter()
-            .enumerate()
-        {
-            names.push(format!("key_{i}"));
-            columns.push(key);
-        }
+        crate::snapshot::push_keys(
+            &self.encoder,
+            &self.keys,
+            &key_ids,
+            &mut names,
+            &mut columns,
+        )?;
         names.extend(
             ["start_ms", "last_ms", "emitted", "dirty", "rows"]
                 .iter()
@@ -519,24 +517,12 @@ impl Operator for SessionAggregate {
                 Err(crate::snapshot::corrupt("session state"))
             };
         };
-        let column = |batch: &RecordBatch, name: &str| {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt(name))
-        };
-        fn typed<T: Clone + 'static>(array: arrow::array::ArrayRef) -> Result<T> {
-            array
-                .as_any()
-                .downcast_ref::<T>()
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt("a session column's type"))
-        }
-        let starts: Int64Array = typed(column(sessions, "start_ms")?)?;
-        let lasts: Int64Array = typed(column(sessions, "last_ms")?)?;
-        let emitted: BinaryArray = typed(column(sessions, "emitted")?)?;
-        let dirty: BooleanArray = typed(column(sessions, "dirty")?)?;
-        let counts: UInt64Array = typed(column(sessions, "rows")?)?;
+        use crate::snapshot::column;
+        let starts: Int64Array = column(sessions, "start_ms")?;
+        let lasts: Int64Array = column(sessions, "last_ms")?;
+        let emitted: BinaryArray = column(sessions, "emitted")?;
+        let dirty: BooleanArray = column(sessions, "dirty")?;
+        let counts: UInt64Array = column(sessions, "rows")?;
         // The rows, under the aggregate input's own schema (new batches
         // are gathered together with them).
         let n = rows.num_columns() - 1;

@@ -60,10 +60,7 @@ pub(crate) fn groups_batch(
         start_ms,
         ids.len(),
     ))];
-    for (i, key) in encoder.key_columns(groups, &ids)?.into_iter().enumerate() {
-        names.push(format!("key_{i}"));
-        columns.push(key);
-    }
+    push_keys(encoder, groups, &ids, &mut names, &mut columns)?;
     for (j, accumulator) in accumulators.iter_mut().enumerate() {
         for (f, state) in accumulator.state(EmitTo::All)?.into_iter().enumerate() {
             names.push(format!("state_{j}_{f}"));
@@ -99,5 +96,29 @@ pub(crate) fn merge_states(
     }
     let ids: Vec<usize> = (0..batch.num_rows()).collect();
     accumulator.merge_batch(&states, &ids, batch.num_rows())?;
+    Ok(())
+}
+
+/// Column `name` of a snapshot batch, as array type `T`.
+pub(crate) fn column<T: Array + Clone + 'static>(batch: &RecordBatch, name: &str) -> Result<T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .cloned()
+        .ok_or_else(|| corrupt(name))
+}
+
+/// Appends the key columns of groups `ids` of `table`, named `key_<i>`.
+pub(crate) fn push_keys(
+    encoder: &KeyEncoder,
+    table: &GroupTable,
+    ids: &[u32],
+    names: &mut Vec<String>,
+    columns: &mut Vec<ArrayRef>,
+) -> Result<()> {
+    for (i, key) in encoder.key_columns(table, ids)?.into_iter().enumerate() {
+        names.push(format!("key_{i}"));
+        columns.push(key);
+    }
     Ok(())
 }

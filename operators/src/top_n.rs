@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
@@ -265,15 +265,13 @@ impl Operator for TopN {
         }
         let mut names = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, key) in self
-            .encoder
-            .key_columns(&self.partitions, &ids)?
-            .into_iter()
-            .enumerate()
-        {
-            names.push(format!("key_{i}"));
-            columns.push(key);
-        }
+        crate::snapshot::push_keys(
+            &self.encoder,
+            &self.partitions,
+            &ids,
+            &mut names,
+            &mut columns,
+        )?;
         names.extend([
             "order".into(),
             "arrival".into(),
@@ -298,27 +296,8 @@ impl Operator for TopN {
         let Some(batch) = state.first() else {
             return Ok(());
         };
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt(name))
-        };
-        let as_u64 = |array: ArrayRef| -> Result<UInt64Array> {
-            array
-                .as_any()
-                .downcast_ref::<UInt64Array>()
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt("a UInt64 column"))
-        };
-        let as_binary = |array: ArrayRef| -> Result<BinaryArray> {
-            array
-                .as_any()
-                .downcast_ref::<BinaryArray>()
-                .cloned()
-                .ok_or_else(|| crate::snapshot::corrupt("a binary column"))
-        };
-        let counter = as_u64(column("arrivals")?)?;
+        use crate::snapshot::column;
+        let counter: UInt64Array = column(batch, "arrivals")?;
         if batch.num_rows() == 1 && batch.num_columns() == 1 {
             self.arrivals = counter.value(0);
             return Ok(());
@@ -328,9 +307,9 @@ impl Operator for TopN {
         }
         let keys = crate::snapshot::columns_with_prefix(batch, "key_");
         let encoded = self.encoder.encode(&keys)?;
-        let orders = as_binary(column("order")?)?;
-        let arrivals = as_u64(column("arrival")?)?;
-        let rows = as_binary(column("row")?)?;
+        let orders: BinaryArray = column(batch, "order")?;
+        let arrivals: UInt64Array = column(batch, "arrival")?;
+        let rows: BinaryArray = column(batch, "row")?;
         for i in 0..batch.num_rows() {
             let partition = self.encoder.group_id(&mut self.partitions, &encoded, i);
             if partition >= self.tops.len() {
