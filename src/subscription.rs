@@ -37,6 +37,8 @@ pub struct Subscription {
     latency: LatencyHistogram,
     /// `recv_marked`: the rings that delivered a checkpoint's marker.
     held: Vec<Option<std::sync::Arc<crate::checkpoint::Barrier>>>,
+    /// `recv_marked`: per ring, batches that came after its marker.
+    deferred: Vec<std::collections::VecDeque<Emitted>>,
 }
 
 /// What [`Subscription::recv_marked`] yields.
@@ -63,6 +65,7 @@ impl Subscription {
             next_ring: 0,
             latency: LatencyHistogram::default(),
             held: Vec::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -112,10 +115,14 @@ impl Subscription {
 
     /// For a reader whose contents are part of checkpoints (a
     /// materialized view): the next batch, or a checkpoint once every
-    /// shard's marker has arrived. A ring that delivered its marker is
-    /// not read again until the others have, so the batches before a
-    /// checkpoint are exactly those the shards emitted before its cut.
-    /// `None` once the stream has ended.
+    /// shard's marker has arrived. Batches a ring delivers after its
+    /// marker are set aside until the others' markers arrive, so the
+    /// batches before a checkpoint are exactly those the shards emitted
+    /// before its cut. They are taken off the ring rather than left in
+    /// it: a shard blocked on a full ring to this reader could otherwise
+    /// hold up another shard's way to its cut (through an exchange), which
+    /// the reader waits for. What is set aside is what the faster shards
+    /// emit while the slowest aligns. `None` once the stream has ended.
     pub(crate) fn recv_marked(&mut self) -> Option<Marked> {
         futures::executor::block_on(std::future::poll_fn(|cx| {
             if let Some(item) = self.poll_marked() {
@@ -128,7 +135,13 @@ impl Subscription {
                 return Poll::Ready(Some(item));
             }
             if self.is_finished() {
-                Poll::Ready(None)
+                // Shards that stopped mid-checkpoint never send the
+                // markers still awaited: hand out what was set aside.
+                self.held.iter_mut().for_each(|h| *h = None);
+                match self.poll_marked() {
+                    Some(item) => Poll::Ready(Some(item)),
+                    None => Poll::Ready(None),
+                }
             } else {
                 Poll::Pending
             }
@@ -139,10 +152,30 @@ impl Subscription {
         let n = self.rings.len();
         if self.held.len() != n {
             self.held = vec![None; n];
+            self.deferred = (0..n).map(|_| Default::default()).collect();
+        }
+        let aligning = self.held.iter().any(Option::is_some);
+        if !aligning {
+            // Batches set aside during the last checkpoint come first.
+            for ring in 0..n {
+                if let Some(emitted) = self.deferred[ring].pop_front() {
+                    return Some(Marked::Batch(self.take(emitted)));
+                }
+            }
         }
         for i in 0..n {
             let ring = (self.next_ring + i) % n;
+            // A ring past its marker: set its batches aside (nothing of a
+            // later checkpoint can come before this one completes).
             if self.held[ring].is_some() {
+                while let Some(emitted) = self.rings[ring].try_pop() {
+                    debug_assert!(emitted.barrier.is_none());
+                    self.deferred[ring].push_back(emitted);
+                }
+                continue;
+            }
+            if !self.deferred[ring].is_empty() {
+                // Its set-aside batches go before anything newer of it.
                 continue;
             }
             if let Some(emitted) = self.rings[ring].try_pop() {

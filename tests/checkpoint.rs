@@ -554,3 +554,83 @@ CREATE STREAM so_far AS SELECT symbol, ts,
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_never_hold_up_a_checkpoint_behind_full_rings() {
+    // Tiny rings, a view fed by both shards, a view behind an exchange,
+    // and checkpoints every few milliseconds while two handles push: a
+    // view waiting for one shard's marker must not stop another shard
+    // (whose ring to the view fills) from reaching its own cut.
+    let views = "
+CREATE MATERIALIZED VIEW totals AS
+SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+EMIT CHANGES;
+CREATE STREAM per_minute AS SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS minute,
+ COUNT(*) AS trades FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
+CREATE MATERIALIZED VIEW minute_totals AS SELECT minute, SUM(trades) AS trades FROM per_minute
+GROUP BY minute EMIT CHANGES;
+CREATE STREAM bucketed AS SELECT symbol, volume % 7 AS bucket, volume FROM trades;
+CREATE MATERIALIZED VIEW by_bucket AS SELECT bucket, SUM(volume) AS volume FROM bucketed
+GROUP BY bucket EMIT CHANGES";
+    let rows = trades(51, 6_000, 16, 2_000);
+    let want = run_batch(
+        "SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol",
+        "trades",
+        vec![trades_batch(&rows)],
+        trades_schema(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = LaminarDB::builder()
+        .shards(2)
+        .ring_capacity(2)
+        .storage_dir(dir.path())
+        .durability(Durability::Async)
+        .checkpoint_interval(Duration::from_millis(2))
+        .build()
+        .unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(views).await.unwrap();
+    db.start().await.unwrap();
+    let pushers: Vec<_> = rows
+        .chunks(3_000)
+        .enumerate()
+        .map(|(i, part)| {
+            let handle = db.source_untyped("trades").unwrap();
+            let batches = random_batches(part, 70 + i as u64, 5);
+            std::thread::spawn(move || {
+                for batch in batches {
+                    handle.push(batch).unwrap();
+                }
+                handle.watermark(i64::MAX).unwrap();
+            })
+        })
+        .collect();
+    let joined = tokio::task::spawn_blocking(move || {
+        for p in pushers {
+            p.join().unwrap();
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), joined)
+        .await
+        .expect("pushes stalled behind a checkpoint")
+        .unwrap();
+    let taken = db.metrics().checkpoints.completed;
+    tokio::time::timeout(Duration::from_secs(30), db.shutdown())
+        .await
+        .expect("shutdown stalled")
+        .unwrap();
+    assert!(db.errors().is_empty(), "{:?}", db.errors());
+    assert!(taken > 0);
+    let totals = query(&db, "SELECT * FROM totals").await;
+    assert_same_rows(&totals, &want);
+    let buckets = query(&db, "SELECT * FROM by_bucket").await;
+    let want_buckets = run_batch(
+        "SELECT volume % 7 AS bucket, SUM(volume) AS volume FROM trades GROUP BY volume % 7",
+        "trades",
+        vec![trades_batch(&rows)],
+        trades_schema(),
+    )
+    .await;
+    assert_same_rows(&buckets, &want_buckets);
+}
