@@ -2405,6 +2405,9 @@ fn spawn_checkpoints(
         .spawn(move || {
             let stopped = || pipeline.stopped.load(std::sync::atomic::Ordering::Acquire);
             let mut next = std::time::Instant::now() + interval;
+            // After failures the next try waits longer (up to a minute),
+            // so a lasting fault (a full disk) is not retried in a loop.
+            let mut wait = interval;
             while !stopped() {
                 // Short naps, so a stopped pipeline lets the thread go.
                 let now = std::time::Instant::now();
@@ -2412,12 +2415,16 @@ fn spawn_checkpoints(
                     std::thread::sleep((next - now).min(Duration::from_millis(20)));
                     continue;
                 }
-                if let Err(e) = checkpoint::take(&pipeline, &dir) {
-                    if !stopped() {
-                        log::warn!("periodic checkpoint failed: {e}");
+                match checkpoint::take(&pipeline, &dir) {
+                    Ok(_) => wait = interval,
+                    Err(e) => {
+                        if !stopped() {
+                            log::warn!("periodic checkpoint failed: {e}");
+                        }
+                        wait = (wait * 2).min(interval.max(Duration::from_secs(60)));
                     }
                 }
-                next = std::time::Instant::now() + interval;
+                next = std::time::Instant::now() + wait;
             }
         })
         .map_err(|e| {
