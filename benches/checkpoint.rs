@@ -20,19 +20,14 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use laminar_db::{Durability, LaminarDB};
 
+mod common;
+
+use common::storage_root;
+
 const DDL: &str = "CREATE SOURCE events (account BIGINT NOT NULL, amount BIGINT NOT NULL,
     ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
 CREATE STREAM per_account AS SELECT account, SUM(amount) AS total, COUNT(*) AS n
 FROM events GROUP BY account EMIT CHANGES";
-
-fn storage_root() -> std::path::PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("target"))
-        .join("checkpoint-bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    dir
-}
 
 /// Events an account gets.
 const UPDATES: usize = 10;
@@ -78,7 +73,7 @@ async fn open(dir: &std::path::Path) -> LaminarDB {
 /// A storage directory holding `keys` groups, with or without a
 /// checkpoint of them.
 fn prepare(rt: &tokio::runtime::Runtime, keys: usize, checkpoint: bool) -> tempfile::TempDir {
-    let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+    let dir = tempfile::tempdir_in(storage_root("checkpoint-bench")).expect("dir");
     rt.block_on(async {
         let db = open(dir.path()).await;
         let source = db.source_untyped("events").expect("source");
@@ -119,7 +114,7 @@ fn checkpoints(c: &mut Criterion) {
         group.throughput(Throughput::Elements(keys as u64));
         // A running database holding the state; each iteration takes one
         // more checkpoint of it.
-        let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+        let dir = tempfile::tempdir_in(storage_root("checkpoint-bench")).expect("dir");
         let (db, bytes) = rt.block_on(async {
             let db = open(dir.path()).await;
             let source = db.source_untyped("events").expect("source");

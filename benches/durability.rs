@@ -19,7 +19,7 @@ use laminar_db::{Durability, LaminarDB, LatencyHistogram};
 
 mod common;
 
-use common::{batches, SYMBOLS};
+use common::{batches, storage_root, SYMBOLS};
 
 const DDL: &str = "CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,
     volume BIGINT NOT NULL, ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);
@@ -28,21 +28,12 @@ CREATE STREAM vwap AS SELECT symbol,
        COUNT(*) AS trades
 FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
 
-fn storage_root() -> std::path::PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("target"))
-        .join("durability-bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    dir
-}
-
 fn open(durability: Durability) -> (LaminarDB, Option<tempfile::TempDir>) {
     let builder = LaminarDB::builder().shards(1);
     match durability {
         Durability::Memory => (builder.build().expect("db"), None),
         _ => {
-            let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+            let dir = tempfile::tempdir_in(storage_root("durability-bench")).expect("dir");
             let db = builder
                 .storage_dir(dir.path())
                 .durability(durability)
@@ -155,7 +146,7 @@ fn recovery(c: &mut Criterion) {
     let events = 1_000_000;
     let input = batches(events, 1024);
     let want = events.div_ceil(60_000) * SYMBOLS;
-    let dir = tempfile::tempdir_in(storage_root()).expect("dir");
+    let dir = tempfile::tempdir_in(storage_root("durability-bench")).expect("dir");
     rt.block_on(async {
         let db = open_at(dir.path()).await;
         let source = db.source_untyped("trades").expect("source");

@@ -1050,6 +1050,7 @@ impl LaminarDB {
                 .as_ref()
                 .map_or_else(|| vec![0; catalog.sources.len()], |r| r.rows.clone()),
             handle_cuts: Mutex::new(Vec::new()),
+            retired_rows: Mutex::new(vec![0; catalog.sources.len()]),
             next_epoch: Mutex::new(next_epoch),
             requested_epoch: std::sync::atomic::AtomicU64::new(next_epoch - 1),
             views: views.len(),

@@ -191,8 +191,12 @@ pub(crate) struct Pipeline {
     pub replayed: Latch,
     /// `[source]` -> rows recovered from the WAL at start.
     pub recovered_rows: Vec<u64>,
-    /// Every source handle of this run, for checkpoints' cuts.
+    /// Every live source handle of this run, for checkpoints' cuts (a
+    /// dropped one leaves at the next checkpoint).
     pub handle_cuts: Mutex<Vec<Arc<crate::checkpoint::HandleCut>>>,
+    /// `[source]` -> rows of this run's dropped handles, retired from
+    /// `handle_cuts` (touched by the checkpoint coordinator only).
+    pub retired_rows: Mutex<Vec<u64>>,
     /// The next checkpoint's epoch; held while a checkpoint runs, so
     /// there is one at a time.
     pub next_epoch: Mutex<u64>,
@@ -341,6 +345,13 @@ impl ExchangeOut {
             }
         } else {
             self.outbox[shard].push_back(message);
+        }
+    }
+
+    /// Sends a message made by `make` to every receiving shard.
+    pub(crate) fn send_to_all(&mut self, make: impl Fn() -> Ingress) {
+        for shard in 0..self.outbox.len() {
+            self.send(shard, make());
         }
     }
 
@@ -1181,17 +1192,13 @@ impl ShardProgram {
             if let Some(advanced_to) = advanced_to {
                 for &exchange in &self.streams[stream].exchanges {
                     let exchange = &mut self.exchanges[exchange];
-                    for shard in 0..exchange.outbox.len() {
-                        exchange.send(
-                            shard,
-                            Ingress::Watermark {
-                                input: exchange.input,
-                                watermark_ms: advanced_to,
-                                pushed_at: origin,
-                                record: None,
-                            },
-                        );
-                    }
+                    let input = exchange.input;
+                    exchange.send_to_all(|| Ingress::Watermark {
+                        input,
+                        watermark_ms: advanced_to,
+                        pushed_at: origin,
+                        record: None,
+                    });
                 }
             }
             self.emit(stream, &mut out, origin).await;

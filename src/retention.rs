@@ -71,6 +71,18 @@ impl Retention {
         self.last_rows(batches.iter().map(|(b, _)| b.clone()).collect())
     }
 
+    /// Marks the batches of a handle that is gone as always covered by
+    /// checkpoints (its pushes all precede any later cut).
+    pub fn untag(&self, key: u64) {
+        if let Ok(mut guard) = self.batches.lock() {
+            for (_, tag) in guard.0.iter_mut() {
+                if tag.is_some_and(|(k, _)| k == key) {
+                    *tag = None;
+                }
+            }
+        }
+    }
+
     /// The kept rows a checkpoint covers: those recovered, and those of
     /// pushes up to each handle's number in `pushes` (by lane key).
     pub fn snapshot_at(&self, pushes: &std::collections::HashMap<u64, u64>) -> Vec<RecordBatch> {

@@ -37,15 +37,8 @@ impl ShardProgram {
                 .iter()
                 .all(|&input| self.input_at_cut(input));
             if ready {
-                let exchange = &mut self.exchanges[e];
-                for shard in 0..exchange.outbox.len() {
-                    exchange.send(
-                        shard,
-                        Ingress::Barrier {
-                            epoch: barrier.epoch,
-                        },
-                    );
-                }
+                let epoch = barrier.epoch;
+                self.exchanges[e].send_to_all(|| Ingress::Barrier { epoch });
                 *marked = true;
                 moved = true;
             }

@@ -125,27 +125,41 @@ impl Subscription {
     /// emit while the slowest aligns. `None` once the stream has ended.
     pub(crate) fn recv_marked(&mut self) -> Option<Marked> {
         futures::executor::block_on(std::future::poll_fn(|cx| {
-            if let Some(item) = self.poll_marked() {
-                return Poll::Ready(Some(item));
-            }
-            for ring in &self.rings {
-                ring.register_and_check(cx.waker());
-            }
-            if let Some(item) = self.poll_marked() {
-                return Poll::Ready(Some(item));
-            }
-            if self.is_finished() {
-                // Shards that stopped mid-checkpoint never send the
-                // markers still awaited: hand out what was set aside.
-                self.held.iter_mut().for_each(|h| *h = None);
-                match self.poll_marked() {
-                    Some(item) => Poll::Ready(Some(item)),
-                    None => Poll::Ready(None),
-                }
-            } else {
-                Poll::Pending
-            }
+            self.poll_with(cx, |this| {
+                this.poll_marked().or_else(|| {
+                    // Shards that stopped mid-checkpoint never send the
+                    // markers still awaited: hand out what was set aside.
+                    this.is_finished().then(|| {
+                        this.held.iter_mut().for_each(|h| *h = None);
+                        this.poll_marked()
+                    })?
+                })
+            })
         }))
+    }
+
+    /// Takes the next item with `next`, or parks the waker on every ring
+    /// (before a last try, so a push between the try and the park cannot
+    /// be missed); `None` once every ring is closed and drained.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut next: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Poll<Option<T>> {
+        if let Some(item) = next(self) {
+            return Poll::Ready(Some(item));
+        }
+        for ring in &self.rings {
+            ring.register_and_check(cx.waker());
+        }
+        if let Some(item) = next(self) {
+            return Poll::Ready(Some(item));
+        }
+        if self.is_finished() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
     }
 
     fn poll_marked(&mut self) -> Option<Marked> {
@@ -239,22 +253,6 @@ impl futures::Stream for Subscription {
     type Item = RecordBatch;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RecordBatch>> {
-        let this = self.get_mut();
-        if let Some(batch) = this.poll() {
-            return Poll::Ready(Some(batch));
-        }
-        // Park the waker on every ring before the final check, so a push
-        // between the check and the park cannot be missed.
-        for ring in &this.rings {
-            ring.register_and_check(cx.waker());
-        }
-        if let Some(batch) = this.poll() {
-            return Poll::Ready(Some(batch));
-        }
-        if this.is_finished() {
-            Poll::Ready(None)
-        } else {
-            Poll::Pending
-        }
+        self.get_mut().poll_with(cx, Subscription::poll)
     }
 }

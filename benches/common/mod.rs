@@ -94,3 +94,15 @@ pub async fn time_run(
     db.shutdown().await.expect("shutdown");
     elapsed
 }
+
+/// A directory for a benchmark's storage directories, under the target
+/// directory (a real disk, not a tmpfs).
+#[allow(dead_code)] // not every benchmark uses it
+pub fn storage_root(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    dir
+}

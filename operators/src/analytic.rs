@@ -600,25 +600,28 @@ impl Analytic {
             states.iter().map(|s| s.dense_rank),
         )));
         for (r, running) in self.running.iter().enumerate() {
-            let parts: Vec<_> = (0..states.len())
-                .map(|p| running.get(p).map(RunningState::parts).unwrap_or_default())
+            let default = RunningState::default();
+            let parts: Vec<&RunningState> = (0..states.len())
+                .map(|p| running.get(p).unwrap_or(&default))
                 .collect();
             names.extend(
                 ["count", "sum_int", "sum_float", "best_int", "best_float"]
                     .map(|n| format!("running_{r}_{n}")),
             );
             columns.push(Arc::new(Int64Array::from_iter_values(
-                parts.iter().map(|p| p.0),
+                parts.iter().map(|p| p.count),
             )));
             columns.push(Arc::new(Int64Array::from_iter_values(
-                parts.iter().map(|p| p.1),
+                parts.iter().map(|p| p.sum_int),
             )));
             columns.push(Arc::new(arrow::array::Float64Array::from_iter_values(
-                parts.iter().map(|p| p.2),
+                parts.iter().map(|p| p.sum_float),
             )));
-            columns.push(Arc::new(Int64Array::from_iter(parts.iter().map(|p| p.3))));
+            columns.push(Arc::new(Int64Array::from_iter(
+                parts.iter().map(|p| p.best_int),
+            )));
             columns.push(Arc::new(arrow::array::Float64Array::from_iter(
-                parts.iter().map(|p| p.4),
+                parts.iter().map(|p| p.best_float),
             )));
         }
         crate::snapshot_batch(names, columns)
@@ -659,14 +662,12 @@ impl Analytic {
             let best_int = int64s(batch, &name("best_int"))?;
             let best_float = float64s(batch, &name("best_float"))?;
             self.running[r] = (0..n)
-                .map(|p| {
-                    RunningState::from_parts((
-                        count.value(p),
-                        sum_int.value(p),
-                        sum_float.value(p),
-                        best_int.is_valid(p).then(|| best_int.value(p)),
-                        best_float.is_valid(p).then(|| best_float.value(p)),
-                    ))
+                .map(|p| RunningState {
+                    count: count.value(p),
+                    sum_int: sum_int.value(p),
+                    sum_float: sum_float.value(p),
+                    best_int: best_int.is_valid(p).then(|| best_int.value(p)),
+                    best_float: best_float.is_valid(p).then(|| best_float.value(p)),
                 })
                 .collect();
         }

@@ -40,36 +40,11 @@ pub enum RunningKind {
 /// One partition's state of one running aggregate.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunningState {
-    count: i64,
-    sum_int: i64,
-    sum_float: f64,
-    best_int: Option<i64>,
-    best_float: Option<f64>,
-}
-
-impl RunningState {
-    /// The state as (count, integer sum, float sum, integer best, float
-    /// best), for checkpoints.
-    pub(crate) fn parts(&self) -> (i64, i64, f64, Option<i64>, Option<f64>) {
-        (
-            self.count,
-            self.sum_int,
-            self.sum_float,
-            self.best_int,
-            self.best_float,
-        )
-    }
-
-    pub(crate) fn from_parts(parts: (i64, i64, f64, Option<i64>, Option<f64>)) -> Self {
-        let (count, sum_int, sum_float, best_int, best_float) = parts;
-        Self {
-            count,
-            sum_int,
-            sum_float,
-            best_int,
-            best_float,
-        }
-    }
+    pub(crate) count: i64,
+    pub(crate) sum_int: i64,
+    pub(crate) sum_float: f64,
+    pub(crate) best_int: Option<i64>,
+    pub(crate) best_float: Option<f64>,
 }
 
 /// The type the argument is computed in: `BIGINT` when the result is

@@ -416,9 +416,23 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
     // Nothing from here to the barriers' sending may return early: a
     // handle may already have put this epoch's marker on its lanes, and
     // the shards must hear of the epoch to move past it.
-    let handles: Vec<Arc<HandleCut>> = match pipeline.handle_cuts.lock() {
-        Ok(handles) => handles.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
+    // A handle only the registry still holds was dropped: its cut is
+    // final, and once this checkpoint stands it is retired (the registry
+    // would otherwise grow with every handle ever made, e.g. one per
+    // `INSERT INTO source`).
+    let (handles, retired): (Vec<Arc<HandleCut>>, Vec<bool>) = {
+        let registry = match pipeline.handle_cuts.lock() {
+            Ok(registry) => registry,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        registry
+            .iter()
+            .map(|h| {
+                // Read before cloning, which counts too.
+                let dropped = Arc::strong_count(h) == 1;
+                (Arc::clone(h), dropped)
+            })
+            .unzip()
     };
     let mut cuts: Vec<(Arc<HandleCut>, Cut)> = Vec::with_capacity(handles.len());
     let mut waited = Ok(());
@@ -447,7 +461,13 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
     waited?;
     let (shards, views) = barrier.wait(abort)?;
     let pushes: HashMap<u64, u64> = cuts.iter().map(|(h, c)| (h.key, c.pushes)).collect();
-    let mut rows = pipeline.recovered_rows.clone();
+    let mut retired_rows = pipeline.retired_rows.lock().map_err(|_| poisoned())?;
+    let mut rows: Vec<u64> = pipeline
+        .recovered_rows
+        .iter()
+        .zip(retired_rows.iter())
+        .map(|(recovered, retired)| recovered + retired)
+        .collect();
     for (handle, cut) in &cuts {
         if let Some(r) = rows.get_mut(handle.source) {
             *r += cut.rows;
@@ -470,6 +490,20 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
         },
     };
     let (bytes, wal_segments_released) = files::write(storage_dir, gathered)?;
+    let mut gone = std::collections::HashSet::new();
+    for ((handle, cut), _) in cuts.iter().zip(&retired).filter(|(_, &r)| r) {
+        retired_rows[handle.source] += cut.rows;
+        pipeline.sources[handle.source].retention.untag(handle.key);
+        gone.insert(handle.key);
+    }
+    if !gone.is_empty() {
+        let mut registry = match pipeline.handle_cuts.lock() {
+            Ok(registry) => registry,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        registry.retain(|h| !gone.contains(&h.key));
+    }
+    drop(retired_rows);
     drop(next_epoch);
     let info = CheckpointInfo {
         epoch,
