@@ -457,10 +457,6 @@ impl Lane {
         Some(message)
     }
 
-    fn is_empty(&self) -> bool {
-        self.ring.is_empty()
-    }
-
     /// Whether the shard may take the lane's next message: not while a
     /// checkpoint holds it at its cut.
     pub(crate) fn may_take(&self) -> bool {
@@ -715,7 +711,10 @@ impl ShardProgram {
             let mut lane = 0;
             while lane < self.lanes.len() {
                 let l = &self.lanes[lane];
-                if l.fence.is_some() || l.closing || (l.ring.is_producer_closed() && l.is_empty()) {
+                if l.fence.is_some()
+                    || l.closing
+                    || (l.ring.is_producer_closed() && l.ring.is_empty())
+                {
                     // A finished partition no longer holds its input's
                     // watermark back.
                     let closed = self.lanes.swap_remove(lane);
@@ -820,12 +819,11 @@ impl ShardProgram {
                 }
                 Control::Checkpoint(barrier) => {
                     if self.checkpoint.is_some() || *stopping {
-                        // Given up here: lanes holding at its markers
-                        // move on, and later markers of it are ignored.
+                        // Given up here: its markers are ignored from now
+                        // on (a stopping shard already let its lanes go;
+                        // a busy one lets them go when its checkpoint is
+                        // taken).
                         self.last_epoch = self.last_epoch.max(barrier.epoch);
-                        for lane in &mut self.lanes {
-                            lane.at_barrier = false;
-                        }
                         barrier.report_shard(
                             self.shard,
                             Err(Error::new(
@@ -897,7 +895,7 @@ impl ShardProgram {
         self.lanes
             .iter()
             .filter(|lane| lane.input == input)
-            .all(|lane| self.inputs[input].is_source && lane.is_empty())
+            .all(|lane| self.inputs[input].is_source && lane.ring.is_empty())
     }
 
     /// Closes, after a stop, the exchanges whose feeding input is finished.

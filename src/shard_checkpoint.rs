@@ -74,7 +74,7 @@ impl ShardProgram {
             }
         }
         barrier.report_shard(self.shard, snapshot);
-        self.last_epoch = barrier.epoch;
+        self.last_epoch = self.last_epoch.max(barrier.epoch);
         self.release_lanes();
         true
     }
@@ -134,7 +134,7 @@ impl ShardProgram {
     /// Gives up a pending checkpoint (the shard stops).
     pub(crate) fn abandon_checkpoint(&mut self, why: &str) {
         if let Some((barrier, _)) = self.checkpoint.take() {
-            self.last_epoch = barrier.epoch;
+            self.last_epoch = self.last_epoch.max(barrier.epoch);
             barrier.report_shard(
                 self.shard,
                 Err(Error::new(

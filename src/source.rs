@@ -332,7 +332,6 @@ impl SourceHandle {
                 crate::storage::lane_key(pipeline.generation, handle),
                 source,
                 pipeline.shards,
-                0,
             ));
             if let Ok(mut cuts) = pipeline.handle_cuts.lock() {
                 cuts.push(Arc::clone(&cut));
@@ -676,19 +675,7 @@ impl Lanes {
     /// requested checkpoint epoch and, the first time that epoch is seen,
     /// puts its marker on every lane ahead of the push (waiting for room).
     fn begin_push_blocking(&mut self, sends: bool) -> Result<Option<Pushing>> {
-        let Some((pushing, epoch)) = self.stamp(sends) else {
-            return Ok(None);
-        };
-        if epoch > self.epoch {
-            for producer in &mut self.producers {
-                let marker = Ingress::Barrier { epoch };
-                if futures::executor::block_on(producer.push(marker)).is_err() {
-                    return Err(self.stopped());
-                }
-            }
-            self.entered(epoch);
-        }
-        Ok(Some(pushing))
+        futures::executor::block_on(self.begin_push_async(sends))
     }
 
     async fn begin_push_async(&mut self, sends: bool) -> Result<Option<Pushing>> {

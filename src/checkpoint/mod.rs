@@ -116,15 +116,15 @@ pub(crate) struct Cut {
 }
 
 impl HandleCut {
-    /// A handle that starts at `epoch` (the one requested when it
-    /// connected), with nothing delivered before it.
-    pub fn new(key: u64, source: usize, shards: usize, epoch: u64) -> Self {
+    /// A handle with nothing delivered yet; it learns its starting epoch
+    /// through [`HandleCut::enter`].
+    pub fn new(key: u64, source: usize, shards: usize) -> Self {
         Self {
             key,
             source,
             pushing: AtomicU64::new(0),
             version: AtomicU64::new(0),
-            entered: AtomicU64::new(epoch),
+            entered: AtomicU64::new(0),
             at_entry: Counts::new(shards),
             latest: Counts::new(shards),
         }
