@@ -2,11 +2,13 @@
 //! port, `curl` for every request, SIGKILL and a restart with durability
 //! on, SIGTERM to stop.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod daemon;
 
-const TOKEN: &str = "test-token-0123456789";
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use daemon::*;
 
 const PIPELINE: &str = "
 CREATE SOURCE trades (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL, volume BIGINT NOT NULL,
@@ -17,16 +19,6 @@ EMIT CHANGES;
 CREATE STREAM per_minute AS
 SELECT symbol, COUNT(*) AS trades FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE);
 ";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-const PG_PASSWORD: &str = "pg-secret-42";
 
 fn write_config(dir: &Path, port: u16, pg_port: u16) -> PathBuf {
     std::fs::write(dir.join("market.sql"), PIPELINE).unwrap();
@@ -46,84 +38,6 @@ fn write_config(dir: &Path, port: u16, pg_port: u16) -> PathBuf {
     config
 }
 
-/// The server process, killed if a test fails before it stops it.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(config: &Path, log: &Path) -> Server {
-    Server(
-        Command::new(env!("CARGO_BIN_EXE_laminardb"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// `psql` with the config's login; returns (success, stdout + stderr).
-fn psql(pg_port: u16, password: &str, sql: &str) -> (bool, String) {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string()])
-        .args(["-U", "laminar", "-d", "laminar", "-X", "-A", "-t"])
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("psql (the test script installs postgresql-client)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// `curl` a URL; returns (status, body).
-fn curl(port: u16, method: &str, path: &str, token: bool, body: Option<&str>) -> (u16, String) {
-    let mut c = Command::new("curl");
-    c.args([
-        "-s",
-        "-S",
-        "--max-time",
-        "20",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if token {
-        c.arg("-H").arg(format!("Authorization: Bearer {TOKEN}"));
-    }
-    if let Some(body) = body {
-        c.arg("--data-binary").arg(body);
-    }
-    c.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = c.output().expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (status.trim().parse().unwrap_or(0), body.to_string())
-}
-
-/// Polls until `check` passes or 30 s go by.
-fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A server with the test pipeline on fresh ports, ready (for async
 /// tests): its directory, process and HTTP and PostgreSQL ports.
 async fn start_ready() -> (tempfile::TempDir, Server, u16, u16) {
@@ -135,12 +49,6 @@ async fn start_ready() -> (tempfile::TempDir, Server, u16, u16) {
         .await
         .unwrap();
     (dir, server, port, pg_port)
-}
-
-fn wait_ready(port: u16) {
-    eventually("ready", || {
-        (curl(port, "GET", "/ready", true, None).0 == 200).then(String::new)
-    });
 }
 
 const ROWS: &str = r#"{"symbol":"AAPL","price":189.5,"volume":100,"ts":1700000000000}
@@ -161,7 +69,7 @@ fn serve_ingests_answers_and_survives_a_kill() {
         (status == 200).then_some(body)
     });
     // Paths in the config are relative to the config file.
-    assert!(dir.path().join("state/wal").is_dir());
+    assert!(dir.path().join("state/pipelines/market/wal").is_dir());
     for (method, path) in [
         ("GET", "/ready"),
         ("GET", "/metrics"),
@@ -210,23 +118,27 @@ fn serve_ingests_answers_and_survives_a_kill() {
     });
     let (_, metrics) = curl(port, "GET", "/metrics", true, None);
     assert!(
-        metrics.contains("laminardb_stream_rows_in_total{stream=\"per_symbol\"} 3"),
+        metrics.contains(
+            "laminardb_stream_rows_in_total{pipeline=\"market\",stream=\"per_symbol\"} 3"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
     assert!(
-        metrics.contains("laminardb_source_watermark_ms{source=\"trades\"} 1700000000000"),
+        metrics.contains(
+            "laminardb_source_watermark_ms{pipeline=\"market\",source=\"trades\"} 1700000000000"
+        ),
         "{metrics}"
     );
     let syncs: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("laminardb_wal_sync_seconds_count "))
+        .find_map(|l| l.strip_prefix("laminardb_wal_sync_seconds_count{pipeline=\"market\"} "))
         .and_then(|v| v.parse().ok())
         .expect("a WAL sync count");
     assert!(syncs > 0, "{metrics}");
     assert!(
         metrics.contains(&format!(
-            "laminardb_wal_sync_seconds_bucket{{le=\"+Inf\"}} {syncs}"
+            "laminardb_wal_sync_seconds_bucket{{pipeline=\"market\",le=\"+Inf\"}} {syncs}"
         )),
         "{metrics}"
     );
@@ -323,31 +235,17 @@ fn serve_ingests_answers_and_survives_a_kill() {
         let (_, metrics) = curl(port, "GET", "/metrics", true, None);
         let taken = metrics
             .lines()
-            .find_map(|l| l.strip_prefix("laminardb_checkpoints_total "))
+            .find_map(|l| l.strip_prefix("laminardb_checkpoints_total{pipeline=\"market\"} "))
             .and_then(|n| n.trim().parse::<u64>().ok())
             .unwrap_or(0);
         (taken > 0 && metrics.contains("laminardb_checkpoint_duration_seconds")).then_some(metrics)
     });
 
     // SIGTERM: drain and exit 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = server.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    signal(&server, "TERM");
+    let exited = wait_exit(&mut server);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(exit.success(), "{text}");
+    assert!(exited, "{text}");
     assert!(text.contains("stopped"), "{text}");
     assert!(text.contains("final checkpoint"), "{text}");
 
@@ -384,9 +282,33 @@ fn check_config_names_what_is_wrong() {
         "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE SOURCE s (a BIGINT)\"\n"
     ));
     assert!(ok, "{text}");
-    assert!(text.contains("ok (1 pipelines; sources: s"), "{text}");
+    assert!(text.contains("ok (1 pipelines; objects: p.s"), "{text}");
+    // Object names are unique across pipelines; pipeline names name
+    // directories.
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"p\"\nsql = \"CREATE SOURCE s (a BIGINT)\"\n\
+         [[pipeline]]\nname = \"q\"\nsql = \"CREATE SOURCE s (b BIGINT)\"\n"
+    ));
+    assert!(
+        !ok && text.contains("LDB-1003") && text.contains("pipeline 'p'"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "{http}[[pipeline]]\nname = \"../p\"\nsql = \"CREATE SOURCE s (a BIGINT)\"\n"
+    ));
+    assert!(!ok && text.contains("not a pipeline name"), "{text}");
+    // A server may start with no pipeline and get them through the API.
+    let (ok, text) = check(http);
+    assert!(ok && text.contains("ok (0 pipelines"), "{text}");
     let (ok, text) = check("[http]\nlisten = 8080\n");
     assert!(!ok && text.contains("LDB-5002"), "{text}");
+    let (ok, text) = check(&format!(
+        "{http}[engine]\ncpus = [99999]\n[[pipeline]]\nname = \"p\"\nsql = \"CREATE SOURCE s (a BIGINT)\"\n"
+    ));
+    assert!(
+        !ok && text.contains("LDB-5002") && text.contains("CPU 99999"),
+        "{text}"
+    );
     let (ok, text) = check(&format!("{http}[engine]\nshard = 2\n"));
     assert!(
         !ok && text.contains("LDB-5002") && text.contains("shard"),
@@ -445,6 +367,15 @@ fn serve_speaks_the_systemd_notify_protocol() {
     wait_for("READY=1", &mut seen);
     assert_eq!(curl(port, "GET", "/ready", true, None).0, 200);
     wait_for("WATCHDOG=1", &mut seen);
+    // A reload (nothing changed): RELOADING=1, then READY=1 again.
+    seen.clear();
+    Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("RELOADING=1", &mut seen);
+    seen.clear();
+    wait_for("READY=1", &mut seen);
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
@@ -602,7 +533,7 @@ async fn websocket_tails_a_stream() {
             .await
             .unwrap();
     assert!(
-        metrics.contains("laminardb_shard_queue_depth{shard=\"1\"}"),
+        metrics.contains("laminardb_shard_queue_depth{pipeline=\"market\",shard=\"1\"}"),
         "{metrics}"
     );
     socket.close(None).await.unwrap();

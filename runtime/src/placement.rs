@@ -63,6 +63,30 @@ fn filter_allowed(cpus: Vec<Cpu>, allowed: &Option<Vec<usize>>) -> Vec<Cpu> {
     }
 }
 
+/// Keeps only the CPUs listed in `wanted` (OS indices, as in `taskset`),
+/// so that engines sharing a machine (the server's pipelines) can be given
+/// cores of their own. A listed CPU this process may not use is an error,
+/// not a silent shortfall.
+pub fn restrict(cpus: Vec<Cpu>, wanted: &[usize]) -> Result<Vec<Cpu>> {
+    if let Some(missing) = wanted
+        .iter()
+        .find(|w| !cpus.iter().any(|c| c.os_index == **w))
+    {
+        let available: Vec<String> = cpus.iter().map(|c| c.os_index.to_string()).collect();
+        return Err(Error::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "CPU {missing} is not available to this process (available: {})",
+                available.join(",")
+            ),
+        ));
+    }
+    Ok(cpus
+        .into_iter()
+        .filter(|c| wanted.contains(&c.os_index))
+        .collect())
+}
+
 /// Plans where `shards` shards run. `shards = None` means one per allowed
 /// physical core.
 pub fn plan(shards: Option<usize>, cpus: &[Cpu]) -> Result<Vec<ShardPlacement>> {
@@ -274,6 +298,13 @@ mod tests {
         assert_eq!(placed, vec![0, 2, 1, 3, 4, 6, 5, 7]);
         // Default: one shard per physical core.
         assert_eq!(plan(None, &cpus).unwrap().len(), 4);
+        // Restricted to a CPU list: only those, one shard per core in it.
+        let two = restrict(cpus.clone(), &[2, 3, 6]).unwrap();
+        let placed: Vec<usize> = plan(None, &two).unwrap().iter().map(|p| p.cpu).collect();
+        assert_eq!(placed, vec![2, 3]);
+        let error = restrict(cpus, &[1, 9]).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::InvalidConfig);
+        assert!(error.message().contains("CPU 9"), "{error}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```toml
 //! [engine]
 //! shards = 2                      # default: one per core
+//! cpus = [2, 3, 4, 5]             # optional: the CPUs shards run on
 //!
 //! [storage]                       # optional: without it, nothing is kept
 //! dir = "/var/lib/laminardb"
@@ -23,10 +24,15 @@
 //! tls_key = "/etc/laminardb/server.key"    # clients may then use sslmode=require
 //! tls_required = true                       # optional: refuse connections without TLS
 //!
-//! [[pipeline]]
-//! name = "market"
+//! [[pipeline]]                   # any number, each its own engine
+//! name = "market"                 # letters, digits, '_' and '-'
 //! sql = "CREATE SOURCE ...; CREATE STREAM ...;"   # or file = "market.sql"
+//! shards = 1                      # optional: overrides [engine] shards
+//! cpus = [6]                      # optional: overrides [engine] cpus
 //! ```
+//!
+//! SIGHUP rereads the `[[pipeline]]` sections (see `pipelines.rs`); the
+//! other sections take effect at the next start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +56,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct EngineSection {
     shards: Option<usize>,
+    cpus: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,12 +121,74 @@ struct PipelineSection {
     name: String,
     sql: Option<String>,
     file: Option<PathBuf>,
+    shards: Option<usize>,
+    cpus: Option<Vec<usize>>,
+}
+
+/// A pipeline to run: its own engine (shards, WAL, checkpoints), so one
+/// can be created, replaced or dropped without touching the others.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// The SQL as written: a reload compares it to decide what changed.
+    pub sql: String,
+    pub statements: Vec<Statement>,
+    /// Overrides `[engine] shards` for this pipeline.
+    pub shards: Option<usize>,
+    /// Overrides `[engine] cpus`: the CPUs its shards run on.
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// Checks a pipeline's name (it names a directory) and SQL (only
+/// `CREATE` statements).
+pub fn parse_pipeline(name: &str, sql: &str) -> Result<Vec<Statement>> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid_name {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            format!("'{name}' is not a pipeline name"),
+        )
+        .with_hint("use 1 to 64 letters, digits, '_' or '-'"));
+    }
+    let statements = LaminarDB::parse(sql)
+        .map_err(|e| Error::new(e.code(), format!("pipeline '{name}': {}", e.message())))?;
+    if statements.is_empty() {
+        return Err(Error::new(
+            ErrorCode::InvalidInput,
+            format!("pipeline '{name}' has no statements"),
+        ));
+    }
+    for statement in &statements {
+        let creates = matches!(
+            statement,
+            Statement::CreateSource(_)
+                | Statement::CreateStream(_)
+                | Statement::CreateTable { .. }
+                | Statement::CreateLookupTable { .. }
+        );
+        if !creates {
+            return Err(Error::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "pipeline '{name}' may only create sources, streams, views, tables and lookup tables"
+                ),
+            )
+            .with_hint("send other statements to POST /query"));
+        }
+    }
+    Ok(statements)
 }
 
 /// A checked configuration.
 #[derive(Debug)]
 pub struct Config {
     pub shards: Option<usize>,
+    /// The CPUs pipelines run on (default: every CPU the process may use).
+    pub cpus: Option<Vec<usize>>,
     pub storage: Option<(PathBuf, Durability)>,
     /// With storage: how often to take a checkpoint.
     pub checkpoint_interval: Option<std::time::Duration>,
@@ -127,8 +196,8 @@ pub struct Config {
     pub token: Option<String>,
     /// The PostgreSQL listener.
     pub pgwire: Option<Pgwire>,
-    /// `(pipeline name, its statements)`, in file order.
-    pub pipelines: Vec<(String, Vec<Statement>)>,
+    /// In file order.
+    pub pipelines: Vec<PipelineConfig>,
 }
 
 fn invalid(path: &Path, message: impl std::fmt::Display) -> Error {
@@ -231,10 +300,13 @@ impl Config {
         if file.engine.shards == Some(0) {
             return Err(invalid(path, "[engine] shards must be at least 1"));
         }
+        if file.engine.cpus.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(path, "[engine] cpus must list at least one CPU"));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut pipelines = Vec::new();
+        let mut pipelines: Vec<PipelineConfig> = Vec::new();
         for pipeline in file.pipelines {
-            if pipelines.iter().any(|(name, _)| name == &pipeline.name) {
+            if pipelines.iter().any(|p| p.name == pipeline.name) {
                 return Err(invalid(
                     path,
                     format!("two pipelines are named '{}'", pipeline.name),
@@ -265,40 +337,35 @@ impl Config {
                     ))
                 }
             };
-            let statements = LaminarDB::parse(&sql)
-                .map_err(|e| invalid(path, format!("pipeline '{}': {e}", pipeline.name)))?;
-            if statements.is_empty() {
+            if pipeline.shards == Some(0) {
                 return Err(invalid(
                     path,
-                    format!("pipeline '{}' has no statements", pipeline.name),
+                    format!("pipeline '{}': shards must be at least 1", pipeline.name),
                 ));
             }
-            for statement in &statements {
-                let creates = matches!(
-                    statement,
-                    Statement::CreateSource(_)
-                        | Statement::CreateStream(_)
-                        | Statement::CreateTable { .. }
-                        | Statement::CreateLookupTable { .. }
-                );
-                if !creates {
-                    return Err(invalid(
-                        path,
-                        format!(
-                            "pipeline '{}' may only create sources, streams, views, tables and lookup tables; \
-                             send other statements to POST /query",
-                            pipeline.name
-                        ),
-                    ));
+            let statements = parse_pipeline(&pipeline.name, &sql).map_err(|e| {
+                let message = invalid(path, e.message());
+                match e.hint() {
+                    Some(hint) => message.with_hint(hint),
+                    None => message,
                 }
+            })?;
+            if pipeline.cpus.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "pipeline '{}': cpus must list at least one CPU",
+                        pipeline.name
+                    ),
+                ));
             }
-            pipelines.push((pipeline.name, statements));
-        }
-        if pipelines.is_empty() {
-            return Err(invalid(
-                path,
-                "no [[pipeline]]: the server would have nothing to run",
-            ));
+            pipelines.push(PipelineConfig {
+                name: pipeline.name,
+                sql,
+                statements,
+                shards: pipeline.shards,
+                cpus: pipeline.cpus,
+            });
         }
         let checkpoint_interval = match file.storage.as_ref().and_then(|s| s.checkpoint_interval_ms)
         {
@@ -319,6 +386,7 @@ impl Config {
         });
         Ok(Self {
             shards: file.engine.shards,
+            cpus: file.engine.cpus,
             storage,
             checkpoint_interval,
             listen,

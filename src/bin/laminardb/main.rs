@@ -6,6 +6,7 @@ mod demo;
 mod pg;
 mod pg_cursor;
 mod pg_extended;
+mod pipelines;
 mod run;
 mod serve;
 

@@ -26,7 +26,9 @@ use laminar_db::arrow::array::{
 use laminar_db::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use laminar_db::arrow::util::display::{ArrayFormatter, FormatOptions};
 use laminar_db::ScalarValue;
-use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB};
+use laminar_db::{Error, ErrorCode, ExecuteResult};
+
+use crate::pipelines::{PipelineAnswer, Pipelines};
 use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
 use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
@@ -78,7 +80,7 @@ impl AuthSource for Login {
 }
 
 struct Queries {
-    db: LaminarDB,
+    db: Arc<Pipelines>,
     cursors: Arc<tokio::sync::Mutex<crate::pg_cursor::Cursors>>,
     parser: Arc<Parser>,
 }
@@ -154,7 +156,7 @@ pub struct Handlers {
 }
 
 impl Handlers {
-    pub fn new(db: LaminarDB, config: &crate::config::Pgwire) -> Self {
+    pub fn new(db: Arc<Pipelines>, config: &crate::config::Pgwire) -> Self {
         let login = Login {
             user: config.user.clone(),
             password: config.password.clone(),
@@ -179,7 +181,7 @@ impl Handlers {
         Self {
             queries: Arc::new(Queries {
                 parser: Arc::new(Parser {
-                    db: db.clone(),
+                    db: Arc::clone(&db),
                     cursors: Arc::clone(&cursors),
                 }),
                 db,
@@ -308,6 +310,20 @@ impl Queries {
     ) -> PgWireResult<Vec<Response>> {
         use crate::pg_cursor::{parse, CursorStatement};
         let mut out = Vec::new();
+        if let Some(pipeline_statement) =
+            crate::pipelines::parse_pipeline_statement(statement).map_err(|e| pg_error(&e))?
+        {
+            match self
+                .db
+                .run_pipeline_statement(pipeline_statement)
+                .await
+                .map_err(|e| pg_error(&e))?
+            {
+                PipelineAnswer::Done(tag) => out.push(Response::Execution(Tag::new(tag))),
+                PipelineAnswer::Rows(batch) => out.push(rows(&[batch], format)?),
+            }
+            return Ok(out);
+        }
         match parse(statement).map_err(|e| pg_error(&e))? {
             None => {
                 let results = self

@@ -23,7 +23,9 @@ use std::time::Duration;
 
 use laminar_db::arrow::array::RecordBatch;
 use laminar_db::arrow::datatypes::SchemaRef;
-use laminar_db::{Error, ErrorCode, LaminarDB, Result};
+use laminar_db::{Error, ErrorCode, Result};
+
+use crate::pipelines::Pipelines;
 
 /// Unfetched batches a cursor may hold before it is cut off.
 pub const CURSOR_BATCHES: usize = 1024;
@@ -159,7 +161,7 @@ impl Drop for Cursor {
 
 impl Cursor {
     /// Subscribes to `stream` from now on.
-    pub fn declare(db: &LaminarDB, stream: &str) -> Result<Self> {
+    pub fn declare(db: &Pipelines, stream: &str) -> Result<Self> {
         use futures::StreamExt;
         let mut subscription = db.subscribe(stream)?;
         let schema = db.stream_schema(stream)?;
@@ -243,7 +245,7 @@ impl Cursor {
 pub struct Cursors(HashMap<String, Cursor>);
 
 impl Cursors {
-    pub fn declare(&mut self, db: &LaminarDB, cursor: String, stream: &str) -> Result<()> {
+    pub fn declare(&mut self, db: &Pipelines, cursor: String, stream: &str) -> Result<()> {
         if self.0.contains_key(&cursor) {
             return Err(Error::new(
                 ErrorCode::AlreadyExists,
@@ -276,27 +278,57 @@ impl Cursors {
 /// Splits a simple query into statements at `;` outside quotes.
 pub fn split_statements(query: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut current = String::new();
-    let mut quote: Option<char> = None;
-    for c in query.chars() {
-        match (quote, c) {
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, ';') => {
-                if !current.trim().is_empty() {
-                    out.push(current.trim().to_string());
-                }
-                current.clear();
+    let mut start = 0;
+    let mut at = 0;
+    let bytes = query.as_bytes();
+    while at < bytes.len() {
+        match bytes[at] {
+            quote @ (b'\'' | b'"') => {
+                at = query[at + 1..]
+                    .find(quote as char)
+                    .map_or(bytes.len(), |end| at + 1 + end + 1);
                 continue;
+            }
+            // A dollar-quoted string ($$ ... $$ or $tag$ ... $tag$), as
+            // psql sends `CREATE PIPELINE p AS $$ ...; ... $$`.
+            b'$' => {
+                if let Some(tag_len) = dollar_tag(&query[at..]) {
+                    let tag = &query[at..at + tag_len];
+                    at = query[at + tag_len..]
+                        .find(tag)
+                        .map_or(bytes.len(), |end| at + tag_len + end + tag_len);
+                    continue;
+                }
+            }
+            b';' => {
+                let statement = query[start..at].trim();
+                if !statement.is_empty() {
+                    out.push(statement.to_string());
+                }
+                start = at + 1;
             }
             _ => {}
         }
-        current.push(c);
+        at += 1;
     }
-    if !current.trim().is_empty() {
-        out.push(current.trim().to_string());
+    let statement = query[start..].trim();
+    if !statement.is_empty() {
+        out.push(statement.to_string());
     }
     out
+}
+
+/// The length of the dollar-quote tag (`$$`, `$body$`) `text` starts
+/// with, if it starts with one.
+pub fn dollar_tag(text: &str) -> Option<usize> {
+    let rest = text.strip_prefix('$')?;
+    let end = rest.find('$')?;
+    let tag = &rest[..end];
+    let valid = tag
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+    valid.then_some(end + 2)
 }
 
 #[cfg(test)]
@@ -345,6 +377,14 @@ mod tests {
         assert_eq!(
             split_statements("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE x; SELECT ';'"),
             vec!["BEGIN", "DECLARE c CURSOR FOR SUBSCRIBE x", "SELECT ';'"]
+        );
+        assert_eq!(
+            split_statements("CREATE PIPELINE p AS $$ a; b $$; SELECT $1; x $t$;$t$ ;"),
+            vec!["CREATE PIPELINE p AS $$ a; b $$", "SELECT $1", "x $t$;$t$"]
+        );
+        assert_eq!(
+            split_statements("SELECT 'open; quote"),
+            vec!["SELECT 'open; quote"]
         );
     }
 }

@@ -3,7 +3,7 @@
 //! with `$1`, `$2`, ... parameters, result rows in text or binary format.
 //!
 //! Parse asks the database to describe the statement
-//! ([`LaminarDB::describe_statement`]): parameter types inferred from the
+//! (`LaminarDB::describe_statement`, on the pipeline it names): parameter types inferred from the
 //! query (or the `INSERT` target's columns) unless the client gave them,
 //! and the result columns. Execute binds the parameter values, decoded
 //! by their type from text or binary, and runs the statement on the same
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use laminar_db::arrow::datatypes::{DataType, SchemaRef};
-use laminar_db::{Error, ErrorCode, LaminarDB};
+use laminar_db::{Error, ErrorCode};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::api::stmt::QueryParser;
@@ -36,7 +36,7 @@ pub struct Prepared {
 
 /// Describes statements as clients prepare them (one per connection).
 pub struct Parser {
-    pub db: LaminarDB,
+    pub db: std::sync::Arc<crate::pipelines::Pipelines>,
     pub cursors: Arc<tokio::sync::Mutex<Cursors>>,
 }
 
@@ -105,6 +105,21 @@ impl QueryParser for Parser {
                     let mut cursors = self.cursors.lock().await;
                     let cursor = cursors.get(cursor).map_err(|e| pg_error(&e))?;
                     Some(Arc::clone(&cursor.schema))
+                }
+                _ => None,
+            };
+            return Ok(Some(Prepared {
+                sql: sql.to_string(),
+                parameters: Vec::new(),
+                columns,
+            }));
+        }
+        if let Some(statement) =
+            crate::pipelines::parse_pipeline_statement(sql).map_err(|e| pg_error(&e))?
+        {
+            let columns = match statement {
+                crate::pipelines::PipelineStatement::Show => {
+                    Some(self.db.listing().map_err(|e| pg_error(&e))?.schema())
                 }
                 _ => None,
             };

@@ -9,17 +9,26 @@
 //! | `POST /query` | body: SQL; rows as a JSON array (an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream`), or what the statement did |
 //! | `GET /streams/{name}` | the stream's results from now on, as JSON lines, until the client leaves |
 //! | `GET /ws/streams/{name}` | the same over a WebSocket: one text message (a JSON array of rows) per result batch |
+//! | `GET /pipelines` | the running pipelines (JSON): name, origin, shards, objects, SQL |
+//! | `GET /pipelines/{name}` | one of them |
+//! | `POST /pipelines/{name}` | body: SQL (`CREATE` statements); starts a new pipeline, 201 |
+//! | `DELETE /pipelines/{name}` | stops a pipeline created through the API and deletes its data |
+//!
+//! Each pipeline runs on its own engine (see `pipelines.rs`); statements
+//! and routes go to the pipeline that owns the object they name.
 //!
 //! With a token in the config, every route but `/health` needs
 //! `Authorization: Bearer <token>`. SIGTERM or SIGINT stops taking
-//! requests, drains the shards (everything accepted is processed) and
-//! exits 0.
+//! requests, drains the shards (everything accepted is processed), takes
+//! a final checkpoint per pipeline (with `checkpoint_interval_ms`) and
+//! exits 0. SIGHUP rereads the config's `[[pipeline]]` sections and
+//! reloads the pipelines that changed.
 //!
 //! Under systemd (`Type=notify`), the server sends `READY=1` once it is
-//! ready, `STOPPING=1` when it starts to stop, and `WATCHDOG=1` at half the
-//! unit's `WatchdogSec` while it runs (`deploy/systemd/`).
+//! ready, `RELOADING=1` then `READY=1` around a reload, `STOPPING=1` when
+//! it starts to stop, and `WATCHDOG=1` at half the unit's `WatchdogSec`
+//! while it runs (`deploy/systemd/`).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,9 +40,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use laminar_db::{Backpressure, Error, ErrorCode, ExecuteResult, LaminarDB, Result, SourceHandle};
+use laminar_db::{Error, ErrorCode, ExecuteResult, LaminarDB, Result};
 
 use crate::config::Config;
+use crate::pipelines::{Pipeline, PipelineAnswer, Pipelines, Settings};
 
 /// Result batches a tailing client may fall behind by before it is cut
 /// off (so a slow client never holds the shards back).
@@ -45,81 +55,69 @@ const BATCH_ROWS: usize = 8192;
 const MAX_BODY_BYTES: usize = 64 << 20;
 
 struct App {
-    db: LaminarDB,
+    pipelines: Arc<Pipelines>,
     token: Option<String>,
     started: Instant,
     ready: AtomicBool,
-    /// One handle per source, shared by the requests that push to it.
-    handles: HashMap<String, Mutex<SourceHandle>>,
-    schemas: HashMap<String, laminar_db::arrow::datatypes::SchemaRef>,
 }
 
 /// Checks the config and the pipelines' SQL without starting anything or
 /// touching the storage directory.
 pub async fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    let db = LaminarDB::builder().shards(1).build()?;
-    for (name, statements) in &config.pipelines {
-        for statement in statements {
+    let mut owners: Vec<(String, String)> = Vec::new();
+    for pipeline in &config.pipelines {
+        let mut db = LaminarDB::builder().shards(1);
+        if let Some(cpus) = pipeline.cpus.as_ref().or(config.cpus.as_ref()) {
+            db = db.cpus(cpus.iter().copied());
+        }
+        let db = db
+            .build()
+            .map_err(|e| crate::pipelines::prefixed(&pipeline.name, e))?;
+        for statement in &pipeline.statements {
             db.execute_statement(statement.clone())
                 .await
-                .map_err(|e| prefixed(name, e))?;
+                .map_err(|e| crate::pipelines::prefixed(&pipeline.name, e))?;
+        }
+        for object in crate::pipelines::objects(&db) {
+            if let Some((_, other)) = owners.iter().find(|(o, _)| o.eq_ignore_ascii_case(&object)) {
+                return Err(Error::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "pipeline '{}': '{object}' is already an object of pipeline '{other}'",
+                        pipeline.name
+                    ),
+                )
+                .with_hint("object names are unique across pipelines"));
+            }
+            owners.push((object, pipeline.name.clone()));
         }
     }
     println!(
-        "{}: ok ({} pipelines; sources: {}; streams: {})",
+        "{}: ok ({} pipelines; objects: {})",
         path.display(),
         config.pipelines.len(),
-        db.sources().join(", "),
-        db.streams().join(", ")
+        owners
+            .iter()
+            .map(|(object, pipeline)| format!("{pipeline}.{object}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
 
-fn prefixed(pipeline: &str, e: Error) -> Error {
-    let mut error = Error::new(e.code(), format!("pipeline '{pipeline}': {}", e.message()));
-    if let Some(hint) = e.hint() {
-        error = error.with_hint(hint);
-    }
-    if let Some(context) = e.context() {
-        error = error.with_context(context);
-    }
-    error
-}
-
 pub async fn serve(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
-    // A full ring answers 429 instead of holding a request (and its
-    // source's handle) until the shards catch up.
-    let mut builder = LaminarDB::builder().backpressure(Backpressure::Error);
-    if let Some(shards) = config.shards {
-        builder = builder.shards(shards);
+    let pipelines = Arc::new(Pipelines::new(Settings {
+        shards: config.shards,
+        cpus: config.cpus.clone(),
+        storage: config.storage.clone(),
+        checkpoint_interval: config.checkpoint_interval,
+    })?);
+    if let Err(e) = pipelines.start(&config.pipelines).await {
+        pipelines.shutdown().await;
+        return Err(e);
     }
-    if let Some((dir, durability)) = &config.storage {
-        builder = builder.storage_dir(dir).durability(*durability);
-    }
-    if let Some(interval) = config.checkpoint_interval {
-        builder = builder.checkpoint_interval(interval);
-    }
-    let db = builder.build()?;
-    for (name, statements) in &config.pipelines {
-        for statement in statements {
-            db.execute_statement(statement.clone())
-                .await
-                .map_err(|e| prefixed(name, e))?;
-        }
-    }
-    let schemas = db
-        .sources()
-        .into_iter()
-        .map(|name| Ok((name.clone(), db.source_untyped(&name)?.schema())))
-        .collect::<Result<HashMap<_, _>>>()?;
-    let handles = db
-        .sources()
-        .into_iter()
-        .map(|name| Ok((name.clone(), Mutex::new(db.source_untyped(&name)?))))
-        .collect::<Result<HashMap<_, _>>>()?;
-    db.start().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
@@ -127,14 +125,19 @@ pub async fn serve(path: &Path) -> Result<()> {
                 ErrorCode::InvalidConfig,
                 format!("cannot listen on {}: {e}", config.listen),
             )
-        })?;
+        });
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(e) => {
+            pipelines.shutdown().await;
+            return Err(e);
+        }
+    };
     let app = Arc::new(App {
-        db: db.clone(),
+        pipelines: Arc::clone(&pipelines),
         token: config.token,
         started: Instant::now(),
         ready: AtomicBool::new(false),
-        handles,
-        schemas,
     });
     // A failed recovery stops the server with its error: serving a
     // database that lost its state would be worse than not serving.
@@ -142,7 +145,7 @@ pub async fn serve(path: &Path) -> Result<()> {
     {
         let app = Arc::clone(&app);
         tokio::spawn(async move {
-            match app.db.wait_recovered().await {
+            match app.pipelines.wait_recovered().await {
                 Ok(()) => {
                     app.ready.store(true, Ordering::Release);
                     notify(sd_notify::NotifyState::Ready);
@@ -153,6 +156,7 @@ pub async fn serve(path: &Path) -> Result<()> {
             }
         });
     }
+    tokio::spawn(reload_on_hangup(path.to_path_buf(), Arc::clone(&pipelines)));
     if let Some(interval) = sd_notify::watchdog_enabled() {
         // Pinged from the control plane's runtime: a stalled runtime stops
         // the pings, and systemd restarts the unit.
@@ -171,6 +175,13 @@ pub async fn serve(path: &Path) -> Result<()> {
         .route("/query", post(query))
         .route("/streams/{name}", get(tail))
         .route("/ws/streams/{name}", get(tail_websocket))
+        .route("/pipelines", get(list_pipelines))
+        .route(
+            "/pipelines/{name}",
+            get(show_pipeline)
+                .post(create_pipeline)
+                .delete(drop_pipeline),
+        )
         // The token is checked before a body is read.
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -187,7 +198,14 @@ pub async fn serve(path: &Path) -> Result<()> {
                     ErrorCode::InvalidConfig,
                     format!("cannot listen on {address}: {e}"),
                 )
-            })?;
+            });
+            let listener = match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    pipelines.shutdown().await;
+                    return Err(e);
+                }
+            };
             let tls = match &pg.tls {
                 Some((cert, key)) => Some(crate::pg::tls_acceptor(cert, key)?),
                 None => None,
@@ -197,14 +215,15 @@ pub async fn serve(path: &Path) -> Result<()> {
                 pg.auth,
                 if tls.is_some() { ", TLS" } else { "" }
             );
-            let (db, pg) = (db.clone(), pg.clone());
+            let (pipelines, pg) = (Arc::clone(&pipelines), pg.clone());
             Some(tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
                         Ok((socket, _)) => {
                             // Handlers per connection: its cursors end
                             // with it.
-                            let handlers = Arc::new(crate::pg::Handlers::new(db.clone(), &pg));
+                            let handlers =
+                                Arc::new(crate::pg::Handlers::new(Arc::clone(&pipelines), &pg));
                             let tls = tls.clone();
                             tokio::spawn(async move {
                                 if let Err(e) =
@@ -223,7 +242,7 @@ pub async fn serve(path: &Path) -> Result<()> {
     };
     eprintln!(
         "laminardb: serving {} pipeline(s) on http://{}",
-        config.pipelines.len(),
+        pipelines.all().len(),
         config.listen
     );
     let recovery_error = Arc::new(Mutex::new(None));
@@ -241,33 +260,57 @@ pub async fn serve(path: &Path) -> Result<()> {
             }
         }
     };
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop)
         .await
-        .map_err(|e| Error::new(ErrorCode::Io, format!("HTTP server failed: {e}")))?;
-    if let Some(e) = recovery_error.lock().ok().and_then(|mut slot| slot.take()) {
-        if let Some(pg) = pg_listener {
-            pg.abort();
-        }
-        return Err(e);
-    }
+        .map_err(|e| Error::new(ErrorCode::Io, format!("HTTP server failed: {e}")));
     notify(sd_notify::NotifyState::Stopping);
     if let Some(pg) = pg_listener {
         pg.abort();
     }
     eprintln!("laminardb: stopping: draining the shards");
-    // Requests are done; handles drop with the app.
     drop(app);
-    if config.checkpoint_interval.is_some() {
-        // A last checkpoint, so the next start replays (almost) nothing.
-        match db.checkpoint().await {
-            Ok(info) => eprintln!("laminardb: final checkpoint {}", info.epoch),
-            Err(e) => eprintln!("laminardb: final checkpoint failed: {e}"),
-        }
+    pipelines.shutdown().await;
+    served?;
+    if let Some(e) = recovery_error.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(e);
     }
-    db.shutdown().await?;
     eprintln!("laminardb: stopped");
     Ok(())
+}
+
+/// SIGHUP: rereads the config and reloads the pipelines that changed. A
+/// config that no longer loads changes nothing.
+async fn reload_on_hangup(path: std::path::PathBuf, pipelines: Arc<Pipelines>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        log::error!("cannot install the SIGHUP handler; reloading is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        notify(sd_notify::NotifyState::Reloading);
+        eprintln!("laminardb: SIGHUP: reloading {}", path.display());
+        match Config::load(&path) {
+            Ok(config) => {
+                let done = pipelines.reload(&config.pipelines).await;
+                eprintln!(
+                    "laminardb: reloaded: started [{}], replaced [{}], stopped [{}], unchanged [{}]",
+                    done.started.join(", "),
+                    done.replaced.join(", "),
+                    done.stopped.join(", "),
+                    done.unchanged.join(", ")
+                );
+                for (name, e) in done.failed {
+                    eprintln!("laminardb: reload of pipeline '{name}' failed, left as it was: {e}");
+                }
+            }
+            Err(e) => {
+                pipelines.reload_failures.fetch_add(1, Ordering::Relaxed);
+                eprintln!("laminardb: reload failed, nothing changed: {e}");
+            }
+        }
+        notify(sd_notify::NotifyState::Ready);
+    }
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set; a no-op otherwise).
@@ -301,6 +344,7 @@ fn failure(status: StatusCode, error: &Error) -> Response {
 fn status_of(error: &Error) -> StatusCode {
     match error.code() {
         ErrorCode::UnknownObject => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists | ErrorCode::InUse => StatusCode::CONFLICT,
         ErrorCode::Backpressure => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::NotRunning
         | ErrorCode::WalWrite
@@ -376,142 +420,209 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
 }
 
+/// Prometheus text: every series carries its pipeline's name.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let metrics = app.db.metrics();
+    let pipelines: Vec<(String, laminar_db::Metrics)> = app
+        .pipelines
+        .all()
+        .iter()
+        .map(|p| (json_string(&p.name), p.db.metrics()))
+        .collect();
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, u64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (stream, value) in rows {
-            out.push_str(&format!(
-                "{name}{{stream={}}} {value}\n",
-                json_string(&stream)
-            ));
-        }
-    };
+    let mut family =
+        |name: &str, help: &str, kind: &str, rows: &mut dyn Iterator<Item = String>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for row in rows {
+                out.push_str(name);
+                out.push_str(&row);
+                out.push('\n');
+            }
+        };
     let per_stream = |f: fn(&laminar_db::StreamMetrics) -> u64| {
-        metrics
-            .streams
-            .iter()
-            .map(|s| (s.name.clone(), f(s)))
-            .collect::<Vec<_>>()
+        pipelines.iter().flat_map(move |(pipeline, m)| {
+            m.streams.iter().map(move |s| {
+                format!(
+                    "{{pipeline={pipeline},stream={}}} {}",
+                    json_string(&s.name),
+                    f(s)
+                )
+            })
+        })
     };
     family(
         "laminardb_stream_rows_in_total",
         "Rows a stream took in.",
         "counter",
-        per_stream(|s| s.rows_in),
+        &mut per_stream(|s| s.rows_in),
     );
     family(
         "laminardb_stream_rows_out_total",
         "Rows a stream emitted.",
         "counter",
-        per_stream(|s| s.rows_out),
+        &mut per_stream(|s| s.rows_out),
     );
     family(
         "laminardb_stream_late_rows_total",
         "Rows dropped because their window had closed.",
         "counter",
-        per_stream(|s| s.late_rows),
+        &mut per_stream(|s| s.late_rows),
     );
     family(
         "laminardb_stream_state_bytes",
         "Approximate bytes of operator state.",
         "gauge",
-        per_stream(|s| s.state_bytes),
-    );
-    out.push_str(
-        "# HELP laminardb_source_watermark_ms A source's watermark (lowest over shards), epoch ms.\n\
-         # TYPE laminardb_source_watermark_ms gauge\n\
-         # HELP laminardb_source_watermark_lag_seconds Wall-clock time minus the source's watermark.\n\
-         # TYPE laminardb_source_watermark_lag_seconds gauge\n",
+        &mut per_stream(|s| s.state_bytes),
     );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    for source in &metrics.sources {
-        if let Some(watermark_ms) = source.watermark_ms {
-            let name = json_string(&source.name);
-            out.push_str(&format!(
-                "laminardb_source_watermark_ms{{source={name}}} {watermark_ms}\n\
-                 laminardb_source_watermark_lag_seconds{{source={name}}} {:.3}\n",
-                now_ms.saturating_sub(watermark_ms) as f64 / 1000.0
-            ));
-        }
-    }
-    out.push_str(
-        "# HELP laminardb_wal_sync_seconds Time to make a WAL group durable.\n\
-         # TYPE laminardb_wal_sync_seconds histogram\n",
+    let watermarks = || {
+        pipelines.iter().flat_map(|(pipeline, m)| {
+            m.sources.iter().filter_map(move |s| {
+                s.watermark_ms.map(|w| {
+                    (
+                        format!("{{pipeline={pipeline},source={}}}", json_string(&s.name)),
+                        w,
+                    )
+                })
+            })
+        })
+    };
+    family(
+        "laminardb_source_watermark_ms",
+        "A source's watermark (lowest over shards), epoch ms.",
+        "gauge",
+        &mut watermarks().map(|(labels, w)| format!("{labels} {w}")),
     );
-    for (bound_us, count) in &metrics.wal.sync_buckets {
-        out.push_str(&format!(
-            "laminardb_wal_sync_seconds_bucket{{le=\"{}\"}} {count}\n",
-            *bound_us as f64 / 1e6
-        ));
-    }
-    out.push_str(&format!(
-        "laminardb_wal_sync_seconds_bucket{{le=\"+Inf\"}} {}\n\
-         laminardb_wal_sync_seconds_sum {:.6}\n\
-         laminardb_wal_sync_seconds_count {}\n",
-        metrics.wal.syncs,
-        metrics.wal.sync_ns as f64 / 1e9,
-        metrics.wal.syncs
-    ));
-    let checkpoints = &metrics.checkpoints;
-    out.push_str(&format!(
-        "# HELP laminardb_checkpoints_total Checkpoints completed since start.\n\
-         # TYPE laminardb_checkpoints_total counter\n\
-         laminardb_checkpoints_total {}\n\
-         # HELP laminardb_checkpoint_failures_total Checkpoints that failed (the previous one stands).\n\
-         # TYPE laminardb_checkpoint_failures_total counter\n\
-         laminardb_checkpoint_failures_total {}\n\
-         # HELP laminardb_checkpoint_epoch The last completed checkpoint's epoch.\n\
-         # TYPE laminardb_checkpoint_epoch gauge\n\
-         laminardb_checkpoint_epoch {}\n\
-         # HELP laminardb_checkpoint_duration_seconds How long the last checkpoint took.\n\
-         # TYPE laminardb_checkpoint_duration_seconds gauge\n\
-         laminardb_checkpoint_duration_seconds {:.6}\n\
-         # HELP laminardb_checkpoint_bytes State bytes the last checkpoint wrote.\n\
-         # TYPE laminardb_checkpoint_bytes gauge\n\
-         laminardb_checkpoint_bytes {}\n",
-        checkpoints.completed,
-        checkpoints.failed,
-        checkpoints.last_epoch,
-        checkpoints.last_duration_us as f64 / 1e6,
-        checkpoints.last_bytes
-    ));
-    out.push_str(
-        "# HELP laminardb_shard_queue_depth Messages waiting in a shard's input rings.\n\
-         # TYPE laminardb_shard_queue_depth gauge\n",
+    family(
+        "laminardb_source_watermark_lag_seconds",
+        "Wall-clock time minus the source's watermark.",
+        "gauge",
+        &mut watermarks()
+            .map(|(labels, w)| format!("{labels} {:.3}", now_ms.saturating_sub(w) as f64 / 1000.0)),
     );
-    for (shard, depth) in metrics.shard_queue_depth.iter().enumerate() {
-        out.push_str(&format!(
-            "laminardb_shard_queue_depth{{shard=\"{shard}\"}} {depth}\n"
-        ));
-    }
-    out.push_str(
-        "# HELP laminardb_lookup_refreshes_total Lookup table refreshes that replaced its rows.\n\
-         # TYPE laminardb_lookup_refreshes_total counter\n\
-         # HELP laminardb_lookup_refresh_failures_total Lookup table refreshes that failed (rows kept).\n\
-         # TYPE laminardb_lookup_refresh_failures_total counter\n",
+    family(
+        "laminardb_wal_sync_seconds",
+        "Time to make a WAL group durable.",
+        "histogram",
+        &mut pipelines.iter().flat_map(|(pipeline, m)| {
+            let wal = &m.wal;
+            wal.sync_buckets
+                .iter()
+                .map(move |(bound_us, count)| {
+                    format!(
+                        "_bucket{{pipeline={pipeline},le=\"{}\"}} {count}",
+                        *bound_us as f64 / 1e6
+                    )
+                })
+                .chain([
+                    format!("_bucket{{pipeline={pipeline},le=\"+Inf\"}} {}", wal.syncs),
+                    format!(
+                        "_sum{{pipeline={pipeline}}} {:.6}",
+                        wal.sync_ns as f64 / 1e9
+                    ),
+                    format!("_count{{pipeline={pipeline}}} {}", wal.syncs),
+                ])
+        }),
     );
-    for table in &metrics.lookup_tables {
-        out.push_str(&format!(
-            "laminardb_lookup_refreshes_total{{table=\"{0}\"}} {1}\n\
-             laminardb_lookup_refresh_failures_total{{table=\"{0}\"}} {2}\n",
-            table.name, table.refreshes, table.refresh_failures
-        ));
-    }
+    let per_pipeline = |f: &dyn Fn(&laminar_db::Metrics) -> String| {
+        pipelines
+            .iter()
+            .map(|(pipeline, m)| format!("{{pipeline={pipeline}}} {}", f(m)))
+            .collect::<Vec<_>>()
+            .into_iter()
+    };
+    family(
+        "laminardb_checkpoints_total",
+        "Checkpoints completed since start.",
+        "counter",
+        &mut per_pipeline(&|m| m.checkpoints.completed.to_string()),
+    );
+    family(
+        "laminardb_checkpoint_failures_total",
+        "Checkpoints that failed (the previous one stands).",
+        "counter",
+        &mut per_pipeline(&|m| m.checkpoints.failed.to_string()),
+    );
+    family(
+        "laminardb_checkpoint_epoch",
+        "The last completed checkpoint's epoch.",
+        "gauge",
+        &mut per_pipeline(&|m| m.checkpoints.last_epoch.to_string()),
+    );
+    family(
+        "laminardb_checkpoint_duration_seconds",
+        "How long the last checkpoint took.",
+        "gauge",
+        &mut per_pipeline(&|m| format!("{:.6}", m.checkpoints.last_duration_us as f64 / 1e6)),
+    );
+    family(
+        "laminardb_checkpoint_bytes",
+        "State bytes the last checkpoint wrote.",
+        "gauge",
+        &mut per_pipeline(&|m| m.checkpoints.last_bytes.to_string()),
+    );
+    family(
+        "laminardb_shard_queue_depth",
+        "Messages waiting in a shard's input rings.",
+        "gauge",
+        &mut pipelines.iter().flat_map(|(pipeline, m)| {
+            m.shard_queue_depth
+                .iter()
+                .enumerate()
+                .map(move |(shard, depth)| {
+                    format!("{{pipeline={pipeline},shard=\"{shard}\"}} {depth}")
+                })
+        }),
+    );
+    let lookups = |f: fn(&laminar_db::LookupTableMetrics) -> u64| {
+        pipelines.iter().flat_map(move |(pipeline, m)| {
+            m.lookup_tables.iter().map(move |t| {
+                format!(
+                    "{{pipeline={pipeline},table={}}} {}",
+                    json_string(&t.name),
+                    f(t)
+                )
+            })
+        })
+    };
+    family(
+        "laminardb_lookup_refreshes_total",
+        "Lookup table refreshes that replaced its rows.",
+        "counter",
+        &mut lookups(|t| t.refreshes),
+    );
+    family(
+        "laminardb_lookup_refresh_failures_total",
+        "Lookup table refreshes that failed (rows kept).",
+        "counter",
+        &mut lookups(|t| t.refresh_failures),
+    );
+    family(
+        "laminardb_shard_batches_total",
+        "Batches processed by shards.",
+        "counter",
+        &mut per_pipeline(&|m| m.shard_batches.to_string()),
+    );
+    let reloads = app.pipelines.reloads.load(Ordering::Relaxed);
+    let reload_failures = app.pipelines.reload_failures.load(Ordering::Relaxed);
     out.push_str(&format!(
-        "# HELP laminardb_shard_batches_total Batches processed by shards.\n\
-         # TYPE laminardb_shard_batches_total counter\n\
-         laminardb_shard_batches_total {}\n\
+        "# HELP laminardb_pipelines Pipelines running.\n\
+         # TYPE laminardb_pipelines gauge\n\
+         laminardb_pipelines {}\n\
+         # HELP laminardb_reloads_total SIGHUP reloads of the config.\n\
+         # TYPE laminardb_reloads_total counter\n\
+         laminardb_reloads_total {reloads}\n\
+         # HELP laminardb_reload_failures_total Pipelines (or whole configs) a reload could not apply.\n\
+         # TYPE laminardb_reload_failures_total counter\n\
+         laminardb_reload_failures_total {reload_failures}\n\
          # HELP laminardb_ready Whether recovery is done and pipelines run.\n\
          # TYPE laminardb_ready gauge\n\
          laminardb_ready {}\n\
          # HELP laminardb_uptime_seconds Seconds since the server started.\n\
          # TYPE laminardb_uptime_seconds gauge\n\
          laminardb_uptime_seconds {:.3}\n",
-        metrics.shard_batches,
+        pipelines.len(),
         u8::from(app.ready.load(Ordering::Acquire)),
         app.started.elapsed().as_secs_f64()
     ));
@@ -539,14 +650,17 @@ async fn push(
         .with_hint("send the rows in several requests");
         return failure(StatusCode::PAYLOAD_TOO_LARGE, &error);
     }
-    if !app.handles.contains_key(&name) {
+    let Some(pipeline) = app
+        .pipelines
+        .owner(&name)
+        .filter(|p| p.handles.contains_key(&name))
+    else {
         let error = Error::new(ErrorCode::UnknownObject, format!("unknown source '{name}'"));
         return failure(StatusCode::NOT_FOUND, &error);
-    }
+    };
     // Decoding and pushing block (a Sync push waits for the disk): off the
     // async workers.
-    let worker = Arc::clone(&app);
-    let pushed = tokio::task::spawn_blocking(move || push_rows(&worker, &name, &body)).await;
+    let pushed = tokio::task::spawn_blocking(move || push_rows(&pipeline, &name, &body)).await;
     match pushed {
         Ok(Ok((source, rows))) => (
             StatusCode::OK,
@@ -565,11 +679,11 @@ async fn push(
 /// Decodes JSON lines with the source's schema and pushes them. All rows
 /// are decoded before the first push, so a bad line rejects the request
 /// whole.
-fn push_rows(app: &App, name: &str, body: &[u8]) -> Result<(String, usize)> {
+fn push_rows(pipeline: &Pipeline, name: &str, body: &[u8]) -> Result<(String, usize)> {
     let bad = |e: laminar_db::arrow::error::ArrowError| {
         Error::new(ErrorCode::InvalidInput, format!("source '{name}': {e}"))
     };
-    let schema = app.schemas[name].clone();
+    let schema = pipeline.schemas[name].clone();
     let batches = laminar_db::arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(BATCH_ROWS)
         .with_strict_mode(true)
@@ -581,7 +695,7 @@ fn push_rows(app: &App, name: &str, body: &[u8]) -> Result<(String, usize)> {
     let batch = laminar_db::arrow::compute::concat_batches(&schema, &batches).map_err(bad)?;
     let rows = batch.num_rows();
     if rows > 0 {
-        let handle = app.handles[name]
+        let handle = pipeline.handles[name]
             .lock()
             .map_err(|_| Error::new(ErrorCode::Execution, "source handle lock poisoned"))?;
         handle.push(batch)?;
@@ -597,8 +711,18 @@ async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
         let error = Error::new(ErrorCode::SqlSyntax, "the query is not UTF-8 text");
         return failure(StatusCode::BAD_REQUEST, &error);
     };
-    let results = match app.db.execute(sql).await {
-        Ok(results) => results,
+    let results = match pipeline_statement(&app.pipelines, sql).await {
+        Ok(Some(PipelineAnswer::Rows(batch))) => vec![ExecuteResult::Rows(vec![batch])],
+        Ok(Some(PipelineAnswer::Done(tag))) => {
+            return json_response(
+                StatusCode::OK,
+                format!("{{\"result\":{}}}", json_string(tag)),
+            )
+        }
+        Ok(None) => match app.pipelines.execute(sql).await {
+            Ok(results) => results,
+            Err(e) => return failure(status_of(&e), &e),
+        },
         Err(e) => return failure(status_of(&e), &e),
     };
     let wants_arrow = headers
@@ -661,6 +785,19 @@ async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
         .into_response()
 }
 
+/// Runs a body that is one pipeline statement (`CREATE PIPELINE`, `DROP
+/// PIPELINE`, `SHOW PIPELINES`); `None` for any other body.
+async fn pipeline_statement(pipelines: &Pipelines, sql: &str) -> Result<Option<PipelineAnswer>> {
+    let statements = crate::pg_cursor::split_statements(sql);
+    let [statement] = statements.as_slice() else {
+        return Ok(None);
+    };
+    match crate::pipelines::parse_pipeline_statement(statement)? {
+        Some(statement) => pipelines.run_pipeline_statement(statement).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// `GET /ws/streams/{name}`: the stream's results from the moment of the
 /// request, over a WebSocket: one text message per result batch, a JSON
 /// array of row objects. Like [`tail`], a client more than
@@ -673,7 +810,7 @@ async fn tail_websocket(
 ) -> Response {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::StreamExt;
-    let mut subscription = match app.db.subscribe(&name) {
+    let mut subscription = match app.pipelines.subscribe(&name) {
         Ok(subscription) => subscription,
         Err(e) => return failure(status_of(&e), &e),
     };
@@ -737,7 +874,7 @@ async fn tail_websocket(
 /// a subscription that is not drained makes the shards wait.
 async fn tail(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
     use futures::StreamExt;
-    let mut subscription = match app.db.subscribe(&name) {
+    let mut subscription = match app.pipelines.subscribe(&name) {
         Ok(subscription) => subscription,
         Err(e) => return failure(status_of(&e), &e),
     };
@@ -770,4 +907,90 @@ async fn tail(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Re
         axum::body::Body::from_stream(body),
     )
         .into_response()
+}
+
+/// A pipeline as JSON: name, origin, objects, whether recovery is done,
+/// and its SQL.
+fn pipeline_json(pipeline: &Pipeline) -> String {
+    let list = |names: Vec<String>| {
+        let quoted: Vec<String> = names.iter().map(|n| json_string(n)).collect();
+        format!("[{}]", quoted.join(","))
+    };
+    let db = &pipeline.db;
+    let cpus: Vec<String> = db.placement().iter().map(|p| p.cpu.to_string()).collect();
+    format!(
+        "{{\"name\":{},\"origin\":\"{}\",\"shards\":{},\"cpus\":[{}],\"sources\":{},\"streams\":{},\"tables\":{},\"sql\":{}}}",
+        json_string(&pipeline.name),
+        pipeline.origin.as_str(),
+        db.placement().len(),
+        cpus.join(","),
+        list(db.sources()),
+        list(db.streams()),
+        list(db.tables()),
+        json_string(&pipeline.sql)
+    )
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body + "\n",
+    )
+        .into_response()
+}
+
+/// `GET /pipelines`: every running pipeline.
+async fn list_pipelines(State(app): State<Arc<App>>) -> Response {
+    let all: Vec<String> = app
+        .pipelines
+        .all()
+        .iter()
+        .map(|p| pipeline_json(p))
+        .collect();
+    json_response(StatusCode::OK, format!("[{}]", all.join(",")))
+}
+
+/// `GET /pipelines/{name}`.
+async fn show_pipeline(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
+    match app.pipelines.get(&name) {
+        Some(pipeline) => json_response(StatusCode::OK, pipeline_json(&pipeline)),
+        None => {
+            let error = Error::new(
+                ErrorCode::UnknownObject,
+                format!("unknown pipeline '{name}'"),
+            );
+            failure(StatusCode::NOT_FOUND, &error)
+        }
+    }
+}
+
+/// `POST /pipelines/{name}`, body: the pipeline's SQL (`CREATE`
+/// statements). Starts it next to the others; kept across restarts when
+/// the server has a storage directory.
+async fn create_pipeline(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(sql) = std::str::from_utf8(&body) else {
+        let error = Error::new(ErrorCode::SqlSyntax, "the pipeline's SQL is not UTF-8 text");
+        return failure(StatusCode::BAD_REQUEST, &error);
+    };
+    match app.pipelines.create(&name, sql).await {
+        Ok(pipeline) => json_response(StatusCode::CREATED, pipeline_json(&pipeline)),
+        Err(e) => failure(status_of(&e), &e),
+    }
+}
+
+/// `DELETE /pipelines/{name}`: stops a pipeline created through the API
+/// and deletes its data.
+async fn drop_pipeline(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>) -> Response {
+    match app.pipelines.drop_pipeline(&name).await {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            format!("{{\"dropped\":{}}}", json_string(&name)),
+        ),
+        Err(e) => failure(status_of(&e), &e),
+    }
 }
