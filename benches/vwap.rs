@@ -38,13 +38,56 @@ fn run_once(
     input: &[RecordBatch],
     events: usize,
 ) -> Duration {
+    run_with_options(rt, shards, "", input, events)
+}
+
+/// The same, with source options (`WITH (...)`) appended to the DDL.
+fn run_with_options(
+    rt: &tokio::runtime::Runtime,
+    shards: usize,
+    options: &str,
+    input: &[RecordBatch],
+    events: usize,
+) -> Duration {
     rt.block_on(async {
         let db = LaminarDB::builder().shards(shards).build().expect("db");
-        db.execute(&format!("{DDL}; CREATE STREAM vwap AS {VWAP}"))
+        db.execute(&format!("{DDL}{options}; CREATE STREAM vwap AS {VWAP}"))
             .await
             .expect("ddl");
         common::time_run(db, "vwap", input, expected_rows(events)).await
     })
+}
+
+/// Per-key watermarks (`watermark_key = 'symbol'`) against one watermark
+/// per handle, same rows, same run: the cost of the per-row key lookup on
+/// the pushing thread.
+fn watermark_key(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let mut group = c.benchmark_group("vwap_watermark_key");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    let events = 4_000_000;
+    for batch_rows in [64usize, 1024] {
+        let input = batches(events, batch_rows);
+        group.throughput(Throughput::Elements(events as u64));
+        for (name, options) in [
+            ("per_handle", ""),
+            ("per_key", " WITH (watermark_key = 'symbol')"),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, batch_rows), &input, |b, input| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| run_with_options(&rt, 1, options, input, events))
+                        .sum()
+                })
+            });
+        }
+    }
+    group.finish();
 }
 
 fn throughput(c: &mut Criterion) {
@@ -178,5 +221,5 @@ fn latency(c: &mut Criterion) {
     rt.block_on(db.shutdown()).expect("shutdown");
 }
 
-criterion_group!(benches, latency, throughput);
+criterion_group!(benches, latency, throughput, watermark_key);
 criterion_main!(benches);

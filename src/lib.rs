@@ -49,6 +49,7 @@ mod alignment;
 mod checkpoint;
 mod describe;
 mod graph;
+mod key_watermark;
 mod lookup;
 mod pipeline;
 mod retention;
@@ -788,6 +789,13 @@ impl LaminarDB {
                                 &w.column,
                             )?,
                             bound_ms: w.bound_ms,
+                            key: match &def.watermark_key {
+                                Some(key) => Some(key_watermark::KeySpec {
+                                    column: def.schema.index_of(&key.column)?,
+                                    skew_ms: key.skew_ms,
+                                }),
+                                None => None,
+                            },
                         })
                     }
                     None => None,
@@ -2224,6 +2232,11 @@ impl LaminarDB {
                         .map(|c| c.watermarks[i].load(Relaxed))
                         .min()
                         .filter(|&w| w != i64::MIN),
+                    rows: pipeline
+                        .counters
+                        .iter()
+                        .map(|c| c.source_rows[i].load(Relaxed))
+                        .sum(),
                 })
                 .collect(),
             wal: metrics::WalMetrics::default(),

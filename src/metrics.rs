@@ -58,6 +58,8 @@ pub(crate) struct ShardCounters {
     pub wal: CachePadded<WalCounters>,
     /// `[source]` -> this shard's watermark for it (`i64::MIN`: none yet).
     pub watermarks: Vec<AtomicI64>,
+    /// `[source]` -> rows of it this shard took in (pushed in this run).
+    pub source_rows: Vec<AtomicU64>,
     /// Messages waiting in the shard's input rings after its last turn (a
     /// gauge).
     pub queue_depth: CachePadded<AtomicU64>,
@@ -72,6 +74,7 @@ impl ShardCounters {
                 .collect(),
             wal: CachePadded::new(WalCounters::default()),
             watermarks: (0..sources).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            source_rows: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             queue_depth: CachePadded::new(AtomicU64::new(0)),
         }
     }
@@ -152,6 +155,9 @@ pub struct SourceMetrics {
     /// The lowest of the shards' watermarks for the source (epoch ms), once
     /// every shard has one.
     pub watermark_ms: Option<i64>,
+    /// Rows pushed to the source since the pipeline started (counted as
+    /// shards take them in; rows recovered from the WAL not included).
+    pub rows: u64,
 }
 
 /// Durable WAL commits (`fdatasync`s): in `Sync` durability one per group

@@ -143,6 +143,8 @@ pub(crate) struct SourceTime {
     pub column: usize,
     pub unit: EventTimeUnit,
     pub bound_ms: i64,
+    /// Per-key watermarks (`WITH (watermark_key = ...)`).
+    pub key: Option<crate::key_watermark::KeySpec>,
 }
 
 /// A source while the pipeline runs.
@@ -1003,6 +1005,20 @@ impl ShardProgram {
 
     pub(crate) async fn handle(&mut self, lane: usize, message: Ingress) {
         ShardCounters::add(&self.counters.batches, 1);
+        if let Ingress::Batch {
+            input,
+            route,
+            batch,
+            ..
+        } = &message
+        {
+            // Every route of a push carries all its rows: count one.
+            if *route == 0 || *route == LOG_ONLY_ROUTE {
+                if let Some(rows) = self.counters.source_rows.get(*input) {
+                    ShardCounters::add(rows, batch.num_rows() as u64);
+                }
+            }
+        }
         match message {
             Ingress::Batch { route, .. } if route == LOG_ONLY_ROUTE => {}
             Ingress::Batch {

@@ -79,6 +79,8 @@ struct Lanes {
     watermark_ms: i64,
     /// This handle in its source's alignment group.
     member: Option<Arc<Member>>,
+    /// Per-key watermarks, when the source keys them.
+    keys: Option<crate::key_watermark::KeyWatermarks>,
     times_ms: Vec<i64>,
     /// This handle's number in its generation (durable databases).
     handle: u32,
@@ -345,6 +347,10 @@ impl SourceHandle {
             cut.enter(epoch, 0, 0, &vec![0; pipeline.shards]);
             cut
         });
+        let keys = pipeline.sources[source].time.as_ref().and_then(|time| {
+            time.key
+                .map(|spec| crate::key_watermark::KeyWatermarks::new(spec, time.bound_ms))
+        });
         Ok(slot.insert(Lanes {
             pipeline,
             source,
@@ -353,6 +359,7 @@ impl SourceHandle {
             next_shard: 0,
             watermark_ms: i64::MIN,
             member,
+            keys,
             times_ms: Vec::new(),
             handle,
             pushes: 0,
@@ -505,30 +512,20 @@ impl Lanes {
                     )
                 })?;
             let before = self.watermark_ms;
-            let bound = time.bound_ms;
-            let mut max_seen = i64::MIN;
-            let mut behind = false;
-            for &t in &self.times_ms {
-                behind |= t < before.max(max_seen.saturating_sub(bound));
-                max_seen = max_seen.max(t);
-            }
-            if behind {
-                let mut running = i64::MIN;
-                let per_row: Int64Array = self
-                    .times_ms
-                    .iter()
-                    .map(|&t| {
-                        let w = before.max(running.saturating_sub(bound));
-                        running = running.max(t);
-                        w
-                    })
-                    .collect();
-                row_watermarks = Some(Arc::new(per_row));
-            }
-            let candidate = max_seen.saturating_sub(bound);
-            if candidate > before {
-                self.watermark_ms = candidate;
-                advanced_to = Some(candidate);
+            if let (Some(keys), Some(spec)) = (self.keys.as_mut(), time.key) {
+                let advanced = keys.advance(batch.column(spec.column), &self.times_ms, before)?;
+                row_watermarks = advanced.row_watermarks.map(|a| Arc::new(a) as ArrayRef);
+                if advanced.watermark_ms > before {
+                    self.watermark_ms = advanced.watermark_ms;
+                    advanced_to = Some(advanced.watermark_ms);
+                }
+            } else {
+                let (rows, advanced) = partition_watermarks(&self.times_ms, before, time.bound_ms);
+                row_watermarks = rows;
+                if let Some(watermark_ms) = advanced {
+                    self.watermark_ms = watermark_ms;
+                    advanced_to = Some(watermark_ms);
+                }
             }
         }
 
@@ -824,6 +821,37 @@ impl Lanes {
         }
         Ok(())
     }
+}
+
+/// One partition's watermark over a batch: the largest event time so far
+/// minus the bound, in force from the row after the one that raised it.
+/// Returns each row's watermark in force (only when some row was behind
+/// it) and the new watermark, if the batch moved it.
+fn partition_watermarks(
+    times_ms: &[i64],
+    before: i64,
+    bound: i64,
+) -> (Option<ArrayRef>, Option<i64>) {
+    let mut max_seen = i64::MIN;
+    let mut behind = false;
+    for &t in times_ms {
+        behind |= t < before.max(max_seen.saturating_sub(bound));
+        max_seen = max_seen.max(t);
+    }
+    let row_watermarks = behind.then(|| {
+        let mut running = i64::MIN;
+        let per_row: Int64Array = times_ms
+            .iter()
+            .map(|&t| {
+                let w = before.max(running.saturating_sub(bound));
+                running = running.max(t);
+                w
+            })
+            .collect();
+        Arc::new(per_row) as ArrayRef
+    });
+    let candidate = max_seen.saturating_sub(bound);
+    (row_watermarks, (candidate > before).then_some(candidate))
 }
 
 fn as_int64(array: &ArrayRef) -> Int64Array {

@@ -716,3 +716,94 @@ async fn alignment_groups_hold_back_the_source_that_runs_ahead() {
     fast.push(rows(60_000)).unwrap();
     db.shutdown().await.unwrap();
 }
+
+/// Per-key watermarks (`watermark_key`): symbol B reports 90 s behind
+/// symbol A. With one watermark per handle, A moves it and B's rows are
+/// late; with one per symbol none is, and the result equals the batch
+/// answer (1 and 2 shards, random batch sizes). Past
+/// `watermark_key_skew`, B stops holding the watermark back and its rows
+/// are late again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_watermarks_keep_a_lagging_key_on_time() {
+    let trade = |symbol: &str, ts: i64| Trade {
+        symbol: symbol.into(),
+        price: 1.0,
+        volume: ts / 1000,
+        ts,
+    };
+    // B is known from the first row: a key first seen behind the
+    // watermark is late like any row behind it.
+    let mut rows = Vec::new();
+    for second in 100..400i64 {
+        rows.push(trade("B", (second - 90) * 1000));
+        rows.push(trade("A", second * 1000));
+    }
+    let query = "SELECT symbol, CAST(tumble(ts, INTERVAL '1' MINUTE) AS BIGINT) AS minute, \
+                 COUNT(*) AS n, SUM(volume) AS volume \
+                 FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
+    let want = run_batch(query, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+    let options = [
+        ("", true),
+        (" WITH (watermark_key = 'symbol')", false),
+        (
+            " WITH (watermark_key = 'symbol', watermark_key_skew = '30 seconds')",
+            true,
+        ),
+    ];
+    for (with, lagging_rows_late) in options {
+        for (shards, seed) in [(1, 1), (2, 2), (2, 3)] {
+            let ddl = format!("{TRADES_DDL}{with}; CREATE STREAM counts AS {query}");
+            let batches = random_batches(&rows, seed, 64);
+            let (got, metrics) = run_stream(&ddl, "trades", "counts", batches, shards).await;
+            let late = metrics.streams[0].late_rows;
+            if lagging_rows_late {
+                assert!(late > 250, "{with}: only {late} late rows");
+            } else {
+                assert_eq!(late, 0, "{with}, {shards} shards");
+                assert_same_rows(&got, &want);
+            }
+        }
+    }
+}
+
+/// `watermark_key` errors: no WATERMARK, unknown column, a type that
+/// cannot key, a skew without a key, and together with alignment.
+#[tokio::test]
+async fn per_key_watermark_options_are_checked() {
+    let cases = [
+        (
+            "CREATE SOURCE s (k BIGINT, ts BIGINT) WITH (watermark_key = 'k')",
+            "LDB-1005",
+            "no WATERMARK",
+        ),
+        (
+            "CREATE SOURCE s (k BIGINT, ts BIGINT, WATERMARK FOR ts AS ts) WITH (watermark_key = 'nope')",
+            "LDB-1005",
+            "'nope'",
+        ),
+        (
+            "CREATE SOURCE s (k DOUBLE, ts BIGINT, WATERMARK FOR ts AS ts) WITH (watermark_key = 'k')",
+            "LDB-1005",
+            "only integer and string",
+        ),
+        (
+            "CREATE SOURCE s (k BIGINT, ts BIGINT, WATERMARK FOR ts AS ts) WITH (watermark_key_skew = '1 s')",
+            "LDB-5002",
+            "needs watermark_key",
+        ),
+        (
+            "CREATE SOURCE s (k BIGINT, ts BIGINT, WATERMARK FOR ts AS ts) \
+             WITH (watermark_key = 'k', alignment_group = 'g', alignment_max_drift = '1 s')",
+            "LDB-1004",
+            "alignment group",
+        ),
+    ];
+    for (sql, code, says) in cases {
+        let db = LaminarDB::builder().shards(1).build().unwrap();
+        let error = db.execute(sql).await.unwrap_err().to_string();
+        assert!(
+            error.contains(code) && error.contains(says),
+            "{sql}: {error}"
+        );
+    }
+}

@@ -123,6 +123,10 @@ fn serve_ingests_answers_and_survives_a_kill() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("laminardb_source_rows_total{pipeline=\"market\",source=\"trades\"} 3"),
+        "{metrics}"
+    );
     assert!(metrics.contains("laminardb_ready 1"), "{metrics}");
     assert!(
         metrics.contains(

@@ -146,6 +146,8 @@ pub struct SourceDefSyntax {
     pub retention_rows: Option<usize>,
     /// `WITH (alignment_group = ..., alignment_max_drift = ...)`.
     pub alignment: Option<AlignmentDef>,
+    /// `WITH (watermark_key = ..., watermark_key_skew = ...)`.
+    pub watermark_key: Option<WatermarkKeyDef>,
     /// `IF NOT EXISTS` was given.
     pub if_not_exists: bool,
     /// The statement's text.
@@ -166,6 +168,8 @@ pub struct SourceDef {
     pub idle_timeout_ms: Option<i64>,
     /// The source's watermark alignment group, if any.
     pub alignment: Option<AlignmentDef>,
+    /// Per-key watermarks, if asked for.
+    pub watermark_key: Option<WatermarkKeyDef>,
     /// Rows kept for ad-hoc queries (`None`: the default).
     pub retention_rows: Option<usize>,
     /// The statement's text, for `SHOW CREATE`-style introspection.
@@ -179,6 +183,17 @@ pub struct AlignmentDef {
     pub group: String,
     /// How far ahead of the group's slowest source a source may run, ms.
     pub max_drift_ms: i64,
+}
+
+/// Per-key watermarks: one watermark per value of `column`, the source's
+/// being the slowest active key's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatermarkKeyDef {
+    /// The key column.
+    pub column: String,
+    /// A key further than this (ms) behind the fastest stops holding the
+    /// watermark back; `None`: never.
+    pub skew_ms: Option<i64>,
 }
 
 /// `WATERMARK FOR column AS column - bound`.
@@ -581,6 +596,8 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
     let mut alignment_group = None;
     let mut alignment_max_drift_ms = None;
     let mut retention_rows = None;
+    let mut watermark_key = None;
+    let mut watermark_key_skew_ms = None;
     if rest
         .get(after)
         .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
@@ -609,6 +626,17 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                     })?)
                 }
                 "alignment_group" => alignment_group = Some(value),
+                "watermark_key" => watermark_key = Some(value),
+                "watermark_key_skew" => {
+                    watermark_key_skew_ms =
+                        Some(duration_ms(&value).filter(|&ms| ms >= 0).ok_or_else(|| {
+                            Error::new(
+                                ErrorCode::InvalidConfig,
+                                format!("watermark_key_skew = '{value}' is not a duration"),
+                            )
+                            .with_hint("e.g. watermark_key_skew = '1 minute'")
+                        })?)
+                }
                 "alignment_max_drift" => {
                     alignment_max_drift_ms =
                         Some(duration_ms(&value).filter(|&ms| ms >= 0).ok_or_else(|| {
@@ -625,7 +653,8 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                         format!("source option '{other}' is not supported"),
                     )
                     .with_hint(
-                        "source options: idle_timeout, alignment_group, alignment_max_drift",
+                        "source options: idle_timeout, retention_rows, alignment_group, \
+                         alignment_max_drift, watermark_key, watermark_key_skew",
                     ))
                 }
             }
@@ -643,6 +672,17 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
                 "alignment_group and alignment_max_drift go together",
             )
             .with_hint("WITH (alignment_group = 'g', alignment_max_drift = '10 seconds')"))
+        }
+    };
+    let watermark_key = match (watermark_key, watermark_key_skew_ms) {
+        (None, None) => None,
+        (Some(column), skew_ms) => Some(WatermarkKeyDef { column, skew_ms }),
+        (None, Some(_)) => {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "watermark_key_skew needs watermark_key",
+            )
+            .with_hint("WITH (watermark_key = 'symbol', watermark_key_skew = '1 minute')"))
         }
     };
     if let Some(extra) = rest.get(after) {
@@ -698,6 +738,7 @@ fn parse_create_source(rest: &[&TokenWithSpan], text: String) -> Result<SourceDe
         idle_timeout_ms,
         retention_rows,
         alignment,
+        watermark_key,
         if_not_exists,
         sql: text,
     })

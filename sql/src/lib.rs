@@ -26,7 +26,7 @@ pub mod window_tvf;
 
 pub use dialect::{
     parse_script, AlignmentDef, DropKind, EmitMode, ShowWhat, SourceDef, Statement, StreamDef,
-    WatermarkDef,
+    WatermarkDef, WatermarkKeyDef,
 };
 /// Whether a query has an ASOF or temporal join (which DataFusion cannot
 /// run: ad-hoc queries run them on the streaming operator).

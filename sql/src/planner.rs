@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DataFusionError, TableReference};
 use datafusion::datasource::empty::EmptyTable;
@@ -244,10 +244,46 @@ pub async fn resolve_source(ctx: &SessionContext, syntax: SourceDefSyntax) -> Re
         EventTimeUnit::of(field.data_type(), field.name())
             .map_err(|e| Error::new(ErrorCode::InvalidWatermark, e.message().to_string()))?;
     }
+    if let Some(key) = &syntax.watermark_key {
+        let invalid = |message: String| {
+            Error::new(ErrorCode::InvalidWatermark, message).with_hint(
+                "WITH (watermark_key = '<integer or string column>'), with a WATERMARK FOR clause",
+            )
+        };
+        if syntax.watermark.is_none() {
+            return Err(invalid(format!(
+                "source '{}' has watermark_key but no WATERMARK: per-key watermarks need an event time and a bound",
+                syntax.name
+            )));
+        }
+        let field = schema.field_with_name(&key.column).map_err(|_| {
+            invalid(format!(
+                "watermark_key names column '{}', which source '{}' does not have",
+                key.column, syntax.name
+            ))
+        })?;
+        let data_type = field.data_type();
+        if !(data_type.is_integer() || matches!(data_type, DataType::Utf8)) {
+            return Err(invalid(format!(
+                "watermark_key column '{}' is {data_type}: only integer and string columns key watermarks",
+                key.column
+            )));
+        }
+        if syntax.alignment.is_some() {
+            return Err(unsupported(
+                format!(
+                    "source '{}': watermark_key together with an alignment group is not supported yet",
+                    syntax.name
+                ),
+                "use one of the two",
+            ));
+        }
+    }
     Ok(SourceDef {
         name: syntax.name,
         schema,
         watermark: syntax.watermark,
+        watermark_key: syntax.watermark_key,
         idle_timeout_ms: syntax.idle_timeout_ms,
         alignment: syntax.alignment,
         retention_rows: syntax.retention_rows,

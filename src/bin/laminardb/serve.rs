@@ -473,6 +473,20 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "gauge",
         &mut per_stream(|s| s.state_bytes),
     );
+    family(
+        "laminardb_source_rows_total",
+        "Rows pushed to a source since the pipeline started.",
+        "counter",
+        &mut pipelines.iter().flat_map(|(pipeline, m)| {
+            m.sources.iter().map(move |s| {
+                format!(
+                    "{{pipeline={pipeline},source={}}} {}",
+                    json_string(&s.name),
+                    s.rows
+                )
+            })
+        }),
+    );
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
