@@ -16,17 +16,19 @@
 //! it sends again it rejoins at the watermark then in force (what it sends
 //! behind that is late), as an idle partition does.
 //!
-//! Cost per row: one hash lookup of the key and one heap push when the
-//! key's watermark moves; no allocation except for a key's first row (and
-//! amortized heap growth). Memory: one entry per distinct key the handle
-//! has seen. Rows are judged one after another exactly as if pushed one at
+//! Cost per row: one hash lookup of the key; the heap (one entry per
+//! active key, lower than or equal to its watermark) is touched only when
+//! its lowest entry turns out stale, i.e. when the slowest key moved. No
+//! allocation except for a key's first row. Memory: one entry per
+//! distinct key the handle has seen. Rows are judged one after another exactly as if pushed one at
 //! a time, so results do not depend on batch sizes.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::datatypes::{DataType, Int64Type};
+use hashbrown::HashMap;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 /// Which column keys the watermark, and how far a key may lag.
@@ -47,8 +49,12 @@ pub(crate) struct KeyWatermarks {
     null_id: Option<u32>,
     /// `[key id]` -> its watermark.
     marks: Vec<i64>,
-    /// Active keys by watermark, lowest first; an entry whose watermark is
-    /// not its key's current one is stale and skipped.
+    /// `[key id]` -> whether the key has its entry in the heap (it has not
+    /// while dormant).
+    in_heap: Vec<bool>,
+    /// One entry per active key, lowest first, at or below the key's
+    /// watermark: an entry below it is stale and re-pushed when it reaches
+    /// the top.
     heap: BinaryHeap<Reverse<(i64, u32)>>,
     /// The fastest key's watermark.
     fastest_ms: i64,
@@ -73,6 +79,7 @@ impl KeyWatermarks {
             text_ids: HashMap::new(),
             null_id: None,
             marks: Vec::new(),
+            in_heap: Vec::new(),
             heap: BinaryHeap::new(),
             fastest_ms: i64::MIN,
             in_force: Vec::new(),
@@ -94,21 +101,21 @@ impl KeyWatermarks {
         for (row, &time_ms) in times_ms.iter().enumerate() {
             self.in_force.push(watermark);
             behind |= time_ms < watermark;
-            let id = self.id_of(&keys, row);
+            let id = self.id_of(&keys, row) as usize;
             // A key that fell behind rejoins at the watermark in force.
-            let mark = self.marks[id as usize]
+            let mark = self.marks[id]
                 .max(watermark)
                 .max(time_ms.saturating_sub(self.bound_ms));
-            if mark != self.marks[id as usize] || self.marks[id as usize] == i64::MIN {
-                self.marks[id as usize] = mark;
-                self.heap.push(Reverse((mark, id)));
-                self.fastest_ms = self.fastest_ms.max(mark);
+            self.marks[id] = mark;
+            self.fastest_ms = self.fastest_ms.max(mark);
+            if !self.in_heap[id] {
+                self.in_heap[id] = true;
+                self.heap.push(Reverse((mark, id as u32)));
             }
             if let Some(slowest) = self.slowest_active() {
                 watermark = watermark.max(slowest);
             }
         }
-        self.compact();
         Ok(Advanced {
             row_watermarks: behind.then(|| Int64Array::from(self.in_force.clone())),
             watermark_ms: watermark,
@@ -139,45 +146,32 @@ impl KeyWatermarks {
         };
         if id == next {
             self.marks.push(i64::MIN);
+            self.in_heap.push(false);
         }
         id
     }
 
-    /// The lowest watermark among active keys, dropping stale heap entries
-    /// and keys that fell more than the skew behind the fastest.
+    /// The lowest watermark among active keys: stale entries at the top
+    /// are re-pushed at their key's watermark, keys more than the skew
+    /// behind the fastest leave the heap (dormant until they send again).
     fn slowest_active(&mut self) -> Option<i64> {
-        while let Some(&Reverse((mark, id))) = self.heap.peek() {
-            let stale = self.marks[id as usize] != mark;
+        while let Some(&Reverse((entry, id))) = self.heap.peek() {
+            let mark = self.marks[id as usize];
             let dormant = self
                 .spec
                 .skew_ms
                 .is_some_and(|skew| mark < self.fastest_ms.saturating_sub(skew));
-            if !(stale || dormant) {
+            if dormant {
+                self.heap.pop();
+                self.in_heap[id as usize] = false;
+            } else if entry < mark {
+                self.heap.pop();
+                self.heap.push(Reverse((mark, id)));
+            } else {
                 return Some(mark);
             }
-            self.heap.pop();
         }
         None
-    }
-
-    /// Keeps the heap within twice the keys: rebuilt from the current
-    /// watermarks of the keys still in it when stale entries pile up.
-    fn compact(&mut self) {
-        if self.heap.len() <= 2 * self.marks.len() + 64 {
-            return;
-        }
-        let mut live: Vec<u32> = self
-            .heap
-            .iter()
-            .filter(|Reverse((mark, id))| self.marks[*id as usize] == *mark)
-            .map(|Reverse((_, id))| *id)
-            .collect();
-        live.sort_unstable();
-        live.dedup();
-        self.heap = live
-            .into_iter()
-            .map(|id| Reverse((self.marks[id as usize], id)))
-            .collect();
     }
 }
 
@@ -333,6 +327,6 @@ mod tests {
         let keys: Vec<&str> = (0..10_000).map(|i| ["a", "b", "c"][i % 3]).collect();
         let times: Vec<i64> = (0..10_000).collect();
         run(&mut tracker, &keys, &times, i64::MIN);
-        assert!(tracker.heap.len() <= 2 * 3 + 64, "{}", tracker.heap.len());
+        assert_eq!(tracker.heap.len(), 3, "one entry per key");
     }
 }

@@ -163,7 +163,7 @@ impl Lowering<'_> {
                     input.name()
                 ),
             )
-            .with_hint("relate a window's start (window_start, tumble(...)) or a column that is its source's event time"));
+            .with_hint("relate a window's start or end (window_start, window_end, tumble(...)) or a column that is its source's event time"));
         }
         if let Some(source) = self.sources.get(input.name()) {
             match &source.watermark {

@@ -856,11 +856,20 @@ impl Lowering<'_> {
 
     /// Whether `expr` over `node`'s output is an event-time column: a
     /// source's `WATERMARK` column, an upstream stream's time column, a
-    /// window function in a `GROUP BY`, or one of those through
-    /// projections, filters, joins and casts that keep milliseconds.
+    /// window function in a `GROUP BY` (or the window's end), or one of
+    /// those through projections, filters, joins and casts that keep
+    /// milliseconds.
     pub(crate) fn is_time(&self, expr: &Expr, mut node: &LogicalPlan) -> bool {
         let mut expr = expr.clone().unalias();
         loop {
+            // A window's end is its start plus the size: no earlier than
+            // the start, so as much event time as the start is.
+            if let Expr::ScalarFunction(function) = &expr {
+                if function.name() == crate::window_tvf::WINDOW_END && function.args.len() == 2 {
+                    expr = function.args[0].clone().unalias();
+                    continue;
+                }
+            }
             if let Expr::Cast(cast) = &expr {
                 let keeps_ms = matches!(
                     cast.expr.get_type(node.schema()),

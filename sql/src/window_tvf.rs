@@ -145,77 +145,137 @@ fn window_of(kind: &str, time: &str, args: &[String]) -> Result<Window> {
 }
 
 /// Rewrites a query's window table functions and window-bound functions.
-/// A query without them comes back unchanged.
+/// A query without them comes back unchanged. Each table function is
+/// rewritten within the `SELECT` whose `FROM` holds it (a subquery's, for
+/// Nexmark's joins of two windowed aggregates), innermost first.
 pub fn rewrite(query: &str) -> Result<String> {
-    let dialect = GenericDialect {};
-    let mut tokens: Vec<Token> = Tokenizer::new(&dialect, query)
-        .tokenize()
-        .map_err(|e| Error::new(ErrorCode::SqlSyntax, e.to_string()))?;
-    let window = replace_table_function(&mut tokens)?;
+    let mut tokens = tokenize(query)?;
     replace_bound_functions(&mut tokens)?;
-    let Some(window) = window else {
-        return Ok(tokens
-            .iter()
-            .filter(|t| **t != Token::EOF)
-            .map(ToString::to_string)
-            .collect());
-    };
-    drop_window_end_from_group_by(&mut tokens);
-    Ok(replace_window_columns(&tokens, &window))
+    while let Some(at) = table_functions(&tokens)?
+        .into_iter()
+        .max_by_key(|&at| depth_at(&tokens, at))
+    {
+        let (start, end) = scope_of(&tokens, at);
+        let mut scope = tokens[start..end].to_vec();
+        let window = replace_table_function(&mut scope, at - start)?;
+        drop_window_end_from_group_by(&mut scope);
+        let rewritten = tokenize(&replace_window_columns(&scope, &window))?;
+        tokens.splice(
+            start..end,
+            rewritten.into_iter().filter(|t| *t != Token::EOF),
+        );
+    }
+    Ok(tokens
+        .iter()
+        .filter(|t| **t != Token::EOF)
+        .map(ToString::to_string)
+        .collect())
 }
 
-/// Finds the (single) window table function in a FROM clause and puts the
-/// plain table in its place.
-fn replace_table_function(tokens: &mut Vec<Token>) -> Result<Option<Window>> {
-    const KINDS: [&str; 3] = ["tumble", "hop", "session"];
-    let mut i = 0;
-    while i < tokens.len() {
-        // Flink: TABLE ( KIND ( TABLE t , DESCRIPTOR ( ts ) , ... ) )
+fn tokenize(sql: &str) -> Result<Vec<Token>> {
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize()
+        .map_err(|e| Error::new(ErrorCode::SqlSyntax, e.to_string()))
+}
+
+const KINDS: [&str; 3] = ["tumble", "hop", "session"];
+
+/// Where the window table functions start: Flink's `TABLE ( KIND (` and
+/// RisingWave's `KIND (` after `FROM`, `JOIN` or a comma.
+fn table_functions(tokens: &[Token]) -> Result<Vec<usize>> {
+    let mut found = Vec::new();
+    for i in 0..tokens.len() {
         if is_keyword(&tokens[i], Keyword::TABLE) {
             let open = next_significant(tokens, i + 1);
             let kind_at = open.and_then(|o| next_significant(tokens, o + 1));
             if let (Some(open), Some(kind_at)) = (open, kind_at) {
                 let kind = word(&tokens[kind_at]).unwrap_or_default();
                 if tokens[open] == Token::LParen && KINDS.contains(&kind.as_str()) {
-                    let close =
-                        closing(tokens, open).ok_or_else(|| invalid("unbalanced TABLE(...)"))?;
-                    let inner_open = next_significant(tokens, kind_at + 1)
-                        .filter(|&p| tokens[p] == Token::LParen)
-                        .ok_or_else(|| invalid(format!("expected '(' after {kind}")))?;
-                    let inner_close = closing(tokens, inner_open)
-                        .ok_or_else(|| invalid(format!("unbalanced {kind}(...)")))?;
-                    let args = arguments(&tokens[inner_open + 1..inner_close]);
-                    let (table, time, rest) = flink_arguments(&kind, &args)?;
-                    let window = window_of(&kind, &time, rest)?;
-                    tokens.splice(i..=close, table_tokens(&table)?);
-                    return Ok(Some(window));
+                    found.push(i);
                 }
             }
-        }
-        // RisingWave: (FROM | JOIN | ,) KIND ( t , ts , ... )
-        if let Some(kind) = word(&tokens[i]).filter(|k| KINDS.contains(&k.as_str())) {
+        } else if word(&tokens[i]).is_some_and(|k| KINDS.contains(&k.as_str())) {
             let after_from = previous_significant(tokens, i).is_some_and(|p| {
                 is_keyword(&tokens[p], Keyword::FROM) || is_keyword(&tokens[p], Keyword::JOIN)
             });
-            let open = next_significant(tokens, i + 1).filter(|&o| tokens[o] == Token::LParen);
-            if let (true, Some(open)) = (after_from, open) {
-                let close = closing(tokens, open)
-                    .ok_or_else(|| invalid(format!("unbalanced {kind}(...)")))?;
-                let args = arguments(&tokens[open + 1..close]);
-                if args.len() < 3 {
-                    return Err(invalid(format!(
-                        "{}(table, ts, ...) needs a table, an event-time column and the window's sizes",
-                        kind.to_uppercase()
-                    )));
-                }
-                let window = window_of(&kind, &args[1], &args[2..])?;
-                tokens.splice(i..=close, table_tokens(&args[0])?);
-                return Ok(Some(window));
+            let called =
+                next_significant(tokens, i + 1).is_some_and(|o| tokens[o] == Token::LParen);
+            if after_from && called {
+                found.push(i);
             }
         }
-        i += 1;
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// How many parentheses are open at `at`.
+fn depth_at(tokens: &[Token], at: usize) -> i32 {
+    tokens[..at].iter().fold(0, |depth, t| match t {
+        Token::LParen => depth + 1,
+        Token::RParen => depth - 1,
+        _ => depth,
+    })
+}
+
+/// The token range of the `SELECT` whose `FROM` holds position `at`: the
+/// inside of the innermost parentheses around it that start with `SELECT`
+/// or `WITH`, or the whole query.
+fn scope_of(tokens: &[Token], at: usize) -> (usize, usize) {
+    let mut depth = 0i32;
+    for i in (0..at).rev() {
+        match tokens[i] {
+            Token::RParen => depth += 1,
+            Token::LParen if depth > 0 => depth -= 1,
+            Token::LParen => {
+                let starts_query = next_significant(tokens, i + 1).is_some_and(|n| {
+                    is_keyword(&tokens[n], Keyword::SELECT) || is_keyword(&tokens[n], Keyword::WITH)
+                });
+                if starts_query {
+                    if let Some(close) = closing(tokens, i) {
+                        return (i + 1, close);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (0, tokens.len())
+}
+
+/// Puts the plain table in place of the window table function starting at
+/// `i`, and returns the window it described.
+fn replace_table_function(tokens: &mut Vec<Token>, i: usize) -> Result<Window> {
+    // Flink: TABLE ( KIND ( TABLE t , DESCRIPTOR ( ts ) , ... ) )
+    if is_keyword(&tokens[i], Keyword::TABLE) {
+        let open = next_significant(tokens, i + 1).expect("found by table_functions");
+        let kind_at = next_significant(tokens, open + 1).expect("found by table_functions");
+        let kind = word(&tokens[kind_at]).unwrap_or_default();
+        let close = closing(tokens, open).ok_or_else(|| invalid("unbalanced TABLE(...)"))?;
+        let inner_open = next_significant(tokens, kind_at + 1)
+            .filter(|&p| tokens[p] == Token::LParen)
+            .ok_or_else(|| invalid(format!("expected '(' after {kind}")))?;
+        let inner_close = closing(tokens, inner_open)
+            .ok_or_else(|| invalid(format!("unbalanced {kind}(...)")))?;
+        let args = arguments(&tokens[inner_open + 1..inner_close]);
+        let (table, time, rest) = flink_arguments(&kind, &args)?;
+        let window = window_of(&kind, &time, rest)?;
+        tokens.splice(i..=close, table_tokens(&table)?);
+        return Ok(window);
+    }
+    // RisingWave: (FROM | JOIN | ,) KIND ( t , ts , ... )
+    let kind = word(&tokens[i]).unwrap_or_default();
+    let open = next_significant(tokens, i + 1).expect("found by table_functions");
+    let close = closing(tokens, open).ok_or_else(|| invalid(format!("unbalanced {kind}(...)")))?;
+    let args = arguments(&tokens[open + 1..close]);
+    if args.len() < 3 {
+        return Err(invalid(format!(
+            "{}(table, ts, ...) needs a table, an event-time column and the window's sizes",
+            kind.to_uppercase()
+        )));
+    }
+    let window = window_of(&kind, &args[1], &args[2..])?;
+    tokens.splice(i..=close, table_tokens(&args[0])?);
+    Ok(window)
 }
 
 /// `TABLE t [PARTITION BY k]`, `DESCRIPTOR(ts)`, rest.
@@ -511,6 +571,30 @@ mod tests {
             squash(
                 "SELECT slide(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND) AS ws, COUNT(*) \
                  FROM bid AS b GROUP BY slide(date_time, INTERVAL '10' SECOND, INTERVAL '2' SECOND)"
+            )
+        );
+    }
+
+    #[test]
+    fn each_subquery_gets_its_own_window() {
+        let q = rewrite(
+            "SELECT P.id FROM (
+                SELECT id, window_start AS starttime FROM TABLE(TUMBLE(TABLE person, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+                GROUP BY id, window_start, window_end) P
+             JOIN (
+                SELECT seller, window_start AS starttime FROM HOP(auction, ts, INTERVAL '2' SECOND, INTERVAL '4' SECOND)
+                GROUP BY seller, window_start, window_end) A
+             ON P.id = A.seller AND P.starttime = A.starttime",
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            squash(
+                "SELECT P.id FROM ( SELECT id, tumble(ts, INTERVAL '10' SECOND) AS starttime FROM person \
+                 GROUP BY id, tumble(ts, INTERVAL '10' SECOND) ) P JOIN ( \
+                 SELECT seller, slide(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND) AS starttime FROM auction \
+                 GROUP BY seller, slide(ts, INTERVAL '4' SECOND, INTERVAL '2' SECOND) ) A \
+                 ON P.id = A.seller AND P.starttime = A.starttime"
             )
         );
     }
