@@ -1936,6 +1936,13 @@ impl LaminarDB {
         let column = |f: &dyn Fn(&metrics::StreamCounters) -> u64| -> arrow::array::ArrayRef {
             Arc::new(UInt64Array::from_iter_values(counters.iter().map(|c| f(c))))
         };
+        // Bucket upper bounds (powers of two ns) of the timed calls:
+        // batches sampled 1 in 16, every watermark call.
+        let quantile = |q: f64| -> arrow::array::ArrayRef {
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                counters.iter().map(|c| c.call_quantile_us(q)),
+            ))
+        };
         let placements = &self.shared.placements;
         Ok(vec![RecordBatch::try_from_iter(vec![
             (
@@ -1959,6 +1966,9 @@ impl LaminarDB {
             ("late_rows", column(&|c| c.late_rows.load(Relaxed))),
             ("operator_calls", column(&|c| c.calls.load(Relaxed))),
             ("busy_us", column(&|c| c.busy_ns.load(Relaxed) / 1_000)),
+            ("call_p50_us", quantile(0.5)),
+            ("call_p99_us", quantile(0.99)),
+            ("call_max_us", quantile(1.0)),
             ("state_bytes", column(&|c| c.state_bytes.load(Relaxed))),
             (
                 "plan",

@@ -20,6 +20,43 @@ pub(crate) struct StreamCounters {
     pub busy_ns: AtomicU64,
     /// The operator's state size after its last call (a gauge).
     pub state_bytes: AtomicU64,
+    /// Timed operator calls by duration: bucket `b` counts calls of less
+    /// than `2^b` ns (the last one, the rest).
+    pub call_buckets: [AtomicU64; CALL_BUCKETS],
+}
+
+/// Buckets of [`StreamCounters::call_buckets`]: up to 2^31 ns (2.1 s).
+pub const CALL_BUCKETS: usize = 32;
+
+impl StreamCounters {
+    /// Counts one timed call in the latency histogram.
+    pub fn record_call(&self, elapsed_ns: u64) {
+        let bucket = (64 - elapsed_ns.leading_zeros() as usize).min(CALL_BUCKETS - 1);
+        ShardCounters::add(&self.call_buckets[bucket], 1);
+    }
+
+    /// The call latency (µs, a bucket's upper bound) at quantile `q`
+    /// (0..=1) of the timed calls; 0 with none.
+    pub fn call_quantile_us(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .call_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return (1u64 << bucket) as f64 / 1_000.0;
+            }
+        }
+        (1u64 << (CALL_BUCKETS - 1)) as f64 / 1_000.0
+    }
 }
 
 /// Upper bounds (µs) of the WAL sync latency buckets; one more counts the
@@ -274,5 +311,24 @@ mod tests {
         assert_eq!(LatencyHistogram::default().quantile(0.5), None);
         h.record(Duration::from_nanos(3));
         assert_eq!(h.count(), 1001);
+    }
+
+    #[test]
+    fn call_latency_in_power_of_two_buckets() {
+        let counters = StreamCounters::default();
+        assert_eq!(counters.call_quantile_us(0.5), 0.0);
+        // 99 calls of 3 µs (bucket < 4.096 µs), one of 1 ms (< 1.048576 ms).
+        for _ in 0..99 {
+            counters.record_call(3_000);
+        }
+        counters.record_call(1_000_000);
+        assert_eq!(counters.call_quantile_us(0.5), 4.096);
+        assert_eq!(counters.call_quantile_us(0.99), 4.096);
+        assert_eq!(counters.call_quantile_us(1.0), 1048.576);
+        counters.record_call(u64::MAX);
+        assert_eq!(
+            counters.call_quantile_us(1.0),
+            (1u64 << 31) as f64 / 1_000.0
+        );
     }
 }

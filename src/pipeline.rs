@@ -1113,10 +1113,9 @@ impl ShardProgram {
                     let started = sampled.then(Instant::now);
                     let result = operator.on_input_batch(port, &batch, time, &mut out);
                     if let Some(started) = started {
-                        ShardCounters::add(
-                            &counters.busy_ns,
-                            started.elapsed().as_nanos() as u64 * SAMPLE,
-                        );
+                        let elapsed_ns = started.elapsed().as_nanos() as u64;
+                        ShardCounters::add(&counters.busy_ns, elapsed_ns * SAMPLE);
+                        counters.record_call(elapsed_ns);
                         counters
                             .state_bytes
                             .store(operator.state_bytes() as u64, Ordering::Relaxed);
@@ -1155,7 +1154,9 @@ impl ShardProgram {
                     let operator = &mut self.streams[stream].operator;
                     let result = operator.on_input_watermark(port, watermark_ms, &mut out);
                     let counters = &self.counters.streams[stream];
-                    ShardCounters::add(&counters.busy_ns, started.elapsed().as_nanos() as u64);
+                    let elapsed_ns = started.elapsed().as_nanos() as u64;
+                    ShardCounters::add(&counters.busy_ns, elapsed_ns);
+                    counters.record_call(elapsed_ns);
                     ShardCounters::add(&counters.calls, 1);
                     counters
                         .state_bytes

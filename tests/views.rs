@@ -207,6 +207,22 @@ async fn show_explain_and_query_errors() {
         .unwrap()
         .value(0);
     assert!(rows_in > 0);
+    // Call latency from the timed calls (the first batch call is one).
+    let latency = |name: &str| {
+        analyzed[0]
+            .column_by_name(name)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let (p50, p99, max) = (
+        latency("call_p50_us"),
+        latency("call_p99_us"),
+        latency("call_max_us"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p50} {p99} {max}");
     assert_eq!(
         code(db.execute("DROP MATERIALIZED VIEW v").await),
         ErrorCode::AlreadyStarted
