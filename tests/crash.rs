@@ -99,7 +99,11 @@ fn command(f: &Fixture, out: &Path, storage: Option<(&Path, Mode)>) -> Command {
             .arg(dir)
             .args(["--durability", mode.durability]);
         if let Some(ms) = mode.checkpoint_ms {
-            c.arg("--checkpoint-interval-ms").arg(ms.to_string());
+            // Small segments, so that checkpoints release segments and the
+            // log reuses them as spares while kills land.
+            c.arg("--checkpoint-interval-ms")
+                .arg(ms.to_string())
+                .args(["--wal-segment-bytes", "65536"]);
         }
     }
     c.stdout(std::process::Stdio::null())

@@ -21,5 +21,7 @@ pub mod format;
 pub mod reader;
 pub mod writer;
 
-pub use reader::{cut, release, scan, segment_name, segments, Record, Tail};
+pub use reader::{
+    cut, release, scan, segment_name, segments, spare_path, Record, Tail, SPARE_SEGMENTS,
+};
 pub use writer::{WalConfig, WalWriter};

@@ -53,6 +53,17 @@ pub fn segment_name(index: u64) -> String {
     format!("{index:020}.wal")
 }
 
+/// Released segment files kept for reuse (per log): a new segment taken
+/// from a spare costs a rename and one header block instead of writing
+/// the whole file with zeros.
+pub const SPARE_SEGMENTS: usize = 2;
+
+/// Where spare `slot` (0..[`SPARE_SEGMENTS`]) of a log lives. Not a
+/// segment name, so the reader never sees spares.
+pub fn spare_path(dir: &Path, slot: usize) -> PathBuf {
+    dir.join(format!("spare-{slot}.wal-spare"))
+}
+
 /// The segment files in `dir`, by index.
 pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match std::fs::read_dir(dir) {
@@ -207,16 +218,25 @@ fn next_record<'a>(
 /// Only a segment whose header never made it to disk can follow the end of
 /// the log: a segment is synced whole before the next one is started, so
 /// a torn tail is always in the last segment. A later segment with a valid
-/// header therefore means that synced data was damaged, and it may hold
-/// acknowledged records: it is not removed, and recovery stops with
-/// `LDB-6004`.
+/// header of its own (naming its file's index) therefore means that synced
+/// data was damaged, and it may hold acknowledged records: it is not
+/// removed, and recovery stops with `LDB-6004`.
 pub fn cut(tail: &Tail) -> Result<()> {
     for path in &tail.beyond {
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         let readable = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
             .is_ok();
-        if readable && SegmentHeader::parse(&header).is_some() {
+        // A recycled segment whose new header never reached the disk still
+        // has its old one, naming another index: nothing in it was written
+        // (the header goes out with the segment's first records).
+        let index = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok());
+        let its_own = SegmentHeader::parse(&header).is_some_and(|h| Some(h.index.get()) == index);
+        if readable && its_own {
             return Err(Error::new(
                 ErrorCode::StorageCorrupt,
                 format!(
@@ -250,12 +270,15 @@ fn io_error(op: &str, path: &Path, e: &std::io::Error) -> Error {
     )
 }
 
-/// Deletes the oldest segment files while every record in them has an LSN
-/// up to `lsn` (a checkpoint covers them): a segment goes when the one
+/// Releases the oldest segment files while every record in them has an
+/// LSN up to `lsn` (a checkpoint covers them): a segment goes when the one
 /// after it starts at or before `lsn + 1`. The log stays contiguous (only
 /// a prefix of the files goes) and the newest segment always stays, so
-/// the writer's position and the LSNs after `lsn` are kept. Returns how
-/// many files were deleted.
+/// the writer's position and the LSNs after `lsn` are kept. Released files
+/// become spares while fewer than [`SPARE_SEGMENTS`] are kept (the writer
+/// reuses them), and are deleted otherwise. Their stale records can never
+/// be read as part of the log: their LSNs are older than any the writer
+/// gives. Returns how many files were released.
 pub fn release(dir: &Path, lsn: u64) -> Result<usize> {
     let files = segments(dir)?;
     let mut released = 0;
@@ -272,7 +295,17 @@ pub fn release(dir: &Path, lsn: u64) -> Result<usize> {
         if next_header.first_lsn.get() > lsn.saturating_add(1) {
             break;
         }
-        std::fs::remove_file(path).map_err(|e| io_error("remove", path, &e))?;
+        // Only this function fills spare slots (the writer empties them),
+        // so a slot seen free stays free until it is filled here.
+        match (0..SPARE_SEGMENTS)
+            .map(|slot| spare_path(dir, slot))
+            .find(|spare| !spare.exists())
+        {
+            Some(spare) => {
+                std::fs::rename(path, &spare).map_err(|e| io_error("rename", path, &e))?
+            }
+            None => std::fs::remove_file(path).map_err(|e| io_error("remove", path, &e))?,
+        }
         released += 1;
     }
     if released > 0 {

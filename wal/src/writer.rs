@@ -316,7 +316,12 @@ impl WalWriter {
     async fn roll(&mut self) -> Result<()> {
         self.commit(true).await?;
         let index = self.segment_index + 1;
-        let file = match create_segment(&self.dir, index, self.config).await {
+        let segment = match take_spare(&self.dir, index, self.config).await {
+            Ok(Some(file)) => Ok(file),
+            Ok(None) => create_segment(&self.dir, index, self.config).await,
+            Err(e) => Err(e),
+        };
+        let file = match segment {
             Ok(file) => file,
             Err(e) => {
                 self.failed = Some(e.clone());
@@ -408,6 +413,56 @@ impl Staging {
     }
 }
 
+/// Reuses a spare (a segment a checkpoint released) as segment `index`:
+/// renamed, its directory entry synced. Its old records stay until
+/// overwritten; until the first write puts the new header in its first
+/// block, the old header names another index, so a crash before then ends
+/// the log at the previous segment, and after it the old records' LSNs are
+/// older than the log's. A spare of another size is deleted. `None` when
+/// no spare is left.
+async fn take_spare(dir: &Path, index: u64, config: WalConfig) -> Result<Option<DmaFile>> {
+    let path = dir.join(segment_name(index));
+    for slot in 0..crate::reader::SPARE_SEGMENTS {
+        let spare = crate::reader::spare_path(dir, slot);
+        if glommio::io::rename(&spare, &path).await.is_err() {
+            // Not there (the common case), or not movable: try the next.
+            continue;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| io_error("open", &path, e.into()))?;
+        let size = file
+            .file_size()
+            .await
+            .map_err(|e| io_error("stat", &path, e.into()))?;
+        if size != config.segment_bytes {
+            let _ = file.close().await;
+            glommio::io::remove(&path)
+                .await
+                .map_err(|e| io_error("remove", &path, e.into()))?;
+            continue;
+        }
+        sync_directory(dir).await?;
+        return Ok(Some(file));
+    }
+    Ok(None)
+}
+
+async fn sync_directory(dir: &Path) -> Result<()> {
+    let directory = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| io_error("open", dir, e.into()))?;
+    directory
+        .sync()
+        .await
+        .map_err(|e| io_error("sync", dir, e.into()))?;
+    let _ = directory.close().await;
+    Ok(())
+}
+
 /// Creates segment `index`: preallocated and zero-filled (overwriting
 /// written blocks is cheaper than growing a file), synced, and its
 /// directory entry synced.
@@ -437,14 +492,7 @@ async fn create_segment(dir: &Path, index: u64, config: WalConfig) -> Result<Dma
     file.fdatasync()
         .await
         .map_err(|e| io_error("sync", &path, e.into()))?;
-    let directory = glommio::io::Directory::open(dir)
-        .await
-        .map_err(|e| io_error("open", dir, e.into()))?;
-    directory
-        .sync()
-        .await
-        .map_err(|e| io_error("sync", dir, e.into()))?;
-    let _ = directory.close().await;
+    sync_directory(dir).await?;
     Ok(file)
 }
 

@@ -58,6 +58,10 @@ enum Command {
         /// one (default: no checkpoints; a restart replays everything).
         #[arg(long, value_name = "MS")]
         checkpoint_interval_ms: Option<u64>,
+        /// With --storage-dir: size of each WAL segment file (default 16
+        /// MiB; a multiple of 4096, at least 64 KiB).
+        #[arg(long, value_name = "BYTES")]
+        wal_segment_bytes: Option<u64>,
     },
     /// Runs the pipelines of a config file as a daemon with an HTTP API
     /// (ingest, queries, health, metrics) until SIGTERM or SIGINT.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
                 storage_dir,
                 durability,
                 checkpoint_interval_ms,
+                wal_segment_bytes,
             } => {
                 run::run(run::RunArgs {
                     sql,
@@ -141,6 +146,7 @@ fn main() -> ExitCode {
                     }),
                     checkpoint_interval: checkpoint_interval_ms
                         .map(std::time::Duration::from_millis),
+                    wal_segment_bytes,
                 })
                 .await
             }

@@ -23,6 +23,8 @@ pub struct RunArgs {
     pub storage: Option<(PathBuf, laminar_db::Durability)>,
     /// With a storage directory: take a checkpoint this often.
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// With a storage directory: WAL segment size.
+    pub wal_segment_bytes: Option<u64>,
 }
 
 fn io_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -372,6 +374,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ));
         }
         builder = builder.checkpoint_interval(interval);
+    }
+    if let Some(bytes) = args.wal_segment_bytes {
+        if args.storage.is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "--wal-segment-bytes needs --storage-dir",
+            ));
+        }
+        builder = builder.wal_segment_bytes(bytes);
     }
     let db = builder.build()?;
     // Ad-hoc queries read materialized views, which are complete only once
