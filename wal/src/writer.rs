@@ -128,12 +128,7 @@ impl WalWriter {
         let path = dir.join(segment_name(segment_index));
         let (file, block_start, pending): (DmaFile, u64, Vec<u8>) = match tail {
             Some(tail) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .dma_open(&path)
-                    .await
-                    .map_err(|e| io_error("open", &path, e.into()))?;
+                let file = open_existing(&path).await?;
                 let block_start = tail.offset / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
                 let keep = (tail.offset - block_start) as usize;
                 let mut pending = Vec::with_capacity(BLOCK_BYTES);
@@ -428,12 +423,7 @@ async fn take_spare(dir: &Path, index: u64, config: WalConfig) -> Result<Option<
             // Not there (the common case), or not movable: try the next.
             continue;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| io_error("open", &path, e.into()))?;
+        let file = open_existing(&path).await?;
         let size = file
             .file_size()
             .await
@@ -449,6 +439,16 @@ async fn take_spare(dir: &Path, index: u64, config: WalConfig) -> Result<Option<
         return Ok(Some(file));
     }
     Ok(None)
+}
+
+/// Opens an existing segment for reading and writing (O_DIRECT).
+async fn open_existing(path: &Path) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| io_error("open", path, e.into()))
 }
 
 async fn sync_directory(dir: &Path) -> Result<()> {
