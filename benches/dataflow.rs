@@ -8,6 +8,10 @@
 //!   directly (rows routed by symbol at push time, no exchange); 2 shards.
 //! - `subscription_dispatch`: a filter stream with 1 and with 4
 //!   subscribers, each receiving every result batch; 1 shard.
+//! - `reactor_loop`: 100,000 one-row batches through a pass-through stream
+//!   on 1 shard (handle ring, shard turn, operator call, subscriber ring):
+//!   the engine's fixed cost per message, beside the same batches sent
+//!   straight through one SPSC ring to a thread (the floor).
 //!
 //! Run: `cargo bench --bench dataflow`. 2 M events (100 symbols, one per
 //! ms) in batches of 1,024; each iteration starts a fresh database
@@ -137,5 +141,81 @@ fn subscription_dispatch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, exchange, subscription_dispatch);
+const SINGLE_ROWS: usize = 100_000;
+
+fn reactor_run(rt: &tokio::runtime::Runtime, input: &[RecordBatch]) -> Duration {
+    rt.block_on(async {
+        let db = LaminarDB::builder().shards(1).build().expect("db");
+        db.execute(&format!(
+            "{TRADES_DDL}; CREATE STREAM passed AS SELECT symbol, price FROM trades"
+        ))
+        .await
+        .expect("ddl");
+        let mut subscription = db.subscribe("passed").expect("subscribe");
+        let source = db.source_untyped("trades").expect("source");
+        db.start().await.expect("start");
+        let started = Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut rows = 0;
+            while rows < SINGLE_ROWS {
+                rows += subscription.recv().expect("results").num_rows();
+            }
+        });
+        for batch in input {
+            source.push(batch.clone()).expect("push");
+        }
+        reader.join().expect("reader");
+        let elapsed = started.elapsed();
+        db.shutdown().await.expect("shutdown");
+        elapsed
+    })
+}
+
+/// The floor: the same batches through one ring to a spinning thread.
+fn ring_run(input: &[RecordBatch]) -> Duration {
+    let (mut producer, mut consumer) = laminar_runtime::spsc::ring::<RecordBatch>(64);
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut rows = 0;
+        while rows < SINGLE_ROWS {
+            match consumer.try_pop() {
+                Some(batch) => rows += batch.num_rows(),
+                None => std::hint::spin_loop(),
+            }
+        }
+    });
+    for batch in input {
+        let mut message = batch.clone();
+        while let Err(laminar_runtime::spsc::PushError::Full(back)) = producer.try_push(message) {
+            message = back;
+            std::hint::spin_loop();
+        }
+    }
+    reader.join().expect("reader");
+    started.elapsed()
+}
+
+fn reactor_loop(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let input = batches(SINGLE_ROWS, 1);
+    let mut group = c.benchmark_group("reactor_loop");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Elements(SINGLE_ROWS as u64));
+    group.bench_with_input(
+        BenchmarkId::new("pass_through_stream", 1),
+        &input,
+        |b, input| b.iter_custom(|iters| (0..iters).map(|_| reactor_run(&rt, input)).sum()),
+    );
+    group.bench_with_input(BenchmarkId::new("one_ring", 1), &input, |b, input| {
+        b.iter_custom(|iters| (0..iters).map(|_| ring_run(input)).sum())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, exchange, subscription_dispatch, reactor_loop);
 criterion_main!(benches);
