@@ -67,17 +67,14 @@ fn push(port: u16, source: &str, rows: &str) {
 
 /// Polls a query until it answers `want`.
 fn query_until(port: u16, sql: &str, want: &str) {
-    let mut last = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
+    poll_until(sql, || {
         let (status, body) = curl(port, "POST", "/query", true, Some(sql));
         if status == 200 && body.trim() == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("wanted {want}, got {status} {body}"))
         }
-        last = format!("{status} {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{sql}: wanted {want}, last answer {last}");
+    })
 }
 
 /// `GET /streams/per_symbol`, its lines sent to a channel.

@@ -67,16 +67,24 @@ pub fn curl(port: u16, method: &str, path: &str, token: bool, body: Option<&str>
     (status.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// Polls until `check` passes or 30 s go by.
-pub fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
+/// Polls until `check` passes (`Ok`) or 30 s go by; then fails with what
+/// the last check saw (`Err`).
+pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(found) = check() {
-            return found;
+        match check() {
+            Ok(found) => return found,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Polls until `check` passes or 30 s go by.
+pub fn eventually(what: &str, mut check: impl FnMut() -> Option<String>) -> String {
+    poll_until(what, || check().ok_or_else(String::new))
 }
 
 pub fn wait_ready(port: u16) {
@@ -95,30 +103,40 @@ pub fn signal(server: &Server, signal: &str) {
     assert!(status.success(), "kill -{signal}");
 }
 
-/// Waits for the server to exit after SIGTERM; returns whether it exited 0.
+/// Waits (up to 30 s) for the server to exit after SIGTERM; returns
+/// whether it exited 0.
 pub fn wait_exit(server: &mut Server) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            return status.success();
+    let pid = server.0.id();
+    let (sender, exited) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _ = sender.send(server.0.wait().map(|s| s.success()));
+        });
+        match exited.recv_timeout(Duration::from_secs(30)) {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                // Unblock the waiting thread before failing.
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("the server did not stop within 30 s");
+            }
         }
-        assert!(Instant::now() < deadline, "the server did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// [`wait_ready`], failing with the server's log.
 pub fn wait_ready_logged(port: u16, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(port, "GET", "/ready", true, None).0 != 200 {
-        if Instant::now() > deadline {
-            panic!(
-                "the server never got ready; its log:\n{}",
+    poll_until("the server to get ready", || {
+        if curl(port, "GET", "/ready", true, None).0 == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "not ready; its log:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
-            );
+            ))
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// `psql` with the config's login; returns (success, stdout + stderr).

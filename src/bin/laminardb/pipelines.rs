@@ -151,19 +151,27 @@ impl Pipelines {
 
     /// Every running pipeline, by name.
     pub fn all(&self) -> Vec<Arc<Pipeline>> {
-        self.running
-            .read()
-            .map(|r| r.values().cloned().collect())
-            .unwrap_or_default()
+        self.read().values().cloned().collect()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Pipeline>> {
-        self.running.read().ok()?.get(name).cloned()
+        self.read().get(name).cloned()
+    }
+
+    /// The running pipelines. The map is only swapped whole entries under
+    /// the lock, so a panic elsewhere while it was held left it consistent:
+    /// a poisoned lock is read through, not treated as empty.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Pipeline>>> {
+        self.running.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Pipeline>>> {
+        self.running.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pipeline that has an object of that name.
     pub fn owner(&self, object: &str) -> Option<Arc<Pipeline>> {
-        let running = self.running.read().ok()?;
+        let running = self.read();
         running
             .values()
             .find(|p| p.objects.iter().any(|o| o == object))
@@ -377,9 +385,7 @@ impl Pipelines {
             schemas,
             objects,
         });
-        if let Ok(mut running) = self.running.write() {
-            running.insert(name.clone(), Arc::clone(&pipeline));
-        }
+        self.write().insert(name.clone(), Arc::clone(&pipeline));
         Ok(pipeline)
     }
 
@@ -409,9 +415,7 @@ impl Pipelines {
     }
 
     fn remove(&self, name: &str) {
-        if let Ok(mut running) = self.running.write() {
-            running.remove(name);
-        }
+        self.write().remove(name);
     }
 
     fn storage_dir(&self, name: &str) -> Option<PathBuf> {
