@@ -1026,7 +1026,9 @@ impl LaminarDB {
                 shard,
                 checkpoint: None,
                 restore: restored_shards[shard].take(),
-                last_epoch: 0,
+                // Markers of the restored checkpoint's epoch (a handle
+                // connecting before the next one) are for one already taken.
+                last_epoch: next_epoch - 1,
             };
             controls.push(control);
             counters.push(shard_counters);

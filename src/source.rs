@@ -347,6 +347,22 @@ impl SourceHandle {
             cut.enter(epoch, 0, 0, &vec![0; pipeline.shards]);
             cut
         });
+        // The handle entered the requested checkpoint at zero pushes: its
+        // marker goes first on every lane, so that no shard runs a push of
+        // this handle before that checkpoint's cut (the shard would have it
+        // in its state, the manifest would not count it, and a restart
+        // would take it again). A marker of a checkpoint already taken is
+        // skipped by the shards. The rings are new: there is room.
+        if epoch > 0 {
+            for producer in &mut producers {
+                if producer.try_push(Ingress::Barrier { epoch }).is_err() {
+                    return Err(Error::new(
+                        ErrorCode::NotRunning,
+                        format!("source '{}': the pipeline stopped", self.name),
+                    ));
+                }
+            }
+        }
         let keys = pipeline.sources[source].time.as_ref().and_then(|time| {
             time.key
                 .map(|spec| crate::key_watermark::KeyWatermarks::new(spec, time.bound_ms))

@@ -509,6 +509,14 @@ fn failpoint(name: &str) {
     }
 }
 
+/// Race tests: `LAMINARDB_FAILPOINT=<name>` holds a checkpoint at that
+/// point for 300 ms, long enough for a test to act inside it.
+pub(crate) fn pause_point(name: &str) {
+    if std::env::var_os("LAMINARDB_FAILPOINT").is_some_and(|v| v == name) {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -413,6 +413,7 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
     // From here on, every push is stamped with this epoch; a handle that
     // connects later starts at it.
     pipeline.requested_epoch.store(epoch, Ordering::SeqCst);
+    files::pause_point("checkpoint-requested");
     // Nothing from here to the barriers' sending may return early: a
     // handle may already have put this epoch's marker on its lanes, and
     // the shards must hear of the epoch to move past it.
