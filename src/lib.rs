@@ -645,7 +645,7 @@ impl LaminarDB {
             } => self.drop_object(kind, &name, if_exists),
             Statement::CreateStream(def) => {
                 let (stream_time_columns, tables) = self.planning_context()?;
-                let plan = plan_stream(
+                let mut stages = plan_stream(
                     &self.shared.ctx,
                     &def,
                     &sources,
@@ -654,9 +654,12 @@ impl LaminarDB {
                     &tables,
                 )
                 .await?;
+                let plan = stages.pop().expect("the stream's own plan comes last");
                 let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
-                if catalog.name_taken(&def.name) {
-                    return Err(already_exists(&def.name));
+                for name in stages.iter().map(|s| &s.name).chain([&def.name]) {
+                    if catalog.name_taken(name) {
+                        return Err(already_exists(name));
+                    }
                 }
                 let late = plan.late_side_output.as_ref().map(|schema| StreamPlan {
                     name: format!("{}_late", def.name),
@@ -671,23 +674,27 @@ impl LaminarDB {
                     compiled: Vec::new(),
                     late_side_output: None,
                     sql: format!("-- the late rows of {}", def.name),
+                    part_of: Some(def.name.clone()),
                 });
                 if let Some(late) = &late {
                     if catalog.name_taken(&late.name) {
                         return Err(already_exists(&late.name));
                     }
                 }
-                register_table(&self.shared.ctx, &def.name, Arc::clone(&plan.output_schema))?;
-                catalog.streams.push(plan);
-                catalog.materialized.push(def.materialized);
-                if let Some(late) = late {
+                // Stages first (the stream reads them), its late rows last.
+                let parts = stages
+                    .into_iter()
+                    .map(|stage| (stage, false))
+                    .chain([(plan, def.materialized)])
+                    .chain(late.map(|late| (late, false)));
+                for (stream, materialized) in parts {
                     register_table(
                         &self.shared.ctx,
-                        &late.name,
-                        Arc::clone(&late.output_schema),
+                        &stream.name,
+                        Arc::clone(&stream.output_schema),
                     )?;
-                    catalog.streams.push(late);
-                    catalog.materialized.push(false);
+                    catalog.streams.push(stream);
+                    catalog.materialized.push(materialized);
                 }
                 if def.materialized {
                     Ok(ExecuteResult::ViewCreated(def.name))
@@ -1527,7 +1534,7 @@ impl LaminarDB {
             late_side_output: false,
             sql: sql.to_string(),
         };
-        let plan = plan_stream(
+        let plans = plan_stream(
             &self.shared.ctx,
             &def,
             &sources,
@@ -1536,6 +1543,15 @@ impl LaminarDB {
             &tables,
         )
         .await?;
+        let plan = match plans.as_slice() {
+            [plan] => plan,
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::Unsupported,
+                    "an ad-hoc ASOF query must be one ASOF join of two sources or views",
+                ))
+            }
+        };
         let Some((right, _)) = plan.right_input.clone() else {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -2023,28 +2039,30 @@ impl LaminarDB {
             }
             return Err(unknown(name, "source or stream"));
         };
-        // Its own late side output goes with it.
-        let late = format!("{name}_late");
+        // Its parts (its late side output, the stages of its query) go
+        // with it.
+        let parts: Vec<String> = catalog
+            .streams
+            .iter()
+            .filter(|s| !is_source && s.part_of.as_deref() == Some(name))
+            .map(|s| s.name.clone())
+            .collect();
+        let going = |n: &str| n == name || parts.iter().any(|p| p == n);
         let dependents: Vec<String> = catalog
             .streams
             .iter()
+            .filter(|s| !going(&s.name))
             .filter(|s| {
                 std::iter::once(&s.input)
                     .chain(s.right_input.as_ref().map(|(input, _)| input))
                     .any(|input| match input {
                         StreamInput::Source(input) => is_source && input == name,
-                        StreamInput::Stream(input) => !is_source && input == name,
-                        StreamInput::LateOf(input) => input == name && s.name != late,
+                        StreamInput::Stream(input) | StreamInput::LateOf(input) => {
+                            !is_source && going(input)
+                        }
                     })
             })
             .map(|s| s.name.clone())
-            .chain(
-                catalog
-                    .streams
-                    .iter()
-                    .filter(|s| s.input == StreamInput::Stream(late.clone()))
-                    .map(|s| s.name.clone()),
-            )
             .collect();
         if !dependents.is_empty() {
             return Err(Error::new(
@@ -2057,13 +2075,14 @@ impl LaminarDB {
             catalog.sources.remove(index);
         } else {
             let mut doomed = vec![index];
-            if let Some(i) = catalog
-                .streams
-                .iter()
-                .position(|s| s.input == StreamInput::LateOf(name.to_string()))
-            {
-                doomed.push(i);
-            }
+            doomed.extend(
+                catalog
+                    .streams
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| parts.contains(&s.name))
+                    .map(|(i, _)| i),
+            );
             doomed.sort_unstable();
             for &i in doomed.iter().rev() {
                 let removed = catalog.streams.remove(i);

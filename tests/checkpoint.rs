@@ -492,7 +492,8 @@ async fn shutdown_never_waits_on_a_checkpoint_it_interrupts() {
 }
 
 /// Every other operator keeps its state in checkpoints too: an interval
-/// LEFT JOIN (rows waiting for a match, unmatched rows emitted later), an
+/// LEFT JOIN (rows waiting for a match, unmatched rows emitted later), a
+/// regular one and one bounded by a column of its rows, an
 /// ASOF join (versions and rows waiting for the right watermark), a Top-N
 /// changelog, session windows (closing and as a changelog), and window
 /// functions over event time (numbering, LAG/LEAD with rows held back,
@@ -524,8 +525,15 @@ CREATE STREAM so_far AS SELECT symbol, ts,
  SUM(volume) OVER (PARTITION BY symbol ORDER BY ts) AS volume,
  COUNT(*) OVER (PARTITION BY symbol ORDER BY ts) AS trades,
  MIN(price) OVER (PARTITION BY symbol ORDER BY ts) AS low,
- AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean FROM trades";
+ AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean FROM trades;
+CREATE STREAM same_volume AS SELECT a.symbol, a.ts, b.ts AS other FROM trades a
+ LEFT JOIN trades b ON a.symbol = b.symbol AND a.volume = b.volume AND b.price > a.price;
+CREATE STREAM spans AS SELECT symbol, ts, ts + volume AS ends FROM trades;
+CREATE STREAM within AS SELECT s.symbol, s.ts, t.price FROM spans s
+ LEFT JOIN trades t ON s.symbol = t.symbol AND t.ts BETWEEN s.ts + 1 AND s.ends";
     let streams = [
+        "same_volume",
+        "within",
         "pairs",
         "previous",
         "top3",

@@ -192,6 +192,8 @@ pub async fn batch(query: &Query, events: &Events) -> Result<Vec<RecordBatch>, S
         .map_err(|e| e.to_string())?;
     let run = |sql: String| {
         let ctx = ctx.clone();
+        // A changelog's batch answer is its final rows.
+        let sql = sql.replace("EMIT CHANGES", "");
         async move {
             let plan = laminar_sql::plan_for_batch(&ctx, &sql)
                 .await

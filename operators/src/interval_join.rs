@@ -23,6 +23,16 @@
 //! With `EMIT CHANGES` the output is a changelog instead: an outer row
 //! without a match is emitted padded at once (`+1`), and retracted (`-1`)
 //! when its first match arrives; consolidated, it is the same answer.
+//!
+//! Two variants share the machinery:
+//! - A bound given by a column of one side's rows ([`RowBound`], `b.ts
+//!   BETWEEN a.ts AND a.expires`): that side's rows are bucketed by the
+//!   time they stop matching (their bound) instead of their event time,
+//!   and dropped once the other side's watermark passes it. The other
+//!   side's rows retire by the constant bound, as above.
+//! - A regular join (no time bound at all, `lower = i64::MIN`, `upper =
+//!   i64::MAX`, sides without event time): one bucket per side, never
+//!   dropped before the end of input. State grows with every row kept.
 
 use std::collections::BTreeMap;
 
@@ -70,7 +80,29 @@ pub struct IntervalJoinSpec {
     /// left side's columns; `joined_schema` is still both sides', which
     /// the filter reads).
     pub mode: JoinMode,
+    /// A bound by a column of one side's rows; the constant bound it
+    /// replaces (`upper_ms` when the left side carries it, `lower_ms`
+    /// when the right does) is then `i64::MAX` / `i64::MIN`.
+    pub row_bound: Option<RowBound>,
 }
+
+/// The other side's event time is at most `column + offset_ms` of this
+/// side's row (`b.ts <= a.expires`).
+#[derive(Debug, Clone)]
+pub struct RowBound {
+    /// The side whose rows carry the bound: 0 (left) or 1 (right).
+    pub port: usize,
+    /// The column, in that side's join input (after its `pre` stages).
+    pub column: usize,
+    /// How the column stores time.
+    pub unit: crate::EventTimeUnit,
+    /// Added to the column's value (ms).
+    pub offset_ms: i64,
+}
+
+/// Bucket width, in ms, of a join with a row bound: the constant bounds
+/// do not say how far apart matching rows are.
+const ROW_BOUND_BUCKET_MS: i64 = 1_000;
 
 const NONE: u32 = u32::MAX;
 
@@ -92,7 +124,8 @@ struct Entry {
     key_hash: u64,
 }
 
-/// A side's rows with event time in `[start, start + width)`.
+/// A side's rows with event time (or, on a side carrying a row bound, a
+/// bound) in `[start, start + width)`.
 #[derive(Default)]
 struct Bucket {
     /// Key -> its newest entry (hashed by `Entry::key_hash`).
@@ -189,7 +222,13 @@ impl IntervalJoin {
         let encoder = shared_encoder(&spec.left, &spec.right)?;
         // A probe looks at about three buckets; rows outlive their last
         // possible match by at most one bucket.
-        let width_ms = spec.upper_ms.saturating_sub(spec.lower_ms).max(1);
+        let width_ms = match spec.row_bound {
+            Some(_) => ROW_BOUND_BUCKET_MS,
+            None => spec.upper_ms.saturating_sub(spec.lower_ms).max(1),
+        };
+        if let Some(bound) = &spec.row_bound {
+            assert!(bound.port < 2, "a join has two sides");
+        }
         // Semi and anti joins track which left rows matched, as an outer
         // side does.
         let left_tracked = spec.left_outer || spec.mode != JoinMode::Pairs;
@@ -214,13 +253,58 @@ impl IntervalJoin {
         (self.sides[0].rows, self.sides[1].rows)
     }
 
-    /// The other side's time range a row at `t_ms` on `port` matches.
-    fn range(&self, port: usize, t_ms: i64) -> (i64, i64) {
+    /// Whether `port`'s rows carry a row bound (and are bucketed by it).
+    fn bounds_rows(&self, port: usize) -> bool {
+        self.spec.row_bound.as_ref().is_some_and(|b| b.port == port)
+    }
+
+    /// Each row's bound (ms), on the side carrying a row bound: the last
+    /// time of the other side it can match. A NULL bound matches nothing.
+    fn row_bounds(&self, port: usize, rows: &RecordBatch) -> Result<Option<Vec<i64>>> {
+        let Some(bound) = self.spec.row_bound.as_ref().filter(|b| b.port == port) else {
+            return Ok(None);
+        };
+        let array = rows.column(bound.column);
+        // The unit conversion refuses NULLs; their slots are set after.
+        let values = arrow::array::make_array(array.to_data().into_builder().nulls(None).build()?);
+        let mut out = Vec::with_capacity(rows.num_rows());
+        bound.unit.array_to_ms(values.as_ref(), &mut out)?;
+        for (i, t) in out.iter_mut().enumerate() {
+            *t = if array.is_null(i) {
+                i64::MIN
+            } else {
+                t.saturating_add(bound.offset_ms)
+            };
+        }
+        Ok(Some(out))
+    }
+
+    /// For a row of `port` at `t_ms` (and its bound, on the side carrying
+    /// a row bound): the other side's buckets to look in and the times its
+    /// rows must have. `None` when no time can match.
+    fn probe_range(
+        &self,
+        port: usize,
+        t_ms: i64,
+        bound_ms: Option<i64>,
+    ) -> Option<(i64, i64, i64, i64)> {
         let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
-        if port == 0 {
+        let (low, mut high) = if port == 0 {
             (t_ms.saturating_add(lower), t_ms.saturating_add(upper))
         } else {
             (t_ms.saturating_sub(upper), t_ms.saturating_sub(lower))
+        };
+        if let Some(bound) = bound_ms {
+            high = high.min(bound);
+        }
+        if low > high {
+            return None;
+        }
+        if self.bounds_rows(1 - port) {
+            // Bucketed by bound: those whose rows reach this row's time.
+            Some((self.bucket_of(t_ms), self.bucket_of(i64::MAX), low, high))
+        } else {
+            Some((self.bucket_of(low), self.bucket_of(high), low, high))
         }
     }
 
@@ -239,6 +323,7 @@ impl IntervalJoin {
         port: usize,
         input: &SideBatch,
         keys: &OwnedKeys,
+        bounds: Option<&[i64]>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<Vec<u8>> {
         let n = input.rows.num_rows();
@@ -248,12 +333,12 @@ impl IntervalJoin {
         let other = &self.sides[1 - port];
         if !other.buckets.is_empty() {
             for (row, &t) in input.times_ms.iter().enumerate() {
-                let (low, high) = self.range(port, t);
+                let bound = bounds.map(|b| b[row]);
+                let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
+                    continue;
+                };
                 let key_hash = self.encoder.hash_of(keys, row);
-                for (_, bucket) in other
-                    .buckets
-                    .range(self.bucket_of(low)..=self.bucket_of(high))
-                {
+                for (_, bucket) in other.buckets.range(first..=last) {
                     let Some(mut e) = head_of(bucket, &other.batches, key_hash, keys, row) else {
                         continue;
                     };
@@ -403,12 +488,14 @@ impl IntervalJoin {
         }
     }
 
-    /// Stores a probed batch's rows on their own side.
+    /// Stores a probed batch's rows on their own side, by event time, or
+    /// by `bounds` on the side carrying a row bound.
     fn store(
         &mut self,
         port: usize,
         input: SideBatch,
         keys: OwnedKeys,
+        bounds: Option<Vec<i64>>,
         matched: Vec<u8>,
     ) -> Result<()> {
         let width = self.width_ms;
@@ -430,7 +517,8 @@ impl IntervalJoin {
         } = side;
         let keys = &batches.get(seq).extra.keys;
         for (row, &t) in input.times_ms.iter().enumerate() {
-            let start = t.div_euclid(width).saturating_mul(width);
+            let at = bounds.as_ref().map_or(t, |b| b[row]);
+            let start = at.div_euclid(width).saturating_mul(width);
             let bucket = buckets
                 .entry(start)
                 .or_insert_with(|| spare.pop().unwrap_or_default());
@@ -477,9 +565,11 @@ impl IntervalJoin {
         if other_watermark == i64::MIN {
             return Ok(());
         }
-        // Rows on `port` older than this match no on-time row of the other
-        // side any more.
-        let dead_before = if port == 0 {
+        // Rows on `port` older than this (or with a bound before it) match
+        // no on-time row of the other side any more.
+        let dead_before = if self.bounds_rows(port) {
+            other_watermark
+        } else if port == 0 {
             other_watermark.saturating_sub(self.spec.upper_ms)
         } else {
             other_watermark.saturating_add(self.spec.lower_ms)
@@ -602,7 +692,8 @@ impl Operator for IntervalJoin {
             (None, None) => return Ok(()),
         };
         let keys = self.encoder.encode_owned(&input.key_arrays)?;
-        let mut matched = self.probe(port, &input, &keys, out)?;
+        let bounds = self.row_bounds(port, &input.rows)?;
+        let mut matched = self.probe(port, &input, &keys, bounds.as_deref(), out)?;
         if self.spec.changes.is_some() && self.sides[port].outer {
             // A changelog shows an outer row at once, padded; a match
             // retracts it.
@@ -616,7 +707,7 @@ impl Operator for IntervalJoin {
                 }
             }
         }
-        self.store(port, input, keys, matched)?;
+        self.store(port, input, keys, bounds, matched)?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)
     }
@@ -733,13 +824,14 @@ impl Operator for IntervalJoin {
             };
             let key_arrays = crate::stage::evaluate_all(&side.keys, &rows)?;
             let keys = self.encoder.encode_owned(&key_arrays)?;
+            let bounds = self.row_bounds(port, &rows)?;
             let input = SideBatch {
                 rows,
                 times_ms,
                 key_arrays,
                 null_keys: None,
             };
-            self.store(port, input, keys, states)?;
+            self.store(port, input, keys, bounds, states)?;
         }
         Ok(())
     }

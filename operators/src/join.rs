@@ -16,7 +16,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::KeyEncoder;
-use crate::stage::{apply_all_carrying, evaluate_all, Stage};
+use crate::stage::{apply_all, apply_all_carrying, evaluate_all, Stage};
 use crate::time::EventTimeUnit;
 use crate::BatchTime;
 
@@ -25,12 +25,12 @@ use crate::BatchTime;
 pub struct JoinSide {
     /// Filters/projections from the side's input batch to the join input.
     pub pre: Vec<Stage>,
-    /// The event-time column in the side's input batch: lateness is
-    /// decided on it before any filter runs, and its values (in ms) are
-    /// carried through `pre` as the rows' times.
-    pub time_column: usize,
-    /// How that column stores time.
-    pub time_unit: EventTimeUnit,
+    /// The event-time column in the side's input batch and how it stores
+    /// time: lateness is decided on it before any filter runs, and its
+    /// values (in ms) are carried through `pre` as the rows' times.
+    /// `None` for a regular join, which ignores event time: no row is
+    /// late and every row's time is 0.
+    pub event_time: Option<(usize, EventTimeUnit)>,
     /// Equi-join keys over the join input (the same types on both sides).
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// Schema of the join input (after `pre`).
@@ -92,8 +92,10 @@ impl JoinSide {
         scratch_ms: &mut Vec<i64>,
         late: &mut u64,
     ) -> Result<Option<SideBatch>> {
-        self.time_unit
-            .array_to_ms(batch.column(self.time_column).as_ref(), scratch_ms)?;
+        let Some((time_column, time_unit)) = &self.event_time else {
+            return self.prepare_untimed(batch);
+        };
+        time_unit.array_to_ms(batch.column(*time_column).as_ref(), scratch_ms)?;
         let row_watermark = |i: usize| {
             time.row_watermarks_ms
                 .map_or(time.watermark_ms, |w| w[i].max(time.watermark_ms))
@@ -134,6 +136,21 @@ impl JoinSide {
             .expect("an Int64 carry")
             .values()
             .to_vec();
+        Ok(Some(self.side_batch(rows, times_ms)?))
+    }
+
+    /// [`JoinSide::prepare`] for a side without event time.
+    fn prepare_untimed(&self, batch: &RecordBatch) -> Result<Option<SideBatch>> {
+        let rows = apply_all(&self.pre, batch)?;
+        if rows.num_rows() == 0 {
+            return Ok(None);
+        }
+        let times_ms = vec![0; rows.num_rows()];
+        Ok(Some(self.side_batch(rows, times_ms)?))
+    }
+
+    /// Evaluates the keys of prepared rows.
+    fn side_batch(&self, rows: RecordBatch, times_ms: Vec<i64>) -> Result<SideBatch> {
         let key_arrays = evaluate_all(&self.keys, &rows)?;
         let null_keys = if key_arrays.iter().any(|a| a.null_count() > 0) {
             let mut mask = vec![false; rows.num_rows()];
@@ -148,12 +165,12 @@ impl JoinSide {
         } else {
             None
         };
-        Ok(Some(SideBatch {
+        Ok(SideBatch {
             rows,
             times_ms,
             key_arrays,
             null_keys,
-        }))
+        })
     }
 
     /// The key fields, as the key encoder stores them (rows with a NULL

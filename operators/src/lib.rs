@@ -55,7 +55,7 @@ pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
 pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
-pub use interval_join::{IntervalJoin, IntervalJoinSpec};
+pub use interval_join::{IntervalJoin, IntervalJoinSpec, RowBound};
 pub use join::{JoinMode, JoinSide};
 pub use lookup_join::{LookupJoin, LookupJoinSpec};
 pub use running::RunningKind;

@@ -13,13 +13,12 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use datafusion::common::{Column, DFSchema, ExprSchema, ScalarValue};
-use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Join, JoinType, Operator};
+use datafusion::common::Column;
+use datafusion::logical_expr::{Expr, ExprSchemable, Join, JoinType, Operator};
 use laminar_operators::{EventTimeUnit, JoinMode, JoinSide};
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::functions::interval_ms;
+use crate::join_bounds::{conjuncts, interval_bounds, shifted, show_ms, time_bound, SideOf};
 use crate::planner::{planning_error, unsupported, Lowering, Routing, StreamInput};
 
 /// One planned side, before the operator is chosen.
@@ -50,42 +49,30 @@ pub(crate) type LoweredJoin = (
     String,
 );
 
-/// Which side of the joined schema a column is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SideOf {
-    Left,
-    Right,
-}
-
-/// `column + offset_ms`, one side's event time shifted by a constant.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Shifted {
-    pub column: Column,
-    pub side: SideOf,
-    pub offset_ms: i64,
-}
-
-/// A comparison of the two sides' times: `right - left  op  c`.
-#[derive(Debug, Clone)]
-pub(crate) struct TimeBound {
-    pub left: Column,
-    pub right: Column,
-    pub op: Operator,
-    pub c_ms: i64,
-}
-
 impl Lowering<'_> {
     /// Lowers both sides of `join`; `time` names each side's event-time
-    /// column (in the join's input schemas).
-    pub(crate) fn join_sides(&self, join: &Join, time: (&Column, &Column)) -> Result<PlannedJoin> {
+    /// column (in the join's input schemas), `None` for a regular join.
+    pub(crate) fn join_sides(
+        &self,
+        join: &Join,
+        time: Option<(&Column, &Column)>,
+    ) -> Result<PlannedJoin> {
         if join.null_equality != datafusion::common::NullEquality::NullEqualsNothing {
             return Err(unsupported(
                 "joins where NULL keys match each other are not supported in streams",
                 "join on non-NULL keys (IS NOT DISTINCT FROM is not supported)",
             ));
         }
-        let left = self.side(&join.left, join.on.iter().map(|(l, _)| l), time.0)?;
-        let right = self.side(&join.right, join.on.iter().map(|(_, r)| r), time.1)?;
+        let left = self.side(
+            &join.left,
+            join.on.iter().map(|(l, _)| l),
+            time.map(|t| t.0),
+        )?;
+        let right = self.side(
+            &join.right,
+            join.on.iter().map(|(_, r)| r),
+            time.map(|t| t.1),
+        )?;
         if left.key_types != right.key_types {
             return Err(Error::new(
                 ErrorCode::Planning,
@@ -123,7 +110,7 @@ impl Lowering<'_> {
         &self,
         node: &datafusion::logical_expr::LogicalPlan,
         keys: impl Iterator<Item = &'e Expr>,
-        time: &Column,
+        time: Option<&Column>,
     ) -> Result<PlannedSide> {
         let chain = self.chain(node)?;
         if chain.scan_source.is_empty() {
@@ -142,6 +129,20 @@ impl Lowering<'_> {
                 _ => key_columns = None,
             }
         }
+        let side = |event_time| PlannedSide {
+            side: JoinSide {
+                pre: chain.stages.clone(),
+                event_time,
+                keys: physical.clone(),
+                schema: Arc::new(schema.as_arrow().clone()),
+            },
+            input: input.clone(),
+            key_columns: key_columns.clone(),
+            key_types: key_types.clone(),
+        };
+        let Some(time) = time else {
+            return Ok(side(None));
+        };
         let time_expr = Expr::Column(time.clone());
         let time_column = self.trace_to_source(&time_expr, node).ok_or_else(|| {
             Error::new(
@@ -194,18 +195,8 @@ impl Lowering<'_> {
                 }
             }
         }
-        Ok(PlannedSide {
-            side: JoinSide {
-                pre: chain.stages,
-                time_column,
-                time_unit: EventTimeUnit::of(time_field.data_type(), time_field.name())?,
-                keys: physical,
-                schema: Arc::new(schema.as_arrow().clone()),
-            },
-            input,
-            key_columns,
-            key_types,
-        })
+        let unit = EventTimeUnit::of(time_field.data_type(), time_field.name())?;
+        Ok(side(Some((time_column, unit))))
     }
 }
 
@@ -214,201 +205,6 @@ fn not_an_input() -> Error {
     unsupported(
         "a join's inputs must be sources or streams, not aggregates or window functions",
         "compute the aggregate in a stream of its own and join that stream",
-    )
-}
-
-/// Which side a column of the joined schema belongs to.
-pub(crate) fn side_of(join: &Join, column: &Column) -> Option<SideOf> {
-    if join.left.schema().has_column(column) {
-        Some(SideOf::Left)
-    } else if join.right.schema().has_column(column) {
-        Some(SideOf::Right)
-    } else {
-        None
-    }
-}
-
-/// Reads `column`, `column + c`, `column - c` or `c + column`, where `c`
-/// is a constant number of ms or a fixed INTERVAL.
-pub(crate) fn shifted(join: &Join, expr: &Expr) -> Option<Shifted> {
-    match expr {
-        Expr::Column(column) => Some(Shifted {
-            column: column.clone(),
-            side: side_of(join, column)?,
-            offset_ms: 0,
-        }),
-        // A cast that keeps milliseconds (BIGINT ms <-> TIMESTAMP(ms)).
-        Expr::Cast(cast)
-            if matches!(
-                cast.expr.get_type(&join.schema),
-                Ok(arrow::datatypes::DataType::Int64)
-                    | Ok(arrow::datatypes::DataType::Timestamp(
-                        arrow::datatypes::TimeUnit::Millisecond,
-                        _
-                    ))
-            ) && matches!(
-                cast.field.data_type(),
-                arrow::datatypes::DataType::Int64
-                    | arrow::datatypes::DataType::Timestamp(
-                        arrow::datatypes::TimeUnit::Millisecond,
-                        _
-                    )
-            ) =>
-        {
-            shifted(join, &cast.expr)
-        }
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let constant = |e: &Expr| match e {
-                Expr::Literal(value, _) => interval_ms(value).or(match value {
-                    ScalarValue::DurationMillisecond(Some(v)) => Some(*v),
-                    ScalarValue::DurationSecond(Some(v)) => v.checked_mul(1000),
-                    _ => None,
-                }),
-                _ => None,
-            };
-            match op {
-                Operator::Plus => {
-                    if let Some(c) = constant(right) {
-                        let mut s = shifted(join, left)?;
-                        s.offset_ms = s.offset_ms.checked_add(c)?;
-                        Some(s)
-                    } else {
-                        let c = constant(left)?;
-                        let mut s = shifted(join, right)?;
-                        s.offset_ms = s.offset_ms.checked_add(c)?;
-                        Some(s)
-                    }
-                }
-                Operator::Minus => {
-                    let c = constant(right)?;
-                    let mut s = shifted(join, left)?;
-                    s.offset_ms = s.offset_ms.checked_sub(c)?;
-                    Some(s)
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Reads a conjunct comparing the two sides' shifted columns as a bound
-/// on `right - left`.
-pub(crate) fn time_bound(join: &Join, expr: &Expr) -> Option<TimeBound> {
-    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
-        return None;
-    };
-    if !matches!(
-        op,
-        Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
-    ) {
-        return None;
-    }
-    let (a, b) = (shifted(join, left)?, shifted(join, right)?);
-    // a.col + a.off  op  b.col + b.off
-    match (a.side, b.side) {
-        // r + a  op  l + b   =>   r - l  op  b - a
-        (SideOf::Right, SideOf::Left) => Some(TimeBound {
-            left: b.column,
-            right: a.column,
-            op: *op,
-            c_ms: b.offset_ms.checked_sub(a.offset_ms)?,
-        }),
-        // l + a  op  r + b   =>   r - l  swap(op)  a - b
-        (SideOf::Left, SideOf::Right) => Some(TimeBound {
-            left: a.column,
-            right: b.column,
-            op: op.swap()?,
-            c_ms: a.offset_ms.checked_sub(b.offset_ms)?,
-        }),
-        _ => None,
-    }
-}
-
-/// The join condition's conjuncts (the filter besides the equal keys),
-/// with BETWEEN split into its two comparisons.
-pub(crate) fn conjuncts(filter: Option<&Expr>) -> Vec<Expr> {
-    let mut out = Vec::new();
-    if let Some(filter) = filter {
-        for c in split_conjunction(filter) {
-            match c {
-                Expr::Between(between) if !between.negated => {
-                    out.push(Expr::BinaryExpr(BinaryExpr::new(
-                        between.expr.clone(),
-                        Operator::GtEq,
-                        between.low.clone(),
-                    )));
-                    out.push(Expr::BinaryExpr(BinaryExpr::new(
-                        between.expr.clone(),
-                        Operator::LtEq,
-                        between.high.clone(),
-                    )));
-                }
-                other => out.push(other.clone()),
-            }
-        }
-    }
-    out
-}
-
-/// The time columns the bounds relate and `[lower, upper]` on `right -
-/// left` in ms, widened by 1 ms for sub-millisecond time units (event
-/// times are compared in whole ms; the exact condition runs on the rows).
-pub(crate) fn interval_bounds(
-    join: &Join,
-    conjuncts: &[Expr],
-) -> Result<(Column, Column, i64, i64)> {
-    let bounds: Vec<TimeBound> = conjuncts
-        .iter()
-        .filter_map(|c| time_bound(join, c))
-        .collect();
-    let Some(first) = bounds.first() else {
-        return Err(no_bounds());
-    };
-    let (left, right) = (first.left.clone(), first.right.clone());
-    let mut lower = i64::MIN;
-    let mut upper = i64::MAX;
-    for bound in bounds.iter().filter(|b| b.left == left && b.right == right) {
-        match bound.op {
-            Operator::Gt | Operator::GtEq => lower = lower.max(bound.c_ms),
-            _ => upper = upper.min(bound.c_ms),
-        }
-    }
-    if lower == i64::MIN || upper == i64::MAX {
-        return Err(no_bounds());
-    }
-    if lower > upper {
-        return Err(Error::new(
-            ErrorCode::InvalidWindow,
-            format!("the join's time bounds leave no room: right - left must be in [{lower}, {upper}] ms"),
-        ));
-    }
-    let sub_ms = |c: &Column, schema: &DFSchema| {
-        schema
-            .field_from_column(c)
-            .map(|f| {
-                matches!(
-                    f.data_type(),
-                    arrow::datatypes::DataType::Timestamp(
-                        arrow::datatypes::TimeUnit::Microsecond
-                            | arrow::datatypes::TimeUnit::Nanosecond,
-                        _
-                    )
-                )
-            })
-            .unwrap_or(false)
-    };
-    if sub_ms(&left, join.left.schema()) || sub_ms(&right, join.right.schema()) {
-        lower = lower.saturating_sub(1);
-        upper = upper.saturating_add(1);
-    }
-    Ok((left, right, lower, upper))
-}
-
-fn no_bounds() -> Error {
-    unsupported(
-        "a join of two streams needs their event times bounded on both sides, or its state would grow forever",
-        "add a time bound: ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '10' SECOND AND a.ts + INTERVAL '10' SECOND",
     )
 }
 
@@ -461,22 +257,33 @@ impl Lowering<'_> {
             .cloned()
             .collect();
         let has_bounds = !conjuncts.is_empty();
-        let (left_time, right_time, lower_ms, upper_ms) = match self.equal_times(join) {
+        let mut row_bound = None;
+        let (times, lower_ms, upper_ms) = match self.equal_times(join) {
             // `a.w = b.w` on both sides' event times: the bound [0, 0].
-            Some((left, right)) if !has_bounds => (left, right, 0, 0),
+            Some((left, right)) if !has_bounds => (Some((left, right)), 0, 0),
+            // Nothing relates the sides' times: a regular join.
+            _ if !all.iter().any(|c| self.relates_time(join, c)) => (None, i64::MIN, i64::MAX),
             _ => match interval_bounds(join, &conjuncts) {
-                Ok(bounds) => bounds,
-                Err(e) => {
-                    // Compared columns that are not event times: say why
-                    // (a source without a WATERMARK, a plain stream column).
-                    if let Some(b) = all.iter().find_map(|c| time_bound(join, c)) {
-                        self.join_sides(join, (&b.left, &b.right))?;
+                Ok((left, right, lower, upper)) => (Some((left, right)), lower, upper),
+                Err(e) => match self.row_bounded(join, &conjuncts, &all)? {
+                    Some(bounded) => {
+                        row_bound = Some(bounded.bound);
+                        let times = (bounded.left, bounded.right);
+                        (Some(times), bounded.lower_ms, bounded.upper_ms)
                     }
-                    return Err(e);
-                }
+                    None => {
+                        // Compared columns that are not event times: say
+                        // why (a source without a WATERMARK, a plain
+                        // stream column).
+                        if let Some(b) = all.iter().find_map(|c| time_bound(join, c)) {
+                            self.join_sides(join, Some((&b.left, &b.right)))?;
+                        }
+                        return Err(e);
+                    }
+                },
             },
         };
-        let planned = self.join_sides(join, (&left_time, &right_time))?;
+        let planned = self.join_sides(join, times.as_ref().map(|(l, r)| (l, r)))?;
         for side in [&planned.left, &planned.right] {
             self.refuse_changelog(&side.input)?;
         }
@@ -497,8 +304,31 @@ impl Lowering<'_> {
             .as_ref()
             .map(|f| self.physical(f, &pairs_schema))
             .transpose()?;
+        let bounds = match (&times, &row_bound) {
+            (None, _) => "no time bound, every row kept".to_string(),
+            (Some(_), Some(bound)) => {
+                let (side, column, other) = if bound.port == 0 {
+                    ("left", join.left.schema(), "right")
+                } else {
+                    ("right", join.right.schema(), "left")
+                };
+                format!(
+                    "{other} time <= {side}.{} {:+} ms, right - left in [{}, {}] ms",
+                    column.field(bound.column).name(),
+                    bound.offset_ms,
+                    show_ms(lower_ms),
+                    show_ms(upper_ms)
+                )
+            }
+            (Some(_), None) => format!("right - left in [{lower_ms}, {upper_ms}] ms"),
+        };
         let explain = format!(
-            "IntervalJoin[{} {}, right - left in [{lower_ms}, {upper_ms}] ms, {} post stage(s)] <- {} ({:?}), {} ({:?})",
+            "{}[{} {}, {bounds}, {} post stage(s)] <- {} ({:?}), {} ({:?})",
+            if times.is_some() {
+                "IntervalJoin"
+            } else {
+                "RegularJoin"
+            },
             join.join_type,
             if join.on.is_empty() {
                 "no keys".to_string()
@@ -523,6 +353,7 @@ impl Lowering<'_> {
             post,
             changes,
             mode,
+            row_bound,
         };
         Ok((
             planned.left.input,
@@ -531,26 +362,6 @@ impl Lowering<'_> {
             crate::planner::StreamOperator::IntervalJoin(spec),
             explain,
         ))
-    }
-
-    /// Whether a bound relates the two sides' event-time columns.
-    fn bounds_times(&self, join: &Join, bound: &TimeBound) -> bool {
-        self.is_time(&Expr::Column(bound.left.clone()), &join.left)
-            && self.is_time(&Expr::Column(bound.right.clone()), &join.right)
-    }
-
-    /// An equality of the join that relates the two sides' event-time
-    /// columns (`a.window_start = b.window_start`).
-    fn equal_times(&self, join: &Join) -> Option<(Column, Column)> {
-        join.on.iter().find_map(|(l, r)| match (l, r) {
-            (Expr::Column(l), Expr::Column(r))
-                if self.is_time(&Expr::Column(l.clone()), &join.left)
-                    && self.is_time(&Expr::Column(r.clone()), &join.right) =>
-            {
-                Some((l.clone(), r.clone()))
-            }
-            _ => None,
-        })
     }
 
     /// Joins read append-only inputs: a changelog's retractions would be
@@ -646,22 +457,17 @@ impl Lowering<'_> {
                 format!("the ASOF join's time bounds leave no room: right - left must be in [{lower}, {upper}] ms"),
             ));
         }
-        let planned = self.join_sides(join, (&left_time, &right_time))?;
+        let planned = self.join_sides(join, Some((&left_time, &right_time)))?;
         // A changelog shows the net change of each batch, not every
         // version: joining it as versions would depend on batch sizes.
         for side in [&planned.left, &planned.right] {
             self.refuse_changelog(&side.input)?;
         }
-        let show = |v: i64| match v {
-            i64::MIN => "-inf".to_string(),
-            i64::MAX => "+inf".to_string(),
-            v => v.to_string(),
-        };
         let explain = format!(
             "AsofJoin[{}{direction:?}, right - left in [{}, {}] ms, {} key(s), {} post stage(s)] <- {} ({:?}), {} ({:?})",
             if left_outer { "LEFT " } else { "" },
-            show(lower),
-            show(upper),
+            show_ms(lower),
+            show_ms(upper),
             join.on.len(),
             post.len(),
             planned.left.input,

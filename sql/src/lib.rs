@@ -20,6 +20,7 @@ pub mod dialect;
 pub mod functions;
 pub mod jit;
 mod join;
+mod join_bounds;
 pub mod planner;
 mod retractable;
 pub mod window_tvf;

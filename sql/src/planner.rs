@@ -14,6 +14,12 @@
 //! path); aggregates become DataFusion aggregate expressions whose group
 //! accumulators hold the window state. Every other node is an `LDB-1004`
 //! error naming what is not supported.
+//!
+//! A stream runs one stateful operator. A query with several (an
+//! aggregate over a join, a join of aggregates, a join of a join) is
+//! split into a chain of streams: each input of a stateful node that
+//! holds a stateful node of its own becomes a stage stream,
+//! `<name>_stage<k>`, planned first, and the query reads it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -174,6 +180,9 @@ pub struct StreamPlan {
     pub late_side_output: Option<SchemaRef>,
     /// The statement that created it.
     pub sql: String,
+    /// For a stage split off a query with several stateful steps: the
+    /// stream whose query it computes a part of (dropped with it).
+    pub part_of: Option<String>,
 }
 
 /// A DataFusion context set up the way LaminarDB plans: one partition,
@@ -922,6 +931,13 @@ impl Lowering<'_> {
                     node = &window.input;
                 }
                 LogicalPlan::Join(join) => {
+                    // A regular join, or one bounded by a column of the
+                    // rows, keeps rows of any age: no output time is
+                    // covered by a watermark.
+                    let table = self.table_side(join).ok().flatten().is_some();
+                    if !self.asof && !table && !self.join_keeps_time(join) {
+                        return false;
+                    }
                     let left = join.left.schema().fields().len();
                     let from_left = index < left;
                     // The output watermark covers only rows that carry
@@ -1663,7 +1679,8 @@ fn with_weight_column(schema: &SchemaRef) -> Result<SchemaRef> {
 }
 
 /// Plans `CREATE STREAM` over the given sources and existing streams
-/// (name -> output schema).
+/// (name -> output schema): the stream's plan, last, after the plans of
+/// the stage streams it reads (see the module docs), in creation order.
 pub async fn plan_stream(
     ctx: &SessionContext,
     def: &StreamDef,
@@ -1671,7 +1688,7 @@ pub async fn plan_stream(
     streams: &HashMap<String, SchemaRef>,
     stream_time_columns: &HashMap<String, Vec<usize>>,
     tables: &HashMap<String, TableDef>,
-) -> Result<StreamPlan> {
+) -> Result<Vec<StreamPlan>> {
     let query = crate::window_tvf::rewrite(&def.query)?;
     // A temporal join's versions are timed by a source's event time, or a
     // stream's (when it has exactly one event-time column).
@@ -1727,26 +1744,235 @@ pub async fn plan_stream(
         ctx.state().optimize(&plan).map_err(planning_error)?
     };
     let plan = order_first_last_by_event_time(plan)?;
+    let mut staging = Staging {
+        ctx,
+        def,
+        sources,
+        streams: streams.clone(),
+        stream_time_columns: stream_time_columns.clone(),
+        tables,
+        asof: asof.is_some(),
+        plans: Vec::new(),
+    };
+    let (plan, staged) = staging.split(&plan)?;
+    // A stage that is a changelog is read with its weights.
+    let plan = if staged {
+        weigh_changelog_aggregates(plan)?
+    } else {
+        plan
+    };
+    let last = lower(
+        ctx,
+        def,
+        &plan,
+        asof.is_some(),
+        sources,
+        &staging.streams,
+        &staging.stream_time_columns,
+        tables,
+    )?;
+    let mut plans = staging.plans;
+    plans.push(last);
+    Ok(plans)
+}
+
+/// Stage streams split off a query as it is planned, and the streams the
+/// rest of it may read (the existing ones and the stages so far).
+struct Staging<'a> {
+    ctx: &'a SessionContext,
+    def: &'a StreamDef,
+    sources: &'a HashMap<String, SourceDef>,
+    streams: HashMap<String, SchemaRef>,
+    stream_time_columns: HashMap<String, Vec<usize>>,
+    tables: &'a HashMap<String, TableDef>,
+    asof: bool,
+    plans: Vec<StreamPlan>,
+}
+
+/// Whether a plan node is a stateful step (a stream's one operator).
+fn is_stateful(plan: &LogicalPlan) -> bool {
+    matches!(
+        plan,
+        LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Join(_)
+    )
+}
+
+impl Staging<'_> {
+    /// `plan` with each input of a stateful node that holds a stateful
+    /// node of its own replaced by a stage stream computing it; whether
+    /// anything was.
+    fn split(&mut self, plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
+        let stateful = is_stateful(plan);
+        let mut changed = false;
+        let mut inputs = Vec::new();
+        for input in plan.inputs() {
+            let nested = input
+                .exists(|node| Ok(is_stateful(node)))
+                .map_err(planning_error)?;
+            if stateful && nested {
+                inputs.push(self.stage(input)?);
+                changed = true;
+            } else {
+                let (input, input_changed) = self.split(input)?;
+                changed |= input_changed;
+                inputs.push(input);
+            }
+        }
+        if !changed {
+            return Ok((plan.clone(), false));
+        }
+        let plan = plan
+            .with_new_exprs(plan.expressions(), inputs)
+            .map_err(planning_error)?;
+        Ok((plan, true))
+    }
+
+    /// Plans `input` as a stage stream and returns what reads it in its
+    /// place: its columns under their names in `input`, and its `_weight`
+    /// when it is a changelog.
+    fn stage(&mut self, input: &LogicalPlan) -> Result<LogicalPlan> {
+        use datafusion::common::Column;
+        use datafusion::logical_expr::LogicalPlanBuilder;
+        if self.asof {
+            return Err(unsupported(
+                "an ASOF or temporal join in a query with another join or an aggregate is not supported yet",
+                "write the ASOF join as a stream of its own and read that stream",
+            ));
+        }
+        let (inner, _) = self.split(input)?;
+        let number = self.plans.len() + 1;
+        let name = format!("{}_stage{number}", self.def.name);
+        // A stream's columns need distinct names: `a.ts` and `b.ts` of a
+        // join become `a_ts` and `b_ts`.
+        let schema = Arc::clone(inner.schema());
+        let mut flat: Vec<String> = Vec::new();
+        for (qualifier, field) in schema.iter() {
+            let shared = schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() == field.name())
+                .count()
+                > 1;
+            let mut column = match qualifier {
+                Some(q) if shared => format!("{}_{}", q.table(), field.name()),
+                _ => field.name().clone(),
+            };
+            while flat.contains(&column) {
+                column.push('_');
+            }
+            flat.push(column);
+        }
+        let renamed: Vec<Expr> = schema
+            .iter()
+            .zip(&flat)
+            .map(|((qualifier, field), column)| {
+                Expr::Column(Column::new(qualifier.cloned(), field.name())).alias(column)
+            })
+            .collect();
+        let stage_plan = LogicalPlanBuilder::from(inner)
+            .project(renamed)
+            .and_then(|b| b.build())
+            .map_err(planning_error)?;
+        let def = StreamDef {
+            name: name.clone(),
+            query: String::new(),
+            emit: stage_emit(&stage_plan),
+            materialized: false,
+            late_side_output: false,
+            sql: format!("-- stage {number} of stream {}", self.def.name),
+        };
+        let planned = lower(
+            self.ctx,
+            &def,
+            &stage_plan,
+            false,
+            self.sources,
+            &self.streams,
+            &self.stream_time_columns,
+            self.tables,
+        )?;
+        let output = Arc::clone(&planned.output_schema);
+        self.streams.insert(name.clone(), Arc::clone(&output));
+        self.stream_time_columns
+            .insert(name.clone(), planned.time_columns.clone());
+        self.plans.push(StreamPlan {
+            part_of: Some(self.def.name.clone()),
+            ..planned
+        });
+        let source = datafusion::datasource::provider_as_source(Arc::new(EmptyTable::new(
+            Arc::clone(&output),
+        )));
+        let mut columns: Vec<Expr> = schema
+            .iter()
+            .zip(&flat)
+            .map(|((qualifier, field), column)| {
+                Expr::Column(Column::new(Some(name.as_str()), column))
+                    .alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        if output.field_with_name(WEIGHT_COLUMN).is_ok() {
+            columns.push(Expr::Column(Column::new(
+                Some(name.as_str()),
+                WEIGHT_COLUMN,
+            )));
+        }
+        LogicalPlanBuilder::scan(name.as_str(), source, None)
+            .and_then(|b| b.project(columns))
+            .and_then(|b| b.build())
+            .map_err(planning_error)
+    }
+}
+
+/// How a stage emits: a `GROUP BY` without a window as a changelog (it
+/// never closes), anything else as it would by default.
+fn stage_emit(plan: &LogicalPlan) -> Option<EmitMode> {
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Aggregate(aggregate) => {
+                return find_window(&aggregate.group_expr)
+                    .is_none()
+                    .then_some(EmitMode::Changes)
+            }
+            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+                node = node.inputs()[0];
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Lowers an optimised plan to one stream (`asof`: its join is an ASOF or
+/// temporal join).
+#[allow(clippy::too_many_arguments)]
+fn lower(
+    ctx: &SessionContext,
+    def: &StreamDef,
+    plan: &LogicalPlan,
+    asof: bool,
+    sources: &HashMap<String, SourceDef>,
+    streams: &HashMap<String, SchemaRef>,
+    stream_time_columns: &HashMap<String, Vec<usize>>,
+    tables: &HashMap<String, TableDef>,
+) -> Result<StreamPlan> {
     let lowering = Lowering {
         props: ctx.state().execution_props().clone(),
         sources,
         streams,
         stream_time_columns,
         tables,
-        asof: asof.is_some(),
+        asof,
         compiled: Default::default(),
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    let chain = lowering.chain(&plan)?;
+    let chain = lowering.chain(plan)?;
     let mut right_input: Option<(StreamInput, Routing)> = None;
     let mut lookup_table: Option<String> = None;
     let (input, routing, operator, explain) = match chain.below {
         LogicalPlan::Join(join) => {
             let changes = match def.emit {
                 None => None,
-                Some(EmitMode::Changes) if asof.is_none() => {
-                    Some(with_weight_column(&output_schema)?)
-                }
+                Some(EmitMode::Changes) if !asof => Some(with_weight_column(&output_schema)?),
                 Some(_) => {
                     return Err(Error::new(
                         ErrorCode::InvalidWindow,
@@ -1759,7 +1985,7 @@ pub async fn plan_stream(
                 }
             };
             if let Some(table) = lowering.table_side(join)? {
-                if asof.is_some() {
+                if asof {
                     return Err(unsupported(
                         format!(
                             "'{table}' is a table: ASOF and temporal joins read sources or streams"
@@ -1779,9 +2005,10 @@ pub async fn plan_stream(
                 lookup_table = Some(table);
                 (input, Routing::Any, operator, explain)
             } else {
-                let (input, routing, right, operator, explain) = match &asof {
-                    Some(_) => lowering.asof_join(join, chain.stages)?,
-                    None => lowering.interval_join(join, chain.stages, changes)?,
+                let (input, routing, right, operator, explain) = if asof {
+                    lowering.asof_join(join, chain.stages)?
+                } else {
+                    lowering.interval_join(join, chain.stages, changes)?
                 };
                 right_input = Some(right);
                 (input, routing, operator, explain)
@@ -1790,7 +2017,7 @@ pub async fn plan_stream(
         LogicalPlan::Aggregate(aggregate) => {
             lowering.aggregate(aggregate, chain.stages, def.emit, def.late_side_output)?
         }
-        LogicalPlan::Window(window) if !is_top_n(window, &plan, chain.below) => {
+        LogicalPlan::Window(window) if !is_top_n(window, plan, chain.below) => {
             if def.emit.is_some() {
                 return Err(Error::new(
                     ErrorCode::InvalidWindow,
@@ -1814,7 +2041,7 @@ pub async fn plan_stream(
                 )
                 .with_hint("drop the EMIT clause or write EMIT CHANGES"));
             }
-            let limit = rank_limit(&plan, chain.below).ok_or_else(|| {
+            let limit = rank_limit(plan, chain.below).ok_or_else(|| {
                 unsupported(
                     "ROW_NUMBER() OVER (...) in a stream needs a filter on it (WHERE rn <= N, rn < N or rn = 1)",
                     "wrap it: SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY x DESC) AS rn FROM t) WHERE rn <= 10",
@@ -1914,7 +2141,7 @@ pub async fn plan_stream(
                 qualifier.cloned(),
                 field.name(),
             ));
-            lowering.is_time(&column, &plan)
+            lowering.is_time(&column, plan)
         })
         .collect();
     log::info!("stream {}: {explain}", def.name);
@@ -1931,5 +2158,6 @@ pub async fn plan_stream(
         operator,
         explain,
         compiled: lowering.compiled.take(),
+        part_of: None,
     })
 }
