@@ -972,6 +972,61 @@ async fn several_stateful_steps_in_one_query() {
         .unwrap();
 }
 
+/// Joins reading a changelog (an `EMIT CHANGES` aggregate): each pair
+/// carries the product of its rows' weights, so the consolidated output
+/// is the join of the final rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_over_changelogs() {
+    let counts = "CREATE STREAM counts AS SELECT symbol, COUNT(*) AS n FROM trades
+        GROUP BY symbol EMIT CHANGES;
+        CREATE STREAM sizes AS SELECT symbol, MAX(qty) AS biggest FROM orders
+        GROUP BY symbol EMIT CHANGES";
+    let per_symbol = "(SELECT symbol, COUNT(*) AS n FROM trades GROUP BY symbol)";
+    let biggest = "(SELECT symbol, MAX(qty) AS biggest FROM orders GROUP BY symbol)";
+    let cases = [
+        (
+            "SELECT o.order_id, c.n FROM orders o JOIN counts c ON o.symbol = c.symbol".to_string(),
+            format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol"),
+        ),
+        (
+            "SELECT c.symbol, c.n, s.biggest FROM counts c JOIN sizes s ON c.symbol = s.symbol"
+                .to_string(),
+            format!(
+                "SELECT c.symbol, c.n, s.biggest FROM {per_symbol} c JOIN {biggest} s ON c.symbol = s.symbol"
+            ),
+        ),
+        // One query: the aggregate is a stage, the join reads its changelog.
+        (
+            format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol EMIT CHANGES"),
+            format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol"),
+        ),
+    ];
+    for (query, batch) in &cases {
+        let orders = orders(10, 1_500, 20);
+        let trades = trades_batch(&trades(10, 1_500, 20, 4_000));
+        let want = run_batch_join(batch, &orders, &trades).await;
+        assert!(row_count(&want) > 0);
+        for (shards, max_batch) in [(1, 7), (2, 300)] {
+            let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; {counts}; CREATE STREAM j AS {query}");
+            let (got, _) = run_join(&ddl, "j", &orders, &trades, 10, max_batch, shards).await;
+            assert_same_rows(&consolidate(&got), &want);
+        }
+    }
+    let db = LaminarDB::open().unwrap();
+    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}; {counts}"))
+        .await
+        .unwrap();
+    let error = db
+        .execute("CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("LDB-1004") && error.contains("changelog"),
+        "{error}"
+    );
+}
+
 /// `EMIT CHANGES` on an outer interval join: unmatched rows show at once,
 /// padded, and are retracted when a match arrives; the consolidated
 /// changelog is the batch answer.

@@ -284,8 +284,18 @@ impl Lowering<'_> {
             },
         };
         let planned = self.join_sides(join, times.as_ref().map(|(l, r)| (l, r)))?;
-        for side in [&planned.left, &planned.right] {
-            self.refuse_changelog(&side.input)?;
+        // A changelog input joins with its rows' weights (the query's
+        // projection multiplies them, see `weigh_changelog_joins`): inner
+        // joins only, since an outer row's padding would have to follow
+        // the net count of its matches.
+        if self.reads_changelog(join)? && (mode != JoinMode::Pairs || left_outer || right_outer) {
+            return Err(unsupported(
+                format!(
+                    "a {} join over a changelog (EMIT CHANGES) input is not supported yet",
+                    join.join_type
+                ),
+                "use an inner join, or join the append-only stream the changelog is computed from",
+            ));
         }
         // The filter reads both sides; a semi or anti join's own schema
         // has the left side's columns only.
@@ -364,8 +374,25 @@ impl Lowering<'_> {
         ))
     }
 
-    /// Joins read append-only inputs: a changelog's retractions would be
-    /// joined as if they were rows.
+    /// Whether either side of `join` reads a changelog (a stream with a
+    /// `_weight` column).
+    pub(crate) fn reads_changelog(&self, join: &Join) -> Result<bool> {
+        for side in [&join.left, &join.right] {
+            let source = self.chain(side)?.scan_source;
+            if !source.is_empty()
+                && self
+                    .input_schema(&source)
+                    .field_with_name(laminar_operators::WEIGHT_COLUMN)
+                    .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// ASOF and temporal joins read append-only inputs: a changelog's
+    /// retractions would be picked as if they were versions.
     pub(crate) fn refuse_changelog(&self, input: &StreamInput) -> Result<()> {
         if self
             .input_schema(input.name())

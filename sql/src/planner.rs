@@ -446,6 +446,83 @@ struct FoundWindow {
     args: Vec<Expr>,
 }
 
+/// Gives a join over a changelog (a side with a `_weight` column) the
+/// weight of each pair: the projection above the join (through filters)
+/// outputs `_weight` as the product of the sides' weights, replacing any
+/// `_weight` it selected. Z-sets join bilinearly, so a retracted row
+/// retracts each pair it made, and a row joined with both a version and
+/// its retraction adds nothing: the join itself needs no change, and the
+/// stream is a changelog. Returns whether anything changed.
+fn weigh_changelog_joins(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
+    use datafusion::logical_expr::{JoinType, Projection};
+    let mut changed = false;
+    let mut inputs = Vec::new();
+    for input in plan.inputs() {
+        let (input, input_changed) = weigh_changelog_joins(input)?;
+        changed |= input_changed;
+        inputs.push(input);
+    }
+    let node = if changed {
+        plan.with_new_exprs(plan.expressions(), inputs)
+            .map_err(planning_error)?
+    } else {
+        plan.clone()
+    };
+    let LogicalPlan::Projection(projection) = &node else {
+        return Ok((node, changed));
+    };
+    let mut below = projection.input.as_ref();
+    while let LogicalPlan::Filter(filter) = below {
+        below = filter.input.as_ref();
+    }
+    let LogicalPlan::Join(join) = below else {
+        return Ok((node, changed));
+    };
+    // Semi and anti joins output one side only (and are refused over a
+    // changelog when lowered).
+    if matches!(
+        join.join_type,
+        JoinType::LeftSemi
+            | JoinType::LeftAnti
+            | JoinType::RightSemi
+            | JoinType::RightAnti
+            | JoinType::LeftMark
+            | JoinType::RightMark
+    ) {
+        return Ok((node, changed));
+    }
+    let weights: Vec<Expr> = [&join.left, &join.right]
+        .iter()
+        .filter_map(|side| {
+            side.schema()
+                .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
+                .first()
+                .map(|(qualifier, _)| {
+                    Expr::Column(datafusion::common::Column::new(
+                        qualifier.cloned(),
+                        WEIGHT_COLUMN,
+                    ))
+                })
+        })
+        .collect();
+    let Some(product) = weights.into_iter().reduce(|a, b| a * b) else {
+        return Ok((node, changed));
+    };
+    let mut exprs: Vec<Expr> = projection
+        .expr
+        .iter()
+        .filter(|e| {
+            e.schema_name().to_string() != WEIGHT_COLUMN
+                && !matches!(e, Expr::Column(c) if c.name == WEIGHT_COLUMN)
+        })
+        .cloned()
+        .collect();
+    exprs.push(product.alias(WEIGHT_COLUMN));
+    let projection =
+        Projection::try_new(exprs, Arc::clone(&projection.input)).map_err(planning_error)?;
+    Ok((LogicalPlan::Projection(projection), true))
+}
+
 /// Rewrites aggregates over a changelog (an input with a `_weight`
 /// column, from an `EMIT CHANGES` stream) so that each row counts with its
 /// weight: `COUNT(*)` becomes `SUM(_weight)`, `COUNT(x)` sums the weights
@@ -1723,6 +1800,7 @@ pub async fn plan_stream(
             "write CREATE STREAM name AS SELECT ... FROM source",
         ));
     }
+    let plan = weigh_changelog_joins(&plan)?.0;
     let plan = weigh_changelog_aggregates(plan)?;
     let plan = if asof.is_some() {
         // An ASOF join picks among the right rows first, then the WHERE
@@ -1757,7 +1835,7 @@ pub async fn plan_stream(
     let (plan, staged) = staging.split(&plan)?;
     // A stage that is a changelog is read with its weights.
     let plan = if staged {
-        weigh_changelog_aggregates(plan)?
+        weigh_changelog_aggregates(weigh_changelog_joins(&plan)?.0)?
     } else {
         plan
     };
@@ -1972,6 +2050,11 @@ fn lower(
         LogicalPlan::Join(join) => {
             let changes = match def.emit {
                 None => None,
+                // A join over a changelog is one already (its `_weight`
+                // computed by the projection).
+                Some(EmitMode::Changes) if output_schema.field_with_name(WEIGHT_COLUMN).is_ok() => {
+                    None
+                }
                 Some(EmitMode::Changes) if !asof => Some(with_weight_column(&output_schema)?),
                 Some(_) => {
                     return Err(Error::new(
