@@ -433,6 +433,16 @@ pub enum ExecuteResult {
     Rows(Vec<RecordBatch>),
 }
 
+/// What planning a stream reads besides the sources and the streams'
+/// schemas.
+struct PlanningContext {
+    /// Streams' event-time columns, by name.
+    time_columns: HashMap<String, Vec<usize>>,
+    /// Deduplications' versions queries (`StreamPlan::versions_query`).
+    versions: HashMap<String, String>,
+    tables: HashMap<String, laminar_sql::TableDef>,
+}
+
 fn poisoned() -> Error {
     Error::new(
         ErrorCode::Execution,
@@ -644,14 +654,15 @@ impl LaminarDB {
                 if_exists,
             } => self.drop_object(kind, &name, if_exists),
             Statement::CreateStream(def) => {
-                let (stream_time_columns, tables) = self.planning_context()?;
+                let context = self.planning_context()?;
                 let mut stages = plan_stream(
                     &self.shared.ctx,
                     &def,
                     &sources,
                     &streams,
-                    &stream_time_columns,
-                    &tables,
+                    &context.time_columns,
+                    &context.versions,
+                    &context.tables,
                 )
                 .await?;
                 let plan = stages.pop().expect("the stream's own plan comes last");
@@ -675,6 +686,7 @@ impl LaminarDB {
                     late_side_output: None,
                     sql: format!("-- the late rows of {}", def.name),
                     part_of: Some(def.name.clone()),
+                    versions_query: None,
                 });
                 if let Some(late) = &late {
                     if catalog.name_taken(&late.name) {
@@ -1477,21 +1489,20 @@ impl LaminarDB {
     /// What stream planning needs besides sources and stream schemas:
     /// streams' event-time columns and the tables.
     #[allow(clippy::type_complexity)]
-    fn planning_context(
-        &self,
-    ) -> Result<(
-        HashMap<String, Vec<usize>>,
-        HashMap<String, laminar_sql::TableDef>,
-    )> {
-        let time_columns = self
-            .shared
-            .catalog
-            .lock()
-            .map_err(|_| poisoned())?
+    /// What planning needs to know of the existing streams and tables.
+    fn planning_context(&self) -> Result<PlanningContext> {
+        let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
+        let time_columns = catalog
             .streams
             .iter()
             .map(|s| (s.name.clone(), s.time_columns.clone()))
             .collect();
+        let versions = catalog
+            .streams
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.versions_query.clone()?)))
+            .collect();
+        drop(catalog);
         let tables = self
             .shared
             .tables
@@ -1500,7 +1511,11 @@ impl LaminarDB {
             .iter()
             .map(|t| (t.def.name.clone(), t.def.clone()))
             .collect();
-        Ok((time_columns, tables))
+        Ok(PlanningContext {
+            time_columns,
+            versions,
+            tables,
+        })
     }
 
     /// An ad-hoc query with an ASOF or temporal join: planned like a
@@ -1525,7 +1540,7 @@ impl LaminarDB {
                     .collect::<Vec<_>>(),
             )
         };
-        let (stream_time_columns, tables) = self.planning_context()?;
+        let context = self.planning_context()?;
         let def = laminar_sql::dialect::StreamDef {
             name: "query".into(),
             query: sql.to_string(),
@@ -1539,8 +1554,9 @@ impl LaminarDB {
             &def,
             &sources,
             &streams,
-            &stream_time_columns,
-            &tables,
+            &context.time_columns,
+            &context.versions,
+            &context.tables,
         )
         .await?;
         let plan = match plans.as_slice() {

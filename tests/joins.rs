@@ -151,6 +151,34 @@ async fn join_differential(upstream: &str, query: &str, batch_query: &str, strea
     }
 }
 
+/// `query` as a changelog stream (after `upstream`), consolidated, against
+/// the batch answer to `batch` over the same rows, at 1 and 2 shards.
+async fn changelog_differential(
+    upstream: &str,
+    query: &str,
+    batch: &str,
+    seed: u64,
+    (orders, trades): (&RecordBatch, &RecordBatch),
+    max_batch: usize,
+) {
+    let want = run_batch_join(batch, orders, trades).await;
+    assert!(row_count(&want) > 0, "the oracle returned nothing");
+    for shards in [1, 2] {
+        let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; {upstream}; CREATE STREAM j AS {query}");
+        let (got, _) = run_join(&ddl, "j", orders, trades, seed, max_batch, shards).await;
+        assert_same_rows(&consolidate(&got), &want);
+    }
+}
+
+/// A one-shard database with the orders and trades sources and `ddl`.
+async fn planned(ddl: &str) -> LaminarDB {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}; {ddl}"))
+        .await
+        .unwrap();
+    db
+}
+
 const INNER: &str = "SELECT o.order_id, o.symbol, o.qty, t.price, t.ts AS trade_ts
 FROM orders o JOIN trades t
   ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 1000 AND o.ts + 500";
@@ -243,12 +271,7 @@ async fn regular_joins() {
     let semi = "SELECT o.order_id, o.qty FROM orders o
                 WHERE EXISTS (SELECT 1 FROM trades t WHERE t.volume = o.qty AND t.symbol = o.symbol)";
     join_differential("", semi, semi, "j").await;
-    let db = LaminarDB::builder().shards(1).build().unwrap();
-    db.execute(&format!(
-        "{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {inner}"
-    ))
-    .await
-    .unwrap();
+    let db = planned(&format!("CREATE STREAM j AS {inner}")).await;
     let plan = db.explain("j").unwrap();
     assert!(
         plan.starts_with("RegularJoin[Inner 1 key(s), no time bound"),
@@ -272,12 +295,8 @@ async fn regular_outer_join_as_a_changelog() {
     let query = "SELECT o.order_id, t.price FROM orders o LEFT JOIN trades t ON o.qty = t.volume";
     let orders = orders(8, 1_500, 20);
     let trades = trades_batch(&trades(8, 1_500, 20, 4_000));
-    let want = run_batch_join(query, &orders, &trades).await;
-    for shards in [1, 2] {
-        let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {query} EMIT CHANGES");
-        let (got, _) = run_join(&ddl, "j", &orders, &trades, 8, 50, shards).await;
-        assert_same_rows(&consolidate(&got), &want);
-    }
+    let changes = format!("{query} EMIT CHANGES");
+    changelog_differential("", &changes, query, 8, (&orders, &trades), 50).await;
 }
 
 /// Joins whose window is bounded on one end by a column of the rows
@@ -307,14 +326,12 @@ async fn joins_bounded_by_a_column_of_the_rows() {
     let batch = query.replace("t2 t", &format!("{t2} t"));
     join_differential(until_trades, query, &batch, "j").await;
 
-    let db = LaminarDB::builder().shards(1).build().unwrap();
-    db.execute(&format!(
-        "{ORDERS_DDL}; {TRADES_DDL}; {until_orders}; CREATE STREAM j AS
+    let db = planned(&format!(
+        "{until_orders}; CREATE STREAM j AS
          SELECT o.order_id, t.price FROM o2 o JOIN trades t
          ON o.symbol = t.symbol AND t.ts BETWEEN o.ts AND o.until"
     ))
-    .await
-    .unwrap();
+    .await;
     let plan = db.explain("j").unwrap();
     assert!(
         plan.starts_with("IntervalJoin[Inner 1 key(s), right time <= left.until +0 ms"),
@@ -424,14 +441,14 @@ async fn join_errors_name_what_is_missing() {
     .await
     .unwrap();
     db.execute(
-        "CREATE STREAM latest AS SELECT symbol, price, ts FROM (SELECT *, ROW_NUMBER() OVER
-           (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM trades) WHERE rn = 1 EMIT CHANGES",
+        "CREATE STREAM top_price AS SELECT symbol, price, ts FROM (SELECT *, ROW_NUMBER() OVER
+           (PARTITION BY symbol ORDER BY price DESC) AS rn FROM trades) WHERE rn = 1 EMIT CHANGES",
     )
     .await
     .unwrap();
     let cases = cases.into_iter().chain([
         (
-            "CREATE STREAM g AS SELECT * FROM orders o JOIN latest FOR SYSTEM_TIME AS OF o.ts AS l
+            "CREATE STREAM g AS SELECT * FROM orders o JOIN top_price FOR SYSTEM_TIME AS OF o.ts AS l
          ON o.symbol = l.symbol",
             "LDB-1004",
             "changelog",
@@ -511,6 +528,28 @@ async fn temporal_join_picks_the_version_valid_at_the_probe_time() {
         "j",
     )
     .await;
+}
+
+/// A temporal join against a deduplicating view (each symbol's latest
+/// trade, a changelog) reads the trades it deduplicates as the versions:
+/// the same answer as the join against the trades, whatever the batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_join_against_a_deduplicating_view() {
+    let latest = "CREATE STREAM latest AS SELECT symbol, price, ts FROM (SELECT *, ROW_NUMBER()
+        OVER (PARTITION BY symbol ORDER BY ts DESC) AS rn FROM trades) WHERE rn = 1 EMIT CHANGES";
+    let query = format!(
+        "{ASOF_SELECT} FROM orders o JOIN latest FOR SYSTEM_TIME AS OF o.ts AS t ON o.symbol = t.symbol"
+    );
+    join_differential(
+        latest,
+        &query,
+        &asof_oracle("", "o.ts >= t.ts", "t.ts DESC"),
+        "j",
+    )
+    .await;
+    let db = planned(&format!("{latest}; CREATE STREAM j AS {query}")).await;
+    let plan = db.explain("j").unwrap();
+    assert!(plan.contains("source trades"), "{plan}");
 }
 
 /// Versions (quotes) and the rows that look them up (probes), for the
@@ -948,18 +987,9 @@ async fn several_stateful_steps_in_one_query() {
         GROUP BY symbol";
     let orders = orders(9, 2_000, 20);
     let trades = trades_batch(&trades(9, 10, 20, 0));
-    let want = run_batch_join(nested, &orders, &trades).await;
-    for shards in [1, 2] {
-        let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {nested} EMIT CHANGES");
-        let (got, _) = run_join(&ddl, "j", &orders, &trades, 9, 100, shards).await;
-        assert_same_rows(&consolidate(&got), &want);
-    }
-    let db = LaminarDB::builder().shards(1).build().unwrap();
-    db.execute(&format!(
-        "{ORDERS_DDL}; {TRADES_DDL}; CREATE STREAM j AS {three_way}"
-    ))
-    .await
-    .unwrap();
+    let changes = format!("{nested} EMIT CHANGES");
+    changelog_differential("", &changes, nested, 9, (&orders, &trades), 100).await;
+    let db = planned(&format!("CREATE STREAM j AS {three_way}")).await;
     let stage = db.explain("j_stage1").unwrap();
     assert!(stage.starts_with("IntervalJoin[Inner"), "{stage}");
     let plan = db.explain("j").unwrap();
@@ -1001,21 +1031,14 @@ async fn joins_over_changelogs() {
             format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol"),
         ),
     ];
+    let orders = orders(10, 1_500, 20);
+    let trades = trades_batch(&trades(10, 1_500, 20, 4_000));
     for (query, batch) in &cases {
-        let orders = orders(10, 1_500, 20);
-        let trades = trades_batch(&trades(10, 1_500, 20, 4_000));
-        let want = run_batch_join(batch, &orders, &trades).await;
-        assert!(row_count(&want) > 0);
-        for (shards, max_batch) in [(1, 7), (2, 300)] {
-            let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; {counts}; CREATE STREAM j AS {query}");
-            let (got, _) = run_join(&ddl, "j", &orders, &trades, 10, max_batch, shards).await;
-            assert_same_rows(&consolidate(&got), &want);
+        for max_batch in [7, 300] {
+            changelog_differential(counts, query, batch, 10, (&orders, &trades), max_batch).await;
         }
     }
-    let db = LaminarDB::open().unwrap();
-    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}; {counts}"))
-        .await
-        .unwrap();
+    let db = planned(counts).await;
     let error = db
         .execute("CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol")
         .await

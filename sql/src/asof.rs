@@ -13,7 +13,9 @@
 //! moves to the front of the `ON` clause, `NEAREST` becomes the marker
 //! function [`crate::functions::ASOF_NEAREST`], and `FOR SYSTEM_TIME AS OF
 //! a.ts` becomes the backward condition `a.ts >= b.<event time>` (a
-//! version is valid from its source's event time on).
+//! version is valid from its source's event time on). A versioned view
+//! (a deduplication keeping each key's latest row) is replaced by the
+//! rows it deduplicates, its versions.
 
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -31,12 +33,33 @@ fn syntax(message: impl Into<String>) -> Error {
     Error::new(ErrorCode::SqlSyntax, message).with_hint("see 'ASOF joins' in docs/SQL_REFERENCE.md")
 }
 
+/// What a temporal join needs of the table it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Versioned {
+    /// The column with each version's time.
+    pub time: String,
+    /// A query to read in the table's place, whose rows are its versions
+    /// (for a deduplicating view: the rows it deduplicates).
+    pub rows: Option<String>,
+}
+
+impl Versioned {
+    /// A stand-in for finding out whether a query has an ASOF or temporal
+    /// join at all.
+    pub(crate) fn any() -> Self {
+        Self {
+            time: String::new(),
+            rows: None,
+        }
+    }
+}
+
 /// Rewrites a query's ASOF or temporal join; `None` when it has neither
-/// (the text then comes back unchanged). `version_time` names a source's
-/// event-time column (a temporal join's version time).
+/// (the text then comes back unchanged). `versioned` tells what a table
+/// (a temporal join's right side) has of versions, if anything.
 pub(crate) fn rewrite(
     query: &str,
-    version_time: impl Fn(&str) -> Option<String>,
+    versioned: impl Fn(&str) -> Option<Versioned>,
 ) -> Result<(String, Option<AsofSyntax>)> {
     let dialect = GenericDialect {};
     let tokens: Vec<Token> = Tokenizer::new(&dialect, query)
@@ -106,7 +129,7 @@ pub(crate) fn rewrite(
                     .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF needs a column"))?;
                 // The versioned table is the name before FOR; its alias, if
                 // any, follows the column.
-                let table = previous_word(&tokens, i)
+                let (table_at, table) = previous_word(&tokens, i)
                     .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF must follow the joined table"))?;
                 let mut next = next_significant(&tokens, end + 1);
                 if next.is_some_and(|k| is_keyword(&tokens[k], Keyword::AS)) {
@@ -118,7 +141,7 @@ pub(crate) fn rewrite(
                 let on = next_significant(&tokens, next.map_or(end + 1, |k| k + usize::from(alias.is_some())))
                     .filter(|&k| is_keyword(&tokens[k], Keyword::ON))
                     .ok_or_else(|| syntax("FOR SYSTEM_TIME AS OF t [AS alias] must be followed by ON and the join keys"))?;
-                let version_time = version_time(&table).ok_or_else(|| {
+                let versioned = versioned(&table).ok_or_else(|| {
                     Error::new(
                         ErrorCode::InvalidWindow,
                         format!("FOR SYSTEM_TIME AS OF: '{table}' must be a source with a WATERMARK, or a stream with one event-time column (each version's time)"),
@@ -129,8 +152,15 @@ pub(crate) fn rewrite(
                 for t in &mut text[i..=end] {
                     t.clear();
                 }
+                if let Some(rows) = &versioned.rows {
+                    text[table_at] = match alias {
+                        Some(_) => format!("({rows})"),
+                        None => format!("({rows}) AS {}", tokens[table_at]),
+                    };
+                }
                 let versions = alias.unwrap_or(table);
-                text[on] = format!("ON ({column} >= {versions}.\"{version_time}\") AND");
+                let time = &versioned.time;
+                text[on] = format!("ON ({column} >= {versions}.\"{time}\") AND");
                 i = on + 1;
             }
             _ => i += 1,
@@ -162,11 +192,11 @@ fn qualified_name(tokens: &[Token], from: usize) -> Option<(String, usize)> {
 }
 
 /// The word just before `i`, skipping whitespace.
-fn previous_word(tokens: &[Token], i: usize) -> Option<String> {
+fn previous_word(tokens: &[Token], i: usize) -> Option<(usize, String)> {
     (0..i)
         .rev()
         .find(|&j| !matches!(tokens[j], Token::Whitespace(_)))
-        .and_then(|j| word(&tokens[j]))
+        .and_then(|j| Some((j, word(&tokens[j])?)))
 }
 
 /// A match condition's text, with `NEAREST(` renamed to the marker.
@@ -194,7 +224,12 @@ mod tests {
 
     #[test]
     fn asof_forms() {
-        let time = |table: &str| (table == "rates").then(|| "valid_from".to_string());
+        let time = |table: &str| {
+            (table == "rates").then(|| Versioned {
+                time: "valid_from".to_string(),
+                rows: None,
+            })
+        };
         let (q, s) = rewrite(
             "SELECT * FROM a ASOF JOIN b ON a.k = b.k AND a.ts >= b.ts",
             time,
@@ -239,5 +274,30 @@ mod tests {
         .is_err());
         let plain = "SELECT asof, match_condition FROM t FOR";
         assert_eq!(rewrite(plain, time).unwrap(), (plain.to_string(), None));
+        // A versioned view reads the rows it deduplicates.
+        let view = |table: &str| {
+            (table == "latest").then(|| Versioned {
+                time: "ts".to_string(),
+                rows: Some("SELECT \"c\", \"ts\" FROM \"rates\"".to_string()),
+            })
+        };
+        let (q, _) = rewrite(
+            "SELECT * FROM o JOIN latest FOR SYSTEM_TIME AS OF o.ts ON o.c = latest.c",
+            view,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS latest ON (o.ts >= latest.\"ts\") AND o.c = latest.c"
+        );
+        let (q, _) = rewrite(
+            "SELECT * FROM o JOIN latest FOR SYSTEM_TIME AS OF o.ts AS l ON o.c = l.c",
+            view,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS l ON (o.ts >= l.\"ts\") AND o.c = l.c"
+        );
     }
 }

@@ -32,7 +32,9 @@ pub use dialect::{
 /// Whether a query has an ASOF or temporal join (which DataFusion cannot
 /// run: ad-hoc queries run them on the streaming operator).
 pub fn has_asof(query: &str) -> laminar_runtime::Result<bool> {
-    Ok(asof::rewrite(query, |_| Some(String::new()))?.1.is_some())
+    Ok(asof::rewrite(query, |_| Some(asof::Versioned::any()))?
+        .1
+        .is_some())
 }
 
 pub use planner::{

@@ -183,6 +183,17 @@ pub struct StreamPlan {
     /// For a stage split off a query with several stateful steps: the
     /// stream whose query it computes a part of (dropped with it).
     pub part_of: Option<String>,
+    /// For a deduplication keeping each key's latest row by event time
+    /// (`ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts DESC) = 1`, with no
+    /// other filter, showing its input's columns as they are): a query
+    /// over its input giving the rows it deduplicates, which are the
+    /// versions a temporal join against it reads.
+    pub versions_query: Option<String>,
+}
+
+/// An identifier, double-quoted for SQL text.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A DataFusion context set up the way LaminarDB plans: one partition,
@@ -378,7 +389,7 @@ pub fn register_table(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Re
 /// oracle's plan): the same rewrites as streaming planning.
 pub async fn plan_for_batch(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
     let sql = crate::window_tvf::rewrite(sql)?;
-    if crate::asof::rewrite(&sql, |_| Some(String::new()))?
+    if crate::asof::rewrite(&sql, |_| Some(crate::asof::Versioned::any()))?
         .1
         .is_some()
     {
@@ -1504,6 +1515,81 @@ impl Lowering<'_> {
         Ok((input, routing, StreamOperator::TopN(spec), explain))
     }
 
+    /// For a Top-1 over `window` that keeps each key's latest row by
+    /// event time, filters on nothing but the rank and shows columns of
+    /// its input as they are: `SELECT <those columns> FROM <input>`, the
+    /// rows it deduplicates. A temporal join reads them as the versions
+    /// (each valid from its time until its key's next), which, unlike the
+    /// changelog of net changes per batch, does not depend on batching.
+    fn versions_query(
+        &self,
+        plan: &LogicalPlan,
+        window: &datafusion::logical_expr::Window,
+        spec: &TopNSpec,
+        input: &StreamInput,
+    ) -> Option<String> {
+        let [expr] = window.window_expr.as_slice() else {
+            return None;
+        };
+        let Expr::WindowFunction(function) = expr.clone().unalias() else {
+            return None;
+        };
+        let params = &function.params;
+        let [sort] = params.order_by.as_slice() else {
+            return None;
+        };
+        if sort.asc || params.partition_by.is_empty() || !self.is_time(&sort.expr, &window.input) {
+            return None;
+        }
+        if spec
+            .pre
+            .iter()
+            .any(|stage| matches!(stage, Stage::Filter(_)))
+        {
+            return None;
+        }
+        // Above the window: the rank filter alone, and plain columns.
+        let mut node = plan;
+        let mut filters = 0;
+        while !matches!(node, LogicalPlan::Window(_)) {
+            match node {
+                LogicalPlan::Filter(filter) => {
+                    filters += 1;
+                    if datafusion::logical_expr::utils::split_conjunction(&filter.predicate).len()
+                        != 1
+                    {
+                        return None;
+                    }
+                }
+                LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) => {}
+                _ => return None,
+            }
+            node = node.inputs().first()?;
+        }
+        let LogicalPlan::Projection(top) = plan else {
+            return None;
+        };
+        let input_schema = self.input_schema(input.name());
+        let mut columns = Vec::new();
+        for (expr, field) in top.expr.iter().zip(top.schema.fields()) {
+            let Expr::Column(column) = expr.clone().unalias() else {
+                return None;
+            };
+            let source = input_schema.field_with_name(&column.name).ok()?;
+            if column.name != *field.name() || source.data_type() != field.data_type() {
+                return None;
+            }
+            columns.push(quoted(&column.name));
+        }
+        (filters == 1).then(|| {
+            format!(
+                "SELECT {} FROM {}",
+                columns.join(", "),
+                quoted(input.name())
+            )
+        })
+    }
+
     /// Checks a GROUP BY window function against its source and binds it.
     fn window_binding(
         &self,
@@ -1764,17 +1850,24 @@ pub async fn plan_stream(
     sources: &HashMap<String, SourceDef>,
     streams: &HashMap<String, SchemaRef>,
     stream_time_columns: &HashMap<String, Vec<usize>>,
+    versions: &HashMap<String, String>,
     tables: &HashMap<String, TableDef>,
 ) -> Result<Vec<StreamPlan>> {
     let query = crate::window_tvf::rewrite(&def.query)?;
     // A temporal join's versions are timed by a source's event time, or a
     // stream's (when it has exactly one event-time column).
-    let (query, asof) = crate::asof::rewrite(&query, |table| match sources.get(table) {
-        Some(source) => source.watermark.as_ref().map(|w| w.column.clone()),
-        None => match stream_time_columns.get(table).map(Vec::as_slice) {
-            Some(&[column]) => Some(streams[table].field(column).name().clone()),
-            _ => None,
-        },
+    let (query, asof) = crate::asof::rewrite(&query, |table| {
+        let time = match sources.get(table) {
+            Some(source) => source.watermark.as_ref().map(|w| w.column.clone()),
+            None => match stream_time_columns.get(table).map(Vec::as_slice) {
+                Some(&[column]) => Some(streams[table].field(column).name().clone()),
+                _ => None,
+            },
+        }?;
+        Some(crate::asof::Versioned {
+            time,
+            rows: versions.get(table).cloned(),
+        })
     })?;
     let plan = ctx
         .state()
@@ -2226,7 +2319,15 @@ fn lower(
             ));
             lowering.is_time(&column, plan)
         })
-        .collect();
+        .collect::<Vec<usize>>();
+    let versions_query = match (&operator, chain.below) {
+        (StreamOperator::TopN(spec), LogicalPlan::Window(window))
+            if spec.limit == 1 && !time_columns.is_empty() =>
+        {
+            lowering.versions_query(plan, window, spec, &input)
+        }
+        _ => None,
+    };
     log::info!("stream {}: {explain}", def.name);
     Ok(StreamPlan {
         name: def.name.clone(),
@@ -2242,5 +2343,6 @@ fn lower(
         explain,
         compiled: lowering.compiled.take(),
         part_of: None,
+        versions_query,
     })
 }
