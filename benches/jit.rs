@@ -26,8 +26,12 @@ use common::{batches, schema};
 
 const ROWS: usize = 65_536;
 
-const EXPRESSIONS: [(&str, &str); 5] = [
+const EXPRESSIONS: [(&str, &str); 6] = [
     ("filter", "price > 105.0 AND volume < 250"),
+    (
+        "case",
+        "CASE WHEN price > 105.0 THEN price * 2.0 WHEN volume < 100 THEN price ELSE 0.0 END",
+    ),
     ("vwap_argument", "price * CAST(volume AS DOUBLE)"),
     ("q1_currency", "0.908 * CAST(volume AS DOUBLE)"),
     ("q2_modulo", "volume % 123 = 0"),

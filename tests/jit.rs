@@ -25,6 +25,11 @@ const PROJECT: &str = "SELECT a * 3 + CAST(c AS BIGINT) AS x, b * 2.0 - 1.0 AS y
     a IS NULL AS missing, (b > 0.5 OR flag) AND NOT (c = 3) AS keep
 FROM events WHERE a % 5 <> 1 OR b IS NULL";
 
+const CASES: &str = "SELECT CASE WHEN flag THEN a ELSE a * 2 END AS picked,
+    CASE c WHEN 1 THEN b WHEN 2 THEN -b END AS by_c,
+    CASE WHEN b > 0.0 THEN 1 WHEN b < 0.0 THEN -1 END AS sign
+FROM events WHERE CASE WHEN flag THEN a > 0 ELSE c > 2 END";
+
 const AGGREGATE: &str =
     "SELECT c, SUM(a * 2) AS doubled, COUNT(b) FILTER (WHERE b > 0.0) AS positive,
     MAX(CAST(c AS DOUBLE) * b) AS top
@@ -86,7 +91,7 @@ fn events(seed: u64, n: usize) -> (Vec<RecordBatch>, RecordBatch) {
 async fn compiled_streams_give_the_batch_answer() {
     let _turn = MODE.lock().await;
     laminar_db::set_jit_mode(JitMode::Eager);
-    for (seed, query) in [(1, PROJECT), (2, AGGREGATE)] {
+    for (seed, query) in [(1, PROJECT), (2, AGGREGATE), (3, CASES)] {
         let (batches, all) = events(seed, 5_000);
         let want = run_batch(query, "events", vec![all], schema()).await;
         for shards in [1, 2] {
@@ -117,6 +122,14 @@ async fn explain_shows_what_runs_compiled() {
         "{plan}"
     );
     assert!(!plan.contains("compiling"), "{plan}");
+    db.execute(&format!("CREATE STREAM cases AS {CASES}"))
+        .await
+        .unwrap();
+    let plan = db.explain("cases").unwrap();
+    assert!(
+        plan.contains("compiled: CASE WHEN flag@3 THEN a@0"),
+        "{plan}"
+    );
 
     laminar_db::set_jit_mode(JitMode::Off);
     let db = LaminarDB::builder().shards(1).build().unwrap();

@@ -433,6 +433,33 @@ impl Gen<'_, '_> {
                 };
                 (value, valid)
             }
+            Node::Case {
+                ty,
+                whens,
+                otherwise,
+            } => {
+                // From the last branch up: each true condition (valid and
+                // set) takes its value over what follows.
+                let (mut value, mut valid) = match otherwise {
+                    Some(otherwise) => self.node(otherwise),
+                    None => {
+                        let zero = match ty {
+                            Ty::F32 => self.b.ins().f32const(0.0),
+                            Ty::F64 => self.b.ins().f64const(0.0),
+                            _ => self.b.ins().iconst(clif(*ty), 0),
+                        };
+                        (zero, self.b.ins().iconst(types::I8, 0))
+                    }
+                };
+                for (when, then) in whens.iter().rev() {
+                    let (c, cv) = self.node(when);
+                    let taken = self.b.ins().band(c, cv);
+                    let (t, tv) = self.node(then);
+                    value = self.b.ins().select(taken, t, value);
+                    valid = self.b.ins().select(taken, tv, valid);
+                }
+                (value, valid)
+            }
             Node::Scale { factor, arg } => {
                 let (v, valid) = self.node(arg);
                 let factor = self.b.ins().iconst(types::I64, *factor);

@@ -13,7 +13,8 @@ use arrow::datatypes::{DataType, Schema, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, CastExpr, Column, IsNotNullExpr, IsNullExpr, Literal, NegativeExpr, NotExpr,
+    BinaryExpr, CaseExpr, CastExpr, Column, IsNotNullExpr, IsNullExpr, Literal, NegativeExpr,
+    NotExpr,
 };
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -164,6 +165,17 @@ pub(crate) enum Node {
         factor: i64,
         arg: Box<Node>,
     },
+    /// `CASE WHEN c THEN v ... [ELSE e] END`: the value of the first
+    /// branch whose condition is true (a NULL condition is not), else
+    /// `otherwise` (NULL without one). Every branch is computed for every
+    /// row, so a branch that would fail on a row (an integer division by
+    /// zero) hands the batch back even where its condition is false: the
+    /// interpreter, which evaluates branches lazily, then answers.
+    Case {
+        ty: Ty,
+        whens: Vec<(Node, Node)>,
+        otherwise: Option<Box<Node>>,
+    },
 }
 
 impl Node {
@@ -182,6 +194,12 @@ impl Node {
             | Node::Neg { arg, .. }
             | Node::Cast { arg, .. }
             | Node::Scale { arg, .. } => arg.may_make_null(),
+            Node::Case {
+                whens, otherwise, ..
+            } => {
+                otherwise.as_ref().is_none_or(|e| e.may_make_null())
+                    || whens.iter().any(|(_, then)| then.may_make_null())
+            }
         }
     }
 }
@@ -203,19 +221,22 @@ impl Program {
 
     /// Whether the kernel beats Arrow's vectorised kernels on large
     /// batches too: measured for integer division and remainder (Arrow
-    /// checks every row in scalar code) and expected for long expressions
+    /// checks every row in scalar code) and `CASE` (DataFusion evaluates
+    /// each branch on the rows that take it, gathering and scattering:
+    /// 4.5x at 1,024 rows, docs/BENCHMARKS.md), expected for long expressions
     /// (each interpreted operator writes and rereads an array). A short
     /// expression of SIMD-friendly operators is faster interpreted there
     /// (docs/BENCHMARKS.md).
     pub fn wins_on_large_batches(&self) -> bool {
-        fn walk(node: &Node, operators: &mut usize, divides: &mut bool) {
+        fn walk(node: &Node, operators: &mut usize, slow_interpreted: &mut bool) {
             match node {
                 Node::Input { .. } | Node::Const { .. } => return,
                 Node::Arith { op, ty, .. }
                     if !ty.is_float() && matches!(op, Arith::Div | Arith::Rem) =>
                 {
-                    *divides = true;
+                    *slow_interpreted = true;
                 }
+                Node::Case { .. } => *slow_interpreted = true,
                 _ => {}
             }
             *operators += 1;
@@ -225,20 +246,31 @@ impl Program {
                 | Node::Distinct { left, right, .. }
                 | Node::And(left, right)
                 | Node::Or(left, right) => {
-                    walk(left, operators, divides);
-                    walk(right, operators, divides);
+                    walk(left, operators, slow_interpreted);
+                    walk(right, operators, slow_interpreted);
                 }
                 Node::Not(arg)
                 | Node::IsNull { arg, .. }
                 | Node::Neg { arg, .. }
                 | Node::Cast { arg, .. }
-                | Node::Scale { arg, .. } => walk(arg, operators, divides),
+                | Node::Scale { arg, .. } => walk(arg, operators, slow_interpreted),
+                Node::Case {
+                    whens, otherwise, ..
+                } => {
+                    for (when, then) in whens {
+                        walk(when, operators, slow_interpreted);
+                        walk(then, operators, slow_interpreted);
+                    }
+                    if let Some(otherwise) = otherwise {
+                        walk(otherwise, operators, slow_interpreted);
+                    }
+                }
                 Node::Input { .. } | Node::Const { .. } => {}
             }
         }
-        let (mut operators, mut divides) = (0, false);
-        walk(&self.root, &mut operators, &mut divides);
-        divides || operators >= LONG_EXPRESSION_OPERATORS
+        let (mut operators, mut slow_interpreted) = (0, false);
+        walk(&self.root, &mut operators, &mut slow_interpreted);
+        slow_interpreted || operators >= LONG_EXPRESSION_OPERATORS
     }
 }
 
@@ -324,6 +356,9 @@ fn node(
             )
         });
     }
+    if let Some(case) = any.downcast_ref::<CaseExpr>() {
+        return case_node(case, schema, inputs);
+    }
     if let Some(cast) = any.downcast_ref::<CastExpr>() {
         let to_type = cast.cast_type().clone();
         let null = cast
@@ -385,6 +420,73 @@ fn node(
         });
     }
     None
+}
+
+/// `CASE [base] WHEN ... THEN ... [ELSE ...] END` whose results all have
+/// one type (DataFusion's coercion sees to that, with casts the lowering
+/// reads) and whose conditions are booleans (or, with a base, values of
+/// its type: `base = when`).
+fn case_node(
+    case: &CaseExpr,
+    schema: &Schema,
+    inputs: &mut Vec<(usize, DataType)>,
+) -> Option<(Node, DataType)> {
+    let base = match case.expr() {
+        Some(e) => Some(node(e, schema, inputs)?),
+        None => None,
+    };
+    let mut output: Option<DataType> = None;
+    let mut same_type = |data_type: DataType| match &output {
+        Some(t) => *t == data_type,
+        None => {
+            output = Some(data_type);
+            true
+        }
+    };
+    let mut whens = Vec::new();
+    for (when, then) in case.when_then_expr() {
+        let (when, when_type) = node(when, schema, inputs)?;
+        let condition = match &base {
+            Some((base, base_type)) => {
+                if *base_type != when_type {
+                    return None;
+                }
+                Node::Cmp {
+                    op: Cmp::Eq,
+                    ty: Ty::of(base_type)?,
+                    left: Box::new(base.clone()),
+                    right: Box::new(when),
+                }
+            }
+            None if when_type == DataType::Boolean => when,
+            None => return None,
+        };
+        let (then, then_type) = node(then, schema, inputs)?;
+        if !same_type(then_type) {
+            return None;
+        }
+        whens.push((condition, then));
+    }
+    let otherwise = match case.else_expr() {
+        Some(e) => {
+            let (e, else_type) = node(e, schema, inputs)?;
+            if !same_type(else_type) {
+                return None;
+            }
+            Some(Box::new(e))
+        }
+        None => None,
+    };
+    let output = output?;
+    let ty = Ty::of(&output)?;
+    Some((
+        Node::Case {
+            ty,
+            whens,
+            otherwise,
+        },
+        output,
+    ))
 }
 
 fn binary_node(

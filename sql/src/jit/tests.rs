@@ -238,6 +238,12 @@ fn edge_cases_match_the_interpreter() {
         "(-b) * (-b)",
         "c < (-b) * (-b)",
         "(-f) * (-f) > 0.0",
+        "CASE WHEN a > 2 THEN b ELSE -b END",
+        "CASE WHEN a > 2 THEN a WHEN d THEN 0 END",
+        "CASE WHEN b > 1.0 THEN 1 WHEN b IS NULL THEN 2 ELSE 3 END * a",
+        "CASE a WHEN 1 THEN 10 WHEN 2 THEN 20 ELSE a END",
+        "CASE WHEN d THEN a > 1 ELSE NULL END",
+        "CASE WHEN c > 0 THEN a ELSE CAST(NULL AS BIGINT) END",
     ];
     let interpreted: Vec<&str> = cases
         .into_iter()
@@ -255,6 +261,9 @@ fn division_by_zero_and_overflow_raise_the_interpreters_error() {
         "a % CAST(c AS BIGINT)",
         "c / c",
         "a / -1",
+        // Not where a CASE keeps the row out of the division: the kernel
+        // hands the batch back and the interpreter answers.
+        "CASE WHEN c <> 0 THEN a / CAST(c AS BIGINT) ELSE 0 END",
     ] {
         check(sql, &batch);
     }
@@ -357,6 +366,10 @@ fn numeric() -> impl Strategy<Value = String> {
             )
                 .prop_map(|(l, op, r)| format!("({l} {op} {r})")),
             inner.clone().prop_map(|x| format!("(-{x})")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(c, x, y)| format!("(CASE WHEN {c} > 0 THEN {x} ELSE {y} END)")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(c, x, y)| format!("(CASE {c} WHEN 1 THEN {x} WHEN 2 THEN {y} END)")),
             (
                 inner.clone(),
                 prop_oneof![Just("BIGINT"), Just("DOUBLE"), Just("INT")]
