@@ -164,17 +164,7 @@ const MAX_CHUNKS: usize = 32;
 impl Analytic {
     /// Builds the operator's empty state.
     pub fn new(spec: AnalyticSpec) -> Result<Self> {
-        let fields = spec
-            .partition_by
-            .iter()
-            .map(|e| -> Result<_> {
-                Ok(Arc::new(arrow::datatypes::Field::new(
-                    "k",
-                    e.data_type(&spec.window_schema)?,
-                    e.nullable(&spec.window_schema)?,
-                )))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let fields = crate::groups::key_fields(&spec.partition_by, &spec.window_schema)?;
         let encoder = KeyEncoder::new(&fields)?;
         let lags = spec
             .functions

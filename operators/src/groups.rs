@@ -22,6 +22,23 @@ enum KeyKind {
     Rows,
 }
 
+/// The fields of key expressions over `schema`, as a [`KeyEncoder`]
+/// takes them (names do not matter to it).
+pub(crate) fn key_fields(
+    keys: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    schema: &arrow::datatypes::Schema,
+) -> Result<Vec<FieldRef>> {
+    keys.iter()
+        .map(|key| -> Result<_> {
+            Ok(Arc::new(arrow::datatypes::Field::new(
+                "k",
+                key.data_type(schema)?,
+                key.nullable(schema)?,
+            )))
+        })
+        .collect()
+}
+
 /// Turns key columns into something a [`GroupTable`] can look up, and
 /// group tables back into key columns. One per operator.
 pub struct KeyEncoder {

@@ -80,17 +80,7 @@ impl TopN {
     pub fn new(spec: TopNSpec, output_schema: SchemaRef) -> Result<Self> {
         let fields = spec.ranked_schema.fields();
         let input_fields = &fields[..fields.len() - 1];
-        let partition_fields = spec
-            .partition_by
-            .iter()
-            .map(|e| -> Result<_> {
-                Ok(Arc::new(arrow::datatypes::Field::new(
-                    "k",
-                    e.data_type(&spec.ranked_schema)?,
-                    e.nullable(&spec.ranked_schema)?,
-                )))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let partition_fields = crate::groups::key_fields(&spec.partition_by, &spec.ranked_schema)?;
         let order = RowConverter::new(
             spec.order_by
                 .iter()
