@@ -1030,6 +1030,24 @@ async fn joins_over_changelogs() {
             format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol EMIT CHANGES"),
             format!("SELECT o.order_id, c.n FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol"),
         ),
+        // A join of a join, each with a changelog: the weights multiply.
+        (
+            "SELECT o.order_id, c.n, s.biggest FROM orders o JOIN counts c ON o.symbol = c.symbol
+             JOIN sizes s ON o.symbol = s.symbol".to_string(),
+            format!(
+                "SELECT o.order_id, c.n, s.biggest FROM orders o JOIN {per_symbol} c ON o.symbol = c.symbol
+                 JOIN {biggest} s ON o.symbol = s.symbol"
+            ),
+        ),
+        // An aggregate over a join with a changelog (the join is a stage).
+        (
+            "SELECT o.symbol, SUM(c.n) AS total, COUNT(*) AS pairs FROM orders o
+             JOIN counts c ON o.symbol = c.symbol GROUP BY o.symbol EMIT CHANGES".to_string(),
+            format!(
+                "SELECT o.symbol, SUM(c.n) AS total, COUNT(*) AS pairs FROM orders o
+                 JOIN {per_symbol} c ON o.symbol = c.symbol GROUP BY o.symbol"
+            ),
+        ),
     ];
     let orders = orders(10, 1_500, 20);
     let trades = trades_batch(&trades(10, 1_500, 20, 4_000));
@@ -1039,6 +1057,18 @@ async fn joins_over_changelogs() {
         }
     }
     let db = planned(counts).await;
+    let error = db
+        .execute(
+            "CREATE STREAM a AS SELECT c.symbol, COUNT(*) AS n FROM counts c
+             JOIN sizes s ON c.symbol = s.symbol GROUP BY c.symbol EMIT CHANGES",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("LDB-1004") && error.contains("two changelogs"),
+        "{error}"
+    );
     let error = db
         .execute("CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol")
         .await

@@ -502,18 +502,20 @@ fn weigh_changelog_joins(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
     ) {
         return Ok((node, changed));
     }
+    // Every input row's weight: a side may itself be a join of several.
     let weights: Vec<Expr> = [&join.left, &join.right]
         .iter()
-        .filter_map(|side| {
+        .flat_map(|side| {
             side.schema()
                 .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
-                .first()
+                .into_iter()
                 .map(|(qualifier, _)| {
                     Expr::Column(datafusion::common::Column::new(
                         qualifier.cloned(),
                         WEIGHT_COLUMN,
                     ))
                 })
+                .collect::<Vec<_>>()
         })
         .collect();
     let Some(product) = weights.into_iter().reduce(|a, b| a * b) else {
@@ -541,6 +543,23 @@ fn weigh_changelog_joins(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
 /// `SUM(_weight)` per group drops groups whose rows were all retracted.
 /// Aggregates that cannot be retracted this way are `LDB-1004`.
 fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
+    weigh_aggregates_where(plan, |_| true)
+}
+
+/// [`weigh_changelog_aggregates`] for the aggregates whose input's
+/// `_weight` is one of `stages`' own (qualified by the stage's name): an
+/// input that became a changelog when a stage was split off. Others were
+/// weighed before the split.
+fn weigh_aggregates_over_stages(plan: LogicalPlan, stages: &[String]) -> Result<LogicalPlan> {
+    weigh_aggregates_where(plan, |qualifier| {
+        qualifier.is_some_and(|q| stages.iter().any(|s| s.as_str() == q.table()))
+    })
+}
+
+fn weigh_aggregates_where(
+    plan: LogicalPlan,
+    weight_of: impl Fn(Option<&TableReference>) -> bool,
+) -> Result<LogicalPlan> {
     use datafusion::functions_aggregate::expr_fn::sum;
     use datafusion::logical_expr::{col, lit, when, LogicalPlanBuilder};
     const ROWS: &str = "__laminar_rows";
@@ -549,10 +568,19 @@ fn weigh_changelog_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
             return Ok(Transformed::no(node));
         };
         let input_schema = aggregate.input.schema();
-        let Some((qualifier, _)) = input_schema
-            .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
+        let weights = input_schema.qualified_fields_with_unqualified_name(WEIGHT_COLUMN);
+        if weights.len() > 1 {
+            // A join of changelogs right below: each row's weight would
+            // be the product, which the aggregate does not read.
+            return Err(DataFusionError::Plan(
+                "LDB-1004: an aggregate over a join of two changelogs (EMIT CHANGES) is not supported yet"
+                    .into(),
+            ));
+        }
+        let Some((qualifier, _)) = weights
             .first()
             .copied()
+            .filter(|(qualifier, _)| weight_of(*qualifier))
         else {
             return Ok(Transformed::no(node));
         };
@@ -1928,7 +1956,8 @@ pub async fn plan_stream(
     let (plan, staged) = staging.split(&plan)?;
     // A stage that is a changelog is read with its weights.
     let plan = if staged {
-        weigh_changelog_aggregates(weigh_changelog_joins(&plan)?.0)?
+        let stages: Vec<String> = staging.plans.iter().map(|p| p.name.clone()).collect();
+        weigh_aggregates_over_stages(weigh_changelog_joins(&plan)?.0, &stages)?
     } else {
         plan
     };
@@ -2011,6 +2040,19 @@ impl Staging<'_> {
             ));
         }
         let (inner, _) = self.split(input)?;
+        // A stage's weight is one column: a join of two changelogs inside
+        // a larger query would carry two.
+        if inner
+            .schema()
+            .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
+            .len()
+            > 1
+        {
+            return Err(unsupported(
+                "a join of two changelogs (EMIT CHANGES) inside a larger query is not supported yet",
+                "write that join as a stream of its own and read the stream",
+            ));
+        }
         let number = self.plans.len() + 1;
         let name = format!("{}_stage{number}", self.def.name);
         // A stream's columns need distinct names: `a.ts` and `b.ts` of a
@@ -2081,7 +2123,9 @@ impl Staging<'_> {
                     .alias_qualified(qualifier.cloned(), field.name())
             })
             .collect();
-        if output.field_with_name(WEIGHT_COLUMN).is_ok() {
+        // The stage's weight, unless a column of `input` already reads it.
+        let restored = schema.fields().iter().any(|f| f.name() == WEIGHT_COLUMN);
+        if output.field_with_name(WEIGHT_COLUMN).is_ok() && !restored {
             columns.push(Expr::Column(Column::new(
                 Some(name.as_str()),
                 WEIGHT_COLUMN,
