@@ -2295,6 +2295,11 @@ impl LaminarDB {
                     last_epoch: c.last_epoch.load(Relaxed),
                     last_duration_us: c.last_duration_us.load(Relaxed),
                     last_bytes: c.last_bytes.load(Relaxed),
+                    marker_waits: pipeline
+                        .counters
+                        .iter()
+                        .map(|c| c.marker_waits.load(Relaxed))
+                        .sum(),
                 }
             },
         };

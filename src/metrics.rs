@@ -100,6 +100,9 @@ pub(crate) struct ShardCounters {
     /// Messages waiting in the shard's input rings after its last turn (a
     /// gauge).
     pub queue_depth: CachePadded<AtomicU64>,
+    /// Lanes that reached a checkpoint's marker before the shard heard of
+    /// that checkpoint, and so waited for it.
+    pub marker_waits: CachePadded<AtomicU64>,
 }
 
 impl ShardCounters {
@@ -113,6 +116,7 @@ impl ShardCounters {
             watermarks: (0..sources).map(|_| AtomicI64::new(i64::MIN)).collect(),
             source_rows: (0..sources).map(|_| AtomicU64::new(0)).collect(),
             queue_depth: CachePadded::new(AtomicU64::new(0)),
+            marker_waits: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -171,6 +175,11 @@ pub struct CheckpointMetrics {
     pub last_duration_us: u64,
     /// Bytes of state it wrote.
     pub last_bytes: u64,
+    /// Times a source lane reached a checkpoint's marker before its shard
+    /// heard of the checkpoint, and held its later rows until the shard
+    /// did (a handle that moved on to a checkpoint early, or connected
+    /// while one was requested).
+    pub marker_waits: u64,
 }
 
 /// A lookup table's refreshes from its database.

@@ -656,6 +656,9 @@ impl ShardProgram {
                                     self.log_group(writer).await;
                                 }
                                 self.lanes[lane].at_barrier = true;
+                                if self.checkpoint.is_none() {
+                                    ShardCounters::add(&self.counters.marker_waits, 1);
+                                }
                                 break;
                             }
                             Ingress::ReplayOpen { key, input } => {

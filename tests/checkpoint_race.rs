@@ -2,12 +2,12 @@
 //! its pushes are either inside the checkpoint and counted by its
 //! manifest, or after it and replayed from the WAL, never both nor
 //! neither. The checkpoint is held just after it is requested
-//! (`LAMINARDB_FAILPOINT=checkpoint-requested`, this binary only), and
-//! the handle connects and pushes meanwhile.
+//! (`LAMINARDB_FAILPOINT=checkpoint-requested`, this binary only) until
+//! the test releases it, and the handle connects and pushes meanwhile.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use laminar_db::arrow::array::Int64Array;
@@ -46,24 +46,48 @@ async fn counted(db: &LaminarDB) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_connecting_during_a_checkpoint_is_counted_once() {
-    // SAFETY: set before any thread of this test binary reads it (the
-    // binary has this one test).
-    std::env::set_var("LAMINARDB_FAILPOINT", "checkpoint-requested");
     let dir = tempfile::tempdir().unwrap();
+    let failpoints = tempfile::tempdir().unwrap();
+    // Set before any thread of this test binary reads them (the binary
+    // has this one test).
+    std::env::set_var("LAMINARDB_FAILPOINT", "checkpoint-requested");
+    std::env::set_var("LAMINARDB_FAILPOINT_DIR", failpoints.path());
+    let held = failpoints.path().join("checkpoint-requested.held");
+    let release = failpoints.path().join("checkpoint-requested.release");
     let rows = trades(7, 2_000, 10, 0);
     let db = open(dir.path()).await;
     let pusher = async {
-        // The checkpoint is requested and held by now.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !held.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the checkpoint never got requested"
+            );
+            tokio::task::yield_now().await;
+        }
+        // A new handle pushes while the checkpoint is held: either its
+        // pushes all run (they did before the fix), or a shard holds its
+        // lane at the checkpoint's marker. Then the checkpoint goes on.
         let handle = db.source_untyped("trades").unwrap();
         let batches = random_batches(&rows, 7, 100);
-        tokio::task::spawn_blocking(move || {
+        let pushes = std::thread::spawn(move || {
             for batch in batches {
                 handle.push(batch).unwrap();
             }
-        })
-        .await
-        .unwrap();
+        });
+        while !pushes.is_finished() && db.metrics().checkpoints.marker_waits == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the pushes neither ran nor waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        std::fs::write(&release, b"").unwrap();
+        while !pushes.is_finished() {
+            assert!(Instant::now() < deadline, "the pushes never finished");
+            tokio::task::yield_now().await;
+        }
+        pushes.join().unwrap();
     };
     let (info, ()) = tokio::join!(db.checkpoint(), pusher);
     info.unwrap();

@@ -170,6 +170,11 @@ async fn changelog_differential(
     }
 }
 
+/// The error `sql` fails with.
+async fn error_of(db: &LaminarDB, sql: &str) -> String {
+    db.execute(sql).await.unwrap_err().to_string()
+}
+
 /// A one-shard database with the orders and trades sources and `ddl`.
 async fn planned(ddl: &str) -> LaminarDB {
     let db = LaminarDB::builder().shards(1).build().unwrap();
@@ -278,13 +283,11 @@ async fn regular_joins() {
         "{plan}"
     );
     // Its output carries no event time: a window over it is refused.
-    let error = db
-        .execute(
-            "CREATE STREAM w AS SELECT COUNT(*) FROM j GROUP BY tumble(ts, INTERVAL '1' SECOND)",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = error_of(
+        &db,
+        "CREATE STREAM w AS SELECT COUNT(*) FROM j GROUP BY tumble(ts, INTERVAL '1' SECOND)",
+    )
+    .await;
     assert!(error.contains("does not carry event time"), "{error}");
 }
 
@@ -461,7 +464,7 @@ async fn join_errors_name_what_is_missing() {
         ),
     ]);
     for (sql, code, words) in cases {
-        let error = db.execute(sql).await.unwrap_err().to_string();
+        let error = error_of(&db, sql).await;
         assert!(error.contains(code), "{sql}: {error}");
         assert!(error.contains(words), "{sql}: {error}");
     }
@@ -1057,23 +1060,21 @@ async fn joins_over_changelogs() {
         }
     }
     let db = planned(counts).await;
-    let error = db
-        .execute(
-            "CREATE STREAM a AS SELECT c.symbol, COUNT(*) AS n FROM counts c
-             JOIN sizes s ON c.symbol = s.symbol GROUP BY c.symbol EMIT CHANGES",
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = error_of(
+        &db,
+        "CREATE STREAM a AS SELECT c.symbol, COUNT(*) AS n FROM counts c
+         JOIN sizes s ON c.symbol = s.symbol GROUP BY c.symbol EMIT CHANGES",
+    )
+    .await;
     assert!(
         error.contains("LDB-1004") && error.contains("two changelogs"),
         "{error}"
     );
-    let error = db
-        .execute("CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol")
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = error_of(
+        &db,
+        "CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol",
+    )
+    .await;
     assert!(
         error.contains("LDB-1004") && error.contains("changelog"),
         "{error}"

@@ -509,11 +509,26 @@ fn failpoint(name: &str) {
     }
 }
 
-/// Race tests: `LAMINARDB_FAILPOINT=<name>` holds a checkpoint at that
-/// point for 300 ms, long enough for a test to act inside it.
+/// Race tests: with `LAMINARDB_FAILPOINT=<name>` and
+/// `LAMINARDB_FAILPOINT_DIR=<dir>`, a checkpoint reaching that point
+/// creates `<dir>/<name>.held` and waits (on the checkpoint's own thread,
+/// at most 30 s) until the test creates `<dir>/<name>.release`, so the
+/// test acts inside the checkpoint without guessing at timing.
 pub(crate) fn pause_point(name: &str) {
-    if std::env::var_os("LAMINARDB_FAILPOINT").is_some_and(|v| v == name) {
-        std::thread::sleep(std::time::Duration::from_millis(300));
+    if std::env::var_os("LAMINARDB_FAILPOINT").is_none_or(|v| v != name) {
+        return;
+    }
+    let Some(dir) = std::env::var_os("LAMINARDB_FAILPOINT_DIR").map(std::path::PathBuf::from)
+    else {
+        return;
+    };
+    if std::fs::write(dir.join(format!("{name}.held")), b"").is_err() {
+        return;
+    }
+    let release = dir.join(format!("{name}.release"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !release.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 

@@ -577,6 +577,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         &mut per_pipeline(&|m| m.checkpoints.last_bytes.to_string()),
     );
     family(
+        "laminardb_checkpoint_marker_waits_total",
+        "Times a source lane held its rows at a checkpoint marker until its shard heard of the checkpoint.",
+        "counter",
+        &mut per_pipeline(&|m| m.checkpoints.marker_waits.to_string()),
+    );
+    family(
         "laminardb_shard_queue_depth",
         "Messages waiting in a shard's input rings.",
         "gauge",
