@@ -1101,6 +1101,7 @@ impl LaminarDB {
             views: views.len(),
             not_checkpointable,
             checkpoint_counters: Default::default(),
+            checkpoint_thread: Mutex::new(None),
         });
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);
@@ -1334,7 +1335,9 @@ impl LaminarDB {
     /// process everything already accepted, emit it, and exit; their
     /// threads are joined. Open windows are not emitted (advance the
     /// watermark first to close them). Subscriptions end after their last
-    /// batch. Calling it again is a no-op.
+    /// batch. A checkpoint under way either gives up or finishes writing
+    /// first, so once this returns nothing writes to the storage
+    /// directory. Calling it again is a no-op.
     pub async fn shutdown(&self) -> Result<()> {
         let Some(pipeline) = self.shared.pipeline.get() else {
             return Ok(());
@@ -1364,7 +1367,19 @@ impl LaminarDB {
                     // A shard that already exited has nothing left to drain.
                     let _ = control.send(Control::Stop);
                 }
-                let _ = done.send(threads.join());
+                let joined = threads.join();
+                // A checkpoint under way sees the stop and gives up, or
+                // finishes its files: either way nothing writes to the
+                // storage directory once shutdown returns.
+                let periodic = match stopping.checkpoint_thread.lock() {
+                    Ok(mut thread) => thread.take(),
+                    Err(poisoned) => poisoned.into_inner().take(),
+                };
+                if let Some(periodic) = periodic {
+                    let _ = periodic.join();
+                }
+                drop(stopping.next_epoch.lock());
+                let _ = done.send(joined);
             })
             .map_err(|e| {
                 Error::new(
@@ -2491,18 +2506,28 @@ fn spawn_checkpoints(
     dir: std::path::PathBuf,
     interval: Duration,
 ) -> Result<()> {
-    std::thread::Builder::new()
+    // Weak, so a database dropped without shutdown lets its pipeline go
+    // (and this thread with it).
+    let periodic = Arc::downgrade(&pipeline);
+    let thread = std::thread::Builder::new()
         .name("laminar-checkpoints".into())
         .spawn(move || {
-            let stopped = || pipeline.stopped.load(std::sync::atomic::Ordering::Acquire);
             let mut next = std::time::Instant::now() + interval;
             // After failures the next try waits longer (up to a minute),
             // so a lasting fault (a full disk) is not retried in a loop.
             let mut wait = interval;
-            while !stopped() {
+            loop {
+                let Some(pipeline) = periodic.upgrade() else {
+                    return;
+                };
+                let stopped = || pipeline.stopped.load(std::sync::atomic::Ordering::Acquire);
+                if stopped() {
+                    return;
+                }
                 // Short naps, so a stopped pipeline lets the thread go.
                 let now = std::time::Instant::now();
                 if now < next {
+                    drop(pipeline);
                     std::thread::sleep((next - now).min(Duration::from_millis(20)));
                     continue;
                 }
@@ -2524,6 +2549,7 @@ fn spawn_checkpoints(
                 format!("cannot spawn a thread: {e}"),
             )
         })?;
+    *pipeline.checkpoint_thread.lock().map_err(|_| poisoned())? = Some(thread);
     Ok(())
 }
 

@@ -209,6 +209,10 @@ pub(crate) struct Pipeline {
     /// Streams whose operators cannot be checkpointed yet.
     pub not_checkpointable: Vec<String>,
     pub checkpoint_counters: crate::checkpoint::CheckpointCounters,
+    /// The periodic checkpoint thread, joined by shutdown: a checkpoint
+    /// still writing after shutdown returned would race whoever deletes
+    /// or reopens the storage directory next.
+    pub checkpoint_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A one-shot gate, awaited or waited on until it opens, with a result.

@@ -395,6 +395,9 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
     // run would miss what they still have to apply.
     pipeline.replayed.wait_blocking()?;
     let mut next_epoch = pipeline.next_epoch.lock().map_err(|_| poisoned())?;
+    // Shutdown waits for the checkpoint holding this lock; one that gets
+    // it after the stop must not start writing.
+    pipeline.check_running()?;
     let epoch = *next_epoch;
     // An epoch is used once, whatever happens to this checkpoint: shards
     // and handles may have moved past it.
@@ -490,6 +493,7 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
             handles
         },
     };
+    files::pause_point("checkpoint-gathered");
     let (bytes, wal_segments_released) = files::write(storage_dir, gathered)?;
     let mut gone = std::collections::HashSet::new();
     for ((handle, cut), _) in cuts.iter().zip(&retired).filter(|(_, &r)| r) {
