@@ -2,10 +2,16 @@
 //! keyed `EMIT CHANGES` aggregate holding K groups (K = 10 k, 100 k, 1 M;
 //! one shard), fed 10 events per key (so the WAL holds 10 K events), then
 //!
-//! - `take/K`: one `db.checkpoint()` of that state (copy on the shard,
-//!   Arrow IPC encode, write and fsync of the files and the manifest);
-//! - `recover_checkpoint/K`: reopen, load the checkpoint, nothing to
-//!   replay, until recovery is done;
+//! - `take_changed_1pct/K` and `take_changed_all/K`: one `db.checkpoint()`
+//!   after 1% of the keys (or all of them) got an event since the last
+//!   one (copy on the shard, digest and diff against the base, Arrow IPC
+//!   encode, write and fsync of the files and the manifest). The first is
+//!   written as a patch, the second whole: the ratio is what incremental
+//!   checkpoints save;
+//! - `recover_checkpoint/K`: reopen, load the checkpoint (written whole),
+//!   nothing to replay, until recovery is done;
+//! - `recover_patch/K`: the same from a checkpoint that is a patch (1% of
+//!   the keys changed) over a whole one: two files per shard;
 //! - `recover_replay/K`: the baseline in the same run, reopening the same
 //!   state with no checkpoint, so the 10 K logged events are replayed.
 //!
@@ -70,9 +76,39 @@ async fn open(dir: &std::path::Path) -> LaminarDB {
     db
 }
 
-/// A storage directory holding `keys` groups, with or without a
-/// checkpoint of them.
-fn prepare(rt: &tokio::runtime::Runtime, keys: usize, checkpoint: bool) -> tempfile::TempDir {
+/// One event for every `stride`-th key, stamped from `ts`.
+fn updates(keys: usize, stride: usize, ts: i64) -> Vec<RecordBatch> {
+    let schema = input(1)[0].schema();
+    let accounts: Vec<i64> = (0..keys).step_by(stride).map(|k| k as i64).collect();
+    accounts
+        .chunks(8192)
+        .map(|chunk| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(chunk.to_vec())),
+                    Arc::new(Int64Array::from_value(3, chunk.len())),
+                    Arc::new(Int64Array::from_value(ts, chunk.len())),
+                ],
+            )
+            .expect("batch")
+        })
+        .collect()
+}
+
+/// How a prepared directory ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// Nothing but the WAL.
+    Log,
+    /// A checkpoint written whole.
+    Whole,
+    /// A patch (1% of the keys changed) over a whole checkpoint.
+    Patch,
+}
+
+/// A storage directory holding `keys` groups.
+fn prepare(rt: &tokio::runtime::Runtime, keys: usize, ending: Ending) -> tempfile::TempDir {
     let dir = tempfile::tempdir_in(storage_root("checkpoint-bench")).expect("dir");
     rt.block_on(async {
         let db = open(dir.path()).await;
@@ -81,8 +117,15 @@ fn prepare(rt: &tokio::runtime::Runtime, keys: usize, checkpoint: bool) -> tempf
         for batch in input(keys) {
             source.push(batch).expect("push");
         }
-        if checkpoint {
+        if ending != Ending::Log {
             db.checkpoint().await.expect("checkpoint");
+        }
+        if ending == Ending::Patch {
+            for batch in updates(keys, 100, (keys * UPDATES) as i64) {
+                source.push(batch).expect("push");
+            }
+            let info = db.checkpoint().await.expect("checkpoint");
+            assert_eq!(info.patched_shards, 1, "a patch");
         }
         db.shutdown().await.expect("shutdown");
     });
@@ -115,7 +158,7 @@ fn checkpoints(c: &mut Criterion) {
         // A running database holding the state; each iteration takes one
         // more checkpoint of it.
         let dir = tempfile::tempdir_in(storage_root("checkpoint-bench")).expect("dir");
-        let (db, bytes) = rt.block_on(async {
+        let (db, source) = rt.block_on(async {
             let db = open(dir.path()).await;
             let source = db.source_untyped("events").expect("source");
             db.start().await.expect("start");
@@ -123,21 +166,40 @@ fn checkpoints(c: &mut Criterion) {
                 source.push(batch).expect("push");
             }
             let info = db.checkpoint().await.expect("checkpoint");
-            (db, info.bytes)
+            println!("first checkpoint of {keys} keys: {} bytes", info.bytes);
+            (db, source)
         });
-        println!("checkpoint of {keys} keys: {bytes} bytes");
-        group.bench_function(BenchmarkId::new("take", keys), |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| rt.block_on(db.checkpoint()).expect("checkpoint").duration)
-                    .sum()
-            })
-        });
+        let mut ts = (keys * UPDATES) as i64;
+        for (name, stride) in [("take_changed_1pct", 100), ("take_changed_all", 1)] {
+            let mut bytes = 0;
+            let mut patched = 0;
+            group.bench_function(BenchmarkId::new(name, keys), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            ts += 1;
+                            for batch in updates(keys, stride, ts) {
+                                source.push(batch).expect("push");
+                            }
+                            let info = rt.block_on(db.checkpoint()).expect("checkpoint");
+                            bytes = info.bytes;
+                            patched = info.patched_shards;
+                            info.duration
+                        })
+                        .sum()
+                })
+            });
+            println!("{name}/{keys}: {bytes} bytes, {patched} shard(s) patched");
+        }
         rt.block_on(db.shutdown()).expect("shutdown");
-        let with = prepare(&rt, keys, true);
-        let without = prepare(&rt, keys, false);
+        let with = prepare(&rt, keys, Ending::Whole);
+        let patched = prepare(&rt, keys, Ending::Patch);
+        let without = prepare(&rt, keys, Ending::Log);
         group.bench_function(BenchmarkId::new("recover_checkpoint", keys), |b| {
             b.iter_custom(|iters| (0..iters).map(|_| reopen(&rt, with.path())).sum())
+        });
+        group.bench_function(BenchmarkId::new("recover_patch", keys), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| reopen(&rt, patched.path())).sum())
         });
         group.bench_function(BenchmarkId::new("recover_replay", keys), |b| {
             b.iter_custom(|iters| (0..iters).map(|_| reopen(&rt, without.path())).sum())

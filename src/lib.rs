@@ -1102,6 +1102,7 @@ impl LaminarDB {
             not_checkpointable,
             checkpoint_counters: Default::default(),
             checkpoint_thread: Mutex::new(None),
+            checkpoint_bases: Mutex::new(Vec::new()),
         });
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);

@@ -213,6 +213,9 @@ pub(crate) struct Pipeline {
     /// still writing after shutdown returned would race whoever deletes
     /// or reopens the storage directory next.
     pub checkpoint_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `[shard]` -> the base the next checkpoint may patch (the
+    /// coordinator's, touched under `next_epoch`).
+    pub checkpoint_bases: Mutex<Vec<Option<crate::checkpoint::ShardBase>>>,
 }
 
 /// A one-shot gate, awaited or waited on until it opens, with a result.

@@ -329,6 +329,86 @@ async fn periodic_checkpoints_run_while_input_flows() {
     }
 }
 
+/// The checkpoint directories present, by epoch.
+fn checkpoint_epochs(dir: &Path) -> Vec<u64> {
+    let mut epochs: Vec<u64> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_checkpoints_patch_the_state_and_restore_it_exactly() {
+    const VIEW: &str = "CREATE MATERIALIZED VIEW per_symbol AS
+        SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol
+        EMIT CHANGES";
+    // Thousands of groups, then a few of them updated: the second
+    // checkpoint's shard files are patches over the first's.
+    let shifted = |rows: Vec<Trade>, by: i64| -> Vec<Trade> {
+        rows.into_iter()
+            .map(|t| Trade { ts: t.ts + by, ..t })
+            .collect()
+    };
+    let first = trades(21, 20_000, 5_000, 0);
+    let few = shifted(trades(22, 300, 10, 0), 1_000_000);
+    let last = shifted(trades(23, 5_000, 5_000, 0), 2_000_000);
+    let all: Vec<Trade> = first.iter().chain(&few).chain(&last).cloned().collect();
+    let want = run_batch(
+        "SELECT symbol, SUM(volume) AS volume, COUNT(*) AS trades FROM trades GROUP BY symbol",
+        "trades",
+        vec![trades_batch(&all)],
+        trades_schema(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |dir: &Path| {
+        let dir = dir.to_path_buf();
+        async move {
+            let db = open(&dir, 2, Durability::Sync);
+            db.execute(TRADES_DDL).await.unwrap();
+            db.execute(VIEW).await.unwrap();
+            let handle = db.source_untyped("trades").unwrap();
+            db.start().await.unwrap();
+            (db, handle)
+        }
+    };
+    let (db, handle) = start(dir.path()).await;
+    for batch in random_batches(&first, 1, 500) {
+        handle.push(batch).unwrap();
+    }
+    let whole = db.checkpoint().await.unwrap();
+    assert_eq!(whole.patched_shards, 0, "the first checkpoint is whole");
+    for batch in random_batches(&few, 2, 50) {
+        handle.push(batch).unwrap();
+    }
+    let patch = db.checkpoint().await.unwrap();
+    assert_eq!(patch.patched_shards, 2, "{patch:?}");
+    // The base stays on disk for as long as the manifest names it.
+    assert_eq!(
+        checkpoint_epochs(dir.path()),
+        vec![whole.epoch, patch.epoch]
+    );
+    db.shutdown().await.unwrap();
+    drop((db, handle));
+
+    // The restored aggregate state (base plus patch) continues exactly:
+    // after more input, the view equals the batch answer over all rows.
+    let (db, handle) = start(dir.path()).await;
+    db.wait_recovered().await.unwrap();
+    for batch in random_batches(&last, 3, 500) {
+        handle.push(batch).unwrap();
+    }
+    let after = db.checkpoint().await.unwrap();
+    assert_eq!(after.patched_shards, 0, "bases are not kept across opens");
+    assert_eq!(checkpoint_epochs(dir.path()), vec![after.epoch]);
+    db.shutdown().await.unwrap();
+    assert!(db.errors().is_empty(), "{:?}", db.errors());
+    let view = query(&db, "SELECT symbol, volume, trades FROM per_symbol").await;
+    assert_same_rows(&view, &want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_need_a_storage_directory() {
     // No storage directory.

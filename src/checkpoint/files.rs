@@ -5,34 +5,22 @@
 //!
 //! ```text
 //! checkpoints/MANIFEST                    the current checkpoint (text; CRC32C on its last line)
-//! checkpoints/<epoch>/shard-NNN.ckpt      a shard's state
+//! checkpoints/<epoch>/shard-NNN.ckpt      a shard's state (whole, or a patch over a base's)
 //! checkpoints/<epoch>/view-NNN.arrow      a view's or retained output's rows
 //! checkpoints/<epoch>/retained-NNN.arrow  a source's retained rows
 //! ```
 //!
-//! Shard file (little-endian):
-//!
-//! ```text
-//! 0   8  magic "LDBCKPT1"
-//! 8   4  format version (1)
-//! 12  4  shard
-//! 16  8  epoch
-//! 24  8  last LSN the state covers
-//! 32  .. sections: kind u32, a u32, b u32, length u64, payload
-//! end 4  CRC32C of every byte before it
-//! ```
-//!
-//! Section kinds: 1 a stream's output watermark (a = stream, i64), 2 one
-//! batch of a stream's operator state (a = stream, an Arrow IPC stream), 3
-//! an input's watermark (a = input, i64), 4 a source handle's lane (a =
-//! input, u64 lane key then i64 watermark), 5 an exchange lane (a = input,
-//! b = sending shard, i64 watermark). View and retained-row files are an
-//! Arrow IPC stream followed by the CRC32C of its bytes.
+//! The shard file's format is in [`super::shard_file`]; a shard file may
+//! be a patch over the shard's file in an earlier checkpoint directory,
+//! which is then kept for as long as a manifest names it as a base. View
+//! and retained-row files are an Arrow IPC stream followed by the CRC32C
+//! of its bytes.
 //!
 //! The parts are written and synced first, then the manifest (write to
 //! `MANIFEST.tmp`, fsync, rename, fsync the directory): a crash before the
 //! rename leaves the previous checkpoint in force. Only then are older
-//! checkpoints and the WAL segments the new one covers deleted.
+//! checkpoints (but the bases the new one patches) and the WAL segments
+//! it covers deleted.
 
 use std::fs::File;
 use std::io::Write;
@@ -43,30 +31,9 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use laminar_runtime::{Error, ErrorCode, Result};
 
-const MAGIC: &[u8; 8] = b"LDBCKPT1";
-const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 32;
-const SECTION_BYTES: usize = 20;
-const STREAM_WATERMARK: u32 = 1;
-const STREAM_STATE: u32 = 2;
-const INPUT_WATERMARK: u32 = 3;
-const SOURCE_LANE: u32 = 4;
-const EXCHANGE_LANE: u32 = 5;
-const MANIFEST_HEADER: &str = "LaminarDB checkpoint manifest v1";
+use super::shard_file::{plan, Plan, ShardBase, ShardFile, ShardSnapshot};
 
-/// The state of one shard at a checkpoint.
-#[derive(Debug, Default)]
-pub(crate) struct ShardSnapshot {
-    pub covered_lsn: u64,
-    /// `[stream]` -> (output watermark, operator state).
-    pub streams: Vec<(i64, Vec<RecordBatch>)>,
-    /// `[input]` -> watermark.
-    pub inputs: Vec<i64>,
-    /// Source handles' lanes: (input, lane key, watermark).
-    pub source_lanes: Vec<(usize, u64, i64)>,
-    /// Exchange lanes: (input, sending shard, watermark).
-    pub exchange_lanes: Vec<(usize, usize, i64)>,
-}
+const MANIFEST_HEADER: &str = "LaminarDB checkpoint manifest v1";
 
 fn io_error(op: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::new(
@@ -75,7 +42,7 @@ fn io_error(op: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     )
 }
 
-fn corrupt(path: &Path, detail: impl std::fmt::Display) -> Error {
+pub(super) fn corrupt(path: &Path, detail: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorCode::StorageCorrupt,
         format!("checkpoint file {}: {detail}", path.display()),
@@ -83,7 +50,7 @@ fn corrupt(path: &Path, detail: impl std::fmt::Display) -> Error {
     .with_hint("the checkpoint named by checkpoints/MANIFEST is damaged; restore the storage directory from a backup")
 }
 
-fn ipc_bytes(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<()> {
+pub(super) fn ipc_bytes(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<()> {
     let Some(first) = batches.first() else {
         return Ok(());
     };
@@ -95,7 +62,7 @@ fn ipc_bytes(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
+pub(super) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
@@ -103,23 +70,15 @@ fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
-fn section(out: &mut Vec<u8>, kind: u32, a: usize, b: usize, payload: &[u8]) {
-    out.extend_from_slice(&kind.to_le_bytes());
-    out.extend_from_slice(&(a as u32).to_le_bytes());
-    out.extend_from_slice(&(b as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// Appends the CRC32C of everything before it.
-fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
+pub(super) fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
     let crc = crc32c::crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes
 }
 
 /// The bytes before a valid CRC32C trailer.
-fn unseal<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
+pub(super) fn unseal<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
     let Some(split) = bytes.len().checked_sub(4) else {
         return Err(corrupt(path, "shorter than its checksum"));
     };
@@ -131,129 +90,6 @@ fn unseal<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8]> {
     Ok(body)
 }
 
-impl ShardSnapshot {
-    pub fn encode(&self, shard: usize, epoch: u64) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(4096);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(shard as u32).to_le_bytes());
-        out.extend_from_slice(&epoch.to_le_bytes());
-        out.extend_from_slice(&self.covered_lsn.to_le_bytes());
-        let mut payload = Vec::new();
-        for (stream, (watermark_ms, batches)) in self.streams.iter().enumerate() {
-            section(
-                &mut out,
-                STREAM_WATERMARK,
-                stream,
-                0,
-                &watermark_ms.to_le_bytes(),
-            );
-            for batch in batches {
-                payload.clear();
-                ipc_bytes(std::slice::from_ref(batch), &mut payload)?;
-                section(&mut out, STREAM_STATE, stream, 0, &payload);
-            }
-        }
-        for (input, watermark_ms) in self.inputs.iter().enumerate() {
-            section(
-                &mut out,
-                INPUT_WATERMARK,
-                input,
-                0,
-                &watermark_ms.to_le_bytes(),
-            );
-        }
-        for &(input, key, watermark_ms) in &self.source_lanes {
-            let mut lane = key.to_le_bytes().to_vec();
-            lane.extend_from_slice(&watermark_ms.to_le_bytes());
-            section(&mut out, SOURCE_LANE, input, 0, &lane);
-        }
-        for &(input, sender, watermark_ms) in &self.exchange_lanes {
-            section(
-                &mut out,
-                EXCHANGE_LANE,
-                input,
-                sender,
-                &watermark_ms.to_le_bytes(),
-            );
-        }
-        Ok(seal(out))
-    }
-
-    pub fn decode(path: &Path, bytes: &[u8], shard: usize, epoch: u64) -> Result<Self> {
-        let body = unseal(path, bytes)?;
-        if body.len() < HEADER_BYTES || &body[..8] != MAGIC {
-            return Err(corrupt(path, "not a shard checkpoint"));
-        }
-        let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4"));
-        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8"));
-        if u32_at(8) != VERSION {
-            return Err(corrupt(
-                path,
-                format!("format version {}, this build reads {VERSION}", u32_at(8)),
-            ));
-        }
-        if u32_at(12) as usize != shard || u64_at(16) != epoch {
-            return Err(corrupt(path, "written for another shard or checkpoint"));
-        }
-        let mut snapshot = ShardSnapshot {
-            covered_lsn: u64_at(24),
-            ..Default::default()
-        };
-        let mut at = HEADER_BYTES;
-        let i64_of = |payload: &[u8]| -> Result<i64> {
-            Ok(i64::from_le_bytes(
-                payload
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| corrupt(path, "short section"))?,
-            ))
-        };
-        while at < body.len() {
-            if body.len() - at < SECTION_BYTES {
-                return Err(corrupt(path, "truncated section header"));
-            }
-            let kind = u32_at(at);
-            let a = u32_at(at + 4) as usize;
-            let b = u32_at(at + 8) as usize;
-            let len = u64_at(at + 12) as usize;
-            at += SECTION_BYTES;
-            let payload = body
-                .get(at..at.saturating_add(len))
-                .ok_or_else(|| corrupt(path, "section past the end"))?;
-            at += len;
-            match kind {
-                STREAM_WATERMARK | STREAM_STATE => {
-                    if snapshot.streams.len() <= a {
-                        snapshot
-                            .streams
-                            .resize_with(a + 1, || (i64::MIN, Vec::new()));
-                    }
-                    if kind == STREAM_WATERMARK {
-                        snapshot.streams[a].0 = i64_of(payload)?;
-                    } else {
-                        snapshot.streams[a].1.extend(read_ipc(payload)?);
-                    }
-                }
-                INPUT_WATERMARK => {
-                    if snapshot.inputs.len() <= a {
-                        snapshot.inputs.resize(a + 1, i64::MIN);
-                    }
-                    snapshot.inputs[a] = i64_of(payload)?;
-                }
-                SOURCE_LANE => {
-                    let key = i64_of(payload)? as u64;
-                    let watermark_ms = i64_of(payload.get(8..).unwrap_or_default())?;
-                    snapshot.source_lanes.push((a, key, watermark_ms));
-                }
-                EXCHANGE_LANE => snapshot.exchange_lanes.push((a, b, i64_of(payload)?)),
-                other => return Err(corrupt(path, format!("unknown section kind {other}"))),
-            }
-        }
-        Ok(snapshot)
-    }
-}
-
 /// What `checkpoints/MANIFEST` records.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Manifest {
@@ -261,6 +97,9 @@ pub(crate) struct Manifest {
     pub shards: usize,
     /// `[shard]` -> the last LSN the checkpoint covers.
     pub covered_lsn: Vec<u64>,
+    /// `[shard]` -> the epoch of the checkpoint whose shard file this
+    /// one's patches apply to (this epoch for a whole file).
+    pub bases: Vec<u64>,
     /// `[source]` -> rows accepted up to the checkpoint, all runs together.
     pub rows: Vec<u64>,
     pub views: usize,
@@ -277,7 +116,8 @@ impl Manifest {
             self.epoch, self.shards, self.views, self.sources
         );
         for (shard, lsn) in self.covered_lsn.iter().enumerate() {
-            text.push_str(&format!("shard {shard} lsn {lsn}\n"));
+            let base = self.bases.get(shard).copied().unwrap_or(self.epoch);
+            text.push_str(&format!("shard {shard} lsn {lsn} base {base}\n"));
         }
         for (source, rows) in self.rows.iter().enumerate() {
             text.push_str(&format!("source {source} rows {rows}\n"));
@@ -319,7 +159,15 @@ impl Manifest {
                 Some("shards") => manifest.shards = number(1)? as usize,
                 Some("views") => manifest.views = number(1)? as usize,
                 Some("sources") => manifest.sources = number(1)? as usize,
-                Some("shard") => manifest.covered_lsn.push(number(3)?),
+                Some("shard") => {
+                    manifest.covered_lsn.push(number(3)?);
+                    // Manifests before incremental checkpoints have no base.
+                    manifest.bases.push(if words.len() > 4 {
+                        number(5)?
+                    } else {
+                        u64::MAX
+                    });
+                }
                 Some("source") => manifest.rows.push(number(3)?),
                 Some("handle") => manifest.handles.push((number(1)?, number(3)?)),
                 _ => return Err(bad("unknown line")),
@@ -328,6 +176,13 @@ impl Manifest {
         if manifest.covered_lsn.len() != manifest.shards || manifest.rows.len() != manifest.sources
         {
             return Err(bad("incomplete"));
+        }
+        for base in &mut manifest.bases {
+            if *base == u64::MAX {
+                *base = manifest.epoch;
+            } else if *base > manifest.epoch {
+                return Err(bad("a base later than the checkpoint"));
+            }
         }
         Ok(manifest)
     }
@@ -397,12 +252,26 @@ pub(crate) fn load(
     let dir = epoch_dir(storage_dir, manifest.epoch);
     let mut snapshots = Vec::with_capacity(shards);
     for shard in 0..shards {
-        let path = dir.join(format!("shard-{shard:03}.ckpt"));
-        let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
-        let snapshot = ShardSnapshot::decode(&path, &bytes, shard, manifest.epoch)?;
-        if snapshot.covered_lsn != manifest.covered_lsn[shard] {
+        let name = format!("shard-{shard:03}.ckpt");
+        let path = dir.join(&name);
+        let file = read_shard(&path, shard, manifest.epoch)?;
+        if file.snapshot.covered_lsn != manifest.covered_lsn[shard] {
             return Err(corrupt(&path, "its LSN differs from the manifest's"));
         }
+        if file.base != manifest.bases[shard] {
+            return Err(corrupt(&path, "its base differs from the manifest's"));
+        }
+        let snapshot = if file.base == manifest.epoch {
+            file.resolve(&path, None)?
+        } else {
+            let base_path = epoch_dir(storage_dir, file.base).join(&name);
+            let base = read_shard(&base_path, shard, file.base)?;
+            if base.base != file.base {
+                return Err(corrupt(&base_path, "a base that is itself a patch"));
+            }
+            let base = base.resolve(&base_path, None)?;
+            file.resolve(&path, Some(&base))?
+        };
         snapshots.push(snapshot);
     }
     let views = (0..views)
@@ -419,6 +288,11 @@ pub(crate) fn load(
     }))
 }
 
+fn read_shard(path: &Path, shard: usize, epoch: u64) -> Result<ShardFile> {
+    let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
+    ShardSnapshot::decode(path, &bytes, shard, epoch)
+}
+
 /// The parts of a checkpoint, gathered, ready to be written.
 pub(crate) struct Gathered {
     pub epoch: u64,
@@ -429,9 +303,23 @@ pub(crate) struct Gathered {
     pub handles: Vec<(u64, u64)>,
 }
 
+/// What writing a checkpoint did.
+pub(crate) struct Written {
+    pub bytes: u64,
+    pub wal_segments_released: usize,
+    /// Shards whose file is a patch over an earlier one.
+    pub patched_shards: usize,
+}
+
 /// Writes a gathered checkpoint, makes it the current one, and deletes
-/// what it replaces. Returns (bytes written, WAL segments released).
-pub(crate) fn write(storage_dir: &Path, gathered: Gathered) -> Result<(u64, usize)> {
+/// what it replaces. `bases` (`[shard]`, kept by the coordinator between
+/// checkpoints) decide which shard files are patches, and take the new
+/// bases once the checkpoint stands.
+pub(crate) fn write(
+    storage_dir: &Path,
+    gathered: Gathered,
+    bases: &mut Vec<Option<ShardBase>>,
+) -> Result<Written> {
     let dir = epoch_dir(storage_dir, gathered.epoch);
     let root = root(storage_dir);
     if dir.exists() {
@@ -440,8 +328,22 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered) -> Result<(u64, usiz
     }
     std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
     let mut bytes = 0u64;
+    bases.resize_with(gathered.shards.len(), || None);
+    let mut shard_bases = Vec::with_capacity(gathered.shards.len());
+    let mut new_bases = Vec::with_capacity(gathered.shards.len());
     for (shard, snapshot) in gathered.shards.iter().enumerate() {
-        let encoded = snapshot.encode(shard, gathered.epoch)?;
+        let encoded = match plan(snapshot, bases[shard].as_ref(), gathered.epoch)? {
+            Plan::Patch { base, streams } => {
+                shard_bases.push(base);
+                new_bases.push(None);
+                snapshot.encode(shard, gathered.epoch, Some((base, &streams)))?
+            }
+            Plan::Whole(base) => {
+                shard_bases.push(gathered.epoch);
+                new_bases.push(Some(base));
+                snapshot.encode(shard, gathered.epoch, None)?
+            }
+        };
         bytes += encoded.len() as u64;
         write_synced(&dir.join(format!("shard-{shard:03}.ckpt")), &encoded)?;
     }
@@ -465,6 +367,7 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered) -> Result<(u64, usiz
         epoch: gathered.epoch,
         shards: gathered.shards.len(),
         covered_lsn: gathered.shards.iter().map(|s| s.covered_lsn).collect(),
+        bases: shard_bases,
         rows: gathered.rows,
         views: gathered.views.len(),
         sources: gathered.retained.len(),
@@ -476,15 +379,22 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered) -> Result<(u64, usiz
     failpoint("checkpoint-manifest-written");
     std::fs::rename(&tmp, &path).map_err(|e| io_error("rename", &tmp, e))?;
     sync_dir(&root)?;
+    // The checkpoint stands: shards written whole are the next ones' bases.
+    let patched_shards = new_bases.iter().filter(|b| b.is_none()).count();
+    for (slot, new) in bases.iter_mut().zip(new_bases) {
+        if new.is_some() {
+            *slot = new;
+        }
+    }
     failpoint("checkpoint-before-cleanup");
-    // The checkpoint stands; what it replaces can go.
+    // What it replaces can go, but the bases it patches.
     if let Ok(entries) = std::fs::read_dir(&root) {
         for entry in entries.flatten() {
             let older = entry
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|epoch| epoch < gathered.epoch);
+                .is_some_and(|epoch| epoch < gathered.epoch && !manifest.bases.contains(&epoch));
             if older {
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     log::warn!("checkpoint: cannot remove {}: {e}", entry.path().display());
@@ -497,7 +407,11 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered) -> Result<(u64, usiz
         let wal = storage_dir.join("wal").join(format!("shard-{shard:03}"));
         released += laminar_wal::release(&wal, *lsn)?;
     }
-    Ok((bytes, released))
+    Ok(Written {
+        bytes,
+        wal_segments_released: released,
+        patched_shards,
+    })
 }
 
 /// Crash tests: `LAMINARDB_FAILPOINT=<name>` kills the process (abort, as
@@ -534,68 +448,7 @@ pub(crate) fn pause_point(name: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{Int64Array, StringArray};
-
     use super::*;
-
-    fn state_batch() -> RecordBatch {
-        RecordBatch::try_from_iter(vec![
-            (
-                "key_0",
-                Arc::new(StringArray::from(vec!["a", "b"])) as arrow::array::ArrayRef,
-            ),
-            (
-                "state_0_0",
-                Arc::new(Int64Array::from(vec![Some(3), None])) as _,
-            ),
-        ])
-        .unwrap()
-    }
-
-    fn snapshot() -> ShardSnapshot {
-        ShardSnapshot {
-            covered_lsn: 41,
-            streams: vec![(7, vec![state_batch(), state_batch()]), (i64::MIN, vec![])],
-            inputs: vec![5, i64::MIN],
-            source_lanes: vec![(0, (3u64 << 32) | 2, 99)],
-            exchange_lanes: vec![(1, 1, -4)],
-        }
-    }
-
-    #[test]
-    fn a_shard_file_reads_back_as_written() {
-        let path = Path::new("shard-001.ckpt");
-        let bytes = snapshot().encode(1, 9).unwrap();
-        let back = ShardSnapshot::decode(path, &bytes, 1, 9).unwrap();
-        assert_eq!(back.covered_lsn, 41);
-        assert_eq!(back.inputs, vec![5, i64::MIN]);
-        assert_eq!(back.source_lanes, vec![(0, (3u64 << 32) | 2, 99)]);
-        assert_eq!(back.exchange_lanes, vec![(1, 1, -4)]);
-        assert_eq!(back.streams.len(), 2);
-        assert_eq!(back.streams[0].0, 7);
-        assert_eq!(back.streams[0].1, vec![state_batch(), state_batch()]);
-        assert_eq!(back.streams[1].0, i64::MIN);
-        // Another shard's or checkpoint's file is refused.
-        assert!(ShardSnapshot::decode(path, &bytes, 0, 9).is_err());
-        assert!(ShardSnapshot::decode(path, &bytes, 1, 8).is_err());
-    }
-
-    #[test]
-    fn any_damaged_byte_of_a_shard_file_is_caught() {
-        let path = Path::new("shard-000.ckpt");
-        let bytes = snapshot().encode(0, 1).unwrap();
-        for at in 0..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[at] ^= 0x01;
-            let error = ShardSnapshot::decode(path, &damaged, 0, 1).unwrap_err();
-            assert_eq!(error.code(), ErrorCode::StorageCorrupt, "byte {at}");
-        }
-        for len in 0..bytes.len() {
-            assert!(ShardSnapshot::decode(path, &bytes[..len], 0, 1).is_err());
-        }
-    }
 
     #[test]
     fn a_manifest_reads_back_and_refuses_damage() {
@@ -603,6 +456,7 @@ mod tests {
             epoch: 12,
             shards: 2,
             covered_lsn: vec![100, 7],
+            bases: vec![12, 9],
             rows: vec![5_000, 0, 3],
             views: 1,
             sources: 3,
@@ -613,6 +467,12 @@ mod tests {
         let back = Manifest::parse(path, &text).unwrap();
         assert_eq!(back.epoch, 12);
         assert_eq!(back.covered_lsn, vec![100, 7]);
+        assert_eq!(back.bases, vec![12, 9]);
+        // A manifest written before incremental checkpoints: every shard
+        // file is whole.
+        let old = "LaminarDB checkpoint manifest v1\nepoch 3\nshards 1\nviews 0\nsources 0\nshard 0 lsn 5\n";
+        let old = format!("{old}crc {}\n", crc32c::crc32c(old.as_bytes()));
+        assert_eq!(Manifest::parse(path, &old).unwrap().bases, vec![3]);
         assert_eq!(back.rows, vec![5_000, 0, 3]);
         assert_eq!(back.handles, manifest.handles);
         assert_eq!((back.shards, back.views, back.sources), (2, 1, 3));

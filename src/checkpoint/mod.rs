@@ -30,6 +30,7 @@
 //! manifest's LSN for it.
 
 pub(crate) mod files;
+mod shard_file;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -43,7 +44,8 @@ use laminar_runtime::{Error, ErrorCode, Result};
 use crate::pipeline::{Control, Pipeline};
 
 use files::Gathered;
-pub(crate) use files::{load, Manifest, Restored, ShardSnapshot};
+pub(crate) use files::{load, Manifest, Restored};
+pub(crate) use shard_file::{ShardBase, ShardSnapshot};
 
 /// A source handle's side of checkpoints.
 ///
@@ -334,6 +336,9 @@ pub struct CheckpointInfo {
     pub bytes: u64,
     /// WAL segment files deleted because the checkpoint covers them.
     pub wal_segments_released: usize,
+    /// Shards whose state was written as a patch over an earlier
+    /// checkpoint's (the rest were written whole).
+    pub patched_shards: usize,
     /// From the request to the manifest being durable.
     pub duration: Duration,
 }
@@ -494,7 +499,11 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
         },
     };
     files::pause_point("checkpoint-gathered");
-    let (bytes, wal_segments_released) = files::write(storage_dir, gathered)?;
+    let written = {
+        let mut bases = pipeline.checkpoint_bases.lock().map_err(|_| poisoned())?;
+        files::write(storage_dir, gathered, &mut bases)?
+    };
+    let bytes = written.bytes;
     let mut gone = std::collections::HashSet::new();
     for ((handle, cut), _) in cuts.iter().zip(&retired).filter(|(_, &r)| r) {
         retired_rows[handle.source] += cut.rows;
@@ -513,12 +522,16 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
     let info = CheckpointInfo {
         epoch,
         bytes,
-        wal_segments_released,
+        wal_segments_released: written.wal_segments_released,
+        patched_shards: written.patched_shards,
         duration: started.elapsed(),
     };
     log::info!(
-        "checkpoint {epoch}: {bytes} bytes in {:?}, {wal_segments_released} WAL segment(s) released",
-        info.duration
+        "checkpoint {epoch}: {bytes} bytes in {:?} ({} of {} shard(s) as patches), {} WAL segment(s) released",
+        info.duration,
+        info.patched_shards,
+        pipeline.shards,
+        info.wal_segments_released
     );
     Ok(info)
 }
