@@ -15,6 +15,10 @@
 //! - `recover_replay/K`: the baseline in the same run, reopening the same
 //!   state with no checkpoint, so the 10 K logged events are replayed.
 //!
+//! - `file_direct/B` against `file_buffered/B`: writing a checkpoint file
+//!   of B bytes and making it durable, with O_DIRECT (what checkpoints do)
+//!   and through the page cache, in the same run.
+//!
 //! Run: `cargo bench --bench checkpoint`. Storage directories go under the
 //! target directory (a real disk).
 
@@ -208,5 +212,29 @@ fn checkpoints(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, checkpoints);
+fn files(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checkpoint_file");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let dir = tempfile::tempdir_in(storage_root("checkpoint-bench")).expect("dir");
+    let path = dir.path().join("file");
+    for bytes in [4usize << 20, 48 << 20] {
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_function(BenchmarkId::new("file_direct", bytes), |b| {
+            b.iter(|| laminar_state::file::write_durable(&path, &data).expect("write"))
+        });
+        group.bench_function(BenchmarkId::new("file_buffered", bytes), |b| {
+            b.iter(|| {
+                let mut file = std::fs::File::create(&path).expect("create");
+                std::io::Write::write_all(&mut file, &data).expect("write");
+                file.sync_all().expect("sync");
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, checkpoints, files);
 criterion_main!(benches);

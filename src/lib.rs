@@ -1102,7 +1102,7 @@ impl LaminarDB {
             not_checkpointable,
             checkpoint_counters: Default::default(),
             checkpoint_thread: Mutex::new(None),
-            checkpoint_bases: Mutex::new(Vec::new()),
+            checkpoint_bases: Mutex::new(Default::default()),
         });
         catalog.started = true;
         let view_errors = Arc::clone(&pipeline.errors);

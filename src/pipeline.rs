@@ -215,7 +215,7 @@ pub(crate) struct Pipeline {
     pub checkpoint_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// `[shard]` -> the base the next checkpoint may patch (the
     /// coordinator's, touched under `next_epoch`).
-    pub checkpoint_bases: Mutex<Vec<Option<crate::checkpoint::ShardBase>>>,
+    pub checkpoint_bases: Mutex<crate::checkpoint::Bases>,
 }
 
 /// A one-shot gate, awaited or waited on until it opens, with a result.

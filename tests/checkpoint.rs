@@ -380,11 +380,19 @@ async fn later_checkpoints_patch_the_state_and_restore_it_exactly() {
     }
     let whole = db.checkpoint().await.unwrap();
     assert_eq!(whole.patched_shards, 0, "the first checkpoint is whole");
+    assert_eq!(whole.patched_files, 0);
     for batch in random_batches(&few, 2, 50) {
         handle.push(batch).unwrap();
     }
     let patch = db.checkpoint().await.unwrap();
-    assert_eq!(patch.patched_shards, 2, "{patch:?}");
+    // Both shards' state, the view's rows and the source's last 10,000
+    // rows (shifted by 300) are patches.
+    assert_eq!(
+        (patch.patched_shards, patch.patched_files),
+        (2, 2),
+        "{patch:?}"
+    );
+    assert!(patch.bytes * 4 < whole.bytes, "{patch:?} after {whole:?}");
     // The base stays on disk for as long as the manifest names it.
     assert_eq!(
         checkpoint_epochs(dir.path()),
@@ -401,12 +409,22 @@ async fn later_checkpoints_patch_the_state_and_restore_it_exactly() {
         handle.push(batch).unwrap();
     }
     let after = db.checkpoint().await.unwrap();
-    assert_eq!(after.patched_shards, 0, "bases are not kept across opens");
+    assert_eq!(
+        (after.patched_shards, after.patched_files),
+        (0, 0),
+        "bases are not kept across opens"
+    );
     assert_eq!(checkpoint_epochs(dir.path()), vec![after.epoch]);
     db.shutdown().await.unwrap();
     assert!(db.errors().is_empty(), "{:?}", db.errors());
     let view = query(&db, "SELECT symbol, volume, trades FROM per_symbol").await;
     assert_same_rows(&view, &want);
+    // The source's retained rows came back from base plus patch too: the
+    // last 10,000 pushed (one handle, so in order).
+    let sql = "SELECT COUNT(*) AS n, SUM(volume) AS volume, MIN(ts) AS first FROM trades";
+    let last_rows = trades_batch(&all[all.len() - 10_000..]);
+    let want = run_batch(sql, "trades", vec![last_rows], trades_schema()).await;
+    assert_same_rows(&query(&db, sql).await, &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,6 @@
 //! it covers deleted.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -31,6 +30,9 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use laminar_runtime::{Error, ErrorCode, Result};
 
+use laminar_state::Part;
+
+use super::rows_file::{self, RowsBase, RowsPlan};
 use super::shard_file::{plan, Plan, ShardBase, ShardFile, ShardSnapshot};
 
 const MANIFEST_HEADER: &str = "LaminarDB checkpoint manifest v1";
@@ -100,6 +102,9 @@ pub(crate) struct Manifest {
     /// `[shard]` -> the epoch of the checkpoint whose shard file this
     /// one's patches apply to (this epoch for a whole file).
     pub bases: Vec<u64>,
+    /// `[view]`, `[source]` -> the same for view and retained-row files.
+    pub view_bases: Vec<u64>,
+    pub retained_bases: Vec<u64>,
     /// `[source]` -> rows accepted up to the checkpoint, all runs together.
     pub rows: Vec<u64>,
     pub views: usize,
@@ -110,6 +115,15 @@ pub(crate) struct Manifest {
 }
 
 impl Manifest {
+    /// Whether some file of this checkpoint patches checkpoint `epoch`'s.
+    fn is_base(&self, epoch: u64) -> bool {
+        self.bases
+            .iter()
+            .chain(&self.view_bases)
+            .chain(&self.retained_bases)
+            .any(|&b| b == epoch)
+    }
+
     fn render(&self) -> String {
         let mut text = format!(
             "{MANIFEST_HEADER}\nepoch {}\nshards {}\nviews {}\nsources {}\n",
@@ -121,6 +135,12 @@ impl Manifest {
         }
         for (source, rows) in self.rows.iter().enumerate() {
             text.push_str(&format!("source {source} rows {rows}\n"));
+        }
+        for (view, base) in self.view_bases.iter().enumerate() {
+            text.push_str(&format!("view {view} base {base}\n"));
+        }
+        for (source, base) in self.retained_bases.iter().enumerate() {
+            text.push_str(&format!("retained {source} base {base}\n"));
         }
         for (key, pushes) in &self.handles {
             text.push_str(&format!("handle {key} pushes {pushes}\n"));
@@ -169,6 +189,8 @@ impl Manifest {
                     });
                 }
                 Some("source") => manifest.rows.push(number(3)?),
+                Some("view") => manifest.view_bases.push(number(3)?),
+                Some("retained") => manifest.retained_bases.push(number(3)?),
                 Some("handle") => manifest.handles.push((number(1)?, number(3)?)),
                 _ => return Err(bad("unknown line")),
             }
@@ -177,7 +199,24 @@ impl Manifest {
         {
             return Err(bad("incomplete"));
         }
-        for base in &mut manifest.bases {
+        // Manifests before incremental checkpoints name no view or
+        // retained-row bases: those files are whole.
+        for (bases, count) in [
+            (&mut manifest.view_bases, manifest.views),
+            (&mut manifest.retained_bases, manifest.sources),
+        ] {
+            if bases.is_empty() {
+                bases.resize(count, manifest.epoch);
+            } else if bases.len() != count {
+                return Err(bad("incomplete"));
+            }
+        }
+        for base in manifest
+            .bases
+            .iter_mut()
+            .chain(&mut manifest.view_bases)
+            .chain(&mut manifest.retained_bases)
+        {
             if *base == u64::MAX {
                 *base = manifest.epoch;
             } else if *base > manifest.epoch {
@@ -206,10 +245,11 @@ fn epoch_dir(storage_dir: &Path, epoch: u64) -> PathBuf {
     root(storage_dir).join(format!("{epoch:020}"))
 }
 
+/// Creates `path` holding `bytes`, durable once this returns (direct I/O
+/// where the file system has it).
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(|e| io_error("create", path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+    laminar_state::file::write_durable(path, bytes)
+        .map(|_| ())
         .map_err(|e| io_error("write", path, e))
 }
 
@@ -219,9 +259,28 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io_error("sync", dir, e))
 }
 
-fn read_sealed_batches(path: &Path) -> Result<Vec<RecordBatch>> {
-    let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
-    read_ipc(unseal(path, &bytes)?).map_err(|e| corrupt(path, e))
+/// A view's or source's rows in checkpoint `epoch`, its patch applied to
+/// the file of checkpoint `base`.
+fn read_rows(storage_dir: &Path, name: &str, epoch: u64, base: u64) -> Result<Vec<RecordBatch>> {
+    let read = |epoch: u64| -> Result<(PathBuf, rows_file::RowsFile)> {
+        let path = epoch_dir(storage_dir, epoch).join(name);
+        let bytes = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+        let file = rows_file::decode(&path, &bytes, epoch)?;
+        Ok((path, file))
+    };
+    let (path, file) = read(epoch)?;
+    if file.base != base {
+        return Err(corrupt(&path, "its base differs from the manifest's"));
+    }
+    if base == epoch {
+        return file.resolve(&path, None);
+    }
+    let (base_path, base_file) = read(base)?;
+    if base_file.base != base {
+        return Err(corrupt(&base_path, "a base that is itself a patch"));
+    }
+    let base_rows = base_file.resolve(&base_path, None)?;
+    file.resolve(&path, Some(&base_rows))
 }
 
 /// Loads the newest checkpoint of a storage directory, if it has one.
@@ -275,10 +334,21 @@ pub(crate) fn load(
         snapshots.push(snapshot);
     }
     let views = (0..views)
-        .map(|v| read_sealed_batches(&dir.join(format!("view-{v:03}.arrow"))))
+        .map(|v| {
+            let name = format!("view-{v:03}.arrow");
+            read_rows(storage_dir, &name, manifest.epoch, manifest.view_bases[v])
+        })
         .collect::<Result<Vec<_>>>()?;
     let retained = (0..sources)
-        .map(|s| read_sealed_batches(&dir.join(format!("retained-{s:03}.arrow"))))
+        .map(|s| {
+            let name = format!("retained-{s:03}.arrow");
+            read_rows(
+                storage_dir,
+                &name,
+                manifest.epoch,
+                manifest.retained_bases[s],
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(Restored {
         manifest,
@@ -309,17 +379,24 @@ pub(crate) struct Written {
     pub wal_segments_released: usize,
     /// Shards whose file is a patch over an earlier one.
     pub patched_shards: usize,
+    /// View and retained-row files that are patches.
+    pub patched_files: usize,
+}
+
+/// What the coordinator keeps between checkpoints to write the next one
+/// as patches: the bases, as digests.
+#[derive(Default)]
+pub(crate) struct Bases {
+    pub shards: Vec<Option<ShardBase>>,
+    pub views: Vec<Option<RowsBase>>,
+    pub retained: Vec<Option<RowsBase>>,
 }
 
 /// Writes a gathered checkpoint, makes it the current one, and deletes
 /// what it replaces. `bases` (`[shard]`, kept by the coordinator between
 /// checkpoints) decide which shard files are patches, and take the new
 /// bases once the checkpoint stands.
-pub(crate) fn write(
-    storage_dir: &Path,
-    gathered: Gathered,
-    bases: &mut Vec<Option<ShardBase>>,
-) -> Result<Written> {
+pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -> Result<Written> {
     let dir = epoch_dir(storage_dir, gathered.epoch);
     let root = root(storage_dir);
     if dir.exists() {
@@ -328,11 +405,11 @@ pub(crate) fn write(
     }
     std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
     let mut bytes = 0u64;
-    bases.resize_with(gathered.shards.len(), || None);
+    bases.shards.resize_with(gathered.shards.len(), || None);
     let mut shard_bases = Vec::with_capacity(gathered.shards.len());
     let mut new_bases = Vec::with_capacity(gathered.shards.len());
     for (shard, snapshot) in gathered.shards.iter().enumerate() {
-        let encoded = match plan(snapshot, bases[shard].as_ref(), gathered.epoch)? {
+        let encoded = match plan(snapshot, bases.shards[shard].as_ref(), gathered.epoch)? {
             Plan::Patch { base, streams } => {
                 shard_bases.push(base);
                 new_bases.push(None);
@@ -347,18 +424,43 @@ pub(crate) fn write(
         bytes += encoded.len() as u64;
         write_synced(&dir.join(format!("shard-{shard:03}.ckpt")), &encoded)?;
     }
-    let mut sealed = |name: String, batches: &[RecordBatch]| -> Result<()> {
-        let mut encoded = Vec::new();
-        ipc_bytes(batches, &mut encoded)?;
-        let encoded = seal(encoded);
+    bases.views.resize_with(gathered.views.len(), || None);
+    bases.retained.resize_with(gathered.retained.len(), || None);
+    // Each file of rows: (its base's epoch, its new base if written whole).
+    let mut rows_written = |name: String,
+                            batches: &[RecordBatch],
+                            base: Option<&RowsBase>|
+     -> Result<(u64, Option<RowsBase>)> {
+        let (encoded, base, new_base) = match rows_file::plan(batches, base, gathered.epoch)? {
+            RowsPlan::Patch { base, parts } => (rows_file::encode(base, &parts)?, base, None),
+            RowsPlan::Whole(rows, new_base) => {
+                let parts: Vec<Part> = rows.into_iter().map(Part::Whole).collect();
+                (
+                    rows_file::encode(gathered.epoch, &parts)?,
+                    gathered.epoch,
+                    Some(new_base),
+                )
+            }
+        };
         bytes += encoded.len() as u64;
-        write_synced(&dir.join(name), &encoded)
+        write_synced(&dir.join(name), &encoded)?;
+        Ok((base, new_base))
     };
+    let mut view_files = Vec::with_capacity(gathered.views.len());
     for (v, batches) in gathered.views.iter().enumerate() {
-        sealed(format!("view-{v:03}.arrow"), batches)?;
+        view_files.push(rows_written(
+            format!("view-{v:03}.arrow"),
+            batches,
+            bases.views[v].as_ref(),
+        )?);
     }
+    let mut retained_files = Vec::with_capacity(gathered.retained.len());
     for (s, batches) in gathered.retained.iter().enumerate() {
-        sealed(format!("retained-{s:03}.arrow"), batches)?;
+        retained_files.push(rows_written(
+            format!("retained-{s:03}.arrow"),
+            batches,
+            bases.retained[s].as_ref(),
+        )?);
     }
     sync_dir(&dir)?;
     sync_dir(&root)?;
@@ -368,6 +470,8 @@ pub(crate) fn write(
         shards: gathered.shards.len(),
         covered_lsn: gathered.shards.iter().map(|s| s.covered_lsn).collect(),
         bases: shard_bases,
+        view_bases: view_files.iter().map(|(base, _)| *base).collect(),
+        retained_bases: retained_files.iter().map(|(base, _)| *base).collect(),
         rows: gathered.rows,
         views: gathered.views.len(),
         sources: gathered.retained.len(),
@@ -381,7 +485,18 @@ pub(crate) fn write(
     sync_dir(&root)?;
     // The checkpoint stands: shards written whole are the next ones' bases.
     let patched_shards = new_bases.iter().filter(|b| b.is_none()).count();
-    for (slot, new) in bases.iter_mut().zip(new_bases) {
+    for (slot, new) in bases.shards.iter_mut().zip(new_bases) {
+        if new.is_some() {
+            *slot = new;
+        }
+    }
+    let patched_files = view_files
+        .iter()
+        .chain(&retained_files)
+        .filter(|(base, _)| *base != gathered.epoch)
+        .count();
+    let rows_files = bases.views.iter_mut().zip(view_files);
+    for (slot, (_, new)) in rows_files.chain(bases.retained.iter_mut().zip(retained_files)) {
         if new.is_some() {
             *slot = new;
         }
@@ -394,7 +509,7 @@ pub(crate) fn write(
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|epoch| epoch < gathered.epoch && !manifest.bases.contains(&epoch));
+                .is_some_and(|epoch| epoch < gathered.epoch && !manifest.is_base(epoch));
             if older {
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     log::warn!("checkpoint: cannot remove {}: {e}", entry.path().display());
@@ -411,6 +526,7 @@ pub(crate) fn write(
         bytes,
         wal_segments_released: released,
         patched_shards,
+        patched_files,
     })
 }
 
@@ -457,6 +573,8 @@ mod tests {
             shards: 2,
             covered_lsn: vec![100, 7],
             bases: vec![12, 9],
+            view_bases: vec![10],
+            retained_bases: vec![12, 12, 11],
             rows: vec![5_000, 0, 3],
             views: 1,
             sources: 3,
@@ -468,6 +586,9 @@ mod tests {
         assert_eq!(back.epoch, 12);
         assert_eq!(back.covered_lsn, vec![100, 7]);
         assert_eq!(back.bases, vec![12, 9]);
+        assert_eq!(back.view_bases, vec![10]);
+        assert_eq!(back.retained_bases, vec![12, 12, 11]);
+        assert!(back.is_base(11) && back.is_base(9) && !back.is_base(8));
         // A manifest written before incremental checkpoints: every shard
         // file is whole.
         let old = "LaminarDB checkpoint manifest v1\nepoch 3\nshards 1\nviews 0\nsources 0\nshard 0 lsn 5\n";

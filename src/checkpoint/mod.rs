@@ -30,6 +30,7 @@
 //! manifest's LSN for it.
 
 pub(crate) mod files;
+mod rows_file;
 mod shard_file;
 
 use std::collections::HashMap;
@@ -43,9 +44,10 @@ use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::pipeline::{Control, Pipeline};
 
+pub(crate) use files::Bases;
 use files::Gathered;
 pub(crate) use files::{load, Manifest, Restored};
-pub(crate) use shard_file::{ShardBase, ShardSnapshot};
+pub(crate) use shard_file::ShardSnapshot;
 
 /// A source handle's side of checkpoints.
 ///
@@ -339,6 +341,8 @@ pub struct CheckpointInfo {
     /// Shards whose state was written as a patch over an earlier
     /// checkpoint's (the rest were written whole).
     pub patched_shards: usize,
+    /// Files of views' and sources' retained rows written as patches.
+    pub patched_files: usize,
     /// From the request to the manifest being durable.
     pub duration: Duration,
 }
@@ -524,6 +528,7 @@ fn take_inner(pipeline: &Pipeline, storage_dir: &Path) -> Result<CheckpointInfo>
         bytes,
         wal_segments_released: written.wal_segments_released,
         patched_shards: written.patched_shards,
+        patched_files: written.patched_files,
         duration: started.elapsed(),
     };
     log::info!(

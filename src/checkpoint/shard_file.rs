@@ -81,30 +81,36 @@ pub(crate) enum Plan {
 
 /// Decides how to write `snapshot`, given the shard's current base.
 pub(crate) fn plan(snapshot: &ShardSnapshot, base: Option<&ShardBase>, epoch: u64) -> Result<Plan> {
-    if let Some(base) = base.filter(|b| b.streams.len() == snapshot.streams.len()) {
-        let diffs = snapshot
-            .streams
-            .iter()
-            .zip(&base.streams)
-            .map(|((_, batches), b)| b.diff(batches))
-            .collect::<Result<Vec<_>>>()?;
-        let rows: usize = diffs.iter().map(|d| d.rows).sum();
-        let written: usize = diffs.iter().map(|d| d.written_rows).sum();
-        if written * 2 <= rows {
-            return Ok(Plan::Patch {
-                base: base.epoch,
-                streams: diffs.into_iter().map(|d| d.parts).collect(),
-            });
+    let streams = match base.filter(|b| b.streams.len() == snapshot.streams.len()) {
+        Some(base) => {
+            let diffs = snapshot
+                .streams
+                .iter()
+                .zip(&base.streams)
+                .map(|((_, batches), b)| b.diff(batches))
+                .collect::<Result<Vec<_>>>()?;
+            let rows: usize = diffs.iter().map(|d| d.rows).sum();
+            let written: usize = diffs.iter().map(|d| d.written_rows).sum();
+            if written * 2 <= rows {
+                return Ok(Plan::Patch {
+                    base: base.epoch,
+                    streams: diffs.into_iter().map(|d| d.parts).collect(),
+                });
+            }
+            // Whole after all: the digests the diffs took make the base.
+            diffs
+                .into_iter()
+                .zip(&snapshot.streams)
+                .map(|(diff, (_, batches))| diff.into_base(batches))
+                .collect::<Result<_>>()?
         }
-    }
-    Ok(Plan::Whole(ShardBase {
-        epoch,
-        streams: snapshot
+        None => snapshot
             .streams
             .iter()
             .map(|(_, batches)| Base::new(batches))
             .collect::<Result<_>>()?,
-    }))
+    };
+    Ok(Plan::Whole(ShardBase { epoch, streams }))
 }
 
 fn section(out: &mut Vec<u8>, kind: u32, a: usize, b: usize, payload: &[u8]) {

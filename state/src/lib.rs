@@ -14,6 +14,8 @@
 //!   of the base's rows plus the rows that are new, and [`apply`] rebuilds
 //!   it from the base's batches. The patch's byte format is specified in
 //!   that module.
+//! - [`file`]: writing a checkpoint file with direct I/O and making it
+//!   durable.
 //!
 //! Patches are *cumulative*: each one is relative to the base, never to
 //! the previous patch, so recovery reads exactly two files (base and
@@ -29,6 +31,7 @@
 //! writes, which dominate on a shared virtio disk, follow what changed.
 
 pub mod digest;
+pub mod file;
 pub mod patch;
 
 pub use digest::{row_digests, Digest};

@@ -71,9 +71,26 @@ pub struct Diff {
     pub rows: usize,
     /// Rows the parts write (whole batches and new rows).
     pub written_rows: usize,
+    /// `[batch]` -> its rows' digests, where the diff computed them.
+    digests: Vec<Option<Vec<Digest>>>,
 }
 
 impl Diff {
+    /// The snapshot this diff describes as the next base, reusing the
+    /// digests the diff computed (for a snapshot written whole after all).
+    pub fn into_base(self, current: &[RecordBatch]) -> Result<Base> {
+        let digests = self
+            .digests
+            .into_iter()
+            .zip(current)
+            .map(|(digests, batch)| match digests {
+                Some(digests) => Ok(Some(digests)),
+                None => row_digests(batch),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Base::with_digests(current, digests))
+    }
+
     /// Whether writing the patch beats writing a new base: it writes less
     /// than half of the rows. Past that a new base costs at most twice a
     /// patch once, and every later patch starts small again.
@@ -131,7 +148,15 @@ pub struct Base {
 
 impl Base {
     pub fn new(batches: &[RecordBatch]) -> Result<Self> {
-        Ok(Self {
+        let digests = batches
+            .iter()
+            .map(row_digests)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::with_digests(batches, digests))
+    }
+
+    fn with_digests(batches: &[RecordBatch], digests: Vec<Option<Vec<Digest>>>) -> Self {
+        Self {
             slots: slots(batches)
                 .into_iter()
                 .enumerate()
@@ -139,14 +164,13 @@ impl Base {
                 .collect(),
             batches: batches
                 .iter()
-                .map(|b| {
-                    Ok(BaseBatch {
-                        schema: b.schema(),
-                        digests: row_digests(b)?,
-                    })
+                .zip(digests)
+                .map(|(b, digests)| BaseBatch {
+                    schema: b.schema(),
+                    digests,
                 })
-                .collect::<Result<_>>()?,
-        })
+                .collect(),
+        }
     }
 
     /// Bytes this base keeps in memory.
@@ -163,13 +187,23 @@ impl Base {
             parts: Vec::with_capacity(current.len()),
             rows: 0,
             written_rows: 0,
+            digests: Vec::with_capacity(current.len()),
         };
         for (batch, slot) in current.iter().zip(slots(current)) {
             diff.rows += batch.num_rows();
-            let part = match self.slots.get(&slot) {
-                Some(&base) => self.patch(base, batch)?,
-                None => None,
+            let old = self.slots.get(&slot).and_then(|&base| {
+                let BaseBatch { schema, digests } = &self.batches[base];
+                let old = digests.as_ref().filter(|_| *schema == batch.schema())?;
+                Some((base, old))
+            });
+            let (part, digests) = match old {
+                Some((base, old)) => match row_digests(batch)? {
+                    Some(new) => (patch(base, old, batch, &new)?, Some(new)),
+                    None => (None, None),
+                },
+                None => (None, None),
             };
+            diff.digests.push(digests);
             let part = part.unwrap_or_else(|| Part::Whole(batch.clone()));
             diff.written_rows += match &part {
                 Part::Whole(b) => b.num_rows(),
@@ -179,74 +213,95 @@ impl Base {
         }
         Ok(diff)
     }
+}
 
-    /// `batch` as a patch over base batch `base`, if one saves much.
-    fn patch(&self, base: usize, batch: &RecordBatch) -> Result<Option<Part>> {
-        let BaseBatch { schema, digests } = &self.batches[base];
-        let Some(old) = digests.as_ref().filter(|_| *schema == batch.schema()) else {
-            return Ok(None);
-        };
-        let Some(new) = row_digests(batch)? else {
-            return Ok(None);
-        };
-        let mut runs: Vec<Run> = Vec::new();
-        let mut fresh: Vec<u32> = Vec::new();
-        // Built only when a row is not where the previous one leads.
-        let mut index: Option<HashMap<Digest, u32>> = None;
-        let mut next = 0usize;
-        for (row, digest) in new.iter().enumerate() {
-            let found = if old.get(next) == Some(digest) {
-                Some(next)
-            } else if old
-                .get(next + 1)
-                .is_some_and(|d| Some(d) == new.get(row + 1))
-            {
-                // Replaced in place: the following row lines up again.
-                None
-            } else {
-                index
-                    .get_or_insert_with(|| {
-                        let mut index = HashMap::with_capacity(old.len());
-                        for (i, d) in old.iter().enumerate().rev() {
-                            index.insert(*d, i as u32);
-                        }
-                        index
-                    })
-                    .get(digest)
-                    .map(|&i| i as usize)
-            };
-            let start = match found {
-                Some(at) => at as u32,
-                None => {
-                    fresh.push(row as u32);
-                    NEW
+/// How many times a patch looks for a row in the whole base before it
+/// builds an index (or, if none was found, takes misses for new rows).
+const SCANS: usize = 4;
+/// How far a patch looks ahead for rows that line up again after a miss.
+const LOOKAHEAD: usize = 4;
+
+/// `batch` (digests `new`) as a patch over base batch `base` (digests
+/// `old`), if one saves much.
+///
+/// Rows are first compared in place (state updated in place keeps its
+/// position), a miss followed by rows that line up again within
+/// [`LOOKAHEAD`] is a row replaced in place, and rows past the base's end
+/// are new. Any other miss looks for the row in the whole base: a linear
+/// scan (cheap next to a hash index of every base row) for the first
+/// [`SCANS`] misses; if a scan finds a moved row (a buffer evicted from
+/// its front), the base is indexed for the later misses, otherwise they
+/// count as new. It gives up as soon as more than half of the rows are
+/// new.
+fn patch(base: usize, old: &[Digest], batch: &RecordBatch, new: &[Digest]) -> Result<Option<Part>> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut fresh: Vec<u32> = Vec::new();
+    let mut index: Option<HashMap<Digest, u32>> = None;
+    let mut scans = 0;
+    let mut moved = false;
+    let mut next = 0usize;
+    let lines_up = |next: usize, row: usize| {
+        (1..=LOOKAHEAD)
+            .any(|k| matches!((old.get(next + k), new.get(row + k)), (Some(a), Some(b)) if a == b))
+    };
+    for (row, digest) in new.iter().enumerate() {
+        let found = if old.get(next) == Some(digest) {
+            Some(next)
+        } else if next >= old.len() || lines_up(next, row) {
+            None
+        } else if let Some(index) = &index {
+            index.get(digest).map(|&i| i as usize)
+        } else if scans < SCANS {
+            scans += 1;
+            let at = old.iter().position(|d| d == digest);
+            moved |= at.is_some();
+            at
+        } else if moved {
+            let index = index.insert({
+                let mut index = HashMap::with_capacity(old.len());
+                for (i, d) in old.iter().enumerate().rev() {
+                    index.insert(*d, i as u32);
                 }
-            };
-            match runs.last_mut() {
-                Some(run) if run.start == NEW && start == NEW => run.len += 1,
-                Some(run) if run.start != NEW && start == run.start + run.len => run.len += 1,
-                _ => runs.push(Run { start, len: 1 }),
+                index
+            });
+            index.get(digest).map(|&i| i as usize)
+        } else {
+            None
+        };
+        let start = match found {
+            Some(at) => at as u32,
+            None => {
+                fresh.push(row as u32);
+                if fresh.len() * 2 > new.len() {
+                    return Ok(None);
+                }
+                NEW
             }
-            next = found.map_or(next + 1, |at| at + 1);
+        };
+        match runs.last_mut() {
+            Some(run) if run.start == NEW && start == NEW => run.len += 1,
+            Some(run) if run.start != NEW && start == run.start + run.len => run.len += 1,
+            _ => runs.push(Run { start, len: 1 }),
         }
-        // A run costs 8 bytes; a patch of many short runs or mostly new
-        // rows is not worth its bookkeeping.
-        let row_bytes = batch.get_array_memory_size() / batch.num_rows().max(1);
-        if fresh.len() * 2 > new.len() || runs.len() * 8 * 2 > new.len() * row_bytes.max(1) {
-            return Ok(None);
-        }
-        let indices = arrow::array::UInt32Array::from(fresh);
-        let columns = batch
-            .columns()
-            .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Some(Part::Patch(Patch {
-            base,
-            runs,
-            rows: RecordBatch::try_new(batch.schema(), columns)?,
-        })))
+        next = found.map_or(next + 1, |at| at + 1);
     }
+    // A run costs 8 bytes; a patch of many short runs is not worth its
+    // bookkeeping.
+    let row_bytes = batch.get_array_memory_size() / batch.num_rows().max(1);
+    if runs.len() * 8 * 2 > new.len() * row_bytes.max(1) {
+        return Ok(None);
+    }
+    let indices = arrow::array::UInt32Array::from(fresh);
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Some(Part::Patch(Patch {
+        base,
+        runs,
+        rows: RecordBatch::try_new(batch.schema(), columns)?,
+    })))
 }
 
 fn corrupt(detail: impl std::fmt::Display) -> Error {
