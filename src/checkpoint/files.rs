@@ -64,6 +64,27 @@ pub(super) fn ipc_bytes(batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<()
     Ok(())
 }
 
+/// Section kinds a batch of state takes in shard and row files: whole
+/// (an Arrow IPC stream) or a patch over the base's.
+pub(super) const WHOLE_SECTION: u32 = 2;
+pub(super) const PATCH_SECTION: u32 = 6;
+
+/// Writes `part`'s section payload into `out` (cleared first); returns
+/// the section kind.
+pub(super) fn part_section(part: &laminar_state::Part, out: &mut Vec<u8>) -> Result<u32> {
+    out.clear();
+    match part {
+        laminar_state::Part::Whole(batch) => {
+            ipc_bytes(std::slice::from_ref(batch), out)?;
+            Ok(WHOLE_SECTION)
+        }
+        laminar_state::Part::Patch(patch) => {
+            patch.encode(out)?;
+            Ok(PATCH_SECTION)
+        }
+    }
+}
+
 pub(super) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());
@@ -393,9 +414,9 @@ pub(crate) struct Bases {
 }
 
 /// Writes a gathered checkpoint, makes it the current one, and deletes
-/// what it replaces. `bases` (`[shard]`, kept by the coordinator between
-/// checkpoints) decide which shard files are patches, and take the new
-/// bases once the checkpoint stands.
+/// what it replaces. `bases` (kept by the coordinator between
+/// checkpoints) decide which files are patches, and take the new bases
+/// once the checkpoint stands.
 pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -> Result<Written> {
     let dir = epoch_dir(storage_dir, gathered.epoch);
     let root = root(storage_dir);
@@ -404,64 +425,7 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -
         std::fs::remove_dir_all(&dir).map_err(|e| io_error("remove", &dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
-    let mut bytes = 0u64;
-    bases.shards.resize_with(gathered.shards.len(), || None);
-    let mut shard_bases = Vec::with_capacity(gathered.shards.len());
-    let mut new_bases = Vec::with_capacity(gathered.shards.len());
-    for (shard, snapshot) in gathered.shards.iter().enumerate() {
-        let encoded = match plan(snapshot, bases.shards[shard].as_ref(), gathered.epoch)? {
-            Plan::Patch { base, streams } => {
-                shard_bases.push(base);
-                new_bases.push(None);
-                snapshot.encode(shard, gathered.epoch, Some((base, &streams)))?
-            }
-            Plan::Whole(base) => {
-                shard_bases.push(gathered.epoch);
-                new_bases.push(Some(base));
-                snapshot.encode(shard, gathered.epoch, None)?
-            }
-        };
-        bytes += encoded.len() as u64;
-        write_synced(&dir.join(format!("shard-{shard:03}.ckpt")), &encoded)?;
-    }
-    bases.views.resize_with(gathered.views.len(), || None);
-    bases.retained.resize_with(gathered.retained.len(), || None);
-    // Each file of rows: (its base's epoch, its new base if written whole).
-    let mut rows_written = |name: String,
-                            batches: &[RecordBatch],
-                            base: Option<&RowsBase>|
-     -> Result<(u64, Option<RowsBase>)> {
-        let (encoded, base, new_base) = match rows_file::plan(batches, base, gathered.epoch)? {
-            RowsPlan::Patch { base, parts } => (rows_file::encode(base, &parts)?, base, None),
-            RowsPlan::Whole(rows, new_base) => {
-                let parts: Vec<Part> = rows.into_iter().map(Part::Whole).collect();
-                (
-                    rows_file::encode(gathered.epoch, &parts)?,
-                    gathered.epoch,
-                    Some(new_base),
-                )
-            }
-        };
-        bytes += encoded.len() as u64;
-        write_synced(&dir.join(name), &encoded)?;
-        Ok((base, new_base))
-    };
-    let mut view_files = Vec::with_capacity(gathered.views.len());
-    for (v, batches) in gathered.views.iter().enumerate() {
-        view_files.push(rows_written(
-            format!("view-{v:03}.arrow"),
-            batches,
-            bases.views[v].as_ref(),
-        )?);
-    }
-    let mut retained_files = Vec::with_capacity(gathered.retained.len());
-    for (s, batches) in gathered.retained.iter().enumerate() {
-        retained_files.push(rows_written(
-            format!("retained-{s:03}.arrow"),
-            batches,
-            bases.retained[s].as_ref(),
-        )?);
-    }
+    let parts = write_parts(&dir, &gathered, bases)?;
     sync_dir(&dir)?;
     sync_dir(&root)?;
     failpoint("checkpoint-before-manifest");
@@ -469,9 +433,9 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -
         epoch: gathered.epoch,
         shards: gathered.shards.len(),
         covered_lsn: gathered.shards.iter().map(|s| s.covered_lsn).collect(),
-        bases: shard_bases,
-        view_bases: view_files.iter().map(|(base, _)| *base).collect(),
-        retained_bases: retained_files.iter().map(|(base, _)| *base).collect(),
+        bases: parts.shards.iter().map(|(base, _)| *base).collect(),
+        view_bases: parts.views.iter().map(|(base, _)| *base).collect(),
+        retained_bases: parts.retained.iter().map(|(base, _)| *base).collect(),
         rows: gathered.rows,
         views: gathered.views.len(),
         sources: gathered.retained.len(),
@@ -483,24 +447,14 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -
     failpoint("checkpoint-manifest-written");
     std::fs::rename(&tmp, &path).map_err(|e| io_error("rename", &tmp, e))?;
     sync_dir(&root)?;
-    // The checkpoint stands: shards written whole are the next ones' bases.
-    let patched_shards = new_bases.iter().filter(|b| b.is_none()).count();
-    for (slot, new) in bases.shards.iter_mut().zip(new_bases) {
-        if new.is_some() {
-            *slot = new;
-        }
-    }
-    let patched_files = view_files
-        .iter()
-        .chain(&retained_files)
-        .filter(|(base, _)| *base != gathered.epoch)
-        .count();
-    let rows_files = bases.views.iter_mut().zip(view_files);
-    for (slot, (_, new)) in rows_files.chain(bases.retained.iter_mut().zip(retained_files)) {
-        if new.is_some() {
-            *slot = new;
-        }
-    }
+    // The checkpoint stands: files written whole are the next bases.
+    let patched =
+        |bases: &mut dyn Iterator<Item = u64>| bases.filter(|&b| b != manifest.epoch).count();
+    let patched_shards = patched(&mut parts.shards.iter().map(|(b, _)| *b));
+    let patched_files = patched(&mut parts.views.iter().chain(&parts.retained).map(|(b, _)| *b));
+    take_new_bases(&mut bases.shards, parts.shards, manifest.epoch);
+    take_new_bases(&mut bases.views, parts.views, manifest.epoch);
+    take_new_bases(&mut bases.retained, parts.retained, manifest.epoch);
     failpoint("checkpoint-before-cleanup");
     // What it replaces can go, but the bases it patches.
     if let Ok(entries) = std::fs::read_dir(&root) {
@@ -509,7 +463,7 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|epoch| epoch < gathered.epoch && !manifest.is_base(epoch));
+                .is_some_and(|epoch| epoch < manifest.epoch && !manifest.is_base(epoch));
             if older {
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     log::warn!("checkpoint: cannot remove {}: {e}", entry.path().display());
@@ -523,11 +477,86 @@ pub(crate) fn write(storage_dir: &Path, gathered: Gathered, bases: &mut Bases) -
         released += laminar_wal::release(&wal, *lsn)?;
     }
     Ok(Written {
-        bytes,
+        bytes: parts.bytes,
         wal_segments_released: released,
         patched_shards,
         patched_files,
     })
+}
+
+/// Each file written: (the epoch of its base, its new base if whole).
+struct Parts {
+    bytes: u64,
+    shards: Vec<(u64, Option<ShardBase>)>,
+    views: Vec<(u64, Option<RowsBase>)>,
+    retained: Vec<(u64, Option<RowsBase>)>,
+}
+
+/// Writes and syncs every file of the checkpoint but the manifest.
+fn write_parts(dir: &Path, gathered: &Gathered, bases: &mut Bases) -> Result<Parts> {
+    let epoch = gathered.epoch;
+    let mut parts = Parts {
+        bytes: 0,
+        shards: Vec::with_capacity(gathered.shards.len()),
+        views: Vec::with_capacity(gathered.views.len()),
+        retained: Vec::with_capacity(gathered.retained.len()),
+    };
+    bases.shards.resize_with(gathered.shards.len(), || None);
+    for (shard, snapshot) in gathered.shards.iter().enumerate() {
+        let (encoded, written) = match plan(snapshot, bases.shards[shard].as_ref(), epoch)? {
+            Plan::Patch { base, streams } => (
+                snapshot.encode(shard, epoch, Some((base, &streams)))?,
+                (base, None),
+            ),
+            Plan::Whole(base) => (snapshot.encode(shard, epoch, None)?, (epoch, Some(base))),
+        };
+        parts.bytes += encoded.len() as u64;
+        write_synced(&dir.join(format!("shard-{shard:03}.ckpt")), &encoded)?;
+        parts.shards.push(written);
+    }
+    let mut rows = |name: String, batches: &[RecordBatch], base: Option<&RowsBase>| {
+        let (encoded, written) = match rows_file::plan(batches, base, epoch)? {
+            RowsPlan::Patch { base, parts } => (rows_file::encode(base, &parts)?, (base, None)),
+            RowsPlan::Whole(rows, new_base) => {
+                let whole: Vec<Part> = rows.into_iter().map(Part::Whole).collect();
+                (rows_file::encode(epoch, &whole)?, (epoch, new_base))
+            }
+        };
+        parts.bytes += encoded.len() as u64;
+        write_synced(&dir.join(name), &encoded)?;
+        Ok::<_, Error>(written)
+    };
+    bases.views.resize_with(gathered.views.len(), || None);
+    bases.retained.resize_with(gathered.retained.len(), || None);
+    let views = (gathered.views.iter().enumerate())
+        .map(|(v, batches)| {
+            rows(
+                format!("view-{v:03}.arrow"),
+                batches,
+                bases.views[v].as_ref(),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let retained = (gathered.retained.iter().enumerate())
+        .map(|(s, batches)| {
+            let name = format!("retained-{s:03}.arrow");
+            rows(name, batches, bases.retained[s].as_ref())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    parts.views = views;
+    parts.retained = retained;
+    Ok(parts)
+}
+
+/// A file written whole in checkpoint `epoch` is the next one's base (or,
+/// without one, the next one is whole too: the old base's directory is
+/// about to go); a patch keeps its base.
+fn take_new_bases<B>(bases: &mut [Option<B>], written: Vec<(u64, Option<B>)>, epoch: u64) {
+    for (slot, (base, new)) in bases.iter_mut().zip(written) {
+        if base == epoch {
+            *slot = new;
+        }
+    }
 }
 
 /// Crash tests: `LAMINARDB_FAILPOINT=<name>` kills the process (abort, as
@@ -565,6 +594,15 @@ pub(crate) fn pause_point(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_written_whole_without_a_base_forgets_the_old_one() {
+        // Its old base's directory is deleted once this checkpoint
+        // stands, so the next checkpoint must not patch it.
+        let mut bases = vec![Some("old"), Some("old"), Some("old")];
+        take_new_bases(&mut bases, vec![(7, None), (3, None), (7, Some("new"))], 7);
+        assert_eq!(bases, vec![None, Some("old"), Some("new")]);
+    }
 
     #[test]
     fn a_manifest_reads_back_and_refuses_damage() {

@@ -26,13 +26,11 @@ use arrow::compute::concat_batches;
 use laminar_runtime::Result;
 use laminar_state::{Base, Part, Patch};
 
-use super::files::{corrupt, ipc_bytes, read_ipc, seal, unseal};
+use super::files::{corrupt, part_section, read_ipc, seal, unseal, PATCH_SECTION, WHOLE_SECTION};
 
 const MAGIC: &[u8; 8] = b"LDBROWS2";
 const HEADER_BYTES: usize = 16;
 const SECTION_BYTES: usize = 12;
-const ROWS: u32 = 2;
-const ROWS_PATCH: u32 = 6;
 
 /// A file's base as the coordinator keeps it between checkpoints.
 pub(crate) struct RowsBase {
@@ -42,8 +40,9 @@ pub(crate) struct RowsBase {
 
 /// How a checkpoint writes a file of rows.
 pub(crate) enum RowsPlan {
-    /// Whole; once the checkpoint stands, this is the file's base.
-    Whole(Vec<RecordBatch>, RowsBase),
+    /// Whole; once the checkpoint stands, this is the file's base (if
+    /// the rows could be made one batch to diff).
+    Whole(Vec<RecordBatch>, Option<RowsBase>),
     /// Parts over the base of `base`.
     Patch { base: u64, parts: Vec<Part> },
 }
@@ -63,7 +62,11 @@ pub(crate) fn plan(
     base: Option<&RowsBase>,
     epoch: u64,
 ) -> Result<RowsPlan> {
-    let rows = one_batch(batches)?;
+    let Ok(rows) = one_batch(batches) else {
+        // Batches that do not concatenate are written as they are, and
+        // never patched.
+        return Ok(RowsPlan::Whole(batches.to_vec(), None));
+    };
     let digests = match base {
         Some(base) => {
             let diff = base.digests.diff(&rows)?;
@@ -77,7 +80,7 @@ pub(crate) fn plan(
         }
         None => Base::new(&rows)?,
     };
-    Ok(RowsPlan::Whole(rows, RowsBase { epoch, digests }))
+    Ok(RowsPlan::Whole(rows, Some(RowsBase { epoch, digests })))
 }
 
 fn section(out: &mut Vec<u8>, kind: u32, payload: &[u8]) {
@@ -94,17 +97,7 @@ pub(crate) fn encode(base: u64, parts: &[Part]) -> Result<Vec<u8>> {
     out.extend_from_slice(&base.to_le_bytes());
     let mut payload = Vec::new();
     for part in parts {
-        payload.clear();
-        let kind = match part {
-            Part::Whole(batch) => {
-                ipc_bytes(std::slice::from_ref(batch), &mut payload)?;
-                ROWS
-            }
-            Part::Patch(patch) => {
-                patch.encode(&mut payload)?;
-                ROWS_PATCH
-            }
-        };
+        let kind = part_section(part, &mut payload)?;
         section(&mut out, kind, &payload);
     }
     Ok(seal(out))
@@ -157,18 +150,18 @@ pub(crate) fn decode(path: &Path, bytes: &[u8], epoch: u64) -> Result<RowsFile> 
             .ok_or_else(|| corrupt(path, "section past the end"))?;
         at += len;
         match kind {
-            ROWS => parts.extend(
+            WHOLE_SECTION => parts.extend(
                 read_ipc(payload)
                     .map_err(|e| corrupt(path, e))?
                     .into_iter()
                     .map(Part::Whole),
             ),
-            ROWS_PATCH if base != epoch => {
+            PATCH_SECTION if base != epoch => {
                 parts.push(Part::Patch(
                     Patch::decode(payload).map_err(|e| corrupt(path, e))?,
                 ));
             }
-            ROWS_PATCH => return Err(corrupt(path, "a patch in a file without a base")),
+            PATCH_SECTION => return Err(corrupt(path, "a patch in a file without a base")),
             other => return Err(corrupt(path, format!("unknown section kind {other}"))),
         }
     }
@@ -182,6 +175,7 @@ mod tests {
     use arrow::array::{ArrayRef, Int64Array, StringArray};
     use laminar_runtime::ErrorCode;
 
+    use super::super::files::ipc_bytes;
     use super::*;
 
     fn rows(keys: std::ops::Range<i64>) -> RecordBatch {
@@ -203,7 +197,7 @@ mod tests {
             panic!("no base: whole");
         };
         let parts: Vec<Part> = rows.into_iter().map(Part::Whole).collect();
-        (encode(epoch, &parts).unwrap(), base)
+        (encode(epoch, &parts).unwrap(), base.unwrap())
     }
 
     #[test]

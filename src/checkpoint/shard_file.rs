@@ -36,7 +36,7 @@ use arrow::array::RecordBatch;
 use laminar_runtime::Result;
 use laminar_state::{Base, Part, Patch};
 
-use super::files::{corrupt, ipc_bytes, read_ipc, seal, unseal};
+use super::files::{corrupt, ipc_bytes, part_section, read_ipc, seal, unseal};
 
 const MAGIC: &[u8; 8] = b"LDBCKPT1";
 const VERSION: u32 = 2;
@@ -44,11 +44,11 @@ const HEADER_BYTES: usize = 40;
 const V1_HEADER_BYTES: usize = 32;
 const SECTION_BYTES: usize = 20;
 const STREAM_WATERMARK: u32 = 1;
-const STREAM_STATE: u32 = 2;
+const STREAM_STATE: u32 = super::files::WHOLE_SECTION;
 const INPUT_WATERMARK: u32 = 3;
 const SOURCE_LANE: u32 = 4;
 const EXCHANGE_LANE: u32 = 5;
-const STREAM_STATE_PATCH: u32 = 6;
+const STREAM_STATE_PATCH: u32 = super::files::PATCH_SECTION;
 
 /// The state of one shard at a checkpoint.
 #[derive(Debug, Default)]
@@ -176,17 +176,7 @@ impl ShardSnapshot {
             match parts {
                 Some(parts) => {
                     for part in parts {
-                        payload.clear();
-                        let kind = match part {
-                            Part::Whole(batch) => {
-                                ipc_bytes(std::slice::from_ref(batch), &mut payload)?;
-                                STREAM_STATE
-                            }
-                            Part::Patch(patch) => {
-                                patch.encode(&mut payload)?;
-                                STREAM_STATE_PATCH
-                            }
-                        };
+                        let kind = part_section(part, &mut payload)?;
                         section(&mut out, kind, stream, 0, &payload);
                     }
                 }
