@@ -46,14 +46,15 @@ async fn shutdown_waits_for_a_checkpoint_writing_its_files() {
     db.execute(VIEW).await.unwrap();
     let handle = db.source_untyped("trades").unwrap();
     db.start().await.unwrap();
-    assert!(
-        threads_named("laminar-shard") > 0,
-        "shard threads are named"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // A new thread takes its name once it runs.
+    while threads_named("laminar-shard") < 2 {
+        assert!(Instant::now() < deadline, "shard threads are named");
+        tokio::task::yield_now().await;
+    }
     for batch in random_batches(&trades(3, 500, 10, 0), 3, 50) {
         handle.push(batch).unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
     let stopper = async {
         while !held.exists() {
             assert!(Instant::now() < deadline, "the checkpoint never gathered");

@@ -78,7 +78,7 @@ pub(crate) fn plan(
             }
             diff.into_base(&rows)?
         }
-        None => Base::new(&rows)?,
+        None => Base::ranked(&rows)?,
     };
     Ok(RowsPlan::Whole(rows, Some(RowsBase { epoch, digests })))
 }
@@ -193,11 +193,11 @@ mod tests {
     }
 
     fn whole_file(batches: &[RecordBatch], epoch: u64) -> (Vec<u8>, RowsBase) {
-        let RowsPlan::Whole(rows, base) = plan(batches, None, epoch).unwrap() else {
+        let RowsPlan::Whole(rows, Some(base)) = plan(batches, None, epoch).unwrap() else {
             panic!("no base: whole");
         };
         let parts: Vec<Part> = rows.into_iter().map(Part::Whole).collect();
-        (encode(epoch, &parts).unwrap(), base.unwrap())
+        (encode(epoch, &parts).unwrap(), base)
     }
 
     #[test]
@@ -226,6 +226,23 @@ mod tests {
         let back = file.resolve(path, Some(&base_rows)).unwrap();
         let want = concat_batches(&later[0].schema(), &later).unwrap();
         assert_eq!(back, vec![want]);
+    }
+
+    #[test]
+    fn rows_with_windows_are_one_sequence_too() {
+        // A retained window output: its first row's window changes as the
+        // oldest rows leave, which must not make the file whole.
+        let windowed = |keys: std::ops::Range<i64>| {
+            let batch = rows(keys.clone());
+            let starts = Int64Array::from_iter_values(keys.map(|k| k / 100 * 60_000));
+            let mut columns = batch.columns().to_vec();
+            columns.insert(0, Arc::new(starts));
+            RecordBatch::try_from_iter(["window_start", "k", "s"].into_iter().zip(columns)).unwrap()
+        };
+        let (_, base) = whole_file(&[windowed(0..1_000)], 3);
+        let later = [windowed(300..1_000), windowed(1_000..1_020)];
+        let plan = plan(&later, Some(&base), 4).unwrap();
+        assert!(matches!(plan, RowsPlan::Patch { base: 3, .. }));
     }
 
     #[test]

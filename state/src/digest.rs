@@ -44,8 +44,14 @@ fn row_format_digests(batch: &RecordBatch) -> Result<Option<Vec<Digest>>> {
     if !RowConverter::supports_fields(&fields) {
         return Ok(None);
     }
-    let converter = RowConverter::new(fields)?;
-    let rows = converter.convert_columns(batch.columns())?;
+    // A batch the row format fails on is written whole, never a failed
+    // checkpoint.
+    let Ok(converter) = RowConverter::new(fields) else {
+        return Ok(None);
+    };
+    let Ok(rows) = converter.convert_columns(batch.columns()) else {
+        return Ok(None);
+    };
     Ok(Some(
         (0..rows.num_rows())
             .map(|i| XxHash3_128::oneshot(rows.row(i).as_ref()))

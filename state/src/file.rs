@@ -64,9 +64,31 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<Written> {
         let padded = chunk.len().next_multiple_of(BLOCK_BYTES);
         buffer[..chunk.len()].copy_from_slice(chunk);
         buffer[chunk.len()..padded].fill(0);
-        file.write_all_at(&buffer[..padded], (i * buffer.len()) as u64)?;
+        write_blocks(&file, &buffer[..padded], (i * buffer.len()) as u64)?;
     }
     file.set_len(bytes.len() as u64)?;
     file.sync_all()?;
     Ok(Written::Direct)
+}
+
+/// Writes whole blocks at `offset`. A direct write that comes back short
+/// by a part of a block cannot be continued (the rest would be
+/// misaligned), so it is an error saying so rather than a confusing
+/// `EINVAL` from the retry.
+fn write_blocks(file: &File, mut blocks: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !blocks.is_empty() {
+        let written = file.write_at(blocks, offset)?;
+        if written == 0 || written % BLOCK_BYTES != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!(
+                    "a direct write stored {written} of {} bytes (is the disk full?)",
+                    blocks.len()
+                ),
+            ));
+        }
+        blocks = &blocks[written..];
+        offset += written as u64;
+    }
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! hot path:
 //!
 //! - [`digest`]: a 128-bit digest of every row of a batch (XXH3-128 over
-//!   Arrow's row format, so equal values give equal digests whatever the
+//!   a fixed-width encoding of the row's values, or Arrow's row format
+//!   for other types, so equal values give equal digests whatever the
 //!   arrays' layout).
 //! - [`patch`]: a [`Base`] remembers the digests of the snapshot last
 //!   written in full; [`Base::diff`] describes a later snapshot as runs

@@ -73,6 +73,8 @@ pub struct Diff {
     pub written_rows: usize,
     /// `[batch]` -> its rows' digests, where the diff computed them.
     digests: Vec<Option<Vec<Digest>>>,
+    /// The base's way of matching batches, for the next base.
+    windows: bool,
 }
 
 impl Diff {
@@ -85,10 +87,10 @@ impl Diff {
             .zip(current)
             .map(|(digests, batch)| match digests {
                 Some(digests) => Ok(Some(digests)),
-                None => row_digests(batch),
+                None => digests_of(batch),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Base::with_digests(current, digests))
+        Ok(Base::with_digests(current, digests, self.windows))
     }
 
     /// Whether writing the patch beats writing a new base: it writes less
@@ -105,15 +107,17 @@ enum Slot {
     Rank(usize),
 }
 
-/// Names each batch of a snapshot by its slot.
-fn slots(batches: &[RecordBatch]) -> Vec<Slot> {
+/// Names each batch of a snapshot by its slot (by rank only, without
+/// `windows`).
+fn slots(batches: &[RecordBatch], windows: bool) -> Vec<Slot> {
     let mut per_window: HashMap<i64, usize> = HashMap::new();
     let mut others = 0;
     batches
         .iter()
         .map(|batch| {
-            let window = batch
-                .column_by_name("window_start")
+            let window = windows
+                .then(|| batch.column_by_name("window_start"))
+                .flatten()
                 .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
                 .filter(|c| !c.is_empty() && c.is_valid(0))
                 .map(|c| c.value(0));
@@ -134,30 +138,47 @@ fn slots(batches: &[RecordBatch]) -> Vec<Slot> {
 
 struct BaseBatch {
     schema: SchemaRef,
-    /// `None`: the row format cannot encode it; later batches in its slot
-    /// are written whole.
+    /// `None`: it cannot be digested (no columns, a type neither encoding
+    /// takes, more rows than a run can address); later batches in its
+    /// slot are written whole.
     digests: Option<Vec<Digest>>,
 }
 
 /// What is kept of the snapshot last written in full: a digest per row
 /// (16 bytes a row), not the rows.
 pub struct Base {
+    /// Whether batches are matched by window (see the module docs).
+    windows: bool,
     slots: HashMap<Slot, usize>,
     batches: Vec<BaseBatch>,
 }
 
 impl Base {
+    /// A base whose batches are matched by window or rank.
     pub fn new(batches: &[RecordBatch]) -> Result<Self> {
-        let digests = batches
-            .iter()
-            .map(row_digests)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self::with_digests(batches, digests))
+        Self::digest(batches, true)
     }
 
-    fn with_digests(batches: &[RecordBatch], digests: Vec<Option<Vec<Digest>>>) -> Self {
+    /// A base whose batches are matched by rank only: for rows that are
+    /// one sequence (a view's), where the first row's window says nothing
+    /// of the batch.
+    pub fn ranked(batches: &[RecordBatch]) -> Result<Self> {
+        Self::digest(batches, false)
+    }
+
+    fn digest(batches: &[RecordBatch], windows: bool) -> Result<Self> {
+        let digests = batches.iter().map(digests_of).collect::<Result<Vec<_>>>()?;
+        Ok(Self::with_digests(batches, digests, windows))
+    }
+
+    fn with_digests(
+        batches: &[RecordBatch],
+        digests: Vec<Option<Vec<Digest>>>,
+        windows: bool,
+    ) -> Self {
         Self {
-            slots: slots(batches)
+            windows,
+            slots: slots(batches, windows)
                 .into_iter()
                 .enumerate()
                 .map(|(i, s)| (s, i))
@@ -188,8 +209,9 @@ impl Base {
             rows: 0,
             written_rows: 0,
             digests: Vec::with_capacity(current.len()),
+            windows: self.windows,
         };
-        for (batch, slot) in current.iter().zip(slots(current)) {
+        for (batch, slot) in current.iter().zip(slots(current, self.windows)) {
             diff.rows += batch.num_rows();
             let old = self.slots.get(&slot).and_then(|&base| {
                 let BaseBatch { schema, digests } = &self.batches[base];
@@ -197,7 +219,7 @@ impl Base {
                 Some((base, old))
             });
             let (part, digests) = match old {
-                Some((base, old)) => match row_digests(batch)? {
+                Some((base, old)) => match digests_of(batch)? {
                     Some(new) => (patch(base, old, batch, &new)?, Some(new)),
                     None => (None, None),
                 },
@@ -302,6 +324,15 @@ fn patch(base: usize, old: &[Digest], batch: &RecordBatch, new: &[Digest]) -> Re
         runs,
         rows: RecordBatch::try_new(batch.schema(), columns)?,
     })))
+}
+
+/// A batch's digests, `None` when it has more rows than a run can address
+/// (run positions are `u32`, and `u32::MAX` marks new rows).
+fn digests_of(batch: &RecordBatch) -> Result<Option<Vec<Digest>>> {
+    if batch.num_rows() >= NEW as usize {
+        return Ok(None);
+    }
+    row_digests(batch)
 }
 
 fn corrupt(detail: impl std::fmt::Display) -> Error {
