@@ -2311,6 +2311,8 @@ impl LaminarDB {
                     last_epoch: c.last_epoch.load(Relaxed),
                     last_duration_us: c.last_duration_us.load(Relaxed),
                     last_bytes: c.last_bytes.load(Relaxed),
+                    last_patched_files: c.last_patched_files.load(Relaxed),
+                    last_files: c.last_files.load(Relaxed),
                     marker_waits: pipeline
                         .counters
                         .iter()

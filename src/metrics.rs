@@ -175,6 +175,11 @@ pub struct CheckpointMetrics {
     pub last_duration_us: u64,
     /// Bytes of state it wrote.
     pub last_bytes: u64,
+    /// How many of its files (shard state, views' and sources' retained
+    /// rows) were patches over an earlier checkpoint's, and how many it
+    /// wrote in all.
+    pub last_patched_files: u64,
+    pub last_files: u64,
     /// Times a source lane reached a checkpoint's marker before its shard
     /// heard of the checkpoint, and held its later rows until the shard
     /// did (a handle that moved on to a checkpoint early, or connected

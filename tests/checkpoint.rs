@@ -393,6 +393,8 @@ async fn later_checkpoints_patch_the_state_and_restore_it_exactly() {
         "{patch:?}"
     );
     assert!(patch.bytes * 4 < whole.bytes, "{patch:?} after {whole:?}");
+    let metrics = db.metrics().checkpoints;
+    assert_eq!((metrics.last_patched_files, metrics.last_files), (4, 4));
     // The base stays on disk for as long as the manifest names it.
     assert_eq!(
         checkpoint_epochs(dir.path()),

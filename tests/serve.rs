@@ -244,6 +244,24 @@ fn serve_ingests_answers_and_survives_a_kill() {
             .unwrap_or(0);
         (taken > 0 && metrics.contains("laminardb_checkpoint_duration_seconds")).then_some(metrics)
     });
+    // Later checkpoints of the same state are patches: a shard's state,
+    // a view's rows or a source's retained rows that stayed the same.
+    eventually("an incremental checkpoint", || {
+        let (_, metrics) = curl(port, "GET", "/metrics", true, None);
+        let gauge = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}{{pipeline=\"market\"}} ")))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        };
+        match (
+            gauge("laminardb_checkpoint_patched_files"),
+            gauge("laminardb_checkpoint_files"),
+        ) {
+            (Some(patched), Some(files)) if patched > 0 && files >= patched => Some(metrics),
+            _ => None,
+        }
+    });
 
     // SIGTERM: drain and exit 0.
     signal(&server, "TERM");

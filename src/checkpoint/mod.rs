@@ -368,6 +368,8 @@ pub(crate) struct CheckpointCounters {
     pub last_epoch: AtomicU64,
     pub last_duration_us: AtomicU64,
     pub last_bytes: AtomicU64,
+    pub last_patched_files: AtomicU64,
+    pub last_files: AtomicU64,
 }
 
 /// Takes a checkpoint of a running pipeline (blocking: call it off the
@@ -383,6 +385,12 @@ pub(crate) fn take(pipeline: &Pipeline, storage_dir: &Path) -> Result<Checkpoint
                 .last_duration_us
                 .store(info.duration.as_micros() as u64, Ordering::Relaxed);
             counters.last_bytes.store(info.bytes, Ordering::Relaxed);
+            let patched = info.patched_shards + info.patched_files;
+            counters
+                .last_patched_files
+                .store(patched as u64, Ordering::Relaxed);
+            let files = pipeline.shards + pipeline.views + pipeline.sources.len();
+            counters.last_files.store(files as u64, Ordering::Relaxed);
         }
         Err(_) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -577,6 +577,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         &mut per_pipeline(&|m| m.checkpoints.last_bytes.to_string()),
     );
     family(
+        "laminardb_checkpoint_patched_files",
+        "Files of the last checkpoint written as patches over an earlier one's.",
+        "gauge",
+        &mut per_pipeline(&|m| m.checkpoints.last_patched_files.to_string()),
+    );
+    family(
+        "laminardb_checkpoint_files",
+        "Files of state the last checkpoint wrote (shards, views, sources' retained rows).",
+        "gauge",
+        &mut per_pipeline(&|m| m.checkpoints.last_files.to_string()),
+    );
+    family(
         "laminardb_checkpoint_marker_waits_total",
         "Times a source lane held its rows at a checkpoint marker until its shard heard of the checkpoint.",
         "counter",
