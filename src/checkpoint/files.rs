@@ -85,6 +85,43 @@ pub(super) fn part_section(part: &laminar_state::Part, out: &mut Vec<u8>) -> Res
     }
 }
 
+/// The parts a section of `kind` (whole or patch) holds; `patched`: the
+/// file has a base, without which a patch is damage.
+pub(super) fn section_parts(
+    path: &Path,
+    kind: u32,
+    payload: &[u8],
+    patched: bool,
+) -> Result<Vec<laminar_state::Part>> {
+    use laminar_state::{Part, Patch};
+    match kind {
+        WHOLE_SECTION => Ok(read_ipc(payload)
+            .map_err(|e| corrupt(path, e))?
+            .into_iter()
+            .map(Part::Whole)
+            .collect()),
+        PATCH_SECTION if patched => Ok(vec![Part::Patch(
+            Patch::decode(payload).map_err(|e| corrupt(path, e))?,
+        )]),
+        PATCH_SECTION => Err(corrupt(path, "a patch in a file without a base")),
+        other => Err(corrupt(path, format!("unknown section kind {other}"))),
+    }
+}
+
+/// The `len` bytes of a section's payload at `*at`, moving `*at` past them.
+pub(super) fn section_payload<'a>(
+    path: &Path,
+    body: &'a [u8],
+    at: &mut usize,
+    len: usize,
+) -> Result<&'a [u8]> {
+    let payload = body
+        .get(*at..at.saturating_add(len))
+        .ok_or_else(|| corrupt(path, "section past the end"))?;
+    *at += len;
+    Ok(payload)
+}
+
 pub(super) fn read_ipc(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     if bytes.is_empty() {
         return Ok(Vec::new());

@@ -24,9 +24,9 @@ use std::path::Path;
 use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use laminar_runtime::Result;
-use laminar_state::{Base, Part, Patch};
+use laminar_state::{Base, Part};
 
-use super::files::{corrupt, part_section, read_ipc, seal, unseal, PATCH_SECTION, WHOLE_SECTION};
+use super::files::{corrupt, part_section, read_ipc, seal, section_parts, section_payload, unseal};
 
 const MAGIC: &[u8; 8] = b"LDBROWS2";
 const HEADER_BYTES: usize = 16;
@@ -145,25 +145,8 @@ pub(crate) fn decode(path: &Path, bytes: &[u8], epoch: u64) -> Result<RowsFile> 
         let kind = u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
         let len = u64::from_le_bytes(body[at + 4..at + 12].try_into().expect("8 bytes")) as usize;
         at += SECTION_BYTES;
-        let payload = body
-            .get(at..at.saturating_add(len))
-            .ok_or_else(|| corrupt(path, "section past the end"))?;
-        at += len;
-        match kind {
-            WHOLE_SECTION => parts.extend(
-                read_ipc(payload)
-                    .map_err(|e| corrupt(path, e))?
-                    .into_iter()
-                    .map(Part::Whole),
-            ),
-            PATCH_SECTION if base != epoch => {
-                parts.push(Part::Patch(
-                    Patch::decode(payload).map_err(|e| corrupt(path, e))?,
-                ));
-            }
-            PATCH_SECTION => return Err(corrupt(path, "a patch in a file without a base")),
-            other => return Err(corrupt(path, format!("unknown section kind {other}"))),
-        }
+        let payload = section_payload(path, body, &mut at, len)?;
+        parts.extend(section_parts(path, kind, payload, base != epoch)?);
     }
     Ok(RowsFile { base, parts })
 }

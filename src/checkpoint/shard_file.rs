@@ -34,9 +34,11 @@ use std::path::Path;
 
 use arrow::array::RecordBatch;
 use laminar_runtime::Result;
-use laminar_state::{Base, Part, Patch};
+use laminar_state::{Base, Part};
 
-use super::files::{corrupt, ipc_bytes, part_section, read_ipc, seal, unseal};
+use super::files::{
+    corrupt, ipc_bytes, part_section, seal, section_parts, section_payload, unseal,
+};
 
 const MAGIC: &[u8; 8] = b"LDBCKPT1";
 const VERSION: u32 = 2;
@@ -265,10 +267,7 @@ impl ShardSnapshot {
             let b = u32_at(at + 8) as usize;
             let len = u64_at(at + 12) as usize;
             at += SECTION_BYTES;
-            let payload = body
-                .get(at..at.saturating_add(len))
-                .ok_or_else(|| corrupt(path, "section past the end"))?;
-            at += len;
+            let payload = section_payload(path, body, &mut at, len)?;
             match kind {
                 STREAM_WATERMARK | STREAM_STATE | STREAM_STATE_PATCH => {
                     if snapshot.streams.len() <= a {
@@ -277,20 +276,10 @@ impl ShardSnapshot {
                             .resize_with(a + 1, || (i64::MIN, Vec::new()));
                         file.parts.resize_with(a + 1, Vec::new);
                     }
-                    match kind {
-                        STREAM_WATERMARK => snapshot.streams[a].0 = i64_of(payload)?,
-                        STREAM_STATE => file.parts[a].extend(
-                            read_ipc(payload)
-                                .map_err(|e| corrupt(path, e))?
-                                .into_iter()
-                                .map(Part::Whole),
-                        ),
-                        _ if base == epoch => {
-                            return Err(corrupt(path, "a patch in a file without a base"))
-                        }
-                        _ => file.parts[a].push(Part::Patch(
-                            Patch::decode(payload).map_err(|e| corrupt(path, e))?,
-                        )),
+                    if kind == STREAM_WATERMARK {
+                        snapshot.streams[a].0 = i64_of(payload)?;
+                    } else {
+                        file.parts[a].extend(section_parts(path, kind, payload, base != epoch)?);
                     }
                 }
                 INPUT_WATERMARK => {
