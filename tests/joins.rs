@@ -1005,6 +1005,89 @@ async fn several_stateful_steps_in_one_query() {
         .unwrap();
 }
 
+/// ASOF and temporal joins as one step of a larger query: an aggregate
+/// over one, one reading an aggregate, one over another join, two in a
+/// row. Each equals the batch answer (the ASOF pick written with
+/// `ROW_NUMBER()`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_joins_inside_larger_queries() {
+    // Per symbol and 2 s window of orders: how many found a trade before
+    // them, their quantity and the highest price they met.
+    let over_asof = "SELECT o.symbol, COUNT(*) AS n, SUM(o.qty) AS qty, MAX(t.price) AS top
+        FROM orders o ASOF JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts
+        GROUP BY o.symbol, tumble(o.ts, INTERVAL '2' SECOND)";
+    let picked = |condition: &str, order_by: &str| {
+        format!(
+            "SELECT o.order_id, o.symbol, o.qty, o.ts, t.price, t.ts AS trade_ts,
+                    ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY {order_by}) AS rn
+             FROM orders o JOIN trades t ON o.symbol = t.symbol AND {condition}"
+        )
+    };
+    let batch = format!(
+        "SELECT symbol, COUNT(*) AS n, SUM(qty) AS qty, MAX(price) AS top
+         FROM ({}) AS p WHERE rn = 1
+         GROUP BY symbol, tumble(ts, INTERVAL '2' SECOND)",
+        picked("o.ts >= t.ts", "t.ts DESC")
+    );
+    join_differential("", over_asof, &batch, "j").await;
+    // The same through FOR SYSTEM_TIME AS OF.
+    let over_temporal = "SELECT o.symbol, COUNT(*) AS n, SUM(o.qty) AS qty, MAX(t.price) AS top
+        FROM orders o JOIN trades FOR SYSTEM_TIME AS OF o.ts AS t ON o.symbol = t.symbol
+        GROUP BY o.symbol, tumble(o.ts, INTERVAL '2' SECOND)";
+    join_differential("", over_temporal, &batch, "j").await;
+
+    // Each order meets the last 1 s bar of its symbol closed before it.
+    let bars = "SELECT symbol, tumble(ts, INTERVAL '1' SECOND) AS w, MAX(price) AS high
+        FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND)";
+    let of_aggregate = format!(
+        "SELECT o.order_id, o.symbol, b.w, b.high FROM orders o
+         ASOF JOIN ({bars}) b ON o.symbol = b.symbol AND o.ts >= b.w + 1000"
+    );
+    let batch = format!(
+        "SELECT order_id, symbol, w, high FROM (
+           SELECT o.order_id, o.symbol, b.w, b.high,
+                  ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY b.w DESC) AS rn
+           FROM orders o JOIN ({bars}) b ON o.symbol = b.symbol AND o.ts >= b.w + 1000) AS p
+         WHERE rn = 1"
+    );
+    join_differential("", &of_aggregate, &batch, "j").await;
+
+    // A join of a join: each order, a trade around it, and the trade of
+    // the same symbol just before that one.
+    let of_join = "SELECT o.order_id, t.ts AS t1, t.price AS p1, q.price AS p0
+        FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 200 AND o.ts + 200
+        ASOF JOIN trades q ON t.symbol = q.symbol AND t.ts >= q.ts + 1";
+    let batch = "SELECT order_id, t1, p1, p0 FROM (
+          SELECT o.order_id, t.ts AS t1, t.price AS p1, q.price AS p0,
+                 ROW_NUMBER() OVER (PARTITION BY o.order_id, t.ts ORDER BY q.ts DESC) AS rn
+          FROM orders o JOIN trades t ON o.symbol = t.symbol AND t.ts BETWEEN o.ts - 200 AND o.ts + 200
+          JOIN trades q ON t.symbol = q.symbol AND t.ts >= q.ts + 1) AS p
+        WHERE rn = 1";
+    join_differential("", of_join, batch, "j").await;
+
+    // Two ASOF joins in a row: the trade before each order and the one
+    // after it.
+    let two = "SELECT o.order_id, b.price AS before, a.price AS after FROM orders o
+        ASOF JOIN trades b ON o.symbol = b.symbol AND o.ts >= b.ts
+        ASOF JOIN trades a MATCH_CONDITION(o.ts <= a.ts) ON o.symbol = a.symbol";
+    let batch = "SELECT b.order_id, b.price AS before, a.price AS after FROM
+          (SELECT order_id, price FROM (SELECT o.order_id, t.price,
+             ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY t.ts DESC) AS rn
+             FROM orders o JOIN trades t ON o.symbol = t.symbol AND o.ts >= t.ts) AS x WHERE rn = 1) b
+        JOIN
+          (SELECT order_id, price FROM (SELECT o.order_id, t.price,
+             ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY t.ts) AS rn
+             FROM orders o JOIN trades t ON o.symbol = t.symbol AND o.ts <= t.ts) AS x WHERE rn = 1) a
+        ON b.order_id = a.order_id";
+    join_differential("", two, batch, "j").await;
+
+    // How the stages show.
+    let db = planned(&format!("CREATE STREAM j AS {over_asof}")).await;
+    let stage = db.explain("j_stage1").unwrap();
+    assert!(stage.starts_with("AsofJoin[Backward"), "{stage}");
+    assert!(db.explain("j").unwrap().contains("stream j_stage1"));
+}
+
 /// Joins reading a changelog (an `EMIT CHANGES` aggregate): each pair
 /// carries the product of its rows' weights, so the consolidated output
 /// is the join of the final rows.

@@ -9,20 +9,22 @@
 //! FROM a [LEFT] JOIN b FOR SYSTEM_TIME AS OF a.ts [AS r] ON a.k = b.k
 //! ```
 //!
-//! `ASOF` is dropped (the join stays INNER or LEFT), a `MATCH_CONDITION`
-//! moves to the front of the `ON` clause, `NEAREST` becomes the marker
-//! function [`crate::functions::ASOF_NEAREST`], and `FOR SYSTEM_TIME AS OF
-//! a.ts` becomes the backward condition `a.ts >= b.<event time>` (a
-//! version is valid from its source's event time on). A versioned view
-//! (a deduplication keeping each key's latest row) is replaced by the
-//! rows it deduplicates, its versions.
+//! `ASOF` is dropped (the join stays INNER or LEFT) and the join's `ON`
+//! clause starts with the marker [`crate::functions::ASOF_JOIN`]`()`, by
+//! which the lowering tells this join from the query's other joins; a
+//! `MATCH_CONDITION` moves to the front of the `ON` clause, `NEAREST`
+//! becomes the marker function [`crate::functions::ASOF_NEAREST`], and
+//! `FOR SYSTEM_TIME AS OF a.ts` becomes the backward condition `a.ts >=
+//! b.<event time>` (a version is valid from its source's event time on).
+//! A versioned view (a deduplication keeping each key's latest row) is
+//! replaced by the rows it deduplicates, its versions.
 
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::functions::ASOF_NEAREST;
+use crate::functions::{ASOF_JOIN, ASOF_NEAREST};
 use crate::window_tvf::{closing, is_keyword, next_significant, word};
 
 /// The query had an ASOF or temporal join.
@@ -67,13 +69,6 @@ pub(crate) fn rewrite(
         .map_err(|e| Error::new(ErrorCode::SqlSyntax, e.to_string()))?;
     let mut text: Vec<String> = tokens.iter().map(ToString::to_string).collect();
     let mut found: Option<AsofSyntax> = None;
-    let claim = |found: &mut Option<AsofSyntax>, syntax_found: AsofSyntax| {
-        if found.is_some() {
-            return Err(syntax("a stream may have one ASOF or temporal join"));
-        }
-        *found = Some(syntax_found);
-        Ok(())
-    };
     let mut i = 0;
     while i < tokens.len() {
         match word(&tokens[i]).as_deref() {
@@ -86,10 +81,13 @@ pub(crate) fn rewrite(
                 }) =>
             {
                 let next = next_significant(&tokens, i + 1).expect("checked");
-                claim(&mut found, AsofSyntax)?;
+                found = Some(AsofSyntax);
                 for t in &mut text[i..next] {
                     t.clear();
                 }
+                let on = join_on(&tokens, next)
+                    .ok_or_else(|| syntax("an ASOF JOIN needs ON and the join keys"))?;
+                text[on] = format!("ON {ASOF_JOIN}() AND");
                 i = next;
             }
             Some("match_condition")
@@ -109,7 +107,7 @@ pub(crate) fn rewrite(
                 for t in &mut text[i..=close] {
                     t.clear();
                 }
-                text[on] = format!("ON ({condition}) AND");
+                text[on] = format!("{} ({condition}) AND", text[on]);
                 i = on + 1;
             }
             _ if is_keyword(&tokens[i], Keyword::FOR) => {
@@ -148,7 +146,7 @@ pub(crate) fn rewrite(
                     )
                     .with_hint("or write it as ASOF JOIN ... ON a.k = b.k AND a.ts >= b.ts")
                 })?;
-                claim(&mut found, AsofSyntax)?;
+                found = Some(AsofSyntax);
                 for t in &mut text[i..=end] {
                     t.clear();
                 }
@@ -160,7 +158,7 @@ pub(crate) fn rewrite(
                 }
                 let versions = alias.unwrap_or(table);
                 let time = &versioned.time;
-                text[on] = format!("ON ({column} >= {versions}.\"{time}\") AND");
+                text[on] = format!("ON {ASOF_JOIN}() AND ({column} >= {versions}.\"{time}\") AND");
                 i = on + 1;
             }
             _ => i += 1,
@@ -170,6 +168,21 @@ pub(crate) fn rewrite(
         return Ok((query.to_string(), None));
     }
     Ok((text.concat(), found))
+}
+
+/// The `ON` of the join whose `JOIN` (or `LEFT`, `INNER`) is at `from`:
+/// the first at the join's own level, past a parenthesised right side.
+fn join_on(tokens: &[Token], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < tokens.len() {
+        if tokens[i] == Token::LParen {
+            i = closing(tokens, i)?;
+        } else if is_keyword(&tokens[i], Keyword::ON) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A possibly qualified name starting at or after `from`: its text and
@@ -237,7 +250,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM a JOIN b ON a.k = b.k AND a.ts >= b.ts"
+            "SELECT * FROM a JOIN b ON __asof_join() AND a.k = b.k AND a.ts >= b.ts"
         );
         assert_eq!(s, Some(AsofSyntax));
         let (q, _) = rewrite(
@@ -247,7 +260,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM a LEFT JOIN b ON (__asof_nearest(a.ts, b.ts)) AND a.k = b.k"
+            "SELECT * FROM a LEFT JOIN b ON __asof_join() AND (__asof_nearest(a.ts, b.ts)) AND a.k = b.k"
         );
         let (q, _) = rewrite(
             "SELECT * FROM o JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.c = r.c",
@@ -256,7 +269,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o JOIN rates AS r ON (o.ts >= r.\"valid_from\") AND o.c = r.c"
+            "SELECT * FROM o JOIN rates AS r ON __asof_join() AND (o.ts >= r.\"valid_from\") AND o.c = r.c"
         );
         let (q, _) = rewrite(
             "SELECT * FROM o LEFT JOIN rates FOR SYSTEM_TIME AS OF o.ts ON o.c = rates.c",
@@ -265,13 +278,27 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o LEFT JOIN rates ON (o.ts >= rates.\"valid_from\") AND o.c = rates.c"
+            "SELECT * FROM o LEFT JOIN rates ON __asof_join() AND (o.ts >= rates.\"valid_from\") AND o.c = rates.c"
         );
         assert!(rewrite(
             "SELECT * FROM o JOIN other FOR SYSTEM_TIME AS OF o.ts ON o.c = other.c",
             time
         )
         .is_err());
+        // The ON of the ASOF join itself, past a parenthesised right side
+        // with joins of its own; two ASOF joins in one query.
+        let (q, _) = rewrite(
+            "SELECT * FROM a ASOF JOIN (SELECT * FROM b JOIN c ON b.k = c.k) x ON a.k = x.k AND a.ts >= x.ts \
+             ASOF LEFT JOIN d ON a.k = d.k AND a.ts >= d.ts",
+            time,
+        )
+        .unwrap();
+        assert_eq!(
+            squash(&q),
+            "SELECT * FROM a JOIN (SELECT * FROM b JOIN c ON b.k = c.k) x ON __asof_join() AND a.k = x.k AND a.ts >= x.ts \
+             LEFT JOIN d ON __asof_join() AND a.k = d.k AND a.ts >= d.ts"
+        );
+        assert!(rewrite("SELECT * FROM a ASOF JOIN b", time).is_err());
         let plain = "SELECT asof, match_condition FROM t FOR";
         assert_eq!(rewrite(plain, time).unwrap(), (plain.to_string(), None));
         // A versioned view reads the rows it deduplicates.
@@ -288,7 +315,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS latest ON (o.ts >= latest.\"ts\") AND o.c = latest.c"
+            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS latest ON __asof_join() AND (o.ts >= latest.\"ts\") AND o.c = latest.c"
         );
         let (q, _) = rewrite(
             "SELECT * FROM o JOIN latest FOR SYSTEM_TIME AS OF o.ts AS l ON o.c = l.c",
@@ -297,7 +324,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             squash(&q),
-            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS l ON (o.ts >= l.\"ts\") AND o.c = l.c"
+            "SELECT * FROM o JOIN (SELECT \"c\", \"ts\" FROM \"rates\") AS l ON __asof_join() AND (o.ts >= l.\"ts\") AND o.c = l.c"
         );
     }
 }

@@ -237,6 +237,44 @@ pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(Slide::new(SESSION)));
     ctx.register_udf(ScalarUDF::new_from_impl(WindowEnd::default()));
     ctx.register_udf(ScalarUDF::new_from_impl(AsofNearest::default()));
+    ctx.register_udf(ScalarUDF::new_from_impl(AsofJoinMarker::default()));
+}
+
+/// Name of the internal function that opens an ASOF or temporal join's
+/// `ON` clause, marking that join among the query's joins.
+pub const ASOF_JOIN: &str = "__asof_join";
+
+/// `__asof_join()`: true as a value; the lowering reads it from the plan.
+/// Volatile, so that no optimiser rule folds it away.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AsofJoinMarker {
+    signature: Signature,
+}
+
+impl Default for AsofJoinMarker {
+    fn default() -> Self {
+        Self {
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for AsofJoinMarker {
+    fn name(&self) -> &str {
+        ASOF_JOIN
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("ASOF and temporal joins run only in streams and on kept rows")
+    }
 }
 
 /// Name of the internal function standing for `NEAREST(a.ts, b.ts)` in an

@@ -428,6 +428,9 @@ impl Lowering<'_> {
         let mut bounds = Vec::new();
         let mut nearest: Option<(Column, Column)> = None;
         for conjunct in conjuncts(join.filter.as_ref()) {
+            if is_marker(&conjunct) {
+                continue;
+            }
             if let Some(bound) = time_bound(join, &conjunct).filter(|b| self.bounds_times(join, b))
             {
                 bounds.push(bound);
@@ -520,6 +523,16 @@ impl Lowering<'_> {
             explain,
         ))
     }
+}
+
+/// Whether `join` is an ASOF or temporal join: its condition holds the
+/// marker the syntax rewrite put there (see [`crate::asof`]).
+pub(crate) fn is_asof(join: &Join) -> bool {
+    conjuncts(join.filter.as_ref()).iter().any(is_marker)
+}
+
+fn is_marker(expr: &Expr) -> bool {
+    matches!(expr, Expr::ScalarFunction(call) if call.name() == crate::functions::ASOF_JOIN)
 }
 
 /// `NEAREST(left.ts, right.ts)` (in either order): the two time columns.

@@ -799,8 +799,6 @@ pub(crate) struct Lowering<'a> {
     stream_time_columns: &'a HashMap<String, Vec<usize>>,
     /// Tables (lookup joins read them).
     pub(crate) tables: &'a HashMap<String, TableDef>,
-    /// The query has an ASOF or temporal join.
-    asof: bool,
     /// Expressions handed to the JIT, for `EXPLAIN`.
     compiled: std::cell::RefCell<Vec<Arc<crate::jit::CompiledExpr>>>,
 }
@@ -1051,7 +1049,8 @@ impl Lowering<'_> {
                     // rows, keeps rows of any age: no output time is
                     // covered by a watermark.
                     let table = self.table_side(join).ok().flatten().is_some();
-                    if !self.asof && !table && !self.join_keeps_time(join) {
+                    let asof = crate::join::is_asof(join);
+                    if !asof && !table && !self.join_keeps_time(join) {
                         return false;
                     }
                     let left = join.left.schema().fields().len();
@@ -1060,7 +1059,7 @@ impl Lowering<'_> {
                     // the time: not an outer join's padded side (NULLs),
                     // nor an ASOF join's versions (older than the probe).
                     let covered = match join.join_type {
-                        datafusion::logical_expr::JoinType::Inner => from_left || !self.asof,
+                        datafusion::logical_expr::JoinType::Inner => from_left || !asof,
                         datafusion::logical_expr::JoinType::Left => from_left,
                         datafusion::logical_expr::JoinType::Right => !from_left,
                         // Left rows, emitted on a match (semi) or once no
@@ -1950,7 +1949,6 @@ pub async fn plan_stream(
         streams: streams.clone(),
         stream_time_columns: stream_time_columns.clone(),
         tables,
-        asof: asof.is_some(),
         plans: Vec::new(),
     };
     let (plan, staged) = staging.split(&plan)?;
@@ -1965,7 +1963,6 @@ pub async fn plan_stream(
         ctx,
         def,
         &plan,
-        asof.is_some(),
         sources,
         &staging.streams,
         &staging.stream_time_columns,
@@ -1985,7 +1982,6 @@ struct Staging<'a> {
     streams: HashMap<String, SchemaRef>,
     stream_time_columns: HashMap<String, Vec<usize>>,
     tables: &'a HashMap<String, TableDef>,
-    asof: bool,
     plans: Vec<StreamPlan>,
 }
 
@@ -2033,12 +2029,6 @@ impl Staging<'_> {
     fn stage(&mut self, input: &LogicalPlan) -> Result<LogicalPlan> {
         use datafusion::common::Column;
         use datafusion::logical_expr::LogicalPlanBuilder;
-        if self.asof {
-            return Err(unsupported(
-                "an ASOF or temporal join in a query with another join or an aggregate is not supported yet",
-                "write the ASOF join as a stream of its own and read that stream",
-            ));
-        }
         let (inner, _) = self.split(input)?;
         // A stage's weight is one column: a join of two changelogs inside
         // a larger query would carry two.
@@ -2098,7 +2088,6 @@ impl Staging<'_> {
             self.ctx,
             &def,
             &stage_plan,
-            false,
             self.sources,
             &self.streams,
             &self.stream_time_columns,
@@ -2157,14 +2146,11 @@ fn stage_emit(plan: &LogicalPlan) -> Option<EmitMode> {
     }
 }
 
-/// Lowers an optimised plan to one stream (`asof`: its join is an ASOF or
-/// temporal join).
-#[allow(clippy::too_many_arguments)]
+/// Lowers an optimised plan to one stream.
 fn lower(
     ctx: &SessionContext,
     def: &StreamDef,
     plan: &LogicalPlan,
-    asof: bool,
     sources: &HashMap<String, SourceDef>,
     streams: &HashMap<String, SchemaRef>,
     stream_time_columns: &HashMap<String, Vec<usize>>,
@@ -2176,11 +2162,11 @@ fn lower(
         streams,
         stream_time_columns,
         tables,
-        asof,
         compiled: Default::default(),
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.chain(plan)?;
+    let asof = matches!(chain.below, LogicalPlan::Join(join) if crate::join::is_asof(join));
     let mut right_input: Option<(StreamInput, Routing)> = None;
     let mut lookup_table: Option<String> = None;
     let (input, routing, operator, explain) = match chain.below {
