@@ -436,10 +436,7 @@ pub enum ExecuteResult {
 /// What planning a stream reads besides the sources and the streams'
 /// schemas.
 struct PlanningContext {
-    /// Streams' event-time columns, by name.
-    time_columns: HashMap<String, Vec<usize>>,
-    /// Deduplications' versions queries (`StreamPlan::versions_query`).
-    versions: HashMap<String, String>,
+    streams: laminar_sql::KnownStreams,
     tables: HashMap<String, laminar_sql::TableDef>,
 }
 
@@ -587,7 +584,7 @@ impl LaminarDB {
             Statement::ShowCreate(name) => return self.show_create(&name).map(ExecuteResult::Rows),
             _ => {}
         }
-        let (sources, streams) = {
+        let sources = {
             let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
             if catalog.started {
                 return Err(Error::new(
@@ -596,14 +593,7 @@ impl LaminarDB {
                 )
                 .with_hint("adding queries to a running pipeline is not supported yet"));
             }
-            (
-                catalog.source_map(),
-                catalog
-                    .streams
-                    .iter()
-                    .map(|s| (s.name.clone(), Arc::clone(&s.output_schema)))
-                    .collect::<HashMap<_, _>>(),
-            )
+            catalog.source_map()
         };
         match statement {
             Statement::CreateSource(syntax) => {
@@ -659,9 +649,7 @@ impl LaminarDB {
                     &self.shared.ctx,
                     &def,
                     &sources,
-                    &streams,
-                    &context.time_columns,
-                    &context.versions,
+                    &context.streams,
                     &context.tables,
                 )
                 .await?;
@@ -680,6 +668,7 @@ impl LaminarDB {
                     right_input: None,
                     lookup_table: None,
                     time_columns: Vec::new(),
+                    settled_time_columns: Vec::new(),
                     operator: StreamOperator::Stateless(Vec::new()),
                     explain: format!("LateRows <- stream {}", def.name),
                     compiled: Vec::new(),
@@ -1502,22 +1491,13 @@ impl LaminarDB {
         Ok(ctx)
     }
 
-    /// What stream planning needs besides sources and stream schemas:
-    /// streams' event-time columns and the tables.
-    #[allow(clippy::type_complexity)]
     /// What planning needs to know of the existing streams and tables.
     fn planning_context(&self) -> Result<PlanningContext> {
         let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
-        let time_columns = catalog
-            .streams
-            .iter()
-            .map(|s| (s.name.clone(), s.time_columns.clone()))
-            .collect();
-        let versions = catalog
-            .streams
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.versions_query.clone()?)))
-            .collect();
+        let mut streams = laminar_sql::KnownStreams::default();
+        for plan in &catalog.streams {
+            streams.insert(plan);
+        }
         drop(catalog);
         let tables = self
             .shared
@@ -1527,26 +1507,17 @@ impl LaminarDB {
             .iter()
             .map(|t| (t.def.name.clone(), t.def.clone()))
             .collect();
-        Ok(PlanningContext {
-            time_columns,
-            versions,
-            tables,
-        })
+        Ok(PlanningContext { streams, tables })
     }
 
     /// An ad-hoc query with an ASOF or temporal join: planned like a
     /// stream, run by the same operator over the inputs' kept rows
     /// (sources' retained rows, materialized views), with all time closed.
     async fn adhoc_asof(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let (sources, streams, views) = {
+        let (sources, views) = {
             let catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
             (
                 catalog.source_map(),
-                catalog
-                    .streams
-                    .iter()
-                    .map(|s| (s.name.clone(), Arc::clone(&s.output_schema)))
-                    .collect::<HashMap<_, _>>(),
                 catalog
                     .streams
                     .iter()
@@ -1569,9 +1540,7 @@ impl LaminarDB {
             &self.shared.ctx,
             &def,
             &sources,
-            &streams,
-            &context.time_columns,
-            &context.versions,
+            &context.streams,
             &context.tables,
         )
         .await?;

@@ -1164,6 +1164,165 @@ async fn joins_over_changelogs() {
     );
 }
 
+/// ASOF and temporal joins reading a windowed `EMIT CHANGES` aggregate by
+/// its window's end: a window's rows change only while it is open, so an
+/// answer, given once the watermark passes its time, picks only final
+/// rows; the consolidated changelog is the batch answer over the final
+/// windows, however the changelog was batched. The bars' `HAVING`
+/// withdraws a window's row without a replacement once its maximum
+/// passes the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asof_and_temporal_joins_over_windowed_changelogs() {
+    let bars = "CREATE STREAM bars AS
+          SELECT symbol, window_end AS e, MAX(price) AS high, COUNT(*) AS n
+          FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+          GROUP BY symbol, window_start, window_end HAVING MAX(price) < 900 EMIT CHANGES;
+        CREATE STREAM order_counts AS
+          SELECT symbol, window_start AS w, window_end AS e, COUNT(*) AS n, SUM(qty) AS qty
+          FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+          GROUP BY symbol, window_start, window_end EMIT CHANGES";
+    let batch_bars = "(SELECT symbol, tumble(ts, INTERVAL '1' SECOND) + 1000 AS e,
+          MAX(price) AS high, COUNT(*) AS n FROM trades
+          GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND) HAVING MAX(price) < 900)";
+    let batch_counts = "(SELECT symbol, tumble(ts, INTERVAL '1' SECOND) + 1000 AS e,
+          COUNT(*) AS n, SUM(qty) AS qty FROM orders WHERE symbol IS NOT NULL
+          GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND))";
+    let cases = [
+        // Each order meets the last bar of its symbol closed at its time.
+        (
+            "SELECT o.order_id, b.e, b.high, b.n
+             FROM orders o JOIN bars FOR SYSTEM_TIME AS OF o.ts AS b ON o.symbol = b.symbol"
+                .to_string(),
+            format!(
+                "SELECT order_id, e, high, n FROM (
+                   SELECT o.order_id, b.e, b.high, b.n,
+                          ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY b.e DESC) AS rn
+                   FROM orders o JOIN {batch_bars} b ON o.symbol = b.symbol AND o.ts >= b.e) AS p
+                 WHERE rn = 1"
+            ),
+        ),
+        // The same as ASOF LEFT JOIN, orders without a bar kept.
+        (
+            "SELECT o.order_id, b.e, b.high
+             FROM orders o ASOF LEFT JOIN bars b ON o.symbol = b.symbol AND o.ts >= b.e"
+                .to_string(),
+            format!(
+                "SELECT order_id, e, high FROM (
+                   SELECT o.order_id, b.e, b.high,
+                          ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY b.e DESC NULLS LAST) AS rn
+                   FROM orders o LEFT JOIN {batch_bars} b ON o.symbol = b.symbol AND o.ts >= b.e) AS p
+                 WHERE rn = 1"
+            ),
+        ),
+        // A changelog on the left: each window's order count meets the
+        // last trade at its end; its retractions meet the same trade.
+        (
+            "SELECT c.symbol, c.e, c.n, c.qty, t.price
+             FROM order_counts c ASOF JOIN trades t ON c.symbol = t.symbol AND c.e >= t.ts"
+                .to_string(),
+            format!(
+                "SELECT symbol, e, n, qty, price FROM (
+                   SELECT c.symbol, c.e, c.n, c.qty, t.price,
+                          ROW_NUMBER() OVER (PARTITION BY c.symbol, c.e ORDER BY t.ts DESC) AS rn
+                   FROM {batch_counts} c JOIN trades t ON c.symbol = t.symbol AND c.e >= t.ts) AS p
+                 WHERE rn = 1"
+            ),
+        ),
+        // Changelogs on both sides.
+        (
+            "SELECT c.symbol, c.e, c.n, b.high
+             FROM order_counts c ASOF JOIN bars b ON c.symbol = b.symbol AND c.e >= b.e"
+                .to_string(),
+            format!(
+                "SELECT symbol, e, n, high FROM (
+                   SELECT c.symbol, c.e, c.n, b.high,
+                          ROW_NUMBER() OVER (PARTITION BY c.symbol, c.e ORDER BY b.e DESC) AS rn
+                   FROM {batch_counts} c JOIN {batch_bars} b ON c.symbol = b.symbol AND c.e >= b.e) AS p
+                 WHERE rn = 1"
+            ),
+        ),
+    ];
+    for (seed, max_batch) in [(11u64, 5usize), (12, 300)] {
+        let orders = orders(seed, 1_500, 10);
+        let trades = trades_batch(&trades(seed, 1_500, 10, 4_000));
+        for (query, batch) in &cases {
+            changelog_differential(bars, query, batch, seed, (&orders, &trades), max_batch).await;
+        }
+    }
+    // Timed by the window's start, which a changelog retracts after the
+    // watermark passes it: refused, with the way out.
+    let db = planned(bars).await;
+    let error = error_of(
+        &db,
+        "CREATE STREAM s AS SELECT o.order_id, c.n FROM orders o
+         ASOF JOIN order_counts c ON o.symbol = c.symbol AND o.ts >= c.w",
+    )
+    .await;
+    assert!(
+        error.contains("LDB-1004") && error.contains("window's end"),
+        "{error}"
+    );
+}
+
+/// A version withdrawn without a replacement (the bar's `HAVING` fails
+/// once a higher price arrives) leaves the one before it as the answer,
+/// even when the probe side is far ahead: pruning keeps every version the
+/// right watermark has not settled, and the one before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporal_join_over_a_changelog_falls_back_when_a_version_is_withdrawn() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    for shards in [1, 2] {
+        let db = LaminarDB::builder().shards(shards).build().unwrap();
+        db.execute(QUOTES_AND_PROBES).await.unwrap();
+        db.execute(
+            "CREATE STREAM bars AS SELECT sym, window_end AS e, MAX(px) AS high
+               FROM TABLE(TUMBLE(TABLE quotes, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+               GROUP BY sym, window_start, window_end HAVING MAX(px) < 100 EMIT CHANGES;
+             CREATE STREAM j AS SELECT p.id, b.e, b.high
+               FROM probes p JOIN bars FOR SYSTEM_TIME AS OF p.ts AS b ON p.sym = b.sym",
+        )
+        .await
+        .unwrap();
+        let sub = db.subscribe("j").unwrap();
+        let (p, q) = (
+            db.source_untyped("probes").unwrap(),
+            db.source_untyped("quotes").unwrap(),
+        );
+        db.start().await.unwrap();
+        let collector = collect(sub);
+        // The probe waits, its side's watermark far ahead.
+        p.push(probes_batch(&[1], &["A"], &[2500])).unwrap();
+        p.watermark(10_000).unwrap();
+        eventually(|| {
+            db.metrics()
+                .streams
+                .iter()
+                .any(|s| s.name == "j" && s.state_bytes > 0)
+        });
+        // Bars ending at 1000 (high 50) and 2000 (high 60), then the
+        // second's withdrawal (its high passes 100).
+        q.push(quotes_batch(&["A", "A"], &[50.0, 60.0], &[100, 1100]))
+            .unwrap();
+        q.push(quotes_batch(&["A"], &[150.0], &[1200])).unwrap();
+        q.watermark(i64::MAX).unwrap();
+        p.watermark(i64::MAX).unwrap();
+        db.shutdown().await.unwrap();
+        let got = consolidate(&collector.join().unwrap());
+        let rows: Vec<(i64, i64, f64)> = got
+            .iter()
+            .flat_map(|b| {
+                let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let e = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                let high = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+                (0..b.num_rows())
+                    .map(|i| (id.value(i), e.value(i), high.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(rows, vec![(1, 1000, 50.0)], "{shards} shard(s)");
+    }
+}
+
 /// `EMIT CHANGES` on an outer interval join: unmatched rows show at once,
 /// padded, and are retracted when a match arrives; the consolidated
 /// changelog is the batch answer.

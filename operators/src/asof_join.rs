@@ -16,12 +16,24 @@
 //! oldest left time still possible. A key's last version stays (it is the
 //! answer for every later left row), so state is one version per key plus
 //! the versions of the last watermark delay.
+//!
+//! A right side that is a changelog (an `EMIT CHANGES` stream timed by a
+//! column it never retracts at or below its watermark, such as a window's
+//! end) is read as its changes: a row with a positive weight is a version,
+//! one with a negative weight withdraws the equal version (matched by a
+//! 128-bit digest of its values). Answers wait for the right watermark as
+//! before, and by then every version they may pick is settled, so they do
+//! not depend on how the changelog was batched; pruning never drops a
+//! version the watermark has not settled. A left changelog needs nothing
+//! here: its weights pass through as a column, and a retraction meets the
+//! same version its row did.
 
 use std::collections::VecDeque;
 
-use arrow::array::{Int64Array, RecordBatch};
+use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use laminar_runtime::Result;
+use laminar_runtime::{Error, ErrorCode, Result};
+use laminar_state::Digest;
 
 use crate::groups::{GroupTable, KeyEncoder};
 use crate::join::{joined, nulls, shared_encoder, JoinSide, SideBatch, StoredBatches};
@@ -58,6 +70,9 @@ pub struct AsofJoinSpec {
     pub joined_schema: SchemaRef,
     /// Filters/projections after the join.
     pub post: Vec<Stage>,
+    /// The right side's `_weight` column (an `Int64`) when it is a
+    /// changelog.
+    pub right_weight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +103,9 @@ pub struct AsofJoin {
     version_count: usize,
     /// Versions counted at the last full sweep.
     swept_at: usize,
-    right_batches: StoredBatches<()>,
+    /// With a changelog right side, each stored batch's row digests
+    /// (without the weight), by which retractions find their version.
+    right_batches: StoredBatches<Vec<Digest>>,
     /// Left rows waiting, ordered by (time, arrival): mostly appended (in
     /// order) and released from the front, in memory kept between batches.
     waiting: VecDeque<Waiting>,
@@ -329,35 +346,68 @@ impl AsofJoin {
             return Ok(());
         };
         let keys = self.encoder.encode(&input.key_arrays)?;
+        let (weights, digests) = match self.spec.right_weight {
+            Some(column) => changes(&input.rows, column)?,
+            None => (None, Vec::new()),
+        };
         let seq = self.right_batches.next_seq();
         let mut touched = Vec::new();
+        let mut kept = 0;
         for (row, &t) in input.times_ms.iter().enumerate() {
             let group = self.encoder.group_id(&mut self.table, &keys, row);
             if group == self.versions.len() {
                 self.versions.push(Vec::new());
             }
+            let weight = weights.as_ref().map_or(1, |w| w.value(row));
+            if weight < 0 {
+                for _ in 0..weight.unsigned_abs() {
+                    self.withdraw(group, t, digests[row]);
+                }
+                continue;
+            }
             let versions = &mut self.versions[group];
             // After the versions of the same time: the later arrival wins.
             let at = versions.partition_point(|v| v.time_ms <= t);
-            versions.insert(
-                at,
-                Version {
-                    time_ms: t,
-                    batch: seq,
-                    row: row as u32,
-                },
-            );
+            for _ in 0..weight {
+                versions.insert(
+                    at,
+                    Version {
+                        time_ms: t,
+                        batch: seq,
+                        row: row as u32,
+                    },
+                );
+                kept += 1;
+            }
             touched.push(group);
         }
-        self.version_count += input.times_ms.len();
-        self.right_batches
-            .push(input.rows, input.times_ms.len(), ());
+        self.version_count += kept;
+        self.right_batches.push(input.rows, kept, digests);
         touched.sort_unstable();
         touched.dedup();
         for group in touched {
             self.prune(group);
         }
         Ok(())
+    }
+
+    /// Removes the version of `group` at `time_ms` whose values have
+    /// `digest` (the latest such arrival). One that was pruned (no left
+    /// row could pick it any more) is not there, and nothing is to do.
+    fn withdraw(&mut self, group: usize, time_ms: i64, digest: Digest) {
+        let batches = &self.right_batches;
+        let versions = &mut self.versions[group];
+        let start = versions.partition_point(|v| v.time_ms < time_ms);
+        let end = versions.partition_point(|v| v.time_ms <= time_ms);
+        let Some(i) = (start..end)
+            .rev()
+            .find(|&i| batches.get(versions[i].batch).extra[versions[i].row as usize] == digest)
+        else {
+            return;
+        };
+        let version = versions.remove(i);
+        self.right_batches.release(version.batch);
+        self.version_count -= 1;
     }
 
     /// The oldest left time still to be answered: waiting rows, and on-time
@@ -381,11 +431,16 @@ impl AsofJoin {
         if self.spec.direction != AsofDirection::Forward {
             // The latest version at or before this point beats every older
             // one for each left row from the cutoff on.
-            let point = if self.spec.direction == AsofDirection::Backward {
+            let mut point = if self.spec.direction == AsofDirection::Backward {
                 cutoff.saturating_add(self.spec.upper_ms.min(0))
             } else {
                 cutoff
             };
+            if self.spec.right_weight.is_some() {
+                // A version after the right watermark may still be
+                // withdrawn: the one before it must stay.
+                point = point.min(self.watermarks_ms[1]);
+            }
             let latest = versions.partition_point(|v| v.time_ms <= point);
             drop = drop.max(latest.saturating_sub(1));
         }
@@ -479,12 +534,11 @@ impl AsofJoin {
         rows: &[(u64, u32)],
         times: impl Iterator<Item = i64>,
     ) -> Result<RecordBatch> {
-        let (batches, schema) = if side == 0 {
-            (&self.left_batches, &self.spec.left.schema)
+        let mut columns = if side == 0 {
+            self.left_batches.gather(rows, &self.spec.left.schema)?
         } else {
-            (&self.right_batches, &self.spec.right.schema)
+            self.right_batches.gather(rows, &self.spec.right.schema)?
         };
-        let mut columns = batches.gather(rows, schema)?;
         let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
         columns.push(std::sync::Arc::new(Int64Array::from_iter_values(times)));
         columns.push(std::sync::Arc::new(Int64Array::from_value(
@@ -549,7 +603,11 @@ impl Operator for AsofJoin {
             let groups = self.group_ids(side, &rows)?;
             let count = rows.num_rows();
             if side == 1 {
-                let seq = self.right_batches.push(rows, count, ());
+                let digests = match self.spec.right_weight {
+                    Some(column) => changes(&rows, column)?.1,
+                    None => Vec::new(),
+                };
+                let seq = self.right_batches.push(rows, count, digests);
                 for (row, (&group, &t)) in groups.iter().zip(times.values()).enumerate() {
                     // In order already: appending keeps it.
                     self.versions[group].push(Version {
@@ -644,7 +702,36 @@ impl Operator for AsofJoin {
             + self.left_batches.bytes
             + self.table.bytes()
             + self.version_count * std::mem::size_of::<Version>()
+            + self
+                .spec
+                .right_weight
+                .map_or(0, |_| self.version_count * std::mem::size_of::<Digest>())
             + self.versions.capacity() * std::mem::size_of::<Vec<Version>>()
             + self.waiting.capacity() * std::mem::size_of::<Waiting>()
     }
+}
+
+/// A changelog batch's weights and the digests of its rows' values (the
+/// weight left out).
+fn changes(rows: &RecordBatch, weight: usize) -> Result<(Option<Int64Array>, Vec<Digest>)> {
+    let weights = rows
+        .column(weight)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .filter(|w| w.null_count() == 0)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::Execution,
+                "an ASOF join's changelog side has no Int64 weights without NULLs",
+            )
+        })?
+        .clone();
+    let values: Vec<usize> = (0..rows.num_columns()).filter(|&c| c != weight).collect();
+    let digests = laminar_state::row_digests(&rows.project(&values)?)?.ok_or_else(|| {
+        Error::new(
+            ErrorCode::Unsupported,
+            "an ASOF join cannot compare the rows of its changelog side (a column type without a row encoding)",
+        )
+    })?;
+    Ok((Some(weights), digests))
 }

@@ -391,14 +391,41 @@ impl Lowering<'_> {
         Ok(false)
     }
 
-    /// ASOF and temporal joins read append-only inputs: a changelog's
-    /// retractions would be picked as if they were versions.
-    pub(crate) fn refuse_changelog(&self, input: &StreamInput) -> Result<()> {
-        if self
-            .input_schema(input.name())
+    /// Whether `input` is a changelog (has a `_weight` column).
+    fn is_changelog(&self, input: &StreamInput) -> bool {
+        self.input_schema(input.name())
             .field_with_name(laminar_operators::WEIGHT_COLUMN)
             .is_ok()
-        {
+    }
+
+    /// An ASOF join side that reads a changelog must be timed by one of
+    /// its settled columns.
+    fn settled_changelog(&self, side: &PlannedSide) -> Result<()> {
+        let input = &side.input;
+        if !self.is_changelog(input) {
+            return Ok(());
+        }
+        let settled = side.side.event_time.as_ref().is_some_and(|(column, _)| {
+            self.known
+                .settled_time_columns
+                .get(input.name())
+                .is_some_and(|columns| columns.contains(column))
+        });
+        if settled {
+            return Ok(());
+        }
+        Err(unsupported(
+            format!(
+                "{input} is a changelog (EMIT CHANGES) whose rows at this time column may still be retracted after the watermark passes them; an ASOF or temporal join would depend on how it was batched"
+            ),
+            "time it by its window's end (window_end, tumble_end(...)), or join the append-only stream it is computed from",
+        ))
+    }
+
+    /// Lookup joins read append-only inputs: a changelog's retractions
+    /// would be looked up as if they were rows.
+    pub(crate) fn refuse_changelog(&self, input: &StreamInput) -> Result<()> {
+        if self.is_changelog(input) {
             return Err(unsupported(
                 format!("{input} is a changelog (EMIT CHANGES); joining it is not supported yet"),
                 "join the append-only stream it is computed from, or emit it ON WINDOW CLOSE",
@@ -489,10 +516,32 @@ impl Lowering<'_> {
         }
         let planned = self.join_sides(join, Some((&left_time, &right_time)))?;
         // A changelog shows the net change of each batch, not every
-        // version: joining it as versions would depend on batch sizes.
+        // version. Read by a column its rows are final at (a window's
+        // end), the versions an answer may pick are settled by the time
+        // the watermark lets it go, whatever the batches were.
         for side in [&planned.left, &planned.right] {
-            self.refuse_changelog(&side.input)?;
+            self.settled_changelog(side)?;
         }
+        let right_weight = self
+            .is_changelog(&planned.right.input)
+            .then(|| {
+                planned
+                    .right
+                    .side
+                    .schema
+                    .index_of(laminar_operators::WEIGHT_COLUMN)
+            })
+            .transpose()
+            .map_err(|_| {
+                unsupported(
+                    format!(
+                        "the ASOF join reads the changelog {} without its {} column",
+                        planned.right.input,
+                        laminar_operators::WEIGHT_COLUMN
+                    ),
+                    "select the changelog's columns as they are",
+                )
+            })?;
         let explain = format!(
             "AsofJoin[{}{direction:?}, right - left in [{}, {}] ms, {} key(s), {} post stage(s)] <- {} ({:?}), {} ({:?})",
             if left_outer { "LEFT " } else { "" },
@@ -514,6 +563,7 @@ impl Lowering<'_> {
             left_outer,
             joined_schema: planned.joined_schema,
             post,
+            right_weight,
         };
         Ok((
             planned.left.input,

@@ -38,6 +38,6 @@ pub fn has_asof(query: &str) -> laminar_runtime::Result<bool> {
 }
 
 pub use planner::{
-    new_session_context, plan_for_batch, plan_stream, resolve_table, Routing, StreamInput,
-    StreamOperator, StreamPlan, TableDef,
+    new_session_context, plan_for_batch, plan_stream, resolve_table, KnownStreams, Routing,
+    StreamInput, StreamOperator, StreamPlan, TableDef,
 };

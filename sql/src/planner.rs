@@ -168,6 +168,12 @@ pub struct StreamPlan {
     /// watermark (a window's start, a source's event time passed through,
     /// a joined side's time): what a downstream join may bound by.
     pub time_columns: Vec<usize>,
+    /// Those of `time_columns` whose rows are final once the output
+    /// watermark reaches them (never retracted afterwards): all of them
+    /// for an append-only stream; for a changelog, a windowed aggregate's
+    /// window end. ASOF and temporal joins read a changelog only by such
+    /// a column.
+    pub settled_time_columns: Vec<usize>,
     /// What runs on each shard.
     pub operator: StreamOperator,
     /// Human-readable plan, for logs and `EXPLAIN`.
@@ -189,6 +195,45 @@ pub struct StreamPlan {
     /// over its input giving the rows it deduplicates, which are the
     /// versions a temporal join against it reads.
     pub versions_query: Option<String>,
+}
+
+/// Whether `expr` over `node`'s output is a window's end (`window_end`,
+/// `tumble_end(...)`), through projections, filters and aliases down to
+/// the aggregate that groups by the window.
+fn is_window_end(expr: &Expr, mut node: &LogicalPlan) -> bool {
+    let mut expr = expr.clone().unalias();
+    loop {
+        if let Expr::ScalarFunction(function) = &expr {
+            return function.name() == crate::window_tvf::WINDOW_END;
+        }
+        let Expr::Column(column) = &expr else {
+            return false;
+        };
+        let Ok(index) = node.schema().index_of_column(column) else {
+            return false;
+        };
+        match node {
+            LogicalPlan::Projection(projection) => {
+                expr = projection.expr[index].clone().unalias();
+                node = &projection.input;
+            }
+            LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+                let (qualifier, field) = node.inputs()[0].schema().qualified_field(index);
+                expr = Expr::Column(datafusion::common::Column::new(
+                    qualifier.cloned(),
+                    field.name(),
+                ));
+                node = node.inputs()[0];
+            }
+            LogicalPlan::Aggregate(aggregate) => {
+                return aggregate.group_expr.get(index).is_some_and(|e| {
+                    matches!(e.clone().unalias(), Expr::ScalarFunction(f)
+                        if f.name() == crate::window_tvf::WINDOW_END)
+                });
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// An identifier, double-quoted for SQL text.
@@ -503,17 +548,33 @@ fn weigh_changelog_joins(plan: &LogicalPlan) -> Result<(LogicalPlan, bool)> {
         return Ok((node, changed));
     }
     // Every input row's weight: a side may itself be a join of several.
-    let weights: Vec<Expr> = [&join.left, &join.right]
+    // An outer join's padded side weighs 1 (an ASOF LEFT JOIN's unmatched
+    // rows; other outer joins over changelogs are refused when lowered).
+    let padded = |right: bool| match join.join_type {
+        JoinType::Left => right,
+        JoinType::Right => !right,
+        JoinType::Full => true,
+        _ => false,
+    };
+    let weights: Vec<Expr> = [(&join.left, false), (&join.right, true)]
         .iter()
-        .flat_map(|side| {
+        .flat_map(|(side, right)| {
             side.schema()
                 .qualified_fields_with_unqualified_name(WEIGHT_COLUMN)
                 .into_iter()
                 .map(|(qualifier, _)| {
-                    Expr::Column(datafusion::common::Column::new(
+                    let weight = Expr::Column(datafusion::common::Column::new(
                         qualifier.cloned(),
                         WEIGHT_COLUMN,
-                    ))
+                    ));
+                    if padded(*right) {
+                        datafusion::functions::core::expr_fn::coalesce(vec![
+                            weight,
+                            datafusion::logical_expr::lit(1i64),
+                        ])
+                    } else {
+                        weight
+                    }
                 })
                 .collect::<Vec<_>>()
         })
@@ -793,10 +854,10 @@ fn window_kind(found: &FoundWindow) -> Result<WindowKind> {
 pub(crate) struct Lowering<'a> {
     props: ExecutionProps,
     pub(crate) sources: &'a HashMap<String, SourceDef>,
+    /// The existing streams.
+    pub(crate) known: &'a KnownStreams,
     /// Existing streams' output schemas, by name.
     streams: &'a HashMap<String, SchemaRef>,
-    /// Existing streams' event-time columns, by name.
-    stream_time_columns: &'a HashMap<String, Vec<usize>>,
     /// Tables (lookup joins read them).
     pub(crate) tables: &'a HashMap<String, TableDef>,
     /// Expressions handed to the JIT, for `EXPLAIN`.
@@ -1024,7 +1085,8 @@ impl Lowering<'_> {
                             .as_ref()
                             .is_some_and(|w| source.schema.field(column).name() == &w.column),
                         None => self
-                            .stream_time_columns
+                            .known
+                            .time_columns
                             .get(name)
                             .is_some_and(|columns| columns.contains(&column)),
                     };
@@ -1868,32 +1930,70 @@ fn with_weight_column(schema: &SchemaRef) -> Result<SchemaRef> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Plans `CREATE STREAM` over the given sources and existing streams
-/// (name -> output schema): the stream's plan, last, after the plans of
-/// the stage streams it reads (see the module docs), in creation order.
+/// What planning knows of the existing streams, by name.
+#[derive(Debug, Clone, Default)]
+pub struct KnownStreams {
+    /// Output schemas.
+    pub schemas: HashMap<String, SchemaRef>,
+    /// Event-time columns ([`StreamPlan::time_columns`]).
+    pub time_columns: HashMap<String, Vec<usize>>,
+    /// Settled event-time columns ([`StreamPlan::settled_time_columns`]).
+    pub settled_time_columns: HashMap<String, Vec<usize>>,
+    /// Deduplications' versions queries ([`StreamPlan::versions_query`]).
+    pub versions: HashMap<String, String>,
+}
+
+impl KnownStreams {
+    /// Adds a planned stream.
+    pub fn insert(&mut self, plan: &StreamPlan) {
+        let name = &plan.name;
+        self.schemas
+            .insert(name.clone(), Arc::clone(&plan.output_schema));
+        self.time_columns
+            .insert(name.clone(), plan.time_columns.clone());
+        self.settled_time_columns
+            .insert(name.clone(), plan.settled_time_columns.clone());
+        if let Some(query) = &plan.versions_query {
+            self.versions.insert(name.clone(), query.clone());
+        }
+    }
+}
+
+/// Plans `CREATE STREAM` over the given sources and existing streams:
+/// the stream's plan, last, after the plans of the stage streams it reads
+/// (see the module docs), in creation order.
 pub async fn plan_stream(
     ctx: &SessionContext,
     def: &StreamDef,
     sources: &HashMap<String, SourceDef>,
-    streams: &HashMap<String, SchemaRef>,
-    stream_time_columns: &HashMap<String, Vec<usize>>,
-    versions: &HashMap<String, String>,
+    streams: &KnownStreams,
     tables: &HashMap<String, TableDef>,
 ) -> Result<Vec<StreamPlan>> {
     let query = crate::window_tvf::rewrite(&def.query)?;
     // A temporal join's versions are timed by a source's event time, or a
-    // stream's (when it has exactly one event-time column).
+    // stream's (when it has exactly one event-time column; for a
+    // changelog, exactly one settled one).
     let (query, asof) = crate::asof::rewrite(&query, |table| {
         let time = match sources.get(table) {
             Some(source) => source.watermark.as_ref().map(|w| w.column.clone()),
-            None => match stream_time_columns.get(table).map(Vec::as_slice) {
-                Some(&[column]) => Some(streams[table].field(column).name().clone()),
-                _ => None,
-            },
+            None => {
+                let schema = streams.schemas.get(table)?;
+                let changelog = schema.field_with_name(WEIGHT_COLUMN).is_ok();
+                // A changelog with no settled column is refused with the
+                // reason when the join is lowered.
+                let columns = match streams.settled_time_columns.get(table) {
+                    Some(settled) if changelog && settled.len() == 1 => Some(settled),
+                    _ => streams.time_columns.get(table),
+                };
+                match columns.map(Vec::as_slice) {
+                    Some(&[column]) => Some(schema.field(column).name().clone()),
+                    _ => None,
+                }
+            }
         }?;
         Some(crate::asof::Versioned {
             time,
-            rows: versions.get(table).cloned(),
+            rows: streams.versions.get(table).cloned(),
         })
     })?;
     let plan = ctx
@@ -1947,7 +2047,6 @@ pub async fn plan_stream(
         def,
         sources,
         streams: streams.clone(),
-        stream_time_columns: stream_time_columns.clone(),
         tables,
         plans: Vec::new(),
     };
@@ -1959,15 +2058,7 @@ pub async fn plan_stream(
     } else {
         plan
     };
-    let last = lower(
-        ctx,
-        def,
-        &plan,
-        sources,
-        &staging.streams,
-        &staging.stream_time_columns,
-        tables,
-    )?;
+    let last = lower(ctx, def, &plan, sources, &staging.streams, tables)?;
     let mut plans = staging.plans;
     plans.push(last);
     Ok(plans)
@@ -1979,8 +2070,7 @@ struct Staging<'a> {
     ctx: &'a SessionContext,
     def: &'a StreamDef,
     sources: &'a HashMap<String, SourceDef>,
-    streams: HashMap<String, SchemaRef>,
-    stream_time_columns: HashMap<String, Vec<usize>>,
+    streams: KnownStreams,
     tables: &'a HashMap<String, TableDef>,
     plans: Vec<StreamPlan>,
 }
@@ -2090,13 +2180,10 @@ impl Staging<'_> {
             &stage_plan,
             self.sources,
             &self.streams,
-            &self.stream_time_columns,
             self.tables,
         )?;
         let output = Arc::clone(&planned.output_schema);
-        self.streams.insert(name.clone(), Arc::clone(&output));
-        self.stream_time_columns
-            .insert(name.clone(), planned.time_columns.clone());
+        self.streams.insert(&planned);
         self.plans.push(StreamPlan {
             part_of: Some(self.def.name.clone()),
             ..planned
@@ -2152,15 +2239,14 @@ fn lower(
     def: &StreamDef,
     plan: &LogicalPlan,
     sources: &HashMap<String, SourceDef>,
-    streams: &HashMap<String, SchemaRef>,
-    stream_time_columns: &HashMap<String, Vec<usize>>,
+    streams: &KnownStreams,
     tables: &HashMap<String, TableDef>,
 ) -> Result<StreamPlan> {
     let lowering = Lowering {
         props: ctx.state().execution_props().clone(),
         sources,
-        streams,
-        stream_time_columns,
+        known: streams,
+        streams: &streams.schemas,
         tables,
         compiled: Default::default(),
     };
@@ -2350,6 +2436,27 @@ fn lower(
             lowering.is_time(&column, plan)
         })
         .collect::<Vec<usize>>();
+    let settled_time_columns = if output_schema.field_with_name(WEIGHT_COLUMN).is_err() {
+        time_columns.clone()
+    } else if matches!(&operator, StreamOperator::ChangelogAggregate(spec) if spec.window.is_some())
+    {
+        // A window's rows change only while it is open, and it is open
+        // only while the watermark is below its end.
+        time_columns
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let (qualifier, field) = plan.schema().qualified_field(i);
+                let column = Expr::Column(datafusion::common::Column::new(
+                    qualifier.cloned(),
+                    field.name(),
+                ));
+                is_window_end(&column, plan)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let versions_query = match (&operator, chain.below) {
         (StreamOperator::TopN(spec), LogicalPlan::Window(window))
             if spec.limit == 1 && !time_columns.is_empty() =>
@@ -2369,6 +2476,7 @@ fn lower(
         right_input,
         lookup_table,
         time_columns,
+        settled_time_columns,
         operator,
         explain,
         compiled: lowering.compiled.take(),
