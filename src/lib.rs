@@ -1581,7 +1581,11 @@ impl LaminarDB {
                 StreamInput::Stream(name) if views.contains(name) => {
                     let views = self.shared.views.lock().map_err(|_| poisoned())?;
                     match views.iter().find(|v| &v.name == name && !v.output) {
-                        Some(view) => view.state.lock().map_err(|_| poisoned())?.snapshot(),
+                        Some(view) => view
+                            .state
+                            .lock()
+                            .map_err(|_| poisoned())?
+                            .snapshot_as_stream(),
                         None => Ok(Vec::new()),
                     }
                 }

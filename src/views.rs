@@ -98,20 +98,21 @@ impl ViewState {
             Contents::Append(kept) => kept.extend(batches),
             Contents::Changelog { .. } => {
                 for batch in batches {
-                    let mut columns = batch.columns().to_vec();
-                    columns.push(Arc::new(Int64Array::from_value(1, batch.num_rows())));
-                    let mut fields = batch.schema().fields().to_vec();
-                    fields.push(Arc::new(arrow::datatypes::Field::new(
-                        WEIGHT_COLUMN,
-                        arrow::datatypes::DataType::Int64,
-                        false,
-                    )));
-                    let weighted = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-                    self.apply(&weighted)?;
+                    self.apply(&weighted(&batch)?)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The view's rows right now, as its stream's rows (a changelog's
+    /// with `_weight` 1): what an operator reading the stream takes.
+    pub fn snapshot_as_stream(&self) -> Result<Vec<RecordBatch>> {
+        let rows = self.snapshot()?;
+        match &self.contents {
+            Contents::Append(_) => Ok(rows),
+            Contents::Changelog { .. } => rows.iter().map(weighted).collect(),
+        }
     }
 
     /// The view's rows right now.
@@ -232,4 +233,21 @@ impl View {
             let _ = thread.join();
         }
     }
+}
+
+/// `batch` with a `_weight` column of 1s: the changelog rows that insert
+/// its rows.
+fn weighted(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from_value(1, batch.num_rows())));
+    let mut fields = batch.schema().fields().to_vec();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        WEIGHT_COLUMN,
+        arrow::datatypes::DataType::Int64,
+        false,
+    )));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

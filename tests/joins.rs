@@ -1249,6 +1249,29 @@ async fn asof_and_temporal_joins_over_windowed_changelogs() {
             changelog_differential(bars, query, batch, seed, (&orders, &trades), max_batch).await;
         }
     }
+    // Several rows of one join key and time (the bars of each volume
+    // parity, joined on the symbol only): the pick among them follows
+    // their values, not the order of their last updates, so batching
+    // does not change the answer.
+    let parity = "CREATE STREAM parity_bars AS
+          SELECT symbol, volume % 2 AS parity, window_end AS e, MAX(price) AS high
+          FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+          GROUP BY symbol, volume % 2, window_start, window_end EMIT CHANGES";
+    let query = "CREATE STREAM j AS SELECT o.order_id, b.e, b.high FROM orders o
+        JOIN parity_bars FOR SYSTEM_TIME AS OF o.ts AS b ON o.symbol = b.symbol";
+    let orders_rows = orders(13, 1_500, 10);
+    let trades_rows = trades_batch(&trades(13, 1_500, 10, 4_000));
+    let mut answers = Vec::new();
+    for (seed, max_batch) in [(13u64, 3usize), (14, 40), (15, 1_500)] {
+        let ddl = format!("{ORDERS_DDL}; {TRADES_DDL}; {parity}; {query}");
+        let (got, _) = run_join(&ddl, "j", &orders_rows, &trades_rows, seed, max_batch, 2).await;
+        answers.push(consolidate(&got));
+    }
+    assert!(row_count(&answers[0]) > 100);
+    for other in &answers[1..] {
+        assert_same_rows(other, &answers[0]);
+    }
+
     // Timed by the window's start, which a changelog retracts after the
     // watermark passes it: refused, with the way out.
     let db = planned(bars).await;
@@ -1260,6 +1283,19 @@ async fn asof_and_temporal_joins_over_windowed_changelogs() {
     .await;
     assert!(
         error.contains("LDB-1004") && error.contains("window's end"),
+        "{error}"
+    );
+    // A subquery that drops a changelog's weights would take its
+    // retractions for rows.
+    let error = error_of(
+        &db,
+        "CREATE STREAM s AS SELECT c.symbol, c.n, t.price
+         FROM (SELECT symbol, e, n FROM order_counts) c
+         ASOF JOIN trades t ON c.symbol = t.symbol AND c.e >= t.ts",
+    )
+    .await;
+    assert!(
+        error.contains("LDB-1004") && error.contains("_weight"),
         "{error}"
     );
 }
@@ -1551,5 +1587,75 @@ async fn adhoc_asof_over_retained_rows() {
         .downcast_ref::<Float64Array>()
         .unwrap();
     assert!(prices.null_count() == 0);
+    db.shutdown().await.unwrap();
+}
+
+/// An ad-hoc ASOF join against a materialized view that is a windowed
+/// changelog reads the view's current rows as versions (each weighing 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_asof_over_a_changelog_view() {
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!(
+        "{ORDERS_DDL}; {TRADES_DDL};
+         CREATE MATERIALIZED VIEW bars AS
+           SELECT symbol, window_end AS e, MAX(price) AS high
+           FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+           GROUP BY symbol, window_start, window_end EMIT CHANGES"
+    ))
+    .await
+    .unwrap();
+    let (o, t) = (
+        db.source_untyped("orders").unwrap(),
+        db.source_untyped("trades").unwrap(),
+    );
+    db.start().await.unwrap();
+    let orders = orders(22, 300, 5);
+    let trade_rows = trades(22, 300, 5, 0);
+    t.push(trades_batch(&trade_rows)).unwrap();
+    t.watermark(i64::MAX).unwrap();
+    o.push(orders.clone()).unwrap();
+    // The view is complete once it has a row per symbol and second.
+    let bar_count = trade_rows
+        .iter()
+        .map(|r| (r.symbol.clone(), r.ts.div_euclid(1000)))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let view_rows = || async { row_count(&db.sql("SELECT * FROM bars").await.unwrap()) };
+    let mut waited = 0;
+    while view_rows().await < bar_count {
+        assert!(waited < 2_000, "the view never filled");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let bars = db.sql("SELECT symbol, e, high FROM bars").await.unwrap();
+    let got = db
+        .sql(
+            "SELECT o.order_id, b.e, b.high FROM orders o
+             ASOF JOIN bars b ON o.symbol = b.symbol AND o.ts >= b.e",
+        )
+        .await
+        .unwrap();
+    let got: Vec<RecordBatch> = got.iter().map(|b| b.project(&[0, 1, 2]).unwrap()).collect();
+    let ctx = laminar_sql::new_session_context();
+    let bars_table = MemTable::try_new(bars[0].schema(), vec![bars]).unwrap();
+    ctx.register_table("bars", Arc::new(bars_table)).unwrap();
+    let orders_table = MemTable::try_new(orders.schema(), vec![vec![orders]]).unwrap();
+    ctx.register_table("orders", Arc::new(orders_table))
+        .unwrap();
+    let want = ctx
+        .sql(
+            "SELECT order_id, e, high FROM (
+               SELECT o.order_id, b.e, b.high,
+                 ROW_NUMBER() OVER (PARTITION BY o.order_id ORDER BY b.e DESC) AS rn
+               FROM orders o JOIN bars b ON o.symbol = b.symbol AND o.ts >= b.e) AS x
+             WHERE rn = 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(row_count(&want) > 100);
+    assert_same_rows(&got, &want);
     db.shutdown().await.unwrap();
 }

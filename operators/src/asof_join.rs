@@ -23,7 +23,9 @@
 //! one with a negative weight withdraws the equal version (matched by a
 //! 128-bit digest of its values). Answers wait for the right watermark as
 //! before, and by then every version they may pick is settled, so they do
-//! not depend on how the changelog was batched; pruning never drops a
+//! not depend on how the changelog was batched (versions of one key and
+//! time are ordered by their digests, not by arrival, which for a
+//! changelog is the order of the last updates); pruning never drops a
 //! version the watermark has not settled. A left changelog needs nothing
 //! here: its weights pass through as a column, and a retraction meets the
 //! same version its row did.
@@ -352,22 +354,47 @@ impl AsofJoin {
         };
         let seq = self.right_batches.next_seq();
         let mut touched = Vec::new();
-        let mut kept = 0;
+        let mut kept = 0usize;
         for (row, &t) in input.times_ms.iter().enumerate() {
             let group = self.encoder.group_id(&mut self.table, &keys, row);
             if group == self.versions.len() {
                 self.versions.push(Vec::new());
             }
             let weight = weights.as_ref().map_or(1, |w| w.value(row));
-            if weight < 0 {
-                for _ in 0..weight.unsigned_abs() {
-                    self.withdraw(group, t, digests[row]);
+            for _ in 0..weight.min(0).unsigned_abs() {
+                // A version of this very batch is not stored yet.
+                if let Some(v) = self.withdraw(group, t, digests[row], (seq, &digests)) {
+                    if v.batch == seq {
+                        kept -= 1;
+                    } else {
+                        self.right_batches.release(v.batch);
+                    }
+                    self.version_count -= 1;
                 }
+            }
+            if weight <= 0 {
                 continue;
             }
             let versions = &mut self.versions[group];
-            // After the versions of the same time: the later arrival wins.
-            let at = versions.partition_point(|v| v.time_ms <= t);
+            // After the versions of the same time: the later arrival
+            // wins. A changelog's rows of one time are ordered by their
+            // values instead: arrival there is the order of the last
+            // updates, which depends on batching.
+            let at = if weights.is_some() {
+                let batches = &self.right_batches;
+                let digest_of = |v: &Version| {
+                    if v.batch == seq {
+                        digests[v.row as usize]
+                    } else {
+                        batches.get(v.batch).extra[v.row as usize]
+                    }
+                };
+                versions.partition_point(|v| {
+                    v.time_ms < t || (v.time_ms == t && digest_of(v) <= digests[row])
+                })
+            } else {
+                versions.partition_point(|v| v.time_ms <= t)
+            };
             for _ in 0..weight {
                 versions.insert(
                     at,
@@ -379,9 +406,9 @@ impl AsofJoin {
                 );
                 kept += 1;
             }
+            self.version_count += weight as usize;
             touched.push(group);
         }
-        self.version_count += kept;
         self.right_batches.push(input.rows, kept, digests);
         touched.sort_unstable();
         touched.dedup();
@@ -391,23 +418,31 @@ impl AsofJoin {
         Ok(())
     }
 
-    /// Removes the version of `group` at `time_ms` whose values have
-    /// `digest` (the latest such arrival). One that was pruned (no left
-    /// row could pick it any more) is not there, and nothing is to do.
-    fn withdraw(&mut self, group: usize, time_ms: i64, digest: Digest) {
+    /// Removes and returns the version of `group` at `time_ms` whose values
+    /// have `digest`; `current` is the batch being stored (its sequence
+    /// number and digests). One that was pruned (no left row could pick it
+    /// any more) is not there, and nothing is to do.
+    fn withdraw(
+        &mut self,
+        group: usize,
+        time_ms: i64,
+        digest: Digest,
+        (seq, digests): (u64, &[Digest]),
+    ) -> Option<Version> {
         let batches = &self.right_batches;
         let versions = &mut self.versions[group];
         let start = versions.partition_point(|v| v.time_ms < time_ms);
         let end = versions.partition_point(|v| v.time_ms <= time_ms);
-        let Some(i) = (start..end)
-            .rev()
-            .find(|&i| batches.get(versions[i].batch).extra[versions[i].row as usize] == digest)
-        else {
-            return;
-        };
-        let version = versions.remove(i);
-        self.right_batches.release(version.batch);
-        self.version_count -= 1;
+        let i = (start..end).rev().find(|&i| {
+            let v = versions[i];
+            let stored = if v.batch == seq {
+                digests[v.row as usize]
+            } else {
+                batches.get(v.batch).extra[v.row as usize]
+            };
+            stored == digest
+        })?;
+        Some(versions.remove(i))
     }
 
     /// The oldest left time still to be answered: waiting rows, and on-time

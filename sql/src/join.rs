@@ -522,26 +522,25 @@ impl Lowering<'_> {
         for side in [&planned.left, &planned.right] {
             self.settled_changelog(side)?;
         }
-        let right_weight = self
-            .is_changelog(&planned.right.input)
-            .then(|| {
-                planned
-                    .right
-                    .side
-                    .schema
-                    .index_of(laminar_operators::WEIGHT_COLUMN)
-            })
-            .transpose()
-            .map_err(|_| {
-                unsupported(
-                    format!(
-                        "the ASOF join reads the changelog {} without its {} column",
-                        planned.right.input,
-                        laminar_operators::WEIGHT_COLUMN
-                    ),
-                    "select the changelog's columns as they are",
-                )
-            })?;
+        // A changelog side read without its weights would take its
+        // retractions for rows.
+        let weight_of = |side: &PlannedSide| {
+            self.is_changelog(&side.input)
+                .then(|| side.side.schema.index_of(laminar_operators::WEIGHT_COLUMN))
+                .transpose()
+                .map_err(|_| {
+                    unsupported(
+                        format!(
+                            "the ASOF join reads the changelog {} without its {} column",
+                            side.input,
+                            laminar_operators::WEIGHT_COLUMN
+                        ),
+                        "keep the changelog's _weight column in the subquery",
+                    )
+                })
+        };
+        weight_of(&planned.left)?;
+        let right_weight = weight_of(&planned.right)?;
         let explain = format!(
             "AsofJoin[{}{direction:?}, right - left in [{}, {}] ms, {} key(s), {} post stage(s)] <- {} ({:?}), {} ({:?})",
             if left_outer { "LEFT " } else { "" },

@@ -197,14 +197,21 @@ pub struct StreamPlan {
     pub versions_query: Option<String>,
 }
 
-/// Whether `expr` over `node`'s output is a window's end (`window_end`,
-/// `tumble_end(...)`), through projections, filters and aliases down to
-/// the aggregate that groups by the window.
-fn is_window_end(expr: &Expr, mut node: &LogicalPlan) -> bool {
+/// Whether `expr` over `node`'s output is the end of the aggregate's
+/// window of `size_ms` (`window_end`, `tumble_end(...)`), through
+/// projections, filters and aliases down to the aggregate that groups by
+/// the window.
+fn is_window_end(expr: &Expr, mut node: &LogicalPlan, size_ms: i64) -> bool {
+    let ends_window = |expr: &Expr| {
+        matches!(expr, Expr::ScalarFunction(f)
+            if f.name() == crate::window_tvf::WINDOW_END
+                && matches!(f.args.get(1), Some(Expr::Literal(size, _))
+                    if crate::functions::interval_ms(size) == Some(size_ms)))
+    };
     let mut expr = expr.clone().unalias();
     loop {
-        if let Expr::ScalarFunction(function) = &expr {
-            return function.name() == crate::window_tvf::WINDOW_END;
+        if let Expr::ScalarFunction(_) = &expr {
+            return ends_window(&expr);
         }
         let Expr::Column(column) = &expr else {
             return false;
@@ -226,10 +233,10 @@ fn is_window_end(expr: &Expr, mut node: &LogicalPlan) -> bool {
                 node = node.inputs()[0];
             }
             LogicalPlan::Aggregate(aggregate) => {
-                return aggregate.group_expr.get(index).is_some_and(|e| {
-                    matches!(e.clone().unalias(), Expr::ScalarFunction(f)
-                        if f.name() == crate::window_tvf::WINDOW_END)
-                });
+                return aggregate
+                    .group_expr
+                    .get(index)
+                    .is_some_and(|e| ends_window(&e.clone().unalias()));
             }
             _ => return false,
         }
@@ -2438,7 +2445,14 @@ fn lower(
         .collect::<Vec<usize>>();
     let settled_time_columns = if output_schema.field_with_name(WEIGHT_COLUMN).is_err() {
         time_columns.clone()
-    } else if matches!(&operator, StreamOperator::ChangelogAggregate(spec) if spec.window.is_some())
+    } else if let StreamOperator::ChangelogAggregate(laminar_operators::AggregateSpec {
+        window:
+            Some(laminar_operators::WindowBinding {
+                kind: laminar_operators::WindowKind::Fixed(window),
+                ..
+            }),
+        ..
+    }) = &operator
     {
         // A window's rows change only while it is open, and it is open
         // only while the watermark is below its end.
@@ -2451,7 +2465,7 @@ fn lower(
                     qualifier.cloned(),
                     field.name(),
                 ));
-                is_window_end(&column, plan)
+                is_window_end(&column, plan, window.size_ms)
             })
             .collect()
     } else {
