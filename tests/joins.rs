@@ -175,6 +175,15 @@ async fn error_of(db: &LaminarDB, sql: &str) -> String {
     db.execute(sql).await.unwrap_err().to_string()
 }
 
+/// `sql` fails with `code` and a message holding `words`.
+async fn assert_refused(db: &LaminarDB, sql: &str, code: &str, words: &str) {
+    let error = error_of(db, sql).await;
+    assert!(
+        error.contains(code) && error.contains(words),
+        "{sql}: {error}"
+    );
+}
+
 /// A one-shard database with the orders and trades sources and `ddl`.
 async fn planned(ddl: &str) -> LaminarDB {
     let db = LaminarDB::builder().shards(1).build().unwrap();
@@ -1143,25 +1152,21 @@ async fn joins_over_changelogs() {
         }
     }
     let db = planned(counts).await;
-    let error = error_of(
+    assert_refused(
         &db,
         "CREATE STREAM a AS SELECT c.symbol, COUNT(*) AS n FROM counts c
          JOIN sizes s ON c.symbol = s.symbol GROUP BY c.symbol EMIT CHANGES",
+        "LDB-1004",
+        "two changelogs",
     )
     .await;
-    assert!(
-        error.contains("LDB-1004") && error.contains("two changelogs"),
-        "{error}"
-    );
-    let error = error_of(
+    assert_refused(
         &db,
         "CREATE STREAM l AS SELECT o.order_id, c.n FROM orders o LEFT JOIN counts c ON o.symbol = c.symbol",
+        "LDB-1004",
+        "changelog",
     )
     .await;
-    assert!(
-        error.contains("LDB-1004") && error.contains("changelog"),
-        "{error}"
-    );
 }
 
 /// ASOF and temporal joins reading a windowed `EMIT CHANGES` aggregate by
@@ -1275,29 +1280,25 @@ async fn asof_and_temporal_joins_over_windowed_changelogs() {
     // Timed by the window's start, which a changelog retracts after the
     // watermark passes it: refused, with the way out.
     let db = planned(bars).await;
-    let error = error_of(
+    assert_refused(
         &db,
         "CREATE STREAM s AS SELECT o.order_id, c.n FROM orders o
          ASOF JOIN order_counts c ON o.symbol = c.symbol AND o.ts >= c.w",
+        "LDB-1004",
+        "window's end",
     )
     .await;
-    assert!(
-        error.contains("LDB-1004") && error.contains("window's end"),
-        "{error}"
-    );
     // A subquery that drops a changelog's weights would take its
     // retractions for rows.
-    let error = error_of(
+    assert_refused(
         &db,
         "CREATE STREAM s AS SELECT c.symbol, c.n, t.price
          FROM (SELECT symbol, e, n FROM order_counts) c
          ASOF JOIN trades t ON c.symbol = t.symbol AND c.e >= t.ts",
+        "LDB-1004",
+        "_weight",
     )
     .await;
-    assert!(
-        error.contains("LDB-1004") && error.contains("_weight"),
-        "{error}"
-    );
 }
 
 /// A version withdrawn without a replacement (the bar's `HAVING` fails

@@ -56,7 +56,7 @@ impl Versioned {
     }
 }
 
-/// Rewrites a query's ASOF or temporal join; `None` when it has neither
+/// Rewrites a query's ASOF and temporal joins; `None` when it has none
 /// (the text then comes back unchanged). `versioned` tells what a table
 /// (a temporal join's right side) has of versions, if anything.
 pub(crate) fn rewrite(
