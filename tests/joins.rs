@@ -606,6 +606,30 @@ fn probes_batch(ids: &[i64], syms: &[&str], times: &[i64]) -> RecordBatch {
     .unwrap()
 }
 
+/// A started database with the quotes and probes sources and `ddl`
+/// (defining stream `j`): the probes' and quotes' handles and a collector
+/// of `j`'s output.
+async fn quotes_and_probes(
+    shards: usize,
+    ddl: &str,
+) -> (
+    LaminarDB,
+    laminar_db::SourceHandle,
+    laminar_db::SourceHandle,
+    std::thread::JoinHandle<Vec<RecordBatch>>,
+) {
+    let db = LaminarDB::builder().shards(shards).build().unwrap();
+    db.execute(QUOTES_AND_PROBES).await.unwrap();
+    db.execute(ddl).await.unwrap();
+    let sub = db.subscribe("j").unwrap();
+    let (p, q) = (
+        db.source_untyped("probes").unwrap(),
+        db.source_untyped("quotes").unwrap(),
+    );
+    db.start().await.unwrap();
+    (db, p, q, collect(sub))
+}
+
 /// Hand-computed ASOF cases: ties between versions (the later arrival
 /// wins), equal timestamps, strictness, keys that never match, a nearest
 /// tie (the earlier wins), probes that arrive before their versions.
@@ -622,7 +646,6 @@ async fn asof_join_edge_cases() {
         &["A", "A", "A", "C", "B", "B", "A", "A"],
         &[2000, 1999, 500, 3000, 1400, 1500, 1500, 1001],
     );
-    let ddl = QUOTES_AND_PROBES;
     let cases: [(&str, [Option<f64>; 8]); 4] = [
         (
             "ASOF LEFT JOIN quotes q ON p.sym = q.sym AND p.ts >= q.ts",
@@ -679,20 +702,11 @@ async fn asof_join_edge_cases() {
     ];
     for (join, want) in cases {
         for probes_first in [true, false] {
-            let db = LaminarDB::builder().shards(2).build().unwrap();
-            db.execute(ddl).await.unwrap();
-            db.execute(&format!(
-                "CREATE STREAM j AS SELECT p.id, q.px FROM probes p {join}"
-            ))
-            .await
-            .unwrap();
-            let sub = db.subscribe("j").unwrap();
-            let (p, q) = (
-                db.source_untyped("probes").unwrap(),
-                db.source_untyped("quotes").unwrap(),
-            );
-            db.start().await.unwrap();
-            let collector = collect(sub);
+            let (db, p, q, collector) = quotes_and_probes(
+                2,
+                &format!("CREATE STREAM j AS SELECT p.id, q.px FROM probes p {join}"),
+            )
+            .await;
             if probes_first {
                 p.push(probes.clone()).unwrap();
                 q.push(quotes.clone()).unwrap();
@@ -1309,24 +1323,15 @@ async fn asof_and_temporal_joins_over_windowed_changelogs() {
 async fn temporal_join_over_a_changelog_falls_back_when_a_version_is_withdrawn() {
     use datafusion::arrow::array::{Array, Float64Array};
     for shards in [1, 2] {
-        let db = LaminarDB::builder().shards(shards).build().unwrap();
-        db.execute(QUOTES_AND_PROBES).await.unwrap();
-        db.execute(
+        let (db, p, q, collector) = quotes_and_probes(
+            shards,
             "CREATE STREAM bars AS SELECT sym, window_end AS e, MAX(px) AS high
                FROM TABLE(TUMBLE(TABLE quotes, DESCRIPTOR(ts), INTERVAL '1' SECOND))
                GROUP BY sym, window_start, window_end HAVING MAX(px) < 100 EMIT CHANGES;
              CREATE STREAM j AS SELECT p.id, b.e, b.high
                FROM probes p JOIN bars FOR SYSTEM_TIME AS OF p.ts AS b ON p.sym = b.sym",
         )
-        .await
-        .unwrap();
-        let sub = db.subscribe("j").unwrap();
-        let (p, q) = (
-            db.source_untyped("probes").unwrap(),
-            db.source_untyped("quotes").unwrap(),
-        );
-        db.start().await.unwrap();
-        let collector = collect(sub);
+        .await;
         // The probe waits, its side's watermark far ahead.
         p.push(probes_batch(&[1], &["A"], &[2500])).unwrap();
         p.watermark(10_000).unwrap();
