@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use laminar_db::arrow::array::{Int64Array, RecordBatch};
@@ -45,15 +45,6 @@ fn durable(dir: &Path, shards: usize, durability: Durability) -> LaminarDbBuilde
 
 fn open(dir: &Path, shards: usize, durability: Durability) -> LaminarDB {
     durable(dir, shards, durability).build().unwrap()
-}
-
-/// Waits (polling) until `done` holds, failing after 30 s.
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// One thread per part, each pushing its rows through its own handle in
@@ -313,7 +304,7 @@ async fn periodic_checkpoints_run_while_input_flows() {
         }
         // Let at least one checkpoint land after the last push.
         let taken = db.metrics().checkpoints.completed;
-        wait_until("a periodic checkpoint", || {
+        wait_until("a periodic checkpoint", async || {
             db.metrics().checkpoints.completed >= taken + 2
         })
         .await;
@@ -576,7 +567,7 @@ async fn shutdown_never_waits_on_a_checkpoint_it_interrupts() {
         let pushers = push_in_threads(&db, parts, 20, round * 2, false);
         // The stop lands after 0 to 3 checkpoints, while pushes go on.
         let after = round % 4;
-        wait_until("checkpoints before the stop", || {
+        wait_until("checkpoints before the stop", async || {
             db.metrics().checkpoints.completed >= after
         })
         .await;

@@ -1553,13 +1553,17 @@ async fn asof_where_filters_after_the_pick_and_pair_conditions() {
     join_differential("", query, query, "j").await;
 }
 
-/// ASOF in an ad-hoc query (the seed's example shape): the streaming
-/// operator over the sources' retained rows, all time closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adhoc_asof_over_retained_rows() {
-    use datafusion::arrow::array::{Array, Float64Array};
+/// A started two-shard database with the orders and trades sources and
+/// `ddl`, and their handles.
+async fn orders_and_trades(
+    ddl: &str,
+) -> (
+    LaminarDB,
+    laminar_db::SourceHandle,
+    laminar_db::SourceHandle,
+) {
     let db = LaminarDB::builder().shards(2).build().unwrap();
-    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}"))
+    db.execute(&format!("{ORDERS_DDL}; {TRADES_DDL}; {ddl}"))
         .await
         .unwrap();
     let (o, t) = (
@@ -1567,6 +1571,15 @@ async fn adhoc_asof_over_retained_rows() {
         db.source_untyped("trades").unwrap(),
     );
     db.start().await.unwrap();
+    (db, o, t)
+}
+
+/// ASOF in an ad-hoc query (the seed's example shape): the streaming
+/// operator over the sources' retained rows, all time closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adhoc_asof_over_retained_rows() {
+    use datafusion::arrow::array::{Array, Float64Array};
+    let (db, o, t) = orders_and_trades("").await;
     let orders = orders(21, 300, 5);
     let trades_rows = trades_batch(&trades(21, 300, 5, 0));
     t.push(trades_rows.clone()).unwrap();
@@ -1600,21 +1613,13 @@ async fn adhoc_asof_over_retained_rows() {
 /// changelog reads the view's current rows as versions (each weighing 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adhoc_asof_over_a_changelog_view() {
-    let db = LaminarDB::builder().shards(2).build().unwrap();
-    db.execute(&format!(
-        "{ORDERS_DDL}; {TRADES_DDL};
-         CREATE MATERIALIZED VIEW bars AS
+    let (db, o, t) = orders_and_trades(
+        "CREATE MATERIALIZED VIEW bars AS
            SELECT symbol, window_end AS e, MAX(price) AS high
            FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '1' SECOND))
-           GROUP BY symbol, window_start, window_end EMIT CHANGES"
-    ))
-    .await
-    .unwrap();
-    let (o, t) = (
-        db.source_untyped("orders").unwrap(),
-        db.source_untyped("trades").unwrap(),
-    );
-    db.start().await.unwrap();
+           GROUP BY symbol, window_start, window_end EMIT CHANGES",
+    )
+    .await;
     let orders = orders(22, 300, 5);
     let trade_rows = trades(22, 300, 5, 0);
     t.push(trades_batch(&trade_rows)).unwrap();
@@ -1626,13 +1631,10 @@ async fn adhoc_asof_over_a_changelog_view() {
         .map(|r| (r.symbol.clone(), r.ts.div_euclid(1000)))
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let view_rows = || async { row_count(&db.sql("SELECT * FROM bars").await.unwrap()) };
-    let mut waited = 0;
-    while view_rows().await < bar_count {
-        assert!(waited < 2_000, "the view never filled");
-        waited += 1;
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_until("the view to fill", async || {
+        row_count(&db.sql("SELECT * FROM bars").await.unwrap()) >= bar_count
+    })
+    .await;
     let bars = db.sql("SELECT symbol, e, high FROM bars").await.unwrap();
     let got = db
         .sql(

@@ -349,7 +349,10 @@ impl AsofJoin {
         };
         let keys = self.encoder.encode(&input.key_arrays)?;
         let (weights, digests) = match self.spec.right_weight {
-            Some(column) => changes(&input.rows, column)?,
+            Some(column) => {
+                let (weights, digests) = changes(&input.rows, column)?;
+                (Some(weights), digests)
+            }
             None => (None, Vec::new()),
         };
         let seq = self.right_batches.next_seq();
@@ -748,7 +751,7 @@ impl Operator for AsofJoin {
 
 /// A changelog batch's weights and the digests of its rows' values (the
 /// weight left out).
-fn changes(rows: &RecordBatch, weight: usize) -> Result<(Option<Int64Array>, Vec<Digest>)> {
+fn changes(rows: &RecordBatch, weight: usize) -> Result<(Int64Array, Vec<Digest>)> {
     let weights = rows
         .column(weight)
         .as_any()
@@ -768,5 +771,5 @@ fn changes(rows: &RecordBatch, weight: usize) -> Result<(Option<Int64Array>, Vec
             "an ASOF join cannot compare the rows of its changelog side (a column type without a row encoding)",
         )
     })?;
-    Ok((Some(weights), digests))
+    Ok((weights, digests))
 }

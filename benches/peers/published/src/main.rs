@@ -195,7 +195,9 @@ async fn run(args: &Args) -> Result<(f64, usize), String> {
     // The database, its sources and its stream (untimed).
     let db = LaminarDB::open().map_err(|e| e.to_string())?;
     for (name, _) in &generated {
-        db.execute(&source_ddl(name)).await.map_err(|e| e.to_string())?;
+        db.execute(&source_ddl(name))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     db.execute(&stream_sql(args.workload))
         .await
