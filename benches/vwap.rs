@@ -5,6 +5,10 @@
 //! watermark past the end, and wait until the subscriber has every window's
 //! result. The DataFusion baseline runs the same SQL as a one-shot batch
 //! query over the same batches in the same process.
+//!
+//! With `--features allocation-tracking`, it first prints what the shard
+//! threads allocate per 1,000 events at each batch size (one untimed run
+//! each).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,11 +207,18 @@ fn latency(c: &mut Criterion) {
         round_trip(&mut sub);
     }
     let mut histogram = LatencyHistogram::default();
+    let mut samples_ns: Vec<u64> = Vec::with_capacity(100_000);
     for _ in 0..100_000 {
         let started = Instant::now();
         round_trip(&mut sub);
-        histogram.record(started.elapsed());
+        let elapsed = started.elapsed();
+        histogram.record(elapsed);
+        samples_ns.push(elapsed.as_nanos() as u64);
     }
+    // Every sample, for the latency plot (benches/plots).
+    let path = common::criterion_dir().join("vwap_latency_samples_ns.csv");
+    let text: String = samples_ns.iter().map(|ns| format!("{ns}\n")).collect();
+    std::fs::write(&path, format!("latency_ns\n{text}")).expect("write the latency samples");
     println!(
         "single-row push-to-subscriber latency: p50 {:?} p99 {:?} p99.9 {:?} ({} samples)",
         histogram.quantile(0.5).unwrap_or_default(),
@@ -221,5 +232,34 @@ fn latency(c: &mut Criterion) {
     rt.block_on(db.shutdown()).expect("shutdown");
 }
 
-criterion_group!(benches, latency, throughput, watermark_key);
+/// Shard-thread allocations per 1,000 events at each batch size (feature
+/// `allocation-tracking`; prints nothing without it). Not timed.
+fn allocations(_: &mut Criterion) {
+    if laminar_db::shard_allocations_total().is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    for batch_rows in [1usize, 64, 1024, 8192] {
+        let events = if batch_rows == 1 { 100_000 } else { 1_000_000 };
+        let input = batches(events, batch_rows);
+        for shards in [1usize, 2] {
+            let (_, counted) = rt.block_on(async {
+                let db = LaminarDB::builder().shards(shards).build().expect("db");
+                db.execute(&format!("{DDL}; CREATE STREAM vwap AS {VWAP}"))
+                    .await
+                    .expect("ddl");
+                common::measured_run(db, "vwap", &input, expected_rows(events)).await
+            });
+            let per_1000 = counted.unwrap_or(0) as f64 * 1000.0 / events as f64;
+            println!(
+                "vwap_allocations/{shards}_shards/{batch_rows}: {per_1000:.2} shard-thread allocations per 1,000 events"
+            );
+        }
+    }
+}
+
+criterion_group!(benches, allocations, latency, throughput, watermark_key);
 criterion_main!(benches);

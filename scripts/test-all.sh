@@ -38,20 +38,23 @@ for deps in "$CARGO_TARGET_DIR"/debug/deps "$CARGO_TARGET_DIR"/release/deps; do
   fi
 done
 
+# The shard threads' counting allocator is on for every build here, so
+# tests/allocations.rs runs and nothing is compiled twice.
+features=(--features laminar-db/allocation-tracking)
 echo "== cargo fmt"
 cargo fmt --all --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 echo "== cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+cargo test --workspace "${features[@]}" 2>&1 | tee "$log"
 # The differential suites again, with every expression interpreted and
 # with every kernel compiled before the first batch (the run above is
 # adaptive: kernels arrive while streams run).
 for mode in off eager; do
   echo "== differential suites with LAMINARDB_JIT=$mode"
-  LAMINARDB_JIT=$mode cargo test --test oracle --test joins 2>&1 | tee -a "$log"
+  LAMINARDB_JIT=$mode cargo test "${features[@]}" --test oracle --test joins 2>&1 | tee -a "$log"
 done
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -75,9 +75,23 @@ pub async fn time_run(
     input: &[RecordBatch],
     want: usize,
 ) -> Duration {
+    measured_run(db, stream, input, want).await.0
+}
+
+#[allow(dead_code)] // not every benchmark uses it
+/// [`time_run`], also returning what the shard threads allocated from the
+/// first push to the last result (with the `allocation-tracking` feature;
+/// `None` without it).
+pub async fn measured_run(
+    db: laminar_db::LaminarDB,
+    stream: &str,
+    input: &[RecordBatch],
+    want: usize,
+) -> (Duration, Option<u64>) {
     let mut sub = db.subscribe(stream).expect("subscribe");
     let source = db.source_untyped("trades").expect("source");
     db.start().await.expect("start");
+    let allocations_before = laminar_db::shard_allocations_total();
     let started = Instant::now();
     let reader = std::thread::spawn(move || {
         let mut rows = 0;
@@ -91,8 +105,21 @@ pub async fn time_run(
     source.watermark(i64::MAX).expect("watermark");
     reader.join().expect("reader");
     let elapsed = started.elapsed();
+    let allocations = laminar_db::shard_allocations_total().zip(allocations_before);
     db.shutdown().await.expect("shutdown");
-    elapsed
+    (elapsed, allocations.map(|(after, before)| after - before))
+}
+
+/// Criterion's output directory (`$CARGO_TARGET_DIR/criterion`), where
+/// benchmarks also leave raw samples for `benches/plots`.
+#[allow(dead_code)] // not every benchmark uses it
+pub fn criterion_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+        .join("criterion");
+    std::fs::create_dir_all(&dir).expect("criterion dir");
+    dir
 }
 
 /// A directory for a benchmark's storage directories, under the target

@@ -108,6 +108,9 @@ fn side_input() -> RecordBatch {
 pub struct Streamed {
     pub rows: Vec<RecordBatch>,
     pub elapsed: Duration,
+    /// What the shard threads allocated from the first push to shutdown
+    /// (feature `allocation-tracking`; `None` without it).
+    pub shard_allocations: Option<u64>,
 }
 
 /// Runs `query` over `events` on `shards` shards: pushes every batch in
@@ -158,6 +161,7 @@ pub async fn streaming(query: &Query, events: &Events, shards: usize) -> Result<
         }
         rows
     });
+    let allocations_before = laminar_db::shard_allocations_total();
     let started = Instant::now();
     for (table, batch) in &events.pushes {
         handles[*table]
@@ -174,7 +178,14 @@ pub async fn streaming(query: &Query, events: &Events, shards: usize) -> Result<
     if let Some(error) = db.errors().first() {
         return Err(error.to_string());
     }
-    Ok(Streamed { rows, elapsed })
+    let shard_allocations = laminar_db::shard_allocations_total()
+        .zip(allocations_before)
+        .map(|(after, before)| after - before);
+    Ok(Streamed {
+        rows,
+        elapsed,
+        shard_allocations,
+    })
 }
 
 /// The same query as a DataFusion batch query over the same rows.

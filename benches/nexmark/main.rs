@@ -11,7 +11,9 @@
 //! the clock starts, then pushed from one thread in generation order,
 //! every window closed, every result received. Events/s counts all three
 //! event kinds, as Nexmark does; per core divides by the shard count.
-//! Queries the engine refuses are listed with their error.
+//! Queries the engine refuses are listed with their error. With
+//! `--features allocation-tracking` the table also gives what the shard
+//! threads allocated per 1,000 events in the timed run.
 
 mod data;
 mod harness;
@@ -132,8 +134,11 @@ fn child(options: &Options) {
     match rt.block_on(harness::streaming(&query, &events, options.shards)) {
         Ok(streamed) => {
             let rows: usize = streamed.rows.iter().map(|b| b.num_rows()).sum();
+            let allocations = streamed.shard_allocations.map_or("-".to_string(), |a| {
+                format!("{:.1}", a as f64 * 1000.0 / options.events as f64)
+            });
             println!(
-                "RESULT {name} ok {} {} {:.0}/{:.0} {checked}",
+                "RESULT {name} ok {} {} {:.0}/{:.0} {allocations} {checked}",
                 streamed.elapsed.as_micros(),
                 rows,
                 status_mib("VmHWM:"),
@@ -164,8 +169,8 @@ fn main() {
          on this machine and is not timed: events are generated before the clock starts."
     );
     println!();
-    println!("| query | LaminarDB events/s per core | Flink 1.13 per core | ratio | output rows | peak RSS / RSS with the input generated (MiB) | checked against DataFusion |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("| query | LaminarDB events/s per core | Flink 1.13 per core | ratio | output rows | peak RSS / RSS with the input generated (MiB) | shard allocations per 1,000 events | checked against DataFusion |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for query in harness::queries() {
         if options.query.as_ref().is_some_and(|q| q != &query.name) {
             continue;
@@ -205,21 +210,22 @@ fn main() {
             parts.next().unwrap_or(""),
         );
         if status == "ok" {
-            let fields: Vec<&str> = rest.splitn(4, ' ').collect();
+            let fields: Vec<&str> = rest.splitn(5, ' ').collect();
             let micros: f64 = fields[0].parse().unwrap_or(f64::NAN);
             let per_core = options.events as f64 / (micros / 1e6) / options.shards as f64;
             let ratio = flink.map_or("-".to_string(), |f| format!("{:.0}x", per_core / f as f64));
             println!(
-                "| {} | {:.0} | {flink_text} | {ratio} | {} | {} | {} |",
+                "| {} | {:.0} | {flink_text} | {ratio} | {} | {} | {} | {} |",
                 query.name,
                 per_core,
                 fields.get(1).unwrap_or(&""),
                 fields.get(2).unwrap_or(&""),
-                fields.get(3).unwrap_or(&"")
+                fields.get(3).unwrap_or(&""),
+                fields.get(4).unwrap_or(&"")
             );
         } else {
             println!(
-                "| {} | {status}: {} | {flink_text} | - | - | - | - |",
+                "| {} | {status}: {} | {flink_text} | - | - | - | - | - |",
                 query.name,
                 rest.replace('|', "\\|")
             );

@@ -34,8 +34,6 @@
 //!   i64::MAX`, sides without event time): one bucket per side, never
 //!   dropped before the end of input. State grows with every row kept.
 
-use std::collections::BTreeMap;
-
 use arrow::array::{Array, Int64Array, RecordBatch, UInt8Array};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
@@ -48,6 +46,7 @@ use crate::join::{
     StoredBatches,
 };
 use crate::stage::{apply_all, emit_weighted, Stage};
+use crate::time_buckets::TimeBuckets;
 use crate::{BatchTime, Operator};
 use hashbrown::HashTable;
 
@@ -146,7 +145,7 @@ const SPARE_BUCKETS: usize = 64;
 
 /// One side's state.
 struct Side {
-    buckets: BTreeMap<i64, Bucket>,
+    buckets: TimeBuckets<Bucket>,
     batches: StoredBatches<BatchExtra>,
     spare: Vec<Bucket>,
     /// The most buckets in use at once.
@@ -159,7 +158,7 @@ struct Side {
 impl Side {
     fn new(outer: bool) -> Self {
         Self {
-            buckets: BTreeMap::new(),
+            buckets: TimeBuckets::default(),
             batches: StoredBatches::default(),
             spare: Vec::new(),
             peak_buckets: 0,
@@ -338,7 +337,7 @@ impl IntervalJoin {
                     continue;
                 };
                 let key_hash = self.encoder.hash_of(keys, row);
-                for (_, bucket) in other.buckets.range(first..=last) {
+                for (_, bucket) in other.buckets.range(first, last) {
                     let Some(mut e) = head_of(bucket, &other.batches, key_hash, keys, row) else {
                         continue;
                     };
@@ -519,9 +518,7 @@ impl IntervalJoin {
         for (row, &t) in input.times_ms.iter().enumerate() {
             let at = bounds.as_ref().map_or(t, |b| b[row]);
             let start = at.div_euclid(width).saturating_mul(width);
-            let bucket = buckets
-                .entry(start)
-                .or_insert_with(|| spare.pop().unwrap_or_default());
+            let bucket = buckets.get_or_insert_with(start, || spare.pop().unwrap_or_default());
             let key_hash = self.encoder.hash_of(keys, row);
             let index = bucket.entries.len() as u32;
             let next = match head_of(bucket, batches, key_hash, keys, row) {
@@ -576,7 +573,7 @@ impl IntervalJoin {
         };
         let width = self.width_ms;
         let mut unmatched: Vec<(u64, u32)> = Vec::new();
-        while let Some((&start, _)) = self.sides[port].buckets.first_key_value() {
+        while let Some(start) = self.sides[port].buckets.first_start() {
             if other_watermark != i64::MAX && start.saturating_add(width) > dead_before {
                 break;
             }
@@ -739,7 +736,7 @@ impl Operator for IntervalJoin {
             .min(right.saturating_sub(self.spec.upper_ms));
         for side in &self.sides {
             if side.outer {
-                if let Some((&start, _)) = side.buckets.first_key_value() {
+                if let Some(start) = side.buckets.first_start() {
                     watermark = watermark.min(start);
                 }
             }

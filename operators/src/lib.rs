@@ -45,6 +45,7 @@ pub mod session_aggregate;
 mod snapshot;
 pub mod stage;
 pub mod time;
+mod time_buckets;
 pub mod top_n;
 pub mod window_aggregate;
 

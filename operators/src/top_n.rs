@@ -14,8 +14,13 @@
 //! State is N rows per partition (row-format bytes), whatever the input's
 //! size; a row that does not make its partition's top N costs one
 //! comparison with the partition's worst row.
+//!
+//! Nothing is allocated per row: kept rows' bytes live in one arena (a
+//! byte vector compacted when half of it is dead), each partition's rows
+//! are a sorted chain of slots in one slot vector (a free list reuses the
+//! slots of rows pushed out), and the per-batch bookkeeping lives in
+//! scratch vectors that keep their memory.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, UInt64Array};
@@ -45,31 +50,223 @@ pub struct TopNSpec {
     pub post: Vec<Stage>,
 }
 
-/// A partition's top rows: (order key, arrival) -> row.
-type Ranked = BTreeMap<(Box<[u8]>, u64), Box<[u8]>>;
+/// No slot: the end of a chain, an empty partition.
+const NONE: u32 = u32::MAX;
 
-/// A partition's rows with their ranks, as they were before a batch.
-type RankedList = Vec<(Box<[u8]>, u64)>;
+/// Bytes in the arena.
+#[derive(Clone, Copy)]
+struct Span {
+    offset: usize,
+    len: usize,
+}
+
+/// One kept row.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The `ORDER BY` key, in Arrow's row format.
+    order: Span,
+    /// The row, in Arrow's row format.
+    row: Span,
+    arrival: u64,
+    /// The partition's next worse row, or `NONE`.
+    next: u32,
+}
+
+/// The kept rows of every partition.
+#[derive(Default)]
+struct Kept {
+    arena: Vec<u8>,
+    /// Arena bytes of rows no longer kept.
+    dead_bytes: usize,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// `[partition]` -> its best row's slot.
+    heads: Vec<u32>,
+    /// `[partition]` -> its worst row's slot.
+    tails: Vec<u32>,
+    /// `[partition]` -> rows kept.
+    lens: Vec<u32>,
+}
+
+impl Kept {
+    fn bytes_of(&self, span: Span) -> &[u8] {
+        &self.arena[span.offset..span.offset + span.len]
+    }
+
+    fn store(&mut self, bytes: &[u8]) -> Span {
+        let span = Span {
+            offset: self.arena.len(),
+            len: bytes.len(),
+        };
+        self.arena.extend_from_slice(bytes);
+        span
+    }
+
+    fn ensure_partition(&mut self, partition: usize) {
+        if partition >= self.heads.len() {
+            self.heads.resize(partition + 1, NONE);
+            self.tails.resize(partition + 1, NONE);
+            self.lens.resize(partition + 1, 0);
+        }
+    }
+
+    /// The partition's slots, best first.
+    fn chain(&self, partition: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self.heads[partition];
+        std::iter::from_fn(move || {
+            (at != NONE).then(|| {
+                let here = at;
+                at = self.slots[here as usize].next;
+                here
+            })
+        })
+    }
+
+    /// Would a row with this order key enter the partition's top `limit`?
+    fn enters(&self, partition: usize, order: &[u8], limit: usize) -> bool {
+        if (self.lens[partition] as usize) < limit {
+            return true;
+        }
+        // Full: it must beat the worst (ties keep the earlier arrival).
+        let worst = self.tails[partition];
+        worst != NONE && order < self.bytes_of(self.slots[worst as usize].order)
+    }
+
+    /// Inserts a row in order of (order key, arrival); if that makes more
+    /// than `limit`, unlinks the worst and returns its slot (its bytes stay
+    /// readable until [`Kept::release`]).
+    fn insert(
+        &mut self,
+        partition: usize,
+        order: &[u8],
+        row: &[u8],
+        arrival: u64,
+        limit: usize,
+    ) -> Option<u32> {
+        let slot = Slot {
+            order: self.store(order),
+            row: self.store(row),
+            arrival,
+            next: NONE,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        // Find the last slot that sorts before the new row.
+        let mut before = NONE;
+        let mut at = self.heads[partition];
+        while at != NONE {
+            let other = &self.slots[at as usize];
+            let other_order = self.bytes_of(other.order);
+            if (other_order, other.arrival) > (order, arrival) {
+                break;
+            }
+            before = at;
+            at = other.next;
+        }
+        self.slots[index as usize].next = at;
+        if at == NONE {
+            self.tails[partition] = index;
+        }
+        if before == NONE {
+            self.heads[partition] = index;
+        } else {
+            self.slots[before as usize].next = index;
+        }
+        self.lens[partition] += 1;
+        if self.lens[partition] as usize <= limit {
+            return None;
+        }
+        // Unlink the worst: the chain's last slot.
+        let mut previous = NONE;
+        let mut last = self.heads[partition];
+        while self.slots[last as usize].next != NONE {
+            previous = last;
+            last = self.slots[last as usize].next;
+        }
+        if previous == NONE {
+            self.heads[partition] = NONE;
+        } else {
+            self.slots[previous as usize].next = NONE;
+        }
+        self.tails[partition] = previous;
+        self.lens[partition] -= 1;
+        Some(last)
+    }
+
+    /// Frees slots unlinked by [`Kept::insert`], and compacts the arena
+    /// once most of it is dead.
+    fn release(&mut self, slots: &[u32]) {
+        for &slot in slots {
+            let s = self.slots[slot as usize];
+            self.dead_bytes += s.order.len + s.row.len;
+            self.free.push(slot);
+        }
+        if self.dead_bytes > 1 << 20 && self.dead_bytes * 2 > self.arena.len() {
+            self.compact();
+        }
+    }
+
+    /// Copies the live rows' bytes into a fresh arena.
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.dead_bytes);
+        for partition in 0..self.heads.len() {
+            let mut at = self.heads[partition];
+            while at != NONE {
+                let slot = &mut self.slots[at as usize];
+                for span in [&mut slot.order, &mut slot.row] {
+                    let bytes = &self.arena[span.offset..span.offset + span.len];
+                    span.offset = arena.len();
+                    arena.extend_from_slice(bytes);
+                }
+                at = slot.next;
+            }
+        }
+        self.arena = arena;
+        self.dead_bytes = 0;
+    }
+
+    fn bytes(&self) -> usize {
+        self.arena.len()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.heads.capacity() * 12
+    }
+}
 
 /// The operator. One instance per stream per shard.
 pub struct TopN {
     spec: TopNSpec,
     encoder: KeyEncoder,
     partitions: GroupTable,
-    tops: Vec<Ranked>,
+    kept: Kept,
     order: RowConverter,
     rows: RowConverter,
     output_schema: SchemaRef,
     arrivals: u64,
-    /// Bytes of kept rows and keys.
-    bytes: usize,
+    // Per-batch scratch, kept for its memory.
+    /// `[partition]` -> the batch it was last touched in (`batches`).
+    touched_in: Vec<u64>,
+    batches: u64,
+    /// Touched partitions and, in `before`, each one's slots before the
+    /// batch: `(partition, start, end)` into `before`.
+    touched: Vec<(usize, usize, usize)>,
+    before: Vec<u32>,
+    /// Slots pushed out during the batch.
+    unlinked: Vec<u32>,
 }
 
 impl std::fmt::Debug for TopN {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TopN")
             .field("limit", &self.spec.limit)
-            .field("partitions", &self.tops.len())
+            .field("partitions", &self.kept.heads.len())
             .finish()
     }
 }
@@ -102,12 +299,16 @@ impl TopN {
         Ok(Self {
             partitions: encoder.table(),
             encoder,
-            tops: Vec::new(),
+            kept: Kept::default(),
             order,
             rows,
             output_schema,
             arrivals: 0,
-            bytes: 0,
+            touched_in: Vec::new(),
+            batches: 0,
+            touched: Vec::new(),
+            before: Vec::new(),
+            unlinked: Vec::new(),
             spec,
         })
     }
@@ -162,62 +363,70 @@ impl Operator for TopN {
         let order_keys = self.order.convert_columns(&order_arrays)?;
         let row_bytes = self.rows.convert_columns(input.columns())?;
         let keys = self.encoder.encode(&partition_arrays)?;
-        // Each touched partition's list before the batch.
-        let mut before: BTreeMap<usize, RankedList> = BTreeMap::new();
         let limit = self.spec.limit;
+        self.batches += 1;
+        self.touched.clear();
+        self.before.clear();
+        self.unlinked.clear();
         for row in 0..n {
             let partition = self.encoder.group_id(&mut self.partitions, &keys, row);
-            if partition >= self.tops.len() {
-                self.tops.resize_with(partition + 1, BTreeMap::new);
+            self.kept.ensure_partition(partition);
+            if partition >= self.touched_in.len() {
+                self.touched_in.resize(partition + 1, 0);
             }
-            let top = &mut self.tops[partition];
             let key = order_keys.row(row);
             let arrival = self.arrivals;
             self.arrivals += 1;
-            let enters = top.len() < limit
-                || top
-                    .last_key_value()
-                    .is_some_and(|((worst, _), _)| key.as_ref() < &worst[..]);
-            if !enters {
+            if !self.kept.enters(partition, key.as_ref(), limit) {
                 continue;
             }
-            before.entry(partition).or_insert_with(|| {
-                top.values()
-                    .enumerate()
-                    .map(|(i, r)| (r.clone(), i as u64 + 1))
-                    .collect()
-            });
-            top.insert(
-                (key.as_ref().into(), arrival),
-                row_bytes.row(row).as_ref().into(),
-            );
-            if top.len() > limit {
-                top.pop_last();
+            if self.touched_in[partition] != self.batches {
+                // First change to this partition in the batch: note its
+                // rows as they were.
+                self.touched_in[partition] = self.batches;
+                let start = self.before.len();
+                self.before.extend(self.kept.chain(partition));
+                self.touched.push((partition, start, self.before.len()));
             }
+            let pushed_out = self.kept.insert(
+                partition,
+                key.as_ref(),
+                row_bytes.row(row).as_ref(),
+                arrival,
+                limit,
+            );
+            self.unlinked.extend(pushed_out);
         }
+        // Ranks are positions, so a row kept at the same rank is the
+        // entry at that position in both lists.
+        let kept = &self.kept;
+        let row_at = |slot: u32| kept.bytes_of(kept.slots[slot as usize].row);
         let mut retract: Vec<(&[u8], u64)> = Vec::new();
         let mut insert: Vec<(&[u8], u64)> = Vec::new();
-        for (partition, old) in &before {
-            let new: Vec<(&[u8], u64)> = self.tops[*partition]
-                .values()
-                .enumerate()
-                .map(|(i, r)| (&r[..], i as u64 + 1))
-                .collect();
-            for (row, rank) in old {
-                if !new.iter().any(|(r, k)| *r == &row[..] && k == rank) {
-                    retract.push((&row[..], *rank));
+        for &(partition, start, end) in &self.touched {
+            let old = &self.before[start..end];
+            let mut new = kept.chain(partition);
+            let mut position = 0;
+            loop {
+                let (old_slot, new_slot) = (old.get(position).copied(), new.next());
+                if old_slot.is_none() && new_slot.is_none() {
+                    break;
                 }
-            }
-            for &(row, rank) in &new {
-                if !old.iter().any(|(r, k)| &r[..] == row && *k == rank) {
-                    insert.push((row, rank));
+                let rank = position as u64 + 1;
+                let old_row = old_slot.map(row_at);
+                let new_row = new_slot.map(row_at);
+                if old_row != new_row {
+                    retract.extend(old_row.map(|r| (r, rank)));
+                    insert.extend(new_row.map(|r| (r, rank)));
                 }
+                position += 1;
             }
         }
         let retracted = self.ranked_rows(&retract)?;
         let inserted = self.ranked_rows(&insert)?;
         self.emit(retracted, -1, out)?;
         self.emit(inserted, 1, out)?;
+        self.kept.release(&self.unlinked);
         Ok(())
     }
 
@@ -230,7 +439,7 @@ impl Operator for TopN {
     }
 
     fn state_bytes(&self) -> usize {
-        self.bytes + self.partitions.bytes()
+        self.kept.bytes() + self.partitions.bytes()
     }
 
     fn checkpoints(&self) -> bool {
@@ -245,12 +454,14 @@ impl Operator for TopN {
         let mut orders = Vec::new();
         let mut arrivals = Vec::new();
         let mut rows = Vec::new();
-        for (partition, top) in self.tops.iter().enumerate() {
-            for ((order, arrival), row) in top {
+        let kept = &self.kept;
+        for partition in 0..kept.heads.len() {
+            for slot in kept.chain(partition) {
+                let slot = &kept.slots[slot as usize];
                 ids.push(partition as u32);
-                orders.push(&order[..]);
-                arrivals.push(*arrival);
-                rows.push(&row[..]);
+                orders.push(kept.bytes_of(slot.order));
+                arrivals.push(slot.arrival);
+                rows.push(kept.bytes_of(slot.row));
             }
         }
         let mut names = Vec::new();
@@ -302,12 +513,15 @@ impl Operator for TopN {
         let rows: BinaryArray = column(batch, "row")?;
         for i in 0..batch.num_rows() {
             let partition = self.encoder.group_id(&mut self.partitions, &encoded, i);
-            if partition >= self.tops.len() {
-                self.tops.resize_with(partition + 1, BTreeMap::new);
-            }
-            self.tops[partition].insert(
-                (orders.value(i).into(), arrivals.value(i)),
-                rows.value(i).into(),
+            self.kept.ensure_partition(partition);
+            // A snapshot holds at most `limit` rows per partition, so
+            // nothing is pushed out.
+            self.kept.insert(
+                partition,
+                orders.value(i),
+                rows.value(i),
+                arrivals.value(i),
+                usize::MAX,
             );
         }
         Ok(())

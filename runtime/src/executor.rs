@@ -69,7 +69,15 @@ impl ShardThreads {
                 .name(&format!("{}-{}", config.name_prefix, placement.shard))
                 .spin_before_park(config.spin_before_park)
                 .io_memory(config.io_memory_bytes)
-                .spawn(main)
+                .spawn({
+                    #[cfg(feature = "allocation-tracking")]
+                    let shard = placement.shard;
+                    move || {
+                        #[cfg(feature = "allocation-tracking")]
+                        crate::alloc_tracking::track_current_thread(shard);
+                        main()
+                    }
+                })
                 .map_err(|e| {
                     Error::new(
                         ErrorCode::RuntimeStart,

@@ -13,7 +13,11 @@
 //! - [`router`]: hash partitioning of Arrow batches into per-shard
 //!   sub-batches.
 //! - [`executor`]: one Glommio executor per shard, pinned to its core.
+//! - `alloc_tracking` (feature `allocation-tracking`): a global allocator
+//!   that counts each shard thread's allocations.
 
+#[cfg(feature = "allocation-tracking")]
+pub mod alloc_tracking;
 pub mod error;
 pub mod executor;
 pub mod placement;
