@@ -3,8 +3,9 @@
 //! Run: `cargo bench --bench jit`. Three groups, each measuring both paths
 //! in the same run:
 //! - `jit_kernels`: one expression over 65,536 rows cut into batches of
-//!   1, 64, 1,024 and 8,192 rows (a filter, the VWAP argument, Nexmark
-//!   q1's currency conversion and q2's modulo filter);
+//!   1, 64, 1,024 and 8,192 rows (filters, with and without string
+//!   equality, a `CASE`, the VWAP argument, Nexmark q1's currency
+//!   conversion and q2's modulo filter);
 //! - `jit_compile`: the time to compile each kernel;
 //! - `jit_pipeline`: a filtered VWAP through the whole engine (1 shard)
 //!   with the JIT off and with every kernel ready from the first batch.
@@ -26,8 +27,13 @@ use common::{batches, schema};
 
 const ROWS: usize = 65_536;
 
-const EXPRESSIONS: [(&str, &str); 6] = [
+const EXPRESSIONS: [(&str, &str); 8] = [
     ("filter", "price > 105.0 AND volume < 250"),
+    ("string_filter", "symbol = 'SYM0042'"),
+    (
+        "string_and_price_filter",
+        "symbol = 'SYM0042' AND price > 105.0",
+    ),
     (
         "case",
         "CASE WHEN price > 105.0 THEN price * 2.0 WHEN volume < 100 THEN price ELSE 0.0 END",

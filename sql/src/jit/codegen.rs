@@ -16,8 +16,10 @@
 //! never trap: their divisor is replaced by 1 before dividing.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use std::sync::Arc;
+
 use cranelift_codegen::ir::{
-    types, AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -29,7 +31,9 @@ use super::ir::{Arith, Cmp, Node, Program, Ty};
 
 /// One kernel input as the kernel reads it. `valid` points at a validity
 /// bitmap, or at a single 0xFF byte with `valid_mask` 0 when the column
-/// has no NULLs (so the row's byte index always masks to 0).
+/// has no NULLs (so the row's byte index always masks to 0). For a string
+/// column, `values` points at its offsets (row 0's first) and `data` at
+/// its bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InputDesc {
@@ -39,6 +43,7 @@ pub(crate) struct InputDesc {
     pub values_bit_offset: u64,
     pub valid_bit_offset: u64,
     pub valid_mask: u64,
+    pub data: *const u8,
 }
 
 const DESC_VALUES: i32 = 0;
@@ -46,7 +51,34 @@ const DESC_VALID: i32 = 8;
 const DESC_VALUES_BIT_OFFSET: i32 = 16;
 const DESC_VALID_BIT_OFFSET: i32 = 24;
 const DESC_VALID_MASK: i32 = 32;
-const _: () = assert!(std::mem::size_of::<InputDesc>() == 40);
+const DESC_DATA: i32 = 40;
+const _: () = assert!(std::mem::size_of::<InputDesc>() == 48);
+
+/// Called by kernels for `Node::StrEq`: whether bytes `start..end` of
+/// `data` equal the `literal_len` bytes at `literal`.
+extern "C" fn str_eq(
+    data: *const u8,
+    start: i64,
+    end: i64,
+    literal: *const u8,
+    literal_len: i64,
+) -> u8 {
+    if end - start != literal_len {
+        return 0;
+    }
+    // SAFETY: the kernel passes a string column's bytes and two of its
+    // offsets (Arrow keeps offsets in bounds and ascending, NULL rows
+    // included), and a literal the kernel keeps alive (`Kernel::literals`).
+    let (value, literal) = unsafe {
+        (
+            std::slice::from_raw_parts(data.add(start as usize), literal_len as usize),
+            std::slice::from_raw_parts(literal, literal_len as usize),
+        )
+    };
+    u8::from(value == literal)
+}
+
+const STR_EQ_SYMBOL: &str = "laminar_jit_str_eq";
 
 pub(crate) type KernelFn = unsafe extern "C" fn(*const InputDesc, u64, *mut u8, *mut u8) -> u8;
 
@@ -54,6 +86,8 @@ pub(crate) type KernelFn = unsafe extern "C" fn(*const InputDesc, u64, *mut u8, 
 pub(crate) struct Kernel {
     module: Option<JITModule>,
     pub function: KernelFn,
+    /// String literals the code points at.
+    _literals: Vec<Arc<[u8]>>,
 }
 
 // SAFETY: after `finalize_definitions` the module's memory is only read
@@ -124,8 +158,18 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
         .map_err(|e| error(&e))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| error(&e))?;
-    let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+    let mut jit = JITBuilder::with_isa(isa, default_libcall_names());
+    jit.symbol(STR_EQ_SYMBOL, str_eq as *const u8);
+    let mut module = JITModule::new(jit);
     let pointer = module.target_config().pointer_type();
+    let mut str_eq_signature = module.make_signature();
+    for param in [pointer, types::I64, types::I64, pointer, types::I64] {
+        str_eq_signature.params.push(AbiParam::new(param));
+    }
+    str_eq_signature.returns.push(AbiParam::new(types::I8));
+    let str_eq_id = module
+        .declare_function(STR_EQ_SYMBOL, Linkage::Import, &str_eq_signature)
+        .map_err(|e| error(&e))?;
     let mut signature = module.make_signature();
     for _ in 0..3 {
         signature.params.push(AbiParam::new(pointer));
@@ -141,6 +185,7 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
     let mut builder_context = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut context.func, &mut builder_context);
+        let str_eq = module.declare_func_in_func(str_eq_id, b.func);
         let entry = b.create_block();
         let header = b.create_block();
         let body = b.create_block();
@@ -161,12 +206,15 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
                     b.ins().load(types::I64, flags, descs, base + at)
                 };
                 LoadedInput {
-                    ty: Ty::of(data_type).expect("checked when lowered"),
+                    // `None`: a string column (`Node::StrEq` reads it).
+                    ty: Ty::of(data_type),
+                    large_offsets: *data_type == arrow::datatypes::DataType::LargeUtf8,
                     values: load(&mut b, DESC_VALUES),
                     valid: load(&mut b, DESC_VALID),
                     values_bit_offset: load(&mut b, DESC_VALUES_BIT_OFFSET),
                     valid_bit_offset: load(&mut b, DESC_VALID_BIT_OFFSET),
                     valid_mask: load(&mut b, DESC_VALID_MASK),
+                    data: load(&mut b, DESC_DATA),
                 }
             })
             .collect();
@@ -194,6 +242,7 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
             row,
             bail: None,
             dense,
+            str_eq,
         };
         let (value, valid) = gen.node(&program.root);
         let row_bail = gen.bail;
@@ -249,19 +298,25 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
     let code = module.get_finalized_function(id);
     // SAFETY: the function was built with exactly this signature.
     let function = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+    let mut literals = Vec::new();
+    program.root.string_literals(&mut literals);
     Ok(Kernel {
         module: Some(module),
         function,
+        _literals: literals,
     })
 }
 
 struct LoadedInput {
-    ty: Ty,
+    ty: Option<Ty>,
+    /// A `LargeUtf8` column: 64-bit offsets.
+    large_offsets: bool,
     values: Value,
     valid: Value,
     values_bit_offset: Value,
     valid_bit_offset: Value,
     valid_mask: Value,
+    data: Value,
 }
 
 /// Generates one row's code.
@@ -273,6 +328,8 @@ struct Gen<'a, 'b> {
     bail: Option<Value>,
     /// Every input is valid (no bitmap is read).
     dense: bool,
+    /// The string equality helper.
+    str_eq: FuncRef,
 }
 
 impl Gen<'_, '_> {
@@ -304,7 +361,7 @@ impl Gen<'_, '_> {
                     input.valid_bit_offset,
                     input.valid_mask,
                 );
-                debug_assert_eq!(input.ty, *ty);
+                debug_assert_eq!(input.ty, Some(*ty));
                 let value = if *ty == Ty::Bool {
                     self.bit(values, values_off, None)
                 } else {
@@ -399,6 +456,41 @@ impl Gen<'_, '_> {
                 let valid = self.b.ins().bor(known_true, both);
                 (known_true, valid)
             }
+            Node::StrEq {
+                slot,
+                literal,
+                negated,
+            } => {
+                let input = &self.inputs[*slot];
+                let flags = MemFlagsData::trusted();
+                let (width, offset_type) = if input.large_offsets {
+                    (8, types::I64)
+                } else {
+                    (4, types::I32)
+                };
+                let at = self.b.ins().imul_imm_s(self.row, width);
+                let at = self.b.ins().iadd(input.values, at);
+                let mut start = self.b.ins().load(offset_type, flags, at, 0);
+                let mut end = self.b.ins().load(offset_type, flags, at, width as i32);
+                if !input.large_offsets {
+                    start = self.b.ins().sextend(types::I64, start);
+                    end = self.b.ins().sextend(types::I64, end);
+                }
+                let equal = self.string_equals(input.data, start, end, literal);
+                let value = if *negated {
+                    self.b.ins().bxor_imm_s(equal, 1)
+                } else {
+                    equal
+                };
+                let valid = if self.dense {
+                    self.b.ins().iconst(types::I8, 1)
+                } else {
+                    let (valid, offset, mask) =
+                        (input.valid, input.valid_bit_offset, input.valid_mask);
+                    self.bit(valid, offset, Some(mask))
+                };
+                (value, valid)
+            }
             Node::Not(arg) => {
                 let (v, valid) = self.node(arg);
                 (self.b.ins().bxor_imm_s(v, 1), valid)
@@ -475,6 +567,65 @@ impl Gen<'_, '_> {
     /// rewrites `fneg(a) * fneg(b)` to `a * b`, which gives a NaN the other
     /// sign than DataFusion's `-a * -b`, and NaN signs order differently
     /// in comparisons.
+    /// 1 when bytes `start..end` of `data` are `literal`. The bytes are
+    /// read only when the length matches (so never past the column's
+    /// end); a literal of up to 16 bytes is compared inline, 8, 4, 2 and
+    /// 1 bytes at a time against constants, a longer one by `str_eq`.
+    fn string_equals(&mut self, data: Value, start: Value, end: Value, literal: &[u8]) -> Value {
+        let length = self.b.ins().isub(end, start);
+        let same_length = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::Equal, length, literal.len() as i64);
+        let compare = self.b.create_block();
+        let merge = self.b.create_block();
+        self.b.append_block_param(merge, types::I8);
+        let no = self.b.ins().iconst(types::I8, 0);
+        self.b
+            .ins()
+            .brif(same_length, compare, &[], merge, &[no.into()]);
+        self.b.switch_to_block(compare);
+        let equal = if literal.len() <= 16 {
+            let at = self.b.ins().iadd(data, start);
+            let mut equal = self.b.ins().iconst(types::I8, 1);
+            let mut offset = 0;
+            for width in [8usize, 4, 2, 1] {
+                while literal.len() - offset >= width {
+                    let chunk = &literal[offset..offset + width];
+                    let mut bytes = [0u8; 8];
+                    bytes[..width].copy_from_slice(chunk);
+                    let constant = u64::from_le_bytes(bytes) as i64;
+                    let ty = match width {
+                        8 => types::I64,
+                        4 => types::I32,
+                        2 => types::I16,
+                        _ => types::I8,
+                    };
+                    // Strings have no alignment: a plain (unaligned) load.
+                    let value =
+                        self.b
+                            .ins()
+                            .load(ty, MemFlagsData::new().with_notrap(), at, offset as i32);
+                    let same = self.b.ins().icmp_imm_s(IntCC::Equal, value, constant);
+                    equal = self.b.ins().band(equal, same);
+                    offset += width;
+                }
+            }
+            equal
+        } else {
+            let literal_at = self.b.ins().iconst(types::I64, literal.as_ptr() as i64);
+            let literal_len = self.b.ins().iconst(types::I64, literal.len() as i64);
+            let call = self
+                .b
+                .ins()
+                .call(self.str_eq, &[data, start, end, literal_at, literal_len]);
+            self.b.inst_results(call)[0]
+        };
+        self.b.ins().jump(merge, &[equal.into()]);
+        self.b.switch_to_block(merge);
+        self.b.block_params(merge)[0]
+    }
+
     fn float_neg(&mut self, ty: Ty, v: Value) -> Value {
         let (int, sign) = if ty == Ty::F32 {
             (types::I32, i64::from(i32::MIN))

@@ -140,12 +140,24 @@ impl CompiledExpr {
 }
 
 /// Where the kernel reads a column: its values (already offset for
-/// primitive arrays, a bit offset for booleans) and validity bitmap.
+/// primitive arrays, a bit offset for booleans; a string column's offsets,
+/// already offset, and its bytes) and validity bitmap.
 fn describe(array: &dyn Array) -> Option<InputDesc> {
+    let mut data = std::ptr::null();
     let (values, values_bit_offset) = match array.data_type() {
         DataType::Boolean => {
             let bits = array.as_boolean_opt()?.values();
             (bits.inner().as_ptr(), bits.offset() as u64)
+        }
+        DataType::Utf8 => {
+            let strings = array.as_string_opt::<i32>()?;
+            data = strings.values().as_ptr();
+            (strings.offsets().inner().inner().as_ptr(), 0)
+        }
+        DataType::LargeUtf8 => {
+            let strings = array.as_string_opt::<i64>()?;
+            data = strings.values().as_ptr();
+            (strings.offsets().inner().inner().as_ptr(), 0)
         }
         _ => downcast_primitive_array!(
             array => (array.values().as_ptr().cast::<u8>(), 0),
@@ -164,6 +176,7 @@ fn describe(array: &dyn Array) -> Option<InputDesc> {
         values_bit_offset,
         valid_bit_offset,
         valid_mask,
+        data,
     })
 }
 

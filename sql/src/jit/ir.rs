@@ -165,6 +165,14 @@ pub(crate) enum Node {
         factor: i64,
         arg: Box<Node>,
     },
+    /// `column = 'literal'` (`negated`: `<>`) over a `Utf8` or `LargeUtf8`
+    /// input: byte equality, as Arrow's comparison kernels; NULL where the
+    /// column is NULL.
+    StrEq {
+        slot: usize,
+        literal: Arc<[u8]>,
+        negated: bool,
+    },
     /// `CASE WHEN c THEN v ... [ELSE e] END`: the value of the first
     /// branch whose condition is true (a NULL condition is not), else
     /// `otherwise` (NULL without one). Every branch is computed for every
@@ -179,11 +187,43 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// Every string literal in the tree (compiled code points at them).
+    pub fn string_literals(&self, into: &mut Vec<Arc<[u8]>>) {
+        match self {
+            Node::StrEq { literal, .. } => into.push(Arc::clone(literal)),
+            Node::Input { .. } | Node::Const { .. } => {}
+            Node::Arith { left, right, .. }
+            | Node::Cmp { left, right, .. }
+            | Node::Distinct { left, right, .. }
+            | Node::And(left, right)
+            | Node::Or(left, right) => {
+                left.string_literals(into);
+                right.string_literals(into);
+            }
+            Node::Not(arg)
+            | Node::IsNull { arg, .. }
+            | Node::Neg { arg, .. }
+            | Node::Cast { arg, .. }
+            | Node::Scale { arg, .. } => arg.string_literals(into),
+            Node::Case {
+                whens, otherwise, ..
+            } => {
+                for (when, then) in whens {
+                    when.string_literals(into);
+                    then.string_literals(into);
+                }
+                if let Some(otherwise) = otherwise {
+                    otherwise.string_literals(into);
+                }
+            }
+        }
+    }
+
     /// Whether the node can be NULL when every input is valid (only a
     /// NULL literal makes one).
     pub fn may_make_null(&self) -> bool {
         match self {
-            Node::Input { .. } => false,
+            Node::Input { .. } | Node::StrEq { .. } => false,
             Node::Const { bits, .. } => bits.is_none(),
             Node::Distinct { .. } | Node::IsNull { .. } => false,
             Node::Arith { left, right, .. }
@@ -221,7 +261,8 @@ impl Program {
 
     /// Whether the kernel beats Arrow's vectorised kernels on large
     /// batches too: measured for integer division and remainder (Arrow
-    /// checks every row in scalar code) and `CASE` (DataFusion evaluates
+    /// checks every row in scalar code), string equality (Arrow compares
+    /// row by row; the kernel inline) and `CASE` (DataFusion evaluates
     /// each branch on the rows that take it, gathering and scattering:
     /// 4.5x at 1,024 rows, docs/BENCHMARKS.md), expected for long expressions
     /// (each interpreted operator writes and rereads an array). A short
@@ -236,7 +277,9 @@ impl Program {
                 {
                     *slow_interpreted = true;
                 }
-                Node::Case { .. } => *slow_interpreted = true,
+                // Arrow compares strings row by row too (measured: 1.3x
+                // at 1,024 rows, docs/BENCHMARKS.md).
+                Node::Case { .. } | Node::StrEq { .. } => *slow_interpreted = true,
                 _ => {}
             }
             *operators += 1;
@@ -265,7 +308,7 @@ impl Program {
                         walk(otherwise, operators, slow_interpreted);
                     }
                 }
-                Node::Input { .. } | Node::Const { .. } => {}
+                Node::Input { .. } | Node::Const { .. } | Node::StrEq { .. } => {}
             }
         }
         let (mut operators, mut slow_interpreted) = (0, false);
@@ -504,6 +547,9 @@ fn binary_node(
     if plain != *binary {
         return None;
     }
+    if let Some(eq) = string_equality(binary, schema, inputs) {
+        return Some(eq);
+    }
     let (left, left_type) = node(binary.left(), schema, inputs)?;
     let (right, right_type) = node(binary.right(), schema, inputs)?;
     if left_type != right_type {
@@ -561,6 +607,51 @@ fn binary_node(
         Operator::Or if ty == Ty::Bool => Some((Node::Or(left, right), DataType::Boolean)),
         _ => None,
     }
+}
+
+/// `column = 'text'` or `column <> 'text'` (either way round) over a
+/// string column.
+fn string_equality(
+    binary: &BinaryExpr,
+    schema: &Schema,
+    inputs: &mut Vec<(usize, DataType)>,
+) -> Option<(Node, DataType)> {
+    let negated = match binary.op() {
+        Operator::Eq => false,
+        Operator::NotEq => true,
+        _ => return None,
+    };
+    let (column, literal) = match (
+        binary.left().downcast_ref::<Column>(),
+        binary.right().downcast_ref::<Literal>(),
+    ) {
+        (Some(column), Some(literal)) => (column, literal),
+        _ => (
+            binary.right().downcast_ref::<Column>()?,
+            binary.left().downcast_ref::<Literal>()?,
+        ),
+    };
+    let data_type = schema.fields().get(column.index())?.data_type().clone();
+    let literal: Arc<[u8]> = match (&data_type, literal.value()) {
+        (DataType::Utf8, ScalarValue::Utf8(Some(text)))
+        | (DataType::LargeUtf8, ScalarValue::LargeUtf8(Some(text))) => text.as_bytes().into(),
+        _ => return None,
+    };
+    let slot = match inputs.iter().position(|(c, _)| *c == column.index()) {
+        Some(slot) => slot,
+        None => {
+            inputs.push((column.index(), data_type));
+            inputs.len() - 1
+        }
+    };
+    Some((
+        Node::StrEq {
+            slot,
+            literal,
+            negated,
+        },
+        DataType::Boolean,
+    ))
 }
 
 /// A literal's node and type.

@@ -30,6 +30,7 @@ mod codegen {
         pub values_bit_offset: u64,
         pub valid_bit_offset: u64,
         pub valid_mask: u64,
+        pub data: *const u8,
     }
 
     #[derive(Debug)]

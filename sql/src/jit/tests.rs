@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, Int8Array,
-    RecordBatch, TimestampMillisecondArray, UInt32Array,
+    LargeStringArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::common::DFSchema;
@@ -27,7 +27,18 @@ fn schema() -> Arc<Schema> {
         Field::new("f", DataType::Float32, true),
         Field::new("g", DataType::Int8, true),
         Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("ls", DataType::LargeUtf8, true),
     ]))
+}
+
+/// The string columns `s` and `ls` (the same values, 32- and 64-bit
+/// offsets).
+fn strings(values: &[Option<&str>]) -> [ArrayRef; 2] {
+    [
+        Arc::new(StringArray::from(values.to_vec())),
+        Arc::new(LargeStringArray::from(values.to_vec())),
+    ]
 }
 
 /// Plans `sql` over the test schema (coerced and simplified, as
@@ -193,7 +204,16 @@ fn edge_batch() -> RecordBatch {
         Some(99),
         Some(1_000),
     ]));
-    RecordBatch::try_new(schema(), vec![a, b, c, d, e, f, g, ts]).unwrap()
+    let [s, ls] = strings(&[
+        Some("AAPL"),
+        None,
+        Some(""),
+        Some("AAPL "),
+        Some("aapl"),
+        Some("MSFT"),
+        Some("AAPL"),
+    ]);
+    RecordBatch::try_new(schema(), vec![a, b, c, d, e, f, g, ts, s, ls]).unwrap()
 }
 
 #[test]
@@ -244,6 +264,17 @@ fn edge_cases_match_the_interpreter() {
         "CASE a WHEN 1 THEN 10 WHEN 2 THEN 20 ELSE a END",
         "CASE WHEN d THEN a > 1 ELSE NULL END",
         "CASE WHEN c > 0 THEN a ELSE CAST(NULL AS BIGINT) END",
+        "s = 'AAPL'",
+        "s <> 'AAPL'",
+        "'' = s",
+        "s = ''",
+        "ls = 'AAPL'",
+        "ls <> 'MSFT'",
+        "s = 'AAPL' AND a > 0",
+        "s = 'MSFT' OR d",
+        "NOT (s = 'aapl')",
+        "CASE WHEN s = 'MSFT' THEN a ELSE 0 END",
+        "s = 'AAPL' IS NULL",
     ];
     let interpreted: Vec<&str> = cases
         .into_iter()
@@ -282,7 +313,8 @@ fn unsupported_nodes_stay_interpreted_around_compiled_children() {
     let i = expr.evaluate(&batch).unwrap().into_array(7).unwrap();
     let c = wrapped.evaluate(&batch).unwrap().into_array(7).unwrap();
     same(&i, &c, "abs(a * 2) + 1");
-    // Strings are not compiled: the whole expression stays as it was.
+    // Other string expressions are not compiled: the whole expression
+    // stays as it was.
     let (_, none) = compiled(&physical("upper(CAST(a AS VARCHAR)) = '1'").unwrap());
     assert!(none.is_empty());
 }
@@ -290,7 +322,14 @@ fn unsupported_nodes_stay_interpreted_around_compiled_children() {
 #[test]
 fn sliced_inputs_read_from_their_offset() {
     let batch = edge_batch().slice(3, 4);
-    for sql in ["a + 1", "d OR a > 0", "NOT d", "b > 0.0 AND d"] {
+    for sql in [
+        "a + 1",
+        "d OR a > 0",
+        "NOT d",
+        "b > 0.0 AND d",
+        "s = 'AAPL'",
+        "ls <> 'aapl'",
+    ] {
         assert!(check(sql, &batch), "{sql}");
     }
 }
@@ -323,8 +362,13 @@ fn column_strategy() -> impl Strategy<Value = RecordBatch> {
         let uints = prop::collection::vec(prop_oneof![4 => any::<u32>().prop_map(Some), 1 => Just(None)], n);
         let f32s = prop::collection::vec(prop_oneof![4 => (-10.0f32..10.0).prop_map(Some), 1 => Just(Some(f32::NAN)), 1 => Just(None)], n);
         let i8s = prop::collection::vec(prop_oneof![4 => any::<i8>().prop_map(Some), 1 => Just(None)], n);
-        (ints, floats, small, bools, uints, f32s, i8s).prop_map(|(a, b, c, d, e, f, g)| {
+        let texts = prop::collection::vec(
+            prop_oneof![4 => prop::sample::select(STRINGS).prop_map(Some), 1 => Just(None)],
+            n,
+        );
+        (ints, floats, small, bools, uints, f32s, i8s, texts).prop_map(|(a, b, c, d, e, f, g, s)| {
             let ts: Vec<Option<i64>> = a.iter().map(|v| v.map(|v| v.wrapping_rem(100_000))).collect();
+            let [s, ls] = strings(&s);
             RecordBatch::try_new(
                 schema(),
                 vec![
@@ -336,6 +380,8 @@ fn column_strategy() -> impl Strategy<Value = RecordBatch> {
                     Arc::new(Float32Array::from(f)),
                     Arc::new(Int8Array::from(g)),
                     Arc::new(TimestampMillisecondArray::from(ts)),
+                    s,
+                    ls,
                 ],
             )
             .unwrap()
@@ -379,6 +425,25 @@ fn numeric() -> impl Strategy<Value = String> {
     })
 }
 
+/// The random batches' strings and the literals they are compared with.
+/// Pairs differ only in their last byte, so a comparison that skips a
+/// byte shows (literals of up to 16 bytes are compared inline, longer
+/// ones by a call).
+const STRINGS: &[&str] = &[
+    "",
+    "A",
+    "AAPL",
+    "AAPL ",
+    "AAPLX",
+    "aapl",
+    "MSFT",
+    "MSFU",
+    "0123456789abcdef",
+    "0123456789abcdeF",
+    "0123456789abcdefg",
+    "0123456789abcdefh",
+];
+
 fn predicate() -> impl Strategy<Value = String> {
     let comparison = (
         numeric(),
@@ -399,6 +464,17 @@ fn predicate() -> impl Strategy<Value = String> {
         1 => numeric().prop_map(|x| format!("({x} IS NULL)")),
         1 => (numeric(), numeric()).prop_map(|(l, r)| format!("({l} IS DISTINCT FROM {r})")),
         1 => Just("(ts >= TIMESTAMP '1970-01-01 00:00:10')".to_string()),
+        2 => (
+            prop_oneof![Just("s"), Just("ls")],
+            prop_oneof![Just("="), Just("<>")],
+            prop::sample::select(STRINGS),
+            any::<bool>()
+        )
+            .prop_map(|(column, op, text, flipped)| if flipped {
+                format!("('{text}' {op} {column})")
+            } else {
+                format!("({column} {op} '{text}')")
+            }),
     ];
     leaf.prop_recursive(3, 12, 2, |inner| {
         prop_oneof![
