@@ -120,6 +120,10 @@ pub mod allocations {
             .sum()
     }
 
+    /// Counts the calling thread's allocations in slot `slot` from now on,
+    /// as if it were that shard: a way to measure a thread of yours (a
+    /// pushing thread, say) with a slot no shard uses.
+    pub use laminar_runtime::alloc_tracking::track_current_thread;
     pub use laminar_runtime::alloc_tracking::{
         shard_allocations, AllocationCount, MAX_TRACKED_SHARDS,
     };

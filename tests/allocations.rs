@@ -1,7 +1,7 @@
-//! Hot-path discipline, measured on the shard threads (feature
-//! `allocation-tracking`: the engine's counting allocator tags each shard
-//! thread and counts its allocations; the pushing thread and the
-//! subscriber are not counted).
+//! Hot-path discipline, measured on the shard thread and on the pushing
+//! thread (feature `allocation-tracking`: the engine's counting allocator
+//! tags each shard thread, and this test tags the thread it pushes from;
+//! the subscriber is not counted).
 //!
 //! The same number of batches goes through a stream with 1, 100 and 1,000
 //! rows each. Anything allocated per row would add 900 allocations per
@@ -12,16 +12,27 @@
 mod common;
 
 use common::*;
-use laminar_db::allocations::shard_allocations;
+use laminar_db::allocations::{shard_allocations, track_current_thread, MAX_TRACKED_SHARDS};
 use laminar_db::LaminarDB;
 
 const BATCHES: usize = 200;
 
-/// Allocations on the shard thread while `BATCHES` batches of
-/// `rows_per_batch` rows go through `stream` (routing's hand-off,
-/// processing, emitting). Only one database runs at a time in this
-/// binary, so shard 0's count is this database's.
-async fn allocations(ddl: &str, rows_per_batch: usize) -> u64 {
+/// The counter slot of the thread that pushes the measured batches (no
+/// shard uses it).
+const PUSHER: usize = MAX_TRACKED_SHARDS - 1;
+
+/// Allocations while `BATCHES` batches of `rows_per_batch` rows go through
+/// `stream`.
+struct Counted {
+    /// On the shard thread (routing's hand-off, processing, emitting).
+    shard: u64,
+    /// On the pushing thread (checks, routing, the ring push).
+    pusher: u64,
+}
+
+/// Only one database runs at a time in this binary, so shard 0's count is
+/// this database's.
+async fn allocations(ddl: &str, rows_per_batch: usize) -> Counted {
     let db = LaminarDB::builder().shards(1).build().unwrap();
     db.execute(ddl).await.unwrap();
     let sub = db.subscribe("s").unwrap();
@@ -39,25 +50,39 @@ async fn allocations(ddl: &str, rows_per_batch: usize) -> u64 {
             q.push(b.clone()).unwrap();
         }
     }
-    // Let the shard finish the warm-up before counting.
-    eventually(|| db.metrics().streams[0].rows_in as usize >= warm_up.len() * rows_per_batch);
-    let before = shard_allocations(1)[0].allocations;
-    for b in measured {
-        handle.push(b.clone()).unwrap();
-        if let Some(q) = &quotes {
-            q.push(b.clone()).unwrap();
-        }
-    }
     let sides = if quotes.is_some() { 2 } else { 1 };
-    eventually(|| {
-        db.metrics().streams[0].rows_in as usize >= sides * (BATCHES + 20) * rows_per_batch
-    });
-    let counted = shard_allocations(1)[0].allocations - before;
+    let processed = |batches: usize| {
+        // `rows_in` counts a batch as its processing starts: the last
+        // batch may still be running when this returns, which moves at
+        // most one batch's allocations in 200 across the line.
+        let db = &db;
+        move || db.metrics().streams[0].rows_in as usize >= sides * batches * rows_per_batch
+    };
+    eventually(processed(warm_up.len()));
+    let before = shard_allocations(1)[0].allocations;
+    // The measured pushes come from a thread of their own, counted too.
+    let measured = measured.to_vec();
+    let (handle, pusher) = std::thread::spawn(move || {
+        track_current_thread(PUSHER);
+        let before = shard_allocations(PUSHER + 1)[PUSHER].allocations;
+        for b in &measured {
+            handle.push(b.clone()).unwrap();
+            if let Some(q) = &quotes {
+                q.push(b.clone()).unwrap();
+            }
+        }
+        let pushed = shard_allocations(PUSHER + 1)[PUSHER].allocations - before;
+        (handle, pushed)
+    })
+    .join()
+    .unwrap();
+    eventually(processed(BATCHES + 20));
+    let shard = shard_allocations(1)[0].allocations - before;
     handle.watermark(i64::MAX).unwrap();
     db.shutdown().await.unwrap();
     collector.join().unwrap();
     assert!(db.errors().is_empty(), "{:?}", db.errors());
-    counted
+    Counted { shard, pusher }
 }
 
 /// How many allocations a 1,000-row batch may make, given a 100-row
@@ -76,22 +101,38 @@ enum Bound {
 
 async fn assert_per_batch(name: &str, ddl: &str, bound: Bound) {
     let per_batch = |total: u64| total as f64 / BATCHES as f64;
-    let single = per_batch(allocations(ddl, 1).await);
-    let small = per_batch(allocations(ddl, 100).await);
-    let large = per_batch(allocations(ddl, 1_000).await);
+    let [single, small, large] = [
+        allocations(ddl, 1).await,
+        allocations(ddl, 100).await,
+        allocations(ddl, 1_000).await,
+    ];
     // Each step pushes one batch per source: for a join, a batch of each
     // side.
-    println!(
-        "{name}: shard allocations per batch of 1 row {single:.1}, of 100 rows {small:.1}, of 1,000 rows {large:.1}"
-    );
-    let limit = match bound {
-        Bound::Stateless => small + 10.0,
-        Bound::Bounded { factor, plus } => factor * small + plus,
-    };
-    assert!(
-        large <= limit,
-        "{name}: {large:.1} shard allocations per 1,000-row batch vs {small:.1} per 100-row batch (limit {limit:.1})"
-    );
+    for (thread, count, bound) in [
+        (
+            "shard",
+            (|c: &Counted| c.shard) as fn(&Counted) -> u64,
+            bound,
+        ),
+        ("pushing thread", |c: &Counted| c.pusher, Bound::Stateless),
+    ] {
+        let (single, small, large) = (
+            per_batch(count(&single)),
+            per_batch(count(&small)),
+            per_batch(count(&large)),
+        );
+        println!(
+            "{name}: {thread} allocations per batch of 1 row {single:.1}, of 100 rows {small:.1}, of 1,000 rows {large:.1}"
+        );
+        let limit = match bound {
+            Bound::Stateless => small + 10.0,
+            Bound::Bounded { factor, plus } => factor * small + plus,
+        };
+        assert!(
+            large <= limit,
+            "{name}: {large:.1} {thread} allocations per 1,000-row batch vs {small:.1} per 100-row batch (limit {limit:.1})"
+        );
+    }
 }
 
 const QUOTES: &str = "CREATE SOURCE quotes (symbol VARCHAR NOT NULL, price DOUBLE NOT NULL,

@@ -70,6 +70,8 @@ struct Slot {
     arrival: u64,
     /// The partition's next worse row, or `NONE`.
     next: u32,
+    /// The partition's next better row, or `NONE`.
+    prev: u32,
 }
 
 /// The kept rows of every partition.
@@ -148,6 +150,7 @@ impl Kept {
             row: self.store(row),
             arrival,
             next: NONE,
+            prev: NONE,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -159,38 +162,49 @@ impl Kept {
                 (self.slots.len() - 1) as u32
             }
         };
-        // Find the last slot that sorts before the new row.
-        let mut before = NONE;
-        let mut at = self.heads[partition];
-        while at != NONE {
-            let other = &self.slots[at as usize];
-            let other_order = self.bytes_of(other.order);
-            if (other_order, other.arrival) > (order, arrival) {
-                break;
+        let key = (order, arrival);
+        let sorts_after = |kept: &Self, at: u32| {
+            let other = &kept.slots[at as usize];
+            (kept.bytes_of(other.order), other.arrival) > key
+        };
+        // The slot the new row goes after. A new best row (a dedup keeping
+        // the latest) goes first at once; otherwise search from the worst
+        // end (a restore appends in order), so neither common case walks
+        // the chain.
+        let head = self.heads[partition];
+        let before = if head == NONE || sorts_after(self, head) {
+            NONE
+        } else {
+            let mut at = self.tails[partition];
+            while sorts_after(self, at) {
+                at = self.slots[at as usize].prev;
             }
-            before = at;
-            at = other.next;
-        }
-        self.slots[index as usize].next = at;
-        if at == NONE {
-            self.tails[partition] = index;
-        }
+            at
+        };
+        let after = if before == NONE {
+            head
+        } else {
+            self.slots[before as usize].next
+        };
+        self.slots[index as usize].prev = before;
+        self.slots[index as usize].next = after;
         if before == NONE {
             self.heads[partition] = index;
         } else {
             self.slots[before as usize].next = index;
         }
+        if after == NONE {
+            self.tails[partition] = index;
+        } else {
+            self.slots[after as usize].prev = index;
+        }
         self.lens[partition] += 1;
         if self.lens[partition] as usize <= limit {
             return None;
         }
-        // Unlink the worst: the chain's last slot.
-        let mut previous = NONE;
-        let mut last = self.heads[partition];
-        while self.slots[last as usize].next != NONE {
-            previous = last;
-            last = self.slots[last as usize].next;
-        }
+        // Unlink the worst: the tail.
+        let worst = self.tails[partition];
+        let previous = self.slots[worst as usize].prev;
         if previous == NONE {
             self.heads[partition] = NONE;
         } else {
@@ -198,7 +212,7 @@ impl Kept {
         }
         self.tails[partition] = previous;
         self.lens[partition] -= 1;
-        Some(last)
+        Some(worst)
     }
 
     /// Frees slots unlinked by [`Kept::insert`], and compacts the arena
@@ -422,12 +436,14 @@ impl Operator for TopN {
                 position += 1;
             }
         }
-        let retracted = self.ranked_rows(&retract)?;
-        let inserted = self.ranked_rows(&insert)?;
-        self.emit(retracted, -1, out)?;
-        self.emit(inserted, 1, out)?;
+        let emitted = self.ranked_rows(&retract).and_then(|retracted| {
+            let inserted = self.ranked_rows(&insert)?;
+            self.emit(retracted, -1, out)?;
+            self.emit(inserted, 1, out)
+        });
+        // Even on an error: the pushed-out rows are no longer kept.
         self.kept.release(&self.unlinked);
-        Ok(())
+        emitted
     }
 
     fn on_watermark(&mut self, _watermark_ms: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
@@ -525,5 +541,68 @@ impl Operator for TopN {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use rand::{Rng, SeedableRng};
+
+    /// A partition as the old operator kept it: (order key, arrival) -> row.
+    type Model = BTreeMap<(Vec<u8>, u64), Vec<u8>>;
+
+    /// The chains keep what a `BTreeMap` of (order key, arrival) capped at
+    /// `limit` keeps, in its order, and push out its last entry; compaction
+    /// keeps every live row's bytes.
+    #[test]
+    fn chains_keep_the_best_rows_in_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for limit in [1usize, 2, 3, 10, 50] {
+            let mut kept = Kept::default();
+            kept.ensure_partition(3);
+            let mut model: Vec<Model> = vec![BTreeMap::new(); 4];
+            for arrival in 0..20_000u64 {
+                let partition = rng.random_range(0..4usize);
+                // Few distinct keys: many ties, broken by arrival.
+                let order = vec![rng.random_range(0..30u8), 7];
+                let row = arrival.to_le_bytes().to_vec();
+                let model_part = &mut model[partition];
+                let enters = model_part.len() < limit
+                    || model_part
+                        .last_key_value()
+                        .is_some_and(|((worst, _), _)| order < *worst);
+                assert_eq!(kept.enters(partition, &order, limit), enters);
+                if !enters {
+                    continue;
+                }
+                model_part.insert((order.clone(), arrival), row.clone());
+                let expected_out = (model_part.len() > limit)
+                    .then(|| model_part.pop_last().expect("over the limit").1);
+                let out = kept.insert(partition, &order, &row, arrival, limit);
+                assert_eq!(
+                    out.map(|slot| kept.bytes_of(kept.slots[slot as usize].row).to_vec()),
+                    expected_out
+                );
+                kept.release(&out.into_iter().collect::<Vec<_>>());
+                if arrival % 5_000 == 0 {
+                    kept.compact();
+                }
+                for (p, model_part) in model.iter().enumerate() {
+                    if p != partition && arrival % 97 != 0 {
+                        continue;
+                    }
+                    let ours: Vec<Vec<u8>> = kept
+                        .chain(p)
+                        .map(|s| kept.bytes_of(kept.slots[s as usize].row).to_vec())
+                        .collect();
+                    let theirs: Vec<Vec<u8>> = model_part.values().cloned().collect();
+                    assert_eq!(ours, theirs, "limit {limit}, partition {p}");
+                    assert_eq!(kept.lens[p] as usize, theirs.len());
+                }
+            }
+        }
     }
 }

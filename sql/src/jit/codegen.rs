@@ -563,10 +563,6 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// `-v` for a float, as a flip of the sign bit. Not `fneg`: Cranelift
-    /// rewrites `fneg(a) * fneg(b)` to `a * b`, which gives a NaN the other
-    /// sign than DataFusion's `-a * -b`, and NaN signs order differently
-    /// in comparisons.
     /// 1 when bytes `start..end` of `data` are `literal`. The bytes are
     /// read only when the length matches (so never past the column's
     /// end); a literal of up to 16 bytes is compared inline, 8, 4, 2 and
@@ -591,15 +587,18 @@ impl Gen<'_, '_> {
             let mut offset = 0;
             for width in [8usize, 4, 2, 1] {
                 while literal.len() - offset >= width {
-                    let chunk = &literal[offset..offset + width];
-                    let mut bytes = [0u8; 8];
-                    bytes[..width].copy_from_slice(chunk);
-                    let constant = u64::from_le_bytes(bytes) as i64;
-                    let ty = match width {
-                        8 => types::I64,
-                        4 => types::I32,
-                        2 => types::I16,
-                        _ => types::I8,
+                    let mut b = [0u8; 8];
+                    b[..width].copy_from_slice(&literal[offset..offset + width]);
+                    // The load below is in native byte order: so is the
+                    // constant.
+                    let (ty, constant) = match width {
+                        8 => (types::I64, u64::from_ne_bytes(b) as i64),
+                        4 => (
+                            types::I32,
+                            i64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                        ),
+                        2 => (types::I16, i64::from(u16::from_ne_bytes([b[0], b[1]]))),
+                        _ => (types::I8, i64::from(b[0])),
                     };
                     // Strings have no alignment: a plain (unaligned) load.
                     let value =
@@ -626,6 +625,10 @@ impl Gen<'_, '_> {
         self.b.block_params(merge)[0]
     }
 
+    /// `-v` for a float, as a flip of the sign bit. Not `fneg`: Cranelift
+    /// rewrites `fneg(a) * fneg(b)` to `a * b`, which gives a NaN the other
+    /// sign than DataFusion's `-a * -b`, and NaN signs order differently
+    /// in comparisons.
     fn float_neg(&mut self, ty: Ty, v: Value) -> Value {
         let (int, sign) = if ty == Ty::F32 {
             (types::I32, i64::from(i32::MIN))

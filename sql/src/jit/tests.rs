@@ -442,6 +442,14 @@ const STRINGS: &[&str] = &[
     "0123456789abcdeF",
     "0123456789abcdefg",
     "0123456789abcdefh",
+    // Bytes with the high bit set: the inline comparison's constants
+    // must not be sign-extended wrongly.
+    "café",
+    "cafè",
+    "ÿÿÿÿ",
+    "ÿÿÿþ",
+    "日本語のテキスト",
+    "日本語のテキスタ",
 ];
 
 fn predicate() -> impl Strategy<Value = String> {
