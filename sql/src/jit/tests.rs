@@ -275,6 +275,10 @@ fn edge_cases_match_the_interpreter() {
         "NOT (s = 'aapl')",
         "CASE WHEN s = 'MSFT' THEN a ELSE 0 END",
         "s = 'AAPL' IS NULL",
+        // DataFusion writes an IN list of up to 3 as ORs of equalities.
+        "s IN ('MSFT', 'aapl')",
+        "a NOT IN (1, 0)",
+        "ts IN (TIMESTAMP '1970-01-01 00:00:01', TIMESTAMP '1970-01-01 00:00:00')",
     ];
     let interpreted: Vec<&str> = cases
         .into_iter()
@@ -313,6 +317,16 @@ fn unsupported_nodes_stay_interpreted_around_compiled_children() {
     let i = expr.evaluate(&batch).unwrap().into_array(7).unwrap();
     let c = wrapped.evaluate(&batch).unwrap().into_array(7).unwrap();
     same(&i, &c, "abs(a * 2) + 1");
+    // Longer IN lists stay interpreted: DataFusion probes a hash set of
+    // the literals, faster than a compiled OR of equalities
+    // (docs/BENCHMARKS.md).
+    for sql in [
+        "a IN (1, 10, -7, 3, 4)",
+        "s NOT IN ('AAPL', '', 'x', 'yy')",
+        "b IN (0.0, 1.5, 2.5, 3.5)",
+    ] {
+        assert!(!check(sql, &batch), "{sql} compiled");
+    }
     // Other string expressions are not compiled: the whole expression
     // stays as it was.
     let (_, none) = compiled(&physical("upper(CAST(a AS VARCHAR)) = '1'").unwrap());
@@ -482,6 +496,24 @@ fn predicate() -> impl Strategy<Value = String> {
                 format!("('{text}' {op} {column})")
             } else {
                 format!("({column} {op} '{text}')")
+            }),
+        1 => (
+            numeric(),
+            prop_oneof![Just("IN"), Just("NOT IN")],
+            prop::collection::vec(-3i64..4, 1..7)
+        )
+            .prop_map(|(x, op, values)| {
+                let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+                format!("({x} {op} ({}))", values.join(", "))
+            }),
+        1 => (
+            prop_oneof![Just("s"), Just("ls")],
+            prop_oneof![Just("IN"), Just("NOT IN")],
+            prop::collection::vec(prop::sample::select(STRINGS), 1..7)
+        )
+            .prop_map(|(column, op, values)| {
+                let values: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
+                format!("({column} {op} ({}))", values.join(", "))
             }),
     ];
     leaf.prop_recursive(3, 12, 2, |inner| {
