@@ -70,16 +70,38 @@ async fn run_join(
     max_batch: usize,
     shards: usize,
 ) -> (Vec<RecordBatch>, laminar_db::Metrics) {
+    run_two_sources(
+        ddl,
+        stream,
+        [("orders", orders), ("trades", trades)],
+        seed,
+        max_batch,
+        shards,
+    )
+    .await
+}
+
+/// Runs `ddl`, pushes the two named sources' rows in random batches,
+/// interleaved at random, closes all time and returns what `stream`
+/// emitted (the run must raise no shard error).
+async fn run_two_sources(
+    ddl: &str,
+    stream: &str,
+    [(left, left_rows), (right, right_rows)]: [(&str, &RecordBatch); 2],
+    seed: u64,
+    max_batch: usize,
+    shards: usize,
+) -> (Vec<RecordBatch>, laminar_db::Metrics) {
     let db = LaminarDB::builder().shards(shards).build().unwrap();
     db.execute(ddl).await.unwrap();
     let sub = db.subscribe(stream).unwrap();
-    let order_handle = db.source_untyped("orders").unwrap();
-    let trade_handle = db.source_untyped("trades").unwrap();
+    let left_handle = db.source_untyped(left).unwrap();
+    let right_handle = db.source_untyped(right).unwrap();
     db.start().await.unwrap();
     let collector = collect(sub);
     push_interleaved(
-        (&order_handle, orders),
-        (&trade_handle, trades),
+        (&left_handle, left_rows),
+        (&right_handle, right_rows),
         seed,
         max_batch,
     );
@@ -1476,19 +1498,15 @@ async fn temporal_join_against_a_stream() {
         .await
         .unwrap();
     for (seed, max_batch, shards) in [(1u64, 5usize, 1usize), (2, 64, 2), (3, 400, 2)] {
-        let db = LaminarDB::builder().shards(shards).build().unwrap();
-        db.execute(ddl).await.unwrap();
-        let sub = db.subscribe("converted").unwrap();
-        let (r, p) = (
-            db.source_untyped("rates").unwrap(),
-            db.source_untyped("payments").unwrap(),
-        );
-        db.start().await.unwrap();
-        let collector = collect(sub);
-        push_interleaved((&r, &rates), (&p, &payments), seed, max_batch);
-        db.shutdown().await.unwrap();
-        let got = collector.join().unwrap();
-        assert!(db.errors().is_empty(), "{:?}", db.errors());
+        let (got, _) = run_two_sources(
+            ddl,
+            "converted",
+            [("rates", &rates), ("payments", &payments)],
+            seed,
+            max_batch,
+            shards,
+        )
+        .await;
         assert_eq!(row_count(&got), 400);
         assert_same_rows(&got, &want);
     }
