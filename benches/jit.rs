@@ -9,6 +9,10 @@
 //! - `jit_compile`: the time to compile each kernel;
 //! - `jit_pipeline`: a filtered VWAP through the whole engine (1 shard)
 //!   with the JIT off and with every kernel ready from the first batch.
+//! - `jit_fused`: the same query's window aggregate operator alone, fed
+//!   the batches directly: its stages and DataFusion accumulators
+//!   (interpreted) against the fused kernel (WHERE, arguments and
+//!   accumulator updates in one loop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,5 +187,106 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, compile_time, pipeline);
+/// The filtered VWAP's operator, planned in `mode`.
+fn vwap_operator(mode: JitMode) -> Box<dyn laminar_operators::Operator> {
+    use laminar_sql::dialect::{parse_script, Statement};
+    use laminar_sql::planner::{new_session_context, plan_stream, register_table, resolve_source};
+    laminar_db::set_jit_mode(mode);
+    futures::executor::block_on(async {
+        let ctx = new_session_context();
+        let mut sources = std::collections::HashMap::new();
+        let mut operator = None;
+        let script = format!("{DDL}; CREATE STREAM vwap AS {FILTERED_VWAP}");
+        for statement in parse_script(&script).expect("parse") {
+            match statement {
+                Statement::CreateSource(syntax) => {
+                    let source = resolve_source(&ctx, syntax).await.expect("source");
+                    register_table(&ctx, &source.name, Arc::clone(&source.schema))
+                        .expect("register");
+                    sources.insert(source.name.clone(), source);
+                }
+                Statement::CreateStream(def) => {
+                    let known = Default::default();
+                    let tables = Default::default();
+                    let mut plans = plan_stream(&ctx, &def, &sources, &known, &tables)
+                        .await
+                        .expect("plan");
+                    let plan = plans.pop().expect("a plan");
+                    let fused = plan.explain_jit().contains("fused aggregate");
+                    assert_eq!(fused, mode == JitMode::Eager, "{}", plan.explain_jit());
+                    operator = Some(
+                        plan.operator
+                            .instantiate(&plan.output_schema)
+                            .expect("operator"),
+                    );
+                }
+                _ => unreachable!("only DDL"),
+            }
+        }
+        operator.expect("the stream")
+    })
+}
+
+/// Feeds every batch to a fresh operator and closes every window; returns
+/// the result rows.
+fn run_operator(mode: JitMode, input: &[RecordBatch]) -> usize {
+    let mut operator = vwap_operator(mode);
+    let mut out = Vec::new();
+    let time = laminar_operators::BatchTime {
+        watermark_ms: i64::MIN,
+        row_watermarks_ms: None,
+    };
+    for batch in input {
+        operator.on_batch(batch, time, &mut out).expect("batch");
+    }
+    operator.on_watermark(i64::MAX, &mut out).expect("close");
+    out.iter().map(|b| b.num_rows()).sum()
+}
+
+fn fused(c: &mut Criterion) {
+    let events = 1_000_000;
+    let mut group = c.benchmark_group("jit_fused");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(events as u64));
+    for batch_rows in [1usize, 64, 1024, 8192] {
+        // A million single-row batches would take minutes per sample.
+        let events = if batch_rows == 1 { 100_000 } else { events };
+        group.throughput(Throughput::Elements(events as u64));
+        let input = batches(events, batch_rows);
+        let want = events.div_ceil(60_000) * common::SYMBOLS;
+        assert_eq!(run_operator(JitMode::Off, &input), want);
+        assert_eq!(run_operator(JitMode::Eager, &input), want);
+        for (label, mode) in [("interpreted", JitMode::Off), ("compiled", JitMode::Eager)] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("filtered_vwap/{label}"), batch_rows),
+                &input,
+                |b, input| {
+                    b.iter_custom(|iterations| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iterations {
+                            let mut operator = vwap_operator(mode);
+                            let mut out = Vec::new();
+                            let time = laminar_operators::BatchTime {
+                                watermark_ms: i64::MIN,
+                                row_watermarks_ms: None,
+                            };
+                            let started = std::time::Instant::now();
+                            for batch in input {
+                                operator.on_batch(batch, time, &mut out).expect("batch");
+                            }
+                            operator.on_watermark(i64::MAX, &mut out).expect("close");
+                            total += started.elapsed();
+                        }
+                        total
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, compile_time, pipeline, fused);
 criterion_main!(benches);

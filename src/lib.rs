@@ -2460,7 +2460,7 @@ impl LaminarDB {
             .streams
             .iter()
             .find(|s| s.name == name)
-            .map(|s| format!("{}\n{}", s.explain, laminar_sql::jit::explain(&s.compiled)))
+            .map(|s| format!("{}\n{}", s.explain, s.explain_jit()))
             .ok_or_else(|| unknown(name, "stream"))?;
         let shards: Vec<String> = self
             .shared

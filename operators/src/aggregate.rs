@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::logical_expr::GroupsAccumulator;
@@ -17,6 +18,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
+use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::time::{EventTimeUnit, WindowSpec};
 use crate::BatchTime;
 
@@ -104,6 +106,10 @@ pub struct AggregateSpec {
     /// Keep late rows for the stream's late side output instead of only
     /// counting them.
     pub late_side_output: bool,
+    /// The same aggregate as one compiled loop over the source batch, when
+    /// the planner could build one (window aggregates only; see
+    /// [`crate::fused`]).
+    pub fused: Option<crate::fused::FusedAggregate>,
 }
 
 use crate::stage::{evaluate_all, Stage};
@@ -282,8 +288,14 @@ pub(crate) fn assign_windows(
     watermark_ms: i64,
     starts: &mut HashSet<i64>,
 ) -> Vec<(i64, Option<BooleanArray>)> {
-    let earliest = times_ms.iter().copied().min().unwrap_or_default();
-    let latest = times_ms.iter().copied().max().unwrap_or_default();
+    if times_ms.is_empty() {
+        return Vec::new();
+    }
+    let (earliest, latest) = times_ms
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(low, high), &t| {
+            (low.min(t), high.max(t))
+        });
     // Most tumbling batches fall in one window: then no per-row window math
     // and no mask.
     if window.is_tumbling()
@@ -296,31 +308,68 @@ pub(crate) fn assign_windows(
         }
         return vec![(start, None)];
     }
-    starts.clear();
-    for &t in times_ms {
-        let mut start = window.first_start_of(t);
-        while start <= t {
-            starts.insert(start);
-            start += window.slide_ms;
+    // The candidate starts: every aligned start between the earliest
+    // row's first window and the latest row's last, unless the batch's
+    // times are so spread out that only the rows' own windows are worth
+    // listing (then they are collected row by row).
+    let first = window.first_start_of(earliest);
+    let last = window.start_of(latest);
+    let span = (last - first) / window.slide_ms + 1;
+    // slide > 0 and size >= slide, both positive.
+    let windows_per_row = (window.size_ms + window.slide_ms - 1) / window.slide_ms;
+    let mut sorted: Vec<i64> = if span <= times_ms.len() as i64 + windows_per_row {
+        (0..span).map(|i| first + i * window.slide_ms).collect()
+    } else {
+        starts.clear();
+        for &t in times_ms {
+            let mut start = window.first_start_of(t);
+            while start <= t {
+                starts.insert(start);
+                start += window.slide_ms;
+            }
         }
-    }
-    let mut sorted: Vec<i64> = starts.iter().copied().collect();
-    sorted.sort_unstable();
+        let mut sorted: Vec<i64> = starts.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted
+    };
+    sorted.retain(|&start| window.end_of(start) > watermark_ms);
     sorted
         .into_iter()
-        .filter(|&start| window.end_of(start) > watermark_ms)
         .filter_map(|start| {
             let end = window.end_of(start);
-            let mask: BooleanArray = times_ms
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| {
-                    Some(start <= t && t < end && row_watermarks.is_none_or(|w| end > w[i]))
-                })
-                .collect();
+            let mask = BooleanArray::new(
+                BooleanBuffer::collect_bool(times_ms.len(), |i| {
+                    let t = times_ms[i];
+                    start <= t && t < end && row_watermarks.is_none_or(|w| end > w[i])
+                }),
+                None,
+            );
             (mask.true_count() > 0).then_some((start, Some(mask)))
         })
         .collect()
+}
+
+/// Resolves the group of each row `mask` keeps (every row when `None`)
+/// into `group_ids`; rows it drops get group 0, which whoever reads
+/// `group_ids` must skip by the same mask.
+pub(crate) fn resolve_groups(
+    encoder: &KeyEncoder,
+    table: &mut GroupTable,
+    keys: &BatchKeys<'_>,
+    mask: Option<&BooleanArray>,
+    rows: usize,
+    group_ids: &mut Vec<usize>,
+) {
+    group_ids.clear();
+    match mask {
+        None => group_ids.extend((0..rows).map(|row| encoder.group_id(table, keys, row))),
+        Some(mask) => {
+            group_ids.resize(rows, 0);
+            for row in mask.values().set_indices() {
+                group_ids[row] = encoder.group_id(table, keys, row);
+            }
+        }
+    }
 }
 
 fn as_mask(array: ArrayRef) -> Result<BooleanArray> {

@@ -161,7 +161,7 @@ impl KeyEncoder {
                     hashes,
                     store,
                     hash,
-                    |k| &**k == key,
+                    |k| bytes_eq(k.as_bytes(), key.as_bytes()),
                     || {
                         *key_bytes += key.len();
                         key.into()
@@ -231,7 +231,9 @@ impl KeyEncoder {
                 let key = array.value(row);
                 table
                     .table
-                    .find(self.hasher.hash_one(key), |&id| &*store[id as usize] == key)
+                    .find(self.hasher.hash_one(key), |&id| {
+                        bytes_eq(store[id as usize].as_bytes(), key.as_bytes())
+                    })
                     .copied()
             }
             (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
@@ -355,6 +357,26 @@ impl GroupTable {
     }
 }
 
+/// Byte equality that compares short keys (up to 16 bytes, the usual
+/// symbol or id) in two overlapping word loads instead of a `memcmp` call,
+/// which cost more than the hash probe itself on every row.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+    match n {
+        0 => true,
+        1..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
 /// Finds the group whose key satisfies `equal`, or appends `make()`.
 #[inline]
 fn intern<K>(
@@ -383,4 +405,25 @@ fn key_type_error(array: &ArrayRef) -> Error {
             array.data_type()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_eq;
+
+    #[test]
+    fn short_key_equality_sees_every_byte() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+            assert!(bytes_eq(&a, &a.clone()), "length {n}");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 1;
+                assert!(!bytes_eq(&a, &b), "length {n}, byte {at}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!bytes_eq(&a, &longer), "length {n} vs {}", n + 1);
+        }
+    }
 }

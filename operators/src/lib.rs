@@ -15,6 +15,8 @@
 //!   window assignment.
 //! - [`window_aggregate`]: keyed window aggregation with
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
+//! - [`fused`]: the window aggregate's compiled form (filter, arguments
+//!   and accumulator updates in one loop) and its plain-vector state.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
 //!   emitted when each session closes.
 //! - [`analytic`]: `ROW_NUMBER`/`RANK`/`DENSE_RANK`/`LAG`/`LEAD` over
@@ -36,6 +38,7 @@ pub mod aggregate;
 pub mod analytic;
 pub mod asof_join;
 pub mod changelog_aggregate;
+pub mod fused;
 pub mod groups;
 pub mod interval_join;
 pub mod join;

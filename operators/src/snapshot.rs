@@ -48,11 +48,11 @@ pub(crate) fn corrupt(detail: &str) -> Error {
 
 /// One window's groups as a snapshot batch. `accumulators` are consumed
 /// (DataFusion reads state only by taking it); callers rebuild them.
-pub(crate) fn groups_batch(
+pub(crate) fn groups_batch<'a>(
     encoder: &KeyEncoder,
     start_ms: i64,
     groups: &GroupTable,
-    accumulators: &mut [Box<dyn GroupsAccumulator>],
+    accumulators: impl IntoIterator<Item = &'a mut dyn GroupsAccumulator>,
 ) -> Result<RecordBatch> {
     let ids = groups.all_ids();
     let mut names = vec!["window_start".to_string()];
@@ -61,7 +61,7 @@ pub(crate) fn groups_batch(
         ids.len(),
     ))];
     push_keys(encoder, groups, &ids, &mut names, &mut columns)?;
-    for (j, accumulator) in accumulators.iter_mut().enumerate() {
+    for (j, accumulator) in accumulators.into_iter().enumerate() {
         for (f, state) in accumulator.state(EmitTo::All)?.into_iter().enumerate() {
             names.push(format!("state_{j}_{f}"));
             columns.push(state);

@@ -14,6 +14,12 @@
 //! A window `[start, end)` closes when the watermark reaches `end`; its
 //! groups are emitted as one batch and its state is freed, so state is
 //! bounded by the number of open windows times keys.
+//!
+//! With a fused plan ([`crate::fused`]) and its kernel compiled, a batch
+//! skips the stages: the `WHERE` gives a selection over the source batch,
+//! group ids are resolved for the selected rows only, and one compiled
+//! loop evaluates every argument and updates every accumulator. Until the
+//! kernel is ready the same state is updated through the stages.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +28,10 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, WindowBinding};
+use crate::aggregate::{
+    assign_windows, combine_masks, drop_late, resolve_groups, AggregateSpec, WindowBinding,
+};
+use crate::fused::{selection_of, FusedAccumulator, FusedAggregate, FusedAggregateKind};
 use crate::groups::{GroupTable, KeyEncoder};
 use crate::snapshot;
 use crate::stage::{apply_all, apply_all_carrying};
@@ -32,7 +41,30 @@ use crate::{BatchTime, Operator};
 /// One open window.
 struct WindowState {
     groups: GroupTable,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    accumulators: Accumulators,
+}
+
+/// A window's aggregate state: DataFusion's accumulators, or the plain
+/// vectors a fused kernel writes (which are accumulators too).
+enum Accumulators {
+    DataFusion(Vec<Box<dyn GroupsAccumulator>>),
+    Fused(Vec<FusedAccumulator>),
+}
+
+impl Accumulators {
+    fn all(&mut self) -> Vec<&mut dyn GroupsAccumulator> {
+        match self {
+            Accumulators::DataFusion(a) => a.iter_mut().map(|a| a.as_mut() as _).collect(),
+            Accumulators::Fused(a) => a.iter_mut().map(|a| a as _).collect(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Accumulators::DataFusion(a) => a.iter().map(|a| a.size()).sum(),
+            Accumulators::Fused(a) => a.iter().map(|a| a.size()).sum(),
+        }
+    }
 }
 
 /// The operator. One instance per stream per shard.
@@ -41,6 +73,9 @@ pub struct WindowAggregate {
     binding: WindowBinding,
     window: WindowSpec,
     encoder: KeyEncoder,
+    /// With a fused plan, what each window's fused state accumulates
+    /// (kept apart from the plan, which is taken out while it runs).
+    fused_kinds: Option<Vec<FusedAggregateKind>>,
     windows: BTreeMap<i64, WindowState>,
     late_rows: u64,
     /// Late rows waiting for the late side output.
@@ -72,11 +107,13 @@ impl WindowAggregate {
         })?;
         let window = binding.kind.fixed("this window aggregate")?;
         let encoder = KeyEncoder::new(&spec.key_fields())?;
+        let fused_kinds = spec.fused.as_ref().map(|f| f.aggregates.clone());
         Ok(Self {
             spec,
             binding,
             window,
             encoder,
+            fused_kinds,
             windows: BTreeMap::new(),
             late_rows: 0,
             late_batches: Vec::new(),
@@ -97,7 +134,8 @@ impl WindowAggregate {
         let window_column = self.binding.unit.constant_array(start_ms, ids.len());
         let values = state
             .accumulators
-            .iter_mut()
+            .all()
+            .into_iter()
             .map(|a| a.evaluate(EmitTo::All))
             .collect::<datafusion::common::Result<Vec<_>>>()?;
         let aggregated = self
@@ -115,6 +153,12 @@ impl Operator for WindowAggregate {
         _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         // Output only ever leaves when a window closes (on_watermark).
+        if let Some(fused) = self.spec.fused.take_if(|f| f.update.is_ready()) {
+            // Taken out for the call (no clone per batch), put back after.
+            let result = self.on_batch_fused(&fused, batch, time);
+            self.spec.fused = Some(fused);
+            return result;
+        }
         let (on_time, row_watermarks, late) = drop_late(
             &self.binding,
             batch,
@@ -150,26 +194,19 @@ impl Operator for WindowAggregate {
             &mut self.starts,
         );
         for (start, window_mask) in assigned {
-            if !self.windows.contains_key(&start) {
-                let state = WindowState {
-                    groups: self.encoder.table(),
-                    accumulators: self.spec.accumulators()?,
-                };
-                self.windows.insert(start, state);
-            }
-            let state = self.windows.get_mut(&start).expect("inserted above");
-            self.group_ids.clear();
-            for row in 0..rows {
-                let in_window = window_mask.as_ref().is_none_or(|m| m.value(row));
-                self.group_ids.push(if in_window {
-                    self.encoder.group_id(&mut state.groups, &keys, row)
-                } else {
-                    // Masked out below; any valid id will do.
-                    0
-                });
-            }
+            self.window(start)?;
+            let state = self.windows.get_mut(&start).expect("created above");
+            // Rows outside the window are masked out below.
+            resolve_groups(
+                &self.encoder,
+                &mut state.groups,
+                &keys,
+                window_mask.as_ref(),
+                rows,
+                &mut self.group_ids,
+            );
             let groups = state.groups.len();
-            for (j, accumulator) in state.accumulators.iter_mut().enumerate() {
+            for (j, accumulator) in state.accumulators.all().into_iter().enumerate() {
                 let mask = combine_masks(window_mask.as_ref(), inputs.filters[j].as_ref())?;
                 accumulator.update_batch(
                     &inputs.arguments[j],
@@ -213,7 +250,7 @@ impl Operator for WindowAggregate {
     fn state_bytes(&self) -> usize {
         self.windows
             .values()
-            .map(|w| w.groups.bytes() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
+            .map(|w| w.groups.bytes() + w.accumulators.bytes())
             .sum()
     }
 
@@ -237,7 +274,7 @@ impl Operator for WindowAggregate {
                 &self.encoder,
                 start,
                 &state.groups,
-                &mut state.accumulators,
+                state.accumulators.all(),
             )?;
             // Taking the state emptied the accumulators: load it back.
             let restored = self.restore_window(&batch)?;
@@ -259,15 +296,121 @@ impl Operator for WindowAggregate {
 }
 
 impl WindowAggregate {
+    /// Empty state in the form this operator updates.
+    fn new_accumulators(&self) -> Result<Accumulators> {
+        Ok(match &self.fused_kinds {
+            Some(kinds) => {
+                Accumulators::Fused(kinds.iter().map(|&k| FusedAccumulator::new(k)).collect())
+            }
+            None => Accumulators::DataFusion(self.spec.accumulators()?),
+        })
+    }
+
+    /// Creates window `start`'s state, empty, on its first row.
+    fn window(&mut self, start: i64) -> Result<()> {
+        if !self.windows.contains_key(&start) {
+            let state = WindowState {
+                groups: self.encoder.table(),
+                accumulators: self.new_accumulators()?,
+            };
+            self.windows.insert(start, state);
+        }
+        Ok(())
+    }
+
     fn restore_window(&self, batch: &RecordBatch) -> Result<WindowState> {
         let groups = snapshot::restore_groups(&self.encoder, batch)?;
-        let mut accumulators = self.spec.accumulators()?;
-        for (j, accumulator) in accumulators.iter_mut().enumerate() {
-            snapshot::merge_states(accumulator.as_mut(), batch, j)?;
+        let mut accumulators = self.new_accumulators()?;
+        for (j, accumulator) in accumulators.all().into_iter().enumerate() {
+            snapshot::merge_states(accumulator, batch, j)?;
         }
         Ok(WindowState {
             groups,
             accumulators,
         })
+    }
+
+    /// A batch through the fused kernel: no stage runs and no column is
+    /// copied; only the group lookup stays outside the compiled loop.
+    fn on_batch_fused(
+        &mut self,
+        fused: &FusedAggregate,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+    ) -> Result<()> {
+        let (on_time, row_watermarks, late) = drop_late(
+            &self.binding,
+            batch,
+            time,
+            &mut self.times_ms,
+            self.spec.late_side_output.then_some(&mut self.late_batches),
+        )?;
+        self.late_rows += late;
+        let rows = on_time.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let selection = match &fused.predicate {
+            Some(predicate) => crate::stage::filter_mask(predicate, &on_time)?.map(selection_of),
+            None => None,
+        };
+        if selection.as_ref().is_some_and(|s| s.true_count() == 0) {
+            return Ok(());
+        }
+        let row_watermarks: Option<&[i64]> = row_watermarks
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+            .map(|a| a.values().as_ref());
+        // `drop_late` read the same column's times, which still fit when
+        // it removed no row.
+        if self.times_ms.len() != rows {
+            self.binding.unit.array_to_ms(
+                on_time.column(fused.time_column).as_ref(),
+                &mut self.times_ms,
+            )?;
+        }
+        let key_arrays: Vec<_> = fused
+            .key_columns
+            .iter()
+            .map(|&c| std::sync::Arc::clone(on_time.column(c)))
+            .collect();
+        let assigned = assign_windows(
+            &self.window,
+            &self.times_ms,
+            row_watermarks,
+            time.watermark_ms,
+            &mut self.starts,
+        );
+        let keys = self.encoder.encode(&key_arrays)?;
+        let mut group_ids = std::mem::take(&mut self.group_ids);
+        for (start, window_mask) in assigned {
+            let mask = combine_masks(selection.as_ref(), window_mask.as_ref())?;
+            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                continue;
+            }
+            self.window(start)?;
+            let state = self.windows.get_mut(&start).expect("created above");
+            // The kernel skips unselected rows by the same mask.
+            resolve_groups(
+                &self.encoder,
+                &mut state.groups,
+                &keys,
+                mask.as_ref(),
+                rows,
+                &mut group_ids,
+            );
+            let Accumulators::Fused(accumulators) = &mut state.accumulators else {
+                unreachable!("a fused plan's windows hold fused state")
+            };
+            let groups = state.groups.len();
+            for accumulator in accumulators.iter_mut() {
+                accumulator.ensure_groups(groups);
+            }
+            fused
+                .update
+                .update(&on_time, mask.as_ref(), &group_ids, accumulators)?;
+        }
+        self.group_ids = group_ids;
+        Ok(())
     }
 }

@@ -18,6 +18,7 @@
 mod asof;
 pub mod dialect;
 pub mod functions;
+mod fused;
 pub mod jit;
 mod join;
 mod join_bounds;

@@ -900,14 +900,33 @@ impl Lowering<'_> {
     /// `expr` as the physical expression operators run: compiled where
     /// the JIT supports it (see [`crate::jit`]).
     pub(crate) fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        let physical = create_physical_expr(
+        let physical = self.raw_physical(expr, schema)?;
+        Ok(self.compile(physical, schema.as_arrow()))
+    }
+
+    /// `expr` as an interpreted physical expression (for rewriting before
+    /// it is compiled).
+    pub(crate) fn raw_physical(
+        &self,
+        expr: &Expr,
+        schema: &DFSchema,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        create_physical_expr(
             expr,
             schema,
             &self.props,
             &PhysicalPlanningContext::default(),
         )
-        .map_err(planning_error)?;
-        Ok(self.compile(physical, schema.as_arrow()))
+        .map_err(planning_error)
+    }
+
+    /// `expr` compiled where the JIT supports it.
+    pub(crate) fn compile_physical(
+        &self,
+        expr: Arc<dyn PhysicalExpr>,
+        schema: &Schema,
+    ) -> Arc<dyn PhysicalExpr> {
+        self.compile(expr, schema)
     }
 
     fn compile(&self, expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Arc<dyn PhysicalExpr> {
@@ -1238,6 +1257,9 @@ impl Lowering<'_> {
         let physical_input_schema: Schema = input_schema.as_arrow().clone();
         let mut aggregates = Vec::new();
         let mut aggregate_filters = Vec::new();
+        // Before compilation, for the fused form.
+        let mut raw_aggregates = Vec::new();
+        let mut raw_filters = Vec::new();
         for expr in &aggregate.aggr_expr {
             let planning_ctx = PhysicalPlanningContext::default();
             let lowered = LoweredAggregateBuilder::new(
@@ -1249,6 +1271,8 @@ impl Lowering<'_> {
             )
             .build()
             .map_err(planning_error)?;
+            raw_aggregates.push(Arc::clone(&lowered.aggregate));
+            raw_filters.push(lowered.filter.clone());
             aggregates.push(self.compile_aggregate(lowered.aggregate, &physical_input_schema));
             aggregate_filters.push(
                 lowered
@@ -1296,6 +1320,12 @@ impl Lowering<'_> {
                 format!(" -> {} stage(s)", post.len())
             }
         );
+        let fused = match (&window, changes, session) {
+            (Some(window), false, false) => {
+                self.fused_aggregate(aggregate, window, &key_exprs, &raw_aggregates, &raw_filters)
+            }
+            _ => None,
+        };
         let spec = AggregateSpec {
             pre: chain.stages,
             window,
@@ -1305,6 +1335,7 @@ impl Lowering<'_> {
             aggregate_schema: Arc::new(aggregate.schema.as_arrow().clone()),
             post,
             late_side_output,
+            fused,
         };
         let operator = match (changes, session) {
             (changes, true) => StreamOperator::SessionAggregate { spec, changes },
@@ -2237,6 +2268,24 @@ fn stage_emit(plan: &LogicalPlan) -> Option<EmitMode> {
             }
             _ => return None,
         }
+    }
+}
+
+impl StreamPlan {
+    /// `EXPLAIN`'s JIT lines: each compiled expression and, for a window
+    /// aggregate, its fused kernel, with their states.
+    pub fn explain_jit(&self) -> String {
+        let mut text = crate::jit::explain(&self.compiled);
+        if let StreamOperator::WindowAggregate(AggregateSpec {
+            fused: Some(fused), ..
+        }) = &self.operator
+        {
+            text.push_str(&format!(
+                "\nJIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): {}",
+                fused.update.state()
+            ));
+        }
+        text
     }
 }
 

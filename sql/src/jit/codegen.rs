@@ -25,7 +25,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 use super::ir::{Arith, Cmp, Node, Program, Ty};
 
@@ -82,27 +82,41 @@ const STR_EQ_SYMBOL: &str = "laminar_jit_str_eq";
 
 pub(crate) type KernelFn = unsafe extern "C" fn(*const InputDesc, u64, *mut u8, *mut u8) -> u8;
 
-/// A compiled kernel and the executable memory holding it.
-pub(crate) struct Kernel {
+/// The executable memory of compiled code, freed on drop, and the string
+/// literals the code points at.
+pub(super) struct Code {
     module: Option<JITModule>,
-    pub function: KernelFn,
-    /// String literals the code points at.
     _literals: Vec<Arc<[u8]>>,
 }
 
-// SAFETY: after `finalize_definitions` the module's memory is only read
-// (executed) until `Drop` frees it; the function pointer is plain code.
-unsafe impl Send for Kernel {}
-unsafe impl Sync for Kernel {}
+impl Code {
+    pub(super) fn new(module: JITModule, literals: Vec<Arc<[u8]>>) -> Self {
+        Self {
+            module: Some(module),
+            _literals: literals,
+        }
+    }
+}
 
-impl Drop for Kernel {
+// SAFETY: after `finalize_definitions` the module's memory is only read
+// (executed) until `Drop` frees it.
+unsafe impl Send for Code {}
+unsafe impl Sync for Code {}
+
+impl Drop for Code {
     fn drop(&mut self) {
         if let Some(module) = self.module.take() {
-            // SAFETY: the kernel is dropped only once nothing can call it
-            // (it is owned by the expression that calls it).
+            // SAFETY: the code is dropped only once nothing can call it
+            // (it is owned by what calls it).
             unsafe { module.free_memory() };
         }
     }
+}
+
+/// A compiled kernel and the executable memory holding it.
+pub(crate) struct Kernel {
+    _code: Code,
+    pub function: KernelFn,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -148,28 +162,8 @@ pub(crate) fn compile(program: &Program) -> Result<Kernels, String> {
 /// `writes_validity` the output validity is not stored.
 fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<Kernel, String> {
     let error = |e: &dyn std::fmt::Display| e.to_string();
-    let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| error(&e))?;
-    flags
-        .set("use_colocated_libcalls", "false")
-        .map_err(|e| error(&e))?;
-    flags.set("is_pic", "false").map_err(|e| error(&e))?;
-    let isa = cranelift_native::builder()
-        .map_err(|e| error(&e))?
-        .finish(settings::Flags::new(flags))
-        .map_err(|e| error(&e))?;
-    let mut jit = JITBuilder::with_isa(isa, default_libcall_names());
-    jit.symbol(STR_EQ_SYMBOL, str_eq as *const u8);
-    let mut module = JITModule::new(jit);
+    let (mut module, str_eq_id) = new_module()?;
     let pointer = module.target_config().pointer_type();
-    let mut str_eq_signature = module.make_signature();
-    for param in [pointer, types::I64, types::I64, pointer, types::I64] {
-        str_eq_signature.params.push(AbiParam::new(param));
-    }
-    str_eq_signature.returns.push(AbiParam::new(types::I8));
-    let str_eq_id = module
-        .declare_function(STR_EQ_SYMBOL, Linkage::Import, &str_eq_signature)
-        .map_err(|e| error(&e))?;
     let mut signature = module.make_signature();
     for _ in 0..3 {
         signature.params.push(AbiParam::new(pointer));
@@ -195,29 +189,7 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
         let params = b.block_params(entry).to_vec();
         let (descs, rows, out_values, out_valid) = (params[0], params[1], params[2], params[3]);
         let flags = MemFlagsData::trusted();
-        // Loop-invariant descriptor fields, read once.
-        let inputs: Vec<LoadedInput> = program
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(slot, (_, data_type))| {
-                let base = (slot * std::mem::size_of::<InputDesc>()) as i32;
-                let load = |b: &mut FunctionBuilder, at: i32| {
-                    b.ins().load(types::I64, flags, descs, base + at)
-                };
-                LoadedInput {
-                    // `None`: a string column (`Node::StrEq` reads it).
-                    ty: Ty::of(data_type),
-                    large_offsets: *data_type == arrow::datatypes::DataType::LargeUtf8,
-                    values: load(&mut b, DESC_VALUES),
-                    valid: load(&mut b, DESC_VALID),
-                    values_bit_offset: load(&mut b, DESC_VALUES_BIT_OFFSET),
-                    valid_bit_offset: load(&mut b, DESC_VALID_BIT_OFFSET),
-                    valid_mask: load(&mut b, DESC_VALID_MASK),
-                    data: load(&mut b, DESC_DATA),
-                }
-            })
-            .collect();
+        let inputs = load_inputs(&mut b, descs, &program.inputs);
         let zero = b.ins().iconst(types::I64, 0);
         let no_bail = b.ins().iconst(types::I8, 0);
         // Loop state: row, bail flag, and (boolean outputs) the 64-bit word
@@ -301,13 +273,70 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
     let mut literals = Vec::new();
     program.root.string_literals(&mut literals);
     Ok(Kernel {
-        module: Some(module),
+        _code: Code::new(module, literals),
         function,
-        _literals: literals,
     })
 }
 
-struct LoadedInput {
+/// A JIT module for this CPU, with the string equality helper declared.
+pub(super) fn new_module() -> Result<(JITModule, FuncId), String> {
+    let error = |e: &dyn std::fmt::Display| e.to_string();
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| error(&e))?;
+    flags
+        .set("use_colocated_libcalls", "false")
+        .map_err(|e| error(&e))?;
+    flags.set("is_pic", "false").map_err(|e| error(&e))?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| error(&e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| error(&e))?;
+    let mut jit = JITBuilder::with_isa(isa, default_libcall_names());
+    jit.symbol(STR_EQ_SYMBOL, str_eq as *const u8);
+    let mut module = JITModule::new(jit);
+    let pointer = module.target_config().pointer_type();
+    let mut str_eq_signature = module.make_signature();
+    for param in [pointer, types::I64, types::I64, pointer, types::I64] {
+        str_eq_signature.params.push(AbiParam::new(param));
+    }
+    str_eq_signature.returns.push(AbiParam::new(types::I8));
+    let str_eq_id = module
+        .declare_function(STR_EQ_SYMBOL, Linkage::Import, &str_eq_signature)
+        .map_err(|e| error(&e))?;
+    Ok((module, str_eq_id))
+}
+
+/// Reads the loop-invariant fields of every input's descriptor, once.
+pub(super) fn load_inputs(
+    b: &mut FunctionBuilder,
+    descs: Value,
+    inputs: &[(usize, arrow::datatypes::DataType)],
+) -> Vec<LoadedInput> {
+    let flags = MemFlagsData::trusted();
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(slot, (_, data_type))| {
+            let base = (slot * std::mem::size_of::<InputDesc>()) as i32;
+            let load = |b: &mut FunctionBuilder, at: i32| {
+                b.ins().load(types::I64, flags, descs, base + at)
+            };
+            LoadedInput {
+                // `None`: a string column (`Node::StrEq` reads it).
+                ty: Ty::of(data_type),
+                large_offsets: *data_type == arrow::datatypes::DataType::LargeUtf8,
+                values: load(b, DESC_VALUES),
+                valid: load(b, DESC_VALID),
+                values_bit_offset: load(b, DESC_VALUES_BIT_OFFSET),
+                valid_bit_offset: load(b, DESC_VALID_BIT_OFFSET),
+                valid_mask: load(b, DESC_VALID_MASK),
+                data: load(b, DESC_DATA),
+            }
+        })
+        .collect()
+}
+
+pub(super) struct LoadedInput {
     ty: Option<Ty>,
     /// A `LargeUtf8` column: 64-bit offsets.
     large_offsets: bool,
@@ -320,22 +349,22 @@ struct LoadedInput {
 }
 
 /// Generates one row's code.
-struct Gen<'a, 'b> {
-    b: &'a mut FunctionBuilder<'b>,
-    inputs: &'a [LoadedInput],
-    row: Value,
+pub(super) struct Gen<'a, 'b> {
+    pub b: &'a mut FunctionBuilder<'b>,
+    pub inputs: &'a [LoadedInput],
+    pub row: Value,
     /// 1 when this row must hand the batch back (an I8), if any node can.
-    bail: Option<Value>,
+    pub bail: Option<Value>,
     /// Every input is valid (no bitmap is read).
-    dense: bool,
+    pub dense: bool,
     /// The string equality helper.
-    str_eq: FuncRef,
+    pub str_eq: FuncRef,
 }
 
 impl Gen<'_, '_> {
     /// Bit `index` of the bitmap at `base` (index masked by `mask` first,
     /// as a byte index), as an I8 0/1.
-    fn bit(&mut self, base: Value, bit_offset: Value, mask: Option<Value>) -> Value {
+    pub fn bit(&mut self, base: Value, bit_offset: Value, mask: Option<Value>) -> Value {
         let flags = MemFlagsData::trusted();
         let index = self.b.ins().iadd(bit_offset, self.row);
         let mut byte_index = self.b.ins().ushr_imm_s(index, 3);
@@ -350,7 +379,7 @@ impl Gen<'_, '_> {
         self.b.ins().band_imm_s(shifted, 1)
     }
 
-    fn node(&mut self, node: &Node) -> (Value, Value) {
+    pub fn node(&mut self, node: &Node) -> (Value, Value) {
         match node {
             Node::Input { slot, ty } => {
                 let input = &self.inputs[*slot];

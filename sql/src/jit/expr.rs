@@ -142,7 +142,7 @@ impl CompiledExpr {
 /// Where the kernel reads a column: its values (already offset for
 /// primitive arrays, a bit offset for booleans; a string column's offsets,
 /// already offset, and its bytes) and validity bitmap.
-fn describe(array: &dyn Array) -> Option<InputDesc> {
+pub(super) fn describe(array: &dyn Array) -> Option<InputDesc> {
     let mut data = std::ptr::null();
     let (values, values_bit_offset) = match array.data_type() {
         DataType::Boolean => {

@@ -219,6 +219,38 @@ impl Node {
         }
     }
 
+    /// Whether some row can make the kernel hand its batch back (an
+    /// integer division or remainder, a timestamp scaling that may
+    /// overflow).
+    pub fn may_bail(&self) -> bool {
+        match self {
+            Node::Arith { op, ty, .. }
+                if !ty.is_float() && matches!(op, Arith::Div | Arith::Rem) =>
+            {
+                true
+            }
+            Node::Scale { .. } => true,
+            Node::Input { .. } | Node::Const { .. } | Node::StrEq { .. } => false,
+            Node::Arith { left, right, .. }
+            | Node::Cmp { left, right, .. }
+            | Node::Distinct { left, right, .. }
+            | Node::And(left, right)
+            | Node::Or(left, right) => left.may_bail() || right.may_bail(),
+            Node::Not(arg)
+            | Node::IsNull { arg, .. }
+            | Node::Neg { arg, .. }
+            | Node::Cast { arg, .. } => arg.may_bail(),
+            Node::Case {
+                whens, otherwise, ..
+            } => {
+                otherwise.as_ref().is_some_and(|e| e.may_bail())
+                    || whens
+                        .iter()
+                        .any(|(when, then)| when.may_bail() || then.may_bail())
+            }
+        }
+    }
+
     /// Whether the node can be NULL when every input is valid (only a
     /// NULL literal makes one).
     pub fn may_make_null(&self) -> bool {
@@ -322,6 +354,16 @@ const LONG_EXPRESSION_OPERATORS: usize = 5;
 
 /// Rows from which a batch counts as large.
 pub(crate) const LARGE_BATCH_ROWS: usize = 4096;
+
+/// Lowers `expr` over `schema` into a tree that shares `inputs` (the
+/// kernel's input slots) with other trees of the same kernel.
+pub(crate) fn lower_into(
+    expr: &Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+    inputs: &mut Vec<(usize, DataType)>,
+) -> Option<(Node, DataType)> {
+    node(expr, schema, inputs)
+}
 
 /// Lowers `expr` over `schema`; `None` when any node is unsupported.
 pub(crate) fn lower(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Program> {

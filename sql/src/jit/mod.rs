@@ -49,9 +49,42 @@ mod codegen {
         Err("built without the `jit` feature".to_string())
     }
 }
+#[cfg(feature = "jit")]
+mod fused_codegen;
+#[cfg(not(feature = "jit"))]
+#[allow(dead_code)]
+mod fused_codegen {
+    //! Built without the `jit` feature: nothing compiles.
+    use super::codegen::InputDesc;
+    use super::fused::FusedProgram;
+
+    #[derive(Debug)]
+    pub(crate) struct FusedKernel {
+        pub function: unsafe extern "C" fn(
+            *const InputDesc,
+            u64,
+            *const u8,
+            u64,
+            *const u64,
+            *const *mut u64,
+        ),
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct FusedKernels {
+        pub general: FusedKernel,
+        pub dense: FusedKernel,
+    }
+
+    pub(crate) fn compile_fused(_program: &FusedProgram) -> Result<FusedKernels, String> {
+        Err("built without the `jit` feature".to_string())
+    }
+}
 // Without the `jit` feature the compiler's input is built but never read.
 #[cfg_attr(not(feature = "jit"), allow(dead_code))]
 mod expr;
+#[cfg_attr(not(feature = "jit"), allow(dead_code))]
+mod fused;
 #[cfg_attr(not(feature = "jit"), allow(dead_code))]
 mod ir;
 
@@ -64,6 +97,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use expr::Outcome;
 pub use expr::{CompiledExpr, CompiledSlot};
+pub use fused::{fused_update, FusedInput};
 
 /// When expressions are compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +154,44 @@ pub fn set_mode(mode: JitMode) {
     MODE.store(encode(mode), Ordering::Relaxed);
 }
 
+/// Work for the background compiler.
+enum Job {
+    Expr(Arc<CompiledSlot>),
+    Fused(Arc<fused::FusedSlot>),
+}
+
+/// Hands `job` to the background compiler; if it is gone, the job fails
+/// (its expression stays interpreted).
+fn submit(job: Job) {
+    let unsent = match compiler().lock() {
+        Ok(sender) => sender.send(job).err().map(|e| e.0),
+        Err(_) => Some(job),
+    };
+    let gone = "the compiler thread is gone".to_string();
+    match unsent {
+        None => {}
+        Some(Job::Expr(slot)) => {
+            let _ = slot.outcome.set(Outcome::Failed(gone));
+        }
+        Some(Job::Fused(slot)) => {
+            let _ = slot.outcome.set(Err(gone));
+        }
+    }
+}
+
 /// The background compiler: one thread, started on first use.
-fn compiler() -> &'static Mutex<Sender<Arc<CompiledSlot>>> {
-    static COMPILER: OnceLock<Mutex<Sender<Arc<CompiledSlot>>>> = OnceLock::new();
+fn compiler() -> &'static Mutex<Sender<Job>> {
+    static COMPILER: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
     COMPILER.get_or_init(|| {
-        let (sender, receiver) = channel::<Arc<CompiledSlot>>();
+        let (sender, receiver) = channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("laminar-jit".to_string())
             .spawn(move || {
-                while let Ok(slot) = receiver.recv() {
-                    compile_slot(&slot);
+                while let Ok(job) = receiver.recv() {
+                    match job {
+                        Job::Expr(slot) => compile_slot(&slot),
+                        Job::Fused(slot) => slot.compile(),
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -190,17 +252,7 @@ fn wrap(
         });
         match mode {
             JitMode::Eager => compile_slot(&slot),
-            _ => {
-                let sent = compiler()
-                    .lock()
-                    .ok()
-                    .and_then(|sender| sender.send(Arc::clone(&slot)).ok());
-                if sent.is_none() {
-                    let _ = slot
-                        .outcome
-                        .set(Outcome::Failed("the compiler thread is gone".to_string()));
-                }
-            }
+            _ => submit(Job::Expr(Arc::clone(&slot))),
         }
         let wrapped = Arc::new(CompiledExpr::new(expr, slot));
         compiled.push(Arc::clone(&wrapped));
@@ -237,5 +289,7 @@ pub fn explain(compiled: &[Arc<CompiledExpr>]) -> String {
     text
 }
 
+#[cfg(all(test, feature = "jit"))]
+mod fused_tests;
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 
 use super::{wrap, CompiledExpr, JitMode};
 
-fn schema() -> Arc<Schema> {
+pub(super) fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("a", DataType::Int64, true),
         Field::new("b", DataType::Float64, true),
@@ -43,7 +43,7 @@ fn strings(values: &[Option<&str>]) -> [ArrayRef; 2] {
 
 /// Plans `sql` over the test schema (coerced and simplified, as
 /// DataFusion plans it).
-fn physical(sql: &str) -> Option<Arc<dyn PhysicalExpr>> {
+pub(super) fn physical(sql: &str) -> Option<Arc<dyn PhysicalExpr>> {
     let df_schema = DFSchema::try_from(schema().as_ref().clone()).ok()?;
     let ctx = SessionContext::new();
     let expr = ctx.parse_sql_expr(sql, &df_schema).ok()?;
@@ -64,7 +64,7 @@ fn compiled(expr: &Arc<dyn PhysicalExpr>) -> (Arc<dyn PhysicalExpr>, Vec<Arc<Com
     (wrapped, kernels)
 }
 
-fn same(interpreted: &ArrayRef, compiled: &ArrayRef, what: &str) {
+pub(super) fn same(interpreted: &ArrayRef, compiled: &ArrayRef, what: &str) {
     assert_eq!(
         interpreted.data_type(),
         compiled.data_type(),
@@ -348,7 +348,7 @@ fn sliced_inputs_read_from_their_offset() {
     }
 }
 
-fn column_strategy() -> impl Strategy<Value = RecordBatch> {
+pub(super) fn column_strategy() -> impl Strategy<Value = RecordBatch> {
     let rows = 1usize..70;
     rows.prop_flat_map(|n| {
         let ints = prop::collection::vec(
@@ -405,7 +405,7 @@ fn column_strategy() -> impl Strategy<Value = RecordBatch> {
 
 /// Random numeric expressions (SQL text), typed loosely: DataFusion's
 /// coercion makes them well-typed or planning rejects them.
-fn numeric() -> impl Strategy<Value = String> {
+pub(super) fn numeric() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         Just("a".to_string()),
         Just("b".to_string()),
@@ -466,7 +466,7 @@ const STRINGS: &[&str] = &[
     "日本語のテキスタ",
 ];
 
-fn predicate() -> impl Strategy<Value = String> {
+pub(super) fn predicate() -> impl Strategy<Value = String> {
     let comparison = (
         numeric(),
         prop_oneof![

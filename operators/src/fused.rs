@@ -1,0 +1,401 @@
+//! Fused aggregation: a window aggregate whose filter, argument
+//! expressions and accumulator updates run as one compiled loop over the
+//! source batch, reading each row once.
+//!
+//! The planner builds a [`FusedAggregate`] when every aggregate of a
+//! windowed `GROUP BY` is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` over
+//! `BIGINT` or `DOUBLE` that it can compile, the `GROUP BY` keys and the
+//! window's time are source columns, and at most one `WHERE` lies
+//! between the aggregate and the source. The compiled loop itself lives
+//! in `laminar-sql` (it needs the JIT) behind the [`FusedUpdate`] trait.
+//!
+//! The state is [`FusedAccumulator`]s: plain vectors the compiled loop
+//! writes, which are also ordinary DataFusion `GroupsAccumulator`s (the
+//! interpreted path updates them while the kernel compiles, and they
+//! snapshot and restore in DataFusion's partial-state layout, so a
+//! checkpoint taken with the JIT on restores with it off and back).
+//! Each function keeps DataFusion's own rules, bit for bit: `SUM` and
+//! `AVG` add in row order with wrapping integer addition, `MIN`/`MAX`
+//! start at the type's extreme and replace on `<`/`>` or an unordered
+//! (NaN) comparison, as `partial_cmp` does there.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, UInt64Array};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::common::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
+
+/// An aggregate function the fused path computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+/// The type a fused aggregate accumulates (its argument's type; `COUNT`
+/// counts any type and accumulates `BIGINT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedType {
+    Int64,
+    Float64,
+}
+
+/// One aggregate of a fused plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusedAggregateKind {
+    pub function: FusedFunction,
+    pub ty: FusedType,
+}
+
+/// The compiled half of a fused aggregate, supplied by the JIT.
+pub trait FusedUpdate: Send + Sync + std::fmt::Debug {
+    /// Whether the compiled loop is ready; until then the operator runs
+    /// its interpreted stages.
+    fn is_ready(&self) -> bool;
+
+    /// Adds the rows of `batch` that `selection` keeps (every row when
+    /// `None`; a selection has no NULLs) to `accumulators`, row `i` to
+    /// group `group_ids[i]`. Unselected rows carry group 0, and every
+    /// group named exists in every accumulator
+    /// ([`FusedAccumulator::ensure_groups`]); an implementation checks
+    /// this before writing. Only called once [`FusedUpdate::is_ready`].
+    fn update(
+        &self,
+        batch: &arrow::array::RecordBatch,
+        selection: Option<&BooleanArray>,
+        group_ids: &[usize],
+        accumulators: &mut [FusedAccumulator],
+    ) -> laminar_runtime::Result<()>;
+
+    /// `compiled`, `compiling` or `interpreted (<why>)`, for `EXPLAIN`.
+    fn state(&self) -> String;
+}
+
+/// A window aggregate's fused form: everything over the *source* batch.
+#[derive(Debug, Clone)]
+pub struct FusedAggregate {
+    /// The `WHERE` between source and aggregate, if any.
+    pub predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// Source column of each `GROUP BY` key other than the window.
+    pub key_columns: Vec<usize>,
+    /// Source column of the window's event time.
+    pub time_column: usize,
+    /// What each aggregate accumulates (in the aggregate's order).
+    pub aggregates: Vec<FusedAggregateKind>,
+    /// The compiled loop.
+    pub update: Arc<dyn FusedUpdate>,
+}
+
+/// One aggregate's state for every group of a window, as two vectors of
+/// 64-bit words the compiled loop updates in place:
+///
+/// | function | `primary[g]` | `secondary[g]` |
+/// |---|---|---|
+/// | `COUNT` | count (`i64`) | unused |
+/// | `SUM` | sum (`i64`, or `f64` bits) | 1 once a non-NULL value was added |
+/// | `MIN`/`MAX` | current value (starts at `i64::MAX`/`f64::MAX`, `MIN`s for `MAX`) | 1 once a value was seen |
+/// | `AVG` | sum (`f64` bits) | count (`u64`) |
+#[derive(Debug, Clone)]
+pub struct FusedAccumulator {
+    kind: FusedAggregateKind,
+    primary: Vec<u64>,
+    secondary: Vec<u64>,
+}
+
+impl FusedAccumulator {
+    pub fn new(kind: FusedAggregateKind) -> Self {
+        Self {
+            kind,
+            primary: Vec::new(),
+            secondary: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> FusedAggregateKind {
+        self.kind
+    }
+
+    /// The value a group starts from, as DataFusion's accumulators start.
+    fn start(&self) -> u64 {
+        match (self.kind.function, self.kind.ty) {
+            (FusedFunction::Min, FusedType::Int64) => i64::MAX as u64,
+            (FusedFunction::Max, FusedType::Int64) => i64::MIN as u64,
+            (FusedFunction::Min, FusedType::Float64) => f64::MAX.to_bits(),
+            (FusedFunction::Max, FusedType::Float64) => f64::MIN.to_bits(),
+            // 0 and 0.0 have the same bits.
+            _ => 0,
+        }
+    }
+
+    /// Makes room for groups `0..groups`.
+    pub fn ensure_groups(&mut self, groups: usize) {
+        if self.primary.len() < groups {
+            let start = self.start();
+            self.primary.resize(groups, start);
+            self.secondary.resize(groups, 0);
+        }
+    }
+
+    /// Groups held.
+    pub fn groups(&self) -> usize {
+        self.primary.len()
+    }
+
+    /// The two state vectors, for the compiled loop.
+    pub fn state_pointers(&mut self) -> [*mut u64; 2] {
+        [self.primary.as_mut_ptr(), self.secondary.as_mut_ptr()]
+    }
+
+    /// Adds one valid value to group `g` (the interpreted update, the
+    /// compiled loop's reference).
+    #[inline]
+    fn add(&mut self, g: usize, bits: u64) {
+        let FusedAggregateKind { function, ty } = self.kind;
+        let current = self.primary[g];
+        self.primary[g] = match (function, ty) {
+            (FusedFunction::Count, _) => current.wrapping_add(1),
+            (FusedFunction::Sum, FusedType::Int64) => current.wrapping_add(bits),
+            (FusedFunction::Sum | FusedFunction::Avg, FusedType::Float64) => {
+                (f64::from_bits(current) + f64::from_bits(bits)).to_bits()
+            }
+            (FusedFunction::Min, FusedType::Int64) => (current as i64).min(bits as i64) as u64,
+            (FusedFunction::Max, FusedType::Int64) => (current as i64).max(bits as i64) as u64,
+            (FusedFunction::Min, FusedType::Float64) => {
+                float_replace(current, bits, std::cmp::Ordering::Less)
+            }
+            (FusedFunction::Max, FusedType::Float64) => {
+                float_replace(current, bits, std::cmp::Ordering::Greater)
+            }
+            (FusedFunction::Avg, FusedType::Int64) => {
+                unreachable!("AVG accumulates DOUBLE (the planner casts)")
+            }
+        };
+        self.secondary[g] = match function {
+            FusedFunction::Avg => self.secondary[g] + 1,
+            _ => 1,
+        };
+    }
+
+    /// Takes the groups `emit_to` names off the front.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<u64>, Vec<u64>) {
+        match emit_to {
+            EmitTo::All => (
+                std::mem::take(&mut self.primary),
+                std::mem::take(&mut self.secondary),
+            ),
+            EmitTo::First(n) => {
+                let rest_primary = self.primary.split_off(n);
+                let rest_secondary = self.secondary.split_off(n);
+                (
+                    std::mem::replace(&mut self.primary, rest_primary),
+                    std::mem::replace(&mut self.secondary, rest_secondary),
+                )
+            }
+        }
+    }
+
+    /// Values as an array of the accumulated type, NULL where `seen` is 0.
+    fn values_array(&self, values: Vec<u64>, seen: &[u64]) -> ArrayRef {
+        let nulls = NullBuffer::from_iter(seen.iter().map(|&s| s != 0));
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        match self.kind.ty {
+            FusedType::Int64 => Arc::new(Int64Array::new(
+                values.into_iter().map(|v| v as i64).collect(),
+                nulls,
+            )),
+            FusedType::Float64 => Arc::new(Float64Array::new(
+                values.into_iter().map(f64::from_bits).collect(),
+                nulls,
+            )),
+        }
+    }
+}
+
+/// DataFusion's float `MIN`/`MAX` step: the new value replaces the current
+/// one when it compares `wanted`, or when either is NaN.
+#[inline]
+fn float_replace(current: u64, new: u64, wanted: std::cmp::Ordering) -> u64 {
+    match f64::from_bits(new).partial_cmp(&f64::from_bits(current)) {
+        Some(order) if order != wanted => current,
+        _ => new,
+    }
+}
+
+/// The value bits of row `row` of a `BIGINT`/`DOUBLE` array.
+fn bits_of(values: &ArrayRef, ty: FusedType) -> DfResult<Box<dyn Fn(usize) -> u64 + '_>> {
+    let wrong = || {
+        DataFusionError::Internal(format!(
+            "fused aggregate over {ty:?} got {}",
+            values.data_type()
+        ))
+    };
+    Ok(match ty {
+        FusedType::Int64 => {
+            let a = values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
+            Box::new(move |row| a.value(row) as u64)
+        }
+        FusedType::Float64 => {
+            let a = values.as_primitive_opt::<Float64Type>().ok_or_else(wrong)?;
+            Box::new(move |row| a.value(row).to_bits())
+        }
+    })
+}
+
+impl GroupsAccumulator for FusedAccumulator {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.ensure_groups(total_num_groups);
+        let values = &values[0];
+        let counting = self.kind.function == FusedFunction::Count;
+        // COUNT reads only validity (its argument may be of any type).
+        let bits = if counting {
+            None
+        } else {
+            Some(bits_of(values, self.kind.ty)?)
+        };
+        for (row, &g) in group_indices.iter().enumerate() {
+            let keep = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
+            if keep && values.is_valid(row) {
+                self.add(g, bits.as_ref().map_or(0, |bits| bits(row)));
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        let (primary, secondary) = self.take(emit_to);
+        Ok(match self.kind.function {
+            FusedFunction::Count => Arc::new(Int64Array::from_iter_values(
+                primary.into_iter().map(|c| c as i64),
+            )),
+            FusedFunction::Avg => {
+                let nulls = NullBuffer::from_iter(secondary.iter().map(|&c| c != 0));
+                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                let averages = primary
+                    .iter()
+                    .zip(&secondary)
+                    .map(|(&sum, &count)| f64::from_bits(sum) / count as f64)
+                    .collect();
+                Arc::new(Float64Array::new(averages, nulls))
+            }
+            _ => self.values_array(primary, &secondary),
+        })
+    }
+
+    /// DataFusion's partial state: `COUNT` [count], `SUM`/`MIN`/`MAX`
+    /// [value], `AVG` [count: UInt64, sum: Float64].
+    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
+        let (primary, secondary) = self.take(emit_to);
+        Ok(match self.kind.function {
+            FusedFunction::Count => vec![Arc::new(Int64Array::from_iter_values(
+                primary.into_iter().map(|c| c as i64),
+            ))],
+            FusedFunction::Avg => {
+                let nulls = NullBuffer::from_iter(secondary.iter().map(|&c| c != 0));
+                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                // NULL where nothing was added, in both fields, as
+                // DataFusion writes it.
+                vec![
+                    Arc::new(UInt64Array::new(secondary.into(), nulls.clone())),
+                    Arc::new(Float64Array::new(
+                        primary.into_iter().map(f64::from_bits).collect(),
+                        nulls,
+                    )),
+                ]
+            }
+            _ => vec![self.values_array(primary, &secondary)],
+        })
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        self.ensure_groups(total_num_groups);
+        match self.kind.function {
+            FusedFunction::Count => {
+                let counts = values[0].as_primitive_opt::<Int64Type>().ok_or_else(|| {
+                    DataFusionError::Internal("COUNT state is not BIGINT".to_string())
+                })?;
+                for (row, &g) in group_indices.iter().enumerate() {
+                    if counts.is_valid(row) {
+                        self.primary[g] = self.primary[g].wrapping_add(counts.value(row) as u64);
+                    }
+                }
+            }
+            FusedFunction::Avg => {
+                let (Some(counts), Some(sums)) = (
+                    values[0].as_primitive_opt::<UInt64Type>(),
+                    values
+                        .get(1)
+                        .and_then(|s| s.as_primitive_opt::<Float64Type>()),
+                ) else {
+                    return Err(DataFusionError::Internal(
+                        "AVG state is not [UInt64, Float64]".to_string(),
+                    ));
+                };
+                for (row, &g) in group_indices.iter().enumerate() {
+                    if counts.is_valid(row) {
+                        self.secondary[g] += counts.value(row);
+                    }
+                    if sums.is_valid(row) {
+                        let sum = f64::from_bits(self.primary[g]) + sums.value(row);
+                        self.primary[g] = sum.to_bits();
+                    }
+                }
+            }
+            // A partial SUM/MIN/MAX merges as one more value.
+            _ => self.update_batch(values, group_indices, None, total_num_groups)?,
+        }
+        Ok(())
+    }
+
+    /// Each row as a group of its own, in the partial-state layout.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> DfResult<Vec<ArrayRef>> {
+        let rows = values[0].len();
+        let mut each = FusedAccumulator::new(self.kind);
+        let ids: Vec<usize> = (0..rows).collect();
+        each.update_batch(values, &ids, opt_filter, rows)?;
+        each.state(EmitTo::All)
+    }
+
+    fn size(&self) -> usize {
+        (self.primary.capacity() + self.secondary.capacity()) * std::mem::size_of::<u64>()
+    }
+}
+
+/// `mask` with NULL read as false, as `WHERE` reads it.
+pub fn selection_of(mask: BooleanArray) -> BooleanArray {
+    match mask.nulls() {
+        Some(nulls) if nulls.null_count() > 0 => {
+            BooleanArray::new(mask.values() & nulls.inner(), None)
+        }
+        _ => BooleanArray::new(mask.values().clone(), None),
+    }
+}
+
+/// Whether `data_type` is one a fused aggregate accumulates.
+pub fn fused_type(data_type: &DataType) -> Option<FusedType> {
+    match data_type {
+        DataType::Int64 => Some(FusedType::Int64),
+        DataType::Float64 => Some(FusedType::Float64),
+        _ => None,
+    }
+}

@@ -1,0 +1,219 @@
+//! Planning a window aggregate's fused form ([`laminar_operators::fused`]):
+//! the aggregate's inputs rewritten as expressions over the source batch,
+//! so that one compiled loop can read the source rows directly.
+//!
+//! A plan is fused only where that cannot change an answer: the chain
+//! below the aggregate is projections, aliases and at most one filter
+//! over a scan (a second filter could guard a row the first removes);
+//! every `GROUP BY` key and the window's time are plain source columns,
+//! with keys no more nullable than the aggregate declares them; every
+//! aggregate is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` whose argument
+//! and `FILTER` compile and cannot fail. Anything else runs as before.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::logical_expr::{Aggregate, LogicalPlan};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_operators::fused::{
+    fused_type, FusedAggregate, FusedAggregateKind, FusedFunction, FusedType,
+};
+use laminar_operators::WindowBinding;
+
+use crate::jit::FusedInput;
+use crate::planner::Lowering;
+
+/// What a chain of stages computes, seen from the source batch.
+struct SourceView {
+    /// Each output column as an expression over the source batch.
+    columns: Vec<Arc<dyn PhysicalExpr>>,
+    /// The chain's filter, over the source batch.
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// The source's (or upstream stream's) name.
+    source: String,
+}
+
+impl Lowering<'_> {
+    /// The fused form of a window aggregate, or `None` where it does not
+    /// apply (see the module docs). `aggregates` and `filters` are the
+    /// aggregate's functions and `FILTER`s before compilation, over the
+    /// aggregate's input; `keys` its `GROUP BY` keys other than the window.
+    pub(crate) fn fused_aggregate(
+        &self,
+        aggregate: &Aggregate,
+        window: &WindowBinding,
+        keys: &[datafusion::logical_expr::Expr],
+        aggregates: &[Arc<AggregateFunctionExpr>],
+        filters: &[Option<Arc<dyn PhysicalExpr>>],
+    ) -> Option<FusedAggregate> {
+        let view = self.source_view(&aggregate.input)?;
+        let source_schema = Arc::clone(self.input_schema(&view.source));
+        let to_source = |expr: &Arc<dyn PhysicalExpr>| substitute(expr, &view.columns);
+        let column_of = |expr: &Arc<dyn PhysicalExpr>| {
+            to_source(expr)?.downcast_ref::<Column>().map(|c| c.index())
+        };
+
+        let time_column = column_of(&window.event_time)?;
+        if time_column != window.source_time_column {
+            return None;
+        }
+        // Key fields as the aggregate declares them (its GROUP BY columns
+        // come first in its schema).
+        let group_fields = aggregate.schema.fields();
+        let mut key_columns = Vec::with_capacity(keys.len());
+        let mut key_field = (0..aggregate.group_expr.len()).filter(|&i| i != window.position);
+        for key in keys {
+            let physical = self.raw_physical(key, aggregate.input.schema()).ok()?;
+            let column = column_of(&physical)?;
+            let declared = &group_fields[key_field.next()?];
+            let source = source_schema.field(column);
+            // Unselected rows are read too: a NULL there must not reach
+            // a key the aggregate declared NOT NULL.
+            if source.is_nullable() && !declared.is_nullable()
+                || source.data_type() != declared.data_type()
+            {
+                return None;
+            }
+            key_columns.push(column);
+        }
+
+        let mut inputs = Vec::with_capacity(aggregates.len());
+        for (function, filter) in aggregates.iter().zip(filters) {
+            let [argument] = function.expressions().try_into().ok()?;
+            let argument = to_source(&argument)?;
+            let kind = fused_kind(function, &argument.data_type(&source_schema).ok()?)?;
+            let filter = match filter {
+                Some(filter) => Some(to_source(filter)?),
+                None => None,
+            };
+            inputs.push(FusedInput {
+                kind,
+                argument,
+                filter,
+            });
+        }
+        let update = crate::jit::fused_update(&inputs, &source_schema)?;
+        let predicate = view
+            .predicate
+            .map(|p| self.compile_physical(p, &source_schema));
+        Some(FusedAggregate {
+            predicate,
+            key_columns,
+            time_column,
+            aggregates: inputs.iter().map(|i| i.kind).collect(),
+            update,
+        })
+    }
+
+    /// The chain from `node` down to its scan, as expressions over the
+    /// scanned batch; `None` for anything but projections, aliases and
+    /// one filter.
+    fn source_view(&self, node: &LogicalPlan) -> Option<SourceView> {
+        match node {
+            LogicalPlan::TableScan(scan) => {
+                if !scan.filters.is_empty() || scan.fetch.is_some() {
+                    return None;
+                }
+                let source = scan.table_name.table().to_string();
+                let schema = self.input_schema(&source);
+                let indices: Vec<usize> = match &scan.projection {
+                    Some(projection) => projection.clone(),
+                    None => (0..schema.fields().len()).collect(),
+                };
+                let columns = indices
+                    .into_iter()
+                    .map(|i| {
+                        Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>
+                    })
+                    .collect();
+                Some(SourceView {
+                    columns,
+                    predicate: None,
+                    source,
+                })
+            }
+            LogicalPlan::SubqueryAlias(alias) => self.source_view(&alias.input),
+            LogicalPlan::Projection(projection) => {
+                let below = self.source_view(&projection.input)?;
+                let columns = projection
+                    .expr
+                    .iter()
+                    .map(|e| {
+                        let physical = self.raw_physical(e, projection.input.schema()).ok()?;
+                        substitute(&physical, &below.columns)
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(SourceView { columns, ..below })
+            }
+            LogicalPlan::Filter(filter) => {
+                let below = self.source_view(&filter.input)?;
+                if below.predicate.is_some() {
+                    return None;
+                }
+                let physical = self
+                    .raw_physical(&filter.predicate, filter.input.schema())
+                    .ok()?;
+                let predicate = substitute(&physical, &below.columns)?;
+                Some(SourceView {
+                    predicate: Some(predicate),
+                    ..below
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `expr` with each column replaced by what `columns` says it is.
+fn substitute(
+    expr: &Arc<dyn PhysicalExpr>,
+    columns: &[Arc<dyn PhysicalExpr>],
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let mut missing = false;
+    let rewritten = Arc::clone(expr)
+        .transform_up(|e| {
+            if let Some(column) = e.downcast_ref::<Column>() {
+                return Ok(match columns.get(column.index()) {
+                    Some(replacement) => Transformed::yes(Arc::clone(replacement)),
+                    None => {
+                        missing = true;
+                        Transformed::no(e)
+                    }
+                });
+            }
+            Ok(Transformed::no(e))
+        })
+        .ok()?
+        .data;
+    (!missing).then_some(rewritten)
+}
+
+/// What `function` (over an argument of `argument_type`) accumulates, if
+/// the fused path computes it exactly as DataFusion does.
+fn fused_kind(
+    function: &AggregateFunctionExpr,
+    argument_type: &arrow::datatypes::DataType,
+) -> Option<FusedAggregateKind> {
+    if function.is_distinct() || !function.order_bys().is_empty() {
+        return None;
+    }
+    let output_type = function.field().data_type().clone();
+    let name = function.fun().name().to_ascii_lowercase();
+    let (function, ty) = match name.as_str() {
+        "count" => (FusedFunction::Count, FusedType::Int64),
+        "sum" => (FusedFunction::Sum, fused_type(argument_type)?),
+        "min" => (FusedFunction::Min, fused_type(argument_type)?),
+        "max" => (FusedFunction::Max, fused_type(argument_type)?),
+        "avg" => (FusedFunction::Avg, FusedType::Float64),
+        _ => return None,
+    };
+    // The output type the fused accumulator produces must be DataFusion's.
+    let produces = match (function, ty) {
+        (FusedFunction::Count, _) | (_, FusedType::Int64) => arrow::datatypes::DataType::Int64,
+        (_, FusedType::Float64) => arrow::datatypes::DataType::Float64,
+    };
+    let argument_fits = function == FusedFunction::Count || fused_type(argument_type) == Some(ty);
+    (output_type == produces && argument_fits).then_some(FusedAggregateKind { function, ty })
+}

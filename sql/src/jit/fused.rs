@@ -1,0 +1,244 @@
+//! Fused aggregates: a window aggregate's arguments, `FILTER`s and
+//! accumulator updates lowered into one program over the source batch,
+//! compiled like any expression (in the background in adaptive mode) and
+//! run by the operator through [`FusedUpdate`].
+
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_operators::fused::{
+    FusedAccumulator, FusedAggregateKind, FusedFunction, FusedType, FusedUpdate,
+};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use super::codegen::InputDesc;
+use super::expr::describe;
+use super::fused_codegen::{compile_fused, FusedKernels};
+use super::ir::{lower_into, Node};
+use super::JitMode;
+
+/// One aggregate of a fused program.
+#[derive(Debug, Clone)]
+pub(crate) struct FusedNode {
+    pub kind: FusedAggregateKind,
+    /// The argument (for `COUNT`, only its validity is read).
+    pub argument: Node,
+    /// `FILTER (WHERE ...)`: the row counts only where it is true.
+    pub filter: Option<Node>,
+}
+
+/// Everything a fused kernel computes.
+#[derive(Debug, Clone)]
+pub(crate) struct FusedProgram {
+    /// `[slot]` -> (source column, its Arrow type), shared by every tree.
+    pub inputs: Vec<(usize, DataType)>,
+    pub aggregates: Vec<FusedNode>,
+}
+
+/// One aggregate as the planner hands it over: its kind, its argument and
+/// its `FILTER`, both over the source batch.
+pub struct FusedInput {
+    pub kind: FusedAggregateKind,
+    pub argument: Arc<dyn PhysicalExpr>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// Lowers the aggregates into one program; `None` when some argument or
+/// filter cannot be compiled, or could fail on a row (then the aggregate
+/// runs interpreted, as before).
+pub(crate) fn lower_fused(aggregates: &[FusedInput], schema: &Schema) -> Option<FusedProgram> {
+    let mut inputs = Vec::new();
+    let mut nodes = Vec::with_capacity(aggregates.len());
+    for aggregate in aggregates {
+        let (argument, argument_type) = lower_into(&aggregate.argument, schema, &mut inputs)?;
+        let fits = match aggregate.kind.function {
+            // Only validity is read: any compilable type.
+            FusedFunction::Count => true,
+            _ => match aggregate.kind.ty {
+                FusedType::Int64 => argument_type == DataType::Int64,
+                FusedType::Float64 => argument_type == DataType::Float64,
+            },
+        };
+        if !fits || argument.may_bail() {
+            return None;
+        }
+        let filter = match &aggregate.filter {
+            Some(filter) => {
+                let (node, data_type) = lower_into(filter, schema, &mut inputs)?;
+                if data_type != DataType::Boolean || node.may_bail() {
+                    return None;
+                }
+                Some(node)
+            }
+            None => None,
+        };
+        nodes.push(FusedNode {
+            kind: aggregate.kind,
+            argument,
+            filter,
+        });
+    }
+    Some(FusedProgram {
+        inputs,
+        aggregates: nodes,
+    })
+}
+
+/// The compiled form of one fused aggregate, shared by every shard.
+#[derive(Debug)]
+pub struct FusedSlot {
+    pub(crate) program: FusedProgram,
+    pub(crate) outcome: OnceLock<std::result::Result<FusedKernels, String>>,
+}
+
+impl FusedSlot {
+    pub(crate) fn compile(&self) {
+        let started = std::time::Instant::now();
+        let outcome = compile_fused(&self.program);
+        match &outcome {
+            Ok(_) => log::debug!("JIT: compiled a fused aggregate in {:?}", started.elapsed()),
+            Err(e) => {
+                log::warn!("JIT: cannot compile a fused aggregate ({e}); it stays interpreted")
+            }
+        }
+        let _ = self.outcome.set(outcome);
+    }
+}
+
+/// [`FusedUpdate`] over a [`FusedSlot`].
+#[derive(Debug)]
+pub struct CompiledFusedUpdate {
+    slot: Arc<FusedSlot>,
+}
+
+impl CompiledFusedUpdate {
+    pub(crate) fn new(slot: Arc<FusedSlot>) -> Self {
+        Self { slot }
+    }
+}
+
+/// The fused update of `aggregates` (over `schema`, the source batch's),
+/// compiling now in [`JitMode::Eager`] and in the background otherwise;
+/// `None` in [`JitMode::Off`] or when they cannot be fused.
+pub fn fused_update(aggregates: &[FusedInput], schema: &Schema) -> Option<Arc<dyn FusedUpdate>> {
+    let mode = super::mode();
+    if mode == JitMode::Off {
+        return None;
+    }
+    let program = lower_fused(aggregates, schema)?;
+    let slot = Arc::new(FusedSlot {
+        program,
+        outcome: OnceLock::new(),
+    });
+    match mode {
+        JitMode::Eager => slot.compile(),
+        _ => super::submit(super::Job::Fused(Arc::clone(&slot))),
+    }
+    Some(Arc::new(CompiledFusedUpdate::new(slot)))
+}
+
+// The kernel reads group ids as 64-bit words.
+const _: () = assert!(usize::BITS == 64);
+
+thread_local! {
+    /// Input descriptors and state pointers, reused across batches.
+    static SCRATCH: RefCell<(Vec<InputDesc>, Vec<*mut u64>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl FusedUpdate for CompiledFusedUpdate {
+    fn is_ready(&self) -> bool {
+        matches!(self.slot.outcome.get(), Some(Ok(_)))
+    }
+
+    fn update(
+        &self,
+        batch: &RecordBatch,
+        selection: Option<&BooleanArray>,
+        group_ids: &[usize],
+        accumulators: &mut [FusedAccumulator],
+    ) -> Result<()> {
+        let Some(Ok(kernels)) = self.slot.outcome.get() else {
+            return Err(internal("the fused kernel ran before it was compiled"));
+        };
+        let program = &self.slot.program;
+        let rows = batch.num_rows();
+        if group_ids.len() != rows
+            || accumulators.len() != program.aggregates.len()
+            || selection.is_some_and(|s| s.len() != rows || arrow::array::Array::null_count(s) > 0)
+        {
+            return Err(internal("fused aggregate called with mismatched inputs"));
+        }
+        SCRATCH.with(|scratch| {
+            let (descs, states) = &mut *scratch.borrow_mut();
+            descs.clear();
+            states.clear();
+            let mut dense = true;
+            for (column, data_type) in &program.inputs {
+                let array = batch
+                    .columns()
+                    .get(*column)
+                    .filter(|a| a.data_type() == data_type && a.len() == rows)
+                    .ok_or_else(|| {
+                        internal("a source column changed type under a fused aggregate")
+                    })?;
+                let desc = describe(array.as_ref())
+                    .ok_or_else(|| internal("a fused aggregate input cannot be read"))?;
+                dense &= desc.valid_mask == 0;
+                descs.push(desc);
+            }
+            // Unselected rows carry group 0, below any selected row's.
+            let groups_needed = group_ids.iter().max().map_or(0, |&g| g + 1);
+            for (accumulator, node) in accumulators.iter_mut().zip(&program.aggregates) {
+                if accumulator.kind() != node.kind {
+                    return Err(internal("fused state of another aggregate"));
+                }
+                if accumulator.groups() < groups_needed {
+                    return Err(internal("a fused aggregate group has no state"));
+                }
+                states.extend(accumulator.state_pointers());
+            }
+            let (selection_at, selection_offset) = match selection {
+                Some(s) => (s.values().inner().as_ptr(), s.values().offset() as u64),
+                None => (std::ptr::null(), 0),
+            };
+            let kernel = if dense {
+                &kernels.dense
+            } else {
+                &kernels.general
+            };
+            // SAFETY: every input's buffers cover `rows` rows of the type
+            // the kernel was compiled for (checked above); `group_ids` has
+            // `rows` entries and every selected row's group is below each
+            // state vector's length (checked above); the selection bitmap
+            // covers `rows` bits from its offset; the state pointers stay
+            // valid (nothing resizes the vectors during the call).
+            unsafe {
+                (kernel.function)(
+                    descs.as_ptr(),
+                    rows as u64,
+                    selection_at,
+                    selection_offset,
+                    group_ids.as_ptr().cast::<u64>(),
+                    states.as_ptr(),
+                )
+            };
+            Ok(())
+        })
+    }
+
+    fn state(&self) -> String {
+        match self.slot.outcome.get() {
+            Some(Ok(_)) => "compiled".to_string(),
+            Some(Err(why)) => format!("interpreted ({why})"),
+            None => "compiling".to_string(),
+        }
+    }
+}
+
+fn internal(what: &str) -> Error {
+    Error::new(ErrorCode::Execution, format!("internal: {what}"))
+}

@@ -1,0 +1,295 @@
+//! Fused aggregate kernels against DataFusion's own group accumulators:
+//! random arguments, `FILTER`s, selections and group ids over random
+//! batches with NULLs, NaNs, signed zeros, infinities and integer
+//! extremes, compared bit for bit (results and partial states).
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use datafusion::logical_expr::{AggregateUDF, EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+use datafusion::physical_expr::PhysicalExpr;
+use laminar_operators::fused::{
+    FusedAccumulator, FusedAggregateKind, FusedFunction, FusedType, FusedUpdate,
+};
+use proptest::prelude::*;
+
+use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedSlot};
+use super::tests::{column_strategy, numeric, physical, predicate, same, schema};
+
+fn udaf(function: FusedFunction) -> Arc<AggregateUDF> {
+    use datafusion::functions_aggregate::{average, count, min_max, sum};
+    match function {
+        FusedFunction::Count => count::count_udaf(),
+        FusedFunction::Sum => sum::sum_udaf(),
+        FusedFunction::Min => min_max::min_udaf(),
+        FusedFunction::Max => min_max::max_udaf(),
+        FusedFunction::Avg => average::avg_udaf(),
+    }
+}
+
+/// DataFusion's group accumulator for `function(argument)`.
+fn datafusion_accumulator(
+    function: FusedFunction,
+    argument: &Arc<dyn PhysicalExpr>,
+) -> Box<dyn GroupsAccumulator> {
+    let aggregate = AggregateExprBuilder::new(udaf(function), vec![Arc::clone(argument)])
+        .schema(schema())
+        .alias("x")
+        .build()
+        .unwrap();
+    assert!(aggregate.groups_accumulator_supported());
+    aggregate.create_groups_accumulator().unwrap()
+}
+
+/// A compiled fused update of one aggregate, or `None` when the
+/// argument or filter does not fuse.
+fn compiled(input: FusedInput) -> Option<CompiledFusedUpdate> {
+    let program = lower_fused(&[input], &schema())?;
+    let slot = Arc::new(FusedSlot {
+        program,
+        outcome: OnceLock::new(),
+    });
+    slot.compile();
+    let update = CompiledFusedUpdate::new(slot);
+    assert!(update.is_ready(), "{}", update.state());
+    Some(update)
+}
+
+/// Both results and partial states, in that order.
+fn outputs(
+    accumulator: &mut dyn GroupsAccumulator,
+    copy: &mut dyn GroupsAccumulator,
+) -> Vec<ArrayRef> {
+    let mut all = vec![accumulator.evaluate(EmitTo::All).unwrap()];
+    all.extend(copy.state(EmitTo::All).unwrap());
+    all
+}
+
+/// Accumulates `function(CAST(argument AS ty))` (the planner's coercion
+/// gives arguments such types) both ways and compares.
+fn check(
+    function: FusedFunction,
+    ty: FusedType,
+    argument_sql: &str,
+    filter_sql: Option<&str>,
+    batch: &RecordBatch,
+    selected: &[bool],
+    group_ids: &[usize],
+) {
+    let ty = match function {
+        FusedFunction::Avg => FusedType::Float64,
+        _ => ty,
+    };
+    let cast = match ty {
+        FusedType::Int64 => "BIGINT",
+        FusedType::Float64 => "DOUBLE",
+    };
+    let Some(argument) = physical(&format!("CAST(({argument_sql}) AS {cast})")) else {
+        return;
+    };
+    let filter = match filter_sql {
+        Some(sql) => match physical(sql) {
+            Some(filter) => Some(filter),
+            None => return,
+        },
+        None => None,
+    };
+    let kind = FusedAggregateKind {
+        function,
+        ty: if function == FusedFunction::Count {
+            FusedType::Int64
+        } else {
+            ty
+        },
+    };
+    let Some(update) = compiled(FusedInput {
+        kind,
+        argument: Arc::clone(&argument),
+        filter: filter.clone(),
+    }) else {
+        return;
+    };
+    let rows = batch.num_rows();
+    let groups = group_ids.iter().max().map_or(0, |g| g + 1);
+    let selection = BooleanArray::from(selected.to_vec());
+    // DataFusion's view: the selection and the FILTER (NULL is not true).
+    let Ok(values) = argument.evaluate(batch).and_then(|v| v.into_array(rows)) else {
+        return;
+    };
+    let mask = match &filter {
+        Some(filter) => {
+            let Ok(keep) = filter.evaluate(batch).and_then(|v| v.into_array(rows)) else {
+                return;
+            };
+            let keep = keep
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .unwrap()
+                .clone();
+            arrow::compute::and(&selection, &keep).unwrap()
+        }
+        None => selection.clone(),
+    };
+    let mut theirs = datafusion_accumulator(function, &argument);
+    let mut theirs_copy = datafusion_accumulator(function, &argument);
+    let mut fused = FusedAccumulator::new(kind);
+    let mut interpreted = FusedAccumulator::new(kind);
+    // Twice: the second pass starts from non-empty state.
+    for _ in 0..2 {
+        for df in [&mut theirs, &mut theirs_copy] {
+            df.update_batch(
+                std::slice::from_ref(&values),
+                group_ids,
+                Some(&mask),
+                groups,
+            )
+            .unwrap();
+        }
+        fused.ensure_groups(groups);
+        update
+            .update(
+                batch,
+                Some(&selection),
+                group_ids,
+                std::slice::from_mut(&mut fused),
+            )
+            .unwrap();
+        interpreted
+            .update_batch(
+                std::slice::from_ref(&values),
+                group_ids,
+                Some(&mask),
+                groups,
+            )
+            .unwrap();
+    }
+    let want = outputs(theirs.as_mut(), theirs_copy.as_mut());
+    let what = format!("{function:?}({argument}) FILTER {filter:?}");
+    for (name, ours) in [("compiled", &fused), ("interpreted", &interpreted)] {
+        let got = outputs(&mut ours.clone(), &mut ours.clone());
+        assert_eq!(got.len(), want.len(), "{name} {what}: state fields");
+        for (g, w) in got.iter().zip(&want) {
+            same(w, g, &format!("{name} {what}"));
+        }
+    }
+    // DataFusion's partial state restores into fused state.
+    let mut restored = FusedAccumulator::new(kind);
+    let ids: Vec<usize> = (0..groups).collect();
+    let state =
+        datafusion_accumulator_state(function, &argument, &values, group_ids, &mask, groups);
+    restored.merge_batch(&state, &ids, groups).unwrap();
+    same(
+        &want[0],
+        &restored.evaluate(EmitTo::All).unwrap(),
+        &format!("restored {what}"),
+    );
+}
+
+/// DataFusion's partial state after the two passes `check` makes.
+fn datafusion_accumulator_state(
+    function: FusedFunction,
+    argument: &Arc<dyn PhysicalExpr>,
+    values: &ArrayRef,
+    group_ids: &[usize],
+    mask: &BooleanArray,
+    groups: usize,
+) -> Vec<ArrayRef> {
+    let mut accumulator = datafusion_accumulator(function, argument);
+    for _ in 0..2 {
+        accumulator
+            .update_batch(std::slice::from_ref(values), group_ids, Some(mask), groups)
+            .unwrap();
+    }
+    accumulator.state(EmitTo::All).unwrap()
+}
+
+fn functions() -> impl Strategy<Value = FusedFunction> {
+    prop::sample::select(vec![
+        FusedFunction::Count,
+        FusedFunction::Sum,
+        FusedFunction::Min,
+        FusedFunction::Max,
+        FusedFunction::Avg,
+    ])
+}
+
+/// A batch with a selection and group ids (of up to 4 groups) per row.
+fn batches() -> impl Strategy<Value = (RecordBatch, Vec<bool>, Vec<usize>)> {
+    column_strategy().prop_flat_map(|batch| {
+        let rows = batch.num_rows();
+        (
+            Just(batch),
+            prop::collection::vec(prop_oneof![3 => Just(true), 1 => Just(false)], rows),
+            prop::collection::vec(0usize..4, rows),
+        )
+    })
+}
+
+#[test]
+fn edge_values_match_datafusion() {
+    use arrow::array::{Float64Array, Int64Array};
+    let mut columns: Vec<ArrayRef> = schema()
+        .fields()
+        .iter()
+        .map(|f| arrow::array::new_null_array(f.data_type(), 8))
+        .collect();
+    columns[0] = Arc::new(Int64Array::from(vec![
+        Some(i64::MAX),
+        Some(1),
+        None,
+        Some(i64::MIN),
+        Some(-1),
+        Some(0),
+        Some(i64::MAX),
+        Some(7),
+    ]));
+    columns[1] = Arc::new(Float64Array::from(vec![
+        Some(f64::NAN),
+        Some(-0.0),
+        Some(0.0),
+        None,
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(-f64::NAN),
+        Some(1.5),
+    ]));
+    let batch = RecordBatch::try_new(schema(), columns).unwrap();
+    let selected = [true, true, true, true, false, true, true, true];
+    for groups in [
+        vec![0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0, 1, 2, 3, 0, 1, 2, 3],
+        vec![3, 2, 1, 0, 3, 2, 1, 0],
+    ] {
+        for function in [
+            FusedFunction::Count,
+            FusedFunction::Sum,
+            FusedFunction::Min,
+            FusedFunction::Max,
+            FusedFunction::Avg,
+        ] {
+            for ty in [FusedType::Int64, FusedType::Float64] {
+                for argument in ["a", "b", "a + 1", "b * 2.0", "-b", "a * a"] {
+                    for filter in [None, Some("b > 0.0"), Some("a IS NULL")] {
+                        check(function, ty, argument, filter, &batch, &selected, &groups);
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_fused_aggregates_match_datafusion(
+        function in functions(),
+        ty in prop::sample::select(vec![FusedType::Int64, FusedType::Float64]),
+        argument in numeric(),
+        filter in prop::option::of(predicate()),
+        (batch, selected, group_ids) in batches(),
+    ) {
+        check(function, ty, &argument, filter.as_deref(), &batch, &selected, &group_ids);
+    }
+}
