@@ -215,7 +215,8 @@ impl AggregateSpec {
 /// Returns the rows to aggregate, the per-row watermark when some rows may
 /// not join all their windows, and the number of late rows; the late rows
 /// themselves are appended to `late_out` when given (the late side
-/// output).
+/// output). `times_ms` is scratch space (its contents are unspecified
+/// afterwards).
 pub(crate) fn drop_late(
     binding: &WindowBinding,
     batch: &RecordBatch,
@@ -223,9 +224,9 @@ pub(crate) fn drop_late(
     times_ms: &mut Vec<i64>,
     late_out: Option<&mut Vec<RecordBatch>>,
 ) -> Result<(RecordBatch, Option<ArrayRef>, u64)> {
-    binding
+    let times_ms = binding
         .source_time_unit
-        .array_to_ms(batch.column(binding.source_time_column).as_ref(), times_ms)?;
+        .ms_values(batch.column(binding.source_time_column).as_ref(), times_ms)?;
     let kind = binding.kind;
     if time.row_watermarks_ms.is_none() {
         // Window ends grow with event time: if the earliest row is on

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, PrimitiveArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, PrimitiveArray};
 use arrow::datatypes::{
     DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
@@ -71,6 +71,30 @@ impl EventTimeUnit {
     pub fn from_ms(&self, ms: i64) -> i64 {
         let (mul, div) = self.ticks_per_ms();
         ms.div_euclid(mul).saturating_mul(div)
+    }
+
+    /// An event-time array's epoch-ms values: the array's own values when
+    /// it already holds ms (no copy), else converted into `scratch`. NULLs
+    /// are an error, as in [`EventTimeUnit::array_to_ms`].
+    pub fn ms_values<'a>(
+        &self,
+        array: &'a dyn Array,
+        scratch: &'a mut Vec<i64>,
+    ) -> Result<&'a [i64]> {
+        let own = match self {
+            EventTimeUnit::EpochMillis => array.as_primitive_opt::<Int64Type>().map(|a| a.values()),
+            EventTimeUnit::Timestamp(TimeUnit::Millisecond, _) => array
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .map(|a| a.values()),
+            EventTimeUnit::Timestamp(..) => None,
+        };
+        match own {
+            Some(values) if array.null_count() == 0 => Ok(values),
+            _ => {
+                self.array_to_ms(array, scratch)?;
+                Ok(scratch)
+            }
+        }
     }
 
     /// Converts an event-time array to epoch ms. NULLs are an error: a row

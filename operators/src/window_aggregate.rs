@@ -181,18 +181,19 @@ impl Operator for WindowAggregate {
             })
             .unwrap_or_default();
         let times = self.binding.event_time.evaluate(&input)?.into_array(rows)?;
-        self.binding
+        let times_ms = self
+            .binding
             .unit
-            .array_to_ms(times.as_ref(), &mut self.times_ms)?;
-        let inputs = self.spec.inputs(&input)?;
-        let keys = self.encoder.encode(&inputs.key_arrays)?;
+            .ms_values(times.as_ref(), &mut self.times_ms)?;
         let assigned = assign_windows(
             &self.window,
-            &self.times_ms,
+            times_ms,
             row_watermarks,
             time.watermark_ms,
             &mut self.starts,
         );
+        let inputs = self.spec.inputs(&input)?;
+        let keys = self.encoder.encode(&inputs.key_arrays)?;
         for (start, window_mask) in assigned {
             self.window(start)?;
             let state = self.windows.get_mut(&start).expect("created above");
@@ -361,26 +362,22 @@ impl WindowAggregate {
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
             .map(|a| a.values().as_ref());
-        // `drop_late` read the same column's times, which still fit when
-        // it removed no row.
-        if self.times_ms.len() != rows {
-            self.binding.unit.array_to_ms(
-                on_time.column(fused.time_column).as_ref(),
-                &mut self.times_ms,
-            )?;
-        }
+        let times_ms = self.binding.unit.ms_values(
+            on_time.column(fused.time_column).as_ref(),
+            &mut self.times_ms,
+        )?;
+        let assigned = assign_windows(
+            &self.window,
+            times_ms,
+            row_watermarks,
+            time.watermark_ms,
+            &mut self.starts,
+        );
         let key_arrays: Vec<_> = fused
             .key_columns
             .iter()
             .map(|&c| std::sync::Arc::clone(on_time.column(c)))
             .collect();
-        let assigned = assign_windows(
-            &self.window,
-            &self.times_ms,
-            row_watermarks,
-            time.watermark_ms,
-            &mut self.starts,
-        );
         let keys = self.encoder.encode(&key_arrays)?;
         let mut group_ids = std::mem::take(&mut self.group_ids);
         for (start, window_mask) in assigned {
