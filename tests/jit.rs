@@ -234,8 +234,10 @@ async fn explain_shows_what_runs_compiled() {
         );
     }
     // Not fused: an argument that can fail on a row (the kernel would
-    // read rows the WHERE removes), a computed key.
+    // read rows the WHERE removes), a computed key, a volatile value the
+    // WHERE reads twice (substituted, it would be drawn twice).
     for (name, query) in [
+        ("volatile", "SELECT c, COUNT(*) AS n FROM (SELECT c, ts, random() AS r FROM events) WHERE r > 0.2 AND r < 0.4 GROUP BY c, tumble(ts, INTERVAL '10' SECOND)"),
         ("divides", "SELECT c, SUM(a / 2) AS half FROM events WHERE a <> 0 GROUP BY c, tumble(ts, INTERVAL '10' SECOND)"),
         ("computed_key", "SELECT c + 1 AS k, SUM(a) AS total FROM events GROUP BY c + 1, tumble(ts, INTERVAL '10' SECOND)"),
     ] {

@@ -309,29 +309,52 @@ pub(crate) fn assign_windows(
         }
         return vec![(start, None)];
     }
-    // The candidate starts: every aligned start between the earliest
-    // row's first window and the latest row's last, unless the batch's
-    // times are so spread out that only the rows' own windows are worth
-    // listing (then they are collected row by row).
+    // The starts that hold some row, so that masks are built for those
+    // windows only. When the aligned starts between the earliest row's
+    // first window and the latest row's last are few (the usual batch),
+    // rows mark them in a bitmap; when the batch's times are spread out
+    // (an outlier far from the rest, or times so far apart that the
+    // distance overflows), each row's windows go into a set.
     let first = window.first_start_of(earliest);
     let last = window.start_of(latest);
-    let span = (last - first) / window.slide_ms + 1;
+    let slide = window.slide_ms;
     // slide > 0 and size >= slide, both positive.
-    let windows_per_row = (window.size_ms + window.slide_ms - 1) / window.slide_ms;
-    let mut sorted: Vec<i64> = if span <= times_ms.len() as i64 + windows_per_row {
-        (0..span).map(|i| first + i * window.slide_ms).collect()
-    } else {
-        starts.clear();
-        for &t in times_ms {
-            let mut start = window.first_start_of(t);
-            while start <= t {
-                starts.insert(start);
-                start += window.slide_ms;
+    let windows_per_row = (window.size_ms + slide - 1) / slide;
+    let span = last.checked_sub(first).map(|distance| distance / slide + 1);
+    let mut sorted: Vec<i64> = match span {
+        Some(span) if span <= times_ms.len() as i64 + windows_per_row => {
+            let mut occupied = vec![false; span as usize];
+            for &t in times_ms {
+                // Both within first..=last: no overflow.
+                let from = (window.first_start_of(t) - first) / slide;
+                let to = (window.start_of(t) - first) / slide;
+                for index in from..=to {
+                    occupied[index as usize] = true;
+                }
             }
+            occupied
+                .iter()
+                .enumerate()
+                .filter(|&(_, &o)| o)
+                .map(|(index, _)| first + index as i64 * slide)
+                .collect()
         }
-        let mut sorted: Vec<i64> = starts.iter().copied().collect();
-        sorted.sort_unstable();
-        sorted
+        _ => {
+            starts.clear();
+            for &t in times_ms {
+                let mut start = window.first_start_of(t);
+                while start <= t {
+                    starts.insert(start);
+                    match start.checked_add(slide) {
+                        Some(next) => start = next,
+                        None => break,
+                    }
+                }
+            }
+            let mut sorted: Vec<i64> = starts.iter().copied().collect();
+            sorted.sort_unstable();
+            sorted
+        }
     };
     sorted.retain(|&start| window.end_of(start) > watermark_ms);
     sorted
@@ -396,4 +419,78 @@ pub(crate) fn combine_masks(
         (Some(m), None) | (None, Some(m)) => Some(m.clone()),
         (Some(a), Some(b)) => Some(arrow::compute::and(a, b)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Each row's windows, listed row by row: what `assign_windows` must
+    /// return (windows closed at `watermark_ms` left out).
+    fn reference(window: &WindowSpec, times: &[i64], watermark_ms: i64) -> Vec<(i64, Vec<bool>)> {
+        let mut windows: BTreeMap<i64, Vec<bool>> = BTreeMap::new();
+        for (row, &t) in times.iter().enumerate() {
+            let mut start = window.first_start_of(t);
+            while start <= t {
+                windows
+                    .entry(start)
+                    .or_insert_with(|| vec![false; times.len()])[row] = true;
+                start += window.slide_ms;
+            }
+        }
+        windows
+            .into_iter()
+            .filter(|&(start, _)| window.end_of(start) > watermark_ms)
+            .collect()
+    }
+
+    fn assigned(window: &WindowSpec, times: &[i64], watermark_ms: i64) -> Vec<(i64, Vec<bool>)> {
+        assign_windows(window, times, None, watermark_ms, &mut HashSet::new())
+            .into_iter()
+            .map(|(start, mask)| {
+                let rows = (0..times.len())
+                    .map(|i| mask.as_ref().is_none_or(|m| m.value(i)))
+                    .collect();
+                (start, rows)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn windows_match_the_row_by_row_listing() {
+        let tumbling = WindowSpec::tumble(1_000, 0).unwrap();
+        let sliding = WindowSpec::slide(1_000, 300, 50).unwrap();
+        let batches: [&[i64]; 6] = [
+            &[5, 10, 999],
+            &[999, 1_000, 2_500, -1],
+            // An outlier far from the rest: listed row by row.
+            &[100, 200, 9_000_000],
+            &[0, 1, 2, 3, 4_000, 4_001],
+            &[-2_000, 7_777, 7_778, 12_345],
+            &[42],
+        ];
+        for window in [tumbling, sliding] {
+            for times in batches {
+                for watermark_ms in [i64::MIN, 1_000, 5_000] {
+                    assert_eq!(
+                        assigned(&window, times, watermark_ms),
+                        reference(&window, times, watermark_ms),
+                        "{window:?} {times:?} watermark {watermark_ms}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn times_too_far_apart_for_a_range_keep_their_rows() {
+        // The distance between the two windows overflows an i64.
+        let times = [-4_700_000_000_000_000_000, 4_700_000_000_000_000_000];
+        let window = WindowSpec::tumble(60_000, 0).unwrap();
+        let windows = assigned(&window, &times, i64::MIN);
+        assert_eq!(windows.len(), 2, "{windows:?}");
+        assert_eq!(windows, reference(&window, &times, i64::MIN));
+    }
 }

@@ -109,7 +109,15 @@ pub struct FusedAccumulator {
 }
 
 impl FusedAccumulator {
+    /// Empty state for `kind` (`AVG` always accumulates `DOUBLE`).
     pub fn new(kind: FusedAggregateKind) -> Self {
+        let kind = match kind.function {
+            FusedFunction::Avg => FusedAggregateKind {
+                function: FusedFunction::Avg,
+                ty: FusedType::Float64,
+            },
+            _ => kind,
+        };
         Self {
             kind,
             primary: Vec::new(),
@@ -173,7 +181,7 @@ impl FusedAccumulator {
                 float_replace(current, bits, std::cmp::Ordering::Greater)
             }
             (FusedFunction::Avg, FusedType::Int64) => {
-                unreachable!("AVG accumulates DOUBLE (the planner casts)")
+                unreachable!("AVG accumulates DOUBLE (`new` makes it so)")
             }
         };
         self.secondary[g] = match function {

@@ -5,6 +5,7 @@
 //! A plan is fused only where that cannot change an answer: the chain
 //! below the aggregate is projections, aliases and at most one filter
 //! over a scan (a second filter could guard a row the first removes);
+//! nothing volatile (`random()`) is substituted into several places;
 //! every `GROUP BY` key and the window's time are plain source columns,
 //! with keys no more nullable than the aggregate declares them; every
 //! aggregate is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` whose argument
@@ -136,6 +137,11 @@ impl Lowering<'_> {
             }
             LogicalPlan::SubqueryAlias(alias) => self.source_view(&alias.input),
             LogicalPlan::Projection(projection) => {
+                // A volatile expression (`random()`) substituted into every
+                // place that reads it would be drawn once per use.
+                if projection.expr.iter().any(|e| e.is_volatile()) {
+                    return None;
+                }
                 let below = self.source_view(&projection.input)?;
                 let columns = projection
                     .expr
@@ -148,6 +154,9 @@ impl Lowering<'_> {
                 Some(SourceView { columns, ..below })
             }
             LogicalPlan::Filter(filter) => {
+                if filter.predicate.is_volatile() {
+                    return None;
+                }
                 let below = self.source_view(&filter.input)?;
                 if below.predicate.is_some() {
                     return None;

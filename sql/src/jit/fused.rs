@@ -57,6 +57,8 @@ pub(crate) fn lower_fused(aggregates: &[FusedInput], schema: &Schema) -> Option<
         let fits = match aggregate.kind.function {
             // Only validity is read: any compilable type.
             FusedFunction::Count => true,
+            // DataFusion's AVG groups accumulator takes DOUBLE only.
+            FusedFunction::Avg if aggregate.kind.ty != FusedType::Float64 => false,
             _ => match aggregate.kind.ty {
                 FusedType::Int64 => argument_type == DataType::Int64,
                 FusedType::Float64 => argument_type == DataType::Float64,

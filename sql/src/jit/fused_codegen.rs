@@ -22,13 +22,15 @@
 //! expressions that may (integer division, timestamp scaling).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, UserFuncName, Value,
+};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 use laminar_operators::fused::{FusedFunction, FusedType};
 
-use super::codegen::{load_inputs, new_module, Code, Gen, InputDesc};
+use super::codegen::{load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
 use super::fused::FusedProgram;
 
 pub(crate) type FusedKernelFn =
@@ -92,18 +94,8 @@ fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, Strin
         let (descs, rows, selection, selection_offset, group_ids, states) = (
             params[0], params[1], params[2], params[3], params[4], params[5],
         );
-        let flags = MemFlagsData::trusted();
         let inputs = load_inputs(&mut b, descs, &program.inputs);
-        // Each aggregate's two state vectors, read once.
-        let state: Vec<(Value, Value)> = (0..program.aggregates.len())
-            .map(|j| {
-                let at = (j * 16) as i32;
-                (
-                    b.ins().load(types::I64, flags, states, at),
-                    b.ins().load(types::I64, flags, states, at + 8),
-                )
-            })
-            .collect();
+        let state = load_states(&mut b, states, program.aggregates.len());
         let has_selection = b.ins().icmp_imm_s(IntCC::NotEqual, selection, 0);
         let zero = b.ins().iconst(types::I64, 0);
         b.ins().jump(header, &[zero.into()]);
@@ -132,41 +124,15 @@ fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, Strin
         b.ins().brif(selected, body, &[], next, &[]);
 
         b.switch_to_block(body);
-        let group = {
-            let at = b.ins().ishl_imm_s(row, 3);
-            let at = b.ins().iadd(group_ids, at);
-            b.ins().load(types::I64, flags, at, 0)
+        let row_code = RowCode {
+            inputs: &inputs,
+            state: &state,
+            row,
+            group_ids,
+            dense,
+            str_eq,
         };
-        let offset = b.ins().ishl_imm_s(group, 3);
-        for (aggregate, &(primary, secondary)) in program.aggregates.iter().zip(&state) {
-            let mut gen = Gen {
-                b: &mut b,
-                inputs: &inputs,
-                row,
-                bail: None,
-                dense,
-                str_eq,
-            };
-            let (value, valid) = gen.node(&aggregate.argument);
-            let mut counts = valid;
-            if let Some(filter) = &aggregate.filter {
-                let (keep, keep_valid) = gen.node(filter);
-                let keep = gen.b.ins().band(keep, keep_valid);
-                counts = gen.b.ins().band(counts, keep);
-            }
-            debug_assert!(gen.bail.is_none(), "fused expressions never bail");
-            let primary_at = b.ins().iadd(primary, offset);
-            let secondary_at = b.ins().iadd(secondary, offset);
-            update(
-                &mut b,
-                aggregate.kind.function,
-                aggregate.kind.ty,
-                value,
-                counts,
-                primary_at,
-                secondary_at,
-            );
-        }
+        row_code.emit(&mut b, program);
         b.ins().jump(next, &[]);
 
         b.switch_to_block(next);
@@ -178,11 +144,21 @@ fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, Strin
         b.seal_all_blocks();
         b.finalize(module.target_config());
     }
+    finish(module, context, id, program)
+}
+
+/// Compiles the built function and keeps the literals its code points at.
+fn finish(
+    mut module: cranelift_jit::JITModule,
+    mut context: Context,
+    id: cranelift_module::FuncId,
+    program: &FusedProgram,
+) -> Result<FusedKernel, String> {
     module
         .define_function(id, &mut context)
         .map_err(|e| format!("{e:?}"))?;
     module.clear_context(&mut context);
-    module.finalize_definitions().map_err(|e| error(&e))?;
+    module.finalize_definitions().map_err(|e| e.to_string())?;
     let code = module.get_finalized_function(id);
     // SAFETY: the function was built with exactly this signature.
     let function = unsafe { std::mem::transmute::<*const u8, FusedKernelFn>(code) };
@@ -197,6 +173,72 @@ fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, Strin
         _code: Code::new(module, literals),
         function,
     })
+}
+
+/// Each aggregate's two state vectors, read once before the loop.
+fn load_states(b: &mut FunctionBuilder, states: Value, aggregates: usize) -> Vec<(Value, Value)> {
+    let flags = MemFlagsData::trusted();
+    (0..aggregates)
+        .map(|j| {
+            let at = (j * 16) as i32;
+            (
+                b.ins().load(types::I64, flags, states, at),
+                b.ins().load(types::I64, flags, states, at + 8),
+            )
+        })
+        .collect()
+}
+
+/// What a selected row's code needs: the loaded inputs, each aggregate's
+/// state vectors, the row and the group ids.
+struct RowCode<'a> {
+    inputs: &'a [LoadedInput],
+    state: &'a [(Value, Value)],
+    row: Value,
+    group_ids: Value,
+    dense: bool,
+    str_eq: FuncRef,
+}
+
+impl RowCode<'_> {
+    /// Loads the row's group and, per aggregate, evaluates the argument
+    /// and `FILTER` and updates the group's state.
+    fn emit(&self, b: &mut FunctionBuilder, program: &FusedProgram) {
+        let flags = MemFlagsData::trusted();
+        let at = b.ins().ishl_imm_s(self.row, 3);
+        let at = b.ins().iadd(self.group_ids, at);
+        let group = b.ins().load(types::I64, flags, at, 0);
+        let offset = b.ins().ishl_imm_s(group, 3);
+        for (aggregate, &(primary, secondary)) in program.aggregates.iter().zip(self.state) {
+            let mut gen = Gen {
+                b: &mut *b,
+                inputs: self.inputs,
+                row: self.row,
+                bail: None,
+                dense: self.dense,
+                str_eq: self.str_eq,
+            };
+            let (value, valid) = gen.node(&aggregate.argument);
+            let mut counts = valid;
+            if let Some(filter) = &aggregate.filter {
+                let (keep, keep_valid) = gen.node(filter);
+                let keep = gen.b.ins().band(keep, keep_valid);
+                counts = gen.b.ins().band(counts, keep);
+            }
+            debug_assert!(gen.bail.is_none(), "fused expressions never bail");
+            let primary_at = b.ins().iadd(primary, offset);
+            let secondary_at = b.ins().iadd(secondary, offset);
+            update(
+                b,
+                aggregate.kind.function,
+                aggregate.kind.ty,
+                value,
+                counts,
+                primary_at,
+                secondary_at,
+            );
+        }
+    }
 }
 
 /// One aggregate's update of its group: `counts` (an I8 0/1) says
