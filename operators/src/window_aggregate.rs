@@ -159,14 +159,9 @@ impl Operator for WindowAggregate {
             self.spec.fused = Some(fused);
             return result;
         }
-        let (on_time, row_watermarks, late) = drop_late(
-            &self.binding,
-            batch,
-            time,
-            &mut self.times_ms,
-            self.spec.late_side_output.then_some(&mut self.late_batches),
-        )?;
-        self.late_rows += late;
+        let Some((on_time, row_watermarks)) = self.on_time_rows(batch, time)? else {
+            return Ok(());
+        };
         let (input, row_watermarks) = apply_all_carrying(&self.spec.pre, &on_time, row_watermarks)?;
         let rows = input.num_rows();
         if rows == 0 {
@@ -331,14 +326,14 @@ impl WindowAggregate {
         })
     }
 
-    /// A batch through the fused kernel: no stage runs and no column is
-    /// copied; only the group lookup stays outside the compiled loop.
-    fn on_batch_fused(
+    /// The batch without its late rows (counted, and kept for the late
+    /// side output), with the per-row watermark when some rows may miss a
+    /// window; `None` when no row is left.
+    fn on_time_rows(
         &mut self,
-        fused: &FusedAggregate,
         batch: &RecordBatch,
         time: BatchTime<'_>,
-    ) -> Result<()> {
+    ) -> Result<Option<(RecordBatch, Option<arrow::array::ArrayRef>)>> {
         let (on_time, row_watermarks, late) = drop_late(
             &self.binding,
             batch,
@@ -347,10 +342,21 @@ impl WindowAggregate {
             self.spec.late_side_output.then_some(&mut self.late_batches),
         )?;
         self.late_rows += late;
-        let rows = on_time.num_rows();
-        if rows == 0 {
+        Ok((on_time.num_rows() > 0).then_some((on_time, row_watermarks)))
+    }
+
+    /// A batch through the fused kernel: no stage runs and no column is
+    /// copied; only the group lookup stays outside the compiled loop.
+    fn on_batch_fused(
+        &mut self,
+        fused: &FusedAggregate,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+    ) -> Result<()> {
+        let Some((on_time, row_watermarks)) = self.on_time_rows(batch, time)? else {
             return Ok(());
-        }
+        };
+        let rows = on_time.num_rows();
         let selection = match &fused.predicate {
             Some(predicate) => crate::stage::filter_mask(predicate, &on_time)?.map(selection_of),
             None => None,

@@ -164,18 +164,12 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
     let error = |e: &dyn std::fmt::Display| e.to_string();
     let (mut module, str_eq_id) = new_module()?;
     let pointer = module.target_config().pointer_type();
-    let mut signature = module.make_signature();
-    for _ in 0..3 {
-        signature.params.push(AbiParam::new(pointer));
-    }
-    signature.params.insert(1, AbiParam::new(types::I64));
-    signature.returns.push(AbiParam::new(types::I8));
-    let id = module
-        .declare_function("kernel", Linkage::Local, &signature)
-        .map_err(|e| error(&e))?;
-    let mut context: Context = module.make_context();
-    context.func.signature = signature;
-    context.func.name = UserFuncName::user(0, id.as_u32());
+    let (id, mut context) = declare(
+        &mut module,
+        "kernel",
+        &[pointer, types::I64, pointer, pointer],
+        Some(types::I8),
+    )?;
     let mut builder_context = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut context.func, &mut builder_context);
@@ -304,6 +298,27 @@ pub(super) fn new_module() -> Result<(JITModule, FuncId), String> {
         .declare_function(STR_EQ_SYMBOL, Linkage::Import, &str_eq_signature)
         .map_err(|e| error(&e))?;
     Ok((module, str_eq_id))
+}
+
+/// Declares the kernel function `name` (C ABI) and a context to build it in.
+pub(super) fn declare(
+    module: &mut JITModule,
+    name: &str,
+    params: &[Type],
+    returns: Option<Type>,
+) -> Result<(FuncId, Context), String> {
+    let mut signature = module.make_signature();
+    signature
+        .params
+        .extend(params.iter().map(|&p| AbiParam::new(p)));
+    signature.returns.extend(returns.map(AbiParam::new));
+    let id = module
+        .declare_function(name, Linkage::Local, &signature)
+        .map_err(|e| e.to_string())?;
+    let mut context: Context = module.make_context();
+    context.func.signature = signature;
+    context.func.name = UserFuncName::user(0, id.as_u32());
+    Ok((id, context))
 }
 
 /// Reads the loop-invariant fields of every input's descriptor, once.

@@ -22,15 +22,13 @@
 //! expressions that may (integer division, timestamp scaling).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, UserFuncName, Value,
-};
+use cranelift_codegen::ir::{types, FuncRef, InstBuilder, MemFlagsData, Value};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{Linkage, Module};
+use cranelift_module::Module;
 use laminar_operators::fused::{FusedFunction, FusedType};
 
-use super::codegen::{load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
+use super::codegen::{declare, load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
 use super::fused::FusedProgram;
 
 pub(crate) type FusedKernelFn =
@@ -64,19 +62,14 @@ pub(crate) fn compile_fused(program: &FusedProgram) -> Result<FusedKernels, Stri
 }
 
 fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, String> {
-    let error = |e: &dyn std::fmt::Display| e.to_string();
     let (mut module, str_eq_id) = new_module()?;
     let pointer = module.target_config().pointer_type();
-    let mut signature = module.make_signature();
-    for param in [pointer, types::I64, pointer, types::I64, pointer, pointer] {
-        signature.params.push(AbiParam::new(param));
-    }
-    let id = module
-        .declare_function("fused", Linkage::Local, &signature)
-        .map_err(|e| error(&e))?;
-    let mut context: Context = module.make_context();
-    context.func.signature = signature;
-    context.func.name = UserFuncName::user(0, id.as_u32());
+    let (id, mut context) = declare(
+        &mut module,
+        "fused",
+        &[pointer, types::I64, pointer, types::I64, pointer, pointer],
+        None,
+    )?;
     let mut builder_context = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut context.func, &mut builder_context);
