@@ -2,7 +2,9 @@
 //! of its own (so no engine inherits another's heap, threads or caches),
 //! `--runs` times; the median of each is printed beside LaminarDB's with
 //! the ratio, and each result's row count is checked against the count
-//! computed from the generator.
+//! computed from the generator. The rates also go to a CSV file
+//! (`--csv`, default `$CARGO_TARGET_DIR/peers/compare.csv`) that
+//! `benches/plots` draws as `docs/plots/peers.png`.
 
 use std::process::Command;
 
@@ -21,6 +23,8 @@ struct Options {
     published: Option<String>,
     /// A command that runs the Flink peer (`flink/peer.sh`).
     flink: Option<String>,
+    /// Where the rates are written as CSV.
+    csv: std::path::PathBuf,
 }
 
 fn options(args: &[String]) -> Result<Options, String> {
@@ -33,6 +37,11 @@ fn options(args: &[String]) -> Result<Options, String> {
         workloads: Workload::ALL.to_vec(),
         published: std::env::var("PEERS_PUBLISHED").ok(),
         flink: std::env::var("PEERS_FLINK").ok(),
+        csv: std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "target".into())
+            .join("peers")
+            .join("compare.csv"),
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -64,6 +73,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             }
             "--published" => options.published = Some(value()?),
             "--flink" => options.flink = Some(value()?),
+            "--csv" => options.csv = value()?.into(),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -207,6 +217,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     // Flink's runs do not depend on the batch size (its datagen source
     // makes the rows): one set per workload.
     let mut flink_runs: std::collections::HashMap<&str, Outcome> = Default::default();
+    // workload, batch rows, engine, input events/s (empty without a figure).
+    let mut csv = String::from("workload,batch_rows,engine,events_per_second\n");
     for &workload in &options.workloads {
         let events = if workload == Workload::Join {
             options.join_events
@@ -238,6 +250,17 @@ pub fn main(args: &[String]) -> Result<(), String> {
                 if engine.events.is_some() {
                     flink_runs.insert(workload.name(), outcome.clone());
                 }
+                let rate = match outcome {
+                    Outcome::Timed { seconds, rows } if rows == expect => {
+                        format!("{:.0}", input / seconds)
+                    }
+                    _ => String::new(),
+                };
+                csv.push_str(&format!(
+                    "{},{batch_rows},{},{rate}\n",
+                    workload.name(),
+                    engine.name
+                ));
                 let cell = match outcome {
                     Outcome::Timed { seconds, rows } if rows == expect => {
                         let rate = input / seconds;
@@ -262,6 +285,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
             println!();
         }
     }
+    if let Some(dir) = options.csv.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&options.csv, csv)
+        .map_err(|e| format!("cannot write {}: {e}", options.csv.display()))?;
+    eprintln!("# rates written to {}", options.csv.display());
     Ok(())
 }
 

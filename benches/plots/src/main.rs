@@ -6,10 +6,14 @@
 //!   `vwap_throughput` group, and the events each run pushes);
 //! - `vwap_latency.png`: the distribution of single-row push-to-subscriber
 //!   latencies (every sample the `vwap` bench's latency run wrote to
-//!   `vwap_latency_samples_ns.csv`), with its percentiles.
+//!   `vwap_latency_samples_ns.csv`), with its percentiles;
+//! - `peers.png`, when `benches/peers`' `compare` has written its rates
+//!   (`--peers FILE`, default `$CARGO_TARGET_DIR/peers/compare.csv`):
+//!   each engine's events/s on every workload and batch size, on a log
+//!   scale.
 //!
 //! Run: `cargo run --release --manifest-path benches/plots/Cargo.toml --
-//! [--criterion DIR] [--out DIR] [--font FILE]`. Defaults:
+//! [--criterion DIR] [--peers FILE] [--out DIR] [--font FILE]`. Defaults:
 //! `$CARGO_TARGET_DIR/criterion` (or `target/criterion`), `docs/plots`,
 //! and DejaVu Sans from Debian's `fonts-dejavu-core`.
 
@@ -23,6 +27,7 @@ const SIZE: (u32, u32) = (960, 600);
 
 struct Args {
     criterion: PathBuf,
+    peers: PathBuf,
     out: PathBuf,
     font: PathBuf,
 }
@@ -33,6 +38,7 @@ fn args() -> Result<Args, String> {
         .unwrap_or_else(|| PathBuf::from("target"));
     let mut args = Args {
         criterion: target.join("criterion"),
+        peers: target.join("peers").join("compare.csv"),
         out: PathBuf::from("docs/plots"),
         font: PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
     };
@@ -43,11 +49,12 @@ fn args() -> Result<Args, String> {
             .ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--criterion" => args.criterion = value.into(),
+            "--peers" => args.peers = value.into(),
             "--out" => args.out = value.into(),
             "--font" => args.font = value.into(),
             _ => {
                 return Err(format!(
-                    "unknown option {flag} (--criterion, --out, --font)"
+                    "unknown option {flag} (--criterion, --peers, --out, --font)"
                 ))
             }
         }
@@ -84,7 +91,138 @@ fn run() -> Result<(), String> {
     let path = args.out.join("vwap_latency.png");
     latency_chart(samples, &path)?;
     println!("wrote {}", path.display());
+    if args.peers.exists() {
+        let rates = read_peers(&args.peers)?;
+        let path = args.out.join("peers.png");
+        peers_chart(&rates, &path)?;
+        println!("wrote {}", path.display());
+    } else {
+        println!(
+            "no {} (run benches/peers' compare first): peers.png not drawn",
+            args.peers.display()
+        );
+    }
     Ok(())
+}
+
+/// One case of the peers' comparison: (workload, batch rows) and each
+/// engine's events/s (`None` where it has no figure), in file order.
+type PeerRates = Vec<((String, u64), Vec<(String, Option<f64>)>)>;
+
+fn read_peers(path: &Path) -> Result<PeerRates, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut cases: PeerRates = Vec::new();
+    for (number, line) in text.lines().enumerate().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [workload, batch_rows, engine, rate] = fields[..] else {
+            return Err(format!("{}:{}: not 4 fields", path.display(), number + 1));
+        };
+        let batch_rows: u64 = batch_rows
+            .parse()
+            .map_err(|_| format!("{}:{}: bad batch size", path.display(), number + 1))?;
+        let rate = if rate.is_empty() {
+            None
+        } else {
+            Some(
+                rate.parse::<f64>()
+                    .map_err(|_| format!("{}:{}: bad rate", path.display(), number + 1))?,
+            )
+        };
+        let key = (workload.to_string(), batch_rows);
+        match cases.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, engines)) => engines.push((engine.to_string(), rate)),
+            None => cases.push((key, vec![(engine.to_string(), rate)])),
+        }
+    }
+    if cases.is_empty() {
+        return Err(format!("{} has no rates", path.display()));
+    }
+    Ok(cases)
+}
+
+/// Horizontal bars, one group per case, one bar per engine (missing where
+/// the engine refused the workload), events/s on a log scale.
+fn peers_chart(cases: &PeerRates, path: &Path) -> Result<(), String> {
+    let mut engines: Vec<String> = Vec::new();
+    for (_, rates) in cases {
+        for (engine, _) in rates {
+            if !engines.contains(engine) {
+                engines.push(engine.clone());
+            }
+        }
+    }
+    let rates = || {
+        cases
+            .iter()
+            .flat_map(|(_, r)| r.iter().filter_map(|(_, v)| *v))
+    };
+    let max_rate = rates().fold(1.0f64, f64::max);
+    let min_rate = rates().fold(f64::MAX, f64::min).min(max_rate);
+    let slots = engines.len() as f64 + 1.0;
+    let height = (cases.len() as f64 * slots).max(1.0);
+    let size = (SIZE.0, 160 + (height * 14.0) as u32);
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let low = min_rate / 3.0 / 1e6;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Side by side (benches/peers): input events/s, one shard or core each",
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(16)
+        .build_cartesian_2d((low..max_rate * 3.0 / 1e6).log_scale(), height..0.0f64)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("million events/s (log scale)")
+        .x_label_formatter(&|v| format!("{v}"))
+        .y_labels(0)
+        .disable_y_mesh()
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(draw_error)?;
+    // Each group's name in the free slot below its bars.
+    let names = cases.iter().enumerate().map(|(c, ((workload, rows), _))| {
+        let y = c as f64 * slots + slots - 1.0;
+        Text::new(
+            format!("{workload}, batch {rows}"),
+            (low * 1.1, y),
+            ("sans-serif", 13),
+        )
+    });
+    chart.draw_series(names).map_err(draw_error)?;
+    for (e, engine) in engines.iter().enumerate() {
+        let color = Palette99::pick(e).to_rgba();
+        let bars: Vec<Rectangle<(f64, f64)>> = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(c, (_, rates))| {
+                let rate = rates.iter().find(|(name, _)| name == engine)?.1?;
+                let top = c as f64 * slots + e as f64 + 0.1;
+                Some(Rectangle::new(
+                    [(low, top), (rate / 1e6, top + 0.8)],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(draw_error)?
+            .label(engine.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)?;
+    root.present().map_err(draw_error)
 }
 
 /// `series name -> [(batch rows, events/s)]`, batch rows ascending.
