@@ -109,7 +109,7 @@ pub struct AggregateSpec {
     /// The same aggregate as one compiled loop over the source batch, when
     /// the planner could build one (window aggregates only; see
     /// [`crate::fused`]).
-    pub fused: Option<crate::fused::FusedAggregate>,
+    pub fused: Option<Arc<crate::fused::FusedAggregate>>,
 }
 
 use crate::stage::{evaluate_all, Stage};

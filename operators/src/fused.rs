@@ -210,8 +210,7 @@ impl FusedAccumulator {
 
     /// Values as an array of the accumulated type, NULL where `seen` is 0.
     fn values_array(&self, values: Vec<u64>, seen: &[u64]) -> ArrayRef {
-        let nulls = NullBuffer::from_iter(seen.iter().map(|&s| s != 0));
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        let nulls = nulls_where_zero(seen);
         match self.kind.ty {
             FusedType::Int64 => Arc::new(Int64Array::new(
                 values.into_iter().map(|v| v as i64).collect(),
@@ -235,24 +234,49 @@ fn float_replace(current: u64, new: u64, wanted: std::cmp::Ordering) -> u64 {
     }
 }
 
-/// The value bits of row `row` of a `BIGINT`/`DOUBLE` array.
-fn bits_of(values: &ArrayRef, ty: FusedType) -> DfResult<Box<dyn Fn(usize) -> u64 + '_>> {
-    let wrong = || {
-        DataFusionError::Internal(format!(
-            "fused aggregate over {ty:?} got {}",
-            values.data_type()
-        ))
-    };
-    Ok(match ty {
-        FusedType::Int64 => {
-            let a = values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?;
-            Box::new(move |row| a.value(row) as u64)
+/// What an update reads of its argument: the value bits of a `BIGINT`
+/// or `DOUBLE` array, or nothing (`COUNT` reads only validity, and its
+/// argument may be of any type).
+enum Values<'a> {
+    Validity,
+    Int64(&'a Int64Array),
+    Float64(&'a Float64Array),
+}
+
+impl<'a> Values<'a> {
+    fn of(values: &'a ArrayRef, kind: FusedAggregateKind) -> DfResult<Self> {
+        let wrong = || {
+            DataFusionError::Internal(format!(
+                "fused aggregate over {:?} got {}",
+                kind.ty,
+                values.data_type()
+            ))
+        };
+        Ok(match (kind.function, kind.ty) {
+            (FusedFunction::Count, _) => Values::Validity,
+            (_, FusedType::Int64) => {
+                Values::Int64(values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?)
+            }
+            (_, FusedType::Float64) => {
+                Values::Float64(values.as_primitive_opt::<Float64Type>().ok_or_else(wrong)?)
+            }
+        })
+    }
+
+    #[inline]
+    fn bits(&self, row: usize) -> u64 {
+        match self {
+            Values::Validity => 0,
+            Values::Int64(a) => a.value(row) as u64,
+            Values::Float64(a) => a.value(row).to_bits(),
         }
-        FusedType::Float64 => {
-            let a = values.as_primitive_opt::<Float64Type>().ok_or_else(wrong)?;
-            Box::new(move |row| a.value(row).to_bits())
-        }
-    })
+    }
+}
+
+/// NULL where `seen` (a flag or a count) is 0; `None` when nothing is.
+fn nulls_where_zero(seen: &[u64]) -> Option<NullBuffer> {
+    let nulls = NullBuffer::from_iter(seen.iter().map(|&s| s != 0));
+    (nulls.null_count() > 0).then_some(nulls)
 }
 
 impl GroupsAccumulator for FusedAccumulator {
@@ -264,18 +288,12 @@ impl GroupsAccumulator for FusedAccumulator {
         total_num_groups: usize,
     ) -> DfResult<()> {
         self.ensure_groups(total_num_groups);
-        let values = &values[0];
-        let counting = self.kind.function == FusedFunction::Count;
-        // COUNT reads only validity (its argument may be of any type).
-        let bits = if counting {
-            None
-        } else {
-            Some(bits_of(values, self.kind.ty)?)
-        };
+        let array = &values[0];
+        let values = Values::of(array, self.kind)?;
         for (row, &g) in group_indices.iter().enumerate() {
             let keep = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-            if keep && values.is_valid(row) {
-                self.add(g, bits.as_ref().map_or(0, |bits| bits(row)));
+            if keep && array.is_valid(row) {
+                self.add(g, values.bits(row));
             }
         }
         Ok(())
@@ -288,8 +306,7 @@ impl GroupsAccumulator for FusedAccumulator {
                 primary.into_iter().map(|c| c as i64),
             )),
             FusedFunction::Avg => {
-                let nulls = NullBuffer::from_iter(secondary.iter().map(|&c| c != 0));
-                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                let nulls = nulls_where_zero(&secondary);
                 let averages = primary
                     .iter()
                     .zip(&secondary)
@@ -310,8 +327,7 @@ impl GroupsAccumulator for FusedAccumulator {
                 primary.into_iter().map(|c| c as i64),
             ))],
             FusedFunction::Avg => {
-                let nulls = NullBuffer::from_iter(secondary.iter().map(|&c| c != 0));
-                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                let nulls = nulls_where_zero(&secondary);
                 // NULL where nothing was added, in both fields, as
                 // DataFusion writes it.
                 vec![

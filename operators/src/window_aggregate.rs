@@ -22,8 +22,9 @@
 //! kernel is ready the same state is updated through the stages.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
@@ -31,8 +32,8 @@ use laminar_runtime::{Error, ErrorCode, Result};
 use crate::aggregate::{
     assign_windows, combine_masks, drop_late, resolve_groups, AggregateSpec, WindowBinding,
 };
-use crate::fused::{selection_of, FusedAccumulator, FusedAggregate, FusedAggregateKind};
-use crate::groups::{GroupTable, KeyEncoder};
+use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
+use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
 use crate::stage::{apply_all, apply_all_carrying};
 use crate::time::WindowSpec;
@@ -73,9 +74,6 @@ pub struct WindowAggregate {
     binding: WindowBinding,
     window: WindowSpec,
     encoder: KeyEncoder,
-    /// With a fused plan, what each window's fused state accumulates
-    /// (kept apart from the plan, which is taken out while it runs).
-    fused_kinds: Option<Vec<FusedAggregateKind>>,
     windows: BTreeMap<i64, WindowState>,
     late_rows: u64,
     /// Late rows waiting for the late side output.
@@ -107,13 +105,11 @@ impl WindowAggregate {
         })?;
         let window = binding.kind.fixed("this window aggregate")?;
         let encoder = KeyEncoder::new(&spec.key_fields())?;
-        let fused_kinds = spec.fused.as_ref().map(|f| f.aggregates.clone());
         Ok(Self {
             spec,
             binding,
             window,
             encoder,
-            fused_kinds,
             windows: BTreeMap::new(),
             late_rows: 0,
             late_batches: Vec::new(),
@@ -153,11 +149,8 @@ impl Operator for WindowAggregate {
         _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         // Output only ever leaves when a window closes (on_watermark).
-        if let Some(fused) = self.spec.fused.take_if(|f| f.update.is_ready()) {
-            // Taken out for the call (no clone per batch), put back after.
-            let result = self.on_batch_fused(&fused, batch, time);
-            self.spec.fused = Some(fused);
-            return result;
+        if let Some(fused) = self.spec.fused.as_ref().filter(|f| f.update.is_ready()) {
+            return self.on_batch_fused(&Arc::clone(fused), batch, time);
         }
         let Some((on_time, row_watermarks)) = self.on_time_rows(batch, time)? else {
             return Ok(());
@@ -189,29 +182,23 @@ impl Operator for WindowAggregate {
         );
         let inputs = self.spec.inputs(&input)?;
         let keys = self.encoder.encode(&inputs.key_arrays)?;
+        let mut group_ids = std::mem::take(&mut self.group_ids);
         for (start, window_mask) in assigned {
-            self.window(start)?;
-            let state = self.windows.get_mut(&start).expect("created above");
             // Rows outside the window are masked out below.
-            resolve_groups(
-                &self.encoder,
-                &mut state.groups,
-                &keys,
-                window_mask.as_ref(),
-                rows,
-                &mut self.group_ids,
-            );
+            let state =
+                self.window_groups(start, &keys, window_mask.as_ref(), rows, &mut group_ids)?;
             let groups = state.groups.len();
             for (j, accumulator) in state.accumulators.all().into_iter().enumerate() {
                 let mask = combine_masks(window_mask.as_ref(), inputs.filters[j].as_ref())?;
                 accumulator.update_batch(
                     &inputs.arguments[j],
-                    &self.group_ids,
+                    &group_ids,
                     mask.as_ref(),
                     groups,
                 )?;
             }
         }
+        self.group_ids = group_ids;
         Ok(())
     }
 
@@ -294,16 +281,30 @@ impl Operator for WindowAggregate {
 impl WindowAggregate {
     /// Empty state in the form this operator updates.
     fn new_accumulators(&self) -> Result<Accumulators> {
-        Ok(match &self.fused_kinds {
-            Some(kinds) => {
-                Accumulators::Fused(kinds.iter().map(|&k| FusedAccumulator::new(k)).collect())
-            }
+        Ok(match &self.spec.fused {
+            Some(fused) => Accumulators::Fused(
+                fused
+                    .aggregates
+                    .iter()
+                    .map(|&k| FusedAccumulator::new(k))
+                    .collect(),
+            ),
             None => Accumulators::DataFusion(self.spec.accumulators()?),
         })
     }
 
-    /// Creates window `start`'s state, empty, on its first row.
-    fn window(&mut self, start: i64) -> Result<()> {
+    /// Window `start`'s state (created empty on its first row), with the
+    /// group of each row `mask` keeps (every row when `None`) resolved
+    /// into `group_ids`; other rows get group 0 and must be skipped by
+    /// the same mask.
+    fn window_groups(
+        &mut self,
+        start: i64,
+        keys: &BatchKeys<'_>,
+        mask: Option<&BooleanArray>,
+        rows: usize,
+        group_ids: &mut Vec<usize>,
+    ) -> Result<&mut WindowState> {
         if !self.windows.contains_key(&start) {
             let state = WindowState {
                 groups: self.encoder.table(),
@@ -311,7 +312,16 @@ impl WindowAggregate {
             };
             self.windows.insert(start, state);
         }
-        Ok(())
+        let state = self.windows.get_mut(&start).expect("created above");
+        resolve_groups(
+            &self.encoder,
+            &mut state.groups,
+            keys,
+            mask,
+            rows,
+            group_ids,
+        );
+        Ok(state)
     }
 
     fn restore_window(&self, batch: &RecordBatch) -> Result<WindowState> {
@@ -382,7 +392,7 @@ impl WindowAggregate {
         let key_arrays: Vec<_> = fused
             .key_columns
             .iter()
-            .map(|&c| std::sync::Arc::clone(on_time.column(c)))
+            .map(|&c| Arc::clone(on_time.column(c)))
             .collect();
         let keys = self.encoder.encode(&key_arrays)?;
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -391,17 +401,8 @@ impl WindowAggregate {
             if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
                 continue;
             }
-            self.window(start)?;
-            let state = self.windows.get_mut(&start).expect("created above");
             // The kernel skips unselected rows by the same mask.
-            resolve_groups(
-                &self.encoder,
-                &mut state.groups,
-                &keys,
-                mask.as_ref(),
-                rows,
-                &mut group_ids,
-            );
+            let state = self.window_groups(start, &keys, mask.as_ref(), rows, &mut group_ids)?;
             let Accumulators::Fused(accumulators) = &mut state.accumulators else {
                 unreachable!("a fused plan's windows hold fused state")
             };

@@ -48,7 +48,7 @@ impl Lowering<'_> {
         keys: &[datafusion::logical_expr::Expr],
         aggregates: &[Arc<AggregateFunctionExpr>],
         filters: &[Option<Arc<dyn PhysicalExpr>>],
-    ) -> Option<FusedAggregate> {
+    ) -> Option<Arc<FusedAggregate>> {
         let view = self.source_view(&aggregate.input)?;
         let source_schema = Arc::clone(self.input_schema(&view.source));
         let to_source = |expr: &Arc<dyn PhysicalExpr>| substitute(expr, &view.columns);
@@ -99,13 +99,13 @@ impl Lowering<'_> {
         let predicate = view
             .predicate
             .map(|p| self.compile_physical(p, &source_schema));
-        Some(FusedAggregate {
+        Some(Arc::new(FusedAggregate {
             predicate,
             key_columns,
             time_column,
             aggregates: inputs.iter().map(|i| i.kind).collect(),
             update,
-        })
+        }))
     }
 
     /// The chain from `node` down to its scan, as expressions over the

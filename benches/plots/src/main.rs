@@ -214,14 +214,7 @@ fn peers_chart(cases: &PeerRates, path: &Path) -> Result<(), String> {
             .label(engine.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart)?;
     root.present().map_err(draw_error)
 }
 
@@ -307,6 +300,22 @@ fn draw_error<E: std::fmt::Debug>(e: E) -> String {
     format!("drawing failed: {e:?}")
 }
 
+/// The series' legend, in the lower right corner, as every chart has it.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)
+}
+
 fn throughput_chart(series: &Series, path: &Path) -> Result<(), String> {
     let (max_rows, max_rate) = series
         .values()
@@ -355,14 +364,7 @@ fn throughput_chart(series: &Series, path: &Path) -> Result<(), String> {
             .draw_series(scaled.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
+    legend(&mut chart)?;
     root.present().map_err(draw_error)
 }
 
