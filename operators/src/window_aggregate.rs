@@ -160,26 +160,9 @@ impl Operator for WindowAggregate {
         if rows == 0 {
             return Ok(());
         }
-        let row_watermarks: Option<&[i64]> = row_watermarks
-            .as_ref()
-            .map(|a| {
-                a.as_any()
-                    .downcast_ref::<Int64Array>()
-                    .map(|a| a.values().as_ref())
-            })
-            .unwrap_or_default();
         let times = self.binding.event_time.evaluate(&input)?.into_array(rows)?;
-        let times_ms = self
-            .binding
-            .unit
-            .ms_values(times.as_ref(), &mut self.times_ms)?;
-        let assigned = assign_windows(
-            &self.window,
-            times_ms,
-            row_watermarks,
-            time.watermark_ms,
-            &mut self.starts,
-        );
+        let assigned =
+            self.windows_of(times.as_ref(), row_watermarks.as_ref(), time.watermark_ms)?;
         let inputs = self.spec.inputs(&input)?;
         let keys = self.encoder.encode(&inputs.key_arrays)?;
         let mut group_ids = std::mem::take(&mut self.group_ids);
@@ -336,6 +319,27 @@ impl WindowAggregate {
         })
     }
 
+    /// The windows a batch's rows fall in ([`assign_windows`]), from their
+    /// event times and the per-row watermarks the lateness step carried.
+    fn windows_of(
+        &mut self,
+        times: &dyn Array,
+        row_watermarks: Option<&arrow::array::ArrayRef>,
+        watermark_ms: i64,
+    ) -> Result<Vec<(i64, Option<BooleanArray>)>> {
+        let row_watermarks: Option<&[i64]> = row_watermarks
+            .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+            .map(|a| a.values().as_ref());
+        let times_ms = self.binding.unit.ms_values(times, &mut self.times_ms)?;
+        Ok(assign_windows(
+            &self.window,
+            times_ms,
+            row_watermarks,
+            watermark_ms,
+            &mut self.starts,
+        ))
+    }
+
     /// The batch without its late rows (counted, and kept for the late
     /// side output), with the per-row watermark when some rows may miss a
     /// window; `None` when no row is left.
@@ -374,21 +378,11 @@ impl WindowAggregate {
         if selection.as_ref().is_some_and(|s| s.true_count() == 0) {
             return Ok(());
         }
-        let row_watermarks: Option<&[i64]> = row_watermarks
-            .as_ref()
-            .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
-            .map(|a| a.values().as_ref());
-        let times_ms = self.binding.unit.ms_values(
+        let assigned = self.windows_of(
             on_time.column(fused.time_column).as_ref(),
-            &mut self.times_ms,
-        )?;
-        let assigned = assign_windows(
-            &self.window,
-            times_ms,
-            row_watermarks,
+            row_watermarks.as_ref(),
             time.watermark_ms,
-            &mut self.starts,
-        );
+        )?;
         let key_arrays: Vec<_> = fused
             .key_columns
             .iter()
