@@ -588,7 +588,8 @@ async fn shutdown_never_waits_on_a_checkpoint_it_interrupts() {
 /// ASOF join (versions and rows waiting for the right watermark), a
 /// temporal join reading a windowed changelog (versions matched to their
 /// retractions by digests, recomputed at restore), a Top-N
-/// changelog, session windows (closing and as a changelog), and window
+/// changelog, session windows (closing and as a changelog, folded and
+/// keeping rows), and window
 /// functions over event time (numbering, LAG/LEAD with rows held back,
 /// running aggregates), restarted from a checkpoint midway, end like the
 /// uninterrupted run.
@@ -608,6 +609,9 @@ CREATE STREAM visits AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) A
 CREATE STREAM visit_changes AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) AS started,
  COUNT(*) AS n, MAX(price) AS high FROM trades
  GROUP BY symbol, session(ts, INTERVAL '100' MILLISECOND) EMIT CHANGES;
+CREATE STREAM visit_volumes AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) AS started,
+ first_value(price ORDER BY ts) AS open, COUNT(*) AS n FROM trades
+ GROUP BY symbol, session(ts, INTERVAL '100' MILLISECOND);
 CREATE STREAM moves AS SELECT symbol, ts, price,
  ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts) AS n,
  RANK() OVER (PARTITION BY symbol ORDER BY ts) AS r,
@@ -637,6 +641,7 @@ CREATE STREAM last_bar AS SELECT a.symbol, a.ts, b.e, b.high
         "top3",
         "visits",
         "visit_changes",
+        "visit_volumes",
         "moves",
         "so_far",
         "last_bar",
@@ -786,4 +791,96 @@ async fn handles_that_come_and_go_are_counted_once() {
             .value(0)
     };
     assert_eq!((totals(0), totals(1)), ((1..=30).sum::<i64>(), 30));
+}
+
+/// Sessions checkpointed by a build that kept their rows (before plain
+/// aggregates were folded into per-session state) restore into folded
+/// sessions: the kept rows are folded into their sessions' slots, and the
+/// run ends as if it had never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_kept_as_rows_restore_folded() {
+    use laminar_db::arrow::array::UInt32Array;
+    use laminar_operators::{AggregateSpec, BatchTime, Operator, SessionAggregate};
+    use laminar_sql::dialect::{parse_script, Statement};
+    use laminar_sql::planner::{
+        new_session_context, plan_stream, register_table, resolve_source, StreamOperator,
+    };
+
+    let ctx = new_session_context();
+    let mut sources = std::collections::HashMap::new();
+    let mut spec: Option<AggregateSpec> = None;
+    let script = format!(
+        "{TRADES_DDL}; CREATE STREAM s AS SELECT symbol,
+             session(ts, INTERVAL '100' MILLISECOND) AS started, COUNT(*) AS n,
+             SUM(volume) AS volume, MAX(price) AS high, AVG(price) AS mean
+         FROM trades WHERE volume > 100
+         GROUP BY symbol, session(ts, INTERVAL '100' MILLISECOND)"
+    );
+    for statement in parse_script(&script).unwrap() {
+        match statement {
+            Statement::CreateSource(syntax) => {
+                let source = resolve_source(&ctx, syntax).await.unwrap();
+                register_table(&ctx, &source.name, Arc::clone(&source.schema)).unwrap();
+                sources.insert(source.name.clone(), source);
+            }
+            Statement::CreateStream(def) => {
+                let known = Default::default();
+                let tables = Default::default();
+                let mut plans = plan_stream(&ctx, &def, &sources, &known, &tables)
+                    .await
+                    .unwrap();
+                let plan = plans.pop().unwrap();
+                let StreamOperator::SessionAggregate { spec: planned, .. } = plan.operator else {
+                    panic!("not a session aggregate");
+                };
+                spec = Some(planned);
+            }
+            _ => unreachable!("only DDL"),
+        }
+    }
+    let folded = spec.unwrap();
+    assert!(folded.foldable.is_some());
+    let kept_rows = AggregateSpec {
+        foldable: None,
+        fused: None,
+        ..folded.clone()
+    };
+
+    let rows = trades(43, 3_000, 10, 2_000);
+    let batches: Vec<RecordBatch> = rows.chunks(97).map(trades_batch).collect();
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    let time = BatchTime {
+        watermark_ms: i64::MIN,
+        row_watermarks_ms: None,
+    };
+    let run = |operator: &mut dyn Operator, batches: &[RecordBatch], out: &mut Vec<RecordBatch>| {
+        for batch in batches {
+            operator.on_batch(batch, time, out).unwrap();
+        }
+    };
+    let mut want = Vec::new();
+    let mut whole = SessionAggregate::new(folded.clone(), None).unwrap();
+    run(&mut whole, &batches, &mut want);
+    whole.on_watermark(i64::MAX, &mut want).unwrap();
+
+    let mut got = Vec::new();
+    let mut before = SessionAggregate::new(kept_rows, None).unwrap();
+    run(&mut before, first, &mut got);
+    let state = before.snapshot().unwrap();
+    // The old form: the sessions, then their rows.
+    assert_eq!(state.len(), 2);
+    assert!(state[1]
+        .column_by_name("__session")
+        .is_some_and(|c| c.as_any().downcast_ref::<UInt32Array>().is_some()));
+    let mut after = SessionAggregate::new(folded, None).unwrap();
+    after.restore(&state).unwrap();
+    run(&mut after, rest, &mut got);
+    // Folded, the state is one batch: the sessions with their partial
+    // aggregate states.
+    let state = after.snapshot().unwrap();
+    assert_eq!(state.len(), 1);
+    assert!(state[0].column_by_name("state_0_0").is_some());
+    after.on_watermark(i64::MAX, &mut got).unwrap();
+    assert!(row_count(&want) > 0);
+    assert_same_rows(&got, &want);
 }

@@ -48,6 +48,14 @@ const FUSED_SLIDING: &str = "SELECT c, SUM(a) AS total, MAX(b) AS high
 FROM events WHERE b IS NOT NULL
 GROUP BY c, hop(ts, INTERVAL '6' SECOND, INTERVAL '2' SECOND)";
 
+/// Fuses into session slots: per `c`, sessions that end 40 ms after their
+/// last row (rows come 7 ms apart, so keys meet often, and out of order
+/// within a batch, so rows bridge and merge sessions).
+const FUSED_SESSION: &str = "SELECT c, COUNT(*) AS n, SUM(b) AS total, MIN(a) AS low,
+    MAX(b) AS high, AVG(b * 2.0) AS mean, COUNT(a) FILTER (WHERE b > 0.0) AS positive
+FROM events WHERE a > -500 OR flag
+GROUP BY c, session(ts, INTERVAL '40' MILLISECOND)";
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("a", DataType::Int64, true),
@@ -99,6 +107,34 @@ fn events(seed: u64, n: usize) -> (Vec<RecordBatch>, RecordBatch) {
     (batches, all)
 }
 
+/// Each batch's rows reversed in blocks of 100 (700 ms of event time):
+/// out of order, yet none late (a row is judged against the newest row
+/// before it, at most 700 ms newer, and the watermark is 1 s behind).
+fn reversed(batches: &[RecordBatch]) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|b| {
+            let n = b.num_rows() as u32;
+            let order = datafusion::arrow::array::UInt32Array::from_iter_values(
+                (0..n)
+                    .step_by(100)
+                    .flat_map(|start| (start..(start + 100).min(n)).rev()),
+            );
+            datafusion::arrow::compute::take_record_batch(b, &order).unwrap()
+        })
+        .collect()
+}
+
+/// What the interpreter gives for `query` over `batches` (one shard):
+/// the reference for queries with no batch form to compare with.
+async fn interpreted(query: &str, batches: &[RecordBatch]) -> Vec<RecordBatch> {
+    laminar_db::set_jit_mode(JitMode::Off);
+    let ddl = format!("{DDL}; CREATE STREAM s AS {query}");
+    let (want, _) = run_stream(&ddl, "events", "s", batches.to_vec(), 1).await;
+    assert!(!want.is_empty());
+    want
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_streams_give_the_batch_answer() {
     let _turn = MODE.lock().await;
@@ -134,9 +170,30 @@ async fn fused_sliding_windows_match_the_interpreted_stream() {
     laminar_db::set_jit_mode(JitMode::Adaptive);
 }
 
-/// A database on `dir` running the fused aggregate, planned in `mode`.
+/// Session windows have no batch form here either (tests/oracle.rs
+/// checks the interpreted sessions against numbered batch sessions): the
+/// kernel folding selected rows into session slots, merging as rows
+/// bridge sessions, must give what the interpreter gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fused_sessions_match_the_interpreted_stream() {
+    let _turn = MODE.lock().await;
+    let (batches, _) = events(7, 5_000);
+    let batches = reversed(&batches);
+    let want = interpreted(FUSED_SESSION, &batches).await;
+    laminar_db::set_jit_mode(JitMode::Eager);
+    let ddl = format!("{DDL}; CREATE STREAM s AS {FUSED_SESSION}");
+    for shards in [1, 2] {
+        let (got, metrics) = run_stream(&ddl, "events", "s", batches.clone(), shards).await;
+        assert_eq!(metrics.streams[0].late_rows, 0);
+        assert_same_rows(&got, &want);
+    }
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+}
+
+/// A database on `dir` running `query`, planned in `mode`.
 async fn fused_on(
     dir: &std::path::Path,
+    query: &str,
     mode: JitMode,
 ) -> (LaminarDB, std::thread::JoinHandle<Vec<RecordBatch>>) {
     laminar_db::set_jit_mode(mode);
@@ -146,7 +203,7 @@ async fn fused_on(
         .durability(laminar_db::Durability::Sync)
         .build()
         .unwrap();
-    db.execute(&format!("{DDL}; CREATE STREAM s AS {FUSED}"))
+    db.execute(&format!("{DDL}; CREATE STREAM s AS {query}"))
         .await
         .unwrap();
     let collector = collect(db.subscribe("s").unwrap());
@@ -156,38 +213,45 @@ async fn fused_on(
 
 /// Fused state is checkpointed in DataFusion's partial-state layout: a
 /// checkpoint taken fused restores on the interpreter, and the other way
-/// round, with open windows carried across.
+/// round, with open windows (and open sessions) carried across.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fused_checkpoints_restore_in_either_mode() {
     let _turn = MODE.lock().await;
     let (batches, all) = events(6, 4_000);
-    let want = run_batch(FUSED, "events", vec![all], schema()).await;
-    let (first, rest) = batches.split_at(batches.len() / 2);
-    for (before, after) in [
-        (JitMode::Eager, JitMode::Off),
-        (JitMode::Off, JitMode::Eager),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, collector) = fused_on(dir.path(), before).await;
-        let source = db.source_untyped("events").unwrap();
-        for batch in first {
-            source.push(batch.clone()).unwrap();
-        }
-        db.checkpoint().await.unwrap();
-        db.shutdown().await.unwrap();
-        drop((db, source));
-        let mut got = collector.join().unwrap();
+    let batches = reversed(&batches);
+    for query in [FUSED, FUSED_SESSION] {
+        let want = if query == FUSED {
+            run_batch(query, "events", vec![all.clone()], schema()).await
+        } else {
+            interpreted(query, &batches).await
+        };
+        let (first, rest) = batches.split_at(batches.len() / 2);
+        for (before, after) in [
+            (JitMode::Eager, JitMode::Off),
+            (JitMode::Off, JitMode::Eager),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, collector) = fused_on(dir.path(), query, before).await;
+            let source = db.source_untyped("events").unwrap();
+            for batch in first {
+                source.push(batch.clone()).unwrap();
+            }
+            db.checkpoint().await.unwrap();
+            db.shutdown().await.unwrap();
+            drop((db, source));
+            let mut got = collector.join().unwrap();
 
-        let (db, collector) = fused_on(dir.path(), after).await;
-        let source = db.source_untyped("events").unwrap();
-        for batch in rest {
-            source.push(batch.clone()).unwrap();
+            let (db, collector) = fused_on(dir.path(), query, after).await;
+            let source = db.source_untyped("events").unwrap();
+            for batch in rest {
+                source.push(batch.clone()).unwrap();
+            }
+            source.watermark(i64::MAX).unwrap();
+            db.shutdown().await.unwrap();
+            assert!(db.errors().is_empty(), "{:?}", db.errors());
+            got.extend(collector.join().unwrap());
+            assert_same_rows(&got, &want);
         }
-        source.watermark(i64::MAX).unwrap();
-        db.shutdown().await.unwrap();
-        assert!(db.errors().is_empty(), "{:?}", db.errors());
-        got.extend(collector.join().unwrap());
-        assert_same_rows(&got, &want);
     }
     laminar_db::set_jit_mode(JitMode::Adaptive);
 }
@@ -223,6 +287,7 @@ async fn explain_shows_what_runs_compiled() {
         ("fused", FUSED),
         ("sliding", FUSED_SLIDING),
         ("aggregate", AGGREGATE),
+        ("session", FUSED_SESSION),
     ] {
         db.execute(&format!("CREATE STREAM {name} AS {query}"))
             .await
@@ -247,6 +312,20 @@ async fn explain_shows_what_runs_compiled() {
         let plan = db.explain(name).unwrap();
         assert!(!plan.contains("fused aggregate"), "{plan}");
     }
+    // Sessions fold plain aggregates into per-session state (fused when
+    // the kernel applies); any other aggregate keeps the rows.
+    assert!(db.explain("session").unwrap().contains("state=folded"));
+    db.execute(
+        "CREATE STREAM ordered_session AS SELECT c, first_value(b ORDER BY ts) AS opening
+         FROM events GROUP BY c, session(ts, INTERVAL '40' MILLISECOND)",
+    )
+    .await
+    .unwrap();
+    let plan = db.explain("ordered_session").unwrap();
+    assert!(
+        plan.contains("state=rows") && !plan.contains("fused aggregate"),
+        "{plan}"
+    );
 
     laminar_db::set_jit_mode(JitMode::Off);
     let db = LaminarDB::builder().shards(1).build().unwrap();
@@ -265,15 +344,23 @@ async fn explain_shows_what_runs_compiled() {
 async fn adaptive_streams_switch_to_kernels_while_running() {
     let _turn = MODE.lock().await;
     laminar_db::set_jit_mode(JitMode::Adaptive);
-    // The fused aggregate's windows hold state across the switch.
-    for query in [PROJECT, FUSED] {
+    // The fused aggregate's windows and sessions hold state across the
+    // switch.
+    for query in [PROJECT, FUSED, FUSED_SESSION] {
         adaptive_run(query).await;
     }
 }
 
 async fn adaptive_run(query: &str) {
     let (batches, all) = events(3, 4_000);
-    let want = run_batch(query, "events", vec![all], schema()).await;
+    let batches = reversed(&batches);
+    let want = if query == FUSED_SESSION {
+        let want = interpreted(query, &batches).await;
+        laminar_db::set_jit_mode(JitMode::Adaptive);
+        want
+    } else {
+        run_batch(query, "events", vec![all], schema()).await
+    };
     let db = LaminarDB::builder().shards(2).build().unwrap();
     db.execute(&format!("{DDL}; CREATE STREAM s AS {query}"))
         .await

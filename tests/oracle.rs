@@ -360,14 +360,44 @@ async fn session_windows() {
     .await;
 }
 
-/// Session windows with EMIT CHANGES: every batch re-emits the sessions it
-/// changed (and retracts sessions merged away); consolidated, the
-/// changelog equals the sessions of the batch query.
+/// Session windows whose aggregates fold into per-session accumulators as
+/// rows arrive (merged when a row bridges two sessions); with the JIT on,
+/// the `WHERE`, arguments and `FILTER` run as one fused kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_windows_emit_changes() {
+async fn session_windows_folded() {
     differential_against(
         "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
-                COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts
+                COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS low, MAX(price) AS high,
+                AVG(price) AS mean, SUM(price * 2.0) AS doubled,
+                COUNT(*) FILTER (WHERE volume > 500) AS big
+         FROM trades WHERE volume > 50
+         GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
+        "EMIT ON WINDOW CLOSE",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades WHERE volume > 50),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
+                MIN(price) AS low, MAX(price) AS high, AVG(price) AS mean,
+                SUM(price * 2.0) AS doubled, COUNT(*) FILTER (WHERE volume > 500) AS big
+         FROM numbered GROUP BY symbol, sid",
+        10_000,
+        20,
+    )
+    .await;
+}
+
+/// Folded sessions as a changelog: a merge retracts the merged-away
+/// session's row and re-emits the one it merged into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_folded_emit_changes() {
+    differential_against(
+        "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
+                COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS high
          FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
         "EMIT CHANGES",
         "WITH marked AS (
@@ -378,7 +408,37 @@ async fn session_windows_emit_changes() {
              SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
              FROM marked)
-         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts
+         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
+                MAX(price) AS high
+         FROM numbered GROUP BY symbol, sid",
+        4_000,
+        20,
+    )
+    .await;
+}
+
+/// Session windows with EMIT CHANGES: every batch re-emits the sessions it
+/// changed (and retracts sessions merged away); consolidated, the
+/// changelog equals the sessions of the batch query. (`first_value` keeps
+/// the sessions' rows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_emit_changes() {
+    differential_against(
+        "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
+                COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts,
+                first_value(price ORDER BY ts) AS open
+         FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
+        "EMIT CHANGES",
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts,
+                first_value(price ORDER BY ts) AS open
          FROM numbered GROUP BY symbol, sid",
         4_000,
         20,

@@ -110,6 +110,13 @@ pub struct AggregateSpec {
     /// the planner could build one (window aggregates only; see
     /// [`crate::fused`]).
     pub fused: Option<Arc<crate::fused::FusedAggregate>>,
+    /// What each aggregate accumulates, when every one is a plain
+    /// `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` that
+    /// [`crate::fused::FusedAccumulator`] computes and can merge: session
+    /// aggregates then fold rows into per-session state as they arrive
+    /// instead of keeping them ([`crate::session_aggregate`]). Independent
+    /// of the JIT, so a checkpoint restores whichever mode runs.
+    pub foldable: Option<Vec<crate::fused::FusedAggregateKind>>,
 }
 
 use crate::stage::{evaluate_all, Stage};

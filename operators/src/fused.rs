@@ -1,6 +1,6 @@
-//! Fused aggregation: a window aggregate whose filter, argument
-//! expressions and accumulator updates run as one compiled loop over the
-//! source batch, reading each row once.
+//! Fused aggregation: a window or session aggregate whose filter,
+//! argument expressions and accumulator updates run as one compiled loop
+//! over the source batch, reading each row once.
 //!
 //! The planner builds a [`FusedAggregate`] when every aggregate of a
 //! windowed `GROUP BY` is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` over
@@ -14,6 +14,9 @@
 //! interpreted path updates them while the kernel compiles, and they
 //! snapshot and restore in DataFusion's partial-state layout, so a
 //! checkpoint taken with the JIT on restores with it off and back).
+//! Session windows keep one group per open session and merge two groups
+//! when a row bridges their sessions ([`FusedAccumulator::merge_group`]),
+//! with the JIT on or off ([`crate::session_aggregate`]).
 //! Each function keeps DataFusion's own rules, bit for bit: `SUM` and
 //! `AVG` add in row order with wrapping integer addition, `MIN`/`MAX`
 //! start at the type's extreme and replace on `<`/`>` or an unordered
@@ -77,7 +80,8 @@ pub trait FusedUpdate: Send + Sync + std::fmt::Debug {
     fn state(&self) -> String;
 }
 
-/// A window aggregate's fused form: everything over the *source* batch.
+/// A window or session aggregate's fused form: everything over the
+/// *source* batch.
 #[derive(Debug, Clone)]
 pub struct FusedAggregate {
     /// The `WHERE` between source and aggregate, if any.
@@ -190,6 +194,51 @@ impl FusedAccumulator {
         };
     }
 
+    /// Empties group `g` (a session slot taken anew).
+    pub fn reset_group(&mut self, g: usize) {
+        self.primary[g] = self.start();
+        self.secondary[g] = 0;
+    }
+
+    /// Folds group `from`'s state into group `into` (two sessions that a
+    /// row bridged), as DataFusion merges two partial states: counts and
+    /// sums add, `MIN`/`MAX` compare. A group that saw no value adds
+    /// nothing (its `MIN`/`MAX` is only the starting extreme).
+    pub fn merge_group(&mut self, into: usize, from: usize) {
+        let (value, seen) = (self.primary[from], self.secondary[from]);
+        match self.kind.function {
+            FusedFunction::Count => {
+                self.primary[into] = self.primary[into].wrapping_add(value);
+            }
+            _ if seen == 0 => {}
+            FusedFunction::Avg => {
+                let sum = f64::from_bits(self.primary[into]) + f64::from_bits(value);
+                self.primary[into] = sum.to_bits();
+                self.secondary[into] += seen;
+            }
+            FusedFunction::Sum | FusedFunction::Min | FusedFunction::Max => self.add(into, value),
+        }
+    }
+
+    /// The results of groups `groups`, in that order (sessions closing).
+    pub fn evaluate_groups(&self, groups: &[usize]) -> ArrayRef {
+        let (primary, secondary) = self.gather(groups);
+        self.results(primary, secondary)
+    }
+
+    /// DataFusion's partial state of groups `groups`, in that order.
+    pub fn state_groups(&self, groups: &[usize]) -> Vec<ArrayRef> {
+        let (primary, secondary) = self.gather(groups);
+        self.partial_state(primary, secondary)
+    }
+
+    fn gather(&self, groups: &[usize]) -> (Vec<u64>, Vec<u64>) {
+        (
+            groups.iter().map(|&g| self.primary[g]).collect(),
+            groups.iter().map(|&g| self.secondary[g]).collect(),
+        )
+    }
+
     /// Takes the groups `emit_to` names off the front.
     fn take(&mut self, emit_to: EmitTo) -> (Vec<u64>, Vec<u64>) {
         match emit_to {
@@ -205,6 +254,47 @@ impl FusedAccumulator {
                     std::mem::replace(&mut self.secondary, rest_secondary),
                 )
             }
+        }
+    }
+
+    /// The aggregate's results from the two state vectors.
+    fn results(&self, primary: Vec<u64>, secondary: Vec<u64>) -> ArrayRef {
+        match self.kind.function {
+            FusedFunction::Count => Arc::new(Int64Array::from_iter_values(
+                primary.into_iter().map(|c| c as i64),
+            )),
+            FusedFunction::Avg => {
+                let nulls = nulls_where_zero(&secondary);
+                let averages = primary
+                    .iter()
+                    .zip(&secondary)
+                    .map(|(&sum, &count)| f64::from_bits(sum) / count as f64)
+                    .collect();
+                Arc::new(Float64Array::new(averages, nulls))
+            }
+            _ => self.values_array(primary, &secondary),
+        }
+    }
+
+    /// DataFusion's partial state from the two state vectors.
+    fn partial_state(&self, primary: Vec<u64>, secondary: Vec<u64>) -> Vec<ArrayRef> {
+        match self.kind.function {
+            FusedFunction::Count => vec![Arc::new(Int64Array::from_iter_values(
+                primary.into_iter().map(|c| c as i64),
+            ))],
+            FusedFunction::Avg => {
+                let nulls = nulls_where_zero(&secondary);
+                // NULL where nothing was added, in both fields, as
+                // DataFusion writes it.
+                vec![
+                    Arc::new(UInt64Array::new(secondary.into(), nulls.clone())),
+                    Arc::new(Float64Array::new(
+                        primary.into_iter().map(f64::from_bits).collect(),
+                        nulls,
+                    )),
+                ]
+            }
+            _ => vec![self.values_array(primary, &secondary)],
         }
     }
 
@@ -301,45 +391,14 @@ impl GroupsAccumulator for FusedAccumulator {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
         let (primary, secondary) = self.take(emit_to);
-        Ok(match self.kind.function {
-            FusedFunction::Count => Arc::new(Int64Array::from_iter_values(
-                primary.into_iter().map(|c| c as i64),
-            )),
-            FusedFunction::Avg => {
-                let nulls = nulls_where_zero(&secondary);
-                let averages = primary
-                    .iter()
-                    .zip(&secondary)
-                    .map(|(&sum, &count)| f64::from_bits(sum) / count as f64)
-                    .collect();
-                Arc::new(Float64Array::new(averages, nulls))
-            }
-            _ => self.values_array(primary, &secondary),
-        })
+        Ok(self.results(primary, secondary))
     }
 
     /// DataFusion's partial state: `COUNT` [count], `SUM`/`MIN`/`MAX`
     /// [value], `AVG` [count: UInt64, sum: Float64].
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
         let (primary, secondary) = self.take(emit_to);
-        Ok(match self.kind.function {
-            FusedFunction::Count => vec![Arc::new(Int64Array::from_iter_values(
-                primary.into_iter().map(|c| c as i64),
-            ))],
-            FusedFunction::Avg => {
-                let nulls = nulls_where_zero(&secondary);
-                // NULL where nothing was added, in both fields, as
-                // DataFusion writes it.
-                vec![
-                    Arc::new(UInt64Array::new(secondary.into(), nulls.clone())),
-                    Arc::new(Float64Array::new(
-                        primary.into_iter().map(f64::from_bits).collect(),
-                        nulls,
-                    )),
-                ]
-            }
-            _ => vec![self.values_array(primary, &secondary)],
-        })
+        Ok(self.partial_state(primary, secondary))
     }
 
     fn merge_batch(

@@ -15,10 +15,12 @@
 //!   window assignment.
 //! - [`window_aggregate`]: keyed window aggregation with
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
-//! - [`fused`]: the window aggregate's compiled form (filter, arguments
-//!   and accumulator updates in one loop) and its plain-vector state.
+//! - [`fused`]: the window and session aggregates' compiled form
+//!   (filter, arguments and accumulator updates in one loop) and its
+//!   plain-vector state.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
-//!   emitted when each session closes.
+//!   emitted when each session closes, keeping folded accumulators or
+//!   the open sessions' rows.
 //! - [`analytic`]: `ROW_NUMBER`/`RANK`/`DENSE_RANK`/`LAG`/`LEAD` over
 //!   event time, emitted when the watermark makes each row final, and
 //!   [`running`] aggregates (`SUM(x) OVER (...)`) computed there.

@@ -1,4 +1,6 @@
-//! Planning a window aggregate's fused form ([`laminar_operators::fused`]):
+//! Planning a window or session aggregate's fused form
+//! ([`laminar_operators::fused`]), and which session aggregates fold
+//! into per-session accumulators at all ([`foldable_kinds`]):
 //! the aggregate's inputs rewritten as expressions over the source batch,
 //! so that one compiled loop can read the source rows directly.
 //!
@@ -197,6 +199,23 @@ fn substitute(
         .ok()?
         .data;
     (!missing).then_some(rewritten)
+}
+
+/// What each aggregate accumulates, when every one folds into a
+/// [`laminar_operators::fused::FusedAccumulator`] (see
+/// `AggregateSpec::foldable`); `None` otherwise. `input_schema` is the
+/// aggregate input's.
+pub(crate) fn foldable_kinds(
+    aggregates: &[Arc<AggregateFunctionExpr>],
+    input_schema: &arrow::datatypes::Schema,
+) -> Option<Vec<FusedAggregateKind>> {
+    aggregates
+        .iter()
+        .map(|function| {
+            let [argument] = function.expressions().try_into().ok()?;
+            fused_kind(function, &argument.data_type(input_schema).ok()?)
+        })
+        .collect()
 }
 
 /// What `function` (over an argument of `argument_type`) accumulates, if

@@ -1281,6 +1281,13 @@ impl Lowering<'_> {
             );
         }
         let changes = emit == Some(EmitMode::Changes);
+        let session = matches!(
+            window.as_ref().map(|w| w.kind),
+            Some(WindowKind::Session { .. })
+        );
+        let foldable = session
+            .then(|| crate::fused::foldable_kinds(&raw_aggregates, &physical_input_schema))
+            .flatten();
         let window_text = match window.as_ref().map(|w| w.kind) {
             Some(WindowKind::Fixed(w)) if w.is_tumbling() => {
                 format!("tumble size={}ms offset={}ms", w.size_ms, w.offset_ms)
@@ -1289,13 +1296,12 @@ impl Lowering<'_> {
                 "slide size={}ms slide={}ms offset={}ms",
                 w.size_ms, w.slide_ms, w.offset_ms
             ),
-            Some(WindowKind::Session { gap_ms }) => format!("session gap={gap_ms}ms"),
+            Some(WindowKind::Session { gap_ms }) => format!(
+                "session gap={gap_ms}ms state={}",
+                if foldable.is_some() { "folded" } else { "rows" }
+            ),
             None => "no window".to_string(),
         };
-        let session = matches!(
-            window.as_ref().map(|w| w.kind),
-            Some(WindowKind::Session { .. })
-        );
         let explain = format!(
             "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- {}{}",
             match (changes, session) {
@@ -1324,6 +1330,10 @@ impl Lowering<'_> {
             (Some(window), false, false) => {
                 self.fused_aggregate(aggregate, window, &key_exprs, &raw_aggregates, &raw_filters)
             }
+            // A session's fused kernel folds into the same slots.
+            (Some(window), _, true) if foldable.is_some() => self
+                .fused_aggregate(aggregate, window, &key_exprs, &raw_aggregates, &raw_filters)
+                .filter(|f| foldable.as_ref() == Some(&f.aggregates)),
             _ => None,
         };
         let spec = AggregateSpec {
@@ -1336,6 +1346,7 @@ impl Lowering<'_> {
             post,
             late_side_output,
             fused,
+            foldable,
         };
         let operator = match (changes, session) {
             (changes, true) => StreamOperator::SessionAggregate { spec, changes },
@@ -2273,12 +2284,17 @@ fn stage_emit(plan: &LogicalPlan) -> Option<EmitMode> {
 
 impl StreamPlan {
     /// `EXPLAIN`'s JIT lines: each compiled expression and, for a window
-    /// aggregate, its fused kernel, with their states.
+    /// or session aggregate, its fused kernel, with their states.
     pub fn explain_jit(&self) -> String {
         let mut text = crate::jit::explain(&self.compiled);
-        if let StreamOperator::WindowAggregate(AggregateSpec {
+        let spec = match &self.operator {
+            StreamOperator::WindowAggregate(spec)
+            | StreamOperator::SessionAggregate { spec, .. } => Some(spec),
+            _ => None,
+        };
+        if let Some(AggregateSpec {
             fused: Some(fused), ..
-        }) = &self.operator
+        }) = spec
         {
             text.push_str(&format!(
                 "\nJIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): {}",

@@ -1,7 +1,8 @@
 //! Fused aggregate kernels against DataFusion's own group accumulators:
 //! random arguments, `FILTER`s, selections and group ids over random
 //! batches with NULLs, NaNs, signed zeros, infinities and integer
-//! extremes, compared bit for bit (results and partial states).
+//! extremes, compared bit for bit (results and partial states, and the
+//! merges session windows make).
 
 use std::sync::{Arc, OnceLock};
 
@@ -188,6 +189,44 @@ fn check(
         &restored.evaluate(EmitTo::All).unwrap(),
         &format!("restored {what}"),
     );
+    // Session slots merge: folding every group into group 0 gives what
+    // DataFusion's merge of all their partial states into one group gives,
+    // and a slot emptied for a new session reads as a group that saw
+    // nothing.
+    if groups > 0 {
+        let mut merged = interpreted.clone();
+        for g in 1..groups {
+            merged.merge_group(0, g);
+        }
+        let mut theirs_merged = datafusion_accumulator(function, &argument);
+        theirs_merged
+            .merge_batch(&state, &vec![0; groups], 1)
+            .unwrap();
+        same(
+            &theirs_merged.evaluate(EmitTo::All).unwrap(),
+            &merged.evaluate_groups(&[0]),
+            &format!("merged {what}"),
+        );
+        merged.reset_group(0);
+        // The reference is a group whose one row the filter drops: an
+        // `update_batch` of no rows marks every group it creates as seen
+        // (DataFusion's null tracking assumes all seen when it is given
+        // neither NULLs nor a filter), which no real group is.
+        let mut empty = datafusion_accumulator(function, &argument);
+        empty
+            .update_batch(
+                &[values.slice(0, 1)],
+                &[0],
+                Some(&BooleanArray::from(vec![false])),
+                1,
+            )
+            .unwrap();
+        same(
+            &empty.evaluate(EmitTo::All).unwrap(),
+            &merged.evaluate_groups(&[0]),
+            &format!("reset {what}"),
+        );
+    }
     true
 }
 
