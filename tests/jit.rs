@@ -326,6 +326,22 @@ async fn explain_shows_what_runs_compiled() {
         plan.contains("state=rows") && !plan.contains("fused aggregate"),
         "{plan}"
     );
+    // A session's `window_end` is `MAX` of a timestamp: folded, but not
+    // fused (the kernels take BIGINT and DOUBLE arguments).
+    db.execute(
+        "CREATE SOURCE clicks (user_id BIGINT NOT NULL, at TIMESTAMP(3) NOT NULL,
+             WATERMARK FOR at AS at - INTERVAL '1' SECOND);
+         CREATE STREAM visits AS SELECT user_id, window_start, window_end, COUNT(*) AS n
+         FROM TABLE(SESSION(TABLE clicks PARTITION BY user_id, DESCRIPTOR(at), INTERVAL '10' SECOND))
+         GROUP BY user_id, window_start, window_end",
+    )
+    .await
+    .unwrap();
+    let plan = db.explain("visits").unwrap();
+    assert!(
+        plan.contains("state=folded") && !plan.contains("fused aggregate"),
+        "{plan}"
+    );
 
     laminar_db::set_jit_mode(JitMode::Off);
     let db = LaminarDB::builder().shards(1).build().unwrap();

@@ -27,6 +27,24 @@ const OHLC: &str = "SELECT symbol,
 FROM trades
 GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
 
+/// The batch form of 300 ms sessions per symbol over the `trades` rows
+/// `filter` keeps: a row more than 300 ms after its key's previous row
+/// starts a session (numbered with `LAG` and a running `SUM`); `select`
+/// lists what each session gives, over `numbered`.
+fn numbered_sessions(filter: &str, select: &str) -> String {
+    format!(
+        "WITH marked AS (
+             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
+                            THEN 0 ELSE 1 END AS new_session
+             FROM trades {filter}),
+         numbered AS (
+             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
+             FROM marked)
+         SELECT symbol, {select} FROM numbered GROUP BY symbol, sid"
+    )
+}
+
 /// Runs `query` as a stream and as a batch query over the same rows, for
 /// several seeds, batch sizes and 1 and 2 shards.
 async fn differential(query: &str, emit: &str, n: usize, symbols: usize) {
@@ -151,6 +169,33 @@ async fn computed_group_key_runs_on_one_shard() {
         "",
         10_000,
         30,
+    )
+    .await;
+}
+
+/// `COUNT(DISTINCT ...)` as the only aggregate of a window or a session
+/// (a batch optimizer would move the window into a nested GROUP BY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_distinct_alone_in_windows() {
+    differential(
+        "SELECT symbol, COUNT(DISTINCT volume % 10) AS buckets
+         FROM trades GROUP BY symbol, tumble(ts, INTERVAL '30' SECOND)",
+        "",
+        10_000,
+        30,
+    )
+    .await;
+    differential_against(
+        "SELECT symbol, session(ts, INTERVAL '300' MILLISECOND) AS session_start,
+                COUNT(DISTINCT volume % 10) AS buckets
+         FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
+        "EMIT ON WINDOW CLOSE",
+        &numbered_sessions(
+            "",
+            "MIN(ts) AS session_start, COUNT(DISTINCT volume % 10) AS buckets",
+        ),
+        4_000,
+        20,
     )
     .await;
 }
@@ -343,17 +388,10 @@ async fn session_windows() {
          FROM trades WHERE volume > 50
          GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
         "EMIT ON WINDOW CLOSE",
-        "WITH marked AS (
-             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
-                            THEN 0 ELSE 1 END AS new_session
-             FROM trades WHERE volume > 50),
-         numbered AS (
-             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
-             FROM marked)
-         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
-                MAX(ts) AS last_ts, first_value(price ORDER BY ts) AS open
-         FROM numbered GROUP BY symbol, sid",
+        &numbered_sessions(
+            "WHERE volume > 50",
+            "MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts, first_value(price ORDER BY ts) AS open",
+        ),
         10_000,
         20,
     )
@@ -373,18 +411,10 @@ async fn session_windows_folded() {
          FROM trades WHERE volume > 50
          GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
         "EMIT ON WINDOW CLOSE",
-        "WITH marked AS (
-             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
-                            THEN 0 ELSE 1 END AS new_session
-             FROM trades WHERE volume > 50),
-         numbered AS (
-             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
-             FROM marked)
-         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
-                MIN(price) AS low, MAX(price) AS high, AVG(price) AS mean,
-                SUM(price * 2.0) AS doubled, COUNT(*) FILTER (WHERE volume > 500) AS big
-         FROM numbered GROUP BY symbol, sid",
+        &numbered_sessions(
+            "WHERE volume > 50",
+            "MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS low, MAX(price) AS high, AVG(price) AS mean, SUM(price * 2.0) AS doubled, COUNT(*) FILTER (WHERE volume > 500) AS big",
+        ),
         10_000,
         20,
     )
@@ -400,17 +430,10 @@ async fn session_windows_folded_emit_changes() {
                 COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS high
          FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
         "EMIT CHANGES",
-        "WITH marked AS (
-             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
-                            THEN 0 ELSE 1 END AS new_session
-             FROM trades),
-         numbered AS (
-             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
-             FROM marked)
-         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v,
-                MAX(price) AS high
-         FROM numbered GROUP BY symbol, sid",
+        &numbered_sessions(
+            "",
+            "MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS high",
+        ),
         4_000,
         20,
     )
@@ -429,17 +452,10 @@ async fn session_windows_emit_changes() {
                 first_value(price ORDER BY ts) AS open
          FROM trades GROUP BY symbol, session(ts, INTERVAL '300' MILLISECOND)",
         "EMIT CHANGES",
-        "WITH marked AS (
-             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
-                            THEN 0 ELSE 1 END AS new_session
-             FROM trades),
-         numbered AS (
-             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
-             FROM marked)
-         SELECT symbol, MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts,
-                first_value(price ORDER BY ts) AS open
-         FROM numbered GROUP BY symbol, sid",
+        &numbered_sessions(
+            "",
+            "MIN(ts) AS session_start, COUNT(*) AS n, SUM(volume) AS v, MAX(ts) AS last_ts, first_value(price ORDER BY ts) AS open",
+        ),
         4_000,
         20,
     )
@@ -674,16 +690,10 @@ async fn window_table_functions() {
          FROM TABLE(SESSION(TABLE trades PARTITION BY symbol, DESCRIPTOR(ts), INTERVAL '300' MILLISECOND))
          GROUP BY symbol, window_start, window_end",
         "",
-        "WITH marked AS (
-             SELECT *, CASE WHEN ts - LAG(ts) OVER (PARTITION BY symbol ORDER BY ts) < 300
-                            THEN 0 ELSE 1 END AS new_session
-             FROM trades),
-         numbered AS (
-             SELECT *, SUM(new_session) OVER (PARTITION BY symbol ORDER BY ts
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid
-             FROM marked)
-         SELECT symbol, MIN(ts) AS window_start, MAX(ts) + 300 AS window_end, COUNT(*) AS n
-         FROM numbered GROUP BY symbol, sid",
+        &numbered_sessions(
+            "",
+            "MIN(ts) AS window_start, MAX(ts) + 300 AS window_end, COUNT(*) AS n",
+        ),
         5_000,
         20,
     )

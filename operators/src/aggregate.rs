@@ -112,7 +112,8 @@ pub struct AggregateSpec {
     pub fused: Option<Arc<crate::fused::FusedAggregate>>,
     /// What each aggregate accumulates, when every one is a plain
     /// `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` that
-    /// [`crate::fused::FusedAccumulator`] computes and can merge: session
+    /// [`crate::fused::FusedAccumulator`] computes and can merge (`MIN`/
+    /// `MAX` of a timestamp included, as a `BIGINT` kind): session
     /// aggregates then fold rows into per-session state as they arrive
     /// instead of keeping them ([`crate::session_aggregate`]). Independent
     /// of the JIT, so a checkpoint restores whichever mode runs.

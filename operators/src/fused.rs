@@ -26,7 +26,10 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, UInt64Array};
 use arrow::buffer::NullBuffer;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt64Type,
+};
 use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -110,6 +113,9 @@ pub struct FusedAccumulator {
     kind: FusedAggregateKind,
     primary: Vec<u64>,
     secondary: Vec<u64>,
+    /// For `MIN`/`MAX` of a timestamp (folded sessions): the results'
+    /// type. Its values are `i64`s and accumulate as a `BIGINT`'s.
+    timestamp_type: Option<DataType>,
 }
 
 impl FusedAccumulator {
@@ -126,7 +132,20 @@ impl FusedAccumulator {
             kind,
             primary: Vec::new(),
             secondary: Vec::new(),
+            timestamp_type: None,
         }
+    }
+
+    /// Empty state for `kind` whose results are of `output` type: a
+    /// timestamp for `MIN`/`MAX` of a timestamp (accumulated as `BIGINT`),
+    /// else the accumulated type itself.
+    pub fn with_output(kind: FusedAggregateKind, output: &DataType) -> Self {
+        let mut accumulator = Self::new(kind);
+        let extreme = matches!(kind.function, FusedFunction::Min | FusedFunction::Max);
+        if extreme && kind.ty == FusedType::Int64 && matches!(output, DataType::Timestamp(..)) {
+            accumulator.timestamp_type = Some(output.clone());
+        }
+        accumulator
     }
 
     pub fn kind(&self) -> FusedAggregateKind {
@@ -302,10 +321,13 @@ impl FusedAccumulator {
     fn values_array(&self, values: Vec<u64>, seen: &[u64]) -> ArrayRef {
         let nulls = nulls_where_zero(seen);
         match self.kind.ty {
-            FusedType::Int64 => Arc::new(Int64Array::new(
-                values.into_iter().map(|v| v as i64).collect(),
-                nulls,
-            )),
+            FusedType::Int64 => {
+                let values = Int64Array::new(values.into_iter().map(|v| v as i64).collect(), nulls);
+                match &self.timestamp_type {
+                    Some(DataType::Timestamp(unit, zone)) => as_timestamps(values, *unit, zone),
+                    _ => Arc::new(values),
+                }
+            }
             FusedType::Float64 => Arc::new(Float64Array::new(
                 values.into_iter().map(f64::from_bits).collect(),
                 nulls,
@@ -324,12 +346,60 @@ fn float_replace(current: u64, new: u64, wanted: std::cmp::Ordering) -> u64 {
     }
 }
 
+/// `i64` values as a timestamp array of `unit` and time zone `zone`.
+fn as_timestamps(values: Int64Array, unit: TimeUnit, zone: &Option<Arc<str>>) -> ArrayRef {
+    let zone = zone.clone();
+    match unit {
+        TimeUnit::Second => Arc::new(
+            values
+                .reinterpret_cast::<TimestampSecondType>()
+                .with_timezone_opt(zone),
+        ),
+        TimeUnit::Millisecond => Arc::new(
+            values
+                .reinterpret_cast::<TimestampMillisecondType>()
+                .with_timezone_opt(zone),
+        ),
+        TimeUnit::Microsecond => Arc::new(
+            values
+                .reinterpret_cast::<TimestampMicrosecondType>()
+                .with_timezone_opt(zone),
+        ),
+        TimeUnit::Nanosecond => Arc::new(
+            values
+                .reinterpret_cast::<TimestampNanosecondType>()
+                .with_timezone_opt(zone),
+        ),
+    }
+}
+
+/// The `i64` values of a `BIGINT` or timestamp array.
+fn i64_values(array: &ArrayRef) -> Option<&[i64]> {
+    let values: &arrow::buffer::ScalarBuffer<i64> = match array.data_type() {
+        DataType::Int64 => array.as_primitive::<Int64Type>().values(),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            array.as_primitive::<TimestampSecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            array.as_primitive::<TimestampMillisecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            array.as_primitive::<TimestampMicrosecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            array.as_primitive::<TimestampNanosecondType>().values()
+        }
+        _ => return None,
+    };
+    Some(&values[..])
+}
+
 /// What an update reads of its argument: the value bits of a `BIGINT`
-/// or `DOUBLE` array, or nothing (`COUNT` reads only validity, and its
-/// argument may be of any type).
+/// (or timestamp) or `DOUBLE` array, or nothing (`COUNT` reads only
+/// validity, and its argument may be of any type).
 enum Values<'a> {
     Validity,
-    Int64(&'a Int64Array),
+    Int64(&'a [i64]),
     Float64(&'a Float64Array),
 }
 
@@ -344,9 +414,7 @@ impl<'a> Values<'a> {
         };
         Ok(match (kind.function, kind.ty) {
             (FusedFunction::Count, _) => Values::Validity,
-            (_, FusedType::Int64) => {
-                Values::Int64(values.as_primitive_opt::<Int64Type>().ok_or_else(wrong)?)
-            }
+            (_, FusedType::Int64) => Values::Int64(i64_values(values).ok_or_else(wrong)?),
             (_, FusedType::Float64) => {
                 Values::Float64(values.as_primitive_opt::<Float64Type>().ok_or_else(wrong)?)
             }
@@ -357,7 +425,7 @@ impl<'a> Values<'a> {
     fn bits(&self, row: usize) -> u64 {
         match self {
             Values::Validity => 0,
-            Values::Int64(a) => a.value(row) as u64,
+            Values::Int64(a) => a[row] as u64,
             Values::Float64(a) => a.value(row).to_bits(),
         }
     }

@@ -213,9 +213,34 @@ pub(crate) fn foldable_kinds(
         .iter()
         .map(|function| {
             let [argument] = function.expressions().try_into().ok()?;
-            fused_kind(function, &argument.data_type(input_schema).ok()?)
+            let argument_type = argument.data_type(input_schema).ok()?;
+            fused_kind(function, &argument_type)
+                .or_else(|| timestamp_extreme(function, &argument_type))
         })
         .collect()
+}
+
+/// `MIN`/`MAX` of a timestamp, which folds as its `i64` values (a
+/// `BIGINT`'s kind, with a timestamp result); the fused kernels take
+/// `BIGINT` and `DOUBLE` arguments only, so such a plan is not fused.
+fn timestamp_extreme(
+    function: &AggregateFunctionExpr,
+    argument_type: &arrow::datatypes::DataType,
+) -> Option<FusedAggregateKind> {
+    let plain = !function.is_distinct() && function.order_bys().is_empty();
+    let timestamp = matches!(argument_type, arrow::datatypes::DataType::Timestamp(..));
+    if !plain || !timestamp || function.field().data_type() != argument_type {
+        return None;
+    }
+    let function = match function.fun().name().to_ascii_lowercase().as_str() {
+        "min" => FusedFunction::Min,
+        "max" => FusedFunction::Max,
+        _ => return None,
+    };
+    Some(FusedAggregateKind {
+        function,
+        ty: FusedType::Int64,
+    })
 }
 
 /// What `function` (over an argument of `argument_type`) accumulates, if

@@ -2,7 +2,8 @@
 //! forms chosen when the stream is planned:
 //!
 //! - [`Folded`], when every aggregate is a plain `COUNT`/`SUM`/`MIN`/
-//!   `MAX`/`AVG` that [`FusedAccumulator`] computes: each open session
+//!   `MAX`/`AVG` that [`FusedAccumulator`] computes (`MIN`/`MAX` of a
+//!   timestamp too, as its `i64`s): each open session
 //!   owns a *slot*, a group of those accumulators, and rows are folded in
 //!   as they arrive. Two sessions that a row bridges merge their slots
 //!   (counts and sums add, extremes compare, as DataFusion merges partial
@@ -23,6 +24,7 @@
 use std::collections::VecDeque;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::datatypes::DataType;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use laminar_runtime::Result;
 
@@ -48,9 +50,15 @@ pub(crate) struct Folded {
 }
 
 impl Folded {
-    pub(crate) fn new(kinds: &[FusedAggregateKind]) -> Self {
+    /// Empty slots for aggregates of `kinds` whose results are of
+    /// `outputs` types.
+    pub(crate) fn new(kinds: &[FusedAggregateKind], outputs: &[DataType]) -> Self {
         Self {
-            accumulators: kinds.iter().map(|&k| FusedAccumulator::new(k)).collect(),
+            accumulators: kinds
+                .iter()
+                .zip(outputs)
+                .map(|(&kind, output)| FusedAccumulator::with_output(kind, output))
+                .collect(),
             capacity: 0,
             free: Vec::new(),
             merged_away: Vec::new(),
@@ -309,7 +317,10 @@ mod tests {
             function,
             ty: FusedType::Int64,
         };
-        Folded::new(&[kind(FusedFunction::Count), kind(FusedFunction::Sum)])
+        Folded::new(
+            &[kind(FusedFunction::Count), kind(FusedFunction::Sum)],
+            &[DataType::Int64, DataType::Int64],
+        )
     }
 
     fn batch(values: &[i64]) -> Inputs {

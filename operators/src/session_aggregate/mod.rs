@@ -121,7 +121,18 @@ impl SessionAggregate {
             return Err(internal("a session aggregate needs a session window"));
         };
         let contents = match &spec.foldable {
-            Some(kinds) => Contents::Folded(Folded::new(kinds)),
+            Some(kinds) if kinds.len() != spec.aggregates.len() => {
+                return Err(internal("one folded kind per aggregate"));
+            }
+            Some(kinds) => {
+                // The aggregates' columns end the aggregate's schema.
+                let fields = spec.aggregate_schema.fields();
+                let outputs: Vec<_> = fields[fields.len() - kinds.len()..]
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect();
+                Contents::Folded(Folded::new(kinds, &outputs))
+            }
             None => Contents::Rows(Rows::default()),
         };
         if let Some(fused) = &spec.fused {

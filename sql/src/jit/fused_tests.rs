@@ -379,3 +379,74 @@ proptest! {
         check(function, ty, &argument, filter.as_deref(), &batch, &selected, &group_ids);
     }
 }
+
+/// `MIN`/`MAX` of a timestamp fold as `i64`s (session windows) and give
+/// DataFusion's results and partial states, time zone included, through
+/// merges and a checkpoint's partial state.
+#[test]
+fn timestamp_extremes_fold_as_datafusion_computes_them() {
+    use arrow::array::TimestampMillisecondArray;
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::physical_expr::expressions::Column;
+
+    let data_type = DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into()));
+    let schema = Arc::new(Schema::new(vec![Field::new("t", data_type.clone(), true)]));
+    let values: ArrayRef = Arc::new(
+        TimestampMillisecondArray::from(vec![Some(5), None, Some(-3), Some(i64::MAX), Some(7)])
+            .with_timezone("+02:00"),
+    );
+    let groups = [0, 0, 1, 1, 2];
+    let argument: Arc<dyn PhysicalExpr> = Arc::new(Column::new("t", 0));
+    for function in [FusedFunction::Min, FusedFunction::Max] {
+        let theirs = || {
+            AggregateExprBuilder::new(udaf(function), vec![Arc::clone(&argument)])
+                .schema(Arc::clone(&schema))
+                .alias("x")
+                .build()
+                .unwrap()
+                .create_groups_accumulator()
+                .unwrap()
+        };
+        let kind = FusedAggregateKind {
+            function,
+            ty: FusedType::Int64,
+        };
+        let mut ours = FusedAccumulator::with_output(kind, &data_type);
+        let mut want = theirs();
+        for accumulator in [&mut ours as &mut dyn GroupsAccumulator, want.as_mut()] {
+            accumulator
+                .update_batch(std::slice::from_ref(&values), &groups, None, 4)
+                .unwrap();
+        }
+        let what = format!("{function:?}");
+        // Group 3 saw nothing: NULL.
+        same(
+            &want.evaluate(EmitTo::All).unwrap(),
+            &ours.evaluate_groups(&[0, 1, 2, 3]),
+            &what,
+        );
+        let mut want = theirs();
+        want.update_batch(std::slice::from_ref(&values), &groups, None, 4)
+            .unwrap();
+        let state = want.state(EmitTo::All).unwrap();
+        let our_state = ours.state_groups(&[0, 1, 2, 3]);
+        same(&state[0], &our_state[0], &format!("{what} state"));
+        // Merged as sessions merge, and restored from a partial state.
+        ours.merge_group(0, 1);
+        let mut merged = theirs();
+        merged.merge_batch(&state[..1], &[0, 0, 1, 2], 3).unwrap();
+        let mut restored = FusedAccumulator::with_output(kind, &data_type);
+        restored.merge_batch(&state[..1], &[0, 0, 1, 2], 3).unwrap();
+        let merged = merged.evaluate(EmitTo::All).unwrap();
+        same(
+            &merged,
+            &restored.evaluate(EmitTo::All).unwrap(),
+            &format!("{what} restored"),
+        );
+        same(
+            &merged.slice(0, 1),
+            &ours.evaluate_groups(&[0]),
+            &format!("{what} merged"),
+        );
+    }
+}
