@@ -609,7 +609,7 @@ CREATE STREAM visits AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) A
 CREATE STREAM visit_changes AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) AS started,
  COUNT(*) AS n, MAX(price) AS high FROM trades
  GROUP BY symbol, session(ts, INTERVAL '100' MILLISECOND) EMIT CHANGES;
-CREATE STREAM visit_volumes AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) AS started,
+CREATE STREAM visit_opens AS SELECT symbol, session(ts, INTERVAL '100' MILLISECOND) AS started,
  first_value(price ORDER BY ts) AS open, COUNT(*) AS n FROM trades
  GROUP BY symbol, session(ts, INTERVAL '100' MILLISECOND);
 CREATE STREAM moves AS SELECT symbol, ts, price,
@@ -641,7 +641,7 @@ CREATE STREAM last_bar AS SELECT a.symbol, a.ts, b.e, b.high
         "top3",
         "visits",
         "visit_changes",
-        "visit_volumes",
+        "visit_opens",
         "moves",
         "so_far",
         "last_bar",
