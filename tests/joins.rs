@@ -224,6 +224,139 @@ async fn interval_inner_join() {
     join_differential("", INNER, INNER, "j").await;
 }
 
+/// How a bound-edges test declares its times: BIGINT ms, `TIMESTAMP(3)`
+/// (ms) or `TIMESTAMP` (ns).
+#[derive(Clone, Copy, PartialEq)]
+enum EdgeTimes {
+    Bigint,
+    Millis,
+    Nanos,
+}
+
+/// Orders and trades whose time differences sit on and around the ends of
+/// `[-1000, 500]` ms: an order every 100 s and, per order, trades 998-1002
+/// ms before it, 498-502 ms after it and at the same instant.
+fn bound_edges(unit: EdgeTimes) -> (String, RecordBatch, RecordBatch) {
+    use datafusion::arrow::array::{
+        ArrayRef, Float64Array, TimestampMillisecondArray, TimestampNanosecondArray,
+    };
+    use datafusion::arrow::datatypes::TimeUnit;
+    let (time_type, sql_type) = match unit {
+        EdgeTimes::Bigint => (DataType::Int64, "BIGINT"),
+        EdgeTimes::Millis => (
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            "TIMESTAMP(3)",
+        ),
+        EdgeTimes::Nanos => (DataType::Timestamp(TimeUnit::Nanosecond, None), "TIMESTAMP"),
+    };
+    let times = |ms: Vec<i64>| -> ArrayRef {
+        match unit {
+            EdgeTimes::Bigint => Arc::new(Int64Array::from(ms)),
+            EdgeTimes::Millis => Arc::new(TimestampMillisecondArray::from(ms)),
+            EdgeTimes::Nanos => Arc::new(TimestampNanosecondArray::from_iter_values(
+                ms.into_iter().map(|t| t * 1_000_000),
+            )),
+        }
+    };
+    let order_ts: Vec<i64> = (0..20).map(|i| 1_700_000_000_000 + i * 100_000).collect();
+    let offsets: Vec<i64> = (-1002..=-998).chain(498..=502).chain([0]).collect();
+    let trade_ts: Vec<i64> = order_ts
+        .iter()
+        .flat_map(|&o| offsets.iter().map(move |&d| o + d))
+        .collect();
+    let schema = |first: (&str, DataType)| {
+        Arc::new(Schema::new(vec![
+            Field::new(first.0, first.1, false),
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("ts", time_type.clone(), false),
+        ]))
+    };
+    let orders = RecordBatch::try_new(
+        schema(("order_id", DataType::Int64)),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..order_ts.len() as i64)),
+            Arc::new(StringArray::from_iter_values(order_ts.iter().map(|_| "A"))),
+            times(order_ts.clone()),
+        ],
+    )
+    .unwrap();
+    let trades = RecordBatch::try_new(
+        schema(("price", DataType::Float64)),
+        vec![
+            Arc::new(Float64Array::from_iter_values(
+                (0..trade_ts.len()).map(|i| (i % 7) as f64 * 100.0),
+            )),
+            Arc::new(StringArray::from_iter_values(trade_ts.iter().map(|_| "A"))),
+            times(trade_ts),
+        ],
+    )
+    .unwrap();
+    let ddl = format!(
+        "CREATE SOURCE orders (order_id BIGINT NOT NULL, symbol VARCHAR NOT NULL, ts {sql_type} NOT NULL,
+           WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE SOURCE trades (price DOUBLE NOT NULL, symbol VARCHAR NOT NULL, ts {sql_type} NOT NULL,
+           WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)"
+    );
+    (ddl, orders, trades)
+}
+
+/// A join whose time bounds the operator checks on its own (whole-ms
+/// times, non-strict bounds) runs no per-pair filter for them; pairs on
+/// the bounds' ends are in or out exactly as the batch join says, in
+/// every form of the condition, and with nanosecond times (which keep the
+/// filter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_bounds_hold_exactly_at_their_ends() {
+    for unit in [EdgeTimes::Bigint, EdgeTimes::Millis, EdgeTimes::Nanos] {
+        let (ddl, orders, trades) = bound_edges(unit);
+        let (before, after) = if unit == EdgeTimes::Bigint {
+            ("1000", "500")
+        } else {
+            ("INTERVAL '1' SECOND", "INTERVAL '500' MILLISECOND")
+        };
+        let on = "SELECT o.order_id, t.price, t.ts FROM orders o JOIN trades t ON o.symbol = t.symbol AND";
+        let exact = unit != EdgeTimes::Nanos;
+        // (condition, whether the bounds alone decide, what else is
+        // filtered per pair)
+        let cases = [
+            (format!("t.ts BETWEEN o.ts - {before} AND o.ts + {after}"), exact, "o.ts"),
+            (format!("o.ts BETWEEN t.ts - {after} AND t.ts + {before}"), exact, "t.ts"),
+            (
+                format!("t.ts >= o.ts - {before} AND t.ts <= o.ts + {after} AND t.ts > o.ts - {before} - {before}"),
+                exact,
+                "o.ts",
+            ),
+            (format!("t.ts > o.ts - {before} AND t.ts < o.ts + {after}"), false, "o.ts"),
+            (
+                format!("t.ts BETWEEN o.ts - {before} AND o.ts + {after} AND t.price > o.order_id * 20"),
+                false,
+                "order_id",
+            ),
+        ];
+        for (condition, bounds_alone, filtered) in cases {
+            let query = format!("{on} {condition}");
+            let want = run_batch_join(&query, &orders, &trades).await;
+            assert!(row_count(&want) > 0, "{query}: the oracle returned nothing");
+            let full_ddl = format!("{ddl}; CREATE STREAM j AS {query}");
+            let db = LaminarDB::builder().shards(1).build().unwrap();
+            db.execute(&full_ddl).await.unwrap();
+            let plan = db.explain("j").unwrap();
+            if bounds_alone {
+                assert!(plan.contains("no pair filter"), "{query}: {plan}");
+            } else {
+                assert!(
+                    plan.contains("pairs filtered by") && plan.contains(filtered),
+                    "{query}: {plan}"
+                );
+            }
+            for (seed, max_batch) in [(1, 1), (2, 7), (3, 4096)] {
+                let (got, _) = run_join(&full_ddl, "j", &orders, &trades, seed, max_batch, 1).await;
+                assert_same_rows(&got, &want);
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_outer_joins() {
     for kind in ["LEFT", "RIGHT", "FULL OUTER"] {

@@ -14,11 +14,14 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Column;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, ExprSchemable, Join, JoinType, Operator};
 use laminar_operators::{EventTimeUnit, JoinMode, JoinSide};
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::join_bounds::{conjuncts, interval_bounds, shifted, show_ms, time_bound, SideOf};
+use crate::join_bounds::{
+    conjuncts, implied_by_bounds, interval_bounds, shifted, show_ms, time_bound, whole_ms, SideOf,
+};
 use crate::planner::{planning_error, unsupported, Lowering, Routing, StreamInput};
 
 /// One planned side, before the operator is chosen.
@@ -309,8 +312,23 @@ impl Lowering<'_> {
                     .map_err(planning_error)?,
             )
         };
-        let filter = join
-            .filter
+        // With plain bounds on whole-ms times, the operator's range check
+        // is exactly the bounds' conjuncts: only the rest runs per pair.
+        let exact_times = times.as_ref().filter(|(left, right)| {
+            has_bounds
+                && row_bound.is_none()
+                && whole_ms(left, join.left.schema())
+                && whole_ms(right, join.right.schema())
+        });
+        let pair_filter = match exact_times {
+            Some((left, right)) => conjunction(
+                all.iter()
+                    .filter(|c| !implied_by_bounds(join, c, (left, right), lower_ms, upper_ms))
+                    .cloned(),
+            ),
+            None => join.filter.clone(),
+        };
+        let filter = pair_filter
             .as_ref()
             .map(|f| self.physical(f, &pairs_schema))
             .transpose()?;
@@ -331,6 +349,10 @@ impl Lowering<'_> {
                 )
             }
             (Some(_), None) => format!("right - left in [{lower_ms}, {upper_ms}] ms"),
+        };
+        let bounds = match &pair_filter {
+            Some(f) => format!("{bounds}, pairs filtered by {f}"),
+            None => format!("{bounds}, no pair filter"),
         };
         let explain = format!(
             "{}[{} {}, {bounds}, {} post stage(s)] <- {} ({:?}), {} ({:?})",

@@ -229,6 +229,49 @@ pub(crate) fn interval_bounds(
     Ok((left, right, lower, upper))
 }
 
+/// Whether a conjunct holds for every pair with `right - left` in
+/// `[lower, upper]` ms, the times being the columns `left` and `right`:
+/// the join's range check on the stored times then does its work, and it
+/// need not run on each pair. The caller makes sure the columns hold whole
+/// ms, as the stored times do.
+pub(crate) fn implied_by_bounds(
+    join: &Join,
+    conjunct: &Expr,
+    (left, right): (&Column, &Column),
+    lower: i64,
+    upper: i64,
+) -> bool {
+    let Some(bound) = time_bound(join, conjunct) else {
+        return false;
+    };
+    if &bound.left != left || &bound.right != right {
+        return false;
+    }
+    match bound.op {
+        Operator::GtEq => bound.c_ms <= lower,
+        Operator::Gt => bound.c_ms < lower,
+        Operator::LtEq => bound.c_ms >= upper,
+        Operator::Lt => bound.c_ms > upper,
+        _ => false,
+    }
+}
+
+/// Whether a time column holds exactly the ms the join compares: BIGINT
+/// epoch ms or `TIMESTAMP(3)` without a time zone (with one, `+ INTERVAL
+/// '1' DAY` follows the zone's calendar, not 86,400,000 ms).
+pub(crate) fn whole_ms(column: &Column, schema: &DFSchema) -> bool {
+    schema.field_from_column(column).is_ok_and(|f| {
+        matches!(
+            f.data_type(),
+            arrow::datatypes::DataType::Int64
+                | arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Millisecond,
+                    None
+                )
+        )
+    })
+}
+
 /// Whether a time column counts finer than ms (its ms are rounded down).
 fn finer_than_ms(column: &Column, schema: &DFSchema) -> bool {
     schema.field_from_column(column).is_ok_and(|f| {
