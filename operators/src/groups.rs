@@ -301,6 +301,22 @@ impl OwnedKeys {
         }
     }
 
+    /// Row `row`'s key as bytes: equal bytes, equal keys (among keys of
+    /// one encoder), so a table may keep a copy of the bytes instead of the
+    /// batch they came from.
+    #[inline]
+    pub fn key_bytes(&self, row: usize) -> &[u8] {
+        match self {
+            OwnedKeys::Global => &[],
+            OwnedKeys::Utf8(array) => array.value(row).as_bytes(),
+            OwnedKeys::Int64(array) => {
+                let width = std::mem::size_of::<i64>();
+                &array.values().inner().as_slice()[row * width..(row + 1) * width]
+            }
+            OwnedKeys::Rows(rows) => rows.row(row).data(),
+        }
+    }
+
     /// Approximate bytes held beyond the batch's own columns.
     pub fn bytes(&self) -> usize {
         match self {

@@ -3,12 +3,13 @@
 //!
 //! A symmetric hash join over event-time buckets. Each side keeps its
 //! on-time rows in buckets of `width` ms of event time; a bucket holds a
-//! hash table from each key to its newest row and, per key, a chain of its
-//! rows (newest first). Keys are not copied: the table compares against the
-//! key columns kept with each stored batch, and emptied buckets are reused,
-//! so storing a row allocates nothing. A batch from one side probes the other side's buckets that
-//! overlap each row's time range, then its rows are stored on their own
-//! side. So every pair is found exactly once, when its later row arrives.
+//! hash table from each key to a chain of its rows (newest first) and a
+//! copy of each key's bytes, so a lookup reads the bucket's memory only,
+//! not the stored batches'. Emptied buckets are reused, so storing a row
+//! allocates nothing once they have grown. A batch from one side probes
+//! the other side's buckets that overlap each row's time range (each row's
+//! key hashed once), then its rows are stored on their own side. So every
+//! pair is found exactly once, when its later row arrives.
 //!
 //! The right side's time minus the left side's lies in `[lower, upper]`.
 //! When the left watermark passes `w`, no on-time left row is older than
@@ -34,7 +35,7 @@
 //!   i64::MAX`, sides without event time): one bucket per side, never
 //!   dropped before the end of input. State grows with every row kept.
 
-use arrow::array::{Array, Int64Array, RecordBatch, UInt8Array};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt8Array};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
@@ -42,8 +43,8 @@ use std::sync::Arc;
 
 use crate::groups::{KeyEncoder, OwnedKeys};
 use crate::join::{
-    filter_pairs, joined, nulls, passed, shared_encoder, take_rows, JoinMode, JoinSide, SideBatch,
-    StoredBatches,
+    filter_pairs, joined, nulls, passed, shared_encoder, take_columns, take_rows, JoinMode,
+    JoinSide, SideBatch, StoredBatches,
 };
 use crate::stage::{apply_all, emit_weighted, Stage};
 use crate::time_buckets::TimeBuckets;
@@ -120,16 +121,91 @@ struct Entry {
     /// The next older entry of the same key in the bucket, or `NONE`.
     next: u32,
     time_ms: i64,
+}
+
+/// One key's rows in a bucket.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    /// The key's newest entry.
+    newest: u32,
     key_hash: u64,
+    /// Where the key's bytes are in the bucket's `key_bytes`.
+    key_start: usize,
+    key_len: usize,
 }
 
 /// A side's rows with event time (or, on a side carrying a row bound, a
 /// bound) in `[start, start + width)`.
 #[derive(Default)]
 struct Bucket {
-    /// Key -> its newest entry (hashed by `Entry::key_hash`).
+    /// Key -> its chain (an index into `chains`), hashed by the key's hash.
     heads: HashTable<u32>,
+    chains: Vec<Chain>,
+    /// The chains' keys (see [`OwnedKeys::key_bytes`]), one after another.
+    key_bytes: Vec<u8>,
     entries: Vec<Entry>,
+}
+
+impl Bucket {
+    /// The chain of the key with these bytes and hash.
+    #[inline]
+    fn chain_of(&self, key_hash: u64, key: &[u8]) -> Option<&Chain> {
+        self.heads
+            .find(key_hash, |&c| {
+                let chain = &self.chains[c as usize];
+                chain.key_hash == key_hash
+                    && &self.key_bytes[chain.key_start..chain.key_start + chain.key_len] == key
+            })
+            .map(|&c| &self.chains[c as usize])
+    }
+
+    /// Appends an entry as the newest of its key's chain.
+    #[inline]
+    fn push(&mut self, key_hash: u64, key: &[u8], mut entry: Entry) {
+        let Bucket {
+            heads,
+            chains,
+            key_bytes,
+            entries,
+        } = self;
+        let index = entries.len() as u32;
+        let found = heads.find(key_hash, |&c| {
+            let chain = &chains[c as usize];
+            chain.key_hash == key_hash
+                && &key_bytes[chain.key_start..chain.key_start + chain.key_len] == key
+        });
+        entry.next = match found {
+            Some(&c) => std::mem::replace(&mut chains[c as usize].newest, index),
+            None => {
+                let c = chains.len() as u32;
+                chains.push(Chain {
+                    newest: index,
+                    key_hash,
+                    key_start: key_bytes.len(),
+                    key_len: key.len(),
+                });
+                key_bytes.extend_from_slice(key);
+                heads.insert_unique(key_hash, c, |&c| chains[c as usize].key_hash);
+                NONE
+            }
+        };
+        entries.push(entry);
+    }
+
+    /// Empty, keeping its memory.
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.chains.clear();
+        self.key_bytes.clear();
+        self.entries.clear();
+    }
+
+    fn bytes(&self) -> usize {
+        self.heads.capacity() * 5
+            + self.chains.capacity() * std::mem::size_of::<Chain>()
+            + self.key_bytes.capacity()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
 }
 
 /// What is kept with each stored batch.
@@ -169,29 +245,6 @@ impl Side {
     }
 }
 
-/// The newest entry of `bucket` whose key equals row `row` of `keys`.
-#[inline]
-fn head_of(
-    bucket: &Bucket,
-    batches: &StoredBatches<BatchExtra>,
-    key_hash: u64,
-    keys: &OwnedKeys,
-    row: usize,
-) -> Option<u32> {
-    bucket
-        .heads
-        .find(key_hash, |&e| {
-            let entry = &bucket.entries[e as usize];
-            entry.key_hash == key_hash
-                && batches
-                    .get(entry.batch)
-                    .extra
-                    .keys
-                    .key_eq(entry.row as usize, keys, row)
-        })
-        .copied()
-}
-
 /// An interval join on one shard.
 pub struct IntervalJoin {
     spec: IntervalJoinSpec,
@@ -200,8 +253,117 @@ pub struct IntervalJoin {
     sides: [Side; 2],
     late: u64,
     scratch_ms: Vec<i64>,
+    /// Reused per batch: each row's key hash.
+    hashes: Vec<u64>,
     /// Reused per probe: (probe row, stored batch, stored row).
     pairs: Vec<(u32, u64, u32)>,
+    /// The joined rows of a probe's pairs, as gathered.
+    pairs_shape: PairsShape,
+}
+
+/// Which columns of the joined rows a probe gathers: those the pair filter
+/// or the post stages read. The others are stood in for by slices of one
+/// all-NULL array each (kept, grown as needed), which cost no copy.
+struct PairsShape {
+    /// Per side, the side's columns read, in order.
+    read: [Vec<usize>; 2],
+    /// Per joined column, its stand-in when it is not read.
+    unread: Vec<Option<ArrayRef>>,
+    /// The left side's columns in the joined rows.
+    left_width: usize,
+    /// The joined schema, columns not read made nullable.
+    schema: SchemaRef,
+}
+
+impl PairsShape {
+    fn new(spec: &IntervalJoinSpec) -> Self {
+        let left_width = spec.left.schema.fields().len();
+        let width = spec.joined_schema.fields().len();
+        let mut read = match spec.mode {
+            JoinMode::Pairs => crate::stage::columns_read(&spec.post),
+            // The output is the left rows as they are; pairs only decide.
+            JoinMode::LeftSemi | JoinMode::LeftAnti => Some(Default::default()),
+        };
+        if let (Some(read), Some(filter)) = (read.as_mut(), &spec.filter) {
+            read.extend(
+                datafusion::physical_expr::utils::collect_columns(filter)
+                    .iter()
+                    .map(|c| c.index()),
+            );
+        }
+        let is_read = |j: usize| read.as_ref().is_none_or(|r| r.contains(&j));
+        let fields: Vec<arrow::datatypes::FieldRef> = spec
+            .joined_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(j, f)| {
+                if is_read(j) {
+                    Arc::clone(f)
+                } else {
+                    Arc::new(f.as_ref().clone().with_nullable(true))
+                }
+            })
+            .collect();
+        Self {
+            read: [
+                (0..left_width).filter(|&j| is_read(j)).collect(),
+                (left_width..width)
+                    .filter(|&j| is_read(j))
+                    .map(|j| j - left_width)
+                    .collect(),
+            ],
+            unread: (0..width)
+                .map(|j| {
+                    (!is_read(j)).then(|| arrow::array::new_null_array(fields[j].data_type(), 0))
+                })
+                .collect(),
+            left_width,
+            schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+        }
+    }
+
+    /// The joined rows of `rows` pairs from the read columns of each side.
+    fn batch(
+        &mut self,
+        left: Vec<ArrayRef>,
+        right: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<RecordBatch> {
+        let (mut left, mut right) = (left.into_iter(), right.into_iter());
+        let left_width = self.left_width;
+        let columns = self
+            .unread
+            .iter_mut()
+            .enumerate()
+            .map(|(j, stand_in)| match stand_in {
+                None => (if j < left_width {
+                    left.next()
+                } else {
+                    right.next()
+                })
+                .expect("one array per read column"),
+                Some(nulls) => {
+                    if nulls.len() < rows {
+                        *nulls = arrow::array::new_null_array(
+                            nulls.data_type(),
+                            rows.max(2 * nulls.len()),
+                        );
+                    }
+                    nulls.slice(0, rows)
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    fn bytes(&self) -> usize {
+        self.unread
+            .iter()
+            .flatten()
+            .map(|a| a.get_array_memory_size())
+            .sum()
+    }
 }
 
 impl std::fmt::Debug for IntervalJoin {
@@ -232,6 +394,7 @@ impl IntervalJoin {
         // side does.
         let left_tracked = spec.left_outer || spec.mode != JoinMode::Pairs;
         let sides = [Side::new(left_tracked), Side::new(spec.right_outer)];
+        let pairs_shape = PairsShape::new(&spec);
         Ok(Self {
             spec,
             encoder,
@@ -239,7 +402,9 @@ impl IntervalJoin {
             sides,
             late: 0,
             scratch_ms: Vec::new(),
+            hashes: Vec::new(),
             pairs: Vec::new(),
+            pairs_shape,
         })
     }
 
@@ -321,7 +486,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: &SideBatch,
-        keys: &OwnedKeys,
+        (keys, hashes): (&OwnedKeys, &[u64]),
         bounds: Option<&[i64]>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<Vec<u8>> {
@@ -336,11 +501,12 @@ impl IntervalJoin {
                 let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
                     continue;
                 };
-                let key_hash = self.encoder.hash_of(keys, row);
+                let (key_hash, key) = (hashes[row], keys.key_bytes(row));
                 for (_, bucket) in other.buckets.range(first, last) {
-                    let Some(mut e) = head_of(bucket, &other.batches, key_hash, keys, row) else {
+                    let Some(chain) = bucket.chain_of(key_hash, key) else {
                         continue;
                     };
+                    let mut e = chain.newest;
                     while e != NONE {
                         let entry = &bucket.entries[e as usize];
                         if (low..=high).contains(&entry.time_ms) {
@@ -368,14 +534,19 @@ impl IntervalJoin {
     ) -> Result<()> {
         let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
         let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
+        let shape = &mut self.pairs_shape;
         let stored_columns = self.sides[1 - port]
             .batches
-            .gather(&stored, self.side_schema(1 - port))?;
-        let probe_columns = take_rows(&input.rows, &probe_indices)?;
+            .gather_columns(&stored, shape.read[1 - port].iter().copied())?;
+        let probe_columns = take_columns(
+            &input.rows,
+            &probe_indices,
+            shape.read[port].iter().copied(),
+        )?;
         let rows = if port == 0 {
-            joined(&self.spec.joined_schema, probe_columns, stored_columns)?
+            shape.batch(probe_columns, stored_columns, pairs.len())?
         } else {
-            joined(&self.spec.joined_schema, stored_columns, probe_columns)?
+            shape.batch(stored_columns, probe_columns, pairs.len())?
         };
         let (rows, mask) = filter_pairs(self.spec.filter.as_ref(), rows)?;
         if self.spec.mode != JoinMode::Pairs {
@@ -493,7 +664,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        keys: OwnedKeys,
+        (keys, hashes): (OwnedKeys, &[u64]),
         bounds: Option<Vec<i64>>,
         matched: Vec<u8>,
     ) -> Result<()> {
@@ -519,36 +690,13 @@ impl IntervalJoin {
             let at = bounds.as_ref().map_or(t, |b| b[row]);
             let start = at.div_euclid(width).saturating_mul(width);
             let bucket = buckets.get_or_insert_with(start, || spare.pop().unwrap_or_default());
-            let key_hash = self.encoder.hash_of(keys, row);
-            let index = bucket.entries.len() as u32;
-            let next = match head_of(bucket, batches, key_hash, keys, row) {
-                Some(head) => {
-                    let slot = bucket
-                        .heads
-                        .find_mut(key_hash, |&e| e == head)
-                        .expect("found above");
-                    *slot = index;
-                    head
-                }
-                None => {
-                    let entries = &bucket.entries;
-                    bucket.heads.insert_unique(key_hash, index, |&e| {
-                        if e == index {
-                            key_hash
-                        } else {
-                            entries[e as usize].key_hash
-                        }
-                    });
-                    NONE
-                }
-            };
-            bucket.entries.push(Entry {
+            let entry = Entry {
                 batch: seq,
                 row: row as u32,
-                next,
+                next: NONE,
                 time_ms: t,
-                key_hash,
-            });
+            };
+            bucket.push(hashes[row], keys.key_bytes(row), entry);
         }
         side.rows += live;
         side.peak_buckets = side.peak_buckets.max(side.buckets.len());
@@ -593,15 +741,15 @@ impl IntervalJoin {
                 unmatched.clear();
             }
             let side = &mut self.sides[port];
-            for entry in &bucket.entries {
-                side.batches.release(entry.batch);
+            // Entries come in batches' order: release each run at once.
+            for run in bucket.entries.chunk_by(|a, b| a.batch == b.batch) {
+                side.batches.release_rows(run[0].batch, run.len());
             }
             // Keep as many as were ever in use at once (at least a few):
             // the next buckets reuse their memory.
             if side.spare.len() < SPARE_BUCKETS.max(side.peak_buckets) {
                 let mut bucket = bucket;
-                bucket.heads.clear();
-                bucket.entries.clear();
+                bucket.clear();
                 side.spare.push(bucket);
             }
         }
@@ -642,6 +790,33 @@ impl IntervalJoin {
             joined(&self.spec.joined_schema, padding, own)?
         };
         self.push_out(rows, weight, out)
+    }
+
+    /// After a probe: a changelog's padded outer rows, then the rows
+    /// stored on their side.
+    fn settle_and_store(
+        &mut self,
+        port: usize,
+        input: SideBatch,
+        keys: (OwnedKeys, &[u64]),
+        bounds: Option<Vec<i64>>,
+        mut matched: Vec<u8>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        if self.spec.changes.is_some() && self.sides[port].outer {
+            // A changelog shows an outer row at once, padded; a match
+            // retracts it.
+            let unmatched: Vec<u32> = (0..matched.len() as u32)
+                .filter(|&i| matched[i as usize] == UNMATCHED)
+                .collect();
+            if !unmatched.is_empty() {
+                self.emit_padded(port, take_rows(&input.rows, &unmatched)?, 1, out)?;
+                for i in unmatched {
+                    matched[i as usize] = PADDED;
+                }
+            }
+        }
+        self.store(port, input, keys, bounds, matched)
     }
 }
 
@@ -689,22 +864,16 @@ impl Operator for IntervalJoin {
             (None, None) => return Ok(()),
         };
         let keys = self.encoder.encode_owned(&input.key_arrays)?;
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.clear();
+        hashes.extend((0..input.rows.num_rows()).map(|row| self.encoder.hash_of(&keys, row)));
         let bounds = self.row_bounds(port, &input.rows)?;
-        let mut matched = self.probe(port, &input, &keys, bounds.as_deref(), out)?;
-        if self.spec.changes.is_some() && self.sides[port].outer {
-            // A changelog shows an outer row at once, padded; a match
-            // retracts it.
-            let unmatched: Vec<u32> = (0..matched.len() as u32)
-                .filter(|&i| matched[i as usize] == UNMATCHED)
-                .collect();
-            if !unmatched.is_empty() {
-                self.emit_padded(port, take_rows(&input.rows, &unmatched)?, 1, out)?;
-                for i in unmatched {
-                    matched[i as usize] = PADDED;
-                }
-            }
-        }
-        self.store(port, input, keys, bounds, matched)?;
+        let matched = self.probe(port, &input, (&keys, &hashes), bounds.as_deref(), out);
+        let stored = matched.and_then(|matched| {
+            self.settle_and_store(port, input, (keys, &hashes), bounds, matched, out)
+        });
+        self.hashes = hashes;
+        stored?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)
     }
@@ -821,6 +990,9 @@ impl Operator for IntervalJoin {
             };
             let key_arrays = crate::stage::evaluate_all(&side.keys, &rows)?;
             let keys = self.encoder.encode_owned(&key_arrays)?;
+            let hashes: Vec<u64> = (0..rows.num_rows())
+                .map(|row| self.encoder.hash_of(&keys, row))
+                .collect();
             let bounds = self.row_bounds(port, &rows)?;
             let input = SideBatch {
                 rows,
@@ -828,7 +1000,7 @@ impl Operator for IntervalJoin {
                 key_arrays,
                 null_keys: None,
             };
-            self.store(port, input, keys, bounds, states)?;
+            self.store(port, input, (keys, &hashes), bounds, states)?;
         }
         Ok(())
     }
@@ -837,16 +1009,9 @@ impl Operator for IntervalJoin {
         self.sides
             .iter()
             .map(|side| {
-                side.batches.bytes
-                    + side
-                        .buckets
-                        .values()
-                        .map(|b| {
-                            b.heads.capacity() * 5
-                                + b.entries.capacity() * std::mem::size_of::<Entry>()
-                        })
-                        .sum::<usize>()
+                side.batches.bytes + side.buckets.values().map(Bucket::bytes).sum::<usize>()
             })
-            .sum()
+            .sum::<usize>()
+            + self.pairs_shape.bytes()
     }
 }

@@ -216,7 +216,17 @@ pub(crate) fn gather(
     indices: &[(usize, usize)],
     schema: &SchemaRef,
 ) -> Result<Vec<ArrayRef>> {
-    (0..schema.fields().len())
+    gather_columns(batches, indices, 0..schema.fields().len())
+}
+
+/// [`gather`] of some columns only, in the order given.
+pub(crate) fn gather_columns(
+    batches: &[&RecordBatch],
+    indices: &[(usize, usize)],
+    columns: impl IntoIterator<Item = usize>,
+) -> Result<Vec<ArrayRef>> {
+    columns
+        .into_iter()
         .map(|c| {
             let columns: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
             Ok(interleave(&columns, indices)?)
@@ -239,11 +249,19 @@ pub enum JoinMode {
 
 /// Rows `indices` of one batch.
 pub(crate) fn take_rows(batch: &RecordBatch, indices: &[u32]) -> Result<Vec<ArrayRef>> {
+    take_columns(batch, indices, 0..batch.num_columns())
+}
+
+/// [`take_rows`] of some columns only, in the order given.
+pub(crate) fn take_columns(
+    batch: &RecordBatch,
+    indices: &[u32],
+    columns: impl IntoIterator<Item = usize>,
+) -> Result<Vec<ArrayRef>> {
     let indices = arrow::array::UInt32Array::from(indices.to_vec());
-    batch
-        .columns()
-        .iter()
-        .map(|c| Ok(take(c.as_ref(), &indices, None)?))
+    columns
+        .into_iter()
+        .map(|c| Ok(take(batch.column(c).as_ref(), &indices, None)?))
         .collect()
 }
 
@@ -350,11 +368,16 @@ impl<T> StoredBatches<T> {
 
     /// One row of batch `seq` is no longer referenced.
     pub fn release(&mut self, seq: u64) {
+        self.release_rows(seq, 1);
+    }
+
+    /// `rows` rows of batch `seq` are no longer referenced.
+    pub fn release_rows(&mut self, seq: u64, rows: usize) {
         let stored = self
             .slots
             .get_mut(&seq)
             .expect("a live row's batch is kept");
-        stored.live -= 1;
+        stored.live -= rows;
         if stored.live == 0 {
             self.bytes -= stored.rows.get_array_memory_size();
             self.slots.remove(&seq);
@@ -364,18 +387,36 @@ impl<T> StoredBatches<T> {
     /// Gathers rows `(seq, row)` of the stored batches as columns of
     /// `schema`.
     pub fn gather(&self, rows: &[(u64, u32)], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
-        let mut positions: std::collections::HashMap<u64, usize> = Default::default();
+        self.gather_columns(rows, 0..schema.fields().len())
+    }
+
+    /// [`StoredBatches::gather`] of some columns only, in the order given.
+    pub fn gather_columns(
+        &self,
+        rows: &[(u64, u32)],
+        columns: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut positions: hashbrown::HashMap<u64, usize> = Default::default();
         let mut batches: Vec<&RecordBatch> = Vec::new();
+        // Neighbouring rows mostly come from one batch: look up changes only.
+        let mut last: Option<(u64, usize)> = None;
         let indices: Vec<(usize, usize)> = rows
             .iter()
             .map(|&(seq, row)| {
-                let position = *positions.entry(seq).or_insert_with(|| {
-                    batches.push(&self.get(seq).rows);
-                    batches.len() - 1
-                });
+                let position = match last {
+                    Some((last_seq, position)) if last_seq == seq => position,
+                    _ => {
+                        let position = *positions.entry(seq).or_insert_with(|| {
+                            batches.push(&self.get(seq).rows);
+                            batches.len() - 1
+                        });
+                        last = Some((seq, position));
+                        position
+                    }
+                };
                 (position, row as usize)
             })
             .collect();
-        gather(&batches, &indices, schema)
+        gather_columns(&batches, &indices, columns)
     }
 }

@@ -141,6 +141,40 @@ impl Stage {
     }
 }
 
+/// The columns of a batch that `stages`' output depends on: what their
+/// projections compute from, their filters' predicates, and the columns a
+/// filter passes on; `None` when it may be every column (no stages, a last
+/// stage that passes its input through, an `UNNEST`).
+pub fn columns_read(stages: &[Stage]) -> Option<std::collections::HashSet<usize>> {
+    use datafusion::physical_expr::utils::collect_columns;
+    let reads = |expr: &Arc<dyn PhysicalExpr>| {
+        collect_columns(expr)
+            .into_iter()
+            .map(|c| c.index())
+            .collect::<Vec<_>>()
+    };
+    // What the stage after the current one reads of its output.
+    let mut needed: Option<std::collections::HashSet<usize>> = None;
+    for stage in stages.iter().rev() {
+        needed = match stage {
+            Stage::Project { exprs, .. } => Some(
+                exprs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| needed.as_ref().is_none_or(|n| n.contains(i)))
+                    .flat_map(|(_, e)| reads(e))
+                    .collect(),
+            ),
+            Stage::Filter(predicate) => needed.map(|mut n| {
+                n.extend(reads(predicate));
+                n
+            }),
+            Stage::Unnest { .. } => None,
+        };
+    }
+    needed
+}
+
 /// Evaluates each expression over `batch` into an array of its rows.
 pub fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
     Ok(exprs
@@ -310,5 +344,73 @@ impl Operator for Stateless {
 
     fn restore(&mut self, _state: &[RecordBatch]) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::Operator as BinaryOp;
+    use datafusion::physical_expr::expressions::{col, BinaryExpr};
+
+    fn schema() -> Schema {
+        Schema::new(
+            ["a", "b", "c", "d"]
+                .map(|name| Field::new(name, DataType::Int64, true))
+                .to_vec(),
+        )
+    }
+
+    fn column(name: &str) -> Arc<dyn PhysicalExpr> {
+        col(name, &schema()).unwrap()
+    }
+
+    fn sum(left: &str, right: &str) -> Arc<dyn PhysicalExpr> {
+        Arc::new(BinaryExpr::new(column(left), BinaryOp::Plus, column(right)))
+    }
+
+    fn project(exprs: Vec<Arc<dyn PhysicalExpr>>) -> Stage {
+        let fields: Vec<Field> = (0..exprs.len())
+            .map(|i| Field::new(format!("o{i}"), DataType::Int64, true))
+            .collect();
+        Stage::Project {
+            exprs,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    fn read(stages: &[Stage]) -> Option<Vec<usize>> {
+        columns_read(stages).map(|set| {
+            let mut columns: Vec<usize> = set.into_iter().collect();
+            columns.sort_unstable();
+            columns
+        })
+    }
+
+    #[test]
+    fn columns_read_follow_the_stages_backwards() {
+        // Nothing, or a filter last: the rows go out as they are.
+        assert_eq!(read(&[]), None);
+        assert_eq!(read(&[Stage::Filter(column("b"))]), None);
+        // A projection reads what its expressions read.
+        assert_eq!(
+            read(&[project(vec![column("a"), sum("c", "b")])]),
+            Some(vec![0, 1, 2])
+        );
+        // A filter before it adds its predicate's columns.
+        assert_eq!(
+            read(&[Stage::Filter(column("d")), project(vec![column("a")])]),
+            Some(vec![0, 3])
+        );
+        // A projection after another reads only some of its outputs: the
+        // first projection's unread outputs cost nothing.
+        assert_eq!(
+            read(&[
+                project(vec![column("a"), column("b"), sum("c", "d")]),
+                project(vec![column("c")])
+            ]),
+            Some(vec![2, 3])
+        );
     }
 }
