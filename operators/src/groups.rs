@@ -377,7 +377,7 @@ impl GroupTable {
 /// symbol or id) in two overlapping word loads instead of a `memcmp` call,
 /// which cost more than the hash probe itself on every row.
 #[inline]
-fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

@@ -41,7 +41,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
 use std::sync::Arc;
 
-use crate::groups::{KeyEncoder, OwnedKeys};
+use crate::groups::{bytes_eq, KeyEncoder, OwnedKeys};
 use crate::join::{
     filter_pairs, joined, nulls, passed, shared_encoder, take_columns, take_rows, JoinMode,
     JoinSide, SideBatch, StoredBatches,
@@ -123,69 +123,97 @@ struct Entry {
     time_ms: i64,
 }
 
+/// A key as a bucket compares it: its hash, its length and a word of its
+/// bytes inline (all of them for keys of up to 8 bytes: every BIGINT,
+/// most symbols, which then compare without leaving the hash table's
+/// slot), the rest in the bucket's `key_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyRef {
+    hash: u64,
+    head: u64,
+    len: usize,
+}
+
+impl KeyRef {
+    #[inline]
+    fn new(hash: u64, key: &[u8]) -> Self {
+        // Overlapping loads, no copy: a copy into a zeroed word followed
+        // by a word load stalls on store forwarding, on every row.
+        let n = key.len();
+        let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
+        let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
+        let head = match n {
+            0 => 0,
+            1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
+            4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
+            _ => word(0),
+        };
+        Self { hash, head, len: n }
+    }
+}
+
 /// One key's rows in a bucket.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
+    key: KeyRef,
+    /// Where the key's bytes are in the bucket's `key_bytes`, when it is
+    /// longer than 8 bytes.
+    key_start: usize,
     /// The key's newest entry.
     newest: u32,
-    key_hash: u64,
-    /// Where the key's bytes are in the bucket's `key_bytes`.
-    key_start: usize,
-    key_len: usize,
+}
+
+impl Chain {
+    #[inline]
+    fn is(&self, key: &KeyRef, bytes: &[u8], key_bytes: &[u8]) -> bool {
+        self.key == *key
+            && (key.len <= 8
+                || bytes_eq(&key_bytes[self.key_start..self.key_start + key.len], bytes))
+    }
 }
 
 /// A side's rows with event time (or, on a side carrying a row bound, a
 /// bound) in `[start, start + width)`.
 #[derive(Default)]
 struct Bucket {
-    /// Key -> its chain (an index into `chains`), hashed by the key's hash.
-    heads: HashTable<u32>,
-    chains: Vec<Chain>,
-    /// The chains' keys (see [`OwnedKeys::key_bytes`]), one after another.
+    /// Each key's chain, hashed by the key's hash.
+    chains: HashTable<Chain>,
+    /// The bytes of the chains' keys longer than 8 bytes (see
+    /// [`OwnedKeys::key_bytes`]), one after another.
     key_bytes: Vec<u8>,
     entries: Vec<Entry>,
 }
 
 impl Bucket {
-    /// The chain of the key with these bytes and hash.
+    /// The chain of the key with these bytes.
     #[inline]
-    fn chain_of(&self, key_hash: u64, key: &[u8]) -> Option<&Chain> {
-        self.heads
-            .find(key_hash, |&c| {
-                let chain = &self.chains[c as usize];
-                chain.key_hash == key_hash
-                    && &self.key_bytes[chain.key_start..chain.key_start + chain.key_len] == key
-            })
-            .map(|&c| &self.chains[c as usize])
+    fn chain_of(&self, key: &KeyRef, bytes: &[u8]) -> Option<&Chain> {
+        self.chains
+            .find(key.hash, |c| c.is(key, bytes, &self.key_bytes))
     }
 
     /// Appends an entry as the newest of its key's chain.
     #[inline]
-    fn push(&mut self, key_hash: u64, key: &[u8], mut entry: Entry) {
+    fn push(&mut self, key: &KeyRef, bytes: &[u8], mut entry: Entry) {
         let Bucket {
-            heads,
             chains,
             key_bytes,
             entries,
         } = self;
         let index = entries.len() as u32;
-        let found = heads.find(key_hash, |&c| {
-            let chain = &chains[c as usize];
-            chain.key_hash == key_hash
-                && &key_bytes[chain.key_start..chain.key_start + chain.key_len] == key
-        });
-        entry.next = match found {
-            Some(&c) => std::mem::replace(&mut chains[c as usize].newest, index),
+        entry.next = match chains.find_mut(key.hash, |c| c.is(key, bytes, key_bytes)) {
+            Some(chain) => std::mem::replace(&mut chain.newest, index),
             None => {
-                let c = chains.len() as u32;
-                chains.push(Chain {
+                let key_start = key_bytes.len();
+                if key.len > 8 {
+                    key_bytes.extend_from_slice(bytes);
+                }
+                let chain = Chain {
+                    key: *key,
+                    key_start,
                     newest: index,
-                    key_hash,
-                    key_start: key_bytes.len(),
-                    key_len: key.len(),
-                });
-                key_bytes.extend_from_slice(key);
-                heads.insert_unique(key_hash, c, |&c| chains[c as usize].key_hash);
+                };
+                chains.insert_unique(key.hash, chain, |c| c.key.hash);
                 NONE
             }
         };
@@ -194,15 +222,13 @@ impl Bucket {
 
     /// Empty, keeping its memory.
     fn clear(&mut self) {
-        self.heads.clear();
         self.chains.clear();
         self.key_bytes.clear();
         self.entries.clear();
     }
 
     fn bytes(&self) -> usize {
-        self.heads.capacity() * 5
-            + self.chains.capacity() * std::mem::size_of::<Chain>()
+        self.chains.capacity() * (std::mem::size_of::<Chain>() + 1)
             + self.key_bytes.capacity()
             + self.entries.capacity() * std::mem::size_of::<Entry>()
     }
@@ -408,10 +434,6 @@ impl IntervalJoin {
         })
     }
 
-    fn bucket_of(&self, t_ms: i64) -> i64 {
-        t_ms.div_euclid(self.width_ms).saturating_mul(self.width_ms)
-    }
-
     /// Rows stored on each side (for tests and metrics).
     pub fn stored_rows(&self) -> (usize, usize) {
         (self.sides[0].rows, self.sides[1].rows)
@@ -464,11 +486,14 @@ impl IntervalJoin {
         if low > high {
             return None;
         }
+        // A bucket holds `[start, start + width)`: those with a start in
+        // `(from - width, to]` hold times in `[from, to]`.
+        let after = |from: i64| from.saturating_sub(self.width_ms).saturating_add(1);
         if self.bounds_rows(1 - port) {
             // Bucketed by bound: those whose rows reach this row's time.
-            Some((self.bucket_of(t_ms), self.bucket_of(i64::MAX), low, high))
+            Some((after(t_ms), i64::MAX, low, high))
         } else {
-            Some((self.bucket_of(low), self.bucket_of(high), low, high))
+            Some((after(low), high, low, high))
         }
     }
 
@@ -496,14 +521,16 @@ impl IntervalJoin {
         pairs.clear();
         let other = &self.sides[1 - port];
         if !other.buckets.is_empty() {
+            let mut hint = 0;
             for (row, &t) in input.times_ms.iter().enumerate() {
                 let bound = bounds.map(|b| b[row]);
                 let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
                     continue;
                 };
-                let (key_hash, key) = (hashes[row], keys.key_bytes(row));
-                for (_, bucket) in other.buckets.range(first, last) {
-                    let Some(chain) = bucket.chain_of(key_hash, key) else {
+                let bytes = keys.key_bytes(row);
+                let key = KeyRef::new(hashes[row], bytes);
+                for (_, bucket) in other.buckets.range(first, last, &mut hint) {
+                    let Some(chain) = bucket.chain_of(&key, bytes) else {
                         continue;
                     };
                     let mut e = chain.newest;
@@ -686,17 +713,23 @@ impl IntervalJoin {
             ..
         } = side;
         let keys = &batches.get(seq).extra.keys;
+        // The bucket of the previous row: rows mostly come in time order.
+        let mut current = (i64::MAX, i64::MIN);
         for (row, &t) in input.times_ms.iter().enumerate() {
             let at = bounds.as_ref().map_or(t, |b| b[row]);
-            let start = at.div_euclid(width).saturating_mul(width);
-            let bucket = buckets.get_or_insert_with(start, || spare.pop().unwrap_or_default());
+            if !(current.0..current.1).contains(&at) {
+                let start = at.div_euclid(width).saturating_mul(width);
+                current = (start, start.saturating_add(width));
+            }
+            let bucket = buckets.get_or_insert_with(current.0, || spare.pop().unwrap_or_default());
             let entry = Entry {
                 batch: seq,
                 row: row as u32,
                 next: NONE,
                 time_ms: t,
             };
-            bucket.push(hashes[row], keys.key_bytes(row), entry);
+            let bytes = keys.key_bytes(row);
+            bucket.push(&KeyRef::new(hashes[row], bytes), bytes, entry);
         }
         side.rows += live;
         side.peak_buckets = side.peak_buckets.max(side.buckets.len());
@@ -1013,5 +1046,67 @@ impl Operator for IntervalJoin {
             })
             .sum::<usize>()
             + self.pairs_shape.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys that share their first 8 bytes, differ only in length or in
+    /// one byte, and all hash alike: each still gets a chain of its own
+    /// rows.
+    #[test]
+    fn bucket_chains_tell_keys_apart_past_their_first_8_bytes() {
+        let keys: [&[u8]; 17] = [
+            b"",
+            b"a",
+            b"ab",
+            b"ba",
+            b"abc",
+            b"acb",
+            b"abcd",
+            b"abce",
+            b"abcdefg",
+            b"abcdefh",
+            b"bbcdefg",
+            b"AAAA",
+            b"AAAA\0\0\0\0",
+            b"AAAAAAAA",
+            b"AAAAAAAA1",
+            b"AAAAAAAA2",
+            b"AAAAAAAA2-and-then-some",
+        ];
+        let mut bucket = Bucket::default();
+        for round in 0..3u32 {
+            for (i, key) in keys.iter().enumerate() {
+                let entry = Entry {
+                    batch: u64::from(round),
+                    row: i as u32,
+                    next: NONE,
+                    time_ms: 0,
+                };
+                bucket.push(&KeyRef::new(42, key), key, entry);
+            }
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let chain = bucket.chain_of(&KeyRef::new(42, key), key).expect("stored");
+            let mut rounds = Vec::new();
+            let mut e = chain.newest;
+            while e != NONE {
+                let entry = &bucket.entries[e as usize];
+                assert_eq!(entry.row as usize, i, "{key:?}");
+                rounds.push(entry.batch);
+                e = entry.next;
+            }
+            assert_eq!(rounds, [2, 1, 0], "{key:?}: newest first");
+        }
+        assert!(bucket
+            .chain_of(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
+            .is_none());
+        bucket.clear();
+        assert!(bucket
+            .chain_of(&KeyRef::new(42, b"AAAA"), b"AAAA")
+            .is_none());
     }
 }

@@ -85,9 +85,29 @@ impl<B> TimeBuckets<B> {
         }
     }
 
-    /// Buckets with `first <= start <= last`, in order.
-    pub fn range(&self, first: i64, last: i64) -> impl Iterator<Item = (i64, &B)> {
-        let from = self.lower_bound(first);
+    /// Buckets with `first <= start <= last`, in order. `hint` is where
+    /// the previous range began (0 at first): consecutive ranges over
+    /// times in order begin at the same bucket or the next, found without
+    /// a search.
+    pub fn range(
+        &self,
+        first: i64,
+        last: i64,
+        hint: &mut usize,
+    ) -> impl Iterator<Item = (i64, &B)> {
+        let begins_at = |at: usize| {
+            at < self.ring.len()
+                && self.ring[at].0 >= first
+                && (at == 0 || self.ring[at - 1].0 < first)
+        };
+        let from = if begins_at(*hint) {
+            *hint
+        } else if begins_at(*hint + 1) {
+            *hint + 1
+        } else {
+            self.lower_bound(first)
+        };
+        *hint = from;
         self.ring
             .range(from..)
             .take_while(move |&&(s, _)| s <= last)
@@ -125,6 +145,7 @@ mod tests {
         let mut ours: TimeBuckets<u32> = TimeBuckets::default();
         let mut model: BTreeMap<i64, u32> = BTreeMap::new();
         let mut now = 0i64;
+        let mut hint = 0;
         for step in 0..20_000u32 {
             match rng.random_range(0..10) {
                 0..=5 => {
@@ -136,8 +157,10 @@ mod tests {
                 6 | 7 => {
                     let first = now - rng.random_range(0..8);
                     let last = first + rng.random_range(0..4);
-                    let got: Vec<(i64, u32)> =
-                        ours.range(first, last).map(|(s, b)| (s, *b)).collect();
+                    let got: Vec<(i64, u32)> = ours
+                        .range(first, last, &mut hint)
+                        .map(|(s, b)| (s, *b))
+                        .collect();
                     let want: Vec<(i64, u32)> =
                         model.range(first..=last).map(|(s, b)| (*s, *b)).collect();
                     assert_eq!(got, want);
