@@ -106,6 +106,9 @@ const ROW_BOUND_BUCKET_MS: i64 = 1_000;
 
 const NONE: u32 = u32::MAX;
 
+/// The most joined rows gathered into one batch.
+const PAIRS_PER_BATCH: usize = 8192;
+
 /// A stored outer row's state (the per-row byte of an outer side).
 const UNMATCHED: u8 = 0;
 const MATCHED: u8 = 1;
@@ -544,11 +547,16 @@ impl IntervalJoin {
                 }
             }
         }
-        if !pairs.is_empty() {
-            self.emit_pairs(port, input, &pairs, &mut matched, out)?;
-        }
+        // Joined rows go out in batches of a bounded size, whatever the
+        // number of pairs (a wide bound over a hot key finds millions).
+        let emitted = pairs
+            .chunks(PAIRS_PER_BATCH)
+            .try_for_each(|chunk| self.emit_pairs(port, input, chunk, &mut matched, out));
+        // Keep the scratch of ordinary probes, not of a rare huge one.
+        pairs.clear();
+        pairs.shrink_to(4 * PAIRS_PER_BATCH);
         self.pairs = pairs;
-        Ok(matched)
+        emitted.map(|()| matched)
     }
 
     fn emit_pairs(
