@@ -130,11 +130,12 @@ struct Entry {
 /// bytes inline (all of them for keys of up to 8 bytes: every BIGINT,
 /// most symbols, which then compare without leaving the hash table's
 /// slot), the rest in the bucket's `key_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct KeyRef {
     hash: u64,
     head: u64,
-    len: usize,
+    /// The length, saturated (Arrow strings stop at 2 GiB anyway).
+    len: u32,
 }
 
 impl KeyRef {
@@ -151,27 +152,37 @@ impl KeyRef {
             4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
             _ => word(0),
         };
-        Self { hash, head, len: n }
+        Self {
+            hash,
+            head,
+            len: u32::try_from(n).unwrap_or(u32::MAX),
+        }
     }
 }
 
-/// One key's rows in a bucket.
+/// One key's rows in a bucket: its key (a [`KeyRef`], laid out flat so
+/// that the slot is 32 bytes) and its newest entry.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
-    key: KeyRef,
+    hash: u64,
+    head: u64,
     /// Where the key's bytes are in the bucket's `key_bytes`, when it is
     /// longer than 8 bytes.
     key_start: usize,
-    /// The key's newest entry.
+    len: u32,
     newest: u32,
 }
 
 impl Chain {
     #[inline]
     fn is(&self, key: &KeyRef, bytes: &[u8], key_bytes: &[u8]) -> bool {
-        self.key == *key
-            && (key.len <= 8
-                || bytes_eq(&key_bytes[self.key_start..self.key_start + key.len], bytes))
+        self.hash == key.hash
+            && self.head == key.head
+            && self.len == key.len
+            && (bytes.len() <= 8
+                || key_bytes
+                    .get(self.key_start..self.key_start + bytes.len())
+                    .is_some_and(|stored| bytes_eq(stored, bytes)))
     }
 }
 
@@ -208,15 +219,17 @@ impl Bucket {
             Some(chain) => std::mem::replace(&mut chain.newest, index),
             None => {
                 let key_start = key_bytes.len();
-                if key.len > 8 {
+                if bytes.len() > 8 {
                     key_bytes.extend_from_slice(bytes);
                 }
                 let chain = Chain {
-                    key: *key,
+                    hash: key.hash,
+                    head: key.head,
                     key_start,
+                    len: key.len,
                     newest: index,
                 };
-                chains.insert_unique(key.hash, chain, |c| c.key.hash);
+                chains.insert_unique(key.hash, chain, |c| c.hash);
                 NONE
             }
         };
@@ -1112,6 +1125,7 @@ mod tests {
         assert!(bucket
             .chain_of(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
             .is_none());
+        assert_eq!(std::mem::size_of::<Chain>(), 32, "a slot stays 32 bytes");
         bucket.clear();
         assert!(bucket
             .chain_of(&KeyRef::new(42, b"AAAA"), b"AAAA")
