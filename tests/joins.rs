@@ -303,8 +303,8 @@ fn bound_edges(unit: EdgeTimes) -> (String, RecordBatch, RecordBatch) {
 /// A join whose time bounds the operator checks on its own (whole-ms
 /// times, non-strict bounds) runs no per-pair filter for them; pairs on
 /// the bounds' ends are in or out exactly as the batch join says, in
-/// every form of the condition, and with nanosecond times (which keep the
-/// filter).
+/// every form of the condition, and with nanosecond times or a cast to a
+/// zoned timestamp (which keep the filter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_join_bounds_hold_exactly_at_their_ends() {
     for unit in [EdgeTimes::Bigint, EdgeTimes::Millis, EdgeTimes::Nanos] {
@@ -333,6 +333,23 @@ async fn interval_join_bounds_hold_exactly_at_their_ends() {
                 "order_id",
             ),
         ];
+        // A cast to a zoned timestamp: a day is the zone's calendar day.
+        let zoned = |column: &str| {
+            format!("arrow_cast({column}, 'Timestamp(Millisecond, Some(\"+01:00\"))')")
+        };
+        let zoned_case = (
+            format!(
+                "{} BETWEEN {} - {before} AND {} + {after}",
+                zoned("t.ts"),
+                zoned("o.ts"),
+                zoned("o.ts")
+            ),
+            false,
+            "o.ts",
+        );
+        let cases = cases
+            .into_iter()
+            .chain((unit == EdgeTimes::Millis).then_some(zoned_case));
         for (condition, bounds_alone, filtered) in cases {
             let query = format!("{on} {condition}");
             let want = run_batch_join(&query, &orders, &trades).await;

@@ -288,19 +288,6 @@ pub enum OwnedKeys {
 }
 
 impl OwnedKeys {
-    /// Whether row `row`'s key equals row `other_row` of `other` (keys of
-    /// the same encoder).
-    #[inline]
-    pub fn key_eq(&self, row: usize, other: &OwnedKeys, other_row: usize) -> bool {
-        match (self, other) {
-            (OwnedKeys::Global, OwnedKeys::Global) => true,
-            (OwnedKeys::Utf8(a), OwnedKeys::Utf8(b)) => a.value(row) == b.value(other_row),
-            (OwnedKeys::Int64(a), OwnedKeys::Int64(b)) => a.value(row) == b.value(other_row),
-            (OwnedKeys::Rows(a), OwnedKeys::Rows(b)) => a.row(row) == b.row(other_row),
-            _ => false,
-        }
-    }
-
     /// Row `row`'s key as bytes: equal bytes, equal keys (among keys of
     /// one encoder), so a table may keep a copy of the bytes instead of the
     /// batch they came from.

@@ -58,13 +58,15 @@ pub struct IntervalJoinSpec {
     pub left: JoinSide,
     /// Port 1.
     pub right: JoinSide,
-    /// Right time minus left time is at least this (ms; conservative: the
-    /// exact condition is `filter`).
+    /// Right time minus left time is at least this (ms). The probe checks
+    /// `[lower_ms, upper_ms]` exactly on the stored times, so the planner
+    /// may leave bounds it implies out of `filter`.
     pub lower_ms: i64,
     /// ... and at most this.
     pub upper_ms: i64,
-    /// The join condition besides the equal keys, over the joined rows
-    /// (left columns, then right columns).
+    /// What the join condition asks of a pair besides the equal keys and
+    /// the bounds checked above, over the joined rows (left columns, then
+    /// right columns).
     pub filter: Option<Arc<dyn PhysicalExpr>>,
     /// Left rows without a match are emitted (LEFT and FULL joins).
     pub left_outer: bool,
@@ -254,7 +256,6 @@ impl Bucket {
 struct BatchExtra {
     /// Each row's state (outer sides only).
     states: Vec<u8>,
-    keys: OwnedKeys,
 }
 
 /// Emptied buckets kept for reuse, per side, at least (up to the most
@@ -361,7 +362,10 @@ impl PairsShape {
                 })
                 .collect(),
             left_width,
-            schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+            schema: Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                fields,
+                spec.joined_schema.metadata().clone(),
+            )),
         }
     }
 
@@ -389,7 +393,7 @@ impl PairsShape {
                     if nulls.len() < rows {
                         *nulls = arrow::array::new_null_array(
                             nulls.data_type(),
-                            rows.max(2 * nulls.len()),
+                            rows.max(2 * nulls.len()).min(PAIRS_PER_BATCH.max(rows)),
                         );
                     }
                     nulls.slice(0, rows)
@@ -490,12 +494,24 @@ impl IntervalJoin {
         t_ms: i64,
         bound_ms: Option<i64>,
     ) -> Option<(i64, i64, i64, i64)> {
-        let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
-        let (low, mut high) = if port == 0 {
-            (t_ms.saturating_add(lower), t_ms.saturating_add(upper))
+        let (t, lower, upper) = (
+            i128::from(t_ms),
+            i128::from(self.spec.lower_ms),
+            i128::from(self.spec.upper_ms),
+        );
+        let (low, high) = if port == 0 {
+            (t + lower, t + upper)
         } else {
-            (t_ms.saturating_sub(upper), t_ms.saturating_sub(lower))
+            (t - upper, t - lower)
         };
+        // Exact at the ends of i64 too (the planner relies on this check
+        // being the bounds): a range wholly past an end matches nothing,
+        // one reaching past it is cut there.
+        if low > i128::from(i64::MAX) || high < i128::from(i64::MIN) {
+            return None;
+        }
+        let clamp = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        let (low, mut high) = (clamp(low), clamp(high));
         if let Some(bound) = bound_ms {
             high = high.min(bound);
         }
@@ -504,7 +520,7 @@ impl IntervalJoin {
         }
         // A bucket holds `[start, start + width)`: those with a start in
         // `(from - width, to]` hold times in `[from, to]`.
-        let after = |from: i64| from.saturating_sub(self.width_ms).saturating_add(1);
+        let after = |from: i64| from.saturating_sub(self.width_ms - 1);
         if self.bounds_rows(1 - port) {
             // Bucketed by bound: those whose rows reach this row's time.
             Some((after(t_ms), i64::MAX, low, high))
@@ -580,17 +596,27 @@ impl IntervalJoin {
         matched: &mut [u8],
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
-        let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
         let shape = &mut self.pairs_shape;
-        let stored_columns = self.sides[1 - port]
-            .batches
-            .gather_columns(&stored, shape.read[1 - port].iter().copied())?;
-        let probe_columns = take_columns(
-            &input.rows,
-            &probe_indices,
-            shape.read[port].iter().copied(),
-        )?;
+        // A side none of whose columns is read (a semi join without a
+        // condition on it) needs no indices either.
+        let stored_columns = if shape.read[1 - port].is_empty() {
+            Vec::new()
+        } else {
+            let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
+            self.sides[1 - port]
+                .batches
+                .gather_columns(&stored, shape.read[1 - port].iter().copied())?
+        };
+        let probe_columns = if shape.read[port].is_empty() {
+            Vec::new()
+        } else {
+            let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
+            take_columns(
+                &input.rows,
+                &probe_indices,
+                shape.read[port].iter().copied(),
+            )?
+        };
         let rows = if port == 0 {
             shape.batch(probe_columns, stored_columns, pairs.len())?
         } else {
@@ -712,7 +738,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        (keys, hashes): (OwnedKeys, &[u64]),
+        (keys, hashes): (&OwnedKeys, &[u64]),
         bounds: Option<Vec<i64>>,
         matched: Vec<u8>,
     ) -> Result<()> {
@@ -720,27 +746,23 @@ impl IntervalJoin {
         let side = &mut self.sides[port];
         let live = input.times_ms.len();
         let states = if side.outer { matched } else { Vec::new() };
-        // The batch goes first: its rows' keys are compared from there.
-        let seq = side
-            .batches
-            .push(input.rows, live, BatchExtra { states, keys });
+        let seq = side.batches.push(input.rows, live, BatchExtra { states });
         if live == 0 {
             return Ok(());
         }
-        let Side {
-            buckets,
-            batches,
-            spare,
-            ..
-        } = side;
-        let keys = &batches.get(seq).extra.keys;
+        let Side { buckets, spare, .. } = side;
         // The bucket of the previous row: rows mostly come in time order.
         let mut current = (i64::MAX, i64::MIN);
         for (row, &t) in input.times_ms.iter().enumerate() {
             let at = bounds.as_ref().map_or(t, |b| b[row]);
             if !(current.0..current.1).contains(&at) {
-                let start = at.div_euclid(width).saturating_mul(width);
-                current = (start, start.saturating_add(width));
+                // The start is clamped at i64::MIN; the end is the next
+                // bucket's start, so a clamped bucket holds no more.
+                let q = at.div_euclid(width);
+                current = (
+                    q.saturating_mul(width),
+                    q.saturating_add(1).saturating_mul(width),
+                );
             }
             let bucket = buckets.get_or_insert_with(current.0, || spare.pop().unwrap_or_default());
             let entry = Entry {
@@ -852,7 +874,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        keys: (OwnedKeys, &[u64]),
+        keys: (&OwnedKeys, &[u64]),
         bounds: Option<Vec<i64>>,
         mut matched: Vec<u8>,
         out: &mut Vec<RecordBatch>,
@@ -924,7 +946,7 @@ impl Operator for IntervalJoin {
         let bounds = self.row_bounds(port, &input.rows)?;
         let matched = self.probe(port, &input, (&keys, &hashes), bounds.as_deref(), out);
         let stored = matched.and_then(|matched| {
-            self.settle_and_store(port, input, (keys, &hashes), bounds, matched, out)
+            self.settle_and_store(port, input, (&keys, &hashes), bounds, matched, out)
         });
         self.hashes = hashes;
         stored?;
@@ -1054,7 +1076,7 @@ impl Operator for IntervalJoin {
                 key_arrays,
                 null_keys: None,
             };
-            self.store(port, input, (keys, &hashes), bounds, states)?;
+            self.store(port, input, (&keys, &hashes), bounds, states)?;
         }
         Ok(())
     }
@@ -1073,6 +1095,68 @@ impl Operator for IntervalJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::expressions::col;
+
+    /// An inner join on `k` with `right - left` in `[lower, upper]`.
+    fn join(lower_ms: i64, upper_ms: i64) -> IntervalJoin {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("ts", DataType::Int64, false),
+        ]));
+        let side = JoinSide {
+            pre: Vec::new(),
+            event_time: Some((1, crate::EventTimeUnit::EpochMillis)),
+            keys: vec![col("k", &schema).unwrap()],
+            schema: Arc::clone(&schema),
+        };
+        let joined = Arc::new(Schema::new(
+            [schema.fields().to_vec(), schema.fields().to_vec()].concat(),
+        ));
+        IntervalJoin::new(IntervalJoinSpec {
+            left: side.clone(),
+            right: side,
+            lower_ms,
+            upper_ms,
+            filter: None,
+            left_outer: false,
+            right_outer: false,
+            joined_schema: joined,
+            post: Vec::new(),
+            changes: None,
+            mode: JoinMode::Pairs,
+            row_bound: None,
+        })
+        .unwrap()
+    }
+
+    /// The times a probe accepts are exactly those within the bounds, at
+    /// the ends of i64 too (the planner drops the bounds from the pair
+    /// filter on that promise).
+    #[test]
+    fn probe_ranges_are_exact_at_the_ends_of_time() {
+        let (max, min) = (i64::MAX, i64::MIN);
+        let j = join(5, 10);
+        // Every right time would be past i64::MAX: nothing matches.
+        assert_eq!(j.probe_range(0, max - 2, None), None);
+        // Right rows probing: left times in [t - 10, t - 5].
+        assert_eq!(j.probe_range(1, min + 2, None), None);
+        let range = |port, t| {
+            j.probe_range(port, t, None)
+                .map(|(_, _, low, high)| (low, high))
+        };
+        assert_eq!(range(0, max - 7), Some((max - 2, max)));
+        assert_eq!(range(1, min + 7), Some((min, min + 2)));
+        assert_eq!(range(0, 100), Some((105, 110)));
+        let j = join(-10, 10);
+        assert_eq!(
+            j.probe_range(0, max - 1, None).map(|(_, _, l, h)| (l, h)),
+            Some((max - 11, max))
+        );
+        // A bucket starting at i64::MIN (clamped) is still looked in.
+        let (first, _, _, _) = j.probe_range(0, min + 5, None).unwrap();
+        assert_eq!(first, min);
+    }
 
     /// Keys that share their first 8 bytes, differ only in length or in
     /// one byte, and all hash alike: each still gets a chain of its own

@@ -244,7 +244,7 @@ pub(crate) fn implied_by_bounds(
     let Some(bound) = time_bound(join, conjunct) else {
         return false;
     };
-    if &bound.left != left || &bound.right != right {
+    if &bound.left != left || &bound.right != right || casts_to_a_zone(conjunct) {
         return false;
     }
     match bound.op {
@@ -254,6 +254,19 @@ pub(crate) fn implied_by_bounds(
         Operator::Lt => bound.c_ms > upper,
         _ => false,
     }
+}
+
+/// Whether `expr` casts something to a timestamp with a time zone, where
+/// `+ INTERVAL '1' DAY` follows the zone's calendar.
+fn casts_to_a_zone(expr: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    expr.exists(|e| {
+        Ok(matches!(e, Expr::Cast(cast) if matches!(
+            cast.field.data_type(),
+            arrow::datatypes::DataType::Timestamp(_, Some(_))
+        )))
+    })
+    .unwrap_or(true)
 }
 
 /// Whether a time column holds exactly the ms the join compares: BIGINT
