@@ -102,6 +102,14 @@ pub struct RowBound {
     pub offset_ms: i64,
 }
 
+/// Bucket width of a join with constant bounds, in spans of the bounds
+/// (`upper - lower`). Wider buckets hold more of each key's rows: a key's
+/// table slot is shared by more rows, and a probe looks at fewer buckets
+/// (hash lookups, mostly cache misses) but walks more entries of its key
+/// that turn out to be out of range (reads of the bucket's own entries).
+/// Rows outlive their last match by up to a bucket.
+const BUCKET_SPANS: i64 = 4;
+
 /// Bucket width, in ms, of a join with a row bound: the constant bounds
 /// do not say how far apart matching rows are.
 const ROW_BOUND_BUCKET_MS: i64 = 1_000;
@@ -427,11 +435,15 @@ impl IntervalJoin {
     /// A join with empty state.
     pub fn new(spec: IntervalJoinSpec) -> Result<Self> {
         let encoder = shared_encoder(&spec.left, &spec.right)?;
-        // A probe looks at about three buckets; rows outlive their last
+        // A probe looks at one or two buckets; rows outlive their last
         // possible match by at most one bucket.
         let width_ms = match spec.row_bound {
             Some(_) => ROW_BOUND_BUCKET_MS,
-            None => spec.upper_ms.saturating_sub(spec.lower_ms).max(1),
+            None => spec
+                .upper_ms
+                .saturating_sub(spec.lower_ms)
+                .max(1)
+                .saturating_mul(BUCKET_SPANS),
         };
         if let Some(bound) = &spec.row_bound {
             assert!(bound.port < 2, "a join has two sides");
