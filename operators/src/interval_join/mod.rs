@@ -35,13 +35,13 @@
 //!   i64::MAX`, sides without event time): one bucket per side, never
 //!   dropped before the end of input. State grows with every row kept.
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt8Array};
+use arrow::array::{Array, Int64Array, RecordBatch, UInt8Array};
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::Result;
 use std::sync::Arc;
 
-use crate::groups::{bytes_eq, KeyEncoder, OwnedKeys};
+use crate::groups::{KeyEncoder, OwnedKeys};
 use crate::join::{
     filter_pairs, joined, nulls, passed, shared_encoder, take_columns, take_rows, JoinMode,
     JoinSide, SideBatch, StoredBatches,
@@ -49,7 +49,12 @@ use crate::join::{
 use crate::stage::{apply_all, emit_weighted, Stage};
 use crate::time_buckets::TimeBuckets;
 use crate::{BatchTime, Operator};
-use hashbrown::HashTable;
+
+mod bucket;
+mod pairs;
+
+use bucket::{Bucket, Entry, KeyRef, NONE};
+use pairs::{PairsShape, PAIRS_PER_BATCH};
 
 /// Everything needed to build an interval join on a shard.
 #[derive(Debug, Clone)]
@@ -114,151 +119,11 @@ const BUCKET_SPANS: i64 = 4;
 /// do not say how far apart matching rows are.
 const ROW_BOUND_BUCKET_MS: i64 = 1_000;
 
-const NONE: u32 = u32::MAX;
-
-/// The most joined rows gathered into one batch.
-const PAIRS_PER_BATCH: usize = 8192;
-
 /// A stored outer row's state (the per-row byte of an outer side).
 const UNMATCHED: u8 = 0;
 const MATCHED: u8 = 1;
 /// Unmatched and already emitted padded (`EMIT CHANGES`).
 const PADDED: u8 = 2;
-
-/// One stored row.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// The stored batch it is in (a sequence number).
-    batch: u64,
-    row: u32,
-    /// The next older entry of the same key in the bucket, or `NONE`.
-    next: u32,
-    time_ms: i64,
-}
-
-/// A key as a bucket compares it: its hash, its length and a word of its
-/// bytes inline (all of them for keys of up to 8 bytes: every BIGINT,
-/// most symbols, which then compare without leaving the hash table's
-/// slot), the rest in the bucket's `key_bytes`.
-#[derive(Debug, Clone, Copy)]
-struct KeyRef {
-    hash: u64,
-    head: u64,
-    /// The length, saturated (Arrow strings stop at 2 GiB anyway).
-    len: u32,
-}
-
-impl KeyRef {
-    #[inline]
-    fn new(hash: u64, key: &[u8]) -> Self {
-        // Overlapping loads, no copy: a copy into a zeroed word followed
-        // by a word load stalls on store forwarding, on every row.
-        let n = key.len();
-        let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
-        let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
-        let head = match n {
-            0 => 0,
-            1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
-            4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
-            _ => word(0),
-        };
-        Self {
-            hash,
-            head,
-            len: u32::try_from(n).unwrap_or(u32::MAX),
-        }
-    }
-}
-
-/// One key's rows in a bucket: its key (a [`KeyRef`], laid out flat so
-/// that the slot is 32 bytes) and its newest entry.
-#[derive(Debug, Clone, Copy)]
-struct Chain {
-    hash: u64,
-    head: u64,
-    /// Where the key's bytes are in the bucket's `key_bytes`, when it is
-    /// longer than 8 bytes.
-    key_start: usize,
-    len: u32,
-    newest: u32,
-}
-
-impl Chain {
-    #[inline]
-    fn is(&self, key: &KeyRef, bytes: &[u8], key_bytes: &[u8]) -> bool {
-        self.hash == key.hash
-            && self.head == key.head
-            && self.len == key.len
-            && (bytes.len() <= 8
-                || key_bytes
-                    .get(self.key_start..self.key_start + bytes.len())
-                    .is_some_and(|stored| bytes_eq(stored, bytes)))
-    }
-}
-
-/// A side's rows with event time (or, on a side carrying a row bound, a
-/// bound) in `[start, start + width)`.
-#[derive(Default)]
-struct Bucket {
-    /// Each key's chain, hashed by the key's hash.
-    chains: HashTable<Chain>,
-    /// The bytes of the chains' keys longer than 8 bytes (see
-    /// [`OwnedKeys::key_bytes`]), one after another.
-    key_bytes: Vec<u8>,
-    entries: Vec<Entry>,
-}
-
-impl Bucket {
-    /// The chain of the key with these bytes.
-    #[inline]
-    fn chain_of(&self, key: &KeyRef, bytes: &[u8]) -> Option<&Chain> {
-        self.chains
-            .find(key.hash, |c| c.is(key, bytes, &self.key_bytes))
-    }
-
-    /// Appends an entry as the newest of its key's chain.
-    #[inline]
-    fn push(&mut self, key: &KeyRef, bytes: &[u8], mut entry: Entry) {
-        let Bucket {
-            chains,
-            key_bytes,
-            entries,
-        } = self;
-        let index = entries.len() as u32;
-        entry.next = match chains.find_mut(key.hash, |c| c.is(key, bytes, key_bytes)) {
-            Some(chain) => std::mem::replace(&mut chain.newest, index),
-            None => {
-                let key_start = key_bytes.len();
-                if bytes.len() > 8 {
-                    key_bytes.extend_from_slice(bytes);
-                }
-                let chain = Chain {
-                    hash: key.hash,
-                    head: key.head,
-                    key_start,
-                    len: key.len,
-                    newest: index,
-                };
-                chains.insert_unique(key.hash, chain, |c| c.hash);
-                NONE
-            }
-        };
-        entries.push(entry);
-    }
-
-    /// Empty, keeping its memory.
-    fn clear(&mut self) {
-        self.chains.clear();
-        self.key_bytes.clear();
-        self.entries.clear();
-    }
-
-    fn bytes(&self) -> usize {
-        self.chains.capacity() * (std::mem::size_of::<Chain>() + 1)
-            + self.key_bytes.capacity()
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
-    }
-}
 
 /// What is kept with each stored batch.
 struct BatchExtra {
@@ -310,114 +175,6 @@ pub struct IntervalJoin {
     pairs: Vec<(u32, u64, u32)>,
     /// The joined rows of a probe's pairs, as gathered.
     pairs_shape: PairsShape,
-}
-
-/// Which columns of the joined rows a probe gathers: those the pair filter
-/// or the post stages read. The others are stood in for by slices of one
-/// all-NULL array each (kept, grown as needed), which cost no copy.
-struct PairsShape {
-    /// Per side, the side's columns read, in order.
-    read: [Vec<usize>; 2],
-    /// Per joined column, its stand-in when it is not read.
-    unread: Vec<Option<ArrayRef>>,
-    /// The left side's columns in the joined rows.
-    left_width: usize,
-    /// The joined schema, columns not read made nullable.
-    schema: SchemaRef,
-}
-
-impl PairsShape {
-    fn new(spec: &IntervalJoinSpec) -> Self {
-        let left_width = spec.left.schema.fields().len();
-        let width = spec.joined_schema.fields().len();
-        let mut read = match spec.mode {
-            JoinMode::Pairs => crate::stage::columns_read(&spec.post),
-            // The output is the left rows as they are; pairs only decide.
-            JoinMode::LeftSemi | JoinMode::LeftAnti => Some(Default::default()),
-        };
-        if let (Some(read), Some(filter)) = (read.as_mut(), &spec.filter) {
-            read.extend(
-                datafusion::physical_expr::utils::collect_columns(filter)
-                    .iter()
-                    .map(|c| c.index()),
-            );
-        }
-        let is_read = |j: usize| read.as_ref().is_none_or(|r| r.contains(&j));
-        let fields: Vec<arrow::datatypes::FieldRef> = spec
-            .joined_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(j, f)| {
-                if is_read(j) {
-                    Arc::clone(f)
-                } else {
-                    Arc::new(f.as_ref().clone().with_nullable(true))
-                }
-            })
-            .collect();
-        Self {
-            read: [
-                (0..left_width).filter(|&j| is_read(j)).collect(),
-                (left_width..width)
-                    .filter(|&j| is_read(j))
-                    .map(|j| j - left_width)
-                    .collect(),
-            ],
-            unread: (0..width)
-                .map(|j| {
-                    (!is_read(j)).then(|| arrow::array::new_null_array(fields[j].data_type(), 0))
-                })
-                .collect(),
-            left_width,
-            schema: Arc::new(arrow::datatypes::Schema::new_with_metadata(
-                fields,
-                spec.joined_schema.metadata().clone(),
-            )),
-        }
-    }
-
-    /// The joined rows of `rows` pairs from the read columns of each side.
-    fn batch(
-        &mut self,
-        left: Vec<ArrayRef>,
-        right: Vec<ArrayRef>,
-        rows: usize,
-    ) -> Result<RecordBatch> {
-        let (mut left, mut right) = (left.into_iter(), right.into_iter());
-        let left_width = self.left_width;
-        let columns = self
-            .unread
-            .iter_mut()
-            .enumerate()
-            .map(|(j, stand_in)| match stand_in {
-                None => (if j < left_width {
-                    left.next()
-                } else {
-                    right.next()
-                })
-                .expect("one array per read column"),
-                Some(nulls) => {
-                    if nulls.len() < rows {
-                        *nulls = arrow::array::new_null_array(
-                            nulls.data_type(),
-                            rows.max(2 * nulls.len()).min(PAIRS_PER_BATCH.max(rows)),
-                        );
-                    }
-                    nulls.slice(0, rows)
-                }
-            })
-            .collect();
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
-    }
-
-    fn bytes(&self) -> usize {
-        self.unread
-            .iter()
-            .flatten()
-            .map(|a| a.get_array_memory_size())
-            .sum()
-    }
 }
 
 impl std::fmt::Debug for IntervalJoin {
@@ -1168,63 +925,5 @@ mod tests {
         // A bucket starting at i64::MIN (clamped) is still looked in.
         let (first, _, _, _) = j.probe_range(0, min + 5, None).unwrap();
         assert_eq!(first, min);
-    }
-
-    /// Keys that share their first 8 bytes, differ only in length or in
-    /// one byte, and all hash alike: each still gets a chain of its own
-    /// rows.
-    #[test]
-    fn bucket_chains_tell_keys_apart_past_their_first_8_bytes() {
-        let keys: [&[u8]; 17] = [
-            b"",
-            b"a",
-            b"ab",
-            b"ba",
-            b"abc",
-            b"acb",
-            b"abcd",
-            b"abce",
-            b"abcdefg",
-            b"abcdefh",
-            b"bbcdefg",
-            b"AAAA",
-            b"AAAA\0\0\0\0",
-            b"AAAAAAAA",
-            b"AAAAAAAA1",
-            b"AAAAAAAA2",
-            b"AAAAAAAA2-and-then-some",
-        ];
-        let mut bucket = Bucket::default();
-        for round in 0..3u32 {
-            for (i, key) in keys.iter().enumerate() {
-                let entry = Entry {
-                    batch: u64::from(round),
-                    row: i as u32,
-                    next: NONE,
-                    time_ms: 0,
-                };
-                bucket.push(&KeyRef::new(42, key), key, entry);
-            }
-        }
-        for (i, key) in keys.iter().enumerate() {
-            let chain = bucket.chain_of(&KeyRef::new(42, key), key).expect("stored");
-            let mut rounds = Vec::new();
-            let mut e = chain.newest;
-            while e != NONE {
-                let entry = &bucket.entries[e as usize];
-                assert_eq!(entry.row as usize, i, "{key:?}");
-                rounds.push(entry.batch);
-                e = entry.next;
-            }
-            assert_eq!(rounds, [2, 1, 0], "{key:?}: newest first");
-        }
-        assert!(bucket
-            .chain_of(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
-            .is_none());
-        assert_eq!(std::mem::size_of::<Chain>(), 32, "a slot stays 32 bytes");
-        bucket.clear();
-        assert!(bucket
-            .chain_of(&KeyRef::new(42, b"AAAA"), b"AAAA")
-            .is_none());
     }
 }
