@@ -56,35 +56,6 @@ impl<B> TimeBuckets<B> {
         &mut self.ring[index].1
     }
 
-    /// The index of the first bucket starting at or after `start`.
-    #[inline]
-    fn lower_bound(&self, start: i64) -> usize {
-        // Buckets are mostly evenly spaced (one per width, none missing):
-        // guess by interpolation, check, and search only when wrong.
-        let (Some(&(front, _)), Some(&(back, _))) = (self.ring.front(), self.ring.back()) else {
-            return 0;
-        };
-        if start <= front {
-            return 0;
-        }
-        if start > back {
-            return self.ring.len();
-        }
-        // Both positive: (a + b - 1) / b rounds up. Spans past i64 (times
-        // near its ends) take the search.
-        let guess = || {
-            let span = start
-                .checked_sub(front)?
-                .checked_mul((self.ring.len() - 1) as i64)?;
-            let total = back.checked_sub(front)?;
-            Some((span.checked_add(total - 1)? / total) as usize)
-        };
-        match guess() {
-            Some(at) if self.ring[at].0 >= start && self.ring[at - 1].0 < start => at,
-            _ => self.ring.partition_point(|&(s, _)| s < start),
-        }
-    }
-
     /// Buckets with `first <= start <= last`, in order. `hint` is where
     /// the previous range began (0 at first): consecutive ranges over
     /// times in order begin at the same bucket or the next, found without
@@ -105,7 +76,7 @@ impl<B> TimeBuckets<B> {
         } else if begins_at(*hint + 1) {
             *hint + 1
         } else {
-            self.lower_bound(first)
+            self.ring.partition_point(|&(s, _)| s < first)
         };
         *hint = from;
         self.ring

@@ -169,8 +169,8 @@ pub struct IntervalJoin {
     sides: [Side; 2],
     late: u64,
     scratch_ms: Vec<i64>,
-    /// Reused per batch: each row's key hash.
-    hashes: Vec<u64>,
+    /// Reused per batch: each row's key as the buckets compare it.
+    key_refs: Vec<KeyRef>,
     /// Reused per probe: (probe row, stored batch, stored row).
     pairs: Vec<(u32, u64, u32)>,
     /// The joined rows of a probe's pairs, as gathered.
@@ -217,7 +217,7 @@ impl IntervalJoin {
             sides,
             late: 0,
             scratch_ms: Vec::new(),
-            hashes: Vec::new(),
+            key_refs: Vec::new(),
             pairs: Vec::new(),
             pairs_shape,
         })
@@ -226,6 +226,13 @@ impl IntervalJoin {
     /// Rows stored on each side (for tests and metrics).
     pub fn stored_rows(&self) -> (usize, usize) {
         (self.sides[0].rows, self.sides[1].rows)
+    }
+
+    /// Row `row`'s key as the buckets compare it (hashed once per batch,
+    /// for the probe and the store).
+    #[inline]
+    fn key_ref(&self, keys: &OwnedKeys, row: usize) -> KeyRef {
+        KeyRef::new(self.encoder.hash_of(keys, row), keys.key_bytes(row))
     }
 
     /// Whether `port`'s rows carry a row bound (and are bucketed by it).
@@ -312,7 +319,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: &SideBatch,
-        (keys, hashes): (&OwnedKeys, &[u64]),
+        (keys, key_refs): (&OwnedKeys, &[KeyRef]),
         bounds: Option<&[i64]>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<Vec<u8>> {
@@ -329,9 +336,9 @@ impl IntervalJoin {
                     continue;
                 };
                 let bytes = keys.key_bytes(row);
-                let key = KeyRef::new(hashes[row], bytes);
+                let key = &key_refs[row];
                 for (_, bucket) in other.buckets.range(first, last, &mut hint) {
-                    let Some(chain) = bucket.chain_of(&key, bytes) else {
+                    let Some(chain) = bucket.chain_of(key, bytes) else {
                         continue;
                     };
                     let mut e = chain.newest;
@@ -507,7 +514,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        (keys, hashes): (&OwnedKeys, &[u64]),
+        (keys, key_refs): (&OwnedKeys, &[KeyRef]),
         bounds: Option<Vec<i64>>,
         matched: Vec<u8>,
     ) -> Result<()> {
@@ -541,7 +548,7 @@ impl IntervalJoin {
                 time_ms: t,
             };
             let bytes = keys.key_bytes(row);
-            bucket.push(&KeyRef::new(hashes[row], bytes), bytes, entry);
+            bucket.push(&key_refs[row], bytes, entry);
         }
         side.rows += live;
         side.peak_buckets = side.peak_buckets.max(side.buckets.len());
@@ -643,7 +650,7 @@ impl IntervalJoin {
         &mut self,
         port: usize,
         input: SideBatch,
-        keys: (&OwnedKeys, &[u64]),
+        keys: (&OwnedKeys, &[KeyRef]),
         bounds: Option<Vec<i64>>,
         mut matched: Vec<u8>,
         out: &mut Vec<RecordBatch>,
@@ -709,15 +716,15 @@ impl Operator for IntervalJoin {
             (None, None) => return Ok(()),
         };
         let keys = self.encoder.encode_owned(&input.key_arrays)?;
-        let mut hashes = std::mem::take(&mut self.hashes);
-        hashes.clear();
-        hashes.extend((0..input.rows.num_rows()).map(|row| self.encoder.hash_of(&keys, row)));
+        let mut key_refs = std::mem::take(&mut self.key_refs);
+        key_refs.clear();
+        key_refs.extend((0..input.rows.num_rows()).map(|row| self.key_ref(&keys, row)));
         let bounds = self.row_bounds(port, &input.rows)?;
-        let matched = self.probe(port, &input, (&keys, &hashes), bounds.as_deref(), out);
+        let matched = self.probe(port, &input, (&keys, &key_refs), bounds.as_deref(), out);
         let stored = matched.and_then(|matched| {
-            self.settle_and_store(port, input, (&keys, &hashes), bounds, matched, out)
+            self.settle_and_store(port, input, (&keys, &key_refs), bounds, matched, out)
         });
-        self.hashes = hashes;
+        self.key_refs = key_refs;
         stored?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)
@@ -835,8 +842,8 @@ impl Operator for IntervalJoin {
             };
             let key_arrays = crate::stage::evaluate_all(&side.keys, &rows)?;
             let keys = self.encoder.encode_owned(&key_arrays)?;
-            let hashes: Vec<u64> = (0..rows.num_rows())
-                .map(|row| self.encoder.hash_of(&keys, row))
+            let key_refs: Vec<KeyRef> = (0..rows.num_rows())
+                .map(|row| self.key_ref(&keys, row))
                 .collect();
             let bounds = self.row_bounds(port, &rows)?;
             let input = SideBatch {
@@ -845,7 +852,7 @@ impl Operator for IntervalJoin {
                 key_arrays,
                 null_keys: None,
             };
-            self.store(port, input, (&keys, &hashes), bounds, states)?;
+            self.store(port, input, (&keys, &key_refs), bounds, states)?;
         }
         Ok(())
     }
