@@ -41,13 +41,15 @@
 //! # }
 //! ```
 //!
-//! Modules: [`source`] (pushing rows, the router), [`subscription`]
+//! Modules: [`source`] (pushing rows, the router), [`generator`] (input
+//! made inside the shards), [`subscription`]
 //! (reading results), [`metrics`]; the pipeline's shard loop is in
 //! `pipeline.rs`.
 
 mod alignment;
 mod checkpoint;
 mod describe;
+pub mod generator;
 mod graph;
 mod key_watermark;
 mod lookup;
@@ -165,6 +167,7 @@ pub use arrow;
 pub use checkpoint::CheckpointInfo;
 pub use datafusion::common::ScalarValue;
 pub use describe::Description;
+pub use generator::{Generation, Generator};
 pub use laminar_runtime::{Error, ErrorCode, Result};
 /// Whether expressions run as Cranelift kernels: process-wide, read when
 /// a stream is created (also set by the `LAMINARDB_JIT` environment
@@ -805,6 +808,129 @@ impl LaminarDB {
             Arc::clone(&source.schema),
             event_time_column,
         ))
+    }
+
+    /// Runs a generator inside the shards: `partition(k, n)` builds the
+    /// part shard `k` of `n` makes, which then runs on that shard, feeding
+    /// `sources` (its batches name them by index). See [`generator`] for
+    /// how it shares the shard and what its end means.
+    ///
+    /// Needs a started pipeline in [`Durability::Memory`] (a restart would
+    /// generate again from the start and count its rows twice: `LDB-1004`
+    /// on a durable database). An unknown source is `LDB-1002`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use laminar_db::arrow::array::{Int64Array, RecordBatch};
+    /// use laminar_db::arrow::datatypes::{DataType, Field, Schema};
+    /// use laminar_db::{Generator, LaminarDB};
+    ///
+    /// /// Rows 0, 1, 2, ... below `end`: partition `k` of `n` takes every
+    /// /// `n`th thousand.
+    /// struct Counter { next: i64, step: i64, end: i64 }
+    ///
+    /// impl Generator for Counter {
+    ///     fn next_batch(&mut self) -> Option<(usize, RecordBatch)> {
+    ///         if self.next >= self.end {
+    ///             return None;
+    ///         }
+    ///         let values: Vec<i64> = (self.next..(self.next + 1_000).min(self.end)).collect();
+    ///         self.next += self.step;
+    ///         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+    ///         Some((0, RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).ok()?))
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    /// # rt.block_on(async {
+    /// let db = LaminarDB::builder().shards(2).build()?;
+    /// db.execute("CREATE SOURCE numbers (n BIGINT NOT NULL, WATERMARK FOR n AS n)").await?;
+    /// db.execute("CREATE STREAM per_second AS SELECT COUNT(*) AS rows FROM numbers
+    ///             GROUP BY tumble(n, INTERVAL '1' SECOND) EMIT ON WINDOW CLOSE").await?;
+    /// let mut results = db.subscribe("per_second")?;
+    /// db.start().await?;
+    /// let generation = db.generate(&["numbers"], |k, n| Counter {
+    ///     next: k as i64 * 1_000,
+    ///     step: n as i64 * 1_000,
+    ///     end: 10_000,
+    /// })?;
+    /// assert_eq!(generation.finished().await?, 10_000);
+    /// db.shutdown().await?;
+    /// let mut windows = 0;
+    /// while let Some(batch) = results.recv() {
+    ///     windows += batch.num_rows();
+    /// }
+    /// assert_eq!(windows, 10); // ten one-second windows, all closed
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn generate<G: Generator>(
+        &self,
+        sources: &[&str],
+        mut partition: impl FnMut(usize, usize) -> G,
+    ) -> Result<Generation> {
+        let pipeline = self.shared.pipeline.get().ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotRunning,
+                "cannot generate before the pipeline starts",
+            )
+            .with_hint("call db.start().await first")
+        })?;
+        pipeline.check_running()?;
+        if pipeline.durability != Durability::Memory {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                "generators run only on a Durability::Memory database",
+            )
+            .with_hint(
+                "a restart would generate again from the start; push the rows instead, \
+                 or resume from db.recovered_rows(source)",
+            ));
+        }
+        if sources.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidConfig,
+                "a generator needs at least one source",
+            ));
+        }
+        let handles = sources
+            .iter()
+            .map(|name| self.source_untyped(name))
+            .collect::<Result<Vec<_>>>()?;
+        let shards = pipeline.shards;
+        // Each partition pushes through handles of its own: its own lanes
+        // and its own watermark. All are connected before any starts, so
+        // that every shard holds the sources' watermarks back for every
+        // partition from the first row on: a partition that finished
+        // before another started would otherwise close every window ahead
+        // of the other's rows.
+        let mut partitions_handles = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let mut own = handles.to_vec();
+            for handle in &mut own {
+                handle.connect_now()?;
+            }
+            partitions_handles.push(own);
+        }
+        let generation = Generation::new(shards);
+        for ((shard, control), own) in pipeline.controls.iter().enumerate().zip(partitions_handles)
+        {
+            let generator: Box<dyn Generator> = Box::new(partition(shard, shards));
+            let part = generator::Partition::new(
+                generation.clone(),
+                generator,
+                own,
+                Arc::clone(&pipeline.errors),
+            );
+            let start: Box<dyn FnOnce() + Send> = Box::new(move || {
+                glommio::spawn_local(part.run()).detach();
+            });
+            control.send(Control::Spawn(start))?;
+        }
+        Ok(generation)
     }
 
     /// Subscribes to a stream's output. Subscribe before `start` to see

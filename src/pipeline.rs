@@ -115,6 +115,9 @@ pub(crate) enum Control {
     },
     /// Take a checkpoint (see `checkpoint.rs`).
     Checkpoint(Arc<crate::checkpoint::Barrier>),
+    /// Start a task on the shard's executor (a generator's partition, see
+    /// `generator.rs`).
+    Spawn(Box<dyn FnOnce() + Send>),
     Stop,
 }
 
@@ -550,7 +553,7 @@ pub(crate) const MAX_KEPT_ERRORS: usize = 16;
 const SAMPLE: u64 = 16;
 
 /// Gives the executor one turn, then resumes.
-struct YieldNow(bool);
+pub(crate) struct YieldNow(pub bool);
 
 impl std::future::Future for YieldNow {
     type Output = ();
@@ -853,6 +856,7 @@ impl ShardProgram {
                     }
                     self.checkpoint = Some((barrier, vec![false; self.exchanges.len()]));
                 }
+                Control::Spawn(start) => start(),
                 Control::Stop => {
                     *stopping = true;
                     self.abandon_checkpoint("the pipeline is stopping");

@@ -271,6 +271,45 @@ impl SourceHandle {
         Ok(())
     }
 
+    /// [`SourceHandle::watermark`], waiting asynchronously while a shard's
+    /// ring is full: for async code, and the only form a task on a shard
+    /// may use (blocking there would stop the shard that has to make room).
+    pub async fn watermark_async(&mut self, watermark_ms: i64) -> Result<()> {
+        if let Some(pipeline) = self.replaying() {
+            pipeline.replayed.wait().await?;
+        }
+        let mut slot = std::mem::take(self.lanes.get_mut());
+        let lanes = self.connect(&mut slot)?;
+        let result = async {
+            if watermark_ms <= lanes.watermark_ms {
+                return Ok(());
+            }
+            lanes.watermark_ms = watermark_ms;
+            let mut messages = lanes.watermark_messages(watermark_ms, Instant::now());
+            let _pushing = lanes.begin_push_async(true).await?;
+            lanes.check_room(&messages)?;
+            lanes.seal(&mut messages, 0)?;
+            lanes.deliver_async(messages).await?;
+            lanes.durable().await?;
+            lanes.publish();
+            lanes.publish_cut();
+            Ok(())
+        }
+        .await;
+        *self.lanes.get_mut() = slot;
+        result
+    }
+
+    /// Connects the handle to the running pipeline now rather than at its
+    /// first push: from here on each shard counts it among its source's
+    /// partitions, and holds the source's watermark back until it pushes.
+    pub(crate) fn connect_now(&mut self) -> Result<()> {
+        let mut slot = std::mem::take(self.lanes.get_mut());
+        let connected = self.connect(&mut slot).map(|_| ());
+        *self.lanes.get_mut() = slot;
+        connected
+    }
+
     /// The pipeline, while recovery is still replaying its WAL: new input
     /// waits for it, so it never interleaves with the replayed input.
     fn replaying(&self) -> Option<Arc<Pipeline>> {

@@ -807,3 +807,210 @@ async fn per_key_watermark_options_are_checked() {
         );
     }
 }
+
+/// Rows of `batches` whose index is `k` modulo `n`: one generator
+/// partition's share.
+struct Share {
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    next: usize,
+    step: usize,
+}
+
+impl laminar_db::Generator for Share {
+    fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
+        let batch = self.batches.get(self.next)?.clone();
+        self.next += self.step;
+        Some((0, batch))
+    }
+}
+
+/// Input generated inside the shards gives the batch answer, at 1 and 2
+/// shards, with rings so small that the generators wait on backpressure
+/// (theirs and the exchange's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generators_inside_the_shards_give_the_batch_answer() {
+    let query = "SELECT symbol, SUM(price * CAST(volume AS DOUBLE)) AS notional, COUNT(*) AS trades
+        FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND)";
+    let rows = trades(41, 20_000, 13, 2_000);
+    let batches = random_batches(&rows, 42, 300);
+    let expected = run_batch(query, "trades", batches.clone(), trades_schema()).await;
+    for shards in [1, 2] {
+        let db = LaminarDB::builder()
+            .shards(shards)
+            .ring_capacity(2)
+            .build()
+            .unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        db.execute(&format!("CREATE STREAM notional AS {query}"))
+            .await
+            .unwrap();
+        let collector = collect(db.subscribe("notional").unwrap());
+        db.start().await.unwrap();
+        let generation = db
+            .generate(&["trades"], |k, n| Share {
+                batches: batches.clone(),
+                next: k,
+                step: n,
+            })
+            .unwrap();
+        assert_eq!(generation.finished().await.unwrap(), 20_000);
+        assert_eq!(generation.rows(), 20_000);
+        db.shutdown().await.unwrap();
+        let got = collector.join().unwrap();
+        assert!(db.errors().is_empty(), "shard errors: {:?}", db.errors());
+        assert!(row_count(&got) > 100, "{shards} shards");
+        assert_same_rows(&got, &expected);
+    }
+}
+
+/// All of the input in the last partition, which starts late.
+struct Late {
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    delay: Duration,
+}
+
+impl laminar_db::Generator for Late {
+    fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
+        // Blocking its shard, on purpose: the other partitions finish first.
+        std::thread::sleep(std::mem::take(&mut self.delay));
+        (!self.batches.is_empty()).then(|| (0, self.batches.remove(0)))
+    }
+}
+
+/// A partition that ends before another starts does not close the windows
+/// ahead of the other's rows: every partition holds the watermark back
+/// from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generator_partition_that_starts_late_loses_no_rows() {
+    let query = "SELECT symbol, COUNT(*) AS trades FROM trades
+        GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND)";
+    let rows = trades(43, 5_000, 7, 0);
+    let batches = random_batches(&rows, 44, 500);
+    let expected = run_batch(query, "trades", batches.clone(), trades_schema()).await;
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(&format!("CREATE STREAM counts AS {query}"))
+        .await
+        .unwrap();
+    let collector = collect(db.subscribe("counts").unwrap());
+    db.start().await.unwrap();
+    let generation = db
+        .generate(&["trades"], |k, n| Late {
+            batches: if k + 1 == n {
+                batches.clone()
+            } else {
+                Vec::new()
+            },
+            delay: Duration::from_millis(if k + 1 == n { 300 } else { 0 }),
+        })
+        .unwrap();
+    assert_eq!(generation.finished().await.unwrap(), 5_000);
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    let late: u64 = db.metrics().streams.iter().map(|s| s.late_rows).sum();
+    assert_eq!(late, 0);
+    assert_same_rows(&got, &expected);
+}
+
+/// A generator that never ends.
+struct Forever(datafusion::arrow::array::RecordBatch);
+
+impl laminar_db::Generator for Forever {
+    fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
+        Some((0, self.0.clone()))
+    }
+}
+
+/// What a generator gets wrong is an error with a code, from `finished`
+/// and in `errors()`; a shutdown stops a generator that never ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_errors_have_codes() {
+    let rows = trades(7, 100, 3, 0);
+    let good = trades_batch(&rows);
+    let code = |r: laminar_db::Result<laminar_db::Generation>| r.unwrap_err().code();
+
+    let db = LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute("CREATE STREAM big AS SELECT * FROM trades WHERE volume > 10")
+        .await
+        .unwrap();
+    let before = db.generate(&["trades"], |_, _| Forever(good.clone()));
+    assert_eq!(code(before), ErrorCode::NotRunning);
+    let results = collect(db.subscribe("big").unwrap());
+    db.start().await.unwrap();
+    assert_eq!(
+        code(db.generate(&["nope"], |_, _| Forever(good.clone()))),
+        ErrorCode::UnknownObject
+    );
+    assert_eq!(
+        code(db.generate(&[], |_, _| Forever(good.clone()))),
+        ErrorCode::InvalidConfig
+    );
+
+    // A batch of another shape: LDB-2001, nothing of it accepted.
+    let wrong = datafusion::arrow::array::RecordBatch::try_from_iter(vec![(
+        "symbol",
+        std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["A"])) as _,
+    )])
+    .unwrap();
+    let generation = db
+        .generate(&["trades"], |_, _| Share {
+            batches: vec![wrong.clone()],
+            next: 0,
+            step: 1,
+        })
+        .unwrap();
+    let error = generation.finished().await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::SchemaMismatch, "{error}");
+    assert_eq!(generation.rows(), 0);
+
+    // A source index past the list: LDB-4002.
+    struct Stray;
+    impl laminar_db::Generator for Stray {
+        fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
+            Some((3, trades_batch(&[])))
+        }
+    }
+    let stray = db.generate(&["trades"], |_, _| Stray).unwrap();
+    assert_eq!(
+        stray.finished().await.unwrap_err().code(),
+        ErrorCode::InvalidInput
+    );
+    let codes: Vec<ErrorCode> = db.errors().iter().map(|e| e.code()).collect();
+    assert!(codes.contains(&ErrorCode::SchemaMismatch), "{codes:?}");
+    assert!(codes.contains(&ErrorCode::InvalidInput), "{codes:?}");
+
+    // One that never ends: a shutdown stops it (LDB-2003) and returns.
+    let forever = db
+        .generate(&["trades"], |_, _| Forever(good.clone()))
+        .unwrap();
+    wait_until("the generator to run", async || forever.rows() > 10_000).await;
+    tokio::time::timeout(Duration::from_secs(60), db.shutdown())
+        .await
+        .expect("shutdown returns while a generator runs")
+        .unwrap();
+    let stopped = forever.finished().await.unwrap_err();
+    assert_eq!(stopped.code(), ErrorCode::NotRunning, "{stopped}");
+    assert!(row_count(&results.join().unwrap()) > 10_000);
+
+    // Durable databases refuse generators: a restart would generate the
+    // rows again.
+    let dir = tempfile::tempdir().unwrap();
+    let durable = LaminarDB::builder()
+        .shards(1)
+        .storage_dir(dir.path())
+        .durability(laminar_db::Durability::Async)
+        .build()
+        .unwrap();
+    durable.execute(TRADES_DDL).await.unwrap();
+    durable
+        .execute("CREATE STREAM big AS SELECT * FROM trades WHERE volume > 10")
+        .await
+        .unwrap();
+    durable.start().await.unwrap();
+    assert_eq!(
+        code(durable.generate(&["trades"], |_, _| Forever(good.clone()))),
+        ErrorCode::Unsupported
+    );
+    durable.shutdown().await.unwrap();
+}

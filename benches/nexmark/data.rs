@@ -1,6 +1,7 @@
-//! Nexmark events (from the `nexmark` crate, RisingWave's generator) as
+//! Nexmark events (the `nexmark` crate's, RisingWave's generator) as
 //! Arrow batches for three sources, `person`, `auction` and `bid`, in the
-//! order the generator produced them.
+//! order the generator produces them; [`Partition`] is also the
+//! generator a shard runs (`LaminarDB::generate`).
 //!
 //! Shared by the Nexmark bench (`benches/nexmark/main.rs`) and its
 //! correctness test (`tests/nexmark.rs`).
@@ -16,6 +17,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use nexmark::config::NexmarkConfig;
 use nexmark::event::Event;
 use nexmark::EventGenerator;
+
+use super::columns::{Columns, Maker};
 
 /// The three sources, with the 4-second out-of-orderness bound the
 /// RisingWave and Flink Nexmark setups use.
@@ -280,18 +283,115 @@ impl Builders {
     }
 }
 
+/// The generator's configuration: the default one with a fixed base time.
+fn config() -> NexmarkConfig {
+    NexmarkConfig {
+        base_time: BASE_TIME_MS,
+        ..NexmarkConfig::default()
+    }
+}
+
+/// Partition `k` of `n` of the first `events` Nexmark events: the events
+/// whose number is `k` modulo `n`, in generation order, each table cut
+/// into batches of up to `batch_rows` rows. A batch is handed out when it
+/// is full (and the rest at the end), so batches come in the order their
+/// last rows were made. Made straight into columns (`columns.rs`).
+pub struct Partition {
+    maker: Maker,
+    columns: Columns,
+    first_event_number: usize,
+    /// The next event's offset among all events.
+    next: usize,
+    step: usize,
+    end: usize,
+    batch_rows: usize,
+    /// Tables whose last rows were handed out at the end.
+    flushed: usize,
+}
+
+impl Partition {
+    pub fn new(events: usize, batch_rows: usize, k: usize, n: usize) -> Self {
+        let config = config();
+        Self {
+            first_event_number: config.first_event_number,
+            maker: Maker::new(config),
+            columns: Columns::default(),
+            next: k,
+            step: n,
+            end: events,
+            batch_rows,
+            flushed: 0,
+        }
+    }
+}
+
+impl laminar_db::Generator for Partition {
+    fn next_batch(&mut self) -> Option<(Table, RecordBatch)> {
+        while self.next < self.end {
+            let event_number = self.first_event_number + self.next;
+            self.next += self.step;
+            let table = self.columns.append(&self.maker, event_number);
+            if self.columns.rows(table) == self.batch_rows {
+                return Some((table, self.columns.finish(table)));
+            }
+        }
+        while self.flushed < 3 {
+            let table = self.flushed;
+            self.flushed += 1;
+            if self.columns.rows(table) > 0 {
+                return Some((table, self.columns.finish(table)));
+            }
+        }
+        None
+    }
+}
+
 /// The first `events` Nexmark events (default configuration, fixed base
 /// time), each table cut into batches of up to `batch_rows` rows.
 pub fn generate(events: usize, batch_rows: usize) -> Events {
-    let config = NexmarkConfig {
-        base_time: BASE_TIME_MS,
-        ..NexmarkConfig::default()
-    };
-    let mut builders = [Builders::new(0), Builders::new(1), Builders::new(2)];
-    let mut pending = [0usize; 3];
+    generate_partition(events, batch_rows, 0, 1)
+}
+
+/// What [`Partition`] `k` of `n` hands out, all at once.
+pub fn generate_partition(events: usize, batch_rows: usize, k: usize, n: usize) -> Events {
+    use laminar_db::Generator;
+    let mut partition = Partition::new(events, batch_rows, k, n);
     let mut counts = [0usize; 3];
     let mut pushes = Vec::new();
-    for event in EventGenerator::new(config).take(events) {
+    while let Some((table, batch)) = partition.next_batch() {
+        counts[table] += batch.num_rows();
+        pushes.push((table, batch));
+    }
+    Events { pushes, counts }
+}
+
+/// Partition `k` of `n` of the first `events` events as the `nexmark`
+/// crate makes them (its `Event`s, then Arrow builders), cut as
+/// [`Partition`] cuts them: what `columns.rs` must reproduce.
+pub fn crate_events(events: usize, batch_rows: usize, k: usize, n: usize) -> Events {
+    let mut counts = [0usize; 3];
+    let mut pushes = Vec::new();
+    crate_batches(events, batch_rows, k, n, |table, batch| {
+        counts[table] += batch.num_rows();
+        pushes.push((table, batch));
+    });
+    Events { pushes, counts }
+}
+
+/// [`crate_events`], each batch handed to `each` as it is made.
+pub fn crate_batches(
+    events: usize,
+    batch_rows: usize,
+    k: usize,
+    n: usize,
+    mut each: impl FnMut(Table, RecordBatch),
+) {
+    let mut builders = [Builders::new(0), Builders::new(1), Builders::new(2)];
+    let mut pending = [0usize; 3];
+    let generator = EventGenerator::new(config())
+        .with_offset(k as u64)
+        .with_step(n as u64);
+    for event in generator.take(events.saturating_sub(k).div_ceil(n)) {
         let table = match event {
             Event::Person(_) => 0,
             Event::Auction(_) => 1,
@@ -299,16 +399,14 @@ pub fn generate(events: usize, batch_rows: usize) -> Events {
         };
         builders[table].append(&event);
         pending[table] += 1;
-        counts[table] += 1;
         if pending[table] == batch_rows {
-            pushes.push((table, builders[table].finish(table)));
+            each(table, builders[table].finish(table));
             pending[table] = 0;
         }
     }
     for table in 0..3 {
         if pending[table] > 0 {
-            pushes.push((table, builders[table].finish(table)));
+            each(table, builders[table].finish(table));
         }
     }
-    Events { pushes, counts }
 }

@@ -16,7 +16,7 @@ use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::datasource::MemTable;
 use laminar_db::LaminarDB;
 
-use super::data::{schema, Events, DDL, TABLES};
+use super::data::{schema, Events, Partition, DDL, TABLES};
 
 /// One query of `benches/nexmark/queries/`.
 pub struct Query {
@@ -106,18 +106,38 @@ fn side_input() -> RecordBatch {
 /// What a streaming run gave: the rows and how long pushing everything and
 /// receiving every result took.
 pub struct Streamed {
+    /// The output, when kept.
     pub rows: Vec<RecordBatch>,
+    /// Output rows (with their weights, for a changelog: rows emitted).
+    pub row_count: usize,
     pub elapsed: Duration,
     /// What the shard threads allocated from the first push to shutdown
     /// (feature `allocation-tracking`; `None` without it).
     pub shard_allocations: Option<u64>,
 }
 
-/// Runs `query` over `events` on `shards` shards: pushes every batch in
-/// generation order from one thread (one handle per source), closes every
-/// window, and waits for the last result. Errors are the engine's, as
-/// text (`LDB-NNNN: ...`).
-pub async fn streaming(query: &Query, events: &Events, shards: usize) -> Result<Streamed, String> {
+/// Where a streaming run's events come from.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    /// Generated beforehand, pushed in generation order from one thread
+    /// (one handle per source): the engine's time alone.
+    Pushed(&'a Events),
+    /// Generated inside the shards while the query runs (shard `k` of `n`
+    /// makes the events whose number is `k` modulo `n`): the time of
+    /// making the events and processing them, on the same cores.
+    Generated { events: usize, batch_rows: usize },
+}
+
+/// Runs `query` on `shards` shards over `input`, closes every window, and
+/// waits for the last result, which it keeps if `keep_rows` (a timed run
+/// counts them only, so the output does not count as the query's memory).
+/// Errors are the engine's, as text (`LDB-NNNN: ...`).
+pub async fn streaming(
+    query: &Query,
+    input: Input<'_>,
+    shards: usize,
+    keep_rows: bool,
+) -> Result<Streamed, String> {
     let db = LaminarDB::builder()
         .shards(shards)
         .build()
@@ -156,24 +176,41 @@ pub async fn streaming(query: &Query, events: &Events, shards: usize) -> Result<
     }
     let collector = std::thread::spawn(move || {
         let mut rows = Vec::new();
+        let mut row_count = 0;
         while let Some(batch) = subscription.recv() {
-            rows.push(batch);
+            row_count += batch.num_rows();
+            if keep_rows {
+                rows.push(batch);
+            }
         }
-        rows
+        (rows, row_count)
     });
     let allocations_before = laminar_db::shard_allocations_total();
     let started = Instant::now();
-    for (table, batch) in &events.pushes {
-        handles[*table]
-            .push(batch.clone())
-            .map_err(|e| e.to_string())?;
-    }
-    for handle in &handles {
-        handle.watermark(i64::MAX).map_err(|e| e.to_string())?;
+    match input {
+        Input::Pushed(events) => {
+            for (table, batch) in &events.pushes {
+                handles[*table]
+                    .push(batch.clone())
+                    .map_err(|e| e.to_string())?;
+            }
+            for handle in &handles {
+                handle.watermark(i64::MAX).map_err(|e| e.to_string())?;
+            }
+        }
+        Input::Generated { events, batch_rows } => {
+            let generation = db
+                .generate(&TABLES, |k, n| Partition::new(events, batch_rows, k, n))
+                .map_err(|e| e.to_string())?;
+            let generated = generation.finished().await.map_err(|e| e.to_string())?;
+            if generated != events as u64 {
+                return Err(format!("generated {generated} events of {events}"));
+            }
+        }
     }
     drop(handles);
     db.shutdown().await.map_err(|e| e.to_string())?;
-    let rows = collector.join().map_err(|_| "the collector panicked")?;
+    let (rows, row_count) = collector.join().map_err(|_| "the collector panicked")?;
     let elapsed = started.elapsed();
     if let Some(error) = db.errors().first() {
         return Err(error.to_string());
@@ -183,6 +220,7 @@ pub async fn streaming(query: &Query, events: &Events, shards: usize) -> Result<
         .map(|(after, before)| after - before);
     Ok(Streamed {
         rows,
+        row_count,
         elapsed,
         shard_allocations,
     })

@@ -6,19 +6,29 @@
 //!
 //! Each query runs in a process of its own (so its peak memory is its
 //! own): first a correctness check, the streaming result over M events
-//! against DataFusion's batch answer over the same rows; then the timed
-//! run over N events: every event generated and cut into batches before
-//! the clock starts, then pushed from one thread in generation order,
-//! every window closed, every result received. Events/s counts all three
-//! event kinds, as Nexmark does; per core divides by the shard count.
+//! generated inside the shards against DataFusion's batch answer over the
+//! same rows; then two timed runs over N events, each until every window
+//! closed and every result was received. In the first, the events are
+//! generated inside the shards while the query runs (shard k of n makes
+//! the events whose number is k modulo n: `LaminarDB::generate`), so the
+//! figure counts making the events on the same cores, as Flink's
+//! `datagen` figures do; the ratio to Flink uses it. In the second, every
+//! event is generated and cut into batches before the clock starts, then
+//! pushed from one thread in generation order: the engine alone. Events/s
+//! counts all three event kinds, as Nexmark does; per core divides by the
+//! shard count.
 //! Queries the engine refuses are listed with their error. With
 //! `--features allocation-tracking` the table also gives what the shard
 //! threads allocated per 1,000 events in the timed run.
 
+mod columns;
 mod data;
 mod harness;
 
 use std::process::Command;
+
+use datafusion::arrow::array::RecordBatch;
+use laminar_db::Generator;
 
 /// Flink 1.13's per-core throughput from the Nexmark repository's README
 /// (events/s), for the queries it lists.
@@ -113,8 +123,19 @@ fn child(options: &Options) {
         .build()
         .expect("runtime");
     let small = data::generate(options.check_events, options.batch_rows);
+    // Checked as timed: the events generated inside the shards.
+    let generated = |events| harness::Input::Generated {
+        events,
+        batch_rows: options.batch_rows,
+    };
     let checked = rt.block_on(async {
-        let streamed = harness::streaming(&query, &small, options.shards).await?;
+        let streamed = harness::streaming(
+            &query,
+            generated(options.check_events),
+            options.shards,
+            true,
+        )
+        .await?;
         let batch = harness::batch(&query, &small)
             .await
             .map_err(|e| format!("batch: {e}"))?;
@@ -129,23 +150,39 @@ fn child(options: &Options) {
         Err(e) => format!("MISMATCH: {e}"),
     };
     drop(small);
-    let events = data::generate(options.events, options.batch_rows);
+    // First with the events made inside the shards (before any are held
+    // in memory, so the peak RSS is the query's own), then generated
+    // beforehand and pushed: the engine alone.
     let before_mib = status_mib("VmRSS:");
-    match rt.block_on(harness::streaming(&query, &events, options.shards)) {
-        Ok(streamed) => {
-            let rows: usize = streamed.rows.iter().map(|b| b.num_rows()).sum();
-            let allocations = streamed.shard_allocations.map_or("-".to_string(), |a| {
+    let in_shards = rt.block_on(harness::streaming(
+        &query,
+        generated(options.events),
+        options.shards,
+        false,
+    ));
+    let peak_mib = status_mib("VmHWM:");
+    let events = data::generate(options.events, options.batch_rows);
+    let pushed = rt.block_on(harness::streaming(
+        &query,
+        harness::Input::Pushed(&events),
+        options.shards,
+        false,
+    ));
+    match (in_shards, pushed) {
+        (Ok(in_shards), Ok(pushed)) => {
+            let rows = in_shards.row_count;
+            let allocations = pushed.shard_allocations.map_or("-".to_string(), |a| {
                 format!("{:.1}", a as f64 * 1000.0 / options.events as f64)
             });
             println!(
-                "RESULT {name} ok {} {} {:.0}/{:.0} {allocations} {checked}",
-                streamed.elapsed.as_micros(),
+                "RESULT {name} ok {} {} {} {:.0} {allocations} {checked}",
+                in_shards.elapsed.as_micros(),
+                pushed.elapsed.as_micros(),
                 rows,
-                status_mib("VmHWM:"),
-                before_mib,
+                peak_mib - before_mib,
             );
         }
-        Err(e) => println!("RESULT {name} failed {e}"),
+        (Err(e), _) | (_, Err(e)) => println!("RESULT {name} failed {e}"),
     }
 }
 
@@ -156,21 +193,36 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().expect("this binary");
-    let started = std::time::Instant::now();
-    let sample = data::generate(options.events.min(500_000), options.batch_rows);
-    let generation = sample.total() as f64 / started.elapsed().as_secs_f64();
-    drop(sample);
+    let sample_events = options.events.min(500_000);
+    // Each batch dropped when made, as the shards drop it once processed.
+    type Make<'a> = &'a dyn Fn(&mut dyn FnMut(RecordBatch));
+    let rate = |make: Make| {
+        let started = std::time::Instant::now();
+        let mut rows = 0;
+        make(&mut |batch| rows += batch.num_rows());
+        rows as f64 / started.elapsed().as_secs_f64()
+    };
+    let columns = rate(&|each| {
+        let mut partition = data::Partition::new(sample_events, options.batch_rows, 0, 1);
+        while let Some((_, batch)) = partition.next_batch() {
+            each(batch);
+        }
+    });
+    let through_crate =
+        rate(&|each| data::crate_batches(sample_events, options.batch_rows, 0, 1, |_, b| each(b)));
     println!(
         "Nexmark, {} events ({} shard(s), batches of {} rows); correctness over {} events",
         options.events, options.shards, options.batch_rows, options.check_events
     );
     println!(
-        "Generating the events (nexmark crate, then Arrow batches) runs at {generation:.0} events/s \
-         on this machine and is not timed: events are generated before the clock starts."
+        "Making the events alone, on one core: {columns:.0} events/s straight into columns \
+         (what the shards run), {through_crate:.0} events/s through the nexmark crate's events \
+         and Arrow builders ({:.2}x).",
+        columns / through_crate
     );
     println!();
-    println!("| query | LaminarDB events/s per core | Flink 1.13 per core | ratio | output rows | peak RSS / RSS with the input generated (MiB) | shard allocations per 1,000 events | checked against DataFusion |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("| query | events/s per core, generated in the shards | Flink 1.13 per core | ratio | engine alone: events generated beforehand, pushed | output rows | peak RSS above the start, generated in the shards (MiB) | shard allocations per 1,000 events, pushed | checked against DataFusion |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for query in harness::queries() {
         if options.query.as_ref().is_some_and(|q| q != &query.name) {
             continue;
@@ -210,22 +262,26 @@ fn main() {
             parts.next().unwrap_or(""),
         );
         if status == "ok" {
-            let fields: Vec<&str> = rest.splitn(5, ' ').collect();
-            let micros: f64 = fields[0].parse().unwrap_or(f64::NAN);
-            let per_core = options.events as f64 / (micros / 1e6) / options.shards as f64;
-            let ratio = flink.map_or("-".to_string(), |f| format!("{:.0}x", per_core / f as f64));
+            let fields: Vec<&str> = rest.splitn(6, ' ').collect();
+            let per_core = |micros: &str| {
+                let micros: f64 = micros.parse().unwrap_or(f64::NAN);
+                options.events as f64 / (micros / 1e6) / options.shards as f64
+            };
+            let in_shards = per_core(fields[0]);
+            let ratio = flink.map_or("-".to_string(), |f| format!("{:.0}x", in_shards / f as f64));
             println!(
-                "| {} | {:.0} | {flink_text} | {ratio} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {flink_text} | {ratio} | {:.0} | {} | {} | {} | {} |",
                 query.name,
-                per_core,
-                fields.get(1).unwrap_or(&""),
+                in_shards,
+                per_core(fields.get(1).unwrap_or(&"")),
                 fields.get(2).unwrap_or(&""),
                 fields.get(3).unwrap_or(&""),
-                fields.get(4).unwrap_or(&"")
+                fields.get(4).unwrap_or(&""),
+                fields.get(5).unwrap_or(&"")
             );
         } else {
             println!(
-                "| {} | {status}: {} | {flink_text} | - | - | - | - | - |",
+                "| {} | {status}: {} | {flink_text} | - | - | - | - | - | - |",
                 query.name,
                 rest.replace('|', "\\|")
             );
