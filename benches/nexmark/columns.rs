@@ -390,8 +390,12 @@ unsafe fn fill_lanes_avx512(bytes: &mut [u8], jobs: &[(Xoshiro, usize, usize); L
             let first = i - i % 8;
             for (l, &(_, start, length)) in jobs.iter().enumerate() {
                 let count = length.saturating_sub(first).min(8);
-                if count > 0 {
-                    let at = start + first;
+                let at = start + first;
+                // A whole word is one 8-byte store; a copy of a variable
+                // length would be a `memcpy` call per lane.
+                if count == 8 {
+                    bytes[at..at + 8].copy_from_slice(&words[l].to_le_bytes());
+                } else if count > 0 {
                     bytes[at..at + count].copy_from_slice(&words[l].to_le_bytes()[..count]);
                 }
             }
