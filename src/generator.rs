@@ -24,10 +24,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use arrow::array::RecordBatch;
-use futures::task::AtomicWaker;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::pipeline::{YieldNow, MAX_KEPT_ERRORS};
@@ -61,7 +60,8 @@ struct State {
     rows: AtomicU64,
     /// The first partition's failure.
     error: Mutex<Option<Error>>,
-    waker: AtomicWaker,
+    /// Tasks waiting in [`Generation::finished`] (any number of them).
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl Generation {
@@ -71,7 +71,7 @@ impl Generation {
                 running: AtomicUsize::new(partitions),
                 rows: AtomicU64::new(0),
                 error: Mutex::new(None),
-                waker: AtomicWaker::new(),
+                waiters: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -94,9 +94,21 @@ impl Generation {
     /// [`LaminarDB::shutdown`]: crate::LaminarDB::shutdown
     pub async fn finished(&self) -> Result<u64> {
         std::future::poll_fn(|cx| {
-            self.state.waker.register(cx.waker());
             if self.state.running.load(Ordering::Acquire) > 0 {
-                return Poll::Pending;
+                let Ok(mut waiters) = self.state.waiters.lock() else {
+                    return Poll::Ready(Err(Error::new(
+                        ErrorCode::Execution,
+                        "a generator's state was poisoned",
+                    )));
+                };
+                // Checked again under the lock the last partition takes to
+                // wake the waiters: it cannot end in between unseen.
+                if self.state.running.load(Ordering::Acquire) > 0 {
+                    if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                        waiters.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
             }
             let error = self.state.error.lock().ok().and_then(|e| e.clone());
             Poll::Ready(match error {
@@ -123,7 +135,8 @@ impl Generation {
 }
 
 /// One partition on its way to its shard, and then running there. However
-/// it ends (done, failed, or dropped with a shard that stopped first), it
+/// it ends (done, failed, or dropped unstarted with a shard that stopped
+/// first: a shard does not stop while a partition it started runs), it
 /// counts itself out of its [`Generation`] once.
 pub(crate) struct Partition {
     generation: Generation,
@@ -196,7 +209,21 @@ impl Drop for Partition {
         // next finds them finished.
         self.handles.clear();
         let state = &self.generation.state;
-        state.running.fetch_sub(1, Ordering::AcqRel);
-        state.waker.wake();
+        let waiters = match state.waiters.lock() {
+            Ok(mut waiters) => {
+                if state.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    std::mem::take(&mut *waiters)
+                } else {
+                    Vec::new()
+                }
+            }
+            Err(_) => {
+                state.running.fetch_sub(1, Ordering::AcqRel);
+                Vec::new()
+            }
+        };
+        for waiter in waiters {
+            waiter.wake();
+        }
     }
 }

@@ -904,30 +904,26 @@ impl LaminarDB {
         // Each partition pushes through handles of its own: its own lanes
         // and its own watermark. All are connected before any starts, so
         // that every shard holds the sources' watermarks back for every
-        // partition from the first row on: a partition that finished
-        // before another started would otherwise close every window ahead
-        // of the other's rows.
-        let mut partitions_handles = Vec::with_capacity(shards);
-        for _ in 0..shards {
+        // partition from the first row: a partition that finished before
+        // another started would otherwise close every window ahead of the
+        // other's rows. All partitions are built before any is sent, so
+        // that a failure leaves none running unwatched.
+        let generation = Generation::new(shards);
+        let mut parts = Vec::with_capacity(shards);
+        for shard in 0..shards {
             let mut own = handles.to_vec();
             for handle in &mut own {
-                handle.connect_now()?;
+                handle.connect_for_generator()?;
             }
-            partitions_handles.push(own);
-        }
-        let generation = Generation::new(shards);
-        for ((shard, control), own) in pipeline.controls.iter().enumerate().zip(partitions_handles)
-        {
-            let generator: Box<dyn Generator> = Box::new(partition(shard, shards));
-            let part = generator::Partition::new(
+            parts.push(generator::Partition::new(
                 generation.clone(),
-                generator,
+                Box::new(partition(shard, shards)),
                 own,
                 Arc::clone(&pipeline.errors),
-            );
-            let start: Box<dyn FnOnce() + Send> = Box::new(move || {
-                glommio::spawn_local(part.run()).detach();
-            });
+            ));
+        }
+        for (control, part) in pipeline.controls.iter().zip(parts) {
+            let start: pipeline::SpawnFn = Box::new(move || Box::pin(part.run()));
             control.send(Control::Spawn(start))?;
         }
         Ok(generation)
@@ -1243,6 +1239,7 @@ impl LaminarDB {
                 // Markers of the restored checkpoint's epoch (a handle
                 // connecting before the next one) are for one already taken.
                 last_epoch: next_epoch - 1,
+                spawned: Arc::default(),
             };
             controls.push(control);
             counters.push(shard_counters);

@@ -116,10 +116,13 @@ pub(crate) enum Control {
     /// Take a checkpoint (see `checkpoint.rs`).
     Checkpoint(Arc<crate::checkpoint::Barrier>),
     /// Start a task on the shard's executor (a generator's partition, see
-    /// `generator.rs`).
-    Spawn(Box<dyn FnOnce() + Send>),
+    /// `generator.rs`); the shard does not stop before the task ends.
+    Spawn(SpawnFn),
     Stop,
 }
+
+/// Makes, on the shard, a task to run there.
+pub(crate) type SpawnFn = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// The control plane's end of a shard's control channel.
 pub(crate) struct ShardControl {
@@ -542,6 +545,9 @@ pub(crate) struct ShardProgram {
     pub restore: Option<crate::checkpoint::ShardSnapshot>,
     /// The last checkpoint this shard took or gave up.
     pub last_epoch: u64,
+    /// Tasks started here by `Control::Spawn` that have not ended (only
+    /// this shard's thread touches it).
+    pub spawned: Arc<AtomicUsize>,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -759,6 +765,13 @@ impl ShardProgram {
                 continue;
             }
             if stopping && self.is_drained() {
+                if self.spawned.load(Ordering::Relaxed) > 0 {
+                    // A task started here may be waiting for room in
+                    // another shard's ring; it ends within a push once it
+                    // sees the stop. Leaving now would strand it.
+                    YieldNow(false).await;
+                    continue;
+                }
                 self.sync_wal(writer, true).await;
                 break;
             }
@@ -856,7 +869,15 @@ impl ShardProgram {
                     }
                     self.checkpoint = Some((barrier, vec![false; self.exchanges.len()]));
                 }
-                Control::Spawn(start) => start(),
+                Control::Spawn(make) => {
+                    let running = Arc::clone(&self.spawned);
+                    running.fetch_add(1, Ordering::Relaxed);
+                    glommio::spawn_local(async move {
+                        make().await;
+                        running.fetch_sub(1, Ordering::Relaxed);
+                    })
+                    .detach();
+                }
                 Control::Stop => {
                     *stopping = true;
                     self.abandon_checkpoint("the pipeline is stopping");

@@ -14,8 +14,9 @@
 //! watermark, the largest event time it pushed minus the declared bound (or
 //! a later value set with [`SourceHandle::watermark`]), in force from the
 //! row after the one that raised it. A shard's watermark for the source is
-//! the minimum over the handles that have pushed and are still open (a
-//! dropped handle stops holding time back once its rows are processed),
+//! the minimum over the handles that are connected (from their first push,
+//! or, for a generator's, from its start) and still open (a dropped handle
+//! stops holding time back once its rows are processed),
 //! and it never moves back. With one handle per source, the source's
 //! watermark is simply its largest event time minus the bound. Rows in one batch are judged one after another, exactly as if
 //! they had been pushed one at a time. The common case (no row is behind the
@@ -97,6 +98,9 @@ struct Lanes {
     cut: Option<Arc<crate::checkpoint::HandleCut>>,
     /// The checkpoint epoch of this handle's last marker.
     epoch: u64,
+    /// Wait for room in a full ring even under `Backpressure::Error` (a
+    /// generator's handle).
+    always_wait: bool,
 }
 
 /// A push under way, for checkpoints; ends when dropped.
@@ -303,9 +307,15 @@ impl SourceHandle {
     /// Connects the handle to the running pipeline now rather than at its
     /// first push: from here on each shard counts it among its source's
     /// partitions, and holds the source's watermark back until it pushes.
-    pub(crate) fn connect_now(&mut self) -> Result<()> {
+    /// A generator's handle also always waits for room in a full ring,
+    /// whatever the database's backpressure policy: a producer that runs
+    /// on a shard would otherwise fail at once (`LDB-2002`), and waiting
+    /// costs nobody a thread.
+    pub(crate) fn connect_for_generator(&mut self) -> Result<()> {
         let mut slot = std::mem::take(self.lanes.get_mut());
-        let connected = self.connect(&mut slot).map(|_| ());
+        let connected = self
+            .connect(&mut slot)
+            .map(|lanes| lanes.always_wait = true);
         *self.lanes.get_mut() = slot;
         connected
     }
@@ -423,6 +433,7 @@ impl SourceHandle {
             rows_pushed: 0,
             cut,
             epoch,
+            always_wait: false,
         }))
     }
 }
@@ -828,7 +839,7 @@ impl Lanes {
     /// With `Backpressure::Error`, checks up front that every message fits,
     /// so a batch is accepted whole or not at all.
     fn check_room(&self, messages: &[(usize, Ingress)]) -> Result<()> {
-        if self.pipeline.backpressure != Backpressure::Error {
+        if self.always_wait || self.pipeline.backpressure != Backpressure::Error {
             return Ok(());
         }
         let mut needed = vec![0usize; self.producers.len()];

@@ -131,6 +131,13 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::Unsupported
     );
+    // A literal pattern is compiled when the stream is created.
+    let bad_pattern = db
+        .execute("CREATE STREAM s AS SELECT regexp_match(symbol, '([A-Z]') AS m FROM trades")
+        .await
+        .unwrap_err();
+    assert_eq!(bad_pattern.code(), ErrorCode::Planning, "{bad_pattern}");
+    assert!(bad_pattern.to_string().contains("([A-Z]"), "{bad_pattern}");
     assert_eq!(
         code(
             db.execute("CREATE STREAM s AS SELECT symbol, COUNT(*) FROM trades GROUP BY symbol")
@@ -922,14 +929,21 @@ impl laminar_db::Generator for Forever {
 }
 
 /// What a generator gets wrong is an error with a code, from `finished`
-/// and in `errors()`; a shutdown stops a generator that never ends.
+/// and in `errors()`; a shutdown stops a generator that never ends, even
+/// with its partitions waiting on each other's full rings (one-slot rings
+/// and `Backpressure::Error`, which generators wait through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_errors_have_codes() {
     let rows = trades(7, 100, 3, 0);
     let good = trades_batch(&rows);
     let code = |r: laminar_db::Result<laminar_db::Generation>| r.unwrap_err().code();
 
-    let db = LaminarDB::builder().shards(2).build().unwrap();
+    let db = LaminarDB::builder()
+        .shards(2)
+        .ring_capacity(1)
+        .backpressure(Backpressure::Error)
+        .build()
+        .unwrap();
     db.execute(TRADES_DDL).await.unwrap();
     db.execute("CREATE STREAM big AS SELECT * FROM trades WHERE volume > 10")
         .await
@@ -989,7 +1003,15 @@ async fn generator_errors_have_codes() {
         .await
         .expect("shutdown returns while a generator runs")
         .unwrap();
-    let stopped = forever.finished().await.unwrap_err();
+    // Two tasks waiting on the same generation both hear its end.
+    let (stopped, again) = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join(forever.finished(), forever.finished()),
+    )
+    .await
+    .expect("every partition ends once the shards stop");
+    assert_eq!(again.unwrap_err().code(), ErrorCode::NotRunning);
+    let stopped = stopped.unwrap_err();
     assert_eq!(stopped.code(), ErrorCode::NotRunning, "{stopped}");
     assert!(row_count(&results.join().unwrap()) > 10_000);
 

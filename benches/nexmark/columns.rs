@@ -436,105 +436,123 @@ impl Columns {
     /// Appends event `event_number` (with the crate's default first event
     /// id and number, 0) to its table's columns; returns the table.
     pub fn append(&mut self, maker: &Maker, event_number: usize) -> Table {
-        let cfg = &maker.cfg;
-        let id = cfg.first_event_id + event_number;
+        let id = maker.cfg.first_event_id + event_number;
         let time = maker.timestamp(event_number);
         let rng = &mut Xoshiro::seed_from_u64(id as u64);
         let table = maker.table(event_number);
         self.rows[table] += 1;
         match table {
-            0 => {
-                self.person_id
-                    .push((maker.person_last_id(id) + cfg.first_person_id) as i64);
-                let [name, email, card, city, state] = &mut self.person_text;
-                name.bytes
-                    .extend_from_slice(cfg.first_names.choose(rng).expect("names").as_bytes());
-                name.bytes.push(b' ');
-                name.push(cfg.last_names.choose(rng).expect("names").as_bytes());
-                email.letters(rng, 7);
-                email.bytes.push(b'@');
-                email.letters(rng, 5);
-                email.push(b".com");
-                let digits: [i32; 4] = std::array::from_fn(|_| rng.gen_range(0..10000));
-                card.push(
-                    format!(
-                        "{:04} {:04} {:04} {:04}",
-                        digits[0], digits[1], digits[2], digits[3]
-                    )
-                    .as_bytes(),
-                );
-                city.push(cfg.us_cities.choose(rng).expect("cities").as_bytes());
-                state.push(cfg.us_states.choose(rng).expect("states").as_bytes());
-                let texts = [&*name, &*email, &*card, &*city, &*state];
-                let size = 8 + texts.iter().map(|t| last_len(t)).sum::<usize>();
-                self.person_time.push(nanos(time));
-                self.person_extra.extra(rng, size, cfg.avg_person_byte_size);
-            }
-            1 => {
-                let [auction_id, initial_bid, reserve] = &mut self.auction_ints;
-                auction_id.push((maker.auction_last_id(id) + cfg.first_auction_id) as i64);
-                let [item_name, description] = &mut self.auction_text;
-                item_name.letters(rng, 20);
-                item_name.end();
-                description.letters(rng, 100);
-                description.end();
-                let bid = price(rng);
-                initial_bid.push(bid as i64);
-                reserve.push((bid + price(rng)) as i64);
-                // The crate's `next_length`: up to twice the time until the
-                // auction that follows the ones in flight.
-                let events_for_auctions =
-                    (cfg.in_flight_auctions * maker.proportion) / cfg.auction_proportion;
-                let horizon = maker.timestamp(event_number + events_for_auctions) - time;
-                let expires = time + 1 + rng.gen_range(0..(horizon * 2).max(1));
-                let seller = if rng.gen_range(0..cfg.hot_seller_ratio) > 0 {
-                    (maker.person_last_id(id) / HOT_RATIO) * HOT_RATIO
-                } else {
-                    maker.person_next_id(id, rng)
-                };
-                let category = cfg.first_category_id + rng.gen_range(0..cfg.num_categories);
-                let [date_time, expires_at] = &mut self.auction_times;
-                date_time.push(nanos(time));
-                expires_at.push(nanos(expires));
-                let [seller_id, category_id] = &mut self.auction_tail;
-                seller_id.push((seller + cfg.first_person_id) as i64);
-                category_id.push(category as i64);
-                self.auction_extra
-                    .extra(rng, 8 + 20 + 100 + 40, cfg.avg_auction_byte_size);
-            }
-            _ => {
-                let auction = if 0 < rng.gen_range(0..cfg.hot_auction_ratio) {
-                    (maker.auction_last_id(id) / HOT_RATIO) * HOT_RATIO
-                } else {
-                    maker.auction_next_id(id, rng)
-                };
-                let bidder = if 0 < rng.gen_range(0..cfg.hot_bidder_ratio) {
-                    (maker.person_last_id(id) / HOT_RATIO) * HOT_RATIO + 1
-                } else {
-                    maker.person_next_id(id, rng)
-                };
-                let bid_price = price(rng);
-                let [channel, url] = &mut self.bid_text;
-                if rng.gen_range(0..cfg.hot_channel_ratio) > 0 {
-                    let index = rng.gen_range(0..cfg.hot_channels.len());
-                    channel.push(cfg.hot_channels[index].as_bytes());
-                    url.push(cfg.hot_urls[index].as_bytes());
-                } else {
-                    let &(start, name, link) = maker.channel_index.choose(rng).expect("channels");
-                    let (start, name, link) = (start as usize, name as usize, link as usize);
-                    let entry = &maker.channel_bytes[start..start + name + link];
-                    channel.push(&entry[..name]);
-                    url.push(&entry[name..]);
-                }
-                let [auction_id, bidder_id, price_cents] = &mut self.bid_ints;
-                auction_id.push((auction + cfg.first_auction_id) as i64);
-                bidder_id.push((bidder + cfg.first_person_id) as i64);
-                price_cents.push(bid_price as i64);
-                self.bid_time.push(nanos(time));
-                self.bid_extra.extra(rng, 32, cfg.avg_bid_byte_size);
-            }
+            0 => self.person(maker, id, time, rng),
+            1 => self.auction(maker, event_number, id, time, rng),
+            _ => self.bid(maker, id, time, rng),
         }
         table
+    }
+
+    /// The crate's `Person::new`.
+    fn person(&mut self, maker: &Maker, id: usize, time: u64, rng: &mut Xoshiro) {
+        let cfg = &maker.cfg;
+        self.person_id
+            .push((maker.person_last_id(id) + cfg.first_person_id) as i64);
+        let [name, email, card, city, state] = &mut self.person_text;
+        name.bytes
+            .extend_from_slice(cfg.first_names.choose(rng).expect("names").as_bytes());
+        name.bytes.push(b' ');
+        name.push(cfg.last_names.choose(rng).expect("names").as_bytes());
+        email.letters(rng, 7);
+        email.bytes.push(b'@');
+        email.letters(rng, 5);
+        email.push(b".com");
+        let digits: [i32; 4] = std::array::from_fn(|_| rng.gen_range(0..10000));
+        card.push(
+            format!(
+                "{:04} {:04} {:04} {:04}",
+                digits[0], digits[1], digits[2], digits[3]
+            )
+            .as_bytes(),
+        );
+        city.push(cfg.us_cities.choose(rng).expect("cities").as_bytes());
+        state.push(cfg.us_states.choose(rng).expect("states").as_bytes());
+        let texts = [&*name, &*email, &*card, &*city, &*state];
+        let size = 8 + texts.iter().map(|t| last_len(t)).sum::<usize>();
+        self.person_time.push(nanos(time));
+        self.person_extra.extra(rng, size, cfg.avg_person_byte_size);
+    }
+
+    /// The crate's `Auction::new`.
+    fn auction(
+        &mut self,
+        maker: &Maker,
+        event_number: usize,
+        id: usize,
+        time: u64,
+        rng: &mut Xoshiro,
+    ) {
+        let cfg = &maker.cfg;
+        let [auction_id, initial_bid, reserve] = &mut self.auction_ints;
+        auction_id.push((maker.auction_last_id(id) + cfg.first_auction_id) as i64);
+        let [item_name, description] = &mut self.auction_text;
+        item_name.letters(rng, 20);
+        item_name.end();
+        description.letters(rng, 100);
+        description.end();
+        let bid = price(rng);
+        initial_bid.push(bid as i64);
+        reserve.push((bid + price(rng)) as i64);
+        // The crate's `next_length`: up to twice the time until the
+        // auction that follows the ones in flight.
+        let events_for_auctions =
+            (cfg.in_flight_auctions * maker.proportion) / cfg.auction_proportion;
+        let horizon = maker.timestamp(event_number + events_for_auctions) - time;
+        let expires = time + 1 + rng.gen_range(0..(horizon * 2).max(1));
+        let seller = if rng.gen_range(0..cfg.hot_seller_ratio) > 0 {
+            (maker.person_last_id(id) / HOT_RATIO) * HOT_RATIO
+        } else {
+            maker.person_next_id(id, rng)
+        };
+        let category = cfg.first_category_id + rng.gen_range(0..cfg.num_categories);
+        let [date_time, expires_at] = &mut self.auction_times;
+        date_time.push(nanos(time));
+        expires_at.push(nanos(expires));
+        let [seller_id, category_id] = &mut self.auction_tail;
+        seller_id.push((seller + cfg.first_person_id) as i64);
+        category_id.push(category as i64);
+        self.auction_extra
+            .extra(rng, 8 + 20 + 100 + 40, cfg.avg_auction_byte_size);
+    }
+
+    /// The crate's `Bid::new`.
+    fn bid(&mut self, maker: &Maker, id: usize, time: u64, rng: &mut Xoshiro) {
+        let cfg = &maker.cfg;
+        let auction = if 0 < rng.gen_range(0..cfg.hot_auction_ratio) {
+            (maker.auction_last_id(id) / HOT_RATIO) * HOT_RATIO
+        } else {
+            maker.auction_next_id(id, rng)
+        };
+        let bidder = if 0 < rng.gen_range(0..cfg.hot_bidder_ratio) {
+            (maker.person_last_id(id) / HOT_RATIO) * HOT_RATIO + 1
+        } else {
+            maker.person_next_id(id, rng)
+        };
+        let bid_price = price(rng);
+        let [channel, url] = &mut self.bid_text;
+        if rng.gen_range(0..cfg.hot_channel_ratio) > 0 {
+            let index = rng.gen_range(0..cfg.hot_channels.len());
+            channel.push(cfg.hot_channels[index].as_bytes());
+            url.push(cfg.hot_urls[index].as_bytes());
+        } else {
+            let &(start, name, link) = maker.channel_index.choose(rng).expect("channels");
+            let (start, name, link) = (start as usize, name as usize, link as usize);
+            let entry = &maker.channel_bytes[start..start + name + link];
+            channel.push(&entry[..name]);
+            url.push(&entry[name..]);
+        }
+        let [auction_id, bidder_id, price_cents] = &mut self.bid_ints;
+        auction_id.push((auction + cfg.first_auction_id) as i64);
+        bidder_id.push((bidder + cfg.first_person_id) as i64);
+        price_cents.push(bid_price as i64);
+        self.bid_time.push(nanos(time));
+        self.bid_extra.extra(rng, 32, cfg.avg_bid_byte_size);
     }
 
     /// The pending rows of `table` as a batch.

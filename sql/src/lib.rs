@@ -22,6 +22,7 @@ mod fused;
 pub mod jit;
 mod join;
 mod join_bounds;
+mod patterns;
 pub mod planner;
 mod retractable;
 pub mod window_tvf;

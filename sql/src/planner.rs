@@ -916,13 +916,14 @@ impl Lowering<'_> {
         expr: &Expr,
         schema: &DFSchema,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(
+        let physical = create_physical_expr(
             expr,
             schema,
             &self.props,
             &PhysicalPlanningContext::default(),
         )
-        .map_err(planning_error)
+        .map_err(planning_error)?;
+        crate::patterns::precompile(physical, schema.as_arrow())
     }
 
     /// `expr` compiled where the JIT supports it.

@@ -1,0 +1,329 @@
+//! Regular expressions compiled once per query, not once per batch.
+//!
+//! DataFusion's `regexp_match` and `regexp_like` compile a literal pattern
+//! on every call, that is on every batch: at one row per push, a compile
+//! per row (tens of microseconds, more than the rest of the row's work).
+//! Planning replaces each call with a literal pattern (and literal flags)
+//! by a [`PrecompiledRegex`] that holds the compiled pattern and runs the
+//! same kernels' logic (arrow's `regexp_match` and
+//! `regexp_is_match_scalar`: same output type, same NULLs, the same
+//! special case for an empty pattern). A pattern that does not compile is
+//! then a planning error (`LDB-1007`) at `CREATE STREAM`, rather than a
+//! failure of every batch once the stream runs.
+//!
+//! Other shapes (a pattern column, NULL or `g` flags, other string types)
+//! stay DataFusion's.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, ListBuilder, RecordBatch,
+    StringBuilder,
+};
+use arrow::buffer::{BooleanBuffer, NullBuffer};
+use arrow::datatypes::{DataType, Schema};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::logical_expr::ColumnarValue;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use laminar_runtime::{Error, ErrorCode, Result};
+use regex::Regex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `regexp_match`: the capture groups (or the whole match) as a list.
+    Match,
+    /// `regexp_like`: whether the value matches.
+    Like,
+}
+
+/// A `regexp_match` or `regexp_like` call with its pattern compiled.
+#[derive(Debug)]
+pub struct PrecompiledRegex {
+    /// The call as DataFusion planned it: its type, its display, and the
+    /// path for what this one does not cover (a scalar value).
+    call: Arc<dyn PhysicalExpr>,
+    values: Arc<dyn PhysicalExpr>,
+    kind: Kind,
+    regex: Regex,
+    /// The flags and pattern together were empty: the kernels then match
+    /// every value without compiling.
+    empty: bool,
+}
+
+/// Replaces the calls in `expr` that [`PrecompiledRegex`] covers.
+pub(crate) fn precompile(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let mut failure = None;
+    let rewritten = expr
+        .transform_up(|node| {
+            match precompiled(&node, schema) {
+                Ok(Some(replacement)) => return Ok(Transformed::yes(replacement)),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+            Ok(Transformed::no(node))
+        })
+        .map_err(|e| Error::new(ErrorCode::Planning, e.to_string()))?
+        .data;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(rewritten),
+    }
+}
+
+fn precompiled(
+    node: &Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+    let Some(call) = node.as_ref().downcast_ref::<ScalarFunctionExpr>() else {
+        return Ok(None);
+    };
+    let name = call.name();
+    let kind = match name {
+        "regexp_match" => Kind::Match,
+        "regexp_like" => Kind::Like,
+        _ => return Ok(None),
+    };
+    let literal = |expr: &Arc<dyn PhysicalExpr>| {
+        expr.as_ref()
+            .downcast_ref::<Literal>()
+            .and_then(|l| match l.value() {
+                ScalarValue::Utf8(Some(text)) => Some(text.clone()),
+                _ => None,
+            })
+    };
+    let (values, pattern, flags) = match call.args() {
+        [values, pattern] => (values, literal(pattern), None),
+        [values, pattern, flags] => match literal(flags) {
+            Some(flags) => (values, literal(pattern), Some(flags)),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let Some(pattern) = pattern else {
+        return Ok(None);
+    };
+    if values.data_type(schema).ok() != Some(DataType::Utf8) {
+        return Ok(None);
+    }
+    // The `g` flag is an error of DataFusion's own; leave it to say so.
+    match (kind, flags.as_deref()) {
+        (Kind::Match, Some("g")) => return Ok(None),
+        (Kind::Like, Some(flags)) if flags.contains('g') => return Ok(None),
+        _ => {}
+    }
+    let full = match &flags {
+        Some(flags) => format!("(?{flags}){pattern}"),
+        None => pattern.clone(),
+    };
+    let regex = Regex::new(&full).map_err(|e| {
+        Error::new(
+            ErrorCode::Planning,
+            format!("{name}: the pattern '{pattern}' is not a valid regular expression: {e}"),
+        )
+    })?;
+    Ok(Some(Arc::new(PrecompiledRegex {
+        call: Arc::clone(node),
+        values: Arc::clone(values),
+        kind,
+        empty: full.is_empty(),
+        regex,
+    })))
+}
+
+impl PrecompiledRegex {
+    /// arrow's `regexp_match` over a scalar pattern.
+    fn capture(&self, values: &arrow::array::StringArray) -> ArrayRef {
+        let mut list = ListBuilder::new(StringBuilder::with_capacity(values.len(), 0));
+        for value in values.iter() {
+            match value {
+                // Postgres: regexp_match('foo', '') is {""}.
+                Some(_) if self.regex.as_str().is_empty() => {
+                    list.values().append_value("");
+                    list.append(true);
+                }
+                Some(value) => match self.regex.captures(value) {
+                    Some(captures) => {
+                        let mut groups = captures.iter();
+                        if captures.len() > 1 {
+                            groups.next();
+                        }
+                        for group in groups.flatten() {
+                            list.values().append_value(group.as_str());
+                        }
+                        list.append(true);
+                    }
+                    None => list.append(false),
+                },
+                None => list.append(false),
+            }
+        }
+        Arc::new(list.finish())
+    }
+
+    /// arrow's `regexp_is_match_scalar`.
+    fn is_match(&self, values: &arrow::array::StringArray) -> ArrayRef {
+        let mut result = BooleanBufferBuilder::new(values.len());
+        if self.empty {
+            result.append_n(values.len(), true);
+        } else {
+            for i in 0..values.len() {
+                result.append(self.regex.is_match(values.value(i)));
+            }
+        }
+        let nulls = values
+            .nulls()
+            .map(|n| n.inner().sliced())
+            .and_then(|b| NullBuffer::from_unsliced_buffer(b, values.len()));
+        Arc::new(BooleanArray::new(BooleanBuffer::from(result), nulls))
+    }
+}
+
+impl fmt::Display for PrecompiledRegex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.call.fmt(f)
+    }
+}
+
+impl PartialEq for PrecompiledRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.call.eq(&other.call)
+    }
+}
+
+impl Eq for PrecompiledRegex {}
+
+impl Hash for PrecompiledRegex {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.call.hash(state);
+    }
+}
+
+impl PhysicalExpr for PrecompiledRegex {
+    fn data_type(&self, input_schema: &Schema) -> DfResult<DataType> {
+        self.call.data_type(input_schema)
+    }
+
+    fn nullable(&self, input_schema: &Schema) -> DfResult<bool> {
+        self.call.nullable(input_schema)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
+        let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
+            return self.call.evaluate(batch);
+        };
+        let Some(strings) = values.as_string_opt::<i32>() else {
+            return self.call.evaluate(batch);
+        };
+        Ok(ColumnarValue::Array(match self.kind {
+            Kind::Match => self.capture(strings),
+            Kind::Like => self.is_match(strings),
+        }))
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        vec![&self.call]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        // A rewritten call is DataFusion's again.
+        Ok(children.pop().unwrap_or_else(|| Arc::clone(&self.call)))
+    }
+
+    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.call.fmt_sql(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use arrow::datatypes::Field;
+    use datafusion::common::DFSchema;
+    use datafusion::prelude::SessionContext;
+
+    /// Every case against DataFusion's own evaluation of the same call.
+    #[test]
+    fn precompiled_calls_give_datafusions_results() {
+        let schema = Schema::new(vec![Field::new("s", DataType::Utf8, true)]);
+        let values: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("https://x.com/a?channel_id=42&b=1"),
+            None,
+            Some("channel_id=7"),
+            Some("Apple pie"),
+            Some(""),
+            Some("abcabc"),
+            Some("no match here"),
+            Some("ß日本 unicode"),
+        ]));
+        let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![values]).unwrap();
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
+        let calls = [
+            "regexp_match(s, '(&|^)channel_id=([^&]*)')",
+            "regexp_match(s, 'channel_id=[0-9]+')",
+            "regexp_match(s, '(a)|(b)')",
+            "regexp_match(s, '')",
+            "regexp_match(s, 'apple', 'i')",
+            "regexp_match(s, '(?P<x>c)(d)?')",
+            "regexp_match(s, '[^ ]+$')",
+            "regexp_like(s, 'channel_id')",
+            "regexp_like(s, '^a', 'i')",
+            "regexp_like(s, '')",
+            "regexp_like(s, 'x|日本')",
+        ];
+        for call in calls {
+            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
+            let plain = ctx.create_physical_expr(logical, &df_schema).unwrap();
+            let fast = precompile(Arc::clone(&plain), &schema).unwrap();
+            assert!(
+                fast.as_ref().downcast_ref::<PrecompiledRegex>().is_some(),
+                "{call} is precompiled"
+            );
+            let want = plain.evaluate(&batch).unwrap().into_array(8).unwrap();
+            let got = fast.evaluate(&batch).unwrap().into_array(8).unwrap();
+            assert_eq!(got.as_ref(), want.as_ref(), "{call}");
+            assert_eq!(got.data_type(), &plain.data_type(&schema).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_bad_pattern_is_a_planning_error_and_other_shapes_stay() {
+        let schema = Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("p", DataType::Utf8, true),
+        ]);
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
+        let physical = |call: &str| {
+            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
+            ctx.create_physical_expr(logical, &df_schema).unwrap()
+        };
+        let error = precompile(physical("regexp_match(s, '(unclosed')"), &schema).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::Planning);
+        assert!(error.to_string().contains("(unclosed"), "{error}");
+        for call in [
+            "regexp_match(s, p)",
+            "regexp_match(s, 'a', 'g')",
+            "regexp_like(s, 'a', 'gi')",
+            "regexp_like(s, NULL)",
+        ] {
+            let plain = physical(call);
+            let kept = precompile(Arc::clone(&plain), &schema).unwrap();
+            assert!(
+                kept.as_ref().downcast_ref::<PrecompiledRegex>().is_none(),
+                "{call} stays DataFusion's"
+            );
+        }
+    }
+}
