@@ -156,16 +156,31 @@ fn errors_exit_non_zero_with_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("LDB-4001"));
 }
 
+/// The demo, with a producer thread and with the trades made inside the
+/// shards (`--producers 0`).
 #[test]
 fn demo_runs_and_reports_throughput() {
-    let o = laminardb()
-        .args(["demo", "--duration", "2", "--symbols", "50"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("events/s"), "{stdout}");
-    assert!(stdout.contains("window "), "no window closed: {stdout}");
+    for producers in ["1", "0"] {
+        let o = laminardb()
+            .args(["demo", "--duration", "2", "--symbols", "50"])
+            .args(["--producers", producers, "--shards", "2"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains("events/s"), "{stdout}");
+        assert!(stdout.contains("window "), "no window closed: {stdout}");
+        let done = stdout
+            .lines()
+            .find(|l| l.starts_with("done: "))
+            .unwrap_or("");
+        let events: u64 = done
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(events > 0, "--producers {producers}: {stdout}");
+    }
 }
 
 /// JSON-lines input (by extension) gives the same results as the same rows

@@ -60,8 +60,8 @@ struct Pool {
 }
 
 /// Builds the recycled batches with the source's own schema.
-fn make_pool(schema: SchemaRef, symbols: usize, batch_rows: usize) -> Pool {
-    let mut rng = StdRng::seed_from_u64(42);
+fn make_pool(schema: SchemaRef, symbols: usize, batch_rows: usize, seed: u64) -> Pool {
+    let mut rng = StdRng::seed_from_u64(seed);
     let names: Vec<String> = (0..symbols).map(|i| format!("SYM{i:04}")).collect();
     let mut prices: Vec<f64> = (0..symbols)
         .map(|_| rng.random_range(10.0..500.0))
@@ -97,6 +97,43 @@ fn make_pool(schema: SchemaRef, symbols: usize, batch_rows: usize) -> Pool {
         jitter_ms.push(jitter);
     }
     Pool { batches, jitter_ms }
+}
+
+impl Pool {
+    /// Pool batch `i` (recycled), stamped `now_ms` less each row's jitter.
+    fn batch(&self, i: usize, now_ms: i64) -> Result<RecordBatch> {
+        let k = i % POOL_BATCHES;
+        let ts: Int64Array = self.jitter_ms[k].iter().map(|j| now_ms - j).collect();
+        let template = &self.batches[k];
+        let mut columns = template.columns().to_vec();
+        columns[3] = Arc::new(ts);
+        Ok(RecordBatch::try_new(template.schema(), columns)?)
+    }
+}
+
+/// The first market millisecond of a run.
+const EPOCH_MS: i64 = 1_700_000_000_000;
+
+/// One shard's share of the trades when they are made inside the shards
+/// (`--producers 0`): the same recycled batches, stamped from the same
+/// clock, until `stop`.
+struct InShard {
+    pool: Pool,
+    started: Instant,
+    next: usize,
+    stop: Arc<AtomicBool>,
+}
+
+impl laminar_db::Generator for InShard {
+    fn next_batch(&mut self) -> Option<(usize, RecordBatch)> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now_ms = EPOCH_MS + self.started.elapsed().as_millis() as i64 * SPEEDUP;
+        self.next += 1;
+        // Pool batches match the source's schema by construction.
+        self.pool.batch(self.next, now_ms).ok().map(|b| (0, b))
+    }
 }
 
 /// Prints one window from the pieces the shards emitted for it.
@@ -149,10 +186,10 @@ pub async fn demo(
     batch_rows: usize,
     producers: usize,
 ) -> Result<()> {
-    if symbols == 0 || batch_rows == 0 || producers == 0 {
+    if symbols == 0 || batch_rows == 0 {
         return Err(Error::new(
             ErrorCode::InvalidConfig,
-            "--symbols, --batch-rows and --producers must be at least 1",
+            "--symbols and --batch-rows must be at least 1",
         ));
     }
     let mut builder = LaminarDB::builder();
@@ -173,10 +210,25 @@ pub async fn demo(
     let handles = (0..producers)
         .map(|_| db.source_untyped("trades"))
         .collect::<Result<Vec<_>>>()?;
+    let schema = db.source_untyped("trades")?.schema();
     db.start().await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let pushed = Arc::new(AtomicU64::new(0));
+    let run_started = Instant::now();
+    // With no producer thread, each shard makes its own share of the
+    // trades between its batches of work.
+    let generation = if producers == 0 {
+        println!("  trades made inside the shards");
+        Some(db.generate(&["trades"], |k, _| InShard {
+            pool: make_pool(Arc::clone(&schema), symbols, batch_rows, 42 + k as u64),
+            started: run_started,
+            next: 0,
+            stop: Arc::clone(&stop),
+        })?)
+    } else {
+        None
+    };
     // Each producer thread pushes through its own handle (its own rings to
     // every shard), as an application with several ingest threads would.
     let mut generators = Vec::with_capacity(producers);
@@ -186,18 +238,11 @@ pub async fn demo(
         let generator = std::thread::Builder::new()
             .name(format!("demo-producer-{p}"))
             .spawn(move || -> Result<()> {
-                let pool = make_pool(trades.schema(), symbols, batch_rows);
-                let started = Instant::now();
-                let epoch_ms = 1_700_000_000_000i64;
+                let pool = make_pool(trades.schema(), symbols, batch_rows, 42 + p as u64);
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let k = i % POOL_BATCHES;
-                    let now_ms = epoch_ms + started.elapsed().as_millis() as i64 * SPEEDUP;
-                    let ts: Int64Array = pool.jitter_ms[k].iter().map(|j| now_ms - j).collect();
-                    let template = &pool.batches[k];
-                    let mut columns = template.columns().to_vec();
-                    columns[3] = Arc::new(ts);
-                    trades.push(RecordBatch::try_new(template.schema(), columns)?)?;
+                    let now_ms = EPOCH_MS + run_started.elapsed().as_millis() as i64 * SPEEDUP;
+                    trades.push(pool.batch(i, now_ms)?)?;
                     pushed.fetch_add(batch_rows as u64, Ordering::Relaxed);
                     i += 1;
                 }
@@ -211,6 +256,10 @@ pub async fn demo(
             })?;
         generators.push(generator);
     }
+    let accepted = || match &generation {
+        Some(generation) => generation.rows(),
+        None => pushed.load(Ordering::Relaxed),
+    };
 
     let deadline = (duration_s > 0).then(|| Instant::now() + Duration::from_secs(duration_s));
     let started = Instant::now();
@@ -260,7 +309,7 @@ pub async fn demo(
             windows += 1;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
-            let now = pushed.load(Ordering::Relaxed);
+            let now = accepted();
             let rate = (now - last_pushed) as f64 / last_report.elapsed().as_secs_f64();
             latency.merge(ohlc.latency());
             ohlc.reset_latency();
@@ -289,16 +338,20 @@ pub async fn demo(
         windows += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let generated = generators
+    let mut generated = generators
         .into_iter()
         .map(|g| {
             g.join()
                 .map_err(|_| Error::new(ErrorCode::Execution, "generator panicked"))?
         })
-        .collect::<Result<Vec<()>>>();
+        .collect::<Result<Vec<()>>>()
+        .map(|_| ());
+    if let Some(generation) = &generation {
+        generated = generated.and(generation.finished().await.map(|_| ()));
+    }
+    let total = accepted();
     db.shutdown().await?;
     generated?;
-    let total = pushed.load(Ordering::Relaxed);
     println!(
         "done: {} events in {:.1}s ({:.0} events/s), {} windows",
         total,

@@ -92,7 +92,9 @@ enum Command {
         /// Rows per pushed batch.
         #[arg(long, default_value_t = 1024)]
         batch_rows: usize,
-        /// Threads pushing trades, each through its own source handle.
+        /// Threads pushing trades, each through its own source handle; 0
+        /// makes the trades inside the shards instead (each shard its own
+        /// share, between its batches of work: `LaminarDB::generate`).
         #[arg(long, default_value_t = 1)]
         producers: usize,
     },
