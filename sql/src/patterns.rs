@@ -9,7 +9,9 @@
 //! `regexp_is_match_scalar`: same output type, same NULLs, the same
 //! special case for an empty pattern). A pattern that does not compile is
 //! then a planning error (`LDB-1007`) at `CREATE STREAM`, rather than a
-//! failure of every batch once the stream runs.
+//! failure of every batch once the stream runs. `regexp_match(...)[k]`
+//! (`array_element` of it with a literal `k`) finds the one element
+//! without building the list, reusing its capture slots from row to row.
 //!
 //! Other shapes (a pattern column, NULL or `g` flags, other string types)
 //! stay DataFusion's.
@@ -36,6 +38,10 @@ use regex::Regex;
 enum Kind {
     /// `regexp_match`: the capture groups (or the whole match) as a list.
     Match,
+    /// `regexp_match(...)[k]`: one element of that list, found without
+    /// building it (`array_element`'s rules: 1-based, negative from the
+    /// end, NULL out of range).
+    Element(i64),
     /// `regexp_like`: whether the value matches.
     Like,
 }
@@ -84,6 +90,9 @@ fn precompiled(
     let Some(call) = node.as_ref().downcast_ref::<ScalarFunctionExpr>() else {
         return Ok(None);
     };
+    if let Some(element) = element_of_match(node, call) {
+        return Ok(Some(element));
+    }
     let name = call.name();
     let kind = match name {
         "regexp_match" => Kind::Match,
@@ -137,7 +146,78 @@ fn precompiled(
     })))
 }
 
+/// `array_element(m, k)` of a precompiled `regexp_match` `m` and a
+/// literal `k` (how `regexp_match(...)[k]` is planned).
+fn element_of_match(
+    node: &Arc<dyn PhysicalExpr>,
+    call: &ScalarFunctionExpr,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    if call.name() != "array_element" {
+        return None;
+    }
+    let [list, index] = call.args() else {
+        return None;
+    };
+    let matched = list.as_ref().downcast_ref::<PrecompiledRegex>()?;
+    let index = match index.as_ref().downcast_ref::<Literal>()?.value() {
+        ScalarValue::Int64(Some(index)) => *index,
+        _ => return None,
+    };
+    (matched.kind == Kind::Match).then(|| {
+        Arc::new(PrecompiledRegex {
+            call: Arc::clone(node),
+            values: Arc::clone(&matched.values),
+            kind: Kind::Element(index),
+            regex: matched.regex.clone(),
+            empty: matched.empty,
+        }) as Arc<dyn PhysicalExpr>
+    })
+}
+
+/// `array_element`'s position of element `index` in a list of `len`.
+fn element_position(index: i64, len: usize) -> Option<usize> {
+    let len = len as i64;
+    let position = if index < 0 { index + len } else { index - 1 };
+    (0..len).contains(&position).then_some(position as usize)
+}
+
 impl PrecompiledRegex {
+    /// Element `index` of what [`PrecompiledRegex::capture`] would give.
+    fn element(&self, values: &arrow::array::StringArray, index: i64) -> ArrayRef {
+        let mut out = StringBuilder::with_capacity(values.len(), 0);
+        let mut locations = self.regex.capture_locations();
+        for value in values.iter() {
+            let Some(value) = value else {
+                out.append_null();
+                continue;
+            };
+            if self.regex.as_str().is_empty() {
+                // The list is [""].
+                match element_position(index, 1) {
+                    Some(_) => out.append_value(""),
+                    None => out.append_null(),
+                }
+                continue;
+            }
+            if self.regex.captures_read(&mut locations, value).is_none() {
+                out.append_null();
+                continue;
+            }
+            // The list holds the groups that took part (all but the whole
+            // match, when there are groups).
+            let first = usize::from(locations.len() > 1);
+            let groups = || (first..locations.len()).filter_map(|g| locations.get(g));
+            match element_position(index, groups().count()) {
+                Some(position) => {
+                    let (start, end) = groups().nth(position).expect("counted");
+                    out.append_value(&value[start..end]);
+                }
+                None => out.append_null(),
+            }
+        }
+        Arc::new(out.finish())
+    }
+
     /// arrow's `regexp_match` over a scalar pattern.
     fn capture(&self, values: &arrow::array::StringArray) -> ArrayRef {
         let mut list = ListBuilder::new(StringBuilder::with_capacity(values.len(), 0));
@@ -223,6 +303,7 @@ impl PhysicalExpr for PrecompiledRegex {
         };
         Ok(ColumnarValue::Array(match self.kind {
             Kind::Match => self.capture(strings),
+            Kind::Element(index) => self.element(strings, index),
             Kind::Like => self.is_match(strings),
         }))
     }
@@ -281,6 +362,16 @@ mod tests {
             "regexp_like(s, '^a', 'i')",
             "regexp_like(s, '')",
             "regexp_like(s, 'x|日本')",
+            "regexp_match(s, '(&|^)channel_id=([^&]*)')[2]",
+            "regexp_match(s, '(a)|(b)')[1]",
+            "regexp_match(s, '(a)|(b)')[2]",
+            "regexp_match(s, '(x)?(c)(d)?')[-1]",
+            "regexp_match(s, '(x)?(c)(d)?')[0]",
+            "regexp_match(s, '(x)?(c)(d)?')[5]",
+            "regexp_match(s, 'channel_id=[0-9]+')[1]",
+            "regexp_match(s, '')[1]",
+            "regexp_match(s, '')[2]",
+            "regexp_match(s, 'apple', 'i')[-1]",
         ];
         for call in calls {
             let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
