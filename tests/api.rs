@@ -870,17 +870,32 @@ async fn generators_inside_the_shards_give_the_batch_answer() {
     }
 }
 
-/// All of the input in the last partition, which starts late.
+/// All of the input in the last partition, which starts only once the
+/// others have ended (their generators are dropped after their partitions'
+/// end-of-input watermarks went out).
 struct Late {
     batches: Vec<datafusion::arrow::array::RecordBatch>,
-    delay: Duration,
+    /// Set when an early partition's generator is dropped.
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The last partition waits for this before its first batch.
+    waits: bool,
 }
 
 impl laminar_db::Generator for Late {
     fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
-        // Blocking its shard, on purpose: the other partitions finish first.
-        std::thread::sleep(std::mem::take(&mut self.delay));
+        if std::mem::take(&mut self.waits) {
+            // Blocking its shard, on purpose: the others end first.
+            eventually(|| self.ended.load(std::sync::atomic::Ordering::Acquire));
+        }
         (!self.batches.is_empty()).then(|| (0, self.batches.remove(0)))
+    }
+}
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        if self.batches.is_empty() && !self.waits {
+            self.ended.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 
@@ -901,6 +916,7 @@ async fn a_generator_partition_that_starts_late_loses_no_rows() {
         .unwrap();
     let collector = collect(db.subscribe("counts").unwrap());
     db.start().await.unwrap();
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let generation = db
         .generate(&["trades"], |k, n| Late {
             batches: if k + 1 == n {
@@ -908,7 +924,8 @@ async fn a_generator_partition_that_starts_late_loses_no_rows() {
             } else {
                 Vec::new()
             },
-            delay: Duration::from_millis(if k + 1 == n { 300 } else { 0 }),
+            ended: std::sync::Arc::clone(&ended),
+            waits: k + 1 == n,
         })
         .unwrap();
     assert_eq!(generation.finished().await.unwrap(), 5_000);
