@@ -174,6 +174,31 @@ fn element_of_match(
     })
 }
 
+/// The string argument of `call`, a call of `kind`'s shape: the first
+/// argument of `regexp_match`/`regexp_like`, or of the `regexp_match`
+/// (planned or precompiled) inside `array_element`.
+fn values_of(call: &Arc<dyn PhysicalExpr>, kind: Kind) -> Option<Arc<dyn PhysicalExpr>> {
+    let call = call.as_ref().downcast_ref::<ScalarFunctionExpr>()?;
+    let (call, name) = match kind {
+        Kind::Match => (call, "regexp_match"),
+        Kind::Like => (call, "regexp_like"),
+        Kind::Element(_) => {
+            if call.name() != "array_element" {
+                return None;
+            }
+            let inner = call.args().first()?;
+            if let Some(matched) = inner.as_ref().downcast_ref::<PrecompiledRegex>() {
+                return (matched.kind == Kind::Match).then(|| Arc::clone(&matched.values));
+            }
+            (
+                inner.as_ref().downcast_ref::<ScalarFunctionExpr>()?,
+                "regexp_match",
+            )
+        }
+    };
+    (call.name() == name).then(|| call.args().first().cloned())?
+}
+
 /// `array_element`'s position of element `index` in a list of `len`.
 fn element_position(index: i64, len: usize) -> Option<usize> {
     let len = len as i64;
@@ -316,8 +341,24 @@ impl PhysicalExpr for PrecompiledRegex {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        // A rewritten call is DataFusion's again.
-        Ok(children.pop().unwrap_or_else(|| Arc::clone(&self.call)))
+        // Rewrites that renumber columns (a `CASE` projects its batch to
+        // the columns it reads, a filter's stage to what it keeps) must
+        // keep the compiled pattern: the new call has the same shape, so
+        // its values are found where the old one's were. A call of another
+        // shape is DataFusion's again.
+        let Some(call) = children.pop() else {
+            return Ok(self);
+        };
+        Ok(match values_of(&call, self.kind) {
+            Some(values) => Arc::new(PrecompiledRegex {
+                call,
+                values,
+                kind: self.kind,
+                regex: self.regex.clone(),
+                empty: self.empty,
+            }),
+            None => call,
+        })
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -385,6 +426,65 @@ mod tests {
             let got = fast.evaluate(&batch).unwrap().into_array(8).unwrap();
             assert_eq!(got.as_ref(), want.as_ref(), "{call}");
             assert_eq!(got.data_type(), &plain.data_type(&schema).unwrap());
+        }
+    }
+
+    /// A `CASE` renumbers the columns of its branches to the ones it
+    /// reads; the pattern must stay compiled through that rewrite.
+    #[test]
+    fn renumbered_columns_keep_the_compiled_pattern() {
+        use datafusion::physical_expr::expressions::Column;
+        let wide = Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]);
+        let narrow = Schema::new(vec![Field::new("s", DataType::Utf8, true)]);
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(wide.clone()).unwrap();
+        let values: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a?channel_id=42&b=1"),
+            None,
+            Some("nothing"),
+        ]));
+        let batch = RecordBatch::try_new(Arc::new(narrow.clone()), vec![values]).unwrap();
+        for call in [
+            "regexp_match(s, '(&|^)channel_id=([^&]*)')[2]",
+            "regexp_match(s, 'channel_id=[0-9]+')",
+            "regexp_like(s, 'channel')",
+        ] {
+            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
+            let plain = ctx.create_physical_expr(logical, &df_schema).unwrap();
+            let fast = precompile(plain, &wide).unwrap();
+            let renumbered = fast
+                .transform_down(|e| {
+                    Ok(match e.as_ref().downcast_ref::<Column>() {
+                        Some(c) if c.index() == 1 => {
+                            Transformed::yes(Arc::new(Column::new(c.name(), 0)) as _)
+                        }
+                        _ => Transformed::no(e),
+                    })
+                })
+                .unwrap()
+                .data;
+            assert!(
+                renumbered
+                    .as_ref()
+                    .downcast_ref::<PrecompiledRegex>()
+                    .is_some(),
+                "{call} stays precompiled"
+            );
+            let plain_narrow = {
+                let df_narrow = DFSchema::try_from(narrow.clone()).unwrap();
+                let logical = ctx.parse_sql_expr(call, &df_narrow).unwrap();
+                ctx.create_physical_expr(logical, &df_narrow).unwrap()
+            };
+            let want = plain_narrow
+                .evaluate(&batch)
+                .unwrap()
+                .into_array(3)
+                .unwrap();
+            let got = renumbered.evaluate(&batch).unwrap().into_array(3).unwrap();
+            assert_eq!(got.as_ref(), want.as_ref(), "{call}");
         }
     }
 
