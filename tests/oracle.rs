@@ -823,6 +823,29 @@ async fn datafusion_scalar_functions() {
     .await;
 }
 
+/// A costly expression in both the `WHERE` and the `SELECT` is evaluated
+/// once, ahead of the filter (through a `CASE` branch, a function's
+/// argument and DataFusion's own common-subexpression projection), with
+/// the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_shared_by_where_and_select() {
+    differential(
+        "SELECT symbol, volume,
+                CASE WHEN volume > 500 THEN 'big'
+                     ELSE regexp_match(symbol, 'S0*([1-9][0-9]*)')[1] END AS num,
+                upper(concat(lower(symbol), '-x')) AS shout,
+                concat(lower(symbol), '-x') AS quiet,
+                lower(symbol) = 's007' AS seven
+         FROM trades
+         WHERE length(concat(lower(symbol), '-x')) + length(regexp_match(symbol, 'S0*([1-9][0-9]*)')[1]) > 6
+            OR price < 20.0",
+        "",
+        4_000,
+        20,
+    )
+    .await;
+}
+
 /// Statistical aggregates in windows; approximate percentiles agree with
 /// the exact median within their error (t-digest's result depends on how
 /// rows were batched, so it is not compared exactly).

@@ -118,7 +118,9 @@ async fn show_explain_and_query_errors() {
         "{TRADES_DDL};
          CREATE SOURCE quiet (a BIGINT) WITH (retention_rows = 0);
          CREATE STREAM s AS SELECT symbol FROM trades WHERE price > 1;
-         CREATE MATERIALIZED VIEW v AS {PER_SYMBOL} EMIT CHANGES"
+         CREATE MATERIALIZED VIEW v AS {PER_SYMBOL} EMIT CHANGES;
+         CREATE STREAM shouted AS SELECT upper(symbol) AS loud, price FROM trades
+             WHERE upper(symbol) <> 'S001'"
     ))
     .await
     .unwrap();
@@ -134,13 +136,21 @@ async fn show_explain_and_query_errors() {
             .collect()
     };
     assert_eq!(names(&rows(&db, "SHOW SOURCES").await), ["trades", "quiet"]);
-    assert_eq!(names(&rows(&db, "SHOW STREAMS").await), ["s", "v"]);
+    assert_eq!(
+        names(&rows(&db, "SHOW STREAMS").await),
+        ["s", "v", "shouted"]
+    );
     assert_eq!(names(&rows(&db, "SHOW MATERIALIZED VIEWS").await), ["v"]);
     let plan = names(&rows(&db, "EXPLAIN v").await);
     assert!(plan[0].starts_with("ChangelogAggregate"), "{plan:?}");
 
     assert!(
         plan[0].contains("on 1 shard(s): shard 0 on cpu"),
+        "{plan:?}"
+    );
+    let plan = names(&rows(&db, "EXPLAIN shouted").await);
+    assert!(
+        plan[0].contains("WHERE and SELECT share 1 expression(s)"),
         "{plan:?}"
     );
     assert_eq!(
@@ -183,12 +193,13 @@ async fn show_explain_and_query_errors() {
         .unwrap();
     let mut sub = db.subscribe("v").unwrap();
     assert_eq!(
-        db.execute("DROP STREAM extra; DROP STREAM s")
+        db.execute("DROP STREAM extra; DROP STREAM s; DROP STREAM shouted")
             .await
             .unwrap(),
         [
             ExecuteResult::Dropped("extra".into()),
-            ExecuteResult::Dropped("s".into())
+            ExecuteResult::Dropped("s".into()),
+            ExecuteResult::Dropped("shouted".into())
         ]
     );
     assert_eq!(names(&rows(&db, "SHOW STREAMS").await), ["v"]);

@@ -25,6 +25,7 @@ mod join_bounds;
 mod patterns;
 pub mod planner;
 mod retractable;
+mod sharing;
 pub mod window_tvf;
 
 pub use dialect::{

@@ -879,6 +879,9 @@ pub(crate) struct Lowering<'a> {
 /// The nodes between an aggregate (or the top) and the scan.
 pub(crate) struct Chain<'p> {
     pub(crate) stages: Vec<Stage>,
+    /// Expressions a filter and the projections after it share, evaluated
+    /// once ([`crate::sharing`]).
+    pub(crate) shared: usize,
     pub(crate) scan_source: String,
     pub(crate) below: &'p LogicalPlan,
 }
@@ -965,37 +968,56 @@ impl Lowering<'_> {
     /// Walks Projection/Filter/SubqueryAlias nodes down to the next
     /// Aggregate or TableScan. Stages come out in execution order (scan
     /// first).
-    pub(crate) fn chain<'p>(&self, mut node: &'p LogicalPlan) -> Result<Chain<'p>> {
-        let mut stages = Vec::new();
+    pub(crate) fn chain<'p>(&self, node: &'p LogicalPlan) -> Result<Chain<'p>> {
+        self.chain_with(node, false)
+    }
+
+    /// [`Lowering::chain`] for a stream's last stages, where a costly
+    /// expression that a filter shares with the projections after it is
+    /// evaluated once ([`crate::sharing`]). Stages below an operator keep
+    /// their plain shape, which fused aggregates and joins read.
+    pub(crate) fn top_chain<'p>(&self, node: &'p LogicalPlan) -> Result<Chain<'p>> {
+        self.chain_with(node, true)
+    }
+
+    fn chain_with<'p>(&self, mut node: &'p LogicalPlan, share: bool) -> Result<Chain<'p>> {
+        // Each stage with the schema it reads, interpreted until the end.
+        let mut stages: Vec<(Stage, SchemaRef)> = Vec::new();
+        let arrow_schema = |plan: &LogicalPlan| Arc::new(plan.schema().as_arrow().clone());
         loop {
             match node {
                 LogicalPlan::Projection(p) => {
                     let exprs = p
                         .expr
                         .iter()
-                        .map(|e| self.physical(e, p.input.schema()))
+                        .map(|e| self.raw_physical(e, p.input.schema()))
                         .collect::<Result<Vec<_>>>()?;
-                    stages.push(Stage::Project {
-                        exprs,
-                        schema: Arc::new(p.schema.as_arrow().clone()),
-                    });
+                    stages.push((
+                        Stage::Project {
+                            exprs,
+                            schema: Arc::new(p.schema.as_arrow().clone()),
+                        },
+                        arrow_schema(&p.input),
+                    ));
                     node = &p.input;
                 }
                 LogicalPlan::Filter(f) => {
-                    stages.push(Stage::Filter(
-                        self.physical(&f.predicate, f.input.schema())?,
+                    stages.push((
+                        Stage::Filter(self.raw_physical(&f.predicate, f.input.schema())?),
+                        arrow_schema(&f.input),
                     ));
                     node = &f.input;
                 }
                 LogicalPlan::SubqueryAlias(s) => node = &s.input,
                 LogicalPlan::Unnest(u) => {
-                    stages.push(unnest_stage(u)?);
+                    stages.push((unnest_stage(u)?, arrow_schema(&u.input)));
                     node = &u.input;
                 }
                 LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) | LogicalPlan::Join(_) => {
-                    stages.reverse();
+                    let (stages, shared) = self.finish_stages(stages, share);
                     return Ok(Chain {
                         stages,
+                        shared,
                         scan_source: String::new(),
                         below: node,
                     });
@@ -1028,14 +1050,18 @@ impl Lowering<'_> {
                                 )) as Arc<dyn PhysicalExpr>
                             })
                             .collect();
-                        stages.push(Stage::Project {
-                            exprs,
-                            schema: Arc::new(scan.projected_schema.as_arrow().clone()),
-                        });
+                        stages.push((
+                            Stage::Project {
+                                exprs,
+                                schema: Arc::new(scan.projected_schema.as_arrow().clone()),
+                            },
+                            Arc::clone(source_schema),
+                        ));
                     }
-                    stages.reverse();
+                    let (stages, shared) = self.finish_stages(stages, share);
                     return Ok(Chain {
                         stages,
+                        shared,
                         scan_source: name,
                         below: node,
                     });
@@ -1043,6 +1069,33 @@ impl Lowering<'_> {
                 other => return Err(unsupported_node(other)),
             }
         }
+    }
+
+    /// Stages collected top down, in execution order, shared
+    /// ([`crate::sharing`]) if asked and then compiled; with the number of
+    /// expressions shared.
+    fn finish_stages(
+        &self,
+        mut stages: Vec<(Stage, SchemaRef)>,
+        share: bool,
+    ) -> (Vec<Stage>, usize) {
+        stages.reverse();
+        let mut shared = 0;
+        if share {
+            (stages, shared) = crate::sharing::share(stages);
+        }
+        let stages = stages
+            .into_iter()
+            .map(|(stage, input)| match stage {
+                Stage::Filter(predicate) => Stage::Filter(self.compile(predicate, &input)),
+                Stage::Project { exprs, schema } => Stage::Project {
+                    exprs: exprs.into_iter().map(|e| self.compile(e, &input)).collect(),
+                    schema,
+                },
+                other => other,
+            })
+            .collect();
+        (stages, shared)
     }
 
     /// Key expressions over `input` as physical expressions, and how rows
@@ -2329,11 +2382,12 @@ fn lower(
         compiled: Default::default(),
     };
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    let chain = lowering.chain(plan)?;
+    let chain = lowering.top_chain(plan)?;
     let asof = matches!(chain.below, LogicalPlan::Join(join) if crate::join::is_asof(join));
     let mut right_input: Option<(StreamInput, Routing)> = None;
     let mut lookup_table: Option<String> = None;
-    let (input, routing, operator, explain) = match chain.below {
+    let shared = chain.shared;
+    let (input, routing, operator, mut explain) = match chain.below {
         LogicalPlan::Join(join) => {
             let changes = match def.emit {
                 None => None,
@@ -2455,6 +2509,11 @@ fn lower(
             )
         }
     };
+    if shared > 0 {
+        explain.push_str(&format!(
+            " (WHERE and SELECT share {shared} expression(s), computed once before the filter)"
+        ));
+    }
     let output_schema = match &operator {
         StreamOperator::ChangelogAggregate(_)
         | StreamOperator::TopN(_)
