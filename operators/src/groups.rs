@@ -91,8 +91,7 @@ impl KeyEncoder {
                 .collect()
         })?;
         let hasher = ahash::RandomState::new();
-        // Odd, so that the multiply loses no bit of the key.
-        let seeds = [hasher.hash_one(0x5eed_u64), hasher.hash_one(0xf00d_u64) | 1];
+        let seeds = [hasher.hash_one(0x5eed_u64), hasher.hash_one(0xf00d_u64)];
         Ok(Self {
             kind,
             converter,
@@ -151,8 +150,10 @@ impl KeyEncoder {
         if key.len() > 8 {
             return self.hasher.hash_one(key);
         }
-        let product =
-            u128::from(slot.head ^ self.seeds[0]) * u128::from(u64::from(slot.len) ^ self.seeds[1]);
+        // An odd multiplier: the product's low word keeps every bit of
+        // the key's.
+        let product = u128::from(slot.head ^ self.seeds[0])
+            * u128::from((u64::from(slot.len) ^ self.seeds[1]) | 1);
         (product as u64) ^ ((product >> 64) as u64)
     }
 
@@ -237,7 +238,8 @@ impl KeyEncoder {
         })
     }
 
-    /// The hash of row `row`'s key (the group tables' hash).
+    /// A hash of row `row`'s key (the interval join's buckets use it; the
+    /// group tables hash short string keys with [`KeyEncoder::short_hash`]).
     #[inline]
     pub fn hash_of(&self, keys: &OwnedKeys, row: usize) -> u64 {
         match keys {
@@ -383,22 +385,10 @@ impl Slot {
     /// The slot of a key with these bytes (its id set on insertion).
     #[inline]
     fn of(key: &[u8]) -> Self {
-        // Overlapping loads, no copy into a zeroed word (which stalls on
-        // store forwarding). Up to 8 bytes, `head` and `len` together
-        // determine the key.
-        let n = key.len();
-        let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
-        let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
-        let head = match n {
-            0 => 0,
-            1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
-            4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
-            _ => word(0),
-        };
         Self {
             id: 0,
-            len: u32::try_from(n).unwrap_or(u32::MAX),
-            head,
+            len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            head: key_head(key),
         }
     }
 
@@ -445,6 +435,23 @@ impl GroupTable {
     /// All group ids, in order.
     pub fn all_ids(&self) -> Vec<u32> {
         (0..self.len() as u32).collect()
+    }
+}
+
+/// A key's first bytes as one word: up to 8 bytes, with the length, the
+/// whole key (hash tables keep it in their slots to compare short keys
+/// without leaving them). Overlapping loads, no copy into a zeroed word,
+/// which would stall on store forwarding on every row.
+#[inline]
+pub(crate) fn key_head(key: &[u8]) -> u64 {
+    let n = key.len();
+    let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
+    let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
+    match n {
+        0 => 0,
+        1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
+        4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
+        _ => word(0),
     }
 }
 

@@ -174,6 +174,18 @@ fn element_of_match(
     })
 }
 
+/// The literals in `expr`, in order.
+fn literals(expr: &Arc<dyn PhysicalExpr>) -> Vec<ScalarValue> {
+    let mut found = Vec::new();
+    let _ = expr.apply(|e| {
+        if let Some(literal) = e.as_ref().downcast_ref::<Literal>() {
+            found.push(literal.value().clone());
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// The string argument of `call`, a call of `kind`'s shape: the first
 /// argument of `regexp_match`/`regexp_like`, or of the `regexp_match`
 /// (planned or precompiled) inside `array_element`.
@@ -349,6 +361,11 @@ impl PhysicalExpr for PrecompiledRegex {
         let Some(call) = children.pop() else {
             return Ok(self);
         };
+        // The compiled pattern and the index hold for a call with the
+        // same literals (pattern, flags, index) only.
+        if literals(&call) != literals(&self.call) {
+            return Ok(call);
+        }
         Ok(match values_of(&call, self.kind) {
             Some(values) => Arc::new(PrecompiledRegex {
                 call,
@@ -472,6 +489,28 @@ mod tests {
                     .downcast_ref::<PrecompiledRegex>()
                     .is_some(),
                 "{call} stays precompiled"
+            );
+            // A rewrite of a literal (another pattern) is DataFusion's call
+            // again, not the old pattern under the new text.
+            let repatterned = Arc::clone(&renumbered)
+                .transform_down(|e| {
+                    Ok(match e.as_ref().downcast_ref::<Literal>() {
+                        Some(l) if matches!(l.value(), ScalarValue::Utf8(Some(_))) => {
+                            Transformed::yes(Arc::new(Literal::new(ScalarValue::Utf8(Some(
+                                "z".into(),
+                            )))) as _)
+                        }
+                        _ => Transformed::no(e),
+                    })
+                })
+                .unwrap()
+                .data;
+            assert!(
+                repatterned
+                    .as_ref()
+                    .downcast_ref::<PrecompiledRegex>()
+                    .is_none(),
+                "{call} with another pattern"
             );
             let plain_narrow = {
                 let df_narrow = DFSchema::try_from(narrow.clone()).unwrap();

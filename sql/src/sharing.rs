@@ -371,12 +371,12 @@ fn unconditional(
 }
 
 fn costly(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
-    if expr.as_ref().is::<PrecompiledRegex>() {
-        return true;
-    }
-    if !expr.as_ref().is::<ScalarFunctionExpr>() {
+    let pattern = expr.as_ref().is::<PrecompiledRegex>();
+    if !pattern && !expr.as_ref().is::<ScalarFunctionExpr>() {
         return false;
     }
+    // A volatile call anywhere inside (`random()` in a pattern's input
+    // too) must be drawn where it was.
     let volatile = expr
         .exists(|e| {
             Ok(e.as_ref()
@@ -386,9 +386,10 @@ fn costly(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
         .unwrap_or(true);
     !volatile
         && !collect_columns(expr).is_empty()
-        && expr
-            .data_type(schema)
-            .is_ok_and(|t| !t.is_primitive() && !t.is_null() && t != DataType::Boolean)
+        && (pattern
+            || expr
+                .data_type(schema)
+                .is_ok_and(|t| !t.is_primitive() && !t.is_null() && t != DataType::Boolean))
 }
 
 /// `expr` over the filter's input: its columns replaced by what they are
@@ -423,28 +424,11 @@ fn renumbered(
     to: &[Option<usize>],
     schema: &Schema,
 ) -> Option<Arc<dyn PhysicalExpr>> {
-    let mut missing = false;
-    let result = expr
-        .transform_up(|e| {
-            let Some(column) = e.as_ref().downcast_ref::<Column>() else {
-                return Ok(Transformed::no(e));
-            };
-            match to.get(column.index()).copied().flatten() {
-                Some(i) if i == column.index() && column.name() == schema.field(i).name() => {
-                    Ok(Transformed::no(e))
-                }
-                Some(i) => Ok(Transformed::yes(
-                    Arc::new(Column::new(schema.field(i).name(), i)) as _,
-                )),
-                None => {
-                    missing = true;
-                    Ok(Transformed::no(e))
-                }
-            }
-        })
-        .ok()?
-        .data;
-    (!missing).then_some(result)
+    let columns: Lineage = to
+        .iter()
+        .map(|i| i.map(|i| Arc::new(Column::new(schema.field(i).name(), i)) as _))
+        .collect();
+    traced(&expr, &columns)
 }
 
 /// Whether `expr` computes `shared` somewhere.
@@ -648,6 +632,15 @@ mod tests {
             let (shared, _) = share(stages.clone());
             assert_eq!(shared.len(), 2, "{predicate}: {shared:?}");
         }
+        // A precompiled pattern over a volatile input is not costly
+        // (movable) either; over a column it is.
+        let volatile = expr(
+            "regexp_like(CASE WHEN random() < 0.5 THEN s ELSE url END, '^a')",
+            &input,
+        );
+        assert!(volatile.as_ref().is::<PrecompiledRegex>());
+        assert!(!costly(&volatile, &input));
+        assert!(costly(&expr("regexp_like(s, '^a')", &input), &input));
         // Nested candidates: both kept and both shared.
         let stages = vec![
             (

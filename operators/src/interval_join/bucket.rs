@@ -3,9 +3,9 @@
 
 use hashbrown::HashTable;
 
-use crate::groups::bytes_eq;
 #[cfg(doc)]
 use crate::groups::OwnedKeys;
+use crate::groups::{bytes_eq, key_head};
 
 /// The end of a chain.
 pub(super) const NONE: u32 = u32::MAX;
@@ -36,21 +36,10 @@ pub(super) struct KeyRef {
 impl KeyRef {
     #[inline]
     pub fn new(hash: u64, key: &[u8]) -> Self {
-        // Overlapping loads, no copy: a copy into a zeroed word followed
-        // by a word load stalls on store forwarding, on every row.
-        let n = key.len();
-        let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
-        let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
-        let head = match n {
-            0 => 0,
-            1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
-            4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
-            _ => word(0),
-        };
         Self {
             hash,
-            head,
-            len: u32::try_from(n).unwrap_or(u32::MAX),
+            head: key_head(key),
+            len: u32::try_from(key.len()).unwrap_or(u32::MAX),
         }
     }
 }
