@@ -26,6 +26,7 @@ mod patterns;
 pub mod planner;
 mod retractable;
 mod sharing;
+mod split;
 pub mod window_tvf;
 
 pub use dialect::{

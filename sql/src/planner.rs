@@ -926,6 +926,7 @@ impl Lowering<'_> {
             &PhysicalPlanningContext::default(),
         )
         .map_err(planning_error)?;
+        let physical = crate::split::rewrite(physical, schema.as_arrow());
         crate::patterns::precompile(physical, schema.as_arrow())
     }
 
