@@ -15,6 +15,62 @@
 //! - [`jit`]: the Cranelift compiler that turns the plan's expressions
 //!   into native kernels (interpreted until they are ready).
 
+/// Display, equality and hashing for a physical expression that stands
+/// in for a DataFusion call, kept as its `call` field: it shows and
+/// compares as that call (plans and rewrites see the same expression).
+macro_rules! like_its_call {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.call.fmt(f)
+            }
+        }
+
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.call.eq(&other.call)
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.call.hash(state);
+            }
+        }
+    };
+}
+
+/// The `PhysicalExpr` methods such an expression answers as its `call`:
+/// type, nullability, display as SQL, and the call as its one child (so
+/// rewrites reach the call's columns).
+macro_rules! call_methods {
+    () => {
+        fn data_type(
+            &self,
+            input_schema: &arrow::datatypes::Schema,
+        ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+            self.call.data_type(input_schema)
+        }
+
+        fn nullable(
+            &self,
+            input_schema: &arrow::datatypes::Schema,
+        ) -> datafusion::common::Result<bool> {
+            self.call.nullable(input_schema)
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>> {
+            vec![&self.call]
+        }
+
+        fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.call.fmt_sql(f)
+        }
+    };
+}
+
 mod asof;
 pub mod dialect;
 pub mod functions;

@@ -16,8 +16,6 @@
 //! Other shapes (a pattern column, NULL or `g` flags, other string types)
 //! stay DataFusion's.
 
-use std::fmt;
-use std::hash::Hash;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -302,34 +300,10 @@ impl PrecompiledRegex {
     }
 }
 
-impl fmt::Display for PrecompiledRegex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.call.fmt(f)
-    }
-}
-
-impl PartialEq for PrecompiledRegex {
-    fn eq(&self, other: &Self) -> bool {
-        self.call.eq(&other.call)
-    }
-}
-
-impl Eq for PrecompiledRegex {}
-
-impl Hash for PrecompiledRegex {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.call.hash(state);
-    }
-}
+like_its_call!(PrecompiledRegex);
 
 impl PhysicalExpr for PrecompiledRegex {
-    fn data_type(&self, input_schema: &Schema) -> DfResult<DataType> {
-        self.call.data_type(input_schema)
-    }
-
-    fn nullable(&self, input_schema: &Schema) -> DfResult<bool> {
-        self.call.nullable(input_schema)
-    }
+    call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
         let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
@@ -343,10 +317,6 @@ impl PhysicalExpr for PrecompiledRegex {
             Kind::Element(index) => self.element(strings, index),
             Kind::Like => self.is_match(strings),
         }))
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.call]
     }
 
     fn with_new_children(
@@ -376,10 +346,6 @@ impl PhysicalExpr for PrecompiledRegex {
             }),
             None => call,
         })
-    }
-
-    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.call.fmt_sql(f)
     }
 }
 

@@ -11,8 +11,6 @@
 //! shapes (a longer or empty delimiter, a position from the end, a column
 //! for either) stay DataFusion's.
 
-use std::fmt;
-use std::hash::Hash;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, StringBuilder};
@@ -115,34 +113,10 @@ impl SplitPart {
     }
 }
 
-impl fmt::Display for SplitPart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.call.fmt(f)
-    }
-}
-
-impl PartialEq for SplitPart {
-    fn eq(&self, other: &Self) -> bool {
-        self.call.eq(&other.call)
-    }
-}
-
-impl Eq for SplitPart {}
-
-impl Hash for SplitPart {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.call.hash(state);
-    }
-}
+like_its_call!(SplitPart);
 
 impl PhysicalExpr for SplitPart {
-    fn data_type(&self, input_schema: &Schema) -> DfResult<DataType> {
-        self.call.data_type(input_schema)
-    }
-
-    fn nullable(&self, input_schema: &Schema) -> DfResult<bool> {
-        self.call.nullable(input_schema)
-    }
+    call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
         let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
@@ -152,10 +126,6 @@ impl PhysicalExpr for SplitPart {
             return self.call.evaluate(batch);
         };
         Ok(ColumnarValue::Array(Arc::new(self.split(strings))))
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.call]
     }
 
     fn with_new_children(
@@ -192,10 +162,6 @@ impl PhysicalExpr for SplitPart {
             }
             _ => Ok(call),
         }
-    }
-
-    fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.call.fmt_sql(f)
     }
 }
 
