@@ -72,6 +72,25 @@ macro_rules! call_methods {
 }
 
 mod asof;
+
+/// Helpers of the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::sync::Arc;
+
+    use arrow::datatypes::Schema;
+    use datafusion::common::DFSchema;
+    use datafusion::physical_expr::PhysicalExpr;
+    use datafusion::prelude::SessionContext;
+
+    /// `sql` over `schema` as DataFusion plans it: a physical expression.
+    pub fn physical(sql: &str, schema: &Schema) -> Arc<dyn PhysicalExpr> {
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
+        let logical = ctx.parse_sql_expr(sql, &df_schema).unwrap();
+        ctx.create_physical_expr(logical, &df_schema).unwrap()
+    }
+}
 pub mod dialect;
 pub mod functions;
 mod fused;

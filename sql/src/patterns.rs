@@ -352,10 +352,9 @@ impl PhysicalExpr for PrecompiledRegex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::physical;
     use arrow::array::StringArray;
     use arrow::datatypes::Field;
-    use datafusion::common::DFSchema;
-    use datafusion::prelude::SessionContext;
 
     /// Every case against DataFusion's own evaluation of the same call.
     #[test]
@@ -372,8 +371,6 @@ mod tests {
             Some("ß日本 unicode"),
         ]));
         let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![values]).unwrap();
-        let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
         let calls = [
             "regexp_match(s, '(&|^)channel_id=([^&]*)')",
             "regexp_match(s, 'channel_id=[0-9]+')",
@@ -398,8 +395,7 @@ mod tests {
             "regexp_match(s, 'apple', 'i')[-1]",
         ];
         for call in calls {
-            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
-            let plain = ctx.create_physical_expr(logical, &df_schema).unwrap();
+            let plain = physical(call, &schema);
             let fast = precompile(Arc::clone(&plain), &schema).unwrap();
             assert!(
                 fast.as_ref().downcast_ref::<PrecompiledRegex>().is_some(),
@@ -422,8 +418,6 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
         ]);
         let narrow = Schema::new(vec![Field::new("s", DataType::Utf8, true)]);
-        let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(wide.clone()).unwrap();
         let values: ArrayRef = Arc::new(StringArray::from(vec![
             Some("a?channel_id=42&b=1"),
             None,
@@ -435,9 +429,7 @@ mod tests {
             "regexp_match(s, 'channel_id=[0-9]+')",
             "regexp_like(s, 'channel')",
         ] {
-            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
-            let plain = ctx.create_physical_expr(logical, &df_schema).unwrap();
-            let fast = precompile(plain, &wide).unwrap();
+            let fast = precompile(physical(call, &wide), &wide).unwrap();
             let renumbered = fast
                 .transform_down(|e| {
                     Ok(match e.as_ref().downcast_ref::<Column>() {
@@ -478,12 +470,7 @@ mod tests {
                     .is_none(),
                 "{call} with another pattern"
             );
-            let plain_narrow = {
-                let df_narrow = DFSchema::try_from(narrow.clone()).unwrap();
-                let logical = ctx.parse_sql_expr(call, &df_narrow).unwrap();
-                ctx.create_physical_expr(logical, &df_narrow).unwrap()
-            };
-            let want = plain_narrow
+            let want = physical(call, &narrow)
                 .evaluate(&batch)
                 .unwrap()
                 .into_array(3)
@@ -499,13 +486,8 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("p", DataType::Utf8, true),
         ]);
-        let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
-        let physical = |call: &str| {
-            let logical = ctx.parse_sql_expr(call, &df_schema).unwrap();
-            ctx.create_physical_expr(logical, &df_schema).unwrap()
-        };
-        let error = precompile(physical("regexp_match(s, '(unclosed')"), &schema).unwrap_err();
+        let error =
+            precompile(physical("regexp_match(s, '(unclosed')", &schema), &schema).unwrap_err();
         assert_eq!(error.code(), ErrorCode::Planning);
         assert!(error.to_string().contains("(unclosed"), "{error}");
         for call in [
@@ -514,7 +496,7 @@ mod tests {
             "regexp_like(s, 'a', 'gi')",
             "regexp_like(s, NULL)",
         ] {
-            let plain = physical(call);
+            let plain = physical(call, &schema);
             let kept = precompile(Arc::clone(&plain), &schema).unwrap();
             assert!(
                 kept.as_ref().downcast_ref::<PrecompiledRegex>().is_none(),

@@ -470,9 +470,8 @@ fn replace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::physical;
     use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-    use datafusion::common::DFSchema;
-    use datafusion::prelude::SessionContext;
     use laminar_operators::stage::apply_all;
 
     fn schema() -> SchemaRef {
@@ -504,11 +503,7 @@ mod tests {
 
     /// `SQL` over `schema` as a physical expression, patterns precompiled.
     fn expr(sql: &str, schema: &SchemaRef) -> Arc<dyn PhysicalExpr> {
-        let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(schema.as_ref().clone()).unwrap();
-        let logical = ctx.parse_sql_expr(sql, &df_schema).unwrap();
-        let physical = ctx.create_physical_expr(logical, &df_schema).unwrap();
-        crate::patterns::precompile(physical, schema).unwrap()
+        crate::patterns::precompile(physical(sql, schema), schema).unwrap()
     }
 
     fn project(sqls: &[&str], input: &SchemaRef) -> Staged {

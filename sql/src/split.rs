@@ -101,7 +101,11 @@ fn nth_field(value: &str, delimiter: u8, field: usize) -> &str {
 
 impl SplitPart {
     fn split(&self, values: &StringArray) -> StringArray {
-        let mut out = StringBuilder::with_capacity(values.len(), 0);
+        // Each field is part of its value: the values' bytes bound the
+        // output's, so it is allocated once.
+        let offsets = values.value_offsets();
+        let bytes = (offsets[values.len()] - offsets[0]) as usize;
+        let mut out = StringBuilder::with_capacity(values.len(), bytes);
         for row in 0..values.len() {
             if values.is_null(row) {
                 out.append_null();
@@ -168,10 +172,9 @@ impl PhysicalExpr for SplitPart {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::physical;
     use arrow::array::ArrayRef;
     use arrow::datatypes::Field;
-    use datafusion::common::DFSchema;
-    use datafusion::prelude::SessionContext;
 
     #[test]
     fn one_byte_splits_give_datafusions_answer() {
@@ -186,12 +189,7 @@ mod tests {
             Some("ß/日本/é"),
         ]));
         let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![values]).unwrap();
-        let ctx = SessionContext::new();
-        let df_schema = DFSchema::try_from(schema.clone()).unwrap();
-        let physical = |sql: &str| {
-            let logical = ctx.parse_sql_expr(sql, &df_schema).unwrap();
-            ctx.create_physical_expr(logical, &df_schema).unwrap()
-        };
+        let physical = |sql: &str| physical(sql, &schema);
         for k in 1..=7 {
             for d in ["/", ".", " "] {
                 let sql = format!("split_part(s, '{d}', {k})");
