@@ -101,7 +101,9 @@ mod patterns;
 pub mod planner;
 mod retractable;
 mod sharing;
+mod specialized;
 mod split;
+mod to_char;
 pub mod window_tvf;
 
 pub use dialect::{

@@ -24,12 +24,13 @@ use arrow::array::{
 };
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{DataType, Schema};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::specialized::literals;
 use regex::Regex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,30 +59,9 @@ pub struct PrecompiledRegex {
     empty: bool,
 }
 
-/// Replaces the calls in `expr` that [`PrecompiledRegex`] covers.
-pub(crate) fn precompile(
-    expr: Arc<dyn PhysicalExpr>,
-    schema: &Schema,
-) -> Result<Arc<dyn PhysicalExpr>> {
-    let mut failure = None;
-    let rewritten = expr
-        .transform_up(|node| {
-            match precompiled(&node, schema) {
-                Ok(Some(replacement)) => return Ok(Transformed::yes(replacement)),
-                Ok(None) => {}
-                Err(e) => failure = Some(e),
-            }
-            Ok(Transformed::no(node))
-        })
-        .map_err(|e| Error::new(ErrorCode::Planning, e.to_string()))?
-        .data;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(rewritten),
-    }
-}
-
-fn precompiled(
+/// The [`PrecompiledRegex`] for `node`, when it is a call this covers; an
+/// error when its pattern does not compile.
+pub(crate) fn precompiled(
     node: &Arc<dyn PhysicalExpr>,
     schema: &Schema,
 ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
@@ -170,18 +150,6 @@ fn element_of_match(
             empty: matched.empty,
         }) as Arc<dyn PhysicalExpr>
     })
-}
-
-/// The literals in `expr`, in order.
-fn literals(expr: &Arc<dyn PhysicalExpr>) -> Vec<ScalarValue> {
-    let mut found = Vec::new();
-    let _ = expr.apply(|e| {
-        if let Some(literal) = e.as_ref().downcast_ref::<Literal>() {
-            found.push(literal.value().clone());
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    found
 }
 
 /// The string argument of `call`, a call of `kind`'s shape: the first
@@ -352,9 +320,11 @@ impl PhysicalExpr for PrecompiledRegex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::specialized::specialize;
     use crate::test_util::physical;
     use arrow::array::StringArray;
     use arrow::datatypes::Field;
+    use datafusion::common::tree_node::{Transformed, TreeNode};
 
     /// Every case against DataFusion's own evaluation of the same call.
     #[test]
@@ -396,7 +366,7 @@ mod tests {
         ];
         for call in calls {
             let plain = physical(call, &schema);
-            let fast = precompile(Arc::clone(&plain), &schema).unwrap();
+            let fast = specialize(Arc::clone(&plain), &schema).unwrap();
             assert!(
                 fast.as_ref().downcast_ref::<PrecompiledRegex>().is_some(),
                 "{call} is precompiled"
@@ -429,7 +399,7 @@ mod tests {
             "regexp_match(s, 'channel_id=[0-9]+')",
             "regexp_like(s, 'channel')",
         ] {
-            let fast = precompile(physical(call, &wide), &wide).unwrap();
+            let fast = specialize(physical(call, &wide), &wide).unwrap();
             let renumbered = fast
                 .transform_down(|e| {
                     Ok(match e.as_ref().downcast_ref::<Column>() {
@@ -487,7 +457,7 @@ mod tests {
             Field::new("p", DataType::Utf8, true),
         ]);
         let error =
-            precompile(physical("regexp_match(s, '(unclosed')", &schema), &schema).unwrap_err();
+            specialize(physical("regexp_match(s, '(unclosed')", &schema), &schema).unwrap_err();
         assert_eq!(error.code(), ErrorCode::Planning);
         assert!(error.to_string().contains("(unclosed"), "{error}");
         for call in [
@@ -497,7 +467,7 @@ mod tests {
             "regexp_like(s, NULL)",
         ] {
             let plain = physical(call, &schema);
-            let kept = precompile(Arc::clone(&plain), &schema).unwrap();
+            let kept = specialize(Arc::clone(&plain), &schema).unwrap();
             assert!(
                 kept.as_ref().downcast_ref::<PrecompiledRegex>().is_none(),
                 "{call} stays DataFusion's"

@@ -926,8 +926,7 @@ impl Lowering<'_> {
             &PhysicalPlanningContext::default(),
         )
         .map_err(planning_error)?;
-        let physical = crate::split::rewrite(physical, schema.as_arrow());
-        crate::patterns::precompile(physical, schema.as_arrow())
+        crate::specialized::specialize(physical, schema.as_arrow())
     }
 
     /// `expr` compiled where the JIT supports it.
@@ -949,21 +948,24 @@ impl Lowering<'_> {
         &self,
         aggregate: Arc<AggregateFunctionExpr>,
         schema: &Schema,
-    ) -> Arc<AggregateFunctionExpr> {
+    ) -> Result<Arc<AggregateFunctionExpr>> {
+        let prepared = |e: Arc<dyn PhysicalExpr>| -> Result<Arc<dyn PhysicalExpr>> {
+            Ok(self.compile(crate::specialized::specialize(e, schema)?, schema))
+        };
         let args = aggregate
             .expressions()
             .into_iter()
-            .map(|e| self.compile(e, schema))
-            .collect();
+            .map(prepared)
+            .collect::<Result<_>>()?;
         let order_bys = aggregate
             .order_bys()
             .iter()
-            .map(|s| self.compile(Arc::clone(&s.expr), schema))
-            .collect();
-        match aggregate.with_new_expressions(args, order_bys) {
+            .map(|s| prepared(Arc::clone(&s.expr)))
+            .collect::<Result<_>>()?;
+        Ok(match aggregate.with_new_expressions(args, order_bys) {
             Some(compiled) => Arc::new(compiled),
             None => aggregate,
-        }
+        })
     }
 
     /// Walks Projection/Filter/SubqueryAlias nodes down to the next
@@ -1333,12 +1335,14 @@ impl Lowering<'_> {
             .map_err(planning_error)?;
             raw_aggregates.push(Arc::clone(&lowered.aggregate));
             raw_filters.push(lowered.filter.clone());
-            aggregates.push(self.compile_aggregate(lowered.aggregate, &physical_input_schema));
-            aggregate_filters.push(
-                lowered
-                    .filter
-                    .map(|f| self.compile(f, &physical_input_schema)),
-            );
+            aggregates.push(self.compile_aggregate(lowered.aggregate, &physical_input_schema)?);
+            aggregate_filters.push(match lowered.filter {
+                Some(f) => {
+                    let f = crate::specialized::specialize(f, &physical_input_schema)?;
+                    Some(self.compile(f, &physical_input_schema))
+                }
+                None => None,
+            });
         }
         let changes = emit == Some(EmitMode::Changes);
         let session = matches!(

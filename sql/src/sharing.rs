@@ -15,7 +15,8 @@
 //! those in the second operand of `AND`/`OR`, in a `CASE` branch, ...):
 //! computing them ahead of the filter then does no work, and raises no
 //! error, that the filter would not. Volatile functions are never shared.
-//! What counts as costly: a precompiled pattern, or a function that
+//! What counts as costly: a precompiled pattern, a specialized call
+//! (`crate::specialized`), or a function that
 //! returns strings, lists or other non-primitive values; cheap arithmetic
 //! stays where it is, where the JIT can fuse it.
 
@@ -372,7 +373,7 @@ fn unconditional(
 
 fn costly(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
     let pattern = expr.as_ref().is::<PrecompiledRegex>();
-    if !pattern && !expr.as_ref().is::<ScalarFunctionExpr>() {
+    if !crate::specialized::is_specialized(expr) && !expr.as_ref().is::<ScalarFunctionExpr>() {
         return false;
     }
     // A volatile call anywhere inside (`random()` in a pattern's input
@@ -501,9 +502,9 @@ mod tests {
         RecordBatch::try_new(schema(), vec![n, s, url]).unwrap()
     }
 
-    /// `SQL` over `schema` as a physical expression, patterns precompiled.
+    /// `SQL` over `schema` as a physical expression, calls specialized.
     fn expr(sql: &str, schema: &SchemaRef) -> Arc<dyn PhysicalExpr> {
-        crate::patterns::precompile(physical(sql, schema), schema).unwrap()
+        crate::specialized::specialize(physical(sql, schema), schema).unwrap()
     }
 
     fn project(sqls: &[&str], input: &SchemaRef) -> Staged {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Schema};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
@@ -32,19 +31,8 @@ pub struct SplitPart {
     field: usize,
 }
 
-/// Replaces the calls in `expr` that [`SplitPart`] covers.
-pub(crate) fn rewrite(expr: Arc<dyn PhysicalExpr>, schema: &Schema) -> Arc<dyn PhysicalExpr> {
-    let original = Arc::clone(&expr);
-    expr.transform_up(|node| {
-        Ok(match split_part_of(&node, schema) {
-            Some(split) => Transformed::yes(Arc::new(split) as Arc<dyn PhysicalExpr>),
-            None => Transformed::no(node),
-        })
-    })
-    .map_or(original, |t| t.data)
-}
-
-fn split_part_of(node: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<SplitPart> {
+/// The [`SplitPart`] for `node`, when it is a call this covers.
+pub(crate) fn split_part_of(node: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<SplitPart> {
     let call = node.as_ref().downcast_ref::<ScalarFunctionExpr>()?;
     if call.name() != "split_part" || node.data_type(schema).ok()? != DataType::Utf8 {
         return None;
@@ -136,42 +124,27 @@ impl PhysicalExpr for SplitPart {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        // Renumbered columns keep the shape; other literals do not.
         let Some(call) = children.pop() else {
             return Ok(self);
         };
-        let Some(args) = call
-            .as_ref()
-            .downcast_ref::<ScalarFunctionExpr>()
-            .filter(|c| c.name() == "split_part")
-            .map(|c| c.args().to_vec())
-        else {
-            return Ok(call);
-        };
-        let old = self
-            .call
-            .as_ref()
-            .downcast_ref::<ScalarFunctionExpr>()
-            .map(|c| c.args().to_vec());
-        match (args.as_slice(), old.as_deref()) {
-            ([values, d, k], Some([_, old_d, old_k]))
-                if d.as_ref() == old_d.as_ref() && k.as_ref() == old_k.as_ref() =>
-            {
-                Ok(Arc::new(SplitPart {
-                    values: Arc::clone(values),
+        Ok(
+            match crate::specialized::renumbered_values(&self.call, &call) {
+                Some(values) => Arc::new(SplitPart {
                     call,
+                    values,
                     delimiter: self.delimiter,
                     field: self.field,
-                }))
-            }
-            _ => Ok(call),
-        }
+                }),
+                None => call,
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::specialized::specialize;
     use crate::test_util::physical;
     use arrow::array::ArrayRef;
     use arrow::datatypes::Field;
@@ -194,7 +167,7 @@ mod tests {
             for d in ["/", ".", " "] {
                 let sql = format!("split_part(s, '{d}', {k})");
                 let plain = physical(&sql);
-                let fast = rewrite(Arc::clone(&plain), &schema);
+                let fast = specialize(Arc::clone(&plain), &schema).unwrap();
                 assert!(fast.as_ref().is::<SplitPart>(), "{sql}");
                 let want = plain.evaluate(&batch).unwrap().into_array(7).unwrap();
                 let got = fast.evaluate(&batch).unwrap().into_array(7).unwrap();
@@ -207,7 +180,7 @@ mod tests {
             "split_part(s, '/', -1)",
             "split_part(s, s, 1)",
         ] {
-            let kept = rewrite(physical(sql), &schema);
+            let kept = specialize(physical(sql), &schema).unwrap();
             assert!(!kept.as_ref().is::<SplitPart>(), "{sql} stays");
         }
     }

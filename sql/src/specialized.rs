@@ -1,0 +1,92 @@
+//! Calls replaced at planning by expressions that do the same work with
+//! less per row: DataFusion's function stays inside each one, as its
+//! `call`, for its type, its display and whatever shape or value the
+//! replacement does not cover.
+//!
+//! - [`patterns`](crate::patterns): `regexp_match`, `regexp_like` and
+//!   `regexp_match(...)[k]` with their pattern compiled once per query.
+//! - [`split`](crate::split): `split_part` with a one-byte delimiter as
+//!   one scan of each value.
+//! - [`to_char`](crate::to_char): `to_char` with a format of fixed-width
+//!   numeric fields, written from a template.
+
+use std::sync::Arc;
+
+use arrow::datatypes::Schema;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::ScalarValue;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use laminar_runtime::{Error, ErrorCode, Result};
+
+use crate::patterns::PrecompiledRegex;
+use crate::split::SplitPart;
+use crate::to_char::ToChar;
+
+/// `expr` with every call covered here replaced, in one pass. A pattern
+/// that does not compile is a planning error (`LDB-1007`).
+pub(crate) fn specialize(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    let mut failure = None;
+    let rewritten = expr
+        .transform_up(|node| {
+            if let Some(split) = crate::split::split_part_of(&node, schema) {
+                return Ok(Transformed::yes(Arc::new(split) as Arc<dyn PhysicalExpr>));
+            }
+            if let Some(format) = crate::to_char::to_char_of(&node, schema) {
+                return Ok(Transformed::yes(Arc::new(format) as Arc<dyn PhysicalExpr>));
+            }
+            match crate::patterns::precompiled(&node, schema) {
+                Ok(Some(replacement)) => return Ok(Transformed::yes(replacement)),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+            Ok(Transformed::no(node))
+        })
+        .map_err(|e| Error::new(ErrorCode::Planning, e.to_string()))?
+        .data;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(rewritten),
+    }
+}
+
+/// Whether `expr` is one of the replacements made here.
+pub(crate) fn is_specialized(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    let expr = expr.as_ref();
+    expr.is::<PrecompiledRegex>() || expr.is::<SplitPart>() || expr.is::<ToChar>()
+}
+
+/// The literals in `expr`, in order.
+pub(crate) fn literals(expr: &Arc<dyn PhysicalExpr>) -> Vec<ScalarValue> {
+    let mut found = Vec::new();
+    let _ = expr.apply(|e| {
+        if let Some(literal) = e.as_ref().downcast_ref::<Literal>() {
+            found.push(literal.value().clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// The first argument of `new`, when `new` is the same function as `old`
+/// with the same literals: `old` rebuilt around renumbered columns (a
+/// `CASE` projects its batch to the columns it reads, a filter's stage to
+/// what it keeps), so what was prepared from its literals still holds.
+pub(crate) fn renumbered_values(
+    old: &Arc<dyn PhysicalExpr>,
+    new: &Arc<dyn PhysicalExpr>,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let name = |e: &Arc<dyn PhysicalExpr>| {
+        e.as_ref()
+            .downcast_ref::<ScalarFunctionExpr>()
+            .map(|c| c.name().to_owned())
+    };
+    if name(old)? != name(new)? || literals(old) != literals(new) {
+        return None;
+    }
+    let call = new.as_ref().downcast_ref::<ScalarFunctionExpr>()?;
+    call.args().first().cloned()
+}
