@@ -456,9 +456,14 @@ fn describe(schema: &Schema) -> String {
 }
 
 /// Whether a pushed column of type `have` is converted to the source's
-/// `want` instead of rejected: other timestamp units and other string
-/// encodings, which carry the same values.
+/// `want` instead of rejected: other timestamp units, other string
+/// encodings, and dictionary encodings of either or of `want` itself,
+/// all of which carry the same values. (Columns are decoded at the push,
+/// once: past it every operator and compiled kernel reads one layout.)
 fn converts(have: &DataType, want: &DataType) -> bool {
+    if let DataType::Dictionary(_, values) = have {
+        return values.as_ref() == want || converts(values, want);
+    }
     matches!(
         (have, want),
         (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) if a == b

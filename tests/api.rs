@@ -352,6 +352,124 @@ async fn bad_input_has_stable_codes() {
     db.shutdown().await.unwrap();
 }
 
+/// Columns pushed in another layout of the same values are converted at
+/// the push: dictionary-encoded, view and large strings, dictionary-encoded
+/// numbers and timestamps in another unit. Other types are `LDB-2001`,
+/// and so is a NULL reaching a NOT NULL column through a dictionary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_columns_in_other_layouts_are_converted() {
+    use datafusion::arrow::array::{
+        Array, ArrayRef, DictionaryArray, Float64Array, Int64Array, LargeStringArray, StringArray,
+        StringViewArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+        TimestampSecondArray,
+    };
+    use datafusion::arrow::datatypes::{Int32Type, Int8Type};
+    use std::sync::Arc;
+
+    let db = LaminarDB::open().unwrap();
+    db.execute(
+        "CREATE SOURCE quotes (symbol VARCHAR NOT NULL, venue VARCHAR, price DOUBLE NOT NULL, ts TIMESTAMP NOT NULL)",
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "CREATE STREAM b_quotes AS SELECT symbol, venue, price, ts FROM quotes WHERE symbol = 'B'",
+    )
+    .await
+    .unwrap();
+    let source = db.source_untyped("quotes").unwrap();
+    let results = collect(db.subscribe("b_quotes").unwrap());
+    db.start().await.unwrap();
+    let batch = |columns: Vec<(&str, ArrayRef)>| {
+        datafusion::arrow::array::RecordBatch::try_from_iter(columns).unwrap()
+    };
+    // Keys point at values out of order and more than once.
+    let symbols: DictionaryArray<Int32Type> = vec!["B", "A", "B", "C", "B"].into_iter().collect();
+    let venues: DictionaryArray<Int8Type> = vec![Some("x"), None, Some("y"), Some("x"), None]
+        .into_iter()
+        .collect();
+    let prices: DictionaryArray<Int8Type> = DictionaryArray::new(
+        vec![1i8, 0, 1, 0, 2].into(),
+        Arc::new(Float64Array::from(vec![1.5, 2.5, 3.5])),
+    );
+    source
+        .push(batch(vec![
+            ("symbol", Arc::new(symbols)),
+            ("venue", Arc::new(venues)),
+            ("price", Arc::new(prices)),
+            (
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000,
+                ])),
+            ),
+        ]))
+        .unwrap();
+    source
+        .push(batch(vec![
+            ("symbol", Arc::new(StringViewArray::from(vec!["B", "A"]))),
+            (
+                "venue",
+                Arc::new(LargeStringArray::from(vec![Some("z"), None])),
+            ),
+            ("price", Arc::new(Float64Array::from(vec![9.0, 9.5]))),
+            ("ts", Arc::new(TimestampSecondArray::from(vec![6, 7]))),
+        ]))
+        .unwrap();
+    // A dictionary of numbers is not a string; a NULL symbol breaks NOT NULL.
+    let numbers: DictionaryArray<Int32Type> =
+        DictionaryArray::new(vec![0i32].into(), Arc::new(Int64Array::from(vec![7])));
+    let with_null: DictionaryArray<Int32Type> = vec![None::<&str>].into_iter().collect();
+    for symbol in [Arc::new(numbers) as ArrayRef, Arc::new(with_null)] {
+        let error = source
+            .push(batch(vec![
+                ("symbol", symbol),
+                ("venue", Arc::new(StringArray::from(vec![Some("x")]))),
+                ("price", Arc::new(Float64Array::from(vec![1.0]))),
+                ("ts", Arc::new(TimestampMillisecondArray::from(vec![8_000]))),
+            ]))
+            .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::SchemaMismatch, "{error}");
+    }
+    db.shutdown().await.unwrap();
+    let got = results.join().unwrap();
+    let mut rows: Vec<(String, Option<String>, f64, i64)> = Vec::new();
+    for b in &got {
+        let symbol = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let venue = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        let price = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        let ms = datafusion::arrow::datatypes::DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Millisecond,
+            None,
+        );
+        let ts = datafusion::arrow::compute::cast(b.column(3), &ms).unwrap();
+        let ts = ts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            let venue = (!venue.is_null(i)).then(|| venue.value(i).to_owned());
+            rows.push((
+                symbol.value(i).to_owned(),
+                venue,
+                price.value(i),
+                ts.value(i),
+            ));
+        }
+    }
+    rows.sort_by_key(|r| r.3);
+    let b = |venue: Option<&str>, price, ts| ("B".to_owned(), venue.map(str::to_owned), price, ts);
+    assert_eq!(
+        rows,
+        vec![
+            b(Some("x"), 2.5, 1_000),
+            b(Some("y"), 2.5, 3_000),
+            b(None, 3.5, 5_000),
+            b(Some("z"), 9.0, 6_000),
+        ]
+    );
+}
+
 /// With Backpressure::Error a full ring is an error and nothing of the
 /// batch is taken; with Block the pusher waits for the subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
