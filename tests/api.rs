@@ -255,6 +255,11 @@ async fn bad_input_has_stable_codes() {
         ),
         ErrorCode::Unsupported
     );
+    db.execute(
+        "CREATE STREAM highs AS SELECT symbol, ts, MAX(price) AS p FROM trades GROUP BY symbol, ts EMIT CHANGES",
+    )
+    .await
+    .unwrap();
     let ranked = "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY price) AS rn FROM trades)";
     assert_eq!(
         code(db.execute(&format!("CREATE STREAM s AS {ranked}")).await),
@@ -272,8 +277,13 @@ async fn bad_input_has_stable_codes() {
     for unsupported in [
         "SELECT NTILE(4) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         "SELECT ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) FROM trades",
-        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM trades",
+        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM trades",
+        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND 1 PRECEDING) FROM trades",
         "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
+        // Over a changelog: a retraction could come after the row's value
+        // was emitted.
+        "SELECT Q.symbol, LAG(Q.p) OVER (PARTITION BY Q.symbol ORDER BY Q.ts) FROM (SELECT symbol, ts, MAX(price) AS p FROM trades GROUP BY symbol, ts) Q",
+        "SELECT symbol, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts) FROM highs",
     ] {
         assert_eq!(
             code(

@@ -622,7 +622,10 @@ CREATE STREAM so_far AS SELECT symbol, ts,
  SUM(volume) OVER (PARTITION BY symbol ORDER BY ts) AS volume,
  COUNT(*) OVER (PARTITION BY symbol ORDER BY ts) AS trades,
  MIN(price) OVER (PARTITION BY symbol ORDER BY ts) AS low,
- AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean FROM trades;
+ AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean,
+ AVG(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS mean4,
+ MAX(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS high3
+ FROM trades;
 CREATE STREAM same_volume AS SELECT a.symbol, a.ts, b.ts AS other FROM trades a
  LEFT JOIN trades b ON a.symbol = b.symbol AND a.volume = b.volume AND b.price > a.price;
 CREATE STREAM spans AS SELECT symbol, ts, ts + volume AS ends FROM trades;

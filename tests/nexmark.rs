@@ -12,8 +12,8 @@ mod data;
 mod harness;
 
 /// Queries the streaming engine does not run yet, with the error code: q6
-/// averages over each seller's last 10 auctions (a frame of the last 10
-/// rows, over a changelog).
+/// averages over each seller's last 10 auctions (window functions over a
+/// changelog).
 const REFUSED: [(&str, &str); 1] = [("q6", "LDB-1004")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

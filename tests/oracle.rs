@@ -1005,6 +1005,35 @@ async fn running_aggregates_over_event_time() {
         assert_same_rows(&got, &want);
     }
 
+    // Frames over the last rows (moving aggregates), NULL arguments
+    // counted as rows; distinct event times again.
+    let moving = "SELECT symbol, ts,
+            AVG(price) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN 4 PRECEDING AND CURRENT ROW) AS mean5,
+            SUM(CASE WHEN volume > 300 THEN volume END) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS big3,
+            COUNT(CASE WHEN volume > 300 THEN price END) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN 9 PRECEDING AND CURRENT ROW) AS big_of_10,
+            MIN(price) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS low4,
+            MAX(CASE WHEN volume > 700 THEN volume END) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN 5 PRECEDING AND CURRENT ROW) AS high6,
+            SUM(price) OVER (PARTITION BY symbol ORDER BY ts
+                             ROWS BETWEEN CURRENT ROW AND CURRENT ROW) AS itself
+         FROM trades WHERE volume > 50";
+    let want = run_batch(moving, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+    for shards in [1, 2] {
+        let (got, _) = run_stream(
+            &format!("{TRADES_DDL}; CREATE STREAM s AS {moving}"),
+            "trades",
+            "s",
+            random_batches(&rows, 6, 300),
+            shards,
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+
     // Frames that would need rows after the current one cannot stream.
     let db = laminar_db::LaminarDB::open().unwrap();
     db.execute(TRADES_DDL).await.unwrap();

@@ -32,7 +32,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::running::{running, RunningKind, RunningState};
+use crate::running::{running, RunningFrame, RunningKind, RunningState};
 use crate::stage::{apply_all, evaluate_all, Stage};
 use crate::time::EventTimeUnit;
 use crate::{BatchTime, Operator};
@@ -65,16 +65,17 @@ pub enum AnalyticFunction {
         /// Value when there is no such row (NULL if `None`).
         default: Option<ScalarValue>,
     },
-    /// A running `SUM`/`COUNT`/`MIN`/`MAX`/`AVG` from the partition's
-    /// first row to the current one (see [`crate::running`]).
+    /// A running `SUM`/`COUNT`/`MIN`/`MAX`/`AVG` over the rows of its
+    /// frame up to the current one (see [`crate::running`]).
     Running {
         /// Which aggregate.
         kind: RunningKind,
         /// Its argument, computed as `BIGINT` or `DOUBLE`
         /// ([`crate::running::argument_type`]).
         argument: Arc<dyn PhysicalExpr>,
-        /// `RANGE`/`GROUPS` frame: rows of equal event time share a value.
-        peers: bool,
+        /// From the first row (peers sharing a value or not), or over the
+        /// last rows.
+        frame: RunningFrame,
     },
 }
 
@@ -391,14 +392,14 @@ impl Analytic {
                 AnalyticFunction::Running {
                     kind,
                     argument,
-                    peers,
+                    frame,
                 } => {
                     let values = argument.evaluate(&emitted_rows)?.into_array(m)?;
                     let states = &mut self.running[running_index];
                     running_index += 1;
                     running(
                         *kind,
-                        *peers,
+                        *frame,
                         &values,
                         &emitted_partitions,
                         &emitted_times,
@@ -658,6 +659,7 @@ impl Analytic {
                     sum_float: sum_float.value(p),
                     best_int: best_int.is_valid(p).then(|| best_int.value(p)),
                     best_float: best_float.is_valid(p).then(|| best_float.value(p)),
+                    ..RunningState::default()
                 })
                 .collect();
         }
@@ -806,6 +808,88 @@ impl Analytic {
     }
 }
 
+/// Running aggregates over bounded frames, whose frames are state.
+impl Analytic {
+    /// Indices (among the running aggregates) of those with a bounded
+    /// frame.
+    fn bounded_running(&self) -> Vec<usize> {
+        self.spec
+            .functions
+            .iter()
+            .filter_map(|f| match f {
+                AnalyticFunction::Running { frame, .. } => Some(*frame),
+                _ => None,
+            })
+            .enumerate()
+            .filter(|(_, frame)| matches!(frame, RunningFrame::Rows { .. }))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// A running aggregate's frames: (`partition`, `value`), each
+    /// partition's oldest first; `value` is of the argument's type.
+    fn frame_batch(&self, r: usize) -> Result<RecordBatch> {
+        let states = &self.running[r];
+        let partitions: Vec<u32> = states
+            .iter()
+            .enumerate()
+            .flat_map(|(p, s)| {
+                std::iter::repeat_n(p as u32, s.frame_int.len() + s.frame_float.len())
+            })
+            .collect();
+        let ints = states.iter().flat_map(|s| s.frame_int.iter().copied());
+        let floats = states.iter().flat_map(|s| s.frame_float.iter().copied());
+        let values: ArrayRef = if self.frame_is_float(r)? {
+            Arc::new(arrow::array::Float64Array::from_iter(floats))
+        } else {
+            Arc::new(Int64Array::from_iter(ints))
+        };
+        crate::snapshot_batch(
+            ["partition", "value"].map(String::from),
+            vec![Arc::new(UInt32Array::from(partitions)), values],
+        )
+    }
+
+    fn restore_frame(&mut self, r: usize, batch: &RecordBatch) -> Result<()> {
+        let partitions = uint32s(batch, "partition")?;
+        let float = self.frame_is_float(r)?;
+        let (ints, floats) = if float {
+            (None, Some(float64s(batch, "value")?))
+        } else {
+            (Some(int64s(batch, "value")?), None)
+        };
+        for (i, &partition) in partitions.values().iter().enumerate() {
+            let state = self.running[r]
+                .get_mut(partition as usize)
+                .ok_or_else(|| crate::snapshot::corrupt("a frame's partition"))?;
+            match (&ints, &floats) {
+                (Some(v), _) => state.frame_int.push_back(v.is_valid(i).then(|| v.value(i))),
+                (_, Some(v)) => state
+                    .frame_float
+                    .push_back(v.is_valid(i).then(|| v.value(i))),
+                _ => unreachable!("one of the two"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether running aggregate `r` takes `DOUBLE` arguments (else
+    /// `BIGINT`, see [`crate::running::argument_type`]).
+    fn frame_is_float(&self, r: usize) -> Result<bool> {
+        let argument = self
+            .spec
+            .functions
+            .iter()
+            .filter_map(|f| match f {
+                AnalyticFunction::Running { argument, .. } => Some(argument),
+                _ => None,
+            })
+            .nth(r)
+            .ok_or_else(|| crate::snapshot::corrupt("a running aggregate"))?;
+        Ok(argument.data_type(&self.input_schema)? == arrow::datatypes::DataType::Float64)
+    }
+}
+
 /// The one-row value standing for "no such row": the default, or NULL.
 fn missing_value(
     data_type: &arrow::datatypes::DataType,
@@ -877,8 +961,10 @@ impl Operator for Analytic {
     /// waiting (window input columns, `__time_ms`, `__wait`: which waiting
     /// batch); the rows held for `LEAD` (`__partition`, `__time_ms`); then
     /// per `LAG` function its history (`partition`, `value`), each
-    /// partition's oldest first. Partitions are restored in id order, so
-    /// the ids stored in the other batches stay valid.
+    /// partition's oldest first; then per running aggregate over a bounded
+    /// frame the arguments in its frames (`partition`, `int`, `float`),
+    /// oldest first. Partitions are restored in id order, so the ids
+    /// stored in the other batches stay valid.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut batches = vec![crate::snapshot_batch(
             ["watermark_ms".to_string()],
@@ -890,6 +976,9 @@ impl Operator for Analytic {
         for lag in 0..self.histories.len() {
             batches.push(self.history_batch(lag)?);
         }
+        for r in self.bounded_running() {
+            batches.push(self.frame_batch(r)?);
+        }
         Ok(batches)
     }
 
@@ -898,12 +987,14 @@ impl Operator for Analytic {
             return Ok(());
         }
         let lags = self.histories.len();
-        let [meta, partitions, waiting, held, histories @ ..] = state else {
+        let [meta, partitions, waiting, held, rest @ ..] = state else {
             return Err(crate::snapshot::corrupt("window function state"));
         };
-        if histories.len() != lags {
-            return Err(crate::snapshot::corrupt("LAG histories"));
+        let bounded = self.bounded_running();
+        if rest.len() != lags + bounded.len() {
+            return Err(crate::snapshot::corrupt("LAG histories and frames"));
         }
+        let (histories, frames) = rest.split_at(lags);
         self.watermark_ms = int64s(meta, "watermark_ms")?.value(0);
         self.restore_partitions(partitions)?;
         self.restore_waiting(waiting)?;
@@ -923,6 +1014,9 @@ impl Operator for Analytic {
             } else {
                 vec![values]
             };
+        }
+        for (r, batch) in bounded.into_iter().zip(frames) {
+            self.restore_frame(r, batch)?;
         }
         Ok(())
     }
@@ -944,9 +1038,16 @@ impl Operator for Analytic {
             .iter()
             .map(|c| c.get_array_memory_size())
             .sum();
+        let frames: usize = self
+            .running
+            .iter()
+            .flatten()
+            .map(|s| (s.frame_int.capacity() + s.frame_float.capacity()) * 16)
+            .sum();
         waiting
             + history
             + held
+            + frames
             + self.states.len() * std::mem::size_of::<PartitionState>()
             + self.partitions.bytes()
     }

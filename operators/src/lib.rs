@@ -64,7 +64,7 @@ pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
 pub use interval_join::{IntervalJoin, IntervalJoinSpec, RowBound};
 pub use join::{JoinMode, JoinSide};
 pub use lookup_join::{LookupJoin, LookupJoinSpec};
-pub use running::RunningKind;
+pub use running::{RunningFrame, RunningKind};
 pub use session_aggregate::SessionAggregate;
 pub use stage::{Stage, Stateless};
 pub use time::{EventTimeUnit, WindowSpec};

@@ -11,11 +11,19 @@
 //! together, since the watermark passes one event time at once. With
 //! `ROWS`, each row has its own value (ties in arrival order).
 //!
+//! A `ROWS BETWEEN n PRECEDING AND CURRENT ROW` frame (a moving aggregate
+//! over the last `n + 1` rows) keeps the partition's last `n + 1`
+//! arguments too: each row adds its value, then the value that left the
+//! frame is taken out again (DataFusion's sliding accumulators do the
+//! same, in the same order, so float sums round alike). `MIN`/`MAX`
+//! rescan the kept values when the one that left was the extreme.
+//!
 //! Arithmetic is DataFusion's: integer sums wrap, float sums add in row
 //! order, `AVG` is a float, `MIN`/`MAX` of floats use IEEE total order,
 //! NULL arguments are skipped, and a function over no non-NULL value yet is
 //! NULL (`COUNT` is 0).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
@@ -45,6 +53,26 @@ pub(crate) struct RunningState {
     pub(crate) sum_float: f64,
     pub(crate) best_int: Option<i64>,
     pub(crate) best_float: Option<f64>,
+    /// With a bounded frame: the arguments of the rows in it, oldest
+    /// first, as [`argument_type`] makes them (one of the two is used).
+    pub(crate) frame_int: VecDeque<Option<i64>>,
+    pub(crate) frame_float: VecDeque<Option<f64>>,
+}
+
+/// The rows a running aggregate covers, ending at the current row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunningFrame {
+    /// From the partition's first row; with `peers`, rows of equal event
+    /// time share the value after the last of them (`RANGE`, `GROUPS`).
+    Unbounded {
+        /// Whether peers share a value.
+        peers: bool,
+    },
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`: the last `n + 1` rows.
+    Rows {
+        /// `n`.
+        preceding: usize,
+    },
 }
 
 /// The type the argument is computed in: `BIGINT` when the result is
@@ -72,21 +100,26 @@ pub fn argument_type(kind: RunningKind, output: &DataType) -> Result<DataType> {
 /// time, in emission order; `states` is indexed by partition.
 pub(crate) fn running(
     kind: RunningKind,
-    peers: bool,
+    frame: RunningFrame,
     values: &ArrayRef,
     partitions: &[usize],
     times_ms: &[i64],
     states: &mut [RunningState],
 ) -> Result<ArrayRef> {
     let n = partitions.len();
-    let mut column: ArrayRef = match values.data_type() {
+    // Rows a bounded frame holds, the current one included.
+    let width = match frame {
+        RunningFrame::Rows { preceding } => Some(preceding.saturating_add(1)),
+        RunningFrame::Unbounded { .. } => None,
+    };
+    let column: ArrayRef = match values.data_type() {
         DataType::Int64 => {
             let values = values.as_primitive::<Int64Type>();
             let mut out = Vec::with_capacity(n);
             for (row, &partition) in partitions.iter().enumerate() {
                 let state = &mut states[partition];
-                if values.is_valid(row) {
-                    let v = values.value(row);
+                let value = values.is_valid(row).then(|| values.value(row));
+                if let Some(v) = value {
                     state.count += 1;
                     state.sum_int = state.sum_int.wrapping_add(v);
                     state.best_int = Some(match (kind, state.best_int) {
@@ -94,6 +127,18 @@ pub(crate) fn running(
                         (RunningKind::Max, Some(best)) => best.max(v),
                         _ => v,
                     });
+                }
+                if let Some(width) = width {
+                    state.frame_int.push_back(value);
+                    if state.frame_int.len() > width {
+                        if let Some(Some(gone)) = state.frame_int.pop_front() {
+                            state.count -= 1;
+                            state.sum_int = state.sum_int.wrapping_sub(gone);
+                            if state.best_int == Some(gone) {
+                                state.best_int = best_of(kind, state.frame_int.iter().flatten());
+                            }
+                        }
+                    }
                 }
                 out.push(match kind {
                     RunningKind::Count => Some(state.count),
@@ -109,8 +154,8 @@ pub(crate) fn running(
             let mut out = Vec::with_capacity(n);
             for (row, &partition) in partitions.iter().enumerate() {
                 let state = &mut states[partition];
-                if values.is_valid(row) {
-                    let v = values.value(row);
+                let value = values.is_valid(row).then(|| values.value(row));
+                if let Some(v) = value {
                     state.count += 1;
                     state.sum_float += v;
                     state.best_float = Some(match (kind, state.best_float) {
@@ -118,6 +163,19 @@ pub(crate) fn running(
                         (RunningKind::Max, Some(best)) if best.total_cmp(&v).is_ge() => best,
                         _ => v,
                     });
+                }
+                if let Some(width) = width {
+                    state.frame_float.push_back(value);
+                    if state.frame_float.len() > width {
+                        if let Some(Some(gone)) = state.frame_float.pop_front() {
+                            state.count -= 1;
+                            state.sum_float -= gone;
+                            if state.best_float.map(f64::to_bits) == Some(gone.to_bits()) {
+                                state.best_float =
+                                    best_float_of(kind, state.frame_float.iter().flatten());
+                            }
+                        }
+                    }
                 }
                 out.push(match kind {
                     _ if state.count == 0 => None,
@@ -135,10 +193,28 @@ pub(crate) fn running(
             ))
         }
     };
-    if peers {
-        column = share_among_peers(&column, partitions, times_ms)?;
+    match frame {
+        RunningFrame::Unbounded { peers: true } => share_among_peers(&column, partitions, times_ms),
+        _ => Ok(column),
     }
-    Ok(column)
+}
+
+/// `MIN` or `MAX` of a frame's integers (`None` when it holds none).
+fn best_of<'a>(kind: RunningKind, values: impl Iterator<Item = &'a i64>) -> Option<i64> {
+    let values = values.copied();
+    match kind {
+        RunningKind::Max => values.max(),
+        _ => values.min(),
+    }
+}
+
+/// `MIN` or `MAX` of a frame's floats in IEEE total order.
+fn best_float_of<'a>(kind: RunningKind, values: impl Iterator<Item = &'a f64>) -> Option<f64> {
+    let values = values.copied();
+    match kind {
+        RunningKind::Max => values.max_by(f64::total_cmp),
+        _ => values.min_by(f64::total_cmp),
+    }
 }
 
 /// Gives every run of rows with the same partition and event time the
@@ -184,7 +260,7 @@ mod tests {
         let mut states = vec![RunningState::default(); 2];
         let sums = running(
             RunningKind::Sum,
-            true,
+            RunningFrame::Unbounded { peers: true },
             &values,
             &partitions,
             &times,
@@ -196,7 +272,7 @@ mod tests {
         let mut states = vec![RunningState::default(); 2];
         let counts = running(
             RunningKind::Count,
-            false,
+            RunningFrame::Unbounded { peers: false },
             &values,
             &partitions,
             &times,
@@ -209,7 +285,81 @@ mod tests {
         );
         // State carries over to the next rows of a partition.
         let more: ArrayRef = Arc::new(Int64Array::from(vec![Some(10)]));
-        let next = running(RunningKind::Count, false, &more, &[0], &[40], &mut states).unwrap();
+        let unbounded = RunningFrame::Unbounded { peers: false };
+        let next = running(
+            RunningKind::Count,
+            unbounded,
+            &more,
+            &[0],
+            &[40],
+            &mut states,
+        )
+        .unwrap();
         assert_eq!(next.as_primitive::<Int64Type>().value(0), 4);
+    }
+
+    /// The last `n + 1` rows of each partition, NULLs counted as rows,
+    /// against sums and extremes computed over each frame from scratch.
+    #[test]
+    fn bounded_frames_cover_the_last_rows() {
+        let values: Vec<Option<i64>> = vec![
+            Some(5),
+            Some(1),
+            None,
+            Some(9),
+            Some(9),
+            Some(2),
+            None,
+            None,
+            None,
+            Some(-4),
+            Some(7),
+        ];
+        let partitions: Vec<usize> = (0..values.len()).map(|i| usize::from(i % 4 == 3)).collect();
+        let times: Vec<i64> = (0..values.len() as i64).collect();
+        for preceding in [0, 1, 2, 5] {
+            let frame = RunningFrame::Rows { preceding };
+            for kind in [
+                RunningKind::Sum,
+                RunningKind::Count,
+                RunningKind::Min,
+                RunningKind::Max,
+            ] {
+                // Two calls, so that the frame carries over between them.
+                let mut states = vec![RunningState::default(); 2];
+                let mut got = Vec::new();
+                for (from, to) in [(0, 4), (4, values.len())] {
+                    let array: ArrayRef = Arc::new(Int64Array::from(values[from..to].to_vec()));
+                    let column = running(
+                        kind,
+                        frame,
+                        &array,
+                        &partitions[from..to],
+                        &times[from..to],
+                        &mut states,
+                    )
+                    .unwrap();
+                    got.extend(column.as_primitive::<Int64Type>().iter());
+                }
+                let want: Vec<Option<i64>> = (0..values.len())
+                    .map(|row| {
+                        let earlier: Vec<i64> = (0..=row)
+                            .rev()
+                            .filter(|&r| partitions[r] == partitions[row])
+                            .take(preceding + 1)
+                            .filter_map(|r| values[r])
+                            .collect();
+                        match kind {
+                            RunningKind::Count => Some(earlier.len() as i64),
+                            _ if earlier.is_empty() => None,
+                            RunningKind::Sum => Some(earlier.iter().sum()),
+                            RunningKind::Min => earlier.iter().min().copied(),
+                            _ => earlier.iter().max().copied(),
+                        }
+                    })
+                    .collect();
+                assert_eq!(got, want, "{kind:?} over {preceding} preceding");
+            }
+        }
     }
 }

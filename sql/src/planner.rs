@@ -39,8 +39,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, AsofJoin, AsofJoinSpec,
     ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, LookupJoin, LookupJoinSpec,
-    Operator, RunningKind, SessionAggregate, Stage, Stateless, TopN, TopNSpec, WindowAggregate,
-    WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
+    Operator, RunningFrame, RunningKind, SessionAggregate, Stage, Stateless, TopN, TopNSpec,
+    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
@@ -1433,6 +1433,19 @@ impl Lowering<'_> {
                 "aggregate in one stream and use window functions in a stream reading it",
             ));
         }
+        // A changelog's rows may be retracted after the watermark passed
+        // them, and a function's value depends on every row before it:
+        // emitted once, it could not be corrected.
+        if self
+            .input_schema(&chain.scan_source)
+            .field_with_name(WEIGHT_COLUMN)
+            .is_ok()
+        {
+            return Err(unsupported(
+                "window functions over a changelog (a GROUP BY without a window, or a stream with EMIT CHANGES) are not supported yet",
+                "window functions read append-only input: a source, a windowed aggregate emitted when its windows close, or a join of those",
+            ));
+        }
         let input_schema = window.input.schema();
         let mut partition_by: Option<Vec<Expr>> = None;
         let mut event_time: Option<Expr> = None;
@@ -1539,14 +1552,41 @@ impl Lowering<'_> {
                 (kind @ ("sum" | "count" | "min" | "max" | "avg"), [argument]) => {
                     use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
                     let frame = &params.window_frame;
-                    if !frame.start_bound.is_unbounded()
-                        || frame.end_bound != WindowFrameBound::CurrentRow
-                    {
-                        return Err(unsupported(
-                            format!("{name}() OVER (... {frame}) cannot be streamed yet"),
-                            "running aggregates in streams cover UNBOUNDED PRECEDING to CURRENT ROW (the default frame)",
-                        ));
-                    }
+                    let rows = frame.units == WindowFrameUnits::Rows;
+                    let running_frame = match (&frame.start_bound, &frame.end_bound) {
+                        (start, WindowFrameBound::CurrentRow) if start.is_unbounded() => {
+                            RunningFrame::Unbounded { peers: !rows }
+                        }
+                        (WindowFrameBound::CurrentRow, WindowFrameBound::CurrentRow) if rows => {
+                            RunningFrame::Rows { preceding: 0 }
+                        }
+                        (WindowFrameBound::Preceding(n), WindowFrameBound::CurrentRow)
+                            if rows =>
+                        {
+                            let preceding = n
+                                .cast_to(&arrow::datatypes::DataType::UInt64)
+                                .ok()
+                                .and_then(|v| match v {
+                                    datafusion::common::ScalarValue::UInt64(Some(n)) => {
+                                        usize::try_from(n).ok()
+                                    }
+                                    _ => None,
+                                })
+                                .ok_or_else(|| {
+                                    unsupported(
+                                        format!("{name}() OVER (... {frame}): the frame's length must be a constant"),
+                                        "ROWS BETWEEN <n> PRECEDING AND CURRENT ROW",
+                                    )
+                                })?;
+                            RunningFrame::Rows { preceding }
+                        }
+                        _ => {
+                            return Err(unsupported(
+                                format!("{name}() OVER (... {frame}) cannot be streamed yet"),
+                                "running aggregates in streams cover UNBOUNDED PRECEDING to CURRENT ROW (the default frame) or the last rows (ROWS BETWEEN <n> PRECEDING AND CURRENT ROW)",
+                            ))
+                        }
+                    };
                     if params.distinct || params.filter.is_some() {
                         return Err(unsupported(
                             format!("{name}(DISTINCT ...) or FILTER in a running aggregate is not supported in streams yet"),
@@ -1572,7 +1612,7 @@ impl Lowering<'_> {
                     AnalyticFunction::Running {
                         kind,
                         argument: self.physical(&argument, input_schema)?,
-                        peers: frame.units != WindowFrameUnits::Rows,
+                        frame: running_frame,
                     }
                 }
                 _ => {
