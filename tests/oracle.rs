@@ -1047,6 +1047,94 @@ async fn running_aggregates_over_event_time() {
     assert_eq!(error.code(), laminar_db::ErrorCode::Unsupported, "{error}");
 }
 
+/// Event times finer than a millisecond order the rows of window
+/// functions as the batch engine orders them: several rows per ms, in
+/// disorder, with exact ties only where the answer does not depend on
+/// how ties are ordered (`RANK`, peers of a `RANGE` frame).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_functions_order_rows_within_a_millisecond() {
+    use datafusion::arrow::array::{StringArray, TimestampNanosecondArray};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let ddl = "CREATE SOURCE ticks (k VARCHAR NOT NULL, v BIGINT NOT NULL, ts TIMESTAMP NOT NULL,
+               WATERMARK FOR ts AS ts - INTERVAL '50' MILLISECOND)";
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ]));
+    // 3,000 rows over about 300 ms: ten per ms, shuffled in blocks of 20 ms.
+    let rows = |ties: bool| -> Vec<(String, i64, i64)> {
+        let mut rng = StdRng::seed_from_u64(if ties { 12 } else { 11 });
+        let mut rows: Vec<(String, i64, i64)> = (0..3_000i64)
+            .map(|i| {
+                let ns = if ties { (i / 4) * 250_000 } else { i * 97_003 };
+                let k = format!("k{}", rng.random_range(0..4));
+                (k, rng.random_range(-50..50), 1_700_000_000_000_000_000 + ns)
+            })
+            .collect();
+        for block in rows.chunks_mut(200) {
+            for i in (1..block.len()).rev() {
+                block.swap(i, rng.random_range(0..=i));
+            }
+        }
+        rows
+    };
+    let batches = |rows: &[(String, i64, i64)], max: usize| -> Vec<RecordBatch> {
+        let mut rng = StdRng::seed_from_u64(max as u64);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < rows.len() {
+            let n = rng.random_range(1..=max).min(rows.len() - at);
+            let part = &rows[at..at + n];
+            out.push(
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(
+                            part.iter().map(|r| r.0.as_str()),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(part.iter().map(|r| r.1))),
+                        Arc::new(TimestampNanosecondArray::from_iter_values(
+                            part.iter().map(|r| r.2),
+                        )),
+                    ],
+                )
+                .unwrap(),
+            );
+            at += n;
+        }
+        out
+    };
+    let ordered = "SELECT k, ts, v,
+            ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn,
+            LAG(v) OVER (PARTITION BY k ORDER BY ts) AS prev,
+            SUM(v) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS last4,
+            AVG(v) OVER (PARTITION BY k ORDER BY ts) AS mean
+         FROM ticks";
+    let tied = "SELECT k, ts, v,
+            RANK() OVER (PARTITION BY k ORDER BY ts) AS rk,
+            DENSE_RANK() OVER (PARTITION BY k ORDER BY ts) AS drk,
+            SUM(v) OVER (PARTITION BY k ORDER BY ts) AS so_far
+         FROM ticks";
+    for (query, ties) in [(ordered, false), (tied, true)] {
+        let rows = rows(ties);
+        let want = run_batch(query, "ticks", batches(&rows, 10_000), Arc::clone(&schema)).await;
+        for shards in [1, 2] {
+            let (got, _) = run_stream(
+                &format!("{ddl}; CREATE STREAM s AS {query}"),
+                "ticks",
+                "s",
+                batches(&rows, 150),
+                shards,
+            )
+            .await;
+            assert_same_rows(&got, &want);
+        }
+    }
+}
+
 /// MIN and MAX over a changelog: a value retracted upstream stops
 /// counting, so the extreme moves back when the row that held it goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

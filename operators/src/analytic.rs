@@ -103,8 +103,9 @@ struct Waiting {
     batch: RecordBatch,
     /// Row indices in event-time order (stable: arrival breaks ties).
     order: Vec<u32>,
-    /// Event times in `order`.
-    times_ms: Vec<i64>,
+    /// Event times in `order`, in the column's unit (ticks: rows a ms
+    /// apart or less keep their order).
+    times: Vec<i64>,
     /// Rows of `order` already emitted (a prefix).
     emitted: usize,
 }
@@ -112,14 +113,15 @@ struct Waiting {
 #[derive(Default)]
 struct PartitionState {
     rows: u64,
-    last_time_ms: Option<i64>,
+    /// The last emitted row's event time, in ticks.
+    last_time: Option<i64>,
     rank: u64,
     dense_rank: u64,
     /// Per LAG function: references to its last `offset` values, oldest
     /// first.
     history: Vec<VecDeque<(u32, u32)>>,
     /// Final rows not emitted yet because a `LEAD` needs rows after them:
-    /// (held chunk, row, event time).
+    /// (held chunk, row, event time in ticks).
     held: VecDeque<(u32, u32, i64)>,
 }
 
@@ -214,12 +216,14 @@ impl Analytic {
         // The newly final rows: a prefix of each waiting batch.
         let mut references = Vec::new();
         let mut final_times = Vec::new();
+        let unit = &self.spec.unit;
         for (i, waiting) in self.waiting.iter_mut().enumerate() {
             let cut = waiting.emitted
-                + waiting.times_ms[waiting.emitted..].partition_point(|&t| t < watermark_ms);
+                + waiting.times[waiting.emitted..]
+                    .partition_point(|&t| unit.tick_to_ms(t) < watermark_ms);
             for position in waiting.emitted..cut {
                 references.push((i, waiting.order[position] as usize));
-                final_times.push(waiting.times_ms[position]);
+                final_times.push(waiting.times[position]);
             }
             waiting.emitted = cut;
         }
@@ -331,10 +335,10 @@ impl Analytic {
             );
             let state = &mut self.states[partition];
             state.rows += 1;
-            if state.last_time_ms != Some(time) {
+            if state.last_time != Some(time) {
                 state.rank = state.rows;
                 state.dense_rank += 1;
-                state.last_time_ms = Some(time);
+                state.last_time = Some(time);
             }
             numbers.push(state.rows);
             ranks.push(state.rank);
@@ -577,12 +581,12 @@ impl Analytic {
             &mut columns,
         )?;
         let states = &self.states;
-        names.extend(["rows", "last_time_ms", "rank", "dense_rank"].map(String::from));
+        names.extend(["rows", "last_time", "rank", "dense_rank"].map(String::from));
         columns.push(Arc::new(UInt64Array::from_iter_values(
             states.iter().map(|s| s.rows),
         )));
         columns.push(Arc::new(Int64Array::from_iter(
-            states.iter().map(|s| s.last_time_ms),
+            states.iter().map(|s| s.last_time),
         )));
         columns.push(Arc::new(UInt64Array::from_iter_values(
             states.iter().map(|s| s.rank),
@@ -630,7 +634,7 @@ impl Analytic {
         drop(encoded);
         let (rows, last, rank, dense) = (
             uint64s(batch, "rows")?,
-            int64s(batch, "last_time_ms")?,
+            self.ticks_column(batch, "last_time")?,
             uint64s(batch, "rank")?,
             uint64s(batch, "dense_rank")?,
         );
@@ -638,7 +642,7 @@ impl Analytic {
         self.states = (0..n)
             .map(|p| PartitionState {
                 rows: rows.value(p),
-                last_time_ms: last.is_valid(p).then(|| last.value(p)),
+                last_time: last.is_valid(p).then(|| last.value(p)),
                 rank: rank.value(p),
                 dense_rank: dense.value(p),
                 history: vec![VecDeque::new(); lags],
@@ -696,7 +700,7 @@ impl Analytic {
         for (i, waiting) in self.waiting.iter().enumerate() {
             for position in waiting.emitted..waiting.order.len() {
                 references.push((i, waiting.order[position] as usize));
-                times.push(waiting.times_ms[position]);
+                times.push(waiting.times[position]);
                 waits.push(i as u32);
             }
         }
@@ -709,7 +713,7 @@ impl Analytic {
         self.rows_with(
             rows,
             vec![
-                ("__time_ms", Arc::new(Int64Array::from(times))),
+                ("__time", Arc::new(Int64Array::from(times))),
                 ("__wait", Arc::new(UInt32Array::from(waits))),
             ],
         )
@@ -717,7 +721,7 @@ impl Analytic {
 
     fn restore_waiting(&mut self, batch: &RecordBatch) -> Result<()> {
         let rows = self.input_rows(batch)?;
-        let times = int64s(batch, "__time_ms")?;
+        let times = self.ticks_column(batch, "__time")?;
         let waits = uint32s(batch, "__wait")?;
         let mut start = 0;
         while start < rows.num_rows() {
@@ -729,7 +733,7 @@ impl Analytic {
             self.waiting.push_back(Waiting {
                 batch: rows.slice(start, end - start),
                 order: (0..(end - start) as u32).collect(),
-                times_ms: times.values()[start..end].to_vec(),
+                times: times.values()[start..end].to_vec(),
                 emitted: 0,
             });
             start = end;
@@ -758,7 +762,7 @@ impl Analytic {
             rows,
             vec![
                 ("__partition", Arc::new(UInt32Array::from(partitions))),
-                ("__time_ms", Arc::new(Int64Array::from(times))),
+                ("__time", Arc::new(Int64Array::from(times))),
             ],
         )
     }
@@ -766,7 +770,7 @@ impl Analytic {
     fn restore_held(&mut self, batch: &RecordBatch) -> Result<()> {
         let rows = self.input_rows(batch)?;
         let partitions = uint32s(batch, "__partition")?;
-        let times = int64s(batch, "__time_ms")?;
+        let times = self.ticks_column(batch, "__time")?;
         for i in 0..rows.num_rows() {
             let time = times.value(i);
             self.state_mut(partitions.value(i))?
@@ -805,6 +809,19 @@ impl Analytic {
             ["partition".to_string(), "value".to_string()],
             vec![Arc::new(UInt32Array::from(partitions)), values],
         )
+    }
+}
+
+impl Analytic {
+    /// A snapshot column of event times in ticks, `name`; one written
+    /// before times were kept in ticks (`<name>_ms`, in epoch ms) is
+    /// converted, losing only what it never held.
+    fn ticks_column(&self, batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+        if batch.column_by_name(name).is_some() {
+            return int64s(batch, name);
+        }
+        let ms = int64s(batch, &format!("{name}_ms"))?;
+        Ok(ms.unary(|m| self.spec.unit.from_ms(m)))
     }
 }
 
@@ -928,16 +945,19 @@ impl Operator for Analytic {
             })
             .collect();
         self.late_rows += (n - on_time.len()) as u64;
-        let mut order = on_time;
-        order.sort_by_key(|&i| self.times_ms[i as usize]);
-        let times_ms = order.iter().map(|&i| self.times_ms[i as usize]).collect();
-        if order.is_empty() {
+        if on_time.is_empty() {
             return Ok(());
         }
+        // Ordered by the column's own values: rows within one ms keep
+        // their order, as the batch engine sorts them.
+        let ticks = self.spec.unit.ticks(times.as_ref())?;
+        let mut order = on_time;
+        order.sort_by_key(|&i| ticks[i as usize]);
+        let times = order.iter().map(|&i| ticks[i as usize]).collect();
         self.waiting.push_back(Waiting {
             batch: input,
             order,
-            times_ms,
+            times,
             emitted: 0,
         });
         Ok(())

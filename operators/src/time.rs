@@ -100,13 +100,30 @@ impl EventTimeUnit {
     /// Converts an event-time array to epoch ms. NULLs are an error: a row
     /// without an event time cannot be placed in time.
     pub fn array_to_ms(&self, array: &dyn Array, out: &mut Vec<i64>) -> Result<()> {
+        let values = self.ticks(array)?;
+        out.clear();
+        match self.ticks_per_ms() {
+            (1, 1) => out.extend_from_slice(values),
+            (mul, div) => out.extend(
+                values
+                    .iter()
+                    .map(|&t| t.saturating_mul(mul).div_euclid(div)),
+            ),
+        }
+        Ok(())
+    }
+
+    /// An event-time array's values in its own unit (ticks), which order
+    /// rows exactly where epoch ms would tie them. NULLs are an error, as
+    /// in [`EventTimeUnit::array_to_ms`].
+    pub fn ticks<'a>(&self, array: &'a dyn Array) -> Result<&'a [i64]> {
         if array.null_count() > 0 {
             return Err(Error::new(
                 ErrorCode::InvalidEventTime,
                 "event-time column contains NULL; every row needs an event time",
             ));
         }
-        let values: &[i64] = match self {
+        Ok(match self {
             EventTimeUnit::EpochMillis => primitive::<Int64Type>(array)?,
             EventTimeUnit::Timestamp(TimeUnit::Second, _) => {
                 primitive::<TimestampSecondType>(array)?
@@ -120,17 +137,14 @@ impl EventTimeUnit {
             EventTimeUnit::Timestamp(TimeUnit::Nanosecond, _) => {
                 primitive::<TimestampNanosecondType>(array)?
             }
-        };
-        out.clear();
-        match self.ticks_per_ms() {
-            (1, 1) => out.extend_from_slice(values),
-            (mul, div) => out.extend(
-                values
-                    .iter()
-                    .map(|&t| t.saturating_mul(mul).div_euclid(div)),
-            ),
-        }
-        Ok(())
+        })
+    }
+
+    /// The epoch ms of a value in this unit (floored).
+    #[inline]
+    pub fn tick_to_ms(&self, tick: i64) -> i64 {
+        let (mul, div) = self.ticks_per_ms();
+        tick.saturating_mul(mul).div_euclid(div)
     }
 
     /// An array of epoch-ms values, in this unit's type.
