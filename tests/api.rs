@@ -277,7 +277,7 @@ async fn bad_input_has_stable_codes() {
     for unsupported in [
         "SELECT NTILE(4) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         "SELECT ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts DESC) FROM trades",
-        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN 1 PRECEDING AND CURRENT ROW) FROM trades",
+        "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts GROUPS BETWEEN 1 PRECEDING AND CURRENT ROW) FROM trades",
         "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND 1 PRECEDING) FROM trades",
         "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         // Over a changelog: a retraction could come after the row's value

@@ -624,7 +624,8 @@ CREATE STREAM so_far AS SELECT symbol, ts,
  MIN(price) OVER (PARTITION BY symbol ORDER BY ts) AS low,
  AVG(price) OVER (PARTITION BY symbol ORDER BY ts) AS mean,
  AVG(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS mean4,
- MAX(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS high3
+ MAX(volume) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS high3,
+ SUM(volume) OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN 300 PRECEDING AND CURRENT ROW) AS recent
  FROM trades;
 CREATE STREAM same_volume AS SELECT a.symbol, a.ts, b.ts AS other FROM trades a
  LEFT JOIN trades b ON a.symbol = b.symbol AND a.volume = b.volume AND b.price > a.price;

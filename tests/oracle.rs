@@ -1034,6 +1034,45 @@ async fn running_aggregates_over_event_time() {
         assert_same_rows(&got, &want);
     }
 
+    // Frames over the last stretch of event time (BIGINT ms here), with
+    // ties: peers share a value, as in the default frame.
+    let mut rows = trades(8, 3_000, 5, 1_000);
+    for row in &mut rows {
+        row.ts -= row.ts % 20;
+    }
+    let stretch = "SELECT symbol, ts,
+            SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+                              RANGE BETWEEN 500 PRECEDING AND CURRENT ROW) AS volume_500ms,
+            AVG(price) OVER (PARTITION BY symbol ORDER BY ts
+                             RANGE BETWEEN 200 PRECEDING AND CURRENT ROW) AS mean_200ms,
+            COUNT(*) OVER (PARTITION BY symbol ORDER BY ts
+                           RANGE BETWEEN 1000 PRECEDING AND CURRENT ROW) AS trades_1s,
+            MIN(price) OVER (PARTITION BY symbol ORDER BY ts
+                             RANGE BETWEEN 300 PRECEDING AND CURRENT ROW) AS low_300ms,
+            MAX(CASE WHEN volume > 500 THEN volume END) OVER (PARTITION BY symbol ORDER BY ts
+                             RANGE BETWEEN 100 PRECEDING AND CURRENT ROW) AS high_100ms,
+            SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+                              RANGE BETWEEN CURRENT ROW AND CURRENT ROW) AS same_ms
+         FROM trades";
+    let want = run_batch(
+        stretch,
+        "trades",
+        vec![trades_batch(&rows)],
+        trades_schema(),
+    )
+    .await;
+    for shards in [1, 2] {
+        let (got, _) = run_stream(
+            &format!("{TRADES_DDL}; CREATE STREAM s AS {stretch}"),
+            "trades",
+            "s",
+            random_batches(&rows, 7, 250),
+            shards,
+        )
+        .await;
+        assert_same_rows(&got, &want);
+    }
+
     // Frames that would need rows after the current one cannot stream.
     let db = laminar_db::LaminarDB::open().unwrap();
     db.execute(TRADES_DDL).await.unwrap();
@@ -1111,12 +1150,18 @@ async fn window_functions_order_rows_within_a_millisecond() {
             ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn,
             LAG(v) OVER (PARTITION BY k ORDER BY ts) AS prev,
             SUM(v) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS last4,
+            COUNT(v) OVER (PARTITION BY k ORDER BY ts
+                           RANGE BETWEEN INTERVAL '333' MICROSECOND PRECEDING AND CURRENT ROW) AS recent,
             AVG(v) OVER (PARTITION BY k ORDER BY ts) AS mean
          FROM ticks";
     let tied = "SELECT k, ts, v,
             RANK() OVER (PARTITION BY k ORDER BY ts) AS rk,
             DENSE_RANK() OVER (PARTITION BY k ORDER BY ts) AS drk,
-            SUM(v) OVER (PARTITION BY k ORDER BY ts) AS so_far
+            SUM(v) OVER (PARTITION BY k ORDER BY ts) AS so_far,
+            SUM(v) OVER (PARTITION BY k ORDER BY ts
+                         RANGE BETWEEN INTERVAL '2' MILLISECOND PRECEDING AND CURRENT ROW) AS last_2ms,
+            MAX(v) OVER (PARTITION BY k ORDER BY ts
+                         RANGE BETWEEN INTERVAL '1500' MICROSECOND PRECEDING AND CURRENT ROW) AS high
          FROM ticks";
     for (query, ties) in [(ordered, false), (tied, true)] {
         let rows = rows(ties);

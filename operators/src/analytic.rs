@@ -838,12 +838,12 @@ impl Analytic {
                 _ => None,
             })
             .enumerate()
-            .filter(|(_, frame)| matches!(frame, RunningFrame::Rows { .. }))
+            .filter(|(_, frame)| !matches!(frame, RunningFrame::Unbounded { .. }))
             .map(|(r, _)| r)
             .collect()
     }
 
-    /// A running aggregate's frames: (`partition`, `value`), each
+    /// A running aggregate's frames: (`partition`, `time`, `value`), each
     /// partition's oldest first; `value` is of the argument's type.
     fn frame_batch(&self, r: usize) -> Result<RecordBatch> {
         let states = &self.running[r];
@@ -854,6 +854,7 @@ impl Analytic {
                 std::iter::repeat_n(p as u32, s.frame_int.len() + s.frame_float.len())
             })
             .collect();
+        let times = states.iter().flat_map(|s| s.frame_times.iter().copied());
         let ints = states.iter().flat_map(|s| s.frame_int.iter().copied());
         let floats = states.iter().flat_map(|s| s.frame_float.iter().copied());
         let values: ArrayRef = if self.frame_is_float(r)? {
@@ -862,13 +863,18 @@ impl Analytic {
             Arc::new(Int64Array::from_iter(ints))
         };
         crate::snapshot_batch(
-            ["partition", "value"].map(String::from),
-            vec![Arc::new(UInt32Array::from(partitions)), values],
+            ["partition", "time", "value"].map(String::from),
+            vec![
+                Arc::new(UInt32Array::from(partitions)),
+                Arc::new(Int64Array::from_iter_values(times)),
+                values,
+            ],
         )
     }
 
     fn restore_frame(&mut self, r: usize, batch: &RecordBatch) -> Result<()> {
         let partitions = uint32s(batch, "partition")?;
+        let times = int64s(batch, "time")?;
         let float = self.frame_is_float(r)?;
         let (ints, floats) = if float {
             (None, Some(float64s(batch, "value")?))
@@ -879,6 +885,7 @@ impl Analytic {
             let state = self.running[r]
                 .get_mut(partition as usize)
                 .ok_or_else(|| crate::snapshot::corrupt("a frame's partition"))?;
+            state.frame_times.push_back(times.value(i));
             match (&ints, &floats) {
                 (Some(v), _) => state.frame_int.push_back(v.is_valid(i).then(|| v.value(i))),
                 (_, Some(v)) => state
@@ -1062,7 +1069,9 @@ impl Operator for Analytic {
             .running
             .iter()
             .flatten()
-            .map(|s| (s.frame_int.capacity() + s.frame_float.capacity()) * 16)
+            .map(|s| {
+                (s.frame_times.capacity() + s.frame_int.capacity() + s.frame_float.capacity()) * 16
+            })
             .sum();
         waiting
             + history

@@ -11,12 +11,14 @@
 //! together, since the watermark passes one event time at once. With
 //! `ROWS`, each row has its own value (ties in arrival order).
 //!
-//! A `ROWS BETWEEN n PRECEDING AND CURRENT ROW` frame (a moving aggregate
-//! over the last `n + 1` rows) keeps the partition's last `n + 1`
-//! arguments too: each row adds its value, then the value that left the
-//! frame is taken out again (DataFusion's sliding accumulators do the
-//! same, in the same order, so float sums round alike). `MIN`/`MAX`
-//! rescan the kept values when the one that left was the extreme.
+//! A bounded frame, `ROWS BETWEEN n PRECEDING AND CURRENT ROW` (the last
+//! `n + 1` rows) or `RANGE BETWEEN d PRECEDING AND CURRENT ROW` (the rows
+//! at most `d` of event time before the current one, and its peers),
+//! keeps the event times and arguments of the rows in it too: each row
+//! adds its value, then the values that left the frame are taken out
+//! (DataFusion's sliding accumulators do the same; for `ROWS`, in the same
+//! order, so float sums round alike). `MIN`/`MAX` rescan the kept values
+//! when the one that left was the extreme.
 //!
 //! Arithmetic is DataFusion's: integer sums wrap, float sums add in row
 //! order, `AVG` is a float, `MIN`/`MAX` of floats use IEEE total order,
@@ -53,8 +55,10 @@ pub(crate) struct RunningState {
     pub(crate) sum_float: f64,
     pub(crate) best_int: Option<i64>,
     pub(crate) best_float: Option<f64>,
-    /// With a bounded frame: the arguments of the rows in it, oldest
-    /// first, as [`argument_type`] makes them (one of the two is used).
+    /// With a bounded frame: the event times and arguments of the rows in
+    /// it, oldest first, the arguments as [`argument_type`] makes them
+    /// (one of the two lists is used).
+    pub(crate) frame_times: VecDeque<i64>,
     pub(crate) frame_int: VecDeque<Option<i64>>,
     pub(crate) frame_float: VecDeque<Option<f64>>,
 }
@@ -73,6 +77,27 @@ pub enum RunningFrame {
         /// `n`.
         preceding: usize,
     },
+    /// `RANGE BETWEEN d PRECEDING AND CURRENT ROW`: the rows whose event
+    /// time is at most `d` before the current row's, and its peers.
+    Range {
+        /// `d`, in the event-time column's unit.
+        preceding: i64,
+    },
+}
+
+impl RunningFrame {
+    /// Whether the oldest row of a frame (with these event times, the
+    /// current row's last) has left it.
+    #[inline]
+    fn leaves(&self, times: &VecDeque<i64>, now: i64) -> bool {
+        match *self {
+            RunningFrame::Unbounded { .. } => false,
+            RunningFrame::Rows { preceding } => times.len() > preceding.saturating_add(1),
+            RunningFrame::Range { preceding } => times
+                .front()
+                .is_some_and(|&oldest| oldest < now.saturating_sub(preceding)),
+        }
+    }
 }
 
 /// The type the argument is computed in: `BIGINT` when the result is
@@ -97,21 +122,18 @@ pub fn argument_type(kind: RunningKind, output: &DataType) -> Result<DataType> {
 
 /// The values of one running aggregate for the emitted rows: `values`
 /// (its argument, in [`argument_type`]), each row's partition and event
-/// time, in emission order; `states` is indexed by partition.
+/// time (in the column's unit), in emission order; `states` is indexed by
+/// partition.
 pub(crate) fn running(
     kind: RunningKind,
     frame: RunningFrame,
     values: &ArrayRef,
     partitions: &[usize],
-    times_ms: &[i64],
+    times: &[i64],
     states: &mut [RunningState],
 ) -> Result<ArrayRef> {
     let n = partitions.len();
-    // Rows a bounded frame holds, the current one included.
-    let width = match frame {
-        RunningFrame::Rows { preceding } => Some(preceding.saturating_add(1)),
-        RunningFrame::Unbounded { .. } => None,
-    };
+    let bounded = !matches!(frame, RunningFrame::Unbounded { .. });
     let column: ArrayRef = match values.data_type() {
         DataType::Int64 => {
             let values = values.as_primitive::<Int64Type>();
@@ -128,9 +150,11 @@ pub(crate) fn running(
                         _ => v,
                     });
                 }
-                if let Some(width) = width {
+                if bounded {
+                    state.frame_times.push_back(times[row]);
                     state.frame_int.push_back(value);
-                    if state.frame_int.len() > width {
+                    while frame.leaves(&state.frame_times, times[row]) {
+                        state.frame_times.pop_front();
                         if let Some(Some(gone)) = state.frame_int.pop_front() {
                             state.count -= 1;
                             state.sum_int = state.sum_int.wrapping_sub(gone);
@@ -164,9 +188,11 @@ pub(crate) fn running(
                         _ => v,
                     });
                 }
-                if let Some(width) = width {
+                if bounded {
+                    state.frame_times.push_back(times[row]);
                     state.frame_float.push_back(value);
-                    if state.frame_float.len() > width {
+                    while frame.leaves(&state.frame_times, times[row]) {
+                        state.frame_times.pop_front();
                         if let Some(Some(gone)) = state.frame_float.pop_front() {
                             state.count -= 1;
                             state.sum_float -= gone;
@@ -194,7 +220,9 @@ pub(crate) fn running(
         }
     };
     match frame {
-        RunningFrame::Unbounded { peers: true } => share_among_peers(&column, partitions, times_ms),
+        RunningFrame::Unbounded { peers: true } | RunningFrame::Range { .. } => {
+            share_among_peers(&column, partitions, times)
+        }
         _ => Ok(column),
     }
 }

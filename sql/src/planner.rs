@@ -197,6 +197,48 @@ pub struct StreamPlan {
     pub versions_query: Option<String>,
 }
 
+/// A `RANGE` frame's `d PRECEDING` in the unit of the `ORDER BY` column:
+/// ms for a `BIGINT` event time, the timestamp's unit for an interval of
+/// days and smaller parts (rounded down, which for whole ticks selects the
+/// same rows). `None` for anything else (months have no fixed length).
+fn range_in_ticks(
+    bound: &datafusion::common::ScalarValue,
+    order_type: &arrow::datatypes::DataType,
+) -> Option<i64> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    use datafusion::common::ScalarValue;
+    const NANOS_PER_DAY: i128 = 86_400 * 1_000_000_000;
+    match order_type {
+        DataType::Int64 => match bound.cast_to(&DataType::Int64).ok()? {
+            ScalarValue::Int64(Some(d)) if d >= 0 => Some(d),
+            _ => None,
+        },
+        DataType::Timestamp(unit, _) => {
+            let nanos: i128 = match bound {
+                ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+                    i128::from(v.days) * NANOS_PER_DAY + i128::from(v.nanoseconds)
+                }
+                ScalarValue::IntervalDayTime(Some(v)) => {
+                    i128::from(v.days) * NANOS_PER_DAY + i128::from(v.milliseconds) * 1_000_000
+                }
+                ScalarValue::DurationSecond(Some(v)) => i128::from(*v) * 1_000_000_000,
+                ScalarValue::DurationMillisecond(Some(v)) => i128::from(*v) * 1_000_000,
+                ScalarValue::DurationMicrosecond(Some(v)) => i128::from(*v) * 1_000,
+                ScalarValue::DurationNanosecond(Some(v)) => i128::from(*v),
+                _ => return None,
+            };
+            let per_tick: i128 = match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
+            };
+            (nanos >= 0).then(|| i64::try_from(nanos / per_tick).unwrap_or(i64::MAX))
+        }
+        _ => None,
+    }
+}
+
 /// Whether `expr` over `node`'s output is the end of the aggregate's
 /// window of `size_ms` (`window_end`, `tumble_end(...)`), through
 /// projections, filters and aliases down to the aggregate that groups by
@@ -1560,6 +1602,23 @@ impl Lowering<'_> {
                         (WindowFrameBound::CurrentRow, WindowFrameBound::CurrentRow) if rows => {
                             RunningFrame::Rows { preceding: 0 }
                         }
+                        (WindowFrameBound::CurrentRow, WindowFrameBound::CurrentRow)
+                            if frame.units == WindowFrameUnits::Range =>
+                        {
+                            RunningFrame::Range { preceding: 0 }
+                        }
+                        (WindowFrameBound::Preceding(d), WindowFrameBound::CurrentRow)
+                            if frame.units == WindowFrameUnits::Range =>
+                        {
+                            let order_type = sort.expr.get_type(input_schema).map_err(planning_error)?;
+                            let preceding = range_in_ticks(d, &order_type).ok_or_else(|| {
+                                unsupported(
+                                    format!("{name}() OVER (... {frame}): the frame's length must be a constant of fixed length (no months) in the ORDER BY column's terms"),
+                                    "RANGE BETWEEN INTERVAL '5' MINUTE PRECEDING AND CURRENT ROW over a TIMESTAMP, or a number of ms over a BIGINT event time",
+                                )
+                            })?;
+                            RunningFrame::Range { preceding }
+                        }
                         (WindowFrameBound::Preceding(n), WindowFrameBound::CurrentRow)
                             if rows =>
                         {
@@ -1583,7 +1642,7 @@ impl Lowering<'_> {
                         _ => {
                             return Err(unsupported(
                                 format!("{name}() OVER (... {frame}) cannot be streamed yet"),
-                                "running aggregates in streams cover UNBOUNDED PRECEDING to CURRENT ROW (the default frame) or the last rows (ROWS BETWEEN <n> PRECEDING AND CURRENT ROW)",
+                                "running aggregates in streams cover UNBOUNDED PRECEDING to CURRENT ROW (the default frame), the last rows (ROWS BETWEEN <n> PRECEDING AND CURRENT ROW) or the last stretch of event time (RANGE BETWEEN INTERVAL '...' PRECEDING AND CURRENT ROW)",
                             ))
                         }
                     };
