@@ -1180,6 +1180,62 @@ async fn window_functions_order_rows_within_a_millisecond() {
     }
 }
 
+/// A `RANGE` frame's length that is not a whole number of the column's
+/// ticks reaches back as the batch engine's does (it subtracts the length
+/// and floors to the column's unit): 1.5 ms over a `TIMESTAMP(3)` takes
+/// rows 2 ms back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_frames_round_like_the_batch_engine() {
+    use datafusion::arrow::array::StringArray;
+
+    let ddl =
+        "CREATE SOURCE marks (k VARCHAR NOT NULL, v BIGINT NOT NULL, ts TIMESTAMP(3) NOT NULL,
+               WATERMARK FOR ts AS ts - INTERVAL '5' MILLISECOND)";
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let n = 200i64;
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("k{}", i % 2)),
+            )),
+            Arc::new(Int64Array::from_iter_values((0..n).map(|i| i * i % 17))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                (0..n).map(|i| 1_700_000_000_000 + i / 2),
+            )),
+        ],
+    )
+    .unwrap();
+    let query = "SELECT k, ts, v,
+            SUM(v) OVER (PARTITION BY k ORDER BY ts
+                         RANGE BETWEEN INTERVAL '1500' MICROSECOND PRECEDING AND CURRENT ROW) AS s,
+            COUNT(v) OVER (PARTITION BY k ORDER BY ts
+                           RANGE BETWEEN INTERVAL '100' MICROSECOND PRECEDING AND CURRENT ROW) AS c
+         FROM marks";
+    let want = run_batch(query, "marks", vec![batch.clone()], Arc::clone(&schema)).await;
+    let batches: Vec<RecordBatch> = (0..n as usize)
+        .step_by(30)
+        .map(|at| batch.slice(at, 30.min(n as usize - at)))
+        .collect();
+    let (got, _) = run_stream(
+        &format!("{ddl}; CREATE STREAM s AS {query}"),
+        "marks",
+        "s",
+        batches,
+        1,
+    )
+    .await;
+    assert_same_rows(&got, &want);
+}
+
 /// MIN and MAX over a changelog: a value retracted upstream stops
 /// counting, so the extreme moves back when the row that held it goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,8 +17,8 @@
 //! keeps the event times and arguments of the rows in it too: each row
 //! adds its value, then the values that left the frame are taken out
 //! (DataFusion's sliding accumulators do the same; for `ROWS`, in the same
-//! order, so float sums round alike). `MIN`/`MAX` rescan the kept values
-//! when the one that left was the extreme.
+//! order, so float sums round alike). `MIN`/`MAX` keep the frame's rows
+//! that may still become its extreme ([`Extremes`]), O(1) per row.
 //!
 //! Arithmetic is DataFusion's: integer sums wrap, float sums add in row
 //! order, `AVG` is a float, `MIN`/`MAX` of floats use IEEE total order,
@@ -61,6 +61,77 @@ pub(crate) struct RunningState {
     pub(crate) frame_times: VecDeque<i64>,
     pub(crate) frame_int: VecDeque<Option<i64>>,
     pub(crate) frame_float: VecDeque<Option<f64>>,
+    /// `MIN`/`MAX` over a bounded frame: the rows that may still become
+    /// its extreme (rebuilt from the frame after a restore).
+    pub(crate) extremes: Extremes,
+}
+
+/// The rows of a bounded frame that can still be its `MIN` (or `MAX`):
+/// each is better than every row after it, so the first is the extreme,
+/// and a row that a later one matches or beats is dropped for good. A row
+/// is pushed and dropped at most once: O(1) per row, amortized, however
+/// long the frame.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extremes {
+    /// Positions in the partition's rows, best first.
+    positions: VecDeque<u64>,
+    /// Position of the frame's oldest row.
+    first: u64,
+    /// Whether `positions` reflects the frame (false in a new or
+    /// restored state until the first row rebuilds it).
+    ready: bool,
+}
+
+impl Extremes {
+    /// Takes in the frame's newest row (already pushed onto `frame`);
+    /// `dominated(held, new)` says a held value can no longer be the
+    /// extreme once `new` is in the frame.
+    fn push<T: Copy>(&mut self, frame: &VecDeque<Option<T>>, dominated: impl Fn(T, T) -> bool) {
+        if !self.ready {
+            self.positions.clear();
+            self.ready = true;
+            for i in 0..frame.len() {
+                self.take_in(frame, self.first + i as u64, &dominated);
+            }
+            return;
+        }
+        let newest = self.first + frame.len() as u64 - 1;
+        self.take_in(frame, newest, &dominated);
+    }
+
+    fn take_in<T: Copy>(
+        &mut self,
+        frame: &VecDeque<Option<T>>,
+        position: u64,
+        dominated: &impl Fn(T, T) -> bool,
+    ) {
+        let Some(new) = frame[(position - self.first) as usize] else {
+            return;
+        };
+        while let Some(&held) = self.positions.back() {
+            match frame[(held - self.first) as usize] {
+                Some(value) if !dominated(value, new) => break,
+                _ => {
+                    self.positions.pop_back();
+                }
+            }
+        }
+        self.positions.push_back(position);
+    }
+
+    /// The frame's oldest row leaves (call before popping it).
+    fn pop_front(&mut self) {
+        if self.positions.front() == Some(&self.first) {
+            self.positions.pop_front();
+        }
+        self.first += 1;
+    }
+
+    fn best<T: Copy>(&self, frame: &VecDeque<Option<T>>) -> Option<T> {
+        self.positions
+            .front()
+            .and_then(|&p| frame[(p - self.first) as usize])
+    }
 }
 
 /// The rows a running aggregate covers, ending at the current row.
@@ -134,6 +205,17 @@ pub(crate) fn running(
 ) -> Result<ArrayRef> {
     let n = partitions.len();
     let bounded = !matches!(frame, RunningFrame::Unbounded { .. });
+    let extreme = bounded && matches!(kind, RunningKind::Min | RunningKind::Max);
+    let max = kind == RunningKind::Max;
+    let dominated_int = |held: i64, new: i64| if max { held <= new } else { held >= new };
+    let dominated_float = |held: f64, new: f64| {
+        let order = held.total_cmp(&new);
+        if max {
+            order.is_le()
+        } else {
+            order.is_ge()
+        }
+    };
     let column: ArrayRef = match values.data_type() {
         DataType::Int64 => {
             let values = values.as_primitive::<Int64Type>();
@@ -153,15 +235,21 @@ pub(crate) fn running(
                 if bounded {
                     state.frame_times.push_back(times[row]);
                     state.frame_int.push_back(value);
+                    if extreme {
+                        state.extremes.push(&state.frame_int, dominated_int);
+                    }
                     while frame.leaves(&state.frame_times, times[row]) {
                         state.frame_times.pop_front();
+                        if extreme {
+                            state.extremes.pop_front();
+                        }
                         if let Some(Some(gone)) = state.frame_int.pop_front() {
                             state.count -= 1;
                             state.sum_int = state.sum_int.wrapping_sub(gone);
-                            if state.best_int == Some(gone) {
-                                state.best_int = best_of(kind, state.frame_int.iter().flatten());
-                            }
                         }
+                    }
+                    if extreme {
+                        state.best_int = state.extremes.best(&state.frame_int);
                     }
                 }
                 out.push(match kind {
@@ -191,16 +279,21 @@ pub(crate) fn running(
                 if bounded {
                     state.frame_times.push_back(times[row]);
                     state.frame_float.push_back(value);
+                    if extreme {
+                        state.extremes.push(&state.frame_float, dominated_float);
+                    }
                     while frame.leaves(&state.frame_times, times[row]) {
                         state.frame_times.pop_front();
+                        if extreme {
+                            state.extremes.pop_front();
+                        }
                         if let Some(Some(gone)) = state.frame_float.pop_front() {
                             state.count -= 1;
                             state.sum_float -= gone;
-                            if state.best_float.map(f64::to_bits) == Some(gone.to_bits()) {
-                                state.best_float =
-                                    best_float_of(kind, state.frame_float.iter().flatten());
-                            }
                         }
+                    }
+                    if extreme {
+                        state.best_float = state.extremes.best(&state.frame_float);
                     }
                 }
                 out.push(match kind {
@@ -224,24 +317,6 @@ pub(crate) fn running(
             share_among_peers(&column, partitions, times)
         }
         _ => Ok(column),
-    }
-}
-
-/// `MIN` or `MAX` of a frame's integers (`None` when it holds none).
-fn best_of<'a>(kind: RunningKind, values: impl Iterator<Item = &'a i64>) -> Option<i64> {
-    let values = values.copied();
-    match kind {
-        RunningKind::Max => values.max(),
-        _ => values.min(),
-    }
-}
-
-/// `MIN` or `MAX` of a frame's floats in IEEE total order.
-fn best_float_of<'a>(kind: RunningKind, values: impl Iterator<Item = &'a f64>) -> Option<f64> {
-    let values = values.copied();
-    match kind {
-        RunningKind::Max => values.max_by(f64::total_cmp),
-        _ => values.min_by(f64::total_cmp),
     }
 }
 
@@ -387,6 +462,64 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(got, want, "{kind:?} over {preceding} preceding");
+            }
+        }
+    }
+
+    /// MIN and MAX over bounded frames of a long, mostly falling series
+    /// (the extreme leaves on nearly every row), against each frame's
+    /// extreme computed from scratch; halfway the states are rebuilt as a
+    /// restore leaves them.
+    #[test]
+    fn frame_extremes_follow_the_frame() {
+        let n = 400;
+        let values: Vec<Option<f64>> = (0..n)
+            .map(|i| (i % 13 != 5).then(|| f64::from(1_000 - i) + f64::from(i % 7) * 3.5))
+            .collect();
+        let times: Vec<i64> = (0..n as i64).map(|i| i * 10 - i % 3).collect();
+        let partitions = vec![0usize; n as usize];
+        for frame in [
+            RunningFrame::Rows { preceding: 0 },
+            RunningFrame::Rows { preceding: 6 },
+            RunningFrame::Range { preceding: 45 },
+        ] {
+            for kind in [RunningKind::Min, RunningKind::Max] {
+                let mut states = vec![RunningState::default(); 1];
+                let mut got: Vec<Option<f64>> = Vec::new();
+                for (from, to) in [(0usize, 150usize), (150, n as usize)] {
+                    if from > 0 {
+                        // What a restore brings back: the frame, no extremes.
+                        let state = &mut states[0];
+                        state.extremes = Extremes::default();
+                    }
+                    let array: ArrayRef = Arc::new(Float64Array::from(values[from..to].to_vec()));
+                    let column = running(
+                        kind,
+                        frame,
+                        &array,
+                        &partitions[from..to],
+                        &times[from..to],
+                        &mut states,
+                    )
+                    .unwrap();
+                    got.extend(column.as_primitive::<Float64Type>().iter());
+                }
+                let want: Vec<Option<f64>> = (0..n as usize)
+                    .map(|row| {
+                        let inside = |r: usize| match frame {
+                            RunningFrame::Rows { preceding } => row - r <= preceding,
+                            RunningFrame::Range { preceding } => times[r] >= times[row] - preceding,
+                            RunningFrame::Unbounded { .. } => true,
+                        };
+                        let frame_values =
+                            (0..=row).filter(|&r| inside(r)).filter_map(|r| values[r]);
+                        match kind {
+                            RunningKind::Max => frame_values.max_by(f64::total_cmp),
+                            _ => frame_values.min_by(f64::total_cmp),
+                        }
+                    })
+                    .collect();
+                assert_eq!(got, want, "{kind:?} over {frame:?}");
             }
         }
     }

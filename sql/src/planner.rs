@@ -199,8 +199,11 @@ pub struct StreamPlan {
 
 /// A `RANGE` frame's `d PRECEDING` in the unit of the `ORDER BY` column:
 /// ms for a `BIGINT` event time, the timestamp's unit for an interval of
-/// days and smaller parts (rounded down, which for whole ticks selects the
-/// same rows). `None` for anything else (months have no fixed length).
+/// days and smaller parts. Part of a tick rounds up: DataFusion subtracts
+/// `d` from the row's time and floors the result to the column's unit,
+/// which reaches back `ceil(d)` ticks. `None` for anything else: months
+/// have no fixed length, nor have days in a time zone that may change its
+/// clocks (a zoned column takes hours instead).
 fn range_in_ticks(
     bound: &datafusion::common::ScalarValue,
     order_type: &arrow::datatypes::DataType,
@@ -213,12 +216,15 @@ fn range_in_ticks(
             ScalarValue::Int64(Some(d)) if d >= 0 => Some(d),
             _ => None,
         },
-        DataType::Timestamp(unit, _) => {
+        DataType::Timestamp(unit, zone) => {
+            let days_fixed = |days: i32| days == 0 || zone.is_none();
             let nanos: i128 = match bound {
-                ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+                ScalarValue::IntervalMonthDayNano(Some(v))
+                    if v.months == 0 && days_fixed(v.days) =>
+                {
                     i128::from(v.days) * NANOS_PER_DAY + i128::from(v.nanoseconds)
                 }
-                ScalarValue::IntervalDayTime(Some(v)) => {
+                ScalarValue::IntervalDayTime(Some(v)) if days_fixed(v.days) => {
                     i128::from(v.days) * NANOS_PER_DAY + i128::from(v.milliseconds) * 1_000_000
                 }
                 ScalarValue::DurationSecond(Some(v)) => i128::from(*v) * 1_000_000_000,
@@ -233,7 +239,8 @@ fn range_in_ticks(
                 TimeUnit::Microsecond => 1_000,
                 TimeUnit::Nanosecond => 1,
             };
-            (nanos >= 0).then(|| i64::try_from(nanos / per_tick).unwrap_or(i64::MAX))
+            let ticks = (nanos + per_tick - 1).div_euclid(per_tick);
+            (nanos >= 0).then(|| i64::try_from(ticks).unwrap_or(i64::MAX))
         }
         _ => None,
     }
@@ -2731,4 +2738,60 @@ fn lower(
         part_of: None,
         versions_query,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range_in_ticks;
+    use arrow::datatypes::{DataType, IntervalMonthDayNano, TimeUnit};
+    use datafusion::common::ScalarValue;
+
+    #[test]
+    fn range_frame_lengths_in_ticks() {
+        let interval = |months, days, nanoseconds| {
+            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+                months,
+                days,
+                nanoseconds,
+            )))
+        };
+        let ts = |unit| DataType::Timestamp(unit, None);
+        let zoned = DataType::Timestamp(TimeUnit::Millisecond, Some("Europe/Berlin".into()));
+        let cases = [
+            (
+                ScalarValue::Int64(Some(1_000)),
+                DataType::Int64,
+                Some(1_000),
+            ),
+            (ScalarValue::UInt64(Some(7)), DataType::Int64, Some(7)),
+            (
+                interval(0, 0, 1_500_000),
+                ts(TimeUnit::Millisecond),
+                Some(2),
+            ),
+            (
+                interval(0, 0, 2_000_000),
+                ts(TimeUnit::Millisecond),
+                Some(2),
+            ),
+            (interval(0, 0, 1), ts(TimeUnit::Second), Some(1)),
+            (interval(0, 1, 0), ts(TimeUnit::Second), Some(86_400)),
+            (
+                interval(0, 1, 5),
+                ts(TimeUnit::Nanosecond),
+                Some(86_400_000_000_005),
+            ),
+            (interval(1, 0, 0), ts(TimeUnit::Millisecond), None),
+            (interval(0, 1, 0), zoned.clone(), None),
+            (interval(0, 0, 3_600_000_000_000), zoned, Some(3_600_000)),
+            (interval(0, 0, 5), DataType::Utf8, None),
+        ];
+        for (bound, order_type, want) in cases {
+            assert_eq!(
+                range_in_ticks(&bound, &order_type),
+                want,
+                "{bound:?} over {order_type}"
+            );
+        }
+    }
 }
