@@ -83,6 +83,38 @@ const WORKLOADS: &[(&str, &str, &str, &str)] = &[
          FROM trades",
     ),
     (
+        "moving_last_20_rows",
+        "",
+        "SELECT symbol, ts,
+                AVG(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS mean20,
+                MAX(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS high20
+         FROM trades",
+        "SELECT symbol, ts,
+                AVG(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS mean20,
+                MAX(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS high20
+         FROM trades",
+    ),
+    (
+        "moving_last_5s",
+        "",
+        "SELECT symbol, ts,
+                SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+                                  RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS volume5s,
+                MIN(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS low5s
+         FROM trades",
+        "SELECT symbol, ts,
+                SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+                                  RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS volume5s,
+                MIN(price) OVER (PARTITION BY symbol ORDER BY ts
+                                 RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS low5s
+         FROM trades",
+    ),
+    (
         "cascading_10s_to_1m_bars",
         "CREATE STREAM bars AS
          SELECT symbol, tumble(ts, INTERVAL '10' SECOND) AS w, MAX(price) AS high,
