@@ -25,6 +25,20 @@ const BATCH_ROWS: usize = 1024;
 
 use common::TRADES_DDL as DDL;
 
+/// Moving aggregates: the same text in a stream and as a batch query.
+const MOVING_ROWS: &str = "SELECT symbol, ts,
+        AVG(price) OVER (PARTITION BY symbol ORDER BY ts
+                         ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS mean20,
+        MAX(price) OVER (PARTITION BY symbol ORDER BY ts
+                         ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS high20
+    FROM trades";
+const MOVING_RANGE: &str = "SELECT symbol, ts,
+        SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
+                          RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS volume5s,
+        MIN(price) OVER (PARTITION BY symbol ORDER BY ts
+                         RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS low5s
+    FROM trades";
+
 /// (name, upstream streams, the stream, its batch meaning)
 const WORKLOADS: &[(&str, &str, &str, &str)] = &[
     (
@@ -82,38 +96,8 @@ const WORKLOADS: &[(&str, &str, &str, &str)] = &[
         "SELECT symbol, ts, price - LAG(price) OVER (PARTITION BY symbol ORDER BY ts) AS delta
          FROM trades",
     ),
-    (
-        "moving_last_20_rows",
-        "",
-        "SELECT symbol, ts,
-                AVG(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS mean20,
-                MAX(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS high20
-         FROM trades",
-        "SELECT symbol, ts,
-                AVG(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS mean20,
-                MAX(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 ROWS BETWEEN 19 PRECEDING AND CURRENT ROW) AS high20
-         FROM trades",
-    ),
-    (
-        "moving_last_5s",
-        "",
-        "SELECT symbol, ts,
-                SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
-                                  RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS volume5s,
-                MIN(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS low5s
-         FROM trades",
-        "SELECT symbol, ts,
-                SUM(volume) OVER (PARTITION BY symbol ORDER BY ts
-                                  RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS volume5s,
-                MIN(price) OVER (PARTITION BY symbol ORDER BY ts
-                                 RANGE BETWEEN 5000 PRECEDING AND CURRENT ROW) AS low5s
-         FROM trades",
-    ),
+    ("moving_last_20_rows", "", MOVING_ROWS, MOVING_ROWS),
+    ("moving_last_5s", "", MOVING_RANGE, MOVING_RANGE),
     (
         "cascading_10s_to_1m_bars",
         "CREATE STREAM bars AS

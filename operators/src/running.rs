@@ -233,23 +233,27 @@ pub(crate) fn running(
                     });
                 }
                 if bounded {
-                    state.frame_times.push_back(times[row]);
-                    state.frame_int.push_back(value);
+                    let RunningState {
+                        count,
+                        sum_int,
+                        best_int,
+                        frame_times,
+                        frame_int,
+                        extremes,
+                        ..
+                    } = state;
+                    let slide = Slide {
+                        frame,
+                        now: times[row],
+                        times: frame_times,
+                        extremes: extreme.then_some((extremes, dominated_int)),
+                    };
+                    let best = slide.take(frame_int, value, |gone| {
+                        *count -= 1;
+                        *sum_int = sum_int.wrapping_sub(gone);
+                    });
                     if extreme {
-                        state.extremes.push(&state.frame_int, dominated_int);
-                    }
-                    while frame.leaves(&state.frame_times, times[row]) {
-                        state.frame_times.pop_front();
-                        if extreme {
-                            state.extremes.pop_front();
-                        }
-                        if let Some(Some(gone)) = state.frame_int.pop_front() {
-                            state.count -= 1;
-                            state.sum_int = state.sum_int.wrapping_sub(gone);
-                        }
-                    }
-                    if extreme {
-                        state.best_int = state.extremes.best(&state.frame_int);
+                        *best_int = best;
                     }
                 }
                 out.push(match kind {
@@ -277,23 +281,27 @@ pub(crate) fn running(
                     });
                 }
                 if bounded {
-                    state.frame_times.push_back(times[row]);
-                    state.frame_float.push_back(value);
+                    let RunningState {
+                        count,
+                        sum_float,
+                        best_float,
+                        frame_times,
+                        frame_float,
+                        extremes,
+                        ..
+                    } = state;
+                    let slide = Slide {
+                        frame,
+                        now: times[row],
+                        times: frame_times,
+                        extremes: extreme.then_some((extremes, dominated_float)),
+                    };
+                    let best = slide.take(frame_float, value, |gone| {
+                        *count -= 1;
+                        *sum_float -= gone;
+                    });
                     if extreme {
-                        state.extremes.push(&state.frame_float, dominated_float);
-                    }
-                    while frame.leaves(&state.frame_times, times[row]) {
-                        state.frame_times.pop_front();
-                        if extreme {
-                            state.extremes.pop_front();
-                        }
-                        if let Some(Some(gone)) = state.frame_float.pop_front() {
-                            state.count -= 1;
-                            state.sum_float -= gone;
-                        }
-                    }
-                    if extreme {
-                        state.best_float = state.extremes.best(&state.frame_float);
+                        *best_float = best;
                     }
                 }
                 out.push(match kind {
@@ -317,6 +325,53 @@ pub(crate) fn running(
             share_among_peers(&column, partitions, times)
         }
         _ => Ok(column),
+    }
+}
+
+/// One row's step of a bounded frame: the frame's event times, and its
+/// extremes when the aggregate is a `MIN`/`MAX` (with the test of whether
+/// a held value is dominated by a new one).
+struct Slide<'a, D> {
+    frame: RunningFrame,
+    now: i64,
+    times: &'a mut VecDeque<i64>,
+    extremes: Option<(&'a mut Extremes, D)>,
+}
+
+impl<D> Slide<'_, D> {
+    /// Takes the current row's argument into `values` (the frame's
+    /// arguments), hands each argument of a row that left the frame to
+    /// `gone`, and returns the frame's extreme (`None` without extremes).
+    fn take<T: Copy>(
+        self,
+        values: &mut VecDeque<Option<T>>,
+        value: Option<T>,
+        mut gone: impl FnMut(T),
+    ) -> Option<T>
+    where
+        D: Fn(T, T) -> bool,
+    {
+        let Slide {
+            frame,
+            now,
+            times,
+            mut extremes,
+        } = self;
+        times.push_back(now);
+        values.push_back(value);
+        if let Some((extremes, dominated)) = &mut extremes {
+            extremes.push(values, &*dominated);
+        }
+        while frame.leaves(times, now) {
+            times.pop_front();
+            if let Some((extremes, _)) = &mut extremes {
+                extremes.pop_front();
+            }
+            if let Some(Some(left)) = values.pop_front() {
+                gone(left);
+            }
+        }
+        extremes.and_then(|(extremes, _)| extremes.best(values))
     }
 }
 
