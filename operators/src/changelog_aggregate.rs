@@ -17,6 +17,14 @@
 //! chunks are compacted into one when most of their rows are stale. Work
 //! per batch is proportional to the groups it touches, not to all groups.
 //!
+//! When every aggregate is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` that
+//! [`FusedAccumulator`] computes as DataFusion does, the state is instead
+//! one live accumulator per aggregate holding every group (*folded*): it
+//! can be read without being consumed, so a batch reads its touched
+//! groups' old results, updates the accumulators in place and reads the
+//! new ones, with no per-batch accumulators, merges or stored chunks. Its
+//! snapshot has the same layout, so a checkpoint restores in either form.
+//!
 //! With a window in the GROUP BY, each window has its own groups; a window
 //! that closes is dropped (its last emitted rows stand as its final
 //! result). Without a window the groups live as long as the stream.
@@ -26,11 +34,12 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::SchemaRef;
-use datafusion::logical_expr::EmitTo;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashSet;
 use laminar_runtime::Result;
 
 use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
+use crate::fused::FusedAccumulator;
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
 use crate::stage::{apply_all_carrying, emit_weighted};
@@ -53,9 +62,13 @@ struct Chunk {
 /// The groups of one window (or of the whole stream).
 struct ChangeState {
     groups: GroupTable,
-    /// Where each group's state is: (chunk, row).
+    /// Where each group's state is: (chunk, row). Unused when folded.
     located: Vec<(u32, u32)>,
     chunks: Vec<Chunk>,
+    /// When every aggregate folds ([`AggregateSpec::foldable`]): one live
+    /// accumulator per aggregate holding every group, read without being
+    /// consumed, in place of `located` and `chunks`.
+    folded: Vec<FusedAccumulator>,
 }
 
 /// Chunks kept before compaction is considered.
@@ -126,13 +139,16 @@ impl ChangelogAggregate {
         inputs: &Inputs,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let state = self.windows.entry(start).or_insert_with(|| ChangeState {
-            groups: self.encoder.table(),
-            located: Vec::new(),
-            chunks: Vec::new(),
-        });
+        if !self.windows.contains_key(&start) {
+            let state = self.new_state(self.encoder.table());
+            self.windows.insert(start, state);
+        }
+        let folded = self.spec.foldable.is_some();
+        let state = self.windows.get_mut(&start).expect("inserted");
+        // Groups seen before this batch (a folded state's first new id).
+        let before = state.groups.len();
         // Touched groups, each with its position in this batch's
-        // accumulators.
+        // accumulators (its id itself when folded).
         let mut touched: Vec<u32> = Vec::new();
         self.group_ids.clear();
         for row in 0..rows {
@@ -148,13 +164,20 @@ impl ChangelogAggregate {
                 self.compact_of[id] = touched.len() as u32;
                 touched.push(id as u32);
             }
-            self.group_ids.push(self.compact_of[id] as usize);
+            self.group_ids.push(if folded {
+                id
+            } else {
+                self.compact_of[id] as usize
+            });
         }
         for &id in &touched {
             self.compact_of[id as usize] = u32::MAX;
         }
         if touched.is_empty() {
             return Ok(());
+        }
+        if folded {
+            return self.update_folded(start, mask, before, &touched, inputs, out);
         }
         let touched_count = touched.len();
         // Groups seen in an earlier batch: their positions among the
@@ -205,30 +228,6 @@ impl ChangelogAggregate {
             new_values.push(accumulator.evaluate(EmitTo::All)?);
         }
 
-        // Which existing groups changed.
-        let existing_positions = UInt32Array::from_iter_values(existing.iter().map(|&(p, _)| p));
-        let mut changed = BooleanArray::from(vec![false; existing.len()]);
-        for (old, new) in old_values.iter().zip(&new_values) {
-            let new_at_existing = arrow::compute::take(new, &existing_positions, None)?;
-            let differs = arrow::compute::kernels::cmp::distinct(old, &new_at_existing)?;
-            changed = arrow::compute::or(&changed, &differs)?;
-        }
-        let mut is_new = vec![true; touched_count];
-        for &(p, _) in &existing {
-            is_new[p as usize] = false;
-        }
-        let retract: Vec<u32> = (0..existing.len() as u32)
-            .filter(|&i| changed.value(i as usize))
-            .collect();
-        let mut insert: Vec<u32> = Vec::with_capacity(touched_count);
-        for (i, &(p, _)) in existing.iter().enumerate() {
-            if changed.value(i) {
-                insert.push(p);
-            }
-        }
-        insert.extend((0..touched_count as u32).filter(|&p| is_new[p as usize]));
-        insert.sort_unstable();
-
         // Save the new states and results.
         let chunk_index = state.chunks.len() as u32;
         for &(_, (c, _)) in &existing {
@@ -251,11 +250,61 @@ impl ChangelogAggregate {
         });
         compact(state)?;
 
-        // Emit: retractions of the old rows, then the new rows.
+        let existing_positions: Vec<u32> = existing.iter().map(|&(p, _)| p).collect();
+        self.emit_changes(
+            start,
+            &touched,
+            &existing_positions,
+            &old_values,
+            &new_values,
+            out,
+        )
+    }
+
+    /// Emits a batch's changes in one window: `touched` groups (ids),
+    /// those of them seen before at `existing` (positions in `touched`),
+    /// their results before the batch (`old_values`, in `existing`'s
+    /// order) and every touched group's results after it (`new_values`).
+    /// A changed group retracts its old row and inserts its new one; a new
+    /// group inserts.
+    fn emit_changes(
+        &self,
+        start: i64,
+        touched: &[u32],
+        existing: &[u32],
+        old_values: &[ArrayRef],
+        new_values: &[ArrayRef],
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let touched_count = touched.len();
+        let existing_positions = UInt32Array::from(existing.to_vec());
+        let mut changed = BooleanArray::from(vec![false; existing.len()]);
+        for (old, new) in old_values.iter().zip(new_values) {
+            let new_at_existing = arrow::compute::take(new, &existing_positions, None)?;
+            let differs = arrow::compute::kernels::cmp::distinct(old, &new_at_existing)?;
+            changed = arrow::compute::or(&changed, &differs)?;
+        }
+        let mut is_new = vec![true; touched_count];
+        for &p in existing {
+            is_new[p as usize] = false;
+        }
+        let retract: Vec<u32> = (0..existing.len() as u32)
+            .filter(|&i| changed.value(i as usize))
+            .collect();
+        let mut insert: Vec<u32> = Vec::with_capacity(touched_count);
+        for (i, &p) in existing.iter().enumerate() {
+            if changed.value(i) {
+                insert.push(p);
+            }
+        }
+        insert.extend((0..touched_count as u32).filter(|&p| is_new[p as usize]));
+        insert.sort_unstable();
+
+        // Retractions of the old rows, then the new rows.
         let window_start = (start != i64::MIN).then_some(start);
         let old_ids: Vec<u32> = retract
             .iter()
-            .map(|&i| touched[existing[i as usize].0 as usize])
+            .map(|&i| touched[existing[i as usize] as usize])
             .collect();
         let retract_index = UInt32Array::from(retract);
         let old_rows = old_values
@@ -280,6 +329,66 @@ impl ChangelogAggregate {
             self.emit(self.rows(groups, window_start, &new_ids, new_rows)?, 1, out)?;
         }
         Ok(())
+    }
+
+    /// [`ChangelogAggregate::update_window`] for a folded state:
+    /// `self.group_ids` holds each row's group id, and ids from `before`
+    /// on are new in this batch.
+    fn update_folded(
+        &mut self,
+        start: i64,
+        mask: Option<&BooleanArray>,
+        before: usize,
+        touched: &[u32],
+        inputs: &Inputs,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let state = self.windows.get_mut(&start).expect("the window's state");
+        let total = state.groups.len();
+        let mut existing: Vec<u32> = Vec::new();
+        let mut existing_ids: Vec<usize> = Vec::new();
+        for (position, &id) in touched.iter().enumerate() {
+            if (id as usize) < before {
+                existing.push(position as u32);
+                existing_ids.push(id as usize);
+            }
+        }
+        let touched_ids: Vec<usize> = touched.iter().map(|&id| id as usize).collect();
+        let mut old_values = Vec::with_capacity(state.folded.len());
+        let mut new_values = Vec::with_capacity(state.folded.len());
+        for (j, accumulator) in state.folded.iter_mut().enumerate() {
+            old_values.push(accumulator.evaluate_groups(&existing_ids));
+            let filter = combine_masks(mask, inputs.filters[j].as_ref())?;
+            accumulator.update_batch(
+                &inputs.arguments[j],
+                &self.group_ids,
+                filter.as_ref(),
+                total,
+            )?;
+            new_values.push(accumulator.evaluate_groups(&touched_ids));
+        }
+        self.emit_changes(start, touched, &existing, &old_values, &new_values, out)
+    }
+
+    /// An empty state for a window with these groups: folded
+    /// accumulators when every aggregate folds.
+    fn new_state(&self, groups: GroupTable) -> ChangeState {
+        let folded = match &self.spec.foldable {
+            Some(kinds) => kinds
+                .iter()
+                .zip(&self.spec.aggregates)
+                .map(|(&kind, aggregate)| {
+                    FusedAccumulator::with_output(kind, aggregate.field().data_type())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        ChangeState {
+            groups,
+            located: Vec::new(),
+            chunks: Vec::new(),
+            folded,
+        }
     }
 
     /// Aggregate rows (GROUP BY columns, then aggregate values) of groups.
@@ -439,6 +548,7 @@ impl Operator for ChangelogAggregate {
             .values()
             .map(|w| {
                 w.groups.bytes()
+                    + w.folded.iter().map(|a| a.size()).sum::<usize>()
                     + w.located.capacity() * 8
                     + w.chunks
                         .iter()
@@ -469,29 +579,52 @@ impl Operator for ChangelogAggregate {
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::with_capacity(self.windows.len());
         for (&start, state) in &self.windows {
-            if state.located.is_empty() {
+            if state.groups.is_empty() {
                 continue;
             }
             let ids = state.groups.all_ids();
-            let locations: Vec<(usize, usize)> = state
-                .located
-                .iter()
-                .map(|&(c, r)| (c as usize, r as usize))
-                .collect();
             let mut names = vec!["window_start".to_string()];
             let mut columns: Vec<ArrayRef> =
                 vec![Arc::new(Int64Array::from_value(start, ids.len()))];
             snapshot::push_keys(&self.encoder, &state.groups, &ids, &mut names, &mut columns)?;
-            let first = &state.chunks[0];
-            for j in 0..first.states.len() {
-                for f in 0..first.states[j].len() {
+            // Both forms write DataFusion's partial states and the results.
+            let (states, values) = if state.folded.is_empty() {
+                let locations: Vec<(usize, usize)> = state
+                    .located
+                    .iter()
+                    .map(|&(c, r)| (c as usize, r as usize))
+                    .collect();
+                let first = &state.chunks[0];
+                let states = (0..first.states.len())
+                    .map(|j| {
+                        (0..first.states[j].len())
+                            .map(|f| gather(&state.chunks, |c| &c.states[j][f], &locations))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let values = (0..first.values.len())
+                    .map(|j| gather(&state.chunks, |c| &c.values[j], &locations))
+                    .collect::<Result<Vec<_>>>()?;
+                (states, values)
+            } else {
+                let ids: Vec<usize> = ids.iter().map(|&id| id as usize).collect();
+                let states = state.folded.iter().map(|a| a.state_groups(&ids)).collect();
+                let values = state
+                    .folded
+                    .iter()
+                    .map(|a| a.evaluate_groups(&ids))
+                    .collect();
+                (states, values)
+            };
+            for (j, fields) in states.into_iter().enumerate() {
+                for (f, column) in fields.into_iter().enumerate() {
                     names.push(format!("state_{j}_{f}"));
-                    columns.push(gather(&state.chunks, |c| &c.states[j][f], &locations)?);
+                    columns.push(column);
                 }
             }
-            for j in 0..first.values.len() {
+            for (j, column) in values.into_iter().enumerate() {
                 names.push(format!("value_{j}"));
-                columns.push(gather(&state.chunks, |c| &c.values[j], &locations)?);
+                columns.push(column);
             }
             batches.push(crate::snapshot_batch(names, columns)?);
         }
@@ -516,18 +649,21 @@ impl Operator for ChangelogAggregate {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let rows = batch.num_rows();
-            self.windows.insert(
-                start,
-                ChangeState {
-                    groups,
-                    located: (0..rows as u32).map(|r| (0, r)).collect(),
-                    chunks: vec![Chunk {
-                        states,
-                        values,
-                        live: rows,
-                    }],
-                },
-            );
+            let mut state = self.new_state(groups);
+            if state.folded.is_empty() {
+                state.located = (0..rows as u32).map(|r| (0, r)).collect();
+                state.chunks = vec![Chunk {
+                    states,
+                    values,
+                    live: rows,
+                }];
+            } else {
+                let ids: Vec<usize> = (0..rows).collect();
+                for (accumulator, states) in state.folded.iter_mut().zip(&states) {
+                    accumulator.merge_batch(states, &ids, rows)?;
+                }
+            }
+            self.windows.insert(start, state);
         }
         Ok(())
     }

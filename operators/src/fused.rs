@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, UInt64Array};
-use arrow::buffer::NullBuffer;
+use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{
     DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt64Type,
@@ -188,6 +188,13 @@ impl FusedAccumulator {
     #[inline]
     fn add(&mut self, g: usize, bits: u64) {
         let FusedAggregateKind { function, ty } = self.kind;
+        self.add_as(function, ty, g, bits);
+    }
+
+    /// [`FusedAccumulator::add`] with the kind spelled out, so that a loop
+    /// calling it with constants compiles to that kind's code alone.
+    #[inline(always)]
+    fn add_as(&mut self, function: FusedFunction, ty: FusedType, g: usize, bits: u64) {
         let current = self.primary[g];
         self.primary[g] = match (function, ty) {
             (FusedFunction::Count, _) => current.wrapping_add(1),
@@ -211,6 +218,31 @@ impl FusedAccumulator {
             FusedFunction::Avg => self.secondary[g] + 1,
             _ => 1,
         };
+    }
+
+    /// Adds the kept rows (every row without a mask) of one batch, row
+    /// `i` to group `groups[i]`, its value's bits in `bits` (none for
+    /// `COUNT`).
+    #[inline(always)]
+    fn add_rows(
+        &mut self,
+        function: FusedFunction,
+        ty: FusedType,
+        (groups, bits, keep): (&[usize], &[u64], Option<&BooleanBuffer>),
+    ) {
+        let value = |row: usize| bits.get(row).copied().unwrap_or(0);
+        match keep {
+            None => {
+                for (row, &g) in groups.iter().enumerate() {
+                    self.add_as(function, ty, g, value(row));
+                }
+            }
+            Some(keep) => {
+                for row in keep.set_indices() {
+                    self.add_as(function, ty, groups[row], value(row));
+                }
+            }
+        }
     }
 
     /// Empties group `g` (a session slot taken anew).
@@ -373,8 +405,8 @@ fn as_timestamps(values: Int64Array, unit: TimeUnit, zone: &Option<Arc<str>>) ->
     }
 }
 
-/// The `i64` values of a `BIGINT` or timestamp array.
-fn i64_values(array: &ArrayRef) -> Option<&[i64]> {
+/// The `i64` values of a `BIGINT` or timestamp array, as 64-bit words.
+fn i64_values(array: &ArrayRef) -> Option<&[u64]> {
     let values: &arrow::buffer::ScalarBuffer<i64> = match array.data_type() {
         DataType::Int64 => array.as_primitive::<Int64Type>().values(),
         DataType::Timestamp(TimeUnit::Second, _) => {
@@ -391,7 +423,7 @@ fn i64_values(array: &ArrayRef) -> Option<&[i64]> {
         }
         _ => return None,
     };
-    Some(&values[..])
+    Some(values.inner().typed_data::<u64>())
 }
 
 /// What an update reads of its argument: the value bits of a `BIGINT`
@@ -399,7 +431,8 @@ fn i64_values(array: &ArrayRef) -> Option<&[i64]> {
 /// validity, and its argument may be of any type).
 enum Values<'a> {
     Validity,
-    Int64(&'a [i64]),
+    /// An `i64`'s bits.
+    Int64(&'a [u64]),
     Float64(&'a Float64Array),
 }
 
@@ -421,12 +454,13 @@ impl<'a> Values<'a> {
         })
     }
 
-    #[inline]
-    fn bits(&self, row: usize) -> u64 {
+    /// The values' 64-bit words (an `i64`'s or an `f64`'s bits; none for
+    /// `COUNT`, which reads only validity).
+    fn words(&self) -> &'a [u64] {
         match self {
-            Values::Validity => 0,
-            Values::Int64(a) => a[row] as u64,
-            Values::Float64(a) => a.value(row).to_bits(),
+            Values::Validity => &[],
+            Values::Int64(words) => words,
+            Values::Float64(a) => a.values().inner().typed_data::<u64>(),
         }
     }
 }
@@ -438,6 +472,8 @@ fn nulls_where_zero(seen: &[u64]) -> Option<NullBuffer> {
 }
 
 impl GroupsAccumulator for FusedAccumulator {
+    /// One pass per batch: the rows to add (valid, and kept by the filter)
+    /// as one mask, and a loop compiled for this aggregate's kind.
     fn update_batch(
         &mut self,
         values: &[ArrayRef],
@@ -447,12 +483,30 @@ impl GroupsAccumulator for FusedAccumulator {
     ) -> DfResult<()> {
         self.ensure_groups(total_num_groups);
         let array = &values[0];
-        let values = Values::of(array, self.kind)?;
-        for (row, &g) in group_indices.iter().enumerate() {
-            let keep = opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
-            if keep && array.is_valid(row) {
-                self.add(g, values.bits(row));
-            }
+        let bits = Values::of(array, self.kind)?.words();
+        let filter = opt_filter.map(|f| match f.nulls() {
+            Some(nulls) => f.values() & nulls.inner(),
+            None => f.values().clone(),
+        });
+        let keep = match (array.logical_nulls(), filter) {
+            (None, None) => None,
+            (Some(valid), None) => Some(valid.into_inner()),
+            (None, Some(filter)) => Some(filter),
+            (Some(valid), Some(filter)) => Some(valid.inner() & &filter),
+        };
+        use FusedFunction as F;
+        use FusedType as T;
+        let rows = (group_indices, bits, keep.as_ref());
+        match (self.kind.function, self.kind.ty) {
+            (F::Count, T::Int64) => self.add_rows(F::Count, T::Int64, rows),
+            (F::Count, T::Float64) => self.add_rows(F::Count, T::Float64, rows),
+            (F::Sum, T::Int64) => self.add_rows(F::Sum, T::Int64, rows),
+            (F::Sum, T::Float64) => self.add_rows(F::Sum, T::Float64, rows),
+            (F::Min, T::Int64) => self.add_rows(F::Min, T::Int64, rows),
+            (F::Min, T::Float64) => self.add_rows(F::Min, T::Float64, rows),
+            (F::Max, T::Int64) => self.add_rows(F::Max, T::Int64, rows),
+            (F::Max, T::Float64) => self.add_rows(F::Max, T::Float64, rows),
+            (F::Avg, ty) => self.add_rows(F::Avg, ty, rows),
         }
         Ok(())
     }

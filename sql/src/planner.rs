@@ -1398,7 +1398,9 @@ impl Lowering<'_> {
             window.as_ref().map(|w| w.kind),
             Some(WindowKind::Session { .. })
         );
-        let foldable = session
+        // Sessions fold rows into per-session state; changelog aggregates
+        // keep live accumulators they read without consuming.
+        let foldable = (session || changes)
             .then(|| crate::fused::foldable_kinds(&raw_aggregates, &physical_input_schema))
             .flatten();
         let window_text = match window.as_ref().map(|w| w.kind) {
@@ -1419,6 +1421,7 @@ impl Lowering<'_> {
             "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- {}{}",
             match (changes, session) {
                 (true, true) => "SessionAggregate(changes)",
+                (true, false) if foldable.is_some() => "ChangelogAggregate(folded)",
                 (true, false) => "ChangelogAggregate",
                 (false, true) => "SessionAggregate",
                 (false, false) => "WindowAggregate",
