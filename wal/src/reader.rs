@@ -284,7 +284,7 @@ pub fn release(dir: &Path, lsn: u64) -> Result<usize> {
     let mut released = 0;
     for pair in files.windows(2) {
         let (_, path) = &pair[0];
-        let (_, next) = &pair[1];
+        let (next_index, next) = &pair[1];
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         let readable = std::fs::File::open(next)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
@@ -292,7 +292,13 @@ pub fn release(dir: &Path, lsn: u64) -> Result<usize> {
         let Some(next_header) = readable.then(|| SegmentHeader::parse(&header)).flatten() else {
             break;
         };
-        if next_header.first_lsn.get() > lsn.saturating_add(1) {
+        // A spare the writer is making the next segment keeps its old
+        // header (another index, an old first LSN) until the writer's
+        // first write: the log does not go on there yet, so the segment
+        // before it still holds the log's end and must stay.
+        if next_header.index.get() != *next_index
+            || next_header.first_lsn.get() > lsn.saturating_add(1)
+        {
             break;
         }
         // Only this function fills spare slots (the writer empties them),

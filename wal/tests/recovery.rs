@@ -311,3 +311,30 @@ fn released_segments_are_recycled_and_their_old_records_never_read() {
     assert_eq!(log.last().map(|(lsn, _)| *lsn), Some(1850));
     assert_eq!(log.len() as u64, 1850 - first + 1);
 }
+
+/// A checkpoint that releases segments while the writer is turning a spare
+/// into the next segment (renamed, its old header not yet overwritten) must
+/// keep the segment before it: the spare's old first LSN would otherwise
+/// say the log goes on there, and the log's end would be released with
+/// it, so that a crash then finds no log at all.
+#[test]
+fn a_spare_becoming_the_next_segment_keeps_the_segment_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), 1, 0, 1000);
+    release(dir.path(), 700).unwrap();
+    assert!(spares(dir.path()) > 0);
+    let last = segments(dir.path()).unwrap().last().unwrap().clone();
+    std::fs::rename(
+        spare_path(dir.path(), 0),
+        dir.path().join(segment_name(last.0 + 1)),
+    )
+    .unwrap();
+    // Every record is covered; only the segments before the last may go.
+    release(dir.path(), 1000).unwrap();
+    let kept = segments(dir.path()).unwrap();
+    assert!(kept.contains(&last), "the log's last segment is kept");
+    assert_eq!(
+        read_with_lsns(dir.path()).last().map(|(lsn, _)| *lsn),
+        Some(1000)
+    );
+}
