@@ -588,7 +588,7 @@ impl Operator for ChangelogAggregate {
                 vec![Arc::new(Int64Array::from_value(start, ids.len()))];
             snapshot::push_keys(&self.encoder, &state.groups, &ids, &mut names, &mut columns)?;
             // Both forms write DataFusion's partial states and the results.
-            let (states, values) = if state.folded.is_empty() {
+            let (states, values) = if self.spec.foldable.is_none() {
                 let locations: Vec<(usize, usize)> = state
                     .located
                     .iter()
@@ -650,7 +650,7 @@ impl Operator for ChangelogAggregate {
                 .collect::<Result<Vec<_>>>()?;
             let rows = batch.num_rows();
             let mut state = self.new_state(groups);
-            if state.folded.is_empty() {
+            if self.spec.foldable.is_none() {
                 state.located = (0..rows as u32).map(|r| (0, r)).collect();
                 state.chunks = vec![Chunk {
                     states,
@@ -660,6 +660,9 @@ impl Operator for ChangelogAggregate {
             } else {
                 let ids: Vec<usize> = (0..rows).collect();
                 for (accumulator, states) in state.folded.iter_mut().zip(&states) {
+                    if states.is_empty() {
+                        return Err(snapshot::corrupt("missing aggregate state"));
+                    }
                     accumulator.merge_batch(states, &ids, rows)?;
                 }
             }
