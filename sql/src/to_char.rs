@@ -19,13 +19,16 @@
 //! | `%j` | day of the year, 001-366 | `%S` | second |
 //! | `%F` | `%Y-%m-%d` | `%T` / `%R` | `%H:%M:%S` / `%H:%M` |
 //! | `%D` | `%m/%d/%y` | `%%`, `%n`, `%t` | `%`, newline, tab |
+//! | `%b` / `%h` | `Jan` ... `Dec` | `%a` | `Sun` ... `Sat` |
+//! | `%u` | weekday, 1 (Monday) ... 7 | `%w` | weekday, 0 (Sunday) ... 6 |
 //!
 //! Covered inputs: timestamps without a time zone (any unit) and dates
 //! (`DATE`, at midnight, as DataFusion formats a date with time fields).
 //! A batch holding a value outside years 0000-9999 (where `chrono` adds a
 //! sign and more digits) runs DataFusion's call, as do other formats
-//! (names of months or days, fractions of seconds, padding modifiers,
-//! time zones), other input types and a format that is not a literal.
+//! (full names of months or days, week numbers, fractions of seconds,
+//! padding modifiers, time zones), other input types and a format that is
+//! not a literal.
 
 use std::sync::Arc;
 
@@ -60,16 +63,27 @@ enum Field {
     HourSpaced,
     Hour12,
     Hour12Spaced,
-    Meridiem { upper: bool },
+    Meridiem {
+        upper: bool,
+    },
     Minute,
     Second,
+    /// `Jan` ... `Dec`.
+    MonthName,
+    /// `Sun` ... `Sat`.
+    WeekdayName,
+    /// `1` (Monday) ... `7` (Sunday).
+    WeekdayFromMonday,
+    /// `0` (Sunday) ... `6` (Saturday).
+    WeekdayFromSunday,
 }
 
 impl Field {
     fn width(self) -> usize {
         match self {
             Field::Year => 4,
-            Field::DayOfYear => 3,
+            Field::DayOfYear | Field::MonthName | Field::WeekdayName => 3,
+            Field::WeekdayFromMonday | Field::WeekdayFromSunday => 1,
             _ => 2,
         }
     }
@@ -84,6 +98,7 @@ impl Field {
                 | Field::Day
                 | Field::DaySpaced
                 | Field::DayOfYear
+                | Field::MonthName
         )
     }
 }
@@ -129,6 +144,10 @@ impl Template {
                 b'P' => &[Field::Meridiem { upper: false }],
                 b'M' => &[Field::Minute],
                 b'S' => &[Field::Second],
+                b'b' | b'h' => &[Field::MonthName],
+                b'a' => &[Field::WeekdayName],
+                b'u' => &[Field::WeekdayFromMonday],
+                b'w' => &[Field::WeekdayFromSunday],
                 b'F' | b'T' | b'R' | b'D' => {
                     let (first, separator, rest): (Field, u8, &[Field]) = match specifier {
                         b'F' => (Field::Year, b'-', &[Field::Month, Field::Day]),
@@ -226,9 +245,31 @@ impl Template {
                 }
                 Field::Minute => two(row, at, second_of_day / 60 % 60, b'0'),
                 Field::Second => two(row, at, second_of_day % 60, b'0'),
+                Field::MonthName => {
+                    let name = &MONTHS[3 * (month as usize - 1)..][..3];
+                    row[at..at + 3].copy_from_slice(name);
+                }
+                Field::WeekdayName => {
+                    let name = &WEEKDAYS[3 * weekday_from_sunday(days) as usize..][..3];
+                    row[at..at + 3].copy_from_slice(name);
+                }
+                Field::WeekdayFromMonday => {
+                    row[at] = b'0' + ((weekday_from_sunday(days) + 6) % 7 + 1) as u8;
+                }
+                Field::WeekdayFromSunday => row[at] = b'0' + weekday_from_sunday(days) as u8,
             }
         }
     }
+}
+
+/// chrono's English abbreviations, three bytes each.
+const MONTHS: &[u8; 36] = b"JanFebMarAprMayJunJulAugSepOctNovDec";
+const WEEKDAYS: &[u8; 21] = b"SunMonTueWedThuFriSat";
+
+/// The day of the week of `days` since 1970-01-01 (a Thursday), 0 for
+/// Sunday.
+fn weekday_from_sunday(days: i64) -> u32 {
+    (days + 4).rem_euclid(7) as u32
 }
 
 /// Year, month and day of `days` since 1970-01-01 in the proleptic
@@ -450,6 +491,12 @@ mod tests {
             "%%",
             "%n",
             "%t",
+            "%b",
+            "%h",
+            "%a",
+            "%u",
+            "%w",
+            "%a %d %b %Y",
             "day %j of %Y, %I:%M:%S %p (%e/%m) ok%%",
             "日付 %F — %T",
             "",
@@ -569,8 +616,9 @@ mod tests {
             ArrowField::new("f", DataType::Utf8, true),
         ]);
         for sql in [
-            "to_char(t, '%b %d')",
+            "to_char(t, '%B %d')",
             "to_char(t, '%A')",
+            "to_char(t, '%U')",
             "to_char(t, '%-d')",
             "to_char(t, '%.3f')",
             "to_char(t, '%Z')",
@@ -602,7 +650,7 @@ mod tests {
         let schema = Schema::new(vec![ArrowField::new("t", DataType::Date32, true)]);
         let array: ArrayRef = Arc::new(Date32Array::from(days));
         let batch = RecordBatch::try_new(Arc::new(schema.clone()), vec![array]).unwrap();
-        let plain = physical("to_char(t, '%F %j')", &schema);
+        let plain = physical("to_char(t, '%F %j %a %b %u %w')", &schema);
         let fast = to_char_of(&plain, &schema).unwrap();
         let rows = batch.num_rows();
         let want = plain.evaluate(&batch).unwrap().into_array(rows).unwrap();
