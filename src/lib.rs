@@ -1240,6 +1240,7 @@ impl LaminarDB {
                 // connecting before the next one) are for one already taken.
                 last_epoch: next_epoch - 1,
                 spawned: Arc::default(),
+                pending: Vec::new(),
             };
             controls.push(control);
             counters.push(shard_counters);

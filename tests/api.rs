@@ -1181,3 +1181,80 @@ async fn generator_errors_have_codes() {
     );
     durable.shutdown().await.unwrap();
 }
+
+/// Blocks its shard until told to go on, then ends: holds the shard busy
+/// while rows queue in its lanes.
+struct Hold {
+    holding: std::sync::mpsc::Sender<()>,
+    release: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl laminar_db::Generator for Hold {
+    fn next_batch(&mut self) -> Option<(usize, datafusion::arrow::array::RecordBatch)> {
+        if let Some(release) = self.release.take() {
+            let _ = self.holding.send(());
+            let _ = release.recv();
+        }
+        None
+    }
+}
+
+/// Rows a shard finds waiting in its lanes run as one batch: ten one-row
+/// pushes queued while the shard was busy reach an EMIT CHANGES count as
+/// one update, where one by one they made ten (nine of them retracted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_waiting_in_the_lanes_run_as_one_batch() {
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(
+        "CREATE SOURCE s (k VARCHAR NOT NULL, v BIGINT NOT NULL);
+         CREATE STREAM c AS SELECT k, COUNT(*) AS n, SUM(v) AS total FROM s
+             GROUP BY k EMIT CHANGES",
+    )
+    .await
+    .unwrap();
+    let collector = collect(db.subscribe("c").unwrap());
+    let handle = db.source_untyped("s").unwrap();
+    db.start().await.unwrap();
+    let (holding, held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel();
+    let mut released = Some(released);
+    let generation = db
+        .generate(&["s"], |_, _| Hold {
+            holding: holding.clone(),
+            release: released.take(),
+        })
+        .unwrap();
+    held.recv().unwrap();
+    for v in 1..=10i64 {
+        let batch = datafusion::arrow::array::RecordBatch::try_from_iter(vec![
+            (
+                "k",
+                std::sync::Arc::new(datafusion::arrow::array::StringArray::from(vec!["a"])) as _,
+            ),
+            (
+                "v",
+                std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![v])) as _,
+            ),
+        ])
+        .unwrap();
+        handle.push(batch).unwrap();
+    }
+    release.send(()).unwrap();
+    generation.finished().await.unwrap();
+    db.shutdown().await.unwrap();
+    let got = collector.join().unwrap();
+    let rows: usize = got.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 1, "{got:?}");
+    let batch = &got.iter().find(|b| b.num_rows() == 1).unwrap();
+    let n = batch.column_by_name("n").unwrap();
+    let total = batch.column_by_name("total").unwrap();
+    let int = |a: &datafusion::arrow::array::ArrayRef| {
+        datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Int64)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((int(n), int(total)), (10, 55));
+}
