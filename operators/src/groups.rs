@@ -105,13 +105,12 @@ impl KeyEncoder {
         GroupTable {
             keys: match self.kind {
                 KeyKind::Global => KeyStore::Global,
-                KeyKind::Utf8 => KeyStore::Utf8(Vec::new()),
+                KeyKind::Utf8 => KeyStore::Utf8(KeyArena::default()),
                 KeyKind::Int64 => KeyStore::Int64(Vec::new()),
-                KeyKind::Rows => KeyStore::Rows(Vec::new()),
+                KeyKind::Rows => KeyStore::Rows(KeyArena::default()),
             },
             hashes: Vec::new(),
             table: HashTable::new(),
-            key_bytes: 0,
         }
     }
 
@@ -164,7 +163,6 @@ impl KeyEncoder {
             keys: store,
             hashes,
             table,
-            key_bytes,
         } = table;
         match (keys, store) {
             (BatchKeys::Global, KeyStore::Global) => {
@@ -177,16 +175,14 @@ impl KeyEncoder {
                 let key = array.value(row);
                 let slot = Slot::of(key.as_bytes());
                 let hash = self.short_hash(key.as_bytes(), &slot);
+                let key = key.as_bytes();
                 intern(
                     table,
                     hashes,
                     store,
                     (hash, slot),
-                    |k| bytes_eq(k.as_bytes(), key.as_bytes()),
-                    || {
-                        *key_bytes += key.len();
-                        key.into()
-                    },
+                    |store, id| bytes_eq(store.get(id), key),
+                    |store| store.push(key),
                 )
             }
             (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
@@ -197,8 +193,8 @@ impl KeyEncoder {
                     hashes,
                     store,
                     (hash, Slot::of_int(key)),
-                    |_| true,
-                    || key,
+                    |_, _| true,
+                    |store| store.push(key),
                 )
             }
             (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
@@ -210,11 +206,8 @@ impl KeyEncoder {
                     hashes,
                     store,
                     (hash, Slot::of(key)),
-                    |k| bytes_eq(k, key),
-                    || {
-                        *key_bytes += key.len();
-                        key.into()
-                    },
+                    |store, id| bytes_eq(store.get(id), key),
+                    |store| store.push(key),
                 )
             }
             _ => unreachable!("a group table's key store matches its encoder's kind"),
@@ -262,9 +255,7 @@ impl KeyEncoder {
                 table
                     .table
                     .find(self.short_hash(key.as_bytes(), &probe), |s| {
-                        s.matches(&probe, || {
-                            bytes_eq(store[s.id as usize].as_bytes(), key.as_bytes())
-                        })
+                        s.matches(&probe, || bytes_eq(store.get(s.id), key.as_bytes()))
                     })
                     .map(|s| s.id)
             }
@@ -283,7 +274,7 @@ impl KeyEncoder {
                 table
                     .table
                     .find(self.hasher.hash_one(key), |s| {
-                        s.matches(&probe, || bytes_eq(&store[s.id as usize], key))
+                        s.matches(&probe, || bytes_eq(store.get(s.id), key))
                     })
                     .map(|s| s.id)
             }
@@ -296,16 +287,24 @@ impl KeyEncoder {
     pub fn key_columns(&self, table: &GroupTable, ids: &[u32]) -> Result<Vec<ArrayRef>> {
         Ok(match &table.keys {
             KeyStore::Global => Vec::new(),
-            KeyStore::Utf8(keys) => vec![Arc::new(StringArray::from_iter_values(
-                ids.iter().map(|&i| &*keys[i as usize]),
-            ))],
+            KeyStore::Utf8(keys) => {
+                let mut column = arrow::array::StringBuilder::with_capacity(ids.len(), 0);
+                for &i in ids {
+                    // Stored from a string column's value, so UTF-8.
+                    let key = std::str::from_utf8(keys.get(i)).map_err(|e| {
+                        Error::new(ErrorCode::Execution, format!("a stored group key: {e}"))
+                    })?;
+                    column.append_value(key);
+                }
+                vec![Arc::new(column.finish())]
+            }
             KeyStore::Int64(keys) => vec![Arc::new(Int64Array::from_iter_values(
                 ids.iter().map(|&i| keys[i as usize]),
             ))],
             KeyStore::Rows(keys) => {
                 let parser = self.converter.parser();
                 self.converter
-                    .convert_rows(ids.iter().map(|&i| parser.parse(&keys[i as usize])))?
+                    .convert_rows(ids.iter().map(|&i| parser.parse(keys.get(i))))?
             }
         })
     }
@@ -352,16 +351,72 @@ impl OwnedKeys {
 /// Group keys by group id.
 enum KeyStore {
     Global,
-    Utf8(Vec<Box<str>>),
+    /// A string key's UTF-8 bytes.
+    Utf8(KeyArena),
     Int64(Vec<i64>),
-    Rows(Vec<Box<[u8]>>),
+    /// Row-format bytes.
+    Rows(KeyArena),
+}
+
+/// Variable-length keys back to back in chunks of [`ARENA_CHUNK_BYTES`]:
+/// no allocation per group (a table of a million keys made a million
+/// boxes), and no chunk ever moves, where one growing buffer would copy
+/// every key at each doubling, a pause that grows with the state.
+#[derive(Default)]
+struct KeyArena {
+    chunks: Vec<Vec<u8>>,
+    /// `[group id]` -> where its key is.
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    chunk: u32,
+    start: u32,
+    len: u32,
+}
+
+/// Bytes per arena chunk (a longer key gets a chunk of its own).
+const ARENA_CHUNK_BYTES: usize = 64 * 1024;
+
+impl KeyArena {
+    fn push(&mut self, key: &[u8]) {
+        let room = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        if room < key.len() || self.chunks.is_empty() {
+            self.chunks
+                .push(Vec::with_capacity(key.len().max(ARENA_CHUNK_BYTES)));
+        }
+        let chunk = self.chunks.len() - 1;
+        let bytes = &mut self.chunks[chunk];
+        let start = bytes.len();
+        bytes.extend_from_slice(key);
+        // Keys are one row's bytes (Arrow's offsets are 32-bit) and a
+        // chunk is no longer than its longest key.
+        let narrow = |v: usize| u32::try_from(v).expect("a group key under 4 GiB");
+        self.spans.push(Span {
+            chunk: narrow(chunk),
+            start: narrow(start),
+            len: narrow(key.len()),
+        });
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> &[u8] {
+        let span = self.spans[id as usize];
+        let start = span.start as usize;
+        &self.chunks[span.chunk as usize][start..start + span.len as usize]
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.spans.capacity() * std::mem::size_of::<Span>()
+    }
 }
 
 /// Distinct keys seen, each with a dense id in order of first appearance.
 pub struct GroupTable {
     keys: KeyStore,
-    /// Bytes of variable-length keys, kept as groups are added.
-    key_bytes: usize,
     /// Hash of each group's key, so the table can grow without rehashing
     /// keys.
     hashes: Vec<u64>,
@@ -425,9 +480,8 @@ impl GroupTable {
     pub fn bytes(&self) -> usize {
         let keys = match &self.keys {
             KeyStore::Global => 0,
-            KeyStore::Utf8(keys) => keys.capacity() * 16 + self.key_bytes,
+            KeyStore::Utf8(keys) | KeyStore::Rows(keys) => keys.bytes(),
             KeyStore::Int64(keys) => keys.capacity() * 8,
-            KeyStore::Rows(keys) => keys.capacity() * 16 + self.key_bytes,
         };
         keys + self.hashes.capacity() * 8 + self.table.capacity() * std::mem::size_of::<Slot>()
     }
@@ -476,21 +530,22 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Finds the group whose key is `probe`'s (`equal` compares whole keys
-/// longer than 8 bytes), or appends `make()`.
+/// longer than 8 bytes with a stored one, by id), or stores it (`push`)
+/// as the next id.
 #[inline]
-fn intern<K>(
+fn intern<S>(
     table: &mut HashTable<Slot>,
     hashes: &mut Vec<u64>,
-    store: &mut Vec<K>,
+    store: &mut S,
     (hash, probe): (u64, Slot),
-    equal: impl Fn(&K) -> bool,
-    make: impl FnOnce() -> K,
+    equal: impl Fn(&S, u32) -> bool,
+    push: impl FnOnce(&mut S),
 ) -> usize {
-    if let Some(slot) = table.find(hash, |s| s.matches(&probe, || equal(&store[s.id as usize]))) {
+    if let Some(slot) = table.find(hash, |s| s.matches(&probe, || equal(store, s.id))) {
         return slot.id as usize;
     }
-    let id = store.len() as u32;
-    store.push(make());
+    let id = hashes.len() as u32;
+    push(store);
     hashes.push(hash);
     table.insert_unique(hash, Slot { id, ..probe }, |s| hashes[s.id as usize]);
     id as usize
@@ -550,6 +605,54 @@ mod tests {
         assert!(hashes.len() > 5_000);
         assert_eq!(distinct(|h| h >> 57), 128, "every control value");
         assert_eq!(distinct(|h| h & 255), 256, "every low byte");
+    }
+
+    /// Keys stored back to back in the arena come back whole, in both key
+    /// kinds: across chunk ends, and keys longer than a chunk.
+    #[test]
+    fn stored_keys_come_back_whole_across_arena_chunks() {
+        let keys: Vec<String> = (0..3_000)
+            .map(|i: usize| {
+                let len = if i % 1_000 == 7 {
+                    ARENA_CHUNK_BYTES + 3 * i
+                } else {
+                    i % 90
+                };
+                format!("{i}:{}", "z".repeat(len))
+            })
+            .collect();
+        let strings: ArrayRef = Arc::new(StringArray::from(keys.clone()));
+        let numbers: ArrayRef = Arc::new(Int64Array::from_iter_values(0..keys.len() as i64));
+        let utf8 = arrow::datatypes::Field::new("k", DataType::Utf8, false);
+        for fields in [
+            vec![utf8.clone()],
+            vec![utf8.with_nullable(true), {
+                arrow::datatypes::Field::new("n", DataType::Int64, false)
+            }],
+        ] {
+            let arrays: Vec<ArrayRef> = [strings.clone(), numbers.clone()]
+                .into_iter()
+                .take(fields.len())
+                .collect();
+            let fields: Vec<FieldRef> = fields.into_iter().map(Arc::new).collect();
+            let encoder = KeyEncoder::new(&fields).unwrap();
+            let batch = encoder.encode(&arrays).unwrap();
+            let mut table = encoder.table();
+            for row in 0..keys.len() {
+                assert_eq!(encoder.group_id(&mut table, &batch, row), row);
+            }
+            for row in 0..keys.len() {
+                assert_eq!(encoder.find(&table, &batch, row), Some(row));
+            }
+            let ids: Vec<u32> = (0..keys.len() as u32).rev().collect();
+            let columns = encoder.key_columns(&table, &ids).unwrap();
+            let back = columns[0].as_any().downcast_ref::<StringArray>().unwrap();
+            for (i, &id) in ids.iter().enumerate() {
+                assert_eq!(back.value(i), keys[id as usize]);
+            }
+            let stored: usize = keys.iter().map(String::len).sum();
+            assert!(table.bytes() >= stored);
+        }
     }
 
     /// Up to 8 bytes, a slot's head and length stand for the key: a probe
