@@ -572,9 +572,10 @@ pub(crate) struct Pending {
     rows: usize,
     /// When the earliest of the rows was pushed.
     pushed_at: Option<Instant>,
-    /// A lane of the input delivered a watermark while rows were pending:
-    /// the input's watermark is recomputed after they run.
-    advance: bool,
+    /// Set when a lane of the input delivered a watermark while rows were
+    /// pending (when the latest such was pushed): the input's watermark
+    /// is recomputed after they run.
+    advanced_at: Option<Instant>,
 }
 
 /// Messages taken from one lane before looking at the next, so one busy
@@ -1113,12 +1114,15 @@ impl ShardProgram {
             Ingress::Watermark {
                 input,
                 watermark_ms,
+                pushed_at,
                 record: None,
-                ..
             } if !self.pending[input].batches.is_empty() => {
+                ShardCounters::add(&self.counters.batches, 1);
                 let lane = &mut self.lanes[lane];
                 lane.watermark_ms = lane.watermark_ms.max(watermark_ms);
-                self.pending[input].advance = true;
+                let pending = &mut self.pending[input];
+                pending.advanced_at =
+                    Some(pending.advanced_at.map_or(pushed_at, |t| t.max(pushed_at)));
                 false
             }
             message => {
@@ -1141,42 +1145,41 @@ impl ShardProgram {
             return;
         }
         let pushed_at = pending.pushed_at.take().unwrap_or_else(Instant::now);
-        let advance = std::mem::take(&mut pending.advance);
+        let advanced_at = pending.advanced_at.take();
         pending.rows = 0;
         let mut pieces = std::mem::take(&mut pending.batches);
         // Routes feed different ports, so their order does not matter;
         // within a route the rows keep the order they were taken in.
         pieces.sort_by_key(|(route, _)| *route);
-        let mut start = 0;
-        while start < pieces.len() {
-            let route = pieces[start].0;
-            let end = start + pieces[start..].partition_point(|(r, _)| *r == route);
-            let batch = if end - start == 1 {
-                Ok(pieces[start].1.clone())
-            } else {
-                let schema = pieces[start].1.schema();
-                arrow::compute::concat_batches(&schema, pieces[start..end].iter().map(|(_, b)| b))
-            };
-            match batch {
-                Ok(batch) => self.run_batch(input, route, batch, None, pushed_at).await,
-                // The pieces of one input and route share a schema, so
-                // this does not happen; if it did, they still run.
-                Err(_) => {
-                    for (_, batch) in &pieces[start..end] {
-                        self.run_batch(input, route, batch.clone(), None, pushed_at)
-                            .await;
+        let mut drained = pieces.drain(..).peekable();
+        let mut group = Vec::new();
+        while let Some((route, first)) = drained.next() {
+            group.push(first);
+            while let Some((_, piece)) = drained.next_if(|(r, _)| *r == route) {
+                group.push(piece);
+            }
+            if group.len() > 1 {
+                // The pieces of one input and route share a schema.
+                match arrow::compute::concat_batches(&group[0].schema(), &group) {
+                    Ok(batch) => {
+                        group.clear();
+                        group.push(batch);
                     }
+                    Err(e) => log::warn!("input #{input}: pieces run one by one: {e}"),
                 }
             }
-            start = end;
+            // Moved, not cloned: the last port may take the batch itself.
+            for batch in group.drain(..) {
+                self.run_batch(input, route, batch, None, pushed_at).await;
+            }
         }
+        drop(drained);
         // The vector's room is kept for the next pass.
-        pieces.clear();
         if let Some(pending) = self.pending.get_mut(input) {
             pending.batches = pieces;
         }
-        if advance {
-            self.advance_watermark(input, pushed_at).await;
+        if let Some(advanced_at) = advanced_at {
+            self.advance_watermark(input, advanced_at).await;
         }
     }
 

@@ -1202,6 +1202,8 @@ impl laminar_db::Generator for Hold {
 /// Rows a shard finds waiting in its lanes run as one batch: ten one-row
 /// pushes queued while the shard was busy reach an EMIT CHANGES count as
 /// one update, where one by one they made ten (nine of them retracted).
+/// (Ten messages fit in one pass over a lane, and a source without a
+/// watermark sends no watermark messages between them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_waiting_in_the_lanes_run_as_one_batch() {
     let db = LaminarDB::builder().shards(1).build().unwrap();
