@@ -548,7 +548,7 @@ pub(crate) struct ShardProgram {
     /// Tasks started here by `Control::Spawn` that have not ended (only
     /// this shard's thread touches it).
     pub spawned: Arc<AtomicUsize>,
-    /// `[input]` -> exchange rows taken in this pass over the lanes, not
+    /// `[input]` -> rows taken in this pass over the lanes, not
     /// yet run (see [`ShardProgram::coalesce`]).
     pub pending: Vec<Pending>,
 }
@@ -581,7 +581,7 @@ pub(crate) struct Pending {
 /// Messages taken from one lane before looking at the next, so one busy
 /// handle cannot starve the others.
 const LANE_BUDGET: usize = 16;
-/// Exchange rows pending for one input that are run at once rather than
+/// Rows pending for one input that are run at once rather than
 /// at the end of the pass: bounds the memory a pass holds and keeps the
 /// batch within what the operators handle well.
 const PENDING_ROWS_MAX: usize = 8192;
