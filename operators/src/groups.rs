@@ -365,6 +365,9 @@ enum KeyStore {
 #[derive(Default)]
 struct KeyArena {
     chunks: Vec<Vec<u8>>,
+    /// The chunks' capacity, kept as they are added: state sizes are
+    /// sampled from the shard loop, which should not walk the chunks.
+    chunk_bytes: usize,
     /// `[group id]` -> where its key is.
     spans: Vec<Span>,
 }
@@ -383,8 +386,9 @@ impl KeyArena {
     fn push(&mut self, key: &[u8]) {
         let room = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
         if room < key.len() || self.chunks.is_empty() {
-            self.chunks
-                .push(Vec::with_capacity(key.len().max(ARENA_CHUNK_BYTES)));
+            let chunk = Vec::with_capacity(key.len().max(ARENA_CHUNK_BYTES));
+            self.chunk_bytes += chunk.capacity();
+            self.chunks.push(chunk);
         }
         let chunk = self.chunks.len() - 1;
         let bytes = &mut self.chunks[chunk];
@@ -408,7 +412,7 @@ impl KeyArena {
     }
 
     fn bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum::<usize>()
+        self.chunk_bytes
             + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
             + self.spans.capacity() * std::mem::size_of::<Span>()
     }
