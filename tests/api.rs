@@ -281,8 +281,9 @@ async fn bad_input_has_stable_codes() {
         "SELECT SUM(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 3 PRECEDING AND 1 PRECEDING) FROM trades",
         "SELECT LAG(price, volume) OVER (PARTITION BY symbol ORDER BY ts) FROM trades",
         // Over a changelog: a retraction could come after the row's value
-        // was emitted.
-        "SELECT Q.symbol, LAG(Q.p) OVER (PARTITION BY Q.symbol ORDER BY Q.ts) FROM (SELECT symbol, ts, MAX(price) AS p FROM trades GROUP BY symbol, ts) Q",
+        // was emitted. (Grouped by the event time, as in Nexmark q6, the
+        // groups close and the result is append-only: that one runs.)
+        "SELECT Q.symbol, LAG(Q.p) OVER (PARTITION BY Q.symbol ORDER BY Q.ts) FROM (SELECT symbol, MAX(ts) AS ts, MAX(price) AS p FROM trades GROUP BY symbol, volume) Q",
         "SELECT symbol, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY ts) FROM highs",
     ] {
         assert_eq!(

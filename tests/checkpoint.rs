@@ -637,7 +637,10 @@ CREATE STREAM bars AS SELECT symbol, window_end AS e, MAX(price) AS high
  GROUP BY symbol, window_start, window_end HAVING MAX(price) < 700 EMIT CHANGES;
 CREATE STREAM last_bar AS SELECT a.symbol, a.ts, b.e, b.high
  FROM trades a JOIN bars FOR SYSTEM_TIME AS OF a.ts AS b ON a.symbol = b.symbol;
-CREATE STREAM seen AS SELECT symbol FROM trades GROUP BY symbol EMIT CHANGES";
+CREATE STREAM seen AS SELECT symbol FROM trades GROUP BY symbol EMIT CHANGES;
+CREATE STREAM instants AS SELECT symbol, ts, AVG(high) OVER (PARTITION BY symbol ORDER BY ts, n
+ ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS avg3 FROM (SELECT symbol, ts, COUNT(*) AS n,
+ MAX(price) AS high FROM trades GROUP BY symbol, ts) AS g";
     let streams = [
         "same_volume",
         "within",
@@ -651,6 +654,7 @@ CREATE STREAM seen AS SELECT symbol FROM trades GROUP BY symbol EMIT CHANGES";
         "so_far",
         "last_bar",
         "seen",
+        "instants",
     ];
     let rows = trades(41, 4_000, 10, 2_000);
     let dir = tempfile::tempdir().unwrap();

@@ -1340,3 +1340,258 @@ async fn json_functions_in_streams() {
         }
     }
 }
+
+/// `GROUP BY symbol, ts` without a window: each (symbol, instant) group
+/// is emitted once the watermark passes its time, and a window function
+/// may read the result (it is append-only), as Nexmark q6 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouping_by_event_time_closes_each_instant() {
+    let per_instant = "SELECT symbol, ts, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi,
+                              first_value(price) AS first_price
+                       FROM trades WHERE volume > 50 GROUP BY symbol, ts";
+    // Over the groups: each symbol's average high of its last 4 instants.
+    let moving = format!(
+        "SELECT symbol, ts, n, AVG(hi) OVER (PARTITION BY symbol ORDER BY ts
+                                             ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS avg_hi
+         FROM ({per_instant}) AS g"
+    );
+    for (seed, max_batch) in [(1u64, 1usize), (2, 17), (3, 500), (4, 4096)] {
+        let n = if max_batch == 1 { 600 } else { 6_000 };
+        // About ten trades share each 70 ms instant, within the 5 s bound.
+        let mut rows = trades(seed, n, 8, 4_000);
+        for row in &mut rows {
+            row.ts -= row.ts % 70;
+        }
+        // first_value takes the first row to arrive: only one per group.
+        let firsts = "SELECT symbol, ts, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi,
+                             MIN(price) AS first_price
+                      FROM trades WHERE volume > 50 GROUP BY symbol, ts HAVING COUNT(*) = 1";
+        let want_groups = run_batch(
+            per_instant,
+            "trades",
+            vec![trades_batch(&rows)],
+            trades_schema(),
+        )
+        .await;
+        assert!(row_count(&want_groups) > n / 20);
+        let want_moving = run_batch(
+            &moving,
+            "trades",
+            vec![trades_batch(&rows)],
+            trades_schema(),
+        )
+        .await;
+        let want_firsts =
+            run_batch(firsts, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+        for shards in [1, 2] {
+            for emit in ["", "EMIT ON WINDOW CLOSE"] {
+                let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {per_instant} {emit}");
+                let batches = random_batches(&rows, seed * 31 + shards as u64, max_batch);
+                let (got, metrics) = run_stream(&ddl, "trades", "s", batches, shards).await;
+                assert_eq!(metrics.streams[0].late_rows, 0);
+                // first_value depends on arrival order unless a group has one row.
+                assert_same_rows(
+                    &drop_column(&got, "first_price"),
+                    &drop_column(&want_groups, "first_price"),
+                );
+                let single = filter_rows(&got, |batch, i| {
+                    let n = batch.column_by_name("n").unwrap();
+                    n.as_any().downcast_ref::<Int64Array>().unwrap().value(i) == 1
+                });
+                assert_same_rows(&single, &want_firsts);
+            }
+            let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {moving}");
+            let batches = random_batches(&rows, seed * 37 + shards as u64, max_batch);
+            let (got, _) = run_stream(&ddl, "trades", "s", batches, shards).await;
+            assert_same_rows(&got, &want_moving);
+        }
+    }
+}
+
+/// Further ORDER BY keys order rows of equal event time, as the batch
+/// engine does (rows equal in every key are equal in every column here,
+/// so their order does not show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_functions_break_ties_by_further_keys() {
+    let offsets = "SELECT symbol, ts, volume, price,
+                          ROW_NUMBER() OVER w AS rn,
+                          LAG(price) OVER w AS prev,
+                          LEAD(volume, 2) OVER w AS next2
+                   FROM trades
+                   WINDOW w AS (PARTITION BY symbol ORDER BY ts, volume DESC, price)";
+    let sums = "SELECT symbol, ts, volume, price,
+                       SUM(volume) OVER (PARTITION BY symbol ORDER BY ts, volume DESC, price
+                                         ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS last3,
+                       AVG(price) OVER (PARTITION BY symbol ORDER BY ts, volume DESC, price
+                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS mean
+                FROM trades";
+    for (seed, max_batch) in [(5u64, 1usize), (6, 33), (7, 4096)] {
+        let n = if max_batch == 1 { 500 } else { 5_000 };
+        let mut rows = trades(seed, n, 4, 4_000);
+        for row in &mut rows {
+            row.ts -= row.ts % 70;
+            row.volume %= 7;
+        }
+        for query in [offsets, sums] {
+            let want = run_batch(query, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+            for shards in [1, 2] {
+                let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {query}");
+                let batches = random_batches(&rows, seed * 41 + shards as u64, max_batch);
+                let (got, metrics) = run_stream(&ddl, "trades", "s", batches, shards).await;
+                assert_eq!(metrics.streams[0].late_rows, 0);
+                assert_same_rows(&got, &want);
+            }
+        }
+    }
+}
+
+/// What grouping by event time and tie-breaking keys do not take.
+#[tokio::test]
+async fn event_time_groups_and_tie_breaks_refuse_what_they_cannot_do() {
+    let cases = [
+        // No window and no event-time key: it never closes.
+        ("SELECT symbol, COUNT(*) AS n FROM trades GROUP BY symbol", "never closes"),
+        ("SELECT volume, COUNT(*) AS n FROM trades GROUP BY volume", "never closes"),
+        // Peers are rows equal in every ORDER BY key.
+        (
+            "SELECT symbol, RANK() OVER (PARTITION BY symbol ORDER BY ts, price) AS r FROM trades",
+            "RANK, DENSE_RANK and RANGE frames",
+        ),
+        (
+            "SELECT symbol, SUM(volume) OVER (PARTITION BY symbol ORDER BY ts, price) AS v FROM trades",
+            "RANK, DENSE_RANK and RANGE frames",
+        ),
+    ];
+    for (query, says) in cases {
+        let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        let Err(error) = db.execute(&format!("CREATE STREAM s AS {query}")).await else {
+            panic!("{query}: accepted");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("LDB-1004") && error.contains(says),
+            "{query}: {error}"
+        );
+    }
+    // With EMIT CHANGES, a GROUP BY on the event time stays a changelog.
+    let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM s AS SELECT symbol, ts, COUNT(*) AS n FROM trades \
+         GROUP BY symbol, ts EMIT CHANGES"
+    ))
+    .await
+    .unwrap();
+    let plan = db.explain("s").unwrap();
+    assert!(plan.contains("ChangelogAggregate"), "{plan}");
+}
+
+/// A join bounded by a column of one side's rows (`t.ts <= s.ends`) keeps
+/// that side's rows to any age, but the other side's time is bounded below
+/// by it (`t.ts >= s.ts + 1`) and still carries the watermark: it can be
+/// windowed downstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_over_the_bounded_side_of_a_row_bounded_join() {
+    let join = |spans: &str| {
+        format!(
+            "SELECT t.symbol, tumble(t.ts, INTERVAL '500' MILLISECOND) AS w,
+                    COUNT(*) AS n, SUM(t.volume) AS v
+             FROM {spans} s JOIN trades t
+               ON s.symbol = t.symbol AND t.ts BETWEEN s.ts + 1 AND s.ends
+             GROUP BY t.symbol, tumble(t.ts, INTERVAL '500' MILLISECOND)"
+        )
+    };
+    cascading_differential(
+        "CREATE STREAM spans AS SELECT symbol, ts, ts + volume AS ends FROM trades",
+        &join("spans"),
+        "",
+        &join("(SELECT symbol, ts, ts + volume AS ends FROM trades)"),
+        3_000,
+        20,
+    )
+    .await;
+    // The side carrying the bound keeps rows of any age: its time is not
+    // covered.
+    let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM spans AS SELECT symbol, ts, ts + volume AS ends FROM trades"
+    ))
+    .await
+    .unwrap();
+    let Err(error) = db
+        .execute(
+            "CREATE STREAM s AS SELECT COUNT(*) AS n
+             FROM spans s JOIN trades t ON s.symbol = t.symbol AND t.ts BETWEEN s.ts + 1 AND s.ends
+             GROUP BY tumble(s.ts, INTERVAL '500' MILLISECOND)",
+        )
+        .await
+    else {
+        panic!("a window over the bound-carrying side was accepted");
+    };
+    assert!(error.to_string().contains("LDB-1006"), "{error}");
+}
+
+/// A group at the watermark's own instant is still open: a row at that
+/// time is on time and joins it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instant_at_the_watermark_is_still_open() {
+    let trade = |symbol: &str, ts: i64| Trade {
+        symbol: symbol.to_string(),
+        price: 1.0,
+        volume: 1,
+        ts,
+    };
+    // The second batch moves the watermark to 1000 (5 s bound).
+    let batches = vec![
+        trades_batch(&[trade("A", 1_000)]),
+        trades_batch(&[trade("B", 6_000)]),
+        trades_batch(&[trade("A", 1_000), trade("A", 999)]),
+    ];
+    let ddl = format!(
+        "{TRADES_DDL}; CREATE STREAM s AS
+         SELECT symbol, ts, COUNT(*) AS n FROM trades GROUP BY symbol, ts"
+    );
+    let (got, metrics) = run_stream(&ddl, "trades", "s", batches, 1).await;
+    assert_eq!(
+        metrics.streams[0].late_rows, 1,
+        "999 is behind the watermark"
+    );
+    let want = run_batch(
+        "SELECT symbol, ts, COUNT(*) AS n FROM trades GROUP BY symbol, ts",
+        "trades",
+        vec![trades_batch(&[
+            trade("A", 1_000),
+            trade("B", 6_000),
+            trade("A", 1_000),
+        ])],
+        trades_schema(),
+    )
+    .await;
+    assert_same_rows(&got, &want);
+}
+
+fn drop_column(batches: &[RecordBatch], name: &str) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|b| {
+            let keep: Vec<usize> = (0..b.num_columns())
+                .filter(|&i| b.schema().field(i).name() != name)
+                .collect();
+            b.project(&keep).unwrap()
+        })
+        .collect()
+}
+
+fn filter_rows(
+    batches: &[RecordBatch],
+    keep: impl Fn(&RecordBatch, usize) -> bool,
+) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|b| {
+            let mask: datafusion::arrow::array::BooleanArray =
+                (0..b.num_rows()).map(|i| Some(keep(b, i))).collect();
+            datafusion::arrow::compute::filter_record_batch(b, &mask).unwrap()
+        })
+        .collect()
+}

@@ -28,7 +28,7 @@ use arrow::array::{
 };
 use arrow::compute::{interleave, interleave_record_batch, take_record_batch};
 use datafusion::common::ScalarValue;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::groups::{GroupTable, KeyEncoder};
@@ -90,6 +90,11 @@ pub struct AnalyticSpec {
     pub unit: EventTimeUnit,
     /// `PARTITION BY` expressions over the window input.
     pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// `ORDER BY` keys after the event time, which order rows of equal
+    /// event time; empty: they keep their arrival order. Only functions
+    /// that have no peers take them (`ROW_NUMBER`, `LAG`, `LEAD`, `ROWS`
+    /// frames): the planner refuses the rest.
+    pub tie_break: Vec<PhysicalSortExpr>,
     /// The functions, in the window node's output order.
     pub functions: Vec<AnalyticFunction>,
     /// The window input's columns followed by one column per function.
@@ -276,9 +281,16 @@ impl Analytic {
 
         // (partition, time, arrival) order: held rows, then fresh rows in
         // arrival order within each waiting batch, batches in arrival order.
+        // Rows of equal time are all final at the same watermark, so the
+        // tie-breaking keys order them within this one step.
         let n = rows.num_rows();
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&i| (partitions[i as usize], times[i as usize], i));
+        let order = if self.spec.tie_break.is_empty() {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            order.sort_by_key(|&i| (partitions[i as usize], times[i as usize], i));
+            order
+        } else {
+            self.tie_broken_order(&rows, &partitions, &times)?
+        };
         let sorted = take_record_batch(&rows, &UInt32Array::from(order.clone()))?;
         let sorted_partitions: Vec<usize> = order.iter().map(|&i| partitions[i as usize]).collect();
         let sorted_times: Vec<i64> = order.iter().map(|&i| times[i as usize]).collect();
@@ -428,6 +440,41 @@ impl Analytic {
     }
 
     /// Partition ids of a batch of window-input rows.
+    /// The order of `rows` by (partition, time, tie-breaking keys,
+    /// arrival).
+    fn tie_broken_order(
+        &self,
+        rows: &RecordBatch,
+        partitions: &[usize],
+        times: &[i64],
+    ) -> Result<Vec<u32>> {
+        use arrow::compute::{lexsort_to_indices, SortColumn};
+        let n = rows.num_rows();
+        let mut columns = vec![
+            SortColumn {
+                values: Arc::new(UInt64Array::from_iter_values(
+                    partitions.iter().map(|&p| p as u64),
+                )),
+                options: None,
+            },
+            SortColumn {
+                values: Arc::new(Int64Array::from(times.to_vec())),
+                options: None,
+            },
+        ];
+        for key in &self.spec.tie_break {
+            columns.push(SortColumn {
+                values: key.expr.evaluate(rows)?.into_array(n)?,
+                options: Some(key.options),
+            });
+        }
+        columns.push(SortColumn {
+            values: Arc::new(UInt32Array::from_iter_values(0..n as u32)),
+            options: None,
+        });
+        Ok(lexsort_to_indices(&columns, None)?.values().to_vec())
+    }
+
     fn partition_ids(&mut self, rows: &RecordBatch) -> Result<Vec<usize>> {
         let n = rows.num_rows();
         let partition_arrays = evaluate_all(&self.spec.partition_by, rows)?;

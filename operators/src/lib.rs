@@ -26,6 +26,9 @@
 //!   [`running`] aggregates (`SUM(x) OVER (...)`) computed there.
 //! - [`top_n`]: streaming Top-N and deduplication
 //!   (`ROW_NUMBER() OVER (...) <= N`) as a changelog.
+//! - [`instant_aggregate`]: aggregation grouped by an event-time column
+//!   without a window, each group emitted once the watermark passes its
+//!   time.
 //! - [`changelog_aggregate`]: `EMIT CHANGES` aggregation (windowed or
 //!   not) producing a Z-set changelog with a `_weight` column.
 //! - [`join`] and [`interval_join`]: stream-stream interval joins (inner
@@ -42,6 +45,7 @@ pub mod asof_join;
 pub mod changelog_aggregate;
 pub mod fused;
 pub mod groups;
+pub mod instant_aggregate;
 pub mod interval_join;
 pub mod join;
 pub mod lookup_join;
@@ -61,6 +65,7 @@ pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
 pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};
+pub use instant_aggregate::InstantAggregate;
 pub use interval_join::{IntervalJoin, IntervalJoinSpec, RowBound};
 pub use join::{JoinMode, JoinSide};
 pub use lookup_join::{LookupJoin, LookupJoinSpec};

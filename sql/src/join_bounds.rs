@@ -338,6 +338,28 @@ impl Lowering<'_> {
             || interval_bounds(join, &bounds).is_ok()
     }
 
+    /// For a join bounded by a column of one side's rows: the side whose
+    /// event time the join's output watermark still covers (the side
+    /// without the row bound, whose time is bounded from below by the
+    /// other side's time). `None` for other joins.
+    pub(crate) fn row_bounded_time_side(&self, join: &Join) -> Option<SideOf> {
+        let all = conjuncts(join.filter.as_ref());
+        let bounds: Vec<Expr> = all
+            .iter()
+            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
+            .cloned()
+            .collect();
+        if bounds.is_empty() || interval_bounds(join, &bounds).is_ok() {
+            return None;
+        }
+        let found = self.row_bounded(join, &bounds, &all).ok().flatten()?;
+        match found.bound.port {
+            0 if found.lower_ms != i64::MIN => Some(SideOf::Right),
+            1 if found.upper_ms != i64::MAX => Some(SideOf::Left),
+            _ => None,
+        }
+    }
+
     /// One constant bound on `right - left` plus, for the other
     /// direction, a bound by a column of one side's rows: `b.ts >= a.ts
     /// AND b.ts <= a.expires` (left rows bound the right time from above)

@@ -38,14 +38,16 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr, PhysicalSort
 use datafusion::prelude::{SessionConfig, SessionContext};
 use laminar_operators::{
     AggregateSpec, Analytic, AnalyticFunction, AnalyticSpec, AsofJoin, AsofJoinSpec,
-    ChangelogAggregate, EventTimeUnit, IntervalJoin, IntervalJoinSpec, LookupJoin, LookupJoinSpec,
-    Operator, RunningFrame, RunningKind, SessionAggregate, Stage, Stateless, TopN, TopNSpec,
-    WindowAggregate, WindowBinding, WindowKind, WindowSpec, WEIGHT_COLUMN,
+    ChangelogAggregate, EventTimeUnit, InstantAggregate, IntervalJoin, IntervalJoinSpec,
+    LookupJoin, LookupJoinSpec, Operator, RunningFrame, RunningKind, SessionAggregate, Stage,
+    Stateless, TopN, TopNSpec, WindowAggregate, WindowBinding, WindowKind, WindowSpec,
+    WEIGHT_COLUMN,
 };
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::dialect::{EmitMode, SourceDef, SourceDefSyntax, StreamDef};
 use crate::functions::{interval_ms, register_functions, HOP, SESSION, SLIDE, TUMBLE};
+use crate::join_bounds::SideOf;
 
 /// How the router spreads a source's rows over shards for one stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,6 +101,14 @@ pub enum StreamOperator {
     Stateless(Vec<Stage>),
     /// A windowed aggregate emitted when each window closes.
     WindowAggregate(AggregateSpec),
+    /// An aggregate grouped by an event-time column without a window,
+    /// each group emitted once the watermark passes its time.
+    InstantAggregate {
+        /// The aggregate; its keys include the event-time column.
+        spec: AggregateSpec,
+        /// That column as a window of one ms (lateness and closing).
+        time: WindowBinding,
+    },
     /// An aggregate emitting a changelog on every batch (`EMIT CHANGES`).
     ChangelogAggregate(AggregateSpec),
     /// A session-window aggregate emitted when each session closes, or as
@@ -129,6 +139,9 @@ impl StreamOperator {
                 Box::new(Stateless::new(stages.clone(), Arc::clone(output_schema)))
             }
             StreamOperator::WindowAggregate(spec) => Box::new(WindowAggregate::new(spec.clone())?),
+            StreamOperator::InstantAggregate { spec, time } => {
+                Box::new(InstantAggregate::new(spec.clone(), time.clone())?)
+            }
             StreamOperator::SessionAggregate { spec, changes } => Box::new(SessionAggregate::new(
                 spec.clone(),
                 changes.then(|| Arc::clone(output_schema)),
@@ -923,6 +936,8 @@ pub(crate) struct Lowering<'a> {
     pub(crate) tables: &'a HashMap<String, TableDef>,
     /// Expressions handed to the JIT, for `EXPLAIN`.
     compiled: std::cell::RefCell<Vec<Arc<crate::jit::CompiledExpr>>>,
+    /// The stream emits a changelog (`EMIT CHANGES`).
+    emit_changes: bool,
 }
 
 /// The nodes between an aggregate (or the top) and the scan.
@@ -933,6 +948,26 @@ pub(crate) struct Chain<'p> {
     pub(crate) shared: usize,
     pub(crate) scan_source: String,
     pub(crate) below: &'p LogicalPlan,
+}
+
+impl<'a> Lowering<'a> {
+    fn new(
+        ctx: &SessionContext,
+        sources: &'a HashMap<String, SourceDef>,
+        known: &'a KnownStreams,
+        tables: &'a HashMap<String, TableDef>,
+        emit_changes: bool,
+    ) -> Self {
+        Lowering {
+            props: ctx.state().execution_props().clone(),
+            sources,
+            known,
+            streams: &known.schemas,
+            tables,
+            compiled: Default::default(),
+            emit_changes,
+        }
+    }
 }
 
 impl Lowering<'_> {
@@ -1229,10 +1264,20 @@ impl Lowering<'_> {
                     };
                 }
                 LogicalPlan::Aggregate(aggregate) => {
-                    return aggregate
-                        .group_expr
-                        .get(index)
-                        .is_some_and(|e| find_window(std::slice::from_ref(e)).is_some());
+                    let Some(key) = aggregate.group_expr.get(index) else {
+                        return false;
+                    };
+                    if find_window(std::slice::from_ref(key)).is_some() {
+                        return true;
+                    }
+                    // A windowless aggregate grouped by event time emits
+                    // each group once the watermark passes it, unless it
+                    // emits a changelog (which takes late rows too).
+                    if self.emit_changes || find_window(&aggregate.group_expr).is_some() {
+                        return false;
+                    }
+                    expr = key.clone().unalias();
+                    node = &aggregate.input;
                 }
                 // Window functions pass their input's columns on.
                 LogicalPlan::Window(window) if index < window.input.schema().fields().len() => {
@@ -1249,11 +1294,17 @@ impl Lowering<'_> {
                     // covered by a watermark.
                     let table = self.table_side(join).ok().flatten().is_some();
                     let asof = crate::join::is_asof(join);
-                    if !asof && !table && !self.join_keeps_time(join) {
-                        return false;
-                    }
                     let left = join.left.schema().fields().len();
                     let from_left = index < left;
+                    if !asof && !table && !self.join_keeps_time(join) {
+                        // A bound by a column of one side's rows keeps
+                        // that side's rows to any age, but the other
+                        // side's times still follow the watermark.
+                        let covered_side = self.row_bounded_time_side(join);
+                        if covered_side.is_none_or(|side| (side == SideOf::Left) != from_left) {
+                            return false;
+                        }
+                    }
                     // The output watermark covers only rows that carry
                     // the time: not an outer join's padded side (NULLs),
                     // nor an ASOF join's versions (older than the probe).
@@ -1317,10 +1368,16 @@ impl Lowering<'_> {
         late_side_output: bool,
     ) -> Result<(StreamInput, Routing, StreamOperator, String)> {
         let found = find_window(&aggregate.group_expr);
-        if found.is_none() && emit != Some(EmitMode::Changes) {
+        // Grouped by an event-time column, a group closes when the
+        // watermark passes its time, as a window does.
+        let instant = match (&found, emit) {
+            (None, Some(EmitMode::Changes)) | (Some(_), _) => None,
+            (None, _) => self.time_key(aggregate),
+        };
+        if found.is_none() && instant.is_none() && emit != Some(EmitMode::Changes) {
             return Err(unsupported(
-                "a GROUP BY without a window never closes, so it can only emit a changelog",
-                "add EMIT CHANGES (rows then carry a _weight of +1/-1), or a window such as tumble(ts, INTERVAL '1' MINUTE) to the GROUP BY",
+                "a GROUP BY without a window or an event-time column never closes, so it can only emit a changelog",
+                "add EMIT CHANGES (rows then carry a _weight of +1/-1), a window such as tumble(ts, INTERVAL '1' MINUTE), or the event-time column itself to the GROUP BY",
             ));
         }
         if let Some(found) = &found {
@@ -1353,6 +1410,24 @@ impl Lowering<'_> {
         let input_schema = aggregate.input.schema();
         let window = match &found {
             Some(found) => Some(self.window_binding(found, aggregate, &source_name)?),
+            None => None,
+        };
+        let instant = match instant {
+            Some(position) => Some(self.window_binding(
+                &FoundWindow {
+                    position,
+                    name: TUMBLE.to_string(),
+                    args: vec![
+                        aggregate.group_expr[position].clone(),
+                        Expr::Literal(
+                            datafusion::common::ScalarValue::new_interval_mdn(0, 0, 1_000_000),
+                            None,
+                        ),
+                    ],
+                },
+                aggregate,
+                &source_name,
+            )?),
             None => None,
         };
 
@@ -1415,7 +1490,13 @@ impl Lowering<'_> {
                 "session gap={gap_ms}ms state={}",
                 if foldable.is_some() { "folded" } else { "rows" }
             ),
-            None => "no window".to_string(),
+            None => match &instant {
+                Some(time) => format!(
+                    "closes at {} past the watermark",
+                    aggregate.group_expr[time.position]
+                ),
+                None => "no window".to_string(),
+            },
         };
         let explain = format!(
             "{}[{window_text}, keys={}, aggregates=[{}], routing={:?}] <- {} stage(s) <- {}{}",
@@ -1424,6 +1505,7 @@ impl Lowering<'_> {
                 (true, false) if foldable.is_some() => "ChangelogAggregate(folded)",
                 (true, false) => "ChangelogAggregate",
                 (false, true) => "SessionAggregate",
+                (false, false) if instant.is_some() => "InstantAggregate",
                 (false, false) => "WindowAggregate",
             },
             keys.len(),
@@ -1464,10 +1546,11 @@ impl Lowering<'_> {
             fused,
             foldable,
         };
-        let operator = match (changes, session) {
-            (changes, true) => StreamOperator::SessionAggregate { spec, changes },
-            (true, false) => StreamOperator::ChangelogAggregate(spec),
-            (false, false) => StreamOperator::WindowAggregate(spec),
+        let operator = match (changes, session, instant) {
+            (changes, true, _) => StreamOperator::SessionAggregate { spec, changes },
+            (true, false, _) => StreamOperator::ChangelogAggregate(spec),
+            (false, false, Some(time)) => StreamOperator::InstantAggregate { spec, time },
+            (false, false, None) => StreamOperator::WindowAggregate(spec),
         };
         Ok((self.input(&source_name), routing, operator, explain))
     }
@@ -1501,6 +1584,7 @@ impl Lowering<'_> {
         let input_schema = window.input.schema();
         let mut partition_by: Option<Vec<Expr>> = None;
         let mut event_time: Option<Expr> = None;
+        let mut tie_break: Option<Vec<datafusion::logical_expr::SortExpr>> = None;
         let mut functions = Vec::new();
         let hint = "window functions in streams: ROW_NUMBER, RANK, DENSE_RANK, LAG, LEAD, running SUM/COUNT/MIN/MAX/AVG OVER (PARTITION BY ... ORDER BY <event time>), or ROW_NUMBER filtered by rn <= N";
         let input_columns = input_schema.fields().len();
@@ -1525,12 +1609,22 @@ impl Lowering<'_> {
                     ))
                 }
             }
-            let [sort] = params.order_by.as_slice() else {
+            let [sort, ties @ ..] = params.order_by.as_slice() else {
                 return Err(unsupported(
-                    format!("{name}() OVER (...) must be ordered by the event-time column alone"),
+                    format!("{name}() OVER (...) must be ordered by the event-time column"),
                     hint,
                 ));
             };
+            match &tie_break {
+                None => tie_break = Some(ties.to_vec()),
+                Some(t) if t.as_slice() == ties => {}
+                Some(_) => {
+                    return Err(unsupported(
+                        "window functions ordered by different keys in one stream",
+                        "order every function by the event-time column and the same further keys",
+                    ))
+                }
+            }
             if !sort.asc {
                 return Err(unsupported(
                     format!("{name}() OVER (... ORDER BY {} DESC) cannot be streamed: it would wait for the end of time", sort.expr),
@@ -1701,6 +1795,36 @@ impl Lowering<'_> {
                 "compute them in two streams reading the same input",
             ));
         }
+        let tie_break = tie_break.unwrap_or_default();
+        // Further ORDER BY keys decide the order among rows of equal
+        // event time; functions with peers would also need them for
+        // deciding who is a peer.
+        let has_peers = |f: &AnalyticFunction| match f {
+            AnalyticFunction::Rank | AnalyticFunction::DenseRank => true,
+            AnalyticFunction::Running { frame, .. } => !matches!(
+                frame,
+                RunningFrame::Rows { .. } | RunningFrame::Unbounded { peers: false }
+            ),
+            _ => false,
+        };
+        if !tie_break.is_empty() && functions.iter().any(has_peers) {
+            return Err(unsupported(
+                "RANK, DENSE_RANK and RANGE frames ordered by more keys than the event time are not supported yet",
+                "order them by the event-time column alone (rows of equal time are peers), or use ROW_NUMBER, LAG, LEAD or a ROWS frame",
+            ));
+        }
+        let tie_break = tie_break
+            .iter()
+            .map(|sort| -> Result<PhysicalSortExpr> {
+                Ok(PhysicalSortExpr {
+                    expr: self.physical(&sort.expr, input_schema)?,
+                    options: arrow::compute::SortOptions {
+                        descending: !sort.asc,
+                        nulls_first: sort.nulls_first,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let event_time = event_time.expect("at least one window function");
         let time_column = self.trace_to_source(&event_time, &window.input);
         let watermark_column = self
@@ -1729,9 +1853,13 @@ impl Lowering<'_> {
         let (partition_physical, routing) = self.keyed(&partition_exprs, &window.input)?;
         let input = self.input(&chain.scan_source);
         let explain = format!(
-            "WindowFunctions[{} function(s), partition_by={}, order_by={event_time}, routing={routing:?}] <- {} stage(s) <- {input}{}",
+            "WindowFunctions[{} function(s), partition_by={}, order_by={event_time}{}, routing={routing:?}] <- {} stage(s) <- {input}{}",
             functions.len(),
             partition_exprs.len(),
+            tie_break
+                .iter()
+                .map(|s| format!(", {s}"))
+                .collect::<String>(),
             chain.stages.len(),
             if post.is_empty() { String::new() } else { format!(" -> {} stage(s)", post.len()) }
         );
@@ -1740,6 +1868,7 @@ impl Lowering<'_> {
             event_time: self.physical(&event_time, input_schema)?,
             unit,
             partition_by: partition_physical,
+            tie_break,
             functions,
             window_schema: Arc::new(window.schema.as_arrow().clone()),
             post,
@@ -1899,6 +2028,16 @@ impl Lowering<'_> {
                 quoted(input.name())
             )
         })
+    }
+
+    /// The position of the first GROUP BY expression of a windowless
+    /// aggregate that is an event-time column of its input (or an
+    /// event-time column cast to ms), if any.
+    pub(crate) fn time_key(&self, aggregate: &Aggregate) -> Option<usize> {
+        aggregate
+            .group_expr
+            .iter()
+            .position(|e| self.is_time(e, &aggregate.input))
     }
 
     /// Checks a GROUP BY window function against its source and binds it.
@@ -2391,7 +2530,10 @@ impl Staging<'_> {
         let def = StreamDef {
             name: name.clone(),
             query: String::new(),
-            emit: stage_emit(&stage_plan),
+            emit: stage_emit(
+                &stage_plan,
+                &Lowering::new(self.ctx, self.sources, &self.streams, self.tables, false),
+            ),
             materialized: false,
             late_side_output: false,
             sql: format!("-- stage {number} of stream {}", self.def.name),
@@ -2436,16 +2578,17 @@ impl Staging<'_> {
     }
 }
 
-/// How a stage emits: a `GROUP BY` without a window as a changelog (it
-/// never closes), anything else as it would by default.
-fn stage_emit(plan: &LogicalPlan) -> Option<EmitMode> {
+/// How a stage emits: a `GROUP BY` with neither a window nor an
+/// event-time column as a changelog (it never closes), anything else as
+/// it would by default.
+fn stage_emit(plan: &LogicalPlan, lowering: &Lowering<'_>) -> Option<EmitMode> {
     let mut node = plan;
     loop {
         match node {
             LogicalPlan::Aggregate(aggregate) => {
-                return find_window(&aggregate.group_expr)
-                    .is_none()
-                    .then_some(EmitMode::Changes)
+                let closes = find_window(&aggregate.group_expr).is_some()
+                    || lowering.time_key(aggregate).is_some();
+                return (!closes).then_some(EmitMode::Changes);
             }
             LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
                 node = node.inputs()[0];
@@ -2487,14 +2630,13 @@ fn lower(
     streams: &KnownStreams,
     tables: &HashMap<String, TableDef>,
 ) -> Result<StreamPlan> {
-    let lowering = Lowering {
-        props: ctx.state().execution_props().clone(),
+    let lowering = Lowering::new(
+        ctx,
         sources,
-        known: streams,
-        streams: &streams.schemas,
+        streams,
         tables,
-        compiled: Default::default(),
-    };
+        def.emit == Some(EmitMode::Changes),
+    );
     let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let chain = lowering.top_chain(plan)?;
     let asof = matches!(chain.below, LogicalPlan::Join(join) if crate::join::is_asof(join));

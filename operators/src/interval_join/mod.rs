@@ -747,14 +747,30 @@ impl Operator for IntervalJoin {
         if left == i64::MAX && right == i64::MAX {
             return i64::MAX;
         }
-        // Future output: a new left row (time >= left watermark) with a
-        // stored right row (>= its time + lower), a new right row with a
-        // stored left row (>= its time - upper), or an outer side's stored
-        // row emitted padded.
-        let mut watermark = left
-            .min(right)
-            .min(left.saturating_add(self.spec.lower_ms))
-            .min(right.saturating_sub(self.spec.upper_ms));
+        // Future output pairs a new row of one side (time >= its side's
+        // watermark) with a stored row of the other. A stored right row
+        // is at least a new left row's time + lower, a stored left row at
+        // least a new right row's time - upper. A bound by a column of the
+        // rows (`b.ts <= a.expires`) leaves one of them unbounded, and
+        // with it the age of that side's stored rows: the watermark then
+        // covers the other side's times only, which is all the planner
+        // takes for event time from such a join.
+        if self.spec.lower_ms == i64::MIN && self.spec.upper_ms == i64::MAX {
+            // A regular join pairs rows of any age.
+            return i64::MIN;
+        }
+        let mut watermark = i64::MAX;
+        if self.spec.lower_ms != i64::MIN {
+            watermark = watermark
+                .min(right)
+                .min(left.saturating_add(self.spec.lower_ms));
+        }
+        if self.spec.upper_ms != i64::MAX {
+            watermark = watermark
+                .min(left)
+                .min(right.saturating_sub(self.spec.upper_ms));
+        }
+        // An outer side's stored rows are emitted padded when they expire.
         for side in &self.sides {
             if side.outer {
                 if let Some(start) = side.buckets.first_start() {
