@@ -640,7 +640,9 @@ CREATE STREAM last_bar AS SELECT a.symbol, a.ts, b.e, b.high
 CREATE STREAM seen AS SELECT symbol FROM trades GROUP BY symbol EMIT CHANGES;
 CREATE STREAM instants AS SELECT symbol, ts, AVG(high) OVER (PARTITION BY symbol ORDER BY ts, n
  ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS avg3 FROM (SELECT symbol, ts, COUNT(*) AS n,
- MAX(price) AS high FROM trades GROUP BY symbol, ts) AS g";
+ MAX(price) AS high FROM trades GROUP BY symbol, ts) AS g;
+CREATE STREAM per_second AS SELECT COUNT(*) AS n, COUNT(DISTINCT symbol) AS symbols,
+ AVG(price) AS mean FROM trades GROUP BY tumble(ts, INTERVAL '1' SECOND)";
     let streams = [
         "same_volume",
         "within",
@@ -655,6 +657,7 @@ CREATE STREAM instants AS SELECT symbol, ts, AVG(high) OVER (PARTITION BY symbol
         "last_bar",
         "seen",
         "instants",
+        "per_second",
     ];
     let rows = trades(41, 4_000, 10, 2_000);
     let dir = tempfile::tempdir().unwrap();

@@ -146,3 +146,26 @@ mod rng {
         }
     }
 }
+
+/// q7's and q15's windows have no key: each shard aggregates the bids it
+/// makes, and the states are merged per window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_windows_aggregate_in_two_phases() {
+    for query in harness::queries() {
+        if !["q7", "q15"].contains(&query.name.as_str()) {
+            continue;
+        }
+        let db = laminar_db::LaminarDB::builder().shards(2).build().unwrap();
+        db.execute(data::DDL).await.unwrap();
+        db.execute(&format!("CREATE STREAM {} AS {}", query.name, query.sql))
+            .await
+            .unwrap();
+        let plans: String = db
+            .streams()
+            .iter()
+            .map(|s| format!("{s}: {}\n", db.explain(s).unwrap()))
+            .collect();
+        assert!(plans.contains("WindowAggregate(final)"), "{plans}");
+        assert!(plans.contains("(partial, on every shard)"), "{plans}");
+    }
+}

@@ -173,6 +173,60 @@ async fn computed_group_key_runs_on_one_shard() {
     .await;
 }
 
+/// A window aggregate with no key (or a computed one) runs in two phases:
+/// each shard aggregates its own rows, and the states are merged per
+/// window. Tumbling and sliding windows, every kind of state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_windows_merge_every_shards_partial_states() {
+    let select = "COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi,
+                  AVG(price) AS mean, COUNT(DISTINCT symbol) AS symbols,
+                  COUNT(*) FILTER (WHERE volume > 500) AS big,
+                  approx_distinct(volume) AS volumes, bool_and(volume > 2) AS all_above_2";
+    differential(
+        &format!(
+            "SELECT CAST(tumble(ts, INTERVAL '1' SECOND) AS BIGINT) AS w, {select}
+             FROM trades WHERE price > 20 GROUP BY tumble(ts, INTERVAL '1' SECOND)
+             HAVING COUNT(*) > 3"
+        ),
+        "",
+        10_000,
+        30,
+    )
+    .await;
+    differential_against(
+        &format!(
+            "SELECT slide(ts, INTERVAL '2' SECOND, INTERVAL '500' MILLISECOND) AS w, {select}
+             FROM trades GROUP BY slide(ts, INTERVAL '2' SECOND, INTERVAL '500' MILLISECOND)"
+        ),
+        "",
+        &format!(
+            "SELECT w, {select} FROM ({}) AS copies WHERE w + 2000 > ts GROUP BY w",
+            (0..4)
+                .map(|i| format!(
+                    "SELECT *, tumble(ts, 500, 0) - {} AS w FROM trades",
+                    i * 500
+                ))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        ),
+        6_000,
+        30,
+    )
+    .await;
+    let db = laminar_db::LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM s AS SELECT COUNT(*) AS n FROM trades
+         GROUP BY tumble(ts, INTERVAL '1' SECOND)"
+    ))
+    .await
+    .unwrap();
+    let plan = db.explain("s").unwrap();
+    assert!(
+        plan.contains("WindowAggregate(final)") && plan.contains("stream s_partial"),
+        "{plan}"
+    );
+}
+
 /// `COUNT(DISTINCT ...)` as the only aggregate of a window or a session
 /// (a batch optimizer would move the window into a nested GROUP BY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

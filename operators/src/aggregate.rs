@@ -118,6 +118,27 @@ pub struct AggregateSpec {
     /// instead of keeping them ([`crate::session_aggregate`]). Independent
     /// of the JIT, so a checkpoint restores whichever mode runs.
     pub foldable: Option<Vec<crate::fused::FusedAggregateKind>>,
+    /// The part of a two-phase aggregate this is (window aggregates only).
+    pub phase: AggregatePhase,
+}
+
+/// Where a window aggregate stands in a two-phase plan: each shard
+/// aggregates the rows it holds (partial) and the shard owning the group
+/// merges the shards' states (final), so that a group few keys share is
+/// not one shard's work.
+#[derive(Debug, Clone, Default)]
+pub enum AggregatePhase {
+    /// Rows in, results out.
+    #[default]
+    Whole,
+    /// Rows in; when a window closes, its groups' partial states out, in
+    /// this schema: the window's start, the keys, then each aggregate's
+    /// state columns (DataFusion's `state_fields`). `post` is empty.
+    Partial(SchemaRef),
+    /// Partial states in (laid out as above), merged per group; results
+    /// out when the window closes. `pre` is empty and no row is late: the
+    /// partial side closed the window at the same watermark.
+    Final,
 }
 
 use crate::stage::{evaluate_all, Stage};
@@ -134,7 +155,7 @@ pub(crate) struct Inputs {
 
 impl AggregateSpec {
     /// The fields of the GROUP BY keys other than the window.
-    pub(crate) fn key_fields(&self) -> Vec<FieldRef> {
+    pub fn key_fields(&self) -> Vec<FieldRef> {
         let fields = self.aggregate_schema.fields();
         (0..self.keys.len() + usize::from(self.window.is_some()))
             .filter(|&i| self.window.as_ref().is_none_or(|w| w.position != i))

@@ -61,7 +61,7 @@ pub mod window_aggregate;
 use arrow::array::RecordBatch;
 use laminar_runtime::Result;
 
-pub use aggregate::{AggregateSpec, WindowBinding, WindowKind};
+pub use aggregate::{AggregatePhase, AggregateSpec, WindowBinding, WindowKind};
 pub use analytic::{Analytic, AnalyticFunction, AnalyticSpec};
 pub use asof_join::{AsofDirection, AsofJoin, AsofJoinSpec};
 pub use changelog_aggregate::{ChangelogAggregate, WEIGHT_COLUMN};

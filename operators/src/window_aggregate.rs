@@ -30,7 +30,8 @@ use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{
-    assign_windows, combine_masks, drop_late, resolve_groups, AggregateSpec, WindowBinding,
+    assign_windows, combine_masks, drop_late, resolve_groups, AggregatePhase, AggregateSpec,
+    WindowBinding,
 };
 use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
@@ -82,6 +83,8 @@ pub struct WindowAggregate {
     times_ms: Vec<i64>,
     starts: HashSet<i64>,
     group_ids: Vec<usize>,
+    /// For a final phase: how many state columns each aggregate has.
+    state_widths: Arc<[usize]>,
 }
 
 impl std::fmt::Debug for WindowAggregate {
@@ -105,7 +108,13 @@ impl WindowAggregate {
         })?;
         let window = binding.kind.fixed("this window aggregate")?;
         let encoder = KeyEncoder::new(&spec.key_fields())?;
+        let state_widths = spec
+            .aggregates
+            .iter()
+            .map(|a| Ok(a.state_fields()?.len()))
+            .collect::<Result<Arc<[usize]>>>()?;
         Ok(Self {
+            state_widths,
             spec,
             binding,
             window,
@@ -128,6 +137,20 @@ impl WindowAggregate {
         let ids = state.groups.all_ids();
         let key_columns = self.encoder.key_columns(&state.groups, &ids)?;
         let window_column = self.binding.unit.constant_array(start_ms, ids.len());
+        if let AggregatePhase::Partial(schema) = &self.spec.phase {
+            let mut columns = Vec::with_capacity(schema.fields().len());
+            columns.push(window_column);
+            columns.extend(key_columns);
+            for accumulator in state.accumulators.all() {
+                columns.extend(accumulator.state(EmitTo::All)?);
+            }
+            return RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| {
+                Error::new(
+                    ErrorCode::Execution,
+                    format!("partial aggregate state does not fit its schema: {e}"),
+                )
+            });
+        }
         let values = state
             .accumulators
             .all()
@@ -149,6 +172,9 @@ impl Operator for WindowAggregate {
         _out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         // Output only ever leaves when a window closes (on_watermark).
+        if let AggregatePhase::Final = self.spec.phase {
+            return self.merge_partials(batch);
+        }
         if let Some(fused) = self.spec.fused.as_ref().filter(|f| f.update.is_ready()) {
             return self.on_batch_fused(&Arc::clone(fused), batch, time);
         }
@@ -202,9 +228,13 @@ impl Operator for WindowAggregate {
     /// Windows still to close end after the watermark, so they start
     /// after it minus the window size: held back by that much, a window's
     /// start (or end) column is a valid event time downstream.
+    ///
+    /// A partial phase's output is read by its final phase alone, which
+    /// closes a window when this watermark reaches the window's end: every
+    /// shard has sent that window's states by then.
     fn output_watermark(&self, input_watermark_ms: i64) -> i64 {
-        if input_watermark_ms == i64::MAX {
-            return i64::MAX;
+        if input_watermark_ms == i64::MAX || matches!(self.spec.phase, AggregatePhase::Partial(_)) {
+            return input_watermark_ms;
         }
         input_watermark_ms.saturating_sub(self.window.size_ms)
     }
@@ -357,6 +387,57 @@ impl WindowAggregate {
         )?;
         self.late_rows += late;
         Ok((on_time.num_rows() > 0).then_some((on_time, row_watermarks)))
+    }
+
+    /// Merges partial states (window start, keys, states) into the
+    /// windows they belong to: each row into exactly the window starting
+    /// at its start, which is still open (the partial side closes it at
+    /// the watermark that closes it here, and sends its states first).
+    fn merge_partials(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let times_ms = self
+            .binding
+            .unit
+            .ms_values(batch.column(0).as_ref(), &mut self.times_ms)?;
+        let first = times_ms[0];
+        let pieces = if times_ms.iter().all(|&t| t == first) {
+            vec![(first, batch.clone())]
+        } else {
+            let mut starts: Vec<i64> = times_ms.to_vec();
+            starts.sort_unstable();
+            starts.dedup();
+            let times_ms = times_ms.to_vec();
+            starts
+                .into_iter()
+                .map(|start| {
+                    let mask: BooleanArray = times_ms.iter().map(|&t| Some(t == start)).collect();
+                    Ok((start, arrow::compute::filter_record_batch(batch, &mask)?))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let keys_end = 1 + self.spec.keys.len();
+        let widths = Arc::clone(&self.state_widths);
+        let mut group_ids = std::mem::take(&mut self.group_ids);
+        for (start, rows) in pieces {
+            let key_arrays = rows.columns()[1..keys_end].to_vec();
+            let keys = self.encoder.encode(&key_arrays)?;
+            let state = self.window_groups(start, &keys, None, rows.num_rows(), &mut group_ids)?;
+            let groups = state.groups.len();
+            let mut column = keys_end;
+            for (j, accumulator) in state.accumulators.all().into_iter().enumerate() {
+                let width = widths[j];
+                accumulator.merge_batch(
+                    &rows.columns()[column..column + width],
+                    &group_ids,
+                    groups,
+                )?;
+                column += width;
+            }
+        }
+        self.group_ids = group_ids;
+        Ok(())
     }
 
     /// A batch through the fused kernel: no stage runs and no column is

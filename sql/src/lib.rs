@@ -12,6 +12,8 @@
 //!   rewrites, and lowers the logical plan to a [`planner::StreamPlan`]:
 //!   stages, window aggregate, routing key. Anything the streaming path
 //!   cannot run is an `LDB-1004` error, never a silent wrong answer.
+//! - `two_phase`: splits a window aggregate whose rows would all meet on
+//!   one shard into a partial stage on every shard and a final merge.
 //! - [`jit`]: the Cranelift compiler that turns the plan's expressions
 //!   into native kernels (interpreted until they are ready).
 
@@ -104,6 +106,7 @@ mod sharing;
 mod specialized;
 mod split;
 mod to_char;
+mod two_phase;
 pub mod window_tvf;
 
 pub use dialect::{

@@ -1545,6 +1545,7 @@ impl Lowering<'_> {
             late_side_output,
             fused,
             foldable,
+            phase: laminar_operators::AggregatePhase::Whole,
         };
         let operator = match (changes, session, instant) {
             (changes, true, _) => StreamOperator::SessionAggregate { spec, changes },
@@ -2421,7 +2422,7 @@ pub async fn plan_stream(
     };
     let last = lower(ctx, def, &plan, sources, &staging.streams, tables)?;
     let mut plans = staging.plans;
-    plans.push(last);
+    plans.extend(crate::two_phase::split(last)?);
     Ok(plans)
 }
 
@@ -2546,6 +2547,15 @@ impl Staging<'_> {
             &self.streams,
             self.tables,
         )?;
+        let mut parts = crate::two_phase::split(planned)?;
+        let planned = parts.pop().expect("split keeps the plan itself last");
+        for part in parts {
+            self.streams.insert(&part);
+            self.plans.push(StreamPlan {
+                part_of: Some(self.def.name.clone()),
+                ..part
+            });
+        }
         let output = Arc::clone(&planned.output_schema);
         self.streams.insert(&planned);
         self.plans.push(StreamPlan {
