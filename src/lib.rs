@@ -1054,7 +1054,12 @@ impl LaminarDB {
                     .map(|s| s.sql.as_str())
                     .chain(catalog.streams.iter().map(|s| s.sql.as_str()))
                     .collect();
-                storage.check_pipeline(shards, &statements)?;
+                let operators: Vec<String> = catalog
+                    .streams
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, s.operator.kind()))
+                    .collect();
+                storage.check_pipeline(shards, &statements, &operators)?;
                 for shard in 0..shards {
                     let dir = storage.shard_dir(shard);
                     std::fs::create_dir_all(&dir).map_err(|e| {

@@ -470,11 +470,24 @@ impl Storage {
     /// Records the pipeline this directory belongs to, or checks that it is
     /// the same one as before: replaying a log into other SQL, or into
     /// another shard count, would compute something else.
-    pub fn check_pipeline(&self, shards: usize, statements: &[&str]) -> Result<()> {
+    pub fn check_pipeline(
+        &self,
+        shards: usize,
+        statements: &[&str],
+        operators: &[String],
+    ) -> Result<()> {
         let mut text = format!("LaminarDB pipeline v1\nshards {shards}\n");
         for sql in statements {
             text.push_str(sql.trim());
             text.push_str("\n;\n");
+        }
+        let sql_text = text.clone();
+        // The same SQL may be planned into other operators by another
+        // version, whose checkpoints this one could not read.
+        text.push_str("operators\n");
+        for operator in operators {
+            text.push_str(operator);
+            text.push('\n');
         }
         let path = self.config.dir.join("PIPELINE");
         match std::fs::read_to_string(&path) {
@@ -483,6 +496,11 @@ impl Storage {
                 let was_shards = existing.lines().nth(1).unwrap_or_default();
                 let detail = if was_shards != format!("shards {shards}") {
                     format!("it was written with {was_shards}, this database has {shards}")
+                } else if existing.starts_with(&sql_text) {
+                    format!(
+                        "its SQL is the same, but this version of LaminarDB plans it into other operators ({})",
+                        operators.join(", ")
+                    )
                 } else {
                     "its sources and streams were created with different SQL".to_string()
                 };

@@ -143,6 +143,30 @@ async fn a_directory_belongs_to_one_pipeline() {
     drop(db);
     // Released with the first database.
     open(dir.path(), 1, Durability::Sync);
+
+    // The same SQL, planned into other operators (as by another version):
+    // its checkpoints would be read as the wrong state.
+    let path = dir.path().join("PIPELINE");
+    let recorded = std::fs::read_to_string(&path).unwrap();
+    let (sql, operators) = recorded.split_once("operators\n").unwrap();
+    assert!(operators.contains("WindowAggregate"), "{recorded}");
+    std::fs::write(
+        &path,
+        format!(
+            "{sql}operators\n{}",
+            operators.replace("WindowAggregate", "ChangelogAggregate")
+        ),
+    )
+    .unwrap();
+    let db = open(dir.path(), 1, Durability::Sync);
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(DDL).await.unwrap();
+    let err = db.start().await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::StorageMismatch, "{err}");
+    assert!(
+        err.to_string().contains("plans it into other operators"),
+        "{err}"
+    );
 }
 
 #[test]

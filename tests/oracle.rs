@@ -1437,6 +1437,15 @@ async fn grouping_by_event_time_closes_each_instant() {
         .await;
         let want_firsts =
             run_batch(firsts, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+        // DISTINCT over the event time is such a GROUP BY, without aggregates.
+        let distinct = "SELECT DISTINCT symbol, ts FROM trades WHERE volume > 500";
+        let want_distinct = run_batch(
+            distinct,
+            "trades",
+            vec![trades_batch(&rows)],
+            trades_schema(),
+        )
+        .await;
         for shards in [1, 2] {
             for emit in ["", "EMIT ON WINDOW CLOSE"] {
                 let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {per_instant} {emit}");
@@ -1458,6 +1467,10 @@ async fn grouping_by_event_time_closes_each_instant() {
             let batches = random_batches(&rows, seed * 37 + shards as u64, max_batch);
             let (got, _) = run_stream(&ddl, "trades", "s", batches, shards).await;
             assert_same_rows(&got, &want_moving);
+            let ddl = format!("{TRADES_DDL}; CREATE STREAM s AS {distinct}");
+            let batches = random_batches(&rows, seed * 43 + shards as u64, max_batch);
+            let (got, _) = run_stream(&ddl, "trades", "s", batches, shards).await;
+            assert_same_rows(&got, &want_distinct);
         }
     }
 }
@@ -1527,6 +1540,26 @@ async fn event_time_groups_and_tie_breaks_refuse_what_they_cannot_do() {
             error.contains("LDB-1004") && error.contains(says),
             "{query}: {error}"
         );
+    }
+    // A changelog's rows for a time change after the watermark passed it
+    // (a window's start, while the window is open): grouping by it does
+    // not close, nor does grouping by a computed time.
+    let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM bars AS SELECT symbol, window_start, MAX(price) AS high
+         FROM TABLE(TUMBLE(TABLE trades, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+         GROUP BY symbol, window_start, window_end EMIT CHANGES"
+    ))
+    .await
+    .unwrap();
+    for query in [
+        "SELECT window_start, SUM(high) AS highs FROM bars GROUP BY window_start",
+        "SELECT symbol, CAST(ts AS BIGINT) + 1 AS t, COUNT(*) AS n FROM trades GROUP BY symbol, CAST(ts AS BIGINT) + 1",
+    ] {
+        let Err(error) = db.execute(&format!("CREATE STREAM s AS {query}")).await else {
+            panic!("{query}: accepted");
+        };
+        assert!(error.to_string().contains("never closes"), "{query}: {error}");
     }
     // With EMIT CHANGES, a GROUP BY on the event time stays a changelog.
     let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();

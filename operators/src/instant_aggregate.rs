@@ -120,6 +120,12 @@ impl InstantAggregate {
     /// Takes the waiting rows the watermark has passed, in arrival order.
     fn take_final(&mut self, watermark_ms: i64) -> Result<Vec<RecordBatch>> {
         let mut taken = Vec::new();
+        if watermark_ms == i64::MAX {
+            // The end of input: every row, `i64::MAX` itself included.
+            self.waiting_bytes = 0;
+            taken.extend(self.waiting.drain(..).map(|w| w.rows));
+            return Ok(taken);
+        }
         if self.waiting.iter().all(|w| w.first_ms >= watermark_ms) {
             return Ok(taken);
         }

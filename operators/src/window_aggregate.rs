@@ -108,11 +108,14 @@ impl WindowAggregate {
         })?;
         let window = binding.kind.fixed("this window aggregate")?;
         let encoder = KeyEncoder::new(&spec.key_fields())?;
-        let state_widths = spec
-            .aggregates
-            .iter()
-            .map(|a| Ok(a.state_fields()?.len()))
-            .collect::<Result<Arc<[usize]>>>()?;
+        let state_widths = match spec.phase {
+            AggregatePhase::Final => spec
+                .aggregates
+                .iter()
+                .map(|a| Ok(a.state_fields()?.len()))
+                .collect::<Result<Arc<[usize]>>>()?,
+            _ => Arc::new([]),
+        };
         Ok(Self {
             state_widths,
             spec,

@@ -132,6 +132,28 @@ pub enum StreamOperator {
 }
 
 impl StreamOperator {
+    /// The operator's name, with its phase: what a checkpoint's state is
+    /// laid out for.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StreamOperator::Stateless(_) => "Stateless",
+            StreamOperator::WindowAggregate(spec) => match spec.phase {
+                laminar_operators::AggregatePhase::Whole => "WindowAggregate",
+                laminar_operators::AggregatePhase::Partial(_) => "WindowAggregate(partial)",
+                laminar_operators::AggregatePhase::Final => "WindowAggregate(final)",
+            },
+            StreamOperator::InstantAggregate { .. } => "InstantAggregate",
+            StreamOperator::ChangelogAggregate(_) => "ChangelogAggregate",
+            StreamOperator::SessionAggregate { changes: false, .. } => "SessionAggregate",
+            StreamOperator::SessionAggregate { changes: true, .. } => "SessionAggregate(changes)",
+            StreamOperator::TopN(_) => "TopN",
+            StreamOperator::Analytic(_) => "Analytic",
+            StreamOperator::IntervalJoin(_) => "IntervalJoin",
+            StreamOperator::AsofJoin(_) => "AsofJoin",
+            StreamOperator::LookupJoin(_) => "LookupJoin",
+        }
+    }
+
     /// Builds a fresh operator instance (one per shard).
     pub fn instantiate(&self, output_schema: &SchemaRef) -> Result<Box<dyn Operator>> {
         Ok(match self {
@@ -1271,9 +1293,13 @@ impl Lowering<'_> {
                         return true;
                     }
                     // A windowless aggregate grouped by event time emits
-                    // each group once the watermark passes it, unless it
-                    // emits a changelog (which takes late rows too).
-                    if self.emit_changes || find_window(&aggregate.group_expr).is_some() {
+                    // each group once the watermark passes its time key
+                    // (other time keys may be older), unless it emits a
+                    // changelog (which takes late rows too).
+                    if self.emit_changes
+                        || find_window(&aggregate.group_expr).is_some()
+                        || self.time_key(aggregate) != Some(index)
+                    {
                         return false;
                     }
                     expr = key.clone().unalias();
@@ -2032,13 +2058,21 @@ impl Lowering<'_> {
     }
 
     /// The position of the first GROUP BY expression of a windowless
-    /// aggregate that is an event-time column of its input (or an
-    /// event-time column cast to ms), if any.
+    /// aggregate that is an event-time column of its input, read as it is,
+    /// if any: the key by which its groups close. None over a changelog,
+    /// whose rows for a time may still change after the watermark passed
+    /// it (a windowed `EMIT CHANGES` stream's window start).
     pub(crate) fn time_key(&self, aggregate: &Aggregate) -> Option<usize> {
-        aggregate
-            .group_expr
-            .iter()
-            .position(|e| self.is_time(e, &aggregate.input))
+        if aggregate
+            .input
+            .schema()
+            .has_column_with_unqualified_name(WEIGHT_COLUMN)
+        {
+            return None;
+        }
+        aggregate.group_expr.iter().position(|e| {
+            self.trace_to_source(e, &aggregate.input).is_some() && self.is_time(e, &aggregate.input)
+        })
     }
 
     /// Checks a GROUP BY window function against its source and binds it.

@@ -55,7 +55,11 @@ pub(crate) fn split(plan: StreamPlan) -> Result<Vec<StreamPlan>> {
         ));
     }
     for (j, aggregate) in spec.aggregates.iter().enumerate() {
-        for state in aggregate.state_fields()? {
+        // An aggregate that cannot describe its state keeps one phase.
+        let Ok(states) = aggregate.state_fields() else {
+            return Ok(vec![plan]);
+        };
+        for state in states {
             fields.push(Field::new(
                 format!("state_{j}_{}", state.name()),
                 state.data_type().clone(),
