@@ -1743,6 +1743,7 @@ impl LaminarDB {
             emit: None,
             materialized: false,
             late_side_output: false,
+            two_phase: Default::default(),
             sql: sql.to_string(),
         };
         let plans = plan_stream(

@@ -227,6 +227,61 @@ async fn global_windows_merge_every_shards_partial_states() {
     );
 }
 
+/// `WITH (two_phase = 'on')`: keyed windows aggregate on every shard too,
+/// and merge per window and key; `'off'` keeps a global window in one
+/// phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_windows_in_two_phases_on_request() {
+    let query = "SELECT symbol, COUNT(*) AS n, SUM(volume) AS v, MAX(price) AS hi,
+                        COUNT(DISTINCT volume % 7) AS sevens
+                 FROM trades WHERE price > 20 GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND)
+                 HAVING COUNT(*) > 1";
+    for (seed, max_batch) in [(8u64, 1usize), (9, 57), (10, 4096)] {
+        let n = if max_batch == 1 { 800 } else { 8_000 };
+        let rows = trades(seed, n, 3, 4_000);
+        let want = run_batch(query, "trades", vec![trades_batch(&rows)], trades_schema()).await;
+        for shards in [1, 2] {
+            let ddl = format!("{TRADES_DDL}; CREATE STREAM s WITH (two_phase = 'on') AS {query}");
+            let batches = random_batches(&rows, seed * 47 + shards as u64, max_batch);
+            let (got, metrics) = run_stream(&ddl, "trades", "s", batches, shards).await;
+            assert_eq!(metrics.streams[0].late_rows, 0);
+            assert_same_rows(&got, &want);
+        }
+    }
+    let db = laminar_db::LaminarDB::builder().shards(2).build().unwrap();
+    db.execute(TRADES_DDL).await.unwrap();
+    db.execute(&format!(
+        "CREATE STREAM s WITH (two_phase = 'on') AS {query};
+         CREATE STREAM g WITH (two_phase = 'off') AS SELECT COUNT(*) AS n FROM trades
+         GROUP BY tumble(ts, INTERVAL '1' SECOND)"
+    ))
+    .await
+    .unwrap();
+    assert!(db.explain("s").unwrap().contains("WindowAggregate(final)"));
+    let plan = db.explain("g").unwrap();
+    assert!(!plan.contains("final") && plan.contains("Single"), "{plan}");
+    for (sql, says) in [
+        (
+            "CREATE STREAM x WITH (two_phase = 'on') AS SELECT symbol FROM trades",
+            "LDB-1004",
+        ),
+        (
+            "CREATE STREAM x WITH (two_phase = 'sometimes') AS SELECT symbol FROM trades",
+            "two_phase = 'auto'",
+        ),
+        (
+            "CREATE STREAM x WITH (two_phase = 'on', late_data = 'side_output') AS
+             SELECT symbol, COUNT(*) AS n FROM trades GROUP BY symbol, tumble(ts, INTERVAL '1' SECOND)",
+            "late_data",
+        ),
+    ] {
+        let Err(error) = db.execute(sql).await else {
+            panic!("{sql}: accepted");
+        };
+        assert!(error.to_string().contains(says), "{sql}: {error}");
+    }
+}
+
 /// `COUNT(DISTINCT ...)` as the only aggregate of a window or a session
 /// (a batch optimizer would move the window into a nested GROUP BY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub struct Query {
     /// too), for a query whose SQL has no batch meaning (session and
     /// sliding windows).
     pub batch_sql: Option<String>,
+    /// Options for the query's `CREATE STREAM` (`WITH (...)`), if any.
+    pub with: String,
 }
 
 /// The queries, in number order.
@@ -76,6 +78,7 @@ pub fn queries() -> Vec<Query> {
                     setup,
                     sql,
                     batch_sql,
+                    with: String::new(),
                 },
             ))
         })
@@ -155,9 +158,12 @@ pub async fn streaming(
             .await
             .map_err(|e| e.to_string())?;
     }
-    db.execute(&format!("CREATE STREAM {} AS {}", query.name, query.sql))
-        .await
-        .map_err(|e| e.to_string())?;
+    db.execute(&format!(
+        "CREATE STREAM {} {} AS {}",
+        query.name, query.with, query.sql
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let mut subscription = db.subscribe(&query.name).map_err(|e| e.to_string())?;
     let handles = TABLES
         .iter()

@@ -4,7 +4,8 @@
 //! default 2,000,000; `--shards S`, default 1; `--batch-rows B`, default
 //! 1,024; `--check-events M`, default 20,000; `--query qN` for one;
 //! `--generated-only` skips the pushed run, whose one pushing thread
-//! rather than the shards limits it once there are many shards).
+//! rather than the shards limits it once there are many shards;
+//! `--two-phase` creates the query `WITH (two_phase = 'on')`).
 //!
 //! Each query runs in a process of its own (so its peak memory is its
 //! own): first a correctness check, the streaming result over M events
@@ -67,6 +68,7 @@ struct Options {
     query: Option<String>,
     child: bool,
     generated_only: bool,
+    two_phase: bool,
 }
 
 fn options() -> Options {
@@ -78,6 +80,7 @@ fn options() -> Options {
         query: None,
         child: false,
         generated_only: false,
+        two_phase: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -96,6 +99,10 @@ fn options() -> Options {
             }
             "--generated-only" => {
                 options.generated_only = true;
+                i -= 1;
+            }
+            "--two-phase" => {
+                options.two_phase = true;
                 i -= 1;
             }
             // `cargo bench` passes `--bench`; anything else is ignored.
@@ -121,10 +128,13 @@ fn status_mib(key: &str) -> f64 {
 /// One query, in this process: prints one `RESULT` line.
 fn child(options: &Options) {
     let name = options.query.clone().expect("--query");
-    let query = harness::queries()
+    let mut query = harness::queries()
         .into_iter()
         .find(|q| q.name == name)
         .expect("a query of that name");
+    if options.two_phase {
+        query.with = "WITH (two_phase = 'on')".to_string();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -251,6 +261,7 @@ fn main() {
             .args(["--batch-rows", &options.batch_rows.to_string()])
             .args(["--check-events", &options.check_events.to_string()])
             .args(options.generated_only.then_some("--generated-only"))
+            .args(options.two_phase.then_some("--two-phase"))
             .output()
             .expect("run a query");
         let text = String::from_utf8_lossy(&output.stdout);

@@ -8,7 +8,7 @@
 //!     [WATERMARK FOR col AS col [- INTERVAL 'n' UNIT | - n]]
 //! ) [WITH (idle_timeout = '5 seconds',
 //!        alignment_group = 'g', alignment_max_drift = '10 seconds')];
-//! CREATE STREAM name [WITH (late_data = 'side_output')] AS SELECT ...
+//! CREATE STREAM name [WITH (late_data = 'side_output', two_phase = 'on')] AS SELECT ...
 //!     [EMIT ON WINDOW CLOSE | EMIT FINAL | EMIT CHANGES];
 //! CREATE MATERIALIZED VIEW name AS SELECT ... [EMIT ...];
 //! SHOW SOURCES | SHOW STREAMS | SHOW MATERIALIZED VIEWS | SHOW SINKS;
@@ -230,8 +230,26 @@ pub struct StreamDef {
     /// `WITH (late_data = 'side_output')`: late rows go to the stream
     /// `<name>_late` instead of only being counted.
     pub late_side_output: bool,
+    /// `WITH (two_phase = ...)`: whether window aggregates aggregate on
+    /// every shard first and merge the states per group.
+    pub two_phase: TwoPhase,
     /// The statement's text.
     pub sql: String,
+}
+
+/// `WITH (two_phase = 'auto' | 'on' | 'off')`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TwoPhase {
+    /// Two phases where the groups cannot be spread by a source column
+    /// (no key, or a computed one); one phase where they can.
+    #[default]
+    Auto,
+    /// Two phases for every window aggregate of the query, also when its
+    /// keys are columns: for keys so few (or so skewed) that their owner
+    /// shards would do most of the work.
+    On,
+    /// One phase always: every group aggregated on its owner shard.
+    Off,
 }
 
 fn syntax_error(message: impl Into<String>) -> Error {
@@ -862,6 +880,7 @@ fn parse_create_stream(
     let name = identifier(name_token, "a stream name")?;
     let mut next = 1;
     let mut late_side_output = false;
+    let mut two_phase = TwoPhase::Auto;
     if rest
         .get(next)
         .is_some_and(|t| keyword(t) == Some(Keyword::WITH))
@@ -878,12 +897,21 @@ fn parse_create_stream(
                             .with_hint("late_data = 'drop' (the default) or 'side_output'"),
                     )
                 }
+                ("two_phase", "auto") => two_phase = TwoPhase::Auto,
+                ("two_phase", "on") => two_phase = TwoPhase::On,
+                ("two_phase", "off") => two_phase = TwoPhase::Off,
+                ("two_phase", other) => {
+                    return Err(
+                        syntax_error(format!("two_phase = '{other}' is not an option"))
+                            .with_hint("two_phase = 'auto' (the default), 'on' or 'off'"),
+                    )
+                }
                 (other, _) => {
                     return Err(Error::new(
                         ErrorCode::Unsupported,
                         format!("stream option '{other}' is not supported"),
                     )
-                    .with_hint("stream options: late_data"))
+                    .with_hint("stream options: late_data, two_phase"))
                 }
             }
         }
@@ -927,6 +955,7 @@ fn parse_create_stream(
         emit,
         materialized,
         late_side_output,
+        two_phase,
         sql: text,
     })
 }

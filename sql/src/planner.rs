@@ -2456,7 +2456,20 @@ pub async fn plan_stream(
     };
     let last = lower(ctx, def, &plan, sources, &staging.streams, tables)?;
     let mut plans = staging.plans;
-    plans.extend(crate::two_phase::split(last)?);
+    plans.extend(crate::two_phase::split(last, def.two_phase)?);
+    if def.two_phase == crate::dialect::TwoPhase::On
+        && !plans
+            .iter()
+            .any(|p| p.operator.kind() == "WindowAggregate(partial)")
+    {
+        return Err(unsupported(
+            format!(
+                "stream {}: two_phase = 'on' applies to window aggregates (tumbling or sliding, emitted when the window closes), and this query has none",
+                def.name
+            ),
+            "drop the option",
+        ));
+    }
     Ok(plans)
 }
 
@@ -2571,6 +2584,7 @@ impl Staging<'_> {
             ),
             materialized: false,
             late_side_output: false,
+            two_phase: self.def.two_phase,
             sql: format!("-- stage {number} of stream {}", self.def.name),
         };
         let planned = lower(
@@ -2581,7 +2595,7 @@ impl Staging<'_> {
             &self.streams,
             self.tables,
         )?;
-        let mut parts = crate::two_phase::split(planned)?;
+        let mut parts = crate::two_phase::split(planned, self.def.two_phase)?;
         let planned = parts.pop().expect("split keeps the plan itself last");
         for part in parts {
             self.streams.insert(&part);

@@ -1,11 +1,17 @@
 //! Two-phase window aggregates: a windowed `GROUP BY` whose groups cannot
 //! be spread by a source column (a global aggregate per window, or keys
-//! that are computed) would send every row to one shard. Instead each
+//! that are computed) would send every row to one shard, and one whose
+//! keys are few would keep most shards idle. Instead each
 //! shard aggregates the rows it holds into partial states (a stage
 //! stream, `<name>_partial`, routed nowhere), and when a window closes
 //! sends one row of states per group to the shard owning that window and
 //! group, which merges them and emits the result when its watermark (the
 //! slowest shard's) closes the window too.
+//!
+//! The first kind is split by default; any window aggregate is with
+//! `WITH (two_phase = 'on')`, which pays off when keys are few and costs
+//! when they are many (the states are then about as many as the rows, and
+//! are aggregated twice). `two_phase = 'off'` keeps one phase.
 //!
 //! The rows cross no exchange; the states do, one row per window and
 //! group per shard. Aggregates merge as DataFusion's own partial and final
@@ -21,14 +27,24 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_operators::{AggregatePhase, AggregateSpec, WindowBinding, WindowKind};
 use laminar_runtime::Result;
 
-use crate::planner::{Routing, StreamInput, StreamOperator, StreamPlan};
+use crate::dialect::TwoPhase;
+use crate::planner::{unsupported, Routing, StreamInput, StreamOperator, StreamPlan};
 
 /// `plan`, or its partial stage and its final form when it is a window
-/// aggregate all of whose rows would otherwise meet on one shard.
-pub(crate) fn split(plan: StreamPlan) -> Result<Vec<StreamPlan>> {
+/// aggregate all of whose rows would otherwise meet on one shard (or any
+/// window aggregate, with `two_phase = 'on'`).
+pub(crate) fn split(plan: StreamPlan, mode: TwoPhase) -> Result<Vec<StreamPlan>> {
     let StreamOperator::WindowAggregate(spec) = &plan.operator else {
         return Ok(vec![plan]);
     };
+    let wanted = match mode {
+        TwoPhase::Off => false,
+        TwoPhase::Auto => plan.routing == Routing::Single,
+        TwoPhase::On => true,
+    };
+    if !wanted {
+        return Ok(vec![plan]);
+    }
     let window = match &spec.window {
         Some(
             w @ WindowBinding {
@@ -40,7 +56,16 @@ pub(crate) fn split(plan: StreamPlan) -> Result<Vec<StreamPlan>> {
     };
     // A late side output carries the source's rows as the stream saw
     // them: it stays with the one-phase form.
-    if plan.routing != Routing::Single || plan.late_side_output.is_some() {
+    if plan.late_side_output.is_some() {
+        if mode == TwoPhase::On {
+            return Err(unsupported(
+                format!(
+                    "stream {}: two_phase = 'on' with late_data = 'side_output' is not supported",
+                    plan.name
+                ),
+                "drop one of the options",
+            ));
+        }
         return Ok(vec![plan]);
     }
 
