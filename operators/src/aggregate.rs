@@ -234,6 +234,40 @@ impl AggregateSpec {
     }
 }
 
+/// An aggregate's late rows: counted, and kept for the late side output
+/// when the stream has one.
+#[derive(Debug, Default)]
+pub(crate) struct LateRows {
+    /// Rows dropped so far.
+    pub count: u64,
+    /// Late rows waiting for the late side output.
+    pub batches: Vec<RecordBatch>,
+    keep: bool,
+}
+
+impl LateRows {
+    pub fn new(keep: bool) -> Self {
+        Self {
+            keep,
+            ..Self::default()
+        }
+    }
+
+    /// [`drop_late`], counting (and keeping) what it drops.
+    pub fn drop_from(
+        &mut self,
+        binding: &WindowBinding,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        times_ms: &mut Vec<i64>,
+    ) -> Result<(RecordBatch, Option<ArrayRef>)> {
+        let kept = self.keep.then_some(&mut self.batches);
+        let (on_time, carry, late) = drop_late(binding, batch, time, times_ms, kept)?;
+        self.count += late;
+        Ok((on_time, carry))
+    }
+}
+
 /// Decides which rows of a source batch are late for a fixed-length
 /// window: a row is late once the first window holding it has closed
 /// (it would be missing from that window's result). Rows whose every

@@ -38,7 +38,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use hashbrown::HashSet;
 use laminar_runtime::Result;
 
-use crate::aggregate::{assign_windows, combine_masks, drop_late, AggregateSpec, Inputs};
+use crate::aggregate::{assign_windows, combine_masks, AggregateSpec, Inputs, LateRows};
 use crate::fused::FusedAccumulator;
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
@@ -85,9 +85,7 @@ pub struct ChangelogAggregate {
     windows: BTreeMap<i64, ChangeState>,
     /// Output schema: the query's columns then `_weight`.
     output_schema: SchemaRef,
-    late_rows: u64,
-    /// Late rows waiting for the late side output.
-    late_batches: Vec<RecordBatch>,
+    late: LateRows,
     times_ms: Vec<i64>,
     starts: HashSet<i64>,
     group_ids: Vec<usize>,
@@ -99,7 +97,7 @@ impl std::fmt::Debug for ChangelogAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangelogAggregate")
             .field("open_windows", &self.windows.len())
-            .field("late_rows", &self.late_rows)
+            .field("late_rows", &self.late.count)
             .finish()
     }
 }
@@ -113,14 +111,14 @@ impl ChangelogAggregate {
             Some(binding) => Some(binding.kind.fixed("EMIT CHANGES")?),
             None => None,
         };
+        let late = LateRows::new(spec.late_side_output);
         Ok(Self {
             window,
             spec: Arc::new(spec),
             encoder,
             windows: BTreeMap::new(),
             output_schema,
-            late_rows: 0,
-            late_batches: Vec::new(),
+            late,
             times_ms: Vec::new(),
             starts: HashSet::new(),
             group_ids: Vec::new(),
@@ -476,17 +474,9 @@ impl Operator for ChangelogAggregate {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let (on_time, row_watermarks) = match &self.spec.window {
-            Some(binding) => {
-                let (rows, carry, late) = drop_late(
-                    binding,
-                    batch,
-                    time,
-                    &mut self.times_ms,
-                    self.spec.late_side_output.then_some(&mut self.late_batches),
-                )?;
-                self.late_rows += late;
-                (rows, carry)
-            }
+            Some(binding) => self
+                .late
+                .drop_from(binding, batch, time, &mut self.times_ms)?,
             None => (batch.clone(), None),
         };
         let (input, row_watermarks) = apply_all_carrying(&self.spec.pre, &on_time, row_watermarks)?;
@@ -540,7 +530,7 @@ impl Operator for ChangelogAggregate {
     }
 
     fn late_rows(&self) -> u64 {
-        self.late_rows
+        self.late.count
     }
 
     fn state_bytes(&self) -> usize {
@@ -569,7 +559,7 @@ impl Operator for ChangelogAggregate {
     }
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
-        out.append(&mut self.late_batches);
+        out.append(&mut self.late.batches);
     }
 
     fn checkpoints(&self) -> bool {

@@ -27,7 +27,7 @@ use arrow::compute::{filter_record_batch, not};
 use datafusion::logical_expr::EmitTo;
 use laminar_runtime::Result;
 
-use crate::aggregate::{drop_late, resolve_groups, AggregateSpec, WindowBinding};
+use crate::aggregate::{resolve_groups, AggregateSpec, LateRows, WindowBinding};
 use crate::groups::KeyEncoder;
 use crate::stage::apply_all;
 use crate::{BatchTime, Operator};
@@ -50,9 +50,7 @@ pub struct InstantAggregate {
     encoder: KeyEncoder,
     waiting: VecDeque<Waiting>,
     waiting_bytes: usize,
-    late_rows: u64,
-    /// Late rows waiting for the late side output.
-    late_batches: Vec<RecordBatch>,
+    late: LateRows,
     // Scratch buffers reused across batches.
     times_ms: Vec<i64>,
     group_ids: Vec<usize>,
@@ -62,7 +60,7 @@ impl std::fmt::Debug for InstantAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstantAggregate")
             .field("waiting_batches", &self.waiting.len())
-            .field("late_rows", &self.late_rows)
+            .field("late_rows", &self.late.count)
             .finish()
     }
 }
@@ -74,14 +72,14 @@ impl InstantAggregate {
         let window = time.kind.fixed("an aggregate grouped by event time")?;
         debug_assert!(window.is_tumbling() && window.size_ms == 1);
         let encoder = KeyEncoder::new(&spec.key_fields())?;
+        let late = LateRows::new(spec.late_side_output);
         Ok(Self {
             spec,
             time,
             encoder,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
-            late_rows: 0,
-            late_batches: Vec::new(),
+            late,
             times_ms: Vec::new(),
             group_ids: Vec::new(),
         })
@@ -101,19 +99,26 @@ impl InstantAggregate {
         Ok(f(times_ms))
     }
 
-    /// Queues rows that are not final yet.
-    fn wait(&mut self, rows: RecordBatch) -> Result<()> {
+    /// Rows that are not final yet, with their span of event time,
+    /// counted in the state's size.
+    fn waiting_entry(&mut self, rows: RecordBatch) -> Result<Waiting> {
         let (first_ms, last_ms) = self.with_times(&rows, |times| {
             let first = times.iter().copied().min().unwrap_or(i64::MAX);
             let last = times.iter().copied().max().unwrap_or(i64::MIN);
             (first, last)
         })?;
         self.waiting_bytes += rows.get_array_memory_size();
-        self.waiting.push_back(Waiting {
+        Ok(Waiting {
             rows,
             first_ms,
             last_ms,
-        });
+        })
+    }
+
+    /// Queues rows that are not final yet.
+    fn wait(&mut self, rows: RecordBatch) -> Result<()> {
+        let waiting = self.waiting_entry(rows)?;
+        self.waiting.push_back(waiting);
         Ok(())
     }
 
@@ -146,17 +151,7 @@ impl InstantAggregate {
             })?;
             taken.push(filter_record_batch(&entry.rows, &is_final)?);
             let rest = filter_record_batch(&entry.rows, &not(&is_final)?)?;
-            let (first_ms, last_ms) = self.with_times(&rest, |times| {
-                let first = times.iter().copied().min().unwrap_or(i64::MAX);
-                let last = times.iter().copied().max().unwrap_or(i64::MIN);
-                (first, last)
-            })?;
-            self.waiting_bytes += rest.get_array_memory_size();
-            kept.push_back(Waiting {
-                rows: rest,
-                first_ms,
-                last_ms,
-            });
+            kept.push_back(self.waiting_entry(rest)?);
         }
         self.waiting = kept;
         Ok(taken)
@@ -214,14 +209,9 @@ impl Operator for InstantAggregate {
     ) -> Result<()> {
         // One-ms windows: a row is either late for its only window or on
         // time, so no per-row watermark comes back.
-        let (on_time, _, late) = drop_late(
-            &self.time,
-            batch,
-            time,
-            &mut self.times_ms,
-            self.spec.late_side_output.then_some(&mut self.late_batches),
-        )?;
-        self.late_rows += late;
+        let (on_time, _) = self
+            .late
+            .drop_from(&self.time, batch, time, &mut self.times_ms)?;
         if on_time.num_rows() == 0 {
             return Ok(());
         }
@@ -248,7 +238,7 @@ impl Operator for InstantAggregate {
     // the input's watermark covers the output's event-time key as it is.
 
     fn late_rows(&self) -> u64 {
-        self.late_rows
+        self.late.count
     }
 
     fn state_bytes(&self) -> usize {
@@ -256,7 +246,7 @@ impl Operator for InstantAggregate {
     }
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
-        out.append(&mut self.late_batches);
+        out.append(&mut self.late.batches);
     }
 
     fn checkpoints(&self) -> bool {

@@ -30,7 +30,7 @@ use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{
-    assign_windows, combine_masks, drop_late, resolve_groups, AggregatePhase, AggregateSpec,
+    assign_windows, combine_masks, resolve_groups, AggregatePhase, AggregateSpec, LateRows,
     WindowBinding,
 };
 use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
@@ -76,9 +76,7 @@ pub struct WindowAggregate {
     window: WindowSpec,
     encoder: KeyEncoder,
     windows: BTreeMap<i64, WindowState>,
-    late_rows: u64,
-    /// Late rows waiting for the late side output.
-    late_batches: Vec<RecordBatch>,
+    late: LateRows,
     // Scratch buffers reused across batches.
     times_ms: Vec<i64>,
     starts: HashSet<i64>,
@@ -92,7 +90,7 @@ impl std::fmt::Debug for WindowAggregate {
         f.debug_struct("WindowAggregate")
             .field("window", &self.window)
             .field("open_windows", &self.windows.len())
-            .field("late_rows", &self.late_rows)
+            .field("late_rows", &self.late.count)
             .finish()
     }
 }
@@ -116,6 +114,7 @@ impl WindowAggregate {
                 .collect::<Result<Arc<[usize]>>>()?,
             _ => Arc::new([]),
         };
+        let late = LateRows::new(spec.late_side_output);
         Ok(Self {
             state_widths,
             spec,
@@ -123,8 +122,7 @@ impl WindowAggregate {
             window,
             encoder,
             windows: BTreeMap::new(),
-            late_rows: 0,
-            late_batches: Vec::new(),
+            late,
             times_ms: Vec::new(),
             starts: HashSet::new(),
             group_ids: Vec::new(),
@@ -243,7 +241,7 @@ impl Operator for WindowAggregate {
     }
 
     fn late_rows(&self) -> u64 {
-        self.late_rows
+        self.late.count
     }
 
     fn state_bytes(&self) -> usize {
@@ -254,7 +252,7 @@ impl Operator for WindowAggregate {
     }
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
-        out.append(&mut self.late_batches);
+        out.append(&mut self.late.batches);
     }
 
     fn checkpoints(&self) -> bool {
@@ -381,14 +379,9 @@ impl WindowAggregate {
         batch: &RecordBatch,
         time: BatchTime<'_>,
     ) -> Result<Option<(RecordBatch, Option<arrow::array::ArrayRef>)>> {
-        let (on_time, row_watermarks, late) = drop_late(
-            &self.binding,
-            batch,
-            time,
-            &mut self.times_ms,
-            self.spec.late_side_output.then_some(&mut self.late_batches),
-        )?;
-        self.late_rows += late;
+        let (on_time, row_watermarks) =
+            self.late
+                .drop_from(&self.binding, batch, time, &mut self.times_ms)?;
         Ok((on_time.num_rows() > 0).then_some((on_time, row_watermarks)))
     }
 

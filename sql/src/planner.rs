@@ -1840,18 +1840,7 @@ impl Lowering<'_> {
                 "order them by the event-time column alone (rows of equal time are peers), or use ROW_NUMBER, LAG, LEAD or a ROWS frame",
             ));
         }
-        let tie_break = tie_break
-            .iter()
-            .map(|sort| -> Result<PhysicalSortExpr> {
-                Ok(PhysicalSortExpr {
-                    expr: self.physical(&sort.expr, input_schema)?,
-                    options: arrow::compute::SortOptions {
-                        descending: !sort.asc,
-                        nulls_first: sort.nulls_first,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let tie_break = self.sort_exprs(&tie_break, input_schema)?;
         let event_time = event_time.expect("at least one window function");
         let time_column = self.trace_to_source(&event_time, &window.input);
         let watermark_column = self
@@ -1945,19 +1934,7 @@ impl Lowering<'_> {
         }
         let input_schema = window.input.schema();
         let (partition_by, routing) = self.keyed(&params.partition_by, &window.input)?;
-        let order_by = params
-            .order_by
-            .iter()
-            .map(|sort| -> Result<PhysicalSortExpr> {
-                Ok(PhysicalSortExpr {
-                    expr: self.physical(&sort.expr, input_schema)?,
-                    options: arrow::compute::SortOptions {
-                        descending: !sort.asc,
-                        nulls_first: sort.nulls_first,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let order_by = self.sort_exprs(&params.order_by, input_schema)?;
         let input = self.input(&chain.scan_source);
         let explain = format!(
             "TopN[limit={limit}, partition_by={}, order_by={}, routing={routing:?}] <- {} stage(s) <- {input}{}",
@@ -2055,6 +2032,26 @@ impl Lowering<'_> {
                 quoted(input.name())
             )
         })
+    }
+
+    /// `ORDER BY` keys as physical sort expressions over `schema`.
+    fn sort_exprs(
+        &self,
+        order_by: &[datafusion::logical_expr::SortExpr],
+        schema: &DFSchema,
+    ) -> Result<Vec<PhysicalSortExpr>> {
+        order_by
+            .iter()
+            .map(|sort| {
+                Ok(PhysicalSortExpr {
+                    expr: self.physical(&sort.expr, schema)?,
+                    options: arrow::compute::SortOptions {
+                        descending: !sort.asc,
+                        nulls_first: sort.nulls_first,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// The position of the first GROUP BY expression of a windowless

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::aggregate::{drop_late, AggregateSpec, WindowBinding, WindowKind};
+use crate::aggregate::{AggregateSpec, LateRows, WindowBinding, WindowKind};
 use crate::fused::{selection_of, FusedAggregate};
 use crate::groups::{GroupTable, KeyEncoder};
 use crate::stage::{apply_all, emit_weighted, evaluate_all};
@@ -86,11 +86,9 @@ pub struct SessionAggregate {
     /// comes up; one whose session merged away is skipped.
     ends: BinaryHeap<Reverse<(i64, u32, i64)>>,
     contents: Contents,
-    late_rows: u64,
+    late: LateRows,
     /// `EMIT CHANGES` mode.
     changes: Option<Changes>,
-    /// Late rows waiting for the late side output.
-    late_batches: Vec<RecordBatch>,
     // Scratch buffers reused across batches.
     times_ms: Vec<i64>,
 }
@@ -100,7 +98,7 @@ impl std::fmt::Debug for SessionAggregate {
         f.debug_struct("SessionAggregate")
             .field("gap_ms", &self.gap_ms)
             .field("folded", &matches!(self.contents, Contents::Folded(_)))
-            .field("late_rows", &self.late_rows)
+            .field("late_rows", &self.late.count)
             .finish()
     }
 }
@@ -159,6 +157,7 @@ impl SessionAggregate {
             }),
             None => None,
         };
+        let late = LateRows::new(spec.late_side_output);
         Ok(Self {
             changes,
             spec,
@@ -169,8 +168,7 @@ impl SessionAggregate {
             sessions: Vec::new(),
             ends: BinaryHeap::new(),
             contents,
-            late_rows: 0,
-            late_batches: Vec::new(),
+            late,
             times_ms: Vec::new(),
         })
     }
@@ -475,14 +473,9 @@ impl Operator for SessionAggregate {
         time: BatchTime<'_>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        let (on_time, _, late) = drop_late(
-            &self.binding,
-            batch,
-            time,
-            &mut self.times_ms,
-            self.spec.late_side_output.then_some(&mut self.late_batches),
-        )?;
-        self.late_rows += late;
+        let (on_time, _) = self
+            .late
+            .drop_from(&self.binding, batch, time, &mut self.times_ms)?;
         if on_time.num_rows() == 0 {
             return Ok(());
         }
@@ -518,7 +511,7 @@ impl Operator for SessionAggregate {
     }
 
     fn late_rows(&self) -> u64 {
-        self.late_rows
+        self.late.count
     }
 
     fn state_bytes(&self) -> usize {
@@ -546,7 +539,7 @@ impl Operator for SessionAggregate {
     }
 
     fn drain_late(&mut self, out: &mut Vec<RecordBatch>) {
-        out.append(&mut self.late_batches);
+        out.append(&mut self.late.batches);
     }
 
     fn checkpoints(&self) -> bool {
