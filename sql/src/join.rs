@@ -251,14 +251,7 @@ impl Lowering<'_> {
                 "drop EMIT CHANGES: the join emits each row once, when it is final",
             ));
         }
-        // Only comparisons of the two sides' event-time columns bound the
-        // state; others (t.price > o.limit) are conditions on the pairs.
-        let all = conjuncts(join.filter.as_ref());
-        let conjuncts: Vec<Expr> = all
-            .iter()
-            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
-            .cloned()
-            .collect();
+        let (all, conjuncts) = self.time_conjuncts(join);
         let has_bounds = !conjuncts.is_empty();
         let mut row_bound = None;
         let (times, lower_ms, upper_ms) = match self.equal_times(join) {

@@ -330,12 +330,22 @@ impl Lowering<'_> {
     /// or by a bound read from the rows (which says nothing about how old
     /// a kept row may be).
     pub(crate) fn join_keeps_time(&self, join: &Join) -> bool {
-        let bounds: Vec<Expr> = conjuncts(join.filter.as_ref())
-            .into_iter()
-            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
-            .collect();
+        let (_, bounds) = self.time_conjuncts(join);
         (bounds.is_empty() && self.equal_times(join).is_some())
             || interval_bounds(join, &bounds).is_ok()
+    }
+
+    /// The conjuncts of `join`'s condition, and those of them that compare
+    /// the two sides' event-time columns: only these bound the state;
+    /// others (`t.price > o.limit`) are conditions on the pairs.
+    pub(crate) fn time_conjuncts(&self, join: &Join) -> (Vec<Expr>, Vec<Expr>) {
+        let all = conjuncts(join.filter.as_ref());
+        let bounds = all
+            .iter()
+            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
+            .cloned()
+            .collect();
+        (all, bounds)
     }
 
     /// For a join bounded by a column of one side's rows: the side whose
@@ -343,12 +353,7 @@ impl Lowering<'_> {
     /// without the row bound, whose time is bounded from below by the
     /// other side's time). `None` for other joins.
     pub(crate) fn row_bounded_time_side(&self, join: &Join) -> Option<SideOf> {
-        let all = conjuncts(join.filter.as_ref());
-        let bounds: Vec<Expr> = all
-            .iter()
-            .filter(|c| time_bound(join, c).is_some_and(|b| self.bounds_times(join, &b)))
-            .cloned()
-            .collect();
+        let (all, bounds) = self.time_conjuncts(join);
         if bounds.is_empty() || interval_bounds(join, &bounds).is_ok() {
             return None;
         }
