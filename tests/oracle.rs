@@ -213,6 +213,17 @@ async fn global_windows_merge_every_shards_partial_states() {
         30,
     )
     .await;
+    // Plain COUNT/SUM/MIN/MAX/AVG: the partial stage keeps the fused
+    // kernel's state, whose partial form the merge reads.
+    differential(
+        "SELECT COUNT(*) AS n, SUM(volume) AS v, MIN(price) AS lo, MAX(price) AS hi,
+                AVG(price) AS mean
+         FROM trades WHERE volume > 100 GROUP BY tumble(ts, INTERVAL '1' SECOND)",
+        "",
+        10_000,
+        30,
+    )
+    .await;
     let db = laminar_db::LaminarDB::builder().shards(2).build().unwrap();
     db.execute(&format!(
         "{TRADES_DDL}; CREATE STREAM s AS SELECT COUNT(*) AS n FROM trades
@@ -225,6 +236,8 @@ async fn global_windows_merge_every_shards_partial_states() {
         plan.contains("WindowAggregate(final)") && plan.contains("stream s_partial"),
         "{plan}"
     );
+    let partial = db.explain("s_partial").unwrap();
+    assert!(partial.to_lowercase().contains("fused"), "{partial}");
 }
 
 /// `WITH (two_phase = 'on')`: keyed windows aggregate on every shard too,
