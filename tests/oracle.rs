@@ -236,8 +236,11 @@ async fn global_windows_merge_every_shards_partial_states() {
         plan.contains("WindowAggregate(final)") && plan.contains("stream s_partial"),
         "{plan}"
     );
-    let partial = db.explain("s_partial").unwrap();
-    assert!(partial.to_lowercase().contains("fused"), "{partial}");
+    // The suite also runs with the JIT off, when nothing is fused.
+    if std::env::var("LAMINARDB_JIT").as_deref() != Ok("off") {
+        let partial = db.explain("s_partial").unwrap();
+        assert!(partial.to_lowercase().contains("fused"), "{partial}");
+    }
 }
 
 /// `WITH (two_phase = 'on')`: keyed windows aggregate on every shard too,
