@@ -1690,7 +1690,8 @@ async fn windows_over_the_bounded_side_of_a_row_bounded_join() {
 }
 
 /// A group at the watermark's own instant is still open: a row at that
-/// time is on time and joins it.
+/// time is on time and joins it; a row behind it is late (counted, or
+/// kept for the side output).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instant_at_the_watermark_is_still_open() {
     let trade = |symbol: &str, ts: i64| Trade {
@@ -1709,11 +1710,28 @@ async fn an_instant_at_the_watermark_is_still_open() {
         "{TRADES_DDL}; CREATE STREAM s AS
          SELECT symbol, ts, COUNT(*) AS n FROM trades GROUP BY symbol, ts"
     );
-    let (got, metrics) = run_stream(&ddl, "trades", "s", batches, 1).await;
+    let (got, metrics) = run_stream(&ddl, "trades", "s", batches.clone(), 1).await;
     assert_eq!(
         metrics.streams[0].late_rows, 1,
         "999 is behind the watermark"
     );
+    // The late row, kept for the side output.
+    let db = laminar_db::LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{TRADES_DDL}; CREATE STREAM k WITH (late_data = 'side_output') AS
+         SELECT symbol, ts, COUNT(*) AS n FROM trades GROUP BY symbol, ts"
+    ))
+    .await
+    .unwrap();
+    let side = collect(db.subscribe("k_late").unwrap());
+    let source = db.source_untyped("trades").unwrap();
+    db.start().await.unwrap();
+    for batch in batches {
+        source.push(batch).unwrap();
+    }
+    source.watermark(i64::MAX).unwrap();
+    db.shutdown().await.unwrap();
+    assert_same_rows(&side.join().unwrap(), &[trades_batch(&[trade("A", 999)])]);
     let want = run_batch(
         "SELECT symbol, ts, COUNT(*) AS n FROM trades GROUP BY symbol, ts",
         "trades",
