@@ -152,10 +152,17 @@ pub struct Analytic {
     max_lead: usize,
     /// Per running aggregate, per partition.
     running: Vec<Vec<RunningState>>,
+    /// The bounded frames' bytes as last summed, and the `state_bytes`
+    /// calls since: summing visits every partition, too much for every
+    /// batch.
+    frames_bytes: std::cell::Cell<(u32, usize)>,
     watermark_ms: i64,
     late_rows: u64,
     times_ms: Vec<i64>,
 }
+
+/// `state_bytes` calls between two sums of the frames' bytes.
+const FRAMES_BYTES_EVERY: u32 = 64;
 
 impl std::fmt::Debug for Analytic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,6 +213,7 @@ impl Analytic {
                 .max()
                 .unwrap_or(0),
             running: vec![Vec::new(); running],
+            frames_bytes: std::cell::Cell::new((0, 0)),
             watermark_ms: i64::MIN,
             late_rows: 0,
             times_ms: Vec::new(),
@@ -441,38 +449,51 @@ impl Analytic {
 
     /// Partition ids of a batch of window-input rows.
     /// The order of `rows` by (partition, time, tie-breaking keys,
-    /// arrival).
+    /// arrival). Rows of equal partition and time are few: the rows are
+    /// sorted without the keys, then each run of equal (partition, time)
+    /// by the keys.
     fn tie_broken_order(
         &self,
         rows: &RecordBatch,
         partitions: &[usize],
         times: &[i64],
     ) -> Result<Vec<u32>> {
-        use arrow::compute::{lexsort_to_indices, SortColumn};
+        use arrow::compute::{LexicographicalComparator, SortColumn};
         let n = rows.num_rows();
-        let mut columns = vec![
-            SortColumn {
-                values: Arc::new(UInt64Array::from_iter_values(
-                    partitions.iter().map(|&p| p as u64),
-                )),
-                options: None,
-            },
-            SortColumn {
-                values: Arc::new(Int64Array::from(times.to_vec())),
-                options: None,
-            },
-        ];
-        for key in &self.spec.tie_break {
-            columns.push(SortColumn {
-                values: key.expr.evaluate(rows)?.into_array(n)?,
-                options: Some(key.options),
-            });
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&i| (partitions[i as usize], times[i as usize], i));
+        let key = |i: u32| (partitions[i as usize], times[i as usize]);
+        let mut keys: Option<LexicographicalComparator> = None;
+        let mut start = 0;
+        while start < n {
+            let mut end = start + 1;
+            while end < n && key(order[end]) == key(order[start]) {
+                end += 1;
+            }
+            if end - start > 1 {
+                let keys = match &mut keys {
+                    Some(keys) => keys,
+                    None => {
+                        let columns = self
+                            .spec
+                            .tie_break
+                            .iter()
+                            .map(|k| {
+                                Ok(SortColumn {
+                                    values: k.expr.evaluate(rows)?.into_array(n)?,
+                                    options: Some(k.options),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        keys.insert(LexicographicalComparator::try_new(&columns)?)
+                    }
+                };
+                order[start..end]
+                    .sort_by(|&a, &b| keys.compare(a as usize, b as usize).then(a.cmp(&b)));
+            }
+            start = end;
         }
-        columns.push(SortColumn {
-            values: Arc::new(UInt32Array::from_iter_values(0..n as u32)),
-            options: None,
-        });
-        Ok(lexsort_to_indices(&columns, None)?.values().to_vec())
+        Ok(order)
     }
 
     fn partition_ids(&mut self, rows: &RecordBatch) -> Result<Vec<usize>> {
@@ -1112,14 +1133,28 @@ impl Operator for Analytic {
             .iter()
             .map(|c| c.get_array_memory_size())
             .sum();
-        let frames: usize = self
-            .running
-            .iter()
-            .flatten()
-            .map(|s| {
-                (s.frame_times.capacity() + s.frame_int.capacity() + s.frame_float.capacity()) * 16
-            })
-            .sum();
+        let frames = match self.frames_bytes.get() {
+            (calls, bytes) if calls > 0 => {
+                self.frames_bytes
+                    .set(((calls + 1) % FRAMES_BYTES_EVERY, bytes));
+                bytes
+            }
+            _ => {
+                let bytes: usize = self
+                    .running
+                    .iter()
+                    .flatten()
+                    .map(|s| {
+                        (s.frame_times.capacity()
+                            + s.frame_int.capacity()
+                            + s.frame_float.capacity())
+                            * 16
+                    })
+                    .sum();
+                self.frames_bytes.set((1, bytes));
+                bytes
+            }
+        };
         waiting
             + history
             + held
