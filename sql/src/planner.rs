@@ -2455,9 +2455,15 @@ pub async fn plan_stream(
     let mut plans = staging.plans;
     plans.extend(crate::two_phase::split(last, def.two_phase)?);
     if def.two_phase == crate::dialect::TwoPhase::On
-        && !plans
-            .iter()
-            .any(|p| p.operator.kind() == "WindowAggregate(partial)")
+        && !plans.iter().any(|p| {
+            matches!(
+                &p.operator,
+                StreamOperator::WindowAggregate(AggregateSpec {
+                    phase: laminar_operators::AggregatePhase::Partial(_),
+                    ..
+                })
+            )
+        })
     {
         return Err(unsupported(
             format!(
