@@ -796,6 +796,14 @@ impl ShardProgram {
             self.sync_wal(writer, false).await;
             self.mark_idle_lanes().await;
             if stopping {
+                // Source pushes are refused from here on (lanes added
+                // later too); those already made run before the shard
+                // leaves. Exchange lanes end when their senders close.
+                for lane in &self.lanes {
+                    if self.inputs[lane.input].is_source {
+                        lane.ring.close();
+                    }
+                }
                 worked |= self.close_finished_exchanges();
             }
             if worked {
@@ -965,13 +973,15 @@ impl ShardProgram {
     }
 
     /// Whether an input can send nothing more: a source once the pipeline
-    /// stops and its lanes are empty, an exchange once all its senders
-    /// closed.
+    /// stops, its lanes refuse pushes with none still on its way, and they
+    /// are empty; an exchange once all its senders closed.
     fn input_finished(&self, input: usize) -> bool {
         self.lanes
             .iter()
             .filter(|lane| lane.input == input)
-            .all(|lane| self.inputs[input].is_source && lane.ring.is_empty())
+            .all(|lane| {
+                self.inputs[input].is_source && lane.ring.is_settled() && lane.ring.is_empty()
+            })
     }
 
     /// Closes, after a stop, the exchanges whose feeding input is finished.

@@ -867,30 +867,59 @@ impl Lanes {
     }
 
     fn deliver_blocking(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
-        for (shard, message) in messages {
+        let rows_end = Self::rows_end(&messages);
+        for (i, (shard, message)) in messages.into_iter().enumerate() {
             self.sent[shard] += 1;
             let producer = &mut self.producers[shard];
-            match producer.try_push(message) {
-                Ok(()) => {}
-                Err(PushError::Closed(_)) => return Err(self.stopped()),
+            let refused = match producer.try_push(message) {
+                Ok(()) => continue,
+                Err(PushError::Closed(message)) => message,
                 Err(PushError::Full(message)) => {
-                    if futures::executor::block_on(producer.push(message)).is_err() {
-                        return Err(self.stopped());
+                    match futures::executor::block_on(producer.push(message)) {
+                        Ok(()) => continue,
+                        Err(message) => message,
                     }
                 }
-            }
+            };
+            self.refused(shard, i >= rows_end, &refused)?;
         }
         Ok(())
     }
 
     async fn deliver_async(&mut self, messages: Vec<(usize, Ingress)>) -> Result<()> {
-        for (shard, message) in messages {
+        let rows_end = Self::rows_end(&messages);
+        for (i, (shard, message)) in messages.into_iter().enumerate() {
             self.sent[shard] += 1;
-            if self.producers[shard].push(message).await.is_err() {
-                return Err(self.stopped());
+            if let Err(refused) = self.producers[shard].push(message).await {
+                self.refused(shard, i >= rows_end, &refused)?;
             }
         }
         Ok(())
+    }
+
+    /// The index after a push's last batch message.
+    fn rows_end(messages: &[(usize, Ingress)]) -> usize {
+        messages
+            .iter()
+            .rposition(|(_, m)| matches!(m, Ingress::Batch { .. }))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// A stopping shard refused `message`. In a memory-only database a
+    /// watermark refused after all of the push's rows were taken loses
+    /// nothing (the shard that refused it takes no more input), so the
+    /// push still counts as accepted. Anything else fails the push:
+    /// durable recovery replays a push only if all of its records were
+    /// logged.
+    fn refused(&mut self, shard: usize, rows_taken: bool, message: &Ingress) -> Result<()> {
+        if rows_taken
+            && self.pipeline.durability == Durability::Memory
+            && matches!(message, Ingress::Watermark { .. })
+        {
+            self.sent[shard] -= 1;
+            return Ok(());
+        }
+        Err(self.stopped())
     }
 }
 

@@ -12,6 +12,12 @@
 //! - Slots in `[head, tail)` are initialised; all others are not.
 //! - Only the producer stores `tail`; only the consumer stores `head`.
 //!
+//! Closing is linearisable: once [`Consumer::close`] has been called and
+//! [`Consumer::is_settled`] says so, every push either returned `Ok` with
+//! its item visible to the consumer or returned `Closed`. A shard that
+//! stops closes its lanes this way before its last drain, so a push that
+//! succeeded is never stranded in a ring nobody reads.
+//!
 //! Waiting is async and wake-based (no spinning, no locks): a consumer that
 //! finds the ring empty parks its waker and re-checks; a producer wakes it
 //! after every push. The same in the other direction for a full ring.
@@ -32,12 +38,17 @@ struct Ring<T> {
     mask: usize,
     /// Next slot the consumer reads.
     head: CachePadded<AtomicUsize>,
-    /// Next slot the producer writes.
-    tail: CachePadded<AtomicUsize>,
+    /// Next slot the producer writes, and whether a push is between its
+    /// check of `consumer_closed` and publishing `tail` (both written by
+    /// the producer only, so they share its line).
+    tail: CachePadded<Tail>,
     /// Read on every push and pop, written once: they share the read-only
     /// line of `slots` and `mask`.
     producer_closed: AtomicBool,
     consumer_closed: AtomicBool,
+    /// Set by [`Consumer::close`] and by dropping the consumer: pushes
+    /// are refused from then on.
+    refusing: AtomicBool,
     /// The consumer's waker, parked while the ring is empty. Every push
     /// wakes it (an atomic read-modify-write), so it has a line of its own:
     /// sharing one with `space_ready`, which every pop writes, bounced that
@@ -48,6 +59,18 @@ struct Ring<T> {
     space_ready: CachePadded<AtomicWaker>,
 }
 
+struct Tail {
+    index: AtomicUsize,
+    pushing: AtomicBool,
+}
+
+impl std::ops::Deref for Tail {
+    type Target = AtomicUsize;
+    fn deref(&self) -> &AtomicUsize {
+        &self.index
+    }
+}
+
 // SAFETY: a slot is only touched by the producer before `tail` is published
 // and by the consumer after it observed that `tail`, so `T: Send` suffices.
 unsafe impl<T: Send> Send for Ring<T> {}
@@ -56,7 +79,7 @@ unsafe impl<T: Send> Sync for Ring<T> {}
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         let head = *self.head.get_mut();
-        let tail = *self.tail.get_mut();
+        let tail = *self.tail.index.get_mut();
         for index in head..tail {
             // SAFETY: slots in [head, tail) are initialised and no end is alive.
             unsafe { (*self.slots[index & self.mask].get()).assume_init_drop() };
@@ -85,9 +108,13 @@ pub fn ring<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
         slots,
         mask: capacity - 1,
         head: CachePadded::new(AtomicUsize::new(0)),
-        tail: CachePadded::new(AtomicUsize::new(0)),
+        tail: CachePadded::new(Tail {
+            index: AtomicUsize::new(0),
+            pushing: AtomicBool::new(false),
+        }),
         producer_closed: AtomicBool::new(false),
         consumer_closed: AtomicBool::new(false),
+        refusing: AtomicBool::new(false),
         data_ready: CachePadded::new(AtomicWaker::new()),
         space_ready: CachePadded::new(AtomicWaker::new()),
     });
@@ -121,14 +148,29 @@ impl<T> Producer<T> {
     }
 
     /// Pushes without waiting.
+    ///
+    /// Against [`Consumer::close`] this is Dekker's handshake: the push
+    /// announces itself (`pushing`, SeqCst) before it reads `refusing`
+    /// (SeqCst), and the consumer sets `refusing` before it reads
+    /// `pushing`. At least one of them sees the other, so
+    /// a push that finds the ring open is waited for by
+    /// [`Consumer::is_settled`]. One full fence per push (per batch on the
+    /// data path, never per row).
     pub fn try_push(&mut self, value: T) -> Result<(), PushError<T>> {
-        if self.ring.consumer_closed.load(Ordering::Acquire) {
+        let announce = &self.ring.tail.pushing;
+        announce.store(true, Ordering::SeqCst);
+        if self.ring.refusing.load(Ordering::SeqCst) {
+            announce.store(false, Ordering::Release);
+            // A consumer waiting in `is_settled` may be asleep on an empty
+            // ring: this refusal is what it waits for.
+            self.ring.data_ready.wake();
             return Err(PushError::Closed(value));
         }
         let capacity = self.ring.mask + 1;
         if self.tail - self.cached_head == capacity {
             self.cached_head = self.ring.head.load(Ordering::Acquire);
             if self.tail - self.cached_head == capacity {
+                announce.store(false, Ordering::Release);
                 return Err(PushError::Full(value));
             }
         }
@@ -138,6 +180,7 @@ impl<T> Producer<T> {
         unsafe { (*slot.get()).write(value) };
         self.tail += 1;
         self.ring.tail.store(self.tail, Ordering::Release);
+        announce.store(false, Ordering::Release);
         self.ring.data_ready.wake();
         Ok(())
     }
@@ -177,7 +220,7 @@ impl<T> Producer<T> {
     /// checked after registering so that no wake-up is lost.
     pub fn register_space_and_check(&self, waker: &std::task::Waker) -> bool {
         self.ring.space_ready.register(waker);
-        self.is_consumer_closed() || self.free_slots() > 0
+        self.ring.refusing.load(Ordering::Acquire) || self.free_slots() > 0
     }
 
     /// Items in the ring right now (racy, for metrics).
@@ -191,7 +234,8 @@ impl<T> Producer<T> {
         self.ring.mask + 1 - (self.tail - self.ring.head.load(Ordering::Acquire))
     }
 
-    /// Whether the consumer is gone.
+    /// Whether the consumer is gone (dropped; not merely refusing new
+    /// pushes after [`Consumer::close`] while it drains the queued ones).
     pub fn is_consumer_closed(&self) -> bool {
         self.ring.consumer_closed.load(Ordering::Acquire)
     }
@@ -276,6 +320,21 @@ impl<T> Consumer<T> {
         self.ring.tail.load(Ordering::Relaxed) - self.head
     }
 
+    /// Refuses further pushes (they return [`PushError::Closed`]) while
+    /// the consumer lives on to drain what is queued. Idempotent.
+    pub fn close(&self) {
+        self.ring.refusing.store(true, Ordering::SeqCst);
+        self.ring.space_ready.wake();
+    }
+
+    /// After [`Consumer::close`]: whether no push is still on its way.
+    /// Once true, every item that will ever be in the ring is visible
+    /// (`try_pop`, `is_empty`); a push in flight takes nanoseconds unless
+    /// its thread was preempted, so callers poll this between other work.
+    pub fn is_settled(&self) -> bool {
+        self.ring.refusing.load(Ordering::SeqCst) && !self.ring.tail.pushing.load(Ordering::SeqCst)
+    }
+
     /// Whether the ring is empty right now (racy, for metrics).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -284,6 +343,7 @@ impl<T> Consumer<T> {
 
 impl<T> Drop for Consumer<T> {
     fn drop(&mut self) {
+        self.ring.refusing.store(true, Ordering::SeqCst);
         self.ring.consumer_closed.store(true, Ordering::Release);
         self.ring.space_ready.wake();
     }
@@ -315,6 +375,42 @@ mod tests {
             p.try_push("x".into()),
             Err(PushError::Closed("x".to_string()))
         );
+    }
+
+    /// Every push that returned `Ok` before the close is read by the
+    /// final drain; none after it succeeds. Raced many times on two
+    /// threads so that pushes land on both sides of the close.
+    #[test]
+    fn a_closed_ring_drains_exactly_what_was_accepted() {
+        for round in 0..200 {
+            let (mut p, mut c) = ring::<u64>(4);
+            let pusher = std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                loop {
+                    match p.try_push(accepted) {
+                        Ok(()) => accepted += 1,
+                        Err(PushError::Full(_)) => std::hint::spin_loop(),
+                        Err(PushError::Closed(_)) => return accepted,
+                    }
+                }
+            });
+            let mut read = 0u64;
+            while read < 50 + round {
+                if let Some(v) = c.try_pop() {
+                    assert_eq!(v, read);
+                    read += 1;
+                }
+            }
+            c.close();
+            while !c.is_settled() {
+                std::hint::spin_loop();
+            }
+            while let Some(v) = c.try_pop() {
+                assert_eq!(v, read);
+                read += 1;
+            }
+            assert_eq!(pusher.join().unwrap(), read, "round {round}");
+        }
     }
 
     #[test]
