@@ -12,7 +12,10 @@
 //! - `jit_fused`: the same query's window aggregate operator alone, fed
 //!   the batches directly: its stages and DataFusion accumulators
 //!   (interpreted) against the fused kernel (WHERE, arguments and
-//!   accumulator updates in one loop).
+//!   accumulator updates in one loop); and `changes_vwap`, the same
+//!   filtered sums per symbol without a window, `EMIT CHANGES` (a
+//!   changelog aggregate: each batch retracts and re-emits the rows of
+//!   the symbols it touched), interpreted against fused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,6 +147,15 @@ FROM trades
 WHERE price > 101.0 AND volume < 450
 GROUP BY symbol, tumble(ts, INTERVAL '1' MINUTE)";
 
+/// The same filtered sums as a running changelog per symbol.
+const CHANGES_VWAP: &str = "SELECT symbol,
+       SUM(price * CAST(volume AS DOUBLE)) / SUM(CAST(volume AS DOUBLE)) AS vwap,
+       COUNT(*) AS trades
+FROM trades
+WHERE price > 101.0 AND volume < 450
+GROUP BY symbol
+EMIT CHANGES";
+
 fn pipeline(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,8 +199,8 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-/// The filtered VWAP's operator, planned in `mode`.
-fn vwap_operator(mode: JitMode) -> Box<dyn laminar_operators::Operator> {
+/// `query`'s operator, planned in `mode`.
+fn vwap_operator(query: &str, mode: JitMode) -> Box<dyn laminar_operators::Operator> {
     use laminar_sql::dialect::{parse_script, Statement};
     use laminar_sql::planner::{new_session_context, plan_stream, register_table, resolve_source};
     laminar_db::set_jit_mode(mode);
@@ -196,7 +208,7 @@ fn vwap_operator(mode: JitMode) -> Box<dyn laminar_operators::Operator> {
         let ctx = new_session_context();
         let mut sources = std::collections::HashMap::new();
         let mut operator = None;
-        let script = format!("{DDL}; CREATE STREAM vwap AS {FILTERED_VWAP}");
+        let script = format!("{DDL}; CREATE STREAM vwap AS {query}");
         for statement in parse_script(&script).expect("parse") {
             match statement {
                 Statement::CreateSource(syntax) => {
@@ -227,10 +239,10 @@ fn vwap_operator(mode: JitMode) -> Box<dyn laminar_operators::Operator> {
     })
 }
 
-/// Feeds every batch to a fresh operator and closes every window; returns
-/// the result rows.
-fn run_operator(mode: JitMode, input: &[RecordBatch]) -> usize {
-    let mut operator = vwap_operator(mode);
+/// Feeds every batch to a fresh operator of `query` and closes every
+/// window; returns the result rows.
+fn run_operator(query: &str, mode: JitMode, input: &[RecordBatch]) -> usize {
+    let mut operator = vwap_operator(query, mode);
     let mut out = Vec::new();
     let time = laminar_operators::BatchTime {
         watermark_ms: i64::MIN,
@@ -255,34 +267,42 @@ fn fused(c: &mut Criterion) {
         let events = if batch_rows == 1 { 100_000 } else { events };
         group.throughput(Throughput::Elements(events as u64));
         let input = batches(events, batch_rows);
-        let want = events.div_ceil(60_000) * common::SYMBOLS;
-        assert_eq!(run_operator(JitMode::Off, &input), want);
-        assert_eq!(run_operator(JitMode::Eager, &input), want);
-        for (label, mode) in [("interpreted", JitMode::Off), ("compiled", JitMode::Eager)] {
-            group.bench_with_input(
-                BenchmarkId::new(format!("filtered_vwap/{label}"), batch_rows),
-                &input,
-                |b, input| {
-                    b.iter_custom(|iterations| {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iterations {
-                            let mut operator = vwap_operator(mode);
-                            let mut out = Vec::new();
-                            let time = laminar_operators::BatchTime {
-                                watermark_ms: i64::MIN,
-                                row_watermarks_ms: None,
-                            };
-                            let started = std::time::Instant::now();
-                            for batch in input {
-                                operator.on_batch(batch, time, &mut out).expect("batch");
+        let windows = events.div_ceil(60_000) * common::SYMBOLS;
+        for (name, query) in [
+            ("filtered_vwap", FILTERED_VWAP),
+            ("changes_vwap", CHANGES_VWAP),
+        ] {
+            let want = run_operator(query, JitMode::Off, &input);
+            if query == FILTERED_VWAP {
+                assert_eq!(want, windows);
+            }
+            assert_eq!(run_operator(query, JitMode::Eager, &input), want);
+            for (label, mode) in [("interpreted", JitMode::Off), ("compiled", JitMode::Eager)] {
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{name}/{label}"), batch_rows),
+                    &input,
+                    |b, input| {
+                        b.iter_custom(|iterations| {
+                            let mut total = Duration::ZERO;
+                            for _ in 0..iterations {
+                                let mut operator = vwap_operator(query, mode);
+                                let mut out = Vec::new();
+                                let time = laminar_operators::BatchTime {
+                                    watermark_ms: i64::MIN,
+                                    row_watermarks_ms: None,
+                                };
+                                let started = std::time::Instant::now();
+                                for batch in input {
+                                    operator.on_batch(batch, time, &mut out).expect("batch");
+                                }
+                                operator.on_watermark(i64::MAX, &mut out).expect("close");
+                                total += started.elapsed();
                             }
-                            operator.on_watermark(i64::MAX, &mut out).expect("close");
-                            total += started.elapsed();
-                        }
-                        total
-                    })
-                },
-            );
+                            total
+                        })
+                    },
+                );
+            }
         }
     }
     group.finish();

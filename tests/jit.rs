@@ -56,6 +56,18 @@ const FUSED_SESSION: &str = "SELECT c, COUNT(*) AS n, SUM(b) AS total, MIN(a) AS
 FROM events WHERE a > -500 OR flag
 GROUP BY c, session(ts, INTERVAL '40' MILLISECOND)";
 
+/// Changelog aggregates whose state folds (`EMIT CHANGES`), without a
+/// window and per tumbling window: the same kernel updates the folded
+/// accumulators, and each batch's changes are read from them.
+const FUSED_CHANGES: &str = "SELECT c, COUNT(*) AS n, SUM(b) AS total, MIN(a) AS low,
+    MAX(b) AS high, AVG(b * 2.0) AS mean, COUNT(a) FILTER (WHERE b > 0.0) AS positive
+FROM events WHERE a > -500 OR flag
+GROUP BY c";
+
+const FUSED_WINDOW_CHANGES: &str = "SELECT c, SUM(a) AS total, COUNT(*) AS n
+FROM events WHERE b IS NOT NULL
+GROUP BY c, tumble(ts, INTERVAL '2' SECOND)";
+
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("a", DataType::Int64, true),
@@ -190,6 +202,39 @@ async fn fused_sessions_match_the_interpreted_stream() {
     laminar_db::set_jit_mode(JitMode::Adaptive);
 }
 
+/// A changelog aggregate run by the kernel emits, batch by batch, the
+/// very rows the interpreter emits (one shard, same batches), and at two
+/// shards consolidates to the batch answer; `EXPLAIN` says it is fused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fused_changelogs_match_the_interpreted_stream() {
+    let _turn = MODE.lock().await;
+    let (batches, all) = events(8, 5_000);
+    let batches = reversed(&batches);
+    for query in [FUSED_CHANGES, FUSED_WINDOW_CHANGES] {
+        let changes = format!("{query} EMIT CHANGES");
+        let want = interpreted(&changes, &batches).await;
+        let answer = run_batch(query, "events", vec![all.clone()], schema()).await;
+        assert_same_rows(&consolidate(&want), &answer);
+        laminar_db::set_jit_mode(JitMode::Eager);
+        let db = LaminarDB::builder().build().unwrap();
+        db.execute(&format!("{DDL}; CREATE STREAM s AS {changes}"))
+            .await
+            .unwrap();
+        let plan = explain(&db);
+        assert!(
+            plan.contains("ChangelogAggregate(folded)")
+                && plan.contains("JIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): compiled"),
+            "{plan}"
+        );
+        let ddl = format!("{DDL}; CREATE STREAM s AS {changes}");
+        let (got, _) = run_stream(&ddl, "events", "s", batches.clone(), 1).await;
+        assert_same_rows(&got, &want);
+        let (got, _) = run_stream(&ddl, "events", "s", batches.clone(), 2).await;
+        assert_same_rows(&consolidate(&got), &answer);
+    }
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+}
+
 /// A database on `dir` running `query`, planned in `mode`.
 async fn fused_on(
     dir: &std::path::Path,
@@ -219,11 +264,14 @@ async fn fused_checkpoints_restore_in_either_mode() {
     let _turn = MODE.lock().await;
     let (batches, all) = events(6, 4_000);
     let batches = reversed(&batches);
-    for query in [FUSED, FUSED_SESSION] {
-        let want = if query == FUSED {
-            run_batch(query, "events", vec![all.clone()], schema()).await
-        } else {
+    // A changelog's folded accumulators too (compared consolidated).
+    let changes = format!("{FUSED_CHANGES} EMIT CHANGES");
+    for query in [FUSED, FUSED_SESSION, &changes] {
+        let want = if query == FUSED_SESSION {
             interpreted(query, &batches).await
+        } else {
+            let batch_form = query.trim_end_matches(" EMIT CHANGES");
+            run_batch(batch_form, "events", vec![all.clone()], schema()).await
         };
         let (first, rest) = batches.split_at(batches.len() / 2);
         for (before, after) in [
@@ -250,6 +298,9 @@ async fn fused_checkpoints_restore_in_either_mode() {
             db.shutdown().await.unwrap();
             assert!(db.errors().is_empty(), "{:?}", db.errors());
             got.extend(collector.join().unwrap());
+            if query == changes {
+                got = consolidate(&got);
+            }
             assert_same_rows(&got, &want);
         }
     }
@@ -362,7 +413,9 @@ async fn adaptive_streams_switch_to_kernels_while_running() {
     laminar_db::set_jit_mode(JitMode::Adaptive);
     // The fused aggregate's windows and sessions hold state across the
     // switch.
-    for query in [PROJECT, FUSED, FUSED_SESSION] {
+    // So do a changelog's folded accumulators.
+    let changes = format!("{FUSED_CHANGES} EMIT CHANGES");
+    for query in [PROJECT, FUSED, FUSED_SESSION, &changes] {
         adaptive_run(query).await;
     }
 }
@@ -375,7 +428,8 @@ async fn adaptive_run(query: &str) {
         laminar_db::set_jit_mode(JitMode::Adaptive);
         want
     } else {
-        run_batch(query, "events", vec![all], schema()).await
+        let batch_form = query.trim_end_matches(" EMIT CHANGES");
+        run_batch(batch_form, "events", vec![all], schema()).await
     };
     let db = LaminarDB::builder().shards(2).build().unwrap();
     db.execute(&format!("{DDL}; CREATE STREAM s AS {query}"))
@@ -399,8 +453,11 @@ async fn adaptive_run(query: &str) {
     }
     source.watermark(i64::MAX).unwrap();
     db.shutdown().await.unwrap();
-    let got = collector.join().unwrap();
+    let mut got = collector.join().unwrap();
     assert!(db.errors().is_empty(), "{:?}", db.errors());
+    if query.ends_with("EMIT CHANGES") {
+        got = consolidate(&got);
+    }
     assert_same_rows(&got, &want);
 }
 

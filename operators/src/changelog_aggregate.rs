@@ -24,6 +24,12 @@
 //! groups' old results, updates the accumulators in place and reads the
 //! new ones, with no per-batch accumulators, merges or stored chunks. Its
 //! snapshot has the same layout, so a checkpoint restores in either form.
+//! A folded aggregate may also have a fused plan ([`crate::fused`]): once
+//! its kernel is compiled, a batch skips the stages (no filtered copy, no
+//! argument arrays): the `WHERE` selects, the touched groups are found
+//! from the source's key columns, and one compiled loop updates the same
+//! accumulators the interpreted path does, so the switch happens between
+//! two batches without moving any state.
 //!
 //! With a window in the GROUP BY, each window has its own groups; a window
 //! that closes is dropped (its last emitted rows stand as its final
@@ -39,7 +45,7 @@ use hashbrown::HashSet;
 use laminar_runtime::Result;
 
 use crate::aggregate::{assign_windows, combine_masks, AggregateSpec, Inputs, LateRows};
-use crate::fused::FusedAccumulator;
+use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
 use crate::stage::{apply_all_carrying, emit_weighted};
@@ -69,6 +75,50 @@ struct ChangeState {
     /// accumulator per aggregate holding every group, read without being
     /// consumed, in place of `located` and `chunks`.
     folded: Vec<FusedAccumulator>,
+}
+
+/// Where a batch's aggregate inputs come from.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Argument arrays computed by the stages over the staged batch.
+    Staged(&'a Inputs),
+    /// The source batch itself, read by the fused kernel.
+    Source(&'a FusedAggregate, &'a RecordBatch),
+}
+
+/// Finds the groups of a batch's selected rows and which of them the
+/// batch touches (each once, in order of first touch).
+struct Touching<'a, 'k> {
+    encoder: &'a KeyEncoder,
+    groups: &'a mut GroupTable,
+    keys: &'a BatchKeys<'k>,
+    /// Group id -> position in `touched`, `u32::MAX` when not yet.
+    compact_of: &'a mut Vec<u32>,
+    touched: &'a mut Vec<u32>,
+    /// Per row: the group id when folded, else its position in `touched`.
+    group_ids: &'a mut [usize],
+    folded: bool,
+}
+
+impl Touching<'_, '_> {
+    #[inline]
+    fn rows(&mut self, rows: impl Iterator<Item = usize>) {
+        for row in rows {
+            let id = self.encoder.group_id(self.groups, self.keys, row);
+            if id >= self.compact_of.len() {
+                self.compact_of.resize(id + 1, u32::MAX);
+            }
+            if self.compact_of[id] == u32::MAX {
+                self.compact_of[id] = self.touched.len() as u32;
+                self.touched.push(id as u32);
+            }
+            self.group_ids[row] = if self.folded {
+                id
+            } else {
+                self.compact_of[id] as usize
+            };
+        }
+    }
 }
 
 /// Chunks kept before compaction is considered.
@@ -111,6 +161,15 @@ impl ChangelogAggregate {
             Some(binding) => Some(binding.kind.fixed("EMIT CHANGES")?),
             None => None,
         };
+        if let Some(fused) = &spec.fused {
+            let windows_agree = spec.window.is_some() == fused.time_column.is_some();
+            if spec.foldable.as_ref() != Some(&fused.aggregates) || !windows_agree {
+                return Err(laminar_runtime::Error::new(
+                    laminar_runtime::ErrorCode::Execution,
+                    "internal: a fused changelog aggregate must fold what it computes, over its window's time",
+                ));
+            }
+        }
         let late = LateRows::new(spec.late_side_output);
         Ok(Self {
             window,
@@ -126,6 +185,70 @@ impl ChangelogAggregate {
         })
     }
 
+    /// A batch through the fused kernel: no stage runs and no column is
+    /// copied; the `WHERE` selects, the source's key columns find the
+    /// touched groups, and the kernel updates the folded accumulators.
+    fn on_batch_fused(
+        &mut self,
+        fused: &FusedAggregate,
+        batch: &RecordBatch,
+        time: BatchTime<'_>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let (on_time, row_watermarks) = match &self.spec.window {
+            Some(binding) => self
+                .late
+                .drop_from(binding, batch, time, &mut self.times_ms)?,
+            None => (batch.clone(), None),
+        };
+        let rows = on_time.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let selection = match &fused.predicate {
+            Some(predicate) => crate::stage::filter_mask(predicate, &on_time)?.map(selection_of),
+            None => None,
+        };
+        if selection.as_ref().is_some_and(|s| s.true_count() == 0) {
+            return Ok(());
+        }
+        let encoder = Arc::clone(&self.encoder);
+        let key_arrays: Vec<ArrayRef> = fused
+            .key_columns
+            .iter()
+            .map(|&c| Arc::clone(on_time.column(c)))
+            .collect();
+        let keys = encoder.encode(&key_arrays)?;
+        let assigned = match (&self.spec.window, self.window.as_ref(), fused.time_column) {
+            (Some(binding), Some(window), Some(column)) => {
+                let times_ms = binding
+                    .unit
+                    .ms_values(on_time.column(column).as_ref(), &mut self.times_ms)?;
+                let row_watermarks: Option<&[i64]> = row_watermarks
+                    .as_ref()
+                    .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+                    .map(|a| a.values().as_ref());
+                assign_windows(
+                    window,
+                    times_ms,
+                    row_watermarks,
+                    time.watermark_ms,
+                    &mut self.starts,
+                )
+            }
+            _ => vec![(i64::MIN, None)],
+        };
+        for (start, window_mask) in assigned {
+            let mask = combine_masks(selection.as_ref(), window_mask.as_ref())?;
+            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                continue;
+            }
+            let rows_of = Rows::Source(fused, &on_time);
+            self.update_window(start, mask.as_ref(), rows, &keys, rows_of, out)?;
+        }
+        Ok(())
+    }
+
     /// Applies one window's rows (`mask`) and appends its changes to `out`.
     #[allow(clippy::too_many_arguments)]
     fn update_window(
@@ -134,7 +257,7 @@ impl ChangelogAggregate {
         mask: Option<&BooleanArray>,
         rows: usize,
         keys: &BatchKeys<'_>,
-        inputs: &Inputs,
+        inputs: Rows<'_>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         if !self.windows.contains_key(&start) {
@@ -148,25 +271,21 @@ impl ChangelogAggregate {
         // Touched groups, each with its position in this batch's
         // accumulators (its id itself when folded).
         let mut touched: Vec<u32> = Vec::new();
+        // Unselected rows keep group 0.
         self.group_ids.clear();
-        for row in 0..rows {
-            if mask.is_some_and(|m| !m.value(row)) {
-                self.group_ids.push(0);
-                continue;
-            }
-            let id = self.encoder.group_id(&mut state.groups, keys, row);
-            if id >= self.compact_of.len() {
-                self.compact_of.resize(id + 1, u32::MAX);
-            }
-            if self.compact_of[id] == u32::MAX {
-                self.compact_of[id] = touched.len() as u32;
-                touched.push(id as u32);
-            }
-            self.group_ids.push(if folded {
-                id
-            } else {
-                self.compact_of[id] as usize
-            });
+        self.group_ids.resize(rows, 0);
+        let mut touching = Touching {
+            encoder: &self.encoder,
+            groups: &mut state.groups,
+            keys,
+            compact_of: &mut self.compact_of,
+            touched: &mut touched,
+            group_ids: &mut self.group_ids,
+            folded,
+        };
+        match mask {
+            None => touching.rows(0..rows),
+            Some(mask) => touching.rows(mask.values().set_indices()),
         }
         for &id in &touched {
             self.compact_of[id as usize] = u32::MAX;
@@ -177,6 +296,12 @@ impl ChangelogAggregate {
         if folded {
             return self.update_folded(start, mask, before, &touched, inputs, out);
         }
+        let Rows::Staged(inputs) = inputs else {
+            return Err(laminar_runtime::Error::new(
+                laminar_runtime::ErrorCode::Execution,
+                "internal: a fused changelog aggregate must fold its state",
+            ));
+        };
         let touched_count = touched.len();
         // Groups seen in an earlier batch: their positions among the
         // touched ones, and where their state is.
@@ -338,7 +463,7 @@ impl ChangelogAggregate {
         mask: Option<&BooleanArray>,
         before: usize,
         touched: &[u32],
-        inputs: &Inputs,
+        inputs: Rows<'_>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let state = self.windows.get_mut(&start).expect("the window's state");
@@ -352,19 +477,39 @@ impl ChangelogAggregate {
             }
         }
         let touched_ids: Vec<usize> = touched.iter().map(|&id| id as usize).collect();
-        let mut old_values = Vec::with_capacity(state.folded.len());
-        let mut new_values = Vec::with_capacity(state.folded.len());
-        for (j, accumulator) in state.folded.iter_mut().enumerate() {
-            old_values.push(accumulator.evaluate_groups(&existing_ids));
-            let filter = combine_masks(mask, inputs.filters[j].as_ref())?;
-            accumulator.update_batch(
-                &inputs.arguments[j],
-                &self.group_ids,
-                filter.as_ref(),
-                total,
-            )?;
-            new_values.push(accumulator.evaluate_groups(&touched_ids));
+        let old_values: Vec<ArrayRef> = state
+            .folded
+            .iter()
+            .map(|accumulator| accumulator.evaluate_groups(&existing_ids))
+            .collect();
+        match inputs {
+            Rows::Staged(inputs) => {
+                for (j, accumulator) in state.folded.iter_mut().enumerate() {
+                    let filter = combine_masks(mask, inputs.filters[j].as_ref())?;
+                    accumulator.update_batch(
+                        &inputs.arguments[j],
+                        &self.group_ids,
+                        filter.as_ref(),
+                        total,
+                    )?;
+                }
+            }
+            Rows::Source(fused, batch) => {
+                // Unselected rows carry group 0, which exists: this batch
+                // touched a group.
+                for accumulator in state.folded.iter_mut() {
+                    accumulator.ensure_groups(total);
+                }
+                fused
+                    .update
+                    .update(batch, mask, &self.group_ids, &mut state.folded)?;
+            }
         }
+        let new_values: Vec<ArrayRef> = state
+            .folded
+            .iter()
+            .map(|accumulator| accumulator.evaluate_groups(&touched_ids))
+            .collect();
         self.emit_changes(start, touched, &existing, &old_values, &new_values, out)
     }
 
@@ -473,6 +618,9 @@ impl Operator for ChangelogAggregate {
         time: BatchTime<'_>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
+        if let Some(fused) = self.spec.fused.as_ref().filter(|f| f.update.is_ready()) {
+            return self.on_batch_fused(&Arc::clone(fused), batch, time, out);
+        }
         let (on_time, row_watermarks) = match &self.spec.window {
             Some(binding) => self
                 .late
@@ -511,7 +659,14 @@ impl Operator for ChangelogAggregate {
             None => vec![(i64::MIN, None)],
         };
         for (start, mask) in assigned {
-            self.update_window(start, mask.as_ref(), rows, &keys, &inputs, out)?;
+            self.update_window(
+                start,
+                mask.as_ref(),
+                rows,
+                &keys,
+                Rows::Staged(&inputs),
+                out,
+            )?;
         }
         Ok(())
     }

@@ -83,16 +83,17 @@ pub trait FusedUpdate: Send + Sync + std::fmt::Debug {
     fn state(&self) -> String;
 }
 
-/// A window or session aggregate's fused form: everything over the
-/// *source* batch.
+/// A window, session or changelog aggregate's fused form: everything
+/// over the *source* batch.
 #[derive(Debug, Clone)]
 pub struct FusedAggregate {
     /// The `WHERE` between source and aggregate, if any.
     pub predicate: Option<Arc<dyn PhysicalExpr>>,
     /// Source column of each `GROUP BY` key other than the window.
     pub key_columns: Vec<usize>,
-    /// Source column of the window's event time.
-    pub time_column: usize,
+    /// Source column of the window's event time; `None` for a changelog
+    /// aggregate without a window (`GROUP BY` keys alone, `EMIT CHANGES`).
+    pub time_column: Option<usize>,
     /// What each aggregate accumulates (in the aggregate's order).
     pub aggregates: Vec<FusedAggregateKind>,
     /// The compiled loop.

@@ -455,8 +455,14 @@ impl WindowAggregate {
         if selection.as_ref().is_some_and(|s| s.true_count() == 0) {
             return Ok(());
         }
+        let time_column = fused.time_column.ok_or_else(|| {
+            laminar_runtime::Error::new(
+                laminar_runtime::ErrorCode::Execution,
+                "internal: a fused window aggregate has no time column",
+            )
+        })?;
         let assigned = self.windows_of(
-            on_time.column(fused.time_column).as_ref(),
+            on_time.column(time_column).as_ref(),
             row_watermarks.as_ref(),
             time.watermark_ms,
         )?;

@@ -1,4 +1,4 @@
-//! Planning a window or session aggregate's fused form
+//! Planning a window, session or changelog aggregate's fused form
 //! ([`laminar_operators::fused`]), and which session aggregates fold
 //! into per-session accumulators at all ([`foldable_kinds`]):
 //! the aggregate's inputs rewritten as expressions over the source batch,
@@ -8,7 +8,7 @@
 //! below the aggregate is projections, aliases and at most one filter
 //! over a scan (a second filter could guard a row the first removes);
 //! nothing volatile (`random()`) is substituted into several places;
-//! every `GROUP BY` key and the window's time are plain source columns,
+//! every `GROUP BY` key and the window's time (if any) are plain source columns,
 //! with keys no more nullable than the aggregate declares them; every
 //! aggregate is a plain `COUNT`/`SUM`/`MIN`/`MAX`/`AVG` whose argument
 //! and `FILTER` compile and cannot fail. Anything else runs as before.
@@ -39,14 +39,15 @@ struct SourceView {
 }
 
 impl Lowering<'_> {
-    /// The fused form of a window aggregate, or `None` where it does not
+    /// The fused form of an aggregate, or `None` where it does not
     /// apply (see the module docs). `aggregates` and `filters` are the
     /// aggregate's functions and `FILTER`s before compilation, over the
-    /// aggregate's input; `keys` its `GROUP BY` keys other than the window.
+    /// aggregate's input; `keys` its `GROUP BY` keys other than the
+    /// window; `window` `None` for a changelog aggregate without one.
     pub(crate) fn fused_aggregate(
         &self,
         aggregate: &Aggregate,
-        window: &WindowBinding,
+        window: Option<&WindowBinding>,
         keys: &[datafusion::logical_expr::Expr],
         aggregates: &[Arc<AggregateFunctionExpr>],
         filters: &[Option<Arc<dyn PhysicalExpr>>],
@@ -58,15 +59,22 @@ impl Lowering<'_> {
             to_source(expr)?.downcast_ref::<Column>().map(|c| c.index())
         };
 
-        let time_column = column_of(&window.event_time)?;
-        if time_column != window.source_time_column {
-            return None;
-        }
+        let time_column = match window {
+            Some(window) => {
+                let column = column_of(&window.event_time)?;
+                if column != window.source_time_column {
+                    return None;
+                }
+                Some(column)
+            }
+            None => None,
+        };
         // Key fields as the aggregate declares them (its GROUP BY columns
         // come first in its schema).
         let group_fields = aggregate.schema.fields();
         let mut key_columns = Vec::with_capacity(keys.len());
-        let mut key_field = (0..aggregate.group_expr.len()).filter(|&i| i != window.position);
+        let window_position = window.map(|w| w.position);
+        let mut key_field = (0..aggregate.group_expr.len()).filter(|&i| Some(i) != window_position);
         for key in keys {
             let physical = self.raw_physical(key, aggregate.input.schema()).ok()?;
             let column = column_of(&physical)?;

@@ -1551,12 +1551,23 @@ impl Lowering<'_> {
             }
         );
         let fused = match (&window, changes, session) {
-            (Some(window), false, false) => {
-                self.fused_aggregate(aggregate, window, &key_exprs, &raw_aggregates, &raw_filters)
-            }
-            // A session's fused kernel folds into the same slots.
-            (Some(window), _, true) if foldable.is_some() => self
-                .fused_aggregate(aggregate, window, &key_exprs, &raw_aggregates, &raw_filters)
+            (Some(window), false, false) if instant.is_none() => self.fused_aggregate(
+                aggregate,
+                Some(window),
+                &key_exprs,
+                &raw_aggregates,
+                &raw_filters,
+            ),
+            // A session's and a changelog's fused kernel fold into the
+            // same slots as their interpreted path.
+            (window, true, _) | (window @ Some(_), _, true) if foldable.is_some() => self
+                .fused_aggregate(
+                    aggregate,
+                    window.as_ref(),
+                    &key_exprs,
+                    &raw_aggregates,
+                    &raw_filters,
+                )
                 .filter(|f| foldable.as_ref() == Some(&f.aggregates)),
             _ => None,
         };
@@ -2666,7 +2677,8 @@ impl StreamPlan {
         let mut text = crate::jit::explain(&self.compiled);
         let spec = match &self.operator {
             StreamOperator::WindowAggregate(spec)
-            | StreamOperator::SessionAggregate { spec, .. } => Some(spec),
+            | StreamOperator::SessionAggregate { spec, .. }
+            | StreamOperator::ChangelogAggregate(spec) => Some(spec),
             _ => None,
         };
         if let Some(AggregateSpec {

@@ -327,11 +327,17 @@ impl SessionAggregate {
             .iter()
             .map(|&c| Arc::clone(on_time.column(c)))
             .collect();
+        let time_column = fused.time_column.ok_or_else(|| {
+            laminar_runtime::Error::new(
+                laminar_runtime::ErrorCode::Execution,
+                "internal: a fused session aggregate has no time column",
+            )
+        })?;
         let mut scratch = std::mem::take(&mut self.times_ms);
         let times_ms = self
             .binding
             .source_time_unit
-            .ms_values(on_time.column(fused.time_column).as_ref(), &mut scratch)?;
+            .ms_values(on_time.column(time_column).as_ref(), &mut scratch)?;
         self.place(&key_arrays, selection.as_ref(), times_ms)?;
         self.times_ms = scratch;
         let Contents::Folded(folded) = &mut self.contents else {
