@@ -1532,7 +1532,10 @@ impl LaminarDB {
 
     /// Stops the pipeline: pushes from now on fail with `LDB-2003`, shards
     /// process everything already accepted, emit it, and exit; their
-    /// threads are joined. Open windows are not emitted (advance the
+    /// threads are joined. A push racing the shutdown on another thread
+    /// either returns `Ok`, and its rows are processed like the others, or
+    /// fails with `LDB-2003` (a memory-only database may then have taken
+    /// the part of a push that had reached a shard first). Open windows are not emitted (advance the
     /// watermark first to close them). Subscriptions end after their last
     /// batch. A checkpoint under way either gives up or finishes writing
     /// first, so once this returns nothing writes to the storage

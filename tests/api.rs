@@ -1191,6 +1191,60 @@ async fn generator_errors_have_codes() {
     durable.shutdown().await.unwrap();
 }
 
+/// A push racing a shutdown is taken or refused (`LDB-2003`), never
+/// accepted and then dropped: every row of every push that returned `Ok`
+/// reaches the subscriber. Two shards, round-robin, tiny rings, the
+/// shutdown at a different moment each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_racing_a_shutdown_are_taken_or_refused() {
+    for round in 0..20u64 {
+        let db = LaminarDB::builder()
+            .shards(2)
+            .ring_capacity(2)
+            .build()
+            .unwrap();
+        db.execute(TRADES_DDL).await.unwrap();
+        db.execute("CREATE STREAM big AS SELECT * FROM trades WHERE volume > 10")
+            .await
+            .unwrap();
+        let results = collect(db.subscribe("big").unwrap());
+        let source = db.source_untyped("trades").unwrap();
+        db.start().await.unwrap();
+        let rows = trades(round, 100, 3, 0);
+        let per_batch = rows.iter().filter(|t| t.volume > 10).count();
+        let batch = trades_batch(&rows);
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pushed = std::sync::Arc::clone(&progress);
+        let pusher = std::thread::spawn(move || {
+            let mut accepted = 0usize;
+            loop {
+                match source.push(batch.clone()) {
+                    Ok(()) => {
+                        accepted += 1;
+                        pushed.store(accepted, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code(), ErrorCode::NotRunning, "{e}");
+                        return accepted;
+                    }
+                }
+            }
+        });
+        wait_until("the pusher to run", async || {
+            progress.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(round)).await;
+        db.shutdown().await.unwrap();
+        let accepted = pusher.join().unwrap();
+        assert_eq!(
+            row_count(&results.join().unwrap()),
+            accepted * per_batch,
+            "round {round}"
+        );
+    }
+}
+
 /// Blocks its shard until told to go on, then ends: holds the shard busy
 /// while rows queue in its lanes.
 struct Hold {
