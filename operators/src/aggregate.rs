@@ -294,7 +294,7 @@ pub(crate) fn drop_late(
     if time.row_watermarks_ms.is_none() {
         // Window ends grow with event time: if the earliest row is on
         // time, every row is, and no per-row work is needed.
-        let earliest = times_ms.iter().copied().min().unwrap_or(i64::MAX);
+        let earliest = crate::time::min_i64(times_ms).unwrap_or(i64::MAX);
         if kind.first_end(earliest) > time.watermark_ms {
             return Ok((batch.clone(), None, 0));
         }
@@ -352,14 +352,9 @@ pub(crate) fn assign_windows(
     watermark_ms: i64,
     starts: &mut HashSet<i64>,
 ) -> Vec<(i64, Option<BooleanArray>)> {
-    if times_ms.is_empty() {
+    let Some((earliest, latest)) = crate::time::min_max_i64(times_ms) else {
         return Vec::new();
-    }
-    let (earliest, latest) = times_ms
-        .iter()
-        .fold((i64::MAX, i64::MIN), |(low, high), &t| {
-            (low.min(t), high.max(t))
-        });
+    };
     // Most tumbling batches fall in one window: then no per-row window math
     // and no mask.
     if window.is_tumbling()

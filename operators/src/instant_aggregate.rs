@@ -103,9 +103,7 @@ impl InstantAggregate {
     /// counted in the state's size.
     fn waiting_entry(&mut self, rows: RecordBatch) -> Result<Waiting> {
         let (first_ms, last_ms) = self.with_times(&rows, |times| {
-            let first = times.iter().copied().min().unwrap_or(i64::MAX);
-            let last = times.iter().copied().max().unwrap_or(i64::MIN);
-            (first, last)
+            crate::time::min_max_i64(times).unwrap_or((i64::MAX, i64::MIN))
         })?;
         self.waiting_bytes += rows.get_array_memory_size();
         Ok(Waiting {

@@ -269,9 +269,120 @@ impl WindowSpec {
     }
 }
 
+/// The smallest of `values` (`None` when empty): every window operator
+/// scans a batch's event times for it, to learn whether any row can be
+/// late. The crates are built for baseline x86-64, whose SSE2 has no
+/// 64-bit compare, so the plain loop compiles to a seven-instruction
+/// emulation per pair; on a CPU with AVX-512 or AVX2 the same loop runs
+/// compiled for it (`vpminsq`, or `vpcmpgtq` and a blend), chosen at run
+/// time (the check is one cached load).
+#[inline]
+pub fn min_i64(values: &[i64]) -> Option<i64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked above.
+            return unsafe { min_i64_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked above.
+            return unsafe { min_i64_avx2(values) };
+        }
+    }
+    values.iter().copied().min()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_i64_avx512(values: &[i64]) -> Option<i64> {
+    values.iter().copied().min()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn min_i64_avx2(values: &[i64]) -> Option<i64> {
+    values.iter().copied().min()
+}
+
+/// The smallest and the largest of `values` in one pass (`None` when
+/// empty), compiled for the CPU's vector extensions as [`min_i64`] is.
+#[inline]
+pub fn min_max_i64(values: &[i64]) -> Option<(i64, i64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked above.
+            return unsafe { min_max_i64_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked above.
+            return unsafe { min_max_i64_avx2(values) };
+        }
+    }
+    min_max_plain(values)
+}
+
+#[inline(always)]
+fn min_max_plain(values: &[i64]) -> Option<(i64, i64)> {
+    if values.is_empty() {
+        return None;
+    }
+    Some(values.iter().fold((i64::MAX, i64::MIN), |(low, high), &t| {
+        (low.min(t), high.max(t))
+    }))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn min_max_i64_avx512(values: &[i64]) -> Option<(i64, i64)> {
+    min_max_plain(values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn min_max_i64_avx2(values: &[i64]) -> Option<(i64, i64)> {
+    min_max_plain(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_i64_is_the_plain_minimum_on_every_path() {
+        assert_eq!(min_i64(&[]), None);
+        let mut values: Vec<i64> = (0..1_000i64).map(|i| (i * 7_919) % 1_009 - 500).collect();
+        values.extend([i64::MAX, i64::MIN + 1, 0, -1]);
+        for len in [1, 2, 3, 7, 8, 9, 31, 64, 65, values.len()] {
+            for start in [0, 1, 5] {
+                let slice = &values[start.min(len)..len];
+                assert_eq!(
+                    min_i64(slice),
+                    slice.iter().copied().min(),
+                    "{start}..{len}"
+                );
+            }
+        }
+        for len in [1, 2, 9, 64, 65, values.len()] {
+            let slice = &values[..len];
+            let want = (
+                slice.iter().copied().min().unwrap(),
+                slice.iter().copied().max().unwrap(),
+            );
+            assert_eq!(min_max_i64(slice), Some(want), "..{len}");
+        }
+        assert_eq!(min_max_i64(&[]), None);
+        values.push(i64::MIN);
+        assert_eq!(min_i64(&values), Some(i64::MIN));
+        assert_eq!(min_max_i64(&values), Some((i64::MIN, i64::MAX)));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: checked just above.
+                assert_eq!(unsafe { min_i64_avx2(&values) }, Some(i64::MIN));
+            }
+        }
+    }
 
     #[test]
     fn tumble_floors_negative_times_and_offsets() {
