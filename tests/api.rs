@@ -1230,11 +1230,13 @@ async fn pushes_racing_a_shutdown_are_taken_or_refused() {
                 }
             }
         });
-        wait_until("the pusher to run", async || {
-            progress.load(std::sync::atomic::Ordering::Relaxed) > 0
+        // A different moment each round: after 1, 9, 17, ... accepted
+        // pushes.
+        let pushes = 1 + 8 * round as usize;
+        wait_until("the pusher to get going", async || {
+            progress.load(std::sync::atomic::Ordering::Relaxed) >= pushes
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(round)).await;
         db.shutdown().await.unwrap();
         let accepted = pusher.join().unwrap();
         assert_eq!(
