@@ -6,7 +6,10 @@
 //! Run: `cargo bench --bench state`. 1 M rows in
 //! batches of 1,024, keys drawn from 100, 10,000 or 1,000,000 distinct
 //! values (a string key like `SYM0042`, or a BIGINT), one table per
-//! iteration, so the first sight of each key inserts it.
+//! iteration, so the first sight of each key inserts it. The
+//! `group_table_batch_*` rows resolve a whole batch at once, as the
+//! aggregates do, with 7-byte string keys (`K004242`, held whole in the
+//! table's slot) and BIGINTs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +61,35 @@ fn group_table_run(data_type: &DataType, batches: &[ArrayRef]) -> Duration {
         for row in 0..batch.len() {
             checksum = checksum.wrapping_add(encoder.group_id(&mut table, &keys, row));
         }
+    }
+    std::hint::black_box(checksum);
+    started.elapsed()
+}
+
+/// 7-byte keys, `K` and six digits.
+fn short_string_batches(keys: usize) -> Vec<ArrayRef> {
+    (0..ROWS)
+        .step_by(BATCH_ROWS)
+        .map(|start| {
+            Arc::new(StringArray::from_iter_values(
+                (start..start + BATCH_ROWS).map(|i| format!("K{:06}", key_of(i, keys))),
+            )) as ArrayRef
+        })
+        .collect()
+}
+
+fn group_table_batch_run(data_type: &DataType, batches: &[ArrayRef]) -> Duration {
+    let encoder =
+        KeyEncoder::new(&[Arc::new(Field::new("k", data_type.clone(), false))]).expect("encoder");
+    let mut table = encoder.table();
+    let mut group_ids = Vec::with_capacity(BATCH_ROWS);
+    let started = Instant::now();
+    let mut checksum = 0usize;
+    for batch in batches {
+        let columns = [Arc::clone(batch)];
+        let keys = encoder.encode(&columns).expect("keys");
+        encoder.resolve(&mut table, &keys, None, batch.len(), &mut group_ids);
+        checksum = checksum.wrapping_add(group_ids[batch.len() - 1]);
     }
     std::hint::black_box(checksum);
     started.elapsed()
@@ -115,6 +147,19 @@ fn state(c: &mut Criterion) {
     for keys in [100usize, 10_000, 1_000_000] {
         let strings = string_batches(keys);
         let integers = integer_batches(keys);
+        let short_strings = short_string_batches(keys);
+        for (name, data_type, input) in [
+            ("group_table_batch_utf8", DataType::Utf8, &short_strings),
+            ("group_table_batch_int64", DataType::Int64, &integers),
+        ] {
+            group.bench_with_input(BenchmarkId::new(name, keys), input, |b, s| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| group_table_batch_run(&data_type, s))
+                        .sum()
+                })
+            });
+        }
         group.bench_with_input(
             BenchmarkId::new("group_table_utf8", keys),
             &strings,

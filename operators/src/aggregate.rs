@@ -18,7 +18,6 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
-use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::time::{EventTimeUnit, WindowSpec};
 use crate::BatchTime;
 
@@ -429,29 +428,6 @@ pub(crate) fn assign_windows(
             (mask.true_count() > 0).then_some((start, Some(mask)))
         })
         .collect()
-}
-
-/// Resolves the group of each row `mask` keeps (every row when `None`)
-/// into `group_ids`; rows it drops get group 0, which whoever reads
-/// `group_ids` must skip by the same mask.
-pub(crate) fn resolve_groups(
-    encoder: &KeyEncoder,
-    table: &mut GroupTable,
-    keys: &BatchKeys<'_>,
-    mask: Option<&BooleanArray>,
-    rows: usize,
-    group_ids: &mut Vec<usize>,
-) {
-    group_ids.clear();
-    match mask {
-        None => group_ids.extend((0..rows).map(|row| encoder.group_id(table, keys, row))),
-        Some(mask) => {
-            group_ids.resize(rows, 0);
-            for row in mask.values().set_indices() {
-                group_ids[row] = encoder.group_id(table, keys, row);
-            }
-        }
-    }
 }
 
 fn as_mask(array: ArrayRef) -> Result<BooleanArray> {

@@ -5,10 +5,9 @@
 //! Arrow's row format); anything else as row-format bytes. The kind is
 //! fixed when the operator is built, from the planned key types.
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, FieldRef};
 use arrow::row::{RowConverter, Rows, SortField};
-use hashbrown::HashTable;
 use laminar_runtime::{Error, ErrorCode, Result};
 use std::sync::Arc;
 
@@ -110,7 +109,7 @@ impl KeyEncoder {
                 KeyKind::Rows => KeyStore::Rows(KeyArena::default()),
             },
             hashes: Vec::new(),
-            table: HashTable::new(),
+            table: SlotTable::default(),
         }
     }
 
@@ -141,19 +140,24 @@ impl KeyEncoder {
         })
     }
 
-    /// A string key's hash in the group tables: keys of up to 8 bytes
-    /// (which their slot holds whole) in one folded multiply of the slot's
-    /// words with the table's random seeds, longer ones through ahash.
+    /// A key's hash in the group tables: keys of up to 8 bytes (which
+    /// their slot holds whole: every BIGINT, most symbols and ids) in one
+    /// folded multiply of the slot's words with the table's random seeds,
+    /// longer ones through ahash.
     #[inline]
-    fn short_hash(&self, key: &[u8], slot: &Slot) -> u64 {
+    fn short_hash(&self, key_len: usize, slot: &Slot) -> u64 {
+        debug_assert!(key_len <= 8);
+        fold_hash(slot.head, slot.len, self.seeds)
+    }
+
+    /// [`KeyEncoder::short_hash`], or ahash for a longer key.
+    #[inline]
+    fn bytes_hash(&self, key: &[u8], slot: &Slot) -> u64 {
         if key.len() > 8 {
-            return self.hasher.hash_one(key);
+            self.hasher.hash_one(key)
+        } else {
+            self.short_hash(key.len(), slot)
         }
-        // An odd multiplier: the product's low word keeps every bit of
-        // the key's.
-        let product = u128::from(slot.head ^ self.seeds[0])
-            * u128::from((u64::from(slot.len) ^ self.seeds[1]) | 1);
-        (product as u64) ^ ((product >> 64) as u64)
     }
 
     /// Looks up or inserts row `row`'s key; returns its group id.
@@ -172,10 +176,15 @@ impl KeyEncoder {
                 0
             }
             (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
-                let key = array.value(row);
-                let slot = Slot::of(key.as_bytes());
-                let hash = self.short_hash(key.as_bytes(), &slot);
-                let key = key.as_bytes();
+                let offsets = array.value_offsets();
+                let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+                let key = &array.value_data()[start..end];
+                let slot = Slot {
+                    id: 0,
+                    len: (end - start) as u32,
+                    head: head_at(array.value_data(), start, end - start),
+                };
+                let hash = self.bytes_hash(key, &slot);
                 intern(
                     table,
                     hashes,
@@ -187,12 +196,12 @@ impl KeyEncoder {
             }
             (BatchKeys::Int64(values), KeyStore::Int64(store)) => {
                 let key = values[row];
-                let hash = self.hasher.hash_one(key);
+                let slot = Slot::of_int(key);
                 intern(
                     table,
                     hashes,
                     store,
-                    (hash, Slot::of_int(key)),
+                    (self.short_hash(8, &slot), slot),
                     |_, _| true,
                     |store| store.push(key),
                 )
@@ -211,6 +220,80 @@ impl KeyEncoder {
                 )
             }
             _ => unreachable!("a group table's key store matches its encoder's kind"),
+        }
+    }
+
+    /// Resolves the group of each row `mask` keeps (every row when
+    /// `None`) into `group_ids`, inserting keys not seen before; rows it
+    /// drops get group 0, which whoever reads `group_ids` must skip by the
+    /// same mask. One loop per key kind, with a string key's values read
+    /// in place.
+    pub fn resolve(
+        &self,
+        table: &mut GroupTable,
+        keys: &BatchKeys<'_>,
+        mask: Option<&BooleanArray>,
+        rows: usize,
+        group_ids: &mut Vec<usize>,
+    ) {
+        match (keys, &mut *table) {
+            (
+                BatchKeys::Utf8(array),
+                GroupTable {
+                    keys: KeyStore::Utf8(store),
+                    hashes,
+                    table: slots,
+                },
+            ) => {
+                let offsets = array.value_offsets();
+                let values = array.value_data();
+                for_rows(mask, rows, group_ids, |row| {
+                    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+                    let probe = Slot {
+                        id: 0,
+                        len: (end - start) as u32,
+                        head: head_at(values, start, end - start),
+                    };
+                    if end - start <= 8 {
+                        // The slot holds the whole key.
+                        let hash = self.short_hash(end - start, &probe);
+                        return match slots.find(hash, |s| s.matches(&probe, || true)) {
+                            Some(slot) => slot.id as usize,
+                            None => insert_new(slots, hashes, store, (hash, probe), |store| {
+                                store.push(&values[start..end])
+                            }),
+                        };
+                    }
+                    let key = &values[start..end];
+                    intern(
+                        slots,
+                        hashes,
+                        store,
+                        (self.bytes_hash(key, &probe), probe),
+                        |store, id| bytes_eq(store.get(id), key),
+                        |store| store.push(key),
+                    )
+                });
+            }
+            (
+                BatchKeys::Int64(values),
+                GroupTable {
+                    keys: KeyStore::Int64(store),
+                    hashes,
+                    table: slots,
+                },
+            ) => for_rows(mask, rows, group_ids, |row| {
+                let key = values[row];
+                let probe = Slot::of_int(key);
+                let hash = self.short_hash(8, &probe);
+                match slots.find(hash, |s| s.matches(&probe, || true)) {
+                    Some(slot) => slot.id as usize,
+                    None => {
+                        insert_new(slots, hashes, store, (hash, probe), |store| store.push(key))
+                    }
+                }
+            }),
+            _ => for_rows(mask, rows, group_ids, |row| self.group_id(table, keys, row)),
         }
     }
 
@@ -248,13 +331,13 @@ impl KeyEncoder {
     #[inline]
     pub fn find(&self, table: &GroupTable, keys: &BatchKeys<'_>, row: usize) -> Option<usize> {
         let found = match (keys, &table.keys) {
-            (BatchKeys::Global, KeyStore::Global) => (!table.hashes.is_empty()).then_some(0),
+            (BatchKeys::Global, KeyStore::Global) => (!table.hashes.is_empty()).then_some(0u32),
             (BatchKeys::Utf8(array), KeyStore::Utf8(store)) => {
                 let key = array.value(row);
                 let probe = Slot::of(key.as_bytes());
                 table
                     .table
-                    .find(self.short_hash(key.as_bytes(), &probe), |s| {
+                    .find(self.bytes_hash(key.as_bytes(), &probe), |s| {
                         s.matches(&probe, || bytes_eq(store.get(s.id), key.as_bytes()))
                     })
                     .map(|s| s.id)
@@ -264,7 +347,7 @@ impl KeyEncoder {
                 let probe = Slot::of_int(key);
                 table
                     .table
-                    .find(self.hasher.hash_one(key), |s| s.matches(&probe, || true))
+                    .find(self.short_hash(8, &probe), |s| s.matches(&probe, || true))
                     .map(|s| s.id)
             }
             (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
@@ -424,7 +507,7 @@ pub struct GroupTable {
     /// Hash of each group's key, so the table can grow without rehashing
     /// keys.
     hashes: Vec<u64>,
-    table: HashTable<Slot>,
+    table: SlotTable,
 }
 
 /// A group in the hash table: its id, and its key's length and first
@@ -432,13 +515,22 @@ pub struct GroupTable {
 /// symbols and ids: up to 8 bytes) without leaving the slot, and longer
 /// ones only when those match. Following the id to the stored key on
 /// every probe was a dependent load per row, a third of the group
-/// lookup's time.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
+/// lookup's time. The layout is fixed (compiled kernels probe it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Slot {
     id: u32,
     len: u32,
     head: u64,
 }
+
+/// An unused slot: no key is `u32::MAX` bytes long (Arrow's offsets stop
+/// at 2 GiB), so no probe matches it.
+const EMPTY: Slot = Slot {
+    id: u32::MAX,
+    len: u32::MAX,
+    head: 0,
+};
 
 impl Slot {
     /// The slot of a key with these bytes (its id set on insertion).
@@ -446,7 +538,7 @@ impl Slot {
     fn of(key: &[u8]) -> Self {
         Self {
             id: 0,
-            len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            len: u32::try_from(key.len()).unwrap_or(u32::MAX - 1),
             head: key_head(key),
         }
     }
@@ -467,6 +559,76 @@ impl Slot {
     fn matches(&self, probe: &Slot, rest: impl FnOnce() -> bool) -> bool {
         self.head == probe.head && self.len == probe.len && (probe.len <= 8 || rest())
     }
+}
+
+/// Open addressing with linear probing over [`Slot`]s, at most three
+/// quarters full. A hit on a short key reads one slot (a quarter of a
+/// cache line) and compares two words; hashbrown's control bytes cost a
+/// second load and a SIMD match per probe, about a third of the lookup's
+/// instructions when the table is in cache. Groups are never removed, so
+/// no tombstones.
+#[derive(Default)]
+struct SlotTable {
+    /// A power of two of slots, or none before the first insertion.
+    slots: Vec<Slot>,
+    used: usize,
+}
+
+/// Fewest slots a table allocates.
+const MIN_SLOTS: usize = 16;
+
+impl SlotTable {
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(&Slot) -> bool) -> Option<&Slot> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut at = hash as usize & mask;
+        loop {
+            let slot = self.slots.get(at)?;
+            if eq(slot) {
+                return Some(slot);
+            }
+            if slot.id == EMPTY.id {
+                return None;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Inserts a slot whose key is not in the table; `hash_of` gives any
+    /// stored slot's hash (to move it when the table grows).
+    fn insert_unique(&mut self, hash: u64, slot: Slot, hash_of: impl Fn(&Slot) -> u64) {
+        if (self.used + 1) * 4 > self.slots.len() * 3 {
+            let slots = (self.slots.len() * 2).max(MIN_SLOTS);
+            let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
+            for stored in old.into_iter().filter(|s| s.id != EMPTY.id) {
+                self.place(hash_of(&stored), stored);
+            }
+        }
+        self.place(hash, slot);
+        self.used += 1;
+    }
+
+    fn place(&mut self, hash: u64, slot: Slot) {
+        let mask = self.slots.len() - 1;
+        let mut at = hash as usize & mask;
+        while self.slots[at].id != EMPTY.id {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = slot;
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+}
+
+/// The group tables' hash of a key of up to 8 bytes: a folded multiply of
+/// its head and length with two random seeds. The multiplier is odd, so
+/// the product's low word keeps every bit of the head's.
+#[inline]
+pub fn fold_hash(head: u64, len: u32, seeds: [u64; 2]) -> u64 {
+    let product = u128::from(head ^ seeds[0]) * u128::from((u64::from(len) ^ seeds[1]) | 1);
+    (product as u64) ^ ((product >> 64) as u64)
 }
 
 impl GroupTable {
@@ -496,20 +658,45 @@ impl GroupTable {
     }
 }
 
-/// A key's first bytes as one word: up to 8 bytes, with the length, the
-/// whole key (hash tables keep it in their slots to compare short keys
-/// without leaving them). Overlapping loads, no copy into a zeroed word,
-/// which would stall on store forwarding on every row.
+/// A key's head: its first 8 bytes as a little-endian word, zero-padded
+/// when shorter (with the length, the whole key: hash tables keep it in
+/// their slots to compare short keys without leaving them). Overlapping
+/// loads, no copy into a zeroed word, which would stall on store
+/// forwarding on every row.
 #[inline]
 pub(crate) fn key_head(key: &[u8]) -> u64 {
     let n = key.len();
-    let word = |at: usize| key[at..at + 8].try_into().map_or(0, u64::from_ne_bytes);
-    let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_ne_bytes);
+    let half = |at: usize| key[at..at + 4].try_into().map_or(0, u32::from_le_bytes);
     match n {
         0 => 0,
-        1..=3 => u64::from(key[0]) | u64::from(key[n / 2]) << 8 | u64::from(key[n - 1]) << 16,
-        4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << 32,
-        _ => word(0),
+        // Bytes the two halves share land on the same bits.
+        1..=3 => {
+            u64::from(key[0])
+                | u64::from(key[n / 2]) << (8 * (n / 2))
+                | u64::from(key[n - 1]) << (8 * (n - 1))
+        }
+        4..=7 => u64::from(half(0)) | u64::from(half(n - 4)) << (8 * (n - 4)),
+        _ => key[..8].try_into().map_or(0, u64::from_le_bytes),
+    }
+}
+
+/// The head of the `len`-byte key at `start` of `values` ([`key_head`]),
+/// read as one word where 8 bytes are there to read: copying a short key
+/// into a zeroed word stalls on store forwarding, row after row.
+#[inline]
+fn head_at(values: &[u8], start: usize, len: usize) -> u64 {
+    match values.get(start..start + 8) {
+        Some(word) => {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            // Keep the key's own bytes (all 8 when it is longer).
+            let keep = if len >= 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * len)) - 1
+            };
+            word & keep
+        }
+        None => key_head(&values[start..start + len]),
     }
 }
 
@@ -533,21 +720,55 @@ pub(crate) fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// `group_ids[row] = id_of(row)` for each row `mask` keeps (every row
+/// when `None`), 0 for the others.
+#[inline(always)]
+fn for_rows(
+    mask: Option<&BooleanArray>,
+    rows: usize,
+    group_ids: &mut Vec<usize>,
+    mut id_of: impl FnMut(usize) -> usize,
+) {
+    group_ids.clear();
+    match mask {
+        None => group_ids.extend((0..rows).map(id_of)),
+        Some(mask) => {
+            group_ids.resize(rows, 0);
+            for row in mask.values().set_indices() {
+                group_ids[row] = id_of(row);
+            }
+        }
+    }
+}
+
 /// Finds the group whose key is `probe`'s (`equal` compares whole keys
 /// longer than 8 bytes with a stored one, by id), or stores it (`push`)
 /// as the next id.
 #[inline]
 fn intern<S>(
-    table: &mut HashTable<Slot>,
+    table: &mut SlotTable,
     hashes: &mut Vec<u64>,
     store: &mut S,
     (hash, probe): (u64, Slot),
     equal: impl Fn(&S, u32) -> bool,
     push: impl FnOnce(&mut S),
 ) -> usize {
-    if let Some(slot) = table.find(hash, |s| s.matches(&probe, || equal(store, s.id))) {
-        return slot.id as usize;
+    match table.find(hash, |s| s.matches(&probe, || equal(store, s.id))) {
+        Some(slot) => slot.id as usize,
+        None => insert_new(table, hashes, store, (hash, probe), push),
     }
+}
+
+/// Stores a key not in the table as the next id. Out of line: the
+/// lookup loops stay small for the hits that are nearly every row.
+#[inline(never)]
+fn insert_new<S>(
+    table: &mut SlotTable,
+    hashes: &mut Vec<u64>,
+    store: &mut S,
+    (hash, probe): (u64, Slot),
+    push: impl FnOnce(&mut S),
+) -> usize {
     let id = hashes.len() as u32;
     push(store);
     hashes.push(hash);
@@ -593,11 +814,11 @@ mod tests {
             }
         }
         assert_eq!(table.len(), keys.len());
-        // hashbrown places by the low bits and filters by the top 7.
+        // The table places by the low bits.
         let hashes: Vec<u64> = keys
             .iter()
             .filter(|k| k.len() <= 8)
-            .map(|k| encoder.short_hash(k.as_bytes(), &Slot::of(k.as_bytes())))
+            .map(|k| encoder.bytes_hash(k.as_bytes(), &Slot::of(k.as_bytes())))
             .collect();
         let distinct = |bits: fn(u64) -> u64| {
             hashes
@@ -607,8 +828,57 @@ mod tests {
                 .len()
         };
         assert!(hashes.len() > 5_000);
-        assert_eq!(distinct(|h| h >> 57), 128, "every control value");
         assert_eq!(distinct(|h| h & 255), 256, "every low byte");
+        assert!(distinct(|h| h & 0x3fff) > 4_000, "low bits spread");
+    }
+
+    /// The batch lookup finds the groups the row-at-a-time one does, for
+    /// string keys of every length (the last ones read from the end of
+    /// the values buffer, where no whole word is left) and BIGINTs, with
+    /// and without a mask.
+    #[test]
+    fn batch_lookup_agrees_with_row_lookup() {
+        let strings: Vec<String> = (0..5_000)
+            .map(|i: usize| {
+                let text = format!("{}", i % 700).repeat(4);
+                text.chars().take(i % 11).collect()
+            })
+            .collect();
+        let numbers: Vec<i64> = (0..5_000).map(|i: i64| (i % 900) * -7_919).collect();
+        let utf8: ArrayRef = Arc::new(StringArray::from(strings));
+        let int64: ArrayRef = Arc::new(Int64Array::from(numbers));
+        for (data_type, array) in [(DataType::Utf8, utf8), (DataType::Int64, int64)] {
+            let field = Arc::new(arrow::datatypes::Field::new("k", data_type, false));
+            let encoder = KeyEncoder::new(&[field]).unwrap();
+            let arrays = [array.clone()];
+            let keys = encoder.encode(&arrays).unwrap();
+            let mut by_row = encoder.table();
+            let want: Vec<usize> = (0..array.len())
+                .map(|row| encoder.group_id(&mut by_row, &keys, row))
+                .collect();
+            // Half the keys first, so the batch lookup both finds and
+            // inserts; then a masked pass over a fresh table.
+            let mut table = encoder.table();
+            let mut ids = Vec::new();
+            let half = array.slice(0, array.len() / 2);
+            let half_arrays = [half];
+            let half_keys = encoder.encode(&half_arrays).unwrap();
+            encoder.resolve(&mut table, &half_keys, None, array.len() / 2, &mut ids);
+            assert_eq!(ids, want[..array.len() / 2]);
+            encoder.resolve(&mut table, &keys, None, array.len(), &mut ids);
+            assert_eq!(ids, want);
+            let mask = BooleanArray::from((0..array.len()).map(|i| i % 3 != 1).collect::<Vec<_>>());
+            let mut masked = encoder.table();
+            encoder.resolve(&mut masked, &keys, Some(&mask), array.len(), &mut ids);
+            let mut by_row = encoder.table();
+            for (row, &id) in ids.iter().enumerate() {
+                let want = match mask.value(row) {
+                    true => encoder.group_id(&mut by_row, &keys, row),
+                    false => 0,
+                };
+                assert_eq!(id, want, "row {row}");
+            }
+        }
     }
 
     /// Keys stored back to back in the arena come back whole, in both key
@@ -684,6 +954,28 @@ mod tests {
             );
         }
         assert!(!Slot::of_int(-1).matches(&Slot::of_int(1), || unreachable!()));
+    }
+
+    /// Every way of reading a head gives the key's first 8 bytes,
+    /// zero-padded: the slots hold heads read one way and probes another.
+    #[test]
+    fn heads_are_the_zero_padded_first_word() {
+        let values: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(59) | 1).collect();
+        for start in 0..values.len() {
+            for len in 0..=(values.len() - start).min(12) {
+                let key = &values[start..start + len];
+                let mut word = [0u8; 8];
+                let n = len.min(8);
+                word[..n].copy_from_slice(&key[..n]);
+                let want = u64::from_le_bytes(word);
+                assert_eq!(key_head(key), want, "length {len}");
+                assert_eq!(
+                    head_at(&values, start, len),
+                    want,
+                    "at {start}, length {len}"
+                );
+            }
+        }
     }
 
     #[test]

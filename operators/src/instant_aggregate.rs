@@ -27,7 +27,7 @@ use arrow::compute::{filter_record_batch, not};
 use datafusion::logical_expr::EmitTo;
 use laminar_runtime::Result;
 
-use crate::aggregate::{resolve_groups, AggregateSpec, LateRows, WindowBinding};
+use crate::aggregate::{AggregateSpec, LateRows, WindowBinding};
 use crate::groups::KeyEncoder;
 use crate::stage::apply_all;
 use crate::{BatchTime, Operator};
@@ -164,14 +164,8 @@ impl InstantAggregate {
         for rows in batches {
             let inputs = self.spec.inputs(rows)?;
             let keys = self.encoder.encode(&inputs.key_arrays)?;
-            resolve_groups(
-                &self.encoder,
-                &mut groups,
-                &keys,
-                None,
-                rows.num_rows(),
-                &mut group_ids,
-            );
+            self.encoder
+                .resolve(&mut groups, &keys, None, rows.num_rows(), &mut group_ids);
             let count = groups.len();
             for (j, accumulator) in accumulators.iter_mut().enumerate() {
                 accumulator.update_batch(

@@ -30,8 +30,7 @@ use hashbrown::HashSet;
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::aggregate::{
-    assign_windows, combine_masks, resolve_groups, AggregatePhase, AggregateSpec, LateRows,
-    WindowBinding,
+    assign_windows, combine_masks, AggregatePhase, AggregateSpec, LateRows, WindowBinding,
 };
 use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
@@ -327,14 +326,8 @@ impl WindowAggregate {
             self.windows.insert(start, state);
         }
         let state = self.windows.get_mut(&start).expect("created above");
-        resolve_groups(
-            &self.encoder,
-            &mut state.groups,
-            keys,
-            mask,
-            rows,
-            group_ids,
-        );
+        self.encoder
+            .resolve(&mut state.groups, keys, mask, rows, group_ids);
         Ok(state)
     }
 
