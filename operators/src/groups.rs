@@ -515,10 +515,9 @@ pub struct GroupTable {
 /// symbols and ids: up to 8 bytes) without leaving the slot, and longer
 /// ones only when those match. Following the id to the stored key on
 /// every probe was a dependent load per row, a third of the group
-/// lookup's time. The layout is fixed (compiled kernels probe it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
-pub struct Slot {
+/// lookup's time.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
     id: u32,
     len: u32,
     head: u64,
@@ -626,7 +625,7 @@ impl SlotTable {
 /// its head and length with two random seeds. The multiplier is odd, so
 /// the product's low word keeps every bit of the head's.
 #[inline]
-pub fn fold_hash(head: u64, len: u32, seeds: [u64; 2]) -> u64 {
+fn fold_hash(head: u64, len: u32, seeds: [u64; 2]) -> u64 {
     let product = u128::from(head ^ seeds[0]) * u128::from((u64::from(len) ^ seeds[1]) | 1);
     (product as u64) ^ ((product >> 64) as u64)
 }
