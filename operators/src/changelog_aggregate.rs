@@ -86,25 +86,23 @@ enum Rows<'a> {
     Source(&'a FusedAggregate, &'a RecordBatch),
 }
 
-/// Finds the groups of a batch's selected rows and which of them the
-/// batch touches (each once, in order of first touch).
-struct Touching<'a, 'k> {
-    encoder: &'a KeyEncoder,
-    groups: &'a mut GroupTable,
-    keys: &'a BatchKeys<'k>,
+/// Which groups a batch's selected rows touch (each once, in order of
+/// first touch), from their group ids.
+struct Touching<'a> {
     /// Group id -> position in `touched`, `u32::MAX` when not yet.
     compact_of: &'a mut Vec<u32>,
     touched: &'a mut Vec<u32>,
-    /// Per row: the group id when folded, else its position in `touched`.
+    /// Per row: the group id, turned into its position in `touched`
+    /// unless folded.
     group_ids: &'a mut [usize],
     folded: bool,
 }
 
-impl Touching<'_, '_> {
+impl Touching<'_> {
     #[inline]
     fn rows(&mut self, rows: impl Iterator<Item = usize>) {
         for row in rows {
-            let id = self.encoder.group_id(self.groups, self.keys, row);
+            let id = self.group_ids[row];
             if id >= self.compact_of.len() {
                 self.compact_of.resize(id + 1, u32::MAX);
             }
@@ -112,11 +110,9 @@ impl Touching<'_, '_> {
                 self.compact_of[id] = self.touched.len() as u32;
                 self.touched.push(id as u32);
             }
-            self.group_ids[row] = if self.folded {
-                id
-            } else {
-                self.compact_of[id] as usize
-            };
+            if !self.folded {
+                self.group_ids[row] = self.compact_of[id] as usize;
+            }
         }
     }
 }
@@ -272,12 +268,9 @@ impl ChangelogAggregate {
         // accumulators (its id itself when folded).
         let mut touched: Vec<u32> = Vec::new();
         // Unselected rows keep group 0.
-        self.group_ids.clear();
-        self.group_ids.resize(rows, 0);
+        self.encoder
+            .resolve(&mut state.groups, keys, mask, rows, &mut self.group_ids);
         let mut touching = Touching {
-            encoder: &self.encoder,
-            groups: &mut state.groups,
-            keys,
             compact_of: &mut self.compact_of,
             touched: &mut touched,
             group_ids: &mut self.group_ids,
