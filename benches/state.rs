@@ -27,12 +27,13 @@ fn key_of(i: usize, keys: usize) -> usize {
     (i.wrapping_mul(2_654_435_761)) % keys
 }
 
-fn string_batches(keys: usize) -> Vec<ArrayRef> {
+/// String keys over `keys` values, each written by `name`.
+fn string_batches(keys: usize, name: fn(usize) -> String) -> Vec<ArrayRef> {
     (0..ROWS)
         .step_by(BATCH_ROWS)
         .map(|start| {
             Arc::new(StringArray::from_iter_values(
-                (start..start + BATCH_ROWS).map(|i| format!("SYM{:07}", key_of(i, keys))),
+                (start..start + BATCH_ROWS).map(|i| name(key_of(i, keys))),
             )) as ArrayRef
         })
         .collect()
@@ -64,18 +65,6 @@ fn group_table_run(data_type: &DataType, batches: &[ArrayRef]) -> Duration {
     }
     std::hint::black_box(checksum);
     started.elapsed()
-}
-
-/// 7-byte keys, `K` and six digits.
-fn short_string_batches(keys: usize) -> Vec<ArrayRef> {
-    (0..ROWS)
-        .step_by(BATCH_ROWS)
-        .map(|start| {
-            Arc::new(StringArray::from_iter_values(
-                (start..start + BATCH_ROWS).map(|i| format!("K{:06}", key_of(i, keys))),
-            )) as ArrayRef
-        })
-        .collect()
 }
 
 fn group_table_batch_run(data_type: &DataType, batches: &[ArrayRef]) -> Duration {
@@ -145,9 +134,10 @@ fn state(c: &mut Criterion) {
         .sample_size(10)
         .throughput(Throughput::Elements(ROWS as u64));
     for keys in [100usize, 10_000, 1_000_000] {
-        let strings = string_batches(keys);
+        let strings = string_batches(keys, |k| format!("SYM{k:07}"));
         let integers = integer_batches(keys);
-        let short_strings = short_string_batches(keys);
+        // 7-byte keys, held whole in a slot.
+        let short_strings = string_batches(keys, |k| format!("K{k:06}"));
         for (name, data_type, input) in [
             ("group_table_batch_utf8", DataType::Utf8, &short_strings),
             ("group_table_batch_int64", DataType::Int64, &integers),
