@@ -10,7 +10,9 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use common::*;
-use datafusion::arrow::array::{BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{
+    BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use laminar_db::{JitMode, LaminarDB};
 use rand::{Rng, SeedableRng};
@@ -19,7 +21,7 @@ use rand::{Rng, SeedableRng};
 static MODE: Mutex<()> = Mutex::const_new(());
 
 const DDL: &str = "CREATE SOURCE events (a BIGINT, b DOUBLE, c INT, flag BOOLEAN,
-    ts BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+    ts BIGINT NOT NULL, sym VARCHAR NOT NULL, id BIGINT NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
 
 const PROJECT: &str = "SELECT a * 3 + CAST(c AS BIGINT) AS x, b * 2.0 - 1.0 AS y,
     a IS NULL AS missing, (b > 0.5 OR flag) AND NOT (c = 3) AS keep
@@ -48,6 +50,23 @@ const FUSED_SLIDING: &str = "SELECT c, SUM(a) AS total, MAX(b) AS high
 FROM events WHERE b IS NOT NULL
 GROUP BY c, hop(ts, INTERVAL '6' SECOND, INTERVAL '2' SECOND)";
 
+/// Fused with the group lookup in the kernel's loop (one non-null string
+/// or BIGINT key): symbols of every length around the 8 bytes a table
+/// slot holds, and ids from thousands (hundreds of groups per window, so
+/// tables grow while a kernel runs).
+const FUSED_BY_SYMBOL: &str = "SELECT sym, COUNT(*) AS n, SUM(b) AS total, MIN(a) AS low,
+    MAX(b) AS high, AVG(b * 2.0) AS mean, COUNT(a) FILTER (WHERE b > 0.0) AS positive
+FROM events WHERE a > -500 OR flag
+GROUP BY sym, tumble(ts, INTERVAL '10' SECOND)";
+
+const FUSED_BY_ID: &str = "SELECT id, COUNT(*) AS n, SUM(a) AS total
+FROM events WHERE b IS NOT NULL
+GROUP BY id, tumble(ts, INTERVAL '10' SECOND)";
+
+const FUSED_SLIDING_BY_SYMBOL: &str = "SELECT sym, SUM(a) AS total, MAX(b) AS high
+FROM events
+GROUP BY sym, hop(ts, INTERVAL '6' SECOND, INTERVAL '2' SECOND)";
+
 /// Fuses into session slots: per `c`, sessions that end 40 ms after their
 /// last row (rows come 7 ms apart, so keys meet often, and out of order
 /// within a batch, so rows bridge and merge sessions).
@@ -75,8 +94,25 @@ fn schema() -> SchemaRef {
         Field::new("c", DataType::Int32, true),
         Field::new("flag", DataType::Boolean, true),
         Field::new("ts", DataType::Int64, false),
+        Field::new("sym", DataType::Utf8, false),
+        Field::new("id", DataType::Int64, false),
     ]))
 }
+
+/// Symbols up to 8 bytes long (a group table's slot holds them whole)
+/// and longer, ASCII and not.
+const SYMBOLS: [&str; 10] = [
+    "",
+    "x",
+    "é",
+    "SYM0042",
+    "SYM00420",
+    "SYM004200",
+    "ünïcødé",
+    "a",
+    "a longer symbol",
+    "12345678",
+];
 
 /// Rows with NULLs in every nullable column, zeros and -0.0, in batches
 /// of random sizes.
@@ -86,7 +122,11 @@ fn events(seed: u64, n: usize) -> (Vec<RecordBatch>, RecordBatch) {
     let mut b = Vec::with_capacity(n);
     let mut c = Vec::with_capacity(n);
     let mut flag = Vec::with_capacity(n);
+    let mut sym = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
     for _ in 0..n {
+        sym.push(SYMBOLS[rng.random_range(0..SYMBOLS.len())]);
+        id.push(rng.random_range(-1_000i64..2_000));
         a.push((!rng.random_ratio(1, 8)).then(|| rng.random_range(-1_000i64..1_000)));
         b.push(match rng.random_range(0..10) {
             0 => None,
@@ -106,6 +146,8 @@ fn events(seed: u64, n: usize) -> (Vec<RecordBatch>, RecordBatch) {
             Arc::new(Int32Array::from(c)),
             Arc::new(BooleanArray::from(flag)),
             Arc::new(Int64Array::from(ts)),
+            Arc::new(StringArray::from(sym)),
+            Arc::new(Int64Array::from(id)),
         ],
     )
     .unwrap();
@@ -151,7 +193,14 @@ async fn interpreted(query: &str, batches: &[RecordBatch]) -> Vec<RecordBatch> {
 async fn compiled_streams_give_the_batch_answer() {
     let _turn = MODE.lock().await;
     laminar_db::set_jit_mode(JitMode::Eager);
-    for (seed, query) in [(1, PROJECT), (2, AGGREGATE), (3, CASES), (4, FUSED)] {
+    for (seed, query) in [
+        (1, PROJECT),
+        (2, AGGREGATE),
+        (3, CASES),
+        (4, FUSED),
+        (8, FUSED_BY_SYMBOL),
+        (9, FUSED_BY_ID),
+    ] {
         let (batches, all) = events(seed, 5_000);
         let want = run_batch(query, "events", vec![all], schema()).await;
         for shards in [1, 2] {
@@ -170,14 +219,16 @@ async fn compiled_streams_give_the_batch_answer() {
 async fn fused_sliding_windows_match_the_interpreted_stream() {
     let _turn = MODE.lock().await;
     let (batches, _) = events(5, 5_000);
-    let ddl = format!("{DDL}; CREATE STREAM s AS {FUSED_SLIDING}");
-    laminar_db::set_jit_mode(JitMode::Off);
-    let (want, _) = run_stream(&ddl, "events", "s", batches.clone(), 1).await;
-    assert!(!want.is_empty());
-    laminar_db::set_jit_mode(JitMode::Eager);
-    for shards in [1, 2] {
-        let (got, _) = run_stream(&ddl, "events", "s", batches.clone(), shards).await;
-        assert_same_rows(&got, &want);
+    for query in [FUSED_SLIDING, FUSED_SLIDING_BY_SYMBOL] {
+        let ddl = format!("{DDL}; CREATE STREAM s AS {query}");
+        laminar_db::set_jit_mode(JitMode::Off);
+        let (want, _) = run_stream(&ddl, "events", "s", batches.clone(), 1).await;
+        assert!(!want.is_empty());
+        laminar_db::set_jit_mode(JitMode::Eager);
+        for shards in [1, 2] {
+            let (got, _) = run_stream(&ddl, "events", "s", batches.clone(), shards).await;
+            assert_same_rows(&got, &want);
+        }
     }
     laminar_db::set_jit_mode(JitMode::Adaptive);
 }
@@ -266,7 +317,7 @@ async fn fused_checkpoints_restore_in_either_mode() {
     let batches = reversed(&batches);
     // A changelog's folded accumulators too (compared consolidated).
     let changes = format!("{FUSED_CHANGES} EMIT CHANGES");
-    for query in [FUSED, FUSED_SESSION, &changes] {
+    for query in [FUSED, FUSED_BY_SYMBOL, FUSED_SESSION, &changes] {
         let want = if query == FUSED_SESSION {
             interpreted(query, &batches).await
         } else {
@@ -348,6 +399,22 @@ async fn explain_shows_what_runs_compiled() {
             plan.contains("JIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): compiled"),
             "{plan}"
         );
+        // A nullable INT key: the lookup stays outside the loop.
+        assert!(!plan.contains("group lookup in the loop"), "{plan}");
+    }
+    for (name, query) in [
+        ("by_symbol", FUSED_BY_SYMBOL),
+        ("by_id", FUSED_BY_ID),
+        ("sliding_by_symbol", FUSED_SLIDING_BY_SYMBOL),
+    ] {
+        db.execute(&format!("CREATE STREAM {name} AS {query}"))
+            .await
+            .unwrap();
+        let plan = db.explain(name).unwrap();
+        assert!(
+            plan.contains("one loop per batch): compiled, group lookup in the loop"),
+            "{plan}"
+        );
     }
     // Not fused: an argument that can fail on a row (the kernel would
     // read rows the WHERE removes), a computed key, a volatile value the
@@ -415,7 +482,7 @@ async fn adaptive_streams_switch_to_kernels_while_running() {
     // switch.
     // So do a changelog's folded accumulators.
     let changes = format!("{FUSED_CHANGES} EMIT CHANGES");
-    for query in [PROJECT, FUSED, FUSED_SESSION, &changes] {
+    for query in [PROJECT, FUSED, FUSED_BY_SYMBOL, FUSED_SESSION, &changes] {
         adaptive_run(query).await;
     }
 }
@@ -485,6 +552,8 @@ async fn a_division_by_zero_fails_the_batch_as_when_interpreted() {
                 // A NULL divisor is no error; a 0 is.
                 Arc::new(Int32Array::from(vec![Some(3), Some(0), None])),
                 Arc::new(BooleanArray::from(vec![None, None, None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["x", "y", "z"])),
                 Arc::new(Int64Array::from(vec![1, 2, 3])),
             ],
         )

@@ -34,6 +34,8 @@ use datafusion::common::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
 
+use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
+
 /// An aggregate function the fused path computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FusedFunction {
@@ -79,8 +81,34 @@ pub trait FusedUpdate: Send + Sync + std::fmt::Debug {
         accumulators: &mut [FusedAccumulator],
     ) -> laminar_runtime::Result<()>;
 
+    /// Whether the compiled loop evaluates the `WHERE` and looks up each
+    /// row's group itself ([`FusedUpdate::update_looking_up`]); only a
+    /// plan with one non-null `VARCHAR` or `BIGINT` key and a `WHERE`
+    /// that compiles (or none) is built so. Asked once the kernel is ready.
+    fn looks_up_groups(&self) -> bool;
+
+    /// Adds each row of `batch` that `selection` keeps (every row when
+    /// `None`) and the `WHERE` passes to its key's group in `groups`,
+    /// inserting keys not seen before (and giving `accumulators` a state
+    /// for them). Only called when [`FusedUpdate::looks_up_groups`].
+    fn update_looking_up(
+        &self,
+        batch: &arrow::array::RecordBatch,
+        selection: Option<&BooleanArray>,
+        groups: GroupsOf<'_, '_>,
+        accumulators: &mut [FusedAccumulator],
+    ) -> laminar_runtime::Result<()>;
+
     /// `compiled`, `compiling` or `interpreted (<why>)`, for `EXPLAIN`.
     fn state(&self) -> String;
+}
+
+/// A window's group table and one batch's keys, for a kernel that looks
+/// groups up itself ([`crate::fused_lookup`]).
+pub struct GroupsOf<'a, 'k> {
+    pub encoder: &'a KeyEncoder,
+    pub table: &'a mut GroupTable,
+    pub keys: &'a BatchKeys<'k>,
 }
 
 /// A window, session or changelog aggregate's fused form: everything

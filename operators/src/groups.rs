@@ -69,6 +69,27 @@ pub enum BatchKeys<'a> {
     Rows(Rows),
 }
 
+impl BatchKeys<'_> {
+    /// Whether every key is a `BIGINT` or a string of up to 8 bytes: a
+    /// key a fused kernel finds in its own loop
+    /// ([`crate::fused_lookup`]).
+    pub fn all_short(&self) -> bool {
+        match self {
+            BatchKeys::Int64(_) => true,
+            BatchKeys::Utf8(array) => {
+                let offsets = array.value_offsets();
+                let longest = offsets
+                    .windows(2)
+                    .map(|pair| pair[1] - pair[0])
+                    .max()
+                    .unwrap_or(0);
+                longest <= 8
+            }
+            BatchKeys::Global | BatchKeys::Rows(_) => false,
+        }
+    }
+}
+
 impl KeyEncoder {
     /// An encoder for keys with these fields (possibly none: one global
     /// group).
@@ -97,6 +118,12 @@ impl KeyEncoder {
             hasher,
             seeds,
         })
+    }
+
+    /// The seeds of the short-key hash, for a kernel that computes it
+    /// ([`crate::fused_lookup`]).
+    pub(crate) fn seeds(&self) -> [u64; 2] {
+        self.seeds
     }
 
     /// An empty group table for these keys.
@@ -516,12 +543,25 @@ pub struct GroupTable {
 /// ones only when those match. Following the id to the stored key on
 /// every probe was a dependent load per row, a third of the group
 /// lookup's time.
+///
+/// Compiled kernels probe the slots themselves ([`crate::fused_lookup`]),
+/// so the layout is fixed: id, then length (one little-endian word), then
+/// head.
+#[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: u32,
     len: u32,
     head: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+const _: () = assert!(std::mem::offset_of!(Slot, len) == 4);
+const _: () = assert!(std::mem::offset_of!(Slot, head) == 8);
+
+/// The slots of a table that has none yet, as a kernel probes them: one
+/// empty slot, so every probe misses.
+static NO_SLOTS: [Slot; 1] = [EMPTY];
 
 /// An unused slot: no key is `u32::MAX` bytes long (Arrow's offsets stop
 /// at 2 GiB), so no probe matches it.
@@ -623,7 +663,10 @@ impl SlotTable {
 
 /// The group tables' hash of a key of up to 8 bytes: a folded multiply of
 /// its head and length with two random seeds. The multiplier is odd, so
-/// the product's low word keeps every bit of the head's.
+/// the product's low word keeps every bit of the head's. Fused kernels
+/// compute the same hash in their own loop ([`crate::fused_lookup`]):
+/// change both together (a kernel whose hash differs still finds every
+/// key, by stopping at each row; the lookup tests count the stops).
 #[inline]
 fn fold_hash(head: u64, len: u32, seeds: [u64; 2]) -> u64 {
     let product = u128::from(head ^ seeds[0]) * u128::from((u64::from(len) ^ seeds[1]) | 1);
@@ -649,6 +692,15 @@ impl GroupTable {
             KeyStore::Int64(keys) => keys.capacity() * 8,
         };
         keys + self.hashes.capacity() * 8 + self.table.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    /// The slot array and its length minus one, for a kernel that probes
+    /// it ([`crate::fused_lookup`]); an empty table gives one empty slot.
+    pub(crate) fn raw_slots(&self) -> (*const u8, u64) {
+        match self.table.slots.len() {
+            0 => (NO_SLOTS.as_ptr().cast(), 0),
+            n => (self.table.slots.as_ptr().cast(), n as u64 - 1),
+        }
     }
 
     /// All group ids, in order.

@@ -17,7 +17,8 @@
 //!   `EMIT ON WINDOW CLOSE`, DataFusion group accumulators as state.
 //! - [`fused`]: the window and session aggregates' compiled form
 //!   (filter, arguments and accumulator updates in one loop) and its
-//!   plain-vector state.
+//!   plain-vector state; [`fused_lookup`]: the group table as such a
+//!   loop probes it itself.
 //! - [`session_aggregate`]: keyed session windows (gap-based, merging),
 //!   emitted when each session closes, keeping folded accumulators or
 //!   the open sessions' rows.
@@ -44,6 +45,7 @@ pub mod analytic;
 pub mod asof_join;
 pub mod changelog_aggregate;
 pub mod fused;
+pub mod fused_lookup;
 pub mod groups;
 pub mod instant_aggregate;
 pub mod interval_join;

@@ -32,7 +32,7 @@ use laminar_runtime::{Error, ErrorCode, Result};
 use crate::aggregate::{
     assign_windows, combine_masks, AggregatePhase, AggregateSpec, LateRows, WindowBinding,
 };
-use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
+use crate::fused::{selection_of, FusedAccumulator, FusedAggregate, GroupsOf};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
 use crate::stage::{apply_all, apply_all_carrying};
@@ -318,6 +318,15 @@ impl WindowAggregate {
         rows: usize,
         group_ids: &mut Vec<usize>,
     ) -> Result<&mut WindowState> {
+        self.open_window(start)?;
+        let state = self.windows.get_mut(&start).expect("opened above");
+        self.encoder
+            .resolve(&mut state.groups, keys, mask, rows, group_ids);
+        Ok(state)
+    }
+
+    /// Creates window `start`'s state, empty, unless it exists.
+    fn open_window(&mut self, start: i64) -> Result<()> {
         if !self.windows.contains_key(&start) {
             let state = WindowState {
                 groups: self.encoder.table(),
@@ -325,10 +334,7 @@ impl WindowAggregate {
             };
             self.windows.insert(start, state);
         }
-        let state = self.windows.get_mut(&start).expect("created above");
-        self.encoder
-            .resolve(&mut state.groups, keys, mask, rows, group_ids);
-        Ok(state)
+        Ok(())
     }
 
     fn restore_window(&self, batch: &RecordBatch) -> Result<WindowState> {
@@ -440,6 +446,15 @@ impl WindowAggregate {
         let Some((on_time, row_watermarks)) = self.on_time_rows(batch, time)? else {
             return Ok(());
         };
+        let key_arrays: Vec<_> = fused
+            .key_columns
+            .iter()
+            .map(|&c| Arc::clone(on_time.column(c)))
+            .collect();
+        let keys = self.encoder.encode(&key_arrays)?;
+        if fused.update.looks_up_groups() && keys.all_short() {
+            return self.on_batch_looking_up(fused, &on_time, row_watermarks, &keys, time);
+        }
         let rows = on_time.num_rows();
         let selection = match &fused.predicate {
             Some(predicate) => crate::stage::filter_mask(predicate, &on_time)?.map(selection_of),
@@ -459,12 +474,6 @@ impl WindowAggregate {
             row_watermarks.as_ref(),
             time.watermark_ms,
         )?;
-        let key_arrays: Vec<_> = fused
-            .key_columns
-            .iter()
-            .map(|&c| Arc::clone(on_time.column(c)))
-            .collect();
-        let keys = self.encoder.encode(&key_arrays)?;
         let mut group_ids = std::mem::take(&mut self.group_ids);
         for (start, window_mask) in assigned {
             let mask = combine_masks(selection.as_ref(), window_mask.as_ref())?;
@@ -485,6 +494,50 @@ impl WindowAggregate {
                 .update(&on_time, mask.as_ref(), &group_ids, accumulators)?;
         }
         self.group_ids = group_ids;
+        Ok(())
+    }
+
+    /// [`WindowAggregate::on_batch_fused`] with a kernel that evaluates
+    /// the `WHERE` and looks each row's group up itself (every key short:
+    /// [`BatchKeys::all_short`]): per window, one run over the rows in it.
+    fn on_batch_looking_up(
+        &mut self,
+        fused: &FusedAggregate,
+        on_time: &RecordBatch,
+        row_watermarks: Option<arrow::array::ArrayRef>,
+        keys: &BatchKeys<'_>,
+        time: BatchTime<'_>,
+    ) -> Result<()> {
+        let time_column = fused.time_column.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Execution,
+                "internal: a fused window aggregate has no time column",
+            )
+        })?;
+        let assigned = self.windows_of(
+            on_time.column(time_column).as_ref(),
+            row_watermarks.as_ref(),
+            time.watermark_ms,
+        )?;
+        for (start, window_mask) in assigned {
+            let mask = combine_masks(None, window_mask.as_ref())?;
+            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                continue;
+            }
+            self.open_window(start)?;
+            let state = self.windows.get_mut(&start).expect("opened above");
+            let Accumulators::Fused(accumulators) = &mut state.accumulators else {
+                unreachable!("a fused plan's windows hold fused state")
+            };
+            let groups = GroupsOf {
+                encoder: &self.encoder,
+                table: &mut state.groups,
+                keys,
+            };
+            fused
+                .update
+                .update_looking_up(on_time, mask.as_ref(), groups, accumulators)?;
+        }
         Ok(())
     }
 }

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::logical_expr::{Aggregate, LogicalPlan};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -23,9 +24,10 @@ use datafusion::physical_expr::PhysicalExpr;
 use laminar_operators::fused::{
     fused_type, FusedAggregate, FusedAggregateKind, FusedFunction, FusedType,
 };
+use laminar_operators::fused_lookup::LookupKey;
 use laminar_operators::WindowBinding;
 
-use crate::jit::FusedInput;
+use crate::jit::{FusedInput, FusedLookup};
 use crate::planner::Lowering;
 
 /// What a chain of stages computes, seen from the source batch.
@@ -44,6 +46,9 @@ impl Lowering<'_> {
     /// aggregate's functions and `FILTER`s before compilation, over the
     /// aggregate's input; `keys` its `GROUP BY` keys other than the
     /// window; `window` `None` for a changelog aggregate without one.
+    /// `looking_up`: the operator can hand the kernel its group tables
+    /// (a tumbling or hopping window aggregate), so a kernel with one
+    /// short key looks groups up itself.
     pub(crate) fn fused_aggregate(
         &self,
         aggregate: &Aggregate,
@@ -51,6 +56,7 @@ impl Lowering<'_> {
         keys: &[datafusion::logical_expr::Expr],
         aggregates: &[Arc<AggregateFunctionExpr>],
         filters: &[Option<Arc<dyn PhysicalExpr>>],
+        looking_up: bool,
     ) -> Option<Arc<FusedAggregate>> {
         let view = self.source_view(&aggregate.input)?;
         let source_schema = Arc::clone(self.input_schema(&view.source));
@@ -73,6 +79,7 @@ impl Lowering<'_> {
         // come first in its schema).
         let group_fields = aggregate.schema.fields();
         let mut key_columns = Vec::with_capacity(keys.len());
+        let mut lookup_key = None;
         let window_position = window.map(|w| w.position);
         let mut key_field = (0..aggregate.group_expr.len()).filter(|&i| Some(i) != window_position);
         for key in keys {
@@ -88,6 +95,14 @@ impl Lowering<'_> {
                 return None;
             }
             key_columns.push(column);
+            // The kind of group table the operator's encoder builds for
+            // this key (`laminar_operators::groups`).
+            lookup_key = match declared.data_type() {
+                _ if declared.is_nullable() || keys.len() > 1 => None,
+                DataType::Utf8 => Some(LookupKey::Utf8),
+                DataType::Int64 => Some(LookupKey::Int64),
+                _ => None,
+            };
         }
 
         let mut inputs = Vec::with_capacity(aggregates.len());
@@ -105,7 +120,11 @@ impl Lowering<'_> {
                 filter,
             });
         }
-        let update = crate::jit::fused_update(&inputs, &source_schema)?;
+        let lookup = lookup_key.filter(|_| looking_up).map(|key| FusedLookup {
+            key,
+            predicate: view.predicate.clone(),
+        });
+        let update = crate::jit::fused_update(&inputs, &source_schema, lookup.as_ref())?;
         let predicate = view
             .predicate
             .map(|p| self.compile_physical(p, &source_schema));

@@ -1557,6 +1557,7 @@ impl Lowering<'_> {
                 &key_exprs,
                 &raw_aggregates,
                 &raw_filters,
+                true,
             ),
             // A session's and a changelog's fused kernel fold into the
             // same slots as their interpreted path.
@@ -1567,6 +1568,7 @@ impl Lowering<'_> {
                     &key_exprs,
                     &raw_aggregates,
                     &raw_filters,
+                    false,
                 )
                 .filter(|f| foldable.as_ref() == Some(&f.aggregates)),
             _ => None,
@@ -2685,8 +2687,13 @@ impl StreamPlan {
             fused: Some(fused), ..
         }) = spec
         {
+            let lookup = if fused.update.is_ready() && fused.update.looks_up_groups() {
+                ", group lookup in the loop"
+            } else {
+                ""
+            };
             text.push_str(&format!(
-                "\nJIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): {}",
+                "\nJIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): {}{lookup}",
                 fused.update.state()
             ));
         }

@@ -13,7 +13,24 @@
 //! `selection` is a bitmap of the rows to aggregate (null: every row);
 //! `group_ids[row]` is the row's group (read only for selected rows);
 //! `states` holds two pointers per aggregate, its `FusedAccumulator`'s
-//! vectors (see `laminar_operators::fused` for what each holds). Updates
+//! vectors (see `laminar_operators::fused` for what each holds).
+//!
+//! A kernel that looks groups up itself (the program has a `lookup`)
+//! has another signature:
+//!
+//! ```text
+//! fn(inputs, rows, selection, selection_bit_offset,
+//!    frame: *mut GroupLookup, start_row: u64) -> u64
+//! ```
+//!
+//! It reads the group table and the state vectors from the frame
+//! (`laminar_operators::fused_lookup`). Per selected row it evaluates the
+//! `WHERE`, then hashes the key and probes the table inline; at a row it
+//! cannot resolve (a key not in the table yet, a string whose 8-byte read
+//! would pass its buffer) it returns that row. The caller resolves it and
+//! calls again from there, with the row's group in the frame, which the
+//! kernel updates before going on. It returns `rows` once through.
+//! Updates
 //! are branch-free: a row whose argument is NULL (or whose `FILTER` is
 //! not true) adds 0, or keeps the current minimum, instead of skipping.
 //! Adding `0.0` leaves every float sum unchanged (sums start at `+0.0`, so
@@ -21,55 +38,105 @@
 //! Nothing in a fused kernel can fail: the planner does not fuse
 //! expressions that may (integer division, timestamp scaling).
 
+use std::mem::offset_of;
+
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, FuncRef, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Value};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::Module;
 use laminar_operators::fused::{FusedFunction, FusedType};
+use laminar_operators::fused_lookup::{GroupLookup, LookupKey, NO_GROUP};
 
 use super::codegen::{declare, load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
-use super::fused::FusedProgram;
+use super::fused::{FusedProgram, LookupNode};
 
 pub(crate) type FusedKernelFn =
     unsafe extern "C" fn(*const InputDesc, u64, *const u8, u64, *const u64, *const *mut u64);
 
-/// A compiled fused kernel and the executable memory holding it.
-pub(crate) struct FusedKernel {
+/// A kernel that looks groups up itself: `(inputs, rows, selection,
+/// selection_bit_offset, frame, start_row) -> stopped_row` (`rows` when
+/// it went through).
+pub(crate) type LookupKernelFn =
+    unsafe extern "C" fn(*const InputDesc, u64, *const u8, u64, *mut GroupLookup, u64) -> u64;
+
+/// A compiled kernel and the executable memory holding it.
+pub(crate) struct Compiled<F> {
     _code: Code,
-    pub function: FusedKernelFn,
+    pub function: F,
 }
 
-impl std::fmt::Debug for FusedKernel {
+impl<F> std::fmt::Debug for Compiled<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FusedKernel")
     }
 }
 
-/// Both kernels of a fused aggregate: `general` reads validity bitmaps,
-/// `dense` runs when no input has a NULL in the batch.
+pub(crate) type FusedKernel = Compiled<FusedKernelFn>;
+pub(crate) type LookupKernel = Compiled<LookupKernelFn>;
+
+/// A fused aggregate's kernels: `general` reads validity bitmaps,
+/// `dense` runs when no input has a NULL in the batch; with a lookup,
+/// both again as kernels that look groups up themselves (the others
+/// serve batches with a key too long for that).
 #[derive(Debug)]
 pub(crate) struct FusedKernels {
     pub general: FusedKernel,
     pub dense: FusedKernel,
+    pub lookup: Option<LookupKernels>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LookupKernels {
+    pub general: LookupKernel,
+    pub dense: LookupKernel,
 }
 
 pub(crate) fn compile_fused(program: &FusedProgram) -> Result<FusedKernels, String> {
+    let lookup = match &program.lookup {
+        Some(lookup) => Some(LookupKernels {
+            general: compile_one(program, false, Some(lookup))?,
+            dense: compile_one(program, true, Some(lookup))?,
+        }),
+        None => None,
+    };
     Ok(FusedKernels {
-        general: compile_one(program, false)?,
-        dense: compile_one(program, true)?,
+        general: compile_one(program, false, None)?,
+        dense: compile_one(program, true, None)?,
+        lookup,
     })
 }
 
-fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, String> {
+/// Builds one kernel: reading group ids, or with `lookup` looking groups
+/// up itself. `F` is its function type.
+fn compile_one<F: Copy>(
+    program: &FusedProgram,
+    dense: bool,
+    lookup: Option<&LookupNode>,
+) -> Result<Compiled<F>, String> {
     let (mut module, str_eq_id) = new_module()?;
     let pointer = module.target_config().pointer_type();
-    let (id, mut context) = declare(
-        &mut module,
-        "fused",
-        &[pointer, types::I64, pointer, types::I64, pointer, pointer],
-        None,
-    )?;
+    let (id, mut context) = match lookup {
+        None => declare(
+            &mut module,
+            "fused",
+            &[pointer, types::I64, pointer, types::I64, pointer, pointer],
+            None,
+        )?,
+        Some(_) => declare(
+            &mut module,
+            "fused_lookup",
+            &[
+                pointer,
+                types::I64,
+                pointer,
+                types::I64,
+                pointer,
+                types::I64,
+            ],
+            Some(types::I64),
+        )?,
+    };
     let mut builder_context = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut context.func, &mut builder_context);
@@ -78,83 +145,280 @@ fn compile_one(program: &FusedProgram, dense: bool) -> Result<FusedKernel, Strin
         let header = b.create_block();
         let check = b.create_block();
         let read_selection = b.create_block();
+        let row_start = b.create_block();
         let body = b.create_block();
         let next = b.create_block();
         let exit = b.create_block();
         b.append_block_params_for_function_params(entry);
+        b.append_block_param(header, types::I64);
+        b.append_block_param(body, types::I64);
+        b.append_block_param(body, types::I64);
+        b.append_block_param(next, types::I64);
+        b.append_block_param(exit, types::I64);
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
-        let (descs, rows, selection, selection_offset, group_ids, states) = (
-            params[0], params[1], params[2], params[3], params[4], params[5],
-        );
+        let (descs, rows, selection, selection_offset) =
+            (params[0], params[1], params[2], params[3]);
         let inputs = load_inputs(&mut b, descs, &program.inputs);
-        let state = load_states(&mut b, states, program.aggregates.len());
         let has_selection = b.ins().icmp_imm_s(IntCC::NotEqual, selection, 0);
-        let zero = b.ins().iconst(types::I64, 0);
-        b.ins().jump(header, &[zero.into()]);
+        let (groups, state) = match lookup {
+            None => {
+                let state = load_states(&mut b, params[5], program.aggregates.len());
+                let zero = b.ins().iconst(types::I64, 0);
+                b.ins().jump(header, &[zero.into()]);
+                (Groups::Ids(params[4]), state)
+            }
+            Some(lookup) => {
+                let (frame, start_row) = (params[4], params[5]);
+                let found = Lookup::load(&mut b, frame, lookup.key);
+                let flags = MemFlagsData::trusted();
+                let states = b.ins().load(
+                    types::I64,
+                    flags,
+                    frame,
+                    offset_of!(GroupLookup, states) as i32,
+                );
+                let state = load_states(&mut b, states, program.aggregates.len());
+                // A row the last call stopped at comes back resolved: it
+                // is updated first.
+                let pending = b.ins().load(
+                    types::I64,
+                    flags,
+                    frame,
+                    offset_of!(GroupLookup, pending_group) as i32,
+                );
+                let resolved = b
+                    .ins()
+                    .icmp_imm_s(IntCC::NotEqual, pending, NO_GROUP as i64);
+                b.ins().brif(
+                    resolved,
+                    body,
+                    &[start_row.into(), pending.into()],
+                    header,
+                    &[start_row.into()],
+                );
+                (Groups::Lookup(found), state)
+            }
+        };
 
-        b.append_block_param(header, types::I64);
         b.switch_to_block(header);
         let row = b.block_params(header)[0];
         let more = b.ins().icmp(IntCC::UnsignedLessThan, row, rows);
-        b.ins().brif(more, check, &[], exit, &[]);
+        b.ins().brif(more, check, &[], exit, &[rows.into()]);
 
         b.switch_to_block(check);
-        b.ins().brif(has_selection, read_selection, &[], body, &[]);
+        b.ins()
+            .brif(has_selection, read_selection, &[], row_start, &[]);
 
-        b.switch_to_block(read_selection);
-        let selected = {
-            let mut gen = Gen {
-                b: &mut b,
-                inputs: &inputs,
-                row,
-                bail: None,
-                dense,
-                str_eq,
-            };
-            gen.bit(selection, selection_offset, None)
+        let mut gen = Gen {
+            b: &mut b,
+            inputs: &inputs,
+            row,
+            bail: None,
+            dense,
+            str_eq,
         };
-        b.ins().brif(selected, body, &[], next, &[]);
+        gen.b.switch_to_block(read_selection);
+        let selected = gen.bit(selection, selection_offset, None);
+        gen.b
+            .ins()
+            .brif(selected, row_start, &[], next, &[row.into()]);
+
+        gen.b.switch_to_block(row_start);
+        match &groups {
+            Groups::Ids(group_ids) => {
+                let at = gen.b.ins().ishl_imm_s(row, 3);
+                let at = gen.b.ins().iadd(*group_ids, at);
+                let group = gen.b.ins().load(types::I64, MemFlagsData::trusted(), at, 0);
+                gen.b.ins().jump(body, &[row.into(), group.into()]);
+            }
+            Groups::Lookup(found) => {
+                if let Some(predicate) = lookup.and_then(|l| l.predicate.as_ref()) {
+                    let (keep, keep_valid) = gen.node(predicate);
+                    debug_assert!(gen.bail.is_none(), "fused expressions never bail");
+                    let keep = gen.b.ins().band(keep, keep_valid);
+                    let probe = gen.b.create_block();
+                    gen.b.ins().brif(keep, probe, &[], next, &[row.into()]);
+                    gen.b.switch_to_block(probe);
+                }
+                found.emit(gen.b, row, body, exit);
+            }
+        }
 
         b.switch_to_block(body);
+        let (row, group) = (b.block_params(body)[0], b.block_params(body)[1]);
         let row_code = RowCode {
             inputs: &inputs,
             state: &state,
             row,
-            group_ids,
+            group,
             dense,
             str_eq,
         };
         row_code.emit(&mut b, program);
-        b.ins().jump(next, &[]);
+        b.ins().jump(next, &[row.into()]);
 
         b.switch_to_block(next);
-        let following = b.ins().iadd_imm_s(row, 1);
+        let done = b.block_params(next)[0];
+        let following = b.ins().iadd_imm_s(done, 1);
         b.ins().jump(header, &[following.into()]);
 
         b.switch_to_block(exit);
-        b.ins().return_(&[]);
+        let stopped = b.block_params(exit)[0];
+        match lookup {
+            None => b.ins().return_(&[]),
+            Some(_) => b.ins().return_(&[stopped]),
+        };
         b.seal_all_blocks();
         b.finalize(module.target_config());
     }
     finish(module, context, id, program)
 }
 
+/// Where a row's group comes from.
+enum Groups {
+    /// `group_ids[row]`.
+    Ids(Value),
+    /// The kernel's own probe of the group table.
+    Lookup(Lookup),
+}
+
+/// A group lookup in the kernel's loop, over a
+/// [`laminar_operators::fused_lookup::GroupLookup`] frame, whose fields
+/// stay put during a call.
+struct Lookup {
+    key: LookupKey,
+    seeds: [Value; 2],
+    keys: Value,
+    key_bytes: Value,
+    key_bytes_len: Value,
+    slots: Value,
+    slot_mask: Value,
+}
+
+impl Lookup {
+    /// Reads the frame's fields, once.
+    fn load(b: &mut FunctionBuilder, frame: Value, key: LookupKey) -> Self {
+        let flags = MemFlagsData::trusted();
+        let field = |b: &mut FunctionBuilder, offset: usize| {
+            b.ins().load(types::I64, flags, frame, offset as i32)
+        };
+        let seeds_at = offset_of!(GroupLookup, seeds);
+        Lookup {
+            key,
+            seeds: [field(b, seeds_at), field(b, seeds_at + 8)],
+            keys: field(b, offset_of!(GroupLookup, keys)),
+            key_bytes: field(b, offset_of!(GroupLookup, key_bytes)),
+            key_bytes_len: field(b, offset_of!(GroupLookup, key_bytes_len)),
+            slots: field(b, offset_of!(GroupLookup, slots)),
+            slot_mask: field(b, offset_of!(GroupLookup, slot_mask)),
+        }
+    }
+
+    /// Finds row `row`'s group and jumps to `found` with the row and it:
+    /// a short key (a `BIGINT`, or a string of up to 8 bytes with 8 bytes
+    /// there to read) hashed and probed as `laminar_operators::groups`
+    /// does. Any other row, and every key not in the table yet, jumps to
+    /// `stop` with the row: the caller resolves it and calls again.
+    fn emit(&self, b: &mut FunctionBuilder, row: Value, found: Block, stop: Block) {
+        let flags = MemFlagsData::trusted();
+        let (head, length) = match self.key {
+            LookupKey::Int64 => {
+                let at = b.ins().ishl_imm_s(row, 3);
+                let at = b.ins().iadd(self.keys, at);
+                let head = b.ins().load(types::I64, flags, at, 0);
+                (head, b.ins().iconst(types::I64, 8))
+            }
+            LookupKey::Utf8 => {
+                let at = b.ins().ishl_imm_s(row, 2);
+                let at = b.ins().iadd(self.keys, at);
+                // Offsets are never negative.
+                let start = b.ins().uload32(flags, at, 0);
+                let end = b.ins().uload32(flags, at, 4);
+                let length = b.ins().isub(end, start);
+                let short = b
+                    .ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, length, 8);
+                let word_end = b.ins().iadd_imm_s(start, 8);
+                let there =
+                    b.ins()
+                        .icmp(IntCC::UnsignedLessThanOrEqual, word_end, self.key_bytes_len);
+                let inline = b.ins().band(short, there);
+                let read = b.create_block();
+                b.ins().brif(inline, read, &[], stop, &[row.into()]);
+                b.switch_to_block(read);
+                let at = b.ins().iadd(self.key_bytes, start);
+                // Strings have no alignment: a plain (unaligned) load.
+                let word = b
+                    .ins()
+                    .load(types::I64, MemFlagsData::new().with_notrap(), at, 0);
+                // The key's own bytes: all 8, or the low `length` ones
+                // (a shift by 64 would wrap to 0, hence the select).
+                let bits = b.ins().ishl_imm_s(length, 3);
+                let one = b.ins().iconst(types::I64, 1);
+                let low = b.ins().ishl(one, bits);
+                let low = b.ins().iadd_imm_s(low, -1);
+                let all = b.ins().iconst(types::I64, -1);
+                let whole = b.ins().icmp_imm_u(IntCC::Equal, length, 8);
+                let keep = b.ins().select(whole, all, low);
+                (b.ins().band(word, keep), length)
+            }
+        };
+        // fold(head ^ seeds[0], (length ^ seeds[1]) | 1)
+        let x = b.ins().bxor(head, self.seeds[0]);
+        let y = b.ins().bxor(length, self.seeds[1]);
+        let y = b.ins().bor_imm_s(y, 1);
+        let low = b.ins().imul(x, y);
+        let high = b.ins().umulhi(x, y);
+        let hash = b.ins().bxor(low, high);
+        let first = b.ins().band(hash, self.slot_mask);
+        let probe = b.create_block();
+        b.append_block_param(probe, types::I64);
+        b.ins().jump(probe, &[first.into()]);
+
+        b.switch_to_block(probe);
+        let at = b.block_params(probe)[0];
+        let offset = b.ins().ishl_imm_s(at, 4);
+        let slot = b.ins().iadd(self.slots, offset);
+        // id in the low half, length in the high (little-endian).
+        let id_and_length = b.ins().load(types::I64, flags, slot, 0);
+        let slot_head = b.ins().load(types::I64, flags, slot, 8);
+        let slot_length = b.ins().ushr_imm_s(id_and_length, 32);
+        let same_head = b.ins().icmp(IntCC::Equal, slot_head, head);
+        let same_length = b.ins().icmp(IntCC::Equal, slot_length, length);
+        let same = b.ins().band(same_head, same_length);
+        let id = b.ins().band_imm_s(id_and_length, i64::from(u32::MAX));
+        let other = b.create_block();
+        b.ins()
+            .brif(same, found, &[row.into(), id.into()], other, &[]);
+
+        b.switch_to_block(other);
+        let empty = b.ins().icmp_imm_u(IntCC::Equal, id, i64::from(u32::MAX));
+        let following = b.ins().iadd_imm_s(at, 1);
+        let following = b.ins().band(following, self.slot_mask);
+        b.ins()
+            .brif(empty, stop, &[row.into()], probe, &[following.into()]);
+    }
+}
+
 /// Compiles the built function and keeps the literals its code points at.
-fn finish(
+fn finish<F: Copy>(
     mut module: cranelift_jit::JITModule,
     mut context: Context,
     id: cranelift_module::FuncId,
     program: &FusedProgram,
-) -> Result<FusedKernel, String> {
+) -> Result<Compiled<F>, String> {
     module
         .define_function(id, &mut context)
         .map_err(|e| format!("{e:?}"))?;
     module.clear_context(&mut context);
     module.finalize_definitions().map_err(|e| e.to_string())?;
     let code = module.get_finalized_function(id);
-    // SAFETY: the function was built with exactly this signature.
-    let function = unsafe { std::mem::transmute::<*const u8, FusedKernelFn>(code) };
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*const u8>());
+    // SAFETY: the function was built with the signature `F` spells (the
+    // callers pair each build with its type), and `F` is a function
+    // pointer (of a pointer's size, checked above).
+    let function = unsafe { std::mem::transmute_copy::<*const u8, F>(&code) };
     let mut literals = Vec::new();
     for aggregate in &program.aggregates {
         aggregate.argument.string_literals(&mut literals);
@@ -162,7 +426,10 @@ fn finish(
             filter.string_literals(&mut literals);
         }
     }
-    Ok(FusedKernel {
+    if let Some(predicate) = program.lookup.as_ref().and_then(|l| l.predicate.as_ref()) {
+        predicate.string_literals(&mut literals);
+    }
+    Ok(Compiled {
         _code: Code::new(module, literals),
         function,
     })
@@ -183,25 +450,21 @@ fn load_states(b: &mut FunctionBuilder, states: Value, aggregates: usize) -> Vec
 }
 
 /// What a selected row's code needs: the loaded inputs, each aggregate's
-/// state vectors, the row and the group ids.
+/// state vectors, the row and its group.
 struct RowCode<'a> {
     inputs: &'a [LoadedInput],
     state: &'a [(Value, Value)],
     row: Value,
-    group_ids: Value,
+    group: Value,
     dense: bool,
     str_eq: FuncRef,
 }
 
 impl RowCode<'_> {
-    /// Loads the row's group and, per aggregate, evaluates the argument
-    /// and `FILTER` and updates the group's state.
+    /// Per aggregate, evaluates the argument and `FILTER` and updates the
+    /// row's group's state.
     fn emit(&self, b: &mut FunctionBuilder, program: &FusedProgram) {
-        let flags = MemFlagsData::trusted();
-        let at = b.ins().ishl_imm_s(self.row, 3);
-        let at = b.ins().iadd(self.group_ids, at);
-        let group = b.ins().load(types::I64, flags, at, 0);
-        let offset = b.ins().ishl_imm_s(group, 3);
+        let offset = b.ins().ishl_imm_s(self.group, 3);
         for (aggregate, &(primary, secondary)) in program.aggregates.iter().zip(self.state) {
             let mut gen = Gen {
                 b: &mut *b,

@@ -30,7 +30,7 @@ fn udaf(function: FusedFunction) -> Arc<AggregateUDF> {
 }
 
 /// DataFusion's group accumulator for `function(argument)`.
-fn datafusion_accumulator(
+pub(super) fn datafusion_accumulator(
     function: FusedFunction,
     argument: &Arc<dyn PhysicalExpr>,
 ) -> Box<dyn GroupsAccumulator> {
@@ -46,7 +46,7 @@ fn datafusion_accumulator(
 /// A compiled fused update of one aggregate, or `None` when the
 /// argument or filter does not fuse.
 fn compiled(input: FusedInput) -> Option<CompiledFusedUpdate> {
-    let program = lower_fused(&[input], &schema())?;
+    let program = lower_fused(&[input], &schema(), None)?;
     let slot = Arc::new(FusedSlot {
         program,
         outcome: OnceLock::new(),

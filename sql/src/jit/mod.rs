@@ -71,9 +71,28 @@ mod fused_codegen {
     }
 
     #[derive(Debug)]
+    pub(crate) struct LookupKernel {
+        pub function: unsafe extern "C" fn(
+            *const InputDesc,
+            u64,
+            *const u8,
+            u64,
+            *mut laminar_operators::fused_lookup::GroupLookup,
+            u64,
+        ) -> u64,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct LookupKernels {
+        pub general: LookupKernel,
+        pub dense: LookupKernel,
+    }
+
+    #[derive(Debug)]
     pub(crate) struct FusedKernels {
         pub general: FusedKernel,
         pub dense: FusedKernel,
+        pub lookup: Option<LookupKernels>,
     }
 
     pub(crate) fn compile_fused(_program: &FusedProgram) -> Result<FusedKernels, String> {
@@ -97,7 +116,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use expr::Outcome;
 pub use expr::{CompiledExpr, CompiledSlot};
-pub use fused::{fused_update, FusedInput};
+pub use fused::{fused_update, FusedInput, FusedLookup};
 
 /// When expressions are compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +308,8 @@ pub fn explain(compiled: &[Arc<CompiledExpr>]) -> String {
     text
 }
 
+#[cfg(all(test, feature = "jit"))]
+mod fused_lookup_tests;
 #[cfg(all(test, feature = "jit"))]
 mod fused_tests;
 #[cfg(test)]
