@@ -455,7 +455,12 @@ impl Gen<'_, '_> {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
                 let valid = self.b.ins().band(lv, rv);
-                (self.compare(*op, *ty, l, r), valid)
+                let value = match (is_number(left), is_number(right)) {
+                    (_, true) => self.compare_with_number(*op, *ty, l, r),
+                    (true, false) => self.compare_with_number(op.flipped(), *ty, r, l),
+                    (false, false) => self.compare(*op, *ty, l, r),
+                };
+                (value, valid)
             }
             Node::Distinct {
                 negated,
@@ -768,6 +773,44 @@ impl Gen<'_, '_> {
         self.b.ins().icmp(cc, l, r)
     }
 
+    /// `x op c` for a float `c` that is not NaN, as [`Gen::compare`]
+    /// computes it in fewer steps: against a number, the total order is
+    /// IEEE's (which has -0.0 = 0.0 too) except that a NaN `x` sorts
+    /// above every number, or below with its sign bit set. The
+    /// comparison of a column with a literal (`price > 101.0`) is the
+    /// usual `WHERE`.
+    fn compare_with_number(&mut self, op: Cmp, ty: Ty, x: Value, c: Value) -> Value {
+        let ieee = |b: &mut FunctionBuilder, cc: FloatCC| b.ins().fcmp(cc, x, c);
+        let nan_below = |b: &mut FunctionBuilder, below: bool| {
+            let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+            let int = if ty == Ty::F32 {
+                types::I32
+            } else {
+                types::I64
+            };
+            let raw = b.ins().bitcast(int, MemFlagsData::new(), x);
+            let cc = if below {
+                IntCC::SignedLessThan
+            } else {
+                IntCC::SignedGreaterThanOrEqual
+            };
+            let side = b.ins().icmp_imm_s(cc, raw, 0);
+            b.ins().band(nan, side)
+        };
+        let (cc, nan_sorts_below) = match op {
+            Cmp::Eq => return ieee(&mut *self.b, FloatCC::Equal),
+            // Unordered or unequal: a NaN differs from every number.
+            Cmp::NotEq => return ieee(&mut *self.b, FloatCC::NotEqual),
+            Cmp::Lt => (FloatCC::LessThan, true),
+            Cmp::LtEq => (FloatCC::LessThanOrEqual, true),
+            Cmp::Gt => (FloatCC::GreaterThan, false),
+            Cmp::GtEq => (FloatCC::GreaterThanOrEqual, false),
+        };
+        let ordered = ieee(&mut *self.b, cc);
+        let nan = nan_below(&mut *self.b, nan_sorts_below);
+        self.b.ins().bor(ordered, nan)
+    }
+
     /// The signed integer whose order is the float's total order (as
     /// `f64::total_cmp` computes it), after -0.0 became 0.0: DataFusion
     /// normalizes zeros before Arrow's total-order comparison, so that
@@ -789,5 +832,21 @@ impl Gen<'_, '_> {
         let sign = self.b.ins().sshr_imm_s(raw, bits);
         let mask = self.b.ins().ushr_imm_s(sign, 1);
         self.b.ins().bxor(raw, mask)
+    }
+}
+
+/// A float literal that is a number (not NULL, not NaN):
+/// [`Gen::compare_with_number`] applies.
+fn is_number(node: &Node) -> bool {
+    match node {
+        Node::Const {
+            bits: Some(bits),
+            ty: Ty::F64,
+        } => !f64::from_bits(*bits).is_nan(),
+        Node::Const {
+            bits: Some(bits),
+            ty: Ty::F32,
+        } => !f32::from_bits(*bits as u32).is_nan(),
+        _ => false,
     }
 }

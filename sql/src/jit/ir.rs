@@ -106,6 +106,20 @@ pub(crate) enum Cmp {
     GtEq,
 }
 
+impl Cmp {
+    /// The comparison with its operands swapped: `a op b` is
+    /// `b op.flipped() a`.
+    pub fn flipped(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::LtEq => Cmp::GtEq,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::GtEq => Cmp::LtEq,
+            same => same,
+        }
+    }
+}
+
 /// A node of a compiled expression. Every node yields a value and a
 /// validity flag per row.
 #[derive(Debug, Clone)]
