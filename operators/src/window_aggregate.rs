@@ -463,17 +463,7 @@ impl WindowAggregate {
         if selection.as_ref().is_some_and(|s| s.true_count() == 0) {
             return Ok(());
         }
-        let time_column = fused.time_column.ok_or_else(|| {
-            laminar_runtime::Error::new(
-                laminar_runtime::ErrorCode::Execution,
-                "internal: a fused window aggregate has no time column",
-            )
-        })?;
-        let assigned = self.windows_of(
-            on_time.column(time_column).as_ref(),
-            row_watermarks.as_ref(),
-            time.watermark_ms,
-        )?;
+        let assigned = self.fused_windows(fused, &on_time, row_watermarks, time)?;
         let mut group_ids = std::mem::take(&mut self.group_ids);
         for (start, window_mask) in assigned {
             let mask = combine_masks(selection.as_ref(), window_mask.as_ref())?;
@@ -497,6 +487,28 @@ impl WindowAggregate {
         Ok(())
     }
 
+    /// The windows a fused plan's batch touches, each with the mask of
+    /// its rows (`None`: all of them).
+    fn fused_windows(
+        &mut self,
+        fused: &FusedAggregate,
+        on_time: &RecordBatch,
+        row_watermarks: Option<arrow::array::ArrayRef>,
+        time: BatchTime<'_>,
+    ) -> Result<Vec<(i64, Option<BooleanArray>)>> {
+        let time_column = fused.time_column.ok_or_else(|| {
+            Error::new(
+                ErrorCode::Execution,
+                "internal: a fused window aggregate has no time column",
+            )
+        })?;
+        self.windows_of(
+            on_time.column(time_column).as_ref(),
+            row_watermarks.as_ref(),
+            time.watermark_ms,
+        )
+    }
+
     /// [`WindowAggregate::on_batch_fused`] with a kernel that evaluates
     /// the `WHERE` and looks each row's group up itself (every key short:
     /// [`BatchKeys::all_short`]): per window, one run over the rows in it.
@@ -508,17 +520,7 @@ impl WindowAggregate {
         keys: &BatchKeys<'_>,
         time: BatchTime<'_>,
     ) -> Result<()> {
-        let time_column = fused.time_column.ok_or_else(|| {
-            Error::new(
-                ErrorCode::Execution,
-                "internal: a fused window aggregate has no time column",
-            )
-        })?;
-        let assigned = self.windows_of(
-            on_time.column(time_column).as_ref(),
-            row_watermarks.as_ref(),
-            time.watermark_ms,
-        )?;
+        let assigned = self.fused_windows(fused, on_time, row_watermarks, time)?;
         for (start, window_mask) in assigned {
             let mask = combine_masks(None, window_mask.as_ref())?;
             if mask.as_ref().is_some_and(|m| m.true_count() == 0) {

@@ -136,13 +136,12 @@ fn check(
     else {
         return false;
     };
-    let predicate = match where_sql {
-        Some(sql) => match physical(sql) {
-            Some(p) => Some(p),
-            None => return false,
-        },
-        None => None,
-    };
+    // A WHERE that does not plan is no case to check.
+    let predicate = where_sql.map(physical);
+    if predicate.as_ref().is_some_and(Option::is_none) {
+        return false;
+    }
+    let predicate = predicate.flatten();
     let arguments: Vec<_> = inputs.iter().map(|i| Arc::clone(&i.argument)).collect();
     let kinds: Vec<_> = inputs.iter().map(|i| i.kind).collect();
     let Some(update) = compiled_looking_up(
