@@ -6,7 +6,7 @@
 //! tables grow in the middle of a kernel call, over several batches into
 //! one table, with random selections, `WHERE`s and aggregates.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field};
@@ -19,8 +19,8 @@ use laminar_operators::fused_lookup::LookupKey;
 use laminar_operators::groups::KeyEncoder;
 use proptest::prelude::*;
 
-use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedLookup, FusedSlot};
-use super::fused_tests::datafusion_accumulator;
+use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedLookup};
+use super::fused_tests::{compile_now, datafusion_accumulator};
 use super::tests::{column_strategy, numeric, physical, predicate, same};
 
 /// One batch's rows: the batch, each row's key (an index into the key
@@ -74,13 +74,7 @@ fn compiled_looking_up(
 ) -> Option<CompiledFusedUpdate> {
     let program = lower_fused(&inputs, &super::tests::schema(), Some(&lookup))?;
     program.lookup.as_ref()?;
-    let slot = Arc::new(FusedSlot {
-        program,
-        outcome: OnceLock::new(),
-    });
-    slot.compile();
-    let update = CompiledFusedUpdate::new(slot);
-    assert!(update.is_ready(), "{}", update.state());
+    let update = compile_now(program);
     assert!(update.looks_up_groups());
     Some(update)
 }

@@ -15,7 +15,7 @@ use laminar_operators::fused::{
 };
 use proptest::prelude::*;
 
-use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedSlot};
+use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedProgram, FusedSlot};
 use super::tests::{column_strategy, numeric, physical, predicate, same, schema};
 
 fn udaf(function: FusedFunction) -> Arc<AggregateUDF> {
@@ -46,7 +46,11 @@ pub(super) fn datafusion_accumulator(
 /// A compiled fused update of one aggregate, or `None` when the
 /// argument or filter does not fuse.
 fn compiled(input: FusedInput) -> Option<CompiledFusedUpdate> {
-    let program = lower_fused(&[input], &schema(), None)?;
+    Some(compile_now(lower_fused(&[input], &schema(), None)?))
+}
+
+/// `program` compiled now, as a ready update.
+pub(super) fn compile_now(program: FusedProgram) -> CompiledFusedUpdate {
     let slot = Arc::new(FusedSlot {
         program,
         outcome: OnceLock::new(),
@@ -54,7 +58,7 @@ fn compiled(input: FusedInput) -> Option<CompiledFusedUpdate> {
     slot.compile();
     let update = CompiledFusedUpdate::new(slot);
     assert!(update.is_ready(), "{}", update.state());
-    Some(update)
+    update
 }
 
 /// Both results and partial states, in that order.
