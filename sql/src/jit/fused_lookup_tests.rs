@@ -20,7 +20,7 @@ use laminar_operators::groups::KeyEncoder;
 use proptest::prelude::*;
 
 use super::fused::{lower_fused, CompiledFusedUpdate, FusedInput, FusedLookup};
-use super::fused_tests::{compile_now, datafusion_accumulator};
+use super::fused_tests::{compile_now, datafusion_accumulator, functions};
 use super::tests::{column_strategy, numeric, physical, predicate, same};
 
 /// One batch's rows: the batch, each row's key (an index into the key
@@ -221,16 +221,6 @@ fn check(
         );
     }
     true
-}
-
-fn functions() -> impl Strategy<Value = FusedFunction> {
-    prop::sample::select(vec![
-        FusedFunction::Count,
-        FusedFunction::Sum,
-        FusedFunction::Min,
-        FusedFunction::Max,
-        FusedFunction::Avg,
-    ])
 }
 
 /// One to three batches, each with a key per row (from a pool of a few,

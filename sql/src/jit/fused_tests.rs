@@ -257,7 +257,7 @@ fn datafusion_accumulator_state(
     accumulator.state(EmitTo::All).unwrap()
 }
 
-fn functions() -> impl Strategy<Value = FusedFunction> {
+pub(super) fn functions() -> impl Strategy<Value = FusedFunction> {
     prop::sample::select(vec![
         FusedFunction::Count,
         FusedFunction::Sum,
