@@ -9,12 +9,15 @@
 //! skip. A kernel that probes the table in its own loop needs none of it.
 //!
 //! The kernel handles the common case inline: a `BIGINT` key, or a string
-//! key of up to 8 bytes (which its slot holds whole), already in the
-//! table. It hashes the key as [`crate::groups`] does (the folded multiply
-//! with the encoder's seeds) and probes the slots linearly, comparing each
-//! slot's length and head word. At a row it cannot resolve (a key not in
-//! the table yet, or one whose 8-byte read would pass its column's
-//! buffer) it stops and returns that row; [`LookupRun::resolve`] looks
+//! key of 1 to 8 bytes (which its slot holds whole), already in the
+//! table. It reads a string key as the 8-byte word that ends where the
+//! key ends, hashes the key as [`crate::groups`] does (the folded
+//! multiply with the process's [`crate::groups::short_key_seeds`], which
+//! the kernel carries as constants) and probes the slots linearly,
+//! comparing each slot's length and head word. At a row it cannot
+//! resolve (a key not in the table yet, an empty string, or a key that
+//! ends in the first 8 bytes of its column's buffer, where that word
+//! would start before the buffer) it stops and returns that row; [`LookupRun::resolve`] looks
 //! the key up (inserting it) the ordinary way, gives every accumulator
 //! room for a new group, rewrites the frame's pointers (the table and the
 //! state vectors may have moved) and leaves the group in
@@ -58,17 +61,12 @@ pub struct GroupLookup {
     pub slots: *const u8,
     /// Slots minus one.
     pub slot_mask: u64,
-    /// The short-key hash's seeds: `fold(head ^ seeds[0], (len ^
-    /// seeds[1]) | 1)`, the low word of the 128-bit product xor its high.
-    pub seeds: [u64; 2],
     /// A string key column's offsets (`i32`, row 0's first) or a `BIGINT`
     /// key column's values.
     pub keys: *const u8,
-    /// A string key column's bytes (null for `BIGINT`).
+    /// A string key column's bytes (null for `BIGINT`): a key that ends
+    /// at byte `end >= 8` is read as the word at `end - 8`.
     pub key_bytes: *const u8,
-    /// Bytes at `key_bytes`: a short key is read as the 8-byte word at
-    /// its start only where those 8 bytes are there.
-    pub key_bytes_len: u64,
     /// Each aggregate's two state vectors (primary, secondary), in order.
     pub states: *const *mut u64,
     /// The group of the row the kernel starts at, when the previous call
@@ -122,10 +120,8 @@ impl<'a, 'k> LookupRun<'a, 'k> {
             frame: GroupLookup {
                 slots: std::ptr::null(),
                 slot_mask: 0,
-                seeds: encoder.seeds(),
                 keys: keys_at,
                 key_bytes: key_bytes.as_ptr(),
-                key_bytes_len: key_bytes.len() as u64,
                 states: std::ptr::null(),
                 pending_group: NO_GROUP,
             },

@@ -45,7 +45,7 @@ pub struct KeyEncoder {
     converter: RowConverter,
     /// Hash state of the group tables (process-local: any fast hasher).
     hasher: ahash::RandomState,
-    /// Random seeds of [`KeyEncoder::short_hash`], from `hasher`.
+    /// [`short_key_seeds`], kept at hand.
     seeds: [u64; 2],
 }
 
@@ -110,20 +110,12 @@ impl KeyEncoder {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect()
         })?;
-        let hasher = ahash::RandomState::new();
-        let seeds = [hasher.hash_one(0x5eed_u64), hasher.hash_one(0xf00d_u64)];
         Ok(Self {
             kind,
             converter,
-            hasher,
-            seeds,
+            hasher: ahash::RandomState::new(),
+            seeds: short_key_seeds(),
         })
-    }
-
-    /// The seeds of the short-key hash, for a kernel that computes it
-    /// ([`crate::fused_lookup`]).
-    pub(crate) fn seeds(&self) -> [u64; 2] {
-        self.seeds
     }
 
     /// An empty group table for these keys.
@@ -661,8 +653,21 @@ impl SlotTable {
     }
 }
 
+/// The seeds of every group table's short-key hash ([`fold_hash`]):
+/// random, drawn once per process. One pair for all tables lets a fused
+/// kernel, compiled before any table exists, carry them as constants
+/// ([`crate::fused_lookup`]) instead of two more loop values; a key's
+/// hash is still unknown outside the process.
+pub fn short_key_seeds() -> [u64; 2] {
+    static SEEDS: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    *SEEDS.get_or_init(|| {
+        let hasher = ahash::RandomState::new();
+        [hasher.hash_one(0x5eed_u64), hasher.hash_one(0xf00d_u64)]
+    })
+}
+
 /// The group tables' hash of a key of up to 8 bytes: a folded multiply of
-/// its head and length with two random seeds. The multiplier is odd, so
+/// its head and length with the [`short_key_seeds`]. The multiplier is odd, so
 /// the product's low word keeps every bit of the head's. Fused kernels
 /// compute the same hash in their own loop ([`crate::fused_lookup`]):
 /// change both together (a kernel whose hash differs still finds every

@@ -19,7 +19,8 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use std::sync::Arc;
 
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, UserFuncName, Value,
+    types, AbiParam, FuncRef, InstBuilder, InstructionData, MemFlagsData, Opcode, Type,
+    UserFuncName, Value, ValueDef,
 };
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -321,13 +322,25 @@ pub(super) fn declare(
     Ok((id, context))
 }
 
+/// Flags of a load from a kernel's input descriptors or value buffers,
+/// which nothing writes during a call and whose addresses are valid
+/// wherever their operands are (a row's value at any row below `rows`).
+/// Cranelift treats such a load as a pure value: one row's value read
+/// twice (by two arguments, say) is read once, and a descriptor field no
+/// code uses is not read at all. It places a pure value where it is
+/// used, hoisting only what does not change in a loop. Bitmap reads keep
+/// plain flags: the selection's is valid only behind its null check.
+pub(super) fn input_flags() -> MemFlagsData {
+    MemFlagsData::trusted().with_readonly().with_can_move()
+}
+
 /// Reads the loop-invariant fields of every input's descriptor, once.
 pub(super) fn load_inputs(
     b: &mut FunctionBuilder,
     descs: Value,
     inputs: &[(usize, arrow::datatypes::DataType)],
 ) -> Vec<LoadedInput> {
-    let flags = MemFlagsData::trusted();
+    let flags = input_flags();
     inputs
         .iter()
         .enumerate()
@@ -376,6 +389,18 @@ pub(super) struct Gen<'a, 'b> {
     pub str_eq: FuncRef,
 }
 
+/// Whether `value`, in the function `b` builds, is the constant 1.
+pub fn is_one(b: &FunctionBuilder, value: Value) -> bool {
+    let dfg = &b.func.dfg;
+    match dfg.value_def(value) {
+        ValueDef::Result(inst, _) => matches!(
+            dfg.insts[inst],
+            InstructionData::UnaryImm { opcode: Opcode::Iconst, imm } if imm.bits() == 1
+        ),
+        _ => false,
+    }
+}
+
 impl Gen<'_, '_> {
     /// Bit `index` of the bitmap at `base` (index masked by `mask` first,
     /// as a byte index), as an I8 0/1.
@@ -416,7 +441,7 @@ impl Gen<'_, '_> {
                         self.b.ins().imul_imm_s(self.row, width)
                     };
                     let at = self.b.ins().iadd(values, offset);
-                    self.b.ins().load(clif(*ty), MemFlagsData::trusted(), at, 0)
+                    self.b.ins().load(clif(*ty), input_flags(), at, 0)
                 };
                 let valid = if self.dense {
                     self.b.ins().iconst(types::I8, 1)
@@ -443,7 +468,7 @@ impl Gen<'_, '_> {
             } => {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
-                let valid = self.b.ins().band(lv, rv);
+                let valid = self.both_valid(lv, rv);
                 (self.arith(*op, *ty, l, r, valid), valid)
             }
             Node::Cmp {
@@ -454,7 +479,7 @@ impl Gen<'_, '_> {
             } => {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
-                let valid = self.b.ins().band(lv, rv);
+                let valid = self.both_valid(lv, rv);
                 let value = match (is_number(left), is_number(right)) {
                     (_, true) => self.compare_with_number(*op, *ty, l, r),
                     (true, false) => self.compare_with_number(op.flipped(), *ty, r, l),
@@ -473,7 +498,7 @@ impl Gen<'_, '_> {
                 // Distinct when exactly one is NULL, or both are valid and
                 // differ.
                 let differ = self.compare(Cmp::NotEq, *ty, l, r);
-                let both = self.b.ins().band(lv, rv);
+                let both = self.both_valid(lv, rv);
                 let both_differ = self.b.ins().band(both, differ);
                 let one_null = self.b.ins().bxor(lv, rv);
                 let mut distinct = self.b.ins().bor(one_null, both_differ);
@@ -485,11 +510,14 @@ impl Gen<'_, '_> {
             Node::And(left, right) => {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
+                let both = self.both_valid(lv, rv);
+                if self.known_true(both) {
+                    return (self.b.ins().band(l, r), both);
+                }
                 // Known false when either side is a valid false.
                 let l_false = self.valid_false(l, lv);
                 let r_false = self.valid_false(r, rv);
                 let known_false = self.b.ins().bor(l_false, r_false);
-                let both = self.b.ins().band(lv, rv);
                 let valid = self.b.ins().bor(known_false, both);
                 let values = self.b.ins().band(l, r);
                 let value = self.b.ins().band(values, both);
@@ -498,10 +526,13 @@ impl Gen<'_, '_> {
             Node::Or(left, right) => {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
+                let both = self.both_valid(lv, rv);
+                if self.known_true(both) {
+                    return (self.b.ins().bor(l, r), both);
+                }
                 let l_true = self.b.ins().band(l, lv);
                 let r_true = self.b.ins().band(r, rv);
                 let known_true = self.b.ins().bor(l_true, r_true);
-                let both = self.b.ins().band(lv, rv);
                 let valid = self.b.ins().bor(known_true, both);
                 (known_true, valid)
             }
@@ -695,6 +726,36 @@ impl Gen<'_, '_> {
             Some(previous) => self.b.ins().bor(previous, row_bail),
             None => row_bail,
         });
+    }
+
+    /// Whether `value` is the constant 1: a validity known when the kernel
+    /// is built (a dense kernel's inputs, a literal). Cranelift folds
+    /// `band(1, 1)` but not `bor(x, 1)` on a boolean (it cannot know the
+    /// other bits of `x` are 0), so three-valued logic over known
+    /// validities is skipped here instead.
+    pub fn known_true(&self, value: Value) -> bool {
+        is_one(self.b, value)
+    }
+
+    /// Both validities: `lv & rv`, or one of them when the other is
+    /// known true.
+    fn both_valid(&mut self, lv: Value, rv: Value) -> Value {
+        if self.known_true(lv) {
+            rv
+        } else if self.known_true(rv) {
+            lv
+        } else {
+            self.b.ins().band(lv, rv)
+        }
+    }
+
+    /// `value` where `valid`, false elsewhere.
+    pub fn when_valid(&mut self, value: Value, valid: Value) -> Value {
+        if self.known_true(valid) {
+            value
+        } else {
+            self.b.ins().band(value, valid)
+        }
     }
 
     /// 1 when `value` is a valid false.

@@ -26,12 +26,13 @@
 //! It reads the group table and the state vectors from the frame
 //! (`laminar_operators::fused_lookup`). Per selected row it evaluates the
 //! `WHERE`, then hashes the key and probes the table inline; at a row it
-//! cannot resolve (a key not in the table yet, a string whose 8-byte read
-//! would pass its buffer) it returns that row. The caller resolves it and
-//! calls again from there, with the row's group in the frame, which the
-//! kernel updates before going on. It returns `rows` once through.
-//! Updates
-//! are branch-free: a row whose argument is NULL (or whose `FILTER` is
+//! cannot resolve (a key not in the table yet, an empty string, a string
+//! ending in its buffer's first 8 bytes) it returns that row. The caller
+//! resolves it and calls again from there, with the row's group in the
+//! frame, which the kernel updates before going on. It returns `rows`
+//! once through.
+//!
+//! Updates are branch-free: a row whose argument is NULL (or whose `FILTER` is
 //! not true) adds 0, or keeps the current minimum, instead of skipping.
 //! Adding `0.0` leaves every float sum unchanged (sums start at `+0.0`, so
 //! none is ever `-0.0`), so the results are DataFusion's bit for bit.
@@ -47,8 +48,9 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::Module;
 use laminar_operators::fused::{FusedFunction, FusedType};
 use laminar_operators::fused_lookup::{GroupLookup, LookupKey, NO_GROUP};
+use laminar_operators::groups::short_key_seeds;
 
-use super::codegen::{declare, load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
+use super::codegen::{declare, is_one, load_inputs, new_module, Code, Gen, InputDesc, LoadedInput};
 use super::fused::{FusedProgram, LookupNode};
 
 pub(crate) type FusedKernelFn =
@@ -163,7 +165,8 @@ fn compile_one<F: Copy>(
         let has_selection = b.ins().icmp_imm_s(IntCC::NotEqual, selection, 0);
         let (groups, state) = match lookup {
             None => {
-                let state = load_states(&mut b, params[5], program.aggregates.len());
+                let state =
+                    States::Loaded(load_states(&mut b, params[5], program.aggregates.len()));
                 let zero = b.ins().iconst(types::I64, 0);
                 b.ins().jump(header, &[zero.into()]);
                 (Groups::Ids(params[4]), state)
@@ -178,7 +181,11 @@ fn compile_one<F: Copy>(
                     frame,
                     offset_of!(GroupLookup, states) as i32,
                 );
-                let state = load_states(&mut b, states, program.aggregates.len());
+                // Read where they are used: a lookup kernel has more loop
+                // values than registers, and a pointer loaded at its use is
+                // one load, where a spilled one is a load plus the stores
+                // and moves the allocator adds around it.
+                let state = States::AtUse(states);
                 // A row the last call stopped at comes back resolved: it
                 // is updated first.
                 let pending = b.ins().load(
@@ -236,7 +243,7 @@ fn compile_one<F: Copy>(
                 if let Some(predicate) = lookup.and_then(|l| l.predicate.as_ref()) {
                     let (keep, keep_valid) = gen.node(predicate);
                     debug_assert!(gen.bail.is_none(), "fused expressions never bail");
-                    let keep = gen.b.ins().band(keep, keep_valid);
+                    let keep = gen.when_valid(keep, keep_valid);
                     let probe = gen.b.create_block();
                     gen.b.ins().brif(keep, probe, &[], next, &[row.into()]);
                     gen.b.switch_to_block(probe);
@@ -291,7 +298,6 @@ struct Lookup {
     seeds: [Value; 2],
     keys: Value,
     key_bytes: Value,
-    key_bytes_len: Value,
     slots: Value,
     slot_mask: Value,
 }
@@ -303,23 +309,25 @@ impl Lookup {
         let field = |b: &mut FunctionBuilder, offset: usize| {
             b.ins().load(types::I64, flags, frame, offset as i32)
         };
-        let seeds_at = offset_of!(GroupLookup, seeds);
+        // Constants, not loop values: the seeds are the process's, the
+        // same for every table.
+        let seeds = short_key_seeds().map(|seed| b.ins().iconst(types::I64, seed as i64));
         Lookup {
             key,
-            seeds: [field(b, seeds_at), field(b, seeds_at + 8)],
+            seeds,
             keys: field(b, offset_of!(GroupLookup, keys)),
             key_bytes: field(b, offset_of!(GroupLookup, key_bytes)),
-            key_bytes_len: field(b, offset_of!(GroupLookup, key_bytes_len)),
             slots: field(b, offset_of!(GroupLookup, slots)),
             slot_mask: field(b, offset_of!(GroupLookup, slot_mask)),
         }
     }
 
     /// Finds row `row`'s group and jumps to `found` with the row and it:
-    /// a short key (a `BIGINT`, or a string of up to 8 bytes with 8 bytes
-    /// there to read) hashed and probed as `laminar_operators::groups`
-    /// does. Any other row, and every key not in the table yet, jumps to
-    /// `stop` with the row: the caller resolves it and calls again.
+    /// a short key (a `BIGINT`, or a string of 1 to 8 bytes ending at
+    /// least 8 bytes into its buffer) hashed and probed as
+    /// `laminar_operators::groups` does. Any other row, and every key not
+    /// in the table yet, jumps to `stop` with the row: the caller
+    /// resolves it and calls again.
     fn emit(&self, b: &mut FunctionBuilder, row: Value, found: Block, stop: Block) {
         let flags = MemFlagsData::trusted();
         let (head, length) = match self.key {
@@ -336,32 +344,30 @@ impl Lookup {
                 let start = b.ins().uload32(flags, at, 0);
                 let end = b.ins().uload32(flags, at, 4);
                 let length = b.ins().isub(end, start);
-                let short = b
+                // 1 to 8 bytes (an empty key would shift by 64 below).
+                let less = b.ins().iadd_imm_s(length, -1);
+                let short = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, less, 8);
+                // The word ending at the key's end starts in the buffer.
+                let there = b
                     .ins()
-                    .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, length, 8);
-                let word_end = b.ins().iadd_imm_s(start, 8);
-                let there =
-                    b.ins()
-                        .icmp(IntCC::UnsignedLessThanOrEqual, word_end, self.key_bytes_len);
+                    .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, end, 8);
                 let inline = b.ins().band(short, there);
                 let read = b.create_block();
                 b.ins().brif(inline, read, &[], stop, &[row.into()]);
                 b.switch_to_block(read);
-                let at = b.ins().iadd(self.key_bytes, start);
+                let at = b.ins().iadd(self.key_bytes, end);
                 // Strings have no alignment: a plain (unaligned) load.
                 let word = b
                     .ins()
-                    .load(types::I64, MemFlagsData::new().with_notrap(), at, 0);
-                // The key's own bytes: all 8, or the low `length` ones
-                // (a shift by 64 would wrap to 0, hence the select).
+                    .load(types::I64, MemFlagsData::new().with_notrap(), at, -8);
+                // The key is the word's high `length` bytes (little-endian):
+                // shift them down by 64 - 8 * length, which is the
+                // negated bit count modulo 64 (shifts take their amount
+                // modulo the width), zero-filling the rest as a slot's
+                // head is.
                 let bits = b.ins().ishl_imm_s(length, 3);
-                let one = b.ins().iconst(types::I64, 1);
-                let low = b.ins().ishl(one, bits);
-                let low = b.ins().iadd_imm_s(low, -1);
-                let all = b.ins().iconst(types::I64, -1);
-                let whole = b.ins().icmp_imm_u(IntCC::Equal, length, 8);
-                let keep = b.ins().select(whole, all, low);
-                (b.ins().band(word, keep), length)
+                let shift = b.ins().ineg(bits);
+                (b.ins().ushr(word, shift), length)
             }
         };
         // fold(head ^ seeds[0], (length ^ seeds[1]) | 1)
@@ -435,6 +441,34 @@ fn finish<F: Copy>(
     })
 }
 
+/// Where the kernel finds each aggregate's two state vectors.
+enum States {
+    /// Read once before the loop.
+    Loaded(Vec<(Value, Value)>),
+    /// Read from the pointer list at each use.
+    AtUse(Value),
+}
+
+impl States {
+    /// Aggregate `j`'s primary vector, and its secondary when `secondary`.
+    fn pointers(&self, b: &mut FunctionBuilder, j: usize, secondary: bool) -> (Value, Value) {
+        match self {
+            States::Loaded(loaded) => loaded[j],
+            &States::AtUse(states) => {
+                let flags = MemFlagsData::trusted();
+                let at = (j * 16) as i32;
+                let primary = b.ins().load(types::I64, flags, states, at);
+                let secondary = if secondary {
+                    b.ins().load(types::I64, flags, states, at + 8)
+                } else {
+                    primary
+                };
+                (primary, secondary)
+            }
+        }
+    }
+}
+
 /// Each aggregate's two state vectors, read once before the loop.
 fn load_states(b: &mut FunctionBuilder, states: Value, aggregates: usize) -> Vec<(Value, Value)> {
     let flags = MemFlagsData::trusted();
@@ -453,7 +487,7 @@ fn load_states(b: &mut FunctionBuilder, states: Value, aggregates: usize) -> Vec
 /// state vectors, the row and its group.
 struct RowCode<'a> {
     inputs: &'a [LoadedInput],
-    state: &'a [(Value, Value)],
+    state: &'a States,
     row: Value,
     group: Value,
     dense: bool,
@@ -465,7 +499,7 @@ impl RowCode<'_> {
     /// row's group's state.
     fn emit(&self, b: &mut FunctionBuilder, program: &FusedProgram) {
         let offset = b.ins().ishl_imm_s(self.group, 3);
-        for (aggregate, &(primary, secondary)) in program.aggregates.iter().zip(self.state) {
+        for (j, aggregate) in program.aggregates.iter().enumerate() {
             let mut gen = Gen {
                 b: &mut *b,
                 inputs: self.inputs,
@@ -478,15 +512,17 @@ impl RowCode<'_> {
             let mut counts = valid;
             if let Some(filter) = &aggregate.filter {
                 let (keep, keep_valid) = gen.node(filter);
-                let keep = gen.b.ins().band(keep, keep_valid);
+                let keep = gen.when_valid(keep, keep_valid);
                 counts = gen.b.ins().band(counts, keep);
             }
             debug_assert!(gen.bail.is_none(), "fused expressions never bail");
+            let function = aggregate.kind.function;
+            let (primary, secondary) = self.state.pointers(b, j, function != FusedFunction::Count);
             let primary_at = b.ins().iadd(primary, offset);
             let secondary_at = b.ins().iadd(secondary, offset);
             update(
                 b,
-                aggregate.kind.function,
+                function,
                 aggregate.kind.ty,
                 value,
                 counts,
@@ -515,9 +551,15 @@ fn update(
         let added = b.ins().iadd(current, one_if_counted);
         b.ins().store(flags, added, at, 0);
     };
+    let counted = is_one(b, counts);
     let mark_seen = |b: &mut FunctionBuilder| {
-        let seen = b.ins().load(types::I64, flags, secondary_at, 0);
-        let seen = b.ins().bor(seen, one_if_counted);
+        // A row known to count marks its group with a plain store.
+        let seen = if counted {
+            one_if_counted
+        } else {
+            let seen = b.ins().load(types::I64, flags, secondary_at, 0);
+            b.ins().bor(seen, one_if_counted)
+        };
         b.ins().store(flags, seen, secondary_at, 0);
     };
     match (function, ty) {
