@@ -203,14 +203,7 @@ fn compile_one(program: &Program, dense: bool, writes_validity: bool) -> Result<
         b.ins().brif(more, body, &[], exit, &[bail.into()]);
 
         b.switch_to_block(body);
-        let mut gen = Gen {
-            b: &mut b,
-            inputs: &inputs,
-            row,
-            bail: None,
-            dense,
-            str_eq,
-        };
+        let mut gen = Gen::new(&mut b, &inputs, row, dense, str_eq);
         let (value, valid) = gen.node(&program.root);
         let row_bail = gen.bail;
         let out_ty = program.output_ty();
@@ -389,7 +382,11 @@ pub(super) struct Gen<'a, 'b> {
     pub str_eq: FuncRef,
 }
 
-/// Whether `value`, in the function `b` builds, is the constant 1.
+/// Whether `value`, in the function `b` builds, is the constant 1: for a
+/// validity, one known when the kernel is built (a dense kernel's inputs,
+/// a literal). Cranelift folds `band(1, 1)` but not `bor(x, 1)` on a
+/// boolean (it cannot know the other bits of `x` are 0), so three-valued
+/// logic over known validities is skipped by asking this instead.
 pub fn is_one(b: &FunctionBuilder, value: Value) -> bool {
     let dfg = &b.func.dfg;
     match dfg.value_def(value) {
@@ -401,7 +398,25 @@ pub fn is_one(b: &FunctionBuilder, value: Value) -> bool {
     }
 }
 
-impl Gen<'_, '_> {
+impl<'a, 'b> Gen<'a, 'b> {
+    /// Code for row `row` over `inputs`, with no bail yet.
+    pub fn new(
+        b: &'a mut FunctionBuilder<'b>,
+        inputs: &'a [LoadedInput],
+        row: Value,
+        dense: bool,
+        str_eq: FuncRef,
+    ) -> Self {
+        Gen {
+            b,
+            inputs,
+            row,
+            bail: None,
+            dense,
+            str_eq,
+        }
+    }
+
     /// Bit `index` of the bitmap at `base` (index masked by `mask` first,
     /// as a byte index), as an I8 0/1.
     pub fn bit(&mut self, base: Value, bit_offset: Value, mask: Option<Value>) -> Value {
@@ -511,7 +526,7 @@ impl Gen<'_, '_> {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
                 let both = self.both_valid(lv, rv);
-                if self.known_true(both) {
+                if is_one(self.b, both) {
                     return (self.b.ins().band(l, r), both);
                 }
                 // Known false when either side is a valid false.
@@ -527,7 +542,7 @@ impl Gen<'_, '_> {
                 let (l, lv) = self.node(left);
                 let (r, rv) = self.node(right);
                 let both = self.both_valid(lv, rv);
-                if self.known_true(both) {
+                if is_one(self.b, both) {
                     return (self.b.ins().bor(l, r), both);
                 }
                 let l_true = self.b.ins().band(l, lv);
@@ -728,21 +743,12 @@ impl Gen<'_, '_> {
         });
     }
 
-    /// Whether `value` is the constant 1: a validity known when the kernel
-    /// is built (a dense kernel's inputs, a literal). Cranelift folds
-    /// `band(1, 1)` but not `bor(x, 1)` on a boolean (it cannot know the
-    /// other bits of `x` are 0), so three-valued logic over known
-    /// validities is skipped here instead.
-    pub fn known_true(&self, value: Value) -> bool {
-        is_one(self.b, value)
-    }
-
     /// Both validities: `lv & rv`, or one of them when the other is
     /// known true.
     fn both_valid(&mut self, lv: Value, rv: Value) -> Value {
-        if self.known_true(lv) {
+        if is_one(self.b, lv) {
             rv
-        } else if self.known_true(rv) {
+        } else if is_one(self.b, rv) {
             lv
         } else {
             self.b.ins().band(lv, rv)
@@ -751,7 +757,7 @@ impl Gen<'_, '_> {
 
     /// `value` where `valid`, false elsewhere.
     pub fn when_valid(&mut self, value: Value, valid: Value) -> Value {
-        if self.known_true(valid) {
+        if is_one(self.b, valid) {
             value
         } else {
             self.b.ins().band(value, valid)

@@ -217,14 +217,7 @@ fn compile_one<F: Copy>(
         b.ins()
             .brif(has_selection, read_selection, &[], row_start, &[]);
 
-        let mut gen = Gen {
-            b: &mut b,
-            inputs: &inputs,
-            row,
-            bail: None,
-            dense,
-            str_eq,
-        };
+        let mut gen = Gen::new(&mut b, &inputs, row, dense, str_eq);
         gen.b.switch_to_block(read_selection);
         let selected = gen.bit(selection, selection_offset, None);
         gen.b
@@ -500,14 +493,7 @@ impl RowCode<'_> {
     fn emit(&self, b: &mut FunctionBuilder, program: &FusedProgram) {
         let offset = b.ins().ishl_imm_s(self.group, 3);
         for (j, aggregate) in program.aggregates.iter().enumerate() {
-            let mut gen = Gen {
-                b: &mut *b,
-                inputs: self.inputs,
-                row: self.row,
-                bail: None,
-                dense: self.dense,
-                str_eq: self.str_eq,
-            };
+            let mut gen = Gen::new(&mut *b, self.inputs, self.row, self.dense, self.str_eq);
             let (value, valid) = gen.node(&aggregate.argument);
             let mut counts = valid;
             if let Some(filter) = &aggregate.filter {
