@@ -74,6 +74,8 @@ macro_rules! call_methods {
 }
 
 mod asof;
+mod captures;
+mod case_lookup;
 
 /// Helpers of the crate's unit tests.
 #[cfg(test)]
@@ -101,6 +103,7 @@ mod join;
 mod join_bounds;
 mod patterns;
 pub mod planner;
+mod replace;
 mod retractable;
 mod sharing;
 mod specialized;

@@ -30,6 +30,7 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
 
+use crate::captures::{Groups, Pattern};
 use crate::specialized::literals;
 use regex::Regex;
 
@@ -53,7 +54,7 @@ pub struct PrecompiledRegex {
     call: Arc<dyn PhysicalExpr>,
     values: Arc<dyn PhysicalExpr>,
     kind: Kind,
-    regex: Regex,
+    pattern: Pattern,
     /// The flags and pattern together were empty: the kernels then match
     /// every value without compiling.
     empty: bool,
@@ -120,7 +121,7 @@ pub(crate) fn precompiled(
         values: Arc::clone(values),
         kind,
         empty: full.is_empty(),
-        regex,
+        pattern: Pattern::new(regex),
     })))
 }
 
@@ -146,7 +147,7 @@ fn element_of_match(
             call: Arc::clone(node),
             values: Arc::clone(&matched.values),
             kind: Kind::Element(index),
-            regex: matched.regex.clone(),
+            pattern: matched.pattern.clone(),
             empty: matched.empty,
         }) as Arc<dyn PhysicalExpr>
     })
@@ -177,6 +178,13 @@ fn values_of(call: &Arc<dyn PhysicalExpr>, kind: Kind) -> Option<Arc<dyn Physica
     (call.name() == name).then(|| call.args().first().cloned())?
 }
 
+/// The list `regexp_match` gives for a match: the groups that took part,
+/// or the whole match when the pattern has no groups.
+fn taking_part<'a>(groups: &'a Groups<'_>) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let first = usize::from(groups.len() > 1);
+    (first..groups.len()).filter_map(|g| groups.get(g))
+}
+
 /// `array_element`'s position of element `index` in a list of `len`.
 fn element_position(index: i64, len: usize) -> Option<usize> {
     let len = len as i64;
@@ -188,13 +196,13 @@ impl PrecompiledRegex {
     /// Element `index` of what [`PrecompiledRegex::capture`] would give.
     fn element(&self, values: &arrow::array::StringArray, index: i64) -> ArrayRef {
         let mut out = StringBuilder::with_capacity(values.len(), 0);
-        let mut locations = self.regex.capture_locations();
+        let mut groups = self.pattern.groups();
         for value in values.iter() {
             let Some(value) = value else {
                 out.append_null();
                 continue;
             };
-            if self.regex.as_str().is_empty() {
+            if self.empty {
                 // The list is [""].
                 match element_position(index, 1) {
                     Some(_) => out.append_value(""),
@@ -202,17 +210,13 @@ impl PrecompiledRegex {
                 }
                 continue;
             }
-            if self.regex.captures_read(&mut locations, value).is_none() {
+            if !groups.search(value) {
                 out.append_null();
                 continue;
             }
-            // The list holds the groups that took part (all but the whole
-            // match, when there are groups).
-            let first = usize::from(locations.len() > 1);
-            let groups = || (first..locations.len()).filter_map(|g| locations.get(g));
-            match element_position(index, groups().count()) {
+            match element_position(index, taking_part(&groups).count()) {
                 Some(position) => {
-                    let (start, end) = groups().nth(position).expect("counted");
+                    let (start, end) = taking_part(&groups).nth(position).expect("counted");
                     out.append_value(&value[start..end]);
                 }
                 None => out.append_null(),
@@ -224,27 +228,21 @@ impl PrecompiledRegex {
     /// arrow's `regexp_match` over a scalar pattern.
     fn capture(&self, values: &arrow::array::StringArray) -> ArrayRef {
         let mut list = ListBuilder::new(StringBuilder::with_capacity(values.len(), 0));
+        let mut groups = self.pattern.groups();
         for value in values.iter() {
             match value {
                 // Postgres: regexp_match('foo', '') is {""}.
-                Some(_) if self.regex.as_str().is_empty() => {
+                Some(_) if self.empty => {
                     list.values().append_value("");
                     list.append(true);
                 }
-                Some(value) => match self.regex.captures(value) {
-                    Some(captures) => {
-                        let mut groups = captures.iter();
-                        if captures.len() > 1 {
-                            groups.next();
-                        }
-                        for group in groups.flatten() {
-                            list.values().append_value(group.as_str());
-                        }
-                        list.append(true);
+                Some(value) if groups.search(value) => {
+                    for (start, end) in taking_part(&groups) {
+                        list.values().append_value(&value[start..end]);
                     }
-                    None => list.append(false),
-                },
-                None => list.append(false),
+                    list.append(true);
+                }
+                _ => list.append(false),
             }
         }
         Arc::new(list.finish())
@@ -257,7 +255,7 @@ impl PrecompiledRegex {
             result.append_n(values.len(), true);
         } else {
             for i in 0..values.len() {
-                result.append(self.regex.is_match(values.value(i)));
+                result.append(self.pattern.regex().is_match(values.value(i)));
             }
         }
         let nulls = values
@@ -309,7 +307,7 @@ impl PhysicalExpr for PrecompiledRegex {
                 call,
                 values,
                 kind: self.kind,
-                regex: self.regex.clone(),
+                pattern: self.pattern.clone(),
                 empty: self.empty,
             }),
             None => call,

@@ -7,6 +7,10 @@
 //!   `regexp_match(...)[k]` with their pattern compiled once per query.
 //! - [`split`](crate::split): `split_part` with a one-byte delimiter as
 //!   one scan of each value.
+//! - [`replace`](crate::replace): `replace` with literal arguments as one
+//!   scan of the batch's bytes.
+//! - [`case_lookup`](crate::case_lookup): a `CASE` whose `WHEN`s compare
+//!   one expression with literals, as one evaluation and a lookup.
 //! - [`to_char`](crate::to_char): `to_char` with a format of fixed-width
 //!   numeric fields, written from a template.
 
@@ -20,6 +24,7 @@ use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
 
 use crate::patterns::PrecompiledRegex;
+use crate::replace::Replace;
 use crate::split::SplitPart;
 use crate::to_char::ToChar;
 
@@ -34,6 +39,12 @@ pub(crate) fn specialize(
         .transform_up(|node| {
             if let Some(split) = crate::split::split_part_of(&node, schema) {
                 return Ok(Transformed::yes(Arc::new(split) as Arc<dyn PhysicalExpr>));
+            }
+            if let Some(replace) = crate::replace::replace_of(&node, schema) {
+                return Ok(Transformed::yes(Arc::new(replace) as Arc<dyn PhysicalExpr>));
+            }
+            if let Some(lookup) = crate::case_lookup::case_lookup_of(&node) {
+                return Ok(Transformed::yes(Arc::new(lookup) as Arc<dyn PhysicalExpr>));
             }
             if let Some(format) = crate::to_char::to_char_of(&node, schema) {
                 return Ok(Transformed::yes(Arc::new(format) as Arc<dyn PhysicalExpr>));
@@ -56,7 +67,10 @@ pub(crate) fn specialize(
 /// Whether `expr` is one of the replacements made here.
 pub(crate) fn is_specialized(expr: &Arc<dyn PhysicalExpr>) -> bool {
     let expr = expr.as_ref();
-    expr.is::<PrecompiledRegex>() || expr.is::<SplitPart>() || expr.is::<ToChar>()
+    expr.is::<PrecompiledRegex>()
+        || expr.is::<SplitPart>()
+        || expr.is::<Replace>()
+        || expr.is::<ToChar>()
 }
 
 /// The literals in `expr`, in order.
