@@ -934,6 +934,11 @@ async fn datafusion_scalar_functions() {
                 date_bin(INTERVAL '15 seconds', to_timestamp_millis(ts)) AS bin,
                 concat_ws('-', symbol, CAST(volume AS VARCHAR)) AS label,
                 regexp_replace(symbol, '[0-9]+', '#') AS masked,
+                regexp_replace(symbol, '([A-Z])0*([0-9])', '\\2\\1', 'g') AS swapped,
+                regexp_count(symbol, '0') AS zeros,
+                replace(symbol, '0', '') AS no_zeros,
+                CASE WHEN symbol = 'S001' THEN 'one' WHEN symbol = 'S002' THEN 'two'
+                     ELSE lower(symbol) END AS named,
                 make_array(price, price * 2) AS pair,
                 array_length(make_array(volume, volume, volume)) AS three,
                 named_struct('p', price, 'v', volume)['v'] AS v_from_struct,

@@ -5,6 +5,8 @@
 //!
 //! - [`patterns`](crate::patterns): `regexp_match`, `regexp_like` and
 //!   `regexp_match(...)[k]` with their pattern compiled once per query.
+//! - [`pattern_calls`](crate::pattern_calls): `regexp_replace` and
+//!   `regexp_count` with their pattern compiled once per query.
 //! - [`split`](crate::split): `split_part` with a one-byte delimiter as
 //!   one scan of each value.
 //! - [`replace`](crate::replace): `replace` with literal arguments as one
@@ -23,6 +25,7 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
 
+use crate::pattern_calls::PatternCall;
 use crate::patterns::PrecompiledRegex;
 use crate::replace::Replace;
 use crate::split::SplitPart;
@@ -49,6 +52,13 @@ pub(crate) fn specialize(
             if let Some(format) = crate::to_char::to_char_of(&node, schema) {
                 return Ok(Transformed::yes(Arc::new(format) as Arc<dyn PhysicalExpr>));
             }
+            match crate::pattern_calls::pattern_call_of(&node, schema) {
+                Ok(Some(call)) => {
+                    return Ok(Transformed::yes(Arc::new(call) as Arc<dyn PhysicalExpr>))
+                }
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
             match crate::patterns::precompiled(&node, schema) {
                 Ok(Some(replacement)) => return Ok(Transformed::yes(replacement)),
                 Ok(None) => {}
@@ -68,6 +78,7 @@ pub(crate) fn specialize(
 pub(crate) fn is_specialized(expr: &Arc<dyn PhysicalExpr>) -> bool {
     let expr = expr.as_ref();
     expr.is::<PrecompiledRegex>()
+        || expr.is::<PatternCall>()
         || expr.is::<SplitPart>()
         || expr.is::<Replace>()
         || expr.is::<ToChar>()
