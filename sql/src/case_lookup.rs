@@ -28,11 +28,10 @@ use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::{filter_record_batch, interleave};
 use arrow::datatypes::DataType;
-use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Result as DfResult, ScalarValue};
-use datafusion::logical_expr::{ColumnarValue, Operator, Volatility};
+use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::expressions::{BinaryExpr, CaseExpr, Column, Literal};
-use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_expr::PhysicalExpr;
 
 /// A `CASE` over equalities of one expression with literals.
 #[derive(Debug)]
@@ -93,14 +92,7 @@ pub(crate) fn case_lookup_of(node: &Arc<dyn PhysicalExpr>) -> Option<CaseLookup>
     }
     // Evaluated once instead of once per `WHEN`: a volatile call would
     // draw differently.
-    let volatile = key
-        .exists(|e| {
-            Ok(e.as_ref()
-                .downcast_ref::<ScalarFunctionExpr>()
-                .is_some_and(|f| f.fun().signature().volatility == Volatility::Volatile))
-        })
-        .unwrap_or(true);
-    if volatile {
+    if crate::specialized::volatile(key) {
         return None;
     }
     let otherwise = case.else_expr().cloned();
@@ -360,7 +352,7 @@ mod tests {
     /// columns, the JIT compiles the key) and keep the lookup.
     #[test]
     fn rewritten_children_keep_the_lookup() {
-        use datafusion::common::tree_node::Transformed;
+        use datafusion::common::tree_node::{Transformed, TreeNode};
         let sql = "CASE WHEN lower(s) = 'a' THEN 'A' WHEN lower(s) = 'b' THEN 'B' ELSE t END";
         let schema = schema();
         let fast = specialize(physical(sql, &schema), &schema).unwrap();

@@ -23,6 +23,8 @@ use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+
+use crate::specialized::{rebuilt, utf8_values};
 use laminar_runtime::{Error, ErrorCode, Result};
 use regex::Regex;
 
@@ -152,33 +154,25 @@ impl PhysicalExpr for PatternCall {
     call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
+        let Some(values) = utf8_values(&self.values, batch)? else {
             return self.call.evaluate(batch);
         };
-        let Some(strings) = values.as_string_opt::<i32>() else {
-            return self.call.evaluate(batch);
-        };
-        Ok(ColumnarValue::Array(self.apply(strings)))
+        Ok(ColumnarValue::Array(self.apply(values.as_string::<i32>())))
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn PhysicalExpr>>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        let Some(call) = children.pop() else {
-            return Ok(self);
-        };
-        Ok(
-            match crate::specialized::renumbered_values(&self.call, &call) {
-                Some(values) => Arc::new(PatternCall {
-                    call,
-                    values,
-                    regex: self.regex.clone(),
-                    op: self.op.clone(),
-                }),
-                None => call,
-            },
-        )
+        let rebuilt = rebuilt(&self.call, children, |call, values| {
+            Arc::new(PatternCall {
+                call,
+                values,
+                regex: self.regex.clone(),
+                op: self.op.clone(),
+            })
+        });
+        Ok(rebuilt.unwrap_or(self))
     }
 }
 

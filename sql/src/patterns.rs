@@ -272,12 +272,10 @@ impl PhysicalExpr for PrecompiledRegex {
     call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
+        let Some(values) = crate::specialized::utf8_values(&self.values, batch)? else {
             return self.call.evaluate(batch);
         };
-        let Some(strings) = values.as_string_opt::<i32>() else {
-            return self.call.evaluate(batch);
-        };
+        let strings = values.as_string::<i32>();
         Ok(ColumnarValue::Array(match self.kind {
             Kind::Match => self.capture(strings),
             Kind::Element(index) => self.element(strings, index),

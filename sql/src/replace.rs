@@ -32,6 +32,8 @@ use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+
+use crate::specialized::{rebuilt, utf8_values};
 use memchr::memmem::Finder;
 
 /// A `replace` call with literal `from` and `to`.
@@ -259,13 +261,10 @@ impl PhysicalExpr for Replace {
     call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
+        let Some(values) = utf8_values(&self.values, batch)? else {
             return self.call.evaluate(batch);
         };
-        let Some(strings) = values.as_string_opt::<i32>() else {
-            return self.call.evaluate(batch);
-        };
-        match self.replace(strings) {
+        match self.replace(values.as_string::<i32>()) {
             Some(replaced) => Ok(ColumnarValue::Array(Arc::new(replaced))),
             None => self.call.evaluate(batch),
         }
@@ -273,21 +272,16 @@ impl PhysicalExpr for Replace {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn PhysicalExpr>>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        let Some(call) = children.pop() else {
-            return Ok(self);
-        };
-        Ok(
-            match crate::specialized::renumbered_values(&self.call, &call) {
-                Some(values) => Arc::new(Replace {
-                    call,
-                    values,
-                    edit: self.edit.clone(),
-                }),
-                None => call,
-            },
-        )
+        let rebuilt = rebuilt(&self.call, children, |call, values| {
+            Arc::new(Replace {
+                call,
+                values,
+                edit: self.edit.clone(),
+            })
+        });
+        Ok(rebuilt.unwrap_or(self))
     }
 }
 

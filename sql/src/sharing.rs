@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Operator, Volatility};
+use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{
     BinaryExpr, CastExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, NegativeExpr, NotExpr,
     TryCastExpr,
@@ -378,14 +378,7 @@ fn costly(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
     }
     // A volatile call anywhere inside (`random()` in a pattern's input
     // too) must be drawn where it was.
-    let volatile = expr
-        .exists(|e| {
-            Ok(e.as_ref()
-                .downcast_ref::<ScalarFunctionExpr>()
-                .is_some_and(|f| f.fun().signature().volatility == Volatility::Volatile))
-        })
-        .unwrap_or(true);
-    !volatile
+    !crate::specialized::volatile(expr)
         && !collect_columns(expr).is_empty()
         && (pattern
             || expr

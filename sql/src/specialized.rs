@@ -18,9 +18,11 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::Schema;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::ScalarValue;
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::logical_expr::{ColumnarValue, Volatility};
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use laminar_runtime::{Error, ErrorCode, Result};
@@ -94,6 +96,48 @@ pub(crate) fn literals(expr: &Arc<dyn PhysicalExpr>) -> Vec<ScalarValue> {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// A replacement's `with_new_children`: the call a rewrite rebuilt (its
+/// one child) with what was prepared from the old call's literals kept,
+/// through `rebuild(call, values)`, when the new call has the same
+/// literals ([`renumbered_values`]); otherwise the new call itself.
+/// `None` when there is no child (the replacement stays as it is).
+pub(crate) fn rebuilt(
+    old: &Arc<dyn PhysicalExpr>,
+    mut children: Vec<Arc<dyn PhysicalExpr>>,
+    rebuild: impl FnOnce(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>) -> Arc<dyn PhysicalExpr>,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let call = children.pop()?;
+    Some(match renumbered_values(old, &call) {
+        Some(values) => rebuild(call, values),
+        None => call,
+    })
+}
+
+/// `values` over `batch` when they come out as a `Utf8` array: what the
+/// string replacements cover (a scalar, or another string type, goes to
+/// DataFusion's call).
+pub(crate) fn utf8_values(
+    values: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> DfResult<Option<ArrayRef>> {
+    Ok(match values.evaluate(batch)? {
+        ColumnarValue::Array(array) if array.data_type() == &DataType::Utf8 => Some(array),
+        _ => None,
+    })
+}
+
+/// Whether a volatile function (`random()`) is called anywhere in
+/// `expr`: such an expression must be evaluated where, and as often as,
+/// it was written.
+pub(crate) fn volatile(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    expr.exists(|e| {
+        Ok(e.as_ref()
+            .downcast_ref::<ScalarFunctionExpr>()
+            .is_some_and(|f| f.fun().signature().volatility == Volatility::Volatile))
+    })
+    .unwrap_or(true)
 }
 
 /// The first argument of `new`, when `new` is the same function as `old`

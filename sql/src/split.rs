@@ -20,6 +20,8 @@ use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
+use crate::specialized::{rebuilt, utf8_values};
+
 /// A `split_part` call with a one-byte delimiter and a literal position.
 #[derive(Debug)]
 pub struct SplitPart {
@@ -111,33 +113,26 @@ impl PhysicalExpr for SplitPart {
     call_methods!();
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        let ColumnarValue::Array(values) = self.values.evaluate(batch)? else {
+        let Some(values) = utf8_values(&self.values, batch)? else {
             return self.call.evaluate(batch);
         };
-        let Some(strings) = values.as_string_opt::<i32>() else {
-            return self.call.evaluate(batch);
-        };
-        Ok(ColumnarValue::Array(Arc::new(self.split(strings))))
+        Ok(ColumnarValue::Array(Arc::new(
+            self.split(values.as_string::<i32>()),
+        )))
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn PhysicalExpr>>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        let Some(call) = children.pop() else {
-            return Ok(self);
-        };
-        Ok(
-            match crate::specialized::renumbered_values(&self.call, &call) {
-                Some(values) => Arc::new(SplitPart {
-                    call,
-                    values,
-                    delimiter: self.delimiter,
-                    field: self.field,
-                }),
-                None => call,
-            },
-        )
+        let rebuilt = rebuilt(&self.call, children, |call, values| {
+            Arc::new(SplitPart {
+                call,
+                values,
+                ..*self
+            })
+        });
+        Ok(rebuilt.unwrap_or(self))
     }
 }
 

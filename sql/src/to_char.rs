@@ -435,22 +435,17 @@ impl PhysicalExpr for ToChar {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn PhysicalExpr>>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        let Some(call) = children.pop() else {
-            return Ok(self);
-        };
-        Ok(
-            match crate::specialized::renumbered_values(&self.call, &call) {
-                Some(values) => Arc::new(ToChar {
-                    call,
-                    values,
-                    input: self.input,
-                    template: self.template.clone(),
-                }),
-                None => call,
-            },
-        )
+        let rebuilt = crate::specialized::rebuilt(&self.call, children, |call, values| {
+            Arc::new(ToChar {
+                call,
+                values,
+                input: self.input,
+                template: self.template.clone(),
+            })
+        });
+        Ok(rebuilt.unwrap_or(self))
     }
 }
 
