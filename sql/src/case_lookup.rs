@@ -15,7 +15,9 @@
 //! value from its `THEN` or the `ELSE` in one pass.
 //!
 //! Covered: two or more `WHEN`s, each `expr = literal` (either side) with
-//! the same non-volatile `expr` and literals of one non-nested type, and
+//! the same non-volatile `expr` and literals of one non-nested type (or
+//! the same written `CASE expr WHEN literal ...` with an `ELSE` that is
+//! not a literal: DataFusion has a lookup table for the rest), and
 //! literal `THEN`s of one type. Same answers as DataFusion's: a NULL
 //! `expr` meets no `WHEN`, the first `WHEN` met wins, no `ELSE` is NULL.
 //! Anything else, or a batch whose types differ from the literals', is
@@ -48,12 +50,20 @@ pub struct CaseLookup {
     /// The `ELSE` is a column or a literal: evaluated over the whole
     /// batch, with no copy of the rows left.
     otherwise_everywhere: bool,
+    /// Written `CASE key WHEN literal ...` (rebuilt in the same form).
+    simple: bool,
 }
 
 /// The [`CaseLookup`] for `node`, when it is a `CASE` this covers.
 pub(crate) fn case_lookup_of(node: &Arc<dyn PhysicalExpr>) -> Option<CaseLookup> {
     let case = node.as_ref().downcast_ref::<CaseExpr>()?;
-    if case.expr().is_some() || case.when_then_expr().len() < 2 {
+    if case.when_then_expr().len() < 2 {
+        return None;
+    }
+    // DataFusion answers `CASE k WHEN literal THEN literal` with a lookup
+    // table of its own when the `ELSE` is a literal or absent.
+    let literal_else = case.else_expr().is_none_or(|e| e.as_ref().is::<Literal>());
+    if case.expr().is_some() && literal_else {
         return None;
     }
     let literal = |e: &Arc<dyn PhysicalExpr>| {
@@ -64,14 +74,20 @@ pub(crate) fn case_lookup_of(node: &Arc<dyn PhysicalExpr>) -> Option<CaseLookup>
     let mut whens = Vec::new();
     let mut thens = Vec::new();
     for (when, then) in case.when_then_expr() {
-        let equality = when.as_ref().downcast_ref::<BinaryExpr>()?;
-        if *equality.op() != Operator::Eq {
-            return None;
-        }
-        let (side, value) = match (literal(equality.left()), literal(equality.right())) {
-            (None, Some(value)) => (equality.left(), value),
-            (Some(value), None) => (equality.right(), value),
-            _ => return None,
+        let (side, value) = match case.expr() {
+            // `CASE key WHEN literal`: the same comparisons.
+            Some(key) => (key, literal(when)?),
+            None => {
+                let equality = when.as_ref().downcast_ref::<BinaryExpr>()?;
+                if *equality.op() != Operator::Eq {
+                    return None;
+                }
+                match (literal(equality.left()), literal(equality.right())) {
+                    (None, Some(value)) => (equality.left(), value),
+                    (Some(value), None) => (equality.right(), value),
+                    _ => return None,
+                }
+            }
         };
         match key {
             None => key = Some(side),
@@ -104,6 +120,7 @@ pub(crate) fn case_lookup_of(node: &Arc<dyn PhysicalExpr>) -> Option<CaseLookup>
         thens,
         otherwise,
         otherwise_everywhere,
+        simple: case.expr().is_some(),
     })
 }
 
@@ -224,16 +241,21 @@ impl PhysicalExpr for CaseLookup {
             .iter()
             .zip(&self.thens)
             .map(|(when, then)| {
-                let equality: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(
-                    Arc::clone(&key),
-                    Operator::Eq,
-                    literal(when)?,
-                ));
-                Ok((equality, literal(then)?))
+                let when = if self.simple {
+                    literal(when)?
+                } else {
+                    Arc::new(BinaryExpr::new(
+                        Arc::clone(&key),
+                        Operator::Eq,
+                        literal(when)?,
+                    ))
+                };
+                Ok((when, literal(then)?))
             })
             .collect::<DfResult<Vec<_>>>()?;
+        let simple = self.simple.then(|| Arc::clone(&key));
         let call: Arc<dyn PhysicalExpr> =
-            Arc::new(CaseExpr::try_new(None, when_then, otherwise.clone())?);
+            Arc::new(CaseExpr::try_new(simple, when_then, otherwise.clone())?);
         let otherwise_everywhere = everywhere(otherwise.as_ref());
         Ok(Arc::new(CaseLookup {
             call,
@@ -242,6 +264,7 @@ impl PhysicalExpr for CaseLookup {
             thens: self.thens.clone(),
             otherwise,
             otherwise_everywhere,
+            simple: self.simple,
         }))
     }
 }
@@ -303,6 +326,9 @@ mod tests {
         // The `ELSE` fails on the rows a `WHEN` took (division by zero),
         // so it must only see the others.
         "CASE WHEN n = 0 THEN 0 WHEN n = 5 THEN 5 ELSE 100 / n END",
+        "CASE s WHEN 'a' THEN 1 WHEN 'b' THEN 2 ELSE n END",
+        "CASE lower(s) WHEN 'a' THEN 'A' WHEN 'ab' THEN 'AB' ELSE concat(t, '?') END",
+        "CASE n WHEN 0 THEN 0 WHEN 5 THEN 5 ELSE 100 / n END",
     ];
 
     #[test]
@@ -340,7 +366,9 @@ mod tests {
             "CASE WHEN s = 'a' THEN 1 WHEN t = 'b' THEN 2 END",
             "CASE WHEN s = 'a' THEN 1 WHEN s > 'b' THEN 2 END",
             "CASE WHEN s = 'a' THEN n WHEN s = 'b' THEN 2 END",
+            "CASE s WHEN 'a' THEN 1 END",
             "CASE s WHEN 'a' THEN 1 WHEN 'b' THEN 2 END",
+            "CASE s WHEN 'a' THEN 1 WHEN 'b' THEN 2 ELSE 3 END",
             "CASE WHEN n + random() = 1 THEN 1 WHEN n + random() = 2 THEN 2 END",
         ] {
             let kept = specialize(physical(sql, &schema), &schema).unwrap();
@@ -353,40 +381,47 @@ mod tests {
     #[test]
     fn rewritten_children_keep_the_lookup() {
         use datafusion::common::tree_node::{Transformed, TreeNode};
-        let sql = "CASE WHEN lower(s) = 'a' THEN 'A' WHEN lower(s) = 'b' THEN 'B' ELSE t END";
         let schema = schema();
-        let fast = specialize(physical(sql, &schema), &schema).unwrap();
-        assert_eq!(fast.children().len(), 2, "the key and the ELSE");
-        // The columns swapped: `s` read from 2, `t` from 0.
-        let swapped = fast
-            .transform_down(|e| {
-                Ok(match e.as_ref().downcast_ref::<Column>() {
-                    Some(c) if c.index() != 1 => {
-                        Transformed::yes(Arc::new(Column::new(c.name(), 2 - c.index())) as _)
-                    }
-                    _ => Transformed::no(e),
+        for (sql, shown) in [
+            (
+                "CASE WHEN lower(s) = 'a' THEN 'A' WHEN lower(s) = 'b' THEN 'B' ELSE t END",
+                "CASE WHEN lower(s@2) = a THEN A WHEN lower(s@2) = b THEN B ELSE t@0 END",
+            ),
+            (
+                "CASE lower(s) WHEN 'a' THEN 'A' WHEN 'b' THEN 'B' ELSE t END",
+                "CASE lower(s@2) WHEN a THEN A WHEN b THEN B ELSE t@0 END",
+            ),
+        ] {
+            let fast = specialize(physical(sql, &schema), &schema).unwrap();
+            assert_eq!(fast.children().len(), 2, "the key and the ELSE");
+            // The columns swapped: `s` read from 2, `t` from 0.
+            let swapped = fast
+                .transform_down(|e| {
+                    Ok(match e.as_ref().downcast_ref::<Column>() {
+                        Some(c) if c.index() != 1 => {
+                            Transformed::yes(Arc::new(Column::new(c.name(), 2 - c.index())) as _)
+                        }
+                        _ => Transformed::no(e),
+                    })
                 })
-            })
-            .unwrap()
-            .data;
-        assert!(swapped.as_ref().is::<CaseLookup>());
-        let (s, t) = (
-            vec![Some("A"), Some("b"), None, Some("c")],
-            vec![Some("x"); 4],
-        );
-        let original = batch(s.clone(), vec![None; 4], t.clone());
-        let reordered = batch(t, vec![None; 4], s);
-        let want = physical(sql, &schema).evaluate(&original).unwrap();
-        let got = swapped.evaluate(&reordered).unwrap();
-        assert_eq!(
-            got.into_array(4).unwrap().as_ref(),
-            want.into_array(4).unwrap().as_ref()
-        );
-        // It shows as the `CASE` it stands for, over the new columns.
-        assert_eq!(
-            swapped.to_string(),
-            "CASE WHEN lower(s@2) = a THEN A WHEN lower(s@2) = b THEN B ELSE t@0 END"
-        );
+                .unwrap()
+                .data;
+            assert!(swapped.as_ref().is::<CaseLookup>());
+            let (s, t) = (
+                vec![Some("A"), Some("b"), None, Some("c")],
+                vec![Some("x"); 4],
+            );
+            let original = batch(s.clone(), vec![None; 4], t.clone());
+            let reordered = batch(t, vec![None; 4], s);
+            let want = physical(sql, &schema).evaluate(&original).unwrap();
+            let got = swapped.evaluate(&reordered).unwrap();
+            assert_eq!(
+                got.into_array(4).unwrap().as_ref(),
+                want.into_array(4).unwrap().as_ref()
+            );
+            // It shows as the `CASE` it stands for, over the new columns.
+            assert_eq!(swapped.to_string(), shown);
+        }
     }
 
     proptest! {
