@@ -149,6 +149,8 @@ impl CaseLookup {
             Some(otherwise) if self.otherwise_everywhere => {
                 otherwise.evaluate(batch)?.into_array(rows)?
             }
+            // Every row met a `WHEN`: the `ELSE` is not evaluated at all.
+            Some(_) if !choice.contains(&left) => new_null_array(self.thens[0].data_type(), 0),
             Some(otherwise) => {
                 let remaining = BooleanArray::from_iter(choice.iter().map(|&c| Some(c == left)));
                 let remaining = filter_record_batch(batch, &remaining)?;
