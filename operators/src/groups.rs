@@ -333,15 +333,25 @@ impl KeyEncoder {
         })
     }
 
-    /// A hash of row `row`'s key (the interval join's buckets use it; the
-    /// group tables hash short string keys with [`KeyEncoder::short_hash`]).
+    /// Calls `f` with the hash and the bytes (as [`OwnedKeys::key_bytes`])
+    /// of each of the first `rows` keys, in order: the interval join's
+    /// buckets use them. One loop per kind of key, so that nothing is
+    /// matched or called per row.
     #[inline]
-    pub fn hash_of(&self, keys: &OwnedKeys, row: usize) -> u64 {
+    pub fn for_each_hash(&self, keys: &OwnedKeys, rows: usize, mut f: impl FnMut(u64, &[u8])) {
         match keys {
-            OwnedKeys::Global => 0,
-            OwnedKeys::Utf8(array) => self.hasher.hash_one(array.value(row)),
-            OwnedKeys::Int64(array) => self.hasher.hash_one(array.value(row)),
-            OwnedKeys::Rows(rows) => self.hasher.hash_one(rows.row(row).as_ref()),
+            OwnedKeys::Global => (0..rows).for_each(|_| f(0, &[])),
+            OwnedKeys::Utf8(array) => (0..rows).for_each(|row| {
+                let key = array.value(row);
+                f(self.hasher.hash_one(key), key.as_bytes());
+            }),
+            OwnedKeys::Int64(array) => array.values()[..rows].iter().for_each(|&key| {
+                f(self.hasher.hash_one(key), &key.to_le_bytes());
+            }),
+            OwnedKeys::Rows(keys) => (0..rows).for_each(|row| {
+                let key = keys.row(row);
+                f(self.hasher.hash_one(key.as_ref()), key.data());
+            }),
         }
     }
 

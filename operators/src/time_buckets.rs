@@ -27,10 +27,6 @@ impl<B> Default for TimeBuckets<B> {
 }
 
 impl<B> TimeBuckets<B> {
-    pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
-    }
-
     pub fn len(&self) -> usize {
         self.ring.len()
     }
@@ -56,33 +52,19 @@ impl<B> TimeBuckets<B> {
         &mut self.ring[index].1
     }
 
-    /// Buckets with `first <= start <= last`, in order. `hint` is where
-    /// the previous range began (0 at first): consecutive ranges over
-    /// times in order begin at the same bucket or the next, found without
-    /// a search.
-    pub fn range(
-        &self,
-        first: i64,
-        last: i64,
-        hint: &mut usize,
-    ) -> impl Iterator<Item = (i64, &B)> {
-        let begins_at = |at: usize| {
-            at < self.ring.len()
-                && self.ring[at].0 >= first
-                && (at == 0 || self.ring[at - 1].0 < first)
-        };
-        let from = if begins_at(*hint) {
-            *hint
-        } else if begins_at(*hint + 1) {
-            *hint + 1
-        } else {
-            self.ring.partition_point(|&(s, _)| s < first)
-        };
-        *hint = from;
-        self.ring
-            .range(from..)
-            .take_while(move |&&(s, _)| s <= last)
-            .map(|(s, b)| (*s, b))
+    /// Lays the ring out as one slice in place (a rotation, only when
+    /// it wraps), for [`TimeBuckets::as_slice`].
+    pub fn make_contiguous(&mut self) {
+        self.ring.make_contiguous();
+    }
+
+    /// Every bucket with its start, oldest first, for [`range_of`]:
+    /// all of them after [`TimeBuckets::make_contiguous`], else only
+    /// those up to where the ring wraps.
+    pub fn as_slice(&self) -> &[(i64, B)] {
+        let (head, tail) = self.ring.as_slices();
+        debug_assert!(tail.is_empty(), "made contiguous first");
+        head
     }
 
     /// The oldest bucket's start.
@@ -99,6 +81,39 @@ impl<B> TimeBuckets<B> {
     pub fn values(&self) -> impl Iterator<Item = &B> {
         self.ring.iter().map(|(_, b)| b)
     }
+}
+
+/// The buckets of `buckets` (oldest first, as [`TimeBuckets::as_slice`]
+/// gives them) with `first <= start <= last`. `hint` is where the
+/// previous range began (0 at first): consecutive ranges over times in
+/// order begin at the same bucket or the next, found without a search
+/// (also past the newest bucket, where a probe running ahead of the
+/// other side's rows looks).
+#[inline]
+pub(crate) fn range_of<'a, B>(
+    buckets: &'a [(i64, B)],
+    first: i64,
+    last: i64,
+    hint: &mut usize,
+) -> &'a [(i64, B)] {
+    let begins_at = |at: usize| {
+        at <= buckets.len()
+            && buckets.get(at).is_none_or(|&(s, _)| s >= first)
+            && (at == 0 || buckets[at - 1].0 < first)
+    };
+    let from = if begins_at(*hint) {
+        *hint
+    } else if begins_at(*hint + 1) {
+        *hint + 1
+    } else {
+        buckets.partition_point(|&(s, _)| s < first)
+    };
+    *hint = from;
+    let mut to = from;
+    while to < buckets.len() && buckets[to].0 <= last {
+        to += 1;
+    }
+    &buckets[from..to]
 }
 
 #[cfg(test)]
@@ -128,10 +143,9 @@ mod tests {
                 6 | 7 => {
                     let first = now - rng.random_range(0..8);
                     let last = first + rng.random_range(0..4);
-                    let got: Vec<(i64, u32)> = ours
-                        .range(first, last, &mut hint)
-                        .map(|(s, b)| (s, *b))
-                        .collect();
+                    ours.make_contiguous();
+                    let got: Vec<(i64, u32)> =
+                        range_of(ours.as_slice(), first, last, &mut hint).to_vec();
                     let want: Vec<(i64, u32)> =
                         model.range(first..=last).map(|(s, b)| (*s, *b)).collect();
                     assert_eq!(got, want);

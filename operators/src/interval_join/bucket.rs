@@ -1,30 +1,45 @@
 //! An interval join's bucket: the rows of one side within a stretch of
-//! time, chained per key, and the table that finds a key's chain.
-
-use hashbrown::HashTable;
+//! time, grouped by key, and the table that finds a key's rows.
+//!
+//! A batch's rows are stored a segment at a time (consecutive rows that
+//! fall in the same bucket: most of a batch, as rows come in time order).
+//! A segment's rows of one key become one *run*, contiguous in the
+//! bucket's `times_ms`/`rows`, and each key's runs form a chain, newest
+//! first. A probe then reads a key's rows of a segment as one stretch of
+//! memory (four rows of a key in a 400 ms bucket: one cache line of
+//! times) instead of following a pointer per row, each a likely cache
+//! miss. A batch of one row makes a run of one row.
 
 #[cfg(doc)]
 use crate::groups::OwnedKeys;
 use crate::groups::{bytes_eq, key_head};
 
-/// The end of a chain.
+/// The end of a chain; an empty table slot.
 pub(super) const NONE: u32 = u32::MAX;
 
-/// One stored row.
+/// One key's rows stored by one segment of a stored batch.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Entry {
-    /// The stored batch it is in (a sequence number).
+pub(super) struct Run {
+    /// The stored batch the rows are in (a sequence number).
     pub batch: u64,
-    pub row: u32,
-    /// The next older entry of the same key in the bucket, or `NONE`.
+    /// Where the rows are in the bucket's `times_ms` and `rows`.
+    pub start: u32,
+    pub len: u32,
+    /// The key's next older run in the bucket, or `NONE`.
     pub next: u32,
-    pub time_ms: i64,
+}
+
+impl Run {
+    #[inline]
+    pub fn span(&self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
 }
 
 /// A key as a bucket compares it: its hash, its length and a word of its
 /// bytes inline (all of them for keys of up to 8 bytes: every BIGINT,
-/// most symbols, which then compare without leaving the hash table's
-/// slot), the rest in the bucket's `key_bytes`.
+/// most symbols, which then compare without leaving the table's slot),
+/// the rest in the bucket's `key_bytes`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct KeyRef {
     hash: u64,
@@ -44,19 +59,28 @@ impl KeyRef {
     }
 }
 
-/// One key's rows in a bucket: its key (a [`KeyRef`], laid out flat so
-/// that the slot is 32 bytes) and its newest entry.
+/// A table slot: one key's chain of runs in a bucket, with its key (a
+/// [`KeyRef`], laid out flat so that the slot is 32 bytes, two to a
+/// cache line).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Chain {
+struct Chain {
     hash: u64,
     head: u64,
     /// Where the key's bytes are in the bucket's `key_bytes`, when it is
     /// longer than 8 bytes.
     key_start: usize,
     len: u32,
-    /// The key's newest entry.
-    pub newest: u32,
+    /// The key's newest run; `NONE` in an empty slot.
+    newest: u32,
 }
+
+const EMPTY: Chain = Chain {
+    hash: 0,
+    head: 0,
+    key_start: 0,
+    len: 0,
+    newest: NONE,
+};
 
 impl Chain {
     #[inline]
@@ -71,67 +95,204 @@ impl Chain {
     }
 }
 
+/// How many rows ahead a probe or a store fetches the table slot it
+/// will read.
+pub(super) const PREFETCH_ROWS: usize = 8;
+
+/// Slots per chain at most, before the table doubles: at half full, a
+/// lookup reads one slot, rarely two (linear probing).
+const LOAD_DIVISOR: usize = 2;
+
 /// A side's rows with event time (or, on a side carrying a row bound, a
 /// bound) in `[start, start + width)`.
 #[derive(Default)]
 pub(super) struct Bucket {
-    /// Each key's chain, hashed by the key's hash.
-    chains: HashTable<Chain>,
+    /// Each key's chain, open addressing with linear probing (its own
+    /// table rather than a general one, so that a probe can prefetch a
+    /// key's slot rows ahead of reading it). Empty or a power of two.
+    slots: Vec<Chain>,
+    chains: usize,
     /// The bytes of the chains' keys longer than 8 bytes (see
     /// [`OwnedKeys::key_bytes`]), one after another.
     key_bytes: Vec<u8>,
-    pub entries: Vec<Entry>,
+    pub runs: Vec<Run>,
+    /// Each stored row's event time, by run.
+    pub times_ms: Vec<i64>,
+    /// Each stored row's row in its batch, by run.
+    pub rows: Vec<u32>,
 }
 
 impl Bucket {
-    /// The chain of the key with these bytes.
-    #[inline]
-    pub fn chain_of(&self, key: &KeyRef, bytes: &[u8]) -> Option<&Chain> {
-        self.chains
-            .find(key.hash, |c| c.is(key, bytes, &self.key_bytes))
+    /// Rows stored.
+    pub fn len(&self) -> usize {
+        self.rows.len()
     }
 
-    /// Appends an entry as the newest of its key's chain.
     #[inline]
-    pub fn push(&mut self, key: &KeyRef, bytes: &[u8], mut entry: Entry) {
-        let Bucket {
-            chains,
-            key_bytes,
-            entries,
-        } = self;
-        let index = entries.len() as u32;
-        entry.next = match chains.find_mut(key.hash, |c| c.is(key, bytes, key_bytes)) {
-            Some(chain) => std::mem::replace(&mut chain.newest, index),
-            None => {
-                let key_start = key_bytes.len();
-                if bytes.len() > 8 {
-                    key_bytes.extend_from_slice(bytes);
-                }
-                let chain = Chain {
-                    hash: key.hash,
-                    head: key.head,
-                    key_start,
-                    len: key.len,
-                    newest: index,
-                };
-                chains.insert_unique(key.hash, chain, |c| c.hash);
-                NONE
+    fn slot_of(&self, key: &KeyRef, bytes: &[u8]) -> Result<usize, usize> {
+        let mask = self.slots.len().wrapping_sub(1);
+        if self.slots.is_empty() {
+            return Err(0);
+        }
+        let mut at = key.hash as usize & mask;
+        loop {
+            let slot = &self.slots[at];
+            if slot.newest == NONE {
+                return Err(at);
             }
+            if slot.is(key, bytes, &self.key_bytes) {
+                return Ok(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The newest run of the key with these bytes.
+    #[inline]
+    pub fn newest_run(&self, key: &KeyRef, bytes: &[u8]) -> Option<u32> {
+        self.slot_of(key, bytes)
+            .ok()
+            .map(|at| self.slots[at].newest)
+    }
+
+    /// Asks the CPU to fetch the slot a lookup of `key` reads first.
+    #[inline]
+    pub fn prefetch(&self, key: &KeyRef) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let at = key.hash as usize & (self.slots.len() - 1);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `at` is within `slots`; a prefetch reads nothing
+        // architecturally and cannot fault.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(at).cast());
+        }
+    }
+
+    /// Stores the rows `segment` of stored batch `batch` (their times in
+    /// `times_ms`, their keys in `keys` and `key_bytes`, all indexed by
+    /// row): each key's rows as one run, newest of its chain. `scratch`
+    /// is reused between calls.
+    pub fn append<'k>(
+        &mut self,
+        batch: u64,
+        segment: std::ops::Range<usize>,
+        times_ms: &[i64],
+        keys: &[KeyRef],
+        key_bytes: impl Fn(usize) -> &'k [u8],
+        scratch: &mut Vec<u32>,
+    ) {
+        let first_run = self.runs.len() as u32;
+        // First each row's run, counting each run's rows ...
+        scratch.clear();
+        for row in segment.clone() {
+            // As in a probe: the slot of a row a few ahead is fetched
+            // while this one is stored.
+            if let Some(ahead) = keys
+                .get(row + PREFETCH_ROWS)
+                .filter(|_| row + PREFETCH_ROWS < segment.end)
+            {
+                self.prefetch(ahead);
+            }
+            let key = &keys[row];
+            let (at, fresh) = match self.slot_of(key, key_bytes(row)) {
+                Ok(at) => (at, false),
+                Err(_) => (self.insert(key, key_bytes(row)), true),
+            };
+            let chain = &mut self.slots[at];
+            let run = if !fresh && chain.newest >= first_run {
+                chain.newest
+            } else {
+                let index = self.runs.len() as u32;
+                self.runs.push(Run {
+                    batch,
+                    start: 0,
+                    len: 0,
+                    next: if fresh { NONE } else { chain.newest },
+                });
+                chain.newest = index;
+                index
+            };
+            self.runs[run as usize].len += 1;
+            scratch.push(run);
+        }
+        // ... then lay the runs out one after another and fill them.
+        let mut end = self.rows.len() as u32;
+        for run in &mut self.runs[first_run as usize..] {
+            run.start = end;
+            end += std::mem::take(&mut run.len);
+        }
+        self.times_ms.resize(end as usize, 0);
+        self.rows.resize(end as usize, 0);
+        for (row, &run) in segment.zip(scratch.iter()) {
+            let run = &mut self.runs[run as usize];
+            let at = (run.start + run.len) as usize;
+            run.len += 1;
+            self.times_ms[at] = times_ms[row];
+            self.rows[at] = row as u32;
+        }
+    }
+
+    /// A slot for a new key, with no runs yet (`newest` is `NONE` until
+    /// the caller links the first).
+    fn insert(&mut self, key: &KeyRef, bytes: &[u8]) -> usize {
+        if (self.chains + 1) * LOAD_DIVISOR > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = key.hash as usize & mask;
+        while self.slots[at].newest != NONE {
+            at = (at + 1) & mask;
+        }
+        let key_start = self.key_bytes.len();
+        if bytes.len() > 8 {
+            self.key_bytes.extend_from_slice(bytes);
+        }
+        self.slots[at] = Chain {
+            hash: key.hash,
+            head: key.head,
+            key_start,
+            len: key.len,
+            // Claimed: the caller links a run at once.
+            newest: NONE - 1,
         };
-        entries.push(entry);
+        self.chains += 1;
+        at
+    }
+
+    fn grow(&mut self) {
+        let capacity = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; capacity]);
+        let mask = capacity - 1;
+        for chain in old.into_iter().filter(|c| c.newest != NONE) {
+            let mut at = chain.hash as usize & mask;
+            while self.slots[at].newest != NONE {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = chain;
+        }
     }
 
     /// Empty, keeping its memory.
     pub fn clear(&mut self) {
-        self.chains.clear();
+        if self.chains > 0 {
+            self.slots.fill(EMPTY);
+        }
+        self.chains = 0;
         self.key_bytes.clear();
-        self.entries.clear();
+        self.runs.clear();
+        self.times_ms.clear();
+        self.rows.clear();
     }
 
     pub fn bytes(&self) -> usize {
-        self.chains.capacity() * (std::mem::size_of::<Chain>() + 1)
+        self.slots.capacity() * std::mem::size_of::<Chain>()
             + self.key_bytes.capacity()
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.runs.capacity() * std::mem::size_of::<Run>()
+            + self.times_ms.capacity() * std::mem::size_of::<i64>()
+            + self.rows.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -139,9 +300,23 @@ impl Bucket {
 mod tests {
     use super::*;
 
+    /// A key's rows as `(batch, row)`, newest run first.
+    fn rows_of(bucket: &Bucket, key: &[u8], hash: u64) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        let mut r = bucket
+            .newest_run(&KeyRef::new(hash, key), key)
+            .unwrap_or(NONE);
+        while r != NONE {
+            let run = bucket.runs[r as usize];
+            out.extend(bucket.rows[run.span()].iter().map(|&row| (run.batch, row)));
+            r = run.next;
+        }
+        out
+    }
+
     /// Keys that share their first 8 bytes, differ only in length or in
     /// one byte, and all hash alike: each still gets a chain of its own
-    /// rows.
+    /// rows, one run per key and segment.
     #[test]
     fn bucket_chains_tell_keys_apart_past_their_first_8_bytes() {
         let keys: [&[u8]; 17] = [
@@ -163,37 +338,77 @@ mod tests {
             b"AAAAAAAA2",
             b"AAAAAAAA2-and-then-some",
         ];
+        // Each batch: every key twice, as rows i and i + 17.
+        let batch_keys: Vec<&[u8]> = keys.iter().chain(&keys).copied().collect();
+        let refs: Vec<KeyRef> = batch_keys.iter().map(|k| KeyRef::new(42, k)).collect();
+        let times: Vec<i64> = (0..batch_keys.len() as i64).collect();
         let mut bucket = Bucket::default();
-        for round in 0..3u32 {
-            for (i, key) in keys.iter().enumerate() {
-                let entry = Entry {
-                    batch: u64::from(round),
-                    row: i as u32,
-                    next: NONE,
-                    time_ms: 0,
-                };
-                bucket.push(&KeyRef::new(42, key), key, entry);
-            }
+        let mut scratch = Vec::new();
+        for round in 0..3u64 {
+            bucket.append(
+                round,
+                0..batch_keys.len(),
+                &times,
+                &refs,
+                |row| batch_keys[row],
+                &mut scratch,
+            );
         }
         for (i, key) in keys.iter().enumerate() {
-            let chain = bucket.chain_of(&KeyRef::new(42, key), key).expect("stored");
-            let mut rounds = Vec::new();
-            let mut e = chain.newest;
-            while e != NONE {
-                let entry = &bucket.entries[e as usize];
-                assert_eq!(entry.row as usize, i, "{key:?}");
-                rounds.push(entry.batch);
-                e = entry.next;
-            }
-            assert_eq!(rounds, [2, 1, 0], "{key:?}: newest first");
+            let (a, b) = (i as u32, i as u32 + 17);
+            assert_eq!(
+                rows_of(&bucket, key, 42),
+                [(2, a), (2, b), (1, a), (1, b), (0, a), (0, b)],
+                "{key:?}: newest run first, rows in order within a run"
+            );
+            let run = bucket.runs[bucket.newest_run(&refs[i], key).unwrap() as usize];
+            assert_eq!(bucket.times_ms[run.span()], [i as i64, i as i64 + 17]);
         }
+        assert_eq!(bucket.len(), 3 * 34);
         assert!(bucket
-            .chain_of(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
+            .newest_run(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
             .is_none());
         assert_eq!(std::mem::size_of::<Chain>(), 32, "a slot stays 32 bytes");
         bucket.clear();
         assert!(bucket
-            .chain_of(&KeyRef::new(42, b"AAAA"), b"AAAA")
+            .newest_run(&KeyRef::new(42, b"AAAA"), b"AAAA")
             .is_none());
+        assert_eq!(bucket.len(), 0);
+    }
+
+    /// Many keys with spread hashes: the table grows, every key keeps
+    /// its rows, segments of one row make runs of one row.
+    #[test]
+    fn bucket_grows_and_keeps_every_key() {
+        let names: Vec<Vec<u8>> = (0..1_000)
+            .map(|i| format!("key-{i}").into_bytes())
+            .collect();
+        let refs: Vec<KeyRef> = names
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KeyRef::new((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), k))
+            .collect();
+        let times = vec![7; names.len()];
+        let mut bucket = Bucket::default();
+        let mut scratch = Vec::new();
+        for row in 0..names.len() {
+            bucket.append(9, row..row + 1, &times, &refs, |r| &names[r], &mut scratch);
+        }
+        bucket.append(
+            10,
+            0..names.len(),
+            &times,
+            &refs,
+            |r| &names[r],
+            &mut scratch,
+        );
+        for (i, name) in names.iter().enumerate() {
+            let hash = refs[i].hash;
+            assert_eq!(
+                rows_of(&bucket, name, hash),
+                [(10, i as u32), (9, i as u32)]
+            );
+        }
+        assert_eq!(bucket.runs.len(), 2_000);
     }
 }

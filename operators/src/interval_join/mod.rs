@@ -3,8 +3,9 @@
 //!
 //! A symmetric hash join over event-time buckets. Each side keeps its
 //! on-time rows in buckets of `width` ms of event time; a bucket holds a
-//! hash table from each key to a chain of its rows (newest first) and a
-//! copy of each key's bytes, so a lookup reads the bucket's memory only,
+//! hash table from each key to a chain of its rows (in runs, one per
+//! stored batch segment, newest first) and a copy of each key's bytes,
+//! so a lookup reads the bucket's memory only,
 //! not the stored batches'. Emptied buckets are reused, so storing a row
 //! allocates nothing once they have grown. A batch from one side probes
 //! the other side's buckets that overlap each row's time range (each row's
@@ -47,13 +48,13 @@ use crate::join::{
     JoinSide, SideBatch, StoredBatches,
 };
 use crate::stage::{apply_all, emit_weighted, Stage};
-use crate::time_buckets::TimeBuckets;
+use crate::time_buckets::{range_of, TimeBuckets};
 use crate::{BatchTime, Operator};
 
 mod bucket;
 mod pairs;
 
-use bucket::{Bucket, Entry, KeyRef, NONE};
+use bucket::{Bucket, KeyRef, NONE, PREFETCH_ROWS};
 use pairs::{PairsShape, PAIRS_PER_BATCH};
 
 /// Everything needed to build an interval join on a shard.
@@ -173,6 +174,8 @@ pub struct IntervalJoin {
     key_refs: Vec<KeyRef>,
     /// Reused per probe: (probe row, stored batch, stored row).
     pairs: Vec<(u32, u64, u32)>,
+    /// Reused per store: each row's run in its bucket.
+    run_of_row: Vec<u32>,
     /// The joined rows of a probe's pairs, as gathered.
     pairs_shape: PairsShape,
 }
@@ -219,6 +222,7 @@ impl IntervalJoin {
             scratch_ms: Vec::new(),
             key_refs: Vec::new(),
             pairs: Vec::new(),
+            run_of_row: Vec::new(),
             pairs_shape,
         })
     }
@@ -228,11 +232,15 @@ impl IntervalJoin {
         (self.sides[0].rows, self.sides[1].rows)
     }
 
-    /// Row `row`'s key as the buckets compare it (hashed once per batch,
-    /// for the probe and the store).
-    #[inline]
-    fn key_ref(&self, keys: &OwnedKeys, row: usize) -> KeyRef {
-        KeyRef::new(self.encoder.hash_of(keys, row), keys.key_bytes(row))
+    /// Each of the first `rows` keys as the buckets compare it, into `out`
+    /// (hashed once per batch, for the probe and the store). In one loop:
+    /// a call per row returned each `KeyRef` through memory, and reading
+    /// it back stalled on store forwarding.
+    fn key_refs_into(&self, keys: &OwnedKeys, rows: usize, out: &mut Vec<KeyRef>) {
+        out.clear();
+        out.reserve(rows);
+        self.encoder
+            .for_each_hash(keys, rows, |hash, bytes| out.push(KeyRef::new(hash, bytes)));
     }
 
     /// Whether `port`'s rows carry a row bound (and are bucketed by it).
@@ -264,7 +272,35 @@ impl IntervalJoin {
     /// For a row of `port` at `t_ms` (and its bound, on the side carrying
     /// a row bound): the other side's buckets to look in and the times its
     /// rows must have. `None` when no time can match.
+    #[inline]
     fn probe_range(
+        &self,
+        port: usize,
+        t_ms: i64,
+        bound_ms: Option<i64>,
+    ) -> Option<(i64, i64, i64, i64)> {
+        let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
+        let (low, high) = if port == 0 {
+            (t_ms.checked_add(lower), t_ms.checked_add(upper))
+        } else {
+            (t_ms.checked_sub(upper), t_ms.checked_sub(lower))
+        };
+        let (Some(low), Some(mut high)) = (low, high) else {
+            return self.probe_range_at_the_ends(port, t_ms, bound_ms);
+        };
+        if let Some(bound) = bound_ms {
+            high = high.min(bound);
+        }
+        if low > high {
+            return None;
+        }
+        Some(self.buckets_for(port, t_ms, low, high))
+    }
+
+    /// [`Self::probe_range`] where the bounds reach past an end of i64
+    /// (a bound of `i64::MIN`/`i64::MAX` stands for none).
+    #[cold]
+    fn probe_range_at_the_ends(
         &self,
         port: usize,
         t_ms: i64,
@@ -294,14 +330,21 @@ impl IntervalJoin {
         if low > high {
             return None;
         }
+        Some(self.buckets_for(port, t_ms, low, high))
+    }
+
+    /// The other side's buckets to look in for times in `[low, high]`,
+    /// with those times.
+    #[inline]
+    fn buckets_for(&self, port: usize, t_ms: i64, low: i64, high: i64) -> (i64, i64, i64, i64) {
         // A bucket holds `[start, start + width)`: those with a start in
         // `(from - width, to]` hold times in `[from, to]`.
         let after = |from: i64| from.saturating_sub(self.width_ms - 1);
         if self.bounds_rows(1 - port) {
             // Bucketed by bound: those whose rows reach this row's time.
-            Some((after(t_ms), i64::MAX, low, high))
+            (after(t_ms), i64::MAX, low, high)
         } else {
-            Some((after(low), high, low, high))
+            (after(low), high, low, high)
         }
     }
 
@@ -327,27 +370,40 @@ impl IntervalJoin {
         let mut matched = vec![UNMATCHED; n];
         let mut pairs = std::mem::take(&mut self.pairs);
         pairs.clear();
-        let other = &self.sides[1 - port];
-        if !other.buckets.is_empty() {
+        self.sides[1 - port].buckets.make_contiguous();
+        let buckets = self.sides[1 - port].buckets.as_slice();
+        if !buckets.is_empty() {
             let mut hint = 0;
-            for (row, &t) in input.times_ms.iter().enumerate() {
+            let times = &input.times_ms;
+            for (row, &t) in times.iter().enumerate() {
                 let bound = bounds.map(|b| b[row]);
                 let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
                     continue;
                 };
                 let bytes = keys.key_bytes(row);
                 let key = &key_refs[row];
-                for (_, bucket) in other.buckets.range(first, last, &mut hint) {
-                    let Some(chain) = bucket.chain_of(key, bytes) else {
-                        continue;
-                    };
-                    let mut e = chain.newest;
-                    while e != NONE {
-                        let entry = &bucket.entries[e as usize];
-                        if (low..=high).contains(&entry.time_ms) {
-                            pairs.push((row as u32, entry.batch, entry.row));
+                let in_range = range_of(buckets, first, last, &mut hint);
+                // The slot of a row a few ahead, in this row's first
+                // bucket (rows come mostly in time order: usually its
+                // bucket too), is fetched while this row is probed.
+                if let (Some((_, bucket)), Some(ahead)) =
+                    (in_range.first(), key_refs.get(row + PREFETCH_ROWS))
+                {
+                    bucket.prefetch(ahead);
+                }
+                for (_, bucket) in in_range {
+                    let mut r = bucket.newest_run(key, bytes).unwrap_or(NONE);
+                    while r != NONE {
+                        let run = &bucket.runs[r as usize];
+                        let span = run.span();
+                        for (&time_ms, &stored_row) in
+                            bucket.times_ms[span.clone()].iter().zip(&bucket.rows[span])
+                        {
+                            if (low..=high).contains(&time_ms) {
+                                pairs.push((row as u32, run.batch, stored_row));
+                            }
                         }
-                        e = entry.next;
+                        r = run.next;
                     }
                 }
             }
@@ -519,6 +575,7 @@ impl IntervalJoin {
         matched: Vec<u8>,
     ) -> Result<()> {
         let width = self.width_ms;
+        let mut run_of_row = std::mem::take(&mut self.run_of_row);
         let side = &mut self.sides[port];
         let live = input.times_ms.len();
         let states = if side.outer { matched } else { Vec::new() };
@@ -527,29 +584,35 @@ impl IntervalJoin {
             return Ok(());
         }
         let Side { buckets, spare, .. } = side;
-        // The bucket of the previous row: rows mostly come in time order.
-        let mut current = (i64::MAX, i64::MIN);
-        for (row, &t) in input.times_ms.iter().enumerate() {
-            let at = bounds.as_ref().map_or(t, |b| b[row]);
-            if !(current.0..current.1).contains(&at) {
-                // The start is clamped at i64::MIN; the end is the next
-                // bucket's start, so a clamped bucket holds no more.
-                let q = at.div_euclid(width);
-                current = (
-                    q.saturating_mul(width),
-                    q.saturating_add(1).saturating_mul(width),
-                );
+        let times = &input.times_ms;
+        let at = |row: usize| bounds.as_ref().map_or(times[row], |b| b[row]);
+        // Segments of consecutive rows in one bucket (rows mostly come
+        // in time order), each stored at once.
+        let mut row = 0;
+        while row < live {
+            // The start is clamped at i64::MIN; the end is the next
+            // bucket's start, so a clamped bucket holds no more.
+            let q = at(row).div_euclid(width);
+            let (start, end) = (
+                q.saturating_mul(width),
+                q.saturating_add(1).saturating_mul(width),
+            );
+            let mut stop = row + 1;
+            while stop < live && (start..end).contains(&at(stop)) {
+                stop += 1;
             }
-            let bucket = buckets.get_or_insert_with(current.0, || spare.pop().unwrap_or_default());
-            let entry = Entry {
-                batch: seq,
-                row: row as u32,
-                next: NONE,
-                time_ms: t,
-            };
-            let bytes = keys.key_bytes(row);
-            bucket.push(&key_refs[row], bytes, entry);
+            let bucket = buckets.get_or_insert_with(start, || spare.pop().unwrap_or_default());
+            bucket.append(
+                seq,
+                row..stop,
+                times,
+                key_refs,
+                |r| keys.key_bytes(r),
+                &mut run_of_row,
+            );
+            row = stop;
         }
+        self.run_of_row = run_of_row;
         side.rows += live;
         side.peak_buckets = side.peak_buckets.max(side.buckets.len());
         Ok(())
@@ -579,12 +642,15 @@ impl IntervalJoin {
             }
             let (_, bucket) = self.sides[port].buckets.pop_first().expect("not empty");
             let side = &mut self.sides[port];
-            side.rows -= bucket.entries.len();
+            side.rows -= bucket.len();
             if self.emits_unmatched(port) {
                 let side = &self.sides[port];
-                for entry in &bucket.entries {
-                    if side.batches.get(entry.batch).extra.states[entry.row as usize] == UNMATCHED {
-                        unmatched.push((entry.batch, entry.row));
+                for run in &bucket.runs {
+                    let states = &side.batches.get(run.batch).extra.states;
+                    for &row in &bucket.rows[run.span()] {
+                        if states[row as usize] == UNMATCHED {
+                            unmatched.push((run.batch, row));
+                        }
                     }
                 }
             }
@@ -593,9 +659,10 @@ impl IntervalJoin {
                 unmatched.clear();
             }
             let side = &mut self.sides[port];
-            // Entries come in batches' order: release each run at once.
-            for run in bucket.entries.chunk_by(|a, b| a.batch == b.batch) {
-                side.batches.release_rows(run[0].batch, run.len());
+            // Runs come in batches' order: release each batch's at once.
+            for runs in bucket.runs.chunk_by(|a, b| a.batch == b.batch) {
+                let rows = runs.iter().map(|r| r.len as usize).sum();
+                side.batches.release_rows(runs[0].batch, rows);
             }
             // Keep as many as were ever in use at once (at least a few):
             // the next buckets reuse their memory.
@@ -717,8 +784,7 @@ impl Operator for IntervalJoin {
         };
         let keys = self.encoder.encode_owned(&input.key_arrays)?;
         let mut key_refs = std::mem::take(&mut self.key_refs);
-        key_refs.clear();
-        key_refs.extend((0..input.rows.num_rows()).map(|row| self.key_ref(&keys, row)));
+        self.key_refs_into(&keys, input.rows.num_rows(), &mut key_refs);
         let bounds = self.row_bounds(port, &input.rows)?;
         let matched = self.probe(port, &input, (&keys, &key_refs), bounds.as_deref(), out);
         let stored = matched.and_then(|matched| {
@@ -805,20 +871,33 @@ impl Operator for IntervalJoin {
         )?];
         for port in 0..2 {
             let side = &self.sides[port];
-            let entries: Vec<&Entry> = side.buckets.values().flat_map(|b| &b.entries).collect();
+            // (stored batch, row, time), bucket by bucket, run by run.
+            let entries: Vec<(u64, u32, i64)> = side
+                .buckets
+                .values()
+                .flat_map(|b| {
+                    b.runs.iter().flat_map(move |run| {
+                        let span = run.span();
+                        b.rows[span.clone()]
+                            .iter()
+                            .zip(&b.times_ms[span])
+                            .map(move |(&row, &t)| (run.batch, row, t))
+                    })
+                })
+                .collect();
             if entries.is_empty() {
                 continue;
             }
-            let rows: Vec<(u64, u32)> = entries.iter().map(|e| (e.batch, e.row)).collect();
+            let rows: Vec<(u64, u32)> = entries.iter().map(|&(b, r, _)| (b, r)).collect();
             let mut columns = side.batches.gather(&rows, self.side_schema(port))?;
             let mut names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
             columns.push(Arc::new(Int64Array::from_iter_values(
-                entries.iter().map(|e| e.time_ms),
+                entries.iter().map(|&(_, _, t)| t),
             )));
             columns.push(Arc::new(UInt8Array::from_iter_values(entries.iter().map(
-                |e| {
-                    let states = &side.batches.get(e.batch).extra.states;
-                    states.get(e.row as usize).copied().unwrap_or(UNMATCHED)
+                |&(batch, row, _)| {
+                    let states = &side.batches.get(batch).extra.states;
+                    states.get(row as usize).copied().unwrap_or(UNMATCHED)
                 },
             ))));
             columns.push(Arc::new(Int64Array::from_value(port as i64, entries.len())));
@@ -858,9 +937,8 @@ impl Operator for IntervalJoin {
             };
             let key_arrays = crate::stage::evaluate_all(&side.keys, &rows)?;
             let keys = self.encoder.encode_owned(&key_arrays)?;
-            let key_refs: Vec<KeyRef> = (0..rows.num_rows())
-                .map(|row| self.key_ref(&keys, row))
-                .collect();
+            let mut key_refs = Vec::new();
+            self.key_refs_into(&keys, rows.num_rows(), &mut key_refs);
             let bounds = self.row_bounds(port, &rows)?;
             let input = SideBatch {
                 rows,
