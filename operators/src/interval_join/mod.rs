@@ -280,13 +280,14 @@ impl IntervalJoin {
         bound_ms: Option<i64>,
     ) -> Option<(i64, i64, i64, i64)> {
         let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
-        let (low, high) = if port == 0 {
+        let times = if port == 0 {
             (t_ms.checked_add(lower), t_ms.checked_add(upper))
         } else {
             (t_ms.checked_sub(upper), t_ms.checked_sub(lower))
         };
-        let (Some(low), Some(mut high)) = (low, high) else {
-            return self.probe_range_at_the_ends(port, t_ms, bound_ms);
+        let (low, mut high) = match times {
+            (Some(low), Some(high)) => (low, high),
+            _ => self.times_at_the_ends(port, t_ms)?,
         };
         if let Some(bound) = bound_ms {
             high = high.min(bound);
@@ -297,15 +298,13 @@ impl IntervalJoin {
         Some(self.buckets_for(port, t_ms, low, high))
     }
 
-    /// [`Self::probe_range`] where the bounds reach past an end of i64
-    /// (a bound of `i64::MIN`/`i64::MAX` stands for none).
+    /// The other side's times a row at `t_ms` matches, where the bounds
+    /// reach past an end of i64 (a bound of `i64::MIN`/`i64::MAX` stands
+    /// for none): exact there too (the planner relies on this check being
+    /// the bounds). A range wholly past an end matches nothing, one
+    /// reaching past it is cut there.
     #[cold]
-    fn probe_range_at_the_ends(
-        &self,
-        port: usize,
-        t_ms: i64,
-        bound_ms: Option<i64>,
-    ) -> Option<(i64, i64, i64, i64)> {
+    fn times_at_the_ends(&self, port: usize, t_ms: i64) -> Option<(i64, i64)> {
         let (t, lower, upper) = (
             i128::from(t_ms),
             i128::from(self.spec.lower_ms),
@@ -316,21 +315,11 @@ impl IntervalJoin {
         } else {
             (t - upper, t - lower)
         };
-        // Exact at the ends of i64 too (the planner relies on this check
-        // being the bounds): a range wholly past an end matches nothing,
-        // one reaching past it is cut there.
         if low > i128::from(i64::MAX) || high < i128::from(i64::MIN) {
             return None;
         }
         let clamp = |v: i128| v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-        let (low, mut high) = (clamp(low), clamp(high));
-        if let Some(bound) = bound_ms {
-            high = high.min(bound);
-        }
-        if low > high {
-            return None;
-        }
-        Some(self.buckets_for(port, t_ms, low, high))
+        Some((clamp(low), clamp(high)))
     }
 
     /// The other side's buckets to look in for times in `[low, high]`,
