@@ -114,7 +114,6 @@ pub struct AsofJoin {
     left_batches: StoredBatches<()>,
     watermarks_ms: [i64; 2],
     late: u64,
-    scratch_ms: Vec<i64>,
 }
 
 impl std::fmt::Debug for AsofJoin {
@@ -154,7 +153,6 @@ impl AsofJoin {
             left_batches: StoredBatches::default(),
             watermarks_ms: [i64::MIN; 2],
             late: 0,
-            scratch_ms: Vec::new(),
         })
     }
 
@@ -697,7 +695,7 @@ impl Operator for AsofJoin {
         } else {
             &self.spec.right
         };
-        let Some(input) = side.prepare(batch, time, &mut self.scratch_ms, &mut self.late)? else {
+        let Some(input) = side.prepare(batch, time, &mut self.late)? else {
             return Ok(());
         };
         if port == 0 {

@@ -333,25 +333,48 @@ impl KeyEncoder {
         })
     }
 
-    /// Calls `f` with the hash and the bytes (as [`OwnedKeys::key_bytes`])
-    /// of each of the first `rows` keys, in order: the interval join's
+    /// Appends to `out`, for each of the first `rows` keys in order,
+    /// `make(hash, head, bytes)`: its hash, its head ([`key_head`]) and
+    /// its bytes (as [`OwnedKeys::key_bytes`]). The interval join's
     /// buckets use them. One loop per kind of key, so that nothing is
-    /// matched or called per row.
+    /// matched or called per row, and each an `extend` of a known length,
+    /// so that no row checks the vector's capacity. A key of up to 8
+    /// bytes (a BIGINT, most symbols) is hashed from its head by
+    /// [`fold_hash`], a multiply, not by a byte hasher's rounds.
     #[inline]
-    pub fn for_each_hash(&self, keys: &OwnedKeys, rows: usize, mut f: impl FnMut(u64, &[u8])) {
+    pub fn hashes_into<T>(
+        &self,
+        keys: &OwnedKeys,
+        rows: usize,
+        out: &mut Vec<T>,
+        make: impl Fn(u64, u64, &[u8]) -> T,
+    ) {
+        let seeds = self.seeds;
         match keys {
-            OwnedKeys::Global => (0..rows).for_each(|_| f(0, &[])),
-            OwnedKeys::Utf8(array) => (0..rows).for_each(|row| {
-                let key = array.value(row);
-                f(self.hasher.hash_one(key), key.as_bytes());
-            }),
-            OwnedKeys::Int64(array) => array.values()[..rows].iter().for_each(|&key| {
-                f(self.hasher.hash_one(key), &key.to_le_bytes());
-            }),
-            OwnedKeys::Rows(keys) => (0..rows).for_each(|row| {
+            OwnedKeys::Global => out.extend((0..rows).map(|_| make(0, 0, &[]))),
+            OwnedKeys::Utf8(array) => {
+                let (offsets, values) = (array.value_offsets(), array.value_data());
+                out.extend(offsets[..=rows].windows(2).map(|bounds| {
+                    let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+                    let key = &values[start..end];
+                    let head = head_at(values, start, key.len());
+                    let hash = if key.len() <= 8 {
+                        fold_hash(head, key.len() as u32, seeds)
+                    } else {
+                        self.hasher.hash_one(key)
+                    };
+                    make(hash, head, key)
+                }));
+            }
+            OwnedKeys::Int64(array) => out.extend(array.values()[..rows].iter().map(|&key| {
+                let head = key as u64;
+                make(fold_hash(head, 8, seeds), head, &key.to_le_bytes())
+            })),
+            OwnedKeys::Rows(keys) => out.extend((0..rows).map(|row| {
                 let key = keys.row(row);
-                f(self.hasher.hash_one(key.as_ref()), key.data());
-            }),
+                let bytes = key.data();
+                make(self.hasher.hash_one(key.as_ref()), key_head(bytes), bytes)
+            })),
         }
     }
 

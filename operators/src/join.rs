@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::buffer::ScalarBuffer;
 use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{Field, FieldRef, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
@@ -41,7 +42,7 @@ pub struct JoinSide {
 pub(crate) struct SideBatch {
     pub rows: RecordBatch,
     /// Event time of each row, in ms.
-    pub times_ms: Vec<i64>,
+    pub times_ms: ScalarBuffer<i64>,
     pub key_arrays: Vec<ArrayRef>,
     /// Rows whose key has a NULL (they match nothing); `None`: none.
     pub null_keys: Option<BooleanArray>,
@@ -89,28 +90,28 @@ impl JoinSide {
         &self,
         batch: &RecordBatch,
         time: BatchTime<'_>,
-        scratch_ms: &mut Vec<i64>,
         late: &mut u64,
     ) -> Result<Option<SideBatch>> {
         let Some((time_column, time_unit)) = &self.event_time else {
             return self.prepare_untimed(batch);
         };
-        time_unit.array_to_ms(batch.column(*time_column).as_ref(), scratch_ms)?;
+        // Shared with the batch's own column where it is in ms already.
+        let times_ms = time_unit.array_ms_buffer(batch.column(*time_column).as_ref())?;
         let row_watermark = |i: usize| {
             time.row_watermarks_ms
                 .map_or(time.watermark_ms, |w| w[i].max(time.watermark_ms))
         };
         let on_time: Option<BooleanArray> = match time.row_watermarks_ms {
-            None if scratch_ms.iter().all(|&t| t >= time.watermark_ms) => None,
+            None if times_ms.iter().all(|&t| t >= time.watermark_ms) => None,
             _ => Some(
-                scratch_ms
+                times_ms
                     .iter()
                     .enumerate()
                     .map(|(i, &t)| Some(t >= row_watermark(i)))
                     .collect(),
             ),
         };
-        let times: ArrayRef = Arc::new(Int64Array::from(std::mem::take(scratch_ms)));
+        let times: ArrayRef = Arc::new(Int64Array::new(times_ms, None));
         let (batch, times) = match &on_time {
             Some(mask) => {
                 let kept = mask.true_count();
@@ -135,7 +136,7 @@ impl JoinSide {
             .downcast_ref::<Int64Array>()
             .expect("an Int64 carry")
             .values()
-            .to_vec();
+            .clone();
         Ok(Some(self.side_batch(rows, times_ms)?))
     }
 
@@ -145,12 +146,12 @@ impl JoinSide {
         if rows.num_rows() == 0 {
             return Ok(None);
         }
-        let times_ms = vec![0; rows.num_rows()];
+        let times_ms = vec![0; rows.num_rows()].into();
         Ok(Some(self.side_batch(rows, times_ms)?))
     }
 
     /// Evaluates the keys of prepared rows.
-    fn side_batch(&self, rows: RecordBatch, times_ms: Vec<i64>) -> Result<SideBatch> {
+    fn side_batch(&self, rows: RecordBatch, times_ms: ScalarBuffer<i64>) -> Result<SideBatch> {
         let key_arrays = evaluate_all(&self.keys, &rows)?;
         let null_keys = if key_arrays.iter().any(|a| a.null_count() > 0) {
             let mut mask = vec![false; rows.num_rows()];

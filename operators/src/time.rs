@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, PrimitiveArray};
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{
     DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
@@ -113,6 +114,19 @@ impl EventTimeUnit {
         Ok(())
     }
 
+    /// [`EventTimeUnit::array_to_ms`] as a buffer: the array's own values,
+    /// shared rather than copied, where they are in ms already.
+    pub fn array_ms_buffer(&self, array: &dyn Array) -> Result<ScalarBuffer<i64>> {
+        let values = self.ticks(array)?;
+        Ok(match self {
+            EventTimeUnit::EpochMillis => primitive_buffer::<Int64Type>(array)?,
+            EventTimeUnit::Timestamp(TimeUnit::Millisecond, _) => {
+                primitive_buffer::<TimestampMillisecondType>(array)?
+            }
+            _ => values.iter().map(|&t| self.to_ms(t)).collect(),
+        })
+    }
+
     /// An event-time array's values in its own unit (ticks), which order
     /// rows exactly where epoch ms would tie them. NULLs are an error, as
     /// in [`EventTimeUnit::array_to_ms`].
@@ -172,6 +186,14 @@ impl EventTimeUnit {
     pub fn constant_array(&self, ms: i64, len: usize) -> ArrayRef {
         self.retype(Int64Array::from_value(self.from_ms(ms), len))
     }
+}
+
+/// [`primitive`]'s values as their shared buffer.
+fn primitive_buffer<T: arrow::datatypes::ArrowPrimitiveType<Native = i64>>(
+    array: &dyn Array,
+) -> Result<ScalarBuffer<i64>> {
+    primitive::<T>(array)?;
+    Ok(array.as_primitive::<T>().values().clone())
 }
 
 fn primitive<T: arrow::datatypes::ArrowPrimitiveType<Native = i64>>(

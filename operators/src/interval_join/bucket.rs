@@ -49,11 +49,18 @@ pub(super) struct KeyRef {
 }
 
 impl KeyRef {
-    #[inline]
+    #[cfg(test)]
     pub fn new(hash: u64, key: &[u8]) -> Self {
+        Self::with_head(hash, key_head(key), key)
+    }
+
+    /// The key `key` with this hash, its head already read ([`key_head`]).
+    #[inline]
+    pub fn with_head(hash: u64, head: u64, key: &[u8]) -> Self {
+        debug_assert_eq!(head, key_head(key));
         Self {
             hash,
-            head: key_head(key),
+            head,
             len: u32::try_from(key.len()).unwrap_or(u32::MAX),
         }
     }
@@ -83,15 +90,19 @@ const EMPTY: Chain = Chain {
 };
 
 impl Chain {
+    /// Whether the slot holds `key`, whose bytes `bytes` reads only when
+    /// the head does not hold them all.
     #[inline]
-    fn is(&self, key: &KeyRef, bytes: &[u8], key_bytes: &[u8]) -> bool {
+    fn is<'k>(&self, key: &KeyRef, bytes: impl Fn() -> &'k [u8], key_bytes: &[u8]) -> bool {
         self.hash == key.hash
             && self.head == key.head
             && self.len == key.len
-            && (bytes.len() <= 8
-                || key_bytes
+            && (self.len <= 8 || {
+                let bytes = bytes();
+                key_bytes
                     .get(self.key_start..self.key_start + bytes.len())
-                    .is_some_and(|stored| bytes_eq(stored, bytes)))
+                    .is_some_and(|stored| bytes_eq(stored, bytes))
+            })
     }
 }
 
@@ -129,27 +140,28 @@ impl Bucket {
     }
 
     #[inline]
-    fn slot_of(&self, key: &KeyRef, bytes: &[u8]) -> Result<usize, usize> {
-        let mask = self.slots.len().wrapping_sub(1);
+    fn slot_of<'k>(&self, key: &KeyRef, bytes: impl Fn() -> &'k [u8]) -> Result<usize, usize> {
         if self.slots.is_empty() {
             return Err(0);
         }
+        let mask = self.slots.len() - 1;
         let mut at = key.hash as usize & mask;
         loop {
             let slot = &self.slots[at];
             if slot.newest == NONE {
                 return Err(at);
             }
-            if slot.is(key, bytes, &self.key_bytes) {
+            if slot.is(key, &bytes, &self.key_bytes) {
                 return Ok(at);
             }
             at = (at + 1) & mask;
         }
     }
 
-    /// The newest run of the key with these bytes.
+    /// The newest run of the key with the bytes `bytes` returns (called
+    /// for keys longer than 8 bytes only).
     #[inline]
-    pub fn newest_run(&self, key: &KeyRef, bytes: &[u8]) -> Option<u32> {
+    pub fn newest_run<'k>(&self, key: &KeyRef, bytes: impl Fn() -> &'k [u8]) -> Option<u32> {
         self.slot_of(key, bytes)
             .ok()
             .map(|at| self.slots[at].newest)
@@ -190,14 +202,11 @@ impl Bucket {
         for row in segment.clone() {
             // As in a probe: the slot of a row a few ahead is fetched
             // while this one is stored.
-            if let Some(ahead) = keys
-                .get(row + PREFETCH_ROWS)
-                .filter(|_| row + PREFETCH_ROWS < segment.end)
-            {
-                self.prefetch(ahead);
+            if row + PREFETCH_ROWS < segment.end {
+                self.prefetch(&keys[row + PREFETCH_ROWS]);
             }
             let key = &keys[row];
-            let (at, fresh) = match self.slot_of(key, key_bytes(row)) {
+            let (at, fresh) = match self.slot_of(key, || key_bytes(row)) {
                 Ok(at) => (at, false),
                 Err(_) => (self.insert(key, key_bytes(row)), true),
             };
@@ -304,7 +313,7 @@ mod tests {
     fn rows_of(bucket: &Bucket, key: &[u8], hash: u64) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         let mut r = bucket
-            .newest_run(&KeyRef::new(hash, key), key)
+            .newest_run(&KeyRef::new(hash, key), || key)
             .unwrap_or(NONE);
         while r != NONE {
             let run = bucket.runs[r as usize];
@@ -361,17 +370,17 @@ mod tests {
                 [(2, a), (2, b), (1, a), (1, b), (0, a), (0, b)],
                 "{key:?}: newest run first, rows in order within a run"
             );
-            let run = bucket.runs[bucket.newest_run(&refs[i], key).unwrap() as usize];
+            let run = bucket.runs[bucket.newest_run(&refs[i], || *key).unwrap() as usize];
             assert_eq!(bucket.times_ms[run.span()], [i as i64, i as i64 + 17]);
         }
         assert_eq!(bucket.len(), 3 * 34);
         assert!(bucket
-            .newest_run(&KeyRef::new(42, b"AAAAAAAA3"), b"AAAAAAAA3")
+            .newest_run(&KeyRef::new(42, b"AAAAAAAA3"), || &b"AAAAAAAA3"[..])
             .is_none());
         assert_eq!(std::mem::size_of::<Chain>(), 32, "a slot stays 32 bytes");
         bucket.clear();
         assert!(bucket
-            .newest_run(&KeyRef::new(42, b"AAAA"), b"AAAA")
+            .newest_run(&KeyRef::new(42, b"AAAA"), || &b"AAAA"[..])
             .is_none());
         assert_eq!(bucket.len(), 0);
     }

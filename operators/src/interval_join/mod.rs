@@ -169,7 +169,6 @@ pub struct IntervalJoin {
     width_ms: i64,
     sides: [Side; 2],
     late: u64,
-    scratch_ms: Vec<i64>,
     /// Reused per batch: each row's key as the buckets compare it.
     key_refs: Vec<KeyRef>,
     /// Reused per probe: (probe row, stored batch, stored row).
@@ -219,7 +218,6 @@ impl IntervalJoin {
             width_ms,
             sides,
             late: 0,
-            scratch_ms: Vec::new(),
             key_refs: Vec::new(),
             pairs: Vec::new(),
             run_of_row: Vec::new(),
@@ -238,9 +236,10 @@ impl IntervalJoin {
     /// it back stalled on store forwarding.
     fn key_refs_into(&self, keys: &OwnedKeys, rows: usize, out: &mut Vec<KeyRef>) {
         out.clear();
-        out.reserve(rows);
         self.encoder
-            .for_each_hash(keys, rows, |hash, bytes| out.push(KeyRef::new(hash, bytes)));
+            .hashes_into(keys, rows, out, |hash, head, bytes| {
+                KeyRef::with_head(hash, head, bytes)
+            });
     }
 
     /// Whether `port`'s rows carry a row bound (and are bucketed by it).
@@ -369,7 +368,7 @@ impl IntervalJoin {
                 let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
                     continue;
                 };
-                let bytes = keys.key_bytes(row);
+                let bytes = || keys.key_bytes(row);
                 let key = &key_refs[row];
                 let in_range = range_of(buckets, first, last, &mut hint);
                 // The slot of a row a few ahead, in this row's first
@@ -418,26 +417,39 @@ impl IntervalJoin {
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
         let shape = &mut self.pairs_shape;
+        let stored = 1 - port;
+        // The stored side's columns with a twin on this side are taken
+        // from the probe rows, the others gathered from the stored rows.
+        let gathered_columns = || {
+            shape.read[stored]
+                .iter()
+                .zip(&shape.twin[stored])
+                .filter(|(_, twin)| twin.is_none())
+                .map(|(&c, _)| c)
+        };
         // A side none of whose columns is read (a semi join without a
         // condition on it) needs no indices either.
-        let stored_columns = if shape.read[1 - port].is_empty() {
+        let gathered = if gathered_columns().next().is_none() {
             Vec::new()
         } else {
-            let stored: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
-            self.sides[1 - port]
+            let rows: Vec<(u64, u32)> = pairs.iter().map(|&(_, b, r)| (b, r)).collect();
+            self.sides[stored]
                 .batches
-                .gather_columns(&stored, shape.read[1 - port].iter().copied())?
+                .gather_columns(&rows, gathered_columns())?
         };
-        let probe_columns = if shape.read[port].is_empty() {
+        let twins = shape.twin[stored].iter().flatten().copied();
+        let mut probe_columns = if shape.read[port].is_empty() && twins.clone().next().is_none() {
             Vec::new()
         } else {
             let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
             take_columns(
                 &input.rows,
                 &probe_indices,
-                shape.read[port].iter().copied(),
+                shape.read[port].iter().copied().chain(twins),
             )?
         };
+        let twin_columns = probe_columns.split_off(shape.read[port].len());
+        let stored_columns = shape.stored_columns(stored, gathered, twin_columns);
         let rows = if port == 0 {
             shape.batch(probe_columns, stored_columns, pairs.len())?
         } else {
@@ -754,7 +766,7 @@ impl Operator for IntervalJoin {
         } else {
             &self.spec.right
         };
-        let Some(input) = side.prepare(batch, time, &mut self.scratch_ms, &mut self.late)? else {
+        let Some(input) = side.prepare(batch, time, &mut self.late)? else {
             return Ok(());
         };
         // A NULL key matches nothing: such rows are final at once.
@@ -911,7 +923,7 @@ impl Operator for IntervalJoin {
                 return Err(crate::snapshot::corrupt("join rows"));
             }
             let rows = RecordBatch::try_new(schema, batch.columns()[..n].to_vec())?;
-            let times_ms = int64(batch, "time_ms")?.values().to_vec();
+            let times_ms = int64(batch, "time_ms")?.values().clone();
             let states = batch
                 .column(n + 1)
                 .as_any()
@@ -987,6 +999,32 @@ mod tests {
             row_bound: None,
         })
         .unwrap()
+    }
+
+    /// A key that is a plain column on both sides is read from the
+    /// probing side's rows for either side; a computed key is not.
+    #[test]
+    fn plain_key_columns_are_twins_computed_keys_are_not() {
+        let j = join(0, 10);
+        // Every column is read (no post stages); `k` (0) is the key.
+        assert_eq!(j.pairs_shape.read, [vec![0, 1], vec![0, 1]]);
+        assert_eq!(
+            j.pairs_shape.twin,
+            [vec![Some(0), None], vec![Some(0), None]]
+        );
+
+        let mut spec = j.spec.clone();
+        let schema = Arc::clone(&spec.left.schema);
+        let plus_one = datafusion::physical_expr::expressions::binary(
+            col("k", &schema).unwrap(),
+            datafusion::logical_expr::Operator::Plus,
+            datafusion::physical_expr::expressions::lit(1i64),
+            &schema,
+        )
+        .unwrap();
+        spec.right.keys = vec![plus_one];
+        let shape = PairsShape::new(&spec);
+        assert_eq!(shape.twin, [vec![None, None], vec![None, None]]);
     }
 
     /// The times a probe accepts are exactly those within the bounds, at

@@ -19,6 +19,9 @@ pub(super) const PAIRS_PER_BATCH: usize = 8192;
 pub(super) struct PairsShape {
     /// Per side, the side's columns read, in order.
     pub read: [Vec<usize>; 2],
+    /// Per side, aligned with `read`: the other side's column holding the
+    /// same value in every pair, where there is one (see [`twins`]).
+    pub twin: [Vec<Option<usize>>; 2],
     /// Per joined column, its stand-in when it is not read.
     unread: Vec<Option<ArrayRef>>,
     /// The left side's columns in the joined rows.
@@ -57,14 +60,28 @@ impl PairsShape {
                 }
             })
             .collect();
+        let read: [Vec<usize>; 2] = [
+            (0..left_width).filter(|&j| is_read(j)).collect(),
+            (left_width..width)
+                .filter(|&j| is_read(j))
+                .map(|j| j - left_width)
+                .collect(),
+        ];
+        let twin = [0, 1].map(|side| {
+            let pairs = twins(spec, side);
+            read[side]
+                .iter()
+                .map(|c| {
+                    pairs
+                        .iter()
+                        .find(|(own, _)| own == c)
+                        .map(|&(_, other)| other)
+                })
+                .collect()
+        });
         Self {
-            read: [
-                (0..left_width).filter(|&j| is_read(j)).collect(),
-                (left_width..width)
-                    .filter(|&j| is_read(j))
-                    .map(|j| j - left_width)
-                    .collect(),
-            ],
+            read,
+            twin,
             unread: (0..width)
                 .map(|j| {
                     (!is_read(j)).then(|| arrow::array::new_null_array(fields[j].data_type(), 0))
@@ -76,6 +93,28 @@ impl PairsShape {
                 spec.joined_schema.metadata().clone(),
             )),
         }
+    }
+
+    /// A stored side's read columns from the probe's rows: those with a
+    /// twin taken at the probe rows (`twins`, in order of `read`), the
+    /// others gathered from stored rows (`gathered`, likewise).
+    pub fn stored_columns(
+        &self,
+        stored: usize,
+        gathered: Vec<ArrayRef>,
+        twins: Vec<ArrayRef>,
+    ) -> Vec<ArrayRef> {
+        let (mut gathered, mut twins) = (gathered.into_iter(), twins.into_iter());
+        self.twin[stored]
+            .iter()
+            .map(|twin| {
+                match twin {
+                    Some(_) => twins.next(),
+                    None => gathered.next(),
+                }
+                .expect("one array per read column")
+            })
+            .collect()
     }
 
     /// The joined rows of `rows` pairs from the read columns of each side.
@@ -119,4 +158,30 @@ impl PairsShape {
             .map(|a| a.get_array_memory_size())
             .sum()
     }
+}
+
+/// The columns of `side` whose value in every joined pair is that of a
+/// column of the other side: `(own column, other side's column)`. Both
+/// are the same key of the join, as plain columns of one type: a pair's
+/// keys are equal in the key encoder's bytes, which tell values of a type
+/// apart exactly, so either side's value is the pair's. A probe then takes
+/// such a column from its own rows (one batch) instead of gathering it
+/// from the stored rows (many batches), which costs less for strings.
+fn twins(spec: &IntervalJoinSpec, side: usize) -> Vec<(usize, usize)> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_expr::PhysicalExpr;
+    let sides = [&spec.left, &spec.right];
+    let (own, other) = (sides[side], sides[1 - side]);
+    let column =
+        |key: &Arc<dyn PhysicalExpr>| key.as_ref().downcast_ref::<Column>().map(Column::index);
+    own.keys
+        .iter()
+        .zip(&other.keys)
+        .filter_map(|(a, b)| {
+            let (a, b) = (column(a)?, column(b)?);
+            let same_type = own.schema.fields().get(a)?.data_type()
+                == other.schema.fields().get(b)?.data_type();
+            same_type.then_some((a, b))
+        })
+        .collect()
 }
