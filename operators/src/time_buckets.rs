@@ -58,7 +58,7 @@ impl<B> TimeBuckets<B> {
         self.ring.make_contiguous();
     }
 
-    /// Every bucket with its start, oldest first, for [`range_of`]:
+    /// Every bucket with its start, oldest first, for [`Ranges`]:
     /// all of them after [`TimeBuckets::make_contiguous`], else only
     /// those up to where the ring wraps.
     pub fn as_slice(&self) -> &[(i64, B)] {
@@ -83,37 +83,91 @@ impl<B> TimeBuckets<B> {
     }
 }
 
-/// The buckets of `buckets` (oldest first, as [`TimeBuckets::as_slice`]
-/// gives them) with `first <= start <= last`. `hint` is where the
-/// previous range began (0 at first): consecutive ranges over times in
-/// order begin at the same bucket or the next, found without a search
-/// (also past the newest bucket, where a probe running ahead of the
-/// other side's rows looks).
-#[inline]
-pub(crate) fn range_of<'a, B>(
+/// Ranges of buckets by start, read from one slice of buckets (oldest
+/// first, as [`TimeBuckets::as_slice`] gives them), which it borrows, so
+/// that they cannot change while it remembers its last answer.
+pub(crate) struct Ranges<'a, B> {
     buckets: &'a [(i64, B)],
-    first: i64,
-    last: i64,
-    hint: &mut usize,
-) -> &'a [(i64, B)] {
-    let begins_at = |at: usize| {
-        at <= buckets.len()
-            && buckets.get(at).is_none_or(|&(s, _)| s >= first)
-            && (at == 0 || buckets[at - 1].0 < first)
-    };
-    let from = if begins_at(*hint) {
-        *hint
-    } else if begins_at(*hint + 1) {
-        *hint + 1
-    } else {
-        buckets.partition_point(|&(s, _)| s < first)
-    };
-    *hint = from;
-    let mut to = from;
-    while to < buckets.len() && buckets[to].0 <= last {
-        to += 1;
+    /// The last answer, `buckets[from..to]` ...
+    from: usize,
+    to: usize,
+    /// ... which is also the answer for any `first` in `(first_above,
+    /// first_at_most]` and `last` in `[last_at_least, last_below)`: the
+    /// starts around its ends. A probe's rows come mostly in time order,
+    /// so most rows ask for the same buckets as the row before, and four
+    /// compares answer them.
+    first_above: i64,
+    first_at_most: i64,
+    last_at_least: i64,
+    last_below: i64,
+}
+
+impl<'a, B> Ranges<'a, B> {
+    pub fn new(buckets: &'a [(i64, B)]) -> Self {
+        Self {
+            buckets,
+            from: 0,
+            to: 0,
+            // Holds for no `first`: the first range is searched for.
+            first_above: i64::MAX,
+            first_at_most: i64::MIN,
+            last_at_least: i64::MAX,
+            last_below: i64::MIN,
+        }
     }
-    &buckets[from..to]
+
+    /// The buckets with `first <= start <= last`.
+    #[inline]
+    pub fn of(&mut self, first: i64, last: i64) -> &'a [(i64, B)] {
+        if first > self.first_above
+            && first <= self.first_at_most
+            && last >= self.last_at_least
+            && last < self.last_below
+        {
+            return &self.buckets[self.from..self.to];
+        }
+        self.search(first, last)
+    }
+
+    /// [`Ranges::of`] when the last answer is not this one's. The range
+    /// begins at the previous one's bucket or the next, when times come in
+    /// order, found without a binary search (also past the newest bucket,
+    /// where a probe running ahead of the other side's rows looks).
+    fn search(&mut self, first: i64, last: i64) -> &'a [(i64, B)] {
+        let buckets = self.buckets;
+        let begins_at = |at: usize| {
+            at <= buckets.len()
+                && buckets.get(at).is_none_or(|&(s, _)| s >= first)
+                && (at == 0 || buckets[at - 1].0 < first)
+        };
+        let from = if begins_at(self.from) {
+            self.from
+        } else if begins_at(self.from + 1) {
+            self.from + 1
+        } else {
+            buckets.partition_point(|&(s, _)| s < first)
+        };
+        let mut to = from;
+        while to < buckets.len() && buckets[to].0 <= last {
+            to += 1;
+        }
+        // Where this answer holds (ends of i64 excluded: those search).
+        let start = |at: usize, or: i64| buckets.get(at).map_or(or, |&(s, _)| s);
+        self.first_above = if from == 0 {
+            i64::MIN
+        } else {
+            start(from - 1, i64::MIN)
+        };
+        self.first_at_most = start(from, i64::MAX);
+        self.last_at_least = if to == from {
+            i64::MIN
+        } else {
+            start(to - 1, i64::MIN)
+        };
+        self.last_below = start(to, i64::MAX);
+        (self.from, self.to) = (from, to);
+        &buckets[from..to]
+    }
 }
 
 #[cfg(test)]
@@ -131,7 +185,6 @@ mod tests {
         let mut ours: TimeBuckets<u32> = TimeBuckets::default();
         let mut model: BTreeMap<i64, u32> = BTreeMap::new();
         let mut now = 0i64;
-        let mut hint = 0;
         for step in 0..20_000u32 {
             match rng.random_range(0..10) {
                 0..=5 => {
@@ -141,14 +194,22 @@ mod tests {
                     *model.entry(start).or_insert(step) += 1;
                 }
                 6 | 7 => {
-                    let first = now - rng.random_range(0..8);
-                    let last = first + rng.random_range(0..4);
+                    // Several ranges from one borrow, mostly moving
+                    // forward as a probe's rows do, some not.
                     ours.make_contiguous();
-                    let got: Vec<(i64, u32)> =
-                        range_of(ours.as_slice(), first, last, &mut hint).to_vec();
-                    let want: Vec<(i64, u32)> =
-                        model.range(first..=last).map(|(s, b)| (*s, *b)).collect();
-                    assert_eq!(got, want);
+                    let mut ranges = Ranges::new(ours.as_slice());
+                    let mut first = now - rng.random_range(0..8);
+                    for _ in 0..4 {
+                        first += rng.random_range(-2..4);
+                        let last = first + rng.random_range(-1..4);
+                        let got: Vec<(i64, u32)> = ranges.of(first, last).to_vec();
+                        let want: Vec<(i64, u32)> = model
+                            .range(first..=last.max(first))
+                            .filter(|(s, _)| **s <= last)
+                            .map(|(s, b)| (*s, *b))
+                            .collect();
+                        assert_eq!(got, want, "[{first}, {last}]");
+                    }
                 }
                 _ => assert_eq!(ours.pop_first(), model.pop_first()),
             }

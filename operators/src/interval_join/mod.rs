@@ -48,7 +48,7 @@ use crate::join::{
     JoinSide, SideBatch, StoredBatches,
 };
 use crate::stage::{apply_all, emit_weighted, Stage};
-use crate::time_buckets::{range_of, TimeBuckets};
+use crate::time_buckets::{Ranges, TimeBuckets};
 use crate::{BatchTime, Operator};
 
 mod bucket;
@@ -361,7 +361,7 @@ impl IntervalJoin {
         self.sides[1 - port].buckets.make_contiguous();
         let buckets = self.sides[1 - port].buckets.as_slice();
         if !buckets.is_empty() {
-            let mut hint = 0;
+            let mut ranges = Ranges::new(buckets);
             let times = &input.times_ms;
             for (row, &t) in times.iter().enumerate() {
                 let bound = bounds.map(|b| b[row]);
@@ -370,7 +370,7 @@ impl IntervalJoin {
                 };
                 let bytes = || keys.key_bytes(row);
                 let key = &key_refs[row];
-                let in_range = range_of(buckets, first, last, &mut hint);
+                let in_range = ranges.of(first, last);
                 // The slot of a row a few ahead, in this row's first
                 // bucket (rows come mostly in time order: usually its
                 // bucket too), is fetched while this row is probed.
