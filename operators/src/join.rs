@@ -284,52 +284,55 @@ const SHORT_STRING_BYTES: usize = 8;
 /// copy for a 7-byte symbol (a join takes one per output pair). `None`
 /// when the column has NULLs or a longer value: arrow's `take` then.
 fn take_short_strings(array: &StringArray, indices: &[u32]) -> Option<StringArray> {
-    if array.null_count() > 0 {
+    const WORD: usize = SHORT_STRING_BYTES;
+    // Every value fits a word: the output is at most a word per row.
+    let capacity = indices.len().checked_mul(WORD)?;
+    if array.null_count() > 0 || i32::try_from(capacity).is_err() {
         return None;
     }
     let (offsets, values) = (array.value_offsets(), array.value_data());
-    let mut total = 0usize;
-    for &i in indices {
+    let mut out = vec![0u8; capacity + WORD];
+    let (mut at, mut all_short) = (0usize, true);
+    let mut out_offsets: Vec<i32> = Vec::with_capacity(indices.len() + 1);
+    out_offsets.push(0);
+    out_offsets.extend(indices.iter().map(|&i| {
         let i = i as usize;
-        let len = offsets.get(i + 1)?.checked_sub(*offsets.get(i)?)? as usize;
-        if len > SHORT_STRING_BYTES {
-            return None;
-        }
-        total += len;
-    }
-    let end = i32::try_from(total).ok()?;
-    let mut out_offsets = Vec::with_capacity(indices.len() + 1);
-    // Each value is written as a whole word; the next one overwrites
-    // the spare bytes, the last word's are cut off.
-    let mut out = vec![0u8; total + SHORT_STRING_BYTES];
-    let mut at = 0usize;
-    out_offsets.push(0i32);
-    for &i in indices {
-        let (start, stop) = (
-            offsets[i as usize] as usize,
-            offsets[i as usize + 1] as usize,
-        );
-        let word: [u8; SHORT_STRING_BYTES] = match values.get(start..start + SHORT_STRING_BYTES) {
-            Some(word) => word.try_into().ok()?,
-            // Near the end of the values: the bytes there are, zero after.
-            None => {
-                let mut word = [0u8; SHORT_STRING_BYTES];
-                word[..stop - start].copy_from_slice(&values[start..stop]);
-                word
-            }
+        let (start, stop) = match offsets.get(i..i + 2) {
+            Some(&[start, stop]) => (start as usize, stop as usize),
+            _ => (0, usize::MAX),
         };
-        out[at..at + SHORT_STRING_BYTES].copy_from_slice(&word);
-        at += stop - start;
-        out_offsets.push(at as i32);
+        let len = stop.wrapping_sub(start);
+        if len <= WORD {
+            // The value as one word; the next value overwrites the bytes
+            // past its length, the last one's are cut off.
+            let word: [u8; WORD] = match values.get(start..start + WORD) {
+                Some(word) => word.try_into().unwrap_or_default(),
+                // Near the end of the values: the bytes there are.
+                None => {
+                    let mut word = [0u8; WORD];
+                    word[..len].copy_from_slice(&values[start..stop]);
+                    word
+                }
+            };
+            out[at..at + WORD].copy_from_slice(&word);
+            at += len;
+        } else {
+            // Longer, or an index out of bounds: arrow's `take` decides.
+            all_short = false;
+        }
+        at as i32
+    }));
+    if !all_short {
+        return None;
     }
     out.truncate(at);
-    debug_assert_eq!(out_offsets.last(), Some(&end));
-    let offsets = arrow::buffer::OffsetBuffer::new(out_offsets.into());
     // SAFETY: the offsets start at 0 and rise by each taken value's
-    // length, so each range of `out` they bound holds exactly the bytes
+    // length (at most `capacity`, which fits an i32), so they are valid
+    // offsets, and each range of `out` they bound holds exactly the bytes
     // of one value of `array`, a valid string (copied whole: the word's
     // bytes past its length are overwritten or cut); the concatenation of
     // valid UTF-8 strings is valid UTF-8, split at their boundaries.
+    let offsets = unsafe { arrow::buffer::OffsetBuffer::new_unchecked(out_offsets.into()) };
     Some(unsafe { StringArray::new_unchecked(offsets, out.into(), None) })
 }
 

@@ -208,7 +208,7 @@ impl Bucket {
             let key = &keys[row];
             let (at, fresh) = match self.slot_of(key, || key_bytes(row)) {
                 Ok(at) => (at, false),
-                Err(_) => (self.insert(key, key_bytes(row)), true),
+                Err(empty) => (self.insert(key, key_bytes(row), empty), true),
             };
             let chain = &mut self.slots[at];
             let run = if !fresh && chain.newest >= first_run {
@@ -245,16 +245,19 @@ impl Bucket {
     }
 
     /// A slot for a new key, with no runs yet (`newest` is `NONE` until
-    /// the caller links the first).
-    fn insert(&mut self, key: &KeyRef, bytes: &[u8]) -> usize {
+    /// the caller links the first): `empty`, the empty slot its lookup
+    /// stopped at, unless the table grows first.
+    fn insert(&mut self, key: &KeyRef, bytes: &[u8], empty: usize) -> usize {
+        let mut at = empty;
         if (self.chains + 1) * LOAD_DIVISOR > self.slots.len() {
             self.grow();
+            let mask = self.slots.len() - 1;
+            at = key.hash as usize & mask;
+            while self.slots[at].newest != NONE {
+                at = (at + 1) & mask;
+            }
         }
-        let mask = self.slots.len() - 1;
-        let mut at = key.hash as usize & mask;
-        while self.slots[at].newest != NONE {
-            at = (at + 1) & mask;
-        }
+        debug_assert_eq!(self.slots[at].newest, NONE);
         let key_start = self.key_bytes.len();
         if bytes.len() > 8 {
             self.key_bytes.extend_from_slice(bytes);
