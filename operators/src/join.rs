@@ -259,7 +259,8 @@ pub(crate) fn take_columns(
     indices: &[u32],
     columns: impl IntoIterator<Item = usize>,
 ) -> Result<Vec<ArrayRef>> {
-    let index_array = arrow::array::UInt32Array::from(indices.to_vec());
+    // Made for the first column arrow's `take` gathers, if any.
+    let mut index_array = None;
     columns
         .into_iter()
         .map(|c| {
@@ -270,7 +271,9 @@ pub(crate) fn take_columns(
             {
                 return Ok(Arc::new(taken) as ArrayRef);
             }
-            Ok(take(column.as_ref(), &index_array, None)?)
+            let index_array = index_array
+                .get_or_insert_with(|| arrow::array::UInt32Array::from(indices.to_vec()));
+            Ok(take(column.as_ref(), index_array, None)?)
         })
         .collect()
 }

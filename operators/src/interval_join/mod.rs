@@ -438,7 +438,8 @@ impl IntervalJoin {
                 .gather_columns(&rows, gathered_columns())?
         };
         let twins = shape.twin[stored].iter().flatten().copied();
-        let mut probe_columns = if shape.read[port].is_empty() && twins.clone().next().is_none() {
+        let no_twins = shape.twin[stored].iter().all(Option::is_none);
+        let mut probe_columns = if shape.read[port].is_empty() && no_twins {
             Vec::new()
         } else {
             let probe_indices: Vec<u32> = pairs.iter().map(|&(row, _, _)| row).collect();
