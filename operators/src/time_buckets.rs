@@ -52,6 +52,15 @@ impl<B> TimeBuckets<B> {
         &mut self.ring[index].1
     }
 
+    /// The bucket starting at `start`.
+    pub fn get(&self, start: i64) -> Option<&B> {
+        let at = self.ring.partition_point(|&(s, _)| s < start);
+        self.ring
+            .get(at)
+            .filter(|&&(s, _)| s == start)
+            .map(|(_, b)| b)
+    }
+
     /// Lays the ring out as one slice in place (a rotation, only when
     /// it wraps), for [`TimeBuckets::as_slice`].
     pub fn make_contiguous(&mut self) {

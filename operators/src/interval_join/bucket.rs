@@ -106,9 +106,8 @@ impl Chain {
     }
 }
 
-/// How many rows ahead a probe or a store fetches the table slot it
-/// will read.
-pub(super) const PREFETCH_ROWS: usize = 8;
+/// How many rows ahead a store fetches the table slot it will read.
+const PREFETCH_ROWS: usize = 8;
 
 /// Slots per chain at most, before the table doubles: at half full, a
 /// lookup reads one slot, rarely two (linear probing).
@@ -185,8 +184,9 @@ impl Bucket {
 
     /// Stores the rows `segment` of stored batch `batch` (their times in
     /// `times_ms`, their keys in `keys` and `key_bytes`, all indexed by
-    /// row): each key's rows as one run, newest of its chain. `scratch`
-    /// is reused between calls.
+    /// row): each key's rows as one run, newest of its chain. Returns the
+    /// runs made, one per key, indices into `runs`. `scratch` is reused
+    /// between calls.
     pub fn append<'k>(
         &mut self,
         batch: u64,
@@ -195,13 +195,13 @@ impl Bucket {
         keys: &[KeyRef],
         key_bytes: impl Fn(usize) -> &'k [u8],
         scratch: &mut Vec<u32>,
-    ) {
+    ) -> std::ops::Range<u32> {
         let first_run = self.runs.len() as u32;
         // First each row's run, counting each run's rows ...
         scratch.clear();
         for row in segment.clone() {
-            // As in a probe: the slot of a row a few ahead is fetched
-            // while this one is stored.
+            // The slot of a row a few ahead is fetched while this one is
+            // stored.
             if row + PREFETCH_ROWS < segment.end {
                 self.prefetch(&keys[row + PREFETCH_ROWS]);
             }
@@ -242,6 +242,7 @@ impl Bucket {
             self.times_ms[at] = times_ms[row];
             self.rows[at] = row as u32;
         }
+        first_run..self.runs.len() as u32
     }
 
     /// A slot for a new key, with no runs yet (`newest` is `NONE` until
@@ -357,7 +358,7 @@ mod tests {
         let mut bucket = Bucket::default();
         let mut scratch = Vec::new();
         for round in 0..3u64 {
-            bucket.append(
+            let runs = bucket.append(
                 round,
                 0..batch_keys.len(),
                 &times,
@@ -365,6 +366,8 @@ mod tests {
                 |row| batch_keys[row],
                 &mut scratch,
             );
+            // One run per key, the segment's, made last.
+            assert_eq!(runs, 17 * round as u32..17 * (round as u32 + 1));
         }
         for (i, key) in keys.iter().enumerate() {
             let (a, b) = (i as u32, i as u32 + 17);

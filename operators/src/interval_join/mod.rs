@@ -7,10 +7,12 @@
 //! stored batch segment, newest first) and a copy of each key's bytes,
 //! so a lookup reads the bucket's memory only,
 //! not the stored batches'. Emptied buckets are reused, so storing a row
-//! allocates nothing once they have grown. A batch from one side probes
-//! the other side's buckets that overlap each row's time range (each row's
-//! key hashed once), then its rows are stored on their own side. So every
-//! pair is found exactly once, when its later row arrives.
+//! allocates nothing once they have grown. A batch from one side is
+//! stored on its own side first (each row's key hashed once), which
+//! groups its rows by bucket and key into runs; then each run probes the
+//! other side's buckets that overlap its rows' time ranges, its key looked
+//! up once per bucket. A probe reads the other side only, so every pair is
+//! found exactly once, when its later row arrives.
 //!
 //! The right side's time minus the left side's lies in `[lower, upper]`.
 //! When the left watermark passes `w`, no on-time left row is older than
@@ -54,7 +56,7 @@ use crate::{BatchTime, Operator};
 mod bucket;
 mod pairs;
 
-use bucket::{Bucket, KeyRef, NONE, PREFETCH_ROWS};
+use bucket::{Bucket, KeyRef, NONE};
 use pairs::{PairsShape, PAIRS_PER_BATCH};
 
 /// Everything needed to build an interval join on a shard.
@@ -107,6 +109,13 @@ pub struct RowBound {
     /// Added to the column's value (ms).
     pub offset_ms: i64,
 }
+
+/// What a probe row looks for: the other side's buckets with a start in
+/// `[first, last]`, and in them the rows with a time in `[low, high]`.
+type ProbeRange = (i64, i64, i64, i64);
+
+/// How many runs ahead a probe fetches the table slot of a run's key.
+const PREFETCH_RUNS: usize = 2;
 
 /// Bucket width of a join with constant bounds, in spans of the bounds
 /// (`upper - lower`). Wider buckets hold more of each key's rows: a key's
@@ -175,6 +184,12 @@ pub struct IntervalJoin {
     pairs: Vec<(u32, u64, u32)>,
     /// Reused per store: each row's run in its bucket.
     run_of_row: Vec<u32>,
+    /// Reused per batch: where the store put its rows, as the start of
+    /// each bucket a segment went to and the runs it made there.
+    segments: Vec<(i64, std::ops::Range<u32>)>,
+    /// Reused per probe: a run's rows that can match, with their probe
+    /// ranges.
+    run_rows: Vec<(u32, ProbeRange)>,
     /// The joined rows of a probe's pairs, as gathered.
     pairs_shape: PairsShape,
 }
@@ -221,6 +236,8 @@ impl IntervalJoin {
             key_refs: Vec::new(),
             pairs: Vec::new(),
             run_of_row: Vec::new(),
+            segments: Vec::new(),
+            run_rows: Vec::new(),
             pairs_shape,
         })
     }
@@ -272,12 +289,7 @@ impl IntervalJoin {
     /// a row bound): the other side's buckets to look in and the times its
     /// rows must have. `None` when no time can match.
     #[inline]
-    fn probe_range(
-        &self,
-        port: usize,
-        t_ms: i64,
-        bound_ms: Option<i64>,
-    ) -> Option<(i64, i64, i64, i64)> {
+    fn probe_range(&self, port: usize, t_ms: i64, bound_ms: Option<i64>) -> Option<ProbeRange> {
         let (lower, upper) = (self.spec.lower_ms, self.spec.upper_ms);
         let times = if port == 0 {
             (t_ms.checked_add(lower), t_ms.checked_add(upper))
@@ -324,7 +336,7 @@ impl IntervalJoin {
     /// The other side's buckets to look in for times in `[low, high]`,
     /// with those times.
     #[inline]
-    fn buckets_for(&self, port: usize, t_ms: i64, low: i64, high: i64) -> (i64, i64, i64, i64) {
+    fn buckets_for(&self, port: usize, t_ms: i64, low: i64, high: i64) -> ProbeRange {
         // A bucket holds `[start, start + width)`: those with a start in
         // `(from - width, to]` hold times in `[from, to]`.
         let after = |from: i64| from.saturating_sub(self.width_ms - 1);
@@ -344,8 +356,16 @@ impl IntervalJoin {
         }
     }
 
-    /// Probes the other side with `input`'s rows; appends the joined rows
+    /// Probes the other side with `input`'s rows, already stored on their
+    /// own side (the store's segments say where); appends the joined rows
     /// that pass the filter and returns which probe rows matched.
+    ///
+    /// The store grouped a segment's rows by key into runs, so the probe
+    /// goes run by run: a run's key is looked up once in each of the other
+    /// side's buckets that any of its rows can reach (a lookup per row
+    /// before: the probe's costliest step, a hash table slot mostly out
+    /// of the cache), then each row walks the key's rows in the buckets
+    /// of its own range.
     fn probe(
         &mut self,
         port: usize,
@@ -357,45 +377,74 @@ impl IntervalJoin {
         let n = input.rows.num_rows();
         let mut matched = vec![UNMATCHED; n];
         let mut pairs = std::mem::take(&mut self.pairs);
+        let mut run_rows = std::mem::take(&mut self.run_rows);
         pairs.clear();
         self.sides[1 - port].buckets.make_contiguous();
         let buckets = self.sides[1 - port].buckets.as_slice();
         if !buckets.is_empty() {
             let mut ranges = Ranges::new(buckets);
-            let times = &input.times_ms;
-            for (row, &t) in times.iter().enumerate() {
-                let bound = bounds.map(|b| b[row]);
-                let Some((first, last, low, high)) = self.probe_range(port, t, bound) else {
-                    continue;
-                };
-                let bytes = || keys.key_bytes(row);
-                let key = &key_refs[row];
-                let in_range = ranges.of(first, last);
-                // The slot of a row a few ahead, in this row's first
-                // bucket (rows come mostly in time order: usually its
-                // bucket too), is fetched while this row is probed.
-                if let (Some((_, bucket)), Some(ahead)) =
-                    (in_range.first(), key_refs.get(row + PREFETCH_ROWS))
-                {
-                    bucket.prefetch(ahead);
-                }
-                for (_, bucket) in in_range {
-                    let mut r = bucket.newest_run(key, bytes).unwrap_or(NONE);
-                    while r != NONE {
-                        let run = &bucket.runs[r as usize];
-                        let span = run.span();
-                        for (&time_ms, &stored_row) in
-                            bucket.times_ms[span.clone()].iter().zip(&bucket.rows[span])
-                        {
-                            if (low..=high).contains(&time_ms) {
-                                pairs.push((row as u32, run.batch, stored_row));
+            for (start, runs) in &self.segments {
+                let own = self.sides[port]
+                    .buckets
+                    .get(*start)
+                    .expect("a segment's bucket was just stored to");
+                let runs = &own.runs[runs.start as usize..runs.end as usize];
+                for (i, run) in runs.iter().enumerate() {
+                    let span = run.span();
+                    let rows = &own.rows[span.clone()];
+                    run_rows.clear();
+                    let (mut first, mut last) = (i64::MAX, i64::MIN);
+                    for (&row, &t) in rows.iter().zip(&own.times_ms[span]) {
+                        let bound = bounds.map(|b| b[row as usize]);
+                        if let Some(range) = self.probe_range(port, t, bound) {
+                            first = first.min(range.0);
+                            last = last.max(range.1);
+                            run_rows.push((row, range));
+                        }
+                    }
+                    let Some(&(key_row, _)) = run_rows.first() else {
+                        continue;
+                    };
+                    let in_range = ranges.of(first, last);
+                    // The slots of a run's key a few runs ahead, in this
+                    // run's buckets (usually its buckets too), are
+                    // fetched while this run is probed.
+                    if let Some(ahead) = runs.get(i + PREFETCH_RUNS) {
+                        let ahead = &key_refs[own.rows[ahead.start as usize] as usize];
+                        for (_, bucket) in in_range {
+                            bucket.prefetch(ahead);
+                        }
+                    }
+                    // Every row of a run has the run's key.
+                    let key = &key_refs[key_row as usize];
+                    let bytes = || keys.key_bytes(key_row as usize);
+                    for (start, bucket) in in_range {
+                        let Some(newest) = bucket.newest_run(key, bytes) else {
+                            continue;
+                        };
+                        for &(row, (first, last, low, high)) in &run_rows {
+                            if !(first..=last).contains(start) {
+                                continue;
+                            }
+                            let mut r = newest;
+                            while r != NONE {
+                                let run = &bucket.runs[r as usize];
+                                let span = run.span();
+                                for (&time_ms, &stored_row) in
+                                    bucket.times_ms[span.clone()].iter().zip(&bucket.rows[span])
+                                {
+                                    if (low..=high).contains(&time_ms) {
+                                        pairs.push((row, run.batch, stored_row));
+                                    }
+                                }
+                                r = run.next;
                             }
                         }
-                        r = run.next;
                     }
                 }
             }
         }
+        self.run_rows = run_rows;
         // Joined rows go out in batches of a bounded size, whatever the
         // number of pairs (a wide bound over a hot key finds millions).
         let emitted = pairs
@@ -566,28 +615,28 @@ impl IntervalJoin {
         }
     }
 
-    /// Stores a probed batch's rows on their own side, by event time, or
-    /// by `bounds` on the side carrying a row bound.
+    /// Stores a batch's rows on their own side, by event time, or by
+    /// `bounds` on the side carrying a row bound, with each row's state
+    /// (`states`, kept on an outer side only), and leaves where they went
+    /// in `self.segments`. Returns the stored batch's sequence number.
     fn store(
         &mut self,
         port: usize,
-        input: SideBatch,
+        rows: RecordBatch,
+        times: &[i64],
         (keys, key_refs): (&OwnedKeys, &[KeyRef]),
-        bounds: Option<Vec<i64>>,
-        matched: Vec<u8>,
-    ) -> Result<()> {
+        bounds: Option<&[i64]>,
+        states: Vec<u8>,
+    ) -> u64 {
         let width = self.width_ms;
         let mut run_of_row = std::mem::take(&mut self.run_of_row);
+        self.segments.clear();
         let side = &mut self.sides[port];
-        let live = input.times_ms.len();
-        let states = if side.outer { matched } else { Vec::new() };
-        let seq = side.batches.push(input.rows, live, BatchExtra { states });
-        if live == 0 {
-            return Ok(());
-        }
+        let live = times.len();
+        let states = if side.outer { states } else { Vec::new() };
+        let seq = side.batches.push(rows, live, BatchExtra { states });
         let Side { buckets, spare, .. } = side;
-        let times = &input.times_ms;
-        let at = |row: usize| bounds.as_ref().map_or(times[row], |b| b[row]);
+        let at = |row: usize| bounds.map_or(times[row], |b| b[row]);
         // Segments of consecutive rows in one bucket (rows mostly come
         // in time order), each stored at once.
         let mut row = 0;
@@ -604,7 +653,7 @@ impl IntervalJoin {
                 stop += 1;
             }
             let bucket = buckets.get_or_insert_with(start, || spare.pop().unwrap_or_default());
-            bucket.append(
+            let runs = bucket.append(
                 seq,
                 row..stop,
                 times,
@@ -612,12 +661,13 @@ impl IntervalJoin {
                 |r| keys.key_bytes(r),
                 &mut run_of_row,
             );
+            self.segments.push((start, runs));
             row = stop;
         }
         self.run_of_row = run_of_row;
         side.rows += live;
         side.peak_buckets = side.peak_buckets.max(side.buckets.len());
-        Ok(())
+        seq
     }
 
     /// Drops the buckets of `port` that the other side's watermark has
@@ -713,18 +763,20 @@ impl IntervalJoin {
         self.push_out(rows, weight, out)
     }
 
-    /// After a probe: a changelog's padded outer rows, then the rows
-    /// stored on their side.
-    fn settle_and_store(
+    /// After a probe: a changelog's padded outer rows, then the rows'
+    /// states kept with their stored batch `seq` (on an outer side).
+    fn settle(
         &mut self,
         port: usize,
-        input: SideBatch,
-        keys: (&OwnedKeys, &[KeyRef]),
-        bounds: Option<Vec<i64>>,
+        input: &SideBatch,
+        seq: u64,
         mut matched: Vec<u8>,
         out: &mut Vec<RecordBatch>,
     ) -> Result<()> {
-        if self.spec.changes.is_some() && self.sides[port].outer {
+        if !self.sides[port].outer {
+            return Ok(());
+        }
+        if self.spec.changes.is_some() {
             // A changelog shows an outer row at once, padded; a match
             // retracts it.
             let unmatched: Vec<u32> = (0..matched.len() as u32)
@@ -737,7 +789,10 @@ impl IntervalJoin {
                 }
             }
         }
-        self.store(port, input, keys, bounds, matched)
+        if !matched.is_empty() {
+            self.sides[port].batches.get_mut(seq).extra.states = matched;
+        }
+        Ok(())
     }
 }
 
@@ -788,12 +843,21 @@ impl Operator for IntervalJoin {
         let mut key_refs = std::mem::take(&mut self.key_refs);
         self.key_refs_into(&keys, input.rows.num_rows(), &mut key_refs);
         let bounds = self.row_bounds(port, &input.rows)?;
+        // Stored first: the store groups the rows by key, which the probe
+        // then goes by. A probe looks at the other side only, so every
+        // pair is still found once, when its later row arrives.
+        let seq = self.store(
+            port,
+            input.rows.clone(),
+            &input.times_ms,
+            (&keys, &key_refs),
+            bounds.as_deref(),
+            Vec::new(),
+        );
         let matched = self.probe(port, &input, (&keys, &key_refs), bounds.as_deref(), out);
-        let stored = matched.and_then(|matched| {
-            self.settle_and_store(port, input, (&keys, &key_refs), bounds, matched, out)
-        });
+        let settled = matched.and_then(|matched| self.settle(port, &input, seq, matched, out));
         self.key_refs = key_refs;
-        stored?;
+        settled?;
         // Rows of this batch may already be past every possible match.
         self.evict(port, out)
     }
@@ -942,13 +1006,14 @@ impl Operator for IntervalJoin {
             let mut key_refs = Vec::new();
             self.key_refs_into(&keys, rows.num_rows(), &mut key_refs);
             let bounds = self.row_bounds(port, &rows)?;
-            let input = SideBatch {
+            self.store(
+                port,
                 rows,
-                times_ms,
-                key_arrays,
-                null_keys: None,
-            };
-            self.store(port, input, (&keys, &key_refs), bounds, states)?;
+                &times_ms,
+                (&keys, &key_refs),
+                bounds.as_deref(),
+                states,
+            );
         }
         Ok(())
     }
