@@ -173,6 +173,10 @@ pub use laminar_runtime::{Error, ErrorCode, Result};
 /// a stream is created (also set by the `LAMINARDB_JIT` environment
 /// variable: `off`, `adaptive`, the default, or `eager`).
 pub use laminar_sql::jit::{set_mode as set_jit_mode, JitMode};
+
+/// How long [`LaminarDB::start`] waits for the kernels of the streams
+/// created before it.
+const START_COMPILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub use laminar_sql::Statement;
 pub use metrics::{
     CheckpointMetrics, LatencyHistogram, LookupTableMetrics, Metrics, SourceMetrics, StreamMetrics,
@@ -976,7 +980,20 @@ impl LaminarDB {
     }
 
     /// Starts the shards. Sources and streams are fixed from here on.
+    ///
+    /// In the adaptive JIT mode (the default) it first waits, up to a
+    /// second, for the streams' kernels queued at `CREATE STREAM` to
+    /// compile (well under a millisecond each), so that the first batch
+    /// already runs compiled.
     pub async fn start(&self) -> Result<()> {
+        // Kernels queued by the streams created so far are compiled before
+        // the first batch, so those streams run compiled from it.
+        if !laminar_sql::jit::wait_for_compiles(START_COMPILE_LIMIT) {
+            log::warn!(
+                "JIT: kernels still compiling after {START_COMPILE_LIMIT:?}; \
+                 their streams start interpreted and switch when they are ready"
+            );
+        }
         let mut catalog = self.shared.catalog.lock().map_err(|_| poisoned())?;
         if catalog.started {
             return Err(Error::new(

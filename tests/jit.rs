@@ -362,6 +362,31 @@ fn explain(db: &LaminarDB) -> String {
     db.explain("s").unwrap()
 }
 
+/// In the adaptive mode, `CREATE STREAM` returns before its kernels are
+/// compiled; `start` waits for them, so the first batch runs compiled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_waits_for_the_streams_kernels() {
+    let _turn = MODE.lock().await;
+    laminar_db::set_jit_mode(JitMode::Adaptive);
+    let db = LaminarDB::builder().shards(1).build().unwrap();
+    db.execute(&format!(
+        "{DDL}; CREATE STREAM s AS {PROJECT}; CREATE STREAM fused AS {FUSED}"
+    ))
+    .await
+    .unwrap();
+    db.start().await.unwrap();
+    let plans = [explain(&db), db.explain("fused").unwrap()];
+    for plan in &plans {
+        assert!(plan.contains("JIT"), "{plan}");
+        assert!(!plan.contains("compiling"), "{plan}");
+    }
+    assert!(plans[0].contains("compiled: a@0 * 3 + CAST(c@2 AS Int64)"));
+    assert!(plans[1].contains(
+        "JIT fused aggregate (WHERE, arguments and accumulator updates in one loop per batch): compiled"
+    ));
+    db.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_what_runs_compiled() {
     let _turn = MODE.lock().await;

@@ -109,7 +109,7 @@ mod ir;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use arrow::datatypes::Schema;
 use datafusion::physical_expr::PhysicalExpr;
@@ -179,13 +179,48 @@ enum Job {
     Fused(Arc<fused::FusedSlot>),
 }
 
+/// Jobs handed to the background compiler and not finished yet, and the
+/// condition [`wait_for_compiles`] waits on.
+static PENDING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+fn add_pending(delta: isize) {
+    let (count, finished) = &PENDING;
+    let mut count = count
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *count = count.saturating_add_signed(delta);
+    if *count == 0 {
+        finished.notify_all();
+    }
+}
+
+/// Waits until every kernel queued so far is compiled (or has failed), at
+/// most `limit`; returns whether none is left. Starting a pipeline calls
+/// this, so that streams created before the start run compiled from their
+/// first batch, rather than interpreted while the compiler thread takes a
+/// core from them.
+pub fn wait_for_compiles(limit: std::time::Duration) -> bool {
+    let (count, finished) = &PENDING;
+    let count = count
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (count, _) = finished
+        .wait_timeout_while(count, limit, |pending| *pending > 0)
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *count == 0
+}
+
 /// Hands `job` to the background compiler; if it is gone, the job fails
 /// (its expression stays interpreted).
 fn submit(job: Job) {
+    add_pending(1);
     let unsent = match compiler().lock() {
         Ok(sender) => sender.send(job).err().map(|e| e.0),
         Err(_) => Some(job),
     };
+    if unsent.is_some() {
+        add_pending(-1);
+    }
     let gone = "the compiler thread is gone".to_string();
     match unsent {
         None => {}
@@ -211,6 +246,7 @@ fn compiler() -> &'static Mutex<Sender<Job>> {
                         Job::Expr(slot) => compile_slot(&slot),
                         Job::Fused(slot) => slot.compile(),
                     }
+                    add_pending(-1);
                 }
             });
         if let Err(e) = spawned {
