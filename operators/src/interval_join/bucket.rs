@@ -208,7 +208,7 @@ impl Bucket {
             let key = &keys[row];
             let (at, fresh) = match self.slot_of(key, || key_bytes(row)) {
                 Ok(at) => (at, false),
-                Err(empty) => (self.insert(key, key_bytes(row), empty), true),
+                Err(empty) => (self.insert(key, || key_bytes(row), empty), true),
             };
             let chain = &mut self.slots[at];
             let run = if !fresh && chain.newest >= first_run {
@@ -247,8 +247,9 @@ impl Bucket {
 
     /// A slot for a new key, with no runs yet (`newest` is `NONE` until
     /// the caller links the first): `empty`, the empty slot its lookup
-    /// stopped at, unless the table grows first.
-    fn insert(&mut self, key: &KeyRef, bytes: &[u8], empty: usize) -> usize {
+    /// stopped at, unless the table grows first. The key's bytes, which
+    /// `bytes` returns, are read only when it is longer than 8 bytes.
+    fn insert<'k>(&mut self, key: &KeyRef, bytes: impl Fn() -> &'k [u8], empty: usize) -> usize {
         let mut at = empty;
         if (self.chains + 1) * LOAD_DIVISOR > self.slots.len() {
             self.grow();
@@ -260,8 +261,8 @@ impl Bucket {
         }
         debug_assert_eq!(self.slots[at].newest, NONE);
         let key_start = self.key_bytes.len();
-        if bytes.len() > 8 {
-            self.key_bytes.extend_from_slice(bytes);
+        if key.len > 8 {
+            self.key_bytes.extend_from_slice(bytes());
         }
         self.slots[at] = Chain {
             hash: key.hash,
