@@ -194,8 +194,9 @@ fn add_pending(delta: isize) {
     }
 }
 
-/// Waits until every kernel queued so far is compiled (or has failed), at
-/// most `limit`; returns whether none is left. Starting a pipeline calls
+/// Waits until every kernel queued so far, by any database of the process
+/// (there is one compiler thread), is compiled or has failed, at most
+/// `limit`; returns whether none is left. Starting a pipeline calls
 /// this, so that streams created before the start run compiled from their
 /// first batch, rather than interpreted while the compiler thread takes a
 /// core from them.
