@@ -224,6 +224,8 @@ mod tests {
             }
             assert_eq!(ours.len(), model.len());
             assert_eq!(ours.first_start(), model.keys().next().copied());
+            let probe = now - rng.random_range(0..8);
+            assert_eq!(ours.get(probe), model.get(&probe));
         }
         let all: Vec<u32> = ours.values().copied().collect();
         assert_eq!(all, model.values().copied().collect::<Vec<_>>());

@@ -194,6 +194,15 @@ fn add_pending(delta: isize) {
     }
 }
 
+/// Takes a finished job off the pending count when dropped.
+struct PendingDone;
+
+impl Drop for PendingDone {
+    fn drop(&mut self) {
+        add_pending(-1);
+    }
+}
+
 /// Waits until every kernel queued so far, by any database of the process
 /// (there is one compiler thread), is compiled or has failed, at most
 /// `limit`; returns whether none is left. Starting a pipeline calls
@@ -243,11 +252,13 @@ fn compiler() -> &'static Mutex<Sender<Job>> {
             .name("laminar-jit".to_string())
             .spawn(move || {
                 while let Ok(job) = receiver.recv() {
+                    // Counted done even if compiling panics (the thread
+                    // then ends): `start` must not wait for it forever.
+                    let _done = PendingDone;
                     match job {
                         Job::Expr(slot) => compile_slot(&slot),
                         Job::Fused(slot) => slot.compile(),
                     }
-                    add_pending(-1);
                 }
             });
         if let Err(e) = spawned {
