@@ -354,16 +354,34 @@ impl KeyEncoder {
             OwnedKeys::Global => out.extend((0..rows).map(|_| make(0, 0, &[]))),
             OwnedKeys::Utf8(array) => {
                 let (offsets, values) = (array.value_offsets(), array.value_data());
-                out.extend(offsets[..=rows].windows(2).map(|bounds| {
-                    let (start, end) = (bounds[0] as usize, bounds[1] as usize);
-                    let key = &values[start..end];
-                    let head = head_at(values, start, key.len());
-                    let hash = if key.len() <= 8 {
+                let offsets = &offsets[..=rows];
+                // The keys that start at least 8 bytes before the end of
+                // the values (offsets only grow: a prefix of the rows)
+                // read their head as one word, with no check per row
+                // beyond the slice's own; the last few take `head_at`.
+                let word_rows =
+                    offsets[..rows].partition_point(|&start| start as usize + 8 <= values.len());
+                let hash_of = |head: u64, key: &[u8]| {
+                    if key.len() <= 8 {
                         fold_hash(head, key.len() as u32, seeds)
                     } else {
                         self.hasher.hash_one(key)
-                    };
-                    make(hash, head, key)
+                    }
+                };
+                out.extend(offsets[..=word_rows].windows(2).map(|bounds| {
+                    let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+                    let word = values[start..start + 8]
+                        .try_into()
+                        .map_or(0, u64::from_le_bytes);
+                    let key = &values[start..end];
+                    let head = word & head_mask(key.len());
+                    make(hash_of(head, key), head, key)
+                }));
+                out.extend(offsets[word_rows..].windows(2).map(|bounds| {
+                    let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+                    let key = &values[start..end];
+                    let head = head_at(values, start, key.len());
+                    make(hash_of(head, key), head, key)
                 }));
             }
             OwnedKeys::Int64(array) => out.extend(array.values()[..rows].iter().map(|&key| {
@@ -775,17 +793,19 @@ pub(crate) fn key_head(key: &[u8]) -> u64 {
 #[inline]
 fn head_at(values: &[u8], start: usize, len: usize) -> u64 {
     match values.get(start..start + 8) {
-        Some(word) => {
-            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
-            // Keep the key's own bytes (all 8 when it is longer).
-            let keep = if len >= 8 {
-                u64::MAX
-            } else {
-                (1u64 << (8 * len)) - 1
-            };
-            word & keep
-        }
+        Some(word) => u64::from_le_bytes(word.try_into().unwrap_or([0; 8])) & head_mask(len),
         None => key_head(&values[start..start + len]),
+    }
+}
+
+/// The bits of a word read at a key's start that are the key's own
+/// bytes (all 8 when it is longer).
+#[inline]
+fn head_mask(len: usize) -> u64 {
+    if len >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
     }
 }
 
@@ -919,6 +939,47 @@ mod tests {
         assert!(hashes.len() > 5_000);
         assert_eq!(distinct(|h| h & 255), 256, "every low byte");
         assert!(distinct(|h| h & 0x3fff) > 4_000, "low bits spread");
+    }
+
+    /// A string key hashes and reads its head alike wherever it sits in
+    /// the values: mid-buffer (a word read) or among the last 8 bytes
+    /// (read byte-wise), at every length around 8, and over a sliced
+    /// array.
+    #[test]
+    fn batch_hashes_do_not_depend_on_where_a_key_sits() {
+        let field = Arc::new(arrow::datatypes::Field::new("k", DataType::Utf8, false));
+        let encoder = KeyEncoder::new(&[field]).unwrap();
+        let hashes = |array: &StringArray| {
+            let arrays: [ArrayRef; 1] = [Arc::new(array.clone())];
+            let keys = encoder.encode_owned(&arrays).unwrap();
+            let mut out = Vec::new();
+            encoder.hashes_into(&keys, array.len(), &mut out, |hash, head, bytes| {
+                (hash, head, bytes.to_vec())
+            });
+            out
+        };
+        let words: Vec<String> = (0..14).map(|n| "abcdefghijklmn"[..n].to_string()).collect();
+        // Each word alone is hashed at the very end of its values.
+        let alone: Vec<_> = words
+            .iter()
+            .map(|w| hashes(&StringArray::from(vec![w.as_str()]))[0].clone())
+            .collect();
+        for word in &alone {
+            assert_eq!(word.1, key_head(&word.2));
+        }
+        // Then every word at every position among the others, forwards and
+        // backwards, so that each lands both mid-buffer and at the end.
+        let mut order: Vec<&str> = words.iter().map(String::as_str).collect();
+        for _ in 0..2 {
+            let array = StringArray::from(order.clone());
+            for slice in [array.clone(), array.slice(3, array.len() - 5)] {
+                for (got, word) in hashes(&slice).iter().zip(slice.iter()) {
+                    let want = &alone[word.unwrap().len()];
+                    assert_eq!(got, want, "{word:?}");
+                }
+            }
+            order.reverse();
+        }
     }
 
     /// The batch lookup finds the groups the row-at-a-time one does, for
