@@ -361,14 +361,19 @@ impl KeyEncoder {
                 // beyond the slice's own; the last few take `head_at`.
                 let word_rows =
                     offsets[..rows].partition_point(|&start| start as usize + 8 <= values.len());
-                let hash_of = |head: u64, key: &[u8]| {
+                // Closures that own what they read: the loops below keep the
+                // seeds in registers instead of loading them through a
+                // reference after every store to `out`.
+                let hasher = &self.hasher;
+                let make = &make;
+                let hash_of = move |head: u64, key: &[u8]| {
                     if key.len() <= 8 {
                         fold_hash(head, key.len() as u32, seeds)
                     } else {
-                        self.hasher.hash_one(key)
+                        hasher.hash_one(key)
                     }
                 };
-                out.extend(offsets[..=word_rows].windows(2).map(|bounds| {
+                out.extend(offsets[..=word_rows].windows(2).map(move |bounds| {
                     let (start, end) = (bounds[0] as usize, bounds[1] as usize);
                     let word = values[start..start + 8]
                         .try_into()
@@ -377,7 +382,7 @@ impl KeyEncoder {
                     let head = word & head_mask(key.len());
                     make(hash_of(head, key), head, key)
                 }));
-                out.extend(offsets[word_rows..].windows(2).map(|bounds| {
+                out.extend(offsets[word_rows..].windows(2).map(move |bounds| {
                     let (start, end) = (bounds[0] as usize, bounds[1] as usize);
                     let key = &values[start..end];
                     let head = head_at(values, start, key.len());
