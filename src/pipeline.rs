@@ -656,7 +656,16 @@ impl ShardProgram {
             while lane < self.lanes.len() {
                 let input = self.lanes[lane].input;
                 if !(backed_up && self.inputs[input].is_source) {
+                    let mut lane_rows = 0;
                     for _ in 0..LANE_BUDGET {
+                        // A batch's worth of rows from one lane, then the
+                        // next lane's turn: the inputs of a join then take
+                        // turns batch by batch, as they were pushed, instead
+                        // of one side running eight batches ahead (its rows
+                        // all kept until the other side's watermark comes).
+                        if lane_rows >= PENDING_ROWS_MAX {
+                            break;
+                        }
                         if !self.lanes[lane].may_take() {
                             break;
                         }
@@ -738,6 +747,9 @@ impl ShardProgram {
                                 self.handle(v, *message).await;
                             }
                             message => {
+                                if let Ingress::Batch { batch, .. } = &message {
+                                    lane_rows += batch.num_rows();
+                                }
                                 if self.lanes[lane].log_key.is_some() {
                                     // Write-ahead: runs after the group
                                     // is logged.
