@@ -663,7 +663,9 @@ impl ShardProgram {
                         // turns batch by batch, as they were pushed, instead
                         // of one side running eight batches ahead (its rows
                         // all kept until the other side's watermark comes).
-                        if lane_rows >= PENDING_ROWS_MAX {
+                        // Not for a logged lane: its messages share a turn's
+                        // one write (and, in `Sync`, one fdatasync).
+                        if lane_rows >= PENDING_ROWS_MAX && self.lanes[lane].log_key.is_none() {
                             break;
                         }
                         if !self.lanes[lane].may_take() {
