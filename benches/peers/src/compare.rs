@@ -93,72 +93,101 @@ struct Engine {
 /// What the runs of one engine on one case gave.
 #[derive(Clone)]
 enum Outcome {
-    /// Median seconds over the runs, and the rows of the result.
+    /// Each run's seconds, in the order run, and the rows of the result.
     Timed {
-        seconds: f64,
+        seconds: Vec<f64>,
         rows: usize,
     },
     Unsupported(String),
     Failed(String),
 }
 
-fn run(
+impl Outcome {
+    /// The median run's seconds.
+    fn median_seconds(seconds: &[f64]) -> f64 {
+        let mut sorted = seconds.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
+}
+
+/// One run of `engine` on a case: its seconds and result rows, or why
+/// there is no figure.
+fn run_once(
     engine: &Engine,
     workload: Workload,
     events: usize,
     batch_rows: usize,
     expect: usize,
+) -> Result<(f64, usize), Outcome> {
+    let output = Command::new(&engine.command[0])
+        .args(&engine.command[1..])
+        .args([
+            "run",
+            workload.name(),
+            &events.to_string(),
+            &batch_rows.to_string(),
+            &expect.to_string(),
+        ])
+        .output()
+        .map_err(|e| Outcome::Failed(format!("cannot start {}: {e}", engine.command[0])))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
+        return Err(Outcome::Failed(format!(
+            "no result (exit {}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )));
+    };
+    let report: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| Outcome::Failed(format!("bad report {line}: {e}")))?;
+    if let Some(why) = report.get("unsupported").and_then(|v| v.as_str()) {
+        return Err(Outcome::Unsupported(why.to_string()));
+    }
+    match (
+        report.get("seconds").and_then(|v| v.as_f64()),
+        report.get("rows_out").and_then(|v| v.as_u64()),
+    ) {
+        (Some(seconds), Some(rows)) => Ok((seconds, rows as usize)),
+        _ => Err(Outcome::Failed(format!("bad report {line}"))),
+    }
+}
+
+/// `runs` rounds of one case, each round one run of every engine in
+/// turn, so that the machine's drift (these machines are shared) falls
+/// on all of them alike and each round's ratio compares runs made side
+/// by side. An engine that fails or refuses the case is not run again.
+fn run_rounds(
+    engines: &[(&Engine, usize, usize)],
+    workload: Workload,
+    batch_rows: usize,
     runs: usize,
-) -> Outcome {
-    let mut seconds = Vec::new();
-    let mut rows = 0;
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = engines
+        .iter()
+        .map(|_| Outcome::Timed {
+            seconds: Vec::new(),
+            rows: 0,
+        })
+        .collect();
     for _ in 0..runs {
-        let output = Command::new(&engine.command[0])
-            .args(&engine.command[1..])
-            .args([
-                "run",
-                workload.name(),
-                &events.to_string(),
-                &batch_rows.to_string(),
-                &expect.to_string(),
-            ])
-            .output();
-        let output = match output {
-            Ok(output) => output,
-            Err(e) => return Outcome::Failed(format!("cannot start {}: {e}", engine.command[0])),
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
-            return Outcome::Failed(format!(
-                "no result (exit {}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ));
-        };
-        let report: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => return Outcome::Failed(format!("bad report {line}: {e}")),
-        };
-        if let Some(why) = report.get("unsupported").and_then(|v| v.as_str()) {
-            return Outcome::Unsupported(why.to_string());
+        for (&(engine, events, expect), outcome) in engines.iter().zip(&mut outcomes) {
+            let Outcome::Timed { seconds, rows } = outcome else {
+                continue;
+            };
+            match run_once(engine, workload, events, batch_rows, expect) {
+                Ok((s, r)) => {
+                    seconds.push(s);
+                    *rows = r;
+                }
+                Err(failed) => *outcome = failed,
+            }
         }
-        let (Some(s), Some(r)) = (
-            report.get("seconds").and_then(|v| v.as_f64()),
-            report.get("rows_out").and_then(|v| v.as_u64()),
-        ) else {
-            return Outcome::Failed(format!("bad report {line}"));
-        };
-        seconds.push(s);
-        rows = r as usize;
     }
-    seconds.sort_by(f64::total_cmp);
-    Outcome::Timed {
-        seconds: seconds[seconds.len() / 2],
-        rows,
-    }
+    outcomes
 }
 
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -195,7 +224,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     let shards = std::env::var("PEERS_SHARDS").unwrap_or_else(|_| "1".into());
     println!(
-        "# peers: median of {} runs, one process per run, LaminarDB on {shards} shard(s), DataFusion on one partition",
+        "# peers: median of {} runs, one process per run, the engines' runs of a case alternated (ratios: the median of each round's), LaminarDB on {shards} shard(s), DataFusion on one partition",
         options.runs
     );
     print!("| workload | events | batch rows |");
@@ -227,32 +256,62 @@ pub fn main(args: &[String]) -> Result<(), String> {
         };
         for &batch_rows in &options.batch_rows {
             print!("| {} | {events} | {batch_rows} |", workload.name());
-            let mut ours: Option<f64> = None;
-            for engine in &engines {
-                let events = engine.events.map_or(events, |e| {
-                    if workload == Workload::Join {
-                        options.join_events.max(e / 10)
+            // Each engine's events, expected rows and input rows per run
+            // (the join reads two inputs).
+            let cases: Vec<(usize, usize, f64)> = engines
+                .iter()
+                .map(|engine| {
+                    let events = engine.events.map_or(events, |e| {
+                        if workload == Workload::Join {
+                            options.join_events.max(e / 10)
+                        } else {
+                            e
+                        }
+                    });
+                    let input = if workload == Workload::Join {
+                        2 * events
                     } else {
-                        e
-                    }
-                });
-                let expect = workload::expected_rows(workload, events);
-                // Input rows per run: the join reads two inputs.
-                let input = if workload == Workload::Join {
-                    2 * events
+                        events
+                    };
+                    (
+                        events,
+                        workload::expected_rows(workload, events),
+                        input as f64,
+                    )
+                })
+                .collect();
+            // The engines fed batches here alternate run by run; Flink
+            // (its own event count, seconds to start a job) runs its rounds
+            // on its own, once per workload.
+            let alternated: Vec<(&Engine, usize, usize)> = engines
+                .iter()
+                .zip(&cases)
+                .filter(|(engine, _)| engine.events.is_none())
+                .map(|(engine, &(events, expect, _))| (engine, events, expect))
+                .collect();
+            let mut outcomes =
+                run_rounds(&alternated, workload, batch_rows, options.runs).into_iter();
+            let mut ours: Option<Vec<f64>> = None;
+            for (engine, &(events, expect, input)) in engines.iter().zip(&cases) {
+                let outcome = if engine.events.is_none() {
+                    outcomes.next().expect("one outcome per alternated engine")
                 } else {
-                    events
-                } as f64;
-                let outcome = match (engine.events, flink_runs.get(workload.name())) {
-                    (Some(_), Some(outcome)) => outcome.clone(),
-                    _ => run(engine, workload, events, batch_rows, expect, options.runs),
+                    let cached = flink_runs.get(workload.name()).cloned();
+                    cached.unwrap_or_else(|| {
+                        let outcome = run_rounds(
+                            &[(engine, events, expect)],
+                            workload,
+                            batch_rows,
+                            options.runs,
+                        )
+                        .remove(0);
+                        flink_runs.insert(workload.name(), outcome.clone());
+                        outcome
+                    })
                 };
-                if engine.events.is_some() {
-                    flink_runs.insert(workload.name(), outcome.clone());
-                }
-                let rate = match outcome {
-                    Outcome::Timed { seconds, rows } if rows == expect => {
-                        format!("{:.0}", input / seconds)
+                let rate = match &outcome {
+                    Outcome::Timed { seconds, rows } if *rows == expect && !seconds.is_empty() => {
+                        format!("{:.0}", input / Outcome::median_seconds(seconds))
                     }
                     _ => String::new(),
                 };
@@ -262,14 +321,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
                     engine.name
                 ));
                 let cell = match outcome {
-                    Outcome::Timed { seconds, rows } if rows == expect => {
-                        let rate = input / seconds;
+                    Outcome::Timed { seconds, rows } if rows == expect && !seconds.is_empty() => {
+                        let rate = input / Outcome::median_seconds(&seconds);
                         if engine.name == "LaminarDB" {
-                            ours = Some(rate);
+                            ours = Some(seconds);
                             format!(" {} |", human(rate))
                         } else {
-                            let ratio =
-                                ours.map_or("-".to_string(), |o| format!("{:.2}", o / rate));
+                            let ratio = ours.as_ref().map_or("-".to_string(), |ours| {
+                                let paired = engine.events.is_none();
+                                format!(
+                                    "{:.2}",
+                                    ratio_of(ours, &seconds, paired, input / cases[0].2)
+                                )
+                            });
                             format!(" {} | {ratio} |", human(rate))
                         }
                     }
@@ -293,6 +357,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", options.csv.display()))?;
     eprintln!("# rates written to {}", options.csv.display());
     Ok(())
+}
+
+/// LaminarDB's rate over a peer's, from runs of both: the median of the
+/// rounds' ratios where the runs were `paired` (made in the same rounds),
+/// else the ratio of the medians. `input_scale` is the peer's input rows
+/// per run over ours (Flink runs its own event count).
+fn ratio_of(ours: &[f64], theirs: &[f64], paired: bool, input_scale: f64) -> f64 {
+    if paired && ours.len() == theirs.len() {
+        let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(o, t)| t / o).collect();
+        Outcome::median_seconds(&ratios)
+    } else {
+        Outcome::median_seconds(theirs) / Outcome::median_seconds(ours) / input_scale
+    }
 }
 
 /// A table cell (and its ratio cell) for an engine without a figure.
