@@ -199,11 +199,13 @@ const PREFETCH_RUNS: usize = 2;
 /// best.
 const BUCKET_SPANS: i64 = 8;
 
-/// Bucket width, in spans, of a join that emits stored rows when their
-/// bucket goes (an outer side's unmatched rows, an anti join's): the
-/// width is also how long after their last possible match those rows
-/// can wait, and how far the output watermark stays behind.
-const EMITTING_BUCKET_SPANS: i64 = 4;
+/// Bucket width, in spans, of a join with a side whose rows' states are
+/// tracked (outer, semi and anti joins): such a side's oldest bucket
+/// holds the output watermark back, and outer and anti joins emit their
+/// unmatched rows when it goes, so the width is also how far the output
+/// watermark lags and how long those rows can wait past their last
+/// possible match.
+const TRACKED_BUCKET_SPANS: i64 = 4;
 
 /// Bucket width, in ms, of a join with a row bound: the constant bounds
 /// do not say how far apart matching rows are.
@@ -295,8 +297,9 @@ impl IntervalJoin {
         // Semi and anti joins track which left rows matched, as an outer
         // side does.
         let left_tracked = spec.left_outer || spec.mode != JoinMode::Pairs;
-        let emits_at_eviction =
-            spec.left_outer || spec.right_outer || spec.mode == JoinMode::LeftAnti;
+        // A tracked side's oldest bucket holds the output watermark back,
+        // and an outer or anti join's unmatched rows come out with it.
+        let tracked = left_tracked || spec.right_outer;
         // A probe looks at one or two buckets; rows outlive their last
         // possible match by at most one bucket.
         let width_ms = match spec.row_bound {
@@ -305,8 +308,8 @@ impl IntervalJoin {
                 .upper_ms
                 .saturating_sub(spec.lower_ms)
                 .max(1)
-                .saturating_mul(if emits_at_eviction {
-                    EMITTING_BUCKET_SPANS
+                .saturating_mul(if tracked {
+                    TRACKED_BUCKET_SPANS
                 } else {
                     BUCKET_SPANS
                 }),
