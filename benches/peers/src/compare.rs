@@ -23,6 +23,9 @@ struct Options {
     published: Option<String>,
     /// A command that runs the Flink peer (`flink/peer.sh`).
     flink: Option<String>,
+    /// Leave DataFusion out: its batch join compares every pair of a
+    /// key, so a join of 500 K rows a side would take it many minutes.
+    no_datafusion: bool,
     /// Where the rates are written as CSV.
     csv: std::path::PathBuf,
 }
@@ -37,6 +40,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         workloads: Workload::ALL.to_vec(),
         published: std::env::var("PEERS_PUBLISHED").ok(),
         flink: std::env::var("PEERS_FLINK").ok(),
+        no_datafusion: false,
         csv: std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| "target".into())
@@ -73,6 +77,7 @@ fn options(args: &[String]) -> Result<Options, String> {
             }
             "--published" => options.published = Some(value()?),
             "--flink" => options.flink = Some(value()?),
+            "--no-datafusion" => options.no_datafusion = true,
             "--csv" => options.csv = value()?.into(),
             other => return Err(format!("unknown option {other}")),
         }
@@ -196,18 +201,18 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .to_string_lossy()
         .into_owned();
-    let mut engines = vec![
-        Engine {
-            name: "LaminarDB",
-            command: vec![me.clone(), "laminardb".into()],
-            events: None,
-        },
-        Engine {
+    let mut engines = vec![Engine {
+        name: "LaminarDB",
+        command: vec![me.clone(), "laminardb".into()],
+        events: None,
+    }];
+    if !options.no_datafusion {
+        engines.push(Engine {
             name: "DataFusion batch",
             command: vec![me, "datafusion".into()],
             events: None,
-        },
-    ];
+        });
+    }
     if let Some(path) = &options.published {
         engines.push(Engine {
             name: "laminar-db 0.33",
@@ -224,8 +229,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
     }
     let shards = std::env::var("PEERS_SHARDS").unwrap_or_else(|_| "1".into());
     println!(
-        "# peers: median of {} runs, one process per run, the engines' runs of a case alternated (ratios: the median of each round's), LaminarDB on {shards} shard(s), DataFusion on one partition",
-        options.runs
+        "# peers: median of {} runs, one process per run, the engines' runs of a case alternated (ratios: the median of each round's), LaminarDB on {shards} shard(s){}",
+        options.runs,
+        if options.no_datafusion {
+            ""
+        } else {
+            ", DataFusion on one partition"
+        }
     );
     print!("| workload | events | batch rows |");
     for engine in &engines {

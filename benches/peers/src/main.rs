@@ -8,7 +8,7 @@
 //! peers datafusion run <workload> <events> <batch_rows> [expect_rows]
 //! peers compare [--events N] [--join-events N] [--batch-rows 1024,8192]
 //!               [--runs 5] [--workloads filter,vwap,...] [--published PATH]
-//!               [--flink CMD] [--csv PATH]
+//!               [--flink CMD] [--no-datafusion] [--csv PATH]
 //! ```
 //!
 //! `run` prints one JSON line (see `workload.rs`). `compare` runs every
