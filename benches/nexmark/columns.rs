@@ -37,7 +37,7 @@ pub struct Maker {
     /// channel is followed by its URL: a lookup reads one place, not a
     /// pair of strings scattered on the heap (a cache miss each).
     channel_index: Vec<(u32, u16, u16)>,
-    channel_bytes: Vec<u8>,
+    channel_bytes: String,
 }
 
 impl Maker {
@@ -48,15 +48,15 @@ impl Maker {
         let inter_event_delay_us =
             cfg.us_per_unit as f32 / cfg.first_rate as f32 * cfg.num_event_generators as f32;
         let mut channel_index = Vec::with_capacity(CHANNELS);
-        let mut channel_bytes = Vec::new();
+        let mut channel_bytes = String::new();
         for (channel, url) in (0..CHANNELS).map(channel_url) {
             channel_index.push((
                 channel_bytes.len() as u32,
                 channel.len() as u16,
                 url.len() as u16,
             ));
-            channel_bytes.extend_from_slice(channel.as_bytes());
-            channel_bytes.extend_from_slice(url.as_bytes());
+            channel_bytes.push_str(&channel);
+            channel_bytes.push_str(&url);
         }
         Self {
             cfg,
@@ -118,7 +118,9 @@ impl Maker {
     }
 }
 
-/// A text column under construction: offsets and bytes.
+/// A text column under construction: offsets and bytes. Every value
+/// is UTF-8 by construction (whole `str`s, ASCII letters and
+/// punctuation), so [`Text::finish`] skips the check.
 #[derive(Default)]
 struct Text {
     offsets: Vec<i32>,
@@ -129,8 +131,8 @@ struct Text {
 }
 
 impl Text {
-    fn push(&mut self, value: &[u8]) {
-        self.bytes.extend_from_slice(value);
+    fn push(&mut self, value: &str) {
+        self.bytes.extend_from_slice(value.as_bytes());
         self.end();
     }
 
@@ -174,8 +176,14 @@ impl Text {
         fill_letters(&mut self.bytes, &self.deferred);
         self.deferred.clear();
         let offsets = OffsetBuffer::new(ScalarBuffer::from(refill(&mut self.offsets)));
+        debug_assert!(std::str::from_utf8(&self.bytes).is_ok());
         let bytes = Buffer::from_vec(refill(&mut self.bytes));
-        Arc::new(StringArray::new(offsets, bytes, None))
+        // SAFETY: the offsets rise from 0 to the bytes' length (`end`
+        // pushes each value's end), and the values are UTF-8: `push` takes
+        // `str`s, the rest is ASCII (letters, ' ', '@'). Checking them
+        // again cost about 3% of making the events (1.04x without it,
+        // 20 alternated runs).
+        Arc::new(unsafe { StringArray::new_unchecked(offsets, bytes, None) })
     }
 }
 
@@ -458,21 +466,18 @@ impl Columns {
         name.bytes
             .extend_from_slice(cfg.first_names.choose(rng).expect("names").as_bytes());
         name.bytes.push(b' ');
-        name.push(cfg.last_names.choose(rng).expect("names").as_bytes());
+        name.push(cfg.last_names.choose(rng).expect("names"));
         email.letters(rng, 7);
         email.bytes.push(b'@');
         email.letters(rng, 5);
-        email.push(b".com");
+        email.push(".com");
         let digits: [i32; 4] = std::array::from_fn(|_| rng.gen_range(0..10000));
-        card.push(
-            format!(
-                "{:04} {:04} {:04} {:04}",
-                digits[0], digits[1], digits[2], digits[3]
-            )
-            .as_bytes(),
-        );
-        city.push(cfg.us_cities.choose(rng).expect("cities").as_bytes());
-        state.push(cfg.us_states.choose(rng).expect("states").as_bytes());
+        card.push(&format!(
+            "{:04} {:04} {:04} {:04}",
+            digits[0], digits[1], digits[2], digits[3]
+        ));
+        city.push(cfg.us_cities.choose(rng).expect("cities"));
+        state.push(cfg.us_states.choose(rng).expect("states"));
         let texts = [&*name, &*email, &*card, &*city, &*state];
         let size = 8 + texts.iter().map(|t| last_len(t)).sum::<usize>();
         self.person_time.push(nanos(time));
@@ -538,8 +543,8 @@ impl Columns {
         let [channel, url] = &mut self.bid_text;
         if rng.gen_range(0..cfg.hot_channel_ratio) > 0 {
             let index = rng.gen_range(0..cfg.hot_channels.len());
-            channel.push(cfg.hot_channels[index].as_bytes());
-            url.push(cfg.hot_urls[index].as_bytes());
+            channel.push(&cfg.hot_channels[index]);
+            url.push(&cfg.hot_urls[index]);
         } else {
             let &(start, name, link) = maker.channel_index.choose(rng).expect("channels");
             let (start, name, link) = (start as usize, name as usize, link as usize);
