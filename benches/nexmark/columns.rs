@@ -471,11 +471,17 @@ impl Columns {
         email.bytes.push(b'@');
         email.letters(rng, 5);
         email.push(".com");
-        let digits: [i32; 4] = std::array::from_fn(|_| rng.gen_range(0..10000));
-        card.push(&format!(
-            "{:04} {:04} {:04} {:04}",
-            digits[0], digits[1], digits[2], digits[3]
-        ));
+        // The crate's `format!("{:04} {:04} {:04} {:04}", ...)`, without
+        // a `String` per person.
+        for group in 0..4 {
+            let digits: i32 = rng.gen_range(0..10000);
+            if group > 0 {
+                card.bytes.push(b' ');
+            }
+            card.bytes
+                .extend([1000, 100, 10, 1].map(|unit| b'0' + (digits / unit % 10) as u8));
+        }
+        card.end();
         city.push(cfg.us_cities.choose(rng).expect("cities"));
         state.push(cfg.us_states.choose(rng).expect("states"));
         let texts = [&*name, &*email, &*card, &*city, &*state];

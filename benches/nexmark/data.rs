@@ -48,6 +48,12 @@ pub type Table = usize;
 pub const BASE_TIME_MS: u64 = 1_700_000_000_000;
 
 pub fn schema(table: Table) -> SchemaRef {
+    // Built once: a batch per call would otherwise build its schema anew.
+    static SCHEMAS: std::sync::OnceLock<[SchemaRef; 3]> = std::sync::OnceLock::new();
+    Arc::clone(&SCHEMAS.get_or_init(|| [0, 1, 2].map(build_schema))[table])
+}
+
+fn build_schema(table: Table) -> SchemaRef {
     let text = |name: &str| Field::new(name, DataType::Utf8, false);
     let int = |name: &str| Field::new(name, DataType::Int64, false);
     let time =
