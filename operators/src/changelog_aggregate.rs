@@ -48,7 +48,7 @@ use crate::aggregate::{assign_windows, combine_masks, AggregateSpec, Inputs, Lat
 use crate::fused::{selection_of, FusedAccumulator, FusedAggregate};
 use crate::groups::{BatchKeys, GroupTable, KeyEncoder};
 use crate::snapshot;
-use crate::stage::{apply_all_carrying, emit_weighted};
+use crate::stage::{self, apply_all_carrying};
 use crate::time::WindowSpec;
 use crate::{BatchTime, Operator};
 
@@ -416,35 +416,42 @@ impl ChangelogAggregate {
         insert.extend((0..touched_count as u32).filter(|&p| is_new[p as usize]));
         insert.sort_unstable();
 
-        // Retractions of the old rows, then the new rows.
+        // Retractions of the old rows, then the new rows, in one batch:
+        // each value column is the retracted groups' old values, then the
+        // inserted groups' new ones.
         let window_start = (start != i64::MIN).then_some(start);
-        let old_ids: Vec<u32> = retract
+        let mut ids: Vec<u32> = retract
             .iter()
             .map(|&i| touched[existing[i as usize] as usize])
             .collect();
-        let retract_index = UInt32Array::from(retract);
-        let old_rows = old_values
-            .iter()
-            .map(|v| arrow::compute::take(v, &retract_index, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let new_ids: Vec<u32> = insert.iter().map(|&p| touched[p as usize]).collect();
-        let insert_index = UInt32Array::from(insert);
-        let new_rows = new_values
-            .iter()
-            .map(|v| arrow::compute::take(v, &insert_index, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let groups = &self.windows[&start].groups;
-        if !old_ids.is_empty() {
-            self.emit(
-                self.rows(groups, window_start, &old_ids, old_rows)?,
-                -1,
-                out,
-            )?;
+        ids.extend(insert.iter().map(|&p| touched[p as usize]));
+        if ids.is_empty() {
+            return Ok(());
         }
-        if !new_ids.is_empty() {
-            self.emit(self.rows(groups, window_start, &new_ids, new_rows)?, 1, out)?;
-        }
-        Ok(())
+        let sources: Vec<(usize, usize)> = retract
+            .iter()
+            .map(|&i| (0, i as usize))
+            .chain(insert.iter().map(|&p| (1, p as usize)))
+            .collect();
+        // Without groups seen before there are no old values, and nothing
+        // to retract.
+        debug_assert!(!old_values.is_empty() || retract.is_empty());
+        let values = new_values
+            .iter()
+            .enumerate()
+            .map(|(j, new)| {
+                let old = old_values.get(j).unwrap_or(new);
+                arrow::compute::interleave(&[old.as_ref(), new.as_ref()], &sources)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let rows = self.rows(&self.windows[&start].groups, window_start, &ids, values)?;
+        stage::emit_changes(
+            &self.spec.post,
+            rows,
+            retract.len(),
+            &self.output_schema,
+            out,
+        )
     }
 
     /// [`ChangelogAggregate::update_window`] for a folded state:
@@ -541,12 +548,6 @@ impl ChangelogAggregate {
             _ => None,
         };
         self.spec.assemble(window_column, key_columns, values)
-    }
-
-    /// Runs the post-aggregate stages over aggregate rows and appends them
-    /// with `weight`.
-    fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        emit_weighted(&self.spec.post, rows, weight, &self.output_schema, out)
     }
 }
 

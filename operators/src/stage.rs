@@ -260,10 +260,43 @@ pub fn emit_weighted(
     if rows.num_rows() == 0 {
         return Ok(());
     }
-    let weights: ArrayRef = Arc::new(arrow::array::Int64Array::from_value(
-        weight,
-        rows.num_rows(),
-    ));
+    let weights = arrow::array::Int64Array::from_value(weight, rows.num_rows());
+    emit_with_weights(post, rows, Arc::new(weights), output_schema, out)
+}
+
+/// [`emit_weighted`] for a batch's changes in one emission: the first
+/// `retracted` rows retract (-1), the rest insert (+1). One batch of
+/// arrays through the stages instead of two; a consumer reads the rows
+/// in order, as it would read the two batches.
+pub fn emit_changes(
+    post: &[Stage],
+    rows: RecordBatch,
+    retracted: usize,
+    output_schema: &SchemaRef,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
+    let n = rows.num_rows();
+    debug_assert!(retracted <= n);
+    if n == 0 {
+        return Ok(());
+    }
+    let weights = arrow::array::Int64Array::from_iter_values((0..n).map(|row| {
+        if row < retracted {
+            -1
+        } else {
+            1
+        }
+    }));
+    emit_with_weights(post, rows, Arc::new(weights), output_schema, out)
+}
+
+fn emit_with_weights(
+    post: &[Stage],
+    rows: RecordBatch,
+    weights: ArrayRef,
+    output_schema: &SchemaRef,
+    out: &mut Vec<RecordBatch>,
+) -> Result<()> {
     let (result, weights) = apply_all_carrying(post, &rows, Some(weights))?;
     if result.num_rows() == 0 {
         return Ok(());

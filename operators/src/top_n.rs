@@ -30,7 +30,7 @@ use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use laminar_runtime::Result;
 
 use crate::groups::{GroupTable, KeyEncoder};
-use crate::stage::{apply_all, emit_weighted, evaluate_all, Stage};
+use crate::stage::{apply_all, emit_changes, evaluate_all, Stage};
 use crate::{BatchTime, Operator};
 
 /// Everything needed to build a [`TopN`] on a shard.
@@ -349,10 +349,6 @@ impl TopN {
             columns,
         )?)
     }
-
-    fn emit(&self, rows: RecordBatch, weight: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        emit_weighted(&self.spec.post, rows, weight, &self.output_schema, out)
-    }
 }
 
 impl Operator for TopN {
@@ -436,10 +432,11 @@ impl Operator for TopN {
                 position += 1;
             }
         }
-        let emitted = self.ranked_rows(&retract).and_then(|retracted| {
-            let inserted = self.ranked_rows(&insert)?;
-            self.emit(retracted, -1, out)?;
-            self.emit(inserted, 1, out)
+        // Retractions, then insertions, in one batch.
+        let retracted = retract.len();
+        retract.append(&mut insert);
+        let emitted = self.ranked_rows(&retract).and_then(|rows| {
+            emit_changes(&self.spec.post, rows, retracted, &self.output_schema, out)
         });
         // Even on an error: the pushed-out rows are no longer kept.
         self.kept.release(&self.unlinked);
