@@ -79,7 +79,7 @@ mod rng {
     //! The generator behind `columns.rs` is rand 0.8's `SmallRng`, draw
     //! for draw, on the scalar path and on the eight-lane one.
 
-    use super::columns::{fill_letters, letter, Xoshiro, LANES};
+    use super::columns::{fill_letters, letter, round_half_away, Xoshiro, LANES};
     use rand08::rngs::SmallRng;
     use rand08::{Rng, RngCore, SeedableRng};
 
@@ -96,6 +96,28 @@ mod rng {
                 );
                 assert_eq!(letter(&mut ours), theirs.gen_range(b'a'..=b'z'));
             }
+        }
+    }
+
+    /// Prices and event times round as `f32::round` does: halves away
+    /// from zero, whole numbers unchanged, below 1 and above 2^24.
+    #[test]
+    fn rounding_is_f32_rounds() {
+        let mut rng = Xoshiro::seed_from_u64(3);
+        let edges = [
+            0.0,
+            0.49999997,
+            0.5,
+            1.5,
+            2.5,
+            8_388_607.5,
+            16_777_216.0,
+            1e8,
+            4.2e9,
+        ];
+        let drawn = (0..100_000).map(|_| 10.0_f32.powf(rng.gen::<f32>() * 6.0) * 100.0);
+        for x in edges.into_iter().chain(drawn) {
+            assert_eq!(round_half_away(x), x.round() as u64, "{x}");
         }
     }
 

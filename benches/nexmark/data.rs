@@ -338,14 +338,14 @@ impl laminar_db::Generator for Partition {
             self.next += self.step;
             let table = self.columns.append(&self.maker, event_number);
             if self.columns.rows(table) == self.batch_rows {
-                return Some((table, self.columns.finish(table)));
+                return Some((table, self.columns.finish(&self.maker, table)));
             }
         }
         while self.flushed < 3 {
             let table = self.flushed;
             self.flushed += 1;
             if self.columns.rows(table) > 0 {
-                return Some((table, self.columns.finish(table)));
+                return Some((table, self.columns.finish(&self.maker, table)));
             }
         }
         None
