@@ -1181,7 +1181,9 @@ impl LaminarDB {
                             .into_iter()
                             .partition(|(s, _)| *s == shard);
                         *rings = rest;
-                        mine.into_iter().map(|(_, ring)| ring).collect()
+                        mine.into_iter()
+                            .map(|(_, ring)| pipeline::Output::new(ring))
+                            .collect()
                     })
                     .unwrap_or_default();
                 let operator = plan.operator.instantiate(&plan.output_schema)?;

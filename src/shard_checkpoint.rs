@@ -65,7 +65,11 @@ impl ShardProgram {
                         origin: std::time::Instant::now(),
                         barrier: Some(Arc::clone(&barrier)),
                     };
-                    if outputs[i].push(marker).await.is_err() {
+                    if outputs[i]
+                        .push(marker, std::time::Instant::now())
+                        .await
+                        .is_err()
+                    {
                         outputs.swap_remove(i);
                     } else {
                         i += 1;

@@ -21,6 +21,10 @@
 //! Waiting is async and wake-based (no spinning, no locks): a consumer that
 //! finds the ring empty parks its waker and re-checks; a producer wakes it
 //! after every push. The same in the other direction for a full ring.
+//! A producer may also push quietly ([`Producer::push_quiet`]) and wake
+//! the consumer later ([`Producer::wake_consumer`]): waking a consumer
+//! thread that sleeps is a futex syscall, and a busy producer can make
+//! one wake cover many pushes.
 //! Blocking callers wrap the async calls in `futures::executor::block_on`.
 
 use std::cell::UnsafeCell;
@@ -147,6 +151,14 @@ impl<T> Producer<T> {
     /// [`Consumer::is_settled`]. One full fence per push (per batch on the
     /// data path, never per row).
     pub fn try_push(&mut self, value: T) -> Result<(), PushError<T>> {
+        self.try_push_quiet(value)?;
+        self.ring.data_ready.wake();
+        Ok(())
+    }
+
+    /// [`Producer::try_push`] without waking the consumer when the push
+    /// succeeds: the caller owes it a [`Producer::wake_consumer`].
+    pub fn try_push_quiet(&mut self, value: T) -> Result<(), PushError<T>> {
         let announce = &self.ring.pushing;
         announce.store(true, Ordering::SeqCst);
         if self.ring.refusing.load(Ordering::SeqCst) {
@@ -171,27 +183,42 @@ impl<T> Producer<T> {
         self.tail += 1;
         self.ring.tail.store(self.tail, Ordering::Release);
         announce.store(false, Ordering::Release);
-        self.ring.data_ready.wake();
         Ok(())
+    }
+
+    /// Wakes the consumer if it is waiting for data.
+    pub fn wake_consumer(&self) {
+        self.ring.data_ready.wake();
     }
 
     /// Pushes, waiting for space while the ring is full.
     ///
     /// Returns the value back if the consumer is gone.
     pub async fn push(&mut self, value: T) -> Result<(), T> {
+        self.push_quiet(value).await?;
+        self.ring.data_ready.wake();
+        Ok(())
+    }
+
+    /// [`Producer::push`] without waking the consumer when the push
+    /// succeeds (the caller owes it a [`Producer::wake_consumer`]). A
+    /// full ring wakes it before waiting: the items it holds are what the
+    /// consumer must take to make room.
+    pub async fn push_quiet(&mut self, value: T) -> Result<(), T> {
         let mut value = Some(value);
         poll_fn(|cx| {
             let Some(v) = value.take() else {
                 return Poll::Ready(Ok(()));
             };
-            match self.try_push(v) {
+            match self.try_push_quiet(v) {
                 Ok(()) => Poll::Ready(Ok(())),
                 Err(PushError::Closed(v)) => Poll::Ready(Err(v)),
                 Err(PushError::Full(v)) => {
+                    self.ring.data_ready.wake();
                     self.ring.space_ready.register(cx.waker());
                     // Re-check after parking, or a pop between the check and
                     // the registration would be a lost wake-up.
-                    match self.try_push(v) {
+                    match self.try_push_quiet(v) {
                         Ok(()) => Poll::Ready(Ok(())),
                         Err(PushError::Closed(v)) => Poll::Ready(Err(v)),
                         Err(PushError::Full(v)) => {
@@ -434,5 +461,47 @@ mod tests {
         });
         producer.join().unwrap();
         assert_eq!(expected, N);
+    }
+
+    /// Quiet pushes leave the consumer asleep until it is owed a wake,
+    /// except when the ring is full: then the producer wakes it rather
+    /// than wait for room forever.
+    #[test]
+    fn quiet_pushes_wake_the_consumer_when_the_ring_fills() {
+        const N: u64 = 100_000;
+        let (mut p, mut c) = ring::<u64>(4);
+        let (sent, done) = std::sync::mpsc::channel();
+        let producer = std::thread::spawn(move || {
+            futures::executor::block_on(async {
+                for i in 0..N {
+                    p.push_quiet(i).await.unwrap();
+                }
+            });
+            // The last items are in the ring, the consumer maybe asleep:
+            // it is woken once the test has seen it keep waiting.
+            done.recv().unwrap();
+            p.wake_consumer();
+            p
+        });
+        let mut expected = 0;
+        futures::executor::block_on(async {
+            while expected < N {
+                let v = std::future::poll_fn(|cx| match c.poll_pop(cx) {
+                    std::task::Poll::Pending if expected + 4 >= N => {
+                        let _ = sent.send(());
+                        std::task::Poll::Pending
+                    }
+                    other => other,
+                })
+                .await
+                .unwrap();
+                assert_eq!(v, expected);
+                expected += 1;
+            }
+        });
+        let p = producer.join().unwrap();
+        assert_eq!(expected, N);
+        drop(p);
+        assert_eq!(futures::executor::block_on(c.pop()), None);
     }
 }
