@@ -581,6 +581,14 @@ pub(crate) struct Pending {
 /// Messages taken from one lane before looking at the next, so one busy
 /// handle cannot starve the others.
 const LANE_BUDGET: usize = 16;
+/// Rows pending for one input that are run at once rather than
+/// at the end of the pass: bounds the memory a pass holds and keeps the
+/// batch within what the operators handle well.
+const PENDING_ROWS_MAX: usize = 8192;
+/// Shard errors kept for `LaminarDB::errors`.
+pub(crate) const MAX_KEPT_ERRORS: usize = 16;
+/// One operator call in this many is timed and has its state measured.
+const SAMPLE: u64 = 16;
 /// How long a busy shard may leave a subscriber's new batches
 /// unannounced. Waking a subscriber's thread that sleeps is a futex
 /// syscall (about 7 us of the shard's time on a VM, where it is an
@@ -635,14 +643,6 @@ impl Output {
         }
     }
 }
-/// Rows pending for one input that are run at once rather than
-/// at the end of the pass: bounds the memory a pass holds and keeps the
-/// batch within what the operators handle well.
-const PENDING_ROWS_MAX: usize = 8192;
-/// Shard errors kept for `LaminarDB::errors`.
-pub(crate) const MAX_KEPT_ERRORS: usize = 16;
-/// One operator call in this many is timed and has its state measured.
-const SAMPLE: u64 = 16;
 
 /// Gives the executor one turn, then resumes.
 pub(crate) struct YieldNow(pub bool);
