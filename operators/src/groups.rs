@@ -129,6 +129,7 @@ impl KeyEncoder {
             },
             hashes: Vec::new(),
             table: SlotTable::default(),
+            batch_hashes: Vec::new(),
         }
     }
 
@@ -186,6 +187,7 @@ impl KeyEncoder {
             keys: store,
             hashes,
             table,
+            ..
         } = table;
         match (keys, store) {
             (BatchKeys::Global, KeyStore::Global) => {
@@ -228,6 +230,7 @@ impl KeyEncoder {
             (BatchKeys::Rows(rows), KeyStore::Rows(store)) => {
                 let key = rows.row(row);
                 let key = key.as_ref();
+                // As `resolve` hashes them.
                 let hash = self.hasher.hash_one(key);
                 intern(
                     table,
@@ -262,6 +265,7 @@ impl KeyEncoder {
                     keys: KeyStore::Utf8(store),
                     hashes,
                     table: slots,
+                    ..
                 },
             ) => {
                 let offsets = array.value_offsets();
@@ -300,6 +304,7 @@ impl KeyEncoder {
                     keys: KeyStore::Int64(store),
                     hashes,
                     table: slots,
+                    ..
                 },
             ) => for_rows(mask, rows, group_ids, |row| {
                 let key = values[row];
@@ -312,6 +317,37 @@ impl KeyEncoder {
                     }
                 }
             }),
+            (
+                BatchKeys::Rows(keys),
+                GroupTable {
+                    keys: KeyStore::Rows(store),
+                    hashes,
+                    table: slots,
+                    batch_hashes,
+                },
+            ) => {
+                // Every key hashed first, so that the slot a row probes
+                // is fetched a few rows ahead: with a large table each
+                // probe was a miss to memory, most of the lookup's time.
+                batch_hashes.clear();
+                batch_hashes
+                    .extend((0..rows).map(|row| self.hasher.hash_one(keys.row(row).as_ref())));
+                for_rows(mask, rows, group_ids, |row| {
+                    if let Some(&ahead) = batch_hashes.get(row + PREFETCH_ROWS) {
+                        slots.prefetch(ahead);
+                    }
+                    let key = keys.row(row);
+                    let key = key.as_ref();
+                    intern(
+                        slots,
+                        hashes,
+                        store,
+                        (batch_hashes[row], Slot::of(key)),
+                        |store, id| bytes_eq(store.get(id), key),
+                        |store| store.push(key),
+                    )
+                })
+            }
             _ => for_rows(mask, rows, group_ids, |row| self.group_id(table, keys, row)),
         }
     }
@@ -583,7 +619,13 @@ pub struct GroupTable {
     /// keys.
     hashes: Vec<u64>,
     table: SlotTable,
+    /// The hashes of a batch's keys ([`KeyEncoder::resolve`]), kept for
+    /// its memory.
+    batch_hashes: Vec<u64>,
 }
+
+/// How many rows ahead of its probe a row's slot is fetched.
+const PREFETCH_ROWS: usize = 8;
 
 /// A group in the hash table: its id, and its key's length and first
 /// bytes inline, so that a probe compares short keys (every BIGINT, most
@@ -707,6 +749,17 @@ impl SlotTable {
     fn capacity(&self) -> usize {
         self.slots.capacity()
     }
+
+    /// Asks the CPU to fetch the slot a probe for `hash` reads first.
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self
+            .slots
+            .get(hash as usize & self.slots.len().wrapping_sub(1))
+        {
+            crate::prefetch(slot);
+        }
+    }
 }
 
 /// The seeds of every group table's short-key hash ([`fold_hash`]):
@@ -752,7 +805,8 @@ impl GroupTable {
             KeyStore::Utf8(keys) | KeyStore::Rows(keys) => keys.bytes(),
             KeyStore::Int64(keys) => keys.capacity() * 8,
         };
-        keys + self.hashes.capacity() * 8 + self.table.capacity() * std::mem::size_of::<Slot>()
+        keys + (self.hashes.capacity() + self.batch_hashes.capacity()) * 8
+            + self.table.capacity() * std::mem::size_of::<Slot>()
     }
 
     /// The slot array and its length minus one, for a kernel that probes

@@ -173,13 +173,7 @@ impl Bucket {
             return;
         }
         let at = key.hash as usize & (self.slots.len() - 1);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `at` is within `slots`; a prefetch reads nothing
-        // architecturally and cannot fault.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(at).cast());
-        }
+        crate::prefetch(&self.slots[at]);
     }
 
     /// Stores the rows `segment` of stored batch `batch` (their times in
