@@ -101,6 +101,7 @@ mod fused;
 pub mod jit;
 mod join;
 mod join_bounds;
+mod literal_capture;
 mod pattern_calls;
 mod patterns;
 pub mod planner;
