@@ -222,38 +222,36 @@ impl CaseLookup {
         };
         let left = thens.len();
         let spread = self.otherwise_everywhere;
-        // Each row's answer: the `ELSE` row it reads, if any.
-        let source = |row: usize, taken: &mut usize| {
-            let at = if spread { row } else { *taken };
-            *taken += 1;
-            otherwise
-                .filter(|o| o.is_valid(at))
-                .map(|o| o.value(at).as_bytes())
-        };
-        let mut taken = 0;
-        let mut bytes = 0usize;
-        for (row, &c) in choice.iter().enumerate() {
-            bytes += match c < left {
-                true => thens[c].len(),
-                false => source(row, &mut taken).map_or(0, <[u8]>::len),
-            };
-        }
-        i32::try_from(bytes).ok()?;
-        let mut values = Vec::with_capacity(bytes);
+        // The `ELSE`'s values read in place: each row's answer costs a
+        // few loads and one copy.
+        let empty = StringArray::new_null(0);
+        let source = otherwise.unwrap_or(&empty);
+        let (offsets_in, bytes_in, nulls_in) =
+            (source.value_offsets(), source.value_data(), source.nulls());
+        let longest_then = thens.iter().map(|t| t.len()).max().unwrap_or(0);
+        let mut values = Vec::with_capacity(bytes_in.len() + longest_then * choice.len());
         let mut offsets = Vec::with_capacity(choice.len() + 1);
         offsets.push(0i32);
         let mut valid = Vec::with_capacity(choice.len());
         let mut taken = 0;
         for (row, &c) in choice.iter().enumerate() {
-            let value = match c < left {
-                true => Some(thens[c]),
-                false => source(row, &mut taken),
+            let value = if c < left {
+                Some(thens[c])
+            } else if otherwise.is_some() {
+                let at = if spread { row } else { taken };
+                taken += 1;
+                nulls_in
+                    .is_none_or(|n| n.is_valid(at))
+                    .then(|| &bytes_in[offsets_in[at] as usize..offsets_in[at + 1] as usize])
+            } else {
+                None
             };
             values.extend_from_slice(value.unwrap_or_default());
             valid.push(value.is_some());
-            // Under `i32::MAX` in all, checked above.
+            // Wraps past 2 GiB, which the check below then refuses.
             offsets.push(values.len() as i32);
         }
+        i32::try_from(values.len()).ok()?;
         let nulls = NullBuffer::from(valid);
         let nulls = (nulls.null_count() > 0).then_some(nulls);
         // SAFETY: the offsets start at 0 and grow to `values.len()`, and
