@@ -202,9 +202,7 @@ impl CaseLookup {
         sources.push(otherwise.as_ref());
         Ok(Some(interleave(&sources, &picks)?))
     }
-}
 
-impl CaseLookup {
     /// The answers as one string array, when the `THEN`s and the `ELSE`
     /// are strings: each row's `THEN` or its `ELSE` value (the `ELSE`'s
     /// rows in order, or row for row when it was evaluated everywhere),
@@ -224,10 +222,10 @@ impl CaseLookup {
         let spread = self.otherwise_everywhere;
         // The `ELSE`'s values read in place: each row's answer costs a
         // few loads and one copy.
-        let empty = StringArray::new_null(0);
-        let source = otherwise.unwrap_or(&empty);
-        let (offsets_in, bytes_in, nulls_in) =
-            (source.value_offsets(), source.value_data(), source.nulls());
+        let (offsets_in, bytes_in, nulls_in) = match otherwise {
+            Some(o) => (o.value_offsets(), o.value_data(), o.nulls()),
+            None => (&[0][..], &[][..], None),
+        };
         let longest_then = thens.iter().map(|t| t.len()).max().unwrap_or(0);
         let mut values = Vec::with_capacity(bytes_in.len() + longest_then * choice.len());
         let mut offsets = Vec::with_capacity(choice.len() + 1);

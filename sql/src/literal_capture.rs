@@ -9,8 +9,10 @@
 //! the first occurrence of the key whose boundary holds and whose run is
 //! long enough: one SIMD substring search, a byte check, and a scan of the
 //! value against a 256-entry table. The prefix search of [`crate::captures`]
-//! spent about 150 ns on a 90-byte URL that matches (a literal prefilter
-//! over two literals, then a one-pass automaton over the key and value).
+//! (a literal prefilter over two literals, then a one-pass automaton over
+//! the key and value) took 85 ns a URL in its micro-benchmark and 44% of
+//! Nexmark q21's engine time; q21's engine alone ran 1.49x faster with
+//! this search.
 //!
 //! Why the first such occurrence is the leftmost-first match: a match
 //! starts at its key's occurrence or one byte before it, so starts grow
