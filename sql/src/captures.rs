@@ -42,8 +42,8 @@ use crate::literal_capture::{Found, LiteralCapture};
 /// crate (see the module docs).
 const ATTEMPTS_PER_VALUE: usize = 4;
 
-/// A compiled pattern, and the prefix search for its groups where the
-/// pattern allows one.
+/// A compiled pattern, and the faster search for its groups (literal key
+/// or prefix) where the pattern allows one.
 #[derive(Debug, Clone)]
 pub(crate) struct Pattern {
     regex: Regex,
@@ -60,8 +60,9 @@ struct PrefixOnePass {
 }
 
 impl Pattern {
-    /// `regex`, with the prefix search when its pattern has literal
-    /// prefixes, never matches empty, and is one-pass.
+    /// `regex`, with the literal-key search when its pattern has that
+    /// shape ([`crate::literal_capture`]), else the prefix search when it
+    /// has literal prefixes, never matches empty, and is one-pass.
     pub(crate) fn new(regex: Regex) -> Self {
         // The defaults of `regex::Regex::new`: the same syntax, so the
         // same language and the same groups.
